@@ -1,0 +1,102 @@
+//! Command-line interface: flags, environment variables, and what each command prints.
+
+use std::path::PathBuf;
+
+use clap::builder::BoolishValueParser;
+use clap::{ArgAction, Args, Parser, Subcommand};
+
+use crate::config::Settings;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "pitr",
+    version,
+    about = "PostgreSQL point-in-time recovery: continuous WAL archiving to a local or S3 repository",
+    after_help = "Exit codes: 0 ok, 1 archive-get: not in the repository, 2 usage or configuration, \
+                  3 wrong or uninitialised repository, 4 conflicting content, 5 corrupt object, \
+                  6 storage error, 7 invalid input file."
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// Repository: /abs/path, file:///abs/path, or s3://bucket/prefix.
+    #[arg(long, global = true, env = "PITR_REPO", value_name = "URL")]
+    pub repo: Option<String>,
+
+    /// TOML file with the same settings (repo, s3_endpoint, s3_path_style).
+    #[arg(long, global = true, env = "PITR_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// S3 endpoint for S3-compatible servers (default: AWS_ENDPOINT_URL, else AWS).
+    #[arg(long, global = true, env = "PITR_S3_ENDPOINT", value_name = "URL")]
+    pub s3_endpoint: Option<String>,
+
+    /// Address buckets by path (http://host/bucket), as MinIO and most S3-compatible servers need.
+    #[arg(
+        long,
+        global = true,
+        env = "PITR_S3_PATH_STYLE",
+        value_name = "BOOL",
+        num_args = 0..=1,
+        default_missing_value = "true",
+        value_parser = BoolishValueParser::new()
+    )]
+    pub s3_path_style: Option<bool>,
+
+    /// More output: -v one line per file, -vv debug.
+    #[arg(short, long, global = true, action = ArgAction::Count)]
+    pub verbose: u8,
+
+    /// Only errors.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
+}
+
+impl GlobalArgs {
+    /// Flags and environment, as clap merged them.
+    pub fn settings(&self) -> Settings {
+        Settings {
+            repo: self.repo.clone(),
+            s3_endpoint: self.s3_endpoint.clone(),
+            s3_path_style: self.s3_path_style,
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Record the cluster that a repository belongs to (run once, before archiving).
+    Init {
+        /// The cluster's data directory.
+        #[arg(long, env = "PGDATA", value_name = "DIR")]
+        pgdata: PathBuf,
+    },
+    /// Store one WAL file: archive_command = 'pitr --repo URL archive-push %p'.
+    ArchivePush {
+        /// Path of the WAL file (%p), relative to the data directory or absolute.
+        path: PathBuf,
+    },
+    /// Fetch one WAL file: restore_command = 'pitr --repo URL archive-get %f %p'.
+    ArchiveGet {
+        /// Name of the WAL file (%f).
+        name: String,
+        /// Where to write it (%p).
+        dest: PathBuf,
+    },
+}
+
+impl Command {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Command::Init { .. } => "init",
+            Command::ArchivePush { .. } => "archive-push",
+            Command::ArchiveGet { .. } => "archive-get",
+        }
+    }
+}

@@ -1,0 +1,348 @@
+//! pitr's stored-object format: LZ4 frames with a checksummed trailer.
+//!
+//! An object is the input cut into chunks of [`CHUNK_SIZE`], each compressed as an independent
+//! LZ4 frame (so chunks compress in parallel), followed by one LZ4 *skippable* frame holding
+//! [`Trailer`]. The whole object is therefore a valid LZ4 stream: `lz4 -d` restores the
+//! original bytes. The trailer carries the CRC-32 of the original bytes and of the compressed
+//! bytes before it, and [`decode`] verifies both before it reports success.
+//!
+//! Memory is bounded by the number of chunks in flight, never by the input size.
+
+use std::io::{self, Read, Write};
+use std::sync::mpsc;
+
+use lz4_flex::frame::{BlockMode, BlockSize, FrameDecoder, FrameEncoder, FrameInfo};
+
+mod trailer;
+
+pub use trailer::{TRAILER_LEN, Trailer};
+
+/// Bytes of input per LZ4 frame: the unit of parallel compression.
+pub const CHUNK_SIZE: usize = 1 << 20;
+/// Chunks queued per worker: enough to keep every core busy.
+const QUEUE_DEPTH: usize = 2;
+/// Read size when decoding.
+const IO_BUF: usize = 256 << 10;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CodecError {
+    #[error("{0}")]
+    Io(#[from] io::Error),
+    #[error("corrupt object: {0}")]
+    Corrupt(String),
+}
+
+/// What [`encode`] wrote.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EncodeSummary {
+    pub original_len: u64,
+    pub original_crc32: u32,
+    /// Length of the whole object, trailer included.
+    pub stored_len: u64,
+    /// CRC-32 of the whole object, trailer included: what S3 verifies on receipt.
+    pub object_crc32: u32,
+}
+
+impl EncodeSummary {
+    pub fn ratio(&self) -> f64 {
+        self.original_len as f64 / self.stored_len.max(1) as f64
+    }
+}
+
+/// Compresses `input` into `output` using `threads` compression workers.
+pub fn encode<R: Read, W: Write + Send>(
+    mut input: R,
+    output: W,
+    threads: usize,
+) -> io::Result<EncodeSummary> {
+    let threads = threads.max(1);
+    let mut original = crc32fast::Hasher::new();
+    let mut original_len = 0u64;
+
+    std::thread::scope(|scope| {
+        let mut to_workers = Vec::with_capacity(threads);
+        let mut from_workers = Vec::with_capacity(threads);
+        for _ in 0..threads {
+            let (chunk_tx, chunk_rx) = mpsc::sync_channel::<Vec<u8>>(QUEUE_DEPTH);
+            let (frame_tx, frame_rx) = mpsc::sync_channel::<io::Result<Vec<u8>>>(QUEUE_DEPTH);
+            scope.spawn(move || {
+                for chunk in chunk_rx {
+                    if frame_tx.send(compress_chunk(&chunk)).is_err() {
+                        break;
+                    }
+                }
+            });
+            to_workers.push(chunk_tx);
+            from_workers.push(frame_rx);
+        }
+        // Frames come back in input order: chunk i goes to worker i % threads.
+        let writer = scope.spawn(move || write_frames(&from_workers, output));
+
+        let mut index = 0usize;
+        let read_result = loop {
+            let mut chunk = Vec::with_capacity(CHUNK_SIZE);
+            match (&mut input).take(CHUNK_SIZE as u64).read_to_end(&mut chunk) {
+                Ok(0) => break Ok(()),
+                Ok(n) => {
+                    original.update(&chunk);
+                    original_len += n as u64;
+                    if to_workers[index % threads].send(chunk).is_err() {
+                        break Ok(()); // the writer failed; its error is reported below
+                    }
+                    index += 1;
+                }
+                Err(e) => break Err(e),
+            }
+        };
+        drop(to_workers);
+        let written = writer.join().expect("frame writer panicked");
+        read_result?;
+        let (mut output, stored, stored_len) = written?;
+        let trailer = Trailer {
+            original_len,
+            original_crc32: original.clone().finalize(),
+            stored_crc32: stored.clone().finalize(),
+        }
+        .to_bytes();
+        output.write_all(&trailer)?;
+        output.flush()?;
+        let mut object = stored;
+        object.update(&trailer);
+        Ok(EncodeSummary {
+            original_len,
+            original_crc32: original.finalize(),
+            stored_len: stored_len + TRAILER_LEN as u64,
+            object_crc32: object.finalize(),
+        })
+    })
+}
+
+fn compress_chunk(chunk: &[u8]) -> io::Result<Vec<u8>> {
+    let info = FrameInfo::new()
+        .block_size(BlockSize::Max1MB)
+        .block_mode(BlockMode::Independent)
+        .content_size(Some(chunk.len() as u64));
+    let mut encoder = FrameEncoder::with_frame_info(info, Vec::with_capacity(chunk.len() / 2));
+    encoder.write_all(chunk)?;
+    encoder.finish().map_err(io::Error::other)
+}
+
+fn write_frames<W: Write>(
+    from_workers: &[mpsc::Receiver<io::Result<Vec<u8>>>],
+    mut output: W,
+) -> io::Result<(W, crc32fast::Hasher, u64)> {
+    let mut stored = crc32fast::Hasher::new();
+    let mut stored_len = 0u64;
+    for index in 0.. {
+        let Ok(frame) = from_workers[index % from_workers.len()].recv() else {
+            break; // input exhausted
+        };
+        let frame = frame?;
+        stored.update(&frame);
+        stored_len += frame.len() as u64;
+        output.write_all(&frame)?;
+    }
+    Ok((output, stored, stored_len))
+}
+
+/// What [`decode`] verified.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DecodeSummary {
+    pub original_len: u64,
+    pub stored_len: u64,
+}
+
+/// Decompresses an object into `output`, verifying both checksums and the length.
+///
+/// `output` has seen every byte when this returns, but the data is only proven good when it
+/// returns `Ok`: callers write to a temporary place and publish it only then.
+pub fn decode<R: Read, W: Write>(input: R, mut output: W) -> Result<DecodeSummary, CodecError> {
+    let mut body = TrailerSplitter::new(input);
+    let mut decoder = FrameDecoder::new(&mut body);
+    let mut original = crc32fast::Hasher::new();
+    let mut original_len = 0u64;
+    let mut buf = vec![0u8; IO_BUF];
+    loop {
+        let n = match decoder.read(&mut buf) {
+            // The decoder reports 0 at the end of every frame: go on while body bytes remain.
+            Ok(0) if decoder.get_mut().has_body_left()? => continue,
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) if body.source_error => return Err(CodecError::Io(e)),
+            Err(e) => return Err(CodecError::Corrupt(format!("invalid LZ4 data: {e}"))),
+        };
+        original.update(&buf[..n]);
+        original_len += n as u64;
+        output.write_all(&buf[..n])?;
+    }
+    output.flush()?;
+    let (trailer, stored_crc32, stored_len) = body.finish()?;
+    if trailer.stored_crc32 != stored_crc32 {
+        return Err(CodecError::Corrupt(format!(
+            "compressed data checksum mismatch (stored {:08x}, computed {stored_crc32:08x})",
+            trailer.stored_crc32
+        )));
+    }
+    let original_crc32 = original.finalize();
+    if trailer.original_len != original_len || trailer.original_crc32 != original_crc32 {
+        return Err(CodecError::Corrupt(format!(
+            "content mismatch (stored {} bytes crc {:08x}, decoded {original_len} bytes crc \
+             {original_crc32:08x})",
+            trailer.original_len, trailer.original_crc32
+        )));
+    }
+    Ok(DecodeSummary {
+        original_len,
+        stored_len: stored_len + TRAILER_LEN as u64,
+    })
+}
+
+/// Serves every byte of the source but the last [`TRAILER_LEN`], checksumming what it serves.
+struct TrailerSplitter<R> {
+    source: R,
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+    eof: bool,
+    crc: crc32fast::Hasher,
+    served: u64,
+    /// Set when an error came from the source rather than from the data.
+    source_error: bool,
+}
+
+impl<R: Read> TrailerSplitter<R> {
+    fn new(source: R) -> Self {
+        TrailerSplitter {
+            source,
+            buf: vec![0u8; IO_BUF + TRAILER_LEN],
+            start: 0,
+            end: 0,
+            eof: false,
+            crc: crc32fast::Hasher::new(),
+            served: 0,
+            source_error: false,
+        }
+    }
+
+    /// Reads more from the source; false at end of input.
+    fn fill(&mut self) -> io::Result<bool> {
+        if self.eof {
+            return Ok(false);
+        }
+        self.buf.copy_within(self.start..self.end, 0);
+        self.end -= self.start;
+        self.start = 0;
+        loop {
+            match self.source.read(&mut self.buf[self.end..]) {
+                Ok(0) => {
+                    self.eof = true;
+                    return Ok(false);
+                }
+                Ok(n) => {
+                    self.end += n;
+                    return Ok(true);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    self.source_error = true;
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    /// Whether bytes before the trailer remain to be served.
+    fn has_body_left(&mut self) -> io::Result<bool> {
+        while self.end - self.start <= TRAILER_LEN {
+            if !self.fill()? {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Drains what the decoder left, and returns the trailer with the body's CRC and length.
+    fn finish(mut self) -> Result<(Trailer, u32, u64), CodecError> {
+        while self.fill()? {}
+        let held = self.end - self.start;
+        if held != TRAILER_LEN {
+            let extra = held.saturating_sub(TRAILER_LEN);
+            let message = if self.served + held as u64 >= TRAILER_LEN as u64 {
+                format!("{extra} bytes of unexpected data after the last LZ4 frame")
+            } else {
+                "object is shorter than its trailer (truncated)".to_owned()
+            };
+            return Err(CodecError::Corrupt(message));
+        }
+        let trailer = Trailer::parse(&self.buf[self.start..self.end])
+            .map_err(|e| CodecError::Corrupt(e.to_owned()))?;
+        Ok((trailer, self.crc.finalize(), self.served))
+    }
+}
+
+impl<R: Read> Read for TrailerSplitter<R> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        loop {
+            let servable = (self.end - self.start).saturating_sub(TRAILER_LEN);
+            if servable > 0 {
+                let n = servable.min(out.len());
+                out[..n].copy_from_slice(&self.buf[self.start..self.start + n]);
+                self.crc.update(&out[..n]);
+                self.served += n as u64;
+                self.start += n;
+                return Ok(n);
+            }
+            if !self.fill()? {
+                return Ok(0);
+            }
+        }
+    }
+}
+
+/// A sink that checks what is written against a reference stream, for "is it identical?".
+pub struct CompareWriter<R> {
+    reference: R,
+    buf: Vec<u8>,
+    pub identical: bool,
+}
+
+impl<R: Read> CompareWriter<R> {
+    pub fn new(reference: R) -> Self {
+        CompareWriter {
+            reference,
+            buf: Vec::new(),
+            identical: true,
+        }
+    }
+
+    /// True when everything written matched and the reference has nothing left.
+    pub fn finish(mut self) -> io::Result<bool> {
+        let mut probe = [0u8; 1];
+        Ok(self.identical && self.reference.read(&mut probe)? == 0)
+    }
+}
+
+impl<R: Read> Write for CompareWriter<R> {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        if self.identical {
+            self.buf.resize(data.len(), 0);
+            let mut filled = 0;
+            while filled < data.len() {
+                match self.reference.read(&mut self.buf[filled..])? {
+                    0 => break,
+                    n => filled += n,
+                }
+            }
+            self.identical = filled == data.len() && self.buf[..] == *data;
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,202 @@
+//! `pitr archive-push PATH`: PostgreSQL's `archive_command`.
+//!
+//! Exit 0 means the file is durable in the repository. A file that is already archived with
+//! identical content succeeds again (PostgreSQL retries after a crash); one with different
+//! content is a conflict and the stored copy is never replaced.
+
+use std::fs::File;
+use std::io::BufReader;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::catalog::{Catalog, RepositoryIdentity, wal_key};
+use crate::codec::{self, CodecError, CompareWriter, EncodeSummary};
+use crate::error::{Error, Result};
+use crate::pg::wal_page::SIZE_OF_XLOG_LONG_PHD;
+use crate::pg::{WalFileName, WalLongPageHeader, wal_name};
+use crate::storage::{PutMode, PutPayload, StorageError};
+
+use super::blocking;
+
+#[derive(Clone, Debug)]
+pub struct ArchivePushOptions {
+    pub path: PathBuf,
+    /// Compression workers.
+    pub threads: usize,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PushOutcome {
+    Stored,
+    /// The repository held an identical copy already.
+    AlreadyArchived,
+}
+
+#[derive(Debug)]
+pub struct ArchivePushReport {
+    pub name: String,
+    pub outcome: PushOutcome,
+    pub encoded: EncodeSummary,
+    pub elapsed: Duration,
+}
+
+pub async fn archive_push(
+    catalog: &Catalog,
+    options: &ArchivePushOptions,
+) -> Result<ArchivePushReport> {
+    let started = Instant::now();
+    let path = options.path.clone();
+    let name = file_name_of(&path)?;
+    let identity = catalog.identity().await?;
+    if name.holds_wal_pages() {
+        check_segment(&path, &name, &identity)?;
+    }
+
+    let storage = catalog.storage().clone();
+    let staging_dir = match storage.staging_dir() {
+        Some(dir) => dir.to_owned(),
+        None => std::env::temp_dir(),
+    };
+    let threads = options.threads;
+    let source = path.clone();
+    let (staged, encoded) = blocking(move || {
+        std::fs::create_dir_all(&staging_dir)
+            .map_err(|e| StorageError::io("create", staging_dir.display(), e))?;
+        let staged = tempfile::Builder::new()
+            .prefix(".pitr-push-")
+            .tempfile_in(&staging_dir)
+            .map_err(|e| StorageError::io("create", staging_dir.display(), e))?;
+        let input = File::open(&source).map_err(|e| Error::invalid_input(source.display(), e))?;
+        let encoded = codec::encode(input, staged.as_file(), threads)
+            .map_err(|e| Error::invalid_input(source.display(), e))?;
+        Ok((staged, encoded))
+    })
+    .await?;
+
+    let key = wal_key(&name);
+    let payload = PutPayload::from_file(
+        staged.path().to_owned(),
+        encoded.stored_len,
+        encoded.object_crc32,
+    );
+    let outcome = match storage.put(&key, payload, PutMode::Create).await {
+        Ok(()) => PushOutcome::Stored,
+        Err(StorageError::AlreadyExists { .. }) => {
+            compare_with_stored(catalog, &key, &name, &path).await?;
+            tracing::warn!("{name} was already archived with identical content; nothing to do");
+            PushOutcome::AlreadyArchived
+        }
+        Err(e) => return Err(e.into()),
+    };
+    drop(staged);
+    Ok(ArchivePushReport {
+        name: name.to_string(),
+        outcome,
+        encoded,
+        elapsed: started.elapsed(),
+    })
+}
+
+fn file_name_of(path: &Path) -> Result<WalFileName> {
+    let leaf = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| Error::invalid_input(path.display(), "not a file path"))?;
+    WalFileName::parse(leaf).map_err(|e| Error::invalid_format(path.display(), e))
+}
+
+/// Refuses WAL from another cluster, or a file that is not the segment its name says.
+fn check_segment(path: &Path, name: &WalFileName, identity: &RepositoryIdentity) -> Result<()> {
+    let invalid = |reason: String| Error::invalid_input(path.display(), reason);
+    let file = File::open(path).map_err(|e| invalid(e.to_string()))?;
+    let len = file.metadata().map_err(|e| invalid(e.to_string()))?.len();
+    let mut page = [0u8; SIZE_OF_XLOG_LONG_PHD];
+    file.read_exact_at(&mut page, 0)
+        .map_err(|e| invalid(format!("cannot read the WAL page header: {e}")))?;
+    let header =
+        WalLongPageHeader::parse(&page).map_err(|e| Error::invalid_format(path.display(), e))?;
+
+    if header.system_identifier != identity.system_identifier {
+        return Err(Error::WrongRepository(format!(
+            "{name} comes from the cluster with system identifier {}, but repository \
+             belongs to system identifier {}: archive each cluster to its own repository",
+            header.system_identifier, identity.system_identifier
+        )));
+    }
+    if u64::from(header.wal_segment_size) != identity.wal_segment_size {
+        return Err(Error::WrongRepository(format!(
+            "{name} has WAL segment size {} but the repository was initialised for {}",
+            header.wal_segment_size, identity.wal_segment_size
+        )));
+    }
+    if header.pg_major_version != identity.pg_version {
+        return Err(Error::WrongRepository(format!(
+            "{name} was written by PostgreSQL {} but the repository holds PostgreSQL {}",
+            header.pg_major_version, identity.pg_version
+        )));
+    }
+    if len != identity.wal_segment_size {
+        return Err(invalid(format!(
+            "is {len} bytes, but WAL segments of this cluster are {} bytes",
+            identity.wal_segment_size
+        )));
+    }
+    let segno = name
+        .segment_number(identity.wal_segment_size)
+        .expect("segments have segment numbers");
+    let expected = segno * identity.wal_segment_size;
+    if header.page_address.0 != expected {
+        return Err(invalid(format!(
+            "holds WAL from {} but its name says {} (should start at {})",
+            wal_name::xlog_file_name(
+                name.timeline(),
+                header
+                    .page_address
+                    .segment_number(identity.wal_segment_size),
+                identity.wal_segment_size
+            ),
+            name.segment_name().unwrap_or_default(),
+            crate::pg::Lsn(expected)
+        )));
+    }
+    Ok(())
+}
+
+/// Succeeds only if the stored object decodes to exactly the bytes at `path`.
+async fn compare_with_stored(
+    catalog: &Catalog,
+    key: &str,
+    name: &WalFileName,
+    path: &Path,
+) -> Result<()> {
+    let storage = catalog.storage();
+    let location = storage.location();
+    let body = storage.get(key).await?;
+    let path = path.to_owned();
+    let what = name.to_string();
+    let identical = blocking(move || {
+        let local = File::open(&path).map_err(|e| Error::invalid_input(path.display(), e))?;
+        let mut compare = CompareWriter::new(BufReader::with_capacity(1 << 20, local));
+        match codec::decode(body.into_blocking_reader(), &mut compare) {
+            Ok(_) => Ok(compare
+                .finish()
+                .map_err(|e| Error::invalid_input(path.display(), e))?),
+            Err(CodecError::Corrupt(reason)) => Err(Error::Corrupt {
+                what: format!("the archived copy of {what}"),
+                location: location.clone(),
+                reason: format!("{reason}; it was left in place for inspection"),
+            }),
+            Err(CodecError::Io(e)) => Err(StorageError::io("read", &location, e).into()),
+        }
+    })
+    .await?;
+    if identical {
+        Ok(())
+    } else {
+        Err(Error::Conflict {
+            name: name.to_string(),
+            location: storage.location(),
+        })
+    }
+}

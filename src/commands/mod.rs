@@ -1,0 +1,15 @@
+//! One module per subcommand: an options struct, one entry function, a report value that
+//! the CLI prints. Commands orchestrate; formats live in `pg`, names in `catalog`.
+
+pub mod archive_get;
+pub mod archive_push;
+pub mod init;
+
+/// Runs CPU- and file-bound work off the async runtime.
+pub(crate) async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> crate::error::Result<T> + Send + 'static,
+) -> crate::error::Result<T> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .expect("blocking task panicked")
+}

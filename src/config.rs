@@ -1,0 +1,111 @@
+//! Configuration: one set of names, read from a TOML file, then `PITR_…` environment
+//! variables, then flags, each overriding the one before.
+//!
+//! The flag and environment layers are merged by clap (see `cli.rs`); this module reads the
+//! file and resolves the result.
+
+use std::path::Path;
+
+use serde::Deserialize;
+
+use crate::error::Error;
+use crate::storage::{RepoLocation, S3Options};
+
+/// Settings as one source gives them; `None` where it is silent.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    pub repo: Option<String>,
+    pub s3_endpoint: Option<String>,
+    pub s3_path_style: Option<bool>,
+}
+
+impl Settings {
+    pub fn from_toml(text: &str, origin: &Path) -> Result<Self, Error> {
+        toml::from_str(text).map_err(|e| {
+            Error::Config(format!(
+                "config file {}: {}",
+                origin.display(),
+                e.message().trim_end()
+            ))
+        })
+    }
+
+    pub fn read_file(path: &Path) -> Result<Self, Error> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            Error::Config(format!(
+                "cannot read config file {}: {e} (given by --config or PITR_CONFIG)",
+                path.display()
+            ))
+        })?;
+        Self::from_toml(&text, path)
+    }
+
+    /// `self` wins where it has a value.
+    pub fn over(self, lower: Settings) -> Settings {
+        Settings {
+            repo: self.repo.or(lower.repo),
+            s3_endpoint: self.s3_endpoint.or(lower.s3_endpoint),
+            s3_path_style: self.s3_path_style.or(lower.s3_path_style),
+        }
+    }
+}
+
+/// Resolved configuration for commands that use a repository.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RepoConfig {
+    pub location: RepoLocation,
+    pub s3: S3Options,
+}
+
+impl RepoConfig {
+    pub fn resolve(settings: &Settings) -> Result<Self, Error> {
+        let url = settings.repo.as_deref().ok_or_else(|| {
+            Error::Config(
+                "no repository given: pass --repo URL, set PITR_REPO, or put repo = \"…\" in \
+                 the config file"
+                    .into(),
+            )
+        })?;
+        Ok(RepoConfig {
+            location: RepoLocation::parse(url).map_err(Error::Config)?,
+            s3: S3Options {
+                endpoint: settings.s3_endpoint.clone(),
+                path_style: settings.s3_path_style.unwrap_or(false),
+            },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_then_env_then_file() {
+        let file = Settings::from_toml(
+            "repo = \"/from/file\"\ns3_endpoint = \"http://file\"\ns3_path_style = true\n",
+            Path::new("pitr.toml"),
+        )
+        .unwrap();
+        let cli = Settings {
+            repo: Some("s3://bucket/cli".into()),
+            ..Settings::default()
+        };
+        let merged = cli.over(file);
+        assert_eq!(merged.repo.as_deref(), Some("s3://bucket/cli"));
+        assert_eq!(merged.s3_endpoint.as_deref(), Some("http://file"));
+        assert_eq!(merged.s3_path_style, Some(true));
+    }
+
+    #[test]
+    fn unknown_keys_and_missing_repo_are_explained() {
+        let err = Settings::from_toml("repository = \"/x\"", Path::new("pitr.toml")).unwrap_err();
+        assert!(
+            err.to_string().contains("unknown field `repository`"),
+            "{err}"
+        );
+        let err = RepoConfig::resolve(&Settings::default()).unwrap_err();
+        assert!(err.to_string().contains("--repo"), "{err}");
+    }
+}

@@ -1,0 +1,112 @@
+use std::io::IsTerminal;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::Parser;
+use tracing::Level;
+
+use pitr::catalog::Catalog;
+use pitr::cli::{Cli, Command};
+use pitr::commands::archive_get::{ArchiveGetOptions, archive_get};
+use pitr::commands::archive_push::{ArchivePushOptions, PushOutcome, archive_push};
+use pitr::commands::init::{InitOptions, init};
+use pitr::config::{RepoConfig, Settings};
+use pitr::error::{EXIT_USAGE, Error};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let level = match (cli.global.quiet, cli.global.verbose) {
+        (true, _) => Level::ERROR,
+        (false, 0) => Level::WARN,
+        (false, 1) => Level::INFO,
+        (false, _) => Level::DEBUG,
+    };
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_max_level(level)
+        .with_target(false)
+        .without_time()
+        .init();
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("pitr: cannot start: {e}");
+            return ExitCode::from(EXIT_USAGE as u8);
+        }
+    };
+    let command = cli.command.name();
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // Not found is routine for restore_command: PostgreSQL probes for files to come.
+            if matches!(e, Error::NotFound { .. }) {
+                tracing::info!("{e}");
+            } else {
+                eprintln!("pitr {command}: {e}");
+            }
+            ExitCode::from(e.exit_code() as u8)
+        }
+    }
+}
+
+async fn run(cli: Cli) -> pitr::Result<()> {
+    let mut settings = cli.global.settings();
+    if let Some(path) = &cli.global.config {
+        settings = settings.over(Settings::read_file(path)?);
+    }
+    let config = RepoConfig::resolve(&settings)?;
+    let storage = config.location.open(&config.s3).await?;
+    let catalog = Catalog::new(Arc::clone(&storage));
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+
+    match cli.command {
+        Command::Init { pgdata } => {
+            let report = init(&catalog, &InitOptions { pgdata }).await?;
+            let verb = if report.created {
+                "initialised"
+            } else {
+                "already initialised"
+            };
+            println!(
+                "{verb} repository {} for PostgreSQL {} cluster {} (WAL segments of {} bytes)",
+                report.location,
+                report.identity.pg_version,
+                report.identity.system_identifier,
+                report.identity.wal_segment_size
+            );
+        }
+        Command::ArchivePush { path } => {
+            let report = archive_push(&catalog, &ArchivePushOptions { path, threads }).await?;
+            let e = &report.encoded;
+            let what = match report.outcome {
+                PushOutcome::Stored => "archived",
+                PushOutcome::AlreadyArchived => "already archived",
+            };
+            tracing::info!(
+                "{what} {}: {} -> {} bytes (ratio {:.2}) in {:.1} ms",
+                report.name,
+                e.original_len,
+                e.stored_len,
+                e.ratio(),
+                report.elapsed.as_secs_f64() * 1e3
+            );
+        }
+        Command::ArchiveGet { name, dest } => {
+            let report = archive_get(&catalog, &ArchiveGetOptions { name, dest }).await?;
+            tracing::info!(
+                "restored {}: {} bytes from {} stored in {:.1} ms",
+                report.name,
+                report.decoded.original_len,
+                report.decoded.stored_len,
+                report.elapsed.as_secs_f64() * 1e3
+            );
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,51 @@
+//! PostgreSQL formats: pure code, bytes in and values out, no I/O.
+//!
+//! Names follow PostgreSQL's own (`XLogFileName`, `IsXLogFileName`…) so that a reader can
+//! find the C counterpart in `src/include/access/xlog_internal.h` and `pg_control.h`.
+
+pub mod control;
+pub mod lsn;
+pub mod wal_name;
+pub mod wal_page;
+
+pub use control::ControlFile;
+pub use lsn::Lsn;
+pub use wal_name::{WalFileKind, WalFileName};
+pub use wal_page::WalLongPageHeader;
+
+/// A PostgreSQL file that is not what it should be.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PgFormatError {
+    #[error(
+        "'{0}' is not a WAL file name (expected a 24-hex-digit segment, TTTTTTTT.history, \
+         a .partial segment or a .backup file)"
+    )]
+    NotAWalFileName(String),
+    #[error("invalid LSN '{0}': expected X/X in hexadecimal, e.g. 0/16B3748")]
+    InvalidLsn(String),
+    #[error("file is {len} bytes, too short for a WAL page header ({need} bytes)")]
+    ShortPage { len: usize, need: usize },
+    #[error(
+        "unknown WAL page magic 0x{0:04X}: not a WAL segment, or written by a PostgreSQL \
+         version pitr does not support (13 to 17)"
+    )]
+    UnknownPageMagic(u16),
+    #[error("first page of the segment lacks the long header flag (xlp_info 0x{0:04X})")]
+    NotLongHeader(u16),
+    #[error("invalid WAL segment size {0} (must be a power of two from 1 MB to 1 GB)")]
+    InvalidSegmentSize(u64),
+    #[error("control file is {0} bytes, expected at least {1}")]
+    ShortControlFile(usize, usize),
+    #[error("control file has no float format marker: not a pg_control file")]
+    NoFloatFormat,
+    #[error(
+        "control file checksum mismatch (stored {stored:08X}, computed {computed:08X}): the \
+         file is corrupt or from an unsupported PostgreSQL version"
+    )]
+    ControlFileChecksum { stored: u32, computed: u32 },
+}
+
+/// PostgreSQL accepts WAL segment sizes that are powers of two from 1 MB to 1 GB.
+pub fn is_valid_wal_segment_size(size: u64) -> bool {
+    size.is_power_of_two() && (1 << 20..=1 << 30).contains(&size)
+}

@@ -1,0 +1,170 @@
+//! Names of the files PostgreSQL hands to `archive_command` (xlog_internal.h).
+
+use std::fmt;
+
+use super::PgFormatError;
+
+/// Length of a segment name: timeline, log id and segment id as 8 hex digits each.
+pub const XLOG_FNAME_LEN: usize = 24;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WalFileKind {
+    /// `000000010000000000000001` (`IsXLogFileName`).
+    Segment,
+    /// `000000010000000000000001.partial`, written at promotion (`IsPartialXLogFileName`).
+    Partial,
+    /// `00000002.history` (`IsTLHistoryFileName`).
+    History,
+    /// `000000010000000000000002.00000028.backup` (`IsBackupHistoryFileName`).
+    BackupHistory,
+}
+
+/// A validated WAL archive file name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WalFileName {
+    name: String,
+    kind: WalFileKind,
+    timeline: u32,
+}
+
+fn is_upper_hex(s: &str) -> bool {
+    s.bytes()
+        .all(|b| b.is_ascii_digit() || (b'A'..=b'F').contains(&b))
+}
+
+impl WalFileName {
+    pub fn parse(name: &str) -> Result<Self, PgFormatError> {
+        let kind =
+            Self::classify(name).ok_or_else(|| PgFormatError::NotAWalFileName(name.to_owned()))?;
+        let timeline = u32::from_str_radix(&name[..8], 16)
+            .map_err(|_| PgFormatError::NotAWalFileName(name.to_owned()))?;
+        Ok(WalFileName {
+            name: name.to_owned(),
+            kind,
+            timeline,
+        })
+    }
+
+    fn classify(name: &str) -> Option<WalFileKind> {
+        let hex_prefix = |len: usize| name.len() >= len && is_upper_hex(&name[..len]);
+        if name.len() == XLOG_FNAME_LEN && hex_prefix(XLOG_FNAME_LEN) {
+            return Some(WalFileKind::Segment);
+        }
+        if let Some(seg) = name.strip_suffix(".partial") {
+            return (seg.len() == XLOG_FNAME_LEN && is_upper_hex(seg))
+                .then_some(WalFileKind::Partial);
+        }
+        if let Some(tli) = name.strip_suffix(".history") {
+            return (tli.len() == 8 && is_upper_hex(tli)).then_some(WalFileKind::History);
+        }
+        if let Some(stem) = name.strip_suffix(".backup") {
+            let (seg, offset) = stem.split_once('.')?;
+            return (seg.len() == XLOG_FNAME_LEN
+                && is_upper_hex(seg)
+                && offset.len() == 8
+                && is_upper_hex(offset))
+            .then_some(WalFileKind::BackupHistory);
+        }
+        None
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.name
+    }
+
+    pub fn kind(&self) -> WalFileKind {
+        self.kind
+    }
+
+    pub fn timeline(&self) -> u32 {
+        self.timeline
+    }
+
+    /// The 24-digit segment name this file belongs to (none for history files).
+    pub fn segment_name(&self) -> Option<&str> {
+        match self.kind {
+            WalFileKind::History => None,
+            _ => Some(&self.name[..XLOG_FNAME_LEN]),
+        }
+    }
+
+    /// Whether the file's content is WAL pages (a full segment) rather than text.
+    pub fn holds_wal_pages(&self) -> bool {
+        matches!(self.kind, WalFileKind::Segment | WalFileKind::Partial)
+    }
+
+    /// Segment number of a segment or partial segment (`XLogFromFileName`).
+    pub fn segment_number(&self, wal_segment_size: u64) -> Option<u64> {
+        let seg = self.segment_name()?;
+        let log = u64::from_str_radix(&seg[8..16], 16).ok()?;
+        let id = u64::from_str_radix(&seg[16..24], 16).ok()?;
+        Some(log * segments_per_xlog_id(wal_segment_size) + id)
+    }
+}
+
+impl fmt::Display for WalFileName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.name)
+    }
+}
+
+/// `XLogSegmentsPerXLogId`: segments in one 4 GB "log id".
+pub fn segments_per_xlog_id(wal_segment_size: u64) -> u64 {
+    0x1_0000_0000 / wal_segment_size
+}
+
+/// `XLogFileName`: the name of segment `segno` on `timeline`.
+pub fn xlog_file_name(timeline: u32, segno: u64, wal_segment_size: u64) -> String {
+    let per_id = segments_per_xlog_id(wal_segment_size);
+    format!("{timeline:08X}{:08X}{:08X}", segno / per_id, segno % per_id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classifies_every_archived_kind() {
+        let cases = [
+            ("000000010000000000000001", WalFileKind::Segment, 1),
+            ("0000000A00000001000000FF.partial", WalFileKind::Partial, 10),
+            ("00000002.history", WalFileKind::History, 2),
+            (
+                "000000010000000000000002.00000028.backup",
+                WalFileKind::BackupHistory,
+                1,
+            ),
+        ];
+        for (name, kind, tli) in cases {
+            let parsed = WalFileName::parse(name).unwrap();
+            assert_eq!(parsed.kind(), kind, "{name}");
+            assert_eq!(parsed.timeline(), tli, "{name}");
+        }
+    }
+
+    #[test]
+    fn rejects_non_wal_names() {
+        for bad in [
+            "",
+            "00000001000000000000001",
+            "0000000100000000000000011",
+            "00000001000000000000000a",
+            "../00000001000000000000001",
+            "0000002.history",
+            "000000010000000000000002.0000028.backup",
+            "000000010000000000000001.tmp",
+            "RECOVERYXLOG",
+        ] {
+            assert!(WalFileName::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn segment_numbers_depend_on_segment_size() {
+        let name = WalFileName::parse("000000010000000100000002").unwrap();
+        assert_eq!(name.segment_number(16 << 20), Some(0x102));
+        assert_eq!(name.segment_number(1 << 30), Some(6));
+        assert_eq!(xlog_file_name(1, 0x102, 16 << 20), name.as_str());
+        assert_eq!(xlog_file_name(1, 6, 1 << 30), name.as_str());
+    }
+}

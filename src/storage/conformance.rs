@@ -1,0 +1,200 @@
+//! The contract every [`Storage`] backend keeps, as one suite run against each of them
+//! (the fs store and a real S3-compatible server, from `tests/storage_conformance.rs`).
+//!
+//! Each check panics with a message on failure; all keys live under `prefix` so that runs
+//! can share a bucket.
+
+use std::sync::Arc;
+
+use super::{PutMode, PutPayload, Storage, StorageError, read_all};
+use bytes::Bytes;
+
+/// Runs every check.
+pub async fn run_all(storage: Arc<dyn Storage>, prefix: &str) {
+    put_get_head_round_trip(&*storage, prefix).await;
+    create_never_overwrites(&*storage, prefix).await;
+    overwrite_replaces(&*storage, prefix).await;
+    missing_objects_are_not_found(&*storage, prefix).await;
+    list_by_prefix(&*storage, prefix).await;
+    delete_is_idempotent(&*storage, prefix).await;
+    file_payloads_stream(&*storage, prefix).await;
+    concurrent_creates_have_one_winner(storage, prefix).await;
+}
+
+pub async fn put_get_head_round_trip(storage: &dyn Storage, prefix: &str) {
+    let key = format!("{prefix}/round-trip/object");
+    let data = Bytes::from_static(b"the quick brown fox");
+    storage
+        .put(&key, PutPayload::from_bytes(data.clone()), PutMode::Create)
+        .await
+        .unwrap();
+    assert_eq!(read_all(storage, &key).await.unwrap(), data);
+    let meta = storage.head(&key).await.unwrap();
+    assert_eq!(
+        (meta.key.as_str(), meta.size),
+        (key.as_str(), data.len() as u64)
+    );
+    // An empty object is an object too.
+    let empty = format!("{prefix}/round-trip/empty");
+    storage
+        .put(
+            &empty,
+            PutPayload::from_bytes(Bytes::new()),
+            PutMode::Create,
+        )
+        .await
+        .unwrap();
+    assert_eq!(read_all(storage, &empty).await.unwrap(), b"");
+}
+
+pub async fn create_never_overwrites(storage: &dyn Storage, prefix: &str) {
+    let key = format!("{prefix}/create/object");
+    storage
+        .put(&key, PutPayload::from_bytes("first"), PutMode::Create)
+        .await
+        .unwrap();
+    let second = storage
+        .put(&key, PutPayload::from_bytes("second"), PutMode::Create)
+        .await;
+    assert!(
+        matches!(second, Err(StorageError::AlreadyExists { .. })),
+        "create over an existing object gave {second:?}"
+    );
+    assert_eq!(read_all(storage, &key).await.unwrap(), b"first");
+}
+
+pub async fn overwrite_replaces(storage: &dyn Storage, prefix: &str) {
+    let key = format!("{prefix}/overwrite/object");
+    for content in ["one", "two"] {
+        storage
+            .put(&key, PutPayload::from_bytes(content), PutMode::Overwrite)
+            .await
+            .unwrap();
+        assert_eq!(read_all(storage, &key).await.unwrap(), content.as_bytes());
+    }
+}
+
+pub async fn missing_objects_are_not_found(storage: &dyn Storage, prefix: &str) {
+    let key = format!("{prefix}/missing/object");
+    assert!(matches!(
+        storage.get(&key).await,
+        Err(StorageError::NotFound { .. })
+    ));
+    assert!(matches!(
+        storage.head(&key).await,
+        Err(StorageError::NotFound { .. })
+    ));
+    assert!(
+        storage
+            .list(&format!("{prefix}/missing/"))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+pub async fn list_by_prefix(storage: &dyn Storage, prefix: &str) {
+    let keys = ["list/a/1", "list/a/2", "list/ab/3", "list/b/4"].map(|k| format!("{prefix}/{k}"));
+    for key in &keys {
+        storage
+            .put(key, PutPayload::from_bytes(key.clone()), PutMode::Create)
+            .await
+            .unwrap();
+    }
+    let listed =
+        |found: Vec<super::ObjectMeta>| found.into_iter().map(|m| m.key).collect::<Vec<_>>();
+    assert_eq!(
+        listed(storage.list(&format!("{prefix}/list/")).await.unwrap()),
+        keys.to_vec()
+    );
+    assert_eq!(
+        listed(storage.list(&format!("{prefix}/list/a/")).await.unwrap()),
+        keys[..2].to_vec()
+    );
+    // A prefix is a string prefix, not a directory.
+    assert_eq!(
+        listed(storage.list(&format!("{prefix}/list/a")).await.unwrap()),
+        keys[..3].to_vec()
+    );
+    let sizes: Vec<u64> = storage
+        .list(&format!("{prefix}/list/b/"))
+        .await
+        .unwrap()
+        .iter()
+        .map(|m| m.size)
+        .collect();
+    assert_eq!(sizes, vec![keys[3].len() as u64]);
+}
+
+pub async fn delete_is_idempotent(storage: &dyn Storage, prefix: &str) {
+    let key = format!("{prefix}/delete/object");
+    storage
+        .put(&key, PutPayload::from_bytes("x"), PutMode::Create)
+        .await
+        .unwrap();
+    storage.delete(&key).await.unwrap();
+    assert!(matches!(
+        storage.head(&key).await,
+        Err(StorageError::NotFound { .. })
+    ));
+    storage.delete(&key).await.unwrap();
+    // Deleted objects can be created again.
+    storage
+        .put(&key, PutPayload::from_bytes("y"), PutMode::Create)
+        .await
+        .unwrap();
+    assert_eq!(read_all(storage, &key).await.unwrap(), b"y");
+}
+
+/// A multi-megabyte file body, staged where the backend asks, streams back intact.
+pub async fn file_payloads_stream(storage: &dyn Storage, prefix: &str) {
+    let key = format!("{prefix}/file/object");
+    let data: Vec<u8> = (0..5_000_000u32).map(|i| (i % 251) as u8).collect();
+    let dir = match storage.staging_dir() {
+        Some(dir) => {
+            std::fs::create_dir_all(dir).unwrap();
+            tempfile::tempdir_in(dir).unwrap()
+        }
+        None => tempfile::tempdir().unwrap(),
+    };
+    let path = dir.path().join("payload");
+    std::fs::write(&path, &data).unwrap();
+    let payload = PutPayload::from_file(path.clone(), data.len() as u64, crc32fast::hash(&data));
+    storage.put(&key, payload, PutMode::Create).await.unwrap();
+    // The caller's file is still the caller's.
+    assert_eq!(std::fs::read(&path).unwrap(), data);
+    assert_eq!(read_all(storage, &key).await.unwrap(), data);
+    assert_eq!(storage.head(&key).await.unwrap().size, data.len() as u64);
+}
+
+pub async fn concurrent_creates_have_one_winner(storage: Arc<dyn Storage>, prefix: &str) {
+    let key = format!("{prefix}/race/object");
+    let attempts: Vec<_> = (0..8)
+        .map(|i| {
+            let (storage, key) = (storage.clone(), key.clone());
+            tokio::spawn(async move {
+                let body = format!("writer {i}");
+                let result = storage
+                    .put(&key, PutPayload::from_bytes(body.clone()), PutMode::Create)
+                    .await;
+                (body, result)
+            })
+        })
+        .collect();
+    let mut winners = Vec::new();
+    for attempt in attempts {
+        let (body, result) = attempt.await.unwrap();
+        match result {
+            Ok(()) => winners.push(body),
+            Err(StorageError::AlreadyExists { .. }) => {}
+            Err(e) => panic!("concurrent create failed: {e}"),
+        }
+    }
+    assert_eq!(winners.len(), 1, "winners: {winners:?}");
+    assert_eq!(
+        read_all(&*storage, &key).await.unwrap(),
+        winners[0].as_bytes()
+    );
+    let listed = storage.list(&format!("{prefix}/race/")).await.unwrap();
+    assert_eq!(listed.len(), 1, "{listed:?}");
+}

@@ -1,0 +1,232 @@
+//! A repository in a local directory.
+//!
+//! Writes are atomic and durable: the bytes go to a file in `<root>/.tmp/`, which is fsynced,
+//! then linked (create) or renamed (overwrite) into place, and the directory is fsynced. A
+//! writer killed at any point leaves at most a file in `.tmp/`, which no read ever serves.
+
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use async_trait::async_trait;
+
+use super::{ObjectBody, ObjectMeta, PutBody, PutMode, PutPayload, Storage, StorageError};
+
+const STAGING: &str = ".tmp";
+
+#[derive(Debug, Clone)]
+pub struct FsStorage {
+    root: PathBuf,
+    staging: PathBuf,
+}
+
+impl FsStorage {
+    pub fn new(root: PathBuf) -> Self {
+        let staging = root.join(STAGING);
+        FsStorage { root, staging }
+    }
+
+    fn path_of(&self, key: &str) -> Result<PathBuf, StorageError> {
+        super::validate_key(key)?;
+        Ok(self.root.join(key))
+    }
+}
+
+/// A unique name in the staging directory for this process.
+fn staging_name(staging: &Path, key: &str) -> PathBuf {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let leaf = key.rsplit('/').next().unwrap_or(key);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    staging.join(format!("{leaf}.{}.{n}", std::process::id()))
+}
+
+fn fsync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Creates `dir` and any missing ancestors, making each new entry durable.
+fn create_dirs_durably(dir: &Path) -> io::Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    if let Some(parent) = dir.parent() {
+        create_dirs_durably(parent)?;
+    }
+    match fs::create_dir(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(()),
+        Err(e) => return Err(e),
+    }
+    match dir.parent() {
+        Some(parent) => fsync_dir(parent),
+        None => Ok(()),
+    }
+}
+
+/// Removes a staged file on every path out of `put`, success or not.
+struct StagedFile(PathBuf);
+
+impl Drop for StagedFile {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.0);
+    }
+}
+
+fn put_blocking(
+    store: &FsStorage,
+    key: &str,
+    payload: PutPayload,
+    mode: PutMode,
+) -> Result<(), StorageError> {
+    let target = store.path_of(key)?;
+    let io_err = |op, e| StorageError::io(op, target.display(), e);
+    create_dirs_durably(&store.staging).map_err(|e| io_err("create", e))?;
+    let parent = target.parent().expect("keys have a parent");
+    create_dirs_durably(parent).map_err(|e| io_err("create", e))?;
+
+    // Our own name for the bytes, fsynced, in the same filesystem as the target.
+    let staged = StagedFile(staging_name(&store.staging, key));
+    match &payload.body {
+        PutBody::Bytes(bytes) => {
+            let mut file = File::create(&staged.0).map_err(|e| io_err("stage", e))?;
+            file.write_all(bytes).map_err(|e| io_err("stage", e))?;
+            file.sync_all().map_err(|e| io_err("fsync", e))?;
+        }
+        PutBody::File(source) => {
+            if fs::hard_link(source, &staged.0).is_err() {
+                // Another filesystem: copy instead.
+                fs::copy(source, &staged.0).map_err(|e| io_err("copy", e))?;
+            }
+            File::open(&staged.0)
+                .and_then(|f| f.sync_all())
+                .map_err(|e| io_err("fsync", e))?;
+        }
+    }
+    match mode {
+        PutMode::Create => match fs::hard_link(&staged.0, &target) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                return Err(StorageError::AlreadyExists {
+                    key: key.to_owned(),
+                });
+            }
+            Err(e) => return Err(io_err("link", e)),
+        },
+        PutMode::Overwrite => fs::rename(&staged.0, &target).map_err(|e| io_err("rename", e))?,
+    }
+    fsync_dir(parent).map_err(|e| io_err("fsync", e))
+}
+
+fn list_blocking(root: &Path, prefix: &str) -> Result<Vec<ObjectMeta>, StorageError> {
+    // Walk from the deepest directory the prefix names; filter the rest by string.
+    let dir_part = prefix.rfind('/').map_or("", |i| &prefix[..i]);
+    let start = root.join(dir_part);
+    let mut found = Vec::new();
+    let mut pending = vec![(start, dir_part.to_owned())];
+    while let Some((dir, key_prefix)) = pending.pop() {
+        let entries = match fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(StorageError::io("list", dir.display(), e)),
+        };
+        for entry in entries {
+            let entry = entry.map_err(|e| StorageError::io("list", dir.display(), e))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') {
+                continue; // staging area and other temporary files
+            }
+            let key = if key_prefix.is_empty() {
+                name
+            } else {
+                format!("{key_prefix}/{name}")
+            };
+            let meta = entry
+                .metadata()
+                .map_err(|e| StorageError::io("stat", entry.path().display(), e))?;
+            if meta.is_dir() {
+                if key.starts_with(prefix) || prefix.starts_with(&format!("{key}/")) {
+                    pending.push((entry.path(), key));
+                }
+            } else if key.starts_with(prefix) {
+                found.push(ObjectMeta {
+                    key,
+                    size: meta.len(),
+                });
+            }
+        }
+    }
+    found.sort_by(|a, b| a.key.cmp(&b.key));
+    Ok(found)
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StorageError> + Send + 'static,
+) -> Result<T, StorageError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .expect("storage task panicked")
+}
+
+#[async_trait]
+impl Storage for FsStorage {
+    fn location(&self) -> String {
+        format!("file://{}", self.root.display())
+    }
+
+    async fn put(&self, key: &str, payload: PutPayload, mode: PutMode) -> Result<(), StorageError> {
+        let (store, key) = (self.clone(), key.to_owned());
+        blocking(move || put_blocking(&store, &key, payload, mode)).await
+    }
+
+    async fn get(&self, key: &str) -> Result<ObjectBody, StorageError> {
+        let path = self.path_of(key)?;
+        match File::open(&path) {
+            Ok(file) => Ok(ObjectBody::File(file)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(StorageError::NotFound {
+                key: key.to_owned(),
+            }),
+            Err(e) => Err(StorageError::io("read", path.display(), e)),
+        }
+    }
+
+    async fn head(&self, key: &str) -> Result<ObjectMeta, StorageError> {
+        let path = self.path_of(key)?;
+        match fs::metadata(&path) {
+            Ok(meta) if meta.is_file() => Ok(ObjectMeta {
+                key: key.to_owned(),
+                size: meta.len(),
+            }),
+            Ok(_) => Err(StorageError::NotFound {
+                key: key.to_owned(),
+            }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(StorageError::NotFound {
+                key: key.to_owned(),
+            }),
+            Err(e) => Err(StorageError::io("stat", path.display(), e)),
+        }
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StorageError> {
+        let (root, prefix) = (self.root.clone(), prefix.to_owned());
+        blocking(move || list_blocking(&root, &prefix)).await
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), StorageError> {
+        let path = self.path_of(key)?;
+        blocking(move || {
+            match fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+                Err(e) => return Err(StorageError::io("delete", path.display(), e)),
+            }
+            let parent = path.parent().expect("keys have a parent");
+            fsync_dir(parent).map_err(|e| StorageError::io("fsync", parent.display(), e))
+        })
+        .await
+    }
+
+    fn staging_dir(&self) -> Option<&Path> {
+        Some(&self.staging)
+    }
+}

@@ -1,0 +1,259 @@
+//! Object storage: one small async trait, implemented for a local directory and for S3.
+//!
+//! Storage knows keys and bytes, never what they mean: the catalog names objects, the codec
+//! shapes them. Every backend passes the same [`conformance`] suite.
+
+use std::fmt;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+pub mod conformance;
+mod fs;
+mod s3;
+
+pub use fs::FsStorage;
+pub use s3::{S3Options, S3Storage};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("{key}: not found in the repository")]
+    NotFound { key: String },
+    #[error("{key}: already exists in the repository")]
+    AlreadyExists { key: String },
+    #[error("{op} {location}: {source}")]
+    Io {
+        op: &'static str,
+        location: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("S3 {op} {location}: {message}")]
+    S3 {
+        op: &'static str,
+        location: String,
+        message: String,
+    },
+    #[error("invalid object key '{0}'")]
+    InvalidKey(String),
+}
+
+impl StorageError {
+    pub fn io(op: &'static str, location: impl fmt::Display, source: std::io::Error) -> Self {
+        StorageError::Io {
+            op,
+            location: location.to_string(),
+            source,
+        }
+    }
+}
+
+/// Whether a put may replace an existing object.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PutMode {
+    /// Fail with [`StorageError::AlreadyExists`] if the key exists, atomically.
+    Create,
+    /// Replace whatever is there, atomically.
+    Overwrite,
+}
+
+/// The bytes of a put, with their length and CRC-32 known up front so that S3 can verify
+/// them on receipt and retries can resend them.
+#[derive(Clone, Debug)]
+pub struct PutPayload {
+    pub body: PutBody,
+    pub len: u64,
+    pub crc32: u32,
+}
+
+#[derive(Clone, Debug)]
+pub enum PutBody {
+    Bytes(Bytes),
+    /// A complete local file; for the fs store, best written in [`Storage::staging_dir`].
+    File(PathBuf),
+}
+
+impl PutPayload {
+    pub fn from_bytes(bytes: impl Into<Bytes>) -> Self {
+        let bytes = bytes.into();
+        PutPayload {
+            len: bytes.len() as u64,
+            crc32: crc32fast::hash(&bytes),
+            body: PutBody::Bytes(bytes),
+        }
+    }
+
+    pub fn from_file(path: PathBuf, len: u64, crc32: u32) -> Self {
+        PutPayload {
+            body: PutBody::File(path),
+            len,
+            crc32,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObjectMeta {
+    pub key: String,
+    pub size: u64,
+}
+
+/// An object's content, readable as a stream.
+pub enum ObjectBody {
+    /// A local file: read it directly, without going through the async runtime.
+    File(std::fs::File),
+    Stream(Box<dyn AsyncRead + Send + Unpin>),
+}
+
+impl ObjectBody {
+    /// A blocking reader; call it from a blocking context (`spawn_blocking`) in a runtime.
+    pub fn into_blocking_reader(self) -> Box<dyn Read + Send> {
+        match self {
+            ObjectBody::File(file) => Box::new(file),
+            ObjectBody::Stream(stream) => Box::new(tokio_util::io::SyncIoBridge::new(stream)),
+        }
+    }
+}
+
+#[async_trait]
+pub trait Storage: Send + Sync + fmt::Debug {
+    /// Where the repository is, for messages: `file:///…` or `s3://bucket/prefix`.
+    fn location(&self) -> String;
+
+    async fn put(&self, key: &str, payload: PutPayload, mode: PutMode) -> Result<(), StorageError>;
+
+    async fn get(&self, key: &str) -> Result<ObjectBody, StorageError>;
+
+    async fn head(&self, key: &str) -> Result<ObjectMeta, StorageError>;
+
+    /// Every object whose key starts with `prefix`, sorted by key.
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StorageError>;
+
+    /// Removes the object; removing a missing object succeeds.
+    async fn delete(&self, key: &str) -> Result<(), StorageError>;
+
+    /// A directory where a file can be staged so that `put` takes it without a copy.
+    fn staging_dir(&self) -> Option<&Path> {
+        None
+    }
+}
+
+/// Reads a whole (small) object into memory.
+pub async fn read_all(storage: &dyn Storage, key: &str) -> Result<Vec<u8>, StorageError> {
+    let mut out = Vec::new();
+    match storage.get(key).await? {
+        ObjectBody::File(file) => {
+            let mut file = tokio::fs::File::from_std(file);
+            file.read_to_end(&mut out).await
+        }
+        ObjectBody::Stream(mut stream) => stream.read_to_end(&mut out).await,
+    }
+    .map_err(|e| StorageError::io("read", key, e))?;
+    Ok(out)
+}
+
+/// Keys are relative, `/`-separated, and never climb out of the repository.
+pub fn validate_key(key: &str) -> Result<(), StorageError> {
+    let bad = key.is_empty()
+        || key.starts_with('/')
+        || key
+            .split('/')
+            .any(|part| part.is_empty() || part == "." || part == ".." || part.starts_with('.'));
+    if bad {
+        Err(StorageError::InvalidKey(key.to_owned()))
+    } else {
+        Ok(())
+    }
+}
+
+/// Where a repository lives, from `--repo`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RepoLocation {
+    Fs(PathBuf),
+    S3 { bucket: String, prefix: String },
+}
+
+impl RepoLocation {
+    pub fn parse(url: &str) -> Result<Self, String> {
+        if let Some(rest) = url.strip_prefix("s3://") {
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            if bucket.is_empty() {
+                return Err(format!(
+                    "repository '{url}' names no bucket: use s3://BUCKET/PREFIX"
+                ));
+            }
+            return Ok(RepoLocation::S3 {
+                bucket: bucket.to_owned(),
+                prefix: prefix.trim_matches('/').to_owned(),
+            });
+        }
+        let path = url.strip_prefix("file://").unwrap_or(url);
+        if url.contains("://") && !url.starts_with("file://") {
+            return Err(format!(
+                "repository '{url}' has an unknown scheme: use file:///PATH, /PATH or s3://BUCKET/PREFIX"
+            ));
+        }
+        if !Path::new(path).is_absolute() {
+            return Err(format!(
+                "repository path '{url}' is not absolute: archive_command runs in the data \
+                 directory, so give a full path such as /var/lib/pitr"
+            ));
+        }
+        Ok(RepoLocation::Fs(PathBuf::from(path)))
+    }
+
+    pub async fn open(&self, s3: &S3Options) -> Result<Arc<dyn Storage>, StorageError> {
+        Ok(match self {
+            RepoLocation::Fs(path) => Arc::new(FsStorage::new(path.clone())),
+            RepoLocation::S3 { bucket, prefix } => {
+                Arc::new(S3Storage::connect(bucket, prefix, s3).await?)
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_repository_urls() {
+        assert_eq!(
+            RepoLocation::parse("/var/lib/pitr").unwrap(),
+            RepoLocation::Fs("/var/lib/pitr".into())
+        );
+        assert_eq!(
+            RepoLocation::parse("file:///var/lib/pitr").unwrap(),
+            RepoLocation::Fs("/var/lib/pitr".into())
+        );
+        assert_eq!(
+            RepoLocation::parse("s3://bucket/a/b/").unwrap(),
+            RepoLocation::S3 {
+                bucket: "bucket".into(),
+                prefix: "a/b".into()
+            }
+        );
+        assert_eq!(
+            RepoLocation::parse("s3://bucket").unwrap(),
+            RepoLocation::S3 {
+                bucket: "bucket".into(),
+                prefix: String::new()
+            }
+        );
+        for bad in ["relative/dir", "file://relative", "s3://", "gs://x/y"] {
+            assert!(RepoLocation::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn keys_stay_inside_the_repository() {
+        assert!(validate_key("wal/0000000100000000/000000010000000000000001.lz4").is_ok());
+        for bad in ["", "/abs", "a//b", "a/../b", "..", "a/./b", ".tmp/x", "a/"] {
+            assert!(validate_key(bad).is_err(), "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,235 @@
+//! A repository in an S3 bucket (AWS S3, MinIO, or any S3-compatible server).
+//!
+//! Puts send the body's CRC-32 as `x-amz-checksum-crc32` in a header (never in a streaming
+//! trailer, which some S3-compatible servers reject), so the server verifies the bytes on
+//! receipt; create-only puts use `If-None-Match: *`.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use aws_config::BehaviorVersion;
+use aws_config::meta::region::RegionProviderChain;
+use aws_sdk_s3::Client;
+use aws_sdk_s3::config::http::HttpResponse;
+use aws_sdk_s3::config::{RequestChecksumCalculation, ResponseChecksumValidation};
+use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::ChecksumMode;
+
+use super::{ObjectBody, ObjectMeta, PutBody, PutMode, PutPayload, Storage, StorageError};
+
+/// S3 settings that the AWS SDK's default chain does not cover.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct S3Options {
+    /// Endpoint URL for S3-compatible servers; otherwise AWS_ENDPOINT_URL or AWS itself.
+    pub endpoint: Option<String>,
+    /// Address buckets as `endpoint/bucket` (MinIO and most S3-compatible servers).
+    pub path_style: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct S3Storage {
+    client: Client,
+    bucket: String,
+    /// Empty, or ends with `/`.
+    prefix: String,
+}
+
+/// Concurrent conditional puts may be answered 409 while another is in flight: retry.
+const CONFLICT_RETRIES: u32 = 10;
+
+impl S3Storage {
+    pub async fn connect(
+        bucket: &str,
+        prefix: &str,
+        options: &S3Options,
+    ) -> Result<Self, StorageError> {
+        // S3-compatible servers rarely care about the region, but the SDK insists on one.
+        let region = RegionProviderChain::default_provider().or_else("us-east-1");
+        let shared = aws_config::defaults(BehaviorVersion::latest())
+            .region(region)
+            .load()
+            .await;
+        let mut config = aws_sdk_s3::config::Builder::from(&shared)
+            .force_path_style(options.path_style)
+            .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
+            .response_checksum_validation(ResponseChecksumValidation::WhenSupported);
+        if let Some(endpoint) = &options.endpoint {
+            config = config.endpoint_url(endpoint);
+        }
+        Ok(S3Storage {
+            client: Client::from_conf(config.build()),
+            bucket: bucket.to_owned(),
+            prefix: if prefix.is_empty() {
+                String::new()
+            } else {
+                format!("{prefix}/")
+            },
+        })
+    }
+
+    fn object_key(&self, key: &str) -> Result<String, StorageError> {
+        super::validate_key(key)?;
+        Ok(format!("{}{key}", self.prefix))
+    }
+
+    fn url(&self, key: &str) -> String {
+        format!("s3://{}/{}{key}", self.bucket, self.prefix)
+    }
+
+    fn error<E>(&self, op: &'static str, key: &str, err: SdkError<E, HttpResponse>) -> StorageError
+    where
+        E: ProvideErrorMetadata + std::error::Error + 'static,
+    {
+        StorageError::S3 {
+            op,
+            location: self.url(key),
+            message: match err.code() {
+                Some(code) => format!("{code}: {}", err.message().unwrap_or("no message")),
+                None => DisplayErrorContext(&err).to_string(),
+            },
+        }
+    }
+}
+
+async fn body_of(payload: &PutPayload) -> Result<ByteStream, StorageError> {
+    match &payload.body {
+        PutBody::Bytes(bytes) => Ok(ByteStream::from(bytes.clone())),
+        PutBody::File(path) => ByteStream::from_path(path)
+            .await
+            .map_err(|e| StorageError::io("read", path.display(), std::io::Error::other(e))),
+    }
+}
+
+fn status_of<E>(err: &SdkError<E, HttpResponse>) -> Option<u16> {
+    err.raw_response()
+        .map(|response| response.status().as_u16())
+}
+
+#[async_trait]
+impl Storage for S3Storage {
+    fn location(&self) -> String {
+        format!("s3://{}/{}", self.bucket, self.prefix.trim_end_matches('/'))
+    }
+
+    async fn put(&self, key: &str, payload: PutPayload, mode: PutMode) -> Result<(), StorageError> {
+        let object_key = self.object_key(key)?;
+        if mode == PutMode::Create {
+            // Servers that ignore If-None-Match still must not overwrite: look first.
+            match self.head(key).await {
+                Ok(_) => {
+                    return Err(StorageError::AlreadyExists {
+                        key: key.to_owned(),
+                    });
+                }
+                Err(StorageError::NotFound { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let checksum = aws_smithy_types::base64::encode(payload.crc32.to_be_bytes());
+        for attempt in 0.. {
+            let mut request = self
+                .client
+                .put_object()
+                .bucket(&self.bucket)
+                .key(&object_key)
+                .content_length(payload.len as i64)
+                .checksum_crc32(&checksum)
+                .body(body_of(&payload).await?);
+            if mode == PutMode::Create {
+                request = request.if_none_match("*");
+            }
+            match request.send().await {
+                Ok(_) => return Ok(()),
+                Err(e) => match status_of(&e) {
+                    Some(412) => {
+                        return Err(StorageError::AlreadyExists {
+                            key: key.to_owned(),
+                        });
+                    }
+                    Some(409) if attempt < CONFLICT_RETRIES => {
+                        tokio::time::sleep(Duration::from_millis(50 << attempt.min(4))).await;
+                    }
+                    _ => return Err(self.error("put", key, e)),
+                },
+            }
+        }
+        unreachable!("the retry loop returns")
+    }
+
+    async fn get(&self, key: &str) -> Result<ObjectBody, StorageError> {
+        let response = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(self.object_key(key)?)
+            .checksum_mode(ChecksumMode::Enabled)
+            .send()
+            .await
+            .map_err(|e| match status_of(&e) {
+                Some(404) => StorageError::NotFound {
+                    key: key.to_owned(),
+                },
+                _ => self.error("get", key, e),
+            })?;
+        Ok(ObjectBody::Stream(Box::new(
+            response.body.into_async_read(),
+        )))
+    }
+
+    async fn head(&self, key: &str) -> Result<ObjectMeta, StorageError> {
+        let response = self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(self.object_key(key)?)
+            .send()
+            .await
+            .map_err(|e| match status_of(&e) {
+                Some(404) => StorageError::NotFound {
+                    key: key.to_owned(),
+                },
+                _ => self.error("head", key, e),
+            })?;
+        Ok(ObjectMeta {
+            key: key.to_owned(),
+            size: response.content_length.unwrap_or(0).max(0) as u64,
+        })
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StorageError> {
+        let mut found = Vec::new();
+        let mut pages = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(format!("{}{prefix}", self.prefix))
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| self.error("list", prefix, e))?;
+            for object in page.contents() {
+                let Some(key) = object.key().and_then(|k| k.strip_prefix(&self.prefix)) else {
+                    continue;
+                };
+                found.push(ObjectMeta {
+                    key: key.to_owned(),
+                    size: object.size().unwrap_or(0).max(0) as u64,
+                });
+            }
+        }
+        found.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(found)
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), StorageError> {
+        self.client
+            .delete_object()
+            .bucket(&self.bucket)
+            .key(self.object_key(key)?)
+            .send()
+            .await
+            .map_err(|e| self.error("delete", key, e))?;
+        Ok(())
+    }
+}
