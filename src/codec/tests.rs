@@ -130,3 +130,4 @@ fn compare_writer_tells_identical_from_different() {
     decode(&object[..], &mut longer).unwrap();
     assert!(!longer.finish().unwrap());
 }
+

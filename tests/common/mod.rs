@@ -1,0 +1,450 @@
+//! Test harness: real PostgreSQL clusters and a real S3-compatible server.
+//!
+//! Every test gets its own directory under /tmp (readable by the `postgres` user, which runs
+//! PostgreSQL and the pitr binary when the tests run as root), its own unix-socket directory
+//! and its own S3 port; everything started is stopped on drop, also when a test fails.
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use pitr::storage::{RepoLocation, S3Options, Storage};
+
+pub const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+
+pub fn is_root() -> bool {
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// A command run as the `postgres` user when we are root, else as ourselves.
+pub fn as_postgres(program: impl AsRef<Path>) -> Command {
+    if is_root() {
+        let mut cmd = Command::new("runuser");
+        cmd.args(["-u", "postgres", "--"]).arg(program.as_ref());
+        cmd
+    } else {
+        Command::new(program.as_ref())
+    }
+}
+
+pub fn run_ok(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn chown_to_postgres(path: &Path) {
+    if is_root() {
+        run_ok(Command::new("chown").args(["-R", "postgres:postgres"]).arg(path));
+    }
+}
+
+/// A private directory under /tmp, removed on drop.
+pub struct TestDir {
+    dir: tempfile::TempDir,
+}
+
+impl TestDir {
+    pub fn new(name: &str) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("pitr-test-{name}-"))
+            .tempdir_in("/tmp")
+            .unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        chown_to_postgres(dir.path());
+        TestDir { dir }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// A new subdirectory owned by the user that runs PostgreSQL.
+    pub fn subdir(&self, name: &str) -> PathBuf {
+        let path = self.path().join(name);
+        std::fs::create_dir_all(&path).unwrap();
+        chown_to_postgres(&path);
+        path
+    }
+
+    /// Writes a file readable and writable by the postgres user.
+    pub fn write(&self, name: &str, content: impl AsRef<[u8]>) -> PathBuf {
+        let path = self.path().join(name);
+        std::fs::write(&path, content).unwrap();
+        chown_to_postgres(&path);
+        path
+    }
+}
+
+/// The pitr binary, copied where the postgres user can run it.
+pub struct Pitr {
+    pub bin: PathBuf,
+    pub repo: String,
+    pub env: Vec<(String, String)>,
+}
+
+impl Pitr {
+    pub fn install(dir: &TestDir, repo: &Repo) -> Self {
+        let bin = dir.path().join("pitr");
+        std::fs::copy(env!("CARGO_BIN_EXE_pitr"), &bin).unwrap();
+        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+        Pitr {
+            bin,
+            repo: repo.url.clone(),
+            env: repo.env.clone(),
+        }
+    }
+
+    /// `pitr --repo URL ARGS…` as the postgres user.
+    pub fn command<I, S>(&self, args: I) -> Command
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<std::ffi::OsStr>,
+    {
+        let mut cmd = as_postgres(&self.bin);
+        cmd.arg("--repo").arg(&self.repo).args(args);
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
+        cmd
+    }
+
+    pub fn run<I, S>(&self, args: I) -> Output
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<std::ffi::OsStr>,
+    {
+        self.command(args).output().unwrap()
+    }
+
+    /// The `archive_command` that PostgreSQL runs.
+    pub fn archive_command(&self) -> String {
+        let env: Vec<String> = self.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        format!(
+            "env {} {} --repo {} archive-push %p",
+            env.join(" "),
+            self.bin.display(),
+            self.repo
+        )
+    }
+}
+
+pub fn code(out: &Output) -> i32 {
+    out.status.code().unwrap_or(-1)
+}
+
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// A repository under test: its URL, the environment pitr needs, and direct access.
+pub struct Repo {
+    pub url: String,
+    pub env: Vec<(String, String)>,
+    pub location: RepoLocation,
+    pub s3: S3Options,
+    _server: Option<Arc<S3Server>>,
+}
+
+impl Repo {
+    pub fn local(dir: &TestDir) -> Self {
+        let path = dir.subdir("repo");
+        Repo {
+            url: path.display().to_string(),
+            env: vec![],
+            location: RepoLocation::Fs(path),
+            s3: S3Options::default(),
+            _server: None,
+        }
+    }
+
+    pub fn s3(server: &Arc<S3Server>, prefix: &str) -> Self {
+        let bucket = server.bucket.clone();
+        Repo {
+            url: format!("s3://{bucket}/{prefix}"),
+            env: server.env(),
+            location: RepoLocation::S3 {
+                bucket,
+                prefix: prefix.to_owned(),
+            },
+            s3: S3Options {
+                endpoint: Some(server.endpoint.clone()),
+                path_style: true,
+            },
+            _server: Some(server.clone()),
+        }
+    }
+
+    /// Direct access to the repository's objects, for inspection and tampering.
+    pub async fn storage(&self) -> Arc<dyn Storage> {
+        for (k, v) in &self.env {
+            // SAFETY: tests set the same S3 credentials in every thread.
+            unsafe { std::env::set_var(k, v) };
+        }
+        self.location.open(&self.s3).await.unwrap()
+    }
+}
+
+/// A real S3-compatible server: s3s-fs started for the test, or the one named by
+/// PITR_TEST_S3_ENDPOINT (e.g. MinIO from docker-compose.test.yml).
+pub struct S3Server {
+    pub endpoint: String,
+    pub access_key: String,
+    pub secret_key: String,
+    pub bucket: String,
+    process: Option<Child>,
+    _root: Option<TestDir>,
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl S3Server {
+    pub async fn start(name: &str) -> Arc<Self> {
+        let bucket = format!("pitr-{name}-{}", std::process::id()).replace('_', "-");
+        let server = match std::env::var("PITR_TEST_S3_ENDPOINT") {
+            Ok(endpoint) => S3Server {
+                endpoint,
+                access_key: std::env::var("AWS_ACCESS_KEY_ID")
+                    .expect("PITR_TEST_S3_ENDPOINT needs AWS_ACCESS_KEY_ID"),
+                secret_key: std::env::var("AWS_SECRET_ACCESS_KEY")
+                    .expect("PITR_TEST_S3_ENDPOINT needs AWS_SECRET_ACCESS_KEY"),
+                bucket,
+                process: None,
+                _root: None,
+            },
+            Err(_) => Self::spawn_s3s_fs(name, bucket),
+        };
+        server.create_bucket().await;
+        Arc::new(server)
+    }
+
+    fn spawn_s3s_fs(name: &str, bucket: String) -> Self {
+        let root = TestDir::new(&format!("s3-{name}"));
+        let binary = std::env::var("PITR_TEST_S3S_FS").unwrap_or_else(|_| "s3s-fs".into());
+        let (access_key, secret_key) = ("pitr-test-access".to_owned(), "pitr-test-secret".to_owned());
+        for _ in 0..5 {
+            let port = free_port();
+            let mut process = Command::new(&binary)
+                .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+                .args(["--access-key", &access_key, "--secret-key", &secret_key])
+                .arg(root.path())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap_or_else(|e| {
+                    panic!("cannot start {binary} (install: cargo install s3s-fs --version 0.14.1 --features binary): {e}")
+                });
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    return S3Server {
+                        endpoint: format!("http://127.0.0.1:{port}"),
+                        access_key,
+                        secret_key,
+                        bucket,
+                        process: Some(process),
+                        _root: Some(root),
+                    };
+                }
+                if process.try_wait().unwrap().is_some() {
+                    break; // port taken meanwhile: try another
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = process.kill();
+            let _ = process.wait();
+        }
+        panic!("s3s-fs did not start");
+    }
+
+    pub fn env(&self) -> Vec<(String, String)> {
+        vec![
+            ("AWS_ACCESS_KEY_ID".into(), self.access_key.clone()),
+            ("AWS_SECRET_ACCESS_KEY".into(), self.secret_key.clone()),
+            ("AWS_REGION".into(), "us-east-1".into()),
+            ("AWS_EC2_METADATA_DISABLED".into(), "true".into()),
+            ("PITR_S3_ENDPOINT".into(), self.endpoint.clone()),
+            ("PITR_S3_PATH_STYLE".into(), "true".into()),
+        ]
+    }
+
+    async fn create_bucket(&self) {
+        let credentials = aws_sdk_s3::config::Credentials::new(
+            &self.access_key,
+            &self.secret_key,
+            None,
+            None,
+            "pitr-tests",
+        );
+        let config = aws_sdk_s3::config::Builder::new()
+            .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
+            .region(aws_sdk_s3::config::Region::new("us-east-1"))
+            .credentials_provider(credentials)
+            .endpoint_url(&self.endpoint)
+            .force_path_style(true)
+            .build();
+        aws_sdk_s3::Client::from_conf(config)
+            .create_bucket()
+            .bucket(&self.bucket)
+            .send()
+            .await
+            .unwrap_or_else(|e| {
+                panic!(
+                    "create bucket {}: {}",
+                    self.bucket,
+                    aws_sdk_s3::error::DisplayErrorContext(e)
+                )
+            });
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        if let Some(process) = &mut self.process {
+            let _ = process.kill();
+            let _ = process.wait();
+        }
+    }
+}
+
+/// A PostgreSQL 15 cluster in a test directory, listening only on a private unix socket.
+pub struct PgCluster {
+    pub data: PathBuf,
+    pub socket_dir: PathBuf,
+    pub port: u16,
+    log: PathBuf,
+    started: bool,
+}
+
+impl PgCluster {
+    pub fn initdb(dir: &TestDir, name: &str, extra_initdb: &[&str]) -> Self {
+        let root = dir.subdir(name);
+        let data = root.join("data");
+        let socket_dir = root.clone();
+        run_ok(
+            as_postgres(Path::new(PG_BIN).join("initdb"))
+                .args(["-A", "trust", "-U", "postgres", "-N", "-D"])
+                .arg(&data)
+                .args(extra_initdb),
+        );
+        let cluster = PgCluster {
+            data,
+            socket_dir,
+            port: 5432,
+            log: root.join("server.log"),
+            started: false,
+        };
+        cluster.configure(&format!(
+            "listen_addresses = ''\nunix_socket_directories = '{}'\nport = {}\nfsync = off\n",
+            cluster.socket_dir.display(),
+            cluster.port
+        ));
+        cluster
+    }
+
+    pub fn configure(&self, lines: &str) {
+        use std::io::Write;
+        let mut conf = std::fs::OpenOptions::new()
+            .append(true)
+            .open(self.data.join("postgresql.conf"))
+            .unwrap();
+        writeln!(conf, "{lines}").unwrap();
+    }
+
+    pub fn start(&mut self) {
+        run_ok(
+            as_postgres(Path::new(PG_BIN).join("pg_ctl"))
+                .args(["-w", "-t", "60", "-D"])
+                .arg(&self.data)
+                .arg("-l")
+                .arg(&self.log)
+                .arg("start"),
+        );
+        self.started = true;
+    }
+
+    pub fn stop(&mut self) {
+        if self.started {
+            let _ = as_postgres(Path::new(PG_BIN).join("pg_ctl"))
+                .args(["-w", "-m", "fast", "-D"])
+                .arg(&self.data)
+                .arg("stop")
+                .output();
+            self.started = false;
+        }
+    }
+
+    /// Runs SQL through psql; returns unaligned, tuples-only output.
+    pub fn sql(&self, sql: &str) -> String {
+        run_ok(
+            as_postgres("psql")
+                .args(["-X", "-v", "ON_ERROR_STOP=1", "-At", "-U", "postgres", "-h"])
+                .arg(&self.socket_dir)
+                .args(["-p", &self.port.to_string(), "-d", "postgres", "-c", sql]),
+        )
+        .trim()
+        .to_owned()
+    }
+
+    pub fn server_log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn wal_path(&self, name: &str) -> PathBuf {
+        self.data.join("pg_wal").join(name)
+    }
+
+    /// Waits until `segment` is archived, failing on any failed archive attempt.
+    pub fn wait_archived(&self, segment: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let row = self.sql("select coalesce(last_archived_wal, ''), failed_count from pg_stat_archiver");
+            let (last, failed) = row.split_once('|').unwrap();
+            assert_eq!(failed, "0", "archiving failed; server log:\n{}", self.server_log());
+            if last >= segment {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{segment} not archived after {timeout:?} (last {last}); server log:\n{}",
+                self.server_log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for PgCluster {
+    fn drop(&mut self) {
+        if self.started {
+            let _ = as_postgres(Path::new(PG_BIN).join("pg_ctl"))
+                .args(["-w", "-m", "immediate", "-D"])
+                .arg(&self.data)
+                .arg("stop")
+                .output();
+        }
+    }
+}
+
+/// Every object key and its bytes, to prove a repository unchanged.
+pub async fn snapshot(storage: &dyn Storage) -> Vec<(String, Vec<u8>)> {
+    let mut objects = Vec::new();
+    for meta in storage.list("").await.unwrap() {
+        let bytes = pitr::storage::read_all(storage, &meta.key).await.unwrap();
+        objects.push((meta.key, bytes));
+    }
+    objects
+}
