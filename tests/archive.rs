@@ -22,7 +22,11 @@ async fn archive_loop(name: &str, repo: impl FnOnce(&TestDir) -> Repo) {
     let repo = repo(&dir);
     let pitr = Pitr::install(&dir, &repo);
     let mut cluster = PgCluster::initdb(&dir, "pg", &[]);
-    let out = pitr.command(["init", "--pgdata"]).arg(&cluster.data).output().unwrap();
+    let out = pitr
+        .command(["init", "--pgdata"])
+        .arg(&cluster.data)
+        .output()
+        .unwrap();
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     cluster.configure(&format!(
         "archive_mode = on\narchive_command = '{}'\nwal_keep_size = '4GB'\nmax_wal_size = '4GB'",
@@ -53,7 +57,10 @@ async fn archive_loop(name: &str, repo: impl FnOnce(&TestDir) -> Repo) {
     let stats = cluster.sql("select archived_count, failed_count from pg_stat_archiver");
     let (archived, failed) = stats.split_once('|').unwrap();
     assert_eq!(failed, "0");
-    assert!(archived.parse::<u32>().unwrap() >= 20, "archived {archived}");
+    assert!(
+        archived.parse::<u32>().unwrap() >= 20,
+        "archived {archived}"
+    );
 
     let storage = repo.storage().await;
     let stored: BTreeSet<String> = storage
@@ -71,25 +78,42 @@ async fn archive_loop(name: &str, repo: impl FnOnce(&TestDir) -> Repo) {
         .collect();
     assert!(expected.len() >= 20);
     let missing: Vec<_> = expected.difference(&stored).collect();
-    assert!(missing.is_empty(), "segments missing from the repository: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "segments missing from the repository: {missing:?}"
+    );
 
     // Every segment back through archive-get, byte-identical to the server's own copy.
     let restore = dir.subdir("restore");
     for segment in &expected {
         let dest = restore.join(segment);
-        let out = pitr.command(["archive-get", segment]).arg(&dest).output().unwrap();
+        let out = pitr
+            .command(["archive-get", segment])
+            .arg(&dest)
+            .output()
+            .unwrap();
         assert_eq!(code(&out), 0, "archive-get {segment}: {}", stderr(&out));
         let original = std::fs::read(cluster.wal_path(segment)).unwrap();
         let restored = std::fs::read(&dest).unwrap();
-        assert!(original == restored, "{segment} differs after the round trip");
+        assert!(
+            original == restored,
+            "{segment} differs after the round trip"
+        );
         std::fs::remove_file(&dest).unwrap();
     }
     let leftovers: Vec<_> = std::fs::read_dir(&restore).unwrap().collect();
-    assert!(leftovers.is_empty(), "archive-get left files behind: {leftovers:?}");
+    assert!(
+        leftovers.is_empty(),
+        "archive-get left files behind: {leftovers:?}"
+    );
 
     // PostgreSQL asks for files that do not exist yet: exit 1, nothing written.
     let dest = restore.join("00000002.history");
-    let out = pitr.command(["archive-get", "00000002.history"]).arg(&dest).output().unwrap();
+    let out = pitr
+        .command(["archive-get", "00000002.history"])
+        .arg(&dest)
+        .output()
+        .unwrap();
     assert_eq!(code(&out), 1, "{}", stderr(&out));
     assert!(!dest.exists());
     cluster.stop();
@@ -123,7 +147,11 @@ impl Offline {
         let repo = repo(&dir);
         let pitr = Pitr::install(&dir, &repo);
         let cluster = PgCluster::initdb(&dir, "pg", &[]);
-        let out = pitr.command(["init", "--pgdata"]).arg(&cluster.data).output().unwrap();
+        let out = pitr
+            .command(["init", "--pgdata"])
+            .arg(&cluster.data)
+            .output()
+            .unwrap();
         assert_eq!(code(&out), 0, "{}", stderr(&out));
         Offline {
             dir,
@@ -134,11 +162,19 @@ impl Offline {
     }
 
     fn push(&self, path: &Path) -> std::process::Output {
-        self.pitr.command(["archive-push"]).arg(path).output().unwrap()
+        self.pitr
+            .command(["archive-push"])
+            .arg(path)
+            .output()
+            .unwrap()
     }
 
     fn get(&self, name: &str, dest: &Path) -> std::process::Output {
-        self.pitr.command(["archive-get", name]).arg(dest).output().unwrap()
+        self.pitr
+            .command(["archive-get", name])
+            .arg(dest)
+            .output()
+            .unwrap()
     }
 }
 
@@ -157,13 +193,28 @@ async fn a_second_cluster_is_refused_and_changes_nothing() {
     let message = stderr(&out);
     let system_id = |data: &Path| {
         let control = std::fs::read(data.join("global/pg_control")).unwrap();
-        pitr::pg::ControlFile::parse(&control).unwrap().system_identifier.to_string()
+        pitr::pg::ControlFile::parse(&control)
+            .unwrap()
+            .system_identifier
+            .to_string()
     };
     assert!(message.contains(&system_id(&other.data)), "{message}");
-    assert!(message.contains(&system_id(&first.cluster.data)), "{message}");
-    assert_eq!(message.trim().lines().count(), 1, "one-line error: {message}");
+    assert!(
+        message.contains(&system_id(&first.cluster.data)),
+        "{message}"
+    );
+    assert_eq!(
+        message.trim().lines().count(),
+        1,
+        "one-line error: {message}"
+    );
 
-    let out = first.pitr.command(["init", "--pgdata"]).arg(&other.data).output().unwrap();
+    let out = first
+        .pitr
+        .command(["init", "--pgdata"])
+        .arg(&other.data)
+        .output()
+        .unwrap();
     assert_eq!(code(&out), 3, "{}", stderr(&out));
     assert_eq!(snapshot(&*storage).await, before);
     assert_eq!(
@@ -179,7 +230,11 @@ async fn repush_identical_succeeds_and_different_content_is_refused() {
     assert_eq!(code(&t.push(&segment)), 0);
     let out = t.push(&segment);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
-    assert!(stderr(&out).contains("already archived"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("already archived"),
+        "{}",
+        stderr(&out)
+    );
 
     let mut changed = std::fs::read(&segment).unwrap();
     changed[5_000_000] ^= 0xFF;
@@ -187,7 +242,11 @@ async fn repush_identical_succeeds_and_different_content_is_refused() {
     let changed_path = t.dir.write(&format!("changed/{FIRST}"), &changed);
     let out = t.push(&changed_path);
     assert_eq!(code(&out), 4, "{}", stderr(&out));
-    assert!(stderr(&out).contains("different content"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("different content"),
+        "{}",
+        stderr(&out)
+    );
 
     let dest = t.dir.subdir("get").join(FIRST);
     assert_eq!(code(&t.get(FIRST, &dest)), 0);
@@ -200,7 +259,10 @@ async fn history_partial_and_backup_files_round_trip() {
     let segment = std::fs::read(t.cluster.wal_path(FIRST)).unwrap();
     std::fs::create_dir_all(t.dir.path().join("files")).unwrap();
     let files = [
-        ("00000002.history".to_owned(), b"1\t0/3000000\tno recovery target specified\n".to_vec()),
+        (
+            "00000002.history".to_owned(),
+            b"1\t0/3000000\tno recovery target specified\n".to_vec(),
+        ),
         (
             "000000010000000000000001.00000028.backup".to_owned(),
             b"START WAL LOCATION: 0/1000028 (file 000000010000000000000001)\n".to_vec(),
@@ -221,9 +283,16 @@ async fn history_partial_and_backup_files_round_trip() {
     let junk = t.dir.write("files/notes.txt", "hello");
     let out = t.push(&junk);
     assert_eq!(code(&out), 7, "{}", stderr(&out));
-    assert!(stderr(&out).contains("not a WAL file name"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("not a WAL file name"),
+        "{}",
+        stderr(&out)
+    );
     // A file named like a segment that is not one.
-    let fake = t.dir.write(&format!("files/{}", "000000010000000000000009"), vec![7u8; 8192]);
+    let fake = t.dir.write(
+        &format!("files/{}", "000000010000000000000009"),
+        vec![7u8; 8192],
+    );
     let out = t.push(&fake);
     assert_eq!(code(&out), 7, "{}", stderr(&out));
 }
@@ -246,7 +315,10 @@ async fn flipped_byte_is_never_served(name: &str, repo: impl FnOnce(&TestDir) ->
         let out = t.get(FIRST, &dest);
         assert_eq!(code(&out), 5, "flip at {position}: {}", stderr(&out));
         assert!(stderr(&out).contains("corrupt"), "{}", stderr(&out));
-        assert!(!dest.exists(), "a corrupt object reached DEST (flip at {position})");
+        assert!(
+            !dest.exists(),
+            "a corrupt object reached DEST (flip at {position})"
+        );
         let entries: Vec<_> = std::fs::read_dir(&get_dir).unwrap().collect();
         assert!(entries.is_empty(), "leftovers: {entries:?}");
     }
@@ -273,7 +345,13 @@ async fn concurrent_pushes_store_one_object(name: &str, repo: impl FnOnce(&TestD
     let t = Offline::new(name, repo);
     let segment = t.cluster.wal_path(FIRST);
     let children: Vec<_> = (0..4)
-        .map(|_| t.pitr.command(["archive-push"]).arg(&segment).spawn().unwrap())
+        .map(|_| {
+            t.pitr
+                .command(["archive-push"])
+                .arg(&segment)
+                .spawn()
+                .unwrap()
+        })
         .collect();
     for child in children {
         let out = child.wait_with_output().unwrap();
@@ -316,7 +394,12 @@ async fn a_push_killed_mid_write_leaves_nothing_served() {
     let (mut killed, mut served) = (0, 0);
     for i in 0..16u32 {
         storage.delete(&key).await.unwrap();
-        let mut child = t.pitr.command(["archive-push"]).arg(&segment).spawn().unwrap();
+        let mut child = t
+            .pitr
+            .command(["archive-push"])
+            .arg(&segment)
+            .spawn()
+            .unwrap();
         std::thread::sleep(full * i / 16);
         // The postgres-owned process is a child of runuser: kill the whole group of it.
         let _ = std::process::Command::new("pkill")
@@ -333,7 +416,10 @@ async fn a_push_killed_mid_write_leaves_nothing_served() {
             1 => assert!(!dest.exists()),
             0 => {
                 served += 1;
-                assert!(std::fs::read(&dest).unwrap() == original, "partial segment served");
+                assert!(
+                    std::fs::read(&dest).unwrap() == original,
+                    "partial segment served"
+                );
                 std::fs::remove_file(&dest).unwrap();
             }
             other => panic!("archive-get exited {other}: {}", stderr(&out)),
@@ -352,13 +438,25 @@ async fn uninitialised_and_misconfigured_repositories_are_explained() {
     let pitr = Pitr::install(&dir, &repo);
     let cluster = PgCluster::initdb(&dir, "pg", &[]);
 
-    let out = pitr.command(["archive-push"]).arg(cluster.wal_path(FIRST)).output().unwrap();
+    let out = pitr
+        .command(["archive-push"])
+        .arg(cluster.wal_path(FIRST))
+        .output()
+        .unwrap();
     assert_eq!(code(&out), 3, "{}", stderr(&out));
     assert!(stderr(&out).contains("pitr --repo"), "{}", stderr(&out));
     assert!(stderr(&out).contains("init"), "{}", stderr(&out));
 
-    let out = pitr.command(["archive-get", FIRST, "/tmp/never"]).output().unwrap();
-    assert_eq!(code(&out), 3, "not-initialised must not look like 'not found': {}", stderr(&out));
+    let out = pitr
+        .command(["archive-get", FIRST, "/tmp/never"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        code(&out),
+        3,
+        "not-initialised must not look like 'not found': {}",
+        stderr(&out)
+    );
 
     let out = as_postgres(&pitr.bin)
         .args(["archive-get", FIRST, "x", "--repo", "relative/path"])

@@ -8,7 +8,7 @@
 //!
 //! Memory is bounded by the number of chunks in flight, never by the input size.
 
-use std::io::{self, Read, Write};
+use std::io::{self, BufRead, Read, Write};
 use std::sync::mpsc;
 
 use lz4_flex::frame::{BlockMode, BlockSize, FrameDecoder, FrameEncoder, FrameInfo};
@@ -50,6 +50,9 @@ impl EncodeSummary {
 }
 
 /// Compresses `input` into `output` using `threads` compression workers.
+///
+/// Buffers are allocated once and recycled: fresh memory is costly (page faults), and a
+/// fixed set of buffers is what bounds memory whatever the input size.
 pub fn encode<R: Read, W: Write + Send>(
     mut input: R,
     output: W,
@@ -60,34 +63,44 @@ pub fn encode<R: Read, W: Write + Send>(
     let mut original_len = 0u64;
 
     std::thread::scope(|scope| {
+        // Empty chunk buffers come back to the reader from the workers.
+        let (free_chunk_tx, free_chunk_rx) =
+            mpsc::sync_channel::<Vec<u8>>(threads * (QUEUE_DEPTH + 2));
+        for _ in 0..threads * (QUEUE_DEPTH + 1) {
+            free_chunk_tx
+                .send(Vec::with_capacity(CHUNK_SIZE))
+                .expect("channel has room");
+        }
         let mut to_workers = Vec::with_capacity(threads);
         let mut from_workers = Vec::with_capacity(threads);
+        let mut free_frame_txs = Vec::with_capacity(threads);
         for _ in 0..threads {
             let (chunk_tx, chunk_rx) = mpsc::sync_channel::<Vec<u8>>(QUEUE_DEPTH);
             let (frame_tx, frame_rx) = mpsc::sync_channel::<io::Result<Vec<u8>>>(QUEUE_DEPTH);
-            scope.spawn(move || {
-                for chunk in chunk_rx {
-                    if frame_tx.send(compress_chunk(&chunk)).is_err() {
-                        break;
-                    }
-                }
-            });
+            let (free_frame_tx, free_frame_rx) = mpsc::channel::<Vec<u8>>();
+            let free_chunk_tx = free_chunk_tx.clone();
+            scope.spawn(move || compress_chunks(chunk_rx, frame_tx, free_frame_rx, free_chunk_tx));
             to_workers.push(chunk_tx);
             from_workers.push(frame_rx);
+            free_frame_txs.push(free_frame_tx);
         }
+        drop(free_chunk_tx);
         // Frames come back in input order: chunk i goes to worker i % threads.
-        let writer = scope.spawn(move || write_frames(&from_workers, output));
+        let writer = scope.spawn(move || write_frames(&from_workers, &free_frame_txs, output));
 
         let mut index = 0usize;
         let read_result = loop {
-            let mut chunk = Vec::with_capacity(CHUNK_SIZE);
+            let Ok(mut chunk) = free_chunk_rx.recv() else {
+                break Ok(()); // workers are gone: the writer failed, its error is below
+            };
+            chunk.clear();
             match (&mut input).take(CHUNK_SIZE as u64).read_to_end(&mut chunk) {
                 Ok(0) => break Ok(()),
                 Ok(n) => {
                     original.update(&chunk);
                     original_len += n as u64;
                     if to_workers[index % threads].send(chunk).is_err() {
-                        break Ok(()); // the writer failed; its error is reported below
+                        break Ok(());
                     }
                     index += 1;
                 }
@@ -117,30 +130,51 @@ pub fn encode<R: Read, W: Write + Send>(
     })
 }
 
-fn compress_chunk(chunk: &[u8]) -> io::Result<Vec<u8>> {
+/// One worker: each chunk becomes one complete LZ4 frame, from one reused encoder.
+fn compress_chunks(
+    chunks: mpsc::Receiver<Vec<u8>>,
+    frames: mpsc::SyncSender<io::Result<Vec<u8>>>,
+    free_frames: mpsc::Receiver<Vec<u8>>,
+    free_chunks: mpsc::SyncSender<Vec<u8>>,
+) {
     let info = FrameInfo::new()
         .block_size(BlockSize::Max1MB)
-        .block_mode(BlockMode::Independent)
-        .content_size(Some(chunk.len() as u64));
-    let mut encoder = FrameEncoder::with_frame_info(info, Vec::with_capacity(chunk.len() / 2));
-    encoder.write_all(chunk)?;
-    encoder.finish().map_err(io::Error::other)
+        .block_mode(BlockMode::Independent);
+    // The encoder starts a new frame on the first write after `try_finish`.
+    let mut encoder = FrameEncoder::with_frame_info(info, Vec::with_capacity(CHUNK_SIZE));
+    for chunk in chunks {
+        let result = encoder
+            .write_all(&chunk)
+            .and_then(|()| encoder.try_finish().map_err(io::Error::other))
+            .map(|()| {
+                let mut spare = free_frames.try_recv().unwrap_or_default();
+                spare.clear();
+                std::mem::replace(encoder.get_mut(), spare)
+            });
+        let _ = free_chunks.send(chunk);
+        if frames.send(result).is_err() {
+            break;
+        }
+    }
 }
 
 fn write_frames<W: Write>(
     from_workers: &[mpsc::Receiver<io::Result<Vec<u8>>>],
+    free_frames: &[mpsc::Sender<Vec<u8>>],
     mut output: W,
 ) -> io::Result<(W, crc32fast::Hasher, u64)> {
     let mut stored = crc32fast::Hasher::new();
     let mut stored_len = 0u64;
     for index in 0.. {
-        let Ok(frame) = from_workers[index % from_workers.len()].recv() else {
+        let worker = index % from_workers.len();
+        let Ok(frame) = from_workers[worker].recv() else {
             break; // input exhausted
         };
         let frame = frame?;
         stored.update(&frame);
         stored_len += frame.len() as u64;
         output.write_all(&frame)?;
+        let _ = free_frames[worker].send(frame);
     }
     Ok((output, stored, stored_len))
 }
@@ -157,27 +191,35 @@ pub struct DecodeSummary {
 /// `output` has seen every byte when this returns, but the data is only proven good when it
 /// returns `Ok`: callers write to a temporary place and publish it only then.
 pub fn decode<R: Read, W: Write>(input: R, mut output: W) -> Result<DecodeSummary, CodecError> {
-    let mut body = TrailerSplitter::new(input);
-    let mut decoder = FrameDecoder::new(&mut body);
+    let body = TrailerSplitter::new(input);
+    let mut decoder = FrameDecoder::new(body);
     let mut original = crc32fast::Hasher::new();
     let mut original_len = 0u64;
-    let mut buf = vec![0u8; IO_BUF];
     loop {
-        let n = match decoder.read(&mut buf) {
-            // The decoder reports 0 at the end of every frame: go on while body bytes remain.
-            Ok(0) if decoder.get_mut().has_body_left()? => continue,
-            Ok(0) => break,
+        // Straight from the decoder's block buffer to the output: no intermediate copy.
+        let filled = decoder.fill_buf().map(<[u8]>::len);
+        let n = match filled {
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) if body.source_error => return Err(CodecError::Io(e)),
+            Err(e) if decoder.get_ref().source_error => return Err(CodecError::Io(e)),
             Err(e) => return Err(CodecError::Corrupt(format!("invalid LZ4 data: {e}"))),
         };
-        original.update(&buf[..n]);
+        if n == 0 {
+            // The decoder reports an empty block at the end of every frame.
+            if decoder.get_mut().has_body_left()? {
+                continue;
+            }
+            break;
+        }
+        // Filled already: this returns the same block without reading.
+        let block = decoder.fill_buf()?;
+        original.update(block);
         original_len += n as u64;
-        output.write_all(&buf[..n])?;
+        output.write_all(block)?;
+        decoder.consume(n);
     }
     output.flush()?;
-    let (trailer, stored_crc32, stored_len) = body.finish()?;
+    let (trailer, stored_crc32, stored_len) = decoder.into_inner().finish()?;
     if trailer.stored_crc32 != stored_crc32 {
         return Err(CodecError::Corrupt(format!(
             "compressed data checksum mismatch (stored {:08x}, computed {stored_crc32:08x})",

@@ -130,4 +130,3 @@ fn compare_writer_tells_identical_from_different() {
     decode(&object[..], &mut longer).unwrap();
     assert!(!longer.finish().unwrap());
 }
-

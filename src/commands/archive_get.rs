@@ -4,7 +4,6 @@
 //! both checksums and the length are verified, so PostgreSQL never reads a partial or
 //! corrupt file.
 
-use std::io::BufWriter;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -38,6 +37,7 @@ pub async fn archive_get(
         WalFileName::parse(&options.name).map_err(|e| Error::invalid_format(&options.name, e))?;
     // A missing or foreign repository must not look like "no such segment" to recovery.
     catalog.identity().await?;
+    tracing::debug!("identity read after {:?}", started.elapsed());
     let storage = catalog.storage();
     let location = storage.location();
     let body = match storage.get(&wal_key(&name)).await {
@@ -62,8 +62,8 @@ pub async fn archive_get(
             .prefix(".pitr-get-")
             .tempfile_in(dir)
             .map_err(|e| Error::invalid_input(dir.display(), e))?;
-        let writer = BufWriter::with_capacity(1 << 20, staged.as_file());
-        let decoded = match codec::decode(body.into_blocking_reader(), writer) {
+        tracing::debug!("decoding after {:?}", started.elapsed());
+        let decoded = match codec::decode(body.into_blocking_reader(), staged.as_file()) {
             Ok(decoded) => decoded,
             // The staged file is removed when `staged` drops: DEST never sees these bytes.
             Err(CodecError::Corrupt(reason)) => {
@@ -75,6 +75,7 @@ pub async fn archive_get(
             }
             Err(CodecError::Io(e)) => return Err(StorageError::io("get", &location, e).into()),
         };
+        tracing::debug!("decoded after {:?}", started.elapsed());
         staged
             .persist(&dest)
             .map_err(|e| Error::invalid_input(dest.display(), e.error))?;

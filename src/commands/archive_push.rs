@@ -73,6 +73,7 @@ pub async fn archive_push(
         Ok((staged, encoded))
     })
     .await?;
+    tracing::debug!("encoded after {:?}", started.elapsed());
 
     let key = wal_key(&name);
     let payload = PutPayload::from_file(
@@ -89,6 +90,7 @@ pub async fn archive_push(
         }
         Err(e) => return Err(e.into()),
     };
+    tracing::debug!("stored after {:?}", started.elapsed());
     drop(staged);
     Ok(ArchivePushReport {
         name: name.to_string(),

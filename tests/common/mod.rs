@@ -44,7 +44,11 @@ pub fn run_ok(cmd: &mut Command) -> String {
 
 fn chown_to_postgres(path: &Path) {
     if is_root() {
-        run_ok(Command::new("chown").args(["-R", "postgres:postgres"]).arg(path));
+        run_ok(
+            Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(path),
+        );
     }
 }
 
@@ -234,7 +238,8 @@ impl S3Server {
     fn spawn_s3s_fs(name: &str, bucket: String) -> Self {
         let root = TestDir::new(&format!("s3-{name}"));
         let binary = std::env::var("PITR_TEST_S3S_FS").unwrap_or_else(|_| "s3s-fs".into());
-        let (access_key, secret_key) = ("pitr-test-access".to_owned(), "pitr-test-secret".to_owned());
+        let (access_key, secret_key) =
+            ("pitr-test-access".to_owned(), "pitr-test-secret".to_owned());
         for _ in 0..5 {
             let port = free_port();
             let mut process = Command::new(&binary)
@@ -411,9 +416,15 @@ impl PgCluster {
     pub fn wait_archived(&self, segment: &str, timeout: Duration) {
         let deadline = Instant::now() + timeout;
         loop {
-            let row = self.sql("select coalesce(last_archived_wal, ''), failed_count from pg_stat_archiver");
+            let row = self
+                .sql("select coalesce(last_archived_wal, ''), failed_count from pg_stat_archiver");
             let (last, failed) = row.split_once('|').unwrap();
-            assert_eq!(failed, "0", "archiving failed; server log:\n{}", self.server_log());
+            assert_eq!(
+                failed,
+                "0",
+                "archiving failed; server log:\n{}",
+                self.server_log()
+            );
             if last >= segment {
                 return;
             }

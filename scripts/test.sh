@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Runs pitr's whole test suite on a fresh Debian/Ubuntu machine: installs PostgreSQL 15 and
+# the s3s-fs S3 server when they are missing, then `cargo test`. The tests start and stop
+# their own PostgreSQL clusters and S3 server (or use PITR_TEST_S3_ENDPOINT, see README).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PG_BIN=/usr/lib/postgresql/15/bin
+export PATH="$HOME/.cargo/bin:$PATH"
+
+need_apt=()
+[ -x "$PG_BIN/initdb" ] || need_apt+=(postgresql-15)
+command -v psql >/dev/null || need_apt+=(postgresql-client-15)
+command -v pkill >/dev/null || need_apt+=(procps)
+command -v runuser >/dev/null || need_apt+=(util-linux)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "missing: ${need_apt[*]}; install them (sudo apt-get install ${need_apt[*]}) and rerun" >&2
+    exit 1
+  fi
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+if [ "$(id -u)" -eq 0 ] && ! id postgres >/dev/null 2>&1; then
+  useradd --system --create-home postgres
+fi
+
+if [ -z "${PITR_TEST_S3_ENDPOINT:-}" ] && ! command -v s3s-fs >/dev/null; then
+  cargo install s3s-fs --version 0.14.1 --features binary --locked
+fi
+
+cargo test --locked "$@"
