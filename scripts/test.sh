@@ -29,4 +29,10 @@ if [ -z "${PITR_TEST_S3_ENDPOINT:-}" ] && ! command -v s3s-fs >/dev/null; then
   cargo install s3s-fs --version 0.14.1 --features binary --locked
 fi
 
-cargo test --locked "$@"
+# --tests: unit and integration tests (there are no doc tests). The last line sums them up.
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+status=0
+cargo test --locked --tests "$@" 2>&1 | tee "$log" || status=$?
+awk '/^test result:/ { p += $4; f += $6 } END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
+exit "$status"
