@@ -484,3 +484,30 @@ async fn uninitialised_and_misconfigured_repositories_are_explained() {
         .unwrap();
     assert_eq!(code(&out), 0, "{}", stderr(&out));
 }
+
+/// The AWS SDK's own AWS_ENDPOINT_URL works without PITR_S3_ENDPOINT, with no region set,
+/// and with the S3 flags after the subcommand.
+#[tokio::test(flavor = "multi_thread")]
+async fn s3_through_aws_endpoint_url_without_a_region() {
+    let server = S3Server::start("aws-endpoint").await;
+    let t = Offline::new("aws-endpoint", |_| Repo::s3(&server, "standard-env"));
+    let run = |args: &[&std::ffi::OsStr]| {
+        as_postgres(&t.pitr.bin)
+            .args(args)
+            .args(["--repo", t.pitr.repo.as_str(), "--s3-path-style"])
+            .env_clear()
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .env("AWS_ENDPOINT_URL", &server.endpoint)
+            .env("AWS_ACCESS_KEY_ID", &server.access_key)
+            .env("AWS_SECRET_ACCESS_KEY", &server.secret_key)
+            .output()
+            .unwrap()
+    };
+    let segment = t.cluster.wal_path(FIRST);
+    let out = run(&["archive-push".as_ref(), segment.as_os_str()]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let dest = t.dir.subdir("get").join(FIRST);
+    let out = run(&["archive-get".as_ref(), FIRST.as_ref(), dest.as_os_str()]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(std::fs::read(&dest).unwrap() == std::fs::read(&segment).unwrap());
+}

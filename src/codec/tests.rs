@@ -18,8 +18,10 @@ fn sample(len: usize) -> Vec<u8> {
 }
 
 fn encode_vec(input: &[u8], threads: usize) -> (Vec<u8>, EncodeSummary) {
+    let mut file = tempfile::tempfile().unwrap();
+    file.write_all(input).unwrap();
     let mut object = Vec::new();
-    let summary = encode(input, &mut object, threads).unwrap();
+    let summary = encode(&file, &mut object, threads).unwrap();
     (object, summary)
 }
 

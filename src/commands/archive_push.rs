@@ -68,7 +68,7 @@ pub async fn archive_push(
             .tempfile_in(&staging_dir)
             .map_err(|e| StorageError::io("create", staging_dir.display(), e))?;
         let input = File::open(&source).map_err(|e| Error::invalid_input(source.display(), e))?;
-        let encoded = codec::encode(input, staged.as_file(), threads)
+        let encoded = codec::encode(&input, staged.as_file(), threads)
             .map_err(|e| Error::invalid_input(source.display(), e))?;
         Ok((staged, encoded))
     })

@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use aws_config::BehaviorVersion;
+use aws_config::environment::EnvironmentVariableRegionProvider;
 use aws_config::meta::region::RegionProviderChain;
+use aws_config::profile::ProfileFileRegionProvider;
 use aws_sdk_s3::Client;
 use aws_sdk_s3::config::http::HttpResponse;
 use aws_sdk_s3::config::{RequestChecksumCalculation, ResponseChecksumValidation};
@@ -44,8 +46,18 @@ impl S3Storage {
         prefix: &str,
         options: &S3Options,
     ) -> Result<Self, StorageError> {
-        // S3-compatible servers rarely care about the region, but the SDK insists on one.
-        let region = RegionProviderChain::default_provider().or_else("us-east-1");
+        // S3-compatible servers rarely care about the region, but the SDK insists on one. With
+        // a custom endpoint, skip the EC2 metadata probe of the default chain: off EC2 it
+        // would cost a timeout on every archive-push.
+        let endpoint_given =
+            options.endpoint.is_some() || std::env::var_os("AWS_ENDPOINT_URL").is_some();
+        let region = if endpoint_given {
+            RegionProviderChain::first_try(EnvironmentVariableRegionProvider::new())
+                .or_else(ProfileFileRegionProvider::builder().build())
+                .or_else("us-east-1")
+        } else {
+            RegionProviderChain::default_provider().or_else("us-east-1")
+        };
         let shared = aws_config::defaults(BehaviorVersion::latest())
             .region(region)
             .load()
