@@ -14,7 +14,6 @@
 //! Keep this table, README.md and docs/operations.md in step.
 
 use crate::catalog::CatalogError;
-use crate::pg::PgFormatError;
 use crate::storage::StorageError;
 
 pub const EXIT_OK: i32 = 0;
@@ -69,10 +68,6 @@ impl Error {
             path: path.to_string(),
             reason: reason.to_string(),
         }
-    }
-
-    pub fn invalid_format(path: impl std::fmt::Display, err: PgFormatError) -> Self {
-        Error::invalid_input(path, err)
     }
 }
 

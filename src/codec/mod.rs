@@ -315,21 +315,19 @@ impl<R: Read> TrailerSplitter<R> {
         Ok(true)
     }
 
-    /// Drains what the decoder left, and returns the trailer with the body's CRC and length.
-    fn finish(mut self) -> Result<(Trailer, u32, u64), CodecError> {
-        while self.fill()? {}
-        let held = self.end - self.start;
-        if held != TRAILER_LEN {
-            let extra = held.saturating_sub(TRAILER_LEN);
-            let message = if self.served + held as u64 >= TRAILER_LEN as u64 {
-                format!("{extra} bytes of unexpected data after the last LZ4 frame")
-            } else {
-                "object is shorter than its trailer (truncated)".to_owned()
-            };
-            return Err(CodecError::Corrupt(message));
+    /// The trailer, with the CRC and length of everything served before it.
+    ///
+    /// Decoding ends only once the source is exhausted (see `has_body_left`), so what is held
+    /// back is all that is left; bytes after the last frame fail earlier, as invalid LZ4.
+    fn finish(self) -> Result<(Trailer, u32, u64), CodecError> {
+        debug_assert!(self.eof);
+        let held = &self.buf[self.start..self.end];
+        if held.len() != TRAILER_LEN {
+            return Err(CodecError::Corrupt(
+                "object is shorter than its trailer (truncated)".to_owned(),
+            ));
         }
-        let trailer = Trailer::parse(&self.buf[self.start..self.end])
-            .map_err(|e| CodecError::Corrupt(e.to_owned()))?;
+        let trailer = Trailer::parse(held).map_err(|e| CodecError::Corrupt(e.to_owned()))?;
         Ok((trailer, self.crc.finalize(), self.served))
     }
 }

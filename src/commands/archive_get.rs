@@ -34,7 +34,7 @@ pub async fn archive_get(
 ) -> Result<ArchiveGetReport> {
     let started = Instant::now();
     let name =
-        WalFileName::parse(&options.name).map_err(|e| Error::invalid_format(&options.name, e))?;
+        WalFileName::parse(&options.name).map_err(|e| Error::invalid_input(&options.name, e))?;
     // A missing or foreign repository must not look like "no such segment" to recovery.
     let identity = catalog.identity().await?;
     let expected_len = name.holds_wal_pages().then_some(identity.wal_segment_size);

@@ -105,7 +105,7 @@ fn file_name_of(path: &Path) -> Result<WalFileName> {
         .file_name()
         .and_then(|n| n.to_str())
         .ok_or_else(|| Error::invalid_input(path.display(), "not a file path"))?;
-    WalFileName::parse(leaf).map_err(|e| Error::invalid_format(path.display(), e))
+    WalFileName::parse(leaf).map_err(|e| Error::invalid_input(path.display(), e))
 }
 
 /// Refuses WAL from another cluster, or a file that is not the segment its name says.
@@ -117,7 +117,7 @@ fn check_segment(path: &Path, name: &WalFileName, identity: &RepositoryIdentity)
     file.read_exact_at(&mut page, 0)
         .map_err(|e| invalid(format!("cannot read the WAL page header: {e}")))?;
     let header =
-        WalLongPageHeader::parse(&page).map_err(|e| Error::invalid_format(path.display(), e))?;
+        WalLongPageHeader::parse(&page).map_err(|e| Error::invalid_input(path.display(), e))?;
 
     if header.system_identifier != identity.system_identifier {
         return Err(Error::WrongRepository(format!(

@@ -31,7 +31,7 @@ pub fn read_cluster_identity(pgdata: &Path) -> Result<RepositoryIdentity> {
         )
     })?;
     let control =
-        ControlFile::parse(&bytes).map_err(|e| Error::invalid_format(control_path.display(), e))?;
+        ControlFile::parse(&bytes).map_err(|e| Error::invalid_input(control_path.display(), e))?;
     let version_path = pgdata.join("PG_VERSION");
     let version_text = std::fs::read_to_string(&version_path)
         .map_err(|e| Error::invalid_input(version_path.display(), e))?;

@@ -85,6 +85,24 @@ impl S3Storage {
         Ok(format!("{}{key}", self.prefix))
     }
 
+    /// 404 is `NotFound`; anything else is an S3 error.
+    fn error_or_not_found<E>(
+        &self,
+        op: &'static str,
+        key: &str,
+        err: SdkError<E, HttpResponse>,
+    ) -> StorageError
+    where
+        E: ProvideErrorMetadata + std::error::Error + 'static,
+    {
+        match status_of(&err) {
+            Some(404) => StorageError::NotFound {
+                key: key.to_owned(),
+            },
+            _ => self.error(op, key, err),
+        }
+    }
+
     fn url(&self, key: &str) -> String {
         format!("s3://{}/{}{key}", self.bucket, self.prefix)
     }
@@ -178,12 +196,7 @@ impl Storage for S3Storage {
             .checksum_mode(ChecksumMode::Enabled)
             .send()
             .await
-            .map_err(|e| match status_of(&e) {
-                Some(404) => StorageError::NotFound {
-                    key: key.to_owned(),
-                },
-                _ => self.error("get", key, e),
-            })?;
+            .map_err(|e| self.error_or_not_found("get", key, e))?;
         Ok(ObjectBody::Stream(Box::new(
             response.body.into_async_read(),
         )))
@@ -197,12 +210,7 @@ impl Storage for S3Storage {
             .key(self.object_key(key)?)
             .send()
             .await
-            .map_err(|e| match status_of(&e) {
-                Some(404) => StorageError::NotFound {
-                    key: key.to_owned(),
-                },
-                _ => self.error("head", key, e),
-            })?;
+            .map_err(|e| self.error_or_not_found("head", key, e))?;
         Ok(ObjectMeta {
             key: key.to_owned(),
             size: response.content_length.unwrap_or(0).max(0) as u64,

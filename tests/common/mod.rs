@@ -218,8 +218,8 @@ pub fn free_port() -> u16 {
 impl S3Server {
     pub async fn start(name: &str) -> Arc<Self> {
         let bucket = format!("pitr-{name}-{}", std::process::id()).replace('_', "-");
-        let server = match std::env::var("PITR_TEST_S3_ENDPOINT") {
-            Ok(endpoint) => S3Server {
+        if let Ok(endpoint) = std::env::var("PITR_TEST_S3_ENDPOINT") {
+            let server = S3Server {
                 endpoint,
                 access_key: std::env::var("AWS_ACCESS_KEY_ID")
                     .expect("PITR_TEST_S3_ENDPOINT needs AWS_ACCESS_KEY_ID"),
@@ -228,51 +228,64 @@ impl S3Server {
                 bucket,
                 process: None,
                 _root: None,
-            },
-            Err(_) => Self::spawn_s3s_fs(name, bucket),
-        };
-        server.create_bucket().await;
-        Arc::new(server)
+            };
+            server
+                .create_bucket()
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+            return Arc::new(server);
+        }
+        // A free port can be taken by another test's server between our probe and s3s-fs's
+        // bind; credentials unique to this server make CreateBucket the proof that we talk to
+        // our own server, and a failure means: try another port.
+        let mut last_error = String::new();
+        for attempt in 0..5 {
+            let server = Self::spawn_s3s_fs(name, &bucket, attempt);
+            match server.create_bucket().await {
+                Ok(()) => return Arc::new(server),
+                Err(e) => last_error = e,
+            }
+        }
+        panic!("could not start s3s-fs: {last_error}");
     }
 
-    fn spawn_s3s_fs(name: &str, bucket: String) -> Self {
+    fn spawn_s3s_fs(name: &str, bucket: &str, attempt: u32) -> Self {
         let root = TestDir::new(&format!("s3-{name}"));
         let binary = std::env::var("PITR_TEST_S3S_FS").unwrap_or_else(|_| "s3s-fs".into());
-        let (access_key, secret_key) =
-            ("pitr-test-access".to_owned(), "pitr-test-secret".to_owned());
-        for _ in 0..5 {
-            let port = free_port();
-            let mut process = Command::new(&binary)
-                .args(["--host", "127.0.0.1", "--port", &port.to_string()])
-                .args(["--access-key", &access_key, "--secret-key", &secret_key])
-                .arg(root.path())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap_or_else(|e| {
-                    panic!("cannot start {binary} (install: cargo install s3s-fs --version 0.14.1 --features binary): {e}")
-                });
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while Instant::now() < deadline {
-                if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                    return S3Server {
-                        endpoint: format!("http://127.0.0.1:{port}"),
-                        access_key,
-                        secret_key,
-                        bucket,
-                        process: Some(process),
-                        _root: Some(root),
-                    };
-                }
-                if process.try_wait().unwrap().is_some() {
-                    break; // port taken meanwhile: try another
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = process.kill();
-            let _ = process.wait();
+        let unique = root
+            .path()
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .replace(|c: char| !c.is_ascii_alphanumeric(), "");
+        let access_key = format!("{unique}{attempt}");
+        let secret_key = format!("secret-{unique}-{attempt}");
+        let port = free_port();
+        let mut process = Command::new(&binary)
+            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--access-key", &access_key, "--secret-key", &secret_key])
+            .arg(root.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot start {binary} (install: cargo install s3s-fs --version 0.14.1 --features binary): {e}")
+            });
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline
+            && process.try_wait().unwrap().is_none()
+            && std::net::TcpStream::connect(("127.0.0.1", port)).is_err()
+        {
+            std::thread::sleep(Duration::from_millis(50));
         }
-        panic!("s3s-fs did not start");
+        S3Server {
+            endpoint: format!("http://127.0.0.1:{port}"),
+            access_key,
+            secret_key,
+            bucket: bucket.to_owned(),
+            process: Some(process),
+            _root: Some(root),
+        }
     }
 
     pub fn env(&self) -> Vec<(String, String)> {
@@ -286,7 +299,7 @@ impl S3Server {
         ]
     }
 
-    async fn create_bucket(&self) {
+    async fn create_bucket(&self) -> Result<(), String> {
         let credentials = aws_sdk_s3::config::Credentials::new(
             &self.access_key,
             &self.secret_key,
@@ -306,13 +319,15 @@ impl S3Server {
             .bucket(&self.bucket)
             .send()
             .await
-            .unwrap_or_else(|e| {
-                panic!(
-                    "create bucket {}: {}",
+            .map(|_| ())
+            .map_err(|e| {
+                format!(
+                    "create bucket {} at {}: {}",
                     self.bucket,
+                    self.endpoint,
                     aws_sdk_s3::error::DisplayErrorContext(e)
                 )
-            });
+            })
     }
 }
 
