@@ -7,6 +7,7 @@ pub mod control;
 pub mod lsn;
 pub mod wal_name;
 pub mod wal_page;
+pub mod wal_reader;
 
 pub use control::ControlFile;
 pub use lsn::Lsn;

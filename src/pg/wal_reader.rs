@@ -1,0 +1,526 @@
+//! A WAL decoder: pages in, records out, no I/O (xlogreader.c's job, for what pitr needs).
+//!
+//! Feed it consecutive WAL bytes starting at a page boundary; it checks every page header,
+//! reassembles records that span pages and segments, verifies each record's CRC-32C, and
+//! decodes the records that recovery targets compare against (transaction commit and abort,
+//! also of prepared transactions, and restore points). It stops at the end of valid WAL: a
+//! zero length, a bad CRC, or a page that belongs to an older use of a recycled segment.
+
+use std::collections::VecDeque;
+
+use super::Lsn;
+use super::wal_page::{SIZE_OF_XLOG_LONG_PHD, XLP_LONG_HEADER, major_version_of_page_magic};
+
+/// `SizeOfXLogShortPHD`.
+const SIZE_OF_XLOG_SHORT_PHD: usize = 24;
+/// `SizeOfXLogRecord`.
+const SIZE_OF_XLOG_RECORD: usize = 24;
+/// `XLogRecordMaxSize`: anything longer is garbage.
+const XLOG_RECORD_MAX_SIZE: u32 = 1020 * 1024 * 1024;
+const XLP_FIRST_IS_CONTRECORD: u16 = 0x0001;
+
+const RM_XLOG_ID: u8 = 0;
+const RM_XACT_ID: u8 = 1;
+const XLR_INFO_MASK: u8 = 0x0F;
+const XLOG_SWITCH: u8 = 0x40;
+const XLOG_RESTORE_POINT: u8 = 0x70;
+const XLOG_XACT_OPMASK: u8 = 0x70;
+const XLOG_XACT_HAS_INFO: u8 = 0x80;
+
+/// Microseconds from the Unix epoch to PostgreSQL's (2000-01-01 00:00:00 UTC).
+pub const POSTGRES_EPOCH_UNIX_MICROS: i64 = 946_684_800_000_000;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WalRecord {
+    pub lsn: Lsn,
+    /// First byte after the record (before alignment padding).
+    pub end: Lsn,
+    pub xid: u32,
+    pub rmid: u8,
+    pub info: u8,
+    pub kind: RecordKind,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RecordKind {
+    Other,
+    Switch,
+    Xact(XactRecord),
+    RestorePoint { name: String, time: i64 },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum XactAction {
+    Commit,
+    Abort,
+    Prepare,
+    CommitPrepared,
+    AbortPrepared,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct XactRecord {
+    pub action: XactAction,
+    /// The transaction the record ends: for prepared transactions the prepared one.
+    pub xid: u32,
+    /// `xact_time` (PostgreSQL timestamp: microseconds since 2000-01-01 UTC); none for PREPARE.
+    pub time: Option<i64>,
+}
+
+/// Why decoding stopped.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EndOfWal {
+    /// A record start holds zeros: nothing was written past here.
+    ZeroLength(Lsn),
+    /// A page belongs to an earlier use of a recycled segment, or is not WAL.
+    BadPage { lsn: Lsn, reason: String },
+    /// A record whose length or CRC is wrong.
+    BadRecord { lsn: Lsn, reason: String },
+}
+
+/// Incremental decoder; see the module documentation.
+#[derive(Debug)]
+pub struct WalDecoder {
+    wal_segment_size: u64,
+    block_size: usize,
+    magic: Option<u16>,
+    pg_version: u32,
+    /// LSN of the next page to decode, and the bytes of it received so far.
+    page_lsn: Lsn,
+    page: Vec<u8>,
+    /// Where the next record starts; `None` while skipping a continuation we never saw begin.
+    next_record: Option<Lsn>,
+    /// Continuation bytes to skip at the very start (we began mid-record).
+    skip_continuation: bool,
+    /// A record being reassembled: its start and the bytes so far.
+    partial: Option<(Lsn, Vec<u8>)>,
+    records: VecDeque<WalRecord>,
+    end: Option<EndOfWal>,
+}
+
+impl WalDecoder {
+    /// A decoder for WAL starting at `start`, which must be a page boundary.
+    pub fn new(start: Lsn, wal_segment_size: u64, block_size: usize) -> Self {
+        debug_assert_eq!(start.0 % block_size as u64, 0);
+        WalDecoder {
+            wal_segment_size,
+            block_size,
+            magic: None,
+            pg_version: 0,
+            page_lsn: start,
+            page: Vec::with_capacity(block_size),
+            next_record: None,
+            skip_continuation: true,
+            partial: None,
+            records: VecDeque::new(),
+            end: None,
+        }
+    }
+
+    /// Decodes as much of `bytes` as completes pages; keeps the rest for the next call.
+    pub fn feed(&mut self, mut bytes: &[u8]) {
+        while !bytes.is_empty() && self.end.is_none() {
+            let take = (self.block_size - self.page.len()).min(bytes.len());
+            self.page.extend_from_slice(&bytes[..take]);
+            bytes = &bytes[take..];
+            if self.page.len() == self.block_size {
+                let page = std::mem::take(&mut self.page);
+                self.decode_page(&page);
+                self.page = page;
+                self.page.clear();
+                self.page_lsn = Lsn(self.page_lsn.0 + self.block_size as u64);
+            }
+        }
+    }
+
+    pub fn next_record(&mut self) -> Option<WalRecord> {
+        self.records.pop_front()
+    }
+
+    /// Set once decoding has stopped at the end of valid WAL.
+    pub fn end_of_wal(&self) -> Option<&EndOfWal> {
+        self.end.as_ref()
+    }
+
+    /// The major version the pages' magic names (0 before the first page).
+    pub fn pg_version(&self) -> u32 {
+        self.pg_version
+    }
+
+    fn stop(&mut self, end: EndOfWal) {
+        self.end = Some(end);
+        self.partial = None;
+    }
+
+    fn decode_page(&mut self, page: &[u8]) {
+        let lsn = self.page_lsn;
+        let page_end = lsn.0 + self.block_size as u64;
+        if self.partial.is_none() && self.next_record.is_some_and(|next| next.0 >= page_end) {
+            return; // padding after XLOG_SWITCH: nothing to read until the next record
+        }
+        let bad_page = |reason: String| EndOfWal::BadPage { lsn, reason };
+        let magic = u16::from_le_bytes([page[0], page[1]]);
+        let info = u16::from_le_bytes([page[2], page[3]]);
+        let page_address = u64::from_le_bytes(page[8..16].try_into().unwrap());
+        let rem_len = u32::from_le_bytes(page[16..20].try_into().unwrap()) as usize;
+        match self.magic {
+            None => match major_version_of_page_magic(magic) {
+                Some(version) => {
+                    self.magic = Some(magic);
+                    self.pg_version = version;
+                }
+                None => return self.stop(bad_page(format!("unknown page magic {magic:04X}"))),
+            },
+            Some(expected) if expected != magic => {
+                return self.stop(bad_page(format!("page magic {magic:04X}")));
+            }
+            Some(_) => {}
+        }
+        if page_address != lsn.0 {
+            return self.stop(bad_page(format!(
+                "page address {} (a recycled segment's old content)",
+                Lsn(page_address)
+            )));
+        }
+        let header_len = if info & XLP_LONG_HEADER != 0 {
+            SIZE_OF_XLOG_LONG_PHD
+        } else {
+            SIZE_OF_XLOG_SHORT_PHD
+        };
+        if (lsn.0 % self.wal_segment_size == 0) != (info & XLP_LONG_HEADER != 0) {
+            return self.stop(bad_page("long header flag out of place".into()));
+        }
+        let mut offset = header_len;
+        let continued = info & XLP_FIRST_IS_CONTRECORD != 0;
+
+        if self.skip_continuation {
+            // We started here: a continuation belongs to a record we cannot decode.
+            self.skip_continuation = false;
+            if continued {
+                let on_page = rem_len.min(self.block_size - offset);
+                if rem_len > on_page {
+                    self.skip_continuation = true; // goes on to the next page
+                    return;
+                }
+                offset = maxalign(offset + on_page);
+            }
+            self.next_record = Some(Lsn(lsn.0 + offset as u64));
+        } else if let Some((start, mut data)) = self.partial.take() {
+            let total = record_total_len(&data);
+            let missing = total.map_or(usize::MAX, |t| t - data.len());
+            if !continued || total.is_some_and(|_| rem_len != missing) {
+                return self.stop(EndOfWal::BadRecord {
+                    lsn: start,
+                    reason: format!("continuation missing at {lsn} (rem_len {rem_len})"),
+                });
+            }
+            let on_page = rem_len.min(self.block_size - offset);
+            data.extend_from_slice(&page[offset..offset + on_page]);
+            offset += on_page;
+            // The end is where the last byte lies: page headers in between count in LSNs.
+            let end = Lsn(lsn.0 + offset as u64);
+            if !self.finish_record(start, data, end) {
+                return; // continues on the next page, or decoding stopped
+            }
+        } else if continued {
+            // A continuation we did not expect: WAL from another history.
+            return self.stop(bad_page("unexpected continuation record".into()));
+        }
+        if self.next_record == Some(lsn) {
+            // A record "at" a page boundary starts after the page header.
+            self.next_record = Some(Lsn(lsn.0 + header_len as u64));
+        }
+        self.decode_records_on_page(page, lsn);
+    }
+
+    /// Decodes the records that start on this page, from `self.next_record`.
+    fn decode_records_on_page(&mut self, page: &[u8], page_lsn: Lsn) {
+        while let Some(start) = self.next_record {
+            if start.0 >= page_lsn.0 + self.block_size as u64 {
+                return; // starts on a later page
+            }
+            let available = &page[(start.0 - page_lsn.0) as usize..];
+            self.next_record = None;
+            // Records are 8-aligned, so xl_tot_len is always on the page the record starts on.
+            let total = record_total_len(available).expect("aligned length field");
+            if !self.check_length(start, total) {
+                return;
+            }
+            if total > available.len() {
+                self.partial = Some((start, available.to_vec()));
+                return;
+            }
+            if !self.complete_record(start, &available[..total], Lsn(start.0 + total as u64)) {
+                return;
+            }
+        }
+    }
+
+    /// Continues a record spanning pages with more of its bytes, which end at `end`.
+    fn finish_record(&mut self, start: Lsn, data: Vec<u8>, end: Lsn) -> bool {
+        let total = record_total_len(&data).expect("kept with its length field");
+        if data.len() < total {
+            self.partial = Some((start, data));
+            return false;
+        }
+        self.complete_record(start, &data, end)
+    }
+
+    /// False (and decoding stops) for the zero length that ends WAL or an impossible length.
+    fn check_length(&mut self, start: Lsn, total: usize) -> bool {
+        if total == 0 {
+            self.stop(EndOfWal::ZeroLength(start));
+            return false;
+        }
+        if total < SIZE_OF_XLOG_RECORD || total as u64 > u64::from(XLOG_RECORD_MAX_SIZE) {
+            self.stop(EndOfWal::BadRecord {
+                lsn: start,
+                reason: format!("invalid record length {total}"),
+            });
+            return false;
+        }
+        true
+    }
+
+    /// Decodes a whole record ending at `end`; sets where the next one starts. False if
+    /// decoding stopped.
+    fn complete_record(&mut self, start: Lsn, data: &[u8], end: Lsn) -> bool {
+        match decode_record(data, start, end, self.pg_version) {
+            Ok(record) => {
+                let next = if record.kind == RecordKind::Switch {
+                    // The rest of the segment is padding.
+                    Lsn(end.0.div_ceil(self.wal_segment_size) * self.wal_segment_size)
+                } else {
+                    Lsn(maxalign(end.0 as usize) as u64)
+                };
+                self.records.push_back(record);
+                self.next_record = Some(next);
+                true
+            }
+            Err(reason) => {
+                self.stop(EndOfWal::BadRecord { lsn: start, reason });
+                false
+            }
+        }
+    }
+}
+
+fn maxalign(n: usize) -> usize {
+    (n + 7) & !7
+}
+
+fn record_total_len(data: &[u8]) -> Option<usize> {
+    (data.len() >= 4).then(|| u32::from_le_bytes(data[0..4].try_into().unwrap()) as usize)
+}
+
+/// Verifies a complete record's CRC and decodes what pitr needs from it.
+fn decode_record(data: &[u8], lsn: Lsn, end: Lsn, pg_version: u32) -> Result<WalRecord, String> {
+    let stored_crc = u32::from_le_bytes(data[20..24].try_into().unwrap());
+    let crc = crc32c::crc32c_append(crc32c::crc32c(&data[SIZE_OF_XLOG_RECORD..]), &data[..20]);
+    if crc != stored_crc {
+        return Err(format!(
+            "record CRC mismatch (stored {stored_crc:08X}, computed {crc:08X})"
+        ));
+    }
+    let xid = u32::from_le_bytes(data[4..8].try_into().unwrap());
+    let info = data[16];
+    let rmid = data[17];
+    let kind = match (rmid, info & !XLR_INFO_MASK) {
+        (RM_XLOG_ID, XLOG_SWITCH) => RecordKind::Switch,
+        (RM_XLOG_ID, XLOG_RESTORE_POINT) => {
+            let main = main_data(data, pg_version)?;
+            if main.len() < 8 {
+                return Err("restore point record too short".into());
+            }
+            let time = i64::from_le_bytes(main[0..8].try_into().unwrap());
+            let name = &main[8..];
+            let name = &name[..name.iter().position(|&b| b == 0).unwrap_or(name.len())];
+            RecordKind::RestorePoint {
+                name: String::from_utf8_lossy(name).into_owned(),
+                time,
+            }
+        }
+        (RM_XACT_ID, _) => match decode_xact(info, xid, &main_data(data, pg_version)?, pg_version)?
+        {
+            Some(xact) => RecordKind::Xact(xact),
+            None => RecordKind::Other,
+        },
+        _ => RecordKind::Other,
+    };
+    Ok(WalRecord {
+        lsn,
+        end,
+        xid,
+        rmid,
+        info,
+        kind,
+    })
+}
+
+/// A little-endian cursor that reports running off the end as an error, never a panic.
+struct Cursor<'a> {
+    data: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Cursor<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
+        let end = self.pos.checked_add(n).filter(|&e| e <= self.data.len());
+        let end = end.ok_or_else(|| format!("record truncated at byte {}", self.pos))?;
+        let bytes = &self.data[self.pos..end];
+        self.pos = end;
+        Ok(bytes)
+    }
+    fn u8(&mut self) -> Result<u8, String> {
+        Ok(self.take(1)?[0])
+    }
+    fn u16(&mut self) -> Result<u16, String> {
+        Ok(u16::from_le_bytes(self.take(2)?.try_into().unwrap()))
+    }
+    fn u32(&mut self) -> Result<u32, String> {
+        Ok(u32::from_le_bytes(self.take(4)?.try_into().unwrap()))
+    }
+    fn i64(&mut self) -> Result<i64, String> {
+        Ok(i64::from_le_bytes(self.take(8)?.try_into().unwrap()))
+    }
+    /// Skips a count-prefixed array (`int n; T items[n]`).
+    fn skip_array(&mut self, item_size: usize) -> Result<(), String> {
+        let n = self.u32()? as usize;
+        self.take(n.checked_mul(item_size).ok_or("array length overflows")?)?;
+        Ok(())
+    }
+}
+
+// Block reference ids and flags (xlogrecord.h).
+const XLR_MAX_BLOCK_ID: u8 = 32;
+const XLR_BLOCK_ID_DATA_SHORT: u8 = 255;
+const XLR_BLOCK_ID_DATA_LONG: u8 = 254;
+const XLR_BLOCK_ID_ORIGIN: u8 = 253;
+const XLR_BLOCK_ID_TOPLEVEL_XID: u8 = 252;
+const BKPBLOCK_HAS_IMAGE: u8 = 0x10;
+const BKPBLOCK_SAME_REL: u8 = 0x80;
+const BKPIMAGE_HAS_HOLE: u8 = 0x01;
+
+/// The record's main data: the last bytes, after block images and block data
+/// (`DecodeXLogRecord`).
+fn main_data(data: &[u8], pg_version: u32) -> Result<&[u8], String> {
+    let mut cursor = Cursor {
+        data,
+        pos: SIZE_OF_XLOG_RECORD,
+    };
+    // Compressed-image flags: PostgreSQL 15 added a bit per algorithm.
+    let compressed_mask: u8 = if pg_version >= 15 {
+        0x04 | 0x08 | 0x10
+    } else {
+        0x02
+    };
+    let mut main_len = 0usize;
+    while cursor.pos < data.len() {
+        match cursor.u8()? {
+            XLR_BLOCK_ID_DATA_SHORT => {
+                main_len = cursor.u8()? as usize;
+                break;
+            }
+            XLR_BLOCK_ID_DATA_LONG => {
+                main_len = cursor.u32()? as usize;
+                break;
+            }
+            XLR_BLOCK_ID_ORIGIN => {
+                cursor.take(2)?;
+            }
+            XLR_BLOCK_ID_TOPLEVEL_XID => {
+                cursor.take(4)?;
+            }
+            id if id <= XLR_MAX_BLOCK_ID => {
+                let fork_flags = cursor.u8()?;
+                cursor.u16()?; // data_length
+                if fork_flags & BKPBLOCK_HAS_IMAGE != 0 {
+                    cursor.u16()?; // bimg_len
+                    cursor.u16()?; // hole_offset
+                    let bimg_info = cursor.u8()?;
+                    if bimg_info & BKPIMAGE_HAS_HOLE != 0 && bimg_info & compressed_mask != 0 {
+                        cursor.u16()?; // hole_length
+                    }
+                }
+                if fork_flags & BKPBLOCK_SAME_REL == 0 {
+                    cursor.take(12)?; // RelFileNode / RelFileLocator
+                }
+                cursor.take(4)?; // BlockNumber
+            }
+            id => return Err(format!("invalid block id {id}")),
+        }
+    }
+    let start = data
+        .len()
+        .checked_sub(main_len)
+        .filter(|&s| s >= cursor.pos)
+        .ok_or("main data longer than the record")?;
+    Ok(&data[start..])
+}
+
+// xl_xact_xinfo flags (xact.h).
+const XACT_XINFO_HAS_DBINFO: u32 = 1 << 0;
+const XACT_XINFO_HAS_SUBXACTS: u32 = 1 << 1;
+const XACT_XINFO_HAS_RELFILENODES: u32 = 1 << 2;
+const XACT_XINFO_HAS_INVALS: u32 = 1 << 3;
+const XACT_XINFO_HAS_TWOPHASE: u32 = 1 << 4;
+const XACT_XINFO_HAS_DROPPED_STATS: u32 = 1 << 8;
+
+/// Decodes a transaction record's main data (`ParseCommitRecord`, `ParseAbortRecord`).
+fn decode_xact(
+    info: u8,
+    xid: u32,
+    main: &[u8],
+    pg_version: u32,
+) -> Result<Option<XactRecord>, String> {
+    let action = match info & XLOG_XACT_OPMASK {
+        0x00 => XactAction::Commit,
+        0x10 => XactAction::Prepare,
+        0x20 => XactAction::Abort,
+        0x30 => XactAction::CommitPrepared,
+        0x40 => XactAction::AbortPrepared,
+        _ => return Ok(None), // assignment, invalidations
+    };
+    if action == XactAction::Prepare {
+        return Ok(Some(XactRecord {
+            action,
+            xid,
+            time: None,
+        }));
+    }
+    let mut cursor = Cursor { data: main, pos: 0 };
+    let time = cursor.i64()?;
+    let xinfo = if info & XLOG_XACT_HAS_INFO != 0 {
+        cursor.u32()?
+    } else {
+        0
+    };
+    if xinfo & XACT_XINFO_HAS_DBINFO != 0 {
+        cursor.take(8)?;
+    }
+    if xinfo & XACT_XINFO_HAS_SUBXACTS != 0 {
+        cursor.skip_array(4)?;
+    }
+    if xinfo & XACT_XINFO_HAS_RELFILENODES != 0 {
+        cursor.skip_array(12)?;
+    }
+    if pg_version >= 15 && xinfo & XACT_XINFO_HAS_DROPPED_STATS != 0 {
+        cursor.skip_array(12)?; // xl_xact_stats_item: kind, dboid, objoid
+    }
+    let commit = matches!(action, XactAction::Commit | XactAction::CommitPrepared);
+    if commit && xinfo & XACT_XINFO_HAS_INVALS != 0 {
+        cursor.skip_array(16)?; // SharedInvalidationMessage
+    }
+    let mut xid = xid;
+    if xinfo & XACT_XINFO_HAS_TWOPHASE != 0 {
+        xid = cursor.u32()?;
+    }
+    Ok(Some(XactRecord {
+        action,
+        xid,
+        time: Some(time),
+    }))
+}
+
+#[cfg(test)]
+mod tests;
