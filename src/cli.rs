@@ -14,7 +14,7 @@ use crate::config::Settings;
     about = "PostgreSQL point-in-time recovery: continuous WAL archiving to a local or S3 repository",
     after_help = "Exit codes: 0 ok, 1 archive-get: not in the repository, 2 usage or configuration, \
                   3 wrong or uninitialised repository, 4 conflicting content, 5 corrupt object, \
-                  6 storage error, 7 invalid input file."
+                  6 storage error, 7 invalid input file, 8 verify: repository incomplete."
 )]
 pub struct Cli {
     #[command(flatten)]
@@ -89,6 +89,15 @@ pub enum Command {
         /// Where to write it (%p).
         dest: PathBuf,
     },
+    /// Read every object and check checksums, WAL continuity and timeline histories.
+    Verify {
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+        /// Objects read at once (default: 2 per core).
+        #[arg(long, value_name = "N")]
+        jobs: Option<usize>,
+    },
 }
 
 impl Command {
@@ -97,6 +106,7 @@ impl Command {
             Command::Init { .. } => "init",
             Command::ArchivePush { .. } => "archive-push",
             Command::ArchiveGet { .. } => "archive-get",
+            Command::Verify { .. } => "verify",
         }
     }
 }

@@ -10,6 +10,7 @@
 //! | 5 | a stored object is corrupt (checksum mismatch, truncated, undecodable) |
 //! | 6 | storage error: the repository could not be read or written |
 //! | 7 | invalid input: the file given is not what it should be |
+//! | 8 | verify: the repository is incomplete (missing WAL, contradicting history files) |
 //!
 //! Keep this table, README.md and docs/operations.md in step.
 
@@ -24,6 +25,7 @@ pub const EXIT_CONFLICT: i32 = 4;
 pub const EXIT_CORRUPT: i32 = 5;
 pub const EXIT_STORAGE: i32 = 6;
 pub const EXIT_INVALID_INPUT: i32 = 7;
+pub const EXIT_INCOMPLETE: i32 = 8;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

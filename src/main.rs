@@ -10,8 +10,9 @@ use pitr::cli::{Cli, Command};
 use pitr::commands::archive_get::{ArchiveGetOptions, archive_get};
 use pitr::commands::archive_push::{ArchivePushOptions, PushOutcome, archive_push};
 use pitr::commands::init::{InitOptions, init};
+use pitr::commands::verify::{VerifyOptions, verify};
 use pitr::config::{RepoConfig, Settings};
-use pitr::error::{EXIT_USAGE, Error};
+use pitr::error::{EXIT_CORRUPT, EXIT_INCOMPLETE, EXIT_USAGE, Error};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -42,7 +43,7 @@ fn main() -> ExitCode {
     };
     let command = cli.command.name();
     match runtime.block_on(run(cli)) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => ExitCode::from(code),
         Err(e) => {
             // Not found is routine for restore_command: PostgreSQL probes for files to come.
             if matches!(e, Error::NotFound { .. }) {
@@ -55,7 +56,8 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(cli: Cli) -> pitr::Result<()> {
+/// Runs the command; the exit code when it ran to completion.
+async fn run(cli: Cli) -> pitr::Result<u8> {
     let mut settings = cli.global.settings();
     if let Some(path) = &cli.global.config {
         settings = settings.over(Settings::read_file(path)?);
@@ -107,6 +109,38 @@ async fn run(cli: Cli) -> pitr::Result<()> {
                 report.elapsed.as_secs_f64() * 1e3
             );
         }
+        Command::Verify { json, jobs } => {
+            let jobs = jobs.unwrap_or(2 * threads);
+            let report = verify(&catalog, &VerifyOptions { jobs }).await?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&report).expect("report serialises")
+                );
+            } else {
+                for problem in &report.problems {
+                    println!("{problem}");
+                }
+                println!(
+                    "verified {} objects ({} bytes stored) in {:.1} s: {}",
+                    report.objects,
+                    report.bytes,
+                    report.seconds,
+                    match report.problems.len() {
+                        0 => "intact".to_owned(),
+                        1 => "1 problem".to_owned(),
+                        n => format!("{n} problems"),
+                    }
+                );
+            }
+            return Ok(if report.ok {
+                0
+            } else if report.has_damage() {
+                EXIT_CORRUPT as u8
+            } else {
+                EXIT_INCOMPLETE as u8
+            });
+        }
     }
-    Ok(())
+    Ok(0)
 }

@@ -4,6 +4,7 @@
 pub mod archive_get;
 pub mod archive_push;
 pub mod init;
+pub mod verify;
 
 /// Runs CPU- and file-bound work off the async runtime.
 pub(crate) async fn blocking<T: Send + 'static>(

@@ -5,6 +5,7 @@
 
 pub mod control;
 pub mod lsn;
+pub mod timeline;
 pub mod wal_name;
 pub mod wal_page;
 pub mod wal_reader;
