@@ -340,11 +340,12 @@ fn decode_record(data: &[u8], lsn: Lsn, end: Lsn, pg_version: u32) -> Result<Wal
                 time,
             }
         }
-        (RM_XACT_ID, _) => match decode_xact(info, xid, &main_data(data, pg_version)?, pg_version)?
-        {
-            Some(xact) => RecordKind::Xact(xact),
-            None => RecordKind::Other,
-        },
+        (RM_XACT_ID, _) => {
+            match decode_xact(info, xid, main_data(data, pg_version)?, pg_version)? {
+                Some(xact) => RecordKind::Xact(xact),
+                None => RecordKind::Other,
+            }
+        }
         _ => RecordKind::Other,
     };
     Ok(WalRecord {

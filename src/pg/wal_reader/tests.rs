@@ -55,7 +55,7 @@ fn write_wal(start: u64, records: &[Vec<u8>], pages: usize) -> Vec<u8> {
             SIZE_OF_XLOG_SHORT_PHD
         }
     };
-    let mut write_header = |wal: &mut Vec<u8>, page: usize, rem_len: usize| {
+    let write_header = |wal: &mut Vec<u8>, page: usize, rem_len: usize| {
         let lsn = start + (page * BLOCK) as u64;
         let at = page * BLOCK;
         let mut info = 0u16;
