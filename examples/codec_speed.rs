@@ -60,6 +60,25 @@ fn main() {
             n
         });
         line += &format!(", block compress+decompress {:.1} ms", ms(t));
+        let name = std::path::Path::new(&path)
+            .file_name()
+            .unwrap()
+            .to_str()
+            .unwrap();
+        let start = pitr::pg::WalFileName::parse(name)
+            .ok()
+            .and_then(|n| n.segment_number(input.len() as u64))
+            .map_or(0, |segno| segno * input.len() as u64);
+        let (t, summary) = best(5, || {
+            pitr::pg::wal_summary::summarize_segment(
+                &input,
+                pitr::pg::Lsn(start),
+                input.len() as u64,
+                8192,
+                None,
+            )
+        });
+        line += &format!(", summary {:.1} ms ({} commits)", ms(t), summary.commits);
         println!("{line}");
     }
 }

@@ -197,4 +197,46 @@ fn finds_what_pg_waldump_finds_in_real_wal() {
     assert_eq!(our_count, their_count, "records decoded");
     // The last segment ends with the switch record: no invalid WAL was met on the way.
     assert_eq!(end, None);
+
+    // Segment by segment, as archive-push sees them, carrying straddling records along.
+    let mut carry = None;
+    let (mut commits, mut aborts, mut points, mut last_commit) = (0, 0, Vec::new(), None);
+    for path in &segments {
+        let name = path.file_name().unwrap().to_str().unwrap();
+        let segno = u64::from_str_radix(&name[8..16], 16).unwrap() * 0x100
+            + u64::from_str_radix(&name[16..24], 16).unwrap();
+        let summary = pitr::pg::wal_summary::summarize_segment(
+            &std::fs::read(path).unwrap(),
+            Lsn(segno * SEGMENT),
+            SEGMENT,
+            8192,
+            carry.as_ref(),
+        );
+        commits += summary.commits;
+        aborts += summary.aborts;
+        points.extend(summary.restore_points.iter().map(|p| p.name.clone()));
+        last_commit = summary.last_commit_time.or(last_commit);
+        carry = summary.carry;
+    }
+    let count = |prefix: &str| theirs.iter().filter(|(_, w)| w.starts_with(prefix)).count() as u64;
+    assert_eq!(commits, count("COMMIT"), "commits (with COMMIT_PREPARED)");
+    assert_eq!(aborts, count("ABORT"), "aborts (with ABORT_PREPARED)");
+    let mut expected_points: Vec<String> = theirs
+        .iter()
+        .filter_map(|(_, w)| w.strip_prefix("RESTORE_POINT ").map(str::to_owned))
+        .collect();
+    expected_points.sort();
+    points.sort();
+    assert_eq!(points, expected_points);
+    let newest = theirs
+        .iter()
+        .filter(|(_, w)| w.starts_with("COMMIT"))
+        .map(|(_, w)| w[w.len() - 30..w.len() - 4].to_owned())
+        .max()
+        .unwrap();
+    // pg_waldump: "2026-11-21 11:40:00.123456 UTC"; ours: "2026-11-21T11:40:00.123456Z".
+    assert_eq!(
+        last_commit.unwrap().replace('T', " ").trim_end_matches('Z'),
+        newest
+    );
 }

@@ -9,6 +9,7 @@ pub mod timeline;
 pub mod wal_name;
 pub mod wal_page;
 pub mod wal_reader;
+pub mod wal_summary;
 
 pub use control::ControlFile;
 pub use lsn::Lsn;

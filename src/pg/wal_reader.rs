@@ -30,6 +30,13 @@ const XLOG_XACT_HAS_INFO: u8 = 0x80;
 /// Microseconds from the Unix epoch to PostgreSQL's (2000-01-01 00:00:00 UTC).
 pub const POSTGRES_EPOCH_UNIX_MICROS: i64 = 946_684_800_000_000;
 
+/// A PostgreSQL `TimestampTz` as UTC time.
+pub fn timestamp_to_utc(micros_since_2000: i64) -> Option<chrono::DateTime<chrono::Utc>> {
+    chrono::DateTime::from_timestamp_micros(
+        micros_since_2000.checked_add(POSTGRES_EPOCH_UNIX_MICROS)?,
+    )
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WalRecord {
     pub lsn: Lsn,
@@ -117,9 +124,40 @@ impl WalDecoder {
         }
     }
 
+    /// A decoder that goes on with a record begun before `next_page`, whose bytes so far
+    /// (without page headers) are `record_bytes`: how a segment's unfinished last record is
+    /// completed from the next segment.
+    pub fn resume(
+        next_page: Lsn,
+        wal_segment_size: u64,
+        block_size: usize,
+        record_start: Lsn,
+        record_bytes: Vec<u8>,
+    ) -> Self {
+        let mut decoder = WalDecoder::new(next_page, wal_segment_size, block_size);
+        decoder.skip_continuation = false;
+        decoder.partial = Some((record_start, record_bytes));
+        decoder
+    }
+
+    /// The record still waiting for its continuation, with its bytes so far.
+    pub fn unfinished_record(&self) -> Option<(Lsn, &[u8])> {
+        self.partial
+            .as_ref()
+            .map(|(start, bytes)| (*start, bytes.as_slice()))
+    }
+
     /// Decodes as much of `bytes` as completes pages; keeps the rest for the next call.
     pub fn feed(&mut self, mut bytes: &[u8]) {
         while !bytes.is_empty() && self.end.is_none() {
+            if self.page.is_empty() && bytes.len() >= self.block_size {
+                // Whole pages straight from the caller's buffer: no copy.
+                let (page, rest) = bytes.split_at(self.block_size);
+                self.decode_page(page);
+                self.page_lsn = Lsn(self.page_lsn.0 + self.block_size as u64);
+                bytes = rest;
+                continue;
+            }
             let take = (self.block_size - self.page.len()).min(bytes.len());
             self.page.extend_from_slice(&bytes[..take]);
             bytes = &bytes[take..];

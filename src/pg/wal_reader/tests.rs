@@ -243,3 +243,43 @@ fn survives_random_and_mutated_input() {
         assert!(decoded.len() <= 4 * BLOCK / SIZE_OF_XLOG_RECORD);
     }
 }
+
+#[test]
+fn summaries_carry_a_commit_that_straddles_segments() {
+    use crate::pg::wal_summary::summarize_segment;
+    // A big commit that begins in the first segment and ends in the second.
+    let records = vec![
+        commit(700, 1_000, 0),
+        commit(701, 3_000_000, 5000),
+        commit(702, 4_000_000, 0),
+    ];
+    let start = SEGMENT - BLOCK as u64;
+    let wal = write_wal(start, &records, 4);
+    let first_segment = &wal[..BLOCK];
+    let second_segment = &wal[BLOCK..];
+
+    let first = summarize_segment(first_segment, Lsn(start), SEGMENT, BLOCK, None);
+    assert_eq!(first.commits, 1);
+    assert!(first.carry.is_some(), "{first:?}");
+
+    let second = summarize_segment(
+        second_segment,
+        Lsn(SEGMENT),
+        SEGMENT,
+        BLOCK,
+        first.carry.as_ref(),
+    );
+    assert_eq!(second.commits, 2, "{second:?}");
+    assert_eq!(
+        second.first_commit_time.as_deref(),
+        Some("2000-01-01T00:00:03.000000Z")
+    );
+    assert_eq!(
+        second.last_commit_time.as_deref(),
+        Some("2000-01-01T00:00:04.000000Z")
+    );
+
+    // Without the carry, the straddling commit cannot be decoded.
+    let alone = summarize_segment(second_segment, Lsn(SEGMENT), SEGMENT, BLOCK, None);
+    assert_eq!(alone.commits, 1);
+}

@@ -1,0 +1,132 @@
+//! What one WAL segment holds for recovery targets: the summary archive-push will store next
+//! to each segment (issue 4), so that the recovery window and a restore's reach are known
+//! without reading WAL again. Pure: bytes in, summary out.
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use serde::{Deserialize, Serialize};
+
+use super::Lsn;
+use super::wal_reader::{EndOfWal, RecordKind, WalDecoder, XactAction, timestamp_to_utc};
+
+/// Unfinished records larger than this are not carried to the next segment (commit and
+/// restore point records are far smaller; full-page images are not carried at all).
+pub const MAX_CARRY: usize = 64 << 10;
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SegmentSummary {
+    /// LSN of the first record completed in this segment.
+    pub first_record: Option<String>,
+    /// End of the last record completed in this segment.
+    pub last_record_end: Option<String>,
+    /// Commit times (also of prepared transactions), RFC 3339 UTC with microseconds.
+    pub first_commit_time: Option<String>,
+    pub last_commit_time: Option<String>,
+    pub commits: u64,
+    pub aborts: u64,
+    pub restore_points: Vec<RestorePoint>,
+    /// Where valid WAL ended inside the segment, if it did before the segment's end.
+    pub end_of_wal: Option<String>,
+    /// A commit or restore point record that continues in the next segment.
+    pub carry: Option<Carry>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestorePoint {
+    pub name: String,
+    pub lsn: String,
+    pub time: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Carry {
+    pub record_start: String,
+    /// The record's bytes so far, without page headers, base64.
+    pub bytes: String,
+}
+
+fn time_text(micros: i64) -> String {
+    timestamp_to_utc(micros).map_or_else(
+        || format!("invalid timestamp {micros}"),
+        |t| t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+    )
+}
+
+/// Summarises `segment`, which starts at `segment_start`; `carry_in` is the previous
+/// segment's carry, if any, so that a record straddling the boundary is counted here.
+pub fn summarize_segment(
+    segment: &[u8],
+    segment_start: Lsn,
+    wal_segment_size: u64,
+    block_size: usize,
+    carry_in: Option<&Carry>,
+) -> SegmentSummary {
+    let resumed = carry_in.and_then(|carry| {
+        let start: Lsn = carry.record_start.parse().ok()?;
+        let bytes = BASE64.decode(&carry.bytes).ok()?;
+        Some(WalDecoder::resume(
+            segment_start,
+            wal_segment_size,
+            block_size,
+            start,
+            bytes,
+        ))
+    });
+    let mut decoder =
+        resumed.unwrap_or_else(|| WalDecoder::new(segment_start, wal_segment_size, block_size));
+    decoder.feed(segment);
+
+    let mut summary = SegmentSummary::default();
+    let mut commit_times: Option<(i64, i64)> = None;
+    let mut records: Option<(Lsn, Lsn)> = None;
+    while let Some(record) = decoder.next_record() {
+        records = Some((records.map_or(record.lsn, |(first, _)| first), record.end));
+        match record.kind {
+            RecordKind::Xact(xact) => match (xact.action, xact.time) {
+                (XactAction::Commit | XactAction::CommitPrepared, Some(time)) => {
+                    summary.commits += 1;
+                    commit_times = Some(match commit_times {
+                        None => (time, time),
+                        Some((first, last)) => (first.min(time), last.max(time)),
+                    });
+                }
+                (XactAction::Abort | XactAction::AbortPrepared, _) => summary.aborts += 1,
+                _ => {}
+            },
+            RecordKind::RestorePoint { name, time } => summary.restore_points.push(RestorePoint {
+                name,
+                lsn: record.lsn.to_string(),
+                time: time_text(time),
+            }),
+            _ => {}
+        }
+    }
+    if let Some((first, end)) = records {
+        summary.first_record = Some(first.to_string());
+        summary.last_record_end = Some(end.to_string());
+    }
+    if let Some((first, last)) = commit_times {
+        summary.first_commit_time = Some(time_text(first));
+        summary.last_commit_time = Some(time_text(last));
+    }
+    summary.end_of_wal = decoder.end_of_wal().map(|end| match end {
+        EndOfWal::ZeroLength(lsn) => format!("{lsn}: no more WAL"),
+        EndOfWal::BadPage { lsn, reason } | EndOfWal::BadRecord { lsn, reason } => {
+            format!("{lsn}: {reason}")
+        }
+    });
+    summary.carry = decoder
+        .unfinished_record()
+        .filter(|(_, bytes)| bytes.len() <= MAX_CARRY && worth_carrying(bytes))
+        .map(|(start, bytes)| Carry {
+            record_start: start.to_string(),
+            bytes: BASE64.encode(bytes),
+        });
+    summary
+}
+
+/// Transaction and XLOG records (commits, restore points), or a header too short to tell.
+fn worth_carrying(record: &[u8]) -> bool {
+    const RMID_OFFSET: usize = 17;
+    record.len() <= RMID_OFFSET || record[RMID_OFFSET] <= 1
+}
