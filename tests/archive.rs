@@ -20,19 +20,8 @@ const SEGMENT: u64 = 16 << 20;
 async fn archive_loop(name: &str, repo: impl FnOnce(&TestDir) -> Repo) {
     let dir = TestDir::new(name);
     let repo = repo(&dir);
-    let pitr = Pitr::install(&dir, &repo);
-    let mut cluster = PgCluster::initdb(&dir, "pg", &[]);
-    let out = pitr
-        .command(["init", "--pgdata"])
-        .arg(&cluster.data)
-        .output()
-        .unwrap();
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
-    cluster.configure(&format!(
-        "archive_mode = on\narchive_command = '{}'\nwal_keep_size = '4GB'\nmax_wal_size = '4GB'",
-        pitr.archive_command()
-    ));
-    cluster.start();
+    let (pitr, mut cluster) =
+        archiving_cluster(&dir, &repo, "wal_keep_size = '4GB'\nmax_wal_size = '4GB'");
 
     // At least 20 full segments, with some switched early (a short segment, zero-filled).
     cluster.sql("create table t (id bigint, payload text)");

@@ -11,19 +11,7 @@ use pitr::storage::{PutMode, PutPayload, read_all};
 async fn verify_catches_damage(name: &str, repo: impl FnOnce(&TestDir) -> Repo) {
     let dir = TestDir::new(name);
     let repo = repo(&dir);
-    let pitr = Pitr::install(&dir, &repo);
-    let mut cluster = PgCluster::initdb(&dir, "pg", &[]);
-    let out = pitr
-        .command(["init", "--pgdata"])
-        .arg(&cluster.data)
-        .output()
-        .unwrap();
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
-    cluster.configure(&format!(
-        "archive_mode = on\narchive_command = '{}'",
-        pitr.archive_command()
-    ));
-    cluster.start();
+    let (pitr, mut cluster) = archiving_cluster(&dir, &repo, "");
     cluster.sql("create table t as select g from generate_series(1, 1000) g");
     for _ in 0..5 {
         cluster.sql("insert into t select g from generate_series(1, 1000) g");

@@ -465,6 +465,25 @@ impl Drop for PgCluster {
     }
 }
 
+/// A started cluster whose archive_command pushes into `repo`, with the repository
+/// initialised for it; `extra_conf` goes into postgresql.conf.
+pub fn archiving_cluster(dir: &TestDir, repo: &Repo, extra_conf: &str) -> (Pitr, PgCluster) {
+    let pitr = Pitr::install(dir, repo);
+    let mut cluster = PgCluster::initdb(dir, "pg", &[]);
+    let out = pitr
+        .command(["init", "--pgdata"])
+        .arg(&cluster.data)
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    cluster.configure(&format!(
+        "archive_mode = on\narchive_command = '{}'\n{extra_conf}",
+        pitr.archive_command()
+    ));
+    cluster.start();
+    (pitr, cluster)
+}
+
 /// Every object key and its bytes, to prove a repository unchanged.
 pub async fn snapshot(storage: &dyn Storage) -> Vec<(String, Vec<u8>)> {
     let mut objects = Vec::new();
