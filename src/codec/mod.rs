@@ -58,15 +58,72 @@ impl EncodeSummary {
 /// cache (no copy into our buffers, which profiling showed to be a third of a push), and a
 /// window is unmapped once its chunks are compressed, so memory stays bounded whatever the
 /// file size. The file must not shrink meanwhile (PostgreSQL leaves a segment alone while it
-/// is being archived).
+/// is being archived); for files that may change, use [`encode_reader`].
 pub fn encode<W: Write + Send>(
     input: &File,
     output: W,
     threads: usize,
 ) -> io::Result<EncodeSummary> {
-    let threads = threads.max(1);
     let len = input.metadata()?.len();
+    encode_chunks(output, threads, |emit| {
+        let mut offset = 0u64;
+        while offset < len {
+            let window_len = WINDOW.min(len - offset) as usize;
+            // SAFETY: the mapping is read-only and the caller keeps the file from shrinking.
+            let window = Arc::new(unsafe {
+                memmap2::MmapOptions::new()
+                    .offset(offset)
+                    .len(window_len)
+                    .map(input)?
+            });
+            let _ = window.advise(memmap2::Advice::Sequential);
+            for start in (0..window_len).step_by(CHUNK_SIZE) {
+                let range = start..(start + CHUNK_SIZE).min(window_len);
+                if !emit(Chunk::Mapped {
+                    window: Arc::clone(&window),
+                    range,
+                }) {
+                    return Ok(());
+                }
+            }
+            offset += window_len as u64;
+        }
+        Ok(())
+    })
+}
+
+/// Compresses whatever `input` yields, read into 1 MiB buffers: for files that may change or
+/// vanish while they are read (a running cluster's data files), and for streams.
+pub fn encode_reader<R: Read, W: Write + Send>(
+    mut input: R,
+    output: W,
+    threads: usize,
+) -> io::Result<EncodeSummary> {
+    encode_chunks(output, threads, |emit| {
+        loop {
+            let mut chunk = Vec::with_capacity(CHUNK_SIZE);
+            if (&mut input)
+                .take(CHUNK_SIZE as u64)
+                .read_to_end(&mut chunk)?
+                == 0
+                || !emit(Chunk::Owned(chunk))
+            {
+                return Ok(());
+            }
+        }
+    })
+}
+
+/// The pipeline: `produce` hands chunks to `emit` (false once the writer has failed);
+/// workers compress them into frames, a writer writes them in order, then the trailer.
+fn encode_chunks<W: Write + Send>(
+    output: W,
+    threads: usize,
+    produce: impl FnOnce(&mut dyn FnMut(Chunk) -> bool) -> io::Result<()>,
+) -> io::Result<EncodeSummary> {
+    let threads = threads.max(1);
     let mut original = crc32fast::Hasher::new();
+    let mut original_len = 0u64;
 
     std::thread::scope(|scope| {
         let mut to_workers = Vec::with_capacity(threads);
@@ -85,40 +142,19 @@ pub fn encode<W: Write + Send>(
         let writer = scope.spawn(move || write_frames(&from_workers, &free_frame_txs, output));
 
         let mut index = 0usize;
-        let read_result = (|| {
-            let mut offset = 0u64;
-            while offset < len {
-                let window_len = WINDOW.min(len - offset) as usize;
-                // SAFETY: the mapping is read-only and the caller keeps the file from shrinking.
-                let window = Arc::new(unsafe {
-                    memmap2::MmapOptions::new()
-                        .offset(offset)
-                        .len(window_len)
-                        .map(input)?
-                });
-                let _ = window.advise(memmap2::Advice::Sequential);
-                for start in (0..window_len).step_by(CHUNK_SIZE) {
-                    let range = start..(start + CHUNK_SIZE).min(window_len);
-                    original.update(&window[range.clone()]);
-                    let chunk = Chunk {
-                        window: Arc::clone(&window),
-                        range,
-                    };
-                    if to_workers[index % threads].send(chunk).is_err() {
-                        return Ok(()); // the writer failed; its error is reported below
-                    }
-                    index += 1;
-                }
-                offset += window_len as u64;
-            }
-            Ok::<(), io::Error>(())
-        })();
+        let read_result = produce(&mut |chunk: Chunk| {
+            original.update(&chunk);
+            original_len += chunk.len() as u64;
+            let sent = to_workers[index % threads].send(chunk).is_ok();
+            index += 1;
+            sent
+        });
         drop(to_workers);
         let written = writer.join().expect("frame writer panicked");
         read_result?;
         let (mut output, stored, stored_len) = written?;
         let trailer = Trailer {
-            original_len: len,
+            original_len,
             original_crc32: original.clone().finalize(),
             stored_crc32: stored.clone().finalize(),
         }
@@ -128,7 +164,7 @@ pub fn encode<W: Write + Send>(
         let mut object = stored;
         object.update(&trailer);
         Ok(EncodeSummary {
-            original_len: len,
+            original_len,
             original_crc32: original.finalize(),
             stored_len: stored_len + TRAILER_LEN as u64,
             object_crc32: object.finalize(),
@@ -136,10 +172,25 @@ pub fn encode<W: Write + Send>(
     })
 }
 
-/// A slice of a mapped window; the window stays mapped while any chunk of it is alive.
-struct Chunk {
-    window: Arc<memmap2::Mmap>,
-    range: std::ops::Range<usize>,
+/// Input for one frame: a slice of a mapped window (kept mapped while any chunk of it is
+/// alive), or a buffer read from a stream.
+enum Chunk {
+    Mapped {
+        window: Arc<memmap2::Mmap>,
+        range: std::ops::Range<usize>,
+    },
+    Owned(Vec<u8>),
+}
+
+impl std::ops::Deref for Chunk {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match self {
+            Chunk::Mapped { window, range } => &window[range.clone()],
+            Chunk::Owned(buffer) => buffer,
+        }
+    }
 }
 
 /// One worker: each chunk becomes one complete LZ4 frame, from one reused encoder.
@@ -155,7 +206,7 @@ fn compress_chunks(
     let mut encoder = FrameEncoder::with_frame_info(info, Vec::with_capacity(CHUNK_SIZE));
     for chunk in chunks {
         let result = encoder
-            .write_all(&chunk.window[chunk.range.clone()])
+            .write_all(&chunk)
             .and_then(|()| encoder.try_finish().map_err(io::Error::other))
             .map(|()| {
                 let mut spare = free_frames.try_recv().unwrap_or_default();

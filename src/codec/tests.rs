@@ -45,6 +45,13 @@ fn round_trips_any_size_with_any_thread_count() {
             let mut output = Vec::new();
             let decoded = decode(&object[..], &mut output).unwrap();
             assert!(output == input, "len {len} threads {threads}");
+            // The read-based path writes the same bytes.
+            let mut from_reader = Vec::new();
+            assert_eq!(
+                encode_reader(&input[..], &mut from_reader, threads).unwrap(),
+                summary
+            );
+            assert!(from_reader == object);
             assert_eq!(decoded.original_len, len as u64);
             assert_eq!(decoded.stored_len, object.len() as u64);
         }
