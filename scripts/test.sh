@@ -33,6 +33,6 @@ fi
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 status=0
-cargo test --locked --tests "$@" 2>&1 | tee "$log" || status=$?
+cargo test --locked --tests --no-fail-fast "$@" 2>&1 | tee "$log" || status=$?
 awk '/^test result:/ { p += $4; f += $6 } END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
 exit "$status"

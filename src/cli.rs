@@ -89,6 +89,33 @@ pub enum Command {
         /// Where to write it (%p).
         dest: PathBuf,
     },
+    /// Take a base backup of the running cluster into the repository.
+    Backup {
+        /// The cluster's data directory (default: the server's data_directory).
+        #[arg(long, env = "PGDATA", value_name = "DIR")]
+        pgdata: Option<PathBuf>,
+        /// Connection string or URL (default: PGHOST, PGPORT, PGUSER, PGDATABASE, PGPASSWORD).
+        #[arg(long, short = 'd', value_name = "CONNINFO")]
+        dbname: Option<String>,
+        /// Start with an immediate checkpoint (the default).
+        #[arg(long, conflicts_with = "spread")]
+        fast: bool,
+        /// Start with a spread checkpoint, gentler on a busy server.
+        #[arg(long)]
+        spread: bool,
+        /// Files copied at once (default: the number of cores).
+        #[arg(long, value_name = "N")]
+        jobs: Option<usize>,
+        /// How long to wait for the backup's last WAL segment to reach the repository.
+        #[arg(long, value_name = "SECONDS", default_value_t = 120)]
+        wal_timeout: u64,
+    },
+    /// List backups and the WAL held per timeline.
+    List {
+        /// Print the list as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Read every object and check checksums, WAL continuity and timeline histories.
     Verify {
         /// Print the report as JSON.
@@ -107,6 +134,8 @@ impl Command {
             Command::ArchivePush { .. } => "archive-push",
             Command::ArchiveGet { .. } => "archive-get",
             Command::Verify { .. } => "verify",
+            Command::Backup { .. } => "backup",
+            Command::List { .. } => "list",
         }
     }
 }

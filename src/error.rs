@@ -11,6 +11,7 @@
 //! | 6 | storage error: the repository could not be read or written |
 //! | 7 | invalid input: the file given is not what it should be |
 //! | 8 | verify: the repository is incomplete (missing WAL, contradicting history files) |
+//! | 9 | PostgreSQL could not be reached, or refused what was asked |
 //!
 //! Keep this table, README.md and docs/operations.md in step.
 
@@ -26,6 +27,7 @@ pub const EXIT_CORRUPT: i32 = 5;
 pub const EXIT_STORAGE: i32 = 6;
 pub const EXIT_INVALID_INPUT: i32 = 7;
 pub const EXIT_INCOMPLETE: i32 = 8;
+pub const EXIT_SERVER: i32 = 9;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -50,6 +52,8 @@ pub enum Error {
     Storage(#[from] StorageError),
     #[error("{path}: {reason}")]
     InvalidInput { path: String, reason: String },
+    #[error("{0}")]
+    Server(String),
 }
 
 impl Error {
@@ -62,6 +66,7 @@ impl Error {
             Error::Corrupt { .. } => EXIT_CORRUPT,
             Error::Storage(_) => EXIT_STORAGE,
             Error::InvalidInput { .. } => EXIT_INVALID_INPUT,
+            Error::Server(_) => EXIT_SERVER,
         }
     }
 
@@ -77,6 +82,11 @@ impl From<CatalogError> for Error {
     fn from(err: CatalogError) -> Self {
         match err {
             CatalogError::Storage(e) => Error::Storage(e),
+            CatalogError::CorruptManifest { id, reason } => Error::Corrupt {
+                what: format!("the manifest of backup {id}"),
+                location: "the repository".into(),
+                reason,
+            },
             e @ (CatalogError::NotInitialised { .. } | CatalogError::CorruptIdentity { .. }) => {
                 Error::WrongRepository(e.to_string())
             }

@@ -9,7 +9,9 @@ use pitr::catalog::Catalog;
 use pitr::cli::{Cli, Command};
 use pitr::commands::archive_get::{ArchiveGetOptions, archive_get};
 use pitr::commands::archive_push::{ArchivePushOptions, PushOutcome, archive_push};
+use pitr::commands::backup::{BackupOptions, backup};
 use pitr::commands::init::{InitOptions, init};
+use pitr::commands::list::list;
 use pitr::commands::verify::{VerifyOptions, verify};
 use pitr::config::{RepoConfig, Settings};
 use pitr::error::{EXIT_CORRUPT, EXIT_INCOMPLETE, EXIT_USAGE, Error};
@@ -108,6 +110,69 @@ async fn run(cli: Cli) -> pitr::Result<u8> {
                 report.decoded.stored_len,
                 report.elapsed.as_secs_f64() * 1e3
             );
+        }
+        Command::Backup {
+            pgdata,
+            dbname,
+            fast: _,
+            spread,
+            jobs,
+            wal_timeout,
+        } => {
+            let options = BackupOptions {
+                pgdata,
+                dbname,
+                fast: !spread,
+                jobs: jobs.unwrap_or(threads),
+                wal_timeout: std::time::Duration::from_secs(wal_timeout),
+            };
+            let report = backup(&catalog, &options).await?;
+            let m = &report.manifest;
+            println!(
+                "backup {} complete: {} files, {} bytes ({} stored in {} objects), WAL {} to {} \
+                 (timeline {}), {:.1} s",
+                m.id,
+                m.files.len(),
+                m.size_bytes,
+                m.stored_bytes,
+                report.objects,
+                m.start_lsn,
+                m.stop_lsn,
+                m.timeline,
+                report.elapsed.as_secs_f64()
+            );
+        }
+        Command::List { json } => {
+            let report = list(&catalog).await?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&report).expect("report serialises")
+                );
+            } else {
+                if report.backups.is_empty() {
+                    println!("no backups");
+                }
+                for b in &report.backups {
+                    println!(
+                        "backup {}  {} .. {}  LSN {} .. {}  timeline {}  {} bytes ({} stored)",
+                        b.id,
+                        b.start_time,
+                        b.stop_time,
+                        b.start_lsn,
+                        b.stop_lsn,
+                        b.timeline,
+                        b.size_bytes,
+                        b.stored_bytes
+                    );
+                }
+                for w in &report.wal {
+                    println!(
+                        "wal timeline {}: {} .. {}",
+                        w.timeline, w.first_segment, w.last_segment
+                    );
+                }
+            }
         }
         Command::Verify { json, jobs } => {
             let jobs = jobs.unwrap_or(2 * threads);

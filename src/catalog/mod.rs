@@ -9,6 +9,8 @@
 //! ```
 //! Every `.lz4` object is in the codec's format (LZ4 frames and a checksummed trailer).
 
+pub mod backup;
+
 use std::sync::Arc;
 
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -30,6 +32,8 @@ pub enum CatalogError {
     NotInitialised { location: String },
     #[error("repository identity {location}/{IDENTITY_KEY} is unreadable: {reason}")]
     CorruptIdentity { location: String, reason: String },
+    #[error("the manifest of backup {id} is unreadable: {reason}")]
+    CorruptManifest { id: String, reason: String },
     #[error(transparent)]
     Storage(#[from] StorageError),
 }

@@ -3,7 +3,9 @@
 
 pub mod archive_get;
 pub mod archive_push;
+pub mod backup;
 pub mod init;
+pub mod list;
 pub mod verify;
 
 /// Runs CPU- and file-bound work off the async runtime.

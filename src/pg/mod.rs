@@ -3,6 +3,7 @@
 //! Names follow PostgreSQL's own (`XLogFileName`, `IsXLogFileName`…) so that a reader can
 //! find the C counterpart in `src/include/access/xlog_internal.h` and `pg_control.h`.
 
+pub mod basebackup;
 pub mod control;
 pub mod lsn;
 pub mod timeline;

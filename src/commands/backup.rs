@@ -1,0 +1,446 @@
+//! `pitr backup`: a base backup of a running cluster into the repository.
+//!
+//! Non-exclusive: `pg_backup_start` and `pg_backup_stop` on one session, which ends the
+//! backup if pitr dies. Files are streamed through the codec by `jobs` workers; files up to
+//! [`BUNDLE_FILE_LIMIT`] are packed into bundles so that many tiny files cost few objects.
+//! The manifest is written last: a backup interrupted at any point is never listed.
+
+use std::fs::{self, File};
+use std::io::{self, Read};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use chrono::{SecondsFormat, Utc};
+use futures_util::{StreamExt, TryStreamExt, stream};
+
+use crate::catalog::backup::{
+    BACKUP_PREFIX, BackupDirectory, BackupFile, BackupManifest, MANIFEST_FORMAT, Tablespace,
+    backup_object_key,
+};
+use crate::catalog::{Catalog, wal_key};
+use crate::codec;
+use crate::error::{Error, Result};
+use crate::pg::basebackup::{Disposition, classify, is_database_directory, unlogged_files};
+use crate::pg::{ControlFile, WalFileName};
+use crate::server::{Session, connection_config};
+use crate::storage::{PutMode, PutPayload, StorageError};
+
+use super::blocking;
+
+/// Files up to this size are packed together.
+pub const BUNDLE_FILE_LIMIT: u64 = 256 << 10;
+/// A bundle is closed once it holds this much.
+pub const BUNDLE_SIZE: u64 = 8 << 20;
+
+#[derive(Clone, Debug)]
+pub struct BackupOptions {
+    pub pgdata: Option<PathBuf>,
+    pub dbname: Option<String>,
+    pub fast: bool,
+    pub jobs: usize,
+    pub wal_timeout: Duration,
+}
+
+#[derive(Debug)]
+pub struct BackupReport {
+    pub manifest: BackupManifest,
+    pub objects: u32,
+    pub elapsed: Duration,
+}
+
+/// A file found in the data directory.
+#[derive(Clone, Debug)]
+struct SourceFile {
+    path: String,
+    absolute: PathBuf,
+    size: u64,
+    mode: u32,
+    mtime: i64,
+}
+
+pub async fn backup(catalog: &Catalog, options: &BackupOptions) -> Result<BackupReport> {
+    let started = Instant::now();
+    let identity = catalog.identity().await?;
+    let session = Session::connect(&connection_config(options.dbname.as_deref())?).await?;
+    let server_sysid = session
+        .text(
+            "reading the system identifier",
+            "SELECT system_identifier::text FROM pg_control_system()",
+        )
+        .await?;
+    if server_sysid != identity.system_identifier.to_string() {
+        return Err(Error::WrongRepository(format!(
+            "the server has system identifier {server_sysid}, but the repository belongs to {}",
+            identity.system_identifier
+        )));
+    }
+    let pgdata = match &options.pgdata {
+        Some(dir) => dir.clone(),
+        None => PathBuf::from(
+            session
+                .text("reading data_directory", "SHOW data_directory")
+                .await?,
+        ),
+    };
+    check_pgdata(&pgdata, identity.system_identifier)?;
+
+    let start_time = Utc::now();
+    let id = unused_backup_id(catalog, &start_time.format("%Y%m%dT%H%M%SZ").to_string()).await?;
+    let label = format!("pitr backup {id}");
+    let start_lsn = session.backup_start(&label, options.fast).await?;
+    let start_wal_segment = session.walfile_name(start_lsn).await?;
+    let timeline = WalFileName::parse(&start_wal_segment)
+        .map_err(|e| Error::Server(e.to_string()))?
+        .timeline();
+    tracing::info!("backup {id} started at {start_lsn} (timeline {timeline})");
+
+    let walk_root = pgdata.clone();
+    let (directories, files, tablespaces) = blocking(move || walk(&walk_root)).await?;
+    let plan = plan_objects(files);
+    let object_count = plan.len() as u32;
+    let storage = catalog.storage().clone();
+    let copied: Vec<(Vec<BackupFile>, u64)> = stream::iter(plan.into_iter().enumerate())
+        .map(|(index, files)| {
+            let storage = storage.clone();
+            let id = id.clone();
+            async move { copy_object(&*storage, &id, index as u32, files).await }
+        })
+        .buffer_unordered(options.jobs.max(1))
+        .try_collect()
+        .await?;
+
+    let (stop_lsn, backup_label, tablespace_map) = session.backup_stop().await?;
+    let stop_time = Utc::now();
+    let stop_wal_segment = session.walfile_name(stop_lsn).await?;
+    wait_for_wal(catalog, &stop_wal_segment, options.wal_timeout).await?;
+
+    let mut files: Vec<BackupFile> = copied.iter().flat_map(|(f, _)| f.clone()).collect();
+    files.sort_by(|a, b| a.path.cmp(&b.path));
+    let manifest = BackupManifest {
+        format: MANIFEST_FORMAT,
+        id: id.clone(),
+        label,
+        system_identifier: identity.system_identifier.to_string(),
+        pg_version: identity.pg_version,
+        timeline,
+        start_lsn: start_lsn.to_string(),
+        stop_lsn: stop_lsn.to_string(),
+        start_time: start_time.to_rfc3339_opts(SecondsFormat::Secs, true),
+        stop_time: stop_time.to_rfc3339_opts(SecondsFormat::Secs, true),
+        start_wal_segment,
+        stop_wal_segment,
+        backup_label,
+        tablespace_map,
+        tablespaces,
+        size_bytes: files.iter().map(|f| f.size).sum(),
+        stored_bytes: copied.iter().map(|(_, stored)| stored).sum(),
+        directories,
+        files,
+    };
+    catalog.put_manifest(&manifest).await?;
+    Ok(BackupReport {
+        manifest,
+        objects: object_count,
+        elapsed: started.elapsed(),
+    })
+}
+
+/// The start time as id; a suffix if objects under it exist already (left by a backup that
+/// was interrupted in the same second: never overwritten, never reused).
+async fn unused_backup_id(catalog: &Catalog, base: &str) -> Result<String> {
+    for attempt in 1.. {
+        let id = if attempt == 1 {
+            base.to_owned()
+        } else {
+            format!("{base}-{attempt}")
+        };
+        if catalog
+            .storage()
+            .list(&format!("{BACKUP_PREFIX}{id}/"))
+            .await?
+            .is_empty()
+        {
+            return Ok(id);
+        }
+    }
+    unreachable!("the loop returns")
+}
+
+/// The data directory must be the server's and hold the repository's cluster.
+fn check_pgdata(pgdata: &Path, system_identifier: u64) -> Result<()> {
+    let control_path = pgdata.join("global/pg_control");
+    let bytes = fs::read(&control_path).map_err(|e| {
+        Error::invalid_input(
+            control_path.display(),
+            format!("{e}: pass --pgdata (or PGDATA) as the server's data directory"),
+        )
+    })?;
+    let control =
+        ControlFile::parse(&bytes).map_err(|e| Error::invalid_input(control_path.display(), e))?;
+    if control.system_identifier != system_identifier {
+        return Err(Error::WrongRepository(format!(
+            "{} belongs to system identifier {}, the repository to {system_identifier}",
+            pgdata.display(),
+            control.system_identifier
+        )));
+    }
+    Ok(())
+}
+
+type Walked = (Vec<BackupDirectory>, Vec<SourceFile>, Vec<Tablespace>);
+
+/// Everything a base backup holds, by PostgreSQL's rules; tablespaces through pg_tblspc.
+fn walk(pgdata: &Path) -> Result<Walked> {
+    let mut directories = Vec::new();
+    let mut files = Vec::new();
+    let mut tablespaces = Vec::new();
+    let mut pending = vec![(pgdata.to_owned(), String::new())];
+    while let Some((dir, relative)) = pending.pop() {
+        let entries = match fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue, // vanished
+            Err(e) => return Err(Error::invalid_input(dir.display(), e)),
+        };
+        let mut names: Vec<(String, PathBuf)> = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|e| Error::invalid_input(dir.display(), e))?;
+            names.push((
+                entry.file_name().to_string_lossy().into_owned(),
+                entry.path(),
+            ));
+        }
+        let skip_unlogged = if is_database_directory(&relative) {
+            unlogged_files(names.iter().map(|(n, _)| n.as_str()))
+                .into_iter()
+                .map(str::to_owned)
+                .collect()
+        } else {
+            std::collections::HashSet::new()
+        };
+        for (name, path) in names {
+            let path_rel = if relative.is_empty() {
+                name.clone()
+            } else {
+                format!("{relative}/{name}")
+            };
+            let meta = match fs::symlink_metadata(&path) {
+                Ok(meta) => meta,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(Error::invalid_input(path.display(), e)),
+            };
+            if meta.file_type().is_symlink() && relative == "pg_tblspc" {
+                let target =
+                    fs::read_link(&path).map_err(|e| Error::invalid_input(path.display(), e))?;
+                let oid: u32 = name.parse().map_err(|_| {
+                    Error::invalid_input(path.display(), "a tablespace link not named by an OID")
+                })?;
+                tablespaces.push(Tablespace {
+                    oid,
+                    path: target.display().to_string(),
+                });
+                directories.push(BackupDirectory {
+                    path: path_rel.clone(),
+                    mode: 0o700,
+                });
+                pending.push((target, path_rel));
+                continue;
+            }
+            // Other links (pg_wal elsewhere, say) are followed.
+            let meta = if meta.file_type().is_symlink() {
+                match fs::metadata(&path) {
+                    Ok(meta) => meta,
+                    Err(_) => continue,
+                }
+            } else {
+                meta
+            };
+            let is_dir = meta.is_dir();
+            match classify(&path_rel, is_dir) {
+                Disposition::Exclude => continue,
+                Disposition::IncludeEmpty => {
+                    directories.push(BackupDirectory {
+                        path: path_rel,
+                        mode: meta.permissions().mode() & 0o7777,
+                    });
+                    continue;
+                }
+                Disposition::Include => {}
+            }
+            if is_dir {
+                directories.push(BackupDirectory {
+                    path: path_rel.clone(),
+                    mode: meta.permissions().mode() & 0o7777,
+                });
+                pending.push((path, path_rel));
+            } else if meta.is_file() && !skip_unlogged.contains(&name) {
+                files.push(SourceFile {
+                    path: path_rel,
+                    absolute: path,
+                    size: meta.len(),
+                    mode: meta.permissions().mode() & 0o7777,
+                    mtime: meta.mtime(),
+                });
+            }
+        }
+    }
+    directories.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok((directories, files, tablespaces))
+}
+
+/// Large files alone, small files packed into bundles: one entry per object.
+fn plan_objects(mut files: Vec<SourceFile>) -> Vec<Vec<SourceFile>> {
+    files.sort_by(|a, b| a.path.cmp(&b.path));
+    let mut plan = Vec::new();
+    let mut bundle: Vec<SourceFile> = Vec::new();
+    let mut bundle_size = 0;
+    for file in files {
+        if file.size > BUNDLE_FILE_LIMIT {
+            plan.push(vec![file]);
+            continue;
+        }
+        bundle_size += file.size;
+        bundle.push(file);
+        if bundle_size >= BUNDLE_SIZE {
+            plan.push(std::mem::take(&mut bundle));
+            bundle_size = 0;
+        }
+    }
+    if !bundle.is_empty() {
+        plan.push(bundle);
+    }
+    plan
+}
+
+/// Reads the files of one object in turn, each up to the size it had when listed (a file
+/// that grows is cut there, one that shrinks or vanishes is taken as it is: WAL replay from
+/// the backup's start makes them consistent).
+struct BundleReader<'a> {
+    files: &'a [SourceFile],
+    current: Option<io::Take<File>>,
+    length: u64,
+    crc: u32,
+    /// Per file: None if it vanished, else its length and CRC-32C.
+    read: Vec<Option<(u64, u32)>>,
+}
+
+impl Read for BundleReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            let index = self.read.len();
+            let Some(source) = self.files.get(index) else {
+                return Ok(0);
+            };
+            let current = match &mut self.current {
+                Some(current) => current,
+                None => match File::open(&source.absolute) {
+                    Ok(file) => {
+                        self.length = 0;
+                        self.crc = 0;
+                        self.current.insert(file.take(source.size))
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                        self.read.push(None);
+                        continue;
+                    }
+                    Err(e) => {
+                        return Err(io::Error::new(e.kind(), format!("{}: {e}", source.path)));
+                    }
+                },
+            };
+            match current.read(buf) {
+                Ok(0) => {
+                    self.read.push(Some((self.length, self.crc)));
+                    self.current = None;
+                }
+                Ok(n) => {
+                    self.crc = crc32c::crc32c_append(self.crc, &buf[..n]);
+                    self.length += n as u64;
+                    return Ok(n);
+                }
+                Err(e) => return Err(io::Error::new(e.kind(), format!("{}: {e}", source.path))),
+            }
+        }
+    }
+}
+
+/// Encodes one planned object, stores it, and returns its files' manifest entries.
+async fn copy_object(
+    storage: &dyn crate::storage::Storage,
+    id: &str,
+    object: u32,
+    files: Vec<SourceFile>,
+) -> Result<(Vec<BackupFile>, u64)> {
+    let staging_dir = storage
+        .staging_dir()
+        .map_or_else(std::env::temp_dir, Path::to_owned);
+    let (staged, encoded, entries) = blocking(move || {
+        fs::create_dir_all(&staging_dir)
+            .map_err(|e| StorageError::io("create", staging_dir.display(), e))?;
+        let staged = tempfile::Builder::new()
+            .prefix(".pitr-backup-")
+            .tempfile_in(&staging_dir)
+            .map_err(|e| StorageError::io("create", staging_dir.display(), e))?;
+        let mut reader = BundleReader {
+            files: &files,
+            current: None,
+            length: 0,
+            crc: 0,
+            read: Vec::new(),
+        };
+        let encoded = codec::encode_reader(&mut reader, staged.as_file(), 1)
+            .map_err(|e| Error::invalid_input("data directory", e))?;
+        let mut offset = 0;
+        let mut entries = Vec::new();
+        for (source, read) in files.iter().zip(&reader.read) {
+            let Some((size, crc32c)) = *read else {
+                continue;
+            };
+            entries.push(BackupFile {
+                path: source.path.clone(),
+                size,
+                mode: source.mode,
+                mtime: source.mtime,
+                crc32c,
+                object,
+                offset,
+            });
+            offset += size;
+        }
+        Ok((staged, encoded, entries))
+    })
+    .await?;
+    let payload = PutPayload::from_file(
+        staged.path().to_owned(),
+        encoded.stored_len,
+        encoded.object_crc32,
+    );
+    storage
+        .put(&backup_object_key(id, object), payload, PutMode::Create)
+        .await?;
+    Ok((entries, encoded.stored_len))
+}
+
+/// A backup is restorable only with the WAL up to its stop point in the repository.
+async fn wait_for_wal(catalog: &Catalog, segment: &str, timeout: Duration) -> Result<()> {
+    let name = WalFileName::parse(segment).map_err(|e| Error::Server(e.to_string()))?;
+    let key = wal_key(&name);
+    let deadline = Instant::now() + timeout;
+    loop {
+        match catalog.storage().head(&key).await {
+            Ok(_) => return Ok(()),
+            Err(StorageError::NotFound { .. }) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            Err(StorageError::NotFound { .. }) => {
+                return Err(Error::WrongRepository(format!(
+                    "WAL segment {segment} (the backup's end) did not reach the repository \
+                     within {} s: is archive_command pushing to this repository? The backup \
+                     was not recorded",
+                    timeout.as_secs()
+                )));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
