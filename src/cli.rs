@@ -110,6 +110,48 @@ pub enum Command {
         #[arg(long, value_name = "SECONDS", default_value_t = 120)]
         wal_timeout: u64,
     },
+    /// Rebuild a data directory from a backup, to replay WAL up to a target.
+    #[command(group(clap::ArgGroup::new("recovery_target").multiple(false).args([
+        "target_time", "target_lsn", "target_xid", "target_name", "target"
+    ])))]
+    Restore {
+        /// Directory to restore into: absent or empty (or --force).
+        #[arg(long, env = "PGDATA", value_name = "DIR")]
+        pgdata: PathBuf,
+        /// Stop at this time: RFC 3339 or 'YYYY-MM-DD HH:MM:SS[.ffffff]+TZ'; a zone is required.
+        #[arg(long, value_name = "TIME")]
+        target_time: Option<String>,
+        /// Stop at this WAL location (X/X).
+        #[arg(long, value_name = "LSN")]
+        target_lsn: Option<String>,
+        /// Stop after this transaction commits.
+        #[arg(long, value_name = "XID")]
+        target_xid: Option<u32>,
+        /// Stop at this restore point (pg_create_restore_point).
+        #[arg(long, value_name = "NAME")]
+        target_name: Option<String>,
+        /// Stop as soon as the backup is consistent.
+        #[arg(long, value_parser = ["immediate"])]
+        target: Option<String>,
+        /// What the server does at the target.
+        #[arg(long, value_parser = ["pause", "promote", "shutdown"])]
+        target_action: Option<String>,
+        /// Timeline to follow: latest, current or a number.
+        #[arg(long, value_name = "TIMELINE")]
+        target_timeline: Option<String>,
+        /// Restore this backup instead of the newest one before the target.
+        #[arg(long, value_name = "ID")]
+        backup: Option<String>,
+        /// Objects restored at once (default: the number of cores).
+        #[arg(long, value_name = "N")]
+        jobs: Option<usize>,
+        /// Replace the contents of a non-empty directory.
+        #[arg(long)]
+        force: bool,
+        /// Restore tablespace OID into DIR instead of its original place (repeatable).
+        #[arg(long = "tablespace-map", value_name = "OID=DIR")]
+        tablespace_map: Vec<String>,
+    },
     /// List backups and the WAL held per timeline.
     List {
         /// Print the list as JSON.
@@ -136,6 +178,7 @@ impl Command {
             Command::Verify { .. } => "verify",
             Command::Backup { .. } => "backup",
             Command::List { .. } => "list",
+            Command::Restore { .. } => "restore",
         }
     }
 }

@@ -12,9 +12,11 @@ use pitr::commands::archive_push::{ArchivePushOptions, PushOutcome, archive_push
 use pitr::commands::backup::{BackupOptions, backup};
 use pitr::commands::init::{InitOptions, init};
 use pitr::commands::list::list;
+use pitr::commands::restore::{RestoreOptions, Target, restore};
 use pitr::commands::verify::{VerifyOptions, verify};
 use pitr::config::{RepoConfig, Settings};
 use pitr::error::{EXIT_CORRUPT, EXIT_INCOMPLETE, EXIT_USAGE, Error};
+use pitr::pg::recovery_target::parse_target_time;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -56,6 +58,45 @@ fn main() -> ExitCode {
             ExitCode::from(e.exit_code() as u8)
         }
     }
+}
+
+/// The restore_command for a restored cluster: this binary, the same repository settings.
+fn restore_command(settings: &Settings, config: Option<&std::path::Path>) -> String {
+    let quote = |arg: &str| {
+        if arg
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"/._-:=@+,".contains(&b))
+        {
+            return arg.to_owned();
+        }
+        let mut quoted = String::from("\"");
+        for c in arg.chars() {
+            if matches!(c, '\\' | '"' | '$' | '`') {
+                quoted.push('\\');
+            }
+            quoted.push(c);
+        }
+        quoted.push('"');
+        quoted
+    };
+    let exe = std::env::current_exe()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| "pitr".into());
+    let mut parts = vec![quote(&exe)];
+    if let Some(config) = config {
+        parts.push(format!("--config {}", quote(&config.display().to_string())));
+    }
+    if let Some(repo) = &settings.repo {
+        parts.push(format!("--repo {}", quote(repo)));
+    }
+    if let Some(endpoint) = &settings.s3_endpoint {
+        parts.push(format!("--s3-endpoint {}", quote(endpoint)));
+    }
+    if settings.s3_path_style == Some(true) {
+        parts.push("--s3-path-style".into());
+    }
+    parts.push("archive-get %f %p".into());
+    parts.join(" ")
 }
 
 /// Runs the command; the exit code when it ran to completion.
@@ -140,6 +181,88 @@ async fn run(cli: Cli) -> pitr::Result<u8> {
                 m.stop_lsn,
                 m.timeline,
                 report.elapsed.as_secs_f64()
+            );
+        }
+        Command::Restore {
+            pgdata,
+            target_time,
+            target_lsn,
+            target_xid,
+            target_name,
+            target,
+            target_action,
+            target_timeline,
+            backup,
+            jobs,
+            force,
+            tablespace_map,
+        } => {
+            let target = if let Some(time) = target_time {
+                Target::Time(parse_target_time(&time).map_err(Error::Config)?)
+            } else if let Some(lsn) = target_lsn {
+                Target::Lsn(
+                    lsn.parse()
+                        .map_err(|e| Error::Config(format!("--target-lsn: {e}")))?,
+                )
+            } else if let Some(xid) = target_xid {
+                Target::Xid(xid)
+            } else if let Some(name) = target_name {
+                Target::Name(name)
+            } else if target.is_some() {
+                Target::Immediate
+            } else {
+                Target::End
+            };
+            let mut map = std::collections::HashMap::new();
+            for entry in &tablespace_map {
+                let (oid, dir) = entry
+                    .split_once('=')
+                    .and_then(|(o, d)| Some((o.parse::<u32>().ok()?, d)))
+                    .ok_or_else(|| {
+                        Error::Config(format!("--tablespace-map '{entry}': expected OID=DIR"))
+                    })?;
+                map.insert(oid, std::path::PathBuf::from(dir));
+            }
+            let pgdata = std::path::absolute(&pgdata).unwrap_or(pgdata);
+            let options = RestoreOptions {
+                pgdata: pgdata.clone(),
+                target: target.clone(),
+                target_action: target_action.clone(),
+                target_timeline,
+                backup,
+                jobs: jobs.unwrap_or(threads),
+                force,
+                tablespace_map: map,
+                restore_command: restore_command(&settings, cli.global.config.as_deref()),
+            };
+            let report = restore(&catalog, &options).await?;
+            println!(
+                "restored backup {} into {}: {} files, {} bytes in {:.1} s",
+                report.backup.id,
+                pgdata.display(),
+                report.files,
+                report.bytes,
+                report.elapsed.as_secs_f64()
+            );
+            let goal = match &target {
+                Target::End => "all the WAL in the repository".to_owned(),
+                Target::Immediate => {
+                    "the end of the backup (the first consistent point)".to_owned()
+                }
+                Target::Time(t) => format!("{} (UTC)", t.format("%Y-%m-%d %H:%M:%S%.6f")),
+                Target::Lsn(lsn) => format!("LSN {lsn}"),
+                Target::Xid(xid) => format!("the commit of transaction {xid}"),
+                Target::Name(name) => format!("restore point '{name}'"),
+            };
+            let then = match (target == Target::End, target_action.as_deref()) {
+                (true, _) => "then end recovery and accept writes",
+                (false, Some("promote")) => "then end recovery and accept writes",
+                (false, Some("shutdown")) => "then shut down",
+                (false, _) => "then pause, read-only, until you run SELECT pg_wal_replay_resume()",
+            };
+            println!(
+                "Next: pg_ctl -D {} start\nPostgreSQL will replay WAL from the repository (restore_command runs pitr archive-get) up to {goal}, {then}.",
+                pgdata.display()
             );
         }
         Command::List { json } => {

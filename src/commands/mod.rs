@@ -6,6 +6,7 @@ pub mod archive_push;
 pub mod backup;
 pub mod init;
 pub mod list;
+pub mod restore;
 pub mod verify;
 
 /// Runs CPU- and file-bound work off the async runtime.

@@ -1,0 +1,489 @@
+//! `pitr restore`: rebuilds a data directory from a backup, set up so that PostgreSQL
+//! replays archived WAL (through `pitr archive-get`) up to the target.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::os::unix::fs::{PermissionsExt, symlink};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use futures_util::{StreamExt, TryStreamExt, stream};
+
+use crate::catalog::Catalog;
+use crate::catalog::backup::{BackupFile, BackupManifest, backup_object_key};
+use crate::codec::{self, CodecError};
+use crate::error::{Error, Result};
+use crate::pg::Lsn;
+use crate::pg::backup_manifest::{ManifestEntry, render};
+use crate::pg::recovery_target::postgres_time;
+use crate::storage::Storage;
+
+use super::blocking;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// Replay all available WAL.
+    End,
+    Immediate,
+    Time(DateTime<Utc>),
+    Lsn(Lsn),
+    Xid(u32),
+    Name(String),
+}
+
+#[derive(Clone, Debug)]
+pub struct RestoreOptions {
+    pub pgdata: PathBuf,
+    pub target: Target,
+    /// pause, promote or shutdown.
+    pub target_action: Option<String>,
+    /// latest, current or a number.
+    pub target_timeline: Option<String>,
+    pub backup: Option<String>,
+    pub jobs: usize,
+    pub force: bool,
+    pub tablespace_map: HashMap<u32, PathBuf>,
+    /// The `restore_command` to write, with `%f %p` at its end.
+    pub restore_command: String,
+}
+
+#[derive(Debug)]
+pub struct RestoreReport {
+    pub backup: BackupManifest,
+    pub files: usize,
+    pub bytes: u64,
+    pub elapsed: Duration,
+}
+
+/// The newest backup that finished before the target, or why there is none.
+pub fn choose_backup<'a>(
+    backups: &'a [BackupManifest],
+    target: &Target,
+) -> Result<&'a BackupManifest> {
+    let earliest = || {
+        backups
+            .iter()
+            .min_by(|a, b| a.stop_time.cmp(&b.stop_time))
+            .map_or("none".to_owned(), |b| {
+                format!("{} (backup {})", b.stop_time, b.id)
+            })
+    };
+    let fits = |backup: &&BackupManifest| match target {
+        Target::Time(time) => DateTime::parse_from_rfc3339(&backup.stop_time)
+            .is_ok_and(|stop| stop.with_timezone(&Utc) <= *time),
+        Target::Lsn(lsn) => backup
+            .stop_lsn
+            .parse::<Lsn>()
+            .is_ok_and(|stop| stop <= *lsn),
+        _ => true,
+    };
+    backups
+        .iter()
+        .filter(fits)
+        .max_by(|a, b| a.stop_time.cmp(&b.stop_time))
+        .ok_or_else(|| {
+            if backups.is_empty() {
+                Error::WrongRepository(
+                    "the repository holds no backup: run `pitr backup` first".into(),
+                )
+            } else {
+                Error::Config(format!(
+                    "no backup finished before the target; the earliest restorable point is {}",
+                    earliest()
+                ))
+            }
+        })
+}
+
+pub async fn restore(catalog: &Catalog, options: &RestoreOptions) -> Result<RestoreReport> {
+    let started = Instant::now();
+    catalog.identity().await?;
+    let backups = catalog.backups().await?;
+    let backup = match &options.backup {
+        Some(id) => backups.iter().find(|b| &b.id == id).ok_or_else(|| {
+            Error::Config(format!(
+                "no backup {id} in the repository (see `pitr list`)"
+            ))
+        })?,
+        None => choose_backup(&backups, &options.target)?,
+    }
+    .clone();
+    prepare_directory(&options.pgdata, options.force)?;
+    let result = write_backup(catalog, &backup, options).await;
+    if result.is_err() {
+        // Nothing half-restored stays where PostgreSQL or a user could start it.
+        let _ = empty_directory(&options.pgdata);
+    }
+    let (files, bytes) = result?;
+    Ok(RestoreReport {
+        backup,
+        files,
+        bytes,
+        elapsed: started.elapsed(),
+    })
+}
+
+/// DIR must be absent or empty (or `--force`), and no postmaster may be running in it.
+fn prepare_directory(pgdata: &Path, force: bool) -> Result<()> {
+    let pid_file = pgdata.join("postmaster.pid");
+    if let Ok(text) = fs::read_to_string(&pid_file)
+        && let Some(pid) = text.lines().next().and_then(|l| l.trim().parse::<i32>().ok())
+        // SAFETY: signal 0 only checks that the process exists.
+        && unsafe { libc::kill(pid, 0) } == 0
+    {
+        return Err(Error::invalid_input(
+            pgdata.display(),
+            format!("a postmaster (pid {pid}) is running in this directory: stop it first"),
+        ));
+    }
+    match fs::read_dir(pgdata) {
+        Ok(mut entries) => {
+            if entries.next().is_some() {
+                if !force {
+                    return Err(Error::invalid_input(
+                        pgdata.display(),
+                        "is not empty: restore into an empty directory, or pass --force to \
+                         replace its contents",
+                    ));
+                }
+                empty_directory(pgdata).map_err(|e| Error::invalid_input(pgdata.display(), e))?;
+            }
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            fs::create_dir_all(pgdata).map_err(|e| Error::invalid_input(pgdata.display(), e))?;
+        }
+        Err(e) => return Err(Error::invalid_input(pgdata.display(), e)),
+    }
+    fs::set_permissions(pgdata, fs::Permissions::from_mode(0o700))
+        .map_err(|e| Error::invalid_input(pgdata.display(), e))
+}
+
+fn empty_directory(dir: &Path) -> io::Result<()> {
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        if entry.file_type()?.is_dir() {
+            fs::remove_dir_all(entry.path())?;
+        } else {
+            fs::remove_file(entry.path())?;
+        }
+    }
+    Ok(())
+}
+
+/// Where a path of the backup goes: into DIR, or into a tablespace's directory.
+fn destination(pgdata: &Path, tablespaces: &HashMap<u32, PathBuf>, path: &str) -> PathBuf {
+    if let Some(rest) = path.strip_prefix("pg_tblspc/")
+        && let Some((oid, inner)) = rest.split_once('/')
+        && let Some(dir) = oid.parse().ok().and_then(|oid: u32| tablespaces.get(&oid))
+    {
+        return dir.join(inner);
+    }
+    pgdata.join(path)
+}
+
+async fn write_backup(
+    catalog: &Catalog,
+    backup: &BackupManifest,
+    options: &RestoreOptions,
+) -> Result<(usize, u64)> {
+    let pgdata = options.pgdata.clone();
+    // Tablespaces: to their original place or as mapped; they must be empty or absent.
+    let mut tablespaces: HashMap<u32, PathBuf> = HashMap::new();
+    for tablespace in &backup.tablespaces {
+        let dir = options
+            .tablespace_map
+            .get(&tablespace.oid)
+            .cloned()
+            .unwrap_or_else(|| PathBuf::from(&tablespace.path));
+        if fs::read_dir(&dir).is_ok_and(|mut d| d.next().is_some()) {
+            return Err(Error::invalid_input(
+                dir.display(),
+                format!(
+                    "tablespace {} would be restored here, but the directory is not empty: \
+                     empty it or map the tablespace elsewhere with --tablespace-map {}=DIR",
+                    tablespace.oid, tablespace.oid
+                ),
+            ));
+        }
+        fs::create_dir_all(&dir).map_err(|e| Error::invalid_input(dir.display(), e))?;
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))
+            .map_err(|e| Error::invalid_input(dir.display(), e))?;
+        tablespaces.insert(tablespace.oid, dir);
+    }
+    for directory in &backup.directories {
+        let path = &directory.path;
+        if let Some(oid) = path
+            .strip_prefix("pg_tblspc/")
+            .and_then(|o| o.parse::<u32>().ok())
+        {
+            let link = pgdata.join(path);
+            let target = &tablespaces[&oid];
+            fs::create_dir_all(link.parent().expect("in pg_tblspc"))
+                .and_then(|()| symlink(target, &link))
+                .map_err(|e| Error::invalid_input(link.display(), e))?;
+            continue;
+        }
+        let dir = destination(&pgdata, &tablespaces, path);
+        fs::create_dir_all(&dir)
+            .and_then(|()| fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)))
+            .map_err(|e| Error::invalid_input(dir.display(), e))?;
+    }
+
+    // Objects in parallel; each writes its files and checks their CRC-32C.
+    let mut by_object: BTreeMap<u32, Vec<BackupFile>> = BTreeMap::new();
+    for file in &backup.files {
+        by_object.entry(file.object).or_default().push(file.clone());
+    }
+    let storage = catalog.storage().clone();
+    let tablespaces_for_files = tablespaces.clone();
+    let written: Vec<u64> = stream::iter(by_object)
+        .map(|(object, files)| {
+            let storage = storage.clone();
+            let key = backup_object_key(&backup.id, object);
+            let pgdata = pgdata.clone();
+            let tablespaces = tablespaces_for_files.clone();
+            async move { restore_object(&*storage, key, files, pgdata, tablespaces).await }
+        })
+        .buffer_unordered(options.jobs.max(1))
+        .try_collect()
+        .await?;
+
+    let tablespace_map = backup.tablespace_map.as_ref().map(|map| {
+        // Lines are "<oid> <path>": point them at where the tablespaces now are.
+        map.lines()
+            .map(|line| match line.split_once(' ') {
+                Some((oid, _)) => match oid.parse().ok().and_then(|o: u32| tablespaces.get(&o)) {
+                    Some(dir) => format!("{oid} {}\n", dir.display()),
+                    None => format!("{line}\n"),
+                },
+                None => format!("{line}\n"),
+            })
+            .collect::<String>()
+    });
+    let write = |name: &str, content: &str| -> Result<()> {
+        let path = pgdata.join(name);
+        fs::write(&path, content)
+            .and_then(|()| fs::set_permissions(&path, fs::Permissions::from_mode(0o600)))
+            .map_err(|e| Error::invalid_input(path.display(), e))
+    };
+    write("backup_label", &backup.backup_label)?;
+    if let Some(map) = &tablespace_map {
+        write("tablespace_map", map)?;
+    }
+    write("recovery.signal", "")?;
+    append_recovery_settings(&pgdata, options)?;
+    write_postgres_manifest(&pgdata, backup, tablespace_map.as_deref())?;
+    Ok((backup.files.len(), written.iter().sum()))
+}
+
+async fn restore_object(
+    storage: &dyn Storage,
+    key: String,
+    files: Vec<BackupFile>,
+    pgdata: PathBuf,
+    tablespaces: HashMap<u32, PathBuf>,
+) -> Result<u64> {
+    let body = storage.get(&key).await?;
+    let location = storage.location();
+    blocking(move || {
+        let mut writer = FileSplitter::new(&files, &pgdata, &tablespaces);
+        match codec::decode(body.into_blocking_reader(), &mut writer) {
+            Ok(_) => {}
+            Err(CodecError::Corrupt(reason)) => {
+                return Err(Error::Corrupt {
+                    what: key,
+                    location,
+                    reason,
+                });
+            }
+            Err(CodecError::Io(e)) => return Err(Error::invalid_input(&key, e)),
+        }
+        writer.finish()
+    })
+    .await
+}
+
+/// Cuts an object's decoded bytes into its files, checking each file's CRC-32C.
+struct FileSplitter<'a> {
+    files: &'a [BackupFile],
+    pgdata: &'a Path,
+    tablespaces: &'a HashMap<u32, PathBuf>,
+    index: usize,
+    current: Option<(File, u64, u32)>,
+    written: u64,
+}
+
+impl<'a> FileSplitter<'a> {
+    fn new(
+        files: &'a [BackupFile],
+        pgdata: &'a Path,
+        tablespaces: &'a HashMap<u32, PathBuf>,
+    ) -> Self {
+        FileSplitter {
+            files,
+            pgdata,
+            tablespaces,
+            index: 0,
+            current: None,
+            written: 0,
+        }
+    }
+
+    /// Opens the next file, and closes the ones that are empty.
+    fn advance(&mut self) -> io::Result<()> {
+        while self.current.is_none() && self.index < self.files.len() {
+            let file = &self.files[self.index];
+            let path = destination(self.pgdata, self.tablespaces, &file.path);
+            let handle = File::create(&path)
+                .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+            handle.set_permissions(fs::Permissions::from_mode(file.mode & 0o7777))?;
+            self.current = Some((handle, 0, 0));
+            self.close_if_complete()?;
+        }
+        Ok(())
+    }
+
+    fn close_if_complete(&mut self) -> io::Result<()> {
+        let file = &self.files[self.index];
+        if let Some((_, length, crc)) = &self.current
+            && *length == file.size
+        {
+            if *crc != file.crc32c {
+                return Err(io::Error::other(format!(
+                    "{}: checksum mismatch after restore",
+                    file.path
+                )));
+            }
+            self.current = None;
+            self.index += 1;
+        }
+        Ok(())
+    }
+
+    fn finish(mut self) -> Result<u64> {
+        self.advance()
+            .map_err(|e| Error::invalid_input("restore", e))?;
+        if self.index < self.files.len() {
+            return Err(Error::Corrupt {
+                what: self.files[self.index].path.clone(),
+                location: "the backup".into(),
+                reason: "the object ends before the file does".into(),
+            });
+        }
+        Ok(self.written)
+    }
+}
+
+impl Write for FileSplitter<'_> {
+    fn write(&mut self, mut data: &[u8]) -> io::Result<usize> {
+        let total = data.len();
+        while !data.is_empty() {
+            self.advance()?;
+            let Some((handle, length, crc)) = &mut self.current else {
+                return Err(io::Error::other("the object holds more than its files"));
+            };
+            let want = (self.files[self.index].size - *length) as usize;
+            let n = want.min(data.len());
+            handle.write_all(&data[..n])?;
+            *crc = crc32c::crc32c_append(*crc, &data[..n]);
+            *length += n as u64;
+            self.written += n as u64;
+            data = &data[n..];
+            self.close_if_complete()?;
+        }
+        Ok(total)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// restore_command and the recovery target, after whatever postgresql.auto.conf holds.
+fn append_recovery_settings(pgdata: &Path, options: &RestoreOptions) -> Result<()> {
+    let quote = |value: &str| format!("'{}'", value.replace('\'', "''"));
+    let mut lines = vec![
+        String::new(),
+        "# Written by pitr restore.".to_owned(),
+        format!("restore_command = {}", quote(&options.restore_command)),
+    ];
+    match &options.target {
+        Target::End => {}
+        Target::Immediate => lines.push("recovery_target = 'immediate'".into()),
+        Target::Time(time) => lines.push(format!(
+            "recovery_target_time = {}",
+            quote(&postgres_time(time))
+        )),
+        Target::Lsn(lsn) => lines.push(format!("recovery_target_lsn = '{lsn}'")),
+        Target::Xid(xid) => lines.push(format!("recovery_target_xid = '{xid}'")),
+        Target::Name(name) => lines.push(format!("recovery_target_name = {}", quote(name))),
+    }
+    if options.target != Target::End
+        && let Some(action) = &options.target_action
+    {
+        lines.push(format!("recovery_target_action = {}", quote(action)));
+    }
+    if let Some(timeline) = &options.target_timeline {
+        lines.push(format!("recovery_target_timeline = {}", quote(timeline)));
+    }
+    let path = pgdata.join("postgresql.auto.conf");
+    let mut file = fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(&path)
+        .map_err(|e| Error::invalid_input(path.display(), e))?;
+    writeln!(file, "{}", lines.join("\n")).map_err(|e| Error::invalid_input(path.display(), e))
+}
+
+/// PostgreSQL's backup_manifest for the restored files, for pg_verifybackup.
+fn write_postgres_manifest(
+    pgdata: &Path,
+    backup: &BackupManifest,
+    tablespace_map: Option<&str>,
+) -> Result<()> {
+    let now = Utc::now().timestamp();
+    let label_crc = crc32c::crc32c(backup.backup_label.as_bytes());
+    let map_crc = tablespace_map.map(|m| crc32c::crc32c(m.as_bytes()));
+    let mut entries: Vec<ManifestEntry<'_>> = vec![ManifestEntry {
+        path: "backup_label",
+        size: backup.backup_label.len() as u64,
+        mtime: now,
+        crc32c: label_crc,
+    }];
+    if let (Some(map), Some(crc)) = (tablespace_map, map_crc) {
+        entries.push(ManifestEntry {
+            path: "tablespace_map",
+            size: map.len() as u64,
+            mtime: now,
+            crc32c: crc,
+        });
+    }
+    entries.extend(
+        backup
+            .files
+            .iter()
+            // pg_verifybackup skips postgresql.auto.conf, which restore has changed.
+            .filter(|f| f.path != "postgresql.auto.conf")
+            .map(|f| ManifestEntry {
+                path: &f.path,
+                size: f.size,
+                mtime: f.mtime,
+                crc32c: f.crc32c,
+            }),
+    );
+    let start: Lsn = backup
+        .start_lsn
+        .parse()
+        .map_err(|e| Error::Config(format!("{e}")))?;
+    let stop: Lsn = backup
+        .stop_lsn
+        .parse()
+        .map_err(|e| Error::Config(format!("{e}")))?;
+    let text = render(&entries, backup.timeline, start, stop);
+    let path = pgdata.join("backup_manifest");
+    fs::write(&path, text)
+        .and_then(|()| fs::set_permissions(&path, fs::Permissions::from_mode(0o600)))
+        .map_err(|e| Error::invalid_input(path.display(), e))
+}
