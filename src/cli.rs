@@ -37,13 +37,15 @@ pub struct GlobalArgs {
     #[arg(long, global = true, env = "PITR_S3_ENDPOINT", value_name = "URL")]
     pub s3_endpoint: Option<String>,
 
-    /// Address buckets by path (http://host/bucket), as MinIO and most S3-compatible servers need.
+    /// Address buckets by path (http://host/bucket), as MinIO and most S3-compatible servers
+    /// need. A bare flag means true; give a value only as --s3-path-style=false.
     #[arg(
         long,
         global = true,
         env = "PITR_S3_PATH_STYLE",
         value_name = "BOOL",
         num_args = 0..=1,
+        require_equals = true,
         default_missing_value = "true",
         value_parser = BoolishValueParser::new()
     )]
@@ -180,5 +182,29 @@ impl Command {
             Command::List { .. } => "list",
             Command::Restore { .. } => "restore",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bare_path_style_flag_does_not_swallow_the_subcommand() {
+        let cli = Cli::try_parse_from([
+            "pitr",
+            "--repo",
+            "s3://b/p",
+            "--s3-path-style",
+            "archive-get",
+            "00000002.history",
+            "x",
+        ])
+        .unwrap();
+        assert_eq!(cli.global.s3_path_style, Some(true));
+        assert!(matches!(cli.command, Command::ArchiveGet { .. }));
+        let cli =
+            Cli::try_parse_from(["pitr", "archive-push", "f", "--s3-path-style=false"]).unwrap();
+        assert_eq!(cli.global.s3_path_style, Some(false));
     }
 }

@@ -375,6 +375,46 @@ impl PgCluster {
         cluster
     }
 
+    /// A cluster from a restored data directory, on its own socket; not started.
+    pub fn restored(dir: &TestDir, name: &str, data: PathBuf) -> Self {
+        let socket_dir = dir.subdir(name);
+        let cluster = PgCluster {
+            data,
+            socket_dir: socket_dir.clone(),
+            port: 5432,
+            log: socket_dir.join("server.log"),
+            started: false,
+        };
+        cluster.configure(&format!(
+            "unix_socket_directories = '{}'\narchive_mode = off",
+            socket_dir.display()
+        ));
+        cluster
+    }
+
+    /// Waits until recovery has paused at its target.
+    pub fn wait_paused(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let state = as_postgres("psql")
+                .args(["-X", "-At", "-U", "postgres", "-h"])
+                .arg(&self.socket_dir)
+                .args(["-p", &self.port.to_string(), "-d", "postgres", "-c"])
+                .arg("select pg_get_wal_replay_pause_state()")
+                .output()
+                .unwrap();
+            if String::from_utf8_lossy(&state.stdout).trim() == "paused" {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "recovery did not pause; server log:\n{}",
+                self.server_log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     pub fn configure(&self, lines: &str) {
         use std::io::Write;
         let mut conf = std::fs::OpenOptions::new()
@@ -385,13 +425,25 @@ impl PgCluster {
     }
 
     pub fn start(&mut self) {
-        run_ok(
-            as_postgres(Path::new(PG_BIN).join("pg_ctl"))
-                .args(["-w", "-t", "60", "-D"])
-                .arg(&self.data)
-                .arg("-l")
-                .arg(&self.log)
-                .arg("start"),
+        self.start_with_env(&[]);
+    }
+
+    /// Starts the server with extra environment (S3 credentials for restore_command).
+    pub fn start_with_env(&mut self, env: &[(String, String)]) {
+        let out = as_postgres(Path::new(PG_BIN).join("pg_ctl"))
+            .args(["-w", "-t", "60", "-D"])
+            .arg(&self.data)
+            .arg("-l")
+            .arg(&self.log)
+            .arg("start")
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "pg_ctl start failed: {}\nserver log:\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            self.server_log()
         );
         self.started = true;
     }

@@ -1,0 +1,243 @@
+//! Point-in-time restore on real parts: every recorded moment of a workload comes back
+//! exactly, from the newest backup before it.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::*;
+
+const TABLE_STATE: &str = "select count(*) || ':' || coalesce(md5(string_agg(id || ':' || v, ',' \
+                           order by id)), '') from t";
+
+fn backup(pitr: &Pitr, cluster: &PgCluster) -> String {
+    let out = pitr.run([
+        "backup".to_owned(),
+        "--pgdata".to_owned(),
+        cluster.data.display().to_string(),
+        "--dbname".to_owned(),
+        format!(
+            "host={} port={} user=postgres",
+            cluster.socket_dir.display(),
+            cluster.port
+        ),
+    ]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .to_owned()
+}
+
+/// A phase of writes; returns (the time after it committed, the table's state then).
+fn phase(cluster: &PgCluster, n: u32) -> (String, String) {
+    cluster.sql(&format!(
+        "insert into t select g, 'phase{n}-' || md5(g::text) from generate_series({}, {}) g",
+        n * 1000,
+        n * 1000 + 999
+    ));
+    if n % 2 == 1 {
+        cluster.sql(&format!("delete from t where id % 7 = {n}"));
+    }
+    let state = cluster.sql(TABLE_STATE);
+    let time = cluster
+        .sql("select to_char(now() at time zone 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') || '+00'");
+    std::thread::sleep(Duration::from_millis(1200));
+    (time, state)
+}
+
+fn restore(
+    pitr: &Pitr,
+    dir: &TestDir,
+    name: &str,
+    args: &[&str],
+) -> (std::process::Output, std::path::PathBuf) {
+    let data = dir.path().join(name);
+    let mut all = vec!["restore", "--pgdata"];
+    let data_text = data.display().to_string();
+    all.push(&data_text);
+    all.extend_from_slice(args);
+    (pitr.run(&all), data)
+}
+
+async fn restore_to_each_phase(name: &str, repo: impl FnOnce(&TestDir) -> Repo) {
+    let dir = TestDir::new(name);
+    let repo = repo(&dir);
+    let (pitr, mut cluster) = archiving_cluster(&dir, &repo, "");
+    cluster.sql("create table t (id int primary key, v text)");
+    let (before_any_backup, _) = phase(&cluster, 1);
+    let first = backup(&pitr, &cluster);
+    let mut phases = vec![
+        (phase(&cluster, 2), first.clone()),
+        (phase(&cluster, 3), first.clone()),
+    ];
+    let second = backup(&pitr, &cluster);
+    phases.push((phase(&cluster, 4), second.clone()));
+    phases.push((phase(&cluster, 5), second.clone()));
+    // Recovery stops at the first commit after the target: make sure there is one.
+    cluster.sql("insert into t values (-1, 'after all phases')");
+    let last = cluster.sql("select pg_walfile_name(pg_current_wal_lsn())");
+    cluster.sql("select pg_switch_wal()");
+    cluster.wait_archived(&last, Duration::from_secs(60));
+    cluster.stop();
+
+    // Before the first backup finished: a clear error, nothing written.
+    let (out, data) = restore(
+        &pitr,
+        &dir,
+        "too-early",
+        &["--target-time", &before_any_backup],
+    );
+    assert_ne!(code(&out), 0);
+    assert!(
+        stderr(&out).contains("earliest restorable point"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!data.exists() || std::fs::read_dir(&data).unwrap().next().is_none());
+
+    for (i, ((time, state), expected_backup)) in phases.iter().enumerate() {
+        let (out, data) = restore(
+            &pitr,
+            &dir,
+            &format!("restored-{i}"),
+            &["--target-time", time],
+        );
+        assert_eq!(code(&out), 0, "{}", stderr(&out));
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            stdout.contains(&format!("restored backup {expected_backup} ")),
+            "phase {i} should come from {expected_backup}: {stdout}"
+        );
+        let verify = std::process::Command::new(Path::new(PG_BIN).join("pg_verifybackup"))
+            .arg("-n")
+            .arg(&data)
+            .output()
+            .unwrap();
+        assert!(
+            verify.status.success(),
+            "pg_verifybackup: {}",
+            stderr(&verify)
+        );
+        if is_root() {
+            run_ok(
+                std::process::Command::new("chown")
+                    .args(["-R", "postgres:postgres"])
+                    .arg(&data),
+            );
+        }
+        let mut restored = PgCluster::restored(&dir, &format!("sock-{i}"), data);
+        restored.start_with_env(&repo.env);
+        restored.wait_paused(Duration::from_secs(60));
+        assert_eq!(&restored.sql(TABLE_STATE), state, "state at {time}");
+        restored.stop();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn restore_to_each_phase_local() {
+    restore_to_each_phase("restore-local", Repo::local).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn restore_to_each_phase_s3() {
+    let server = S3Server::start("restore").await;
+    restore_to_each_phase("restore-s3", |_| Repo::s3(&server, "restore")).await;
+}
+
+/// Tablespaces come back at their original place or where --tablespace-map says; the
+/// promoted cluster passes pg_amcheck.
+#[tokio::test(flavor = "multi_thread")]
+async fn tablespaces_restore_in_place_and_remapped() {
+    let dir = TestDir::new("restore-tablespace");
+    let repo = Repo::local(&dir);
+    let (pitr, mut cluster) = archiving_cluster(&dir, &repo, "");
+    let original = dir.subdir("tablespace");
+    cluster.sql(&format!(
+        "create tablespace extra location '{}'",
+        original.display()
+    ));
+    cluster.sql("create table far (id int primary key, v text) tablespace extra");
+    cluster.sql("insert into far select g, md5(g::text) from generate_series(1, 5000) g");
+    let expected = cluster.sql("select count(*) || md5(string_agg(v, ',' order by id)) from far");
+    backup(&pitr, &cluster);
+    let oid = cluster.sql("select oid from pg_tablespace where spcname = 'extra'");
+    cluster.sql("select pg_switch_wal()");
+    cluster.stop();
+
+    // Remapped while the original still holds the live cluster's files.
+    let elsewhere = dir.subdir("elsewhere");
+    let map = format!("{oid}={}", elsewhere.display());
+    let (out, data) = restore(
+        &pitr,
+        &dir,
+        "remapped",
+        &[
+            "--target",
+            "immediate",
+            "--target-action",
+            "promote",
+            "--tablespace-map",
+            &map,
+        ],
+    );
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let link = std::fs::read_link(data.join("pg_tblspc").join(&oid)).unwrap();
+    assert_eq!(link, elsewhere);
+    if is_root() {
+        run_ok(
+            std::process::Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(&data)
+                .arg(&elsewhere),
+        );
+    }
+    let mut restored = PgCluster::restored(&dir, "sock-remapped", data);
+    restored.start();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while restored.sql("select pg_is_in_recovery()") == "t" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{}",
+            restored.server_log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        restored.sql("select count(*) || md5(string_agg(v, ',' order by id)) from far"),
+        expected
+    );
+    restored.sql("create extension amcheck");
+    let amcheck = as_postgres(Path::new(PG_BIN).join("pg_amcheck"))
+        .args(["-U", "postgres", "-h"])
+        .arg(&restored.socket_dir)
+        .args(["-p", "5432", "--all", "--heapallindexed"])
+        .output()
+        .unwrap();
+    assert!(
+        amcheck.status.success(),
+        "pg_amcheck: {}{}",
+        String::from_utf8_lossy(&amcheck.stdout),
+        stderr(&amcheck)
+    );
+    restored.stop();
+
+    // In place: refused while the original directory holds files, then restored there.
+    let (out, _) = restore(&pitr, &dir, "in-place-refused", &["--target", "immediate"]);
+    assert_ne!(code(&out), 0);
+    assert!(
+        stderr(&out).contains("--tablespace-map"),
+        "{}",
+        stderr(&out)
+    );
+    std::fs::remove_dir_all(&original).unwrap();
+    let (out, data) = restore(&pitr, &dir, "in-place", &["--target", "immediate"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(
+        std::fs::read_link(data.join("pg_tblspc").join(&oid)).unwrap(),
+        original
+    );
+    assert!(std::fs::read_dir(&original).unwrap().next().is_some());
+}
