@@ -154,6 +154,12 @@ pub enum Command {
         #[arg(long = "tablespace-map", value_name = "OID=DIR")]
         tablespace_map: Vec<String>,
     },
+    /// Show the whole loop on a scratch cluster: archive, back up, drop a table, restore.
+    Demo {
+        /// Work here (must be empty); default: a new directory under /tmp.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
     /// List backups and the WAL held per timeline.
     List {
         /// Print the list as JSON.
@@ -181,6 +187,7 @@ impl Command {
             Command::Backup { .. } => "backup",
             Command::List { .. } => "list",
             Command::Restore { .. } => "restore",
+            Command::Demo { .. } => "demo",
         }
     }
 }

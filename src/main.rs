@@ -10,6 +10,7 @@ use pitr::cli::{Cli, Command};
 use pitr::commands::archive_get::{ArchiveGetOptions, archive_get};
 use pitr::commands::archive_push::{ArchivePushOptions, PushOutcome, archive_push};
 use pitr::commands::backup::{BackupOptions, backup};
+use pitr::commands::demo::{DemoOptions, demo};
 use pitr::commands::init::{InitOptions, init};
 use pitr::commands::list::list;
 use pitr::commands::restore::{RestoreOptions, Target, restore};
@@ -101,6 +102,14 @@ fn restore_command(settings: &Settings, config: Option<&std::path::Path>) -> Str
 
 /// Runs the command; the exit code when it ran to completion.
 async fn run(cli: Cli) -> pitr::Result<u8> {
+    if let Command::Demo { dir } = &cli.command {
+        // The demo sets up its own repository.
+        let options = DemoOptions { dir: dir.clone() };
+        tokio::task::spawn_blocking(move || demo(&options))
+            .await
+            .expect("demo panicked")?;
+        return Ok(0);
+    }
     let mut settings = cli.global.settings();
     if let Some(path) = &cli.global.config {
         settings = settings.over(Settings::read_file(path)?);
@@ -265,6 +274,7 @@ async fn run(cli: Cli) -> pitr::Result<u8> {
                 pgdata.display()
             );
         }
+        Command::Demo { .. } => unreachable!("handled above"),
         Command::List { json } => {
             let report = list(&catalog).await?;
             if json {

@@ -4,6 +4,7 @@
 pub mod archive_get;
 pub mod archive_push;
 pub mod backup;
+pub mod demo;
 pub mod init;
 pub mod list;
 pub mod restore;
