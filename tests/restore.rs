@@ -241,3 +241,90 @@ async fn tablespaces_restore_in_place_and_remapped() {
     );
     assert!(std::fs::read_dir(&original).unwrap().next().is_some());
 }
+
+/// Restore and promote: the new timeline is archived into the same repository, and a later
+/// restore reaches a time on it; list and verify see both timelines.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_time_on_a_new_timeline_is_restorable() {
+    let dir = TestDir::new("restore-timeline");
+    let repo = Repo::local(&dir);
+    let (pitr, mut cluster) = archiving_cluster(&dir, &repo, "");
+    cluster.sql("create table t (id int primary key, v text)");
+    backup(&pitr, &cluster);
+    let (time_a, _) = phase(&cluster, 1);
+    phase(&cluster, 2); // on timeline 1 only: the branch leaves it behind
+    let last = cluster.sql("select pg_walfile_name(pg_current_wal_lsn())");
+    cluster.sql("select pg_switch_wal()");
+    cluster.wait_archived(&last, Duration::from_secs(60));
+    cluster.stop();
+
+    let (out, data) = restore(
+        &pitr,
+        &dir,
+        "branch",
+        &["--target-time", &time_a, "--target-action", "promote"],
+    );
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    if is_root() {
+        run_ok(
+            std::process::Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(&data),
+        );
+    }
+    let mut branch = PgCluster::restored_archiving(&dir, "sock-branch", data);
+    branch.start_with_env(&repo.env);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while branch.sql("select pg_is_in_recovery()") == "t" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{}",
+            branch.server_log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        branch.sql("select substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8)"),
+        "00000002"
+    );
+    let (time_b, state_b) = phase(&branch, 3);
+    branch.sql("insert into t values (-1, 'after')");
+    let last = branch.sql("select pg_walfile_name(pg_current_wal_lsn())");
+    branch.sql("select pg_switch_wal()");
+    branch.wait_archived(&last, Duration::from_secs(60));
+    branch.stop();
+
+    let out = pitr.run(["list", "--json"]);
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let timelines: Vec<u64> = listed["wal"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["timeline"].as_u64().unwrap())
+        .collect();
+    assert_eq!(timelines, vec![1, 2], "{listed}");
+    let out = pitr.run(["verify"]);
+    assert_eq!(
+        code(&out),
+        0,
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        stderr(&out)
+    );
+
+    let (out, data) = restore(&pitr, &dir, "on-timeline-2", &["--target-time", &time_b]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    if is_root() {
+        run_ok(
+            std::process::Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(&data),
+        );
+    }
+    let mut restored = PgCluster::restored(&dir, "sock-tl2", data);
+    restored.start_with_env(&repo.env);
+    restored.wait_paused(Duration::from_secs(60));
+    // Phase 3 exists only on timeline 2, phase 2 only on timeline 1: the state proves which.
+    assert_eq!(restored.sql(TABLE_STATE), state_b);
+    restored.stop();
+}

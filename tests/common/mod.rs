@@ -375,8 +375,15 @@ impl PgCluster {
         cluster
     }
 
-    /// A cluster from a restored data directory, on its own socket; not started.
+    /// A cluster from a restored data directory, on its own socket, not archiving; not started.
     pub fn restored(dir: &TestDir, name: &str, data: PathBuf) -> Self {
+        let cluster = Self::restored_archiving(dir, name, data);
+        cluster.configure("archive_mode = off");
+        cluster
+    }
+
+    /// The same, keeping the archive settings it was restored with.
+    pub fn restored_archiving(dir: &TestDir, name: &str, data: PathBuf) -> Self {
         let socket_dir = dir.subdir(name);
         let cluster = PgCluster {
             data,
@@ -386,7 +393,7 @@ impl PgCluster {
             started: false,
         };
         cluster.configure(&format!(
-            "unix_socket_directories = '{}'\narchive_mode = off",
+            "unix_socket_directories = '{}'",
             socket_dir.display()
         ));
         cluster
