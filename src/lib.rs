@@ -10,6 +10,7 @@ pub mod commands;
 pub mod config;
 pub mod error;
 pub mod pg;
+pub mod progress;
 pub mod server;
 pub mod storage;
 

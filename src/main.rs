@@ -61,6 +61,60 @@ fn main() -> ExitCode {
     }
 }
 
+/// A bar with bytes, rate and ETA on a terminal; a line every 10% otherwise.
+fn terminal_progress() -> std::sync::Arc<dyn pitr::progress::Progress> {
+    use std::sync::Mutex;
+
+    struct Bar(indicatif::ProgressBar);
+    impl pitr::progress::Progress for Bar {
+        fn start(&self, what: &str, total: u64) {
+            self.0.set_length(total);
+            self.0.set_message(what.to_owned());
+            self.0.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{msg} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}",
+                )
+                .expect("a valid template")
+                .progress_chars("=> "),
+            );
+        }
+        fn advance(&self, bytes: u64) {
+            self.0.inc(bytes);
+        }
+        fn finish(&self) {
+            self.0.finish_and_clear();
+        }
+    }
+
+    struct Lines(Mutex<(String, u64, u64, u64)>); // what, total, done, last tenth printed
+    impl pitr::progress::Progress for Lines {
+        fn start(&self, what: &str, total: u64) {
+            *self.0.lock().unwrap() = (what.to_owned(), total, 0, 0);
+        }
+        fn advance(&self, bytes: u64) {
+            let mut state = self.0.lock().unwrap();
+            state.2 += bytes;
+            let tenth = (state.2 * 10).checked_div(state.1).unwrap_or(10);
+            if tenth > state.3 {
+                state.3 = tenth;
+                eprintln!(
+                    "{}: {}% ({} of {} bytes)",
+                    state.0,
+                    tenth * 10,
+                    state.2,
+                    state.1
+                );
+            }
+        }
+    }
+
+    if std::io::stderr().is_terminal() {
+        std::sync::Arc::new(Bar(indicatif::ProgressBar::new(0)))
+    } else {
+        std::sync::Arc::new(Lines(Mutex::new((String::new(), 0, 0, 0))))
+    }
+}
+
 /// The restore_command for a restored cluster: this binary, the same repository settings.
 fn restore_command(settings: &Settings, config: Option<&std::path::Path>) -> String {
     let quote = |arg: &str| {
@@ -175,6 +229,7 @@ async fn run(cli: Cli) -> pitr::Result<u8> {
                 fast: !spread,
                 jobs: jobs.unwrap_or(threads),
                 wal_timeout: std::time::Duration::from_secs(wal_timeout),
+                progress: terminal_progress(),
             };
             let report = backup(&catalog, &options).await?;
             let m = &report.manifest;
@@ -243,6 +298,7 @@ async fn run(cli: Cli) -> pitr::Result<u8> {
                 force,
                 tablespace_map: map,
                 restore_command: restore_command(&settings, cli.global.config.as_deref()),
+                progress: terminal_progress(),
             };
             let report = restore(&catalog, &options).await?;
             println!(

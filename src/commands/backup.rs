@@ -33,13 +33,14 @@ pub const BUNDLE_FILE_LIMIT: u64 = 256 << 10;
 /// A bundle is closed once it holds this much.
 pub const BUNDLE_SIZE: u64 = 8 << 20;
 
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct BackupOptions {
     pub pgdata: Option<PathBuf>,
     pub dbname: Option<String>,
     pub fast: bool,
     pub jobs: usize,
     pub wal_timeout: Duration,
+    pub progress: std::sync::Arc<dyn crate::progress::Progress>,
 }
 
 #[derive(Debug)]
@@ -98,18 +99,27 @@ pub async fn backup(catalog: &Catalog, options: &BackupOptions) -> Result<Backup
     let walk_root = pgdata.clone();
     let (directories, files, tablespaces) = blocking(move || walk(&walk_root)).await?;
     let plan = plan_objects(files);
+    let total: u64 = plan.iter().flatten().map(|f| f.size).sum();
+    options.progress.start(&format!("backup {id}"), total);
     let object_count = plan.len() as u32;
     let storage = catalog.storage().clone();
     let copied: Vec<(Vec<BackupFile>, u64)> = stream::iter(plan.into_iter().enumerate())
         .map(|(index, files)| {
             let storage = storage.clone();
             let id = id.clone();
-            async move { copy_object(&*storage, &id, index as u32, files).await }
+            let progress = options.progress.clone();
+            async move {
+                let size: u64 = files.iter().map(|f| f.size).sum();
+                let copied = copy_object(&*storage, &id, index as u32, files).await?;
+                progress.advance(size);
+                Ok::<_, Error>(copied)
+            }
         })
         .buffer_unordered(options.jobs.max(1))
         .try_collect()
         .await?;
 
+    options.progress.finish();
     let (stop_lsn, backup_label, tablespace_map) = session.backup_stop().await?;
     let stop_time = Utc::now();
     let stop_wal_segment = session.walfile_name(stop_lsn).await?;

@@ -33,7 +33,7 @@ pub enum Target {
     Name(String),
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct RestoreOptions {
     pub pgdata: PathBuf,
     pub target: Target,
@@ -47,6 +47,7 @@ pub struct RestoreOptions {
     pub tablespace_map: HashMap<u32, PathBuf>,
     /// The `restore_command` to write, with `%f %p` at its end.
     pub restore_command: String,
+    pub progress: std::sync::Arc<dyn crate::progress::Progress>,
 }
 
 #[derive(Debug)]
@@ -238,17 +239,26 @@ async fn write_backup(
     }
     let storage = catalog.storage().clone();
     let tablespaces_for_files = tablespaces.clone();
+    options
+        .progress
+        .start(&format!("restore {}", backup.id), backup.size_bytes);
     let written: Vec<u64> = stream::iter(by_object)
         .map(|(object, files)| {
             let storage = storage.clone();
             let key = backup_object_key(&backup.id, object);
             let pgdata = pgdata.clone();
             let tablespaces = tablespaces_for_files.clone();
-            async move { restore_object(&*storage, key, files, pgdata, tablespaces).await }
+            let progress = options.progress.clone();
+            async move {
+                let written = restore_object(&*storage, key, files, pgdata, tablespaces).await?;
+                progress.advance(written);
+                Ok::<_, Error>(written)
+            }
         })
         .buffer_unordered(options.jobs.max(1))
         .try_collect()
         .await?;
+    options.progress.finish();
 
     let tablespace_map = backup.tablespace_map.as_ref().map(|map| {
         // Lines are "<oid> <path>": point them at where the tablespaces now are.
