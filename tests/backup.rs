@@ -32,7 +32,8 @@ async fn backup_holds_the_cluster(name: &str, repo: impl FnOnce(&TestDir) -> Rep
         "create tablespace extra location '{}'",
         tablespace_dir.display()
     ));
-    cluster.sql("create table logged as select g, md5(g::text) from generate_series(1, 50000) g");
+    // Over 32 MiB: stored in parts.
+    cluster.sql("create table logged as select g, md5(g::text) from generate_series(1, 600000) g");
     cluster.sql("create unlogged table scratch as select g from generate_series(1, 10000) g");
     cluster
         .sql("create table elsewhere tablespace extra as select g from generate_series(1, 1000) g");
@@ -109,6 +110,13 @@ async fn backup_holds_the_cluster(name: &str, repo: impl FnOnce(&TestDir) -> Rep
             .contains(&tablespace_dir.display().to_string())
     );
 
+    assert!(
+        manifest
+            .files
+            .iter()
+            .any(|f| f.path == paths["logged"] && f.file_offset > 0),
+        "the large table was not split into parts"
+    );
     // Every file's bytes are in its object at its offset, as its CRC-32C says.
     let mut objects: HashMap<u32, Vec<u8>> = HashMap::new();
     for file in &manifest.files {

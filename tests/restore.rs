@@ -160,7 +160,8 @@ async fn tablespaces_restore_in_place_and_remapped() {
         original.display()
     ));
     cluster.sql("create table far (id int primary key, v text) tablespace extra");
-    cluster.sql("insert into far select g, md5(g::text) from generate_series(1, 5000) g");
+    // Over 32 MiB, so that the file is restored from parts.
+    cluster.sql("insert into far select g, md5(g::text) from generate_series(1, 600000) g");
     let expected = cluster.sql("select count(*) || md5(string_agg(v, ',' order by id)) from far");
     backup(&pitr, &cluster);
     let oid = cluster.sql("select oid from pg_tablespace where spcname = 'extra'");
@@ -186,6 +187,13 @@ async fn tablespaces_restore_in_place_and_remapped() {
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     let link = std::fs::read_link(data.join("pg_tblspc").join(&oid)).unwrap();
     assert_eq!(link, elsewhere);
+    // The whole-file checksums in backup_manifest are combined from the parts'.
+    let verify = std::process::Command::new(Path::new(PG_BIN).join("pg_verifybackup"))
+        .arg("-n")
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(verify.status.success(), "pg_verifybackup: {}", stderr(&verify));
     if is_root() {
         run_ok(
             std::process::Command::new("chown")

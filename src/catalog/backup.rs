@@ -54,15 +54,20 @@ pub struct BackupDirectory {
     pub mode: u32,
 }
 
+/// A file, or a part of a large file (parts are stored and restored in parallel).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BackupFile {
     /// Relative to the data directory; tablespace contents under `pg_tblspc/<oid>/`.
     pub path: String,
+    /// Bytes of this entry: the whole file, or one part of it.
     pub size: u64,
+    /// Where in the file this entry's bytes go (0 for whole files).
+    #[serde(default)]
+    pub file_offset: u64,
     pub mode: u32,
     /// Modification time, seconds since the Unix epoch.
     pub mtime: i64,
-    /// CRC-32C of the contents (what PostgreSQL's backup_manifest uses).
+    /// CRC-32C of this entry's bytes (PostgreSQL's backup_manifest checksum for whole files).
     pub crc32c: u32,
     /// The object that holds the contents, and where in its decoded bytes they start.
     pub object: u32,

@@ -32,6 +32,8 @@ use super::blocking;
 pub const BUNDLE_FILE_LIMIT: u64 = 256 << 10;
 /// A bundle is closed once it holds this much.
 pub const BUNDLE_SIZE: u64 = 8 << 20;
+/// Files larger than this are stored in parts of this size, copied and restored in parallel.
+pub const PART_SIZE: u64 = 32 << 20;
 
 #[derive(Clone)]
 pub struct BackupOptions {
@@ -50,11 +52,12 @@ pub struct BackupReport {
     pub elapsed: Duration,
 }
 
-/// A file found in the data directory.
+/// A file found in the data directory, or the part of it from `offset`.
 #[derive(Clone, Debug)]
 struct SourceFile {
     path: String,
     absolute: PathBuf,
+    offset: u64,
     size: u64,
     mode: u32,
     mtime: i64,
@@ -126,7 +129,7 @@ pub async fn backup(catalog: &Catalog, options: &BackupOptions) -> Result<Backup
     wait_for_wal(catalog, &stop_wal_segment, options.wal_timeout).await?;
 
     let mut files: Vec<BackupFile> = copied.iter().flat_map(|(f, _)| f.clone()).collect();
-    files.sort_by(|a, b| a.path.cmp(&b.path));
+    files.sort_by(|a, b| (&a.path, a.file_offset).cmp(&(&b.path, b.file_offset)));
     let manifest = BackupManifest {
         format: MANIFEST_FORMAT,
         id: id.clone(),
@@ -287,6 +290,7 @@ fn walk(pgdata: &Path) -> Result<Walked> {
                 files.push(SourceFile {
                     path: path_rel,
                     absolute: path,
+                    offset: 0,
                     size: meta.len(),
                     mode: meta.permissions().mode() & 0o7777,
                     mtime: meta.mtime(),
@@ -305,6 +309,15 @@ fn plan_objects(mut files: Vec<SourceFile>) -> Vec<Vec<SourceFile>> {
     let mut bundle: Vec<SourceFile> = Vec::new();
     let mut bundle_size = 0;
     for file in files {
+        if file.size > PART_SIZE {
+            for offset in (0..file.size).step_by(PART_SIZE as usize) {
+                let mut part = file.clone();
+                part.offset = offset;
+                part.size = PART_SIZE.min(file.size - offset);
+                plan.push(vec![part]);
+            }
+            continue;
+        }
         if file.size > BUNDLE_FILE_LIMIT {
             plan.push(vec![file]);
             continue;
@@ -343,7 +356,10 @@ impl Read for BundleReader<'_> {
             };
             let current = match &mut self.current {
                 Some(current) => current,
-                None => match File::open(&source.absolute) {
+                None => match File::open(&source.absolute).and_then(|mut file| {
+                    io::Seek::seek(&mut file, io::SeekFrom::Start(source.offset))?;
+                    Ok(file)
+                }) {
                     Ok(file) => {
                         self.length = 0;
                         self.crc = 0;
@@ -409,6 +425,7 @@ async fn copy_object(
             entries.push(BackupFile {
                 path: source.path.clone(),
                 size,
+                file_offset: source.offset,
                 mode: source.mode,
                 mtime: source.mtime,
                 crc32c,

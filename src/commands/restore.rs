@@ -285,7 +285,13 @@ async fn write_backup(
     write("recovery.signal", "")?;
     append_recovery_settings(&pgdata, options)?;
     write_postgres_manifest(&pgdata, backup, tablespace_map.as_deref())?;
-    Ok((backup.files.len(), written.iter().sum()))
+    let files = backup
+        .files
+        .iter()
+        .map(|f| f.path.as_str())
+        .collect::<std::collections::BTreeSet<_>>()
+        .len();
+    Ok((files, written.iter().sum()))
 }
 
 async fn restore_object(
@@ -346,9 +352,17 @@ impl<'a> FileSplitter<'a> {
         while self.current.is_none() && self.index < self.files.len() {
             let file = &self.files[self.index];
             let path = destination(self.pgdata, self.tablespaces, &file.path);
-            let handle = File::create(&path)
+            // Parts of one file are written by several workers, each at its offset.
+            let mut handle = fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&path)
                 .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
             handle.set_permissions(fs::Permissions::from_mode(file.mode & 0o7777))?;
+            if file.file_offset > 0 {
+                io::Seek::seek(&mut handle, io::SeekFrom::Start(file.file_offset))?;
+            }
             self.current = Some((handle, 0, 0));
             self.close_if_complete()?;
         }
@@ -470,17 +484,32 @@ fn write_postgres_manifest(
             crc32c: crc,
         });
     }
+    // One entry per file: parts combine into the whole file's CRC-32C.
+    let mut whole: BTreeMap<&str, (u64, i64, u32)> = BTreeMap::new();
+    for part in &backup.files {
+        // pg_verifybackup skips postgresql.auto.conf, which restore has changed.
+        if part.path == "postgresql.auto.conf" {
+            continue;
+        }
+        let entry = whole.entry(&part.path).or_insert((0, part.mtime, 0));
+        if part.file_offset != entry.0 {
+            // A gap (the file shrank and grew during the backup): checksum what was written.
+            let path = destination(pgdata, &HashMap::new(), &part.path);
+            let bytes = fs::read(&path).map_err(|e| Error::invalid_input(path.display(), e))?;
+            *entry = (bytes.len() as u64, part.mtime, crc32c::crc32c(&bytes));
+            continue;
+        }
+        entry.2 = crc32c::crc32c_combine(entry.2, part.crc32c, part.size as usize);
+        entry.0 += part.size;
+    }
     entries.extend(
-        backup
-            .files
+        whole
             .iter()
-            // pg_verifybackup skips postgresql.auto.conf, which restore has changed.
-            .filter(|f| f.path != "postgresql.auto.conf")
-            .map(|f| ManifestEntry {
-                path: &f.path,
-                size: f.size,
-                mtime: f.mtime,
-                crc32c: f.crc32c,
+            .map(|(path, (size, mtime, crc32c))| ManifestEntry {
+                path,
+                size: *size,
+                mtime: *mtime,
+                crc32c: *crc32c,
             }),
     );
     let start: Lsn = backup

@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# Benchmark: full backup and restore of a pgbench database (default scale 50, ~780 MB) to a
+# local repository, pitr vs pgBackRest (process-max=2, lz4), in the same run. Prints time,
+# throughput and peak RSS of each.
+#
+#   bash bench/backup.sh [SCALE]      (needs root or the postgres user)
+#
+# Needs PostgreSQL 15 server binaries, pgBackRest and GNU time
+# (apt-get install postgresql-15 pgbackrest time).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SCALE=${1:-50}
+PG_BIN=/usr/lib/postgresql/15/bin
+command -v pgbackrest >/dev/null || { echo "pgbackrest is not installed: apt-get install pgbackrest" >&2; exit 1; }
+[ -x /usr/bin/time ] || { echo "GNU time is not installed: apt-get install time" >&2; exit 1; }
+
+cargo build --release --quiet
+WORK=$(mktemp -d /tmp/pitr-bench-backup-XXXXXX)
+as_pg() { if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+cleanup() {
+  as_pg "$PG_BIN/pg_ctl" -D "$WORK/data" -m immediate stop >/dev/null 2>&1 || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+cp target/release/pitr "$WORK/pitr"
+mkdir -p "$WORK/pgbr-repo" "$WORK/lock" "$WORK/restore-pitr" "$WORK/restore-pgbr"
+chmod 755 "$WORK"
+[ "$(id -u)" -eq 0 ] && chown -R postgres: "$WORK"
+
+cat > "$WORK/pgbackrest.conf" <<EOF
+[global]
+repo1-path=$WORK/pgbr-repo
+compress-type=lz4
+process-max=2
+lock-path=$WORK/lock
+log-path=$WORK
+log-level-console=error
+log-level-file=off
+spool-path=$WORK
+start-fast=y
+
+[bench]
+pg1-path=$WORK/data
+pg1-socket-path=$WORK
+pg1-port=5432
+pg1-user=postgres
+EOF
+[ "$(id -u)" -eq 0 ] && chown postgres: "$WORK/pgbackrest.conf"
+PITR="$WORK/pitr --repo $WORK/pitr-repo"
+PGBR="pgbackrest --config=$WORK/pgbackrest.conf --stanza=bench"
+
+echo "== pgbench scale $SCALE"
+as_pg "$PG_BIN/initdb" -D "$WORK/data" -A trust -U postgres -N >/dev/null
+cat >> "$WORK/data/postgresql.conf" <<EOF
+listen_addresses = ''
+unix_socket_directories = '$WORK'
+port = 5432
+max_wal_size = '4GB'
+archive_mode = on
+archive_command = '$PITR archive-push %p && $PGBR archive-push %p'
+EOF
+as_pg $PITR init --pgdata "$WORK/data" >/dev/null
+as_pg "$PG_BIN/pg_ctl" -D "$WORK/data" -l "$WORK/pg.log" -w start >/dev/null
+as_pg $PGBR stanza-create >/dev/null
+as_pg "$PG_BIN/pgbench" -h "$WORK" -U postgres -i -s "$SCALE" -q postgres 2>/dev/null
+as_pg psql -h "$WORK" -U postgres -Atqc "checkpoint" postgres
+size=$(du -sb "$WORK/data/base" | cut -f1)
+echo "== database: $((size / 1048576)) MiB"
+
+# Runs a command as postgres under GNU time; prints "seconds peak_rss_kb".
+measure() {
+  as_pg /usr/bin/time -f "%e %M" -o "$WORK/time.out" "$@" >/dev/null 2>"$WORK/err.out" || {
+    cat "$WORK/err.out" >&2; exit 1; }
+  cat "$WORK/time.out"
+}
+sync
+read -r pitr_b pitr_b_rss < <(measure $PITR backup --pgdata "$WORK/data" --dbname "host=$WORK port=5432 user=postgres")
+read -r pgbr_b pgbr_b_rss < <(measure $PGBR --type=full backup)
+as_pg "$PG_BIN/pg_ctl" -D "$WORK/data" -m fast -w stop >/dev/null
+sync
+read -r pitr_r pitr_r_rss < <(measure $PITR restore --pgdata "$WORK/restore-pitr" --target immediate)
+read -r pgbr_r pgbr_r_rss < <(measure $PGBR --pg1-path="$WORK/restore-pgbr" restore)
+
+mbs() { awk -v b="$size" -v s="$1" 'BEGIN { printf "%.0f MB/s", b / 1e6 / s }'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.1fx", a / b }'; }
+printf '\n%-10s %22s %22s %8s\n' "" "pitr" "pgBackRest (2 procs)" "speedup"
+printf '%-10s %8ss %9s %12s %8ss %9s %8s %8s\n' backup "$pitr_b" "$(mbs "$pitr_b")" "" "$pgbr_b" "$(mbs "$pgbr_b")" "" "$(ratio "$pgbr_b" "$pitr_b")"
+printf '%-10s %8ss %9s %12s %8ss %9s %8s %8s\n' restore "$pitr_r" "$(mbs "$pitr_r")" "" "$pgbr_r" "$(mbs "$pgbr_r")" "" "$(ratio "$pgbr_r" "$pitr_r")"
+echo "peak RSS: pitr backup $((pitr_b_rss / 1024)) MiB, restore $((pitr_r_rss / 1024)) MiB; pgBackRest backup $((pgbr_b_rss / 1024)) MiB, restore $((pgbr_r_rss / 1024)) MiB (main process)"
+echo "stored: pitr $(( $(du -sb "$WORK/pitr-repo/backup" | cut -f1) / 1048576 )) MiB, pgBackRest $(( $(du -sb "$WORK/pgbr-repo/backup" | cut -f1) / 1048576 )) MiB"
+echo "(target: pitr at least 2x pgBackRest's throughput for both, peak RSS under 100 MB)"
