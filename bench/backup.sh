@@ -22,7 +22,7 @@ cleanup() {
   as_pg "$PG_BIN/pg_ctl" -D "$WORK/data" -m immediate stop >/dev/null 2>&1 || true
   rm -rf "$WORK"
 }
-trap cleanup EXIT
+[ -n "${KEEP:-}" ] && echo "keeping $WORK" || trap cleanup EXIT
 cp target/release/pitr "$WORK/pitr"
 mkdir -p "$WORK/pgbr-repo" "$WORK/lock" "$WORK/restore-pitr" "$WORK/restore-pgbr"
 chmod 755 "$WORK"

@@ -193,7 +193,11 @@ async fn tablespaces_restore_in_place_and_remapped() {
         .arg(&data)
         .output()
         .unwrap();
-    assert!(verify.status.success(), "pg_verifybackup: {}", stderr(&verify));
+    assert!(
+        verify.status.success(),
+        "pg_verifybackup: {}",
+        stderr(&verify)
+    );
     if is_root() {
         run_ok(
             std::process::Command::new("chown")

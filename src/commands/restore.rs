@@ -234,23 +234,39 @@ async fn write_backup(
 
     // Objects in parallel; each writes its files and checks their CRC-32C.
     let mut by_object: BTreeMap<u32, Vec<BackupFile>> = BTreeMap::new();
+    let mut file_sizes: HashMap<String, u64> = HashMap::new();
     for file in &backup.files {
         by_object.entry(file.object).or_default().push(file.clone());
+        let end = file_sizes.entry(file.path.clone()).or_default();
+        *end = (*end).max(file.file_offset + file.size);
+    }
+    let file_sizes = std::sync::Arc::new(file_sizes);
+    // Interleave objects from the two ends of the list: parts of one large file (adjacent
+    // objects) are then rarely written at once, which would serialize on the file's lock.
+    let mut objects: Vec<(u32, Vec<BackupFile>)> = by_object.into_iter().collect();
+    let mut interleaved = Vec::with_capacity(objects.len());
+    while !objects.is_empty() {
+        interleaved.push(objects.remove(0));
+        if let Some(last) = objects.pop() {
+            interleaved.push(last);
+        }
     }
     let storage = catalog.storage().clone();
     let tablespaces_for_files = tablespaces.clone();
     options
         .progress
         .start(&format!("restore {}", backup.id), backup.size_bytes);
-    let written: Vec<u64> = stream::iter(by_object)
+    let written: Vec<u64> = stream::iter(interleaved)
         .map(|(object, files)| {
             let storage = storage.clone();
             let key = backup_object_key(&backup.id, object);
             let pgdata = pgdata.clone();
             let tablespaces = tablespaces_for_files.clone();
             let progress = options.progress.clone();
+            let file_sizes = file_sizes.clone();
             async move {
-                let written = restore_object(&*storage, key, files, pgdata, tablespaces).await?;
+                let written =
+                    restore_object(&*storage, key, files, file_sizes, pgdata, tablespaces).await?;
                 progress.advance(written);
                 Ok::<_, Error>(written)
             }
@@ -298,13 +314,14 @@ async fn restore_object(
     storage: &dyn Storage,
     key: String,
     files: Vec<BackupFile>,
+    file_sizes: std::sync::Arc<HashMap<String, u64>>,
     pgdata: PathBuf,
     tablespaces: HashMap<u32, PathBuf>,
 ) -> Result<u64> {
     let body = storage.get(&key).await?;
     let location = storage.location();
     blocking(move || {
-        let mut writer = FileSplitter::new(&files, &pgdata, &tablespaces);
+        let mut writer = FileSplitter::new(&files, &file_sizes, &pgdata, &tablespaces);
         match codec::decode(body.into_blocking_reader(), &mut writer) {
             Ok(_) => {}
             Err(CodecError::Corrupt(reason)) => {
@@ -324,6 +341,8 @@ async fn restore_object(
 /// Cuts an object's decoded bytes into its files, checking each file's CRC-32C.
 struct FileSplitter<'a> {
     files: &'a [BackupFile],
+    /// Whole sizes of files stored in parts, to reserve their blocks at once.
+    file_sizes: &'a HashMap<String, u64>,
     pgdata: &'a Path,
     tablespaces: &'a HashMap<u32, PathBuf>,
     index: usize,
@@ -334,11 +353,13 @@ struct FileSplitter<'a> {
 impl<'a> FileSplitter<'a> {
     fn new(
         files: &'a [BackupFile],
+        file_sizes: &'a HashMap<String, u64>,
         pgdata: &'a Path,
         tablespaces: &'a HashMap<u32, PathBuf>,
     ) -> Self {
         FileSplitter {
             files,
+            file_sizes,
             pgdata,
             tablespaces,
             index: 0,
@@ -360,7 +381,9 @@ impl<'a> FileSplitter<'a> {
                 .open(&path)
                 .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
             handle.set_permissions(fs::Permissions::from_mode(file.mode & 0o7777))?;
-            if file.file_offset > 0 {
+            if file.file_offset == 0 {
+                preallocate(&handle, self.file_sizes.get(file.path.as_str()).copied());
+            } else {
                 io::Seek::seek(&mut handle, io::SeekFrom::Start(file.file_offset))?;
             }
             self.current = Some((handle, 0, 0));
@@ -525,4 +548,21 @@ fn write_postgres_manifest(
     fs::write(&path, text)
         .and_then(|()| fs::set_permissions(&path, fs::Permissions::from_mode(0o600)))
         .map_err(|e| Error::invalid_input(path.display(), e))
+}
+
+/// Reserves a file's blocks at once rather than page by page as data arrives (less work
+/// for the filesystem); the size is left alone. Best effort.
+fn preallocate(file: &File, len: Option<u64>) {
+    use std::os::fd::AsRawFd;
+    if let Some(len) = len.filter(|&l| l > 0) {
+        // SAFETY: a plain syscall on a descriptor we own.
+        unsafe {
+            libc::fallocate(
+                file.as_raw_fd(),
+                libc::FALLOC_FL_KEEP_SIZE,
+                0,
+                len as libc::off_t,
+            );
+        }
+    }
 }
