@@ -139,6 +139,17 @@ async fn backup_holds_the_cluster(name: &str, repo: impl FnOnce(&TestDir) -> Rep
     let version = &objects[&files["PG_VERSION"].object];
     let at = files["PG_VERSION"].offset as usize;
     assert_eq!(&version[at..at + 3], b"15\n");
+
+    // Even with --force, restore never touches a directory where a postmaster runs.
+    let out = pitr.run([
+        "restore",
+        "--force",
+        "--pgdata",
+        &cluster.data.display().to_string(),
+    ]);
+    assert_eq!(code(&out), 7, "{}", stderr(&out));
+    assert!(stderr(&out).contains("postmaster"), "{}", stderr(&out));
+    assert_eq!(cluster.sql("select count(*) from logged"), "600000");
     cluster.stop();
 }
 

@@ -131,8 +131,7 @@ fn prepare_directory(pgdata: &Path, force: bool) -> Result<()> {
     let pid_file = pgdata.join("postmaster.pid");
     if let Ok(text) = fs::read_to_string(&pid_file)
         && let Some(pid) = text.lines().next().and_then(|l| l.trim().parse::<i32>().ok())
-        // SAFETY: signal 0 only checks that the process exists.
-        && unsafe { libc::kill(pid, 0) } == 0
+        && process_exists(pid)
     {
         return Err(Error::invalid_input(
             pgdata.display(),
@@ -159,6 +158,13 @@ fn prepare_directory(pgdata: &Path, force: bool) -> Result<()> {
     }
     fs::set_permissions(pgdata, fs::Permissions::from_mode(0o700))
         .map_err(|e| Error::invalid_input(pgdata.display(), e))
+}
+
+/// Signal 0 checks for a process; EPERM means it exists but belongs to another user.
+fn process_exists(pid: i32) -> bool {
+    // SAFETY: signal 0 sends nothing.
+    unsafe { libc::kill(pid, 0) } == 0
+        || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }
 
 fn empty_directory(dir: &Path) -> io::Result<()> {
