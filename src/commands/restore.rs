@@ -130,7 +130,10 @@ pub async fn restore(catalog: &Catalog, options: &RestoreOptions) -> Result<Rest
 fn prepare_directory(pgdata: &Path, force: bool) -> Result<()> {
     let pid_file = pgdata.join("postmaster.pid");
     if let Ok(text) = fs::read_to_string(&pid_file)
-        && let Some(pid) = text.lines().next().and_then(|l| l.trim().parse::<i32>().ok())
+        && let Some(pid) = text
+            .lines()
+            .next()
+            .and_then(|l| l.trim().parse::<i32>().ok())
         && process_exists(pid)
     {
         return Err(Error::invalid_input(
@@ -163,8 +166,8 @@ fn prepare_directory(pgdata: &Path, force: bool) -> Result<()> {
 /// Signal 0 checks for a process; EPERM means it exists but belongs to another user.
 fn process_exists(pid: i32) -> bool {
     // SAFETY: signal 0 sends nothing.
-    unsafe { libc::kill(pid, 0) } == 0
-        || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+    let alive = unsafe { libc::kill(pid, 0) } == 0;
+    alive || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }
 
 fn empty_directory(dir: &Path) -> io::Result<()> {
