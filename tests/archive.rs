@@ -134,14 +134,7 @@ impl Offline {
     fn new(name: &str, repo: impl FnOnce(&TestDir) -> Repo) -> Self {
         let dir = TestDir::new(name);
         let repo = repo(&dir);
-        let pitr = Pitr::install(&dir, &repo);
-        let cluster = PgCluster::initdb(&dir, "pg", &[]);
-        let out = pitr
-            .command(["init", "--pgdata"])
-            .arg(&cluster.data)
-            .output()
-            .unwrap();
-        assert_eq!(code(&out), 0, "{}", stderr(&out));
+        let (pitr, cluster) = initialised_cluster(&dir, &repo);
         Offline {
             dir,
             repo,

@@ -111,23 +111,8 @@ async fn restore_to_each_phase(name: &str, repo: impl FnOnce(&TestDir) -> Repo) 
             stdout.contains(&format!("restored backup {expected_backup} ")),
             "phase {i} should come from {expected_backup}: {stdout}"
         );
-        let verify = std::process::Command::new(Path::new(PG_BIN).join("pg_verifybackup"))
-            .arg("-n")
-            .arg(&data)
-            .output()
-            .unwrap();
-        assert!(
-            verify.status.success(),
-            "pg_verifybackup: {}",
-            stderr(&verify)
-        );
-        if is_root() {
-            run_ok(
-                std::process::Command::new("chown")
-                    .args(["-R", "postgres:postgres"])
-                    .arg(&data),
-            );
-        }
+        assert_verifybackup(&data);
+        chown_to_postgres(&data);
         let mut restored = PgCluster::restored(&dir, &format!("sock-{i}"), data);
         restored.start_with_env(&repo.env);
         restored.wait_paused(Duration::from_secs(60));
@@ -188,24 +173,9 @@ async fn tablespaces_restore_in_place_and_remapped() {
     let link = std::fs::read_link(data.join("pg_tblspc").join(&oid)).unwrap();
     assert_eq!(link, elsewhere);
     // The whole-file checksums in backup_manifest are combined from the parts'.
-    let verify = std::process::Command::new(Path::new(PG_BIN).join("pg_verifybackup"))
-        .arg("-n")
-        .arg(&data)
-        .output()
-        .unwrap();
-    assert!(
-        verify.status.success(),
-        "pg_verifybackup: {}",
-        stderr(&verify)
-    );
-    if is_root() {
-        run_ok(
-            std::process::Command::new("chown")
-                .args(["-R", "postgres:postgres"])
-                .arg(&data)
-                .arg(&elsewhere),
-        );
-    }
+    assert_verifybackup(&data);
+    chown_to_postgres(&data);
+    chown_to_postgres(&elsewhere);
     let mut restored = PgCluster::restored(&dir, "sock-remapped", data);
     restored.start();
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
@@ -277,13 +247,7 @@ async fn a_time_on_a_new_timeline_is_restorable() {
         &["--target-time", &time_a, "--target-action", "promote"],
     );
     assert_eq!(code(&out), 0, "{}", stderr(&out));
-    if is_root() {
-        run_ok(
-            std::process::Command::new("chown")
-                .args(["-R", "postgres:postgres"])
-                .arg(&data),
-        );
-    }
+    chown_to_postgres(&data);
     let mut branch = PgCluster::restored_archiving(&dir, "sock-branch", data);
     branch.start_with_env(&repo.env);
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
@@ -326,13 +290,7 @@ async fn a_time_on_a_new_timeline_is_restorable() {
 
     let (out, data) = restore(&pitr, &dir, "on-timeline-2", &["--target-time", &time_b]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
-    if is_root() {
-        run_ok(
-            std::process::Command::new("chown")
-                .args(["-R", "postgres:postgres"])
-                .arg(&data),
-        );
-    }
+    chown_to_postgres(&data);
     let mut restored = PgCluster::restored(&dir, "sock-tl2", data);
     restored.start_with_env(&repo.env);
     restored.wait_paused(Duration::from_secs(60));

@@ -42,7 +42,8 @@ pub fn run_ok(cmd: &mut Command) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-fn chown_to_postgres(path: &Path) {
+/// Gives `path` to the user that runs PostgreSQL (when the tests run as root).
+pub fn chown_to_postgres(path: &Path) {
     if is_root() {
         run_ok(
             Command::new("chown")
@@ -524,23 +525,43 @@ impl Drop for PgCluster {
     }
 }
 
-/// A started cluster whose archive_command pushes into `repo`, with the repository
-/// initialised for it; `extra_conf` goes into postgresql.conf.
-pub fn archiving_cluster(dir: &TestDir, repo: &Repo, extra_conf: &str) -> (Pitr, PgCluster) {
+/// pitr installed for `repo`, and a cluster (not started) whose repository is initialised.
+pub fn initialised_cluster(dir: &TestDir, repo: &Repo) -> (Pitr, PgCluster) {
     let pitr = Pitr::install(dir, repo);
-    let mut cluster = PgCluster::initdb(dir, "pg", &[]);
+    let cluster = PgCluster::initdb(dir, "pg", &[]);
     let out = pitr
         .command(["init", "--pgdata"])
         .arg(&cluster.data)
         .output()
         .unwrap();
     assert_eq!(code(&out), 0, "{}", stderr(&out));
+    (pitr, cluster)
+}
+
+/// A started cluster whose archive_command pushes into `repo`, with the repository
+/// initialised for it; `extra_conf` goes into postgresql.conf.
+pub fn archiving_cluster(dir: &TestDir, repo: &Repo, extra_conf: &str) -> (Pitr, PgCluster) {
+    let (pitr, mut cluster) = initialised_cluster(dir, repo);
     cluster.configure(&format!(
         "archive_mode = on\narchive_command = '{}'\n{extra_conf}",
         pitr.archive_command()
     ));
     cluster.start();
     (pitr, cluster)
+}
+
+/// PostgreSQL's pg_verifybackup (without WAL parsing) accepts a restored directory.
+pub fn assert_verifybackup(data: &Path) {
+    let verify = Command::new(Path::new(PG_BIN).join("pg_verifybackup"))
+        .arg("-n")
+        .arg(data)
+        .output()
+        .unwrap();
+    assert!(
+        verify.status.success(),
+        "pg_verifybackup: {}",
+        String::from_utf8_lossy(&verify.stderr)
+    );
 }
 
 /// Every object key and its bytes, to prove a repository unchanged.
