@@ -283,3 +283,58 @@ fn summaries_carry_a_commit_that_straddles_segments() {
     let alone = summarize_segment(second_segment, Lsn(SEGMENT), SEGMENT, BLOCK, None);
     assert_eq!(alone.commits, 1);
 }
+
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn valid_wal() -> Vec<u8> {
+        let records = vec![
+            commit(700, 1_000, 0),
+            restore_point("p", 2),
+            commit(701, 3_000, 3000),
+            record(RM_XLOG_ID, XLOG_SWITCH, 0, &[]),
+        ];
+        write_wal(SEGMENT - 2 * BLOCK as u64, &records, 4)
+    }
+
+    fn decode_bounded(start: u64, wal: &[u8], feed: usize) {
+        let (records, _) = decode_all(start, wal, feed.max(1));
+        // Every record takes at least its header: output is bounded by input.
+        assert!(records.len() <= wal.len() / SIZE_OF_XLOG_RECORD + 1);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn random_pages_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..4 * BLOCK), feed in 1usize..10_000) {
+            decode_bounded(0, &bytes, feed);
+        }
+
+        #[test]
+        fn random_pages_with_a_valid_header_never_panic(
+            mut bytes in proptest::collection::vec(any::<u8>(), BLOCK..3 * BLOCK),
+            feed in 1usize..10_000,
+        ) {
+            // A plausible long header so that decoding gets past the first page check.
+            bytes[0..2].copy_from_slice(&MAGIC_15.to_le_bytes());
+            bytes[2..4].copy_from_slice(&XLP_LONG_HEADER.to_le_bytes());
+            bytes[8..16].copy_from_slice(&0u64.to_le_bytes());
+            decode_bounded(0, &bytes, feed);
+        }
+
+        #[test]
+        fn mutated_wal_never_panics(
+            mutations in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..16),
+            feed in 1usize..10_000,
+        ) {
+            let mut wal = valid_wal();
+            for (at, value) in mutations {
+                let at = at.index(wal.len());
+                wal[at] = value;
+            }
+            decode_bounded(SEGMENT - 2 * BLOCK as u64, &wal, feed);
+        }
+    }
+}
