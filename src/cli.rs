@@ -11,10 +11,12 @@ use crate::config::Settings;
 #[command(
     name = "pitr",
     version,
-    about = "PostgreSQL point-in-time recovery: continuous WAL archiving to a local or S3 repository",
+    about = "PostgreSQL point-in-time recovery: WAL archiving, base backups and restore to a \
+             moment, with a local or S3 repository",
     after_help = "Exit codes: 0 ok, 1 archive-get: not in the repository, 2 usage or configuration, \
                   3 wrong or uninitialised repository, 4 conflicting content, 5 corrupt object, \
-                  6 storage error, 7 invalid input file, 8 verify: repository incomplete."
+                  6 storage error, 7 invalid input file, 8 verify: repository incomplete, \
+                  9 PostgreSQL error."
 )]
 pub struct Cli {
     #[command(flatten)]
