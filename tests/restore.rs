@@ -178,15 +178,7 @@ async fn tablespaces_restore_in_place_and_remapped() {
     chown_to_postgres(&elsewhere);
     let mut restored = PgCluster::restored(&dir, "sock-remapped", data);
     restored.start();
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while restored.sql("select pg_is_in_recovery()") == "t" {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{}",
-            restored.server_log()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    restored.wait_promoted(Duration::from_secs(60));
     assert_eq!(
         restored.sql("select count(*) || md5(string_agg(v, ',' order by id)) from far"),
         expected
@@ -250,15 +242,7 @@ async fn a_time_on_a_new_timeline_is_restorable() {
     chown_to_postgres(&data);
     let mut branch = PgCluster::restored_archiving(&dir, "sock-branch", data);
     branch.start_with_env(&repo.env);
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while branch.sql("select pg_is_in_recovery()") == "t" {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{}",
-            branch.server_log()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    branch.wait_promoted(Duration::from_secs(60));
     assert_eq!(
         branch.sql("select substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8)"),
         "00000002"

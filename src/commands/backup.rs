@@ -21,8 +21,8 @@ use crate::catalog::backup::{
 use crate::catalog::{Catalog, wal_key};
 use crate::codec;
 use crate::error::{Error, Result};
+use crate::pg::WalFileName;
 use crate::pg::basebackup::{Disposition, classify, is_database_directory, unlogged_files};
-use crate::pg::{ControlFile, WalFileName};
 use crate::server::{Session, connection_config};
 use crate::storage::{PutMode, PutPayload, StorageError};
 
@@ -182,20 +182,11 @@ async fn unused_backup_id(catalog: &Catalog, base: &str) -> Result<String> {
 
 /// The data directory must be the server's and hold the repository's cluster.
 fn check_pgdata(pgdata: &Path, system_identifier: u64) -> Result<()> {
-    let control_path = pgdata.join("global/pg_control");
-    let bytes = fs::read(&control_path).map_err(|e| {
-        Error::invalid_input(
-            control_path.display(),
-            format!("{e}: pass --pgdata (or PGDATA) as the server's data directory"),
-        )
-    })?;
-    let control =
-        ControlFile::parse(&bytes).map_err(|e| Error::invalid_input(control_path.display(), e))?;
-    if control.system_identifier != system_identifier {
+    let found = super::init::read_cluster_identity(pgdata)?.system_identifier;
+    if found != system_identifier {
         return Err(Error::WrongRepository(format!(
-            "{} belongs to system identifier {}, the repository to {system_identifier}",
-            pgdata.display(),
-            control.system_identifier
+            "{} belongs to system identifier {found}, the repository to {system_identifier}",
+            pgdata.display()
         )));
     }
     Ok(())

@@ -297,12 +297,7 @@ async fn write_backup(
             })
             .collect::<String>()
     });
-    let write = |name: &str, content: &str| -> Result<()> {
-        let path = pgdata.join(name);
-        fs::write(&path, content)
-            .and_then(|()| fs::set_permissions(&path, fs::Permissions::from_mode(0o600)))
-            .map_err(|e| Error::invalid_input(path.display(), e))
-    };
+    let write = |name: &str, content: &str| write_private_file(&pgdata.join(name), content);
     write("backup_label", &backup.backup_label)?;
     if let Some(map) = &tablespace_map {
         write("tablespace_map", map)?;
@@ -553,9 +548,13 @@ fn write_postgres_manifest(
         .parse()
         .map_err(|e| Error::Config(format!("{e}")))?;
     let text = render(&entries, backup.timeline, start, stop);
-    let path = pgdata.join("backup_manifest");
-    fs::write(&path, text)
-        .and_then(|()| fs::set_permissions(&path, fs::Permissions::from_mode(0o600)))
+    write_private_file(&pgdata.join("backup_manifest"), &text)
+}
+
+/// A file of the restored directory, readable by its owner only, as PostgreSQL's are.
+fn write_private_file(path: &Path, content: &str) -> Result<()> {
+    fs::write(path, content)
+        .and_then(|()| fs::set_permissions(path, fs::Permissions::from_mode(0o600)))
         .map_err(|e| Error::invalid_input(path.display(), e))
 }
 

@@ -423,6 +423,19 @@ impl PgCluster {
         }
     }
 
+    /// Waits until recovery has ended (after promotion).
+    pub fn wait_promoted(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while self.sql("select pg_is_in_recovery()") == "t" {
+            assert!(
+                Instant::now() < deadline,
+                "still in recovery:\n{}",
+                self.server_log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     pub fn configure(&self, lines: &str) {
         use std::io::Write;
         let mut conf = std::fs::OpenOptions::new()
