@@ -40,9 +40,7 @@ async fn archive_loop(name: &str, repo: impl FnOnce(&TestDir) -> Repo) {
             break;
         }
     }
-    let last = cluster.sql("select pg_walfile_name(pg_current_wal_lsn())");
-    cluster.sql("select pg_switch_wal()");
-    cluster.wait_archived(&last, Duration::from_secs(300));
+    let last = cluster.archive_current_segment(Duration::from_secs(300));
     let stats = cluster.sql("select archived_count, failed_count from pg_stat_archiver");
     let (archived, failed) = stats.split_once('|').unwrap();
     assert_eq!(failed, "0");

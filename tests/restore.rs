@@ -78,9 +78,7 @@ async fn restore_to_each_phase(name: &str, repo: impl FnOnce(&TestDir) -> Repo) 
     phases.push((phase(&cluster, 5), second.clone()));
     // Recovery stops at the first commit after the target: make sure there is one.
     cluster.sql("insert into t values (-1, 'after all phases')");
-    let last = cluster.sql("select pg_walfile_name(pg_current_wal_lsn())");
-    cluster.sql("select pg_switch_wal()");
-    cluster.wait_archived(&last, Duration::from_secs(60));
+    cluster.archive_current_segment(Duration::from_secs(60));
     cluster.stop();
 
     // Before the first backup finished: a clear error, nothing written.
@@ -227,9 +225,7 @@ async fn a_time_on_a_new_timeline_is_restorable() {
     backup(&pitr, &cluster);
     let (time_a, _) = phase(&cluster, 1);
     phase(&cluster, 2); // on timeline 1 only: the branch leaves it behind
-    let last = cluster.sql("select pg_walfile_name(pg_current_wal_lsn())");
-    cluster.sql("select pg_switch_wal()");
-    cluster.wait_archived(&last, Duration::from_secs(60));
+    cluster.archive_current_segment(Duration::from_secs(60));
     cluster.stop();
 
     let (out, data) = restore(
@@ -249,9 +245,7 @@ async fn a_time_on_a_new_timeline_is_restorable() {
     );
     let (time_b, state_b) = phase(&branch, 3);
     branch.sql("insert into t values (-1, 'after')");
-    let last = branch.sql("select pg_walfile_name(pg_current_wal_lsn())");
-    branch.sql("select pg_switch_wal()");
-    branch.wait_archived(&last, Duration::from_secs(60));
+    branch.archive_current_segment(Duration::from_secs(60));
     branch.stop();
 
     let out = pitr.run(["list", "--json"]);

@@ -17,9 +17,7 @@ async fn verify_catches_damage(name: &str, repo: impl FnOnce(&TestDir) -> Repo) 
         cluster.sql("insert into t select g from generate_series(1, 1000) g");
         cluster.sql("select pg_switch_wal()");
     }
-    let last = cluster.sql("select pg_walfile_name(pg_current_wal_lsn())");
-    cluster.sql("select pg_switch_wal()");
-    cluster.wait_archived(&last, Duration::from_secs(60));
+    cluster.archive_current_segment(Duration::from_secs(60));
     cluster.stop();
 
     let verify = |json: bool| {

@@ -500,6 +500,15 @@ impl PgCluster {
         self.data.join("pg_wal").join(name)
     }
 
+    /// Switches to a new WAL segment and waits until the one it closed is archived;
+    /// returns that segment's name.
+    pub fn archive_current_segment(&self, timeout: Duration) -> String {
+        let segment = self.sql("select pg_walfile_name(pg_current_wal_lsn())");
+        self.sql("select pg_switch_wal()");
+        self.wait_archived(&segment, timeout);
+        segment
+    }
+
     /// Waits until `segment` is archived, failing on any failed archive attempt.
     pub fn wait_archived(&self, segment: &str, timeout: Duration) {
         let deadline = Instant::now() + timeout;
