@@ -427,8 +427,10 @@ async fn uninitialised_and_misconfigured_repositories_are_explained() {
     assert!(stderr(&out).contains("pitr --repo"), "{}", stderr(&out));
     assert!(stderr(&out).contains("init"), "{}", stderr(&out));
 
+    let never = dir.path().join("never");
     let out = pitr
-        .command(["archive-get", FIRST, "/tmp/never"])
+        .command(["archive-get", FIRST])
+        .arg(&never)
         .output()
         .unwrap();
     assert_eq!(
@@ -437,6 +439,7 @@ async fn uninitialised_and_misconfigured_repositories_are_explained() {
         "not-initialised must not look like 'not found': {}",
         stderr(&out)
     );
+    assert!(!never.exists());
 
     let out = as_postgres(&pitr.bin)
         .args(["archive-get", FIRST, "x", "--repo", "relative/path"])
