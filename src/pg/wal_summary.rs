@@ -7,11 +7,15 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use serde::{Deserialize, Serialize};
 
 use super::Lsn;
-use super::wal_reader::{EndOfWal, RecordKind, WalDecoder, XactAction, timestamp_to_utc};
+use super::wal_reader::{
+    EndOfWal, RecordCheck, RecordKind, WalDecoder, XactAction, is_target_record, timestamp_to_utc,
+};
 
 /// Unfinished records larger than this are not carried to the next segment (commit and
 /// restore point records are far smaller; full-page images are not carried at all).
 pub const MAX_CARRY: usize = 64 << 10;
+
+const FEED_BYTES: usize = 64 << 10;
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SegmentSummary {
@@ -54,6 +58,7 @@ fn time_text(micros: i64) -> String {
 
 /// Summarises `segment`, which starts at `segment_start`; `carry_in` is the previous
 /// segment's carry, if any, so that a record straddling the boundary is counted here.
+/// Uses `RecordCheck::TargetRecords`: archive-push runs this on every segment.
 pub fn summarize_segment(
     segment: &[u8],
     segment_start: Lsn,
@@ -72,33 +77,38 @@ pub fn summarize_segment(
             bytes,
         ))
     });
-    let mut decoder =
-        resumed.unwrap_or_else(|| WalDecoder::new(segment_start, wal_segment_size, block_size));
-    decoder.feed(segment);
-
+    let mut decoder = resumed
+        .unwrap_or_else(|| WalDecoder::new(segment_start, wal_segment_size, block_size))
+        .checking(RecordCheck::TargetRecords);
     let mut summary = SegmentSummary::default();
     let mut commit_times: Option<(i64, i64)> = None;
     let mut records: Option<(Lsn, Lsn)> = None;
-    while let Some(record) = decoder.next_record() {
-        records = Some((records.map_or(record.lsn, |(first, _)| first), record.end));
-        match record.kind {
-            RecordKind::Xact(xact) => match (xact.action, xact.time) {
-                (XactAction::Commit | XactAction::CommitPrepared, Some(time)) => {
-                    summary.commits += 1;
-                    commit_times = Some(match commit_times {
-                        None => (time, time),
-                        Some((first, last)) => (first.min(time), last.max(time)),
-                    });
+    // A bounded piece at a time, so that decoded records never pile up.
+    for piece in segment.chunks(FEED_BYTES) {
+        decoder.feed(piece);
+        while let Some(record) = decoder.next_record() {
+            records = Some((records.map_or(record.lsn, |(first, _)| first), record.end));
+            match record.kind {
+                RecordKind::Xact(xact) => match (xact.action, xact.time) {
+                    (XactAction::Commit | XactAction::CommitPrepared, Some(time)) => {
+                        summary.commits += 1;
+                        commit_times = Some(match commit_times {
+                            None => (time, time),
+                            Some((first, last)) => (first.min(time), last.max(time)),
+                        });
+                    }
+                    (XactAction::Abort | XactAction::AbortPrepared, _) => summary.aborts += 1,
+                    _ => {}
+                },
+                RecordKind::RestorePoint { name, time } => {
+                    summary.restore_points.push(RestorePoint {
+                        name,
+                        lsn: record.lsn.to_string(),
+                        time: time_text(time),
+                    })
                 }
-                (XactAction::Abort | XactAction::AbortPrepared, _) => summary.aborts += 1,
                 _ => {}
-            },
-            RecordKind::RestorePoint { name, time } => summary.restore_points.push(RestorePoint {
-                name,
-                lsn: record.lsn.to_string(),
-                time: time_text(time),
-            }),
-            _ => {}
+            }
         }
     }
     if let Some((first, end)) = records {
@@ -117,16 +127,10 @@ pub fn summarize_segment(
     });
     summary.carry = decoder
         .unfinished_record()
-        .filter(|(_, bytes)| bytes.len() <= MAX_CARRY && worth_carrying(bytes))
+        .filter(|(_, bytes)| bytes.len() <= MAX_CARRY && is_target_record(bytes))
         .map(|(start, bytes)| Carry {
             record_start: start.to_string(),
             bytes: BASE64.encode(bytes),
         });
     summary
-}
-
-/// Transaction and XLOG records (commits, restore points), or a header too short to tell.
-fn worth_carrying(record: &[u8]) -> bool {
-    const RMID_OFFSET: usize = 17;
-    record.len() <= RMID_OFFSET || record[RMID_OFFSET] <= 1
 }

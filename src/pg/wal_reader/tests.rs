@@ -19,7 +19,7 @@ fn record(rmid: u8, info: u8, xid: u32, main: &[u8]) -> Vec<u8> {
     let mut rec = Vec::new();
     rec.extend_from_slice(&total.to_le_bytes());
     rec.extend_from_slice(&xid.to_le_bytes());
-    rec.extend_from_slice(&0u64.to_le_bytes()); // xl_prev: not checked
+    rec.extend_from_slice(&0u64.to_le_bytes()); // xl_prev: set by write_wal
     rec.extend_from_slice(&[info, rmid, 0, 0]);
     let crc = crc32c::crc32c_append(crc32c::crc32c(&body), &rec[..20]);
     rec.extend_from_slice(&crc.to_le_bytes());
@@ -45,8 +45,23 @@ fn restore_point(name: &str, time: i64) -> Vec<u8> {
     record(RM_XLOG_ID, XLOG_RESTORE_POINT, 0, &main)
 }
 
-/// Lays records out in pages from `start` as PostgreSQL writes them.
+/// The record pointing back at the one before it, its CRC updated.
+fn with_prev_link(rec: &[u8], prev: u64) -> Vec<u8> {
+    let mut rec = rec.to_vec();
+    rec[8..16].copy_from_slice(&prev.to_le_bytes());
+    let crc = crc32c::crc32c_append(crc32c::crc32c(&rec[SIZE_OF_XLOG_RECORD..]), &rec[..20]);
+    rec[20..24].copy_from_slice(&crc.to_le_bytes());
+    rec
+}
+
+/// Lays records out in pages from `start` as PostgreSQL writes them, each pointing back at
+/// the one before.
 fn write_wal(start: u64, records: &[Vec<u8>], pages: usize) -> Vec<u8> {
+    write_wal_after(0, start, records, pages)
+}
+
+/// `write_wal` for WAL that goes on from a record at `prev`.
+fn write_wal_after(prev: u64, start: u64, records: &[Vec<u8>], pages: usize) -> Vec<u8> {
     let mut wal = vec![0u8; pages * BLOCK];
     let header_len = |lsn: u64| {
         if lsn % SEGMENT == 0 {
@@ -79,15 +94,18 @@ fn write_wal(start: u64, records: &[Vec<u8>], pages: usize) -> Vec<u8> {
         write_header(&mut wal, page, 0);
     }
     let mut pos = header_len(start); // offset in `wal`
+    let mut prev = prev;
     for rec in records {
+        if pos % BLOCK == 0 {
+            pos += header_len(start + pos as u64);
+        }
+        let rec = &with_prev_link(rec, prev);
+        prev = start + pos as u64;
         let mut written = 0;
         while written < rec.len() {
             if pos % BLOCK == 0 {
                 let page = pos / BLOCK;
                 write_header(&mut wal, page, rec.len() - written);
-                if written == 0 {
-                    write_header(&mut wal, page, 0);
-                }
                 pos += header_len(start + pos as u64);
             }
             let n = (BLOCK - pos % BLOCK).min(rec.len() - written);
@@ -202,7 +220,8 @@ fn switch_skips_the_rest_of_the_segment_even_if_it_is_raw_zeros() {
     let mut wal = write_wal(start, &[switch], 3);
     // Padding pages as plain zeros, then a new segment with a commit.
     wal[BLOCK..2 * BLOCK].fill(0);
-    let next_segment = write_wal(SEGMENT, &[commit(800, 9_000, 0)], 1);
+    let switch_lsn = start + SIZE_OF_XLOG_SHORT_PHD as u64;
+    let next_segment = write_wal_after(switch_lsn, SEGMENT, &[commit(800, 9_000, 0)], 1);
     wal[2 * BLOCK..].copy_from_slice(&next_segment);
     let (decoded, _) = decode_all(start, &wal, BLOCK);
     assert_eq!(decoded.len(), 2);
@@ -336,5 +355,53 @@ mod fuzz {
             }
             decode_bounded(SEGMENT - 2 * BLOCK as u64, &wal, feed);
         }
+    }
+}
+
+/// A heap-like record of `len` bytes of main data: content the decoder need not keep.
+fn other_record(len: usize) -> Vec<u8> {
+    const RM_HEAP_ID: u8 = 10;
+    record(RM_HEAP_ID, 0, 42, &vec![7u8; len])
+}
+
+#[test]
+fn target_records_mode_finds_the_same_records_without_keeping_others() {
+    let records = vec![
+        other_record(9000), // spans pages
+        commit(700, 1_000, 0),
+        other_record(100),
+        commit(701, 3_000, 4000), // spans pages: kept whole
+        other_record(20_000),
+        restore_point("after", 5_000),
+    ];
+    let wal = write_wal(0, &records, 8);
+    let decode = |check: RecordCheck| {
+        let mut decoder = WalDecoder::new(Lsn(0), SEGMENT, BLOCK).checking(check);
+        decoder.feed(&wal);
+        std::iter::from_fn(|| decoder.next_record()).collect::<Vec<_>>()
+    };
+    let full = decode(RecordCheck::Full);
+    assert_eq!(full.len(), records.len());
+    assert_eq!(decode(RecordCheck::TargetRecords), full);
+}
+
+#[test]
+fn target_records_mode_still_checks_target_records_and_prev_links() {
+    let records = vec![other_record(100), commit(700, 1_000, 0), other_record(100)];
+    let wal = write_wal(0, &records, 1);
+    let commit_at = maxalign(SIZE_OF_XLOG_LONG_PHD + records[0].len());
+    let third_at = maxalign(commit_at + records[1].len());
+    for (at, expected_decoded) in [(commit_at + 30, 1), (third_at + 8, 2)] {
+        let mut broken = wal.clone();
+        broken[at] ^= 1; // the commit's content, then the third record's xl_prev
+        let mut decoder =
+            WalDecoder::new(Lsn(0), SEGMENT, BLOCK).checking(RecordCheck::TargetRecords);
+        decoder.feed(&broken);
+        let decoded = std::iter::from_fn(|| decoder.next_record()).count();
+        assert_eq!(decoded, expected_decoded, "flip at {at}");
+        assert!(matches!(
+            decoder.end_of_wal(),
+            Some(EndOfWal::BadRecord { .. })
+        ));
     }
 }
