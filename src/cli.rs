@@ -120,8 +120,17 @@ pub enum Command {
     ])))]
     Restore {
         /// Directory to restore into: absent or empty (or --force).
-        #[arg(long, env = "PGDATA", value_name = "DIR")]
-        pgdata: PathBuf,
+        #[arg(
+            long,
+            env = "PGDATA",
+            value_name = "DIR",
+            required_unless_present = "dry_run"
+        )]
+        pgdata: Option<PathBuf>,
+        /// Check that the repository holds everything the restore needs and print the plan
+        /// (backup, WAL range, segments, bytes); write nothing.
+        #[arg(long)]
+        dry_run: bool,
         /// Stop at this time: RFC 3339 or 'YYYY-MM-DD HH:MM:SS[.ffffff]+TZ'; a zone is required.
         #[arg(long, value_name = "TIME")]
         target_time: Option<String>,
@@ -170,6 +179,9 @@ pub enum Command {
     },
     /// Read every object and check checksums, WAL continuity and timeline histories.
     Verify {
+        /// Verify only this backup and the WAL from its start on.
+        #[arg(long, value_name = "ID")]
+        backup: Option<String>,
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,

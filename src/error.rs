@@ -10,7 +10,7 @@
 //! | 5 | a stored object is corrupt (checksum mismatch, truncated, undecodable) |
 //! | 6 | storage error: the repository could not be read or written |
 //! | 7 | invalid input: the file given is not what it should be |
-//! | 8 | verify: the repository is incomplete (missing WAL, contradicting history files) |
+//! | 8 | the repository is incomplete: verify found missing WAL or contradicting history files, or a restore's target cannot be reached from it |
 //! | 9 | PostgreSQL could not be reached, or refused what was asked |
 //!
 //! Keep this table, README.md and docs/operations.md in step.
@@ -54,6 +54,9 @@ pub enum Error {
     InvalidInput { path: String, reason: String },
     #[error("{0}")]
     Server(String),
+    /// The archive cannot take a restore where it was asked to go.
+    #[error("{0}")]
+    Unreachable(String),
 }
 
 impl Error {
@@ -67,6 +70,7 @@ impl Error {
             Error::Storage(_) => EXIT_STORAGE,
             Error::InvalidInput { .. } => EXIT_INVALID_INPUT,
             Error::Server(_) => EXIT_SERVER,
+            Error::Unreachable(_) => EXIT_INCOMPLETE,
         }
     }
 

@@ -12,7 +12,7 @@ use pitr::commands::archive_push::{ArchivePushOptions, PushOutcome, archive_push
 use pitr::commands::backup::{BackupOptions, backup};
 use pitr::commands::demo::{DemoOptions, demo};
 use pitr::commands::init::{InitOptions, init};
-use pitr::commands::list::list;
+use pitr::commands::list::{ListOptions, list};
 use pitr::commands::restore::{RestoreOptions, Target, restore};
 use pitr::commands::verify::{VerifyOptions, verify};
 use pitr::config::{RepoConfig, Settings};
@@ -116,6 +116,47 @@ fn terminal_progress() -> std::sync::Arc<dyn pitr::progress::Progress> {
 }
 
 /// The restore_command for a restored cluster: this binary, the same repository settings.
+/// The restore pre-flight's findings: in full for `--dry-run`, in one line otherwise.
+fn print_plan(plan: &pitr::commands::restore_plan::RestorePlan, full: bool) {
+    let range = match (plan.segments.first(), plan.segments.last()) {
+        (Some(first), Some(last)) => format!(
+            "{} to {} ({} segment{})",
+            first.name,
+            last.name,
+            plan.segments.len(),
+            if plan.segments.len() == 1 { "" } else { "s" }
+        ),
+        _ => "none".into(),
+    };
+    if !full {
+        println!(
+            "pre-flight: the repository holds the WAL needed, {range}; recovery stops {}",
+            plan.stops
+        );
+        return;
+    }
+    let backup = &plan.backup;
+    let histories: Vec<String> = plan.histories.iter().map(|h| h.name.to_string()).collect();
+    println!("restore plan");
+    println!(
+        "  backup:    {} (timeline {}, {} to {}, finished {})",
+        backup.id, backup.timeline, backup.start_lsn, backup.stop_lsn, backup.stop_time
+    );
+    println!("  timeline:  {}", plan.timeline);
+    println!("  WAL:       {range}");
+    if !histories.is_empty() {
+        println!("  history:   {}", histories.join(", "));
+    }
+    println!("  stops:     {}", plan.stops);
+    println!(
+        "  bytes:     {} to read ({} of backup objects, {} of WAL); {} restored before replay",
+        backup.stored_bytes + plan.wal_bytes,
+        backup.stored_bytes,
+        plan.wal_bytes,
+        backup.size_bytes
+    );
+}
+
 fn restore_command(settings: &Settings, config: Option<&std::path::Path>) -> String {
     let quote = |arg: &str| {
         if arg
@@ -259,6 +300,7 @@ async fn run(cli: Cli) -> pitr::Result<u8> {
             backup,
             jobs,
             force,
+            dry_run,
             tablespace_map,
         } => {
             let target = if let Some(time) = target_time {
@@ -287,6 +329,7 @@ async fn run(cli: Cli) -> pitr::Result<u8> {
                     })?;
                 map.insert(oid, std::path::PathBuf::from(dir));
             }
+            let pgdata = pgdata.unwrap_or_default();
             let pgdata = std::path::absolute(&pgdata).unwrap_or(pgdata);
             let options = RestoreOptions {
                 pgdata: pgdata.clone(),
@@ -296,11 +339,17 @@ async fn run(cli: Cli) -> pitr::Result<u8> {
                 backup,
                 jobs: jobs.unwrap_or(threads),
                 force,
+                dry_run,
                 tablespace_map: map,
                 restore_command: restore_command(&settings, cli.global.config.as_deref()),
                 progress: terminal_progress(),
             };
             let report = restore(&catalog, &options).await?;
+            print_plan(&report.plan, report.dry_run);
+            if report.dry_run {
+                println!("dry run: nothing was written");
+                return Ok(0);
+            }
             println!(
                 "restored backup {} into {}: {} files, {} bytes in {:.1} s",
                 report.backup.id,
@@ -332,7 +381,7 @@ async fn run(cli: Cli) -> pitr::Result<u8> {
         }
         Command::Demo { .. } => unreachable!("handled above"),
         Command::List { json } => {
-            let report = list(&catalog).await?;
+            let report = list(&catalog, &ListOptions { jobs: 2 * threads }).await?;
             if json {
                 println!(
                     "{}",
@@ -361,11 +410,19 @@ async fn run(cli: Cli) -> pitr::Result<u8> {
                         w.timeline, w.first_segment, w.last_segment
                     );
                 }
+                for w in &report.recovery_window {
+                    println!(
+                        "recovery window timeline {}: {} .. {}",
+                        w.timeline,
+                        w.from,
+                        w.until.as_deref().unwrap_or("(no commit reachable yet)")
+                    );
+                }
             }
         }
-        Command::Verify { json, jobs } => {
+        Command::Verify { backup, json, jobs } => {
             let jobs = jobs.unwrap_or(2 * threads);
-            let report = verify(&catalog, &VerifyOptions { jobs }).await?;
+            let report = verify(&catalog, &VerifyOptions { jobs, backup }).await?;
             if json {
                 println!(
                     "{}",
@@ -374,6 +431,18 @@ async fn run(cli: Cli) -> pitr::Result<u8> {
             } else {
                 for problem in &report.problems {
                     println!("{problem}");
+                }
+                for id in &report.interrupted_backups {
+                    println!(
+                        "note: backup {id} was interrupted before it finished; its objects are \
+                         leftovers, not a restorable backup"
+                    );
+                }
+                if report.indexed_segments > 0 {
+                    println!(
+                        "indexed {} segments that had no WAL index entry",
+                        report.indexed_segments
+                    );
                 }
                 println!(
                     "verified {} objects ({} bytes stored) in {:.1} s: {}",

@@ -11,26 +11,6 @@ use common::*;
 const TABLE_STATE: &str = "select count(*) || ':' || coalesce(md5(string_agg(id || ':' || v, ',' \
                            order by id)), '') from t";
 
-fn backup(pitr: &Pitr, cluster: &PgCluster) -> String {
-    let out = pitr.run([
-        "backup".to_owned(),
-        "--pgdata".to_owned(),
-        cluster.data.display().to_string(),
-        "--dbname".to_owned(),
-        format!(
-            "host={} port={} user=postgres",
-            cluster.socket_dir.display(),
-            cluster.port
-        ),
-    ]);
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .nth(1)
-        .unwrap()
-        .to_owned()
-}
-
 /// A phase of writes; returns (the time after it committed, the table's state then).
 fn phase(cluster: &PgCluster, n: u32) -> (String, String) {
     cluster.sql(&format!(
@@ -68,12 +48,12 @@ async fn restore_to_each_phase(name: &str, repo: impl FnOnce(&TestDir) -> Repo) 
     let (pitr, mut cluster) = archiving_cluster(&dir, &repo, "");
     cluster.sql("create table t (id int primary key, v text)");
     let (before_any_backup, _) = phase(&cluster, 1);
-    let first = backup(&pitr, &cluster);
+    let first = pitr.backup(&cluster);
     let mut phases = vec![
         (phase(&cluster, 2), first.clone()),
         (phase(&cluster, 3), first.clone()),
     ];
-    let second = backup(&pitr, &cluster);
+    let second = pitr.backup(&cluster);
     phases.push((phase(&cluster, 4), second.clone()));
     phases.push((phase(&cluster, 5), second.clone()));
     // Recovery stops at the first commit after the target: make sure there is one.
@@ -146,7 +126,7 @@ async fn tablespaces_restore_in_place_and_remapped() {
     // Over 32 MiB, so that the file is restored from parts.
     cluster.sql("insert into far select g, md5(g::text) from generate_series(1, 600000) g");
     let expected = cluster.sql("select count(*) || md5(string_agg(v, ',' order by id)) from far");
-    backup(&pitr, &cluster);
+    pitr.backup(&cluster);
     let oid = cluster.sql("select oid from pg_tablespace where spcname = 'extra'");
     cluster.sql("select pg_switch_wal()");
     cluster.stop();
@@ -222,7 +202,7 @@ async fn a_time_on_a_new_timeline_is_restorable() {
     let repo = Repo::local(&dir);
     let (pitr, mut cluster) = archiving_cluster(&dir, &repo, "");
     cluster.sql("create table t (id int primary key, v text)");
-    backup(&pitr, &cluster);
+    pitr.backup(&cluster);
     let (time_a, _) = phase(&cluster, 1);
     phase(&cluster, 2); // on timeline 1 only: the branch leaves it behind
     cluster.archive_current_segment(Duration::from_secs(60));

@@ -5,10 +5,12 @@
 //! backup/<id>/manifest.json    written last, create-only: a backup exists once this does
 //! ```
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use super::{Catalog, CatalogError};
-use crate::storage::{PutMode, PutPayload, StorageError, read_all};
+use crate::storage::{ObjectMeta, PutMode, PutPayload, StorageError, read_all};
 
 pub const BACKUP_PREFIX: &str = "backup/";
 pub const MANIFEST_FORMAT: u32 = 1;
@@ -123,5 +125,44 @@ impl Catalog {
         }
         manifests.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(manifests)
+    }
+}
+
+/// What `backup/<id>/` holds, manifest or not (a backup interrupted, or a manifest lost).
+#[derive(Clone, Debug, Default)]
+pub struct BackupObjects {
+    pub manifest: Option<ObjectMeta>,
+    pub data: Vec<ObjectMeta>,
+}
+
+impl Catalog {
+    /// Every backup directory's objects, by backup id.
+    pub async fn backup_objects(&self) -> Result<BTreeMap<String, BackupObjects>, CatalogError> {
+        let mut backups: BTreeMap<String, BackupObjects> = BTreeMap::new();
+        for meta in self.storage().list(BACKUP_PREFIX).await? {
+            let Some((id, rest)) = meta
+                .key
+                .strip_prefix(BACKUP_PREFIX)
+                .and_then(|rest| rest.split_once('/'))
+            else {
+                continue;
+            };
+            let entry = backups.entry(id.to_owned()).or_default();
+            if rest == "manifest.json" {
+                entry.manifest = Some(meta);
+            } else if rest.starts_with("data/") {
+                entry.data.push(meta);
+            }
+        }
+        Ok(backups)
+    }
+
+    /// One backup's manifest.
+    pub async fn manifest(&self, id: &str) -> Result<BackupManifest, CatalogError> {
+        let bytes = read_all(&**self.storage(), &manifest_key(id)).await?;
+        serde_json::from_slice(&bytes).map_err(|e| CatalogError::CorruptManifest {
+            id: id.to_owned(),
+            reason: e.to_string(),
+        })
     }
 }

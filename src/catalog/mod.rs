@@ -6,10 +6,13 @@
 //! wal/<TLI><LOG>/<segment>.partial.lz4              partial segments written at promotion
 //! wal/<TLI><LOG>/<segment>.<offset>.backup.lz4      backup history files
 //! wal/history/<TLI>.history.lz4                     timeline history files
+//! wal/.../<name>.summary.json                       the WAL index (see `wal_index`)
 //! ```
 //! Every `.lz4` object is in the codec's format (LZ4 frames and a checksummed trailer).
 
 pub mod backup;
+pub mod wal_archive;
+pub mod wal_index;
 
 use std::sync::Arc;
 

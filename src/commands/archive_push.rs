@@ -3,6 +3,9 @@
 //! Exit 0 means the file is durable in the repository. A file that is already archived with
 //! identical content succeeds again (PostgreSQL retries after a crash); one with different
 //! content is a conflict and the stored copy is never replaced.
+//!
+//! Beside each segment it stores the segment's summary (the WAL index: commit times, record
+//! range, restore points), and beside each history file its switch points.
 
 use std::fs::File;
 use std::io::BufReader;
@@ -13,8 +16,10 @@ use std::time::{Duration, Instant};
 use crate::catalog::{Catalog, RepositoryIdentity, wal_key};
 use crate::codec::{self, CodecError, CompareWriter, EncodeSummary};
 use crate::error::{Error, Result};
+use crate::pg::timeline::parse_history;
 use crate::pg::wal_page::SIZE_OF_XLOG_LONG_PHD;
-use crate::pg::{WalFileName, WalLongPageHeader, wal_name};
+use crate::pg::wal_summary::{SegmentSummary, summarize_segment};
+use crate::pg::{Lsn, WalFileKind, WalFileName, WalLongPageHeader, wal_name};
 use crate::storage::{PutMode, PutPayload, StorageError};
 
 use super::blocking;
@@ -60,7 +65,7 @@ pub async fn archive_push(
     };
     let threads = options.threads;
     let source = path.clone();
-    let (staged, encoded) = blocking(move || {
+    let encode = blocking(move || {
         std::fs::create_dir_all(&staging_dir)
             .map_err(|e| StorageError::io("create", staging_dir.display(), e))?;
         let staged = tempfile::Builder::new()
@@ -71,8 +76,11 @@ pub async fn archive_push(
         let encoded = codec::encode(&input, staged.as_file(), threads)
             .map_err(|e| Error::invalid_input(source.display(), e))?;
         Ok((staged, encoded))
-    })
-    .await?;
+    });
+    // The previous segment's summary (read while compressing) completes a record that
+    // straddles the boundary.
+    let (encoded, previous) = tokio::join!(encode, previous_summary(catalog, &name, &identity));
+    let (staged, encoded) = encoded?;
     tracing::debug!("encoded after {:?}", started.elapsed());
 
     let key = wal_key(&name);
@@ -90,14 +98,87 @@ pub async fn archive_push(
         }
         Err(e) => return Err(e.into()),
     };
-    tracing::debug!("stored after {:?}", started.elapsed());
     drop(staged);
+    index(catalog, &name, &path, &identity, previous).await?;
+    tracing::debug!("stored and indexed after {:?}", started.elapsed());
     Ok(ArchivePushReport {
         name: name.to_string(),
         outcome,
         encoded,
         elapsed: started.elapsed(),
     })
+}
+
+/// The summary of the segment before `name` on its timeline, if it has one. Errors only
+/// cost the straddling record, so they are logged, not raised.
+async fn previous_summary(
+    catalog: &Catalog,
+    name: &WalFileName,
+    identity: &RepositoryIdentity,
+) -> Option<SegmentSummary> {
+    let segno = name
+        .segment_number(identity.wal_segment_size)?
+        .checked_sub(1)?;
+    let previous = WalFileName::parse(&wal_name::xlog_file_name(
+        name.timeline(),
+        segno,
+        identity.wal_segment_size,
+    ))
+    .ok()?;
+    match catalog.segment_summary(&previous).await {
+        Ok(summary) => summary,
+        Err(e) => {
+            tracing::warn!("cannot read the summary of {previous}: {e}");
+            None
+        }
+    }
+}
+
+/// Stores the WAL index entry of an archived segment or history file. Runs also when the
+/// file was already archived, so that a retry completes an index that a crash left out.
+async fn index(
+    catalog: &Catalog,
+    name: &WalFileName,
+    path: &Path,
+    identity: &RepositoryIdentity,
+    previous: Option<SegmentSummary>,
+) -> Result<()> {
+    let invalid = |e: std::io::Error| Error::invalid_input(path.display(), e);
+    match name.kind() {
+        WalFileKind::Segment | WalFileKind::Partial => {
+            let segno = name
+                .segment_number(identity.wal_segment_size)
+                .expect("segments have segment numbers");
+            let start = Lsn(segno * identity.wal_segment_size);
+            let (segment_size, block_size) =
+                (identity.wal_segment_size, identity.wal_block_size as usize);
+            let path = path.to_owned();
+            let summary = blocking(move || {
+                let invalid = |e: std::io::Error| Error::invalid_input(path.display(), e);
+                let file = File::open(&path).map_err(invalid)?;
+                // SAFETY: PostgreSQL does not modify a segment while archiving it.
+                let wal = unsafe { memmap2::Mmap::map(&file) }.map_err(invalid)?;
+                let carry = previous.as_ref().and_then(|p| p.carry.as_ref());
+                Ok(summarize_segment(
+                    &wal,
+                    start,
+                    segment_size,
+                    block_size,
+                    carry,
+                ))
+            })
+            .await?;
+            catalog.put_segment_summary(name, &summary).await?;
+        }
+        WalFileKind::History => {
+            let text = std::fs::read_to_string(path).map_err(invalid)?;
+            let entries =
+                parse_history(&text).map_err(|e| Error::invalid_input(path.display(), e))?;
+            catalog.put_history_summary(name, &entries).await?;
+        }
+        WalFileKind::BackupHistory => {}
+    }
+    Ok(())
 }
 
 fn file_name_of(path: &Path) -> Result<WalFileName> {

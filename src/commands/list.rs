@@ -1,18 +1,22 @@
-//! `pitr list`: the backups in the repository and the WAL held per timeline.
+//! `pitr list`: the backups in the repository, the WAL held per timeline, and the recovery
+//! window of each timeline: from the earliest backup's end to the last commit reachable
+//! without a gap in the WAL.
 
-use std::collections::BTreeMap;
-
+use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use crate::catalog::{Catalog, wal_name_of_key};
+use crate::catalog::Catalog;
+use crate::catalog::backup::BackupManifest;
 use crate::error::Result;
-use crate::pg::WalFileKind;
+
+use super::wal_reach::{ArchiveView, backup_lsns, path_holds_backup, rfc3339, utc};
 
 /// The JSON shape scripts read: keep it stable.
 #[derive(Debug, Serialize)]
 pub struct ListReport {
     pub backups: Vec<BackupEntry>,
     pub wal: Vec<WalRange>,
+    pub recovery_window: Vec<RecoveryWindow>,
 }
 
 #[derive(Debug, Serialize)]
@@ -34,11 +38,28 @@ pub struct WalRange {
     pub last_segment: String,
 }
 
-pub async fn list(catalog: &Catalog) -> Result<ListReport> {
-    catalog.identity().await?;
-    let backups = catalog
-        .backups()
-        .await?
+/// Times a restore can target on one timeline, RFC 3339 UTC.
+#[derive(Debug, Serialize)]
+pub struct RecoveryWindow {
+    pub timeline: u32,
+    /// When the earliest backup usable on this timeline finished.
+    pub from: String,
+    /// The last commit reachable from a backup without a gap; none if no commit is.
+    pub until: Option<String>,
+}
+
+#[derive(Clone, Debug)]
+pub struct ListOptions {
+    /// Objects read at once when summaries are read or segments indexed.
+    pub jobs: usize,
+}
+
+pub async fn list(catalog: &Catalog, options: &ListOptions) -> Result<ListReport> {
+    let identity = catalog.identity().await?;
+    let manifests = catalog.backups().await?;
+    let mut view = ArchiveView::load(catalog, &identity).await?;
+    let recovery_window = recovery_windows(catalog, &mut view, &manifests, options.jobs).await?;
+    let backups = manifests
         .into_iter()
         .map(|m| BackupEntry {
             id: m.id,
@@ -51,36 +72,82 @@ pub async fn list(catalog: &Catalog) -> Result<ListReport> {
             stored_bytes: m.stored_bytes,
         })
         .collect();
-    let mut ranges: BTreeMap<u32, (String, String)> = BTreeMap::new();
-    for meta in catalog.storage().list("wal/").await? {
-        let Some(name) = wal_name_of_key(&meta.key) else {
-            continue;
-        };
-        if !matches!(name.kind(), WalFileKind::Segment | WalFileKind::Partial) {
-            continue;
-        }
-        let segment = name.segment_name().expect("segments have one").to_owned();
-        ranges
-            .entry(name.timeline())
-            .and_modify(|(first, last)| {
-                if segment < *first {
-                    first.clone_from(&segment);
-                }
-                if segment > *last {
-                    last.clone_from(&segment);
-                }
-            })
-            .or_insert_with(|| (segment.clone(), segment));
-    }
-    Ok(ListReport {
-        backups,
-        wal: ranges
-            .into_iter()
-            .map(|(timeline, (first_segment, last_segment))| WalRange {
+    let mut wal = Vec::new();
+    for timeline in view.listing.timelines() {
+        let segments = view
+            .listing
+            .segments
+            .range((timeline, 0)..=(timeline, u64::MAX))
+            .chain(
+                view.listing
+                    .partials
+                    .range((timeline, 0)..=(timeline, u64::MAX)),
+            )
+            .filter_map(|(_, f)| f.name.segment_name().map(str::to_owned));
+        let (first, last) = segments.fold((None::<String>, None::<String>), |(lo, hi), s| {
+            (
+                Some(lo.map_or(s.clone(), |lo| lo.min(s.clone()))),
+                Some(hi.map_or(s.clone(), |hi| hi.max(s))),
+            )
+        });
+        if let (Some(first_segment), Some(last_segment)) = (first, last) {
+            wal.push(WalRange {
                 timeline,
                 first_segment,
                 last_segment,
-            })
-            .collect(),
+            });
+        }
+    }
+    Ok(ListReport {
+        backups,
+        wal,
+        recovery_window,
     })
+}
+
+/// Per timeline: from the earliest usable backup's stop time to the latest commit that
+/// recovery from some backup reaches before a missing segment.
+async fn recovery_windows(
+    catalog: &Catalog,
+    view: &mut ArchiveView,
+    backups: &[BackupManifest],
+    jobs: usize,
+) -> Result<Vec<RecoveryWindow>> {
+    let mut windows = Vec::new();
+    for timeline in view.listing.timelines() {
+        let Ok(path) = view.path(timeline) else {
+            continue; // no history file: verify reports it
+        };
+        let mut from: Option<DateTime<Utc>> = None;
+        let mut until: Option<DateTime<Utc>> = None;
+        for backup in backups {
+            let (start, stop) = backup_lsns(backup)?;
+            if !path_holds_backup(&path, backup, start) {
+                continue;
+            }
+            let walk = view.walk(&path, start);
+            let reaches_stop = walk
+                .files
+                .last()
+                .is_some_and(|f| view.segment_number(f) >= stop.segment_number(view.segment_size));
+            if !reaches_stop {
+                continue;
+            }
+            view.summarise(catalog, &walk.files, jobs, false).await?;
+            let stop_time = utc(&backup.stop_time);
+            from = match (from, stop_time) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            until = until.max(view.last_commit(&walk.files));
+        }
+        if let Some(from) = from {
+            windows.push(RecoveryWindow {
+                timeline,
+                from: rfc3339(from),
+                until: until.map(rfc3339),
+            });
+        }
+    }
+    Ok(windows)
 }

@@ -8,7 +8,9 @@ pub mod demo;
 pub mod init;
 pub mod list;
 pub mod restore;
+pub mod restore_plan;
 pub mod verify;
+pub mod wal_reach;
 
 /// Runs CPU- and file-bound work off the async runtime.
 pub(crate) async fn blocking<T: Send + 'static>(

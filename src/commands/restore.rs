@@ -21,6 +21,8 @@ use crate::pg::recovery_target::postgres_time;
 use crate::storage::Storage;
 
 use super::blocking;
+use super::restore_plan::{RestorePlan, choose_backup_for_name, plan_restore};
+use super::wal_reach::ArchiveView;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Target {
@@ -44,6 +46,8 @@ pub struct RestoreOptions {
     pub backup: Option<String>,
     pub jobs: usize,
     pub force: bool,
+    /// Check and print the plan; write nothing.
+    pub dry_run: bool,
     pub tablespace_map: HashMap<u32, PathBuf>,
     /// The `restore_command` to write, with `%f %p` at its end.
     pub restore_command: String,
@@ -53,6 +57,9 @@ pub struct RestoreOptions {
 #[derive(Debug)]
 pub struct RestoreReport {
     pub backup: BackupManifest,
+    pub plan: RestorePlan,
+    /// Nothing was written (`--dry-run`).
+    pub dry_run: bool,
     pub files: usize,
     pub bytes: u64,
     pub elapsed: Duration,
@@ -100,17 +107,55 @@ pub fn choose_backup<'a>(
 
 pub async fn restore(catalog: &Catalog, options: &RestoreOptions) -> Result<RestoreReport> {
     let started = Instant::now();
-    catalog.identity().await?;
+    let identity = catalog.identity().await?;
     let backups = catalog.backups().await?;
-    let backup = match &options.backup {
-        Some(id) => backups.iter().find(|b| &b.id == id).ok_or_else(|| {
-            Error::Config(format!(
-                "no backup {id} in the repository (see `pitr list`)"
-            ))
-        })?,
-        None => choose_backup(&backups, &options.target)?,
+    let mut view = ArchiveView::load(catalog, &identity).await?;
+    let timeline = options.target_timeline.as_deref();
+    // The pre-flight: everything recovery needs is in the repository, or nothing is written.
+    let plan = match (&options.backup, &options.target) {
+        (Some(id), _) => {
+            let backup = backups.iter().find(|b| &b.id == id).ok_or_else(|| {
+                Error::Config(format!(
+                    "no backup {id} in the repository (see `pitr list`)"
+                ))
+            })?;
+            plan_restore(
+                catalog,
+                &mut view,
+                backup,
+                &options.target,
+                timeline,
+                options.jobs,
+            )
+            .await?
+        }
+        (None, Target::Name(_)) => {
+            choose_backup_for_name(
+                catalog,
+                &mut view,
+                &backups,
+                &options.target,
+                timeline,
+                options.jobs,
+            )
+            .await?
+        }
+        (None, target) => {
+            let backup = choose_backup(&backups, target)?;
+            plan_restore(catalog, &mut view, backup, target, timeline, options.jobs).await?
+        }
+    };
+    let backup = plan.backup.clone();
+    if options.dry_run {
+        return Ok(RestoreReport {
+            backup,
+            plan,
+            dry_run: true,
+            files: 0,
+            bytes: 0,
+            elapsed: started.elapsed(),
+        });
     }
-    .clone();
     prepare_directory(&options.pgdata, options.force)?;
     let result = write_backup(catalog, &backup, options).await;
     if result.is_err() {
@@ -120,6 +165,8 @@ pub async fn restore(catalog: &Catalog, options: &RestoreOptions) -> Result<Rest
     let (files, bytes) = result?;
     Ok(RestoreReport {
         backup,
+        plan,
+        dry_run: false,
         files,
         bytes,
         elapsed: started.elapsed(),

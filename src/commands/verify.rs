@@ -1,8 +1,11 @@
 //! `pitr verify`: reads every object of the repository and proves it intact.
 //!
-//! Every WAL object is decoded with bounded parallelism and both of its checksums are checked;
-//! then the WAL of each timeline is checked for gaps (also the parent timeline up to each
-//! switch point), and timeline history files for contradictions.
+//! Every WAL object and every object of every backup is decoded with bounded parallelism and
+//! both of its checksums are checked; manifests are read and the objects they name must
+//! exist. Then the WAL of each timeline is checked for gaps from the oldest backup's start
+//! (also the parent timeline up to each switch point), each backup's own WAL range for
+//! completeness, timeline history files for contradictions, and backups for a lost manifest.
+//! Segments without a WAL index entry (archived by an older pitr) are indexed on the way.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -11,20 +14,25 @@ use std::time::Instant;
 use futures_util::{StreamExt, stream};
 use serde::Serialize;
 
-use crate::catalog::{Catalog, wal_name_of_key};
+use crate::catalog::backup::{BackupManifest, backup_object_key, manifest_key};
+use crate::catalog::wal_archive::ArchivedFile;
+use crate::catalog::{Catalog, RepositoryIdentity};
 use crate::codec::{self, CodecError};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::pg::timeline::{HistoryEntry, parse_history};
 use crate::pg::wal_name::xlog_file_name;
-use crate::pg::{WalFileKind, WalFileName};
-use crate::storage::ObjectMeta;
+use crate::pg::{Lsn, WalFileKind, WalFileName};
+use crate::storage::Storage;
 
 use super::blocking;
+use super::wal_reach::ArchiveView;
 
 #[derive(Clone, Debug)]
 pub struct VerifyOptions {
     /// Objects read at once.
     pub jobs: usize,
+    /// Only this backup, and the WAL from its start on.
+    pub backup: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -45,6 +53,12 @@ pub enum Problem {
     MissingHistory { timeline: u32 },
     /// A history file that is invalid or contradicts its parent's.
     BadHistory { key: String, reason: String },
+    /// A backup whose WAL from start to stop is not all archived: it cannot become consistent.
+    BackupWalIncomplete { backup: String, missing: String },
+    /// An object a backup's manifest names is not in the repository.
+    MissingBackupObject { backup: String, key: String },
+    /// A backup that finished (its backup history file is archived) but has no manifest.
+    MissingManifest { backup: String },
 }
 
 impl Problem {
@@ -73,6 +87,20 @@ impl fmt::Display for Problem {
                 "timeline {timeline} has WAL but no history file {timeline:08X}.history"
             ),
             Problem::BadHistory { key, reason } => write!(f, "history: {key}: {reason}"),
+            Problem::BackupWalIncomplete { backup, missing } => write!(
+                f,
+                "backup {backup} cannot be restored: WAL segment {missing} of its range is missing"
+            ),
+            Problem::MissingBackupObject { backup, key } => write!(
+                f,
+                "backup {backup} cannot be restored: its object {key} is missing"
+            ),
+            Problem::MissingManifest { backup } => write!(
+                f,
+                "backup {backup} finished (its backup history file is archived) but its manifest \
+                 {} is missing: it cannot be restored",
+                manifest_key(backup)
+            ),
         }
     }
 }
@@ -84,6 +112,10 @@ pub struct VerifyReport {
     pub bytes: u64,
     pub seconds: f64,
     pub problems: Vec<Problem>,
+    /// Backups that never finished: their leftover objects are not a problem.
+    pub interrupted_backups: Vec<String>,
+    /// Segments indexed now because they had no WAL index entry.
+    pub indexed_segments: u64,
 }
 
 impl VerifyReport {
@@ -96,72 +128,274 @@ impl VerifyReport {
 /// What reading one object showed.
 enum Checked {
     Intact,
-    History(String),
+    /// The decoded text of a history or backup history file.
+    Text(String),
     Problem(Problem),
+}
+
+/// An object to read.
+struct Job {
+    key: String,
+    size: u64,
+    /// Decoded text is kept for history and backup history files.
+    keep_text: bool,
+    wal: Option<WalFileName>,
 }
 
 pub async fn verify(catalog: &Catalog, options: &VerifyOptions) -> Result<VerifyReport> {
     let started = Instant::now();
     let identity = catalog.identity().await?;
-    let storage = catalog.storage().clone();
-    let wal: Vec<(WalFileName, ObjectMeta)> = storage
-        .list("wal/")
-        .await?
-        .into_iter()
-        .filter_map(|meta| wal_name_of_key(&meta.key).map(|name| (name, meta)))
+    let segment_size = identity.wal_segment_size;
+    let listing = catalog.wal_listing(segment_size).await?;
+    let mut backup_dirs = catalog.backup_objects().await?;
+    if let Some(id) = &options.backup {
+        if !backup_dirs.get(id).is_some_and(|b| b.manifest.is_some()) {
+            return Err(Error::Config(format!(
+                "no backup {id} in the repository (see `pitr list`)"
+            )));
+        }
+        backup_dirs.retain(|dir_id, _| dir_id == id);
+    }
+
+    let mut problems = Vec::new();
+    let mut manifests: Vec<BackupManifest> = Vec::new();
+    for (id, objects) in &backup_dirs {
+        if objects.manifest.is_none() {
+            continue;
+        }
+        match catalog.manifest(id).await {
+            Ok(manifest) => manifests.push(manifest),
+            Err(e) => problems.push(Problem::Corrupt {
+                key: manifest_key(id),
+                reason: e.to_string(),
+            }),
+        }
+    }
+    // WAL before the oldest backup (or the chosen one) serves no restore.
+    let floor = manifests
+        .iter()
+        .filter_map(|m| m.start_lsn.parse::<Lsn>().ok())
+        .map(|lsn| lsn.segment_number(segment_size))
+        .min();
+    let wal_files: Vec<&ArchivedFile> = listing
+        .files()
+        .filter(|f| match (options.backup.is_some(), floor) {
+            (true, Some(floor)) => f
+                .name
+                .segment_number(segment_size)
+                .is_none_or(|s| s >= floor),
+            _ => true,
+        })
         .collect();
 
-    let checked: Vec<(WalFileName, Checked)> = stream::iter(wal.iter().cloned())
-        .map(|(name, meta)| {
+    let mut jobs: Vec<Job> = wal_files
+        .iter()
+        .map(|f| Job {
+            key: f.key.clone(),
+            size: f.size,
+            keep_text: matches!(
+                f.name.kind(),
+                WalFileKind::History | WalFileKind::BackupHistory
+            ),
+            wal: Some(f.name.clone()),
+        })
+        .collect();
+    for manifest in &manifests {
+        let objects = &backup_dirs[&manifest.id];
+        let stored: BTreeSet<&str> = objects.data.iter().map(|m| m.key.as_str()).collect();
+        let named: BTreeSet<String> = manifest
+            .files
+            .iter()
+            .map(|f| backup_object_key(&manifest.id, f.object))
+            .collect();
+        for key in named.iter().filter(|k| !stored.contains(k.as_str())) {
+            problems.push(Problem::MissingBackupObject {
+                backup: manifest.id.clone(),
+                key: key.clone(),
+            });
+        }
+        jobs.extend(objects.data.iter().map(|meta| Job {
+            key: meta.key.clone(),
+            size: meta.size,
+            keep_text: false,
+            wal: None,
+        }));
+    }
+    let objects = jobs.len() as u64 + manifests.len() as u64;
+    let bytes = jobs.iter().map(|j| j.size).sum::<u64>()
+        + backup_dirs
+            .values()
+            .filter_map(|b| b.manifest.as_ref())
+            .map(|m| m.size)
+            .sum::<u64>();
+
+    let storage = catalog.storage().clone();
+    let checked: Vec<(Job, Checked)> = stream::iter(jobs)
+        .map(|job| {
             let storage = storage.clone();
             async move {
-                let checked = check_object(&*storage, &name, &meta.key).await;
-                (name, checked)
+                let checked = check_object(&*storage, &job.key, job.keep_text).await;
+                (job, checked)
             }
         })
         .buffer_unordered(options.jobs.max(1))
         .collect()
         .await;
 
-    let mut problems = Vec::new();
     let mut histories = BTreeMap::new();
-    for (name, checked) in checked {
-        match checked {
-            Checked::Intact => {}
-            Checked::History(text) => match parse_history(&text) {
-                Ok(entries) => {
-                    histories.insert(name.timeline(), entries);
+    let mut backup_history_texts = Vec::new();
+    let mut damaged = BTreeSet::new();
+    for (job, checked) in checked {
+        match (checked, job.wal) {
+            (Checked::Intact, _) => {}
+            (Checked::Text(text), Some(name)) if name.kind() == WalFileKind::History => {
+                match parse_history(&text) {
+                    Ok(entries) => {
+                        histories.insert(name.timeline(), entries);
+                    }
+                    Err(reason) => problems.push(Problem::BadHistory {
+                        key: job.key,
+                        reason,
+                    }),
                 }
-                Err(reason) => problems.push(Problem::BadHistory {
-                    key: name.to_string(),
-                    reason,
-                }),
-            },
-            Checked::Problem(problem) => problems.push(problem),
+            }
+            (Checked::Text(text), _) => backup_history_texts.push(text),
+            (Checked::Problem(problem), name) => {
+                damaged.extend(name);
+                problems.push(problem);
+            }
         }
     }
     problems.sort_by_key(|p| p.to_string());
     problems.extend(history_problems(&histories));
+    let floors = backup_floors(&manifests, segment_size);
     problems.extend(wal_gaps(
-        wal.iter().map(|(name, _)| name),
+        wal_files.iter().map(|f| &f.name),
         &histories,
-        identity.wal_segment_size,
+        segment_size,
+        &floors,
     ));
+
+    let mut view = ArchiveView::new(&identity, listing.clone(), histories);
+    problems.extend(backup_wal_problems(&view, &manifests));
+    let mut interrupted_backups = Vec::new();
+    for (id, objects) in &backup_dirs {
+        if objects.manifest.is_some() {
+            continue;
+        }
+        let label = format!("LABEL: pitr backup {id}");
+        if backup_history_texts
+            .iter()
+            .any(|t| t.lines().any(|l| l.trim() == label))
+        {
+            problems.push(Problem::MissingManifest { backup: id.clone() });
+        } else {
+            interrupted_backups.push(id.clone());
+        }
+    }
+    let indexed_segments = index_missing(catalog, &mut view, &identity, &damaged, options).await?;
 
     Ok(VerifyReport {
         ok: problems.is_empty(),
-        objects: wal.len() as u64,
-        bytes: wal.iter().map(|(_, meta)| meta.size).sum(),
+        objects,
+        bytes,
         seconds: started.elapsed().as_secs_f64(),
         problems,
+        interrupted_backups,
+        indexed_segments,
     })
 }
 
-async fn check_object(
-    storage: &dyn crate::storage::Storage,
-    name: &WalFileName,
-    key: &str,
-) -> Checked {
+/// Per timeline, the first segment a backup on it needs: gaps before it do not matter.
+fn backup_floors(manifests: &[BackupManifest], segment_size: u64) -> BTreeMap<u32, u64> {
+    let mut floors: BTreeMap<u32, u64> = BTreeMap::new();
+    for manifest in manifests {
+        if let Ok(start) = manifest.start_lsn.parse::<Lsn>() {
+            let segno = start.segment_number(segment_size);
+            floors
+                .entry(manifest.timeline)
+                .and_modify(|f| *f = (*f).min(segno))
+                .or_insert(segno);
+        }
+    }
+    floors
+}
+
+/// Backups whose WAL from start to stop is not all in the repository.
+fn backup_wal_problems(view: &ArchiveView, manifests: &[BackupManifest]) -> Vec<Problem> {
+    let mut problems = Vec::new();
+    for manifest in manifests {
+        let (Ok(start), Ok(stop)) = (
+            manifest.start_lsn.parse::<Lsn>(),
+            manifest.stop_lsn.parse::<Lsn>(),
+        ) else {
+            continue;
+        };
+        let Ok(path) = view.path(manifest.timeline) else {
+            continue; // reported as a missing history file
+        };
+        let walk = view.walk(&path, start);
+        let reached = walk
+            .files
+            .last()
+            .is_some_and(|f| view.segment_number(f) >= stop.segment_number(view.segment_size));
+        if !reached {
+            problems.push(Problem::BackupWalIncomplete {
+                backup: manifest.id.clone(),
+                missing: walk.missing,
+            });
+        }
+    }
+    problems
+}
+
+/// Indexes (and stores the summaries of) intact segments that have no WAL index entry, run
+/// by run in order so that records straddling two segments are carried over.
+async fn index_missing(
+    catalog: &Catalog,
+    view: &mut ArchiveView,
+    identity: &RepositoryIdentity,
+    damaged: &BTreeSet<WalFileName>,
+    options: &VerifyOptions,
+) -> Result<u64> {
+    let segments: Vec<ArchivedFile> = view
+        .listing
+        .segments
+        .values()
+        .chain(view.listing.partials.values())
+        .filter(|f| !damaged.contains(&f.name))
+        .cloned()
+        .collect();
+    let consecutive = |a: &ArchivedFile, b: &ArchivedFile| {
+        let segno = |f: &ArchivedFile| f.name.segment_number(identity.wal_segment_size);
+        a.name.timeline() == b.name.timeline() && segno(a).map(|s| s + 1) == segno(b)
+    };
+    let mut indexed = 0;
+    let mut run: Vec<ArchivedFile> = Vec::new();
+    let mut previous: Option<&ArchivedFile> = None;
+    for file in &segments {
+        let follows = previous.is_some_and(|p| consecutive(p, file));
+        let summarised = view.listing.summarised.contains(&file.name);
+        if !run.is_empty() && (summarised || !follows) {
+            view.summarise(catalog, &std::mem::take(&mut run), options.jobs, true)
+                .await?;
+        }
+        if !summarised {
+            if let Some(previous) = previous.filter(|_| run.is_empty() && follows) {
+                run.push(previous.clone()); // its carry completes this one's first record
+            }
+            run.push(file.clone());
+            indexed += 1;
+        }
+        previous = Some(file);
+    }
+    if !run.is_empty() {
+        view.summarise(catalog, &run, options.jobs, true).await?;
+    }
+    Ok(indexed)
+}
+
+async fn check_object(storage: &dyn Storage, key: &str, keep_text: bool) -> Checked {
     let unreadable = |reason: String| {
         Checked::Problem(Problem::Unreadable {
             key: key.to_owned(),
@@ -172,17 +406,16 @@ async fn check_object(
         Ok(body) => body,
         Err(e) => return unreadable(e.to_string()),
     };
-    let is_history = name.kind() == WalFileKind::History;
     let key = key.to_owned();
     let result = blocking(move || {
         let mut content = Vec::new();
-        let decoded = if is_history {
+        let decoded = if keep_text {
             codec::decode(body.into_blocking_reader(), &mut content)
         } else {
             codec::decode(body.into_blocking_reader(), std::io::sink())
         };
         Ok(match decoded {
-            Ok(_) if is_history => Checked::History(String::from_utf8_lossy(&content).into()),
+            Ok(_) if keep_text => Checked::Text(String::from_utf8_lossy(&content).into()),
             Ok(_) => Checked::Intact,
             Err(CodecError::Corrupt(reason)) => Checked::Problem(Problem::Corrupt { key, reason }),
             Err(CodecError::Io(e)) => Checked::Problem(Problem::Unreadable {
@@ -232,6 +465,7 @@ fn wal_gaps<'a>(
     names: impl Iterator<Item = &'a WalFileName>,
     histories: &BTreeMap<u32, Vec<HistoryEntry>>,
     segment_size: u64,
+    floors: &BTreeMap<u32, u64>,
 ) -> Vec<Problem> {
     // Per timeline: full segments, and segments present at all (a .partial counts there).
     let mut full: BTreeMap<u32, BTreeSet<u64>> = BTreeMap::new();
@@ -240,6 +474,12 @@ fn wal_gaps<'a>(
         let Some(segno) = name.segment_number(segment_size) else {
             continue;
         };
+        if floors
+            .get(&name.timeline())
+            .is_some_and(|&floor| segno < floor)
+        {
+            continue; // before every backup: no restore reads it
+        }
         match name.kind() {
             WalFileKind::Segment => {
                 full.entry(name.timeline()).or_default().insert(segno);
@@ -262,6 +502,13 @@ fn wal_gaps<'a>(
             count: last - first + 1,
         });
     };
+    for (&timeline, &floor) in floors {
+        match present.get(&timeline).and_then(|s| s.first()) {
+            Some(&first) if first > floor => missing(timeline, floor..=first - 1),
+            None => missing(timeline, floor..=floor),
+            _ => {}
+        }
+    }
     for (&timeline, segments) in &present {
         let mut previous: Option<u64> = None;
         for &segno in segments {
@@ -341,7 +588,10 @@ mod tests {
                 switchpoint: Lsn(3 * SEG + 0x100),
             }],
         )]);
-        assert_eq!(wal_gaps(wal.iter(), &histories, SEG), vec![]);
+        assert_eq!(
+            wal_gaps(wal.iter(), &histories, SEG, &BTreeMap::new()),
+            vec![]
+        );
     }
 
     #[test]
@@ -358,7 +608,7 @@ mod tests {
                 switchpoint: Lsn(6 * SEG + 0x100),
             }],
         )]);
-        let found: Vec<String> = wal_gaps(wal.iter(), &histories, SEG)
+        let found: Vec<String> = wal_gaps(wal.iter(), &histories, SEG, &BTreeMap::new())
             .iter()
             .map(|p| p.to_string())
             .collect();

@@ -51,9 +51,69 @@ pub fn parse_history(text: &str) -> Result<Vec<HistoryEntry>, String> {
     Ok(entries)
 }
 
+/// A stretch of WAL that recovery to some timeline reads from one timeline.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TimelineSpan {
+    pub timeline: u32,
+    pub begin: Lsn,
+    /// Where the next timeline branched off; none for the target timeline itself.
+    pub end: Option<Lsn>,
+}
+
+impl TimelineSpan {
+    pub fn contains(&self, lsn: Lsn) -> bool {
+        lsn >= self.begin && self.end.is_none_or(|end| lsn < end)
+    }
+}
+
+/// The timelines recovery to `target` passes through, oldest first (`readTimeLineHistory`'s
+/// list, reversed): the ancestors from `history` (the target's history file) and the target.
+pub fn timeline_path(target: u32, history: &[HistoryEntry]) -> Vec<TimelineSpan> {
+    let mut spans = Vec::with_capacity(history.len() + 1);
+    let mut begin = Lsn(0);
+    for entry in history {
+        spans.push(TimelineSpan {
+            timeline: entry.timeline,
+            begin,
+            end: Some(entry.switchpoint),
+        });
+        begin = entry.switchpoint;
+    }
+    spans.push(TimelineSpan {
+        timeline: target,
+        begin,
+        end: None,
+    });
+    spans
+}
+
+/// The timeline whose WAL recovery reads for segment `segno`: the newest on the path that
+/// began at or before that segment (`XLogFileReadAnyTLI` tries the newest first; a child's
+/// first segment holds the parent's WAL up to the switch point).
+pub fn timeline_of_segment(path: &[TimelineSpan], segno: u64, segment_size: u64) -> u32 {
+    path.iter()
+        .rev()
+        .find(|span| span.begin.segment_number(segment_size) <= segno)
+        .map_or(path[0].timeline, |span| span.timeline)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn recovery_reads_each_segment_from_the_newest_timeline_that_has_begun() {
+        const SEG: u64 = 16 << 20;
+        let history = parse_history("1\t0/3000100\tx\n2\t0/5000000\ty\n").unwrap();
+        let path = timeline_path(3, &history);
+        assert_eq!(path.len(), 3);
+        assert!(path[0].contains(Lsn(0x2FF_FFFF)) && !path[0].contains(Lsn(0x300_0100)));
+        assert!(path[2].contains(Lsn(u64::MAX)));
+        let timelines: Vec<u32> = (1..=6)
+            .map(|segno| timeline_of_segment(&path, segno, SEG))
+            .collect();
+        assert_eq!(timelines, vec![1, 1, 2, 2, 3, 3]);
+    }
 
     #[test]
     fn parses_postgresql_history_files() {

@@ -7,7 +7,7 @@ use super::PgFormatError;
 /// Length of a segment name: timeline, log id and segment id as 8 hex digits each.
 pub const XLOG_FNAME_LEN: usize = 24;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum WalFileKind {
     /// `000000010000000000000001` (`IsXLogFileName`).
     Segment,
@@ -20,7 +20,7 @@ pub enum WalFileKind {
 }
 
 /// A validated WAL archive file name.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct WalFileName {
     name: String,
     kind: WalFileKind,

@@ -130,6 +130,27 @@ impl Pitr {
     }
 
     /// The `archive_command` that PostgreSQL runs.
+    /// Takes a backup of `cluster`; returns its id.
+    pub fn backup(&self, cluster: &PgCluster) -> String {
+        let out = self.run([
+            "backup".to_owned(),
+            "--pgdata".to_owned(),
+            cluster.data.display().to_string(),
+            "--dbname".to_owned(),
+            format!(
+                "host={} port={} user=postgres",
+                cluster.socket_dir.display(),
+                cluster.port
+            ),
+        ]);
+        assert_eq!(code(&out), 0, "{}", stderr(&out));
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .nth(1)
+            .unwrap()
+            .to_owned()
+    }
+
     pub fn archive_command(&self) -> String {
         let env: Vec<String> = self.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
         format!(

@@ -1,0 +1,164 @@
+//! The WAL index: a small JSON object beside each archived segment, written by archive-push
+//! (or later by `pitr verify`) so that the recovery window and a restore's reach are known
+//! without reading WAL again.
+//!
+//! ```text
+//! wal/<TLI><LOG>/<segment>.summary.json            SegmentSummary of <segment>.lz4
+//! wal/<TLI><LOG>/<segment>.partial.summary.json    of a partial segment
+//! wal/history/<TLI>.history.summary.json           the history file's switch points
+//! ```
+//! Summaries are derived data: rewritten freely, and a missing or unreadable one only means
+//! the segment is indexed again from its WAL.
+
+use serde::{Deserialize, Serialize};
+
+use super::{Catalog, CatalogError, WAL_PREFIX, wal_key};
+use crate::pg::timeline::HistoryEntry;
+use crate::pg::wal_summary::SegmentSummary;
+use crate::pg::{WalFileKind, WalFileName};
+use crate::storage::{PutMode, PutPayload, StorageError, read_all};
+
+pub const SUMMARY_FORMAT: u32 = 1;
+const SUMMARY_SUFFIX: &str = ".summary.json";
+
+/// The key of the summary of an archived segment, partial segment or history file.
+pub fn summary_key(name: &WalFileName) -> String {
+    let key = wal_key(name);
+    format!(
+        "{}{SUMMARY_SUFFIX}",
+        key.strip_suffix(".lz4").unwrap_or(&key)
+    )
+}
+
+/// The WAL file whose summary a key names, if it names one.
+pub fn wal_name_of_summary_key(key: &str) -> Option<WalFileName> {
+    let leaf = key.strip_prefix(WAL_PREFIX)?.rsplit('/').next()?;
+    let name = WalFileName::parse(leaf.strip_suffix(SUMMARY_SUFFIX)?).ok()?;
+    (summary_key(&name) == key).then_some(name)
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredSegmentSummary {
+    pub format: u32,
+    pub segment: String,
+    #[serde(flatten)]
+    pub summary: SegmentSummary,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredHistorySummary {
+    pub format: u32,
+    pub timeline: u32,
+    /// Ancestors, oldest first, each with the LSN where its child branched off.
+    pub switch_points: Vec<SwitchPoint>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SwitchPoint {
+    pub timeline: u32,
+    pub switchpoint: String,
+}
+
+impl StoredHistorySummary {
+    pub fn new(timeline: u32, entries: &[HistoryEntry]) -> Self {
+        StoredHistorySummary {
+            format: SUMMARY_FORMAT,
+            timeline,
+            switch_points: entries
+                .iter()
+                .map(|e| SwitchPoint {
+                    timeline: e.timeline,
+                    switchpoint: e.switchpoint.to_string(),
+                })
+                .collect(),
+        }
+    }
+}
+
+impl Catalog {
+    /// Records what a segment holds, replacing any earlier summary of it.
+    pub async fn put_segment_summary(
+        &self,
+        name: &WalFileName,
+        summary: &SegmentSummary,
+    ) -> Result<(), CatalogError> {
+        let stored = StoredSegmentSummary {
+            format: SUMMARY_FORMAT,
+            segment: name.to_string(),
+            summary: summary.clone(),
+        };
+        self.put_summary(name, &stored).await
+    }
+
+    pub async fn put_history_summary(
+        &self,
+        name: &WalFileName,
+        entries: &[HistoryEntry],
+    ) -> Result<(), CatalogError> {
+        debug_assert_eq!(name.kind(), WalFileKind::History);
+        let stored = StoredHistorySummary::new(name.timeline(), entries);
+        self.put_summary(name, &stored).await
+    }
+
+    async fn put_summary(
+        &self,
+        name: &WalFileName,
+        stored: &impl Serialize,
+    ) -> Result<(), CatalogError> {
+        let json = serde_json::to_vec(stored).expect("summary serialises");
+        self.storage()
+            .put(
+                &summary_key(name),
+                PutPayload::from_bytes(json),
+                PutMode::Overwrite,
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// The stored summary of a segment; none if absent, unreadable or of another format
+    /// (then the segment is indexed again).
+    pub async fn segment_summary(
+        &self,
+        name: &WalFileName,
+    ) -> Result<Option<SegmentSummary>, CatalogError> {
+        let bytes = match read_all(&**self.storage(), &summary_key(name)).await {
+            Ok(bytes) => bytes,
+            Err(StorageError::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        Ok(serde_json::from_slice::<StoredSegmentSummary>(&bytes)
+            .ok()
+            .filter(|s| s.format == SUMMARY_FORMAT && s.segment == name.as_str())
+            .map(|s| s.summary))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn summary_keys_sit_beside_their_objects() {
+        let cases = [
+            (
+                "000000010000000A000000FF",
+                "wal/000000010000000A/000000010000000A000000FF.summary.json",
+            ),
+            (
+                "000000020000000000000003.partial",
+                "wal/0000000200000000/000000020000000000000003.partial.summary.json",
+            ),
+            (
+                "00000002.history",
+                "wal/history/00000002.history.summary.json",
+            ),
+        ];
+        for (name, key) in cases {
+            let parsed = WalFileName::parse(name).unwrap();
+            assert_eq!(summary_key(&parsed), key);
+            assert_eq!(wal_name_of_summary_key(key), Some(parsed));
+            assert_eq!(super::super::wal_name_of_key(key), None, "not a WAL object");
+        }
+    }
+}
