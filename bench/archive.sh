@@ -5,6 +5,9 @@
 #
 #   bash bench/archive.sh [SEGMENTS]     (default 40; needs root or the postgres user)
 #
+# BASELINE_PITR=/path/to/older/pitr also times that binary's archive-push on the same segments
+# (e.g. one built before the WAL index) and prints what the index costs per push.
+#
 # Needs PostgreSQL 15 server binaries and pgBackRest (apt-get install postgresql-15 pgbackrest).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -96,6 +99,18 @@ sync
 PITR_CMD="$WORK/pitr --repo $WORK/pitr-repo"
 PGBR_CMD="pgbackrest --config=$WORK/pgbackrest.conf --stanza=bench"
 pitr_push=$(time_loop "$PITR_CMD archive-push $WORK/segments/{}")
+if [ -n "${BASELINE_PITR:-}" ]; then
+  cp "$BASELINE_PITR" "$WORK/pitr-baseline"
+  as_pg "$WORK/pitr-baseline" --repo "$WORK/baseline-repo" init --pgdata "$WORK/data" >/dev/null
+  as_pg "$WORK/pitr-baseline" --repo "$WORK/baseline-repo2" init --pgdata "$WORK/data" >/dev/null
+  base_push=$(time_loop "$WORK/pitr-baseline --repo $WORK/baseline-repo archive-push $WORK/segments/{}")
+  # Once more after the baseline, into a fresh repository: the better of two runs each side.
+  as_pg "$WORK/pitr" --repo "$WORK/pitr-repo2" init --pgdata "$WORK/data" >/dev/null
+  again=$(time_loop "$WORK/pitr --repo $WORK/pitr-repo2 archive-push $WORK/segments/{}")
+  base_again=$(time_loop "$WORK/pitr-baseline --repo $WORK/baseline-repo2 archive-push $WORK/segments/{}")
+  [ "$again" -lt "$pitr_push" ] && pitr_push=$again
+  [ "$base_again" -lt "$base_push" ] && base_push=$base_again
+fi
 pgbr_push=$(time_loop "$PGBR_CMD archive-push $WORK/segments/{}")
 # As in recovery: each segment is restored to pg_wal/RECOVERYXLOG.
 pitr_get=$(time_loop "$PITR_CMD archive-get {} pg_wal/RECOVERYXLOG")
@@ -123,3 +138,7 @@ printf '%-14s %10s ms %10s ms %7sx\n' "archive-push" "$(ms "$pitr_push")" "$(ms 
 printf '%-14s %10s ms %10s ms %7sx\n' "archive-get" "$(ms "$pitr_get")" "$(ms "$pgbr_get")" "$(ratio "$pgbr_get" "$pitr_get")"
 printf '%-14s %10s MiB %9s MiB\n' "stored" "$((pitr_stored / 1048576))" "$((pgbr_stored / 1048576))"
 echo "(target: ratio >= 5 for push and get; all $count segments verified byte-identical)"
+if [ -n "${BASELINE_PITR:-}" ]; then
+  printf '%-14s %10s ms (this pitr) vs %s ms (baseline): %s%% more\n' "index cost" "$(ms "$pitr_push")" "$(ms "$base_push")" \
+    "$(awk -v a="$pitr_push" -v b="$base_push" 'BEGIN { printf "%.0f", (a - b) * 100 / b }')"
+fi

@@ -171,7 +171,7 @@ pub enum Command {
         #[arg(long, value_name = "DIR")]
         dir: Option<PathBuf>,
     },
-    /// List backups and the WAL held per timeline.
+    /// List backups, the WAL held per timeline, and each timeline's recovery window.
     List {
         /// Print the list as JSON.
         #[arg(long)]

@@ -1,5 +1,6 @@
-//! `pitr verify` on repositories filled by a real PostgreSQL 15 cluster: intact passes,
-//! and a flipped byte, a deleted segment and contradicting history files are each caught.
+//! `pitr verify` on repositories filled by a real PostgreSQL 15 cluster: intact passes, and
+//! a flipped byte in a WAL or backup object, a deleted segment, a deleted manifest and
+//! contradicting history files are each caught; lost WAL index entries are rebuilt.
 
 mod common;
 
@@ -116,4 +117,155 @@ async fn verify_on_a_local_repository() {
 async fn verify_on_s3() {
     let server = S3Server::start("verify").await;
     verify_catches_damage("verify-s3", |_| Repo::s3(&server, "verify")).await;
+}
+
+async fn verify_checks_backups(name: &str, repo: impl FnOnce(&TestDir) -> Repo) {
+    let dir = TestDir::new(name);
+    let repo = repo(&dir);
+    let (pitr, mut cluster) = archiving_cluster(&dir, &repo, "");
+    cluster.sql("create table t as select g, md5(g::text) v from generate_series(1, 50000) g");
+    let id = pitr.backup(&cluster);
+    for _ in 0..3 {
+        cluster.sql("insert into t select g, md5(g::text) from generate_series(1, 20000) g");
+        cluster.sql("select pg_switch_wal()");
+    }
+    cluster.archive_current_segment(Duration::from_secs(60));
+    cluster.stop();
+
+    let verify = |args: &[&str]| {
+        let mut all = vec!["verify"];
+        all.extend_from_slice(args);
+        let out = pitr.run(all);
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        (code(&out), format!("{stdout}{}", stderr(&out)))
+    };
+    let (status, text) = verify(&[]);
+    assert_eq!(status, 0, "{text}");
+    assert!(text.contains("intact"), "{text}");
+
+    let storage = repo.storage().await;
+    let keys: Vec<String> = storage
+        .list("")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.key)
+        .collect();
+    let data_key = format!("backup/{id}/data/000000.lz4");
+    assert!(keys.contains(&data_key), "{keys:?}");
+
+    // Index entries lost (or never written by an older pitr) are rebuilt by verify.
+    let summaries: Vec<&String> = keys
+        .iter()
+        .filter(|k| k.ends_with(".summary.json"))
+        .collect();
+    let mut kept = Vec::new();
+    for key in &summaries {
+        kept.push(read_all(&*storage, key).await.unwrap());
+        storage.delete(key).await.unwrap();
+    }
+    let (status, text) = verify(&["--json"]);
+    assert_eq!(status, 0, "{text}");
+    let report: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert!(
+        report["indexed_segments"].as_u64().unwrap() >= 4,
+        "{report}"
+    );
+    for (key, before) in summaries.iter().zip(&kept) {
+        let rebuilt = read_all(&*storage, key).await.unwrap();
+        if !key.contains("history") {
+            let parse = |b: &[u8]| serde_json::from_slice::<serde_json::Value>(b).unwrap();
+            let (rebuilt, before) = (parse(&rebuilt), parse(before));
+            assert_eq!(
+                rebuilt["last_commit_time"], before["last_commit_time"],
+                "{key}"
+            );
+            assert_eq!(rebuilt["commits"], before["commits"], "{key}");
+        }
+    }
+
+    // A flipped byte in a backup object.
+    let good = read_all(&*storage, &data_key).await.unwrap();
+    let mut bad = good.clone();
+    let at = bad.len() / 3;
+    bad[at] ^= 0x01;
+    storage
+        .put(&data_key, PutPayload::from_bytes(bad), PutMode::Overwrite)
+        .await
+        .unwrap();
+    let (status, text) = verify(&[]);
+    assert_eq!(status, 5, "{text}");
+    assert!(text.contains(&format!("corrupt: {data_key}")), "{text}");
+    let (status, text) = verify(&["--backup", &id]);
+    assert_eq!(status, 5, "{text}");
+    storage
+        .put(&data_key, PutPayload::from_bytes(good), PutMode::Overwrite)
+        .await
+        .unwrap();
+    let (status, text) = verify(&["--backup", &id]);
+    assert_eq!(status, 0, "{text}");
+    let (status, text) = verify(&["--backup", "no-such-backup"]);
+    assert_eq!(status, 2, "{text}");
+
+    // A deleted manifest.
+    let manifest_key = format!("backup/{id}/manifest.json");
+    let manifest = read_all(&*storage, &manifest_key).await.unwrap();
+    storage.delete(&manifest_key).await.unwrap();
+    let (status, text) = verify(&[]);
+    assert_eq!(status, 8, "{text}");
+    assert!(
+        text.contains(&format!("backup {id} finished")) && text.contains("manifest"),
+        "{text}"
+    );
+    storage
+        .put(
+            &manifest_key,
+            PutPayload::from_bytes(manifest),
+            PutMode::Create,
+        )
+        .await
+        .unwrap();
+
+    // The backup's first segment deleted: the backup can no longer become consistent, and
+    // the timeline has a gap from the backup's start.
+    let listed: serde_json::Value =
+        serde_json::from_slice(&pitr.run(["list", "--json"]).stdout).unwrap();
+    let start: pitr::pg::Lsn = listed["backups"][0]["start_lsn"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let segment = pitr::pg::wal_name::xlog_file_name(1, start.segment_number(16 << 20), 16 << 20);
+    let key = format!("wal/{}/{segment}.lz4", &segment[..16]);
+    let wal = read_all(&*storage, &key).await.unwrap();
+    storage.delete(&key).await.unwrap();
+    let (status, text) = verify(&[]);
+    assert_eq!(status, 8, "{text}");
+    assert!(
+        text.contains(&format!(
+            "backup {id} cannot be restored: WAL segment {segment}"
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("missing WAL on timeline 1: {segment}")),
+        "{text}"
+    );
+    storage
+        .put(&key, PutPayload::from_bytes(wal), PutMode::Create)
+        .await
+        .unwrap();
+    let (status, text) = verify(&[]);
+    assert_eq!(status, 0, "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn verify_backups_local() {
+    verify_checks_backups("verify-backups-local", Repo::local).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn verify_backups_s3() {
+    let server = S3Server::start("verify-backups").await;
+    verify_checks_backups("verify-backups-s3", |_| Repo::s3(&server, "verify-backups")).await;
 }

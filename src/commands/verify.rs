@@ -149,7 +149,7 @@ pub async fn verify(catalog: &Catalog, options: &VerifyOptions) -> Result<Verify
     let listing = catalog.wal_listing(segment_size).await?;
     let mut backup_dirs = catalog.backup_objects().await?;
     if let Some(id) = &options.backup {
-        if !backup_dirs.get(id).is_some_and(|b| b.manifest.is_some()) {
+        if backup_dirs.get(id).is_none_or(|b| b.manifest.is_none()) {
             return Err(Error::Config(format!(
                 "no backup {id} in the repository (see `pitr list`)"
             )));
