@@ -139,6 +139,6 @@ printf '%-14s %10s ms %10s ms %7sx\n' "archive-get" "$(ms "$pitr_get")" "$(ms "$
 printf '%-14s %10s MiB %9s MiB\n' "stored" "$((pitr_stored / 1048576))" "$((pgbr_stored / 1048576))"
 echo "(target: ratio >= 5 for push and get; all $count segments verified byte-identical)"
 if [ -n "${BASELINE_PITR:-}" ]; then
-  printf '%-14s %10s ms (this pitr) vs %s ms (baseline): %s%% more\n' "index cost" "$(ms "$pitr_push")" "$(ms "$base_push")" \
-    "$(awk -v a="$pitr_push" -v b="$base_push" 'BEGIN { printf "%.0f", (a - b) * 100 / b }')"
+  printf '%-14s %10s ms (this pitr) vs %s ms (baseline): %s%%\n' "index cost" "$(ms "$pitr_push")" "$(ms "$base_push")" \
+    "$(awk -v a="$pitr_push" -v b="$base_push" 'BEGIN { printf "%+.0f", (a - b) * 100 / b }')"
 fi

@@ -226,7 +226,8 @@ fn beyond_reach(view: &ArchiveView, walk: &Walk, what: &str) -> Error {
     } else {
         Error::Unreachable(format!(
             "{what} lies after the end of the archived WAL (next segment {} is not archived \
-             yet); the latest reachable time is {latest}",
+             yet); the latest reachable time is {latest}. Restore without a target to replay \
+             all archived WAL, or archive newer WAL first (SELECT pg_switch_wal() on the primary)",
             walk.missing
         ))
     }
