@@ -16,13 +16,10 @@ use crate::pg::timeline::{
     HistoryEntry, TimelineSpan, parse_history, timeline_of_segment, timeline_path,
 };
 use crate::pg::wal_name::xlog_file_name;
-use crate::pg::wal_summary::{SegmentSummary, summarize_segment};
+use crate::pg::wal_summary::{SegmentSummarizer, SegmentSummary};
 use crate::pg::{Lsn, WalFileName};
 
 use super::blocking;
-
-/// Memory for segments being indexed at once.
-const INDEX_MEMORY: u64 = 64 << 20;
 
 /// The archive's listing and history files, and the summaries read so far.
 pub struct ArchiveView {
@@ -163,38 +160,35 @@ impl ArchiveView {
             }
         }
 
-        // The rest in order, so that a record straddling two segments is carried over.
+        // The rest in order, so that a record straddling two segments is carried over: bodies
+        // are opened ahead, each is decoded straight into the summarizer (never held whole).
         let missing: Vec<(Option<WalFileName>, ArchivedFile)> = files
             .iter()
             .enumerate()
             .filter(|(_, f)| !self.summaries.contains_key(&f.name))
             .map(|(i, f)| (i.checked_sub(1).map(|p| files[p].name.clone()), f.clone()))
             .collect();
-        if missing.is_empty() {
-            return Ok(());
-        }
-        let at_once = (INDEX_MEMORY / self.segment_size).clamp(1, jobs.max(1) as u64) as usize;
-        let mut decoded = stream::iter(missing)
+        let storage = catalog.storage();
+        let mut opened = stream::iter(missing)
             .map(|(previous, file)| async move {
-                let wal = read_object(catalog, &file).await;
-                (previous, file, wal)
+                let body = storage.get(&file.key).await;
+                (previous, file, body)
             })
-            .buffered(at_once);
-        while let Some((previous, file, wal)) = decoded.next().await {
-            let wal = wal?;
+            .buffered(jobs.max(1));
+        while let Some((previous, file, body)) = opened.next().await {
+            let body = body?;
             let carry = previous
                 .and_then(|p| self.summaries.get(&p))
                 .and_then(|s| s.carry.clone());
             let start = Lsn(self.segment_number(&file) * self.segment_size);
-            let (segment_size, block_size) = (self.segment_size, self.block_size);
+            let mut summarizer =
+                SegmentSummarizer::new(start, self.segment_size, self.block_size, carry.as_ref());
+            let (location, what) = (storage.location(), file.name.to_string());
             let summary = blocking(move || {
-                Ok(summarize_segment(
-                    &wal,
-                    start,
-                    segment_size,
-                    block_size,
-                    carry.as_ref(),
-                ))
+                match codec::decode(body.into_blocking_reader(), &mut summarizer) {
+                    Ok(_) => Ok(summarizer.finish()),
+                    Err(e) => Err(decode_error(e, what, location)),
+                }
             })
             .await?;
             if store {
@@ -254,17 +248,21 @@ pub async fn read_object(catalog: &Catalog, file: &ArchivedFile) -> Result<Vec<u
         let mut content = Vec::new();
         match codec::decode(body.into_blocking_reader(), &mut content) {
             Ok(_) => Ok(content),
-            Err(CodecError::Corrupt(reason)) => Err(Error::Corrupt {
-                what,
-                location,
-                reason,
-            }),
-            Err(CodecError::Io(e)) => {
-                Err(crate::storage::StorageError::io("read", &location, e).into())
-            }
+            Err(e) => Err(decode_error(e, what, location)),
         }
     })
     .await
+}
+
+fn decode_error(error: CodecError, what: String, location: String) -> Error {
+    match error {
+        CodecError::Corrupt(reason) => Error::Corrupt {
+            what,
+            location,
+            reason,
+        },
+        CodecError::Io(e) => crate::storage::StorageError::io("read", &location, e).into(),
+    }
 }
 
 #[cfg(test)]

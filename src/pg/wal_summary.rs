@@ -66,42 +66,74 @@ pub fn summarize_segment(
     block_size: usize,
     carry_in: Option<&Carry>,
 ) -> SegmentSummary {
-    let resumed = carry_in.and_then(|carry| {
-        let start: Lsn = carry.record_start.parse().ok()?;
-        let bytes = BASE64.decode(&carry.bytes).ok()?;
-        Some(WalDecoder::resume(
-            segment_start,
-            wal_segment_size,
-            block_size,
-            start,
-            bytes,
-        ))
-    });
-    let mut decoder = resumed
-        .unwrap_or_else(|| WalDecoder::new(segment_start, wal_segment_size, block_size))
-        .checking(RecordCheck::TargetRecords);
-    let mut summary = SegmentSummary::default();
-    let mut commit_times: Option<(i64, i64)> = None;
-    let mut records: Option<(Lsn, Lsn)> = None;
+    let mut summarizer =
+        SegmentSummarizer::new(segment_start, wal_segment_size, block_size, carry_in);
     // A bounded piece at a time, so that decoded records never pile up.
     for piece in segment.chunks(FEED_BYTES) {
-        decoder.feed(piece);
-        while let Some(record) = decoder.next_record() {
-            records = Some((records.map_or(record.lsn, |(first, _)| first), record.end));
+        summarizer.feed(piece);
+    }
+    summarizer.finish()
+}
+
+/// `summarize_segment` for a segment that arrives in pieces (e.g. straight from the
+/// decompressor, so that a 1 GB segment is never held whole).
+#[derive(Debug)]
+pub struct SegmentSummarizer {
+    decoder: WalDecoder,
+    summary: SegmentSummary,
+    commit_times: Option<(i64, i64)>,
+    records: Option<(Lsn, Lsn)>,
+}
+
+impl SegmentSummarizer {
+    pub fn new(
+        segment_start: Lsn,
+        wal_segment_size: u64,
+        block_size: usize,
+        carry_in: Option<&Carry>,
+    ) -> Self {
+        let resumed = carry_in.and_then(|carry| {
+            let start: Lsn = carry.record_start.parse().ok()?;
+            let bytes = BASE64.decode(&carry.bytes).ok()?;
+            Some(WalDecoder::resume(
+                segment_start,
+                wal_segment_size,
+                block_size,
+                start,
+                bytes,
+            ))
+        });
+        let decoder = resumed
+            .unwrap_or_else(|| WalDecoder::new(segment_start, wal_segment_size, block_size))
+            .checking(RecordCheck::TargetRecords);
+        SegmentSummarizer {
+            decoder,
+            summary: SegmentSummary::default(),
+            commit_times: None,
+            records: None,
+        }
+    }
+
+    /// The next bytes of the segment; keep pieces small (decoded records queue per call).
+    pub fn feed(&mut self, piece: &[u8]) {
+        self.decoder.feed(piece);
+        while let Some(record) = self.decoder.next_record() {
+            let first = self.records.map_or(record.lsn, |(first, _)| first);
+            self.records = Some((first, record.end));
             match record.kind {
                 RecordKind::Xact(xact) => match (xact.action, xact.time) {
                     (XactAction::Commit | XactAction::CommitPrepared, Some(time)) => {
-                        summary.commits += 1;
-                        commit_times = Some(match commit_times {
+                        self.summary.commits += 1;
+                        self.commit_times = Some(match self.commit_times {
                             None => (time, time),
                             Some((first, last)) => (first.min(time), last.max(time)),
                         });
                     }
-                    (XactAction::Abort | XactAction::AbortPrepared, _) => summary.aborts += 1,
+                    (XactAction::Abort | XactAction::AbortPrepared, _) => self.summary.aborts += 1,
                     _ => {}
                 },
                 RecordKind::RestorePoint { name, time } => {
-                    summary.restore_points.push(RestorePoint {
+                    self.summary.restore_points.push(RestorePoint {
                         name,
                         lsn: record.lsn.to_string(),
                         time: time_text(time),
@@ -111,26 +143,45 @@ pub fn summarize_segment(
             }
         }
     }
-    if let Some((first, end)) = records {
-        summary.first_record = Some(first.to_string());
-        summary.last_record_end = Some(end.to_string());
-    }
-    if let Some((first, last)) = commit_times {
-        summary.first_commit_time = Some(time_text(first));
-        summary.last_commit_time = Some(time_text(last));
-    }
-    summary.end_of_wal = decoder.end_of_wal().map(|end| match end {
-        EndOfWal::ZeroLength(lsn) => format!("{lsn}: no more WAL"),
-        EndOfWal::BadPage { lsn, reason } | EndOfWal::BadRecord { lsn, reason } => {
-            format!("{lsn}: {reason}")
+
+    pub fn finish(self) -> SegmentSummary {
+        let mut summary = self.summary;
+        if let Some((first, end)) = self.records {
+            summary.first_record = Some(first.to_string());
+            summary.last_record_end = Some(end.to_string());
         }
-    });
-    summary.carry = decoder
-        .unfinished_record()
-        .filter(|(_, bytes)| bytes.len() <= MAX_CARRY && is_target_record(bytes))
-        .map(|(start, bytes)| Carry {
-            record_start: start.to_string(),
-            bytes: BASE64.encode(bytes),
+        if let Some((first, last)) = self.commit_times {
+            summary.first_commit_time = Some(time_text(first));
+            summary.last_commit_time = Some(time_text(last));
+        }
+        summary.end_of_wal = self.decoder.end_of_wal().map(|end| match end {
+            EndOfWal::ZeroLength(lsn) => format!("{lsn}: no more WAL"),
+            EndOfWal::BadPage { lsn, reason } | EndOfWal::BadRecord { lsn, reason } => {
+                format!("{lsn}: {reason}")
+            }
         });
-    summary
+        summary.carry = self
+            .decoder
+            .unfinished_record()
+            .filter(|(_, bytes)| bytes.len() <= MAX_CARRY && is_target_record(bytes))
+            .map(|(start, bytes)| Carry {
+                record_start: start.to_string(),
+                bytes: BASE64.encode(bytes),
+            });
+        summary
+    }
+}
+
+/// Fed by the decompressor.
+impl std::io::Write for SegmentSummarizer {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        for piece in buf.chunks(FEED_BYTES) {
+            self.feed(piece);
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
