@@ -126,11 +126,7 @@ async fn recovery_windows(
                 continue;
             }
             let walk = view.walk(&path, start);
-            let reaches_stop = walk
-                .files
-                .last()
-                .is_some_and(|f| view.segment_number(f) >= stop.segment_number(view.segment_size));
-            if !reaches_stop {
+            if !walk.reaches(stop.segment_number(view.segment_size)) {
                 continue;
             }
             view.summarise(catalog, &walk.files, jobs, false).await?;

@@ -48,12 +48,7 @@ pub async fn plan_restore(
     }
     let walk = view.walk(&path, start);
     let stop_segno = stop.segment_number(view.segment_size);
-    let reached = |walk: &Walk, segno: u64| {
-        walk.files
-            .last()
-            .is_some_and(|f| view.segment_number(f) >= segno)
-    };
-    if !reached(&walk, stop_segno) {
+    if !walk.reaches(stop_segno) {
         return Err(Error::Unreachable(format!(
             "WAL segment {} is missing from the repository; backup {} needs its WAL up to {} to \
              become consistent",
@@ -83,7 +78,7 @@ pub async fn plan_restore(
                 )));
             }
             let segno = lsn.segment_number(view.segment_size);
-            if !reached(&walk, segno) {
+            if !walk.reaches(segno) {
                 view.summarise(catalog, &walk.files, jobs, false).await?;
                 return Err(beyond_reach(view, &walk, &format!("target LSN {lsn}")));
             }
@@ -147,11 +142,10 @@ pub async fn plan_restore(
             }
         }
         Target::Xid(_) | Target::End => {
+            view.summarise(catalog, &walk.files, jobs, false).await?;
             if walk.gap {
-                view.summarise(catalog, &walk.files, jobs, false).await?;
                 return Err(beyond_reach(view, &walk, "the rest of the archived WAL"));
             }
-            view.summarise(catalog, &walk.files, jobs, false).await?;
             let stops = match target {
                 Target::Xid(xid) => format!("after transaction {xid}, if it is in the WAL"),
                 _ => match view.last_commit(&walk.files) {

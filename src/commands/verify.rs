@@ -335,11 +335,7 @@ fn backup_wal_problems(view: &ArchiveView, manifests: &[BackupManifest]) -> Vec<
             continue; // reported as a missing history file
         };
         let walk = view.walk(&path, start);
-        let reached = walk
-            .files
-            .last()
-            .is_some_and(|f| view.segment_number(f) >= stop.segment_number(view.segment_size));
-        if !reached {
+        if !walk.reaches(stop.segment_number(view.segment_size)) {
             problems.push(Problem::BackupWalIncomplete {
                 backup: manifest.id.clone(),
                 missing: walk.missing,

@@ -36,8 +36,16 @@ pub struct Walk {
     pub files: Vec<ArchivedFile>,
     /// The segment recovery would ask for next, which the repository does not hold.
     pub missing: String,
+    missing_segno: u64,
     /// True when WAL of the path exists beyond `missing`: a gap, not the archive's end.
     pub gap: bool,
+}
+
+impl Walk {
+    /// True when the walk got as far as segment `segno` (one at or after its start).
+    pub fn reaches(&self, segno: u64) -> bool {
+        segno < self.missing_segno
+    }
 }
 
 impl ArchiveView {
@@ -116,6 +124,7 @@ impl ArchiveView {
             return Walk {
                 files,
                 missing: xlog_file_name(timeline, segno, self.segment_size),
+                missing_segno: segno,
                 gap,
             };
         }
@@ -325,6 +334,7 @@ mod tests {
         );
         assert_eq!(walk.missing, "000000020000000000000005");
         assert!(walk.gap);
+        assert!(walk.reaches(4) && !walk.reaches(5));
 
         let on_one = view.walk(&view.path(1).unwrap(), Lsn(0x300_0000));
         assert_eq!(walked(&on_one).len(), 2);
