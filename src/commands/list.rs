@@ -8,6 +8,7 @@ use serde::Serialize;
 use crate::catalog::Catalog;
 use crate::catalog::backup::BackupManifest;
 use crate::error::Result;
+use crate::pg::wal_name::xlog_file_name;
 
 use super::wal_reach::{ArchiveView, backup_lsns, path_holds_backup, rfc3339, utc};
 
@@ -74,27 +75,19 @@ pub async fn list(catalog: &Catalog, options: &ListOptions) -> Result<ListReport
         .collect();
     let mut wal = Vec::new();
     for timeline in view.listing.timelines() {
-        let segments = view
+        let on_timeline = (timeline, 0)..=(timeline, u64::MAX);
+        let segnos = view
             .listing
             .segments
-            .range((timeline, 0)..=(timeline, u64::MAX))
-            .chain(
-                view.listing
-                    .partials
-                    .range((timeline, 0)..=(timeline, u64::MAX)),
-            )
-            .filter_map(|(_, f)| f.name.segment_name().map(str::to_owned));
-        let (first, last) = segments.fold((None::<String>, None::<String>), |(lo, hi), s| {
-            (
-                Some(lo.map_or(s.clone(), |lo| lo.min(s.clone()))),
-                Some(hi.map_or(s.clone(), |hi| hi.max(s))),
-            )
-        });
-        if let (Some(first_segment), Some(last_segment)) = (first, last) {
+            .range(on_timeline.clone())
+            .chain(view.listing.partials.range(on_timeline))
+            .map(|(&(_, segno), _)| segno);
+        if let (Some(first), Some(last)) = (segnos.clone().min(), segnos.max()) {
+            let name = |segno| xlog_file_name(timeline, segno, view.segment_size);
             wal.push(WalRange {
                 timeline,
-                first_segment,
-                last_segment,
+                first_segment: name(first),
+                last_segment: name(last),
             });
         }
     }

@@ -14,9 +14,9 @@ use std::time::Instant;
 use futures_util::{StreamExt, stream};
 use serde::Serialize;
 
+use crate::catalog::Catalog;
 use crate::catalog::backup::{BackupManifest, backup_object_key, manifest_key};
 use crate::catalog::wal_archive::ArchivedFile;
-use crate::catalog::{Catalog, RepositoryIdentity};
 use crate::codec::{self, CodecError};
 use crate::error::{Error, Result};
 use crate::pg::timeline::{HistoryEntry, parse_history};
@@ -25,7 +25,7 @@ use crate::pg::{Lsn, WalFileKind, WalFileName};
 use crate::storage::Storage;
 
 use super::blocking;
-use super::wal_reach::ArchiveView;
+use super::wal_reach::{ArchiveView, backup_lsns};
 
 #[derive(Clone, Debug)]
 pub struct VerifyOptions {
@@ -172,11 +172,8 @@ pub async fn verify(catalog: &Catalog, options: &VerifyOptions) -> Result<Verify
         }
     }
     // WAL before the oldest backup (or the chosen one) serves no restore.
-    let floor = manifests
-        .iter()
-        .filter_map(|m| m.start_lsn.parse::<Lsn>().ok())
-        .map(|lsn| lsn.segment_number(segment_size))
-        .min();
+    let floors = backup_floors(&manifests, segment_size);
+    let floor = floors.values().min().copied();
     let wal_files: Vec<&ArchivedFile> = listing
         .files()
         .filter(|f| match (options.backup.is_some(), floor) {
@@ -268,7 +265,6 @@ pub async fn verify(catalog: &Catalog, options: &VerifyOptions) -> Result<Verify
     }
     problems.sort_by_key(|p| p.to_string());
     problems.extend(history_problems(&histories));
-    let floors = backup_floors(&manifests, segment_size);
     problems.extend(wal_gaps(
         wal_files.iter().map(|f| &f.name),
         &histories,
@@ -276,7 +272,7 @@ pub async fn verify(catalog: &Catalog, options: &VerifyOptions) -> Result<Verify
         &floors,
     ));
 
-    let mut view = ArchiveView::new(&identity, listing.clone(), histories);
+    let mut view = ArchiveView::new(&identity, listing, histories);
     problems.extend(backup_wal_problems(&view, &manifests));
     let mut interrupted_backups = Vec::new();
     for (id, objects) in &backup_dirs {
@@ -293,7 +289,7 @@ pub async fn verify(catalog: &Catalog, options: &VerifyOptions) -> Result<Verify
             interrupted_backups.push(id.clone());
         }
     }
-    let indexed_segments = index_missing(catalog, &mut view, &identity, &damaged, options).await?;
+    let indexed_segments = index_missing(catalog, &mut view, &damaged, options).await?;
 
     Ok(VerifyReport {
         ok: problems.is_empty(),
@@ -325,10 +321,7 @@ fn backup_floors(manifests: &[BackupManifest], segment_size: u64) -> BTreeMap<u3
 fn backup_wal_problems(view: &ArchiveView, manifests: &[BackupManifest]) -> Vec<Problem> {
     let mut problems = Vec::new();
     for manifest in manifests {
-        let (Ok(start), Ok(stop)) = (
-            manifest.start_lsn.parse::<Lsn>(),
-            manifest.stop_lsn.parse::<Lsn>(),
-        ) else {
+        let Ok((start, stop)) = backup_lsns(manifest) else {
             continue;
         };
         let Ok(path) = view.path(manifest.timeline) else {
@@ -350,7 +343,6 @@ fn backup_wal_problems(view: &ArchiveView, manifests: &[BackupManifest]) -> Vec<
 async fn index_missing(
     catalog: &Catalog,
     view: &mut ArchiveView,
-    identity: &RepositoryIdentity,
     damaged: &BTreeSet<WalFileName>,
     options: &VerifyOptions,
 ) -> Result<u64> {
@@ -362,8 +354,9 @@ async fn index_missing(
         .filter(|f| !damaged.contains(&f.name))
         .cloned()
         .collect();
+    let segment_size = view.segment_size;
     let consecutive = |a: &ArchivedFile, b: &ArchivedFile| {
-        let segno = |f: &ArchivedFile| f.name.segment_number(identity.wal_segment_size);
+        let segno = |f: &ArchivedFile| f.name.segment_number(segment_size);
         a.name.timeline() == b.name.timeline() && segno(a).map(|s| s + 1) == segno(b)
     };
     let mut indexed = 0;
