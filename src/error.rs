@@ -1,33 +1,98 @@
 //! pitr's errors and exit codes: a contract with PostgreSQL and with monitoring.
 //!
-//! | code | meaning |
-//! |------|---------|
-//! | 0 | success |
-//! | 1 | archive-get: the file is not in the repository (PostgreSQL then tries elsewhere) |
-//! | 2 | usage or configuration error |
-//! | 3 | wrong repository: not initialised, or it belongs to another cluster |
-//! | 4 | conflict: the file is archived already with different content; nothing was overwritten |
-//! | 5 | a stored object is corrupt (checksum mismatch, truncated, undecodable) |
-//! | 6 | storage error: the repository could not be read or written |
-//! | 7 | invalid input: the file given is not what it should be |
-//! | 8 | the repository is incomplete: verify found missing WAL or contradicting history files, or a restore's target cannot be reached from it |
-//! | 9 | PostgreSQL could not be reached, or refused what was asked |
-//!
-//! Keep this table, README.md and docs/operations.md in step.
+//! [`EXIT_CODES`] is the one table. `--help` prints it, and a test checks that README.md and
+//! docs/operations.md carry it word for word.
 
 use crate::catalog::CatalogError;
+use crate::recovery::PlanError;
 use crate::storage::StorageError;
 
-pub const EXIT_OK: i32 = 0;
-pub const EXIT_NOT_FOUND: i32 = 1;
-pub const EXIT_USAGE: i32 = 2;
-pub const EXIT_WRONG_REPOSITORY: i32 = 3;
-pub const EXIT_CONFLICT: i32 = 4;
-pub const EXIT_CORRUPT: i32 = 5;
-pub const EXIT_STORAGE: i32 = 6;
-pub const EXIT_INVALID_INPUT: i32 = 7;
-pub const EXIT_INCOMPLETE: i32 = 8;
-pub const EXIT_SERVER: i32 = 9;
+pub const EXIT_OK: u8 = 0;
+pub const EXIT_NOT_FOUND: u8 = 1;
+pub const EXIT_USAGE: u8 = 2;
+pub const EXIT_WRONG_REPOSITORY: u8 = 3;
+pub const EXIT_CONFLICT: u8 = 4;
+pub const EXIT_CORRUPT: u8 = 5;
+pub const EXIT_STORAGE: u8 = 6;
+pub const EXIT_INVALID_INPUT: u8 = 7;
+pub const EXIT_INCOMPLETE: u8 = 8;
+pub const EXIT_SERVER: u8 = 9;
+pub const EXIT_LOCAL_IO: u8 = 10;
+
+/// One row of the exit-code table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExitCode {
+    pub code: u8,
+    pub meaning: &'static str,
+}
+
+pub const EXIT_CODES: &[ExitCode] = &[
+    ExitCode {
+        code: EXIT_OK,
+        meaning: "success (verify: the repository is intact)",
+    },
+    ExitCode {
+        code: EXIT_NOT_FOUND,
+        meaning: "archive-get: the file is not in the repository (PostgreSQL then tries elsewhere)",
+    },
+    ExitCode {
+        code: EXIT_USAGE,
+        meaning: "usage or configuration error: a flag, the config file, an unknown backup id",
+    },
+    ExitCode {
+        code: EXIT_WRONG_REPOSITORY,
+        meaning: "wrong repository: not initialised, unreadable identity, or another cluster's",
+    },
+    ExitCode {
+        code: EXIT_CONFLICT,
+        meaning: "conflict: the file is archived already with different content; nothing was \
+                  overwritten",
+    },
+    ExitCode {
+        code: EXIT_CORRUPT,
+        meaning: "corrupt: a stored object or manifest fails its checksum or does not decode",
+    },
+    ExitCode {
+        code: EXIT_STORAGE,
+        meaning: "storage error: the repository could not be read or written",
+    },
+    ExitCode {
+        code: EXIT_INVALID_INPUT,
+        meaning: "invalid input: a file or directory given is not what it should be",
+    },
+    ExitCode {
+        code: EXIT_INCOMPLETE,
+        meaning: "incomplete: the repository lacks what is needed (missing WAL or objects, a \
+                  restore target out of reach, a backup's WAL that never arrived)",
+    },
+    ExitCode {
+        code: EXIT_SERVER,
+        meaning: "PostgreSQL could not be reached, or refused what was asked",
+    },
+    ExitCode {
+        code: EXIT_LOCAL_IO,
+        meaning: "local I/O error: a local file or directory could not be read or written (disk \
+                  full, permissions)",
+    },
+];
+
+/// The table for `--help`.
+pub fn exit_codes_help() -> String {
+    let mut text = String::from("Exit codes:\n");
+    for row in EXIT_CODES {
+        text.push_str(&format!("  {:>2}  {}\n", row.code, row.meaning));
+    }
+    text
+}
+
+/// The table as the docs carry it (Markdown).
+pub fn exit_codes_markdown() -> String {
+    let mut text = String::from("| code | meaning |\n|---|---|\n");
+    for row in EXIT_CODES {
+        text.push_str(&format!("| {} | {} |\n", row.code, row.meaning));
+    }
+    text
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -52,15 +117,21 @@ pub enum Error {
     Storage(#[from] StorageError),
     #[error("{path}: {reason}")]
     InvalidInput { path: String, reason: String },
+    /// The repository lacks what the operation needs.
+    #[error("{0}")]
+    Incomplete(String),
     #[error("{0}")]
     Server(String),
-    /// The archive cannot take a restore where it was asked to go.
-    #[error("{0}")]
-    Unreachable(String),
+    #[error("{path}: {source}")]
+    LocalIo {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 impl Error {
-    pub fn exit_code(&self) -> i32 {
+    pub fn exit_code(&self) -> u8 {
         match self {
             Error::Config(_) => EXIT_USAGE,
             Error::NotFound { .. } => EXIT_NOT_FOUND,
@@ -69,8 +140,9 @@ impl Error {
             Error::Corrupt { .. } => EXIT_CORRUPT,
             Error::Storage(_) => EXIT_STORAGE,
             Error::InvalidInput { .. } => EXIT_INVALID_INPUT,
+            Error::Incomplete(_) => EXIT_INCOMPLETE,
             Error::Server(_) => EXIT_SERVER,
-            Error::Unreachable(_) => EXIT_INCOMPLETE,
+            Error::LocalIo { .. } => EXIT_LOCAL_IO,
         }
     }
 
@@ -78,6 +150,13 @@ impl Error {
         Error::InvalidInput {
             path: path.to_string(),
             reason: reason.to_string(),
+        }
+    }
+
+    pub fn local_io(path: impl std::fmt::Display, source: std::io::Error) -> Self {
+        Error::LocalIo {
+            path: path.to_string(),
+            source,
         }
     }
 }
@@ -91,6 +170,21 @@ impl From<CatalogError> for Error {
                 location: "the repository".into(),
                 reason,
             },
+            CatalogError::Corrupt {
+                what,
+                location,
+                reason,
+            } => Error::Corrupt {
+                what,
+                location,
+                reason,
+            },
+            e @ CatalogError::NotFound { .. } => Error::Incomplete(e.to_string()),
+            CatalogError::AlreadyStored { what, location } => Error::Conflict {
+                name: what,
+                location,
+            },
+            CatalogError::Local { path, source } => Error::LocalIo { path, source },
             e @ (CatalogError::NotInitialised { .. } | CatalogError::CorruptIdentity { .. }) => {
                 Error::WrongRepository(e.to_string())
             }
@@ -98,4 +192,80 @@ impl From<CatalogError> for Error {
     }
 }
 
+impl From<PlanError> for Error {
+    fn from(err: PlanError) -> Self {
+        match err {
+            e @ PlanError::UnknownBackup(_) => Error::Config(e.to_string()),
+            e @ (PlanError::NoBackup | PlanError::Unreachable(_)) => {
+                Error::Incomplete(e.to_string())
+            }
+        }
+    }
+}
+
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_table_lists_every_code_once_in_order() {
+        let codes: Vec<u8> = EXIT_CODES.iter().map(|row| row.code).collect();
+        assert_eq!(codes, (0..=EXIT_LOCAL_IO).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn every_error_maps_to_a_code_of_the_table() {
+        let errors = [
+            Error::Config(String::new()),
+            Error::NotFound {
+                name: String::new(),
+                location: String::new(),
+            },
+            Error::WrongRepository(String::new()),
+            Error::Conflict {
+                name: String::new(),
+                location: String::new(),
+            },
+            Error::Corrupt {
+                what: String::new(),
+                location: String::new(),
+                reason: String::new(),
+            },
+            Error::Storage(StorageError::InvalidKey(String::new())),
+            Error::invalid_input("", ""),
+            Error::Incomplete(String::new()),
+            Error::Server(String::new()),
+            Error::local_io("", std::io::Error::other("x")),
+        ];
+        let codes: Vec<u8> = errors.iter().map(Error::exit_code).collect();
+        assert_eq!(codes, (1..=EXIT_LOCAL_IO).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn planner_and_catalog_errors_keep_their_meaning() {
+        assert_eq!(
+            Error::from(PlanError::NoBackup).exit_code(),
+            EXIT_INCOMPLETE
+        );
+        assert_eq!(
+            Error::from(PlanError::Unreachable(String::new())).exit_code(),
+            EXIT_INCOMPLETE
+        );
+        assert_eq!(
+            Error::from(PlanError::UnknownBackup("x".into())).exit_code(),
+            EXIT_USAGE
+        );
+        let local = CatalogError::Local {
+            path: "/x".into(),
+            source: std::io::Error::other("disk full"),
+        };
+        assert_eq!(Error::from(local).exit_code(), EXIT_LOCAL_IO);
+        let corrupt = CatalogError::CorruptManifest {
+            id: "b".into(),
+            reason: "bad".into(),
+        };
+        assert_eq!(Error::from(corrupt).exit_code(), EXIT_CORRUPT);
+    }
+}

@@ -8,8 +8,8 @@ use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use common::keys::wal_name_of_key;
 use common::*;
-use pitr::catalog::wal_name_of_key;
 use pitr::pg::WalFileKind;
 use pitr::storage::{PutMode, PutPayload, read_all};
 

@@ -5,8 +5,9 @@ mod common;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use common::keys::{backup_object_key, manifest_key};
 use common::*;
-use pitr::catalog::backup::{BackupManifest, backup_object_key, manifest_key};
+use pitr::catalog::backup::BackupManifest;
 use pitr::storage::read_all;
 
 fn backup_args(cluster: &PgCluster) -> Vec<String> {

@@ -6,14 +6,33 @@
 //! ```
 
 use std::collections::BTreeMap;
+use std::io::{Read, Write};
 
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::{Catalog, CatalogError};
-use crate::storage::{ObjectMeta, PutMode, PutPayload, StorageError, read_all};
+use super::{Catalog, CatalogError, Stored, StoredObject};
+use crate::codec::{self, DecodeSummary, EncodeSummary};
+use crate::pg::backup_label::parse_backup_label;
+use crate::pg::timestamp::micros;
+use crate::pg::{Lsn, WalFileKind, WalFileName};
+use crate::storage::{PutMode, PutPayload, StorageError, read_all};
 
-pub const BACKUP_PREFIX: &str = "backup/";
+const BACKUP_PREFIX: &str = "backup/";
+const MANIFEST_LEAF: &str = "manifest.json";
 pub const MANIFEST_FORMAT: u32 = 1;
+
+fn backup_prefix(id: &str) -> String {
+    format!("{BACKUP_PREFIX}{id}/")
+}
+
+pub(super) fn backup_object_key(id: &str, object: u32) -> String {
+    format!("{BACKUP_PREFIX}{id}/data/{object:06}.lz4")
+}
+
+pub(super) fn manifest_key(id: &str) -> String {
+    format!("{BACKUP_PREFIX}{id}/{MANIFEST_LEAF}")
+}
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BackupManifest {
@@ -23,11 +42,13 @@ pub struct BackupManifest {
     pub system_identifier: String,
     pub pg_version: u32,
     pub timeline: u32,
-    pub start_lsn: String,
-    pub stop_lsn: String,
+    pub start_lsn: Lsn,
+    pub stop_lsn: Lsn,
     /// RFC 3339, UTC.
-    pub start_time: String,
-    pub stop_time: String,
+    #[serde(with = "micros")]
+    pub start_time: DateTime<Utc>,
+    #[serde(with = "micros")]
+    pub stop_time: DateTime<Utc>,
     pub start_wal_segment: String,
     pub stop_wal_segment: String,
     /// Contents returned by pg_backup_stop, written into the restored directory.
@@ -76,19 +97,178 @@ pub struct BackupFile {
     pub offset: u64,
 }
 
-pub fn backup_object_key(id: &str, object: u32) -> String {
-    format!("{BACKUP_PREFIX}{id}/data/{object:06}.lz4")
+impl BackupManifest {
+    /// Parses a stored manifest and checks everything restore will rely on, so that no
+    /// content can make it write outside the data directory, overflow or panic.
+    pub fn parse(bytes: &[u8], id: &str) -> Result<Self, String> {
+        let manifest: BackupManifest = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+        manifest.check(id)?;
+        Ok(manifest)
+    }
+
+    fn check(&self, id: &str) -> Result<(), String> {
+        if self.format != MANIFEST_FORMAT {
+            return Err(format!(
+                "manifest format {} is not {MANIFEST_FORMAT} (written by a newer pitr?)",
+                self.format
+            ));
+        }
+        if self.id != id {
+            return Err(format!("it names backup '{}', not '{id}'", self.id));
+        }
+        if self.timeline == 0 {
+            return Err("timeline 0 does not exist".into());
+        }
+        if self.stop_lsn < self.start_lsn {
+            return Err(format!(
+                "its stop LSN {} precedes its start LSN {}",
+                self.stop_lsn, self.start_lsn
+            ));
+        }
+        for segment in [&self.start_wal_segment, &self.stop_wal_segment] {
+            if WalFileName::parse(segment).map(|n| n.kind()) != Ok(WalFileKind::Segment) {
+                return Err(format!("'{segment}' is not a WAL segment name"));
+            }
+        }
+        let label = parse_backup_label(&self.backup_label)
+            .map_err(|e| format!("its backup_label is invalid: {e}"))?;
+        if label.start_lsn != self.start_lsn {
+            return Err(format!(
+                "its backup_label starts at {}, the manifest at {}",
+                label.start_lsn, self.start_lsn
+            ));
+        }
+        for tablespace in &self.tablespaces {
+            if !tablespace.path.starts_with('/') || has_bad_component(&tablespace.path) {
+                return Err(format!(
+                    "tablespace {} has the invalid path '{}'",
+                    tablespace.oid, tablespace.path
+                ));
+            }
+        }
+        for path in self.directories.iter().map(|d| d.path.as_str()) {
+            check_relative(path)?;
+            if let Some(oid) = tablespace_link(path)
+                && !self.tablespaces.iter().any(|t| t.oid == oid)
+            {
+                return Err(format!(
+                    "{path} links a tablespace the manifest does not list"
+                ));
+            }
+        }
+        for file in &self.files {
+            check_relative(&file.path)?;
+            if file.file_offset.checked_add(file.size).is_none()
+                || file.offset.checked_add(file.size).is_none()
+            {
+                return Err(format!("{}: offset and size overflow", file.path));
+            }
+        }
+        Ok(())
+    }
 }
 
-pub fn manifest_key(id: &str) -> String {
-    format!("{BACKUP_PREFIX}{id}/manifest.json")
+/// `pg_tblspc/<oid>`, the link to a tablespace.
+pub fn tablespace_link(path: &str) -> Option<u32> {
+    path.strip_prefix("pg_tblspc/")?.parse().ok()
+}
+
+fn has_bad_component(path: &str) -> bool {
+    path.contains('\0')
+        || path
+            .split('/')
+            .skip(1)
+            .any(|part| part.is_empty() || part == "." || part == "..")
+}
+
+/// A path inside the data directory: relative, without `.` or `..`.
+fn check_relative(path: &str) -> Result<(), String> {
+    if path.is_empty() || path.starts_with('/') || has_bad_component(&format!("/{path}")) {
+        return Err(format!("'{path}' is not a path inside the data directory"));
+    }
+    Ok(())
+}
+
+/// What `backup/<id>/` holds, manifest or not (a backup interrupted, or a manifest lost).
+#[derive(Clone, Debug, Default)]
+pub struct BackupObjects {
+    pub id: String,
+    pub manifest: Option<StoredObject>,
+    /// Data objects by number.
+    pub data: BTreeMap<u32, StoredObject>,
+}
+
+impl BackupObjects {
+    /// The key the manifest has, or would have, for messages.
+    pub fn manifest_key(&self) -> String {
+        manifest_key(&self.id)
+    }
+
+    /// The key data object `n` has, or would have, for messages.
+    pub fn data_key(&self, n: u32) -> String {
+        backup_object_key(&self.id, n)
+    }
 }
 
 impl Catalog {
+    /// `base` if no backup has used it (objects of an interrupted backup count), else
+    /// `base-2`, `base-3`…: leftovers are never overwritten and never adopted.
+    pub async fn unused_backup_id(&self, base: &str) -> Result<String, CatalogError> {
+        for attempt in 1u32.. {
+            let id = if attempt == 1 {
+                base.to_owned()
+            } else {
+                format!("{base}-{attempt}")
+            };
+            if self.storage.list(&backup_prefix(&id)).await?.is_empty() {
+                return Ok(id);
+            }
+        }
+        unreachable!("the loop returns")
+    }
+
+    /// Encodes what `reader` yields as data object `object` of backup `id` (handing the
+    /// reader back, with what it learned); `source` names it in messages.
+    pub async fn store_backup_object<R: Read + Send + 'static>(
+        &self,
+        id: &str,
+        object: u32,
+        source: &str,
+        reader: R,
+    ) -> Result<(R, EncodeSummary), CatalogError> {
+        let key = backup_object_key(id, object);
+        let (stored, encoded, reader) = self
+            .store_encoded(key.clone(), source.to_owned(), move |staged| {
+                let mut reader = reader;
+                let encoded = codec::encode_reader(&mut reader, staged, 1)?;
+                Ok((encoded, reader))
+            })
+            .await?;
+        match stored {
+            Stored::New => Ok((reader, encoded)),
+            Stored::AlreadyThere => Err(CatalogError::AlreadyStored {
+                what: key,
+                location: self.location(),
+            }),
+        }
+    }
+
+    /// Streams data object `object` of `backup`, verified, into `out`.
+    pub async fn fetch_backup_object<W: Write + Send + 'static>(
+        &self,
+        backup: &BackupManifest,
+        object: u32,
+        local: &str,
+        out: W,
+    ) -> Result<(W, DecodeSummary), CatalogError> {
+        let key = backup_object_key(&backup.id, object);
+        self.decode_key(&key, key.clone(), local, out).await
+    }
+
     /// Records a finished backup; it is listed and restorable from then on.
     pub async fn put_manifest(&self, manifest: &BackupManifest) -> Result<(), CatalogError> {
         let json = serde_json::to_vec_pretty(manifest).expect("manifest serialises");
-        self.storage()
+        self.storage
             .put(
                 &manifest_key(&manifest.id),
                 PutPayload::from_bytes(json),
@@ -101,45 +281,25 @@ impl Catalog {
     /// Every finished backup, oldest first.
     pub async fn backups(&self) -> Result<Vec<BackupManifest>, CatalogError> {
         let mut manifests = Vec::new();
-        for meta in self.storage().list(BACKUP_PREFIX).await? {
-            let Some(id) = meta
-                .key
-                .strip_prefix(BACKUP_PREFIX)
-                .and_then(|rest| rest.strip_suffix("/manifest.json"))
-            else {
+        for (id, objects) in self.backup_objects().await? {
+            if objects.manifest.is_none() {
                 continue;
-            };
-            let bytes = match read_all(&**self.storage(), &meta.key).await {
-                Ok(bytes) => bytes,
-                Err(StorageError::NotFound { .. }) => continue,
-                Err(e) => return Err(e.into()),
-            };
-            let manifest: BackupManifest =
-                serde_json::from_slice(&bytes).map_err(|e| CatalogError::CorruptManifest {
-                    id: id.to_owned(),
-                    reason: e.to_string(),
-                })?;
-            if manifest.format == MANIFEST_FORMAT {
-                manifests.push(manifest);
+            }
+            match self.manifest(&id).await {
+                Ok(manifest) => manifests.push(manifest),
+                // Deleted since the listing.
+                Err(CatalogError::NotFound { .. }) => {}
+                Err(e) => return Err(e),
             }
         }
         manifests.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(manifests)
     }
-}
 
-/// What `backup/<id>/` holds, manifest or not (a backup interrupted, or a manifest lost).
-#[derive(Clone, Debug, Default)]
-pub struct BackupObjects {
-    pub manifest: Option<ObjectMeta>,
-    pub data: Vec<ObjectMeta>,
-}
-
-impl Catalog {
     /// Every backup directory's objects, by backup id.
     pub async fn backup_objects(&self) -> Result<BTreeMap<String, BackupObjects>, CatalogError> {
         let mut backups: BTreeMap<String, BackupObjects> = BTreeMap::new();
-        for meta in self.storage().list(BACKUP_PREFIX).await? {
+        for meta in self.storage.list(BACKUP_PREFIX).await? {
             let Some((id, rest)) = meta
                 .key
                 .strip_prefix(BACKUP_PREFIX)
@@ -147,22 +307,62 @@ impl Catalog {
             else {
                 continue;
             };
-            let entry = backups.entry(id.to_owned()).or_default();
-            if rest == "manifest.json" {
-                entry.manifest = Some(meta);
-            } else if rest.starts_with("data/") {
-                entry.data.push(meta);
+            let entry = backups
+                .entry(id.to_owned())
+                .or_insert_with(|| BackupObjects {
+                    id: id.to_owned(),
+                    ..BackupObjects::default()
+                });
+            let number = rest
+                .strip_prefix("data/")
+                .and_then(|leaf| leaf.strip_suffix(".lz4"))
+                .and_then(|n| n.parse::<u32>().ok());
+            let object = StoredObject {
+                size: meta.size,
+                key: meta.key.clone(),
+            };
+            if rest == MANIFEST_LEAF {
+                entry.manifest = Some(object);
+            } else if let Some(n) = number.filter(|&n| meta.key == backup_object_key(id, n)) {
+                entry.data.insert(n, object);
             }
         }
         Ok(backups)
     }
 
-    /// One backup's manifest.
+    /// One backup's manifest, checked.
     pub async fn manifest(&self, id: &str) -> Result<BackupManifest, CatalogError> {
-        let bytes = read_all(&**self.storage(), &manifest_key(id)).await?;
-        serde_json::from_slice(&bytes).map_err(|e| CatalogError::CorruptManifest {
+        let bytes = match read_all(&*self.storage, &manifest_key(id)).await {
+            Ok(bytes) => bytes,
+            Err(StorageError::NotFound { .. }) => {
+                return Err(CatalogError::NotFound {
+                    what: format!("backup {id}"),
+                    location: self.location(),
+                });
+            }
+            Err(e) => return Err(e.into()),
+        };
+        BackupManifest::parse(&bytes, id).map_err(|reason| CatalogError::CorruptManifest {
             id: id.to_owned(),
-            reason: e.to_string(),
+            reason,
         })
+    }
+
+    /// Removes a backup: the manifest first, so that a removal cut short leaves objects no
+    /// listing offers for restore, then its data. Returns how many objects went. Whether the
+    /// backup may go is the caller's proof to make (retention).
+    pub async fn delete_backup(&self, id: &str) -> Result<u64, CatalogError> {
+        let objects = self.storage.list(&backup_prefix(id)).await?;
+        let manifest = manifest_key(id);
+        let mut deleted = 0;
+        if objects.iter().any(|o| o.key == manifest) {
+            self.storage.delete(&manifest).await?;
+            deleted += 1;
+        }
+        for object in objects.iter().filter(|o| o.key != manifest) {
+            self.storage.delete(&object.key).await?;
+            deleted += 1;
+        }
+        Ok(deleted)
     }
 }

@@ -1,4 +1,6 @@
-//! The repository layout: the only module that knows object names.
+//! The repository layout: the only module that knows object names and holds the storage
+//! handle. Commands ask for typed things (a WAL file, a backup's objects, a summary) and never
+//! see a key they could build or a store they could write to behind the catalog's back.
 //!
 //! ```text
 //! repository.json                                   identity of the cluster (RepositoryIdentity)
@@ -7,24 +9,29 @@
 //! wal/<TLI><LOG>/<segment>.<offset>.backup.lz4      backup history files
 //! wal/history/<TLI>.history.lz4                     timeline history files
 //! wal/.../<name>.summary.json                       the WAL index (see `wal_index`)
+//! backup/<id>/data/<n>.lz4, backup/<id>/manifest.json   base backups (see `backup`)
 //! ```
-//! Every `.lz4` object is in the codec's format (LZ4 frames and a checksummed trailer).
+//! Every `.lz4` object is in the codec's format (LZ4 frames and a checksummed trailer): the
+//! catalog encodes what it stores and verifies what it reads.
 
 pub mod backup;
-pub mod wal_archive;
+pub mod wal;
 pub mod wal_index;
 
+use std::fs::File;
+use std::io::Write;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::pg::{ControlFile, WalFileKind, WalFileName};
-use crate::storage::{PutMode, PutPayload, Storage, StorageError, read_all};
+use crate::codec::{self, CodecError, DecodeSummary, EncodeSummary};
+use crate::pg::ControlFile;
+use crate::storage::{ObjectBody, PutMode, PutPayload, Storage, StorageError, read_all};
 
-pub const IDENTITY_KEY: &str = "repository.json";
+const IDENTITY_KEY: &str = "repository.json";
 pub const REPOSITORY_FORMAT: u32 = 1;
-const WAL_PREFIX: &str = "wal/";
 
 #[derive(Debug, thiserror::Error)]
 pub enum CatalogError {
@@ -37,6 +44,25 @@ pub enum CatalogError {
     CorruptIdentity { location: String, reason: String },
     #[error("the manifest of backup {id} is unreadable: {reason}")]
     CorruptManifest { id: String, reason: String },
+    /// A stored object that fails its checksums or does not decode.
+    #[error("{what} in {location} is corrupt: {reason}")]
+    Corrupt {
+        what: String,
+        location: String,
+        reason: String,
+    },
+    #[error("{what} is not in the repository {location}")]
+    NotFound { what: String, location: String },
+    /// The object is stored already (create-only puts).
+    #[error("{what} is already in the repository {location}")]
+    AlreadyStored { what: String, location: String },
+    /// A local file pitr reads from or writes to failed, not the repository.
+    #[error("{path}: {source}")]
+    Local {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Storage(#[from] StorageError),
 }
@@ -71,6 +97,34 @@ impl RepositoryIdentity {
             created_by: format!("pitr {}", env!("CARGO_PKG_VERSION")),
         }
     }
+
+    /// Parses `repository.json`, refusing values no cluster has (a segment size that is not a
+    /// power of two would break every WAL computation later).
+    pub fn parse(bytes: &[u8]) -> Result<Self, String> {
+        let identity: RepositoryIdentity =
+            serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+        if identity.format != REPOSITORY_FORMAT {
+            return Err(format!(
+                "repository format {} is not {REPOSITORY_FORMAT} (written by a newer pitr?)",
+                identity.format
+            ));
+        }
+        if !crate::pg::is_valid_wal_segment_size(identity.wal_segment_size) {
+            return Err(format!(
+                "WAL segment size {} is not a power of two from 1 MB to 1 GB",
+                identity.wal_segment_size
+            ));
+        }
+        if !identity.wal_block_size.is_power_of_two()
+            || !(1024..=65536).contains(&identity.wal_block_size)
+        {
+            return Err(format!(
+                "WAL block size {} is not a power of two from 1 kB to 64 kB",
+                identity.wal_block_size
+            ));
+        }
+        Ok(identity)
+    }
 }
 
 mod u64_as_string {
@@ -97,19 +151,34 @@ pub enum InitOutcome {
     OtherCluster(Box<RepositoryIdentity>),
 }
 
-/// The object key of an archived WAL file.
-pub fn wal_key(name: &WalFileName) -> String {
-    match name.kind() {
-        WalFileKind::History => format!("{WAL_PREFIX}history/{name}.lz4"),
-        _ => format!("{WAL_PREFIX}{}/{name}.lz4", &name.as_str()[..16]),
+/// An object found by a listing. Its key is the catalog's: commands show it in messages but
+/// can only hand the object back to the catalog.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredObject {
+    key: String,
+    /// Stored (compressed) size.
+    pub size: u64,
+}
+
+impl StoredObject {
+    /// The key, for messages and reports.
+    pub fn key(&self) -> &str {
+        &self.key
     }
 }
 
-/// The WAL file an object key names, if it names one.
-pub fn wal_name_of_key(key: &str) -> Option<WalFileName> {
-    let leaf = key.strip_prefix(WAL_PREFIX)?.rsplit('/').next()?;
-    let name = WalFileName::parse(leaf.strip_suffix(".lz4")?).ok()?;
-    (wal_key(&name) == key).then_some(name)
+/// An object being read: its body, not yet decoded or verified.
+pub struct OpenedObject {
+    key: String,
+    what: String,
+    body: ObjectBody,
+}
+
+/// Whether a create-only store found the object already there.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stored {
+    New,
+    AlreadyThere,
 }
 
 #[derive(Clone, Debug)]
@@ -122,8 +191,9 @@ impl Catalog {
         Catalog { storage }
     }
 
-    pub fn storage(&self) -> &Arc<dyn Storage> {
-        &self.storage
+    /// Where the repository is, for messages.
+    pub fn location(&self) -> String {
+        self.storage.location()
     }
 
     pub async fn identity(&self) -> Result<RepositoryIdentity, CatalogError> {
@@ -131,24 +201,15 @@ impl Catalog {
             Ok(bytes) => bytes,
             Err(StorageError::NotFound { .. }) => {
                 return Err(CatalogError::NotInitialised {
-                    location: self.storage.location(),
+                    location: self.location(),
                 });
             }
             Err(e) => return Err(e.into()),
         };
-        let corrupt = |reason: String| CatalogError::CorruptIdentity {
-            location: self.storage.location(),
+        RepositoryIdentity::parse(&bytes).map_err(|reason| CatalogError::CorruptIdentity {
+            location: self.location(),
             reason,
-        };
-        let identity: RepositoryIdentity =
-            serde_json::from_slice(&bytes).map_err(|e| corrupt(e.to_string()))?;
-        if identity.format != REPOSITORY_FORMAT {
-            return Err(corrupt(format!(
-                "repository format {} is not {REPOSITORY_FORMAT} (written by a newer pitr?)",
-                identity.format
-            )));
-        }
-        Ok(identity)
+        })
     }
 
     /// Records `identity` unless the repository already has one; never replaces it.
@@ -172,58 +233,149 @@ impl Catalog {
             Err(e) => Err(e.into()),
         }
     }
+
+    /// Encodes what `encode` produces into a staged file and stores it create-only under
+    /// `key`. `source` names the local input in messages.
+    async fn store_encoded<T: Send + 'static>(
+        &self,
+        key: String,
+        source: String,
+        encode: impl FnOnce(&File) -> Result<(EncodeSummary, T), CodecError> + Send + 'static,
+    ) -> Result<(Stored, EncodeSummary, T), CatalogError> {
+        let staging_dir = self
+            .storage
+            .staging_dir()
+            .map_or_else(std::env::temp_dir, PathBuf::from);
+        let (staged, encoded, extra) = blocking(move || {
+            let stage_error = |e| StorageError::io("stage", staging_dir.display(), e);
+            std::fs::create_dir_all(&staging_dir).map_err(stage_error)?;
+            let staged = tempfile::Builder::new()
+                .prefix(".pitr-put-")
+                .tempfile_in(&staging_dir)
+                .map_err(stage_error)?;
+            let (encoded, extra) = encode(staged.as_file()).map_err(|e| match e {
+                CodecError::Read(source_error) => CatalogError::Local {
+                    path: source,
+                    source: source_error,
+                },
+                CodecError::Write(e) => stage_error(e).into(),
+                CodecError::Corrupt(reason) => stage_error(std::io::Error::other(reason)).into(),
+            })?;
+            Ok((staged, encoded, extra))
+        })
+        .await?;
+        let payload = PutPayload::from_file(
+            staged.path().to_owned(),
+            encoded.stored_len,
+            encoded.object_crc32,
+        );
+        let stored = match self.storage.put(&key, payload, PutMode::Create).await {
+            Ok(()) => Stored::New,
+            Err(StorageError::AlreadyExists { .. }) => Stored::AlreadyThere,
+            Err(e) => return Err(e.into()),
+        };
+        Ok((stored, encoded, extra))
+    }
+
+    /// Opens the object at `key` for [`Catalog::decode_opened`]; opening ahead of decoding
+    /// keeps a slow store's latency off the decoder's path.
+    async fn open_key(&self, key: &str, what: String) -> Result<OpenedObject, CatalogError> {
+        match self.storage.get(key).await {
+            Ok(body) => Ok(OpenedObject {
+                key: key.to_owned(),
+                what,
+                body,
+            }),
+            Err(StorageError::NotFound { .. }) => Err(CatalogError::NotFound {
+                what,
+                location: self.location(),
+            }),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Opens a listed object; `what` names it in messages.
+    pub async fn open_object(
+        &self,
+        object: &StoredObject,
+        what: String,
+    ) -> Result<OpenedObject, CatalogError> {
+        self.open_key(&object.key, what).await
+    }
+
+    /// Streams the decoded, verified content of an opened object into `out` (handed back
+    /// with what was verified); `local` names `out` in messages. `out` has seen every byte
+    /// only when this returns `Ok`.
+    pub async fn decode_opened<W: Write + Send + 'static>(
+        &self,
+        opened: OpenedObject,
+        local: &str,
+        out: W,
+    ) -> Result<(W, DecodeSummary), CatalogError> {
+        let (location, local) = (self.location(), local.to_owned());
+        let OpenedObject { key, what, body } = opened;
+        blocking(move || {
+            let mut out = out;
+            match codec::decode(body.into_blocking_reader(), &mut out) {
+                Ok(decoded) => Ok((out, decoded)),
+                Err(CodecError::Corrupt(reason)) => Err(CatalogError::Corrupt {
+                    what,
+                    location,
+                    reason,
+                }),
+                Err(CodecError::Read(e)) => Err(StorageError::io("read", key, e).into()),
+                Err(CodecError::Write(source)) => Err(CatalogError::Local {
+                    path: local,
+                    source,
+                }),
+            }
+        })
+        .await
+    }
+
+    async fn decode_key<W: Write + Send + 'static>(
+        &self,
+        key: &str,
+        what: String,
+        local: &str,
+        out: W,
+    ) -> Result<(W, DecodeSummary), CatalogError> {
+        let opened = self.open_key(key, what).await?;
+        self.decode_opened(opened, local, out).await
+    }
+
+    /// The decoded content of a small listed object (a history or backup history file).
+    pub async fn read_object(
+        &self,
+        object: &StoredObject,
+        what: String,
+    ) -> Result<Vec<u8>, CatalogError> {
+        let (content, _) = self
+            .decode_key(&object.key, what, "memory", Vec::new())
+            .await?;
+        Ok(content)
+    }
+
+    /// Streams a listed object's decoded, verified content into `out`.
+    pub async fn decode_object<W: Write + Send + 'static>(
+        &self,
+        object: &StoredObject,
+        what: String,
+        out: W,
+    ) -> Result<(W, DecodeSummary), CatalogError> {
+        self.decode_key(&object.key, what, "the decoder's output", out)
+            .await
+    }
+}
+
+/// Runs file- and CPU-bound work off the async runtime.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, CatalogError> + Send + 'static,
+) -> Result<T, CatalogError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .expect("catalog task panicked")
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn wal_keys_group_by_timeline_and_log() {
-        let cases = [
-            (
-                "000000010000000A000000FF",
-                "wal/000000010000000A/000000010000000A000000FF.lz4",
-            ),
-            (
-                "000000020000000000000003.partial",
-                "wal/0000000200000000/000000020000000000000003.partial.lz4",
-            ),
-            (
-                "000000010000000000000002.00000028.backup",
-                "wal/0000000100000000/000000010000000000000002.00000028.backup.lz4",
-            ),
-            ("00000002.history", "wal/history/00000002.history.lz4"),
-        ];
-        for (name, key) in cases {
-            let parsed = WalFileName::parse(name).unwrap();
-            assert_eq!(wal_key(&parsed), key);
-            assert_eq!(wal_name_of_key(key), Some(parsed));
-        }
-        assert_eq!(wal_name_of_key("repository.json"), None);
-        assert_eq!(
-            wal_name_of_key("wal/0000000100000000/000000020000000000000001.lz4"),
-            None
-        );
-    }
-
-    #[test]
-    fn identity_json_keeps_the_system_identifier_exact() {
-        let control = ControlFile {
-            system_identifier: 7_301_234_567_890_123_457,
-            pg_control_version: 1300,
-            catalog_version_no: 202_209_061,
-            wal_block_size: 8192,
-            wal_segment_size: 16 << 20,
-            data_checksum_version: 0,
-        };
-        let identity = RepositoryIdentity::new(&control, 15, Utc::now());
-        let json = serde_json::to_string(&identity).unwrap();
-        assert!(
-            json.contains("\"system_identifier\":\"7301234567890123457\""),
-            "{json}"
-        );
-        let back: RepositoryIdentity = serde_json::from_str(&json).unwrap();
-        assert_eq!(back, identity);
-    }
-}
+mod tests;

@@ -12,17 +12,18 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{Catalog, CatalogError, WAL_PREFIX, wal_key};
+use super::wal::{WAL_PREFIX, wal_key};
+use super::{Catalog, CatalogError};
 use crate::pg::timeline::HistoryEntry;
 use crate::pg::wal_summary::SegmentSummary;
-use crate::pg::{WalFileKind, WalFileName};
+use crate::pg::{Lsn, WalFileKind, WalFileName};
 use crate::storage::{PutMode, PutPayload, StorageError, read_all};
 
 pub const SUMMARY_FORMAT: u32 = 1;
 const SUMMARY_SUFFIX: &str = ".summary.json";
 
 /// The key of the summary of an archived segment, partial segment or history file.
-pub fn summary_key(name: &WalFileName) -> String {
+pub(super) fn summary_key(name: &WalFileName) -> String {
     let key = wal_key(name);
     format!(
         "{}{SUMMARY_SUFFIX}",
@@ -31,7 +32,7 @@ pub fn summary_key(name: &WalFileName) -> String {
 }
 
 /// The WAL file whose summary a key names, if it names one.
-pub fn wal_name_of_summary_key(key: &str) -> Option<WalFileName> {
+pub(super) fn wal_name_of_summary_key(key: &str) -> Option<WalFileName> {
     let leaf = key.strip_prefix(WAL_PREFIX)?.rsplit('/').next()?;
     let name = WalFileName::parse(leaf.strip_suffix(SUMMARY_SUFFIX)?).ok()?;
     (summary_key(&name) == key).then_some(name)
@@ -56,7 +57,7 @@ pub struct StoredHistorySummary {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SwitchPoint {
     pub timeline: u32,
-    pub switchpoint: String,
+    pub switchpoint: Lsn,
 }
 
 impl StoredHistorySummary {
@@ -68,7 +69,7 @@ impl StoredHistorySummary {
                 .iter()
                 .map(|e| SwitchPoint {
                     timeline: e.timeline,
-                    switchpoint: e.switchpoint.to_string(),
+                    switchpoint: e.switchpoint,
                 })
                 .collect(),
         }
@@ -106,7 +107,7 @@ impl Catalog {
         stored: &impl Serialize,
     ) -> Result<(), CatalogError> {
         let json = serde_json::to_vec(stored).expect("summary serialises");
-        self.storage()
+        self.storage
             .put(
                 &summary_key(name),
                 PutPayload::from_bytes(json),
@@ -122,7 +123,7 @@ impl Catalog {
         &self,
         name: &WalFileName,
     ) -> Result<Option<SegmentSummary>, CatalogError> {
-        let bytes = match read_all(&**self.storage(), &summary_key(name)).await {
+        let bytes = match read_all(&*self.storage, &summary_key(name)).await {
             Ok(bytes) => bytes,
             Err(StorageError::NotFound { .. }) => return Ok(None),
             Err(e) => return Err(e.into()),
@@ -158,7 +159,11 @@ mod tests {
             let parsed = WalFileName::parse(name).unwrap();
             assert_eq!(summary_key(&parsed), key);
             assert_eq!(wal_name_of_summary_key(key), Some(parsed));
-            assert_eq!(super::super::wal_name_of_key(key), None, "not a WAL object");
+            assert_eq!(
+                super::super::wal::wal_name_of_key(key),
+                None,
+                "not a WAL object"
+            );
         }
     }
 }

@@ -27,10 +27,14 @@ const QUEUE_DEPTH: usize = 2;
 /// Read size when decoding.
 const IO_BUF: usize = 256 << 10;
 
+/// Which side failed matters to the caller: a read error is the source's (the repository,
+/// or the file being archived), a write error the destination's, corruption the data's.
 #[derive(Debug, thiserror::Error)]
 pub enum CodecError {
     #[error("{0}")]
-    Io(#[from] io::Error),
+    Read(io::Error),
+    #[error("{0}")]
+    Write(io::Error),
     #[error("corrupt object: {0}")]
     Corrupt(String),
 }
@@ -63,8 +67,8 @@ pub fn encode<W: Write + Send>(
     input: &File,
     output: W,
     threads: usize,
-) -> io::Result<EncodeSummary> {
-    let len = input.metadata()?.len();
+) -> Result<EncodeSummary, CodecError> {
+    let len = input.metadata().map_err(CodecError::Read)?.len();
     encode_chunks(output, threads, |emit| {
         let mut offset = 0u64;
         while offset < len {
@@ -98,7 +102,7 @@ pub fn encode_reader<R: Read, W: Write + Send>(
     mut input: R,
     output: W,
     threads: usize,
-) -> io::Result<EncodeSummary> {
+) -> Result<EncodeSummary, CodecError> {
     encode_chunks(output, threads, |emit| {
         loop {
             let mut chunk = Vec::with_capacity(CHUNK_SIZE);
@@ -120,7 +124,7 @@ fn encode_chunks<W: Write + Send>(
     output: W,
     threads: usize,
     produce: impl FnOnce(&mut dyn FnMut(Chunk) -> bool) -> io::Result<()>,
-) -> io::Result<EncodeSummary> {
+) -> Result<EncodeSummary, CodecError> {
     let threads = threads.max(1);
     let mut original = crc32fast::Hasher::new();
     let mut original_len = 0u64;
@@ -151,7 +155,7 @@ fn encode_chunks<W: Write + Send>(
         });
         drop(to_workers);
         let written = writer.join().expect("frame writer panicked");
-        read_result?;
+        read_result.map_err(CodecError::Read)?;
         let (mut output, stored, stored_len) = written?;
         let trailer = Trailer {
             original_len,
@@ -159,8 +163,10 @@ fn encode_chunks<W: Write + Send>(
             stored_crc32: stored.clone().finalize(),
         }
         .to_bytes();
-        output.write_all(&trailer)?;
-        output.flush()?;
+        output
+            .write_all(&trailer)
+            .and_then(|()| output.flush())
+            .map_err(CodecError::Write)?;
         let mut object = stored;
         object.update(&trailer);
         Ok(EncodeSummary {
@@ -224,7 +230,7 @@ fn write_frames<W: Write>(
     from_workers: &[mpsc::Receiver<io::Result<Vec<u8>>>],
     free_frames: &[mpsc::Sender<Vec<u8>>],
     mut output: W,
-) -> io::Result<(W, crc32fast::Hasher, u64)> {
+) -> Result<(W, crc32fast::Hasher, u64), CodecError> {
     let mut stored = crc32fast::Hasher::new();
     let mut stored_len = 0u64;
     for index in 0.. {
@@ -232,10 +238,11 @@ fn write_frames<W: Write>(
         let Ok(frame) = from_workers[worker].recv() else {
             break; // input exhausted
         };
-        let frame = frame?;
+        // Compressing in memory fails only on a bug; report it with the writer's errors.
+        let frame = frame.map_err(CodecError::Write)?;
         stored.update(&frame);
         stored_len += frame.len() as u64;
-        output.write_all(&frame)?;
+        output.write_all(&frame).map_err(CodecError::Write)?;
         let _ = free_frames[worker].send(frame);
     }
     Ok((output, stored, stored_len))
@@ -263,24 +270,28 @@ pub fn decode<R: Read, W: Write>(input: R, mut output: W) -> Result<DecodeSummar
         let n = match filled {
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) if decoder.get_ref().source_error => return Err(CodecError::Io(e)),
+            Err(e) if decoder.get_ref().source_error => return Err(CodecError::Read(e)),
             Err(e) => return Err(CodecError::Corrupt(format!("invalid LZ4 data: {e}"))),
         };
         if n == 0 {
             // The decoder reports an empty block at the end of every frame.
-            if decoder.get_mut().has_body_left()? {
+            if decoder
+                .get_mut()
+                .has_body_left()
+                .map_err(CodecError::Read)?
+            {
                 continue;
             }
             break;
         }
         // Filled already: this returns the same block without reading.
-        let block = decoder.fill_buf()?;
+        let block = decoder.fill_buf().map_err(CodecError::Read)?;
         original.update(block);
         original_len += n as u64;
-        output.write_all(block)?;
+        output.write_all(block).map_err(CodecError::Write)?;
         decoder.consume(n);
     }
-    output.flush()?;
+    output.flush().map_err(CodecError::Write)?;
     let (trailer, stored_crc32, stored_len) = decoder.into_inner().finish()?;
     if trailer.stored_crc32 != stored_crc32 {
         return Err(CodecError::Corrupt(format!(

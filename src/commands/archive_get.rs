@@ -4,14 +4,13 @@
 //! both checksums and the length are verified, so PostgreSQL never reads a partial or
 //! corrupt file.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use crate::catalog::{Catalog, wal_key};
-use crate::codec::{self, CodecError, DecodeSummary};
+use crate::catalog::{Catalog, CatalogError};
+use crate::codec::DecodeSummary;
 use crate::error::{Error, Result};
 use crate::pg::WalFileName;
-use crate::storage::StorageError;
 
 use super::blocking;
 
@@ -38,52 +37,34 @@ pub async fn archive_get(
     // A missing or foreign repository must not look like "no such segment" to recovery.
     let identity = catalog.identity().await?;
     let expected_len = name.holds_wal_pages().then_some(identity.wal_segment_size);
-    tracing::debug!("identity read after {:?}", started.elapsed());
-    let storage = catalog.storage();
-    let location = storage.location();
-    let body = match storage.get(&wal_key(&name)).await {
-        Ok(body) => body,
-        Err(StorageError::NotFound { .. }) => {
-            return Err(Error::NotFound {
-                name: name.to_string(),
-                location,
-            });
-        }
-        Err(e) => return Err(e.into()),
-    };
 
     let dest = options.dest.clone();
-    let what = name.to_string();
-    let decoded = blocking(move || {
-        let dir = match dest.parent() {
-            Some(dir) if !dir.as_os_str().is_empty() => dir,
-            _ => Path::new("."),
-        };
-        let staged = tempfile::Builder::new()
-            .prefix(".pitr-get-")
-            .tempfile_in(dir)
-            .map_err(|e| Error::invalid_input(dir.display(), e))?;
-        if let Some(len) = expected_len {
-            preallocate(staged.as_file(), len);
-        }
-        tracing::debug!("decoding after {:?}", started.elapsed());
-        let decoded = match codec::decode(body.into_blocking_reader(), staged.as_file()) {
-            Ok(decoded) => decoded,
-            // The staged file is removed when `staged` drops: DEST never sees these bytes.
-            Err(CodecError::Corrupt(reason)) => {
-                return Err(Error::Corrupt {
-                    what: format!("the archived copy of {what}"),
-                    location,
-                    reason,
-                });
-            }
-            Err(CodecError::Io(e)) => return Err(StorageError::io("get", &location, e).into()),
-        };
-        tracing::debug!("decoded after {:?}", started.elapsed());
+    let dir = match dest.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.to_owned(),
+        _ => PathBuf::from("."),
+    };
+    let staged = tempfile::Builder::new()
+        .prefix(".pitr-get-")
+        .tempfile_in(&dir)
+        .map_err(|e| Error::local_io(dir.display(), e))?;
+    if let Some(len) = expected_len {
+        preallocate(staged.as_file(), len);
+    }
+    // The staged file is removed when dropped on any error: DEST never sees these bytes.
+    let (staged, decoded) = catalog
+        .fetch_wal(&name, &dest.display().to_string(), staged)
+        .await
+        .map_err(|e| match e {
+            CatalogError::NotFound { location, .. } => Error::NotFound {
+                name: name.to_string(),
+                location,
+            },
+            e => e.into(),
+        })?;
+    blocking(move || {
         staged
             .persist(&dest)
-            .map_err(|e| Error::invalid_input(dest.display(), e.error))?;
-        Ok(decoded)
+            .map_err(|e| Error::local_io(dest.display(), e.error))
     })
     .await?;
     Ok(ArchiveGetReport {

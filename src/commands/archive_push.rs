@@ -13,14 +13,13 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::catalog::{Catalog, RepositoryIdentity, wal_key};
-use crate::codec::{self, CodecError, CompareWriter, EncodeSummary};
+use crate::catalog::{Catalog, CatalogError, RepositoryIdentity, Stored};
+use crate::codec::{CompareWriter, EncodeSummary};
 use crate::error::{Error, Result};
 use crate::pg::timeline::parse_history;
 use crate::pg::wal_page::SIZE_OF_XLOG_LONG_PHD;
 use crate::pg::wal_summary::{SegmentSummary, summarize_segment};
-use crate::pg::{Lsn, WalFileKind, WalFileName, WalLongPageHeader, wal_name};
-use crate::storage::{PutMode, PutPayload, StorageError};
+use crate::pg::{WalFileKind, WalFileName, WalLongPageHeader, wal_name};
 
 use super::blocking;
 
@@ -57,48 +56,21 @@ pub async fn archive_push(
     if name.holds_wal_pages() {
         check_segment(&path, &name, &identity)?;
     }
-
-    let storage = catalog.storage().clone();
-    let staging_dir = match storage.staging_dir() {
-        Some(dir) => dir.to_owned(),
-        None => std::env::temp_dir(),
-    };
-    let threads = options.threads;
-    let source = path.clone();
-    let encode = blocking(move || {
-        std::fs::create_dir_all(&staging_dir)
-            .map_err(|e| StorageError::io("create", staging_dir.display(), e))?;
-        let staged = tempfile::Builder::new()
-            .prefix(".pitr-push-")
-            .tempfile_in(&staging_dir)
-            .map_err(|e| StorageError::io("create", staging_dir.display(), e))?;
-        let input = File::open(&source).map_err(|e| Error::invalid_input(source.display(), e))?;
-        let encoded = codec::encode(&input, staged.as_file(), threads)
-            .map_err(|e| Error::invalid_input(source.display(), e))?;
-        Ok((staged, encoded))
-    });
     // The previous segment's summary (read while compressing) completes a record that
     // straddles the boundary.
-    let (encoded, previous) = tokio::join!(encode, previous_summary(catalog, &name, &identity));
-    let (staged, encoded) = encoded?;
-    tracing::debug!("encoded after {:?}", started.elapsed());
-
-    let key = wal_key(&name);
-    let payload = PutPayload::from_file(
-        staged.path().to_owned(),
-        encoded.stored_len,
-        encoded.object_crc32,
+    let (stored, previous) = tokio::join!(
+        catalog.store_wal(&name, &path, options.threads),
+        previous_summary(catalog, &name, &identity)
     );
-    let outcome = match storage.put(&key, payload, PutMode::Create).await {
-        Ok(()) => PushOutcome::Stored,
-        Err(StorageError::AlreadyExists { .. }) => {
-            compare_with_stored(catalog, &key, &name, &path).await?;
+    let (stored, encoded) = stored?;
+    let outcome = match stored {
+        Stored::New => PushOutcome::Stored,
+        Stored::AlreadyThere => {
+            compare_with_stored(catalog, &name, &path).await?;
             tracing::warn!("{name} was already archived with identical content; nothing to do");
             PushOutcome::AlreadyArchived
         }
-        Err(e) => return Err(e.into()),
     };
-    drop(staged);
     index(catalog, &name, &path, &identity, previous).await?;
     tracing::debug!("stored and indexed after {:?}", started.elapsed());
     Ok(ArchivePushReport {
@@ -143,21 +115,20 @@ async fn index(
     identity: &RepositoryIdentity,
     previous: Option<SegmentSummary>,
 ) -> Result<()> {
-    let invalid = |e: std::io::Error| Error::invalid_input(path.display(), e);
     match name.kind() {
         WalFileKind::Segment | WalFileKind::Partial => {
-            let segno = name
-                .segment_number(identity.wal_segment_size)
-                .expect("segments have segment numbers");
-            let start = Lsn(segno * identity.wal_segment_size);
+            // check_segment proved the name's segment is this cluster's.
+            let Some(start) = name.start_lsn(identity.wal_segment_size) else {
+                return Ok(());
+            };
             let (segment_size, block_size) =
                 (identity.wal_segment_size, identity.wal_block_size as usize);
             let path = path.to_owned();
             let summary = blocking(move || {
-                let invalid = |e: std::io::Error| Error::invalid_input(path.display(), e);
-                let file = File::open(&path).map_err(invalid)?;
+                let local = |e: std::io::Error| Error::local_io(path.display(), e);
+                let file = File::open(&path).map_err(local)?;
                 // SAFETY: PostgreSQL does not modify a segment while archiving it.
-                let wal = unsafe { memmap2::Mmap::map(&file) }.map_err(invalid)?;
+                let wal = unsafe { memmap2::Mmap::map(&file) }.map_err(local)?;
                 let carry = previous.as_ref().and_then(|p| p.carry.as_ref());
                 Ok(summarize_segment(
                     &wal,
@@ -171,7 +142,8 @@ async fn index(
             catalog.put_segment_summary(name, &summary).await?;
         }
         WalFileKind::History => {
-            let text = std::fs::read_to_string(path).map_err(invalid)?;
+            let text =
+                std::fs::read_to_string(path).map_err(|e| Error::local_io(path.display(), e))?;
             let entries =
                 parse_history(&text).map_err(|e| Error::invalid_input(path.display(), e))?;
             catalog.put_history_summary(name, &entries).await?;
@@ -192,8 +164,9 @@ fn file_name_of(path: &Path) -> Result<WalFileName> {
 /// Refuses WAL from another cluster, or a file that is not the segment its name says.
 fn check_segment(path: &Path, name: &WalFileName, identity: &RepositoryIdentity) -> Result<()> {
     let invalid = |reason: String| Error::invalid_input(path.display(), reason);
-    let file = File::open(path).map_err(|e| invalid(e.to_string()))?;
-    let len = file.metadata().map_err(|e| invalid(e.to_string()))?.len();
+    let local = |e: std::io::Error| Error::local_io(path.display(), e);
+    let file = File::open(path).map_err(local)?;
+    let len = file.metadata().map_err(local)?.len();
     let mut page = [0u8; SIZE_OF_XLOG_LONG_PHD];
     file.read_exact_at(&mut page, 0)
         .map_err(|e| invalid(format!("cannot read the WAL page header: {e}")))?;
@@ -225,11 +198,13 @@ fn check_segment(path: &Path, name: &WalFileName, identity: &RepositoryIdentity)
             identity.wal_segment_size
         )));
     }
-    let segno = name
-        .segment_number(identity.wal_segment_size)
-        .expect("segments have segment numbers");
-    let expected = segno * identity.wal_segment_size;
-    if header.page_address.0 != expected {
+    let Some(expected) = name.start_lsn(identity.wal_segment_size) else {
+        return Err(invalid(format!(
+            "the name is out of range for WAL segments of {} bytes",
+            identity.wal_segment_size
+        )));
+    };
+    if header.page_address != expected {
         return Err(invalid(format!(
             "holds WAL from {} but its name says {} (should start at {})",
             wal_name::xlog_file_name(
@@ -240,46 +215,40 @@ fn check_segment(path: &Path, name: &WalFileName, identity: &RepositoryIdentity)
                 identity.wal_segment_size
             ),
             name.segment_name().unwrap_or_default(),
-            crate::pg::Lsn(expected)
+            expected
         )));
     }
     Ok(())
 }
 
 /// Succeeds only if the stored object decodes to exactly the bytes at `path`.
-async fn compare_with_stored(
-    catalog: &Catalog,
-    key: &str,
-    name: &WalFileName,
-    path: &Path,
-) -> Result<()> {
-    let storage = catalog.storage();
-    let location = storage.location();
-    let body = storage.get(key).await?;
-    let path = path.to_owned();
-    let what = name.to_string();
-    let identical = blocking(move || {
-        let local = File::open(&path).map_err(|e| Error::invalid_input(path.display(), e))?;
-        let mut compare = CompareWriter::new(BufReader::with_capacity(1 << 20, local));
-        match codec::decode(body.into_blocking_reader(), &mut compare) {
-            Ok(_) => Ok(compare
-                .finish()
-                .map_err(|e| Error::invalid_input(path.display(), e))?),
-            Err(CodecError::Corrupt(reason)) => Err(Error::Corrupt {
-                what: format!("the archived copy of {what}"),
-                location: location.clone(),
+async fn compare_with_stored(catalog: &Catalog, name: &WalFileName, path: &Path) -> Result<()> {
+    let local = File::open(path).map_err(|e| Error::local_io(path.display(), e))?;
+    let compare = CompareWriter::new(BufReader::with_capacity(1 << 20, local));
+    let (compare, _) = catalog
+        .fetch_wal(name, &path.display().to_string(), compare)
+        .await
+        .map_err(|e| match e {
+            CatalogError::Corrupt {
+                what,
+                location,
+                reason,
+            } => Error::Corrupt {
+                what,
+                location,
                 reason: format!("{reason}; it was left in place for inspection"),
-            }),
-            Err(CodecError::Io(e)) => Err(StorageError::io("read", &location, e).into()),
-        }
-    })
-    .await?;
+            },
+            e => e.into(),
+        })?;
+    let identical = compare
+        .finish()
+        .map_err(|e| Error::local_io(path.display(), e))?;
     if identical {
         Ok(())
     } else {
         Err(Error::Conflict {
             name: name.to_string(),
-            location: storage.location(),
+            location: catalog.location(),
         })
     }
 }

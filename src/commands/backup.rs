@@ -11,20 +11,18 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use chrono::{SecondsFormat, Utc};
+use chrono::Utc;
 use futures_util::{StreamExt, TryStreamExt, stream};
 
+use crate::catalog::Catalog;
 use crate::catalog::backup::{
-    BACKUP_PREFIX, BackupDirectory, BackupFile, BackupManifest, MANIFEST_FORMAT, Tablespace,
-    backup_object_key,
+    BackupDirectory, BackupFile, BackupManifest, MANIFEST_FORMAT, Tablespace,
 };
-use crate::catalog::{Catalog, wal_key};
-use crate::codec;
+use crate::datadir::read_cluster_identity;
 use crate::error::{Error, Result};
 use crate::pg::WalFileName;
 use crate::pg::basebackup::{Disposition, classify, is_database_directory, unlogged_files};
 use crate::server::{Session, connection_config};
-use crate::storage::{PutMode, PutPayload, StorageError};
 
 use super::blocking;
 
@@ -90,7 +88,9 @@ pub async fn backup(catalog: &Catalog, options: &BackupOptions) -> Result<Backup
     check_pgdata(&pgdata, identity.system_identifier)?;
 
     let start_time = Utc::now();
-    let id = unused_backup_id(catalog, &start_time.format("%Y%m%dT%H%M%SZ").to_string()).await?;
+    let id = catalog
+        .unused_backup_id(&start_time.format("%Y%m%dT%H%M%SZ").to_string())
+        .await?;
     let label = format!("pitr backup {id}");
     let start_lsn = session.backup_start(&label, options.fast).await?;
     let start_wal_segment = session.walfile_name(start_lsn).await?;
@@ -105,15 +105,13 @@ pub async fn backup(catalog: &Catalog, options: &BackupOptions) -> Result<Backup
     let total: u64 = plan.iter().flatten().map(|f| f.size).sum();
     options.progress.start(&format!("backup {id}"), total);
     let object_count = plan.len() as u32;
-    let storage = catalog.storage().clone();
     let copied: Vec<(Vec<BackupFile>, u64)> = stream::iter(plan.into_iter().enumerate())
         .map(|(index, files)| {
-            let storage = storage.clone();
             let id = id.clone();
             let progress = options.progress.clone();
             async move {
                 let size: u64 = files.iter().map(|f| f.size).sum();
-                let copied = copy_object(&*storage, &id, index as u32, files).await?;
+                let copied = copy_object(catalog, &id, index as u32, files).await?;
                 progress.advance(size);
                 Ok::<_, Error>(copied)
             }
@@ -137,10 +135,10 @@ pub async fn backup(catalog: &Catalog, options: &BackupOptions) -> Result<Backup
         system_identifier: identity.system_identifier.to_string(),
         pg_version: identity.pg_version,
         timeline,
-        start_lsn: start_lsn.to_string(),
-        stop_lsn: stop_lsn.to_string(),
-        start_time: start_time.to_rfc3339_opts(SecondsFormat::Micros, true),
-        stop_time: stop_time.to_rfc3339_opts(SecondsFormat::Micros, true),
+        start_lsn,
+        stop_lsn,
+        start_time,
+        stop_time,
         start_wal_segment,
         stop_wal_segment,
         backup_label,
@@ -159,30 +157,9 @@ pub async fn backup(catalog: &Catalog, options: &BackupOptions) -> Result<Backup
     })
 }
 
-/// The start time as id; a suffix if objects under it exist already (left by a backup that
-/// was interrupted in the same second: never overwritten, never reused).
-async fn unused_backup_id(catalog: &Catalog, base: &str) -> Result<String> {
-    for attempt in 1.. {
-        let id = if attempt == 1 {
-            base.to_owned()
-        } else {
-            format!("{base}-{attempt}")
-        };
-        if catalog
-            .storage()
-            .list(&format!("{BACKUP_PREFIX}{id}/"))
-            .await?
-            .is_empty()
-        {
-            return Ok(id);
-        }
-    }
-    unreachable!("the loop returns")
-}
-
 /// The data directory must be the server's and hold the repository's cluster.
 fn check_pgdata(pgdata: &Path, system_identifier: u64) -> Result<()> {
-    let found = super::init::read_cluster_identity(pgdata)?.system_identifier;
+    let found = read_cluster_identity(pgdata)?.system_identifier;
     if found != system_identifier {
         return Err(Error::WrongRepository(format!(
             "{} belongs to system identifier {found}, the repository to {system_identifier}",
@@ -204,11 +181,11 @@ fn walk(pgdata: &Path) -> Result<Walked> {
         let entries = match fs::read_dir(&dir) {
             Ok(entries) => entries,
             Err(e) if e.kind() == io::ErrorKind::NotFound => continue, // vanished
-            Err(e) => return Err(Error::invalid_input(dir.display(), e)),
+            Err(e) => return Err(Error::local_io(dir.display(), e)),
         };
         let mut names: Vec<(String, PathBuf)> = Vec::new();
         for entry in entries {
-            let entry = entry.map_err(|e| Error::invalid_input(dir.display(), e))?;
+            let entry = entry.map_err(|e| Error::local_io(dir.display(), e))?;
             names.push((
                 entry.file_name().to_string_lossy().into_owned(),
                 entry.path(),
@@ -231,11 +208,11 @@ fn walk(pgdata: &Path) -> Result<Walked> {
             let meta = match fs::symlink_metadata(&path) {
                 Ok(meta) => meta,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(Error::invalid_input(path.display(), e)),
+                Err(e) => return Err(Error::local_io(path.display(), e)),
             };
             if meta.file_type().is_symlink() && relative == "pg_tblspc" {
                 let target =
-                    fs::read_link(&path).map_err(|e| Error::invalid_input(path.display(), e))?;
+                    fs::read_link(&path).map_err(|e| Error::local_io(path.display(), e))?;
                 let oid: u32 = name.parse().map_err(|_| {
                     Error::invalid_input(path.display(), "a tablespace link not named by an OID")
                 })?;
@@ -329,8 +306,8 @@ fn plan_objects(mut files: Vec<SourceFile>) -> Vec<Vec<SourceFile>> {
 /// Reads the files of one object in turn, each up to the size it had when listed (a file
 /// that grows is cut there, one that shrinks or vanishes is taken as it is: WAL replay from
 /// the backup's start makes them consistent).
-struct BundleReader<'a> {
-    files: &'a [SourceFile],
+struct BundleReader {
+    files: Vec<SourceFile>,
     current: Option<io::Take<File>>,
     length: u64,
     crc: u32,
@@ -338,7 +315,7 @@ struct BundleReader<'a> {
     read: Vec<Option<(u64, u32)>>,
 }
 
-impl Read for BundleReader<'_> {
+impl Read for BundleReader {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         loop {
             let index = self.read.len();
@@ -383,82 +360,57 @@ impl Read for BundleReader<'_> {
 
 /// Encodes one planned object, stores it, and returns its files' manifest entries.
 async fn copy_object(
-    storage: &dyn crate::storage::Storage,
+    catalog: &Catalog,
     id: &str,
     object: u32,
     files: Vec<SourceFile>,
 ) -> Result<(Vec<BackupFile>, u64)> {
-    let staging_dir = storage
-        .staging_dir()
-        .map_or_else(std::env::temp_dir, Path::to_owned);
-    let (staged, encoded, entries) = blocking(move || {
-        fs::create_dir_all(&staging_dir)
-            .map_err(|e| StorageError::io("create", staging_dir.display(), e))?;
-        let staged = tempfile::Builder::new()
-            .prefix(".pitr-backup-")
-            .tempfile_in(&staging_dir)
-            .map_err(|e| StorageError::io("create", staging_dir.display(), e))?;
-        let mut reader = BundleReader {
-            files: &files,
-            current: None,
-            length: 0,
-            crc: 0,
-            read: Vec::new(),
-        };
-        let encoded = codec::encode_reader(&mut reader, staged.as_file(), 1)
-            .map_err(|e| Error::invalid_input("data directory", e))?;
-        let mut offset = 0;
-        let mut entries = Vec::new();
-        for (source, read) in files.iter().zip(&reader.read) {
-            let Some((size, crc32c)) = *read else {
-                continue;
-            };
-            entries.push(BackupFile {
-                path: source.path.clone(),
-                size,
-                file_offset: source.offset,
-                mode: source.mode,
-                mtime: source.mtime,
-                crc32c,
-                object,
-                offset,
-            });
-            offset += size;
-        }
-        Ok((staged, encoded, entries))
-    })
-    .await?;
-    let payload = PutPayload::from_file(
-        staged.path().to_owned(),
-        encoded.stored_len,
-        encoded.object_crc32,
-    );
-    storage
-        .put(&backup_object_key(id, object), payload, PutMode::Create)
+    let reader = BundleReader {
+        files,
+        current: None,
+        length: 0,
+        crc: 0,
+        read: Vec::new(),
+    };
+    let (reader, encoded) = catalog
+        .store_backup_object(id, object, "the data directory", reader)
         .await?;
+    let mut offset = 0;
+    let mut entries = Vec::new();
+    for (source, read) in reader.files.iter().zip(&reader.read) {
+        let Some((size, crc32c)) = *read else {
+            continue;
+        };
+        entries.push(BackupFile {
+            path: source.path.clone(),
+            size,
+            file_offset: source.offset,
+            mode: source.mode,
+            mtime: source.mtime,
+            crc32c,
+            object,
+            offset,
+        });
+        offset += size;
+    }
     Ok((entries, encoded.stored_len))
 }
 
 /// A backup is restorable only with the WAL up to its stop point in the repository.
 async fn wait_for_wal(catalog: &Catalog, segment: &str, timeout: Duration) -> Result<()> {
     let name = WalFileName::parse(segment).map_err(|e| Error::Server(e.to_string()))?;
-    let key = wal_key(&name);
-    let deadline = Instant::now() + timeout;
-    loop {
-        match catalog.storage().head(&key).await {
-            Ok(_) => return Ok(()),
-            Err(StorageError::NotFound { .. }) if Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(250)).await;
-            }
-            Err(StorageError::NotFound { .. }) => {
-                return Err(Error::WrongRepository(format!(
-                    "WAL segment {segment} (the backup's end) did not reach the repository \
-                     within {} s: is archive_command pushing to this repository? The backup \
-                     was not recorded",
-                    timeout.as_secs()
-                )));
-            }
-            Err(e) => return Err(e.into()),
+    // A timeout too large to add is no deadline at all.
+    let deadline = Instant::now().checked_add(timeout);
+    while !catalog.has_wal(&name).await? {
+        if deadline.is_some_and(|deadline| Instant::now() >= deadline) {
+            return Err(Error::Incomplete(format!(
+                "WAL segment {segment} (the backup's end) did not reach the repository within \
+                 {} s: is archive_command pushing to this repository? The backup was not \
+                 recorded",
+                timeout.as_secs()
+            )));
         }
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
+    Ok(())
 }

@@ -8,9 +8,10 @@ use serde::Serialize;
 use crate::catalog::Catalog;
 use crate::catalog::backup::BackupManifest;
 use crate::error::Result;
+use crate::pg::timestamp::{rfc3339, rfc3339_micros};
 use crate::pg::wal_name::xlog_file_name;
-
-use super::wal_reach::{ArchiveView, backup_lsns, path_holds_backup, rfc3339, utc};
+use crate::recovery::ArchiveView;
+use crate::recovery::walk::path_holds_backup;
 
 /// The JSON shape scripts read: keep it stable.
 #[derive(Debug, Serialize)]
@@ -64,10 +65,10 @@ pub async fn list(catalog: &Catalog, options: &ListOptions) -> Result<ListReport
         .into_iter()
         .map(|m| BackupEntry {
             id: m.id,
-            start_time: m.start_time,
-            stop_time: m.stop_time,
-            start_lsn: m.start_lsn,
-            stop_lsn: m.stop_lsn,
+            start_time: rfc3339_micros(m.start_time),
+            stop_time: rfc3339_micros(m.stop_time),
+            start_lsn: m.start_lsn.to_string(),
+            stop_lsn: m.stop_lsn.to_string(),
             timeline: m.timeline,
             size_bytes: m.size_bytes,
             stored_bytes: m.stored_bytes,
@@ -108,26 +109,21 @@ async fn recovery_windows(
 ) -> Result<Vec<RecoveryWindow>> {
     let mut windows = Vec::new();
     for timeline in view.listing.timelines() {
-        let Ok(path) = view.path(timeline) else {
+        let Some(path) = view.path(timeline) else {
             continue; // no history file: verify reports it
         };
         let mut from: Option<DateTime<Utc>> = None;
         let mut until: Option<DateTime<Utc>> = None;
         for backup in backups {
-            let (start, stop) = backup_lsns(backup)?;
-            if !path_holds_backup(&path, backup, start) {
+            if !path_holds_backup(&path, backup) {
                 continue;
             }
-            let walk = view.walk(&path, start);
-            if !walk.reaches(stop.segment_number(view.segment_size)) {
+            let walk = view.walk(&path, backup.start_lsn);
+            if !walk.reaches(backup.stop_lsn.segment_number(view.segment_size)) {
                 continue;
             }
             view.summarise(catalog, &walk.files, jobs, false).await?;
-            let stop_time = utc(&backup.stop_time);
-            from = match (from, stop_time) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
+            from = Some(from.map_or(backup.stop_time, |f| f.min(backup.stop_time)));
             until = until.max(view.last_commit(&walk.files));
         }
         if let Some(from) = from {

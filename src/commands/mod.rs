@@ -1,5 +1,6 @@
 //! One module per subcommand: an options struct, one entry function, a report value that
-//! the CLI prints. Commands orchestrate; formats live in `pg`, names in `catalog`.
+//! the CLI prints. Commands orchestrate; formats live in `pg`, names in `catalog`, what
+//! recovery can reach in `recovery`.
 
 pub mod archive_get;
 pub mod archive_push;
@@ -8,9 +9,7 @@ pub mod demo;
 pub mod init;
 pub mod list;
 pub mod restore;
-pub mod restore_plan;
 pub mod verify;
-pub mod wal_reach;
 
 /// Runs CPU- and file-bound work off the async runtime.
 pub(crate) async fn blocking<T: Send + 'static>(

@@ -6,44 +6,28 @@ use std::fs::{self, File};
 use std::io::{self, Write};
 use std::os::unix::fs::{PermissionsExt, symlink};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use futures_util::{StreamExt, TryStreamExt, stream};
 
-use crate::catalog::Catalog;
-use crate::catalog::backup::{BackupFile, BackupManifest, backup_object_key};
-use crate::codec::{self, CodecError};
+use crate::catalog::backup::{BackupFile, BackupManifest, tablespace_link};
+use crate::catalog::{Catalog, CatalogError};
+use crate::datadir::running_postmaster;
 use crate::error::{Error, Result};
-use crate::pg::Lsn;
 use crate::pg::backup_manifest::{ManifestEntry, render};
-use crate::pg::recovery_target::postgres_time;
-use crate::storage::Storage;
+use crate::pg::recovery_target::recovery_settings;
+use crate::recovery::plan::{PlanRequest, gather_and_plan};
+use crate::recovery::{ArchiveView, RestorePlan};
 
 use super::blocking;
-use super::restore_plan::{RestorePlan, choose_backup_for_name, plan_restore};
-use super::wal_reach::ArchiveView;
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Target {
-    /// Replay all available WAL.
-    End,
-    Immediate,
-    Time(DateTime<Utc>),
-    Lsn(Lsn),
-    Xid(u32),
-    Name(String),
-}
 
 #[derive(Clone)]
 pub struct RestoreOptions {
     pub pgdata: PathBuf,
-    pub target: Target,
-    /// pause, promote or shutdown.
-    pub target_action: Option<String>,
-    /// latest, current or a number.
-    pub target_timeline: Option<String>,
-    pub backup: Option<String>,
+    /// The target, and the backup if one is named.
+    pub request: PlanRequest,
     pub jobs: usize,
     pub force: bool,
     /// Check and print the plan; write nothing.
@@ -51,12 +35,12 @@ pub struct RestoreOptions {
     pub tablespace_map: HashMap<u32, PathBuf>,
     /// The `restore_command` to write, with `%f %p` at its end.
     pub restore_command: String,
-    pub progress: std::sync::Arc<dyn crate::progress::Progress>,
+    pub progress: Arc<dyn crate::progress::Progress>,
 }
 
 #[derive(Debug)]
 pub struct RestoreReport {
-    pub backup: BackupManifest,
+    pub pgdata: PathBuf,
     pub plan: RestorePlan,
     /// Nothing was written (`--dry-run`).
     pub dry_run: bool,
@@ -65,124 +49,38 @@ pub struct RestoreReport {
     pub elapsed: Duration,
 }
 
-/// The newest backup that finished before the target, or why there is none.
-pub fn choose_backup<'a>(
-    backups: &'a [BackupManifest],
-    target: &Target,
-) -> Result<&'a BackupManifest> {
-    let earliest = || {
-        backups
-            .iter()
-            .min_by(|a, b| a.stop_time.cmp(&b.stop_time))
-            .map_or("none".to_owned(), |b| {
-                format!("{} (backup {})", b.stop_time, b.id)
-            })
-    };
-    let fits = |backup: &&BackupManifest| match target {
-        Target::Time(time) => DateTime::parse_from_rfc3339(&backup.stop_time)
-            .is_ok_and(|stop| stop.with_timezone(&Utc) <= *time),
-        Target::Lsn(lsn) => backup
-            .stop_lsn
-            .parse::<Lsn>()
-            .is_ok_and(|stop| stop <= *lsn),
-        _ => true,
-    };
-    backups
-        .iter()
-        .filter(fits)
-        .max_by(|a, b| a.stop_time.cmp(&b.stop_time))
-        .ok_or_else(|| {
-            if backups.is_empty() {
-                Error::WrongRepository(
-                    "the repository holds no backup: run `pitr backup` first".into(),
-                )
-            } else {
-                Error::Config(format!(
-                    "no backup finished before the target; the earliest restorable point is {}",
-                    earliest()
-                ))
-            }
-        })
-}
-
 pub async fn restore(catalog: &Catalog, options: &RestoreOptions) -> Result<RestoreReport> {
     let started = Instant::now();
     let identity = catalog.identity().await?;
     let backups = catalog.backups().await?;
     let mut view = ArchiveView::load(catalog, &identity).await?;
-    let timeline = options.target_timeline.as_deref();
     // The pre-flight: everything recovery needs is in the repository, or nothing is written.
-    let plan = match (&options.backup, &options.target) {
-        (Some(id), _) => {
-            let backup = backups.iter().find(|b| &b.id == id).ok_or_else(|| {
-                Error::Config(format!(
-                    "no backup {id} in the repository (see `pitr list`)"
-                ))
-            })?;
-            plan_restore(
-                catalog,
-                &mut view,
-                backup,
-                &options.target,
-                timeline,
-                options.jobs,
-            )
-            .await?
-        }
-        (None, Target::Name(_)) => {
-            choose_backup_for_name(
-                catalog,
-                &mut view,
-                &backups,
-                &options.target,
-                timeline,
-                options.jobs,
-            )
-            .await?
-        }
-        (None, target) => {
-            let backup = choose_backup(&backups, target)?;
-            plan_restore(catalog, &mut view, backup, target, timeline, options.jobs).await?
-        }
-    };
-    let backup = plan.backup.clone();
-    if options.dry_run {
-        return Ok(RestoreReport {
-            backup,
-            plan,
-            dry_run: true,
-            files: 0,
-            bytes: 0,
-            elapsed: started.elapsed(),
-        });
-    }
-    prepare_directory(&options.pgdata, options.force)?;
-    let result = write_backup(catalog, &backup, options).await;
-    if result.is_err() {
-        // Nothing half-restored stays where PostgreSQL or a user could start it.
-        let _ = empty_directory(&options.pgdata);
-    }
-    let (files, bytes) = result?;
-    Ok(RestoreReport {
-        backup,
+    let plan =
+        gather_and_plan(catalog, &mut view, &backups, &options.request, options.jobs).await??;
+    let mut report = RestoreReport {
+        pgdata: options.pgdata.clone(),
         plan,
-        dry_run: false,
-        files,
-        bytes,
-        elapsed: started.elapsed(),
-    })
+        dry_run: options.dry_run,
+        files: 0,
+        bytes: 0,
+        elapsed: Duration::ZERO,
+    };
+    if !options.dry_run {
+        prepare_directory(&options.pgdata, options.force)?;
+        let result = write_backup(catalog, &report.plan.backup, options).await;
+        if result.is_err() {
+            // Nothing half-restored stays where PostgreSQL or a user could start it.
+            let _ = empty_directory(&options.pgdata);
+        }
+        (report.files, report.bytes) = result?;
+    }
+    report.elapsed = started.elapsed();
+    Ok(report)
 }
 
 /// DIR must be absent or empty (or `--force`), and no postmaster may be running in it.
 fn prepare_directory(pgdata: &Path, force: bool) -> Result<()> {
-    let pid_file = pgdata.join("postmaster.pid");
-    if let Ok(text) = fs::read_to_string(&pid_file)
-        && let Some(pid) = text
-            .lines()
-            .next()
-            .and_then(|l| l.trim().parse::<i32>().ok())
-        && process_exists(pid)
-    {
+    if let Some(pid) = running_postmaster(pgdata) {
         return Err(Error::invalid_input(
             pgdata.display(),
             format!("a postmaster (pid {pid}) is running in this directory: stop it first"),
@@ -198,23 +96,16 @@ fn prepare_directory(pgdata: &Path, force: bool) -> Result<()> {
                          replace its contents",
                     ));
                 }
-                empty_directory(pgdata).map_err(|e| Error::invalid_input(pgdata.display(), e))?;
+                empty_directory(pgdata).map_err(|e| Error::local_io(pgdata.display(), e))?;
             }
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            fs::create_dir_all(pgdata).map_err(|e| Error::invalid_input(pgdata.display(), e))?;
+            fs::create_dir_all(pgdata).map_err(|e| Error::local_io(pgdata.display(), e))?;
         }
-        Err(e) => return Err(Error::invalid_input(pgdata.display(), e)),
+        Err(e) => return Err(Error::local_io(pgdata.display(), e)),
     }
     fs::set_permissions(pgdata, fs::Permissions::from_mode(0o700))
-        .map_err(|e| Error::invalid_input(pgdata.display(), e))
-}
-
-/// Signal 0 checks for a process; EPERM means it exists but belongs to another user.
-fn process_exists(pid: i32) -> bool {
-    // SAFETY: signal 0 sends nothing.
-    let alive = unsafe { libc::kill(pid, 0) } == 0;
-    alive || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+        .map_err(|e| Error::local_io(pgdata.display(), e))
 }
 
 fn empty_directory(dir: &Path) -> io::Result<()> {
@@ -264,28 +155,25 @@ async fn write_backup(
                 ),
             ));
         }
-        fs::create_dir_all(&dir).map_err(|e| Error::invalid_input(dir.display(), e))?;
-        fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))
-            .map_err(|e| Error::invalid_input(dir.display(), e))?;
+        fs::create_dir_all(&dir)
+            .and_then(|()| fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)))
+            .map_err(|e| Error::local_io(dir.display(), e))?;
         tablespaces.insert(tablespace.oid, dir);
     }
     for directory in &backup.directories {
         let path = &directory.path;
-        if let Some(oid) = path
-            .strip_prefix("pg_tblspc/")
-            .and_then(|o| o.parse::<u32>().ok())
-        {
+        // The manifest's check proved every linked tablespace is listed.
+        if let Some(target) = tablespace_link(path).and_then(|oid| tablespaces.get(&oid)) {
             let link = pgdata.join(path);
-            let target = &tablespaces[&oid];
-            fs::create_dir_all(link.parent().expect("in pg_tblspc"))
+            fs::create_dir_all(pgdata.join("pg_tblspc"))
                 .and_then(|()| symlink(target, &link))
-                .map_err(|e| Error::invalid_input(link.display(), e))?;
+                .map_err(|e| Error::local_io(link.display(), e))?;
             continue;
         }
         let dir = destination(&pgdata, &tablespaces, path);
         fs::create_dir_all(&dir)
             .and_then(|()| fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)))
-            .map_err(|e| Error::invalid_input(dir.display(), e))?;
+            .map_err(|e| Error::local_io(dir.display(), e))?;
     }
 
     // Objects in parallel; each writes its files and checks their CRC-32C.
@@ -294,9 +182,10 @@ async fn write_backup(
     for file in &backup.files {
         by_object.entry(file.object).or_default().push(file.clone());
         let end = file_sizes.entry(file.path.clone()).or_default();
-        *end = (*end).max(file.file_offset + file.size);
+        *end = (*end).max(file.file_offset.saturating_add(file.size));
     }
-    let file_sizes = std::sync::Arc::new(file_sizes);
+    let file_sizes = Arc::new(file_sizes);
+    let tablespaces = Arc::new(tablespaces);
     // Interleave objects from the two ends of the list: parts of one large file (adjacent
     // objects) are then rarely written at once, which would serialize on the file's lock.
     let mut objects: Vec<(u32, Vec<BackupFile>)> = by_object.into_iter().collect();
@@ -307,22 +196,20 @@ async fn write_backup(
             interleaved.push(last);
         }
     }
-    let storage = catalog.storage().clone();
-    let tablespaces_for_files = tablespaces.clone();
     options
         .progress
         .start(&format!("restore {}", backup.id), backup.size_bytes);
     let written: Vec<u64> = stream::iter(interleaved)
         .map(|(object, files)| {
-            let storage = storage.clone();
-            let key = backup_object_key(&backup.id, object);
-            let pgdata = pgdata.clone();
-            let tablespaces = tablespaces_for_files.clone();
+            let splitter = FileSplitter::new(
+                files,
+                file_sizes.clone(),
+                pgdata.clone(),
+                tablespaces.clone(),
+            );
             let progress = options.progress.clone();
-            let file_sizes = file_sizes.clone();
             async move {
-                let written =
-                    restore_object(&*storage, key, files, file_sizes, pgdata, tablespaces).await?;
+                let written = restore_object(catalog, backup, object, splitter).await?;
                 progress.advance(written);
                 Ok::<_, Error>(written)
             }
@@ -350,7 +237,7 @@ async fn write_backup(
         write("tablespace_map", map)?;
     }
     write("recovery.signal", "")?;
-    append_recovery_settings(&pgdata, options)?;
+    append_recovery_settings(&pgdata, &options.restore_command, &options.request)?;
     write_postgres_manifest(&pgdata, backup, tablespace_map.as_deref())?;
     let files = backup
         .files
@@ -362,51 +249,48 @@ async fn write_backup(
 }
 
 async fn restore_object(
-    storage: &dyn Storage,
-    key: String,
-    files: Vec<BackupFile>,
-    file_sizes: std::sync::Arc<HashMap<String, u64>>,
-    pgdata: PathBuf,
-    tablespaces: HashMap<u32, PathBuf>,
+    catalog: &Catalog,
+    backup: &BackupManifest,
+    object: u32,
+    splitter: FileSplitter,
 ) -> Result<u64> {
-    let body = storage.get(&key).await?;
-    let location = storage.location();
-    blocking(move || {
-        let mut writer = FileSplitter::new(&files, &file_sizes, &pgdata, &tablespaces);
-        match codec::decode(body.into_blocking_reader(), &mut writer) {
-            Ok(_) => {}
-            Err(CodecError::Corrupt(reason)) => {
-                return Err(Error::Corrupt {
-                    what: key,
-                    location,
-                    reason,
-                });
-            }
-            Err(CodecError::Io(e)) => return Err(Error::invalid_input(&key, e)),
+    let local = "the restored files";
+    let splitter = match catalog
+        .fetch_backup_object(backup, object, local, splitter)
+        .await
+    {
+        Ok((splitter, _)) => splitter,
+        // A file whose CRC-32C does not match is corruption, whichever side found it.
+        Err(CatalogError::Local { source, .. }) if source.kind() == io::ErrorKind::InvalidData => {
+            return Err(Error::Corrupt {
+                what: format!("backup {}", backup.id),
+                location: catalog.location(),
+                reason: source.to_string(),
+            });
         }
-        writer.finish()
-    })
-    .await
+        Err(e) => return Err(e.into()),
+    };
+    blocking(move || splitter.finish()).await
 }
 
 /// Cuts an object's decoded bytes into its files, checking each file's CRC-32C.
-struct FileSplitter<'a> {
-    files: &'a [BackupFile],
+struct FileSplitter {
+    files: Vec<BackupFile>,
     /// Whole sizes of files stored in parts, to reserve their blocks at once.
-    file_sizes: &'a HashMap<String, u64>,
-    pgdata: &'a Path,
-    tablespaces: &'a HashMap<u32, PathBuf>,
+    file_sizes: Arc<HashMap<String, u64>>,
+    pgdata: PathBuf,
+    tablespaces: Arc<HashMap<u32, PathBuf>>,
     index: usize,
     current: Option<(File, u64, u32)>,
     written: u64,
 }
 
-impl<'a> FileSplitter<'a> {
+impl FileSplitter {
     fn new(
-        files: &'a [BackupFile],
-        file_sizes: &'a HashMap<String, u64>,
-        pgdata: &'a Path,
-        tablespaces: &'a HashMap<u32, PathBuf>,
+        files: Vec<BackupFile>,
+        file_sizes: Arc<HashMap<String, u64>>,
+        pgdata: PathBuf,
+        tablespaces: Arc<HashMap<u32, PathBuf>>,
     ) -> Self {
         FileSplitter {
             files,
@@ -423,7 +307,7 @@ impl<'a> FileSplitter<'a> {
     fn advance(&mut self) -> io::Result<()> {
         while self.current.is_none() && self.index < self.files.len() {
             let file = &self.files[self.index];
-            let path = destination(self.pgdata, self.tablespaces, &file.path);
+            let path = destination(&self.pgdata, &self.tablespaces, &file.path);
             // Parts of one file are written by several workers, each at its offset.
             let mut handle = fs::OpenOptions::new()
                 .write(true)
@@ -449,10 +333,10 @@ impl<'a> FileSplitter<'a> {
             && *length == file.size
         {
             if *crc != file.crc32c {
-                return Err(io::Error::other(format!(
-                    "{}: checksum mismatch after restore",
-                    file.path
-                )));
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("{}: checksum mismatch after restore", file.path),
+                ));
             }
             self.current = None;
             self.index += 1;
@@ -462,7 +346,7 @@ impl<'a> FileSplitter<'a> {
 
     fn finish(mut self) -> Result<u64> {
         self.advance()
-            .map_err(|e| Error::invalid_input("restore", e))?;
+            .map_err(|e| Error::local_io(self.pgdata.display(), e))?;
         if self.index < self.files.len() {
             return Err(Error::Corrupt {
                 what: self.files[self.index].path.clone(),
@@ -474,13 +358,16 @@ impl<'a> FileSplitter<'a> {
     }
 }
 
-impl Write for FileSplitter<'_> {
+impl Write for FileSplitter {
     fn write(&mut self, mut data: &[u8]) -> io::Result<usize> {
         let total = data.len();
         while !data.is_empty() {
             self.advance()?;
             let Some((handle, length, crc)) = &mut self.current else {
-                return Err(io::Error::other("the object holds more than its files"));
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "the object holds more than its files",
+                ));
             };
             let want = (self.files[self.index].size - *length) as usize;
             let n = want.min(data.len());
@@ -500,39 +387,20 @@ impl Write for FileSplitter<'_> {
 }
 
 /// restore_command and the recovery target, after whatever postgresql.auto.conf holds.
-fn append_recovery_settings(pgdata: &Path, options: &RestoreOptions) -> Result<()> {
-    let quote = |value: &str| format!("'{}'", value.replace('\'', "''"));
-    let mut lines = vec![
-        String::new(),
-        "# Written by pitr restore.".to_owned(),
-        format!("restore_command = {}", quote(&options.restore_command)),
-    ];
-    match &options.target {
-        Target::End => {}
-        Target::Immediate => lines.push("recovery_target = 'immediate'".into()),
-        Target::Time(time) => lines.push(format!(
-            "recovery_target_time = {}",
-            quote(&postgres_time(time))
-        )),
-        Target::Lsn(lsn) => lines.push(format!("recovery_target_lsn = '{lsn}'")),
-        Target::Xid(xid) => lines.push(format!("recovery_target_xid = '{xid}'")),
-        Target::Name(name) => lines.push(format!("recovery_target_name = {}", quote(name))),
-    }
-    if options.target != Target::End
-        && let Some(action) = &options.target_action
-    {
-        lines.push(format!("recovery_target_action = {}", quote(action)));
-    }
-    if let Some(timeline) = &options.target_timeline {
-        lines.push(format!("recovery_target_timeline = {}", quote(timeline)));
-    }
+fn append_recovery_settings(
+    pgdata: &Path,
+    restore_command: &str,
+    request: &PlanRequest,
+) -> Result<()> {
+    let mut lines = vec![String::new(), "# Written by pitr restore.".to_owned()];
+    lines.extend(recovery_settings(restore_command, &request.recovery));
     let path = pgdata.join("postgresql.auto.conf");
-    let mut file = fs::OpenOptions::new()
+    fs::OpenOptions::new()
         .append(true)
         .create(true)
         .open(&path)
-        .map_err(|e| Error::invalid_input(path.display(), e))?;
-    writeln!(file, "{}", lines.join("\n")).map_err(|e| Error::invalid_input(path.display(), e))
+        .and_then(|mut file| writeln!(file, "{}", lines.join("\n")))
+        .map_err(|e| Error::local_io(path.display(), e))
 }
 
 /// PostgreSQL's backup_manifest for the restored files, for pg_verifybackup.
@@ -569,12 +437,12 @@ fn write_postgres_manifest(
         if part.file_offset != entry.0 {
             // A gap (the file shrank and grew during the backup): checksum what was written.
             let path = destination(pgdata, &HashMap::new(), &part.path);
-            let bytes = fs::read(&path).map_err(|e| Error::invalid_input(path.display(), e))?;
+            let bytes = fs::read(&path).map_err(|e| Error::local_io(path.display(), e))?;
             *entry = (bytes.len() as u64, part.mtime, crc32c::crc32c(&bytes));
             continue;
         }
         entry.2 = crc32c::crc32c_combine(entry.2, part.crc32c, part.size as usize);
-        entry.0 += part.size;
+        entry.0 = entry.0.saturating_add(part.size);
     }
     entries.extend(
         whole
@@ -586,15 +454,7 @@ fn write_postgres_manifest(
                 crc32c: *crc32c,
             }),
     );
-    let start: Lsn = backup
-        .start_lsn
-        .parse()
-        .map_err(|e| Error::Config(format!("{e}")))?;
-    let stop: Lsn = backup
-        .stop_lsn
-        .parse()
-        .map_err(|e| Error::Config(format!("{e}")))?;
-    let text = render(&entries, backup.timeline, start, stop);
+    let text = render(&entries, backup.timeline, backup.start_lsn, backup.stop_lsn);
     write_private_file(&pgdata.join("backup_manifest"), &text)
 }
 
@@ -602,7 +462,7 @@ fn write_postgres_manifest(
 fn write_private_file(path: &Path, content: &str) -> Result<()> {
     fs::write(path, content)
         .and_then(|()| fs::set_permissions(path, fs::Permissions::from_mode(0o600)))
-        .map_err(|e| Error::invalid_input(path.display(), e))
+        .map_err(|e| Error::local_io(path.display(), e))
 }
 
 /// Reserves a file's blocks at once rather than page by page as data arrives (less work

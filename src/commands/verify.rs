@@ -14,18 +14,15 @@ use std::time::Instant;
 use futures_util::{StreamExt, stream};
 use serde::Serialize;
 
-use crate::catalog::Catalog;
-use crate::catalog::backup::{BackupManifest, backup_object_key, manifest_key};
-use crate::catalog::wal_archive::ArchivedFile;
-use crate::codec::{self, CodecError};
-use crate::error::{Error, Result};
+use crate::catalog::backup::BackupManifest;
+use crate::catalog::wal::ArchivedFile;
+use crate::catalog::{Catalog, CatalogError, StoredObject};
+use crate::error::{EXIT_CORRUPT, EXIT_INCOMPLETE, EXIT_OK, Error, Result};
+use crate::pg::backup_label::parse_backup_label;
 use crate::pg::timeline::{HistoryEntry, parse_history};
 use crate::pg::wal_name::xlog_file_name;
-use crate::pg::{Lsn, WalFileKind, WalFileName};
-use crate::storage::Storage;
-
-use super::blocking;
-use super::wal_reach::{ArchiveView, backup_lsns};
+use crate::pg::{WalFileKind, WalFileName};
+use crate::recovery::ArchiveView;
 
 #[derive(Clone, Debug)]
 pub struct VerifyOptions {
@@ -58,7 +55,7 @@ pub enum Problem {
     /// An object a backup's manifest names is not in the repository.
     MissingBackupObject { backup: String, key: String },
     /// A backup that finished (its backup history file is archived) but has no manifest.
-    MissingManifest { backup: String },
+    MissingManifest { backup: String, key: String },
 }
 
 impl Problem {
@@ -95,11 +92,10 @@ impl fmt::Display for Problem {
                 f,
                 "backup {backup} cannot be restored: its object {key} is missing"
             ),
-            Problem::MissingManifest { backup } => write!(
+            Problem::MissingManifest { backup, key } => write!(
                 f,
                 "backup {backup} finished (its backup history file is archived) but its manifest \
-                 {} is missing: it cannot be restored",
-                manifest_key(backup)
+                 {key} is missing: it cannot be restored"
             ),
         }
     }
@@ -123,6 +119,17 @@ impl VerifyReport {
     pub fn has_damage(&self) -> bool {
         self.problems.iter().any(Problem::is_damage)
     }
+
+    /// 0 intact, 5 when something is damaged, 8 when something is only missing.
+    pub fn exit_code(&self) -> u8 {
+        if self.ok {
+            EXIT_OK
+        } else if self.has_damage() {
+            EXIT_CORRUPT
+        } else {
+            EXIT_INCOMPLETE
+        }
+    }
 }
 
 /// What reading one object showed.
@@ -135,8 +142,7 @@ enum Checked {
 
 /// An object to read.
 struct Job {
-    key: String,
-    size: u64,
+    object: StoredObject,
     /// Decoded text is kept for history and backup history files.
     keep_text: bool,
     wal: Option<WalFileName>,
@@ -166,7 +172,7 @@ pub async fn verify(catalog: &Catalog, options: &VerifyOptions) -> Result<Verify
         match catalog.manifest(id).await {
             Ok(manifest) => manifests.push(manifest),
             Err(e) => problems.push(Problem::Corrupt {
-                key: manifest_key(id),
+                key: objects.manifest_key(),
                 reason: e.to_string(),
             }),
         }
@@ -188,8 +194,7 @@ pub async fn verify(catalog: &Catalog, options: &VerifyOptions) -> Result<Verify
     let mut jobs: Vec<Job> = wal_files
         .iter()
         .map(|f| Job {
-            key: f.key.clone(),
-            size: f.size,
+            object: f.object.clone(),
             keep_text: matches!(
                 f.name.kind(),
                 WalFileKind::History | WalFileKind::BackupHistory
@@ -198,42 +203,35 @@ pub async fn verify(catalog: &Catalog, options: &VerifyOptions) -> Result<Verify
         })
         .collect();
     for manifest in &manifests {
-        let objects = &backup_dirs[&manifest.id];
-        let stored: BTreeSet<&str> = objects.data.iter().map(|m| m.key.as_str()).collect();
-        let named: BTreeSet<String> = manifest
-            .files
-            .iter()
-            .map(|f| backup_object_key(&manifest.id, f.object))
-            .collect();
-        for key in named.iter().filter(|k| !stored.contains(k.as_str())) {
+        // A manifest is read only from its own directory, and names its own id.
+        let Some(objects) = backup_dirs.get(&manifest.id) else {
+            continue;
+        };
+        let named: BTreeSet<u32> = manifest.files.iter().map(|f| f.object).collect();
+        for n in named.iter().filter(|n| !objects.data.contains_key(n)) {
             problems.push(Problem::MissingBackupObject {
                 backup: manifest.id.clone(),
-                key: key.clone(),
+                key: objects.data_key(*n),
             });
         }
-        jobs.extend(objects.data.iter().map(|meta| Job {
-            key: meta.key.clone(),
-            size: meta.size,
+        jobs.extend(objects.data.values().map(|object| Job {
+            object: object.clone(),
             keep_text: false,
             wal: None,
         }));
     }
     let objects = jobs.len() as u64 + manifests.len() as u64;
-    let bytes = jobs.iter().map(|j| j.size).sum::<u64>()
+    let bytes = jobs.iter().map(|j| j.object.size).sum::<u64>()
         + backup_dirs
             .values()
             .filter_map(|b| b.manifest.as_ref())
             .map(|m| m.size)
             .sum::<u64>();
 
-    let storage = catalog.storage().clone();
     let checked: Vec<(Job, Checked)> = stream::iter(jobs)
-        .map(|job| {
-            let storage = storage.clone();
-            async move {
-                let checked = check_object(&*storage, &job.key, job.keep_text).await;
-                (job, checked)
-            }
+        .map(|job| async move {
+            let checked = check_object(catalog, &job.object, job.keep_text).await;
+            (job, checked)
         })
         .buffer_unordered(options.jobs.max(1))
         .collect()
@@ -251,7 +249,7 @@ pub async fn verify(catalog: &Catalog, options: &VerifyOptions) -> Result<Verify
                         histories.insert(name.timeline(), entries);
                     }
                     Err(reason) => problems.push(Problem::BadHistory {
-                        key: job.key,
+                        key: job.object.key().to_owned(),
                         reason,
                     }),
                 }
@@ -274,17 +272,20 @@ pub async fn verify(catalog: &Catalog, options: &VerifyOptions) -> Result<Verify
 
     let mut view = ArchiveView::new(&identity, listing, histories);
     problems.extend(backup_wal_problems(&view, &manifests));
+    let finished_labels: BTreeSet<String> = backup_history_texts
+        .iter()
+        .filter_map(|text| parse_backup_label(text).ok()?.label)
+        .collect();
     let mut interrupted_backups = Vec::new();
     for (id, objects) in &backup_dirs {
         if objects.manifest.is_some() {
             continue;
         }
-        let label = format!("LABEL: pitr backup {id}");
-        if backup_history_texts
-            .iter()
-            .any(|t| t.lines().any(|l| l.trim() == label))
-        {
-            problems.push(Problem::MissingManifest { backup: id.clone() });
+        if finished_labels.contains(&format!("pitr backup {id}")) {
+            problems.push(Problem::MissingManifest {
+                backup: id.clone(),
+                key: objects.manifest_key(),
+            });
         } else {
             interrupted_backups.push(id.clone());
         }
@@ -306,13 +307,11 @@ pub async fn verify(catalog: &Catalog, options: &VerifyOptions) -> Result<Verify
 fn backup_floors(manifests: &[BackupManifest], segment_size: u64) -> BTreeMap<u32, u64> {
     let mut floors: BTreeMap<u32, u64> = BTreeMap::new();
     for manifest in manifests {
-        if let Ok(start) = manifest.start_lsn.parse::<Lsn>() {
-            let segno = start.segment_number(segment_size);
-            floors
-                .entry(manifest.timeline)
-                .and_modify(|f| *f = (*f).min(segno))
-                .or_insert(segno);
-        }
+        let segno = manifest.start_lsn.segment_number(segment_size);
+        floors
+            .entry(manifest.timeline)
+            .and_modify(|f| *f = (*f).min(segno))
+            .or_insert(segno);
     }
     floors
 }
@@ -321,14 +320,11 @@ fn backup_floors(manifests: &[BackupManifest], segment_size: u64) -> BTreeMap<u3
 fn backup_wal_problems(view: &ArchiveView, manifests: &[BackupManifest]) -> Vec<Problem> {
     let mut problems = Vec::new();
     for manifest in manifests {
-        let Ok((start, stop)) = backup_lsns(manifest) else {
-            continue;
-        };
-        let Ok(path) = view.path(manifest.timeline) else {
+        let Some(path) = view.path(manifest.timeline) else {
             continue; // reported as a missing history file
         };
-        let walk = view.walk(&path, start);
-        if !walk.reaches(stop.segment_number(view.segment_size)) {
+        let walk = view.walk(&path, manifest.start_lsn);
+        if !walk.reaches(manifest.stop_lsn.segment_number(view.segment_size)) {
             problems.push(Problem::BackupWalIncomplete {
                 backup: manifest.id.clone(),
                 missing: walk.missing,
@@ -384,37 +380,29 @@ async fn index_missing(
     Ok(indexed)
 }
 
-async fn check_object(storage: &dyn Storage, key: &str, keep_text: bool) -> Checked {
-    let unreadable = |reason: String| {
-        Checked::Problem(Problem::Unreadable {
-            key: key.to_owned(),
-            reason,
-        })
+async fn check_object(catalog: &Catalog, object: &StoredObject, keep_text: bool) -> Checked {
+    let what = object.key().to_owned();
+    let result = if keep_text {
+        catalog
+            .decode_object(object, what, Vec::new())
+            .await
+            .map(|(content, _)| Checked::Text(String::from_utf8_lossy(&content).into()))
+    } else {
+        catalog
+            .decode_object(object, what, std::io::sink())
+            .await
+            .map(|_| Checked::Intact)
     };
-    let body = match storage.get(key).await {
-        Ok(body) => body,
-        Err(e) => return unreadable(e.to_string()),
-    };
-    let key = key.to_owned();
-    let result = blocking(move || {
-        let mut content = Vec::new();
-        let decoded = if keep_text {
-            codec::decode(body.into_blocking_reader(), &mut content)
-        } else {
-            codec::decode(body.into_blocking_reader(), std::io::sink())
-        };
-        Ok(match decoded {
-            Ok(_) if keep_text => Checked::Text(String::from_utf8_lossy(&content).into()),
-            Ok(_) => Checked::Intact,
-            Err(CodecError::Corrupt(reason)) => Checked::Problem(Problem::Corrupt { key, reason }),
-            Err(CodecError::Io(e)) => Checked::Problem(Problem::Unreadable {
+    let key = object.key().to_owned();
+    result.unwrap_or_else(|e| {
+        Checked::Problem(match e {
+            CatalogError::Corrupt { reason, .. } => Problem::Corrupt { key, reason },
+            e => Problem::Unreadable {
                 key,
                 reason: e.to_string(),
-            }),
+            },
         })
     })
-    .await;
-    result.unwrap_or_else(|e| unreadable(e.to_string()))
 }
 
 /// A history file lists its parent's history and then the switch from the parent.

@@ -13,11 +13,31 @@ impl Lsn {
     pub fn segment_number(self, wal_segment_size: u64) -> u64 {
         self.0 / wal_segment_size
     }
+
+    /// The first LSN of segment `segno` (`XLogSegNoOffsetToRecPtr`); none past the end of
+    /// the 64-bit WAL space.
+    pub fn of_segment(segno: u64, wal_segment_size: u64) -> Option<Lsn> {
+        segno.checked_mul(wal_segment_size).map(Lsn)
+    }
 }
 
 impl fmt::Display for Lsn {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{:X}/{:X}", self.0 >> 32, self.0 as u32)
+    }
+}
+
+/// Stored as PostgreSQL writes it (`"16/B374D848"`): manifests and summaries stay readable.
+impl serde::Serialize for Lsn {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Lsn {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = std::borrow::Cow::<str>::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
     }
 }
 

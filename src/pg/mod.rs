@@ -3,12 +3,15 @@
 //! Names follow PostgreSQL's own (`XLogFileName`, `IsXLogFileName`…) so that a reader can
 //! find the C counterpart in `src/include/access/xlog_internal.h` and `pg_control.h`.
 
+pub mod backup_label;
 pub mod backup_manifest;
 pub mod basebackup;
 pub mod control;
+pub mod guc;
 pub mod lsn;
 pub mod recovery_target;
 pub mod timeline;
+pub mod timestamp;
 pub mod wal_name;
 pub mod wal_page;
 pub mod wal_reader;

@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use super::PgFormatError;
+use super::{Lsn, PgFormatError};
 
 /// Length of a segment name: timeline, log id and segment id as 8 hex digits each.
 pub const XLOG_FNAME_LEN: usize = 24;
@@ -36,8 +36,11 @@ impl WalFileName {
     pub fn parse(name: &str) -> Result<Self, PgFormatError> {
         let kind =
             Self::classify(name).ok_or_else(|| PgFormatError::NotAWalFileName(name.to_owned()))?;
+        // Timelines start at 1 (timeline.c); 0 is never written.
         let timeline = u32::from_str_radix(&name[..8], 16)
-            .map_err(|_| PgFormatError::NotAWalFileName(name.to_owned()))?;
+            .ok()
+            .filter(|&t| t > 0)
+            .ok_or_else(|| PgFormatError::NotAWalFileName(name.to_owned()))?;
         Ok(WalFileName {
             name: name.to_owned(),
             kind,
@@ -93,12 +96,19 @@ impl WalFileName {
         matches!(self.kind, WalFileKind::Segment | WalFileKind::Partial)
     }
 
-    /// Segment number of a segment or partial segment (`XLogFromFileName`).
+    /// Segment number of a segment or partial segment (`XLogFromFileName`); none when the
+    /// name's segment part is out of range for this segment size.
     pub fn segment_number(&self, wal_segment_size: u64) -> Option<u64> {
         let seg = self.segment_name()?;
         let log = u64::from_str_radix(&seg[8..16], 16).ok()?;
         let id = u64::from_str_radix(&seg[16..24], 16).ok()?;
-        Some(log * segments_per_xlog_id(wal_segment_size) + id)
+        let per_id = segments_per_xlog_id(wal_segment_size);
+        (id < per_id).then(|| log * per_id + id)
+    }
+
+    /// The LSN where this segment starts.
+    pub fn start_lsn(&self, wal_segment_size: u64) -> Option<Lsn> {
+        Lsn::of_segment(self.segment_number(wal_segment_size)?, wal_segment_size)
     }
 }
 
@@ -108,9 +118,10 @@ impl fmt::Display for WalFileName {
     }
 }
 
-/// `XLogSegmentsPerXLogId`: segments in one 4 GB "log id".
+/// `XLogSegmentsPerXLogId`: segments in one 4 GB "log id" (at least 1, so that an invalid
+/// segment size cannot divide by zero).
 pub fn segments_per_xlog_id(wal_segment_size: u64) -> u64 {
-    0x1_0000_0000 / wal_segment_size
+    (0x1_0000_0000 / wal_segment_size.max(1)).max(1)
 }
 
 /// `XLogFileName`: the name of segment `segno` on `timeline`.
@@ -154,6 +165,8 @@ mod tests {
             "000000010000000000000002.0000028.backup",
             "000000010000000000000001.tmp",
             "RECOVERYXLOG",
+            "000000000000000000000001",
+            "00000000.history",
         ] {
             assert!(WalFileName::parse(bad).is_err(), "{bad:?}");
         }
@@ -166,5 +179,10 @@ mod tests {
         assert_eq!(name.segment_number(1 << 30), Some(6));
         assert_eq!(xlog_file_name(1, 0x102, 16 << 20), name.as_str());
         assert_eq!(xlog_file_name(1, 6, 1 << 30), name.as_str());
+        // A segment id past the log's last segment names no segment.
+        let beyond = WalFileName::parse("000000010000000000000100").unwrap();
+        assert_eq!(beyond.segment_number(16 << 20), None);
+        let last = WalFileName::parse("00000001FFFFFFFF000000FF").unwrap();
+        assert_eq!(last.start_lsn(16 << 20), Some(Lsn(0xFFFF_FFFF_FF00_0000)));
     }
 }

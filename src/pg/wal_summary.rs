@@ -6,7 +6,10 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use serde::{Deserialize, Serialize};
 
+use chrono::{DateTime, Utc};
+
 use super::Lsn;
+use super::timestamp::optional_micros;
 use super::wal_reader::{
     EndOfWal, RecordCheck, RecordKind, WalDecoder, XactAction, is_target_record, timestamp_to_utc,
 };
@@ -20,16 +23,18 @@ const FEED_BYTES: usize = 64 << 10;
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SegmentSummary {
     /// LSN of the first record completed in this segment.
-    pub first_record: Option<String>,
+    pub first_record: Option<Lsn>,
     /// End of the last record completed in this segment.
-    pub last_record_end: Option<String>,
+    pub last_record_end: Option<Lsn>,
     /// Commit times (also of prepared transactions), RFC 3339 UTC with microseconds.
-    pub first_commit_time: Option<String>,
-    pub last_commit_time: Option<String>,
+    #[serde(with = "optional_micros")]
+    pub first_commit_time: Option<DateTime<Utc>>,
+    #[serde(with = "optional_micros")]
+    pub last_commit_time: Option<DateTime<Utc>>,
     pub commits: u64,
     pub aborts: u64,
     pub restore_points: Vec<RestorePoint>,
-    /// Where valid WAL ended inside the segment, if it did before the segment's end.
+    /// Where valid WAL ended inside the segment, if it did before the segment's end, and why.
     pub end_of_wal: Option<String>,
     /// A commit or restore point record that continues in the next segment.
     pub carry: Option<Carry>,
@@ -38,22 +43,17 @@ pub struct SegmentSummary {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RestorePoint {
     pub name: String,
-    pub lsn: String,
-    pub time: String,
+    pub lsn: Lsn,
+    /// None when the record's timestamp is out of range.
+    #[serde(with = "optional_micros")]
+    pub time: Option<DateTime<Utc>>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Carry {
-    pub record_start: String,
+    pub record_start: Lsn,
     /// The record's bytes so far, without page headers, base64.
     pub bytes: String,
-}
-
-fn time_text(micros: i64) -> String {
-    timestamp_to_utc(micros).map_or_else(
-        || format!("invalid timestamp {micros}"),
-        |t| t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
-    )
 }
 
 /// Summarises `segment`, which starts at `segment_start`; `carry_in` is the previous
@@ -93,7 +93,7 @@ impl SegmentSummarizer {
         carry_in: Option<&Carry>,
     ) -> Self {
         let resumed = carry_in.and_then(|carry| {
-            let start: Lsn = carry.record_start.parse().ok()?;
+            let start = carry.record_start;
             let bytes = BASE64.decode(&carry.bytes).ok()?;
             Some(WalDecoder::resume(
                 segment_start,
@@ -135,8 +135,8 @@ impl SegmentSummarizer {
                 RecordKind::RestorePoint { name, time } => {
                     self.summary.restore_points.push(RestorePoint {
                         name,
-                        lsn: record.lsn.to_string(),
-                        time: time_text(time),
+                        lsn: record.lsn,
+                        time: timestamp_to_utc(time),
                     })
                 }
                 _ => {}
@@ -147,12 +147,13 @@ impl SegmentSummarizer {
     pub fn finish(self) -> SegmentSummary {
         let mut summary = self.summary;
         if let Some((first, end)) = self.records {
-            summary.first_record = Some(first.to_string());
-            summary.last_record_end = Some(end.to_string());
+            summary.first_record = Some(first);
+            summary.last_record_end = Some(end);
         }
         if let Some((first, last)) = self.commit_times {
-            summary.first_commit_time = Some(time_text(first));
-            summary.last_commit_time = Some(time_text(last));
+            // An out-of-range timestamp (a damaged record that passed its CRC) counts as none.
+            summary.first_commit_time = timestamp_to_utc(first);
+            summary.last_commit_time = timestamp_to_utc(last);
         }
         summary.end_of_wal = self.decoder.end_of_wal().map(|end| match end {
             EndOfWal::ZeroLength(lsn) => format!("{lsn}: no more WAL"),
@@ -165,7 +166,7 @@ impl SegmentSummarizer {
             .unfinished_record()
             .filter(|(_, bytes)| bytes.len() <= MAX_CARRY && is_target_record(bytes))
             .map(|(start, bytes)| Carry {
-                record_start: start.to_string(),
+                record_start: start,
                 bytes: BASE64.encode(bytes),
             });
         summary

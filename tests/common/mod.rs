@@ -616,3 +616,21 @@ pub async fn snapshot(storage: &dyn Storage) -> Vec<(String, Vec<u8>)> {
     }
     objects
 }
+
+/// Object keys as docs/repository-format.md documents them: tests read and tamper with the
+/// repository from outside, as an operator or a bit flip would.
+pub mod keys {
+    /// The WAL file an object key names, if it names one (`wal/<TLI><LOG>/<name>.lz4`).
+    pub fn wal_name_of_key(key: &str) -> Option<pitr::pg::WalFileName> {
+        let leaf = key.strip_prefix("wal/")?.rsplit('/').next()?;
+        pitr::pg::WalFileName::parse(leaf.strip_suffix(".lz4")?).ok()
+    }
+
+    pub fn backup_object_key(id: &str, object: u32) -> String {
+        format!("backup/{id}/data/{object:06}.lz4")
+    }
+
+    pub fn manifest_key(id: &str) -> String {
+        format!("backup/{id}/manifest.json")
+    }
+}

@@ -290,11 +290,17 @@ fn summaries_carry_a_commit_that_straddles_segments() {
     );
     assert_eq!(second.commits, 2, "{second:?}");
     assert_eq!(
-        second.first_commit_time.as_deref(),
+        second
+            .first_commit_time
+            .map(crate::pg::timestamp::rfc3339_micros)
+            .as_deref(),
         Some("2000-01-01T00:00:03.000000Z")
     );
     assert_eq!(
-        second.last_commit_time.as_deref(),
+        second
+            .last_commit_time
+            .map(crate::pg::timestamp::rfc3339_micros)
+            .as_deref(),
         Some("2000-01-01T00:00:04.000000Z")
     );
 

@@ -1,11 +1,23 @@
-//! Command-line interface: flags, environment variables, and what each command prints.
+//! Command-line interface: flags and environment variables (here), what each command
+//! prints (`render`), the terminal progress bar (`progress`), and the glue from arguments to
+//! a command's options (`run`).
+
+mod progress;
+mod render;
+pub mod restore_command;
+mod run;
 
 use std::path::PathBuf;
 
+use chrono::{DateTime, Utc};
 use clap::builder::BoolishValueParser;
 use clap::{ArgAction, Args, Parser, Subcommand};
 
 use crate::config::Settings;
+use crate::pg::Lsn;
+use crate::pg::recovery_target::{TargetAction, TargetTimeline, parse_target_time};
+
+pub use run::run;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -13,10 +25,7 @@ use crate::config::Settings;
     version,
     about = "PostgreSQL point-in-time recovery: WAL archiving, base backups and restore to a \
              moment, with a local or S3 repository",
-    after_help = "Exit codes: 0 ok, 1 archive-get: not in the repository, 2 usage or configuration, \
-                  3 wrong or uninitialised repository, 4 conflicting content, 5 corrupt object, \
-                  6 storage error, 7 invalid input file, 8 verify: repository incomplete, \
-                  9 PostgreSQL error."
+    after_help = crate::error::exit_codes_help()
 )]
 pub struct Cli {
     #[command(flatten)]
@@ -132,11 +141,11 @@ pub enum Command {
         #[arg(long)]
         dry_run: bool,
         /// Stop at this time: RFC 3339 or 'YYYY-MM-DD HH:MM:SS[.ffffff]+TZ'; a zone is required.
-        #[arg(long, value_name = "TIME")]
-        target_time: Option<String>,
+        #[arg(long, value_name = "TIME", value_parser = parse_target_time)]
+        target_time: Option<DateTime<Utc>>,
         /// Stop at this WAL location (X/X).
-        #[arg(long, value_name = "LSN")]
-        target_lsn: Option<String>,
+        #[arg(long, value_name = "LSN", value_parser = parse_lsn)]
+        target_lsn: Option<Lsn>,
         /// Stop after this transaction commits.
         #[arg(long, value_name = "XID")]
         target_xid: Option<u32>,
@@ -146,12 +155,12 @@ pub enum Command {
         /// Stop as soon as the backup is consistent.
         #[arg(long, value_parser = ["immediate"])]
         target: Option<String>,
-        /// What the server does at the target.
-        #[arg(long, value_parser = ["pause", "promote", "shutdown"])]
-        target_action: Option<String>,
+        /// What the server does at the target: pause, promote or shutdown.
+        #[arg(long, value_name = "ACTION", value_parser = parse_from_str::<TargetAction>)]
+        target_action: Option<TargetAction>,
         /// Timeline to follow: latest, current or a number.
-        #[arg(long, value_name = "TIMELINE")]
-        target_timeline: Option<String>,
+        #[arg(long, value_name = "TIMELINE", value_parser = parse_from_str::<TargetTimeline>)]
+        target_timeline: Option<TargetTimeline>,
         /// Restore this backup instead of the newest one before the target.
         #[arg(long, value_name = "ID")]
         backup: Option<String>,
@@ -162,8 +171,8 @@ pub enum Command {
         #[arg(long)]
         force: bool,
         /// Restore tablespace OID into DIR instead of its original place (repeatable).
-        #[arg(long = "tablespace-map", value_name = "OID=DIR")]
-        tablespace_map: Vec<String>,
+        #[arg(long = "tablespace-map", value_name = "OID=DIR", value_parser = parse_tablespace_map)]
+        tablespace_map: Vec<(u32, PathBuf)>,
     },
     /// Show the whole loop on a scratch cluster: archive, back up, drop a table, restore.
     Demo {
@@ -206,9 +215,26 @@ impl Command {
     }
 }
 
+fn parse_lsn(text: &str) -> Result<Lsn, String> {
+    text.parse().map_err(|e| format!("{e}"))
+}
+
+fn parse_from_str<T: std::str::FromStr<Err = String>>(text: &str) -> Result<T, String> {
+    text.parse()
+}
+
+fn parse_tablespace_map(entry: &str) -> Result<(u32, PathBuf), String> {
+    entry
+        .split_once('=')
+        .and_then(|(oid, dir)| Some((oid.parse().ok()?, PathBuf::from(dir))))
+        .filter(|(_, dir)| dir.is_absolute())
+        .ok_or_else(|| format!("'{entry}' is not OID=DIR with an absolute DIR"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::CommandFactory;
 
     #[test]
     fn a_bare_path_style_flag_does_not_swallow_the_subcommand() {
@@ -227,5 +253,38 @@ mod tests {
         let cli =
             Cli::try_parse_from(["pitr", "archive-push", "f", "--s3-path-style=false"]).unwrap();
         assert_eq!(cli.global.s3_path_style, Some(false));
+    }
+
+    #[test]
+    fn targets_are_parsed_once_at_the_edge() {
+        let parse = |args: &[&str]| {
+            let mut all = vec!["pitr", "restore", "--pgdata", "/tmp/x"];
+            all.extend(args);
+            Cli::try_parse_from(all)
+        };
+        assert!(parse(&["--target-time", "2026-11-21 14:29:00+01"]).is_ok());
+        assert!(parse(&["--target-lsn", "0/16B3748"]).is_ok());
+        assert!(parse(&["--target-timeline", "0x2", "--target-action", "promote"]).is_ok());
+        assert!(parse(&["--tablespace-map", "16400=/srv/ts"]).is_ok());
+        for bad in [
+            &["--target-time", "2026-11-21 14:29:00"][..],
+            &["--target-lsn", "16B3748"],
+            &["--target-timeline", "newest"],
+            &["--target-action", "resume"],
+            &["--tablespace-map", "x=/srv/ts"],
+            &["--tablespace-map", "16400=relative"],
+            &["--target-time", "2026-11-21T00:00:00Z", "--target-xid", "5"],
+        ] {
+            let err = parse(bad).unwrap_err();
+            assert_eq!(err.exit_code(), 2, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn help_carries_the_exit_code_table() {
+        let help = Cli::command().render_long_help().to_string();
+        for row in crate::error::EXIT_CODES {
+            assert!(help.contains(row.meaning), "{}", row.meaning);
+        }
     }
 }

@@ -1,25 +1,19 @@
-//! What the WAL archive can reach: the segments recovery reads from a backup to a target,
-//! following the timeline history, and what they hold (from the WAL index). Shared by
-//! `list` (the recovery window), `restore` (the pre-flight) and `verify`.
+//! The archive as recovery sees it: the listing, the timeline histories, and the summaries
+//! read so far. Loading and summarising go through the catalog; walking is pure.
 
 use std::collections::{BTreeMap, HashMap};
 
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Utc};
 use futures_util::{StreamExt, TryStreamExt, stream};
 
-use crate::catalog::backup::BackupManifest;
-use crate::catalog::wal_archive::{ArchivedFile, WalListing};
-use crate::catalog::{Catalog, RepositoryIdentity};
-use crate::codec::{self, CodecError};
-use crate::error::{Error, Result};
-use crate::pg::timeline::{
-    HistoryEntry, TimelineSpan, parse_history, timeline_of_segment, timeline_path,
-};
+use crate::catalog::wal::{ArchivedFile, WalListing};
+use crate::catalog::{Catalog, CatalogError, RepositoryIdentity};
+use crate::pg::timeline::{HistoryEntry, TimelineSpan, parse_history, timeline_of_segment};
 use crate::pg::wal_name::xlog_file_name;
 use crate::pg::wal_summary::{SegmentSummarizer, SegmentSummary};
 use crate::pg::{Lsn, WalFileName};
 
-use super::blocking;
+use super::walk::Walk;
 
 /// The archive's listing and history files, and the summaries read so far.
 pub struct ArchiveView {
@@ -28,24 +22,6 @@ pub struct ArchiveView {
     pub listing: WalListing,
     pub histories: BTreeMap<u32, Vec<HistoryEntry>>,
     summaries: HashMap<WalFileName, SegmentSummary>,
-}
-
-/// The segments recovery reads from a start point, in order, up to the first one missing.
-#[derive(Debug)]
-pub struct Walk {
-    pub files: Vec<ArchivedFile>,
-    /// The segment recovery would ask for next, which the repository does not hold.
-    pub missing: String,
-    missing_segno: u64,
-    /// True when WAL of the path exists beyond `missing`: a gap, not the archive's end.
-    pub gap: bool,
-}
-
-impl Walk {
-    /// True when the walk got as far as segment `segno` (one at or after its start).
-    pub fn reaches(&self, segno: u64) -> bool {
-        segno < self.missing_segno
-    }
 }
 
 impl ArchiveView {
@@ -65,15 +41,19 @@ impl ArchiveView {
     }
 
     /// Lists the archive and reads its history files.
-    pub async fn load(catalog: &Catalog, identity: &RepositoryIdentity) -> Result<Self> {
+    pub async fn load(
+        catalog: &Catalog,
+        identity: &RepositoryIdentity,
+    ) -> Result<Self, CatalogError> {
         let listing = catalog.wal_listing(identity.wal_segment_size).await?;
         let mut histories = BTreeMap::new();
         for (&timeline, file) in &listing.histories {
-            let text = read_object(catalog, file).await?;
+            let what = format!("history file {}", file.name);
+            let text = catalog.read_object(&file.object, what.clone()).await?;
             let entries = parse_history(&String::from_utf8_lossy(&text)).map_err(|reason| {
-                Error::Corrupt {
-                    what: format!("history file {}", file.name),
-                    location: catalog.storage().location(),
+                CatalogError::Corrupt {
+                    what,
+                    location: catalog.location(),
                     reason,
                 }
             })?;
@@ -82,25 +62,25 @@ impl ArchiveView {
         Ok(ArchiveView::new(identity, listing, histories))
     }
 
-    /// The timelines recovery to `target` passes through.
-    pub fn path(&self, target: u32) -> Result<Vec<TimelineSpan>> {
+    /// Records a summary (tests, and summaries computed elsewhere).
+    pub fn insert_summary(&mut self, name: WalFileName, summary: SegmentSummary) {
+        self.summaries.insert(name, summary);
+    }
+
+    /// The timelines recovery to `target` passes through; none without its history file.
+    pub fn path(&self, target: u32) -> Option<Vec<TimelineSpan>> {
         if target == 1 {
-            return Ok(timeline_path(1, &[]));
+            return Some(crate::pg::timeline::timeline_path(1, &[]));
         }
-        match self.histories.get(&target) {
-            Some(history) => Ok(timeline_path(target, history)),
-            None => Err(Error::Unreachable(format!(
-                "timeline {target} has no history file {target:08X}.history in the repository: \
-                 it cannot be followed"
-            ))),
-        }
+        let history = self.histories.get(&target)?;
+        Some(crate::pg::timeline::timeline_path(target, history))
     }
 
     /// `recovery_target_timeline = 'latest'` from `from`: PostgreSQL probes upward for
     /// history files (`findNewestTimeLine`).
     pub fn latest_timeline(&self, from: u32) -> u32 {
         let mut newest = from;
-        while self.histories.contains_key(&(newest + 1)) {
+        while newest < u32::MAX && self.histories.contains_key(&(newest + 1)) {
             newest += 1;
         }
         newest
@@ -122,6 +102,7 @@ impl ArchiveView {
                     s > segno && timeline_of_segment(path, s, self.segment_size) == t
                 });
             return Walk {
+                first_segno: start.segment_number(self.segment_size),
                 files,
                 missing: xlog_file_name(timeline, segno, self.segment_size),
                 missing_segno: segno,
@@ -130,14 +111,16 @@ impl ArchiveView {
         }
     }
 
-    pub fn segment_number(&self, file: &ArchivedFile) -> u64 {
-        file.name
-            .segment_number(self.segment_size)
-            .expect("walks hold segments")
-    }
-
     pub fn summary(&self, file: &ArchivedFile) -> Option<&SegmentSummary> {
         self.summaries.get(&file.name)
+    }
+
+    /// The latest commit time in `files` (summarised).
+    pub fn last_commit(&self, files: &[ArchivedFile]) -> Option<DateTime<Utc>> {
+        files
+            .iter()
+            .filter_map(|f| self.summary(f)?.last_commit_time)
+            .max()
     }
 
     /// Makes the summaries of `files` (consecutive segments) available: the stored ones are
@@ -148,7 +131,7 @@ impl ArchiveView {
         files: &[ArchivedFile],
         jobs: usize,
         store: bool,
-    ) -> Result<()> {
+    ) -> Result<(), CatalogError> {
         let stored: Vec<&ArchivedFile> = files
             .iter()
             .filter(|f| {
@@ -158,7 +141,7 @@ impl ArchiveView {
         let loaded: Vec<_> = stream::iter(stored)
             .map(|file| async move {
                 let summary = catalog.segment_summary(&file.name).await?;
-                Ok::<_, Error>((file.name.clone(), summary))
+                Ok::<_, CatalogError>((file.name.clone(), summary))
             })
             .buffer_unordered(jobs.max(1))
             .try_collect()
@@ -169,37 +152,37 @@ impl ArchiveView {
             }
         }
 
-        // The rest in order, so that a record straddling two segments is carried over: bodies
-        // are opened ahead, each is decoded straight into the summarizer (never held whole).
+        // The rest in order, so that a record straddling two segments is carried over:
+        // objects are opened ahead, each is decoded straight into the summarizer (never held
+        // whole).
         let missing: Vec<(Option<WalFileName>, ArchivedFile)> = files
             .iter()
             .enumerate()
             .filter(|(_, f)| !self.summaries.contains_key(&f.name))
             .map(|(i, f)| (i.checked_sub(1).map(|p| files[p].name.clone()), f.clone()))
             .collect();
-        let storage = catalog.storage();
         let mut opened = stream::iter(missing)
             .map(|(previous, file)| async move {
-                let body = storage.get(&file.key).await;
-                (previous, file, body)
+                let opened = catalog
+                    .open_object(&file.object, file.name.to_string())
+                    .await;
+                (previous, file, opened)
             })
             .buffered(jobs.max(1));
-        while let Some((previous, file, body)) = opened.next().await {
-            let body = body?;
+        while let Some((previous, file, opened)) = opened.next().await {
+            let opened = opened?;
+            let Some(start) = file.name.start_lsn(self.segment_size) else {
+                continue;
+            };
             let carry = previous
                 .and_then(|p| self.summaries.get(&p))
                 .and_then(|s| s.carry.clone());
-            let start = Lsn(self.segment_number(&file) * self.segment_size);
-            let mut summarizer =
+            let summarizer =
                 SegmentSummarizer::new(start, self.segment_size, self.block_size, carry.as_ref());
-            let (location, what) = (storage.location(), file.name.to_string());
-            let summary = blocking(move || {
-                match codec::decode(body.into_blocking_reader(), &mut summarizer) {
-                    Ok(_) => Ok(summarizer.finish()),
-                    Err(e) => Err(decode_error(e, what, location)),
-                }
-            })
-            .await?;
+            let (summarizer, _) = catalog
+                .decode_opened(opened, "the WAL summarizer", summarizer)
+                .await?;
+            let summary = summarizer.finish();
             if store {
                 catalog.put_segment_summary(&file.name, &summary).await?;
             }
@@ -207,96 +190,22 @@ impl ArchiveView {
         }
         Ok(())
     }
-
-    /// The latest commit time in `files` (summarised).
-    pub fn last_commit(&self, files: &[ArchivedFile]) -> Option<DateTime<Utc>> {
-        files
-            .iter()
-            .filter_map(|f| self.summary(f)?.last_commit_time.as_deref().and_then(utc))
-            .max()
-    }
-}
-
-pub fn utc(text: &str) -> Option<DateTime<Utc>> {
-    DateTime::parse_from_rfc3339(text)
-        .ok()
-        .map(|t| t.with_timezone(&Utc))
-}
-
-/// RFC 3339 in UTC, with as many fractional digits as the time has.
-pub fn rfc3339(time: DateTime<Utc>) -> String {
-    time.to_rfc3339_opts(SecondsFormat::AutoSi, true)
-}
-
-/// The start and stop LSN of a backup.
-pub fn backup_lsns(backup: &BackupManifest) -> Result<(Lsn, Lsn)> {
-    let parse = |text: &str| {
-        text.parse::<Lsn>().map_err(|e| Error::Corrupt {
-            what: format!("the manifest of backup {}", backup.id),
-            location: "the repository".into(),
-            reason: e.to_string(),
-        })
-    };
-    Ok((parse(&backup.start_lsn)?, parse(&backup.stop_lsn)?))
-}
-
-/// True when recovery along `path` can start from `backup`: its timeline is on the path and
-/// was left only after the backup started.
-pub fn path_holds_backup(path: &[TimelineSpan], backup: &BackupManifest, start: Lsn) -> bool {
-    path.iter()
-        .any(|span| span.timeline == backup.timeline && span.contains(start))
-}
-
-/// An archived object's decoded content.
-pub async fn read_object(catalog: &Catalog, file: &ArchivedFile) -> Result<Vec<u8>> {
-    let storage = catalog.storage();
-    let body = storage.get(&file.key).await?;
-    let location = storage.location();
-    let what = file.name.to_string();
-    blocking(move || {
-        let mut content = Vec::new();
-        match codec::decode(body.into_blocking_reader(), &mut content) {
-            Ok(_) => Ok(content),
-            Err(e) => Err(decode_error(e, what, location)),
-        }
-    })
-    .await
-}
-
-fn decode_error(error: CodecError, what: String, location: String) -> Error {
-    match error {
-        CodecError::Corrupt(reason) => Error::Corrupt {
-            what,
-            location,
-            reason,
-        },
-        CodecError::Io(e) => crate::storage::StorageError::io("read", &location, e).into(),
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pg::timeline::parse_history;
 
     const SEG: u64 = 16 << 20;
 
     fn view(names: &[&str], histories: &[(u32, &str)]) -> ArchiveView {
-        let mut listing = WalListing::default();
-        for name in names {
-            let name = WalFileName::parse(name).unwrap();
-            let segno = name.segment_number(SEG).unwrap();
-            let file = ArchivedFile {
-                key: format!("wal/{name}.lz4"),
-                size: 100,
-                name: name.clone(),
-            };
-            listing.segments.insert((name.timeline(), segno), file);
-        }
+        let files = names
+            .iter()
+            .map(|name| (WalFileName::parse(name).unwrap(), 100));
         ArchiveView {
             segment_size: SEG,
             block_size: 8192,
-            listing,
+            listing: WalListing::from_files(files, SEG),
             histories: histories
                 .iter()
                 .map(|(t, text)| (*t, parse_history(text).unwrap()))
@@ -334,12 +243,13 @@ mod tests {
         );
         assert_eq!(walk.missing, "000000020000000000000005");
         assert!(walk.gap);
-        assert!(walk.reaches(4) && !walk.reaches(5));
+        assert!(walk.reaches(4) && !walk.reaches(5) && !walk.reaches(1));
+        assert_eq!(walk.count_through(3), Some(2));
 
         let on_one = view.walk(&view.path(1).unwrap(), Lsn(0x300_0000));
         assert_eq!(walked(&on_one).len(), 2);
         assert_eq!(on_one.missing, "000000010000000000000005");
         assert!(!on_one.gap, "nothing after it on timeline 1");
-        assert!(view.path(3).is_err());
+        assert!(view.path(3).is_none());
     }
 }

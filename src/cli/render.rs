@@ -1,0 +1,217 @@
+//! What each command prints: text for people, `--json` for scripts.
+
+use crate::commands::archive_get::ArchiveGetReport;
+use crate::commands::archive_push::{ArchivePushReport, PushOutcome};
+use crate::commands::backup::BackupReport;
+use crate::commands::init::InitReport;
+use crate::commands::list::ListReport;
+use crate::commands::restore::RestoreReport;
+use crate::commands::verify::VerifyReport;
+use crate::pg::recovery_target::{RecoveryRequest, Target, TargetAction};
+use crate::pg::timestamp::rfc3339_micros;
+use crate::recovery::RestorePlan;
+
+fn json(report: &impl serde::Serialize) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(report).expect("reports serialise")
+    );
+}
+
+pub fn init(report: &InitReport) {
+    let verb = if report.created {
+        "initialised"
+    } else {
+        "already initialised"
+    };
+    println!(
+        "{verb} repository {} for PostgreSQL {} cluster {} (WAL segments of {} bytes)",
+        report.location,
+        report.identity.pg_version,
+        report.identity.system_identifier,
+        report.identity.wal_segment_size
+    );
+}
+
+/// archive_command's output stays in the log at -v: PostgreSQL runs it for every segment.
+pub fn archive_push(report: &ArchivePushReport) {
+    let e = &report.encoded;
+    let what = match report.outcome {
+        PushOutcome::Stored => "archived",
+        PushOutcome::AlreadyArchived => "already archived",
+    };
+    tracing::info!(
+        "{what} {}: {} -> {} bytes (ratio {:.2}) in {:.1} ms",
+        report.name,
+        e.original_len,
+        e.stored_len,
+        e.ratio(),
+        report.elapsed.as_secs_f64() * 1e3
+    );
+}
+
+pub fn archive_get(report: &ArchiveGetReport) {
+    tracing::info!(
+        "restored {}: {} bytes from {} stored in {:.1} ms",
+        report.name,
+        report.decoded.original_len,
+        report.decoded.stored_len,
+        report.elapsed.as_secs_f64() * 1e3
+    );
+}
+
+pub fn backup(report: &BackupReport) {
+    let m = &report.manifest;
+    println!(
+        "backup {} complete: {} files, {} bytes ({} stored in {} objects), WAL {} to {} \
+         (timeline {}), {:.1} s",
+        m.id,
+        m.files.len(),
+        m.size_bytes,
+        m.stored_bytes,
+        report.objects,
+        m.start_lsn,
+        m.stop_lsn,
+        m.timeline,
+        report.elapsed.as_secs_f64()
+    );
+}
+
+/// The pre-flight's findings: in full for `--dry-run`, in one line otherwise.
+fn plan(plan: &RestorePlan, full: bool) {
+    let count = plan.segments.len();
+    let range = match (plan.segments.first(), plan.segments.last()) {
+        (Some(first), Some(last)) => format!(
+            "{} to {} ({count} segment{})",
+            first.name,
+            last.name,
+            if count == 1 { "" } else { "s" }
+        ),
+        _ => "none".into(),
+    };
+    if !full {
+        println!(
+            "pre-flight: the repository holds the WAL needed, {range}; recovery stops {}",
+            plan.stops
+        );
+        return;
+    }
+    let backup = &plan.backup;
+    let histories: Vec<String> = plan.histories.iter().map(|h| h.name.to_string()).collect();
+    println!("restore plan");
+    println!(
+        "  backup:    {} (timeline {}, {} to {}, finished {})",
+        backup.id,
+        backup.timeline,
+        backup.start_lsn,
+        backup.stop_lsn,
+        rfc3339_micros(backup.stop_time)
+    );
+    println!("  timeline:  {}", plan.timeline);
+    println!("  WAL:       {range}");
+    if !histories.is_empty() {
+        println!("  history:   {}", histories.join(", "));
+    }
+    println!("  stops:     {}", plan.stops);
+    println!(
+        "  bytes:     {} to read ({} of backup objects, {} of WAL); {} restored before replay",
+        backup.stored_bytes + plan.wal_bytes,
+        backup.stored_bytes,
+        plan.wal_bytes,
+        backup.size_bytes
+    );
+}
+
+pub fn restore(report: &RestoreReport, request: &RecoveryRequest) {
+    plan(&report.plan, report.dry_run);
+    if report.dry_run {
+        println!("dry run: nothing was written");
+        return;
+    }
+    let pgdata = report.pgdata.display();
+    println!(
+        "restored backup {} into {pgdata}: {} files, {} bytes in {:.1} s",
+        report.plan.backup.id,
+        report.files,
+        report.bytes,
+        report.elapsed.as_secs_f64()
+    );
+    let then = match (&request.target, request.action) {
+        (Target::End, _) | (_, Some(TargetAction::Promote)) => {
+            "then end recovery and accept writes"
+        }
+        (_, Some(TargetAction::Shutdown)) => "then shut down",
+        _ => "then pause, read-only, until you run SELECT pg_wal_replay_resume()",
+    };
+    println!(
+        "Next: pg_ctl -D {pgdata} start\nPostgreSQL will replay WAL from the repository \
+         (restore_command runs pitr archive-get) up to {}, {then}.",
+        request.target
+    );
+}
+
+pub fn list(report: &ListReport, as_json: bool) {
+    if as_json {
+        return json(report);
+    }
+    if report.backups.is_empty() {
+        println!("no backups");
+    }
+    for b in &report.backups {
+        println!(
+            "backup {}  {} .. {}  LSN {} .. {}  timeline {}  {} bytes ({} stored)",
+            b.id,
+            b.start_time,
+            b.stop_time,
+            b.start_lsn,
+            b.stop_lsn,
+            b.timeline,
+            b.size_bytes,
+            b.stored_bytes
+        );
+    }
+    for w in &report.wal {
+        println!(
+            "wal timeline {}: {} .. {}",
+            w.timeline, w.first_segment, w.last_segment
+        );
+    }
+    for w in &report.recovery_window {
+        println!(
+            "recovery window timeline {}: {} .. {}",
+            w.timeline,
+            w.from,
+            w.until.as_deref().unwrap_or("(no commit reachable yet)")
+        );
+    }
+}
+
+pub fn verify(report: &VerifyReport, as_json: bool) {
+    if as_json {
+        return json(report);
+    }
+    for problem in &report.problems {
+        println!("{problem}");
+    }
+    for id in &report.interrupted_backups {
+        println!(
+            "note: backup {id} was interrupted before it finished; its objects are leftovers, \
+             not a restorable backup"
+        );
+    }
+    if report.indexed_segments > 0 {
+        println!(
+            "indexed {} segments that had no WAL index entry",
+            report.indexed_segments
+        );
+    }
+    let outcome = match report.problems.len() {
+        0 => "intact".to_owned(),
+        1 => "1 problem".to_owned(),
+        n => format!("{n} problems"),
+    };
+    println!(
+        "verified {} objects ({} bytes stored) in {:.1} s: {outcome}",
+        report.objects, report.bytes, report.seconds
+    );
+}

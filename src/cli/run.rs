@@ -1,0 +1,138 @@
+//! From parsed arguments to a command's options, the command, and its printed report.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::{Cli, Command, progress, render, restore_command};
+use crate::catalog::Catalog;
+use crate::commands::archive_get::{ArchiveGetOptions, archive_get};
+use crate::commands::archive_push::{ArchivePushOptions, archive_push};
+use crate::commands::backup::{BackupOptions, backup};
+use crate::commands::demo::{DemoOptions, demo};
+use crate::commands::init::{InitOptions, init};
+use crate::commands::list::{ListOptions, list};
+use crate::commands::restore::{RestoreOptions, restore};
+use crate::commands::verify::{VerifyOptions, verify};
+use crate::config::{RepoConfig, Settings};
+use crate::error::{EXIT_OK, Result};
+use crate::pg::recovery_target::{RecoveryRequest, Target};
+use crate::recovery::plan::PlanRequest;
+
+/// Runs the command the arguments name; the exit code when it ran to completion.
+pub async fn run(cli: Cli) -> Result<u8> {
+    if let Command::Demo { dir } = cli.command {
+        // The demo sets up its own repository.
+        let options = DemoOptions { dir };
+        tokio::task::spawn_blocking(move || demo(&options))
+            .await
+            .expect("demo panicked")?;
+        return Ok(EXIT_OK);
+    }
+    let mut settings = cli.global.settings();
+    if let Some(path) = &cli.global.config {
+        settings = settings.over(Settings::read_file(path)?);
+    }
+    let config = RepoConfig::resolve(&settings)?;
+    let catalog = Catalog::new(config.location.open(&config.s3).await?);
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+
+    match cli.command {
+        Command::Init { pgdata } => render::init(&init(&catalog, &InitOptions { pgdata }).await?),
+        Command::ArchivePush { path } => {
+            let options = ArchivePushOptions { path, threads };
+            render::archive_push(&archive_push(&catalog, &options).await?);
+        }
+        Command::ArchiveGet { name, dest } => {
+            let options = ArchiveGetOptions { name, dest };
+            render::archive_get(&archive_get(&catalog, &options).await?);
+        }
+        Command::Backup {
+            pgdata,
+            dbname,
+            fast: _,
+            spread,
+            jobs,
+            wal_timeout,
+        } => {
+            let options = BackupOptions {
+                pgdata,
+                dbname,
+                fast: !spread,
+                jobs: jobs.unwrap_or(threads),
+                wal_timeout: Duration::from_secs(wal_timeout),
+                progress: progress::terminal(),
+            };
+            render::backup(&backup(&catalog, &options).await?);
+        }
+        Command::Restore {
+            pgdata,
+            target_time,
+            target_lsn,
+            target_xid,
+            target_name,
+            target,
+            target_action,
+            target_timeline,
+            backup,
+            jobs,
+            force,
+            dry_run,
+            tablespace_map,
+        } => {
+            // clap lets at most one target through.
+            let target = match (target_time, target_lsn, target_xid, target_name, target) {
+                (Some(time), ..) => Target::Time(time),
+                (_, Some(lsn), ..) => Target::Lsn(lsn),
+                (_, _, Some(xid), ..) => Target::Xid(xid),
+                (_, _, _, Some(name), _) => Target::Name(name),
+                (.., Some(_)) => Target::Immediate,
+                _ => Target::End,
+            };
+            let recovery = RecoveryRequest {
+                target,
+                action: target_action,
+                timeline: target_timeline,
+            };
+            let pgdata = pgdata.unwrap_or_default();
+            let exe = std::env::current_exe()
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|_| "pitr".into());
+            let options = RestoreOptions {
+                pgdata: std::path::absolute(&pgdata).unwrap_or(pgdata),
+                request: PlanRequest {
+                    recovery: recovery.clone(),
+                    backup,
+                },
+                jobs: jobs.unwrap_or(threads),
+                force,
+                dry_run,
+                tablespace_map: tablespace_map
+                    .into_iter()
+                    .collect::<HashMap<u32, PathBuf>>(),
+                restore_command: restore_command::restore_command(
+                    &exe,
+                    &settings,
+                    cli.global.config.as_deref(),
+                ),
+                progress: progress::terminal(),
+            };
+            render::restore(&restore(&catalog, &options).await?, &recovery);
+        }
+        Command::List { json } => {
+            let options = ListOptions { jobs: 2 * threads };
+            render::list(&list(&catalog, &options).await?, json);
+        }
+        Command::Verify { backup, json, jobs } => {
+            let options = VerifyOptions {
+                jobs: jobs.unwrap_or(2 * threads),
+                backup,
+            };
+            let report = verify(&catalog, &options).await?;
+            render::verify(&report, json);
+            return Ok(report.exit_code());
+        }
+        Command::Demo { .. } => unreachable!("handled above"),
+    }
+    Ok(EXIT_OK)
+}

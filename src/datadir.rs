@@ -1,0 +1,56 @@
+//! A local PostgreSQL data directory: which cluster it holds, and whether a server runs in it.
+
+use std::io;
+use std::path::Path;
+
+use chrono::Utc;
+
+use crate::catalog::RepositoryIdentity;
+use crate::error::{Error, Result};
+use crate::pg::ControlFile;
+
+/// Reads `global/pg_control` and `PG_VERSION` of a data directory.
+pub fn read_cluster_identity(pgdata: &Path) -> Result<RepositoryIdentity> {
+    let control_path = pgdata.join("global/pg_control");
+    let bytes = std::fs::read(&control_path).map_err(|e| {
+        Error::invalid_input(
+            control_path.display(),
+            format!("{e}: is --pgdata (or PGDATA) the cluster's data directory?"),
+        )
+    })?;
+    let control =
+        ControlFile::parse(&bytes).map_err(|e| Error::invalid_input(control_path.display(), e))?;
+    let version_path = pgdata.join("PG_VERSION");
+    let version_text = std::fs::read_to_string(&version_path)
+        .map_err(|e| Error::invalid_input(version_path.display(), e))?;
+    let pg_version: u32 = version_text.trim().parse().map_err(|_| {
+        Error::invalid_input(
+            version_path.display(),
+            format!(
+                "'{}' is not a PostgreSQL major version",
+                version_text.trim()
+            ),
+        )
+    })?;
+    if !(13..=17).contains(&pg_version) {
+        return Err(Error::invalid_input(
+            version_path.display(),
+            format!("PostgreSQL {pg_version} is not supported (13 to 17 are)"),
+        ));
+    }
+    Ok(RepositoryIdentity::new(&control, pg_version, Utc::now()))
+}
+
+/// The pid of a postmaster running in `pgdata`, from `postmaster.pid`.
+pub fn running_postmaster(pgdata: &Path) -> Option<i32> {
+    let text = std::fs::read_to_string(pgdata.join("postmaster.pid")).ok()?;
+    let pid = text.lines().next()?.trim().parse::<i32>().ok()?;
+    (pid > 0 && process_exists(pid)).then_some(pid)
+}
+
+/// Signal 0 checks for a process; EPERM means it exists but belongs to another user.
+fn process_exists(pid: i32) -> bool {
+    // SAFETY: signal 0 sends nothing.
+    let alive = unsafe { libc::kill(pid, 0) } == 0;
+    alive || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}

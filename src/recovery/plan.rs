@@ -1,0 +1,361 @@
+//! The restore pre-flight: before a byte is written, proves that the repository holds every
+//! segment and history file recovery needs from the backup's start to the point where the
+//! target is reached, or says exactly what is missing and how far the archive does reach.
+//!
+//! Two halves: [`gather_and_plan`] reads (backups, the archive view, the summaries a
+//! decision needs) and [`plan_restore`] decides, as a pure function of what was read.
+
+use chrono::{DateTime, Utc};
+
+use crate::catalog::backup::BackupManifest;
+use crate::catalog::wal::ArchivedFile;
+use crate::catalog::{Catalog, CatalogError};
+use crate::pg::recovery_target::{RecoveryRequest, Target, TargetTimeline};
+use crate::pg::timeline::TimelineSpan;
+use crate::pg::timestamp::rfc3339;
+
+use super::view::ArchiveView;
+use super::walk::{Walk, path_holds_backup};
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PlanError {
+    #[error("the repository holds no backup: run `pitr backup` first")]
+    NoBackup,
+    #[error("no backup {0} in the repository (see `pitr list`)")]
+    UnknownBackup(String),
+    /// The archive cannot take recovery where it was asked to go.
+    #[error("{0}")]
+    Unreachable(String),
+}
+
+/// What a restore asks for.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PlanRequest {
+    pub recovery: RecoveryRequest,
+    /// Restore this backup rather than choosing one.
+    pub backup: Option<String>,
+}
+
+#[derive(Clone, Debug)]
+pub struct RestorePlan {
+    pub backup: BackupManifest,
+    pub timeline: u32,
+    /// The segments recovery reads, in order.
+    pub segments: Vec<ArchivedFile>,
+    pub histories: Vec<ArchivedFile>,
+    /// Where recovery stops, in words.
+    pub stops: String,
+    /// Stored bytes of the WAL and history files.
+    pub wal_bytes: u64,
+}
+
+/// Reads what deciding needs, then decides: the summaries of the segments each candidate
+/// backup's recovery would read, newest candidate first, stopping at the first that works.
+pub async fn gather_and_plan(
+    catalog: &Catalog,
+    view: &mut ArchiveView,
+    backups: &[BackupManifest],
+    request: &PlanRequest,
+    jobs: usize,
+) -> Result<Result<RestorePlan, PlanError>, CatalogError> {
+    let Ok(candidates) = candidates(backups, request) else {
+        return Ok(plan_restore(view, backups, request));
+    };
+    for backup in candidates {
+        let needed = summaries_needed(view, backup, &request.recovery);
+        view.summarise(catalog, &needed, jobs, false).await?;
+        if plan_for_backup(view, backup, &request.recovery).is_ok() {
+            break;
+        }
+    }
+    Ok(plan_restore(view, backups, request))
+}
+
+/// The plan for `request`: the first candidate backup from which recovery reaches the
+/// target, or why none does (the newest candidate's reason).
+pub fn plan_restore(
+    view: &ArchiveView,
+    backups: &[BackupManifest],
+    request: &PlanRequest,
+) -> Result<RestorePlan, PlanError> {
+    let mut newest_error = None;
+    for backup in candidates(backups, request)? {
+        match plan_for_backup(view, backup, &request.recovery) {
+            Ok(plan) => return Ok(plan),
+            Err(e) => {
+                newest_error.get_or_insert(e);
+            }
+        }
+    }
+    Err(newest_error.unwrap_or(PlanError::NoBackup))
+}
+
+/// The backups worth trying, best first: the one asked for; for a time or LSN, the newest
+/// that finished before it; for a restore point, whose position only the WAL knows, every
+/// backup from the newest; otherwise the newest.
+pub fn candidates<'a>(
+    backups: &'a [BackupManifest],
+    request: &PlanRequest,
+) -> Result<Vec<&'a BackupManifest>, PlanError> {
+    if let Some(id) = &request.backup {
+        return match backups.iter().find(|b| &b.id == id) {
+            Some(backup) => Ok(vec![backup]),
+            None => Err(PlanError::UnknownBackup(id.clone())),
+        };
+    }
+    if backups.is_empty() {
+        return Err(PlanError::NoBackup);
+    }
+    let mut newest_first: Vec<&BackupManifest> = backups.iter().collect();
+    newest_first.sort_by(|a, b| (b.stop_time, &b.id).cmp(&(a.stop_time, &a.id)));
+    let fits = |backup: &&BackupManifest| match &request.recovery.target {
+        Target::Time(time) => backup.stop_time <= *time,
+        Target::Lsn(lsn) => backup.stop_lsn <= *lsn,
+        _ => true,
+    };
+    match &request.recovery.target {
+        Target::Name(_) => Ok(newest_first),
+        _ => match newest_first.iter().find(|b| fits(b)) {
+            Some(backup) => Ok(vec![*backup]),
+            None => {
+                let earliest = newest_first[newest_first.len() - 1];
+                Err(PlanError::Unreachable(format!(
+                    "no backup finished before the target; the earliest restorable point is \
+                     {} (backup {})",
+                    rfc3339(earliest.stop_time),
+                    earliest.id
+                )))
+            }
+        },
+    }
+}
+
+/// The segments whose summaries deciding for `backup` reads.
+pub fn summaries_needed(
+    view: &ArchiveView,
+    backup: &BackupManifest,
+    recovery: &RecoveryRequest,
+) -> Vec<ArchivedFile> {
+    let Some((_, path)) = resolve_path(view, backup, recovery.timeline) else {
+        return Vec::new();
+    };
+    let walk = view.walk(&path, backup.start_lsn);
+    match &recovery.target {
+        Target::Immediate => Vec::new(),
+        // Only to say how far the archive reaches, when it does not reach the LSN.
+        Target::Lsn(lsn) if walk.reaches(lsn.segment_number(view.segment_size)) => Vec::new(),
+        _ => walk.files,
+    }
+}
+
+fn resolve_timeline(
+    view: &ArchiveView,
+    backup: &BackupManifest,
+    timeline: Option<TargetTimeline>,
+) -> u32 {
+    match timeline.unwrap_or_default() {
+        TargetTimeline::Latest => view.latest_timeline(backup.timeline),
+        TargetTimeline::Current => backup.timeline,
+        TargetTimeline::Number(n) => n,
+    }
+}
+
+/// The timeline recovery follows and the path to it; none without its history file.
+fn resolve_path(
+    view: &ArchiveView,
+    backup: &BackupManifest,
+    timeline: Option<TargetTimeline>,
+) -> Option<(u32, Vec<TimelineSpan>)> {
+    let timeline = resolve_timeline(view, backup, timeline);
+    Some((timeline, view.path(timeline)?))
+}
+
+/// Plans a restore of `backup`: pure, over the view's listing, histories and summaries.
+pub fn plan_for_backup(
+    view: &ArchiveView,
+    backup: &BackupManifest,
+    recovery: &RecoveryRequest,
+) -> Result<RestorePlan, PlanError> {
+    let unreachable = |text: String| PlanError::Unreachable(text);
+    let timeline = resolve_timeline(view, backup, recovery.timeline);
+    let path = view.path(timeline).ok_or_else(|| {
+        unreachable(format!(
+            "timeline {timeline} has no history file {timeline:08X}.history in the repository: \
+             it cannot be followed"
+        ))
+    })?;
+    let (start, stop) = (backup.start_lsn, backup.stop_lsn);
+    if !path_holds_backup(&path, backup) {
+        return Err(unreachable(format!(
+            "timeline {timeline} does not descend from timeline {} after backup {} started at \
+             {start}{}: choose another --target-timeline or backup",
+            backup.timeline,
+            backup.id,
+            branch_point(&path, backup.timeline)
+        )));
+    }
+    let walk = view.walk(&path, start);
+    let segment_size = view.segment_size;
+    let stop_count = walk
+        .count_through(stop.segment_number(segment_size))
+        .ok_or_else(|| {
+            unreachable(format!(
+                "WAL segment {} is missing from the repository; backup {} needs its WAL up to \
+                 {} to become consistent",
+                walk.missing, backup.id, backup.stop_wal_segment
+            ))
+        })?;
+
+    // How many of the walked segments recovery reads, and where it stops.
+    let (needed, stops) = match &recovery.target {
+        Target::Immediate => (
+            stop_count,
+            format!("when backup {} is consistent", backup.id),
+        ),
+        Target::Lsn(lsn) => {
+            if *lsn < stop {
+                return Err(unreachable(format!(
+                    "target LSN {lsn} lies before the end of backup {} ({stop}): choose an \
+                     earlier backup with --backup",
+                    backup.id
+                )));
+            }
+            let count = walk
+                .count_through(lsn.segment_number(segment_size))
+                .ok_or_else(|| beyond_reach(view, &walk, &format!("target LSN {lsn}")))?;
+            (count, format!("at LSN {lsn}"))
+        }
+        Target::Time(time) => {
+            let after = walk.files.iter().position(|f| {
+                view.summary(f)
+                    .and_then(|s| s.last_commit_time)
+                    .is_some_and(|last| last > *time)
+            });
+            let index = after.ok_or_else(|| {
+                beyond_reach(view, &walk, &format!("target time {}", rfc3339(*time)))
+            })?;
+            (
+                (index + 1).max(stop_count),
+                format!(
+                    "before the first commit after {} (in {})",
+                    rfc3339(*time),
+                    walk.files[index].name
+                ),
+            )
+        }
+        Target::Name(name) => {
+            let found = walk.files.iter().position(|f| {
+                view.summary(f).is_some_and(|s| {
+                    s.restore_points
+                        .iter()
+                        .any(|p| &p.name == name && p.lsn >= stop)
+                })
+            });
+            match found {
+                Some(index) => (
+                    (index + 1).max(stop_count),
+                    format!("at restore point '{name}' (in {})", walk.files[index].name),
+                ),
+                None if walk.gap => {
+                    return Err(beyond_reach(
+                        view,
+                        &walk,
+                        &format!("restore point '{name}'"),
+                    ));
+                }
+                None => {
+                    return Err(unreachable(format!(
+                        "restore point '{name}' is not in the archived WAL after backup {} \
+                         (restore points there: {}); create it with pg_create_restore_point() \
+                         or check the name",
+                        backup.id,
+                        restore_point_names(view, &walk)
+                    )));
+                }
+            }
+        }
+        Target::Xid(_) | Target::End => {
+            if walk.gap {
+                return Err(beyond_reach(view, &walk, "the rest of the archived WAL"));
+            }
+            let stops = match &recovery.target {
+                Target::Xid(xid) => format!("after transaction {xid}, if it is in the WAL"),
+                _ => match view.last_commit(&walk.files) {
+                    Some(last) => format!(
+                        "at the end of the archived WAL (last commit {})",
+                        rfc3339(last)
+                    ),
+                    None => "at the end of the archived WAL".into(),
+                },
+            };
+            (walk.files.len(), stops)
+        }
+    };
+
+    let histories: Vec<ArchivedFile> = path
+        .iter()
+        .filter_map(|span| view.listing.histories.get(&span.timeline).cloned())
+        .collect();
+    let segments = walk.files[..needed.min(walk.files.len())].to_vec();
+    let wal_bytes = segments.iter().chain(&histories).map(|f| f.size()).sum();
+    Ok(RestorePlan {
+        backup: backup.clone(),
+        timeline,
+        segments,
+        histories,
+        stops,
+        wal_bytes,
+    })
+}
+
+fn branch_point(path: &[TimelineSpan], timeline: u32) -> String {
+    path.iter()
+        .find(|span| span.timeline == timeline)
+        .and_then(|span| span.end)
+        .map_or_else(String::new, |end| {
+            format!(" (it leaves timeline {timeline} at {end})")
+        })
+}
+
+/// Why the target lies beyond what the archive reaches, with how far it does reach.
+fn beyond_reach(view: &ArchiveView, walk: &Walk, what: &str) -> PlanError {
+    let latest = latest_reachable(view.last_commit(&walk.files));
+    if walk.gap {
+        PlanError::Unreachable(format!(
+            "WAL segment {} is missing from the repository, so {what} cannot be reached; the \
+             latest reachable time is {latest}",
+            walk.missing
+        ))
+    } else {
+        PlanError::Unreachable(format!(
+            "{what} lies after the end of the archived WAL (next segment {} is not archived \
+             yet); the latest reachable time is {latest}. Restore without a target to replay \
+             all archived WAL, or archive newer WAL first (SELECT pg_switch_wal() on the primary)",
+            walk.missing
+        ))
+    }
+}
+
+fn latest_reachable(last_commit: Option<DateTime<Utc>>) -> String {
+    last_commit.map_or_else(
+        || "unknown (no commit in the reachable WAL)".into(),
+        rfc3339,
+    )
+}
+
+fn restore_point_names(view: &ArchiveView, walk: &Walk) -> String {
+    let names: Vec<String> = walk
+        .files
+        .iter()
+        .filter_map(|f| view.summary(f))
+        .flat_map(|s| s.restore_points.iter().map(|p| format!("'{}'", p.name)))
+        .collect();
+    if names.is_empty() {
+        "none".into()
+    } else {
+        names.join(", ")
+    }
+}
+
+#[cfg(test)]
+mod tests;

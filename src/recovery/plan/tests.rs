@@ -1,0 +1,437 @@
+//! The pure planner on constructed archives: no store, no server.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, TimeZone, Utc};
+
+use super::*;
+use crate::catalog::RepositoryIdentity;
+use crate::catalog::wal::WalListing;
+use crate::pg::recovery_target::{TargetAction, TargetTimeline};
+use crate::pg::timeline::parse_history;
+use crate::pg::wal_name::xlog_file_name;
+use crate::pg::wal_summary::{RestorePoint, SegmentSummary};
+use crate::pg::{Lsn, WalFileName};
+
+const SEG: u64 = 16 << 20;
+
+/// 10:MM:00 on a fixed day.
+fn at(minute: u32) -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 11, 22, 10, minute, 0).unwrap()
+}
+
+fn lsn(segno: u64, offset: u64) -> Lsn {
+    Lsn(segno * SEG + offset)
+}
+
+fn seg(timeline: u32, segno: u64) -> String {
+    xlog_file_name(timeline, segno, SEG)
+}
+
+/// A backup on `timeline` from segment `start` to `stop`, finished at 10:`minute`.
+fn backup(id: &str, timeline: u32, start: u64, stop: u64, minute: u32) -> BackupManifest {
+    BackupManifest {
+        format: 1,
+        id: id.into(),
+        label: format!("pitr backup {id}"),
+        system_identifier: "1".into(),
+        pg_version: 15,
+        timeline,
+        start_lsn: lsn(start, 0x28),
+        stop_lsn: lsn(stop, 0x100),
+        start_time: at(minute) - chrono::Duration::seconds(30),
+        stop_time: at(minute),
+        start_wal_segment: seg(timeline, start),
+        stop_wal_segment: seg(timeline, stop),
+        backup_label: String::new(),
+        tablespace_map: None,
+        tablespaces: vec![],
+        size_bytes: 0,
+        stored_bytes: 0,
+        directories: vec![],
+        files: vec![],
+    }
+}
+
+struct Archive {
+    view: ArchiveView,
+}
+
+impl Archive {
+    /// Segments as (timeline, first, last) runs; histories as (timeline, text).
+    fn new(runs: &[(u32, u64, u64)], histories: &[(u32, &str)]) -> Self {
+        let identity = RepositoryIdentity {
+            format: 1,
+            system_identifier: 1,
+            pg_version: 15,
+            pg_control_version: 1300,
+            catalog_version: 1,
+            wal_segment_size: SEG,
+            wal_block_size: 8192,
+            created_at: String::new(),
+            created_by: String::new(),
+        };
+        let mut files: Vec<(WalFileName, u64)> = runs
+            .iter()
+            .flat_map(|&(t, first, last)| (first..=last).map(move |s| seg(t, s)))
+            .map(|name| (WalFileName::parse(&name).unwrap(), 1000))
+            .collect();
+        files.extend(
+            histories
+                .iter()
+                .map(|(t, _)| (WalFileName::parse(&format!("{t:08X}.history")).unwrap(), 10)),
+        );
+        let histories: BTreeMap<u32, _> = histories
+            .iter()
+            .map(|(t, text)| (*t, parse_history(text).unwrap()))
+            .collect();
+        Archive {
+            view: ArchiveView::new(&identity, WalListing::from_files(files, SEG), histories),
+        }
+    }
+
+    /// Segment `segno` of `timeline` holds commits until 10:`minute`.
+    fn commits(self, timeline: u32, segno: u64, minute: u32) -> Self {
+        self.edit(timeline, segno, |s| s.last_commit_time = Some(at(minute)))
+    }
+
+    fn restore_point(self, timeline: u32, segno: u64, name: &str) -> Self {
+        self.edit(timeline, segno, |s| {
+            s.restore_points.push(RestorePoint {
+                name: name.into(),
+                lsn: lsn(segno, 0x500),
+                time: None,
+            })
+        })
+    }
+
+    fn edit(mut self, timeline: u32, segno: u64, change: impl FnOnce(&mut SegmentSummary)) -> Self {
+        let file = self.view.listing.segment(timeline, segno).unwrap().clone();
+        let mut summary = self.view.summary(&file).cloned().unwrap_or_default();
+        change(&mut summary);
+        self.view.insert_summary(file.name, summary);
+        self
+    }
+
+    fn plan(&self, backups: &[BackupManifest], target: Target) -> Result<RestorePlan, PlanError> {
+        self.plan_on(backups, target, None)
+    }
+
+    fn plan_on(
+        &self,
+        backups: &[BackupManifest],
+        target: Target,
+        timeline: Option<TargetTimeline>,
+    ) -> Result<RestorePlan, PlanError> {
+        let request = PlanRequest {
+            recovery: RecoveryRequest {
+                target,
+                action: Some(TargetAction::Pause),
+                timeline,
+            },
+            backup: None,
+        };
+        plan_restore(&self.view, backups, &request)
+    }
+}
+
+fn names(plan: &RestorePlan) -> Vec<String> {
+    plan.segments.iter().map(|f| f.name.to_string()).collect()
+}
+
+fn unreachable_text(result: Result<RestorePlan, PlanError>) -> String {
+    match result {
+        Err(PlanError::Unreachable(text)) => text,
+        other => panic!("expected Unreachable, got {other:?}"),
+    }
+}
+
+#[test]
+fn end_target_reads_every_segment_from_the_backup_on() {
+    let archive = Archive::new(&[(1, 1, 6)], &[]).commits(1, 6, 30);
+    let plan = archive
+        .plan(&[backup("a", 1, 2, 3, 10)], Target::End)
+        .unwrap();
+    assert_eq!(names(&plan), (2..=6).map(|s| seg(1, s)).collect::<Vec<_>>());
+    assert_eq!(plan.timeline, 1);
+    assert!(
+        plan.stops.contains("last commit 2026-11-22T10:30:00Z"),
+        "{}",
+        plan.stops
+    );
+    assert_eq!(plan.wal_bytes, 5 * 1000);
+}
+
+#[test]
+fn a_gap_after_the_backup_stops_a_replay_of_everything() {
+    let archive = Archive::new(&[(1, 2, 4), (1, 6, 7)], &[]).commits(1, 4, 20);
+    let text = unreachable_text(archive.plan(&[backup("a", 1, 2, 3, 10)], Target::End));
+    assert!(
+        text.contains(&format!("WAL segment {} is missing", seg(1, 5))),
+        "{text}"
+    );
+    assert!(
+        text.contains("latest reachable time is 2026-11-22T10:20:00Z"),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_gap_inside_the_backup_makes_it_unusable() {
+    let archive = Archive::new(&[(1, 2, 2), (1, 4, 6)], &[]);
+    let text = unreachable_text(archive.plan(&[backup("a", 1, 2, 4, 10)], Target::Immediate));
+    assert!(text.contains(&seg(1, 3)), "{text}");
+    assert!(text.contains("to become consistent"), "{text}");
+}
+
+#[test]
+fn an_empty_archive_reaches_nothing_and_no_backup_is_its_own_error() {
+    let archive = Archive::new(&[], &[]);
+    let text = unreachable_text(archive.plan(&[backup("a", 1, 2, 3, 10)], Target::End));
+    assert!(text.contains(&seg(1, 2)), "{text}");
+    assert_eq!(
+        archive.plan(&[], Target::End).unwrap_err(),
+        PlanError::NoBackup
+    );
+}
+
+#[test]
+fn a_time_target_takes_the_newest_backup_before_it_and_stops_at_the_next_commit() {
+    let archive = Archive::new(&[(1, 2, 9)], &[])
+        .commits(1, 3, 5)
+        .commits(1, 6, 15)
+        .commits(1, 7, 25)
+        .commits(1, 8, 35);
+    let backups = [
+        backup("a", 1, 2, 3, 5),
+        backup("b", 1, 5, 5, 12),
+        backup("c", 1, 8, 8, 40),
+    ];
+    let plan = archive.plan(&backups, Target::Time(at(20))).unwrap();
+    assert_eq!(plan.backup.id, "b");
+    // Recovery reads segments 5 to 7: 7 holds the first commit after 10:20.
+    assert_eq!(names(&plan), (5..=7).map(|s| seg(1, s)).collect::<Vec<_>>());
+    assert!(plan.stops.contains(&seg(1, 7)), "{}", plan.stops);
+}
+
+#[test]
+fn a_time_before_every_backup_names_the_earliest_restorable_point() {
+    let archive = Archive::new(&[(1, 2, 9)], &[]).commits(1, 9, 50);
+    let backups = [backup("a", 1, 2, 3, 10), backup("b", 1, 5, 5, 20)];
+    let text = unreachable_text(archive.plan(&backups, Target::Time(at(1))));
+    assert!(
+        text.contains("no backup finished before the target"),
+        "{text}"
+    );
+    assert!(text.contains("2026-11-22T10:10:00Z (backup a)"), "{text}");
+}
+
+#[test]
+fn a_time_after_the_last_commit_says_how_far_the_archive_reaches() {
+    let archive = Archive::new(&[(1, 2, 5)], &[]).commits(1, 5, 30);
+    let text = unreachable_text(archive.plan(&[backup("a", 1, 2, 3, 10)], Target::Time(at(45))));
+    assert!(text.contains("after the end of the archived WAL"), "{text}");
+    assert!(
+        text.contains(&format!("next segment {}", seg(1, 6))),
+        "{text}"
+    );
+    assert!(text.contains("2026-11-22T10:30:00Z"), "{text}");
+}
+
+#[test]
+fn an_lsn_target_reads_through_its_segment_and_not_before_the_backup_end() {
+    let archive = Archive::new(&[(1, 2, 9)], &[]);
+    let backups = [backup("a", 1, 2, 3, 10)];
+    let plan = archive.plan(&backups, Target::Lsn(lsn(6, 0x10))).unwrap();
+    assert_eq!(names(&plan), (2..=6).map(|s| seg(1, s)).collect::<Vec<_>>());
+    // Inside the backup: only an earlier backup could reach it.
+    let text = unreachable_text(archive.plan_with_backup(&backups, "a", Target::Lsn(lsn(3, 0x10))));
+    assert!(text.contains("lies before the end of backup a"), "{text}");
+    // Past the archive's end.
+    let text = unreachable_text(archive.plan(&backups, Target::Lsn(lsn(12, 0))));
+    assert!(text.contains("target LSN 0/C000000"), "{text}");
+}
+
+#[test]
+fn immediate_reads_only_what_makes_the_backup_consistent() {
+    let archive = Archive::new(&[(1, 2, 9)], &[]);
+    let plan = archive
+        .plan(&[backup("a", 1, 2, 4, 10)], Target::Immediate)
+        .unwrap();
+    assert_eq!(names(&plan), (2..=4).map(|s| seg(1, s)).collect::<Vec<_>>());
+    assert!(plan.stops.contains("when backup a is consistent"));
+}
+
+#[test]
+fn a_restore_point_before_the_newest_backup_falls_back_to_an_older_one() {
+    let archive = Archive::new(&[(1, 2, 9)], &[])
+        .restore_point(1, 4, "before-upgrade")
+        .restore_point(1, 8, "later");
+    let backups = [backup("a", 1, 2, 3, 10), backup("b", 1, 6, 6, 20)];
+    let plan = archive
+        .plan(&backups, Target::Name("before-upgrade".into()))
+        .unwrap();
+    assert_eq!(plan.backup.id, "a");
+    assert_eq!(names(&plan), (2..=4).map(|s| seg(1, s)).collect::<Vec<_>>());
+    let plan = archive
+        .plan(&backups, Target::Name("later".into()))
+        .unwrap();
+    assert_eq!(plan.backup.id, "b");
+}
+
+#[test]
+fn an_unknown_restore_point_lists_the_ones_there_are() {
+    let archive = Archive::new(&[(1, 2, 5)], &[]).restore_point(1, 4, "nightly");
+    let text =
+        unreachable_text(archive.plan(&[backup("a", 1, 2, 3, 10)], Target::Name("nope".into())));
+    assert!(
+        text.contains("restore point 'nope' is not in the archived WAL"),
+        "{text}"
+    );
+    assert!(text.contains("'nightly'"), "{text}");
+}
+
+#[test]
+fn an_xid_target_needs_the_archive_without_a_gap() {
+    let archive = Archive::new(&[(1, 2, 5)], &[]);
+    let backups = [backup("a", 1, 2, 3, 10)];
+    let plan = archive.plan(&backups, Target::Xid(1234)).unwrap();
+    assert_eq!(plan.segments.len(), 4);
+    assert!(plan.stops.contains("after transaction 1234"));
+    let gapped = Archive::new(&[(1, 2, 3), (1, 5, 5)], &[]);
+    assert!(unreachable_text(gapped.plan(&backups, Target::Xid(1234))).contains(&seg(1, 4)));
+}
+
+#[test]
+fn a_fork_after_the_backup_is_followed_to_the_latest_timeline() {
+    // Timeline 2 branched at 0/5000100; timeline 1 went on (an old primary).
+    let archive = Archive::new(&[(1, 2, 7), (2, 5, 8)], &[(2, "1\t0/5000100\tpromoted\n")]);
+    let backups = [backup("a", 1, 2, 3, 10)];
+    let plan = archive.plan(&backups, Target::End).unwrap();
+    assert_eq!(plan.timeline, 2);
+    let expected: Vec<String> = [(1, 2), (1, 3), (1, 4), (2, 5), (2, 6), (2, 7), (2, 8)]
+        .iter()
+        .map(|&(t, s)| seg(t, s))
+        .collect();
+    assert_eq!(names(&plan), expected);
+    assert_eq!(plan.histories.len(), 1);
+    // The backup's own timeline, asked for: the old primary's WAL.
+    let plan = archive
+        .plan_on(&backups, Target::End, Some(TargetTimeline::Current))
+        .unwrap();
+    assert_eq!(names(&plan), (2..=7).map(|s| seg(1, s)).collect::<Vec<_>>());
+}
+
+#[test]
+fn a_fork_before_the_backup_cannot_be_followed() {
+    // Timeline 2 left timeline 1 at 0/3000100, before the backup on timeline 1 started.
+    let archive = Archive::new(&[(1, 2, 7), (2, 3, 6)], &[(2, "1\t0/3000100\tpromoted\n")]);
+    let backups = [backup("a", 1, 4, 5, 10)];
+    let text = unreachable_text(archive.plan(&backups, Target::End));
+    assert!(
+        text.contains("timeline 2 does not descend from timeline 1"),
+        "{text}"
+    );
+    assert!(text.contains("leaves timeline 1 at 0/3000100"), "{text}");
+    // Timeline 1 itself still works, and an unknown timeline says why not.
+    assert!(
+        archive
+            .plan_on(&backups, Target::End, Some(TargetTimeline::Current))
+            .is_ok()
+    );
+    let text =
+        unreachable_text(archive.plan_on(&backups, Target::End, Some(TargetTimeline::Number(9))));
+    assert!(text.contains("00000009.history"), "{text}");
+}
+
+#[test]
+fn a_time_on_the_parent_after_the_switch_is_reached_only_on_the_parent() {
+    // Timeline 2 branched at 0/5000100. After the switch, timeline 1 committed until 10:40,
+    // timeline 2 only until 10:30.
+    let archive = Archive::new(&[(1, 2, 7), (2, 5, 7)], &[(2, "1\t0/5000100\tpromoted\n")])
+        .commits(1, 3, 5)
+        .commits(1, 6, 35)
+        .commits(1, 7, 40)
+        .commits(2, 6, 25)
+        .commits(2, 7, 30);
+    let backups = [backup("a", 1, 2, 3, 10)];
+    // On the latest timeline (2), 10:37 lies after its last commit.
+    let text = unreachable_text(archive.plan(&backups, Target::Time(at(37))));
+    assert!(
+        text.contains("latest reachable time is 2026-11-22T10:30:00Z"),
+        "{text}"
+    );
+    // On timeline 1 it is reached, in timeline 1's own segment 7.
+    let plan = archive
+        .plan_on(
+            &backups,
+            Target::Time(at(37)),
+            Some(TargetTimeline::Number(1)),
+        )
+        .unwrap();
+    assert_eq!(plan.timeline, 1);
+    assert_eq!(names(&plan).last().unwrap(), &seg(1, 7));
+    // 10:27 is reached on timeline 2, in its segment 7.
+    let plan = archive.plan(&backups, Target::Time(at(27))).unwrap();
+    assert_eq!(names(&plan).last().unwrap(), &seg(2, 7));
+}
+
+#[test]
+fn an_unknown_backup_is_a_usage_error_and_a_named_one_is_used() {
+    let archive = Archive::new(&[(1, 2, 6)], &[]);
+    let backups = [backup("a", 1, 2, 3, 10), backup("b", 1, 4, 4, 20)];
+    assert_eq!(
+        archive
+            .plan_with_backup(&backups, "zz", Target::End)
+            .unwrap_err(),
+        PlanError::UnknownBackup("zz".into())
+    );
+    let plan = archive
+        .plan_with_backup(&backups, "a", Target::End)
+        .unwrap();
+    assert_eq!(plan.backup.id, "a");
+}
+
+#[test]
+fn summaries_are_needed_only_where_the_decision_reads_them() {
+    let archive = Archive::new(&[(1, 2, 6)], &[]);
+    let b = backup("a", 1, 2, 3, 10);
+    let needed = |target| {
+        summaries_needed(
+            &archive.view,
+            &b,
+            &RecoveryRequest {
+                target,
+                ..RecoveryRequest::default()
+            },
+        )
+        .len()
+    };
+    assert_eq!(needed(Target::Immediate), 0);
+    assert_eq!(needed(Target::Lsn(lsn(4, 0))), 0);
+    assert_eq!(
+        needed(Target::Lsn(lsn(9, 0))),
+        5,
+        "to say how far it reaches"
+    );
+    assert_eq!(needed(Target::Time(at(1))), 5);
+    assert_eq!(needed(Target::End), 5);
+}
+
+impl Archive {
+    fn plan_with_backup(
+        &self,
+        backups: &[BackupManifest],
+        id: &str,
+        target: Target,
+    ) -> Result<RestorePlan, PlanError> {
+        let request = PlanRequest {
+            recovery: RecoveryRequest {
+                target,
+                ..RecoveryRequest::default()
+            },
+            backup: Some(id.into()),
+        };
+        plan_restore(&self.view, backups, &request)
+    }
+}
