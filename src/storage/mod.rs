@@ -2,6 +2,8 @@
 //!
 //! Storage knows keys and bytes, never what they mean: the catalog names objects, the codec
 //! shapes them. Every backend passes the same [`conformance`] suite.
+//!
+//! For tests: [`MemoryStorage`] keeps a repository in memory.
 
 use std::fmt;
 use std::io::Read;
@@ -14,9 +16,11 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 
 pub mod conformance;
 mod fs;
+mod memory;
 mod s3;
 
 pub use fs::FsStorage;
+pub use memory::MemoryStorage;
 pub use s3::{S3Options, S3Storage};
 
 #[derive(Debug, thiserror::Error)]
