@@ -1,9 +1,12 @@
 //! The storage contract, on the local filesystem and on a real S3-compatible server.
+//! (The memory store and the fault wrapper over memory and fs run it in their unit tests.)
 
 mod common;
 
+use std::sync::Arc;
+
 use common::*;
-use pitr::storage::{PutMode, PutPayload, StorageError, conformance};
+use pitr::storage::{FaultStorage, Op, PutMode, PutPayload, Storage, StorageError, conformance};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn fs_storage_conforms() {
@@ -23,6 +26,17 @@ async fn s3_storage_conforms() {
     if std::env::var_os("PITR_TEST_S3_ENDPOINT").is_some() {
         conformance::concurrent_creates_have_one_winner(repo.storage().await, "suite").await;
     }
+}
+
+/// The fault wrapper with no rules changes nothing, also over S3's streamed bodies.
+#[tokio::test(flavor = "multi_thread")]
+async fn fault_storage_without_rules_conforms_over_s3() {
+    let server = S3Server::start("conformance-fault").await;
+    let inner = Repo::s3(&server, "prefix/of/repo").storage().await;
+    let store = Arc::new(FaultStorage::new(inner.clone()));
+    assert_eq!(store.location(), inner.location());
+    conformance::run_all(store.clone(), "suite").await;
+    assert!(store.calls(Op::Put) > 0 && store.calls(Op::Get) > 0);
 }
 
 /// The server checks the x-amz-checksum-crc32 that puts send: a body that does not match

@@ -2,6 +2,9 @@
 //!
 //! Storage knows keys and bytes, never what they mean: the catalog names objects, the codec
 //! shapes them. Every backend passes the same [`conformance`] suite.
+//!
+//! For tests: [`MemoryStorage`] keeps a repository in memory, and [`fault::FaultStorage`]
+//! wraps any store to inject failures, delays and corrupted reads.
 
 use std::fmt;
 use std::io::Read;
@@ -13,10 +16,14 @@ use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 pub mod conformance;
+pub mod fault;
 mod fs;
+mod memory;
 mod s3;
 
+pub use fault::{Fault, FaultHandle, FaultKind, FaultStorage, FaultTarget, Op};
 pub use fs::FsStorage;
+pub use memory::MemoryStorage;
 pub use s3::{S3Options, S3Storage};
 
 #[derive(Debug, thiserror::Error)]
