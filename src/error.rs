@@ -218,11 +218,11 @@ mod tests {
     #[test]
     fn every_error_maps_to_a_code_of_the_table() {
         let errors = [
-            Error::Config(String::new()),
             Error::NotFound {
                 name: String::new(),
                 location: String::new(),
             },
+            Error::Config(String::new()),
             Error::WrongRepository(String::new()),
             Error::Conflict {
                 name: String::new(),
@@ -241,6 +241,21 @@ mod tests {
         ];
         let codes: Vec<u8> = errors.iter().map(Error::exit_code).collect();
         assert_eq!(codes, (1..=EXIT_LOCAL_IO).collect::<Vec<_>>());
+    }
+
+    /// The contract as users read it: README.md and docs/operations.md carry the table.
+    #[test]
+    fn the_docs_carry_the_table_word_for_word() {
+        let table = exit_codes_markdown();
+        for (name, text) in [
+            ("README.md", include_str!("../README.md")),
+            ("docs/operations.md", include_str!("../docs/operations.md")),
+        ] {
+            assert!(
+                text.contains(&table),
+                "{name} must carry the exit-code table exactly as error.rs has it:\n{table}"
+            );
+        }
     }
 
     #[test]

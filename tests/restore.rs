@@ -68,7 +68,8 @@ async fn restore_to_each_phase(name: &str, repo: impl FnOnce(&TestDir) -> Repo) 
         "too-early",
         &["--target-time", &before_any_backup],
     );
-    assert_ne!(code(&out), 0);
+    // Out of the repository's reach, like any unreachable target.
+    assert_eq!(code(&out), 8, "{}", stderr(&out));
     assert!(
         stderr(&out).contains("earliest restorable point"),
         "{}",
@@ -76,9 +77,18 @@ async fn restore_to_each_phase(name: &str, repo: impl FnOnce(&TestDir) -> Repo) 
     );
     assert!(!data.exists() || std::fs::read_dir(&data).unwrap().next().is_none());
 
+    // The first restore runs a pitr whose path needs quoting: the restore_command it writes
+    // must survive postgresql.auto.conf's lexer, PostgreSQL's %-substitution and /bin/sh.
+    let odd_dir = dir.subdir("it's \"odd\" $HOME `id` 100% \\ dir");
+    let odd = Pitr {
+        bin: odd_dir.join("pitr"),
+        repo: pitr.repo.clone(),
+        env: pitr.env.clone(),
+    };
+    std::fs::copy(&pitr.bin, &odd.bin).unwrap();
     for (i, ((time, state), expected_backup)) in phases.iter().enumerate() {
         let (out, data) = restore(
-            &pitr,
+            if i == 0 { &odd } else { &pitr },
             &dir,
             &format!("restored-{i}"),
             &["--target-time", time],
@@ -95,6 +105,11 @@ async fn restore_to_each_phase(name: &str, repo: impl FnOnce(&TestDir) -> Repo) 
         restored.start_with_env(&repo.env);
         restored.wait_paused(Duration::from_secs(60));
         assert_eq!(&restored.sql(TABLE_STATE), state, "state at {time}");
+        if i == 0 {
+            // Replay fetched every segment through it: the restored pg_wal started empty.
+            let command = restored.sql("show restore_command");
+            assert!(command.contains("odd") && command.contains("archive-get"), "{command}");
+        }
         restored.stop();
     }
 }
@@ -178,7 +193,7 @@ async fn tablespaces_restore_in_place_and_remapped() {
 
     // In place: refused while the original directory holds files, then restored there.
     let (out, _) = restore(&pitr, &dir, "in-place-refused", &["--target", "immediate"]);
-    assert_ne!(code(&out), 0);
+    assert_eq!(code(&out), 7, "{}", stderr(&out));
     assert!(
         stderr(&out).contains("--tablespace-map"),
         "{}",

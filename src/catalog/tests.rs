@@ -1,4 +1,5 @@
 use super::wal::{wal_key, wal_name_of_key};
+use crate::storage::{PutMode, PutPayload, Storage};
 use super::*;
 use crate::pg::WalFileName;
 
@@ -53,4 +54,93 @@ fn identity_json_keeps_the_system_identifier_exact() {
     );
     let odd = json.replace("16777216", "1000000");
     assert!(RepositoryIdentity::parse(odd.as_bytes()).is_err());
+}
+
+fn memory_catalog() -> (Arc<crate::storage::MemoryStorage>, Catalog) {
+    let store = Arc::new(crate::storage::MemoryStorage::new("catalog"));
+    (store.clone(), Catalog::new(store))
+}
+
+async fn put(store: &crate::storage::MemoryStorage, key: &str) {
+    store
+        .put(key, PutPayload::from_bytes(key.to_owned()), PutMode::Create)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn deleting_a_backup_takes_its_manifest_first_and_nothing_else() {
+    let (store, catalog) = memory_catalog();
+    for key in [
+        "backup/a/data/000000.lz4",
+        "backup/a/data/000001.lz4",
+        "backup/a/manifest.json",
+        "backup/ab/manifest.json",
+        "wal/0000000100000000/000000010000000000000001.lz4",
+    ] {
+        put(&store, key).await;
+    }
+    // The manifest goes first: a deletion cut short leaves no listed backup behind.
+    let faulty = Arc::new(crate::storage::fault::FaultStorage::new(store.clone()));
+    let first = faulty.inject(
+        crate::storage::fault::Fault::on(crate::storage::fault::Op::Delete)
+            .from_nth(2)
+            .fail(crate::storage::fault::FaultKind::Timeout),
+    );
+    assert!(Catalog::new(faulty.clone()).delete_backup("a").await.is_err());
+    assert_eq!(first.fired(), 1);
+    assert!(store.object("backup/a/manifest.json").is_none());
+    assert!(store.object("backup/a/data/000000.lz4").is_some());
+    // Finishing the job later removes the rest, and only that backup's objects.
+    assert_eq!(catalog.delete_backup("a").await.unwrap(), 2);
+    assert_eq!(
+        store.keys(),
+        vec![
+            "backup/ab/manifest.json",
+            "wal/0000000100000000/000000010000000000000001.lz4"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn deleting_wal_before_a_point_spares_other_timelines_and_histories() {
+    let (store, catalog) = memory_catalog();
+    let keys = [
+        "wal/0000000100000000/000000010000000000000001.lz4",
+        "wal/0000000100000000/000000010000000000000001.summary.json",
+        "wal/0000000100000000/000000010000000000000002.00000028.backup.lz4",
+        "wal/0000000100000000/000000010000000000000003.lz4",
+        "wal/0000000200000000/000000020000000000000001.lz4",
+        "wal/history/00000002.history.lz4",
+    ];
+    for key in keys {
+        put(&store, key).await;
+    }
+    assert_eq!(catalog.delete_wal_before(1, 3, 16 << 20).await.unwrap(), 3);
+    assert_eq!(store.keys(), vec![keys[3], keys[4], keys[5]]);
+}
+
+#[tokio::test]
+async fn listings_type_what_they_find_and_skip_strangers() {
+    let (store, catalog) = memory_catalog();
+    for key in [
+        "wal/0000000100000000/000000010000000000000001.lz4",
+        "wal/0000000100000000/000000010000000000000001.summary.json",
+        "wal/0000000100000000/not-wal.lz4",
+        "backup/a/data/000007.lz4",
+        "backup/a/data/7.lz4",
+        "backup/a/manifest.json",
+    ] {
+        put(&store, key).await;
+    }
+    let listing = catalog.wal_listing(16 << 20).await.unwrap();
+    assert_eq!(listing.segments.len(), 1);
+    assert_eq!(listing.summarised.len(), 1);
+    let objects = catalog.backup_objects().await.unwrap();
+    let a = &objects["a"];
+    assert_eq!(a.data.keys().copied().collect::<Vec<_>>(), vec![7]);
+    assert!(a.manifest.is_some());
+    // The manifest there is not a manifest: an error naming the backup, not a panic.
+    let err = catalog.backups().await.unwrap_err();
+    assert!(err.to_string().contains("backup a"), "{err}");
 }

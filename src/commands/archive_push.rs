@@ -13,7 +13,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::catalog::{Catalog, CatalogError, RepositoryIdentity, Stored};
+use crate::catalog::{Catalog, RepositoryIdentity, Stored};
 use crate::codec::{CompareWriter, EncodeSummary};
 use crate::error::{Error, Result};
 use crate::pg::timeline::parse_history;
@@ -228,17 +228,12 @@ async fn compare_with_stored(catalog: &Catalog, name: &WalFileName, path: &Path)
     let (compare, _) = catalog
         .fetch_wal(name, &path.display().to_string(), compare)
         .await
-        .map_err(|e| match e {
-            CatalogError::Corrupt {
-                what,
-                location,
-                reason,
-            } => Error::Corrupt {
-                what,
-                location,
-                reason: format!("{reason}; it was left in place for inspection"),
-            },
-            e => e.into(),
+        .map_err(|e| {
+            let mut e = Error::from(e);
+            if let Error::Corrupt { reason, .. } = &mut e {
+                reason.push_str("; it was left in place for inspection");
+            }
+            e
         })?;
     let identical = compare
         .finish()

@@ -1,0 +1,217 @@
+//! Commands run in-process against the memory store and through the fault-injecting wrapper:
+//! failures in the middle of a command, which a forked binary cannot be made to meet.
+//!
+//! The WAL is real (a cluster initdb'd by the test, and for backups a running one).
+
+mod common;
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use pitr::catalog::Catalog;
+use pitr::commands::archive_get::{ArchiveGetOptions, archive_get};
+use pitr::commands::archive_push::{ArchivePushOptions, PushOutcome, archive_push};
+use pitr::commands::backup::{BackupOptions, backup};
+use pitr::datadir::read_cluster_identity;
+use pitr::error::{EXIT_CORRUPT, EXIT_LOCAL_IO, EXIT_NOT_FOUND, EXIT_STORAGE, Error};
+use pitr::progress::Silent;
+use pitr::storage::fault::{Fault, FaultKind, FaultStorage, Op};
+use pitr::storage::{FsStorage, MemoryStorage, Storage};
+
+const FIRST_SEGMENT: &str = "000000010000000000000001";
+
+/// A memory repository behind the fault wrapper, initialised for an initdb'd cluster; and
+/// that cluster's first WAL segment, copied where the test can write beside it.
+async fn memory_repository(dir: &TestDir) -> (Arc<FaultStorage>, Catalog, PathBuf) {
+    let cluster = PgCluster::initdb(dir, "pg", &[]);
+    let store = Arc::new(FaultStorage::new(Arc::new(MemoryStorage::new("test"))));
+    let catalog = Catalog::new(store.clone() as Arc<dyn Storage>);
+    let identity = read_cluster_identity(&cluster.data).unwrap();
+    catalog.init(&identity).await.unwrap();
+    let wal = dir.path().join(FIRST_SEGMENT);
+    std::fs::copy(cluster.wal_path(FIRST_SEGMENT), &wal).unwrap();
+    (store, catalog, wal)
+}
+
+async fn push(catalog: &Catalog, wal: &Path) -> Result<PushOutcome, Error> {
+    let options = ArchivePushOptions {
+        path: wal.to_owned(),
+        threads: 2,
+    };
+    Ok(archive_push(catalog, &options).await?.outcome)
+}
+
+async fn get(catalog: &Catalog, dest: &Path) -> Result<u64, Error> {
+    let options = ArchiveGetOptions {
+        name: FIRST_SEGMENT.into(),
+        dest: dest.to_owned(),
+    };
+    Ok(archive_get(catalog, &options).await?.decoded.original_len)
+}
+
+/// Files in `dir` whose names start with `prefix`: staging files left behind.
+fn leftovers(dir: &Path, prefix: &str) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|name| name.starts_with(prefix))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn archive_get_through_faults_never_leaves_a_file_at_dest() {
+    let dir = TestDir::new("inproc-get");
+    let (store, catalog, wal) = memory_repository(&dir).await;
+    let dest_dir = dir.subdir("pg_wal");
+    let dest = dest_dir.join("RECOVERYXLOG");
+
+    // Not archived yet: exit 1, the one code PostgreSQL reads as "no such file".
+    let err = get(&catalog, &dest).await.unwrap_err();
+    assert_eq!(err.exit_code(), EXIT_NOT_FOUND, "{err}");
+    assert_eq!(push(&catalog, &wal).await.unwrap(), PushOutcome::Stored);
+
+    let cases = [
+        (
+            Fault::on(Op::Get).matching(".lz4").flip_byte(1000),
+            EXIT_CORRUPT,
+        ),
+        (
+            Fault::on(Op::Get).matching(".lz4").truncate_after(4096),
+            EXIT_CORRUPT,
+        ),
+        (
+            Fault::on(Op::Get)
+                .matching(".lz4")
+                .fail(FaultKind::Io(io::ErrorKind::ConnectionReset)),
+            EXIT_STORAGE,
+        ),
+        (
+            Fault::on(Op::Get).matching(".lz4").fail(FaultKind::SlowDown),
+            EXIT_STORAGE,
+        ),
+    ];
+    for (fault, expected) in cases {
+        let handle = store.inject(fault);
+        let err = get(&catalog, &dest).await.unwrap_err();
+        assert_eq!(handle.fired(), 1);
+        assert_eq!(err.exit_code(), expected, "{err}");
+        assert!(!dest.exists(), "{err}: a file was left at DEST");
+        assert_eq!(leftovers(&dest_dir, ".pitr-get-"), Vec::<String>::new());
+        store.clear();
+    }
+
+    // DEST where nothing can be written: a local error, not the repository's.
+    let err = get(&catalog, &dir.path().join("no/such/dir/RECOVERYXLOG"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.exit_code(), EXIT_LOCAL_IO, "{err}");
+
+    // With the faults gone the same get succeeds, byte for byte.
+    assert_eq!(get(&catalog, &dest).await.unwrap(), 16 << 20);
+    assert_eq!(std::fs::read(&dest).unwrap(), std::fs::read(&wal).unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn archive_push_through_faults_succeeds_on_retry() {
+    let dir = TestDir::new("inproc-push");
+    let (store, catalog, wal) = memory_repository(&dir).await;
+
+    // The put fails: exit 6, nothing stored; PostgreSQL's retry stores it.
+    let failing = store.inject(
+        Fault::on(Op::Put)
+            .matching(".lz4")
+            .nth(1)
+            .fail(FaultKind::Timeout),
+    );
+    let err = push(&catalog, &wal).await.unwrap_err();
+    assert_eq!((err.exit_code(), failing.fired()), (EXIT_STORAGE, 1), "{err}");
+    store.clear();
+    assert_eq!(push(&catalog, &wal).await.unwrap(), PushOutcome::Stored);
+
+    // A put reported failed after it succeeded: the retry finds an identical copy.
+    let dir2 = TestDir::new("inproc-push-2");
+    let (store, catalog, wal) = memory_repository(&dir2).await;
+    let lying = store.inject(
+        Fault::on(Op::Put)
+            .matching(".lz4")
+            .fail_after_put(FaultKind::Io(io::ErrorKind::ConnectionReset)),
+    );
+    let err = push(&catalog, &wal).await.unwrap_err();
+    assert_eq!((err.exit_code(), lying.fired()), (EXIT_STORAGE, 1), "{err}");
+    store.clear();
+    assert_eq!(
+        push(&catalog, &wal).await.unwrap(),
+        PushOutcome::AlreadyArchived
+    );
+
+    // The stored copy is damaged: a retry must not call it identical, nor replace it.
+    let flip = store.inject(Fault::on(Op::Get).matching(".lz4").flip_byte(500));
+    let err = push(&catalog, &wal).await.unwrap_err();
+    assert_eq!((err.exit_code(), flip.fired()), (EXIT_CORRUPT, 1), "{err}");
+}
+
+/// A cluster archiving into a file repository, and the catalog of that repository behind the
+/// fault wrapper, for backups run in this process.
+async fn archiving_fs_repository(dir: &TestDir) -> (Arc<FaultStorage>, Catalog, PgCluster) {
+    let repo = Repo::local(dir);
+    let (_pitr, cluster) = archiving_cluster(dir, &repo, "");
+    // Archive once, so that the repository's staging directory belongs to the user that
+    // runs archive_command, whatever this process creates there later.
+    cluster.archive_current_segment(Duration::from_secs(60));
+    let pitr::storage::RepoLocation::Fs(root) = &repo.location else {
+        unreachable!("a local repository")
+    };
+    let store = Arc::new(FaultStorage::new(Arc::new(FsStorage::new(root.clone()))));
+    let catalog = Catalog::new(store.clone() as Arc<dyn Storage>);
+    (store, catalog, cluster)
+}
+
+async fn take_backup(catalog: &Catalog, cluster: &PgCluster) -> Result<String, Error> {
+    let options = BackupOptions {
+        pgdata: Some(cluster.data.clone()),
+        dbname: Some(format!(
+            "host={} port={} user=postgres",
+            cluster.socket_dir.display(),
+            cluster.port
+        )),
+        fast: true,
+        jobs: 2,
+        wal_timeout: Duration::from_secs(60),
+        progress: Arc::new(Silent),
+    };
+    Ok(backup(catalog, &options).await?.manifest.id)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_put_failing_mid_backup_leaves_no_listed_backup() {
+    let dir = TestDir::new("inproc-backup");
+    let (store, catalog, cluster) = archiving_fs_repository(&dir).await;
+    cluster.sql("create table t as select g from generate_series(1, 100000) g");
+
+    for fault in [
+        // A data object in the middle of the copy.
+        Fault::on(Op::Put)
+            .matching("/data/")
+            .nth(3)
+            .fail(FaultKind::Io(io::ErrorKind::ConnectionReset)),
+        // The manifest, the last write.
+        Fault::on(Op::Put)
+            .matching("manifest.json")
+            .fail(FaultKind::SlowDown),
+    ] {
+        let handle = store.inject(fault);
+        let err = take_backup(&catalog, &cluster).await.unwrap_err();
+        assert_eq!((err.exit_code(), handle.fired()), (EXIT_STORAGE, 1), "{err}");
+        assert!(catalog.backups().await.unwrap().is_empty());
+        store.clear();
+    }
+    // Nothing of the failed attempts is adopted: the next backup is whole and restorable.
+    let id = take_backup(&catalog, &cluster).await.unwrap();
+    let listed = catalog.backups().await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].id, id);
+    assert_eq!(catalog.backup_objects().await.unwrap().len(), 3, "two leftovers and the backup");
+}

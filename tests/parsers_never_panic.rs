@@ -1,0 +1,207 @@
+//! Nothing read from the repository, a WAL file, a manifest, a history file, a config file or
+//! the command line can panic pitr: every parser takes arbitrary and mutated input and
+//! answers with a value or an error.
+
+use proptest::prelude::*;
+
+use pitr::catalog::RepositoryIdentity;
+use pitr::catalog::backup::BackupManifest;
+use pitr::catalog::wal_index::StoredSegmentSummary;
+use pitr::cli::Cli;
+use pitr::codec::{self, Trailer};
+use pitr::config::Settings;
+use pitr::pg::backup_label::parse_backup_label;
+use pitr::pg::recovery_target::{TargetTimeline, parse_target_time};
+use pitr::pg::timeline::parse_history;
+use pitr::pg::wal_summary::SegmentSummarizer;
+use pitr::pg::{Lsn, WalFileName};
+
+const MANIFEST: &str = r#"{
+  "format": 1, "id": "20261122T010203Z", "label": "pitr backup 20261122T010203Z",
+  "system_identifier": "7301234567890123457", "pg_version": 15, "timeline": 1,
+  "start_lsn": "0/2000028", "stop_lsn": "0/2000138",
+  "start_time": "2026-11-22T01:02:03.000001Z", "stop_time": "2026-11-22T01:02:04.000002Z",
+  "start_wal_segment": "000000010000000000000002", "stop_wal_segment": "000000010000000000000002",
+  "backup_label": "START WAL LOCATION: 0/2000028 (file 000000010000000000000002)\nCHECKPOINT LOCATION: 0/2000060\nLABEL: pitr backup 20261122T010203Z\nSTART TIMELINE: 1\n",
+  "tablespace_map": "16400 /srv/ts\n", "tablespaces": [{"oid": 16400, "path": "/srv/ts"}],
+  "size_bytes": 8192, "stored_bytes": 100,
+  "directories": [{"path": "base", "mode": 448}, {"path": "pg_tblspc/16400", "mode": 448}],
+  "files": [{"path": "base/1/1259", "size": 8192, "file_offset": 0, "mode": 384,
+             "mtime": 1, "crc32c": 5, "object": 0, "offset": 0}]
+}"#;
+
+const IDENTITY: &str = r#"{"format": 1, "system_identifier": "7301234567890123457",
+  "pg_version": 15, "pg_control_version": 1300, "catalog_version": 202209061,
+  "wal_segment_size": 16777216, "wal_block_size": 8192,
+  "created_at": "2026-11-22T01:02:03Z", "created_by": "pitr 0.1.0"}"#;
+
+const SUMMARY: &str = r#"{"format": 1, "segment": "000000010000000000000002",
+  "first_record": "0/2000028", "last_record_end": "0/2FFFFE0",
+  "first_commit_time": "2026-11-22T01:02:03.000001Z", "last_commit_time": "2026-11-22T01:02:04Z",
+  "commits": 3, "aborts": 0,
+  "restore_points": [{"name": "p", "lsn": "0/2000100", "time": "2026-11-22T01:02:03Z"}],
+  "end_of_wal": null, "carry": {"record_start": "0/2FFFFE0", "bytes": "AAAAAAAAAAAAAAAA"}}"#;
+
+const LABEL: &str = "START WAL LOCATION: 0/2000028 (file 000000010000000000000002)\n\
+    STOP WAL LOCATION: 0/2000138 (file 000000010000000000000002)\nCHECKPOINT LOCATION: 0/2000060\n\
+    LABEL: pitr backup x\nSTART TIMELINE: 1\nSTOP TIMELINE: 1\n";
+
+const HISTORY: &str = "1\t0/3000158\tno recovery target specified\n2\t0/5000000\tx\n";
+
+/// Valid input with a few bytes changed, dropped or cut off: the near misses real damage makes.
+fn mutated(valid: &'static str) -> impl Strategy<Value = Vec<u8>> {
+    let len = valid.len();
+    (
+        prop::collection::vec((0..len, any::<u8>()), 0..6),
+        prop::collection::vec(0..len, 0..3),
+        0..=len,
+    )
+        .prop_map(move |(flips, drops, cut)| {
+            let mut bytes = valid.as_bytes().to_vec();
+            for (at, value) in flips {
+                bytes[at] = value;
+            }
+            for at in drops {
+                if at < bytes.len() {
+                    bytes.remove(at);
+                }
+            }
+            bytes.truncate(cut.max(len / 2));
+            bytes
+        })
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(400))]
+
+    #[test]
+    fn manifests(bytes in mutated(MANIFEST), junk in any::<Vec<u8>>()) {
+        let _ = BackupManifest::parse(&bytes, "20261122T010203Z");
+        let _ = BackupManifest::parse(&junk, "x");
+    }
+
+    #[test]
+    fn repository_identities(bytes in mutated(IDENTITY), junk in any::<Vec<u8>>()) {
+        if let Ok(identity) = RepositoryIdentity::parse(&bytes) {
+            // What parses is usable: segment arithmetic on it cannot divide by zero.
+            prop_assert!(identity.wal_segment_size.is_power_of_two());
+        }
+        let _ = RepositoryIdentity::parse(&junk);
+    }
+
+    #[test]
+    fn wal_summaries_and_their_carry(bytes in mutated(SUMMARY), wal in any::<Vec<u8>>()) {
+        if let Ok(stored) = serde_json::from_slice::<StoredSegmentSummary>(&bytes) {
+            // A carry read from the repository resumes decoding: whatever it holds.
+            let mut summarizer = SegmentSummarizer::new(
+                Lsn(0x300_0000), 16 << 20, 8192, stored.summary.carry.as_ref());
+            summarizer.feed(&wal);
+            let _ = summarizer.finish();
+        }
+    }
+
+    #[test]
+    fn history_files(bytes in mutated(HISTORY), junk in ".*") {
+        let _ = parse_history(&text(&bytes));
+        let _ = parse_history(&junk);
+    }
+
+    #[test]
+    fn backup_labels(bytes in mutated(LABEL), junk in ".*") {
+        let _ = parse_backup_label(&text(&bytes));
+        let _ = parse_backup_label(&junk);
+    }
+
+    #[test]
+    fn object_trailers_and_objects(bytes in any::<Vec<u8>>(), trailer in any::<[u8; 40]>()) {
+        let _ = Trailer::parse(&trailer);
+        let _ = Trailer::parse(&bytes);
+        let _ = codec::decode(&bytes[..], std::io::sink());
+    }
+
+    #[test]
+    fn wal_file_names(name in "[0-9A-Fa-f.a-z]{0,40}", shift in 20u32..=30) {
+        if let Ok(parsed) = WalFileName::parse(&name) {
+            let size = 1u64 << shift;
+            let _ = parsed.segment_number(size);
+            let _ = parsed.start_lsn(size);
+        }
+    }
+
+    #[test]
+    fn wal_segment_names_of_every_size(tli in 1u32.., log in any::<u32>(), seg in any::<u32>(), shift in 20u32..=30) {
+        let name = format!("{tli:08X}{log:08X}{seg:08X}");
+        let parsed = WalFileName::parse(&name).unwrap();
+        let size = 1u64 << shift;
+        if let Some(start) = parsed.start_lsn(size) {
+            prop_assert_eq!(Some(start.segment_number(size)), parsed.segment_number(size));
+        }
+    }
+
+    #[test]
+    fn config_files(bytes in mutated("repo = \"/var/lib/pitr\"\ns3_endpoint = \"http://x\"\ns3_path_style = true\n"), junk in ".*") {
+        let _ = Settings::from_toml(&text(&bytes), std::path::Path::new("pitr.toml"));
+        let _ = Settings::from_toml(&junk, std::path::Path::new("pitr.toml"));
+    }
+
+    #[test]
+    fn command_lines(args in prop::collection::vec("[-a-z0-9=/:. ]{0,24}", 0..8)) {
+        let mut all = vec!["pitr".to_owned()];
+        all.extend(args);
+        let _ = <Cli as clap::Parser>::try_parse_from(all);
+    }
+
+    #[test]
+    fn recovery_targets(time in ".*", timeline in ".*", lsn in ".*") {
+        let _ = parse_target_time(&time);
+        let _ = timeline.parse::<TargetTimeline>();
+        let _ = lsn.parse::<Lsn>();
+    }
+}
+
+#[test]
+fn the_valid_samples_parse() {
+    BackupManifest::parse(MANIFEST.as_bytes(), "20261122T010203Z").unwrap();
+    RepositoryIdentity::parse(IDENTITY.as_bytes()).unwrap();
+    serde_json::from_str::<StoredSegmentSummary>(SUMMARY).unwrap();
+    parse_history(HISTORY).unwrap();
+    parse_backup_label(LABEL).unwrap();
+}
+
+#[test]
+fn manifests_that_would_escape_or_overflow_are_refused() {
+    let bad = [
+        MANIFEST.replace("base/1/1259", "../../etc/passwd"),
+        MANIFEST.replace("base/1/1259", "/etc/passwd"),
+        MANIFEST.replace("\"path\": \"base\"", "\"path\": \"base/../..\""),
+        MANIFEST.replace("/srv/ts\"}", "relative\"}"),
+        MANIFEST.replace("\"oid\": 16400", "\"oid\": 16401"),
+        MANIFEST.replace("\"file_offset\": 0", "\"file_offset\": 18446744073709551615"),
+        MANIFEST.replace("\"stop_lsn\": \"0/2000138\"", "\"stop_lsn\": \"0/1000000\""),
+        MANIFEST.replace("START WAL LOCATION: 0/2000028", "START WAL LOCATION: 0/2000029"),
+        MANIFEST.replace("\"start_lsn\": \"0/2000028\"", "\"start_lsn\": \"nonsense\""),
+        MANIFEST.replace("\"format\": 1", "\"format\": 2"),
+    ];
+    for manifest in &bad {
+        assert!(
+            BackupManifest::parse(manifest.as_bytes(), "20261122T010203Z").is_err(),
+            "{manifest}"
+        );
+    }
+    assert!(BackupManifest::parse(MANIFEST.as_bytes(), "another-id").is_err());
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(400))]
+
+    /// pg_control and a WAL segment's first page come from local files that may be anything.
+    #[test]
+    fn control_files_and_wal_page_headers(bytes in prop::collection::vec(any::<u8>(), 0..9000)) {
+        let _ = pitr::pg::ControlFile::parse(&bytes);
+        let _ = pitr::pg::WalLongPageHeader::parse(&bytes);
+    }
+}
