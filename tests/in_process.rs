@@ -89,7 +89,9 @@ async fn archive_get_through_faults_never_leaves_a_file_at_dest() {
             EXIT_STORAGE,
         ),
         (
-            Fault::on(Op::Get).matching(".lz4").fail(FaultKind::SlowDown),
+            Fault::on(Op::Get)
+                .matching(".lz4")
+                .fail(FaultKind::SlowDown),
             EXIT_STORAGE,
         ),
     ];
@@ -127,7 +129,11 @@ async fn archive_push_through_faults_succeeds_on_retry() {
             .fail(FaultKind::Timeout),
     );
     let err = push(&catalog, &wal).await.unwrap_err();
-    assert_eq!((err.exit_code(), failing.fired()), (EXIT_STORAGE, 1), "{err}");
+    assert_eq!(
+        (err.exit_code(), failing.fired()),
+        (EXIT_STORAGE, 1),
+        "{err}"
+    );
     store.clear();
     assert_eq!(push(&catalog, &wal).await.unwrap(), PushOutcome::Stored);
 
@@ -204,7 +210,11 @@ async fn a_put_failing_mid_backup_leaves_no_listed_backup() {
     ] {
         let handle = store.inject(fault);
         let err = take_backup(&catalog, &cluster).await.unwrap_err();
-        assert_eq!((err.exit_code(), handle.fired()), (EXIT_STORAGE, 1), "{err}");
+        assert_eq!(
+            (err.exit_code(), handle.fired()),
+            (EXIT_STORAGE, 1),
+            "{err}"
+        );
         assert!(catalog.backups().await.unwrap().is_empty());
         store.clear();
     }
@@ -213,5 +223,9 @@ async fn a_put_failing_mid_backup_leaves_no_listed_backup() {
     let listed = catalog.backups().await.unwrap();
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0].id, id);
-    assert_eq!(catalog.backup_objects().await.unwrap().len(), 3, "two leftovers and the backup");
+    assert_eq!(
+        catalog.backup_objects().await.unwrap().len(),
+        3,
+        "two leftovers and the backup"
+    );
 }

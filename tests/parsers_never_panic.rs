@@ -180,10 +180,19 @@ fn manifests_that_would_escape_or_overflow_are_refused() {
         MANIFEST.replace("\"path\": \"base\"", "\"path\": \"base/../..\""),
         MANIFEST.replace("/srv/ts\"}", "relative\"}"),
         MANIFEST.replace("\"oid\": 16400", "\"oid\": 16401"),
-        MANIFEST.replace("\"file_offset\": 0", "\"file_offset\": 18446744073709551615"),
+        MANIFEST.replace(
+            "\"file_offset\": 0",
+            "\"file_offset\": 18446744073709551615",
+        ),
         MANIFEST.replace("\"stop_lsn\": \"0/2000138\"", "\"stop_lsn\": \"0/1000000\""),
-        MANIFEST.replace("START WAL LOCATION: 0/2000028", "START WAL LOCATION: 0/2000029"),
-        MANIFEST.replace("\"start_lsn\": \"0/2000028\"", "\"start_lsn\": \"nonsense\""),
+        MANIFEST.replace(
+            "START WAL LOCATION: 0/2000028",
+            "START WAL LOCATION: 0/2000029",
+        ),
+        MANIFEST.replace(
+            "\"start_lsn\": \"0/2000028\"",
+            "\"start_lsn\": \"nonsense\"",
+        ),
         MANIFEST.replace("\"format\": 1", "\"format\": 2"),
     ];
     for manifest in &bad {

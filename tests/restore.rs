@@ -108,7 +108,10 @@ async fn restore_to_each_phase(name: &str, repo: impl FnOnce(&TestDir) -> Repo) 
         if i == 0 {
             // Replay fetched every segment through it: the restored pg_wal started empty.
             let command = restored.sql("show restore_command");
-            assert!(command.contains("odd") && command.contains("archive-get"), "{command}");
+            assert!(
+                command.contains("odd") && command.contains("archive-get"),
+                "{command}"
+            );
         }
         restored.stop();
     }

@@ -1,7 +1,7 @@
 use super::wal::{wal_key, wal_name_of_key};
-use crate::storage::{PutMode, PutPayload, Storage};
 use super::*;
 use crate::pg::WalFileName;
+use crate::storage::{PutMode, PutPayload, Storage};
 
 #[test]
 fn wal_keys_group_by_timeline_and_log() {
@@ -87,7 +87,12 @@ async fn deleting_a_backup_takes_its_manifest_first_and_nothing_else() {
             .from_nth(2)
             .fail(crate::storage::fault::FaultKind::Timeout),
     );
-    assert!(Catalog::new(faulty.clone()).delete_backup("a").await.is_err());
+    assert!(
+        Catalog::new(faulty.clone())
+            .delete_backup("a")
+            .await
+            .is_err()
+    );
     assert_eq!(first.fired(), 1);
     assert!(store.object("backup/a/manifest.json").is_none());
     assert!(store.object("backup/a/data/000000.lz4").is_some());
