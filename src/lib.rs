@@ -17,3 +17,13 @@ pub mod server;
 pub mod storage;
 
 pub use error::{Error, Result};
+
+/// Runs file- and CPU-bound work off the async runtime. A panic there is a bug: it panics
+/// here too rather than turning into an error some caller might retry.
+pub(crate) async fn run_blocking<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> T {
+    tokio::task::spawn_blocking(work)
+        .await
+        .expect("blocking task panicked")
+}

@@ -372,9 +372,7 @@ impl Catalog {
 async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> Result<T, CatalogError> + Send + 'static,
 ) -> Result<T, CatalogError> {
-    tokio::task::spawn_blocking(work)
-        .await
-        .expect("catalog task panicked")
+    crate::run_blocking(work).await
 }
 
 #[cfg(test)]

@@ -24,9 +24,7 @@ pub async fn run(cli: Cli) -> Result<u8> {
     if let Command::Demo { dir } = cli.command {
         // The demo sets up its own repository.
         let options = DemoOptions { dir };
-        tokio::task::spawn_blocking(move || demo(&options))
-            .await
-            .expect("demo panicked")?;
+        crate::run_blocking(move || demo(&options)).await?;
         return Ok(EXIT_OK);
     }
     let mut settings = cli.global.settings();

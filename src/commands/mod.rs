@@ -15,7 +15,5 @@ pub mod verify;
 pub(crate) async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> crate::error::Result<T> + Send + 'static,
 ) -> crate::error::Result<T> {
-    tokio::task::spawn_blocking(work)
-        .await
-        .expect("blocking task panicked")
+    crate::run_blocking(work).await
 }

@@ -163,9 +163,7 @@ fn list_blocking(root: &Path, prefix: &str) -> Result<Vec<ObjectMeta>, StorageEr
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, StorageError> + Send + 'static,
 ) -> Result<T, StorageError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .expect("storage task panicked")
+    crate::run_blocking(f).await
 }
 
 #[async_trait]
