@@ -265,8 +265,15 @@ impl Catalog {
         self.decode_key(&key, key.clone(), local, out).await
     }
 
-    /// Records a finished backup; it is listed and restorable from then on.
+    /// Records a finished backup; it is listed and restorable from then on. A manifest that
+    /// a later read would refuse is refused now, while the backup can still be retaken.
     pub async fn put_manifest(&self, manifest: &BackupManifest) -> Result<(), CatalogError> {
+        manifest
+            .check(&manifest.id)
+            .map_err(|reason| CatalogError::CorruptManifest {
+                id: manifest.id.clone(),
+                reason,
+            })?;
         let json = serde_json::to_vec_pretty(manifest).expect("manifest serialises");
         self.storage
             .put(
