@@ -76,12 +76,56 @@ pub const EXIT_CODES: &[ExitCode] = &[
     },
 ];
 
+/// archive-get, as PostgreSQL's `restore_command`, exits 1 only when the file is not in the
+/// repository: PostgreSQL reads every code from 1 to 125 as "no such file" and, replaying
+/// all WAL, would end recovery there and open the database on a shortened history. Every
+/// other failure exits above 125, which makes PostgreSQL abort recovery instead.
+pub const ARCHIVE_GET_FAILURE_BASE: u8 = 128;
+/// archive-get met a bug (a panic): recovery must stop all the same.
+pub const EXIT_ARCHIVE_GET_BUG: u8 = 255;
+
+/// The exit code archive-get gives for pitr's `code`.
+pub fn archive_get_exit_code(code: u8) -> u8 {
+    match code {
+        EXIT_OK | EXIT_NOT_FOUND => code,
+        code => ARCHIVE_GET_FAILURE_BASE.saturating_add(code),
+    }
+}
+
+/// What PostgreSQL does with each archive-get outcome (Markdown, for the docs).
+pub fn archive_get_codes_markdown() -> String {
+    let mut text = String::from(
+        "| archive-get exits | when | PostgreSQL then |\n|---|---|---|\n\
+         | 0 | the file was restored and verified | replays it |\n\
+         | 1 | the file is not in the repository | takes it as the end of the archive: \
+         looks in pg_wal, then ends recovery (or, as a standby, waits and asks again) |\n",
+    );
+    for row in EXIT_CODES.iter().filter(|row| row.code > EXIT_NOT_FOUND) {
+        text.push_str(&format!(
+            "| {} | {} (code {} of the table above) | aborts recovery: the server stops and \
+             does not open; fix the cause and start it again |\n",
+            archive_get_exit_code(row.code),
+            row.meaning,
+            row.code
+        ));
+    }
+    text.push_str(&format!(
+        "| {EXIT_ARCHIVE_GET_BUG} | a bug in pitr (a panic) | aborts recovery, as above |\n"
+    ));
+    text
+}
+
 /// The table for `--help`.
 pub fn exit_codes_help() -> String {
     let mut text = String::from("Exit codes:\n");
     for row in EXIT_CODES {
         text.push_str(&format!("  {:>2}  {}\n", row.code, row.meaning));
     }
+    text.push_str(&format!(
+        "archive-get exits {ARCHIVE_GET_FAILURE_BASE} + the code for every failure but 1, so \
+         that PostgreSQL aborts recovery rather than end it early ({EXIT_ARCHIVE_GET_BUG} for a \
+         bug).\n"
+    ));
     text
 }
 
@@ -243,18 +287,29 @@ mod tests {
         assert_eq!(codes, (1..=EXIT_LOCAL_IO).collect::<Vec<_>>());
     }
 
-    /// The contract as users read it: README.md and docs/operations.md carry the table.
+    /// The contract as users read it: README.md and docs/operations.md carry the tables.
     #[test]
-    fn the_docs_carry_the_table_word_for_word() {
-        let table = exit_codes_markdown();
-        for (name, text) in [
-            ("README.md", include_str!("../README.md")),
-            ("docs/operations.md", include_str!("../docs/operations.md")),
-        ] {
-            assert!(
-                text.contains(&table),
-                "{name} must carry the exit-code table exactly as error.rs has it:\n{table}"
-            );
+    fn the_docs_carry_the_tables_word_for_word() {
+        for table in [exit_codes_markdown(), archive_get_codes_markdown()] {
+            for (name, text) in [
+                ("README.md", include_str!("../README.md")),
+                ("docs/operations.md", include_str!("../docs/operations.md")),
+            ] {
+                assert!(
+                    text.contains(&table),
+                    "{name} must carry this table exactly as error.rs has it:\n{table}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn archive_get_says_not_found_only_when_it_knows() {
+        assert_eq!(archive_get_exit_code(EXIT_OK), 0);
+        assert_eq!(archive_get_exit_code(EXIT_NOT_FOUND), 1);
+        // Everything else makes PostgreSQL abort recovery: above 125.
+        for row in EXIT_CODES.iter().filter(|row| row.code > EXIT_NOT_FOUND) {
+            assert!(archive_get_exit_code(row.code) > 125, "{}", row.code);
         }
     }
 

@@ -6,11 +6,17 @@ use std::process::ExitCode;
 use clap::Parser;
 use tracing::Level;
 
-use pitr::cli::Cli;
+use pitr::cli::{Cli, Command};
 use pitr::error::{EXIT_USAGE, Error};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return ExitCode::from(pitr::cli::usage_error(e)),
+    };
+    if matches!(cli.command, Command::ArchiveGet { .. }) {
+        pitr::cli::abort_recovery_on_panic();
+    }
     let level = match (cli.global.quiet, cli.global.verbose) {
         (true, _) => Level::ERROR,
         (false, 0) => Level::WARN,
@@ -36,7 +42,7 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
-    let command = cli.command.name();
+    let command = cli.command.clone();
     match runtime.block_on(pitr::cli::run(cli)) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
@@ -44,9 +50,9 @@ fn main() -> ExitCode {
             if matches!(e, Error::NotFound { .. }) {
                 tracing::info!("{e}");
             } else {
-                eprintln!("pitr {command}: {e}");
+                eprintln!("{}", command.failure_line(&e));
             }
-            ExitCode::from(e.exit_code())
+            ExitCode::from(command.exit_code(&e))
         }
     }
 }

@@ -82,7 +82,7 @@ impl GlobalArgs {
     }
 }
 
-#[derive(Debug, Subcommand)]
+#[derive(Clone, Debug, Subcommand)]
 pub enum Command {
     /// Record the cluster that a repository belongs to (run once, before archiving).
     Init {
@@ -170,6 +170,10 @@ pub enum Command {
         /// Replace the contents of a non-empty directory.
         #[arg(long)]
         force: bool,
+        /// Do not fsync the restored files before exiting (faster; a power loss may then
+        /// leave a directory that looks complete and is not).
+        #[arg(long)]
+        no_sync: bool,
         /// Restore tablespace OID into DIR instead of its original place (repeatable).
         #[arg(long = "tablespace-map", value_name = "OID=DIR", value_parser = parse_tablespace_map)]
         tablespace_map: Vec<(u32, PathBuf)>,
@@ -200,7 +204,49 @@ pub enum Command {
     },
 }
 
+/// Prints a command line clap refused (or help) and returns the exit code: 2, or for
+/// archive-get the code that makes PostgreSQL abort recovery, since a broken restore_command
+/// must not read as "no such file".
+pub fn usage_error(error: clap::Error) -> u8 {
+    let code = u8::try_from(error.exit_code()).unwrap_or(crate::error::EXIT_USAGE);
+    let _ = error.print();
+    if code != 0 && std::env::args().any(|arg| arg == "archive-get") {
+        crate::error::archive_get_exit_code(code)
+    } else {
+        code
+    }
+}
+
+/// archive-get runs inside PostgreSQL's recovery: a panic must stop recovery, not read as
+/// "no such file" (Rust's panic exit code, 101, would).
+pub fn abort_recovery_on_panic() {
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        report(info);
+        std::process::exit(i32::from(crate::error::EXIT_ARCHIVE_GET_BUG));
+    }));
+}
+
 impl Command {
+    /// The exit code for `error`: the table's, but archive-get's own mapping for PostgreSQL.
+    pub fn exit_code(&self, error: &crate::error::Error) -> u8 {
+        match self {
+            Command::ArchiveGet { .. } => crate::error::archive_get_exit_code(error.exit_code()),
+            _ => error.exit_code(),
+        }
+    }
+
+    /// How a failure is reported: one line on stderr, which PostgreSQL writes to its log.
+    pub fn failure_line(&self, error: &crate::error::Error) -> String {
+        match self {
+            Command::ArchiveGet { name, .. } => format!(
+                "pitr archive-get {name}: {error}; recovery stops here rather than end without \
+                 this file: fix the cause, then start the server again"
+            ),
+            _ => format!("pitr {}: {error}", self.name()),
+        }
+    }
+
     pub fn name(&self) -> &'static str {
         match self {
             Command::Init { .. } => "init",

@@ -75,6 +75,7 @@ pub async fn run(cli: Cli) -> Result<u8> {
             backup,
             jobs,
             force,
+            no_sync,
             dry_run,
             tablespace_map,
         } => {
@@ -113,6 +114,7 @@ pub async fn run(cli: Cli) -> Result<u8> {
                     &settings,
                     cli.global.config.as_deref(),
                 ),
+                sync: !no_sync,
                 progress: progress::terminal(),
             };
             render::restore(&restore(&catalog, &options).await?, &recovery);

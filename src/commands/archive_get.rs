@@ -61,10 +61,14 @@ pub async fn archive_get(
             },
             e => e.into(),
         })?;
+    // Durable before it appears: the file's data, then its name.
     blocking(move || {
-        staged
-            .persist(&dest)
-            .map_err(|e| Error::local_io(dest.display(), e.error))
+        let local = |e| Error::local_io(dest.display(), e);
+        staged.as_file().sync_all().map_err(local)?;
+        staged.persist(&dest).map_err(|e| local(e.error))?;
+        std::fs::File::open(&dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| Error::local_io(dir.display(), e))
     })
     .await?;
     Ok(ArchiveGetReport {

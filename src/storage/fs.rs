@@ -107,6 +107,9 @@ fn put_blocking(
         PutMode::Create => match fs::hard_link(&staged.0, &target) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                // The object may have been linked by a writer that died before its directory
+                // fsync: make the entry durable before anyone takes it as stored.
+                fsync_dir(parent).map_err(|e| io_err("fsync", e))?;
                 return Err(StorageError::AlreadyExists {
                     key: key.to_owned(),
                 });
