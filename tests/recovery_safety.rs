@@ -47,7 +47,7 @@ async fn replay_stops_at_a_corrupt_or_unreadable_segment_and_resumes_once_repair
     chown_to_postgres(&data);
     let mut restored = PgCluster::restored(&dir, "sock", data);
     // pg_ctl returns once recovery starts; what counts is how recovery ends.
-    let mut recover = |restored: &mut PgCluster| {
+    let recover = |restored: &mut PgCluster| {
         restored.try_start_with_env(&repo.env)
             && restored.recovery_ends_promoted(Duration::from_secs(60))
     };
