@@ -8,8 +8,12 @@ use std::path::Path;
 
 use serde::Deserialize;
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use crate::error::Error;
-use crate::storage::{RepoLocation, S3Options};
+use crate::storage::retry::{RetryPolicy, RetryingStorage};
+use crate::storage::{RepoLocation, S3Options, Storage};
 
 /// Settings as one source gives them; `None` where it is silent.
 #[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
@@ -18,6 +22,10 @@ pub struct Settings {
     pub repo: Option<String>,
     pub s3_endpoint: Option<String>,
     pub s3_path_style: Option<bool>,
+    /// Seconds one repository request may take before it counts as failed and is retried.
+    pub storage_timeout: Option<u64>,
+    /// Seconds a failing repository request is retried for, in all.
+    pub storage_retry_time: Option<u64>,
 }
 
 impl Settings {
@@ -47,6 +55,8 @@ impl Settings {
             repo: self.repo.or(lower.repo),
             s3_endpoint: self.s3_endpoint.or(lower.s3_endpoint),
             s3_path_style: self.s3_path_style.or(lower.s3_path_style),
+            storage_timeout: self.storage_timeout.or(lower.storage_timeout),
+            storage_retry_time: self.storage_retry_time.or(lower.storage_retry_time),
         }
     }
 }
@@ -56,6 +66,7 @@ impl Settings {
 pub struct RepoConfig {
     pub location: RepoLocation,
     pub s3: S3Options,
+    pub retry: RetryPolicy,
 }
 
 impl RepoConfig {
@@ -67,13 +78,32 @@ impl RepoConfig {
                     .into(),
             )
         })?;
+        let mut retry = RetryPolicy::default();
+        if let Some(seconds) = settings.storage_timeout {
+            if seconds == 0 {
+                return Err(Error::Config(
+                    "storage_timeout must be at least 1 second".into(),
+                ));
+            }
+            retry.attempt_timeout = Duration::from_secs(seconds);
+        }
+        if let Some(seconds) = settings.storage_retry_time {
+            retry.total = Duration::from_secs(seconds);
+        }
         Ok(RepoConfig {
             location: RepoLocation::parse(url).map_err(Error::Config)?,
             s3: S3Options {
                 endpoint: settings.s3_endpoint.clone(),
                 path_style: settings.s3_path_style.unwrap_or(false),
             },
+            retry,
         })
+    }
+
+    /// The repository's store, with retries and timeouts around every request.
+    pub async fn open(&self) -> Result<Arc<dyn Storage>, Error> {
+        let store = self.location.open(&self.s3).await?;
+        Ok(Arc::new(RetryingStorage::new(store, self.retry)))
     }
 }
 
@@ -84,7 +114,8 @@ mod tests {
     #[test]
     fn flags_then_env_then_file() {
         let file = Settings::from_toml(
-            "repo = \"/from/file\"\ns3_endpoint = \"http://file\"\ns3_path_style = true\n",
+            "repo = \"/from/file\"\ns3_endpoint = \"http://file\"\ns3_path_style = true\n\
+             storage_timeout = 7\nstorage_retry_time = 30\n",
             Path::new("pitr.toml"),
         )
         .unwrap();
@@ -96,6 +127,9 @@ mod tests {
         assert_eq!(merged.repo.as_deref(), Some("s3://bucket/cli"));
         assert_eq!(merged.s3_endpoint.as_deref(), Some("http://file"));
         assert_eq!(merged.s3_path_style, Some(true));
+        let retry = RepoConfig::resolve(&merged).unwrap().retry;
+        assert_eq!(retry.attempt_timeout, Duration::from_secs(7));
+        assert_eq!(retry.total, Duration::from_secs(30));
     }
 
     #[test]

@@ -49,7 +49,7 @@ pub fn running_postmaster(pgdata: &Path) -> Option<i32> {
 }
 
 /// Signal 0 checks for a process; EPERM means it exists but belongs to another user.
-fn process_exists(pid: i32) -> bool {
+pub(crate) fn process_exists(pid: i32) -> bool {
     // SAFETY: signal 0 sends nothing.
     let alive = unsafe { libc::kill(pid, 0) } == 0;
     alive || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)

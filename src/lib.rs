@@ -14,6 +14,7 @@ pub mod pg;
 pub mod progress;
 pub mod recovery;
 pub mod server;
+pub mod staging;
 pub mod storage;
 
 pub use error::{Error, Result};

@@ -19,6 +19,7 @@ use pitr::datadir::read_cluster_identity;
 use pitr::error::{EXIT_CORRUPT, EXIT_LOCAL_IO, EXIT_NOT_FOUND, EXIT_STORAGE, Error};
 use pitr::progress::Silent;
 use pitr::storage::fault::{Fault, FaultKind, FaultStorage, Op};
+use pitr::storage::retry::{RetryPolicy, RetryingStorage};
 use pitr::storage::{FsStorage, MemoryStorage, Storage};
 
 const FIRST_SEGMENT: &str = "000000010000000000000001";
@@ -228,4 +229,141 @@ async fn a_put_failing_mid_backup_leaves_no_listed_backup() {
         3,
         "two leftovers and the backup"
     );
+}
+
+/// The memory repository of `memory_repository`, seen through retries as commands see it.
+fn with_retries(store: &Arc<FaultStorage>, total_ms: u64, attempt_ms: u64) -> Catalog {
+    let policy = RetryPolicy {
+        attempt_timeout: Duration::from_millis(attempt_ms),
+        total: Duration::from_millis(total_ms),
+        first_backoff: Duration::from_millis(5),
+        max_backoff: Duration::from_millis(50),
+    };
+    Catalog::new(Arc::new(RetryingStorage::new(store.clone(), policy)))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn retries_ride_out_throttling_stalls_and_lying_puts() {
+    let dir = TestDir::new("inproc-retry");
+    let (store, _, wal) = memory_repository(&dir).await;
+    let catalog = with_retries(&store, 10_000, 300);
+
+    // Throttled twice, then stored: one successful command.
+    let throttled = store.inject(
+        Fault::on(Op::Put)
+            .matching(".lz4")
+            .nth(1)
+            .fail(FaultKind::SlowDown),
+    );
+    let reset = store.inject(
+        Fault::on(Op::Put)
+            .matching(".lz4")
+            .nth(2)
+            .fail(FaultKind::Io(io::ErrorKind::ConnectionReset)),
+    );
+    assert_eq!(push(&catalog, &wal).await.unwrap(), PushOutcome::Stored);
+    assert_eq!((throttled.fired(), reset.fired()), (1, 1));
+    store.clear();
+
+    // A get that stalls beyond the attempt timeout is cut and tried again.
+    let dest_dir = dir.subdir("pg_wal");
+    let dest = dest_dir.join("RECOVERYXLOG");
+    let stall = store.inject(
+        Fault::on(Op::Get)
+            .matching(".lz4")
+            .nth(1)
+            .delay(Duration::from_secs(600)),
+    );
+    assert_eq!(get(&catalog, &dest).await.unwrap(), 16 << 20);
+    assert_eq!(stall.fired(), 1);
+    store.clear();
+
+    // A put reported failed after it was stored: the retry finds it there, identical.
+    let dir2 = TestDir::new("inproc-retry-2");
+    let (store, _, wal) = memory_repository(&dir2).await;
+    let catalog = with_retries(&store, 10_000, 300);
+    let lying = store.inject(
+        Fault::on(Op::Put)
+            .matching(".lz4")
+            .nth(1)
+            .fail_after_put(FaultKind::Io(io::ErrorKind::ConnectionReset)),
+    );
+    assert_eq!(
+        push(&catalog, &wal).await.unwrap(),
+        PushOutcome::AlreadyArchived
+    );
+    assert_eq!(lying.fired(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn outages_and_denials_fail_with_the_right_code_within_the_retry_time() {
+    let dir = TestDir::new("inproc-outage");
+    let (store, _, wal) = memory_repository(&dir).await;
+    let catalog = with_retries(&store, 300, 100);
+    push(&catalog, &wal).await.unwrap();
+    let dest = dir.subdir("pg_wal").join("RECOVERYXLOG");
+
+    // The store keeps stalling: the command gives up within the retry time, exit 6.
+    store.inject(
+        Fault::on(Op::Get)
+            .matching(".lz4")
+            .delay(Duration::from_secs(600)),
+    );
+    let started = std::time::Instant::now();
+    let err = get(&catalog, &dest).await.unwrap_err();
+    assert_eq!(err.exit_code(), EXIT_STORAGE, "{err}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    // archive-get tells PostgreSQL to stop recovery, not that the file is missing.
+    assert!(pitr::error::archive_get_exit_code(err.exit_code()) > 125);
+    store.clear();
+
+    // 403 is not retried, and is no "not found": S3 answers it for missing keys only when
+    // the credentials may not list the bucket.
+    let denied = store.inject(
+        Fault::on(Op::Get)
+            .matching(".lz4")
+            .fail(FaultKind::Forbidden),
+    );
+    let err = get(&catalog, &dest).await.unwrap_err();
+    assert_eq!(
+        (err.exit_code(), denied.fired()),
+        (EXIT_STORAGE, 1),
+        "{err}"
+    );
+    assert!(!dest.exists());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn archive_get_removes_what_killed_runs_left_in_pg_wal() {
+    let dir = TestDir::new("inproc-leftovers");
+    let (_, catalog, wal) = memory_repository(&dir).await;
+    push(&catalog, &wal).await.unwrap();
+    let pg_wal = dir.subdir("pg_wal");
+    // A killed archive-get's staging file (its pid is gone), and one of a running one.
+    let gone = pg_wal.join(".pitr-get-2147483646-abcdef");
+    let running = pg_wal.join(format!(".pitr-get-{}-abcdef", std::process::id()));
+    std::fs::write(&gone, vec![0u8; 1 << 20]).unwrap();
+    std::fs::write(&running, b"in progress").unwrap();
+    get(&catalog, &pg_wal.join("RECOVERYXLOG")).await.unwrap();
+    assert!(!gone.exists(), "a leftover stayed in pg_wal");
+    assert!(running.exists(), "a running archive-get's file was removed");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_backups_claim_distinct_ids() {
+    let store = Arc::new(MemoryStorage::new("ids"));
+    let catalog = Catalog::new(store.clone() as Arc<dyn Storage>);
+    let claims: Vec<_> = (0..6)
+        .map(|_| {
+            let catalog = catalog.clone();
+            tokio::spawn(async move { catalog.claim_backup_id("20261122T010203Z").await })
+        })
+        .collect();
+    let mut ids = Vec::new();
+    for claim in claims {
+        ids.push(claim.await.unwrap().unwrap());
+    }
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 6, "{ids:?}");
 }

@@ -1,6 +1,7 @@
 //! Base backups in the repository:
 //!
 //! ```text
+//! backup/<id>/claim.json       written first, create-only: the id is taken
 //! backup/<id>/data/<n>.lz4     file contents: one large file, or a bundle of small files
 //! backup/<id>/manifest.json    written last, create-only: a backup exists once this does
 //! ```
@@ -20,6 +21,8 @@ use crate::storage::{PutMode, PutPayload, StorageError, read_all};
 
 const BACKUP_PREFIX: &str = "backup/";
 const MANIFEST_LEAF: &str = "manifest.json";
+/// Written first, create-only: the backup's id is taken.
+const CLAIM_LEAF: &str = "claim.json";
 pub const MANIFEST_FORMAT: u32 = 1;
 
 fn backup_prefix(id: &str) -> String {
@@ -211,17 +214,37 @@ impl BackupObjects {
 }
 
 impl Catalog {
-    /// `base` if no backup has used it (objects of an interrupted backup count), else
-    /// `base-2`, `base-3`…: leftovers are never overwritten and never adopted.
-    pub async fn unused_backup_id(&self, base: &str) -> Result<String, CatalogError> {
+    /// Claims a new backup id: `base` if no backup has used it (objects of an interrupted
+    /// backup count), else `base-2`, `base-3`…; leftovers are never overwritten or adopted.
+    /// The claim is a create-only object, so two backups started in the same second (even
+    /// from two hosts) get two ids.
+    pub async fn claim_backup_id(&self, base: &str) -> Result<String, CatalogError> {
+        let claim = serde_json::json!({
+            "pid": std::process::id(),
+            "claimed_at": crate::pg::timestamp::rfc3339_micros(Utc::now()),
+        });
         for attempt in 1u32.. {
             let id = if attempt == 1 {
                 base.to_owned()
             } else {
                 format!("{base}-{attempt}")
             };
-            if self.storage.list(&backup_prefix(&id)).await?.is_empty() {
-                return Ok(id);
+            if !self.storage.list(&backup_prefix(&id)).await?.is_empty() {
+                continue;
+            }
+            let payload = PutPayload::from_bytes(claim.to_string());
+            match self
+                .storage
+                .put(
+                    &format!("{}{CLAIM_LEAF}", backup_prefix(&id)),
+                    payload,
+                    PutMode::Create,
+                )
+                .await
+            {
+                Ok(()) => return Ok(id),
+                Err(StorageError::AlreadyExists { .. }) => continue,
+                Err(e) => return Err(e.into()),
             }
         }
         unreachable!("the loop returns")

@@ -31,6 +31,8 @@ use crate::pg::ControlFile;
 use crate::storage::{ObjectBody, PutMode, PutPayload, Storage, StorageError, read_all};
 
 const IDENTITY_KEY: &str = "repository.json";
+/// Names of the staged files the catalog encodes into.
+const STAGING_PREFIX: &str = ".pitr-put-";
 pub const REPOSITORY_FORMAT: u32 = 1;
 
 #[derive(Debug, thiserror::Error)]
@@ -234,6 +236,23 @@ impl Catalog {
         }
     }
 
+    /// Removes staging files that killed writers left: in the repository's own staging
+    /// directory (which other hosts may share, so by age only), or this host's temporary
+    /// directory. Best effort; returns how many went.
+    pub async fn remove_staging_leftovers(&self) -> u64 {
+        let dir = self.storage.staging_dir().map(PathBuf::from);
+        blocking(move || {
+            Ok(match dir {
+                Some(dir) => crate::staging::remove_leftovers(&dir, "", false),
+                None => {
+                    crate::staging::remove_leftovers(&std::env::temp_dir(), STAGING_PREFIX, true)
+                }
+            })
+        })
+        .await
+        .unwrap_or(0)
+    }
+
     /// Encodes what `encode` produces into a staged file and stores it create-only under
     /// `key`. `source` names the local input in messages.
     async fn store_encoded<T: Send + 'static>(
@@ -250,7 +269,7 @@ impl Catalog {
             let stage_error = |e| StorageError::io("stage", staging_dir.display(), e);
             std::fs::create_dir_all(&staging_dir).map_err(stage_error)?;
             let staged = tempfile::Builder::new()
-                .prefix(".pitr-put-")
+                .prefix(&crate::staging::prefix_for_this_process(STAGING_PREFIX))
                 .tempfile_in(&staging_dir)
                 .map_err(stage_error)?;
             let (encoded, extra) = encode(staged.as_file()).map_err(|e| match e {

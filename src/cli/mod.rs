@@ -40,7 +40,8 @@ pub struct GlobalArgs {
     #[arg(long, global = true, env = "PITR_REPO", value_name = "URL")]
     pub repo: Option<String>,
 
-    /// TOML file with the same settings (repo, s3_endpoint, s3_path_style).
+    /// TOML file with the same settings (repo, s3_endpoint, s3_path_style, storage_timeout,
+    /// storage_retry_time).
     #[arg(long, global = true, env = "PITR_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
 
@@ -62,6 +63,24 @@ pub struct GlobalArgs {
     )]
     pub s3_path_style: Option<bool>,
 
+    /// Seconds one repository request may take before it is retried (default 60).
+    #[arg(
+        long,
+        global = true,
+        env = "PITR_STORAGE_TIMEOUT",
+        value_name = "SECONDS"
+    )]
+    pub storage_timeout: Option<u64>,
+
+    /// Seconds a failing repository request is retried for, in all (default 120).
+    #[arg(
+        long,
+        global = true,
+        env = "PITR_STORAGE_RETRY_TIME",
+        value_name = "SECONDS"
+    )]
+    pub storage_retry_time: Option<u64>,
+
     /// More output: -v one line per file, -vv debug.
     #[arg(short, long, global = true, action = ArgAction::Count)]
     pub verbose: u8,
@@ -78,6 +97,8 @@ impl GlobalArgs {
             repo: self.repo.clone(),
             s3_endpoint: self.s3_endpoint.clone(),
             s3_path_style: self.s3_path_style,
+            storage_timeout: self.storage_timeout,
+            storage_retry_time: self.storage_retry_time,
         }
     }
 }

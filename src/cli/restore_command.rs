@@ -35,6 +35,8 @@ pub fn shell_command(program: &str, args: &[&str]) -> String {
 /// `<exe> [--config F] [--repo R] [--s3-endpoint E] [--s3-path-style] archive-get %f %p`.
 pub fn restore_command(exe: &str, settings: &Settings, config: Option<&Path>) -> String {
     let config = config.map(|c| c.display().to_string());
+    let timeout = settings.storage_timeout.map(|s| s.to_string());
+    let retry_time = settings.storage_retry_time.map(|s| s.to_string());
     let mut args: Vec<&str> = Vec::new();
     if let Some(config) = &config {
         args.extend(["--config", config]);
@@ -47,6 +49,12 @@ pub fn restore_command(exe: &str, settings: &Settings, config: Option<&Path>) ->
     }
     if settings.s3_path_style == Some(true) {
         args.push("--s3-path-style");
+    }
+    if let Some(timeout) = &timeout {
+        args.extend(["--storage-timeout", timeout]);
+    }
+    if let Some(retry_time) = &retry_time {
+        args.extend(["--storage-retry-time", retry_time]);
     }
     format!("{} archive-get %f %p", shell_command(exe, &args))
 }
@@ -110,6 +118,7 @@ mod tests {
             repo: Some("s3://bucket/my repo".into()),
             s3_endpoint: Some("http://127.0.0.1:9000".into()),
             s3_path_style: Some(true),
+            ..Settings::default()
         };
         assert_eq!(
             restore_command(

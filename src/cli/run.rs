@@ -32,7 +32,7 @@ pub async fn run(cli: Cli) -> Result<u8> {
         settings = settings.over(Settings::read_file(path)?);
     }
     let config = RepoConfig::resolve(&settings)?;
-    let catalog = Catalog::new(config.location.open(&config.s3).await?);
+    let catalog = Catalog::new(config.open().await?);
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
 
     match cli.command {

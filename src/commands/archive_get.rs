@@ -27,6 +27,8 @@ pub struct ArchiveGetReport {
     pub elapsed: Duration,
 }
 
+const STAGING_PREFIX: &str = ".pitr-get-";
+
 pub async fn archive_get(
     catalog: &Catalog,
     options: &ArchiveGetOptions,
@@ -43,8 +45,10 @@ pub async fn archive_get(
         Some(dir) if !dir.as_os_str().is_empty() => dir.to_owned(),
         _ => PathBuf::from("."),
     };
+    // What a killed archive-get left in pg_wal goes first (each is a preallocated segment).
+    crate::staging::remove_leftovers(&dir, STAGING_PREFIX, true);
     let staged = tempfile::Builder::new()
-        .prefix(".pitr-get-")
+        .prefix(&crate::staging::prefix_for_this_process(STAGING_PREFIX))
         .tempfile_in(&dir)
         .map_err(|e| Error::local_io(dir.display(), e))?;
     if let Some(len) = expected_len {

@@ -72,6 +72,7 @@ pub async fn archive_push(
         }
     };
     index(catalog, &name, &path, &identity, previous).await?;
+    catalog.remove_staging_leftovers().await;
     tracing::debug!("stored and indexed after {:?}", started.elapsed());
     Ok(ArchivePushReport {
         name: name.to_string(),

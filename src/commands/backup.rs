@@ -87,9 +87,10 @@ pub async fn backup(catalog: &Catalog, options: &BackupOptions) -> Result<Backup
     };
     check_pgdata(&pgdata, identity.system_identifier)?;
 
+    catalog.remove_staging_leftovers().await;
     let start_time = Utc::now();
     let id = catalog
-        .unused_backup_id(&start_time.format("%Y%m%dT%H%M%SZ").to_string())
+        .claim_backup_id(&start_time.format("%Y%m%dT%H%M%SZ").to_string())
         .await?;
     let label = format!("pitr backup {id}");
     let start_lsn = session.backup_start(&label, options.fast).await?;

@@ -68,6 +68,8 @@ pub enum FaultKind {
     SlowDown,
     /// [`StorageError::Io`] with [`io::ErrorKind::TimedOut`].
     Timeout,
+    /// S3's 403: [`StorageError::S3`] with status 403, not transient.
+    Forbidden,
     /// [`StorageError::NotFound`].
     NotFound,
     /// [`StorageError::AlreadyExists`].
@@ -92,6 +94,15 @@ impl FaultKind {
                 op,
                 location,
                 message: "SlowDown: Please reduce your request rate (injected fault)".to_owned(),
+                status: Some(503),
+                transient: true,
+            },
+            FaultKind::Forbidden => StorageError::S3 {
+                op,
+                location,
+                message: "AccessDenied: Access Denied (injected fault)".to_owned(),
+                status: Some(403),
+                transient: false,
             },
             FaultKind::NotFound => StorageError::NotFound {
                 key: key.to_owned(),

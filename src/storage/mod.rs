@@ -19,6 +19,7 @@ pub mod conformance;
 pub mod fault;
 mod fs;
 mod memory;
+pub mod retry;
 mod s3;
 
 pub use fault::{Fault, FaultHandle, FaultKind, FaultStorage, FaultTarget, Op};
@@ -44,6 +45,10 @@ pub enum StorageError {
         op: &'static str,
         location: String,
         message: String,
+        /// The HTTP status, when a response came.
+        status: Option<u16>,
+        /// Worth trying again: throttling, a 5xx, a timeout, a dropped connection.
+        transient: bool,
     },
     #[error("invalid object key '{0}'")]
     InvalidKey(String),
@@ -55,6 +60,24 @@ impl StorageError {
             op,
             location: location.to_string(),
             source,
+        }
+    }
+
+    /// Whether the same request may well succeed if tried again.
+    pub fn is_transient(&self) -> bool {
+        use std::io::ErrorKind::*;
+        match self {
+            StorageError::S3 { transient, .. } => *transient,
+            StorageError::Io { source, .. } => matches!(
+                source.kind(),
+                TimedOut
+                    | ConnectionReset
+                    | ConnectionAborted
+                    | ConnectionRefused
+                    | BrokenPipe
+                    | Interrupted
+            ),
+            _ => false,
         }
     }
 }

@@ -62,7 +62,12 @@ impl S3Storage {
             .region(region)
             .load()
             .await;
+        let timeouts = aws_config::timeout::TimeoutConfig::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .build();
         let mut config = aws_sdk_s3::config::Builder::from(&shared)
+            .retry_config(aws_config::retry::RetryConfig::disabled())
+            .timeout_config(timeouts)
             .force_path_style(options.path_style)
             .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
             .response_checksum_validation(ResponseChecksumValidation::WhenSupported);
@@ -111,13 +116,23 @@ impl S3Storage {
     where
         E: ProvideErrorMetadata + std::error::Error + 'static,
     {
+        let status = status_of(&err);
+        let mut message = match err.code() {
+            Some(code) => format!("{code}: {}", err.message().unwrap_or("no message")),
+            None => DisplayErrorContext(&err).to_string(),
+        };
+        if status == Some(403) && matches!(op, "get" | "head") {
+            message.push_str(
+                " (S3 also answers 403 for a missing key when the credentials lack \
+                 s3:ListBucket on the bucket: grant it, see docs/operations.md)",
+            );
+        }
         StorageError::S3 {
             op,
             location: self.url(key),
-            message: match err.code() {
-                Some(code) => format!("{code}: {}", err.message().unwrap_or("no message")),
-                None => DisplayErrorContext(&err).to_string(),
-            },
+            transient: is_transient(&err, status),
+            message,
+            status,
         }
     }
 }
@@ -128,6 +143,33 @@ async fn body_of(payload: &PutPayload) -> Result<ByteStream, StorageError> {
         PutBody::File(path) => ByteStream::from_path(path)
             .await
             .map_err(|e| StorageError::io("read", path.display(), std::io::Error::other(e))),
+    }
+}
+
+/// Throttling, server errors, timeouts and connections that failed or broke: another try may
+/// well succeed. (The SDK's own retries are off: `RetryingStorage` is the one policy.)
+fn is_transient<E: ProvideErrorMetadata>(
+    err: &SdkError<E, HttpResponse>,
+    status: Option<u16>,
+) -> bool {
+    match err {
+        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
+            true
+        }
+        _ => {
+            matches!(status, Some(408 | 429 | 500 | 502 | 503 | 504))
+                || matches!(
+                    err.code(),
+                    Some(
+                        "SlowDown"
+                            | "Throttling"
+                            | "ThrottlingException"
+                            | "RequestTimeout"
+                            | "InternalError"
+                            | "ServiceUnavailable"
+                    )
+                )
+        }
     }
 }
 
@@ -145,14 +187,19 @@ impl Storage for S3Storage {
     async fn put(&self, key: &str, payload: PutPayload, mode: PutMode) -> Result<(), StorageError> {
         let object_key = self.object_key(key)?;
         if mode == PutMode::Create {
-            // Servers that ignore If-None-Match still must not overwrite: look first.
+            // Servers that ignore If-None-Match still must not overwrite: look first. Without
+            // s3:ListBucket a missing key answers 403 (AWS documents it): the look tells
+            // nothing then, and If-None-Match alone keeps the put create-only.
             match self.head(key).await {
                 Ok(_) => {
                     return Err(StorageError::AlreadyExists {
                         key: key.to_owned(),
                     });
                 }
-                Err(StorageError::NotFound { .. }) => {}
+                Err(StorageError::NotFound { .. })
+                | Err(StorageError::S3 {
+                    status: Some(403), ..
+                }) => {}
                 Err(e) => return Err(e),
             }
         }
