@@ -41,7 +41,7 @@ pub const EXIT_CODES: &[ExitCode] = &[
     },
     ExitCode {
         code: EXIT_WRONG_REPOSITORY,
-        meaning: "wrong repository: not initialised, unreadable identity, or another cluster's",
+        meaning: "wrong repository: not initialised, or another cluster's",
     },
     ExitCode {
         code: EXIT_CONFLICT,
@@ -50,7 +50,8 @@ pub const EXIT_CODES: &[ExitCode] = &[
     },
     ExitCode {
         code: EXIT_CORRUPT,
-        meaning: "corrupt: a stored object or manifest fails its checksum or does not decode",
+        meaning: "corrupt: a stored object, manifest, summary or repository.json fails its \
+                  checksum or does not decode",
     },
     ExitCode {
         code: EXIT_STORAGE,
@@ -229,9 +230,12 @@ impl From<CatalogError> for Error {
                 location,
             },
             CatalogError::Local { path, source } => Error::LocalIo { path, source },
-            e @ (CatalogError::NotInitialised { .. } | CatalogError::CorruptIdentity { .. }) => {
-                Error::WrongRepository(e.to_string())
-            }
+            CatalogError::CorruptIdentity { location, reason } => Error::Corrupt {
+                what: "the repository identity (repository.json)".into(),
+                location,
+                reason,
+            },
+            e @ CatalogError::NotInitialised { .. } => Error::WrongRepository(e.to_string()),
         }
     }
 }

@@ -129,6 +129,7 @@ async fn verify_checks_backups(name: &str, repo: impl FnOnce(&TestDir) -> Repo) 
         cluster.sql("insert into t select g, md5(g::text) from generate_series(1, 20000) g");
         cluster.sql("select pg_switch_wal()");
     }
+    let second = pitr.backup(&cluster);
     cluster.archive_current_segment(Duration::from_secs(60));
     cluster.stop();
 
@@ -255,6 +256,94 @@ async fn verify_checks_backups(name: &str, repo: impl FnOnce(&TestDir) -> Repo) 
         .put(&key, PutPayload::from_bytes(wal), PutMode::Create)
         .await
         .unwrap();
+    let (status, text) = verify(&[]);
+    assert_eq!(status, 0, "{text}");
+
+    // Metadata carries checksums: each change below leaves valid JSON behind.
+    let replace = |key: String, from: &'static str, to: &'static str| {
+        let storage = storage.clone();
+        async move {
+            let good = read_all(&*storage, &key).await.unwrap();
+            let text = String::from_utf8(good.clone()).unwrap();
+            assert!(text.contains(from), "{key}: {text}");
+            let bad = text.replacen(from, to, 1);
+            storage
+                .put(&key, PutPayload::from_bytes(bad), PutMode::Overwrite)
+                .await
+                .unwrap();
+            good
+        }
+    };
+    // A manifest: only its backup is lost; the other lists and restores.
+    let good = replace(manifest_key.clone(), "\"mode\": 448", "\"mode\": 511").await;
+    let (status, text) = verify(&[]);
+    assert_eq!(status, 5, "{text}");
+    assert!(text.contains("checksum mismatch"), "{text}");
+    let out = pitr.run(["list", "--json"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(listed["damaged_backups"][0]["id"], id.as_str(), "{listed}");
+    assert_eq!(listed["backups"].as_array().unwrap().len(), 1, "{listed}");
+    assert_eq!(listed["backups"][0]["id"], second.as_str(), "{listed}");
+    let target = dir.path().join("restored-other");
+    let out = pitr.run(["restore", "--pgdata", &target.display().to_string()]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(&format!("restored backup {second} ")),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let out = pitr.run([
+        "restore",
+        "--backup",
+        &id,
+        "--pgdata",
+        &dir.path().join("restored-damaged").display().to_string(),
+    ]);
+    assert_eq!(code(&out), 5, "{}", stderr(&out));
+    storage
+        .put(
+            &manifest_key,
+            PutPayload::from_bytes(good),
+            PutMode::Overwrite,
+        )
+        .await
+        .unwrap();
+
+    // repository.json: every command refuses a changed identity, with the corrupt code.
+    let good = replace(
+        "repository.json".into(),
+        "\"pg_version\": 15",
+        "\"pg_version\": 16",
+    )
+    .await;
+    let out = pitr.run(["list"]);
+    assert_eq!(code(&out), 5, "{}", stderr(&out));
+    assert!(stderr(&out).contains("repository.json"), "{}", stderr(&out));
+    storage
+        .put(
+            "repository.json",
+            PutPayload::from_bytes(good),
+            PutMode::Overwrite,
+        )
+        .await
+        .unwrap();
+
+    // A WAL summary: reported, then written again from the WAL.
+    let summary = summaries
+        .iter()
+        .find(|k| !k.contains("history"))
+        .unwrap()
+        .to_string();
+    replace(
+        summary.clone(),
+        "\"commits\":",
+        "\"commits\": 1000000 ,\"x\":",
+    )
+    .await;
+    let (status, text) = verify(&[]);
+    assert_eq!(status, 5, "{text}");
+    assert!(text.contains("damaged WAL summary"), "{text}");
     let (status, text) = verify(&[]);
     assert_eq!(status, 0, "{text}");
 }

@@ -104,7 +104,7 @@ impl BackupManifest {
     /// Parses a stored manifest and checks everything restore will rely on, so that no
     /// content can make it write outside the data directory, overflow or panic.
     pub fn parse(bytes: &[u8], id: &str) -> Result<Self, String> {
-        let manifest: BackupManifest = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+        let manifest: BackupManifest = super::sealed::unseal(bytes)?;
         manifest.check(id)?;
         Ok(manifest)
     }
@@ -190,6 +190,20 @@ fn check_relative(path: &str) -> Result<(), String> {
         return Err(format!("'{path}' is not a path inside the data directory"));
     }
     Ok(())
+}
+
+/// The backups of a repository: those that can be restored, and those whose manifest is
+/// damaged (they cannot, and nothing else is held back by them).
+#[derive(Clone, Debug, Default)]
+pub struct BackupList {
+    pub manifests: Vec<BackupManifest>,
+    pub damaged: Vec<DamagedBackup>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct DamagedBackup {
+    pub id: String,
+    pub reason: String,
 }
 
 /// What `backup/<id>/` holds, manifest or not (a backup interrupted, or a manifest lost).
@@ -297,7 +311,7 @@ impl Catalog {
                 id: manifest.id.clone(),
                 reason,
             })?;
-        let json = serde_json::to_vec_pretty(manifest).expect("manifest serialises");
+        let json = super::sealed::seal(manifest);
         self.storage
             .put(
                 &manifest_key(&manifest.id),
@@ -308,22 +322,39 @@ impl Catalog {
         Ok(())
     }
 
-    /// Every finished backup, oldest first.
+    /// Every finished backup whose manifest is sound, oldest first; a damaged manifest
+    /// costs only its own backup (logged; `backup_list` names them).
     pub async fn backups(&self) -> Result<Vec<BackupManifest>, CatalogError> {
-        let mut manifests = Vec::new();
+        let list = self.backup_list().await?;
+        for damaged in &list.damaged {
+            tracing::warn!(
+                "backup {} is left out: its manifest is damaged ({})",
+                damaged.id,
+                damaged.reason
+            );
+        }
+        Ok(list.manifests)
+    }
+
+    /// Every finished backup, oldest first, and those whose manifest is damaged.
+    pub async fn backup_list(&self) -> Result<BackupList, CatalogError> {
+        let mut list = BackupList::default();
         for (id, objects) in self.backup_objects().await? {
             if objects.manifest.is_none() {
                 continue;
             }
             match self.manifest(&id).await {
-                Ok(manifest) => manifests.push(manifest),
+                Ok(manifest) => list.manifests.push(manifest),
                 // Deleted since the listing.
                 Err(CatalogError::NotFound { .. }) => {}
+                Err(CatalogError::CorruptManifest { id, reason }) => {
+                    list.damaged.push(DamagedBackup { id, reason })
+                }
                 Err(e) => return Err(e),
             }
         }
-        manifests.sort_by(|a, b| a.id.cmp(&b.id));
-        Ok(manifests)
+        list.manifests.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(list)
     }
 
     /// Every backup directory's objects, by backup id.

@@ -15,6 +15,7 @@
 //! catalog encodes what it stores and verifies what it reads.
 
 pub mod backup;
+mod sealed;
 pub mod wal;
 pub mod wal_index;
 
@@ -103,8 +104,7 @@ impl RepositoryIdentity {
     /// Parses `repository.json`, refusing values no cluster has (a segment size that is not a
     /// power of two would break every WAL computation later).
     pub fn parse(bytes: &[u8]) -> Result<Self, String> {
-        let identity: RepositoryIdentity =
-            serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+        let identity: RepositoryIdentity = sealed::unseal(bytes)?;
         if identity.format != REPOSITORY_FORMAT {
             return Err(format!(
                 "repository format {} is not {REPOSITORY_FORMAT} (written by a newer pitr?)",
@@ -216,8 +216,7 @@ impl Catalog {
 
     /// Records `identity` unless the repository already has one; never replaces it.
     pub async fn init(&self, identity: &RepositoryIdentity) -> Result<InitOutcome, CatalogError> {
-        let mut json = serde_json::to_vec_pretty(identity).expect("identity serialises");
-        json.push(b'\n');
+        let json = sealed::seal(identity);
         match self
             .storage
             .put(IDENTITY_KEY, PutPayload::from_bytes(json), PutMode::Create)

@@ -106,7 +106,7 @@ impl Catalog {
         name: &WalFileName,
         stored: &impl Serialize,
     ) -> Result<(), CatalogError> {
-        let json = serde_json::to_vec(stored).expect("summary serialises");
+        let json = super::sealed::seal(stored);
         self.storage
             .put(
                 &summary_key(name),
@@ -117,21 +117,51 @@ impl Catalog {
         Ok(())
     }
 
-    /// The stored summary of a segment; none if absent, unreadable or of another format
-    /// (then the segment is indexed again).
+    /// The stored summary of a segment; none if absent, damaged or of another format (then
+    /// the segment is indexed again from its WAL).
     pub async fn segment_summary(
         &self,
         name: &WalFileName,
     ) -> Result<Option<SegmentSummary>, CatalogError> {
-        let bytes = match read_all(&*self.storage, &summary_key(name)).await {
-            Ok(bytes) => bytes,
-            Err(StorageError::NotFound { .. }) => return Ok(None),
-            Err(e) => return Err(e.into()),
+        match self.read_summary::<StoredSegmentSummary>(name).await? {
+            Some(Ok(stored))
+                if stored.format == SUMMARY_FORMAT && stored.segment == name.as_str() =>
+            {
+                Ok(Some(stored.summary))
+            }
+            Some(Err(reason)) => {
+                tracing::warn!("the summary of {name} is damaged ({reason}); indexing it again");
+                Ok(None)
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// Why the stored summary of `name` cannot be used, if it is there and damaged.
+    pub async fn summary_damage(&self, name: &WalFileName) -> Result<Option<String>, CatalogError> {
+        let damage = match name.kind() {
+            WalFileKind::History => self
+                .read_summary::<StoredHistorySummary>(name)
+                .await?
+                .and_then(Result::err),
+            _ => self
+                .read_summary::<StoredSegmentSummary>(name)
+                .await?
+                .and_then(Result::err),
         };
-        Ok(serde_json::from_slice::<StoredSegmentSummary>(&bytes)
-            .ok()
-            .filter(|s| s.format == SUMMARY_FORMAT && s.segment == name.as_str())
-            .map(|s| s.summary))
+        Ok(damage)
+    }
+
+    /// None when absent; the parsed summary, or why it is damaged.
+    async fn read_summary<T: Serialize + serde::de::DeserializeOwned>(
+        &self,
+        name: &WalFileName,
+    ) -> Result<Option<Result<T, String>>, CatalogError> {
+        match read_all(&*self.storage, &summary_key(name)).await {
+            Ok(bytes) => Ok(Some(super::sealed::unseal(&bytes))),
+            Err(StorageError::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
     }
 }
 

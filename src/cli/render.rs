@@ -157,6 +157,12 @@ pub fn list(report: &ListReport, as_json: bool) {
     if report.backups.is_empty() {
         println!("no backups");
     }
+    for damaged in &report.damaged_backups {
+        println!(
+            "backup {}  DAMAGED, cannot be restored: {} (see pitr verify)",
+            damaged.id, damaged.reason
+        );
+    }
     for b in &report.backups {
         println!(
             "backup {}  {} .. {}  LSN {} .. {}  timeline {}  {} bytes ({} stored)",

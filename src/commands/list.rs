@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::catalog::Catalog;
-use crate::catalog::backup::BackupManifest;
+use crate::catalog::backup::{BackupManifest, DamagedBackup};
 use crate::error::Result;
 use crate::pg::timestamp::{rfc3339, rfc3339_micros};
 use crate::pg::wal_name::xlog_file_name;
@@ -17,6 +17,8 @@ use crate::recovery::walk::path_holds_backup;
 #[derive(Debug, Serialize)]
 pub struct ListReport {
     pub backups: Vec<BackupEntry>,
+    /// Backups whose manifest is damaged: they cannot be restored (see `pitr verify`).
+    pub damaged_backups: Vec<DamagedBackup>,
     pub wal: Vec<WalRange>,
     pub recovery_window: Vec<RecoveryWindow>,
 }
@@ -58,7 +60,8 @@ pub struct ListOptions {
 
 pub async fn list(catalog: &Catalog, options: &ListOptions) -> Result<ListReport> {
     let identity = catalog.identity().await?;
-    let manifests = catalog.backups().await?;
+    let list = catalog.backup_list().await?;
+    let manifests = list.manifests;
     let mut view = ArchiveView::load(catalog, &identity).await?;
     let recovery_window = recovery_windows(catalog, &mut view, &manifests, options.jobs).await?;
     let backups = manifests
@@ -94,6 +97,7 @@ pub async fn list(catalog: &Catalog, options: &ListOptions) -> Result<ListReport
     }
     Ok(ListReport {
         backups,
+        damaged_backups: list.damaged,
         wal,
         recovery_window,
     })

@@ -54,7 +54,19 @@ pub struct RestoreReport {
 pub async fn restore(catalog: &Catalog, options: &RestoreOptions) -> Result<RestoreReport> {
     let started = Instant::now();
     let identity = catalog.identity().await?;
-    let backups = catalog.backups().await?;
+    let list = catalog.backup_list().await?;
+    if let Some(damaged) = list
+        .damaged
+        .iter()
+        .find(|d| options.request.backup.as_ref() == Some(&d.id))
+    {
+        return Err(Error::Corrupt {
+            what: format!("the manifest of backup {}", damaged.id),
+            location: catalog.location(),
+            reason: format!("{}; restore another backup", damaged.reason),
+        });
+    }
+    let backups = list.manifests;
     let mut view = ArchiveView::load(catalog, &identity).await?;
     // The pre-flight: everything recovery needs is in the repository, or nothing is written.
     let plan =

@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::time::Instant;
 
-use futures_util::{StreamExt, stream};
+use futures_util::{StreamExt, TryStreamExt, stream};
 use serde::Serialize;
 
 use crate::catalog::backup::BackupManifest;
@@ -54,13 +54,18 @@ pub enum Problem {
     BackupWalIncomplete { backup: String, missing: String },
     /// An object a backup's manifest names is not in the repository.
     MissingBackupObject { backup: String, key: String },
+    /// A WAL summary that fails its checksum or does not parse; verify writes it again.
+    DamagedSummary { file: String, reason: String },
     /// A backup that finished (its backup history file is archived) but has no manifest.
     MissingManifest { backup: String, key: String },
 }
 
 impl Problem {
     fn is_damage(&self) -> bool {
-        matches!(self, Problem::Corrupt { .. } | Problem::Unreadable { .. })
+        matches!(
+            self,
+            Problem::Corrupt { .. } | Problem::Unreadable { .. } | Problem::DamagedSummary { .. }
+        )
     }
 }
 
@@ -84,6 +89,10 @@ impl fmt::Display for Problem {
                 "timeline {timeline} has WAL but no history file {timeline:08X}.history"
             ),
             Problem::BadHistory { key, reason } => write!(f, "history: {key}: {reason}"),
+            Problem::DamagedSummary { file, reason } => write!(
+                f,
+                "damaged WAL summary of {file}: {reason} (written again from the WAL)"
+            ),
             Problem::BackupWalIncomplete { backup, missing } => write!(
                 f,
                 "backup {backup} cannot be restored: WAL segment {missing} of its range is missing"
@@ -290,6 +299,21 @@ pub async fn verify(catalog: &Catalog, options: &VerifyOptions) -> Result<Verify
             interrupted_backups.push(id.clone());
         }
     }
+    // Damaged summaries are derived data: reported, then written again from the WAL.
+    for (name, reason) in damaged_summaries(catalog, &view, options.jobs).await? {
+        view.listing.summarised.remove(&name);
+        if let Some(entries) = view
+            .histories
+            .get(&name.timeline())
+            .filter(|_| name.kind() == WalFileKind::History)
+        {
+            catalog.put_history_summary(&name, entries).await?;
+        }
+        problems.push(Problem::DamagedSummary {
+            file: name.to_string(),
+            reason,
+        });
+    }
     let indexed_segments = index_missing(catalog, &mut view, &damaged, options).await?;
 
     Ok(VerifyReport {
@@ -314,6 +338,23 @@ fn backup_floors(manifests: &[BackupManifest], segment_size: u64) -> BTreeMap<u3
             .or_insert(segno);
     }
     floors
+}
+
+/// The stored summaries that fail their checksum or do not parse.
+async fn damaged_summaries(
+    catalog: &Catalog,
+    view: &ArchiveView,
+    jobs: usize,
+) -> Result<Vec<(WalFileName, String)>> {
+    let found: Vec<Option<(WalFileName, String)>> = stream::iter(&view.listing.summarised)
+        .map(|name| async move {
+            let damage = catalog.summary_damage(name).await?;
+            Ok::<_, Error>(damage.map(|reason| (name.clone(), reason)))
+        })
+        .buffer_unordered(jobs.max(1))
+        .try_collect()
+        .await?;
+    Ok(found.into_iter().flatten().collect())
 }
 
 /// Backups whose WAL from start to stop is not all in the repository.
