@@ -27,7 +27,9 @@ const MANIFEST: &str = r#"{
   "size_bytes": 8192, "stored_bytes": 100,
   "directories": [{"path": "base", "mode": 448}, {"path": "pg_tblspc/16400", "mode": 448}],
   "files": [{"path": "base/1/1259", "size": 8192, "file_offset": 0, "mode": 384,
-             "mtime": 1, "crc32c": 5, "object": 0, "offset": 0}]
+             "mtime": 1, "crc32c": 5, "object": 0, "offset": 0},
+            {"path": "global/pg_control", "size": 8192, "file_offset": 0, "mode": 384,
+             "mtime": 1, "crc32c": 6, "object": 0, "offset": 8192}]
 }"#;
 
 const IDENTITY: &str = r#"{"format": 1, "system_identifier": "7301234567890123457",
@@ -194,6 +196,7 @@ fn manifests_that_would_escape_or_overflow_are_refused() {
             "\"start_lsn\": \"nonsense\"",
         ),
         MANIFEST.replace("\"format\": 1", "\"format\": 2"),
+        MANIFEST.replace("global/pg_control", "global/pg_control.old"),
     ];
     for manifest in &bad {
         assert!(

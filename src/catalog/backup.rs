@@ -159,6 +159,9 @@ impl BackupManifest {
                 ));
             }
         }
+        if !self.files.iter().any(|f| f.path == "global/pg_control") {
+            return Err("it lists no global/pg_control: not a whole data directory".into());
+        }
         for file in &self.files {
             check_relative(&file.path)?;
             if file.file_offset.checked_add(file.size).is_none()

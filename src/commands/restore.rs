@@ -134,8 +134,17 @@ fn empty_directory(dir: &Path) -> io::Result<()> {
     Ok(())
 }
 
+/// pg_control is restored under this name and renamed last: without it PostgreSQL refuses to
+/// start, so a restore cut short (kill -9, power loss) leaves a directory no one can start
+/// by mistake as a crashed primary.
+const CONTROL_FILE: &str = "global/pg_control";
+const CONTROL_FILE_RESTORING: &str = "global/pg_control.pitr-restoring";
+
 /// Where a path of the backup goes: into DIR, or into a tablespace's directory.
 fn destination(pgdata: &Path, tablespaces: &HashMap<u32, PathBuf>, path: &str) -> PathBuf {
+    if path == CONTROL_FILE {
+        return pgdata.join(CONTROL_FILE_RESTORING);
+    }
     if let Some(rest) = path.strip_prefix("pg_tblspc/")
         && let Some((oid, inner)) = rest.split_once('/')
         && let Some(dir) = oid.parse().ok().and_then(|oid: u32| tablespaces.get(&oid))
@@ -257,6 +266,15 @@ async fn write_backup(
         let mut roots = vec![pgdata.clone()];
         roots.extend(tablespaces.values().cloned());
         sync_restored(roots, options.jobs).await?;
+    }
+    // Last, once everything else is durable: the file that makes the directory startable.
+    let (restoring, control) = (pgdata.join(CONTROL_FILE_RESTORING), pgdata.join(CONTROL_FILE));
+    fs::rename(&restoring, &control).map_err(|e| Error::local_io(restoring.display(), e))?;
+    if options.sync {
+        let global = pgdata.join("global");
+        File::open(&global)
+            .and_then(|dir| dir.sync_all())
+            .map_err(|e| Error::local_io(global.display(), e))?;
     }
     let files = backup
         .files
