@@ -222,7 +222,10 @@ async fn write_backup(
     options
         .progress
         .start(&format!("restore {}", backup.id), backup.size_bytes);
-    let written: Vec<u64> = stream::iter(interleaved)
+    // On a failure no new object starts, and every started one runs to its end before this
+    // returns: the caller then empties the directory with no writer left behind.
+    let failed = std::sync::atomic::AtomicBool::new(false);
+    let results: Vec<Result<u64>> = stream::iter(interleaved)
         .map(|(object, files)| {
             let splitter = FileSplitter::new(
                 files,
@@ -230,16 +233,23 @@ async fn write_backup(
                 pgdata.clone(),
                 tablespaces.clone(),
             );
-            let progress = options.progress.clone();
+            let (progress, failed) = (options.progress.clone(), &failed);
             async move {
-                let written = restore_object(catalog, backup, object, splitter).await?;
-                progress.advance(written);
-                Ok::<_, Error>(written)
+                if failed.load(std::sync::atomic::Ordering::Relaxed) {
+                    return Ok(0);
+                }
+                let written = restore_object(catalog, backup, object, splitter).await;
+                match &written {
+                    Ok(bytes) => progress.advance(*bytes),
+                    Err(_) => failed.store(true, std::sync::atomic::Ordering::Relaxed),
+                }
+                written
             }
         })
         .buffer_unordered(options.jobs.max(1))
-        .try_collect()
-        .await?;
+        .collect()
+        .await;
+    let written: Vec<u64> = results.into_iter().collect::<Result<_>>()?;
     options.progress.finish();
 
     let tablespace_map = backup.tablespace_map.as_ref().map(|map| {
@@ -268,7 +278,10 @@ async fn write_backup(
         sync_restored(roots, options.jobs).await?;
     }
     // Last, once everything else is durable: the file that makes the directory startable.
-    let (restoring, control) = (pgdata.join(CONTROL_FILE_RESTORING), pgdata.join(CONTROL_FILE));
+    let (restoring, control) = (
+        pgdata.join(CONTROL_FILE_RESTORING),
+        pgdata.join(CONTROL_FILE),
+    );
     fs::rename(&restoring, &control).map_err(|e| Error::local_io(restoring.display(), e))?;
     if options.sync {
         let global = pgdata.join("global");
