@@ -387,9 +387,9 @@ fn plan_backup(
             let located = |text: String| Refusal::XidLocated(PlanError::Unreachable(text));
             if !end.committed {
                 return Err(located(format!(
-                    "transaction {xid} aborted at {} ({time}): it never committed, so recovery \
-                     cannot stop after its commit (PostgreSQL would stop at its abort; \
-                     --target-lsn {} says so explicitly)",
+                    "transaction {xid} aborted at {} ({time}): it never committed, so there is \
+                     no commit to stop after (PostgreSQL would stop after the abort; to restore \
+                     to that point, use --target-lsn {})",
                     end.lsn, end.lsn
                 )));
             }

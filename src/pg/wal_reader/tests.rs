@@ -1,7 +1,10 @@
+//! The decoder on WAL laid out as PostgreSQL writes it; the builders (`commit`, `write_wal`…)
+//! serve other modules' tests too.
+
 use super::*;
 
-const BLOCK: usize = 8192;
-const SEGMENT: u64 = 1 << 20;
+pub(crate) const BLOCK: usize = 8192;
+pub(crate) const SEGMENT: u64 = 1 << 20;
 const MAGIC_15: u16 = 0xD110;
 
 /// A record with main data only, CRC filled in.
@@ -27,7 +30,7 @@ fn record(rmid: u8, info: u8, xid: u32, main: &[u8]) -> Vec<u8> {
     rec
 }
 
-fn commit(xid: u32, time: i64, subxacts: u32) -> Vec<u8> {
+pub(crate) fn commit(xid: u32, time: i64, subxacts: u32) -> Vec<u8> {
     let mut main = time.to_le_bytes().to_vec();
     main.extend_from_slice(&XACT_XINFO_HAS_SUBXACTS.to_le_bytes());
     main.extend_from_slice(&subxacts.to_le_bytes());
@@ -56,7 +59,7 @@ fn with_prev_link(rec: &[u8], prev: u64) -> Vec<u8> {
 
 /// Lays records out in pages from `start` as PostgreSQL writes them, each pointing back at
 /// the one before.
-fn write_wal(start: u64, records: &[Vec<u8>], pages: usize) -> Vec<u8> {
+pub(crate) fn write_wal(start: u64, records: &[Vec<u8>], pages: usize) -> Vec<u8> {
     write_wal_after(0, start, records, pages)
 }
 
@@ -309,7 +312,7 @@ fn summaries_carry_a_commit_that_straddles_segments() {
     assert_eq!(alone.commits, 1);
 }
 
-fn abort(xid: u32, time: i64) -> Vec<u8> {
+pub(crate) fn abort(xid: u32, time: i64) -> Vec<u8> {
     record(RM_XACT_ID, 0x20, xid, &time.to_le_bytes())
 }
 
