@@ -40,7 +40,7 @@ const IDENTITY: &str = r#"{"format": 1, "system_identifier": "730123456789012345
 const SUMMARY: &str = r#"{"format": 1, "segment": "000000010000000000000002",
   "first_record": "0/2000028", "last_record_end": "0/2FFFFE0",
   "first_commit_time": "2026-11-22T01:02:03.000001Z", "last_commit_time": "2026-11-22T01:02:04Z",
-  "commits": 3, "aborts": 0,
+  "commits": 3, "aborts": 0, "commit_xids": {"min": 5, "max": 9}, "abort_xids": null,
   "restore_points": [{"name": "p", "lsn": "0/2000100", "time": "2026-11-22T01:02:03Z"}],
   "end_of_wal": null, "carry": {"record_start": "0/2FFFFE0", "bytes": "AAAAAAAAAAAAAAAA"}}"#;
 
@@ -103,6 +103,9 @@ proptest! {
                 Lsn(0x300_0000), 16 << 20, 8192, stored.summary.carry.as_ref());
             summarizer.feed(&wal);
             let _ = summarizer.finish();
+            let _ = pitr::pg::xact_end::find_xact_end(
+                &wal, Lsn(0x300_0000), 16 << 20, 8192, stored.summary.carry.as_ref(), 7);
+            let _ = stored.summary.may_end_xid(7);
         }
     }
 

@@ -201,17 +201,50 @@ fn finds_what_pg_waldump_finds_in_real_wal() {
     // Segment by segment, as archive-push sees them, carrying straddling records along.
     let mut carry = None;
     let (mut commits, mut aborts, mut points, mut last_commit) = (0, 0, Vec::new(), None);
+    let mut found_prepared = 0;
     for path in &segments {
         let name = path.file_name().unwrap().to_str().unwrap();
         let segno = u64::from_str_radix(&name[8..16], 16).unwrap() * 0x100
             + u64::from_str_radix(&name[16..24], 16).unwrap();
-        let summary = pitr::pg::wal_summary::summarize_segment(
-            &std::fs::read(path).unwrap(),
-            Lsn(segno * SEGMENT),
-            SEGMENT,
-            8192,
-            carry.as_ref(),
-        );
+        let bytes = std::fs::read(path).unwrap();
+        let start = Lsn(segno * SEGMENT);
+        let summary =
+            pitr::pg::wal_summary::summarize_segment(&bytes, start, SEGMENT, 8192, carry.as_ref());
+        // The xid bounds hold every transaction that ends well inside the segment, and
+        // decoding finds where a prepared one ended, by its prepared xid.
+        let inside = |(lsn, _): &&(u64, String)| (start.0..start.0 + SEGMENT - 65536).contains(lsn);
+        for (lsn, what) in theirs.iter().filter(inside) {
+            let mut words = what.split(' ');
+            let (kind, xid) = (words.next().unwrap(), words.next().unwrap());
+            let Ok(xid) = xid.parse::<u32>() else {
+                continue;
+            };
+            let bounds = match kind {
+                "COMMIT" | "COMMIT_PREPARED" => summary.commit_xids,
+                "ABORT" | "ABORT_PREPARED" => summary.abort_xids,
+                _ => continue,
+            };
+            assert!(
+                bounds.is_some_and(|b| b.contains(xid)),
+                "{what} in {name}: {bounds:?}"
+            );
+            if kind.ends_with("_PREPARED") && found_prepared < 4 {
+                found_prepared += 1;
+                let end = pitr::pg::xact_end::find_xact_end(
+                    &bytes,
+                    start,
+                    SEGMENT,
+                    8192,
+                    carry.as_ref(),
+                    xid,
+                )
+                .unwrap_or_else(|| panic!("{what} not found in {name}"));
+                assert_eq!(
+                    (end.lsn.0, end.committed),
+                    (*lsn, kind == "COMMIT_PREPARED")
+                );
+            }
+        }
         commits += summary.commits;
         aborts += summary.aborts;
         points.extend(summary.restore_points.iter().map(|p| p.name.clone()));
@@ -228,6 +261,7 @@ fn finds_what_pg_waldump_finds_in_real_wal() {
     expected_points.sort();
     points.sort();
     assert_eq!(points, expected_points);
+    assert_eq!(found_prepared, 4, "prepared transactions decoded");
     let newest = theirs
         .iter()
         .filter(|(_, w)| w.starts_with("COMMIT"))

@@ -17,6 +17,7 @@ use crate::catalog::{Catalog, CatalogError};
 use crate::datadir::running_postmaster;
 use crate::error::{Error, Result};
 use crate::pg::backup_manifest::{ManifestEntry, render};
+use crate::pg::guc::remove_recovery_settings;
 use crate::pg::recovery_target::recovery_settings;
 use crate::recovery::plan::{PlanRequest, gather_and_plan};
 use crate::recovery::{ArchiveView, RestorePlan};
@@ -436,21 +437,38 @@ impl Write for FileSplitter {
     }
 }
 
-/// restore_command and the recovery target, after whatever postgresql.auto.conf holds.
+/// restore_command and the recovery target, after what postgresql.auto.conf holds less the
+/// recovery settings the backup carried (commented out: another target kind beside ours stops
+/// the server). Written beside the file, synced and renamed: never a half-written config.
 fn append_recovery_settings(
     pgdata: &Path,
     restore_command: &str,
     request: &PlanRequest,
 ) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
     let mut lines = vec![String::new(), "# Written by pitr restore.".to_owned()];
     lines.extend(recovery_settings(restore_command, &request.recovery));
     let path = pgdata.join("postgresql.auto.conf");
+    let carried = match fs::read(&path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(Error::local_io(path.display(), e)),
+    };
+    let mut content = remove_recovery_settings(&carried);
+    content.extend_from_slice(format!("{}\n", lines.join("\n")).as_bytes());
+    let staging = pgdata.join("postgresql.auto.conf.pitr-restore");
     fs::OpenOptions::new()
-        .append(true)
+        .write(true)
         .create(true)
-        .open(&path)
-        .and_then(|mut file| writeln!(file, "{}", lines.join("\n")))
-        .map_err(|e| Error::local_io(path.display(), e))
+        .truncate(true)
+        .mode(0o600)
+        .open(&staging)
+        .and_then(|mut file| {
+            file.write_all(&content)?;
+            file.sync_all()
+        })
+        .map_err(|e| Error::local_io(staging.display(), e))?;
+    fs::rename(&staging, &path).map_err(|e| Error::local_io(path.display(), e))
 }
 
 /// PostgreSQL's backup_manifest for the restored files, for pg_verifybackup.

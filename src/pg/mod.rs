@@ -16,6 +16,7 @@ pub mod wal_name;
 pub mod wal_page;
 pub mod wal_reader;
 pub mod wal_summary;
+pub mod xact_end;
 
 pub use control::ControlFile;
 pub use lsn::Lsn;

@@ -663,4 +663,4 @@ fn decode_xact(
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

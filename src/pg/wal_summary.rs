@@ -33,11 +33,60 @@ pub struct SegmentSummary {
     pub last_commit_time: Option<DateTime<Utc>>,
     pub commits: u64,
     pub aborts: u64,
+    /// Bounds of the transactions whose commit (also COMMIT PREPARED) ends in this segment,
+    /// and of those whose abort does. Absent from summaries stored before pitr recorded them.
+    #[serde(default)]
+    pub commit_xids: Option<XidRange>,
+    #[serde(default)]
+    pub abort_xids: Option<XidRange>,
     pub restore_points: Vec<RestorePoint>,
     /// Where valid WAL ended inside the segment, if it did before the segment's end, and why.
     pub end_of_wal: Option<String>,
     /// A commit or restore point record that continues in the next segment.
     pub carry: Option<Carry>,
+}
+
+impl SegmentSummary {
+    /// Whether a commit or abort of `xid` may end in this segment: a filter before decoding,
+    /// never a proof. A summary without bounds (stored by an older pitr) may hold any xid
+    /// among its commits and aborts.
+    pub fn may_end_xid(&self, xid: u32) -> bool {
+        let within = |bounds: Option<XidRange>, count: u64| {
+            bounds.map_or(count > 0, |range| range.contains(xid))
+        };
+        within(self.commit_xids, self.commits) || within(self.abort_xids, self.aborts)
+    }
+}
+
+/// The smallest and largest of some transaction ids, in plain `u32` order. Xids wrap around,
+/// so a range is a filter only: it may hold ids that are not there, never miss one that is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct XidRange {
+    pub min: u32,
+    pub max: u32,
+}
+
+impl XidRange {
+    pub fn new(xid: u32) -> Self {
+        XidRange { min: xid, max: xid }
+    }
+
+    /// The bounds widened to hold `xid` (a `None` range starts at it).
+    pub fn include(range: Option<XidRange>, xid: u32) -> XidRange {
+        range.map_or(XidRange::new(xid), |r| r.union(XidRange::new(xid)))
+    }
+
+    /// The bounds of both.
+    pub fn union(self, other: XidRange) -> XidRange {
+        XidRange {
+            min: self.min.min(other.min),
+            max: self.max.max(other.max),
+        }
+    }
+
+    pub fn contains(&self, xid: u32) -> bool {
+        (self.min..=self.max).contains(&xid)
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -92,22 +141,8 @@ impl SegmentSummarizer {
         block_size: usize,
         carry_in: Option<&Carry>,
     ) -> Self {
-        let resumed = carry_in.and_then(|carry| {
-            let start = carry.record_start;
-            let bytes = BASE64.decode(&carry.bytes).ok()?;
-            Some(WalDecoder::resume(
-                segment_start,
-                wal_segment_size,
-                block_size,
-                start,
-                bytes,
-            ))
-        });
-        let decoder = resumed
-            .unwrap_or_else(|| WalDecoder::new(segment_start, wal_segment_size, block_size))
-            .checking(RecordCheck::TargetRecords);
         SegmentSummarizer {
-            decoder,
+            decoder: segment_decoder(segment_start, wal_segment_size, block_size, carry_in),
             summary: SegmentSummary::default(),
             commit_times: None,
             records: None,
@@ -124,12 +159,18 @@ impl SegmentSummarizer {
                 RecordKind::Xact(xact) => match (xact.action, xact.time) {
                     (XactAction::Commit | XactAction::CommitPrepared, Some(time)) => {
                         self.summary.commits += 1;
+                        self.summary.commit_xids =
+                            Some(XidRange::include(self.summary.commit_xids, xact.xid));
                         self.commit_times = Some(match self.commit_times {
                             None => (time, time),
                             Some((first, last)) => (first.min(time), last.max(time)),
                         });
                     }
-                    (XactAction::Abort | XactAction::AbortPrepared, _) => self.summary.aborts += 1,
+                    (XactAction::Abort | XactAction::AbortPrepared, _) => {
+                        self.summary.aborts += 1;
+                        self.summary.abort_xids =
+                            Some(XidRange::include(self.summary.abort_xids, xact.xid));
+                    }
                     _ => {}
                 },
                 RecordKind::RestorePoint { name, time } => {
@@ -171,6 +212,31 @@ impl SegmentSummarizer {
             });
         summary
     }
+}
+
+/// A decoder of one segment that first completes the previous segment's carried record.
+/// `RecordCheck::TargetRecords`: the records it decodes are the ones whose CRC it checks.
+pub(crate) fn segment_decoder(
+    segment_start: Lsn,
+    wal_segment_size: u64,
+    block_size: usize,
+    carry_in: Option<&Carry>,
+) -> WalDecoder {
+    // A carry that does not decode (a damaged summary) is dropped: the record it held is
+    // then not seen, as if it had been too large to carry.
+    let resumed = carry_in.and_then(|carry| {
+        let bytes = BASE64.decode(&carry.bytes).ok()?;
+        Some(WalDecoder::resume(
+            segment_start,
+            wal_segment_size,
+            block_size,
+            carry.record_start,
+            bytes,
+        ))
+    });
+    resumed
+        .unwrap_or_else(|| WalDecoder::new(segment_start, wal_segment_size, block_size))
+        .checking(RecordCheck::TargetRecords)
 }
 
 /// Fed by the decompressor.

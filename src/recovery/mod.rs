@@ -1,10 +1,12 @@
 //! What recovery can reach from the repository, between the commands and the catalog:
-//! the archive view (gathered through the catalog), walks over it, and the restore plan,
-//! decided by a pure function over what was gathered.
+//! the archive view (gathered through the catalog), walks over it, the search for where an
+//! xid target's transaction ended, and the restore plan, decided by a pure function over
+//! what was gathered.
 
 pub mod plan;
 pub mod view;
 pub mod walk;
+pub mod xid;
 
 pub use plan::{PlanError, RestorePlan};
 pub use view::ArchiveView;

@@ -13,6 +13,8 @@ use crate::catalog::{Catalog, CatalogError};
 use crate::pg::recovery_target::{RecoveryRequest, Target, TargetTimeline};
 use crate::pg::timeline::TimelineSpan;
 use crate::pg::timestamp::rfc3339;
+use crate::pg::wal_summary::XidRange;
+use crate::pg::xact_end::XactEnd;
 
 use super::view::ArchiveView;
 use super::walk::{Walk, path_holds_backup};
@@ -50,7 +52,8 @@ pub struct RestorePlan {
 }
 
 /// Reads what deciding needs, then decides: the summaries of the segments each candidate
-/// backup's recovery would read, newest candidate first, stopping at the first that works.
+/// backup's recovery would read (for an xid target, and the segments that may end the
+/// transaction, decoded), newest candidate first, stopping at the first that works.
 pub async fn gather_and_plan(
     catalog: &Catalog,
     view: &mut ArchiveView,
@@ -64,6 +67,9 @@ pub async fn gather_and_plan(
     for backup in candidates {
         let needed = summaries_needed(view, backup, &request.recovery);
         view.summarise(catalog, &needed, jobs, false).await?;
+        if let Target::Xid(xid) = request.recovery.target {
+            super::xid::search_walk(catalog, view, &needed, xid, jobs).await?;
+        }
         if plan_for_backup(view, backup, &request.recovery).is_ok() {
             break;
         }
@@ -72,27 +78,99 @@ pub async fn gather_and_plan(
 }
 
 /// The plan for `request`: the first candidate backup from which recovery reaches the
-/// target, or why none does (the newest candidate's reason).
+/// target, or why none does (the newest candidate's reason, unless an older one's says more
+/// about an xid target).
 pub fn plan_restore(
     view: &ArchiveView,
     backups: &[BackupManifest],
     request: &PlanRequest,
 ) -> Result<RestorePlan, PlanError> {
-    let mut newest_error = None;
-    for backup in candidates(backups, request)? {
-        match plan_for_backup(view, backup, &request.recovery) {
+    let candidates = candidates(backups, request)?;
+    let mut refusals = Vec::new();
+    for backup in &candidates {
+        match plan_backup(view, backup, &request.recovery) {
             Ok(plan) => return Ok(plan),
-            Err(e) => {
-                newest_error.get_or_insert(e);
-            }
+            Err(refusal) => refusals.push(refusal),
         }
     }
-    Err(newest_error.unwrap_or(PlanError::NoBackup))
+    // The newest backup's reason, unless an older one says more about an xid target.
+    let telling = (0..refusals.len())
+        .max_by_key(|&i| (refusals[i].weight(), std::cmp::Reverse(i)))
+        .ok_or(PlanError::NoBackup)?;
+    if let Refusal::XidNotSeen { xid, .. } = refusals[telling] {
+        // Not in the WAL after any backup: say which transactions are there.
+        let committed = refusals
+            .iter()
+            .filter_map(|r| match r {
+                Refusal::XidNotSeen { committed, .. } => *committed,
+                _ => None,
+            })
+            .reduce(XidRange::union);
+        let after = match candidates.as_slice() {
+            [only] => format!("backup {}", only.id),
+            _ => "any backup".to_owned(),
+        };
+        return Err(xid_not_seen(xid, &after, committed));
+    }
+    Err(refusals.swap_remove(telling).into_error())
+}
+
+/// Why one backup cannot take recovery to the target, and how much that says: for an xid
+/// target, a backup whose WAL holds the transaction's end explains more than one whose WAL
+/// does not.
+enum Refusal {
+    /// The transaction ends in this backup's WAL, but not as a commit after its end.
+    XidLocated(PlanError),
+    /// This backup's WAL, complete from its start, does not end the transaction; the
+    /// transactions that do commit there, as far as the summaries know.
+    XidNotSeen {
+        xid: u32,
+        backup: String,
+        committed: Option<XidRange>,
+    },
+    Other(PlanError),
+}
+
+impl Refusal {
+    /// A backup whose WAL holds the transaction's end says most, then one whose WAL
+    /// (complete from its start) does not hold it.
+    fn weight(&self) -> u8 {
+        match self {
+            Refusal::XidLocated(_) => 2,
+            Refusal::XidNotSeen { .. } => 1,
+            Refusal::Other(_) => 0,
+        }
+    }
+
+    fn into_error(self) -> PlanError {
+        match self {
+            Refusal::XidLocated(error) | Refusal::Other(error) => error,
+            Refusal::XidNotSeen {
+                xid,
+                backup,
+                committed,
+            } => xid_not_seen(xid, &format!("backup {backup}"), committed),
+        }
+    }
+}
+
+fn xid_not_seen(xid: u32, after: &str, committed: Option<XidRange>) -> PlanError {
+    let seen = committed.map_or_else(String::new, |range| {
+        format!(
+            " (the transactions that commit there are numbered {} to {})",
+            range.min, range.max
+        )
+    });
+    PlanError::Unreachable(format!(
+        "transaction {xid} did not commit in the archived WAL after {after}{seen}: check the \
+         number (txid_current() inside the transaction gives it), or archive newer WAL first \
+         (SELECT pg_switch_wal() on the primary)"
+    ))
 }
 
 /// The backups worth trying, best first: the one asked for; for a time or LSN, the newest
-/// that finished before it; for a restore point, whose position only the WAL knows, every
-/// backup from the newest; otherwise the newest.
+/// that finished before it; for a restore point or a transaction, whose position only the
+/// WAL knows, every backup from the newest; otherwise the newest.
 pub fn candidates<'a>(
     backups: &'a [BackupManifest],
     request: &PlanRequest,
@@ -114,7 +192,7 @@ pub fn candidates<'a>(
         _ => true,
     };
     match &request.recovery.target {
-        Target::Name(_) => Ok(newest_first),
+        Target::Name(_) | Target::Xid(_) => Ok(newest_first),
         _ => match newest_first.iter().find(|b| fits(b)) {
             Some(backup) => Ok(vec![*backup]),
             None => {
@@ -170,13 +248,22 @@ fn resolve_path(
     Some((timeline, view.path(timeline)?))
 }
 
-/// Plans a restore of `backup`: pure, over the view's listing, histories and summaries.
+/// Plans a restore of `backup`: pure, over the view's listing, histories, summaries and
+/// (for an xid target) what decoding found.
 pub fn plan_for_backup(
     view: &ArchiveView,
     backup: &BackupManifest,
     recovery: &RecoveryRequest,
 ) -> Result<RestorePlan, PlanError> {
-    let unreachable = |text: String| PlanError::Unreachable(text);
+    plan_backup(view, backup, recovery).map_err(Refusal::into_error)
+}
+
+fn plan_backup(
+    view: &ArchiveView,
+    backup: &BackupManifest,
+    recovery: &RecoveryRequest,
+) -> Result<RestorePlan, Refusal> {
+    let unreachable = |text: String| Refusal::Other(PlanError::Unreachable(text));
     let timeline = resolve_timeline(view, backup, recovery.timeline);
     let path = view.path(timeline).ok_or_else(|| {
         unreachable(format!(
@@ -222,7 +309,9 @@ pub fn plan_for_backup(
             }
             let count = walk
                 .count_through(lsn.segment_number(segment_size))
-                .ok_or_else(|| beyond_reach(view, &walk, &format!("target LSN {lsn}")))?;
+                .ok_or_else(|| {
+                    Refusal::Other(beyond_reach(view, &walk, &format!("target LSN {lsn}")))
+                })?;
             (count, format!("at LSN {lsn}"))
         }
         Target::Time(time) => {
@@ -232,7 +321,11 @@ pub fn plan_for_backup(
                     .is_some_and(|last| last > *time)
             });
             let index = after.ok_or_else(|| {
-                beyond_reach(view, &walk, &format!("target time {}", rfc3339(*time)))
+                Refusal::Other(beyond_reach(
+                    view,
+                    &walk,
+                    &format!("target time {}", rfc3339(*time)),
+                ))
             })?;
             (
                 (index + 1).max(stop_count),
@@ -257,11 +350,11 @@ pub fn plan_for_backup(
                     format!("at restore point '{name}' (in {})", walk.files[index].name),
                 ),
                 None if walk.gap => {
-                    return Err(beyond_reach(
+                    return Err(Refusal::Other(beyond_reach(
                         view,
                         &walk,
                         &format!("restore point '{name}'"),
-                    ));
+                    )));
                 }
                 None => {
                     return Err(unreachable(format!(
@@ -274,19 +367,61 @@ pub fn plan_for_backup(
                 }
             }
         }
-        Target::Xid(_) | Target::End => {
-            if walk.gap {
-                return Err(beyond_reach(view, &walk, "the rest of the archived WAL"));
+        Target::Xid(xid) => {
+            let (index, end) = xact_end_in(view, &walk, *xid).ok_or_else(|| {
+                if walk.gap {
+                    Refusal::Other(beyond_reach(
+                        view,
+                        &walk,
+                        &format!("the commit of transaction {xid}"),
+                    ))
+                } else {
+                    Refusal::XidNotSeen {
+                        xid: *xid,
+                        backup: backup.id.clone(),
+                        committed: committed_xids(view, &walk),
+                    }
+                }
+            })?;
+            let time = end.time.map_or_else(|| "time unknown".into(), rfc3339);
+            let located = |text: String| Refusal::XidLocated(PlanError::Unreachable(text));
+            if !end.committed {
+                return Err(located(format!(
+                    "transaction {xid} aborted at {} ({time}): it never committed, so there is \
+                     no commit to stop after (PostgreSQL would stop after the abort; to restore \
+                     to that point, use --target-lsn {})",
+                    end.lsn, end.lsn
+                )));
             }
-            let stops = match &recovery.target {
-                Target::Xid(xid) => format!("after transaction {xid}, if it is in the WAL"),
-                _ => match view.last_commit(&walk.files) {
-                    Some(last) => format!(
-                        "at the end of the archived WAL (last commit {})",
-                        rfc3339(last)
-                    ),
-                    None => "at the end of the archived WAL".into(),
-                },
+            if end.lsn < stop {
+                return Err(located(format!(
+                    "transaction {xid} committed at {} ({time}), before backup {} was \
+                     consistent ({stop}): only an earlier backup can stop after it",
+                    end.lsn, backup.id
+                )));
+            }
+            (
+                (index + 1).max(stop_count),
+                format!(
+                    "after the commit of transaction {xid} at {} ({time}, in {})",
+                    end.lsn, walk.files[index].name
+                ),
+            )
+        }
+        Target::End => {
+            if walk.gap {
+                return Err(Refusal::Other(beyond_reach(
+                    view,
+                    &walk,
+                    "the rest of the archived WAL",
+                )));
+            }
+            let stops = match view.last_commit(&walk.files) {
+                Some(last) => format!(
+                    "at the end of the archived WAL (last commit {})",
+                    rfc3339(last)
+                ),
+                None => "at the end of the archived WAL".into(),
             };
             (walk.files.len(), stops)
         }
@@ -306,6 +441,22 @@ pub fn plan_for_backup(
         stops,
         wal_bytes,
     })
+}
+
+/// The first segment of `walk` in which decoding found the end of transaction `xid`.
+fn xact_end_in<'a>(view: &'a ArchiveView, walk: &Walk, xid: u32) -> Option<(usize, &'a XactEnd)> {
+    walk.files
+        .iter()
+        .enumerate()
+        .find_map(|(index, file)| Some((index, view.xact_end(file, xid)?)))
+}
+
+/// The bounds of the transactions that commit in `walk`, as far as its summaries record them.
+fn committed_xids(view: &ArchiveView, walk: &Walk) -> Option<XidRange> {
+    walk.files
+        .iter()
+        .filter_map(|file| view.summary(file)?.commit_xids)
+        .reduce(XidRange::union)
 }
 
 fn branch_point(path: &[TimelineSpan], timeline: u32) -> String {

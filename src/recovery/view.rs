@@ -11,17 +11,21 @@ use crate::catalog::{Catalog, CatalogError, RepositoryIdentity};
 use crate::pg::timeline::{HistoryEntry, TimelineSpan, parse_history, timeline_of_segment};
 use crate::pg::wal_name::xlog_file_name;
 use crate::pg::wal_summary::{SegmentSummarizer, SegmentSummary};
+use crate::pg::xact_end::XactEnd;
 use crate::pg::{Lsn, WalFileName};
 
 use super::walk::Walk;
 
-/// The archive's listing and history files, and the summaries read so far.
+/// The archive's listing and history files, the summaries read so far, and what decoding
+/// segments for an xid target found.
 pub struct ArchiveView {
     pub segment_size: u64,
-    block_size: usize,
+    pub(super) block_size: usize,
     pub listing: WalListing,
     pub histories: BTreeMap<u32, Vec<HistoryEntry>>,
     summaries: HashMap<WalFileName, SegmentSummary>,
+    /// (segment, xid) → the end of that transaction in that segment, if it is there.
+    xact_ends: HashMap<(WalFileName, u32), Option<XactEnd>>,
 }
 
 impl ArchiveView {
@@ -37,6 +41,7 @@ impl ArchiveView {
             listing,
             histories,
             summaries: HashMap::new(),
+            xact_ends: HashMap::new(),
         }
     }
 
@@ -65,6 +70,21 @@ impl ArchiveView {
     /// Records a summary (tests, and summaries computed elsewhere).
     pub fn insert_summary(&mut self, name: WalFileName, summary: SegmentSummary) {
         self.summaries.insert(name, summary);
+    }
+
+    /// Records what decoding `name` for transaction `xid` found (none: it does not end there).
+    pub fn insert_xact_end(&mut self, name: WalFileName, xid: u32, end: Option<XactEnd>) {
+        self.xact_ends.insert((name, xid), end);
+    }
+
+    /// Whether `file` was decoded for transaction `xid` already.
+    pub fn searched_for_xid(&self, file: &ArchivedFile, xid: u32) -> bool {
+        self.xact_ends.contains_key(&(file.name.clone(), xid))
+    }
+
+    /// The end of transaction `xid` in `file`, if decoding found it there.
+    pub fn xact_end(&self, file: &ArchivedFile, xid: u32) -> Option<&XactEnd> {
+        self.xact_ends.get(&(file.name.clone(), xid))?.as_ref()
     }
 
     /// The timelines recovery to `target` passes through; none without its history file.
@@ -211,6 +231,7 @@ mod tests {
                 .map(|(t, text)| (*t, parse_history(text).unwrap()))
                 .collect(),
             summaries: HashMap::new(),
+            xact_ends: HashMap::new(),
         }
     }
 

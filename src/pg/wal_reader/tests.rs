@@ -1,7 +1,10 @@
+//! The decoder on WAL laid out as PostgreSQL writes it; the builders (`commit`, `write_wal`…)
+//! serve other modules' tests too.
+
 use super::*;
 
-const BLOCK: usize = 8192;
-const SEGMENT: u64 = 1 << 20;
+pub(crate) const BLOCK: usize = 8192;
+pub(crate) const SEGMENT: u64 = 1 << 20;
 const MAGIC_15: u16 = 0xD110;
 
 /// A record with main data only, CRC filled in.
@@ -27,7 +30,7 @@ fn record(rmid: u8, info: u8, xid: u32, main: &[u8]) -> Vec<u8> {
     rec
 }
 
-fn commit(xid: u32, time: i64, subxacts: u32) -> Vec<u8> {
+pub(crate) fn commit(xid: u32, time: i64, subxacts: u32) -> Vec<u8> {
     let mut main = time.to_le_bytes().to_vec();
     main.extend_from_slice(&XACT_XINFO_HAS_SUBXACTS.to_le_bytes());
     main.extend_from_slice(&subxacts.to_le_bytes());
@@ -56,7 +59,7 @@ fn with_prev_link(rec: &[u8], prev: u64) -> Vec<u8> {
 
 /// Lays records out in pages from `start` as PostgreSQL writes them, each pointing back at
 /// the one before.
-fn write_wal(start: u64, records: &[Vec<u8>], pages: usize) -> Vec<u8> {
+pub(crate) fn write_wal(start: u64, records: &[Vec<u8>], pages: usize) -> Vec<u8> {
     write_wal_after(0, start, records, pages)
 }
 
@@ -307,6 +310,80 @@ fn summaries_carry_a_commit_that_straddles_segments() {
     // Without the carry, the straddling commit cannot be decoded.
     let alone = summarize_segment(second_segment, Lsn(SEGMENT), SEGMENT, BLOCK, None);
     assert_eq!(alone.commits, 1);
+}
+
+pub(crate) fn abort(xid: u32, time: i64) -> Vec<u8> {
+    record(RM_XACT_ID, 0x20, xid, &time.to_le_bytes())
+}
+
+#[test]
+fn summaries_bound_xids_and_decoding_finds_where_one_ended() {
+    use crate::pg::wal_summary::{XidRange, summarize_segment};
+    use crate::pg::xact_end::find_xact_end;
+    // 701 straddles the segment boundary; 705 aborts in the second segment.
+    let records = vec![
+        commit(700, 1_000, 0),
+        abort(703, 2_000),
+        commit(701, 3_000_000, 5000),
+        commit(702, 4_000_000, 0),
+        abort(705, 5_000_000),
+    ];
+    let start = SEGMENT - BLOCK as u64;
+    let wal = write_wal(start, &records, 4);
+    let (first_segment, second_segment) = wal.split_at(BLOCK);
+    let first = summarize_segment(first_segment, Lsn(start), SEGMENT, BLOCK, None);
+    assert_eq!(first.commit_xids, Some(XidRange::new(700)));
+    assert_eq!(first.abort_xids, Some(XidRange::new(703)));
+    let carry = first.carry.as_ref();
+    let second = summarize_segment(second_segment, Lsn(SEGMENT), SEGMENT, BLOCK, carry);
+    assert_eq!(second.commit_xids, Some(XidRange { min: 701, max: 702 }));
+    assert_eq!(second.abort_xids, Some(XidRange::new(705)));
+    assert!(second.may_end_xid(701) && second.may_end_xid(705) && !second.may_end_xid(703));
+
+    let find = |segment: &[u8], at: u64, carry, xid| {
+        find_xact_end(segment, Lsn(at), SEGMENT, BLOCK, carry, xid)
+    };
+    // The straddling commit is found where it ends, at the LSN where it starts.
+    let straddling = find(second_segment, SEGMENT, carry, 701).unwrap();
+    let expected_lsn = start
+        + maxalign(maxalign(SIZE_OF_XLOG_SHORT_PHD + records[0].len()) + records[1].len()) as u64;
+    assert_eq!(straddling.lsn, Lsn(expected_lsn));
+    assert!(straddling.committed);
+    assert_eq!(
+        straddling.time.map(crate::pg::timestamp::rfc3339_micros),
+        Some("2000-01-01T00:00:03.000000Z".to_owned())
+    );
+    assert_eq!(
+        find(second_segment, SEGMENT, None, 701),
+        None,
+        "needs the carry"
+    );
+    let aborted = find(second_segment, SEGMENT, carry, 705).unwrap();
+    assert!(!aborted.committed);
+    assert!(find(first_segment, start, None, 703).is_some_and(|end| !end.committed));
+    assert_eq!(
+        find(second_segment, SEGMENT, carry, 700),
+        None,
+        "ended earlier"
+    );
+    assert_eq!(find(second_segment, SEGMENT, carry, 9), None);
+}
+
+#[test]
+fn summaries_without_bounds_may_hold_any_xid_they_count() {
+    use crate::pg::wal_summary::SegmentSummary;
+    let stored_by_older_pitr: SegmentSummary = serde_json::from_str(
+        r#"{"first_record":null,"last_record_end":null,"first_commit_time":null,
+            "last_commit_time":null,"commits":3,"aborts":0,"restore_points":[],"end_of_wal":null,
+            "carry":null}"#,
+    )
+    .unwrap();
+    assert_eq!(stored_by_older_pitr.commit_xids, None);
+    assert!(stored_by_older_pitr.may_end_xid(12345));
+    assert!(
+        !SegmentSummary::default().may_end_xid(12345),
+        "no commits, no aborts"
+    );
 }
 
 mod fuzz {

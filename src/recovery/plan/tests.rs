@@ -10,7 +10,8 @@ use crate::catalog::wal::WalListing;
 use crate::pg::recovery_target::{TargetAction, TargetTimeline};
 use crate::pg::timeline::parse_history;
 use crate::pg::wal_name::xlog_file_name;
-use crate::pg::wal_summary::{RestorePoint, SegmentSummary};
+use crate::pg::wal_summary::{RestorePoint, SegmentSummary, XidRange};
+use crate::pg::xact_end::XactEnd;
 use crate::pg::{Lsn, WalFileName};
 
 const SEG: u64 = 16 << 20;
@@ -103,6 +104,40 @@ impl Archive {
                 time: None,
             })
         })
+    }
+
+    /// Segment `segno` of `timeline` ends transaction `xid` at `offset`, committed or aborted
+    /// at 10:`minute`: its summary's bounds hold the xid and decoding found the record.
+    fn xact(
+        self,
+        (timeline, segno, offset): (u32, u64, u64),
+        xid: u32,
+        committed: bool,
+        minute: u32,
+    ) -> Self {
+        let mut archive = self.edit(timeline, segno, |s| {
+            if committed {
+                s.commits += 1;
+                s.commit_xids = Some(XidRange::include(s.commit_xids, xid));
+                s.last_commit_time = Some(at(minute));
+            } else {
+                s.aborts += 1;
+                s.abort_xids = Some(XidRange::include(s.abort_xids, xid));
+            }
+        });
+        let file = archive
+            .view
+            .listing
+            .segment(timeline, segno)
+            .unwrap()
+            .clone();
+        let end = XactEnd {
+            lsn: lsn(segno, offset),
+            committed,
+            time: Some(at(minute)),
+        };
+        archive.view.insert_xact_end(file.name, xid, Some(end));
+        archive
     }
 
     fn edit(mut self, timeline: u32, segno: u64, change: impl FnOnce(&mut SegmentSummary)) -> Self {
@@ -291,15 +326,114 @@ fn an_unknown_restore_point_lists_the_ones_there_are() {
     assert!(text.contains("'nightly'"), "{text}");
 }
 
+/// Transactions 500 (segment 4), 700 (segment 6, while backup b ran) and 900 (segment 8)
+/// committed, 600 aborted (segment 5); backup a covers segments 2-3, b segment 6.
+fn xid_archive() -> (Archive, [BackupManifest; 2]) {
+    let archive = Archive::new(&[(1, 2, 9)], &[])
+        .xact((1, 4, 0x500), 500, true, 8)
+        .xact((1, 5, 0x500), 600, false, 9)
+        .xact((1, 6, 0x80), 700, true, 19)
+        .xact((1, 8, 0x500), 900, true, 30);
+    (
+        archive,
+        [backup("a", 1, 2, 3, 10), backup("b", 1, 6, 6, 20)],
+    )
+}
+
 #[test]
-fn an_xid_target_needs_the_archive_without_a_gap() {
-    let archive = Archive::new(&[(1, 2, 5)], &[]);
+fn an_xid_is_restored_from_the_newest_backup_that_ended_before_its_commit() {
+    let (archive, backups) = xid_archive();
+    // After backup b's end: b, and recovery reads through the commit's segment.
+    let plan = archive.plan(&backups, Target::Xid(900)).unwrap();
+    assert_eq!(plan.backup.id, "b");
+    assert_eq!(names(&plan), (6..=8).map(|s| seg(1, s)).collect::<Vec<_>>());
+    assert!(
+        plan.stops
+            .contains("after the commit of transaction 900 at 0/8000500 (2026-11-22T10:30:00Z"),
+        "{}",
+        plan.stops
+    );
+    assert!(plan.stops.contains(&seg(1, 8)), "{}", plan.stops);
+    // Before b started, and while b ran (b is consistent only at its end): a.
+    for (xid, last) in [(500, 4), (700, 6)] {
+        let plan = archive.plan(&backups, Target::Xid(xid)).unwrap();
+        assert_eq!(plan.backup.id, "a", "{xid}");
+        assert_eq!(
+            names(&plan),
+            (2..=last).map(|s| seg(1, s)).collect::<Vec<_>>()
+        );
+    }
+}
+
+#[test]
+fn an_xid_before_a_named_backup_ends_is_refused_with_where_it_committed() {
+    let (archive, backups) = xid_archive();
+    let text = unreachable_text(archive.plan_with_backup(&backups, "b", Target::Xid(700)));
+    assert!(
+        text.contains("transaction 700 committed at 0/6000080 (2026-11-22T10:19:00Z), before backup b was consistent (0/6000100)"),
+        "{text}"
+    );
+    // Before b's start: not in b's WAL at all.
+    let text = unreachable_text(archive.plan_with_backup(&backups, "b", Target::Xid(500)));
+    assert!(
+        text.contains("transaction 500 did not commit in the archived WAL after backup b"),
+        "{text}"
+    );
+}
+
+#[test]
+fn an_aborted_xid_is_refused() {
+    let (archive, backups) = xid_archive();
+    let text = unreachable_text(archive.plan(&backups, Target::Xid(600)));
+    assert!(
+        text.contains(
+            "transaction 600 aborted at 0/5000500 (2026-11-22T10:09:00Z): it never committed"
+        ),
+        "{text}"
+    );
+}
+
+#[test]
+fn an_xid_never_seen_after_any_backup_is_refused_with_the_xids_there() {
+    let (archive, backups) = xid_archive();
+    let text = unreachable_text(archive.plan(&backups, Target::Xid(1234)));
+    assert!(
+        text.contains(
+            "transaction 1234 did not commit in the archived WAL after any backup (the \
+             transactions that commit there are numbered 500 to 900)"
+        ),
+        "{text}"
+    );
+}
+
+#[test]
+fn an_xid_target_needs_the_archive_without_a_gap_before_the_commit() {
     let backups = [backup("a", 1, 2, 3, 10)];
-    let plan = archive.plan(&backups, Target::Xid(1234)).unwrap();
-    assert_eq!(plan.segments.len(), 4);
-    assert!(plan.stops.contains("after transaction 1234"));
-    let gapped = Archive::new(&[(1, 2, 3), (1, 5, 5)], &[]);
-    assert!(unreachable_text(gapped.plan(&backups, Target::Xid(1234))).contains(&seg(1, 4)));
+    let gapped = Archive::new(&[(1, 2, 3), (1, 5, 5)], &[]).xact((1, 5, 0x500), 1234, true, 20);
+    let text = unreachable_text(gapped.plan(&backups, Target::Xid(1234)));
+    assert!(
+        text.contains(&format!("WAL segment {} is missing", seg(1, 4))),
+        "{text}"
+    );
+    assert!(text.contains("the commit of transaction 1234"), "{text}");
+}
+
+#[test]
+fn an_xid_committed_on_the_parent_after_the_switch_is_reached_only_on_the_parent() {
+    let archive = Archive::new(&[(1, 2, 7), (2, 5, 7)], &[(2, "1\t0/5000100\tpromoted\n")]).xact(
+        (1, 6, 0x500),
+        800,
+        true,
+        35,
+    );
+    let backups = [backup("a", 1, 2, 3, 10)];
+    let text = unreachable_text(archive.plan(&backups, Target::Xid(800)));
+    assert!(text.contains("after backup a"), "{text}");
+    let plan = archive
+        .plan_on(&backups, Target::Xid(800), Some(TargetTimeline::Number(1)))
+        .unwrap();
+    assert_eq!(plan.timeline, 1);
+    assert_eq!(names(&plan).last().unwrap(), &seg(1, 6));
 }
 
 #[test]
@@ -416,6 +550,7 @@ fn summaries_are_needed_only_where_the_decision_reads_them() {
     );
     assert_eq!(needed(Target::Time(at(1))), 5);
     assert_eq!(needed(Target::End), 5);
+    assert_eq!(needed(Target::Xid(7)), 5);
 }
 
 impl Archive {
