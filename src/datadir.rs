@@ -48,9 +48,23 @@ pub fn running_postmaster(pgdata: &Path) -> Option<i32> {
     (pid > 0 && process_exists(pid)).then_some(pid)
 }
 
-/// Signal 0 checks for a process; EPERM means it exists but belongs to another user.
+/// Signal 0 checks for a process; EPERM means it exists but belongs to another user. A
+/// zombie (dead, not yet reaped: common under a container init that does not reap) counts
+/// as gone.
 pub(crate) fn process_exists(pid: i32) -> bool {
     // SAFETY: signal 0 sends nothing.
     let alive = unsafe { libc::kill(pid, 0) } == 0;
-    alive || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+    let exists = alive || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
+    exists && !is_zombie(pid)
+}
+
+/// From `/proc/<pid>/stat`: the state letter follows the parenthesised command name.
+fn is_zombie(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            let state = stat.rsplit_once(')')?.1.trim_start().chars().next()?;
+            Some(matches!(state, 'Z' | 'X'))
+        })
+        .unwrap_or(false)
 }

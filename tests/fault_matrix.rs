@@ -69,22 +69,37 @@ impl Drop for Tmpfs {
     }
 }
 
-/// Waits until `ready` holds, then kills `child` (and its process group's pitr) with SIGKILL.
-fn kill_when(child: &mut Child, pitr: &Pitr, ready: impl Fn() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !ready() {
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "finished before it could be killed"
-        );
-        assert!(Instant::now() < deadline, "never got there");
-        std::thread::sleep(Duration::from_millis(10));
+/// `pitr --repo URL ARGS…` as the postgres user, without runuser in between: a SIGKILL to
+/// the child reaches pitr itself.
+fn direct<I, S>(pitr: &Pitr, args: I) -> Command
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    use std::os::unix::process::CommandExt;
+    let id = |flag: &str| -> u32 {
+        run_ok(Command::new("id").args([flag, "postgres"]))
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    let mut cmd = Command::new(&pitr.bin);
+    cmd.uid(id("-u"))
+        .gid(id("-g"))
+        .arg("--repo")
+        .arg(&pitr.repo)
+        .args(args)
+        .envs(pitr.env.iter().map(|(k, v)| (k, v)));
+    cmd
+}
+
+/// kill -9; true when the child had finished successfully before.
+fn kill9(child: &mut Child) -> bool {
+    if let Ok(Some(status)) = child.try_wait() {
+        return status.success();
     }
-    let _ = Command::new("pkill")
-        .args(["-9", "-f", &format!("{} --repo", pitr.bin.display())])
-        .status();
     let _ = child.kill();
-    child.wait().unwrap();
+    child.wait().unwrap().success()
 }
 
 /// archive-get and archive-push: kill -9, a full disk under pg_wal, pushes of one name with
@@ -170,10 +185,13 @@ async fn archive_faults() {
     let children: Vec<_> = (0..6)
         .map(|i| {
             let path = if i % 2 == 0 { &segment } else { &other };
-            (
-                path.clone(),
-                racer.command(["archive-push"]).arg(path).spawn().unwrap(),
-            )
+            let child = racer
+                .command(["archive-push"])
+                .arg(path)
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            (path.clone(), child)
         })
         .collect();
     let mut stored_from = Vec::new();
@@ -181,7 +199,7 @@ async fn archive_faults() {
         let out = child.wait_with_output().unwrap();
         match code(&out) {
             0 => stored_from.push(path),
-            4 => assert!(one_line(&out).contains("different content")),
+            4 => assert!(one_line(&out).contains("different content"), "{:?}", out),
             other => panic!("archive-push exited {other}: {}", stderr(&out)),
         }
     }
@@ -202,17 +220,20 @@ async fn archive_faults() {
 }
 
 fn backup_command(pitr: &Pitr, cluster: &PgCluster) -> Command {
-    let mut cmd = pitr.command([
-        "backup".to_owned(),
-        "--pgdata".to_owned(),
-        cluster.data.display().to_string(),
-        "--dbname".to_owned(),
-        format!(
-            "host={} port={} user=postgres",
-            cluster.socket_dir.display(),
-            cluster.port
-        ),
-    ]);
+    let mut cmd = direct(
+        pitr,
+        [
+            "backup".to_owned(),
+            "--pgdata".to_owned(),
+            cluster.data.display().to_string(),
+            "--dbname".to_owned(),
+            format!(
+                "host={} port={} user=postgres",
+                cluster.socket_dir.display(),
+                cluster.port
+            ),
+        ],
+    );
     cmd.stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped());
     cmd
@@ -292,6 +313,20 @@ async fn backup_faults() {
     assert!(listed_backups(&pitr).is_empty());
     cluster.start();
 
+    // kill -9 of a backup at several moments: it is listed only if it finished, and the
+    // backups after it succeed.
+    let mut expected = 0;
+    for delay_ms in [30u64, 400, 1500] {
+        let mut child = backup_command(&pitr, &cluster).spawn().unwrap();
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        expected += usize::from(kill9(&mut child));
+        assert_eq!(
+            listed_backups(&pitr).len(),
+            expected,
+            "killed after {delay_ms} ms"
+        );
+    }
+
     // Two backups at once: both succeed, with two ids, both listed and intact.
     let first = backup_command(&pitr, &cluster).spawn().unwrap();
     let second = backup_command(&pitr, &cluster).spawn().unwrap();
@@ -300,8 +335,10 @@ async fn backup_faults() {
         assert_eq!(code(&out), 0, "{}", stderr(&out));
     }
     let listed = listed_backups(&pitr);
-    assert_eq!(listed.len(), 2, "{listed:?}");
-    assert_ne!(listed[0], listed[1]);
+    assert_eq!(listed.len(), expected + 2, "{listed:?}");
+    let mut ids = listed.clone();
+    ids.dedup();
+    assert_eq!(ids.len(), listed.len());
     // Something to switch away from: a switch right after pg_backup_stop's is a no-op.
     cluster.sql("insert into big values (0, 'after the backups')");
     cluster.archive_current_segment(Duration::from_secs(60));
@@ -404,34 +441,39 @@ async fn restore_faults() {
     assert!(entries(&full.0.join("data")).is_empty());
     drop(full);
 
-    // kill -9 mid-restore: the directory cannot be started (no pg_control yet); a restore
-    // with --force then completes it.
-    let killed = dir.path().join("killed");
-    let mut child = pitr
-        .command(["restore", "--pgdata"])
-        .arg(&killed)
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    kill_when(&mut child, &pitr, || {
-        entries(&killed.join("base")).len() > 1
-    });
-    assert!(
-        !killed.join("global/pg_control").exists(),
-        "a half-restored directory is startable"
-    );
-    let out = pitr.run(["restore", "--pgdata", &killed.display().to_string()]);
-    assert_eq!(code(&out), 7, "{}", stderr(&out));
-    assert!(one_line(&out).contains("--force"), "{}", stderr(&out));
-    let out = pitr.run([
-        "restore",
-        "--force",
-        "--pgdata",
-        &killed.display().to_string(),
-    ]);
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
-    assert!(killed.join("global/pg_control").exists());
-    assert_verifybackup(&killed);
+    // kill -9 mid-restore, at several moments (pre-flight, copy, sync, the last files): the
+    // directory is whole or cannot be started (no pg_control yet); a restore with --force
+    // then completes it.
+    for (i, delay_ms) in [20u64, 150, 400, 900].into_iter().enumerate() {
+        let killed = dir.path().join(format!("killed-{i}"));
+        let mut child = direct(&pitr, ["restore", "--pgdata"])
+            .arg(&killed)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        if kill9(&mut child) {
+            assert_verifybackup(&killed);
+            continue;
+        }
+        assert!(
+            !killed.join("global/pg_control").exists(),
+            "a half-restored directory is startable (killed after {delay_ms} ms)"
+        );
+        if killed.exists() && !entries(&killed).is_empty() {
+            let out = pitr.run(["restore", "--pgdata", &killed.display().to_string()]);
+            assert_eq!(code(&out), 7, "{}", stderr(&out));
+            assert!(one_line(&out).contains("--force"), "{}", stderr(&out));
+        }
+        let out = pitr.run([
+            "restore",
+            "--force",
+            "--pgdata",
+            &killed.display().to_string(),
+        ]);
+        assert_eq!(code(&out), 0, "{}", stderr(&out));
+        assert_verifybackup(&killed);
+    }
 
     // With the faults gone the same restore succeeds, in-process too.
     restore(&catalog, &restore_options(target.clone()))

@@ -199,6 +199,11 @@ async fn a_put_failing_mid_backup_leaves_no_listed_backup() {
     cluster.sql("create table t as select g from generate_series(1, 100000) g");
 
     for fault in [
+        // The first data object.
+        Fault::on(Op::Put)
+            .matching("/data/")
+            .nth(1)
+            .fail(FaultKind::Timeout),
         // A data object in the middle of the copy.
         Fault::on(Op::Put)
             .matching("/data/")
@@ -226,8 +231,8 @@ async fn a_put_failing_mid_backup_leaves_no_listed_backup() {
     assert_eq!(listed[0].id, id);
     assert_eq!(
         catalog.backup_objects().await.unwrap().len(),
-        3,
-        "two leftovers and the backup"
+        4,
+        "three leftovers and the backup"
     );
 }
 
