@@ -10,20 +10,6 @@ use common::*;
 use pitr::catalog::backup::BackupManifest;
 use pitr::storage::read_all;
 
-fn backup_args(cluster: &PgCluster) -> Vec<String> {
-    vec![
-        "backup".into(),
-        "--pgdata".into(),
-        cluster.data.display().to_string(),
-        "--dbname".into(),
-        format!(
-            "host={} port={} user=postgres",
-            cluster.socket_dir.display(),
-            cluster.port
-        ),
-    ]
-}
-
 async fn backup_holds_the_cluster(name: &str, repo: impl FnOnce(&TestDir) -> Repo) {
     let dir = TestDir::new(name);
     let repo = repo(&dir);

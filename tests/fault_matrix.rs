@@ -220,20 +220,7 @@ async fn archive_faults() {
 }
 
 fn backup_command(pitr: &Pitr, cluster: &PgCluster) -> Command {
-    let mut cmd = direct(
-        pitr,
-        [
-            "backup".to_owned(),
-            "--pgdata".to_owned(),
-            cluster.data.display().to_string(),
-            "--dbname".to_owned(),
-            format!(
-                "host={} port={} user=postgres",
-                cluster.socket_dir.display(),
-                cluster.port
-            ),
-        ],
-    );
+    let mut cmd = direct(pitr, backup_args(cluster));
     cmd.stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped());
     cmd

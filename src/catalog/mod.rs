@@ -101,6 +101,22 @@ impl RepositoryIdentity {
         }
     }
 
+    /// An identity for constructed archives in tests.
+    #[cfg(test)]
+    pub(crate) fn for_tests(wal_segment_size: u64, wal_block_size: u32) -> Self {
+        RepositoryIdentity {
+            format: REPOSITORY_FORMAT,
+            system_identifier: 1,
+            pg_version: 15,
+            pg_control_version: 1300,
+            catalog_version: 1,
+            wal_segment_size,
+            wal_block_size,
+            created_at: String::new(),
+            created_by: String::new(),
+        }
+    }
+
     /// Parses `repository.json`, refusing values no cluster has (a segment size that is not a
     /// power of two would break every WAL computation later).
     pub fn parse(bytes: &[u8]) -> Result<Self, String> {

@@ -23,6 +23,32 @@ pub use lsn::Lsn;
 pub use wal_name::{WalFileKind, WalFileName};
 pub use wal_page::WalLongPageHeader;
 
+/// Bytes of WAL handed to a decoder at a time: decoded records queue per piece, so a small
+/// piece bounds memory.
+pub const FEED_BYTES: usize = 64 << 10;
+
+/// Something that consumes WAL in pieces (a summarizer, a transaction search).
+pub trait FeedWal {
+    fn feed(&mut self, piece: &[u8]);
+}
+
+/// A [`FeedWal`] as a writer, so that the decompressor can stream a segment into it in
+/// bounded pieces (decoded records queue per piece).
+pub struct WalWriter<T>(pub T);
+
+impl<T: FeedWal> std::io::Write for WalWriter<T> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        for piece in buf.chunks(FEED_BYTES) {
+            self.0.feed(piece);
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// A PostgreSQL file that is not what it should be.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum PgFormatError {

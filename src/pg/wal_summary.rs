@@ -18,8 +18,6 @@ use super::wal_reader::{
 /// restore point records are far smaller; full-page images are not carried at all).
 pub const MAX_CARRY: usize = 64 << 10;
 
-const FEED_BYTES: usize = 64 << 10;
-
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SegmentSummary {
     /// LSN of the first record completed in this segment.
@@ -118,7 +116,7 @@ pub fn summarize_segment(
     let mut summarizer =
         SegmentSummarizer::new(segment_start, wal_segment_size, block_size, carry_in);
     // A bounded piece at a time, so that decoded records never pile up.
-    for piece in segment.chunks(FEED_BYTES) {
+    for piece in segment.chunks(super::FEED_BYTES) {
         summarizer.feed(piece);
     }
     summarizer.finish()
@@ -239,16 +237,8 @@ pub(crate) fn segment_decoder(
         .checking(RecordCheck::TargetRecords)
 }
 
-/// Fed by the decompressor.
-impl std::io::Write for SegmentSummarizer {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        for piece in buf.chunks(FEED_BYTES) {
-            self.feed(piece);
-        }
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
+impl super::FeedWal for SegmentSummarizer {
+    fn feed(&mut self, piece: &[u8]) {
+        SegmentSummarizer::feed(self, piece);
     }
 }

@@ -7,8 +7,6 @@ use super::Lsn;
 use super::wal_reader::{RecordKind, WalDecoder, XactAction, timestamp_to_utc};
 use super::wal_summary::{Carry, segment_decoder};
 
-const FEED_BYTES: usize = 64 << 10;
-
 /// The record that ended a transaction, as recovery meets it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct XactEnd {
@@ -31,7 +29,7 @@ pub fn find_xact_end(
     xid: u32,
 ) -> Option<XactEnd> {
     let mut finder = XactEndFinder::new(segment_start, wal_segment_size, block_size, carry_in, xid);
-    for piece in segment.chunks(FEED_BYTES) {
+    for piece in segment.chunks(super::FEED_BYTES) {
         finder.feed(piece);
     }
     finder.finish()
@@ -91,16 +89,8 @@ impl XactEndFinder {
     }
 }
 
-/// Fed by the decompressor.
-impl std::io::Write for XactEndFinder {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        for piece in buf.chunks(FEED_BYTES) {
-            self.feed(piece);
-        }
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
+impl super::FeedWal for XactEndFinder {
+    fn feed(&mut self, piece: &[u8]) {
+        XactEndFinder::feed(self, piece);
     }
 }

@@ -12,7 +12,7 @@ use crate::pg::timeline::{HistoryEntry, TimelineSpan, parse_history, timeline_of
 use crate::pg::wal_name::xlog_file_name;
 use crate::pg::wal_summary::{SegmentSummarizer, SegmentSummary};
 use crate::pg::xact_end::XactEnd;
-use crate::pg::{Lsn, WalFileName};
+use crate::pg::{Lsn, WalFileName, WalWriter};
 
 use super::walk::Walk;
 
@@ -199,8 +199,8 @@ impl ArchiveView {
                 .and_then(|s| s.carry.clone());
             let summarizer =
                 SegmentSummarizer::new(start, self.segment_size, self.block_size, carry.as_ref());
-            let (summarizer, _) = catalog
-                .decode_opened(opened, "the WAL summarizer", summarizer)
+            let (WalWriter(summarizer), _) = catalog
+                .decode_opened(opened, "the WAL summarizer", WalWriter(summarizer))
                 .await?;
             let summary = summarizer.finish();
             if store {

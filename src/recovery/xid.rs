@@ -6,6 +6,7 @@ use futures_util::{StreamExt, stream};
 
 use crate::catalog::wal::ArchivedFile;
 use crate::catalog::{Catalog, CatalogError};
+use crate::pg::WalWriter;
 use crate::pg::xact_end::XactEndFinder;
 
 use super::view::ArchiveView;
@@ -56,8 +57,8 @@ pub async fn search_walk(
             carry.as_ref(),
             xid,
         );
-        let (finder, _) = catalog
-            .decode_opened(opened, "the transaction search", finder)
+        let (WalWriter(finder), _) = catalog
+            .decode_opened(opened, "the transaction search", WalWriter(finder))
             .await?;
         let found = finder.finish();
         let is_found = found.is_some();
@@ -101,17 +102,7 @@ mod tests {
             std::fs::write(&path, write_wal(segno * SEGMENT, &records, 1)).unwrap();
             catalog.store_wal(&name, &path, 1).await.unwrap();
         }
-        let identity = RepositoryIdentity {
-            format: 1,
-            system_identifier: 1,
-            pg_version: 15,
-            pg_control_version: 1300,
-            catalog_version: 1,
-            wal_segment_size: SEGMENT,
-            wal_block_size: BLOCK as u32,
-            created_at: String::new(),
-            created_by: String::new(),
-        };
+        let identity = RepositoryIdentity::for_tests(SEGMENT, BLOCK as u32);
         let listing = catalog.wal_listing(SEGMENT).await.unwrap();
         let view = ArchiveView::new(&identity, listing, BTreeMap::new());
         let files: Vec<ArchivedFile> = (1..=3)

@@ -129,20 +129,9 @@ impl Pitr {
         self.command(args).output().unwrap()
     }
 
-    /// The `archive_command` that PostgreSQL runs.
     /// Takes a backup of `cluster`; returns its id.
     pub fn backup(&self, cluster: &PgCluster) -> String {
-        let out = self.run([
-            "backup".to_owned(),
-            "--pgdata".to_owned(),
-            cluster.data.display().to_string(),
-            "--dbname".to_owned(),
-            format!(
-                "host={} port={} user=postgres",
-                cluster.socket_dir.display(),
-                cluster.port
-            ),
-        ]);
+        let out = self.run(backup_args(cluster));
         assert_eq!(code(&out), 0, "{}", stderr(&out));
         String::from_utf8_lossy(&out.stdout)
             .split_whitespace()
@@ -160,6 +149,21 @@ impl Pitr {
             self.repo
         )
     }
+}
+
+/// `backup --pgdata DATA --dbname CONNINFO` for `cluster`.
+pub fn backup_args(cluster: &PgCluster) -> Vec<String> {
+    vec![
+        "backup".into(),
+        "--pgdata".into(),
+        cluster.data.display().to_string(),
+        "--dbname".into(),
+        format!(
+            "host={} port={} user=postgres",
+            cluster.socket_dir.display(),
+            cluster.port
+        ),
+    ]
 }
 
 pub fn code(out: &Output) -> i32 {

@@ -61,17 +61,7 @@ struct Archive {
 impl Archive {
     /// Segments as (timeline, first, last) runs; histories as (timeline, text).
     fn new(runs: &[(u32, u64, u64)], histories: &[(u32, &str)]) -> Self {
-        let identity = RepositoryIdentity {
-            format: 1,
-            system_identifier: 1,
-            pg_version: 15,
-            pg_control_version: 1300,
-            catalog_version: 1,
-            wal_segment_size: SEG,
-            wal_block_size: 8192,
-            created_at: String::new(),
-            created_by: String::new(),
-        };
+        let identity = RepositoryIdentity::for_tests(SEG, 8192);
         let mut files: Vec<(WalFileName, u64)> = runs
             .iter()
             .flat_map(|&(t, first, last)| (first..=last).map(move |s| seg(t, s)))
