@@ -80,10 +80,20 @@ read -r pgbr_b pgbr_b_rss < <(measure $PGBR --type=full backup)
 as_pg "$PG_BIN/pg_ctl" -D "$WORK/data" -m fast -w stop >/dev/null
 sync
 read -r pitr_r pitr_r_rss < <(measure $PITR restore --pgdata "$WORK/restore-pitr" --target immediate)
-# The cost of durability: the same restore without its fsync pass (then synced outside the
-# timing, so that the next run starts from the same state).
-read -r pitr_nosync _ < <(measure $PITR restore --no-sync --pgdata "$WORK/restore-pitr-nosync" --target immediate)
-sync
+# The cost of durability: the same restore without its fsync pass (synced outside the timing
+# so that each run starts from the same state), alternated with more synced runs; best of
+# each, since this VM's memory makes consecutive runs uneven.
+best() { awk -v a="$1" -v b="$2" 'BEGIN { print (a < b ? a : b) }'; }
+restore_once() {
+  as_pg rm -rf "$WORK/restore-again"
+  read -r t _ < <(measure $PITR restore "$@" --pgdata "$WORK/restore-again" --target immediate)
+  sync
+  echo "$t"
+}
+pitr_nosync=$(restore_once --no-sync)
+pitr_nosync=$(best "$pitr_nosync" "$(restore_once --no-sync)")
+pitr_sync=$(best "$pitr_r" "$(restore_once)")
+pitr_sync=$(best "$pitr_sync" "$(restore_once)")
 read -r pgbr_r pgbr_r_rss < <(measure $PGBR --pg1-path="$WORK/restore-pgbr" restore)
 
 mbs() { awk -v b="$size" -v s="$1" 'BEGIN { printf "%.0f MB/s", b / 1e6 / s }'; }
@@ -93,5 +103,5 @@ printf '%-10s %8ss %9s %12s %8ss %9s %8s %8s\n' backup "$pitr_b" "$(mbs "$pitr_b
 printf '%-10s %8ss %9s %12s %8ss %9s %8s %8s\n' restore "$pitr_r" "$(mbs "$pitr_r")" "" "$pgbr_r" "$(mbs "$pgbr_r")" "" "$(ratio "$pgbr_r" "$pitr_r")"
 echo "peak RSS: pitr backup $((pitr_b_rss / 1024)) MiB, restore $((pitr_r_rss / 1024)) MiB; pgBackRest backup $((pgbr_b_rss / 1024)) MiB, restore $((pgbr_r_rss / 1024)) MiB (main process)"
 echo "stored: pitr $(( $(du -sb "$WORK/pitr-repo/backup" | cut -f1) / 1048576 )) MiB, pgBackRest $(( $(du -sb "$WORK/pgbr-repo/backup" | cut -f1) / 1048576 )) MiB"
-awk -v s="$pitr_r" -v n="$pitr_nosync" 'BEGIN { printf "restore fsync cost: %.2f s with, %.2f s without (%+.0f%%; target under 15%%)\n", s, n, (s / n - 1) * 100 }'
+awk -v s="$pitr_sync" -v n="$pitr_nosync" 'BEGIN { printf "restore fsync cost (best of 3 with, 2 without): %.2f s with, %.2f s without (%+.0f%%; target under 15%%)\n", s, n, (s / n - 1) * 100 }'
 echo "(target: pitr at least 2x pgBackRest's throughput for both, peak RSS under 100 MB)"
