@@ -436,7 +436,14 @@ impl Write for FileSplitter {
             let n = want.min(data.len());
             handle.write_all(&data[..n])?;
             *crc = crc32c::crc32c_append(*crc, &data[..n]);
+            // In a large file, write-back starts every WRITEBACK_STEP, not only at its end.
+            let before = *length / WRITEBACK_STEP;
             *length += n as u64;
+            if self.start_writeback && *length / WRITEBACK_STEP > before {
+                let file_offset = self.files[self.index].file_offset;
+                let done = before * WRITEBACK_STEP;
+                start_writeback(handle, file_offset + done, *length - done);
+            }
             self.written += n as u64;
             data = &data[n..];
             self.close_if_complete()?;
@@ -585,6 +592,9 @@ async fn sync_restored(roots: Vec<PathBuf>, jobs: usize) -> Result<()> {
         .try_collect::<()>()
         .await
 }
+
+/// How much of a large file is written before its write-back is started.
+const WRITEBACK_STEP: u64 = 4 << 20;
 
 /// Asks the kernel to write a range of a file to disk now, without waiting
 /// (`sync_file_range(SYNC_FILE_RANGE_WRITE)`, as PostgreSQL's initdb does before its fsyncs):
