@@ -576,7 +576,7 @@ async fn sync_restored(roots: Vec<PathBuf>, jobs: usize) -> Result<()> {
         Ok(paths)
     })
     .await?;
-    let batches: Vec<Vec<PathBuf>> = paths.chunks(64).map(<[PathBuf]>::to_vec).collect();
+    let batches: Vec<Vec<PathBuf>> = paths.chunks(16).map(<[PathBuf]>::to_vec).collect();
     stream::iter(batches)
         .map(|batch| {
             blocking(move || {
@@ -588,7 +588,8 @@ async fn sync_restored(roots: Vec<PathBuf>, jobs: usize) -> Result<()> {
                 Ok(())
             })
         })
-        .buffer_unordered(jobs.max(1))
+        // fsync mostly waits for the journal: many in flight share its commits.
+        .buffer_unordered(jobs.max(1) * 8)
         .try_collect::<()>()
         .await
 }
