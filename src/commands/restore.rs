@@ -553,7 +553,7 @@ fn write_private_file(path: &Path, content: &str) -> Result<()> {
 }
 
 /// fsyncs every file and directory under `roots` (the data directory and the tablespaces),
-/// `jobs` at once: a restore reported done survives a power loss.
+/// many at once: a restore reported done survives a power loss.
 async fn sync_restored(roots: Vec<PathBuf>, jobs: usize) -> Result<()> {
     let paths = blocking(move || {
         let mut paths = Vec::new();

@@ -4,10 +4,10 @@
 use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Utc};
-use futures_util::{StreamExt, TryStreamExt, stream};
+use futures_util::{Stream, StreamExt, TryStreamExt, stream};
 
 use crate::catalog::wal::{ArchivedFile, WalListing};
-use crate::catalog::{Catalog, CatalogError, RepositoryIdentity};
+use crate::catalog::{Catalog, CatalogError, OpenedObject, RepositoryIdentity};
 use crate::pg::timeline::{HistoryEntry, TimelineSpan, parse_history, timeline_of_segment};
 use crate::pg::wal_name::xlog_file_name;
 use crate::pg::wal_summary::{SegmentSummarizer, SegmentSummary};
@@ -181,14 +181,7 @@ impl ArchiveView {
             .filter(|(_, f)| !self.summaries.contains_key(&f.name))
             .map(|(i, f)| (i.checked_sub(1).map(|p| files[p].name.clone()), f.clone()))
             .collect();
-        let mut opened = stream::iter(missing)
-            .map(|(previous, file)| async move {
-                let opened = catalog
-                    .open_object(&file.object, file.name.to_string())
-                    .await;
-                (previous, file, opened)
-            })
-            .buffered(jobs.max(1));
+        let mut opened = open_in_order(catalog, missing, jobs);
         while let Some((previous, file, opened)) = opened.next().await {
             let opened = opened?;
             let Some(start) = file.name.start_lsn(self.segment_size) else {
@@ -210,6 +203,23 @@ impl ArchiveView {
         }
         Ok(())
     }
+}
+
+/// Opens the archived files of `items` in their order, `jobs` ahead of the one being read, so
+/// that a slow store's latency stays off the decoder's path; each comes with its tag.
+pub(super) fn open_in_order<'a, T: 'a>(
+    catalog: &'a Catalog,
+    items: Vec<(T, ArchivedFile)>,
+    jobs: usize,
+) -> impl Stream<Item = (T, ArchivedFile, Result<OpenedObject, CatalogError>)> + 'a {
+    stream::iter(items)
+        .map(move |(tag, file)| async move {
+            let opened = catalog
+                .open_object(&file.object, file.name.to_string())
+                .await;
+            (tag, file, opened)
+        })
+        .buffered(jobs.max(1))
 }
 
 #[cfg(test)]

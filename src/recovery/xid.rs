@@ -2,14 +2,14 @@
 //! its commit or abort are decoded through the catalog, in the order recovery reads them,
 //! until one does. What each decode found goes into the view for the pure decision.
 
-use futures_util::{StreamExt, stream};
+use futures_util::StreamExt;
 
 use crate::catalog::wal::ArchivedFile;
 use crate::catalog::{Catalog, CatalogError};
 use crate::pg::WalWriter;
 use crate::pg::xact_end::XactEndFinder;
 
-use super::view::ArchiveView;
+use super::view::{ArchiveView, open_in_order};
 
 /// Searches `files` (a walk, summarised) for the end of transaction `xid`; `jobs` objects
 /// are opened ahead, each is decoded as a stream (never held whole).
@@ -31,14 +31,7 @@ pub async fn search_walk(
         })
         .map(|(i, f)| (i, f.clone()))
         .collect();
-    let mut opened = stream::iter(to_decode)
-        .map(|(index, file)| async move {
-            let opened = catalog
-                .open_object(&file.object, file.name.to_string())
-                .await;
-            (index, file, opened)
-        })
-        .buffered(jobs.max(1));
+    let mut opened = open_in_order(catalog, to_decode, jobs);
     while let Some((index, file, opened)) = opened.next().await {
         let opened = opened?;
         let Some(start) = file.name.start_lsn(view.segment_size) else {
