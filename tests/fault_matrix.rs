@@ -124,14 +124,13 @@ async fn archive_faults() {
     let pg_wal = dir.subdir("pg_wal");
     let dest = pg_wal.join("RECOVERYXLOG");
     for delay_ms in [0u64, 5, 15, 40] {
-        let mut child = pitr
-            .command(["archive-get", FIRST])
+        // direct(): the kill must reach pitr itself, not a runuser that would orphan it.
+        let mut child = direct(&pitr, ["archive-get", FIRST])
             .arg(&dest)
             .spawn()
             .unwrap();
         std::thread::sleep(Duration::from_millis(delay_ms));
-        let _ = child.kill();
-        child.wait().unwrap();
+        kill9(&mut child);
         if dest.exists() {
             assert!(
                 std::fs::read(&dest).unwrap() == original,
