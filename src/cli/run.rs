@@ -24,7 +24,11 @@ use crate::recovery::plan::PlanRequest;
 pub async fn run(cli: Cli) -> Result<u8> {
     let (started, clock) = (chrono::Utc::now(), std::time::Instant::now());
     let command = cli.command.name();
-    let settings = resolved_settings(&cli.global).ok();
+    // Read for the hook only where it may notify: archive-push runs once per WAL segment.
+    let settings = notify::NOTIFYING_COMMANDS
+        .contains(&command)
+        .then(|| resolved_settings(&cli.global).ok())
+        .flatten();
     let outcome = run_command(cli).await;
     notify::after_command(
         settings.as_ref(),
