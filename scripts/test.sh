@@ -13,6 +13,8 @@ need_apt=()
 command -v psql >/dev/null || need_apt+=(postgresql-client-15)
 command -v pkill >/dev/null || need_apt+=(procps)
 command -v runuser >/dev/null || need_apt+=(util-linux)
+# tests/unattended.rs checks contrib/systemd with systemd-analyze verify.
+[ -x /usr/bin/systemd-analyze ] || need_apt+=(systemd)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "missing: ${need_apt[*]}; install them (sudo apt-get install ${need_apt[*]}) and rerun" >&2

@@ -26,6 +26,12 @@ pub struct Settings {
     pub storage_timeout: Option<u64>,
     /// Seconds a failing repository request is retried for, in all.
     pub storage_retry_time: Option<u64>,
+    /// Seconds after which an S3 lock object's heartbeat is stale and the lock taken over.
+    pub lock_stale_after: Option<u64>,
+    /// Webhook (Slack, Discord, Mattermost) told when a command fails.
+    pub notify_url: Option<String>,
+    /// Tell the webhook about successes too.
+    pub notify_on_success: Option<bool>,
 }
 
 impl Settings {
@@ -57,6 +63,9 @@ impl Settings {
             s3_path_style: self.s3_path_style.or(lower.s3_path_style),
             storage_timeout: self.storage_timeout.or(lower.storage_timeout),
             storage_retry_time: self.storage_retry_time.or(lower.storage_retry_time),
+            lock_stale_after: self.lock_stale_after.or(lower.lock_stale_after),
+            notify_url: self.notify_url.or(lower.notify_url),
+            notify_on_success: self.notify_on_success.or(lower.notify_on_success),
         }
     }
 }
@@ -67,6 +76,8 @@ pub struct RepoConfig {
     pub location: RepoLocation,
     pub s3: S3Options,
     pub retry: RetryPolicy,
+    /// See [`crate::catalog::Catalog::with_lock_stale_after`].
+    pub lock_stale_after: Duration,
 }
 
 impl RepoConfig {
@@ -90,7 +101,17 @@ impl RepoConfig {
         if let Some(seconds) = settings.storage_retry_time {
             retry.total = Duration::from_secs(seconds);
         }
+        let lock_stale_after = match settings.lock_stale_after {
+            Some(0) => {
+                return Err(Error::Config(
+                    "lock_stale_after must be at least 1 second".into(),
+                ));
+            }
+            Some(seconds) => Duration::from_secs(seconds),
+            None => crate::catalog::lock::DEFAULT_LOCK_STALE_AFTER,
+        };
         Ok(RepoConfig {
+            lock_stale_after,
             location: RepoLocation::parse(url).map_err(Error::Config)?,
             s3: S3Options {
                 endpoint: settings.s3_endpoint.clone(),
@@ -115,7 +136,8 @@ mod tests {
     fn flags_then_env_then_file() {
         let file = Settings::from_toml(
             "repo = \"/from/file\"\ns3_endpoint = \"http://file\"\ns3_path_style = true\n\
-             storage_timeout = 7\nstorage_retry_time = 30\n",
+             storage_timeout = 7\nstorage_retry_time = 30\nlock_stale_after = 90\n\
+             notify_url = \"https://hooks.example/x\"\nnotify_on_success = true\n",
             Path::new("pitr.toml"),
         )
         .unwrap();
@@ -127,7 +149,14 @@ mod tests {
         assert_eq!(merged.repo.as_deref(), Some("s3://bucket/cli"));
         assert_eq!(merged.s3_endpoint.as_deref(), Some("http://file"));
         assert_eq!(merged.s3_path_style, Some(true));
-        let retry = RepoConfig::resolve(&merged).unwrap().retry;
+        assert_eq!(
+            merged.notify_url.as_deref(),
+            Some("https://hooks.example/x")
+        );
+        assert_eq!(merged.notify_on_success, Some(true));
+        let resolved = RepoConfig::resolve(&merged).unwrap();
+        assert_eq!(resolved.lock_stale_after, Duration::from_secs(90));
+        let retry = resolved.retry;
         assert_eq!(retry.attempt_timeout, Duration::from_secs(7));
         assert_eq!(retry.total, Duration::from_secs(30));
     }

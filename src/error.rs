@@ -18,6 +18,7 @@ pub const EXIT_INVALID_INPUT: u8 = 7;
 pub const EXIT_INCOMPLETE: u8 = 8;
 pub const EXIT_SERVER: u8 = 9;
 pub const EXIT_LOCAL_IO: u8 = 10;
+pub const EXIT_LOCKED: u8 = 11;
 
 /// One row of the exit-code table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -74,6 +75,11 @@ pub const EXIT_CODES: &[ExitCode] = &[
         code: EXIT_LOCAL_IO,
         meaning: "local I/O error: a local file or directory could not be read or written (disk \
                   full, permissions)",
+    },
+    ExitCode {
+        code: EXIT_LOCKED,
+        meaning: "locked: another backup or expire holds the repository lock; the message names \
+                  it (command, host, pid, since)",
     },
 ];
 
@@ -173,6 +179,9 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// Another process holds the repository lock.
+    #[error("{0}")]
+    Locked(String),
 }
 
 impl Error {
@@ -188,6 +197,7 @@ impl Error {
             Error::Incomplete(_) => EXIT_INCOMPLETE,
             Error::Server(_) => EXIT_SERVER,
             Error::LocalIo { .. } => EXIT_LOCAL_IO,
+            Error::Locked(_) => EXIT_LOCKED,
         }
     }
 
@@ -236,6 +246,7 @@ impl From<CatalogError> for Error {
                 reason,
             },
             e @ CatalogError::NotInitialised { .. } => Error::WrongRepository(e.to_string()),
+            CatalogError::Locked(locked) => Error::Locked(locked.to_string()),
         }
     }
 }
@@ -260,7 +271,7 @@ mod tests {
     #[test]
     fn the_table_lists_every_code_once_in_order() {
         let codes: Vec<u8> = EXIT_CODES.iter().map(|row| row.code).collect();
-        assert_eq!(codes, (0..=EXIT_LOCAL_IO).collect::<Vec<_>>());
+        assert_eq!(codes, (0..=EXIT_LOCKED).collect::<Vec<_>>());
     }
 
     #[test]
@@ -286,9 +297,10 @@ mod tests {
             Error::Incomplete(String::new()),
             Error::Server(String::new()),
             Error::local_io("", std::io::Error::other("x")),
+            Error::Locked(String::new()),
         ];
         let codes: Vec<u8> = errors.iter().map(Error::exit_code).collect();
-        assert_eq!(codes, (1..=EXIT_LOCAL_IO).collect::<Vec<_>>());
+        assert_eq!(codes, (1..=EXIT_LOCKED).collect::<Vec<_>>());
     }
 
     /// The contract as users read it: README.md and docs/operations.md carry the tables.

@@ -10,11 +10,13 @@
 //! wal/history/<TLI>.history.lz4                     timeline history files
 //! wal/.../<name>.summary.json                       the WAL index (see `wal_index`)
 //! backup/<id>/data/<n>.lz4, backup/<id>/manifest.json   base backups (see `backup`)
+//! lock.json                                         the repository lock (see `lock`)
 //! ```
 //! Every `.lz4` object is in the codec's format (LZ4 frames and a checksummed trailer): the
 //! catalog encodes what it stores and verifies what it reads.
 
 pub mod backup;
+pub mod lock;
 mod sealed;
 pub mod wal;
 pub mod wal_index;
@@ -68,6 +70,9 @@ pub enum CatalogError {
     },
     #[error(transparent)]
     Storage(#[from] StorageError),
+    /// Another process holds the repository lock.
+    #[error("{0}")]
+    Locked(Box<lock::LockedBy>),
 }
 
 /// Which cluster a repository belongs to, recorded by `pitr init`.
@@ -202,11 +207,15 @@ pub enum Stored {
 #[derive(Clone, Debug)]
 pub struct Catalog {
     storage: Arc<dyn Storage>,
+    lock_stale_after: std::time::Duration,
 }
 
 impl Catalog {
     pub fn new(storage: Arc<dyn Storage>) -> Self {
-        Catalog { storage }
+        Catalog {
+            storage,
+            lock_stale_after: lock::DEFAULT_LOCK_STALE_AFTER,
+        }
     }
 
     /// Where the repository is, for messages.

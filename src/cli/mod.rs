@@ -2,6 +2,7 @@
 //! prints (`render`), the terminal progress bar (`progress`), and the glue from arguments to
 //! a command's options (`run`).
 
+pub mod notify;
 mod progress;
 mod render;
 pub mod restore_command;
@@ -41,7 +42,7 @@ pub struct GlobalArgs {
     pub repo: Option<String>,
 
     /// TOML file with the same settings (repo, s3_endpoint, s3_path_style, storage_timeout,
-    /// storage_retry_time).
+    /// storage_retry_time, lock_stale_after, notify_url, notify_on_success).
     #[arg(long, global = true, env = "PITR_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
 
@@ -81,6 +82,34 @@ pub struct GlobalArgs {
     )]
     pub storage_retry_time: Option<u64>,
 
+    /// Seconds after which an S3 repository lock whose heartbeat stopped is taken over
+    /// (default 300).
+    #[arg(
+        long,
+        global = true,
+        env = "PITR_LOCK_STALE_AFTER",
+        value_name = "SECONDS"
+    )]
+    pub lock_stale_after: Option<u64>,
+
+    /// Webhook URL (Slack, Discord, Mattermost) to POST to when backup or verify fails.
+    #[arg(long, global = true, env = "PITR_NOTIFY_URL", value_name = "URL")]
+    pub notify_url: Option<String>,
+
+    /// Notify on success too. A bare flag means true; give a value only as
+    /// --notify-on-success=false.
+    #[arg(
+        long,
+        global = true,
+        env = "PITR_NOTIFY_ON_SUCCESS",
+        value_name = "BOOL",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true",
+        value_parser = BoolishValueParser::new()
+    )]
+    pub notify_on_success: Option<bool>,
+
     /// More output: -v one line per file, -vv debug.
     #[arg(short, long, global = true, action = ArgAction::Count)]
     pub verbose: u8,
@@ -99,6 +128,9 @@ impl GlobalArgs {
             s3_path_style: self.s3_path_style,
             storage_timeout: self.storage_timeout,
             storage_retry_time: self.storage_retry_time,
+            lock_stale_after: self.lock_stale_after,
+            notify_url: self.notify_url.clone(),
+            notify_on_success: self.notify_on_success,
         }
     }
 }

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::{Cli, Command, progress, render, restore_command};
+use super::{Cli, Command, notify, progress, render, restore_command};
 use crate::catalog::Catalog;
 use crate::commands::archive_get::{ArchiveGetOptions, archive_get};
 use crate::commands::archive_push::{ArchivePushOptions, archive_push};
@@ -19,20 +19,47 @@ use crate::error::{EXIT_OK, Result};
 use crate::pg::recovery_target::{RecoveryRequest, Target};
 use crate::recovery::plan::PlanRequest;
 
-/// Runs the command the arguments name; the exit code when it ran to completion.
+/// Runs the command the arguments name; the exit code when it ran to completion. Then tells
+/// the `notify_url` webhook how it went, for the commands that notify (see `notify`).
 pub async fn run(cli: Cli) -> Result<u8> {
+    let (started, clock) = (chrono::Utc::now(), std::time::Instant::now());
+    let command = cli.command.name();
+    // Read for the hook only where it may notify: archive-push runs once per WAL segment.
+    let settings = notify::NOTIFYING_COMMANDS
+        .contains(&command)
+        .then(|| resolved_settings(&cli.global).ok())
+        .flatten();
+    let outcome = run_command(cli).await;
+    notify::after_command(
+        settings.as_ref(),
+        command,
+        started,
+        clock.elapsed(),
+        &outcome,
+    )
+    .await;
+    outcome
+}
+
+/// Flags and environment over the config file.
+fn resolved_settings(global: &super::GlobalArgs) -> Result<Settings> {
+    let settings = global.settings();
+    match &global.config {
+        Some(path) => Ok(settings.over(Settings::read_file(path)?)),
+        None => Ok(settings),
+    }
+}
+
+async fn run_command(cli: Cli) -> Result<u8> {
     if let Command::Demo { dir } = cli.command {
         // The demo sets up its own repository.
         let options = DemoOptions { dir };
         crate::run_blocking(move || demo(&options)).await?;
         return Ok(EXIT_OK);
     }
-    let mut settings = cli.global.settings();
-    if let Some(path) = &cli.global.config {
-        settings = settings.over(Settings::read_file(path)?);
-    }
+    let settings = resolved_settings(&cli.global)?;
     let config = RepoConfig::resolve(&settings)?;
-    let catalog = Catalog::new(config.open().await?);
+    let catalog = Catalog::new(config.open().await?).with_lock_stale_after(config.lock_stale_after);
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
 
     match cli.command {

@@ -14,10 +14,10 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use futures_util::{StreamExt, TryStreamExt, stream};
 
-use crate::catalog::Catalog;
 use crate::catalog::backup::{
     BackupDirectory, BackupFile, BackupManifest, MANIFEST_FORMAT, Tablespace,
 };
+use crate::catalog::{Catalog, RepositoryIdentity};
 use crate::datadir::read_cluster_identity;
 use crate::error::{Error, Result};
 use crate::pg::WalFileName;
@@ -61,9 +61,23 @@ struct SourceFile {
     mtime: i64,
 }
 
+/// Takes a backup under the repository lock, which it holds for the whole run: a second
+/// backup (or an expire) meanwhile is refused at once, naming this one.
 pub async fn backup(catalog: &Catalog, options: &BackupOptions) -> Result<BackupReport> {
     let started = Instant::now();
     let identity = catalog.identity().await?;
+    let lock = catalog.lock("backup").await?;
+    let result = backup_locked(catalog, options, identity, started).await;
+    lock.release().await;
+    result
+}
+
+async fn backup_locked(
+    catalog: &Catalog,
+    options: &BackupOptions,
+    identity: RepositoryIdentity,
+    started: Instant,
+) -> Result<BackupReport> {
     let session = Session::connect(&connection_config(options.dbname.as_deref())?).await?;
     let server_sysid = session
         .text(

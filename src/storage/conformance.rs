@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use super::{PutMode, PutPayload, Storage, StorageError, read_all};
+use super::{HeldLock, LockAttempt, PutMode, PutPayload, Storage, StorageError, read_all};
 use bytes::Bytes;
 
 /// Runs every check but [`concurrent_creates_have_one_winner`], which needs a server whose
@@ -21,6 +21,8 @@ pub async fn run_all(storage: Arc<dyn Storage>, prefix: &str) {
     list_by_prefix(&*storage, prefix).await;
     delete_is_idempotent(&*storage, prefix).await;
     file_payloads_stream(&*storage, prefix).await;
+    locks_are_exclusive(&*storage, prefix).await;
+    locks_are_broken_only_as_written(&*storage, prefix).await;
 }
 
 pub async fn put_get_head_round_trip(storage: &dyn Storage, prefix: &str) {
@@ -199,4 +201,67 @@ pub async fn concurrent_creates_have_one_winner(storage: Arc<dyn Storage>, prefi
     );
     let listed = storage.list(&format!("{prefix}/race/")).await.unwrap();
     assert_eq!(listed.len(), 1, "{listed:?}");
+}
+
+fn expect_acquired(attempt: LockAttempt) -> HeldLock {
+    match attempt {
+        LockAttempt::Acquired(lock) => lock,
+        held => panic!("the lock was not acquired: {held:?}"),
+    }
+}
+
+fn expect_held(attempt: LockAttempt) -> (Bytes, bool) {
+    match attempt {
+        LockAttempt::Held { record, breakable } => (record, breakable),
+        LockAttempt::Acquired(lock) => panic!("a held lock was acquired again: {lock:?}"),
+    }
+}
+
+/// One holder at a time; others read its record, refreshed or not; unlock lets the next in.
+pub async fn locks_are_exclusive(storage: &dyn Storage, prefix: &str) {
+    let key = format!("{prefix}/lock/exclusive");
+    let mut first = expect_acquired(storage.lock(&key, "first".into()).await.unwrap());
+    assert_eq!(first.record(), "first");
+    let (record, _) = expect_held(storage.lock(&key, "second".into()).await.unwrap());
+    assert_eq!(record, "first");
+    storage
+        .refresh_lock(&mut first, "first, later".into())
+        .await
+        .unwrap();
+    let (record, _) = expect_held(storage.lock(&key, "second".into()).await.unwrap());
+    assert_eq!(record, "first, later");
+    storage.unlock(first).await.unwrap();
+    let second = expect_acquired(storage.lock(&key, "second".into()).await.unwrap());
+    assert_eq!(second.key(), key);
+    storage.unlock(second).await.unwrap();
+}
+
+/// A dropped holder: a kernel lock lets go at once; a lock object stays until broken, and
+/// only the record the breaker read is broken. The old holder then neither refreshes nor
+/// removes the new holder's lock.
+pub async fn locks_are_broken_only_as_written(storage: &dyn Storage, prefix: &str) {
+    let key = format!("{prefix}/lock/broken");
+    let old = expect_acquired(storage.lock(&key, "old".into()).await.unwrap());
+    let (record, breakable) = expect_held(storage.lock(&key, "new".into()).await.unwrap());
+    assert_eq!(record, "old");
+    if !breakable {
+        assert!(!storage.break_lock(&key, b"old").await.unwrap());
+        drop(old);
+        let new = expect_acquired(storage.lock(&key, "new".into()).await.unwrap());
+        storage.unlock(new).await.unwrap();
+        return;
+    }
+    assert!(!storage.break_lock(&key, b"someone else").await.unwrap());
+    expect_held(storage.lock(&key, "new".into()).await.unwrap());
+    assert!(storage.break_lock(&key, b"old").await.unwrap());
+    let new = expect_acquired(storage.lock(&key, "new".into()).await.unwrap());
+
+    let mut old = old;
+    let refreshed = storage.refresh_lock(&mut old, "old, later".into()).await;
+    assert!(refreshed.is_err(), "a broken lock was refreshed");
+    storage.unlock(old).await.unwrap();
+    let (record, _) = expect_held(storage.lock(&key, "third".into()).await.unwrap());
+    assert_eq!(record, "new");
+    storage.unlock(new).await.unwrap();
+    expect_acquired(storage.lock(&key, "third".into()).await.unwrap());
 }

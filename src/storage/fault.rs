@@ -413,6 +413,31 @@ impl Storage for FaultStorage {
     fn staging_dir(&self) -> Option<&std::path::Path> {
         self.inner.staging_dir()
     }
+
+    // Locks pass through untouched: the inner store's own mechanism (a kernel lock on fs).
+    async fn lock(
+        &self,
+        key: &str,
+        record: bytes::Bytes,
+    ) -> Result<super::LockAttempt, StorageError> {
+        self.inner.lock(key, record).await
+    }
+
+    async fn refresh_lock(
+        &self,
+        lock: &mut super::HeldLock,
+        record: bytes::Bytes,
+    ) -> Result<(), StorageError> {
+        self.inner.refresh_lock(lock, record).await
+    }
+
+    async fn unlock(&self, lock: super::HeldLock) -> Result<(), StorageError> {
+        self.inner.unlock(lock).await
+    }
+
+    async fn break_lock(&self, key: &str, record: &[u8]) -> Result<bool, StorageError> {
+        self.inner.break_lock(key, record).await
+    }
 }
 
 type Stream = Box<dyn AsyncRead + Send + Unpin>;

@@ -11,7 +11,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_trait::async_trait;
 
-use super::{ObjectBody, ObjectMeta, PutBody, PutMode, PutPayload, Storage, StorageError};
+use bytes::Bytes;
+
+use super::{
+    HeldLock, LockAttempt, ObjectBody, ObjectMeta, PutBody, PutMode, PutPayload, Storage,
+    StorageError,
+};
 
 const STAGING: &str = ".tmp";
 
@@ -163,6 +168,51 @@ fn list_blocking(root: &Path, prefix: &str) -> Result<Vec<ObjectMeta>, StorageEr
     Ok(found)
 }
 
+/// Takes `flock(LOCK_EX | LOCK_NB)` on the lock file at `path`, then writes `record` into it;
+/// or reads what the holder wrote.
+fn lock_blocking(path: PathBuf, key: String, record: Bytes) -> Result<LockAttempt, StorageError> {
+    use std::os::fd::AsRawFd;
+    let io_err = |op, e| StorageError::io(op, path.display(), e);
+    create_dirs_durably(path.parent().expect("keys have a parent"))
+        .map_err(|e| io_err("create", e))?;
+    // The file stays once created: removing it would let a process that opened the old file
+    // and one that created a new one each hold "the" lock.
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|e| io_err("open", e))?;
+    // SAFETY: flock on a descriptor we own; it does not touch memory.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::WouldBlock {
+            return Err(io_err("lock", e));
+        }
+        let current = fs::read(&path).map_err(|e| io_err("read", e))?;
+        return Ok(LockAttempt::Held {
+            record: current.into(),
+            breakable: false,
+        });
+    }
+    write_record(&file, &record).map_err(|e| io_err("write", e))?;
+    Ok(LockAttempt::Acquired(HeldLock {
+        key,
+        record,
+        file: Some(file),
+    }))
+}
+
+/// Replaces the lock file's content. Readers may see it empty for a moment: they then name
+/// no holder, which is all an empty record means.
+fn write_record(mut file: &File, record: &[u8]) -> io::Result<()> {
+    use std::io::Seek;
+    file.set_len(0)?;
+    file.seek(io::SeekFrom::Start(0))?;
+    file.write_all(record)
+}
+
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, StorageError> + Send + 'static,
 ) -> Result<T, StorageError> {
@@ -229,5 +279,35 @@ impl Storage for FsStorage {
 
     fn staging_dir(&self) -> Option<&Path> {
         Some(&self.staging)
+    }
+
+    async fn lock(&self, key: &str, record: Bytes) -> Result<LockAttempt, StorageError> {
+        let (path, key) = (self.path_of(key)?, key.to_owned());
+        blocking(move || lock_blocking(path, key, record)).await
+    }
+
+    async fn refresh_lock(&self, lock: &mut HeldLock, record: Bytes) -> Result<(), StorageError> {
+        let path = self.path_of(&lock.key)?;
+        let file = lock.file.as_ref().expect("fs locks hold their file");
+        // A few bytes into the page cache: not worth a blocking task.
+        write_record(file, &record).map_err(|e| StorageError::io("write", path.display(), e))?;
+        lock.record = record;
+        Ok(())
+    }
+
+    async fn unlock(&self, lock: HeldLock) -> Result<(), StorageError> {
+        // Empty the record so that no one names us afterwards; closing the file unlocks.
+        if let Some(file) = &lock.file {
+            let path = self.path_of(&lock.key)?;
+            file.set_len(0)
+                .map_err(|e| StorageError::io("write", path.display(), e))?;
+        }
+        Ok(())
+    }
+
+    async fn break_lock(&self, key: &str, _record: &[u8]) -> Result<bool, StorageError> {
+        // A kernel lock's holder is alive: there is nothing to break.
+        let _ = self.path_of(key)?;
+        Ok(false)
     }
 }

@@ -18,12 +18,14 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 pub mod conformance;
 pub mod fault;
 mod fs;
+pub mod lock;
 mod memory;
 pub mod retry;
 mod s3;
 
 pub use fault::{Fault, FaultHandle, FaultKind, FaultStorage, FaultTarget, Op};
 pub use fs::FsStorage;
+pub use lock::{HeldLock, LockAttempt};
 pub use memory::MemoryStorage;
 pub use s3::{S3Options, S3Storage};
 
@@ -169,6 +171,32 @@ pub trait Storage: Send + Sync + fmt::Debug {
     /// A directory where a file can be staged so that `put` takes it without a copy.
     fn staging_dir(&self) -> Option<&Path> {
         None
+    }
+
+    /// Takes the exclusive lock named `key`, writing `record` (who holds it) into it, or says
+    /// who holds it. At once: never waits for the holder. Default: a lock object created
+    /// create-only (see [`lock`]); the fs store uses a kernel lock instead.
+    async fn lock(&self, key: &str, record: Bytes) -> Result<LockAttempt, StorageError> {
+        lock::create_lock_object(self, key, record).await
+    }
+
+    /// Replaces the record of a lock we hold (the heartbeat); fails if the lock is no longer
+    /// ours.
+    async fn refresh_lock(&self, lock: &mut HeldLock, record: Bytes) -> Result<(), StorageError> {
+        lock::refresh_lock_object(self, lock, record).await
+    }
+
+    /// Lets a lock we hold go; a lock taken over by someone else is left to them.
+    async fn unlock(&self, lock: HeldLock) -> Result<(), StorageError> {
+        lock::remove_lock_object_if(self, &lock.key, &lock.record)
+            .await
+            .map(drop)
+    }
+
+    /// Removes a breakable lock whose holder wrote `record`, if it still holds exactly that
+    /// (the caller has decided the holder is gone). Returns whether it was removed.
+    async fn break_lock(&self, key: &str, record: &[u8]) -> Result<bool, StorageError> {
+        lock::remove_lock_object_if(self, key, record).await
     }
 }
 

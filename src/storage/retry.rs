@@ -14,7 +14,11 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 
-use super::{ObjectBody, ObjectMeta, PutMode, PutPayload, Storage, StorageError};
+use bytes::Bytes;
+
+use super::{
+    HeldLock, LockAttempt, ObjectBody, ObjectMeta, PutMode, PutPayload, Storage, StorageError,
+};
 
 /// How long one request may take, and how long retrying may go on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -133,6 +137,33 @@ impl Storage for RetryingStorage {
 
     fn staging_dir(&self) -> Option<&Path> {
         self.inner.staging_dir()
+    }
+
+    // The inner store's lock methods, each retried as a whole: they tolerate a step that was
+    // done but reported failed (see `storage::lock`).
+    async fn lock(&self, key: &str, record: Bytes) -> Result<LockAttempt, StorageError> {
+        self.run("lock", key, || self.inner.lock(key, record.clone()))
+            .await
+    }
+
+    async fn refresh_lock(&self, lock: &mut HeldLock, record: Bytes) -> Result<(), StorageError> {
+        // One attempt at a time holds the lock; the timeout drops an attempt before the next.
+        let lock = tokio::sync::Mutex::new(lock);
+        let key = lock.lock().await.key.clone();
+        self.run("lock", &key, || async {
+            let mut lock = lock.lock().await;
+            self.inner.refresh_lock(&mut lock, record.clone()).await
+        })
+        .await
+    }
+
+    async fn unlock(&self, lock: HeldLock) -> Result<(), StorageError> {
+        self.inner.unlock(lock).await
+    }
+
+    async fn break_lock(&self, key: &str, record: &[u8]) -> Result<bool, StorageError> {
+        self.run("lock", key, || self.inner.break_lock(key, record))
+            .await
     }
 }
 
