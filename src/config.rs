@@ -26,6 +26,13 @@ pub struct Settings {
     pub storage_timeout: Option<u64>,
     /// Seconds a failing repository request is retried for, in all.
     pub storage_retry_time: Option<u64>,
+    /// `pitr check` thresholds: "WARNING,CRITICAL", "CRITICAL" or "off" (see commands::check).
+    pub check_backup_age: Option<String>,
+    pub check_archive_lag: Option<String>,
+    pub check_min_backups: Option<String>,
+    pub check_verify_age: Option<String>,
+    /// Seconds `pitr check --switch-wal` waits for the switched segment.
+    pub check_switch_wal_timeout: Option<u64>,
 }
 
 impl Settings {
@@ -57,6 +64,13 @@ impl Settings {
             s3_path_style: self.s3_path_style.or(lower.s3_path_style),
             storage_timeout: self.storage_timeout.or(lower.storage_timeout),
             storage_retry_time: self.storage_retry_time.or(lower.storage_retry_time),
+            check_backup_age: self.check_backup_age.or(lower.check_backup_age),
+            check_archive_lag: self.check_archive_lag.or(lower.check_archive_lag),
+            check_min_backups: self.check_min_backups.or(lower.check_min_backups),
+            check_verify_age: self.check_verify_age.or(lower.check_verify_age),
+            check_switch_wal_timeout: self
+                .check_switch_wal_timeout
+                .or(lower.check_switch_wal_timeout),
         }
     }
 }

@@ -15,6 +15,7 @@
 //! catalog encodes what it stores and verifies what it reads.
 
 pub mod backup;
+pub mod history;
 mod sealed;
 pub mod wal;
 pub mod wal_index;

@@ -10,6 +10,10 @@ pub mod init;
 pub mod list;
 pub mod restore;
 pub mod verify;
+pub mod check;
+pub mod history;
+pub mod metrics;
+pub mod overview;
 
 /// Runs CPU- and file-bound work off the async runtime.
 pub(crate) async fn blocking<T: Send + 'static>(
