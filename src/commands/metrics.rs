@@ -54,6 +54,12 @@ impl Metrics {
         self.registry.register(name, help, family.clone());
         family
     }
+
+    fn gauge(&mut self, name: &str, help: &str) -> Gauge<f64, AtomicU64> {
+        let gauge = Gauge::default();
+        self.registry.register(name, help, gauge.clone());
+        gauge
+    }
 }
 
 /// The exposition text of `repo`: pure.
@@ -67,11 +73,10 @@ pub fn encode_metrics(repo: &RepositoryOverview) -> String {
     count
         .get_or_create(&labels(&[("type", BACKUP_TYPE.into())]))
         .set(list.backups.len() as f64);
-    m.family(
+    m.gauge(
         "backup_damaged_count",
         "Backups whose manifest is damaged (not restorable)",
     )
-    .get_or_create(&Vec::new())
     .set(list.damaged_backups.len() as f64);
 
     let last_time = m.family(
@@ -111,11 +116,10 @@ pub fn encode_metrics(repo: &RepositoryOverview) -> String {
 
     let wal_bytes: u64 = list.wal.iter().map(|w| w.stored_bytes).sum();
     let backup_bytes: u64 = list.backups.iter().map(|b| b.stored_bytes).sum();
-    m.family(
+    m.gauge(
         "repository_stored_bytes",
         "Stored bytes of the complete backups and the archived WAL segments",
     )
-    .get_or_create(&Vec::new())
     .set((wal_bytes + backup_bytes) as f64);
     let wal_stored = m.family(
         "wal_stored_bytes",
@@ -296,5 +300,58 @@ async fn respond<B>(
                 format!("pitr metrics: {e}\n"),
             )
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::commands::list::{BackupEntry, ListReport, RecoveryWindow, WalRange};
+
+    #[test]
+    fn the_exposition_names_every_family_once_with_its_type() {
+        let repo = RepositoryOverview {
+            wal_segment_size: 16 << 20,
+            list: ListReport {
+                backups: vec![BackupEntry {
+                    id: "20261120T000000Z".into(),
+                    start_time: "2026-11-20T00:00:00Z".into(),
+                    stop_time: "2026-11-20T00:01:00.5Z".into(),
+                    start_lsn: "0/2000028".into(),
+                    stop_lsn: "0/2000100".into(),
+                    timeline: 1,
+                    size_bytes: 300,
+                    stored_bytes: 100,
+                }],
+                damaged_backups: Vec::new(),
+                wal: vec![WalRange {
+                    timeline: 1,
+                    first_segment: "000000010000000000000002".into(),
+                    last_segment: "000000010000000000000005".into(),
+                    stored_bytes: 50,
+                }],
+                recovery_window: vec![RecoveryWindow {
+                    timeline: 1,
+                    from: "2026-11-20T00:01:00.5Z".into(),
+                    until: Some("2026-11-20T00:11:00.5Z".into()),
+                }],
+            },
+            newest_wal: BTreeMap::new(),
+            latest_runs: BTreeMap::new(),
+        };
+        let text = encode_metrics(&repo);
+        for line in [
+            "# TYPE pitr_backup_count gauge",
+            "pitr_backup_count{type=\"full\"} 1.0",
+            "pitr_backup_last_time_seconds{type=\"full\"} 1795132860.5",
+            "pitr_repository_stored_bytes 150.0",
+            "pitr_recovery_window_seconds{timeline=\"1\"} 600.0",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} not in\n{text}");
+        }
+        // No run recorded: no run metrics.
+        assert!(!text.contains("pitr_last_run_success{"), "{text}");
     }
 }
