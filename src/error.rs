@@ -147,9 +147,7 @@ pub fn exit_codes_help() -> String {
          that PostgreSQL aborts recovery rather than end it early ({EXIT_ARCHIVE_GET_BUG} for a \
          bug).\n"
     ));
-    text.push_str(
-        "check exits as a Nagios plugin: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN.\n",
-    );
+    text.push_str("check exits as a Nagios plugin: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN.\n");
     text
 }
 

@@ -25,8 +25,13 @@ fn check_json(pitr: &Pitr, args: &[&str]) -> (i32, Value) {
     let mut all = vec!["check", "--json"];
     all.extend(args);
     let out = pitr.run(&all);
-    let report: Value = serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("{e}: {}{}", String::from_utf8_lossy(&out.stdout), stderr(&out)));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "{e}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            stderr(&out)
+        )
+    });
     (code(&out), report)
 }
 
@@ -107,7 +112,14 @@ fn check_history_and_metrics_on_a_live_cluster() {
     assert_eq!(status, 0, "{report:#}");
     assert_eq!(report["state"], "OK");
     assert_eq!(report["exit_code"], 0);
-    for name in ["backup_age", "archive_lag", "archiver", "backups", "verify_age", "switch_wal"] {
+    for name in [
+        "backup_age",
+        "archive_lag",
+        "archiver",
+        "backups",
+        "verify_age",
+        "switch_wal",
+    ] {
         assert_eq!(state_of(&report, name), "OK", "{report:#}");
     }
     let backups = report["checks"]
@@ -123,7 +135,12 @@ fn check_history_and_metrics_on_a_live_cluster() {
     let out = pitr.run(["--check-backup-age", "1s", "check"]);
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     assert_eq!(code(&out), 2, "{text}");
-    assert!(text.contains(&format!("CRITICAL backup_age: last complete backup {backup_id}")), "{text}");
+    assert!(
+        text.contains(&format!(
+            "CRITICAL backup_age: last complete backup {backup_id}"
+        )),
+        "{text}"
+    );
     // The same threshold from the environment, as a WARNING/CRITICAL pair.
     let out = pitr
         .command(["check"])
@@ -132,8 +149,17 @@ fn check_history_and_metrics_on_a_live_cluster() {
         .unwrap();
     assert_eq!(code(&out), 1, "{}", String::from_utf8_lossy(&out.stdout));
     let out = pitr.run(["--check-backup-age", "soon", "check"]);
-    assert_eq!(code(&out), 3, "a bad threshold is UNKNOWN: {}", stderr(&out));
-    assert!(stderr(&out).contains("check_backup_age"), "{}", stderr(&out));
+    assert_eq!(
+        code(&out),
+        3,
+        "a bad threshold is UNKNOWN: {}",
+        stderr(&out)
+    );
+    assert!(
+        stderr(&out).contains("check_backup_age"),
+        "{}",
+        stderr(&out)
+    );
 
     // A repository that cannot be read: UNKNOWN with the reason.
     let empty = dir.subdir("not-a-repository");
@@ -146,7 +172,14 @@ fn check_history_and_metrics_on_a_live_cluster() {
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     assert_eq!(code(&out), 3, "{text}{}", stderr(&out));
-    assert!(text.starts_with("UNKNOWN repository: ") && text.contains("not initialised"), "{text}");
+    assert!(
+        text.starts_with("UNKNOWN repository: ") && text.contains("not initialised"),
+        "{text}"
+    );
+    assert!(
+        std::fs::read_dir(&empty).unwrap().next().is_none(),
+        "no history written where no repository is"
+    );
 
     // Metrics, printed: values as the repository holds them.
     let list: Value = serde_json::from_slice(&pitr.run(["list", "--json"]).stdout).unwrap();
@@ -154,9 +187,16 @@ fn check_history_and_metrics_on_a_live_cluster() {
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     let scrape = parse_metrics(&String::from_utf8_lossy(&out.stdout));
     let backup = &list["backups"][0];
-    assert_eq!(gauge(&scrape, "pitr_backup_count", Some(("type", "full"))), 1.0);
     assert_eq!(
-        gauge(&scrape, "pitr_backup_last_time_seconds", Some(("type", "full"))),
+        gauge(&scrape, "pitr_backup_count", Some(("type", "full"))),
+        1.0
+    );
+    assert_eq!(
+        gauge(
+            &scrape,
+            "pitr_backup_last_time_seconds",
+            Some(("type", "full"))
+        ),
         unix(backup["stop_time"].as_str().unwrap())
     );
     assert_eq!(
@@ -165,23 +205,55 @@ fn check_history_and_metrics_on_a_live_cluster() {
     );
     let window = &list["recovery_window"][0];
     assert_eq!(
-        gauge(&scrape, "pitr_recovery_window_start_seconds", Some(("timeline", "1"))),
+        gauge(
+            &scrape,
+            "pitr_recovery_window_start_seconds",
+            Some(("timeline", "1"))
+        ),
         unix(window["from"].as_str().unwrap())
     );
     assert_eq!(
-        gauge(&scrape, "pitr_recovery_window_end_seconds", Some(("timeline", "1"))),
+        gauge(
+            &scrape,
+            "pitr_recovery_window_end_seconds",
+            Some(("timeline", "1"))
+        ),
         unix(window["until"].as_str().unwrap())
     );
     let last_segment = list["wal"][0]["last_segment"].as_str().unwrap();
     assert_eq!(
-        gauge(&scrape, "pitr_wal_newest_segment_number", Some(("timeline", "1"))),
+        gauge(
+            &scrape,
+            "pitr_wal_newest_segment_number",
+            Some(("timeline", "1"))
+        ),
         u64::from_str_radix(&last_segment[16..], 16).unwrap() as f64
     );
-    assert!(gauge(&scrape, "pitr_repository_stored_bytes", None) > backup["stored_bytes"].as_f64().unwrap());
-    assert_eq!(gauge(&scrape, "pitr_last_run_success", Some(("command", "verify"))), 1.0);
-    assert_eq!(gauge(&scrape, "pitr_last_run_success", Some(("command", "backup"))), 1.0);
     assert!(
-        !scrape.samples.iter().any(|s| s.labels.get("command") == Some("expire")),
+        gauge(&scrape, "pitr_repository_stored_bytes", None)
+            > backup["stored_bytes"].as_f64().unwrap()
+    );
+    assert_eq!(
+        gauge(
+            &scrape,
+            "pitr_last_run_success",
+            Some(("command", "verify"))
+        ),
+        1.0
+    );
+    assert_eq!(
+        gauge(
+            &scrape,
+            "pitr_last_run_success",
+            Some(("command", "backup"))
+        ),
+        1.0
+    );
+    assert!(
+        !scrape
+            .samples
+            .iter()
+            .any(|s| s.labels.get("command") == Some("expire")),
         "no expire ran"
     );
 
@@ -190,7 +262,13 @@ fn check_history_and_metrics_on_a_live_cluster() {
     cluster.sql("select pg_reload_conf()");
     let (status, report) = check_json(
         &pitr,
-        &["--dbname", &db, "--switch-wal", "--check-switch-wal-timeout", "3"],
+        &[
+            "--dbname",
+            &db,
+            "--switch-wal",
+            "--check-switch-wal-timeout",
+            "3",
+        ],
     );
     assert_eq!(status, 2, "{report:#}");
     assert_eq!(report["state"], "CRITICAL");
@@ -204,7 +282,12 @@ fn check_history_and_metrics_on_a_live_cluster() {
     let runs = history["runs"].as_array().unwrap();
     let summary: Vec<(&str, &str)> = runs
         .iter()
-        .map(|r| (r["command"].as_str().unwrap(), r["status"].as_str().unwrap()))
+        .map(|r| {
+            (
+                r["command"].as_str().unwrap(),
+                r["status"].as_str().unwrap(),
+            )
+        })
         .collect();
     assert_eq!(
         summary,
@@ -217,7 +300,7 @@ fn check_history_and_metrics_on_a_live_cluster() {
             ("check", "ok"),
             ("verify", "ok"),
             ("backup", "ok"),
-            ("check", "critical"), // empty repository
+            ("check", "critical"), // no backup yet
         ],
         "{history:#}"
     );
@@ -225,12 +308,43 @@ fn check_history_and_metrics_on_a_live_cluster() {
     assert_eq!(backup_run["backup_id"], backup_id.as_str());
     assert_eq!(backup_run["bytes"], backup["stored_bytes"]);
     assert_eq!(backup_run["exit_code"], 0);
-    assert!(runs[0]["error"].as_str().unwrap().contains("switch_wal"), "{history:#}");
-    assert!(runs[1]["error"].as_str().unwrap().contains("check_backup_age"), "{history:#}");
+    assert!(
+        runs[0]["error"].as_str().unwrap().contains("switch_wal"),
+        "{history:#}"
+    );
+    assert!(
+        runs[1]["error"]
+            .as_str()
+            .unwrap()
+            .contains("check_backup_age"),
+        "{history:#}"
+    );
     assert!(runs[0]["start"].as_str() >= runs[1]["start"].as_str());
     let out = pitr.run(["history", "--limit", "2"]);
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     assert_eq!(text.lines().count(), 3, "a header and two runs: {text}");
+
+    // A history that cannot be written never changes a command's outcome.
+    use std::os::unix::fs::PermissionsExt;
+    let runs_dir = std::path::Path::new(&pitr.repo).join("history/runs");
+    let mut dirs = vec![runs_dir.clone()];
+    for day in std::fs::read_dir(&runs_dir).unwrap() {
+        dirs.push(day.unwrap().path());
+    }
+    let set_mode = |mode| {
+        for dir in &dirs {
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode)).unwrap();
+        }
+    };
+    set_mode(0o555);
+    let out = pitr.run(["verify"]);
+    set_mode(0o755);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("could not record this verify run"),
+        "{}",
+        stderr(&out)
+    );
 
     // Metrics, served: scraped over HTTP, then the server stopped.
     let port = free_port();
@@ -244,8 +358,14 @@ fn check_history_and_metrics_on_a_live_cluster() {
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(server.try_wait().unwrap().is_none(), "the metrics server exited");
-        assert!(Instant::now() < deadline, "the metrics server never listened");
+        assert!(
+            server.try_wait().unwrap().is_none(),
+            "the metrics server exited"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "the metrics server never listened"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     let (status_line, body) = http_get(port, "/metrics");

@@ -83,21 +83,41 @@ pub struct GlobalArgs {
 
     /// pitr check: age of the newest complete backup, "WARNING,CRITICAL" or "CRITICAL"
     /// (90s, 15m, 2h, 8d, 1w) or "off" (default 8d,15d).
-    #[arg(long, global = true, env = "PITR_CHECK_BACKUP_AGE", value_name = "LIMITS")]
+    #[arg(
+        long,
+        global = true,
+        env = "PITR_CHECK_BACKUP_AGE",
+        value_name = "LIMITS"
+    )]
     pub check_backup_age: Option<String>,
 
     /// pitr check: age of the newest archived commit when the server is behind (default
     /// 15m,1h).
-    #[arg(long, global = true, env = "PITR_CHECK_ARCHIVE_LAG", value_name = "LIMITS")]
+    #[arg(
+        long,
+        global = true,
+        env = "PITR_CHECK_ARCHIVE_LAG",
+        value_name = "LIMITS"
+    )]
     pub check_archive_lag: Option<String>,
 
     /// pitr check: fewest complete backups, "WARNING,CRITICAL" (warn below the first) or
     /// "CRITICAL" (default 1).
-    #[arg(long, global = true, env = "PITR_CHECK_MIN_BACKUPS", value_name = "LIMITS")]
+    #[arg(
+        long,
+        global = true,
+        env = "PITR_CHECK_MIN_BACKUPS",
+        value_name = "LIMITS"
+    )]
     pub check_min_backups: Option<String>,
 
     /// pitr check: age of the last successful verify (default 8d,15d; "off" to skip).
-    #[arg(long, global = true, env = "PITR_CHECK_VERIFY_AGE", value_name = "LIMITS")]
+    #[arg(
+        long,
+        global = true,
+        env = "PITR_CHECK_VERIFY_AGE",
+        value_name = "LIMITS"
+    )]
     pub check_verify_age: Option<String>,
 
     /// pitr check --switch-wal: seconds to wait for the segment (default 60).

@@ -251,7 +251,9 @@ pub fn history(report: &crate::commands::history::HistoryReport, as_json: bool) 
             run.command,
             seconds,
             run.status.as_str(),
-            run.bytes.map(|b| b.to_string()).unwrap_or_else(|| "-".into()),
+            run.bytes
+                .map(|b| b.to_string())
+                .unwrap_or_else(|| "-".into()),
             run.backup_id.as_deref().unwrap_or("-"),
             run.error.as_deref().unwrap_or("")
         );

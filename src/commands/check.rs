@@ -120,7 +120,9 @@ impl Limits<Duration> {
 /// `90s`, `15m`, `2h`, `8d`, `1w`, or plain seconds.
 pub fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
     let text = text.trim();
-    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
     let number: u64 = number
         .parse()
@@ -551,7 +553,10 @@ pub fn evaluate(facts: &CheckFacts, thresholds: &CheckThresholds) -> CheckReport
             SwitchOutcome::Arrived { segment, after } => CheckResult {
                 name: "switch_wal",
                 state: CheckState::Ok,
-                detail: format!("segment {segment} reached the repository in {}", human(*after)),
+                detail: format!(
+                    "segment {segment} reached the repository in {}",
+                    human(*after)
+                ),
                 value: Some(after.as_secs_f64()),
             },
             SwitchOutcome::Missing { segment, waited } => CheckResult {
@@ -715,10 +720,7 @@ async fn switch_wal(catalog: &Catalog, session: &Session, options: &CheckOptions
         return SwitchOutcome::Failed(e.to_string());
     }
     let segment = match session
-        .text(
-            "switching WAL",
-            "SELECT pg_walfile_name(pg_switch_wal())",
-        )
+        .text("switching WAL", "SELECT pg_walfile_name(pg_switch_wal())")
         .await
     {
         Ok(segment) => segment,

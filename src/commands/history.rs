@@ -59,8 +59,13 @@ pub fn run_record(
     }
 }
 
-/// Records `record`; a failure is a warning, never the command's outcome.
+/// Records `record`; a failure is a warning, never the command's outcome. Nothing is
+/// written where no repository is (a check of a wrong URL must not create one).
 pub async fn record(catalog: &Catalog, record: &RunRecord) {
+    if let Err(e) = catalog.identity().await {
+        tracing::debug!("not recording this {} run: {e}", record.command);
+        return;
+    }
     if let Err(e) = catalog.record_run(record).await {
         tracing::warn!(
             "could not record this {} run in the repository's history: {e}",
@@ -110,8 +115,14 @@ mod tests {
         };
         assert_eq!(status("backup", 0, None, None), RunStatus::Ok);
         assert_eq!(status("verify", 5, None, None), RunStatus::Failed);
-        assert_eq!(status("backup", 9, Some("no server"), None), RunStatus::Failed);
-        assert_eq!(status("check", 3, Some("unreadable"), None), RunStatus::Unknown);
+        assert_eq!(
+            status("backup", 9, Some("no server"), None),
+            RunStatus::Failed
+        );
+        assert_eq!(
+            status("check", 3, Some("unreadable"), None),
+            RunStatus::Unknown
+        );
         assert_eq!(
             status("check", 1, None, Some(RunStatus::Warning)),
             RunStatus::Warning

@@ -5,15 +5,15 @@
 pub mod archive_get;
 pub mod archive_push;
 pub mod backup;
+pub mod check;
 pub mod demo;
+pub mod history;
 pub mod init;
 pub mod list;
-pub mod restore;
-pub mod verify;
-pub mod check;
-pub mod history;
 pub mod metrics;
 pub mod overview;
+pub mod restore;
+pub mod verify;
 
 /// Runs CPU- and file-bound work off the async runtime.
 pub(crate) async fn blocking<T: Send + 'static>(

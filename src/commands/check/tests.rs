@@ -13,7 +13,11 @@ fn thresholds() -> CheckThresholds {
     CheckThresholds::from_settings(&Settings::default()).unwrap()
 }
 
-fn repository(backup_stop: Option<&str>, commit: Option<&str>, verified: Option<&str>) -> RepositoryOverview {
+fn repository(
+    backup_stop: Option<&str>,
+    commit: Option<&str>,
+    verified: Option<&str>,
+) -> RepositoryOverview {
     let backups = backup_stop
         .map(|stop| BackupEntry {
             id: "20261120T000000Z".into(),
@@ -108,7 +112,11 @@ fn a_healthy_repository_is_ok() {
 
 #[test]
 fn old_backups_lag_and_no_verify_raise_their_states() {
-    let repo = repository(Some("2026-11-12T00:00:00Z"), Some("2026-11-22T11:30:00Z"), None);
+    let repo = repository(
+        Some("2026-11-12T00:00:00Z"),
+        Some("2026-11-22T11:30:00Z"),
+        None,
+    );
     let facts = CheckFacts {
         now: at(NOW),
         repository: &repo,
@@ -155,12 +163,18 @@ fn old_backups_lag_and_no_verify_raise_their_states() {
 
 #[test]
 fn the_server_settles_the_lag_and_a_failing_archiver_is_critical() {
-    let repo = repository(Some("2026-11-20T00:00:00Z"), Some("2026-11-21T00:00:00Z"), Some(NOW));
+    let repo = repository(
+        Some("2026-11-20T00:00:00Z"),
+        Some("2026-11-21T00:00:00Z"),
+        Some(NOW),
+    );
     let caught_up = ServerFacts {
         last_complete_segment: Some("000000010000000000000005".into()),
         last_complete_archived: true,
         segments_behind: Some(0),
-        archiver: Some(parse_archiver_row("7|0|000000010000000000000005|1795000000.5||")),
+        archiver: Some(parse_archiver_row(
+            "7|0|000000010000000000000005|1795000000.5||",
+        )),
     };
     let facts = CheckFacts {
         now: at(NOW),
@@ -169,7 +183,10 @@ fn the_server_settles_the_lag_and_a_failing_archiver_is_critical() {
         switch: None,
     };
     let report = evaluate(&facts, &thresholds());
-    assert_eq!(report.exit_code, 0, "an idle server is not lagging: {report:?}");
+    assert_eq!(
+        report.exit_code, 0,
+        "an idle server is not lagging: {report:?}"
+    );
 
     let failing = ServerFacts {
         last_complete_segment: Some("000000010000000000000009".into()),
@@ -208,10 +225,7 @@ fn thresholds_parse_and_refuse() {
     let limits = Limits::parse("1h, 2h", parse_duration).unwrap();
     assert_eq!(limits.warning, Some(Duration::from_secs(3600)));
     assert_eq!(limits.critical, Some(Duration::from_secs(7200)));
-    assert_eq!(
-        Limits::parse("off", parse_duration).unwrap().critical,
-        None
-    );
+    assert_eq!(Limits::parse("off", parse_duration).unwrap().critical, None);
     let settings = Settings {
         check_archive_lag: Some("soon".into()),
         ..Settings::default()
