@@ -386,3 +386,51 @@ fn check_history_and_metrics_on_a_live_cluster() {
     cluster.sql("select pg_reload_conf()");
     cluster.stop();
 }
+
+/// The history's layout on a real S3 server: day folders listed by prefix, newest first,
+/// and pruning by whole days.
+#[tokio::test(flavor = "multi_thread")]
+async fn run_history_on_s3() {
+    use pitr::catalog::Catalog;
+    use pitr::catalog::history::{HISTORY_FORMAT, RunRecord, RunStatus};
+
+    let server = S3Server::start("history").await;
+    let repo = Repo::s3(&server, "cluster/history");
+    let catalog = Catalog::new(repo.storage().await);
+    let now = chrono::Utc::now();
+    let run = |command: &str, days_ago: i64, status| RunRecord {
+        format: HISTORY_FORMAT,
+        command: command.into(),
+        start: now - chrono::Duration::days(days_ago),
+        end: now - chrono::Duration::days(days_ago),
+        status,
+        exit_code: 0,
+        bytes: None,
+        backup_id: None,
+        error: None,
+        host: "h".into(),
+        pid: 7,
+    };
+    let runs = [
+        run("verify", 40, RunStatus::Ok),
+        run("verify", 3, RunStatus::Failed),
+        run("check", 0, RunStatus::Critical),
+    ];
+    for r in &runs {
+        catalog.record_run(r).await.unwrap();
+    }
+    let newest = catalog.recent_runs(2, now).await.unwrap();
+    assert_eq!(newest, vec![runs[2].clone(), runs[1].clone()]);
+    // Older than the folders walked day by day: found by the one full listing.
+    assert_eq!(catalog.recent_runs(5, now).await.unwrap().len(), 3);
+    let latest = catalog.latest_runs("verify").await.unwrap().unwrap();
+    assert_eq!(latest.last_run, runs[1]);
+    assert_eq!(latest.last_success, Some(runs[0].clone()));
+
+    let pruned = catalog
+        .prune_history(now - chrono::Duration::days(30))
+        .await
+        .unwrap();
+    assert_eq!(pruned, 1);
+    assert_eq!(catalog.recent_runs(5, now).await.unwrap(), newest);
+}
