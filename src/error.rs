@@ -132,7 +132,7 @@ pub fn check_codes_markdown() -> String {
          | {EXIT_CHECK_CRITICAL} | CRITICAL | a check passed its CRITICAL threshold (no backup, \
          archiving stopped, the --switch-wal segment never arrived) |\n\
          | {EXIT_CHECK_UNKNOWN} | UNKNOWN | the checks could not run: the repository or the \
-         server could not be read, a threshold is invalid |\n"
+         server could not be read, a threshold or the command line is invalid |\n"
     )
 }
 

@@ -161,6 +161,9 @@ fn check_history_and_metrics_on_a_live_cluster() {
         stderr(&out)
     );
 
+    let out = pitr.run(["check", "--no-such-flag"]);
+    assert_eq!(code(&out), 3, "a bad command line is UNKNOWN: {}", stderr(&out));
+
     // A repository that cannot be read: UNKNOWN with the reason.
     let empty = dir.subdir("not-a-repository");
     chown_to_postgres(&empty);

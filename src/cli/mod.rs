@@ -315,6 +315,9 @@ pub fn usage_error(error: clap::Error) -> u8 {
     let _ = error.print();
     if code != 0 && std::env::args().any(|arg| arg == "archive-get") {
         crate::error::archive_get_exit_code(code)
+    } else if code != 0 && std::env::args().any(|arg| arg == "check") {
+        // A monitoring plugin given a bad command line is UNKNOWN, not CRITICAL.
+        crate::error::EXIT_CHECK_UNKNOWN
     } else {
         code
     }
