@@ -162,7 +162,12 @@ fn check_history_and_metrics_on_a_live_cluster() {
     );
 
     let out = pitr.run(["check", "--no-such-flag"]);
-    assert_eq!(code(&out), 3, "a bad command line is UNKNOWN: {}", stderr(&out));
+    assert_eq!(
+        code(&out),
+        3,
+        "a bad command line is UNKNOWN: {}",
+        stderr(&out)
+    );
 
     // A repository that cannot be read: UNKNOWN with the reason.
     let empty = dir.subdir("not-a-repository");
@@ -276,6 +281,20 @@ fn check_history_and_metrics_on_a_live_cluster() {
     assert_eq!(status, 2, "{report:#}");
     assert_eq!(report["state"], "CRITICAL");
     assert_eq!(state_of(&report, "switch_wal"), "CRITICAL");
+    assert_eq!(state_of(&report, "archiver"), "CRITICAL", "{report:#}");
+    let lag = report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "archive_lag")
+        .unwrap();
+    assert!(
+        lag["detail"]
+            .as_str()
+            .unwrap()
+            .contains("1 segment(s) behind"),
+        "{report:#}"
+    );
     assert_eq!(state_of(&report, "backup_age"), "OK");
 
     // The history: every run recorded, newest first, with its outcome.

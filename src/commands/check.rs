@@ -644,15 +644,14 @@ async fn server_facts(
         let current = session
             .text(
                 "reading the WAL position",
-                "SELECT pg_walfile_name(pg_current_wal_lsn())",
+                "SELECT substr(pg_walfile_name(lsn), 1, 8) || '|' || lsn::text \
+                 FROM pg_current_wal_lsn() AS lsn",
             )
             .await?;
         let size = repository.wal_segment_size;
-        if let Ok(name) = WalFileName::parse(&current)
-            && let Some(segno) = name.segment_number(size)
+        if let Some((timeline, segno)) = current_segment(&current, size)
             && segno > 0
         {
-            let timeline = name.timeline();
             let last = xlog_file_name(timeline, segno - 1, size);
             let archived = match WalFileName::parse(&last) {
                 Ok(last) => catalog.has_wal(&last).await?,
@@ -682,6 +681,16 @@ async fn server_facts(
         .await?;
     facts.archiver = Some(parse_archiver_row(&row));
     Ok(facts)
+}
+
+/// The timeline and segment number of `TIMELINE|LSN`. The segment holding the LSN
+/// (`XLByteToSeg`): pg_walfile_name names the previous one at a segment boundary, as after
+/// a switch, which would take the switched segment for one still being written.
+fn current_segment(row: &str, segment_size: u64) -> Option<(u32, u64)> {
+    let (timeline, lsn) = row.split_once('|')?;
+    let timeline = u32::from_str_radix(timeline, 16).ok()?;
+    let lsn: crate::pg::Lsn = lsn.parse().ok()?;
+    Some((timeline, lsn.segment_number(segment_size)))
 }
 
 fn parse_archiver_row(row: &str) -> ArchiverStats {

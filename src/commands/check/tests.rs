@@ -234,3 +234,14 @@ fn thresholds_parse_and_refuse() {
     assert!(err.to_string().starts_with("check_archive_lag: "), "{err}");
     assert_eq!(err.exit_code(), crate::error::EXIT_USAGE);
 }
+
+#[test]
+fn the_current_segment_is_the_one_holding_the_lsn() {
+    let size = 16 << 20;
+    assert_eq!(current_segment("00000002|0/6000000", size), Some((2, 6)));
+    assert_eq!(
+        current_segment("00000001|1/5FFFFFF", size),
+        Some((1, 0x105))
+    );
+    assert_eq!(current_segment("garbage", size), None);
+}
