@@ -74,6 +74,24 @@ pub async fn record(catalog: &Catalog, record: &RunRecord) {
     }
 }
 
+/// How long runs stay in the history unless retention says otherwise: 90 days of a check every
+/// 5 minutes are about 26,000 small objects.
+pub const DEFAULT_HISTORY_DAYS: u64 = 90;
+
+/// Removes runs older than `days` before `now` (retention calls it); a failure is a warning.
+pub async fn prune_old_runs(catalog: &Catalog, now: DateTime<Utc>, days: u64) -> u64 {
+    let cutoff = now
+        .checked_sub_days(chrono::Days::new(days))
+        .unwrap_or(DateTime::<Utc>::MIN_UTC);
+    match catalog.prune_history(cutoff).await {
+        Ok(removed) => removed,
+        Err(e) => {
+            tracing::warn!("could not prune the run history: {e}");
+            0
+        }
+    }
+}
+
 fn host_name() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .or_else(|_| std::fs::read_to_string("/etc/hostname"))
