@@ -41,7 +41,7 @@ pub struct GlobalArgs {
     pub repo: Option<String>,
 
     /// TOML file with the same settings (repo, s3_endpoint, s3_path_style, storage_timeout,
-    /// storage_retry_time).
+    /// storage_retry_time, check_*).
     #[arg(long, global = true, env = "PITR_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
 
@@ -87,16 +87,18 @@ pub struct GlobalArgs {
         long,
         global = true,
         env = "PITR_CHECK_BACKUP_AGE",
+        help_heading = "Check thresholds",
         value_name = "LIMITS"
     )]
     pub check_backup_age: Option<String>,
 
-    /// pitr check: age of the newest archived commit when the server is behind (default
-    /// 15m,1h).
+    /// pitr check: age of the newest archived commit; with --dbname only when the repository
+    /// is behind the server (default 15m,1h).
     #[arg(
         long,
         global = true,
         env = "PITR_CHECK_ARCHIVE_LAG",
+        help_heading = "Check thresholds",
         value_name = "LIMITS"
     )]
     pub check_archive_lag: Option<String>,
@@ -107,6 +109,7 @@ pub struct GlobalArgs {
         long,
         global = true,
         env = "PITR_CHECK_MIN_BACKUPS",
+        help_heading = "Check thresholds",
         value_name = "LIMITS"
     )]
     pub check_min_backups: Option<String>,
@@ -116,6 +119,7 @@ pub struct GlobalArgs {
         long,
         global = true,
         env = "PITR_CHECK_VERIFY_AGE",
+        help_heading = "Check thresholds",
         value_name = "LIMITS"
     )]
     pub check_verify_age: Option<String>,
@@ -125,6 +129,7 @@ pub struct GlobalArgs {
         long,
         global = true,
         env = "PITR_CHECK_SWITCH_WAL_TIMEOUT",
+        help_heading = "Check thresholds",
         value_name = "SECONDS"
     )]
     pub check_switch_wal_timeout: Option<u64>,
