@@ -245,3 +245,31 @@ fn the_current_segment_is_the_one_holding_the_lsn() {
     );
     assert_eq!(current_segment("garbage", size), None);
 }
+
+#[test]
+fn thresholds_come_from_the_config_file_under_the_same_names() {
+    let file = Settings::from_toml(
+        "check_backup_age = \"1d,2d\"\ncheck_archive_lag = \"off\"\n\
+         check_min_backups = \"3,1\"\ncheck_verify_age = \"1w\"\ncheck_switch_wal_timeout = 5\n",
+        std::path::Path::new("pitr.toml"),
+    )
+    .unwrap();
+    let flags = Settings {
+        check_backup_age: Some("2h,3h".into()),
+        ..Settings::default()
+    };
+    let thresholds = CheckThresholds::from_settings(&flags.over(file)).unwrap();
+    assert_eq!(
+        thresholds.backup_age.warning,
+        Some(Duration::from_secs(7200))
+    );
+    assert!(thresholds.archive_lag.is_off());
+    assert_eq!(thresholds.min_backups.warning, Some(3));
+    assert_eq!(thresholds.min_backups.critical, Some(1));
+    assert_eq!(thresholds.verify_age.warning, None);
+    assert_eq!(
+        thresholds.verify_age.critical,
+        Some(Duration::from_secs(7 * 86_400))
+    );
+    assert_eq!(thresholds.switch_wal_timeout, Duration::from_secs(5));
+}
