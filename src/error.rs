@@ -131,8 +131,9 @@ pub fn check_codes_markdown() -> String {
          CRITICAL one |\n\
          | {EXIT_CHECK_CRITICAL} | CRITICAL | a check passed its CRITICAL threshold (no backup, \
          archiving stopped, the --switch-wal segment never arrived) |\n\
-         | {EXIT_CHECK_UNKNOWN} | UNKNOWN | the checks could not run: the repository or the \
-         server could not be read, a threshold or the command line is invalid |\n"
+         | {EXIT_CHECK_UNKNOWN} | UNKNOWN | a check could not run (the repository or the server \
+         could not be read) and none is WARNING or CRITICAL, or a threshold or the command line \
+         is invalid |\n"
     )
 }
 

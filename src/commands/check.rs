@@ -11,7 +11,9 @@ use super::overview::{RepositoryOverview, overview};
 use crate::catalog::Catalog;
 use crate::catalog::history::RunStatus;
 use crate::config::Settings;
-use crate::error::{Error, Result};
+use crate::error::{
+    EXIT_CHECK_CRITICAL, EXIT_CHECK_OK, EXIT_CHECK_UNKNOWN, EXIT_CHECK_WARNING, Error, Result,
+};
 use crate::pg::WalFileName;
 use crate::pg::timestamp::rfc3339;
 use crate::pg::wal_name::xlog_file_name;
@@ -28,13 +30,13 @@ pub enum CheckState {
 }
 
 impl CheckState {
-    /// Nagios plugin exit codes.
+    /// Nagios plugin exit codes (the table in `error`).
     pub fn exit_code(self) -> u8 {
         match self {
-            CheckState::Ok => 0,
-            CheckState::Warning => 1,
-            CheckState::Critical => 2,
-            CheckState::Unknown => 3,
+            CheckState::Ok => EXIT_CHECK_OK,
+            CheckState::Warning => EXIT_CHECK_WARNING,
+            CheckState::Critical => EXIT_CHECK_CRITICAL,
+            CheckState::Unknown => EXIT_CHECK_UNKNOWN,
         }
     }
 
