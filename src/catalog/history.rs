@@ -115,7 +115,7 @@ impl Catalog {
             .put(
                 &run_key(record),
                 PutPayload::from_bytes(sealed::seal(record)),
-                PutMode::Overwrite,
+                PutMode::Create,
             )
             .await?;
         // A damaged latest object is replaced rather than blocking every later run.
