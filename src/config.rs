@@ -32,6 +32,13 @@ pub struct Settings {
     pub notify_url: Option<String>,
     /// Tell the webhook about successes too.
     pub notify_on_success: Option<bool>,
+    /// `pitr check` thresholds: "WARNING,CRITICAL", "CRITICAL" or "off" (see commands::check).
+    pub check_backup_age: Option<String>,
+    pub check_archive_lag: Option<String>,
+    pub check_min_backups: Option<String>,
+    pub check_verify_age: Option<String>,
+    /// Seconds `pitr check --switch-wal` waits for the switched segment.
+    pub check_switch_wal_timeout: Option<u64>,
 }
 
 impl Settings {
@@ -66,6 +73,13 @@ impl Settings {
             lock_stale_after: self.lock_stale_after.or(lower.lock_stale_after),
             notify_url: self.notify_url.or(lower.notify_url),
             notify_on_success: self.notify_on_success.or(lower.notify_on_success),
+            check_backup_age: self.check_backup_age.or(lower.check_backup_age),
+            check_archive_lag: self.check_archive_lag.or(lower.check_archive_lag),
+            check_min_backups: self.check_min_backups.or(lower.check_min_backups),
+            check_verify_age: self.check_verify_age.or(lower.check_verify_age),
+            check_switch_wal_timeout: self
+                .check_switch_wal_timeout
+                .or(lower.check_switch_wal_timeout),
         }
     }
 }

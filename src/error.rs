@@ -122,6 +122,27 @@ pub fn archive_get_codes_markdown() -> String {
     text
 }
 
+/// `pitr check` exits as a Nagios/Icinga plugin, with its own codes.
+pub const EXIT_CHECK_OK: u8 = 0;
+pub const EXIT_CHECK_WARNING: u8 = 1;
+pub const EXIT_CHECK_CRITICAL: u8 = 2;
+pub const EXIT_CHECK_UNKNOWN: u8 = 3;
+
+/// `pitr check`'s exit codes (Markdown, for the docs).
+pub fn check_codes_markdown() -> String {
+    format!(
+        "| check exits | state | when |\n|---|---|---|\n\
+         | {EXIT_CHECK_OK} | OK | every check passed |\n\
+         | {EXIT_CHECK_WARNING} | WARNING | a check passed its WARNING threshold, none its \
+         CRITICAL one |\n\
+         | {EXIT_CHECK_CRITICAL} | CRITICAL | a check passed its CRITICAL threshold (no backup, \
+         archiving stopped, the --switch-wal segment never arrived) |\n\
+         | {EXIT_CHECK_UNKNOWN} | UNKNOWN | a check could not run (the repository or the server \
+         could not be read) and none is WARNING or CRITICAL, or a threshold or the command line \
+         is invalid |\n"
+    )
+}
+
 /// The table for `--help`.
 pub fn exit_codes_help() -> String {
     let mut text = String::from("Exit codes:\n");
@@ -133,6 +154,7 @@ pub fn exit_codes_help() -> String {
          that PostgreSQL aborts recovery rather than end it early ({EXIT_ARCHIVE_GET_BUG} for a \
          bug).\n"
     ));
+    text.push_str("check exits as a Nagios plugin: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN.\n");
     text
 }
 
@@ -306,7 +328,11 @@ mod tests {
     /// The contract as users read it: README.md and docs/operations.md carry the tables.
     #[test]
     fn the_docs_carry_the_tables_word_for_word() {
-        for table in [exit_codes_markdown(), archive_get_codes_markdown()] {
+        for table in [
+            exit_codes_markdown(),
+            archive_get_codes_markdown(),
+            check_codes_markdown(),
+        ] {
             for (name, text) in [
                 ("README.md", include_str!("../README.md")),
                 ("docs/operations.md", include_str!("../docs/operations.md")),

@@ -11,12 +11,14 @@
 //! wal/.../<name>.summary.json                       the WAL index (see `wal_index`)
 //! backup/<id>/data/<n>.lz4, backup/<id>/manifest.json   base backups (see `backup`)
 //! lock.json                                         the repository lock (see `lock`)
+//! history/runs/<day>/<run>.json, history/latest/<command>.json   run history (see `history`)
 //! ```
 //! Every `.lz4` object is in the codec's format (LZ4 frames and a checksummed trailer): the
 //! catalog encodes what it stores and verifies what it reads.
 
 pub mod backup;
 pub mod lock;
+pub mod history;
 mod sealed;
 pub mod wal;
 pub mod wal_index;

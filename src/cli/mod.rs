@@ -42,7 +42,7 @@ pub struct GlobalArgs {
     pub repo: Option<String>,
 
     /// TOML file with the same settings (repo, s3_endpoint, s3_path_style, storage_timeout,
-    /// storage_retry_time, lock_stale_after, notify_url, notify_on_success).
+    /// storage_retry_time, lock_stale_after, notify_url, notify_on_success, check_*, keep_*).
     #[arg(long, global = true, env = "PITR_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
 
@@ -109,6 +109,58 @@ pub struct GlobalArgs {
         value_parser = BoolishValueParser::new()
     )]
     pub notify_on_success: Option<bool>,
+    /// pitr check: age of the newest complete backup, "WARNING,CRITICAL" or "CRITICAL"
+    /// (90s, 15m, 2h, 8d, 1w) or "off" (default 8d,15d).
+    #[arg(
+        long,
+        global = true,
+        env = "PITR_CHECK_BACKUP_AGE",
+        help_heading = "Check thresholds",
+        value_name = "LIMITS"
+    )]
+    pub check_backup_age: Option<String>,
+
+    /// pitr check: age of the newest archived commit; with --dbname only when the repository
+    /// is behind the server (default 15m,1h).
+    #[arg(
+        long,
+        global = true,
+        env = "PITR_CHECK_ARCHIVE_LAG",
+        help_heading = "Check thresholds",
+        value_name = "LIMITS"
+    )]
+    pub check_archive_lag: Option<String>,
+
+    /// pitr check: fewest complete backups, "WARNING,CRITICAL" (warn below the first) or
+    /// "CRITICAL" (default 1).
+    #[arg(
+        long,
+        global = true,
+        env = "PITR_CHECK_MIN_BACKUPS",
+        help_heading = "Check thresholds",
+        value_name = "LIMITS"
+    )]
+    pub check_min_backups: Option<String>,
+
+    /// pitr check: age of the last successful verify (default 8d,15d; "off" to skip).
+    #[arg(
+        long,
+        global = true,
+        env = "PITR_CHECK_VERIFY_AGE",
+        help_heading = "Check thresholds",
+        value_name = "LIMITS"
+    )]
+    pub check_verify_age: Option<String>,
+
+    /// pitr check --switch-wal: seconds to wait for the segment (default 60).
+    #[arg(
+        long,
+        global = true,
+        env = "PITR_CHECK_SWITCH_WAL_TIMEOUT",
+        help_heading = "Check thresholds",
+        value_name = "SECONDS"
+    )]
+    pub check_switch_wal_timeout: Option<u64>,
 
     /// More output: -v one line per file, -vv debug.
     #[arg(short, long, global = true, action = ArgAction::Count)]
@@ -131,6 +183,11 @@ impl GlobalArgs {
             lock_stale_after: self.lock_stale_after,
             notify_url: self.notify_url.clone(),
             notify_on_success: self.notify_on_success,
+            check_backup_age: self.check_backup_age.clone(),
+            check_archive_lag: self.check_archive_lag.clone(),
+            check_min_backups: self.check_min_backups.clone(),
+            check_verify_age: self.check_verify_age.clone(),
+            check_switch_wal_timeout: self.check_switch_wal_timeout,
         }
     }
 }
@@ -255,6 +312,35 @@ pub enum Command {
         #[arg(long, value_name = "N")]
         jobs: Option<usize>,
     },
+    /// Monitoring probe: one OK/WARNING/CRITICAL/UNKNOWN line per check, Nagios exit codes
+    /// (0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN); thresholds are the check_* settings.
+    Check {
+        /// Also ask the server (conninfo or URL): its WAL position and pg_stat_archiver.
+        #[arg(long, short = 'd', value_name = "CONNINFO")]
+        dbname: Option<String>,
+        /// Switch WAL on the server and wait for the segment to reach the repository (needs
+        /// a connection: --dbname or libpq's environment).
+        #[arg(long)]
+        switch_wal: bool,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Prometheus metrics: printed (for node_exporter's textfile collector) or served.
+    Metrics {
+        /// Serve GET /metrics on this address (e.g. 127.0.0.1:9187), computed per scrape.
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<std::net::SocketAddr>,
+    },
+    /// Recorded runs of backup, verify, check and expire, newest first.
+    History {
+        /// Print the runs as JSON.
+        #[arg(long)]
+        json: bool,
+        /// How many runs to show.
+        #[arg(long, value_name = "N", default_value_t = 20)]
+        limit: usize,
+    },
 }
 
 /// Prints a command line clap refused (or help) and returns the exit code: 2, or for
@@ -265,6 +351,9 @@ pub fn usage_error(error: clap::Error) -> u8 {
     let _ = error.print();
     if code != 0 && std::env::args().any(|arg| arg == "archive-get") {
         crate::error::archive_get_exit_code(code)
+    } else if code != 0 && std::env::args().any(|arg| arg == "check") {
+        // A monitoring plugin given a bad command line is UNKNOWN, not CRITICAL.
+        crate::error::EXIT_CHECK_UNKNOWN
     } else {
         code
     }
@@ -285,6 +374,8 @@ impl Command {
     pub fn exit_code(&self, error: &crate::error::Error) -> u8 {
         match self {
             Command::ArchiveGet { .. } => crate::error::archive_get_exit_code(error.exit_code()),
+            // Nagios reads anything that kept the checks from running as UNKNOWN.
+            Command::Check { .. } => crate::error::EXIT_CHECK_UNKNOWN,
             _ => error.exit_code(),
         }
     }
@@ -296,6 +387,7 @@ impl Command {
                 "pitr archive-get {name}: {error}; recovery stops here rather than end without \
                  this file: fix the cause, then start the server again"
             ),
+            Command::Check { .. } => format!("UNKNOWN pitr check: {error}"),
             _ => format!("pitr {}: {error}", self.name()),
         }
     }
@@ -310,6 +402,9 @@ impl Command {
             Command::List { .. } => "list",
             Command::Restore { .. } => "restore",
             Command::Demo { .. } => "demo",
+            Command::Check { .. } => "check",
+            Command::Metrics { .. } => "metrics",
+            Command::History { .. } => "history",
         }
     }
 }

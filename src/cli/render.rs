@@ -221,3 +221,41 @@ pub fn verify(report: &VerifyReport, as_json: bool) {
         report.objects, report.bytes, report.seconds
     );
 }
+
+pub fn check(report: &crate::commands::check::CheckReport, as_json: bool) {
+    if as_json {
+        return json(report);
+    }
+    for c in &report.checks {
+        println!("{} {}: {}", c.state.as_str(), c.name, c.detail);
+    }
+}
+
+pub fn history(report: &crate::commands::history::HistoryReport, as_json: bool) {
+    if as_json {
+        return json(report);
+    }
+    if report.runs.is_empty() {
+        println!("no runs recorded");
+        return;
+    }
+    println!(
+        "{:<20}  {:<8}  {:>8}  {:<8}  {:>12}  {:<18}  error",
+        "start", "command", "seconds", "status", "bytes", "backup"
+    );
+    for run in &report.runs {
+        let seconds = (run.end - run.start).num_milliseconds() as f64 / 1000.0;
+        println!(
+            "{:<20}  {:<8}  {:>8.1}  {:<8}  {:>12}  {:<18}  {}",
+            run.start.format("%Y-%m-%dT%H:%M:%SZ"),
+            run.command,
+            seconds,
+            run.status.as_str(),
+            run.bytes
+                .map(|b| b.to_string())
+                .unwrap_or_else(|| "-".into()),
+            run.backup_id.as_deref().unwrap_or("-"),
+            run.error.as_deref().unwrap_or("")
+        );
+    }
+}

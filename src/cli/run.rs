@@ -9,13 +9,16 @@ use crate::catalog::Catalog;
 use crate::commands::archive_get::{ArchiveGetOptions, archive_get};
 use crate::commands::archive_push::{ArchivePushOptions, archive_push};
 use crate::commands::backup::{BackupOptions, backup};
+use crate::commands::check::{CheckOptions, CheckThresholds, check};
 use crate::commands::demo::{DemoOptions, demo};
+use crate::commands::history::{HistoryOptions, RECORDED_COMMANDS, RunFacts, history};
 use crate::commands::init::{InitOptions, init};
 use crate::commands::list::{ListOptions, list};
+use crate::commands::metrics::{MetricsOptions, metrics, serve};
 use crate::commands::restore::{RestoreOptions, restore};
 use crate::commands::verify::{VerifyOptions, verify};
 use crate::config::{RepoConfig, Settings};
-use crate::error::{EXIT_OK, Result};
+use crate::error::{EXIT_OK, Error, Result};
 use crate::pg::recovery_target::{RecoveryRequest, Target};
 use crate::recovery::plan::PlanRequest;
 
@@ -62,6 +65,39 @@ async fn run_command(cli: Cli) -> Result<u8> {
     let catalog = Catalog::new(config.open().await?).with_lock_stale_after(config.lock_stale_after);
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
 
+    // The run history: one place, so that any command can be recorded.
+    let name = cli.command.name();
+    let started = chrono::Utc::now();
+    let mut facts = RunFacts::default();
+    let command = cli.command.clone();
+    let result = execute(cli, &settings, &catalog, threads, &mut facts).await;
+    if RECORDED_COMMANDS.contains(&name) {
+        let (code, error) = match &result {
+            Ok(code) => (*code, None),
+            Err(e) => (command.exit_code(e), Some(e.to_string())),
+        };
+        let record = crate::commands::history::run_record(
+            name,
+            started,
+            chrono::Utc::now(),
+            code,
+            error,
+            facts,
+        );
+        crate::commands::history::record(&catalog, &record).await;
+    }
+    result
+}
+
+/// Runs the command on the repository; `facts` gathers what the history records.
+async fn execute(
+    cli: Cli,
+    settings: &Settings,
+    catalog: &Catalog,
+    threads: usize,
+    facts: &mut RunFacts,
+) -> Result<u8> {
+    let catalog = catalog.clone();
     match cli.command {
         Command::Init { pgdata } => render::init(&init(&catalog, &InitOptions { pgdata }).await?),
         Command::ArchivePush { path } => {
@@ -88,7 +124,10 @@ async fn run_command(cli: Cli) -> Result<u8> {
                 wal_timeout: Duration::from_secs(wal_timeout),
                 progress: progress::terminal(),
             };
-            render::backup(&backup(&catalog, &options).await?);
+            let report = backup(&catalog, &options).await?;
+            facts.bytes = Some(report.manifest.stored_bytes);
+            facts.backup_id = Some(report.manifest.id.clone());
+            render::backup(&report);
         }
         Command::Restore {
             pgdata,
@@ -138,7 +177,7 @@ async fn run_command(cli: Cli) -> Result<u8> {
                     .collect::<HashMap<u32, PathBuf>>(),
                 restore_command: restore_command::restore_command(
                     &exe,
-                    &settings,
+                    settings,
                     cli.global.config.as_deref(),
                 ),
                 sync: !no_sync,
@@ -156,8 +195,48 @@ async fn run_command(cli: Cli) -> Result<u8> {
                 backup,
             };
             let report = verify(&catalog, &options).await?;
+            facts.bytes = Some(report.bytes);
+            facts.backup_id = options.backup.clone();
+            if !report.ok {
+                facts.detail = Some(format!("{} problem(s)", report.problems.len()));
+            }
             render::verify(&report, json);
             return Ok(report.exit_code());
+        }
+        Command::Check {
+            dbname,
+            switch_wal,
+            json,
+        } => {
+            let options = CheckOptions {
+                thresholds: CheckThresholds::from_settings(settings)?,
+                connect: dbname.is_some(),
+                dbname,
+                switch_wal,
+                jobs: 2 * threads,
+            };
+            let report = check(&catalog, &options).await?;
+            facts.status = Some(report.state.run_status());
+            facts.detail = report.problems();
+            render::check(&report, json);
+            return Ok(report.exit_code);
+        }
+        Command::Metrics { listen } => {
+            let options = MetricsOptions { jobs: 2 * threads };
+            match listen {
+                None => print!("{}", metrics(&catalog, &options).await?),
+                Some(addr) => {
+                    let listener = tokio::net::TcpListener::bind(addr)
+                        .await
+                        .map_err(|e| Error::Config(format!("--listen {addr}: {e}")))?;
+                    eprintln!("pitr: serving metrics on http://{addr}/metrics");
+                    serve(&catalog, listener, &options).await?;
+                }
+            }
+        }
+        Command::History { json, limit } => {
+            let options = HistoryOptions { limit };
+            render::history(&history(&catalog, &options).await?, json);
         }
         Command::Demo { .. } => unreachable!("handled above"),
     }

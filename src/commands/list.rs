@@ -40,6 +40,8 @@ pub struct WalRange {
     pub timeline: u32,
     pub first_segment: String,
     pub last_segment: String,
+    /// Stored bytes of the timeline's segments and partial segments.
+    pub stored_bytes: u64,
 }
 
 /// Times a restore can target on one timeline, RFC 3339 UTC.
@@ -84,14 +86,22 @@ pub async fn list(catalog: &Catalog, options: &ListOptions) -> Result<ListReport
             .listing
             .segments
             .range(on_timeline.clone())
-            .chain(view.listing.partials.range(on_timeline))
+            .chain(view.listing.partials.range(on_timeline.clone()))
             .map(|(&(_, segno), _)| segno);
+        let stored_bytes = view
+            .listing
+            .segments
+            .range(on_timeline.clone())
+            .chain(view.listing.partials.range(on_timeline))
+            .map(|(_, file)| file.size())
+            .sum();
         if let (Some(first), Some(last)) = (segnos.clone().min(), segnos.max()) {
             let name = |segno| xlog_file_name(timeline, segno, view.segment_size);
             wal.push(WalRange {
                 timeline,
                 first_segment: name(first),
                 last_segment: name(last),
+                stored_bytes,
             });
         }
     }

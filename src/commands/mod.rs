@@ -5,9 +5,13 @@
 pub mod archive_get;
 pub mod archive_push;
 pub mod backup;
+pub mod check;
 pub mod demo;
+pub mod history;
 pub mod init;
 pub mod list;
+pub mod metrics;
+pub mod overview;
 pub mod restore;
 pub mod verify;
 

@@ -1,0 +1,766 @@
+//! `pitr check`: a monitoring probe with Nagios/Icinga states. Gathers what the repository
+//! (through `overview`), the run history and, given a connection, the server say, then
+//! decides each check's state in a pure function (`evaluate`).
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use super::overview::{RepositoryOverview, overview};
+use crate::catalog::Catalog;
+use crate::catalog::history::RunStatus;
+use crate::config::Settings;
+use crate::error::{
+    EXIT_CHECK_CRITICAL, EXIT_CHECK_OK, EXIT_CHECK_UNKNOWN, EXIT_CHECK_WARNING, Error, Result,
+};
+use crate::pg::WalFileName;
+use crate::pg::timestamp::rfc3339;
+use crate::pg::wal_name::xlog_file_name;
+use crate::server::{Session, connection_config};
+
+/// A check's state; the command exits with the worst one's code.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum CheckState {
+    Ok,
+    Warning,
+    Critical,
+    Unknown,
+}
+
+impl CheckState {
+    /// Nagios plugin exit codes (the table in `error`).
+    pub fn exit_code(self) -> u8 {
+        match self {
+            CheckState::Ok => EXIT_CHECK_OK,
+            CheckState::Warning => EXIT_CHECK_WARNING,
+            CheckState::Critical => EXIT_CHECK_CRITICAL,
+            CheckState::Unknown => EXIT_CHECK_UNKNOWN,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CheckState::Ok => "OK",
+            CheckState::Warning => "WARNING",
+            CheckState::Critical => "CRITICAL",
+            CheckState::Unknown => "UNKNOWN",
+        }
+    }
+
+    /// Which state wins overall: CRITICAL, then WARNING, then UNKNOWN.
+    fn severity(self) -> u8 {
+        match self {
+            CheckState::Ok => 0,
+            CheckState::Unknown => 1,
+            CheckState::Warning => 2,
+            CheckState::Critical => 3,
+        }
+    }
+
+    pub fn run_status(self) -> RunStatus {
+        match self {
+            CheckState::Ok => RunStatus::Ok,
+            CheckState::Warning => RunStatus::Warning,
+            CheckState::Critical => RunStatus::Critical,
+            CheckState::Unknown => RunStatus::Unknown,
+        }
+    }
+}
+
+/// A WARNING and a CRITICAL threshold; either may be off.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits<T> {
+    pub warning: Option<T>,
+    pub critical: Option<T>,
+}
+
+impl<T: Copy> Limits<T> {
+    /// `"W,C"`, `"C"` (critical only) or `"off"`; `parse` reads one value.
+    pub fn parse(
+        text: &str,
+        parse: impl Fn(&str) -> std::result::Result<T, String>,
+    ) -> std::result::Result<Self, String> {
+        let text = text.trim();
+        if text.eq_ignore_ascii_case("off") {
+            return Ok(Limits {
+                warning: None,
+                critical: None,
+            });
+        }
+        match text.split_once(',') {
+            Some((warning, critical)) => Ok(Limits {
+                warning: Some(parse(warning.trim())?),
+                critical: Some(parse(critical.trim())?),
+            }),
+            None => Ok(Limits {
+                warning: None,
+                critical: Some(parse(text)?),
+            }),
+        }
+    }
+}
+
+impl Limits<Duration> {
+    /// The state of an age: beyond a limit is that limit's state.
+    fn age_state(&self, age: Duration) -> CheckState {
+        if self.critical.is_some_and(|c| age > c) {
+            CheckState::Critical
+        } else if self.warning.is_some_and(|w| age > w) {
+            CheckState::Warning
+        } else {
+            CheckState::Ok
+        }
+    }
+
+    fn is_off(&self) -> bool {
+        self.warning.is_none() && self.critical.is_none()
+    }
+}
+
+/// `90s`, `15m`, `2h`, `8d`, `1w`, or plain seconds.
+pub fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("'{text}' is not a duration such as 90s, 15m, 2h, 8d or 1w"))?;
+    let unit_seconds = match unit {
+        "" | "s" => 1,
+        "m" | "min" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        "w" => 7 * 86_400,
+        _ => {
+            return Err(format!(
+                "'{text}' has an unknown unit '{unit}': use s, m, h, d or w"
+            ));
+        }
+    };
+    number
+        .checked_mul(unit_seconds)
+        .map(Duration::from_secs)
+        .ok_or_else(|| format!("'{text}' is too long"))
+}
+
+fn parse_count(text: &str) -> std::result::Result<u64, String> {
+    text.parse()
+        .map_err(|_| format!("'{text}' is not a number of backups"))
+}
+
+/// Thresholds, from the settings `check_*` (TOML, `PITR_CHECK_…`, `--check-…`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CheckThresholds {
+    pub backup_age: Limits<Duration>,
+    pub archive_lag: Limits<Duration>,
+    /// WARNING below the first, CRITICAL below the second.
+    pub min_backups: Limits<u64>,
+    pub verify_age: Limits<Duration>,
+    pub switch_wal_timeout: Duration,
+}
+
+pub const DEFAULT_BACKUP_AGE: &str = "8d,15d";
+pub const DEFAULT_ARCHIVE_LAG: &str = "15m,1h";
+pub const DEFAULT_MIN_BACKUPS: &str = "1";
+pub const DEFAULT_VERIFY_AGE: &str = "8d,15d";
+pub const DEFAULT_SWITCH_WAL_TIMEOUT: u64 = 60;
+
+impl CheckThresholds {
+    pub fn from_settings(settings: &Settings) -> Result<Self> {
+        let limits = |name: &str, value: &Option<String>, default: &str| {
+            Limits::parse(value.as_deref().unwrap_or(default), parse_duration)
+                .map_err(|e| Error::Config(format!("{name}: {e} (WARNING,CRITICAL or off)")))
+        };
+        Ok(CheckThresholds {
+            backup_age: limits(
+                "check_backup_age",
+                &settings.check_backup_age,
+                DEFAULT_BACKUP_AGE,
+            )?,
+            archive_lag: limits(
+                "check_archive_lag",
+                &settings.check_archive_lag,
+                DEFAULT_ARCHIVE_LAG,
+            )?,
+            min_backups: Limits::parse(
+                settings
+                    .check_min_backups
+                    .as_deref()
+                    .unwrap_or(DEFAULT_MIN_BACKUPS),
+                parse_count,
+            )
+            .map_err(|e| Error::Config(format!("check_min_backups: {e} (WARNING,CRITICAL)")))?,
+            verify_age: limits(
+                "check_verify_age",
+                &settings.check_verify_age,
+                DEFAULT_VERIFY_AGE,
+            )?,
+            switch_wal_timeout: Duration::from_secs(
+                settings
+                    .check_switch_wal_timeout
+                    .unwrap_or(DEFAULT_SWITCH_WAL_TIMEOUT),
+            ),
+        })
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct CheckOptions {
+    pub thresholds: CheckThresholds,
+    /// Connect to the server (`--dbname`, or libpq's environment).
+    pub connect: bool,
+    pub dbname: Option<String>,
+    pub switch_wal: bool,
+    pub jobs: usize,
+}
+
+/// One line of the output.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct CheckResult {
+    pub name: &'static str,
+    pub state: CheckState,
+    pub detail: String,
+    /// The measured value: seconds for ages and lags, a count for backups.
+    pub value: Option<f64>,
+}
+
+/// The JSON shape monitoring reads: keep it stable.
+#[derive(Debug, Serialize)]
+pub struct CheckReport {
+    pub state: CheckState,
+    pub exit_code: u8,
+    pub checks: Vec<CheckResult>,
+}
+
+impl CheckReport {
+    fn new(checks: Vec<CheckResult>) -> Self {
+        let state = checks
+            .iter()
+            .map(|c| c.state)
+            .max_by_key(|s| s.severity())
+            .unwrap_or(CheckState::Ok);
+        CheckReport {
+            state,
+            exit_code: state.exit_code(),
+            checks,
+        }
+    }
+
+    /// The lines that are not OK, for the run history.
+    pub fn problems(&self) -> Option<String> {
+        let lines: Vec<String> = self
+            .checks
+            .iter()
+            .filter(|c| c.state != CheckState::Ok)
+            .map(|c| format!("{} {}: {}", c.state.as_str(), c.name, c.detail))
+            .collect();
+        (!lines.is_empty()).then(|| lines.join("; "))
+    }
+}
+
+/// What the server said.
+#[derive(Clone, Debug, Default)]
+pub struct ServerFacts {
+    /// The segment before the one being written: complete, so it should be archived.
+    pub last_complete_segment: Option<String>,
+    pub last_complete_archived: bool,
+    /// Segments between the newest archived one and the last complete one.
+    pub segments_behind: Option<u64>,
+    pub archiver: Option<ArchiverStats>,
+}
+
+/// `pg_stat_archiver`.
+#[derive(Clone, Debug, Default)]
+pub struct ArchiverStats {
+    pub archived_count: u64,
+    pub failed_count: u64,
+    pub last_archived_wal: Option<String>,
+    pub last_archived_time: Option<DateTime<Utc>>,
+    pub last_failed_wal: Option<String>,
+    pub last_failed_time: Option<DateTime<Utc>>,
+}
+
+/// What `--switch-wal` saw.
+#[derive(Clone, Debug)]
+pub enum SwitchOutcome {
+    Arrived { segment: String, after: Duration },
+    Missing { segment: String, waited: Duration },
+    Failed(String),
+}
+
+/// Everything the decision reads.
+pub struct CheckFacts<'a> {
+    pub now: DateTime<Utc>,
+    pub repository: &'a RepositoryOverview,
+    /// `Err`: the connection failed (its message).
+    pub server: Option<std::result::Result<ServerFacts, String>>,
+    pub switch: Option<SwitchOutcome>,
+}
+
+fn age(now: DateTime<Utc>, then: DateTime<Utc>) -> Duration {
+    (now - then).to_std().unwrap_or(Duration::ZERO)
+}
+
+/// A duration for people: 3d 4h, 12m 5s, 800ms.
+fn human(duration: Duration) -> String {
+    let s = duration.as_secs();
+    match s {
+        0 => format!("{}ms", duration.as_millis()),
+        1..60 => format!("{s}s"),
+        60..3600 => format!("{}m {}s", s / 60, s % 60),
+        3600..86_400 => format!("{}h {}m", s / 3600, s % 3600 / 60),
+        _ => format!("{}d {}h", s / 86_400, s % 86_400 / 3600),
+    }
+}
+
+fn limits_text(limits: &Limits<Duration>) -> String {
+    match (limits.warning, limits.critical) {
+        (Some(w), Some(c)) => format!("warning {}, critical {}", human(w), human(c)),
+        (None, Some(c)) => format!("critical {}", human(c)),
+        (Some(w), None) => format!("warning {}", human(w)),
+        (None, None) => "no limit".into(),
+    }
+}
+
+/// Decides every check's state: pure.
+pub fn evaluate(facts: &CheckFacts, thresholds: &CheckThresholds) -> CheckReport {
+    let repo = facts.repository;
+    let now = facts.now;
+    let mut checks = Vec::new();
+
+    // The newest complete backup.
+    checks.push(match repo.newest_backup() {
+        Some((id, stop)) => {
+            let age = age(now, stop);
+            CheckResult {
+                name: "backup_age",
+                state: thresholds.backup_age.age_state(age),
+                detail: format!(
+                    "last complete backup {id} finished {} ago ({})",
+                    human(age),
+                    limits_text(&thresholds.backup_age)
+                ),
+                value: Some(age.as_secs_f64()),
+            }
+        }
+        None => CheckResult {
+            name: "backup_age",
+            state: if thresholds.backup_age.is_off() {
+                CheckState::Ok
+            } else {
+                CheckState::Critical
+            },
+            detail: "no complete backup in the repository".into(),
+            value: None,
+        },
+    });
+
+    // Archive lag: the newest archived commit, and the server's position when connected.
+    let server = facts.server.as_ref().and_then(|s| s.as_ref().ok());
+    let newest_commit = repo.newest_commit();
+    let lag = newest_commit.map(|t| age(now, t));
+    let lag_detail = |lag: Duration| {
+        format!(
+            "newest archived commit {} ago ({})",
+            human(lag),
+            limits_text(&thresholds.archive_lag)
+        )
+    };
+    checks.push(match (server, lag) {
+        (_, _) if repo.newest_wal.is_empty() => CheckResult {
+            name: "archive_lag",
+            state: CheckState::Critical,
+            detail: "no WAL archived in the repository".into(),
+            value: None,
+        },
+        (Some(server), _) if server.last_complete_archived => CheckResult {
+            name: "archive_lag",
+            state: CheckState::Ok,
+            detail: format!(
+                "the server's last complete segment {} is archived",
+                server.last_complete_segment.as_deref().unwrap_or("?")
+            ),
+            value: Some(0.0),
+        },
+        (Some(server), lag) => {
+            let behind = match (&server.last_complete_segment, server.segments_behind) {
+                (Some(segment), Some(n)) => {
+                    format!("{n} segment(s) behind the server's last complete segment {segment}")
+                }
+                _ => "behind the server".into(),
+            };
+            match lag {
+                Some(lag) => CheckResult {
+                    name: "archive_lag",
+                    state: thresholds.archive_lag.age_state(lag),
+                    detail: format!("{behind}; {}", lag_detail(lag)),
+                    value: Some(lag.as_secs_f64()),
+                },
+                None => CheckResult {
+                    name: "archive_lag",
+                    state: CheckState::Warning,
+                    detail: format!("{behind}; no archived commit to date it"),
+                    value: None,
+                },
+            }
+        }
+        (None, Some(lag)) => CheckResult {
+            name: "archive_lag",
+            state: thresholds.archive_lag.age_state(lag),
+            detail: lag_detail(lag),
+            value: Some(lag.as_secs_f64()),
+        },
+        (None, None) => CheckResult {
+            name: "archive_lag",
+            state: CheckState::Unknown,
+            detail: "no commit in the archived WAL yet (connect with --dbname to compare with \
+                     the server)"
+                .into(),
+            value: None,
+        },
+    });
+
+    // The server's own archiver, and the connection itself.
+    match &facts.server {
+        Some(Err(reason)) => checks.push(CheckResult {
+            name: "server",
+            state: CheckState::Unknown,
+            detail: reason.clone(),
+            value: None,
+        }),
+        Some(Ok(ServerFacts {
+            archiver: Some(stats),
+            ..
+        })) => {
+            let failing = stats.failed_count > 0
+                && match (stats.last_failed_time, stats.last_archived_time) {
+                    (Some(failed), Some(archived)) => failed > archived,
+                    (Some(_), None) => true,
+                    _ => false,
+                };
+            checks.push(if failing {
+                CheckResult {
+                    name: "archiver",
+                    state: CheckState::Critical,
+                    detail: format!(
+                        "archive_command failed for {} at {} and has not succeeded since \
+                         ({} failures, see the server log)",
+                        stats.last_failed_wal.as_deref().unwrap_or("?"),
+                        stats.last_failed_time.map(rfc3339).unwrap_or_default(),
+                        stats.failed_count
+                    ),
+                    value: Some(stats.failed_count as f64),
+                }
+            } else {
+                CheckResult {
+                    name: "archiver",
+                    state: CheckState::Ok,
+                    detail: format!(
+                        "last archived {} at {}, {} archived, {} failures",
+                        stats.last_archived_wal.as_deref().unwrap_or("nothing"),
+                        stats
+                            .last_archived_time
+                            .map(rfc3339)
+                            .unwrap_or_else(|| "-".into()),
+                        stats.archived_count,
+                        stats.failed_count
+                    ),
+                    value: Some(stats.failed_count as f64),
+                }
+            });
+        }
+        _ => {}
+    }
+
+    // How many backups.
+    let count = repo.list.backups.len() as u64;
+    let min = thresholds.min_backups;
+    let state = if min.critical.is_some_and(|c| count < c) {
+        CheckState::Critical
+    } else if min.warning.is_some_and(|w| count < w) {
+        CheckState::Warning
+    } else {
+        CheckState::Ok
+    };
+    let damaged = repo.list.damaged_backups.len();
+    checks.push(CheckResult {
+        name: "backups",
+        state,
+        detail: format!(
+            "{count} complete backup(s){}{}",
+            if damaged > 0 {
+                format!(", {damaged} damaged (run pitr verify)")
+            } else {
+                String::new()
+            },
+            match (min.warning, min.critical) {
+                (Some(w), Some(c)) => format!(" (warning below {w}, critical below {c})"),
+                (None, Some(c)) => format!(" (critical below {c})"),
+                _ => String::new(),
+            }
+        ),
+        value: Some(count as f64),
+    });
+
+    // The last successful verify.
+    if !thresholds.verify_age.is_off() {
+        let verify = repo.latest_runs.get("verify");
+        checks.push(match verify.and_then(|v| v.last_success.as_ref()) {
+            Some(success) => {
+                let age = age(now, success.end);
+                let mut detail = format!(
+                    "last successful verify {} ago ({})",
+                    human(age),
+                    limits_text(&thresholds.verify_age)
+                );
+                let last = &verify.expect("has a success").last_run;
+                if last.status != RunStatus::Ok {
+                    detail.push_str(&format!(
+                        "; the last verify at {} {}",
+                        rfc3339(last.end),
+                        last.status.as_str()
+                    ));
+                }
+                CheckResult {
+                    name: "verify_age",
+                    state: thresholds.verify_age.age_state(age),
+                    detail,
+                    value: Some(age.as_secs_f64()),
+                }
+            }
+            None => CheckResult {
+                name: "verify_age",
+                state: CheckState::Warning,
+                detail: match verify {
+                    Some(v) => format!(
+                        "no successful verify recorded; the last, at {}, {}",
+                        rfc3339(v.last_run.end),
+                        v.last_run.status.as_str()
+                    ),
+                    None => "no verify recorded: run pitr verify regularly, or set \
+                             check_verify_age = \"off\""
+                        .into(),
+                },
+                value: None,
+            },
+        });
+    }
+
+    if let Some(switch) = &facts.switch {
+        checks.push(match switch {
+            SwitchOutcome::Arrived { segment, after } => CheckResult {
+                name: "switch_wal",
+                state: CheckState::Ok,
+                detail: format!(
+                    "segment {segment} reached the repository in {}",
+                    human(*after)
+                ),
+                value: Some(after.as_secs_f64()),
+            },
+            SwitchOutcome::Missing { segment, waited } => CheckResult {
+                name: "switch_wal",
+                state: CheckState::Critical,
+                detail: format!(
+                    "segment {segment} did not reach the repository within {}: archiving is \
+                     broken or slow (see pg_stat_archiver and the server log)",
+                    human(*waited)
+                ),
+                value: Some(waited.as_secs_f64()),
+            },
+            SwitchOutcome::Failed(reason) => CheckResult {
+                name: "switch_wal",
+                state: CheckState::Unknown,
+                detail: reason.clone(),
+                value: None,
+            },
+        });
+    }
+    CheckReport::new(checks)
+}
+
+/// Runs the checks. A repository that cannot be read is one UNKNOWN line, not an error.
+pub async fn check(catalog: &Catalog, options: &CheckOptions) -> Result<CheckReport> {
+    let session = if options.connect || options.switch_wal {
+        Some(
+            match connection_config(options.dbname.as_deref()) {
+                Ok(config) => Session::connect(&config).await,
+                Err(e) => Err(e),
+            }
+            .map_err(|e| e.to_string()),
+        )
+    } else {
+        None
+    };
+    // The switch first: its segment is then part of what the repository shows.
+    let switch = match (&session, options.switch_wal) {
+        (Some(Ok(session)), true) => Some(switch_wal(catalog, session, options).await),
+        (Some(Err(reason)), true) => Some(SwitchOutcome::Failed(format!(
+            "--switch-wal needs the server: {reason}"
+        ))),
+        _ => None,
+    };
+    let repository = match overview(catalog, options.jobs).await {
+        Ok(repository) => repository,
+        Err(e) => {
+            return Ok(CheckReport::new(vec![CheckResult {
+                name: "repository",
+                state: CheckState::Unknown,
+                detail: format!("cannot read the repository: {e}"),
+                value: None,
+            }]));
+        }
+    };
+    let server = match session {
+        Some(Ok(session)) => Some(
+            server_facts(catalog, &session, &repository)
+                .await
+                .map_err(|e| e.to_string()),
+        ),
+        Some(Err(reason)) => Some(Err(reason)),
+        None => None,
+    };
+    let facts = CheckFacts {
+        now: Utc::now(),
+        repository: &repository,
+        server,
+        switch,
+    };
+    Ok(evaluate(&facts, &options.thresholds))
+}
+
+async fn server_facts(
+    catalog: &Catalog,
+    session: &Session,
+    repository: &RepositoryOverview,
+) -> Result<ServerFacts> {
+    let mut facts = ServerFacts::default();
+    let in_recovery = session
+        .text("asking for recovery", "SELECT pg_is_in_recovery()::text")
+        .await?
+        == "true";
+    if !in_recovery {
+        let current = session
+            .text(
+                "reading the WAL position",
+                "SELECT substr(pg_walfile_name(lsn), 1, 8) || '|' || lsn::text \
+                 FROM pg_current_wal_lsn() AS lsn",
+            )
+            .await?;
+        let size = repository.wal_segment_size;
+        if let Some((timeline, segno)) = current_segment(&current, size)
+            && segno > 0
+        {
+            let last = xlog_file_name(timeline, segno - 1, size);
+            let archived = match WalFileName::parse(&last) {
+                Ok(last) => catalog.has_wal(&last).await?,
+                Err(_) => false,
+            };
+            let newest = repository
+                .newest_wal
+                .get(&timeline)
+                .map(|w| w.segment_number);
+            facts.segments_behind = Some(match newest {
+                Some(newest) => (segno - 1).saturating_sub(newest),
+                None => segno,
+            });
+            facts.last_complete_archived = archived;
+            facts.last_complete_segment = Some(last);
+        }
+    }
+    let row = session
+        .text(
+            "reading pg_stat_archiver",
+            "SELECT concat_ws('|', archived_count, failed_count, \
+             coalesce(last_archived_wal, ''), \
+             coalesce(extract(epoch from last_archived_time)::text, ''), \
+             coalesce(last_failed_wal, ''), \
+             coalesce(extract(epoch from last_failed_time)::text, '')) FROM pg_stat_archiver",
+        )
+        .await?;
+    facts.archiver = Some(parse_archiver_row(&row));
+    Ok(facts)
+}
+
+/// The timeline and segment number of `TIMELINE|LSN`. The segment holding the LSN
+/// (`XLByteToSeg`): pg_walfile_name names the previous one at a segment boundary, as after
+/// a switch, which would take the switched segment for one still being written.
+fn current_segment(row: &str, segment_size: u64) -> Option<(u32, u64)> {
+    let (timeline, lsn) = row.split_once('|')?;
+    let timeline = u32::from_str_radix(timeline, 16).ok()?;
+    let lsn: crate::pg::Lsn = lsn.parse().ok()?;
+    Some((timeline, lsn.segment_number(segment_size)))
+}
+
+fn parse_archiver_row(row: &str) -> ArchiverStats {
+    let fields: Vec<&str> = row.split('|').collect();
+    let field = |i: usize| fields.get(i).copied().filter(|f| !f.is_empty());
+    let time = |i: usize| {
+        let seconds: f64 = field(i)?.parse().ok()?;
+        DateTime::from_timestamp_micros((seconds * 1e6) as i64)
+    };
+    ArchiverStats {
+        archived_count: field(0).and_then(|f| f.parse().ok()).unwrap_or(0),
+        failed_count: field(1).and_then(|f| f.parse().ok()).unwrap_or(0),
+        last_archived_wal: field(2).map(str::to_owned),
+        last_archived_time: time(3),
+        last_failed_wal: field(4).map(str::to_owned),
+        last_failed_time: time(5),
+    }
+}
+
+/// Writes a little WAL (so the switch has something to close), switches, and waits for the
+/// closed segment to reach the repository.
+async fn switch_wal(catalog: &Catalog, session: &Session, options: &CheckOptions) -> SwitchOutcome {
+    let started = std::time::Instant::now();
+    // A logical message is WAL without a transaction; txid_current where it is not allowed.
+    if session
+        .text(
+            "writing WAL",
+            "SELECT pg_logical_emit_message(false, 'pitr', 'check')::text",
+        )
+        .await
+        .is_err()
+        && let Err(e) = session
+            .text("writing WAL", "SELECT txid_current()::text")
+            .await
+    {
+        return SwitchOutcome::Failed(e.to_string());
+    }
+    let segment = match session
+        .text("switching WAL", "SELECT pg_walfile_name(pg_switch_wal())")
+        .await
+    {
+        Ok(segment) => segment,
+        Err(e) => return SwitchOutcome::Failed(e.to_string()),
+    };
+    let Ok(name) = WalFileName::parse(&segment) else {
+        return SwitchOutcome::Failed(format!("the server named segment '{segment}'"));
+    };
+    let timeout = options.thresholds.switch_wal_timeout;
+    loop {
+        match catalog.has_wal(&name).await {
+            Ok(true) => {
+                return SwitchOutcome::Arrived {
+                    segment,
+                    after: started.elapsed(),
+                };
+            }
+            Ok(false) => {}
+            Err(e) => return SwitchOutcome::Failed(format!("cannot read the repository: {e}")),
+        }
+        if started.elapsed() >= timeout {
+            return SwitchOutcome::Missing {
+                segment,
+                waited: started.elapsed(),
+            };
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests;

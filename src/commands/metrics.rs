@@ -1,0 +1,357 @@
+//! `pitr metrics`: the repository's state in the Prometheus text exposition format, printed
+//! (for node_exporter's textfile collector) or served on `/metrics`, computed per scrape from
+//! the same overview `pitr check` reads.
+//!
+//! The format is prometheus-client's (the Prometheus project's own Rust crate), the server
+//! hyper 1 (already in the build through the AWS SDK, so serving adds no new HTTP stack).
+
+use std::convert::Infallible;
+use std::sync::atomic::AtomicU64;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Method, Request, Response, StatusCode};
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+use super::overview::{RepositoryOverview, overview};
+use crate::catalog::Catalog;
+use crate::catalog::history::RunStatus;
+use crate::error::Result;
+use crate::pg::timestamp::parse_rfc3339;
+
+/// The content type of what `encode` writes (OpenMetrics text, which Prometheus and the
+/// textfile collector read).
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+type Labels = Vec<(String, String)>;
+type GaugeFamily = Family<Labels, Gauge<f64, AtomicU64>>;
+
+/// Backups are all full backups today; the label keeps room for other types.
+const BACKUP_TYPE: &str = "full";
+
+fn labels(pairs: &[(&str, String)]) -> Labels {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), v.clone()))
+        .collect()
+}
+
+fn seconds(time: chrono::DateTime<chrono::Utc>) -> f64 {
+    time.timestamp_micros() as f64 / 1e6
+}
+
+/// A registry of gauge families registered under `pitr_`.
+struct Metrics {
+    registry: Registry,
+}
+
+impl Metrics {
+    fn family(&mut self, name: &str, help: &str) -> GaugeFamily {
+        let family = GaugeFamily::default();
+        self.registry.register(name, help, family.clone());
+        family
+    }
+
+    fn gauge(&mut self, name: &str, help: &str) -> Gauge<f64, AtomicU64> {
+        let gauge = Gauge::default();
+        self.registry.register(name, help, gauge.clone());
+        gauge
+    }
+}
+
+/// The exposition text of `repo`: pure.
+pub fn encode_metrics(repo: &RepositoryOverview) -> String {
+    let mut m = Metrics {
+        registry: Registry::with_prefix("pitr"),
+    };
+    let list = &repo.list;
+
+    let count = m.family("backup_count", "Complete backups in the repository");
+    count
+        .get_or_create(&labels(&[("type", BACKUP_TYPE.into())]))
+        .set(list.backups.len() as f64);
+    m.gauge(
+        "backup_damaged_count",
+        "Backups whose manifest is damaged (not restorable)",
+    )
+    .set(list.damaged_backups.len() as f64);
+
+    let last_time = m.family(
+        "backup_last_time_seconds",
+        "When the newest complete backup finished, Unix time",
+    );
+    let last_start = m.family(
+        "backup_last_start_time_seconds",
+        "When the newest complete backup started, Unix time",
+    );
+    let last_size = m.family(
+        "backup_last_size_bytes",
+        "Size of the newest complete backup's files",
+    );
+    let last_stored = m.family(
+        "backup_last_stored_bytes",
+        "Stored (compressed) size of the newest complete backup",
+    );
+    let newest = list
+        .backups
+        .iter()
+        .filter_map(|b| Some((b, parse_rfc3339(&b.stop_time)?)))
+        .max_by_key(|&(_, stop)| stop);
+    if let Some((backup, stop)) = newest {
+        let by_type = labels(&[("type", BACKUP_TYPE.into())]);
+        last_time.get_or_create(&by_type).set(seconds(stop));
+        if let Some(start) = parse_rfc3339(&backup.start_time) {
+            last_start.get_or_create(&by_type).set(seconds(start));
+        }
+        last_size
+            .get_or_create(&by_type)
+            .set(backup.size_bytes as f64);
+        last_stored
+            .get_or_create(&by_type)
+            .set(backup.stored_bytes as f64);
+    }
+
+    let wal_bytes: u64 = list.wal.iter().map(|w| w.stored_bytes).sum();
+    let backup_bytes: u64 = list.backups.iter().map(|b| b.stored_bytes).sum();
+    m.gauge(
+        "repository_stored_bytes",
+        "Stored bytes of the complete backups and the archived WAL segments",
+    )
+    .set((wal_bytes + backup_bytes) as f64);
+    let wal_stored = m.family(
+        "wal_stored_bytes",
+        "Stored bytes of the archived WAL segments per timeline",
+    );
+    for w in &list.wal {
+        wal_stored
+            .get_or_create(&labels(&[("timeline", w.timeline.to_string())]))
+            .set(w.stored_bytes as f64);
+    }
+
+    let newest_segment = m.family(
+        "wal_newest_segment_number",
+        "Number of the newest archived WAL segment per timeline (LSN / segment size)",
+    );
+    let last_commit = m.family(
+        "wal_last_commit_time_seconds",
+        "Time of the last commit in the newest archived WAL per timeline, Unix time",
+    );
+    for (timeline, wal) in &repo.newest_wal {
+        let by_timeline = labels(&[("timeline", timeline.to_string())]);
+        newest_segment
+            .get_or_create(&by_timeline)
+            .set(wal.segment_number as f64);
+        if let Some(commit) = wal.last_commit {
+            last_commit.get_or_create(&by_timeline).set(seconds(commit));
+        }
+    }
+
+    let window_start = m.family(
+        "recovery_window_start_seconds",
+        "Earliest time a restore can reach per timeline, Unix time",
+    );
+    let window_end = m.family(
+        "recovery_window_end_seconds",
+        "Latest commit a restore can reach per timeline, Unix time",
+    );
+    let window_length = m.family(
+        "recovery_window_seconds",
+        "Length of the recovery window per timeline",
+    );
+    for w in &list.recovery_window {
+        let by_timeline = labels(&[("timeline", w.timeline.to_string())]);
+        let from = parse_rfc3339(&w.from);
+        let until = w.until.as_deref().and_then(parse_rfc3339);
+        if let Some(from) = from {
+            window_start.get_or_create(&by_timeline).set(seconds(from));
+        }
+        if let Some(until) = until {
+            window_end.get_or_create(&by_timeline).set(seconds(until));
+        }
+        if let (Some(from), Some(until)) = (from, until) {
+            window_length
+                .get_or_create(&by_timeline)
+                .set(seconds(until) - seconds(from));
+        }
+    }
+
+    let run_time = m.family(
+        "last_run_time_seconds",
+        "When the last recorded run of a command (backup, verify, check, expire) ended, Unix time",
+    );
+    let run_ok = m.family(
+        "last_run_success",
+        "Whether the last recorded run of a command succeeded (1) or not (0)",
+    );
+    let success_time = m.family(
+        "last_success_time_seconds",
+        "When the last successful run of a command ended, Unix time",
+    );
+    for (command, latest) in &repo.latest_runs {
+        let by_command = labels(&[("command", command.clone())]);
+        run_time
+            .get_or_create(&by_command)
+            .set(seconds(latest.last_run.end));
+        let ok = latest.last_run.status == RunStatus::Ok;
+        run_ok
+            .get_or_create(&by_command)
+            .set(if ok { 1.0 } else { 0.0 });
+        if let Some(success) = &latest.last_success {
+            success_time
+                .get_or_create(&by_command)
+                .set(seconds(success.end));
+        }
+    }
+
+    let mut text = String::new();
+    encode(&mut text, &m.registry).expect("writing to a String cannot fail");
+    text
+}
+
+#[derive(Clone, Debug)]
+pub struct MetricsOptions {
+    /// Summaries read at once.
+    pub jobs: usize,
+}
+
+/// The metrics of the repository now.
+pub async fn metrics(catalog: &Catalog, options: &MetricsOptions) -> Result<String> {
+    Ok(encode_metrics(&overview(catalog, options.jobs).await?))
+}
+
+/// Serves `GET /metrics` on `listener` until the process ends; each scrape reads the
+/// repository again.
+pub async fn serve(
+    catalog: &Catalog,
+    listener: tokio::net::TcpListener,
+    options: &MetricsOptions,
+) -> Result<()> {
+    // Connections run as local tasks: the repository reads behind a scrape are not all
+    // `Send`, and a scrape is rare enough for one thread.
+    let local = tokio::task::LocalSet::new();
+    local
+        .run_until(async {
+            loop {
+                let (stream, peer) = match listener.accept().await {
+                    Ok(accepted) => accepted,
+                    Err(e) => {
+                        // Out of file descriptors and the like: the next accept may work.
+                        tracing::warn!("metrics: accept failed: {e}");
+                        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                        continue;
+                    }
+                };
+                let (catalog, options) = (catalog.clone(), options.clone());
+                tokio::task::spawn_local(async move {
+                    let service = hyper::service::service_fn(move |request| {
+                        let (catalog, options) = (catalog.clone(), options.clone());
+                        async move {
+                            Ok::<_, Infallible>(respond(&catalog, &options, request).await)
+                        }
+                    });
+                    if let Err(e) = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                        .await
+                    {
+                        tracing::debug!("metrics: connection from {peer}: {e}");
+                    }
+                });
+            }
+        })
+        .await
+}
+
+async fn respond<B>(
+    catalog: &Catalog,
+    options: &MetricsOptions,
+    request: Request<B>,
+) -> Response<Full<Bytes>> {
+    let reply = |status: StatusCode, content_type: &str, body: String| {
+        Response::builder()
+            .status(status)
+            .header(hyper::header::CONTENT_TYPE, content_type)
+            .body(Full::new(Bytes::from(body)))
+            .expect("a valid response")
+    };
+    if request.uri().path() != "/metrics" {
+        return reply(
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "pitr serves /metrics\n".into(),
+        );
+    }
+    if request.method() != Method::GET && request.method() != Method::HEAD {
+        return reply(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain",
+            "GET /metrics\n".into(),
+        );
+    }
+    match metrics(catalog, options).await {
+        Ok(text) => reply(StatusCode::OK, CONTENT_TYPE, text),
+        Err(e) => {
+            tracing::warn!("metrics: {e}");
+            reply(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "text/plain",
+                format!("pitr metrics: {e}\n"),
+            )
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::commands::list::{BackupEntry, ListReport, RecoveryWindow, WalRange};
+
+    #[test]
+    fn the_exposition_names_every_family_once_with_its_type() {
+        let repo = RepositoryOverview {
+            wal_segment_size: 16 << 20,
+            list: ListReport {
+                backups: vec![BackupEntry {
+                    id: "20261120T000000Z".into(),
+                    start_time: "2026-11-20T00:00:00Z".into(),
+                    stop_time: "2026-11-20T00:01:00.5Z".into(),
+                    start_lsn: "0/2000028".into(),
+                    stop_lsn: "0/2000100".into(),
+                    timeline: 1,
+                    size_bytes: 300,
+                    stored_bytes: 100,
+                }],
+                damaged_backups: Vec::new(),
+                wal: vec![WalRange {
+                    timeline: 1,
+                    first_segment: "000000010000000000000002".into(),
+                    last_segment: "000000010000000000000005".into(),
+                    stored_bytes: 50,
+                }],
+                recovery_window: vec![RecoveryWindow {
+                    timeline: 1,
+                    from: "2026-11-20T00:01:00.5Z".into(),
+                    until: Some("2026-11-20T00:11:00.5Z".into()),
+                }],
+            },
+            newest_wal: BTreeMap::new(),
+            latest_runs: BTreeMap::new(),
+        };
+        let text = encode_metrics(&repo);
+        for line in [
+            "# TYPE pitr_backup_count gauge",
+            "pitr_backup_count{type=\"full\"} 1.0",
+            "pitr_backup_last_time_seconds{type=\"full\"} 1795132860.5",
+            "pitr_repository_stored_bytes 150.0",
+            "pitr_recovery_window_seconds{timeline=\"1\"} 600.0",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} not in\n{text}");
+        }
+        // No run recorded: no run metrics.
+        assert!(!text.contains("pitr_last_run_success{"), "{text}");
+    }
+}
