@@ -89,7 +89,7 @@ async fn deleting_a_backup_takes_its_manifest_first_and_nothing_else() {
     );
     assert!(
         Catalog::new(faulty.clone())
-            .delete_backup("a")
+            .delete_backup("a", None)
             .await
             .is_err()
     );
@@ -97,7 +97,7 @@ async fn deleting_a_backup_takes_its_manifest_first_and_nothing_else() {
     assert!(store.object("backup/a/manifest.json").is_none());
     assert!(store.object("backup/a/data/000000.lz4").is_some());
     // Finishing the job later removes the rest, and only that backup's objects.
-    assert_eq!(catalog.delete_backup("a").await.unwrap(), 2);
+    assert_eq!(catalog.delete_backup("a", None).await.unwrap().deleted, 2);
     assert_eq!(
         store.keys(),
         vec![

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 
-use super::{ObjectBody, ObjectMeta, PutMode, PutPayload, Storage, StorageError};
+use super::{ObjectBody, ObjectMeta, Protected, PutMode, PutPayload, Storage, StorageError};
 
 /// How long one request may take, and how long retrying may go on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -133,6 +133,12 @@ impl Storage for RetryingStorage {
 
     fn staging_dir(&self) -> Option<&Path> {
         self.inner.staging_dir()
+    }
+
+    async fn delete_many(&self, keys: &[String]) -> Result<Vec<Protected>, StorageError> {
+        let first = keys.first().map_or("", String::as_str);
+        self.run("delete", first, || self.inner.delete_many(keys))
+            .await
     }
 }
 
