@@ -501,17 +501,31 @@ impl Catalog {
         backup_history: Option<&ArchivedFile>,
     ) -> Result<Deletion, CatalogError> {
         let objects = self.storage.list(&backup_prefix(id)).await?;
-        let (manifest, claim) = (manifest_key(id), format!("{}{CLAIM_LEAF}", backup_prefix(id)));
+        let (manifest, claim) = (
+            manifest_key(id),
+            format!("{}{CLAIM_LEAF}", backup_prefix(id)),
+        );
         let mut done = Deletion::default();
         let steps: [Vec<String>; 4] = [
-            backup_history.map(|f| f.object.key().to_owned()).into_iter().collect(),
-            objects.iter().filter(|o| o.key == manifest).map(|o| o.key.clone()).collect(),
+            backup_history
+                .map(|f| f.object.key().to_owned())
+                .into_iter()
+                .collect(),
+            objects
+                .iter()
+                .filter(|o| o.key == manifest)
+                .map(|o| o.key.clone())
+                .collect(),
             objects
                 .iter()
                 .filter(|o| o.key != manifest && o.key != claim)
                 .map(|o| o.key.clone())
                 .collect(),
-            objects.iter().filter(|o| o.key == claim).map(|o| o.key.clone()).collect(),
+            objects
+                .iter()
+                .filter(|o| o.key == claim)
+                .map(|o| o.key.clone())
+                .collect(),
         ];
         for keys in steps {
             let step = self.delete_keys(&keys).await?;

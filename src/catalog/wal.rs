@@ -19,8 +19,8 @@ use super::backup::Deletion;
 use super::wal_index::{summary_key, wal_name_of_summary_key};
 use super::{Catalog, CatalogError, Stored, StoredObject};
 use crate::codec::{self, DecodeSummary, EncodeSummary};
-use crate::pg::{WalFileKind, WalFileName};
 use crate::pg::wal_name::xlog_file_name;
+use crate::pg::{WalFileKind, WalFileName};
 use crate::storage::{PutMode, PutPayload, StorageError, read_all};
 
 pub(super) const WAL_PREFIX: &str = "wal/";
@@ -250,7 +250,10 @@ impl Catalog {
     }
 
     /// Removes the summaries of WAL files that are gone.
-    pub async fn delete_wal_summaries(&self, names: &[WalFileName]) -> Result<Deletion, CatalogError> {
+    pub async fn delete_wal_summaries(
+        &self,
+        names: &[WalFileName],
+    ) -> Result<Deletion, CatalogError> {
         let keys: Vec<String> = names.iter().map(summary_key).collect();
         self.delete_keys(&keys).await
     }
@@ -312,7 +315,11 @@ impl Catalog {
         };
         let json = super::sealed::seal(&record);
         self.storage
-            .put(EXPIRED_KEY, PutPayload::from_bytes(json), PutMode::Overwrite)
+            .put(
+                EXPIRED_KEY,
+                PutPayload::from_bytes(json),
+                PutMode::Overwrite,
+            )
             .await?;
         Ok(())
     }

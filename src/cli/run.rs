@@ -10,8 +10,10 @@ use crate::commands::archive_get::{ArchiveGetOptions, archive_get};
 use crate::commands::archive_push::{ArchivePushOptions, archive_push};
 use crate::commands::backup::{BackupOptions, backup};
 use crate::commands::demo::{DemoOptions, demo};
+use crate::commands::expire::{ExpireOptions, expire};
 use crate::commands::init::{InitOptions, init};
 use crate::commands::list::{ListOptions, list};
+use crate::commands::pin::{PinOptions, pin};
 use crate::commands::restore::{RestoreOptions, restore};
 use crate::commands::verify::{VerifyOptions, verify};
 use crate::config::{RepoConfig, Settings};
@@ -52,7 +54,15 @@ pub async fn run(cli: Cli) -> Result<u8> {
             spread,
             jobs,
             wal_timeout,
+            pin,
+            annotate,
+            retention,
         } => {
+            // A policy is checked before the backup, applied after it.
+            let policy = retention
+                .settings()
+                .over(settings.clone())
+                .retention_policy()?;
             let options = BackupOptions {
                 pgdata,
                 dbname,
@@ -60,8 +70,26 @@ pub async fn run(cli: Cli) -> Result<u8> {
                 jobs: jobs.unwrap_or(threads),
                 wal_timeout: Duration::from_secs(wal_timeout),
                 progress: progress::terminal(),
+                pin,
+                annotations: annotate.into_iter().collect(),
             };
             render::backup(&backup(&catalog, &options).await?);
+            if !policy.is_empty() {
+                // The backup succeeded whatever expire does: its failure is reported, and the
+                // exit code stays 0 (docs/operations.md, "Retention").
+                let options = ExpireOptions {
+                    policy,
+                    dry_run: false,
+                    now: chrono::Utc::now(),
+                };
+                match expire(&catalog, &options).await {
+                    Ok(report) => render::expire(&report, false),
+                    Err(error) => eprintln!(
+                        "pitr backup: the backup is complete, but expiring after it failed: \
+                         {error}; run `pitr expire` once the cause is fixed"
+                    ),
+                }
+            }
         }
         Command::Restore {
             pgdata,
@@ -131,6 +159,34 @@ pub async fn run(cli: Cli) -> Result<u8> {
             let report = verify(&catalog, &options).await?;
             render::verify(&report, json);
             return Ok(report.exit_code());
+        }
+        Command::Expire {
+            retention,
+            dry_run,
+            json,
+        } => {
+            let options = ExpireOptions {
+                policy: retention.settings().over(settings).retention_policy()?,
+                dry_run,
+                now: chrono::Utc::now(),
+            };
+            render::expire(&expire(&catalog, &options).await?, json);
+        }
+        Command::Pin { id, annotate } => {
+            let options = PinOptions {
+                id,
+                pinned: Some(true),
+                annotations: annotate.into_iter().collect(),
+            };
+            render::pin(&pin(&catalog, &options).await?);
+        }
+        Command::Unpin { id } => {
+            let options = PinOptions {
+                id,
+                pinned: Some(false),
+                annotations: Default::default(),
+            };
+            render::pin(&pin(&catalog, &options).await?);
         }
         Command::Demo { .. } => unreachable!("handled above"),
     }

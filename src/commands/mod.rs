@@ -6,8 +6,10 @@ pub mod archive_get;
 pub mod archive_push;
 pub mod backup;
 pub mod demo;
+pub mod expire;
 pub mod init;
 pub mod list;
+pub mod pin;
 pub mod restore;
 pub mod verify;
 

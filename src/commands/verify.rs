@@ -622,7 +622,13 @@ mod tests {
             }],
         )]);
         assert_eq!(
-            wal_gaps(wal.iter(), &histories, SEG, &BTreeMap::new(), &BTreeMap::new()),
+            wal_gaps(
+                wal.iter(),
+                &histories,
+                SEG,
+                &BTreeMap::new(),
+                &BTreeMap::new()
+            ),
             vec![]
         );
     }
@@ -641,10 +647,16 @@ mod tests {
                 switchpoint: Lsn(6 * SEG + 0x100),
             }],
         )]);
-        let found: Vec<String> = wal_gaps(wal.iter(), &histories, SEG, &BTreeMap::new(), &BTreeMap::new())
-            .iter()
-            .map(|p| p.to_string())
-            .collect();
+        let found: Vec<String> = wal_gaps(
+            wal.iter(),
+            &histories,
+            SEG,
+            &BTreeMap::new(),
+            &BTreeMap::new(),
+        )
+        .iter()
+        .map(|p| p.to_string())
+        .collect();
         assert_eq!(
             found,
             vec![

@@ -206,7 +206,7 @@ pub fn plan_retention(
         add(&backup.id, Rule::KeepWithin, None);
     }
     let tz = policy.timezone;
-    let gfs: [(Option<u32>, Rule, fn(DateTime<chrono_tz::Tz>) -> String); 4] = [
+    let gfs: [(Option<u32>, Rule, PeriodOf); 4] = [
         (policy.keep_daily, Rule::KeepDaily, |t| {
             t.format("%Y-%m-%d").to_string()
         }),
@@ -407,6 +407,9 @@ fn backups_id<'a>(backups: &'a [BackupManifest], id: &str) -> &'a str {
         .expect("an id of the input")
 }
 
+/// The name of the calendar period a local time falls in.
+type PeriodOf = fn(DateTime<chrono_tz::Tz>) -> String;
+
 /// Per span of `path`: the timeline and the segment numbers recovery reads from it (as
 /// `timeline_of_segment` picks: the newest span that began at or before a segment).
 fn path_ranges(path: &[TimelineSpan], segment_size: u64) -> Vec<(u32, u64, Option<u64>)> {
@@ -442,7 +445,9 @@ pub fn parse_window(text: &str) -> Result<Duration, String> {
         format!("'{text}' is not a duration ({e}): write it as 30d, 12h, 2w or 90m")
     })?;
     if std.is_zero() {
-        return Err(format!("'{text}' is no time at all: give a positive duration"));
+        return Err(format!(
+            "'{text}' is no time at all: give a positive duration"
+        ));
     }
     Duration::from_std(std).map_err(|_| format!("'{text}' is too long"))
 }

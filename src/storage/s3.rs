@@ -180,9 +180,15 @@ impl S3Storage {
             .is_some_and(|s| s == aws_sdk_s3::types::ObjectLockLegalHoldStatus::On);
         let names_lock = {
             let text = format!("{code} {message}").to_ascii_lowercase();
-            ["object lock", "objectlock", "retention", "legal hold", "worm"]
-                .iter()
-                .any(|word| text.contains(word))
+            [
+                "object lock",
+                "objectlock",
+                "retention",
+                "legal hold",
+                "worm",
+            ]
+            .iter()
+            .any(|word| text.contains(word))
         };
         (held || names_lock).then(|| Protected {
             key: key.to_owned(),

@@ -56,9 +56,7 @@ fn view(runs: &[(u32, u64, u64)], other: &[&str], histories: &[(u32, &str)]) -> 
         .collect();
     names.extend(other.iter().map(|s| s.to_string()));
     names.extend(histories.iter().map(|(t, _)| format!("{t:08X}.history")));
-    let files = names
-        .iter()
-        .map(|n| (WalFileName::parse(n).unwrap(), 100));
+    let files = names.iter().map(|n| (WalFileName::parse(n).unwrap(), 100));
     let mut listing = WalListing::from_files(files, SEG);
     listing.summarised = names
         .iter()
@@ -110,7 +108,10 @@ fn keep_last_keeps_the_newest_and_continuous_wal_from_the_oldest_kept() {
     ];
     let view = view(
         &[(1, 1, 13)],
-        &["000000010000000000000002.00000028.backup", "000000010000000000000005.00000028.backup"],
+        &[
+            "000000010000000000000002.00000028.backup",
+            "000000010000000000000005.00000028.backup",
+        ],
         &[],
     );
     let policy = Policy {
@@ -119,11 +120,19 @@ fn keep_last_keeps_the_newest_and_continuous_wal_from_the_oldest_kept() {
     };
     let plan = plan(&view, &backups, "2026-11-21T00:00:00Z", &policy);
     assert_eq!(kept_ids(&plan), ["20261120T130000Z", "20261120T120000Z"]);
-    assert_eq!(rules_of(&plan, "20261120T130000Z"), [Rule::Newest, Rule::KeepLast]);
+    assert_eq!(
+        rules_of(&plan, "20261120T130000Z"),
+        [Rule::Newest, Rule::KeepLast]
+    );
     assert_eq!(removed_ids(&plan), ["20261120T100000Z", "20261120T110000Z"]);
     // The removed backups' history files go with them, not in the WAL list.
     assert_eq!(
-        plan.removed[0].backup_history.as_ref().unwrap().name.as_str(),
+        plan.removed[0]
+            .backup_history
+            .as_ref()
+            .unwrap()
+            .name
+            .as_str(),
         "000000010000000000000002.00000028.backup"
     );
     let expected: Vec<String> = (1..8).map(|s| seg(1, s)).collect();
@@ -145,9 +154,15 @@ fn the_window_keeps_the_backup_it_starts_from_and_everything_after() {
     };
     // now - 60 min = 11:01 exactly: the backup that stopped then is where the window starts.
     let plan_at_boundary = plan(&view, &backups, "2026-11-20T12:01:00Z", &within(60));
-    assert_eq!(kept_ids(&plan_at_boundary), ["20261120T120000Z", "20261120T110000Z"]);
+    assert_eq!(
+        kept_ids(&plan_at_boundary),
+        ["20261120T120000Z", "20261120T110000Z"]
+    );
     assert_eq!(removed_ids(&plan_at_boundary), ["20261120T100000Z"]);
-    assert_eq!(removed_wal(&plan_at_boundary), [seg(1, 1), seg(1, 2), seg(1, 3)]);
+    assert_eq!(
+        removed_wal(&plan_at_boundary),
+        [seg(1, 1), seg(1, 2), seg(1, 3)]
+    );
     // A second earlier and the window reaches back before 11:01: 10:00's backup starts it.
     let plan_before = plan(&view, &backups, "2026-11-20T12:00:59Z", &within(60));
     assert_eq!(kept_ids(&plan_before).len(), 3);
@@ -160,7 +175,12 @@ fn the_window_keeps_the_backup_it_starts_from_and_everything_after() {
         [Rule::Newest, Rule::KeepWithin]
     );
     // A window longer than the repository keeps all, and WAL before the oldest goes.
-    let plan_long = plan(&view, &backups, "2026-11-20T12:30:00Z", &within(60 * 24 * 365));
+    let plan_long = plan(
+        &view,
+        &backups,
+        "2026-11-20T12:30:00Z",
+        &within(60 * 24 * 365),
+    );
     assert_eq!(kept_ids(&plan_long).len(), 3);
     assert_eq!(removed_wal(&plan_long), [seg(1, 1)]);
 }
@@ -178,7 +198,13 @@ fn older_kept_backups_keep_only_their_own_range_when_a_window_is_set() {
         keep_within: Some(Duration::hours(1)),
         ..policy()
     };
-    let plan = plan_retention(&view, &backups, &pinned, utc("2026-11-20T12:00:00Z"), &policy);
+    let plan = plan_retention(
+        &view,
+        &backups,
+        &pinned,
+        utc("2026-11-20T12:00:00Z"),
+        &policy,
+    );
     assert_eq!(kept_ids(&plan), ["20261120T100000Z", "20261101T100000Z"]);
     assert_eq!(rules_of(&plan, "20261101T100000Z"), [Rule::Pinned]);
     let expected: Vec<String> = [1, 4, 5, 6, 7, 8].iter().map(|&s| seg(1, s)).collect();
@@ -199,7 +225,13 @@ fn older_kept_backups_keep_only_their_own_range_when_a_window_is_set() {
         keep_last: Some(1),
         ..Policy::default()
     };
-    let plan = plan_retention(&view, &backups, &pinned, utc("2026-11-20T12:00:00Z"), &count);
+    let plan = plan_retention(
+        &view,
+        &backups,
+        &pinned,
+        utc("2026-11-20T12:00:00Z"),
+        &count,
+    );
     assert_eq!(removed_ids(&plan), ["20261110T100000Z"]);
     assert_eq!(removed_wal(&plan), [seg(1, 1)]);
 }
@@ -224,12 +256,13 @@ fn keep_daily_counts_the_days_that_have_backups() {
         kept_ids(&plan),
         ["20261120T200000Z", "20261119T080000Z", "20261116T200000Z"]
     );
-    let kept = plan.kept.iter().find(|k| k.id == "20261116T200000Z").unwrap();
+    let kept = plan
+        .kept
+        .iter()
+        .find(|k| k.id == "20261116T200000Z")
+        .unwrap();
     assert_eq!(kept.periods, ["keep_daily 2026-11-16"]);
-    assert_eq!(
-        removed_ids(&plan),
-        ["20261116T080000Z", "20261120T080000Z"]
-    );
+    assert_eq!(removed_ids(&plan), ["20261116T080000Z", "20261120T080000Z"]);
     // Continuous from the oldest kept (no window): segment 1 goes, the rest stays.
     assert_eq!(removed_wal(&plan), [seg(1, 1)]);
 }
@@ -267,24 +300,66 @@ fn weeks_are_iso_weeks_and_months_and_years_are_calendar_ones() {
     ];
     let view = view(&[(1, 1, 7)], &[], &[]);
     let now = "2026-02-02T00:00:00Z";
-    let weekly = plan(&view, &backups, now, &Policy { keep_weekly: Some(4), ..policy() });
+    let weekly = plan(
+        &view,
+        &backups,
+        now,
+        &Policy {
+            keep_weekly: Some(4),
+            ..policy()
+        },
+    );
     assert_eq!(
         kept_ids(&weekly),
-        ["20260201T100000Z", "20260105T100000Z", "20260101T100000Z", "20251228T100000Z"]
+        [
+            "20260201T100000Z",
+            "20260105T100000Z",
+            "20260101T100000Z",
+            "20251228T100000Z"
+        ]
     );
     let periods: Vec<&String> = weekly.kept.iter().flat_map(|k| &k.periods).collect();
     assert_eq!(
         periods,
-        ["keep_weekly 2026-W05", "keep_weekly 2026-W02", "keep_weekly 2026-W01", "keep_weekly 2025-W52"]
+        [
+            "keep_weekly 2026-W05",
+            "keep_weekly 2026-W02",
+            "keep_weekly 2026-W01",
+            "keep_weekly 2025-W52"
+        ]
     );
-    let monthly = plan(&view, &backups, now, &Policy { keep_monthly: Some(2), ..policy() });
+    let monthly = plan(
+        &view,
+        &backups,
+        now,
+        &Policy {
+            keep_monthly: Some(2),
+            ..policy()
+        },
+    );
     assert_eq!(kept_ids(&monthly), ["20260201T100000Z", "20260105T100000Z"]);
-    let monthly = plan(&view, &backups, now, &Policy { keep_monthly: Some(3), ..policy() });
+    let monthly = plan(
+        &view,
+        &backups,
+        now,
+        &Policy {
+            keep_monthly: Some(3),
+            ..policy()
+        },
+    );
     assert_eq!(
         kept_ids(&monthly),
         ["20260201T100000Z", "20260105T100000Z", "20251231T100000Z"]
     );
-    let yearly = plan(&view, &backups, now, &Policy { keep_yearly: Some(5), ..policy() });
+    let yearly = plan(
+        &view,
+        &backups,
+        now,
+        &Policy {
+            keep_yearly: Some(5),
+            ..policy()
+        },
+    );
     assert_eq!(kept_ids(&yearly), ["20260201T100000Z", "20251231T100000Z"]);
     // Rules combine as a union, each backup naming every rule that keeps it.
     let both = plan(
@@ -300,7 +375,12 @@ fn weeks_are_iso_weeks_and_months_and_years_are_calendar_ones() {
     );
     assert_eq!(
         rules_of(&both, "20260201T100000Z"),
-        [Rule::Newest, Rule::KeepLast, Rule::KeepMonthly, Rule::KeepYearly]
+        [
+            Rule::Newest,
+            Rule::KeepLast,
+            Rule::KeepMonthly,
+            Rule::KeepYearly
+        ]
     );
     assert_eq!(rules_of(&both, "20251231T100000Z"), [Rule::KeepYearly]);
     assert_eq!(kept_ids(&both).len(), 2);
@@ -318,7 +398,12 @@ fn periods_are_counted_in_the_configured_time_zone() {
         timezone,
         ..policy()
     };
-    let in_utc = plan(&view, &backups, "2026-11-22T00:00:00Z", &daily(chrono_tz::UTC));
+    let in_utc = plan(
+        &view,
+        &backups,
+        "2026-11-22T00:00:00Z",
+        &daily(chrono_tz::UTC),
+    );
     assert_eq!(kept_ids(&in_utc), ["20261120T233000Z"]);
     let in_berlin = plan(
         &view,
@@ -359,7 +444,11 @@ fn a_day_with_a_dst_change_is_one_day() {
     let periods: Vec<&String> = fall.kept.iter().flat_map(|k| &k.periods).collect();
     assert_eq!(
         periods,
-        ["keep_daily 2026-11-02", "keep_daily 2026-11-01", "keep_daily 2026-10-31"]
+        [
+            "keep_daily 2026-11-02",
+            "keep_daily 2026-11-01",
+            "keep_daily 2026-10-31"
+        ]
     );
     // Spring forward (2026-03-08, 02:00 EST → 03:00 EDT): a 23-hour day is one day too.
     let spring = [
@@ -383,9 +472,18 @@ fn pinned_backups_and_the_newest_never_expire() {
         keep_within: Some(Duration::hours(1)),
         ..policy()
     };
-    let plan = plan_retention(&view, &backups, &pinned, utc("2026-11-01T00:00:00Z"), &policy);
+    let plan = plan_retention(
+        &view,
+        &backups,
+        &pinned,
+        utc("2026-11-01T00:00:00Z"),
+        &policy,
+    );
     assert!(plan.removed.is_empty());
-    assert_eq!(rules_of(&plan, "20260601T000000Z"), [Rule::Newest, Rule::KeepWithin]);
+    assert_eq!(
+        rules_of(&plan, "20260601T000000Z"),
+        [Rule::Newest, Rule::KeepWithin]
+    );
     assert_eq!(rules_of(&plan, "20260101T000000Z"), [Rule::Pinned]);
     assert!(plan.wal_removed.is_empty(), "{:?}", removed_wal(&plan));
 }
@@ -420,7 +518,11 @@ fn timelines_keep_what_recovery_from_a_kept_backup_reads() {
     // Timeline 1 is not on the way from segment 8 on timeline 2: all of it goes (the
     // partial too), timeline 2's first segment (7) goes; timeline 3 stays whole.
     let mut expected: Vec<String> = (1..=6).map(|s| seg(1, s)).collect();
-    expected.extend([seg(1, 7), "000000010000000000000007.partial".into(), seg(2, 7)]);
+    expected.extend([
+        seg(1, 7),
+        "000000010000000000000007.partial".into(),
+        seg(2, 7),
+    ]);
     expected.extend((8..=12).map(|s| seg(1, s)));
     let mut removed: Vec<&str> = removed_wal(&late);
     removed.sort();
