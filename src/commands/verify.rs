@@ -499,10 +499,17 @@ fn wal_gaps<'a>(
     // Per timeline: full segments, and segments present at all (a .partial counts there).
     let mut full: BTreeMap<u32, BTreeSet<u64>> = BTreeMap::new();
     let mut present: BTreeMap<u32, BTreeSet<u64>> = BTreeMap::new();
+    // Where each timeline's WAL starts, before any floor: a child's first segments matter to
+    // recovery through it from a parent's backup even below its own backups' floor.
+    let mut first_present: BTreeMap<u32, u64> = BTreeMap::new();
     for name in names {
         let Some(segno) = name.segment_number(segment_size) else {
             continue;
         };
+        if matches!(name.kind(), WalFileKind::Segment | WalFileKind::Partial) {
+            let first = first_present.entry(name.timeline()).or_insert(segno);
+            *first = (*first).min(segno);
+        }
         if floors
             .get(&name.timeline())
             .is_some_and(|&floor| segno < floor)
@@ -581,8 +588,7 @@ fn wal_gaps<'a>(
             }
         }
         // The child's WAL starts in the segment holding the switch point.
-        if let Some(child) = present.get(&timeline) {
-            let first = *child.first().expect("non-empty");
+        if let Some(&first) = first_present.get(&timeline) {
             if first > switch_segno && !expired_at(timeline, first - 1) {
                 missing(timeline, switch_segno..=first - 1);
             }
