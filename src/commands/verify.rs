@@ -637,6 +637,13 @@ mod tests {
             ),
             vec![]
         );
+        // A child whose first backup starts after its first segment still starts at the
+        // switch.
+        let floors = BTreeMap::from([(2, 4)]);
+        assert_eq!(
+            wal_gaps(wal.iter(), &histories, SEG, &floors, &BTreeMap::new()),
+            vec![]
+        );
     }
 
     #[test]
