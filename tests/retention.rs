@@ -84,7 +84,13 @@ fn backup(pitr: &Pitr, cluster: &PgCluster, extra: &[&str], built: &mut Built) {
 fn promote_at(pitr: &Pitr, dir: &TestDir, repo: &Repo, point: &str, name: &str) -> PgCluster {
     let data = dir.path().join(name);
     let out = pitr
-        .command(["restore", "--target-name", point, "--target-action", "promote"])
+        .command([
+            "restore",
+            "--target-name",
+            point,
+            "--target-action",
+            "promote",
+        ])
         .arg("--pgdata")
         .arg(&data)
         .output()
@@ -125,7 +131,13 @@ fn build() -> Built {
     backup(
         &pitr,
         &one,
-        &["--pin", "--annotate", "purpose=audit", "--annotate", "ticket=42"],
+        &[
+            "--pin",
+            "--annotate",
+            "purpose=audit",
+            "--annotate",
+            "ticket=42",
+        ],
         &mut built,
     );
     insert(&one, 501, 600);
@@ -248,14 +260,7 @@ fn listed_ids(pitr: &Pitr) -> Vec<String> {
 fn preflight_times(pitr: &Pitr, times: &[String]) -> Vec<i32> {
     times
         .iter()
-        .map(|time| {
-            code(&pitr.run([
-                "restore",
-                "--dry-run",
-                "--target-time",
-                time.as_str(),
-            ]))
-        })
+        .map(|time| code(&pitr.run(["restore", "--dry-run", "--target-time", time.as_str()])))
         .collect()
 }
 
@@ -388,7 +393,11 @@ async fn retention_on_file_and_s3_repositories() {
     // No rule: refused with the settings to give.
     let out = base_pitr.run(["expire"]);
     assert_eq!(code(&out), 2);
-    assert!(stderr(&out).contains("keep_last, keep_within"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("keep_last, keep_within"),
+        "{}",
+        stderr(&out)
+    );
     let before_times = preflight_times(&base_pitr, &built.times);
     assert!(
         before_times.iter().filter(|&&c| c == 0).count() >= 3,
@@ -406,7 +415,10 @@ async fn retention_on_file_and_s3_repositories() {
     assert_eq!(rules_of(&report, &ids[3]), ["pinned"]);
     assert_eq!(ids_of(&report, "removed_backups").len(), 6);
     let text = stdout(&pitr.run(["expire", "--keep-last", "2", "--dry-run"]));
-    assert!(text.contains(&format!("would remove backup {}", ids[0])), "{text}");
+    assert!(
+        text.contains(&format!("would remove backup {}", ids[0])),
+        "{text}"
+    );
     assert!(text.contains("would remove WAL 0000000"), "{text}");
     assert_eq!(keys(&repo).await, before);
 
@@ -416,7 +428,12 @@ async fn retention_on_file_and_s3_repositories() {
     let report = expire(&pitr, &["--keep-last", "3"]);
     assert_eq!(
         ids_of(&report, "kept_backups"),
-        [ids[8].as_str(), ids[7].as_str(), ids[6].as_str(), ids[3].as_str()]
+        [
+            ids[8].as_str(),
+            ids[7].as_str(),
+            ids[6].as_str(),
+            ids[3].as_str()
+        ]
     );
     check_after(&pitr, &repo, &report).await;
     // Unpinned, the next expire removes it.
@@ -429,7 +446,10 @@ async fn retention_on_file_and_s3_repositories() {
     let out = pitr.run(["pin", &ids[6], "--annotate", "reason=keep me"]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     let report = expire(&pitr, &["--keep-last", "1"]);
-    assert_eq!(ids_of(&report, "kept_backups"), [ids[8].as_str(), ids[6].as_str()]);
+    assert_eq!(
+        ids_of(&report, "kept_backups"),
+        [ids[8].as_str(), ids[6].as_str()]
+    );
     assert_eq!(rules_of(&report, &ids[6]), ["pinned"]);
     check_after(&pitr, &repo, &report).await;
     let list = json_of(&pitr.run(["list", "--json"]));
@@ -463,7 +483,13 @@ async fn retention_on_file_and_s3_repositories() {
         let report = expire(&pitr, &["--keep-within", &window]);
         assert_eq!(
             ids_of(&report, "kept_backups"),
-            [ids[8].as_str(), ids[7].as_str(), ids[6].as_str(), ids[5].as_str(), ids[3].as_str()],
+            [
+                ids[8].as_str(),
+                ids[7].as_str(),
+                ids[6].as_str(),
+                ids[5].as_str(),
+                ids[3].as_str()
+            ],
             "{window}"
         );
         assert_eq!(rules_of(&report, &ids[5]), ["keep_within"]);
@@ -501,7 +527,9 @@ async fn retention_on_file_and_s3_repositories() {
             Target::File
         };
         let (_dir, repo, pitr) = copy(&built, &target, &format!("kill-{n}")).await;
-        let mut child = direct(&pitr, ["expire", "--keep-last", "2"]).spawn().unwrap();
+        let mut child = direct(&pitr, ["expire", "--keep-last", "2"])
+            .spawn()
+            .unwrap();
         std::thread::sleep(Duration::from_millis(delay));
         let _ = child.kill();
         child.wait().unwrap();

@@ -253,8 +253,14 @@ impl BackupPin {
             id: id.to_owned(),
             pinned: false,
             annotations: BTreeMap::new(),
-            updated_at: Utc::now(),
+            updated_at: Self::now(),
         }
+    }
+
+    /// Now, to the microsecond the object records.
+    pub fn now() -> DateTime<Utc> {
+        let now = Utc::now();
+        DateTime::from_timestamp_micros(now.timestamp_micros()).unwrap_or(now)
     }
 
     fn parse(bytes: &[u8], id: &str) -> Result<Self, String> {

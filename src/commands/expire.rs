@@ -226,3 +226,32 @@ pub async fn expire(catalog: &Catalog, options: &ExpireOptions) -> Result<Expire
     report.protected = done.protected;
     Ok(report)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_backup_without_manifest_is_abandoned_only_when_its_owner_is_gone() {
+        let now = Utc::now();
+        let claim = |host: Option<&str>, age: Duration| BackupClaim {
+            pid: 4242,
+            claimed_at: now - age,
+            host: host.map(str::to_owned),
+        };
+        let (alive, dead) = (|_| true, |_| false);
+        // No claim: a removal cut short (the claim goes last) or a pitr before claims.
+        assert!(is_abandoned(None, now, "db1", alive));
+        // This host: whether the process lives.
+        let here = claim(Some("db1"), Duration::minutes(5));
+        assert!(!is_abandoned(Some(&here), now, "db1", alive));
+        assert!(is_abandoned(Some(&here), now, "db1", dead));
+        // Another host, or none recorded: by age only.
+        for host in [Some("db2"), None] {
+            let young = claim(host, Duration::hours(23));
+            assert!(!is_abandoned(Some(&young), now, "db1", dead));
+            let old = claim(host, Duration::hours(25));
+            assert!(is_abandoned(Some(&old), now, "db1", alive));
+        }
+    }
+}

@@ -43,7 +43,7 @@ pub async fn pin(catalog: &Catalog, options: &PinOptions) -> Result<PinReport> {
             pin.annotations.insert(key.clone(), value.clone());
         }
     }
-    pin.updated_at = chrono::Utc::now();
+    pin.updated_at = BackupPin::now();
     catalog.put_backup_pin(&pin).await?;
     Ok(PinReport {
         id: pin.id,
