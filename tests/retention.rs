@@ -53,12 +53,22 @@ fn json_of(out: &Output) -> Value {
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", stdout(out)))
 }
 
-/// Takes a backup with extra flags; returns its id and stop time.
-fn backup(pitr: &Pitr, cluster: &PgCluster, extra: &[&str], built: &mut Built) {
+/// Takes a backup with extra flags and environment; records its id and stop time.
+fn backup_with(
+    pitr: &Pitr,
+    cluster: &PgCluster,
+    extra: &[&str],
+    env: &[(&str, &str)],
+    built: &mut Built,
+) -> Output {
     let rows = cluster.sql("select count(*) from t");
     let mut args = backup_args(cluster);
     args.extend(extra.iter().map(|s| s.to_string()));
-    let out = pitr.run(&args);
+    let out = pitr
+        .command(&args)
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     let id = stdout(&out).split_whitespace().nth(1).unwrap().to_owned();
     let list = json_of(&pitr.run(["list", "--json"]));
@@ -77,6 +87,11 @@ fn backup(pitr: &Pitr, cluster: &PgCluster, extra: &[&str], built: &mut Built) {
     built.rows_at.push(rows);
     // Backups a few seconds apart, so windows can fall between them.
     std::thread::sleep(Duration::from_millis(1500));
+    out
+}
+
+fn backup(pitr: &Pitr, cluster: &PgCluster, extra: &[&str], built: &mut Built) {
+    backup_with(pitr, cluster, extra, &[], built);
 }
 
 /// Restores the newest backup before restore point `point`, promotes it there and starts
@@ -161,7 +176,13 @@ fn build() -> Built {
     for round in 0..2u32 {
         built.times.push(now_utc(&three));
         insert(&three, 2001 + round * 200, 2100 + round * 200);
-        backup(&pitr, &three, &[], &mut built);
+        // A rule in the environment: the backup expires after itself (here keeping all).
+        let out = backup_with(&pitr, &three, &[], &[("PITR_KEEP_LAST", "100")], &mut built);
+        assert!(
+            stdout(&out).contains("removed 0 backups, "),
+            "{}",
+            stdout(&out)
+        );
         built.times.push(now_utc(&three));
         insert(&three, 2101 + round * 200, 2200 + round * 200);
         std::thread::sleep(Duration::from_millis(200));
