@@ -446,7 +446,9 @@ async fn retention_on_file_and_s3_repositories() {
     // keep_last: the 3 newest (timeline 2's last and timeline 3's two) and the pinned one;
     // no window, so continuous WAL from each kept backup.
     let (_dir, repo, pitr) = copy(&built, &Target::File, "keep-last").await;
+    let started = std::time::Instant::now();
     let report = expire(&pitr, &["--keep-last", "3"]);
+    let expire_takes = started.elapsed();
     assert_eq!(
         ids_of(&report, "kept_backups"),
         [
@@ -498,10 +500,15 @@ async fn retention_on_file_and_s3_repositories() {
     // 6, so backup 5 (timeline 2) starts it; backups 0-2 and 4 go, the pinned 3 keeps only
     // its own WAL. Every point restorable before still is.
     let server = S3Server::start("retention").await;
+    let mut s3_expire_takes = expire_takes;
     for target in [Target::File, Target::S3(&server)] {
         let (_dir, repo, pitr) = copy(&built, &target, "within").await;
         let window = window_between(&built, 5);
+        let started = std::time::Instant::now();
         let report = expire(&pitr, &["--keep-within", &window]);
+        if let Target::S3(_) = target {
+            s3_expire_takes = started.elapsed();
+        }
         assert_eq!(
             ids_of(&report, "kept_backups"),
             [
@@ -541,25 +548,36 @@ async fn retention_on_file_and_s3_repositories() {
     }
 
     // kill -9 at several points of an expire: the next one finishes, verify passes.
-    for (n, delay) in [5u64, 30, 80, 200].into_iter().enumerate() {
-        let target = if n == 3 {
-            Target::S3(&server)
+    // Killed a third, two thirds and nine tenths into the time an expire takes.
+    for (n, share) in [0.33, 0.66, 0.9].into_iter().enumerate() {
+        let (target, takes) = if n == 2 {
+            (Target::S3(&server), s3_expire_takes)
         } else {
-            Target::File
+            (Target::File, expire_takes)
         };
+        let delay = takes.mul_f64(share);
         let (_dir, repo, pitr) = copy(&built, &target, &format!("kill-{n}")).await;
         let mut child = direct(&pitr, ["expire", "--keep-last", "2"])
             .spawn()
             .unwrap();
-        std::thread::sleep(Duration::from_millis(delay));
+        std::thread::sleep(delay);
         let _ = child.kill();
         child.wait().unwrap();
         let report = expire(&pitr, &["--keep-last", "2"]);
+        eprintln!(
+            "after a kill at {delay:?}, expire removed {} backups, {} WAL files, {} interrupted",
+            ids_of(&report, "removed_backups").len(),
+            report["removed_wal"].as_array().unwrap().len(),
+            report["removed_interrupted_backups"]
+                .as_array()
+                .unwrap()
+                .len()
+        );
         let mut kept = ids_of(&report, "kept_backups");
         kept.sort();
         let mut expected = vec![ids[8].clone(), ids[7].clone(), ids[3].clone()];
         expected.sort();
-        assert_eq!(kept, expected, "after a kill at {delay} ms");
+        assert_eq!(kept, expected, "after a kill at {delay:?}");
         assert!(report["running_backups"].as_array().unwrap().is_empty());
         let again = expire(&pitr, &["--keep-last", "2"]);
         assert!(again["removed_backups"].as_array().unwrap().is_empty());
@@ -576,7 +594,7 @@ async fn retention_on_file_and_s3_repositories() {
             if id != &ids[3] {
                 assert!(
                     !left.iter().any(|k| k.starts_with(&format!("backup/{id}/"))),
-                    "{id} left after a kill at {delay} ms"
+                    "{id} left after a kill at {delay:?}"
                 );
             }
         }

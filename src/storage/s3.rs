@@ -377,14 +377,25 @@ impl Storage for S3Storage {
                 .quiet(true)
                 .build()
                 .map_err(|e| StorageError::InvalidKey(e.to_string()))?;
-            let response = self
+            let response = match self
                 .client
                 .delete_objects()
                 .bucket(&self.bucket)
                 .delete(delete)
                 .send()
                 .await
-                .map_err(|e| self.error("delete", &batch[0], e))?;
+            {
+                Ok(response) => response,
+                // Some S3-compatible stores (Google Cloud Storage's XML API) lack
+                // DeleteObjects: one request per key there.
+                Err(e) if status_of(&e) == Some(501) || e.code() == Some("NotImplemented") => {
+                    for key in batch {
+                        self.delete(key).await?;
+                    }
+                    continue;
+                }
+                Err(e) => return Err(self.error("delete", &batch[0], e)),
+            };
             for failed in response.errors() {
                 let object_key = failed.key().unwrap_or_default();
                 let key = object_key.strip_prefix(&self.prefix).unwrap_or(object_key);
