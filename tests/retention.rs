@@ -446,9 +446,7 @@ async fn retention_on_file_and_s3_repositories() {
     // keep_last: the 3 newest (timeline 2's last and timeline 3's two) and the pinned one;
     // no window, so continuous WAL from each kept backup.
     let (_dir, repo, pitr) = copy(&built, &Target::File, "keep-last").await;
-    let started = std::time::Instant::now();
     let report = expire(&pitr, &["--keep-last", "3"]);
-    let expire_takes = started.elapsed();
     assert_eq!(
         ids_of(&report, "kept_backups"),
         [
@@ -500,15 +498,10 @@ async fn retention_on_file_and_s3_repositories() {
     // 6, so backup 5 (timeline 2) starts it; backups 0-2 and 4 go, the pinned 3 keeps only
     // its own WAL. Every point restorable before still is.
     let server = S3Server::start("retention").await;
-    let mut s3_expire_takes = expire_takes;
     for target in [Target::File, Target::S3(&server)] {
         let (_dir, repo, pitr) = copy(&built, &target, "within").await;
         let window = window_between(&built, 5);
-        let started = std::time::Instant::now();
         let report = expire(&pitr, &["--keep-within", &window]);
-        if let Target::S3(_) = target {
-            s3_expire_takes = started.elapsed();
-        }
         assert_eq!(
             ids_of(&report, "kept_backups"),
             [
@@ -548,24 +541,38 @@ async fn retention_on_file_and_s3_repositories() {
     }
 
     // kill -9 at several points of an expire: the next one finishes, verify passes.
-    // Killed a third, two thirds and nine tenths into the time an expire takes.
-    for (n, share) in [0.33, 0.66, 0.9].into_iter().enumerate() {
-        let (target, takes) = if n == 2 {
-            (Target::S3(&server), s3_expire_takes)
+    // Killed as soon as the removal reached a given object: a backup's manifest (the rest
+    // of the backup not yet gone), a later backup's, a WAL file half-way through.
+    for n in 0..3 {
+        let target = if n == 2 {
+            Target::S3(&server)
         } else {
-            (Target::File, expire_takes)
+            Target::File
         };
-        let delay = takes.mul_f64(share);
         let (_dir, repo, pitr) = copy(&built, &target, &format!("kill-{n}")).await;
+        let plan = expire(&pitr, &["--keep-last", "2", "--dry-run"]);
+        let removed_wal = plan["removed_wal"].as_array().unwrap();
+        let watched = match n {
+            0 => keys::manifest_key(&ids[0]),
+            1 => keys::manifest_key(&ids[5]),
+            _ => {
+                let name = removed_wal[removed_wal.len() / 2].as_str().unwrap();
+                format!("wal/{}/{name}.lz4", &name[..16])
+            }
+        };
+        let store = repo.storage().await;
+        store.head(&watched).await.unwrap();
         let mut child = direct(&pitr, ["expire", "--keep-last", "2"])
             .spawn()
             .unwrap();
-        std::thread::sleep(delay);
+        let delay = std::time::Instant::now();
+        while child.try_wait().unwrap().is_none() && store.head(&watched).await.is_ok() {}
         let _ = child.kill();
-        child.wait().unwrap();
+        let finished = child.wait().unwrap().success();
+        let delay = delay.elapsed();
         let report = expire(&pitr, &["--keep-last", "2"]);
         eprintln!(
-            "after a kill at {delay:?}, expire removed {} backups, {} WAL files, {} interrupted",
+            "after a kill at {delay:?} (finished before: {finished}), expire removed {} backups, {} WAL files, {} interrupted",
             ids_of(&report, "removed_backups").len(),
             report["removed_wal"].as_array().unwrap().len(),
             report["removed_interrupted_backups"]

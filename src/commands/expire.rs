@@ -124,6 +124,7 @@ pub async fn expire(catalog: &Catalog, options: &ExpireOptions) -> Result<Expire
     let list = catalog.backup_list().await?;
     let (pins, damaged_pins) = catalog.backup_pins(&objects).await?;
     let view = ArchiveView::load(catalog, &identity).await?;
+    tracing::debug!("expire: repository read");
 
     // A pin that cannot be read counts as a pin: expiring must never guess in favour of
     // deleting.
@@ -204,6 +205,7 @@ pub async fn expire(catalog: &Catalog, options: &ExpireOptions) -> Result<Expire
     if options.dry_run {
         return Ok(report);
     }
+    tracing::debug!("expire: removing");
 
     let mut done = Deletion::default();
     catalog
@@ -216,7 +218,9 @@ pub async fn expire(catalog: &Catalog, options: &ExpireOptions) -> Result<Expire
                 .await?,
         );
     }
+    tracing::debug!("expire: backups removed");
     done.add(catalog.delete_wal_files(&plan.wal_removed).await?);
+    tracing::debug!("expire: WAL removed");
     catalog.delete_wal_summaries(&plan.orphan_summaries).await?;
     for id in &report.removed_interrupted_backups {
         done.add(catalog.delete_backup(id, None).await?);
