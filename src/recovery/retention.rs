@@ -307,7 +307,19 @@ pub fn plan_retention(
             reason: WalReason::NewTimeline,
         });
     }
-    let is_kept = |timeline: u32, segno: u64| wal_kept.iter().any(|r| r.holds(timeline, segno));
+    // By timeline: a listing may hold hundreds of thousands of files.
+    let mut kept_by_timeline: BTreeMap<u32, Vec<&KeptWal>> = BTreeMap::new();
+    for range in &wal_kept {
+        kept_by_timeline
+            .entry(range.timeline)
+            .or_default()
+            .push(range);
+    }
+    let is_kept = |timeline: u32, segno: u64| {
+        kept_by_timeline
+            .get(&timeline)
+            .is_some_and(|ranges| ranges.iter().any(|r| r.holds(timeline, segno)))
+    };
 
     let removed: Vec<RemovedBackup> = newest_first
         .iter()
