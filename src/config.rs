@@ -39,6 +39,15 @@ pub struct Settings {
     pub check_verify_age: Option<String>,
     /// Seconds `pitr check --switch-wal` waits for the switched segment.
     pub check_switch_wal_timeout: Option<u64>,
+    /// Retention (`pitr expire`, and after each `pitr backup` when any is set).
+    pub keep_last: Option<u32>,
+    pub keep_within: Option<String>,
+    pub keep_daily: Option<u32>,
+    pub keep_weekly: Option<u32>,
+    pub keep_monthly: Option<u32>,
+    pub keep_yearly: Option<u32>,
+    /// IANA time zone of the GFS calendar periods (default UTC).
+    pub retention_timezone: Option<String>,
 }
 
 impl Settings {
@@ -80,7 +89,48 @@ impl Settings {
             check_switch_wal_timeout: self
                 .check_switch_wal_timeout
                 .or(lower.check_switch_wal_timeout),
+            keep_last: self.keep_last.or(lower.keep_last),
+            keep_within: self.keep_within.or(lower.keep_within),
+            keep_daily: self.keep_daily.or(lower.keep_daily),
+            keep_weekly: self.keep_weekly.or(lower.keep_weekly),
+            keep_monthly: self.keep_monthly.or(lower.keep_monthly),
+            keep_yearly: self.keep_yearly.or(lower.keep_yearly),
+            retention_timezone: self.retention_timezone.or(lower.retention_timezone),
         }
+    }
+
+    /// The retention policy these settings give (empty when no rule is set).
+    pub fn retention_policy(&self) -> Result<crate::recovery::retention::Policy, Error> {
+        let count = |name: &str, value: Option<u32>| match value {
+            Some(0) => Err(Error::Config(format!(
+                "{name} must be at least 1 (leave it unset to not use that rule)"
+            ))),
+            other => Ok(other),
+        };
+        let keep_within = self
+            .keep_within
+            .as_deref()
+            .map(crate::recovery::retention::parse_window)
+            .transpose()
+            .map_err(|e| Error::Config(format!("keep_within: {e}")))?;
+        let timezone = match self.retention_timezone.as_deref() {
+            None => chrono_tz::UTC,
+            Some(name) => name.parse().map_err(|_| {
+                Error::Config(format!(
+                    "retention_timezone '{name}' is not an IANA time zone name such as UTC or \
+                     Europe/Berlin"
+                ))
+            })?,
+        };
+        Ok(crate::recovery::retention::Policy {
+            keep_last: count("keep_last", self.keep_last)?,
+            keep_within,
+            keep_daily: count("keep_daily", self.keep_daily)?,
+            keep_weekly: count("keep_weekly", self.keep_weekly)?,
+            keep_monthly: count("keep_monthly", self.keep_monthly)?,
+            keep_yearly: count("keep_yearly", self.keep_yearly)?,
+            timezone,
+        })
     }
 }
 
@@ -173,6 +223,41 @@ mod tests {
         let retry = resolved.retry;
         assert_eq!(retry.attempt_timeout, Duration::from_secs(7));
         assert_eq!(retry.total, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn retention_settings_are_checked_once() {
+        let file = Settings::from_toml(
+            "keep_last = 3\nkeep_within = \"30d\"\nkeep_daily = 7\n\
+             retention_timezone = \"Europe/Berlin\"\n",
+            Path::new("pitr.toml"),
+        )
+        .unwrap();
+        let cli = Settings {
+            keep_last: Some(5),
+            ..Settings::default()
+        };
+        let policy = cli.over(file).retention_policy().unwrap();
+        assert_eq!(policy.keep_last, Some(5));
+        assert_eq!(policy.keep_within, Some(chrono::Duration::days(30)));
+        assert_eq!(policy.keep_daily, Some(7));
+        assert_eq!(policy.timezone, chrono_tz::Europe::Berlin);
+        assert!(Settings::default().retention_policy().unwrap().is_empty());
+        for (bad, says) in [
+            ("keep_daily = 0", "keep_daily must be at least 1"),
+            (
+                "keep_within = \"soon\"",
+                "keep_within: 'soon' is not a duration",
+            ),
+            (
+                "retention_timezone = \"Mars/Olympus\"",
+                "not an IANA time zone",
+            ),
+        ] {
+            let settings = Settings::from_toml(bad, Path::new("pitr.toml")).unwrap();
+            let err = settings.retention_policy().unwrap_err().to_string();
+            assert!(err.contains(says), "{err}");
+        }
     }
 
     #[test]

@@ -188,6 +188,8 @@ async fn take_backup(catalog: &Catalog, cluster: &PgCluster) -> Result<String, E
         jobs: 2,
         wal_timeout: Duration::from_secs(60),
         progress: Arc::new(Silent),
+        pin: false,
+        annotations: Default::default(),
     };
     Ok(backup(catalog, &options).await?.manifest.id)
 }

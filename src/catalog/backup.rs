@@ -4,6 +4,7 @@
 //! backup/<id>/claim.json       written first, create-only: the id is taken
 //! backup/<id>/data/<n>.lz4     file contents: one large file, or a bundle of small files
 //! backup/<id>/manifest.json    written last, create-only: a backup exists once this does
+//! backup/<id>/pin.json         pin and annotations (sealed, rewritten by `pitr pin`/`unpin`)
 //! ```
 
 use std::collections::BTreeMap;
@@ -12,18 +13,22 @@ use std::io::{Read, Write};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use super::wal::ArchivedFile;
 use super::{Catalog, CatalogError, Stored, StoredObject};
 use crate::codec::{self, DecodeSummary, EncodeSummary};
 use crate::pg::backup_label::parse_backup_label;
 use crate::pg::timestamp::micros;
 use crate::pg::{Lsn, WalFileKind, WalFileName};
-use crate::storage::{PutMode, PutPayload, StorageError, read_all};
+use crate::storage::{Protected, PutMode, PutPayload, StorageError, read_all};
 
 const BACKUP_PREFIX: &str = "backup/";
 const MANIFEST_LEAF: &str = "manifest.json";
 /// Written first, create-only: the backup's id is taken.
 const CLAIM_LEAF: &str = "claim.json";
+/// Pin and annotations, beside the sealed manifest they may not change.
+const PIN_LEAF: &str = "pin.json";
 pub const MANIFEST_FORMAT: u32 = 1;
+pub const PIN_FORMAT: u32 = 1;
 
 fn backup_prefix(id: &str) -> String {
     format!("{BACKUP_PREFIX}{id}/")
@@ -216,6 +221,79 @@ pub struct BackupObjects {
     pub manifest: Option<StoredObject>,
     /// Data objects by number.
     pub data: BTreeMap<u32, StoredObject>,
+    pub claim: Option<StoredObject>,
+    pub pin: Option<StoredObject>,
+}
+
+/// `backup/<id>/claim.json`: who took the id, and when.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackupClaim {
+    pub pid: u32,
+    pub claimed_at: DateTime<Utc>,
+    /// Claims written before hosts were recorded have none.
+    #[serde(default)]
+    pub host: Option<String>,
+}
+
+/// `backup/<id>/pin.json`: whether retention must keep the backup, and the user's notes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackupPin {
+    pub format: u32,
+    pub id: String,
+    pub pinned: bool,
+    pub annotations: BTreeMap<String, String>,
+    #[serde(with = "micros")]
+    pub updated_at: DateTime<Utc>,
+}
+
+impl BackupPin {
+    pub fn new(id: &str) -> Self {
+        BackupPin {
+            format: PIN_FORMAT,
+            id: id.to_owned(),
+            pinned: false,
+            annotations: BTreeMap::new(),
+            updated_at: Self::now(),
+        }
+    }
+
+    /// Now, to the microsecond the object records.
+    pub fn now() -> DateTime<Utc> {
+        let now = Utc::now();
+        DateTime::from_timestamp_micros(now.timestamp_micros()).unwrap_or(now)
+    }
+
+    fn parse(bytes: &[u8], id: &str) -> Result<Self, String> {
+        let pin: BackupPin = super::sealed::unseal(bytes)?;
+        if pin.format != PIN_FORMAT {
+            return Err(format!("pin format {} is not {PIN_FORMAT}", pin.format));
+        }
+        if pin.id != id {
+            return Err(format!("it names backup '{}', not '{id}'", pin.id));
+        }
+        Ok(pin)
+    }
+}
+
+/// What a removal did: objects gone, and those a retention lock kept (left for a later run).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Deletion {
+    pub deleted: u64,
+    pub protected: Vec<Protected>,
+}
+
+impl Deletion {
+    pub fn add(&mut self, other: Deletion) {
+        self.deleted += other.deleted;
+        self.protected.extend(other.protected);
+    }
+}
+
+/// This host's name, as claims record it.
+pub fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|name| name.trim().to_owned())
+        .unwrap_or_default()
 }
 
 impl BackupObjects {
@@ -239,6 +317,7 @@ impl Catalog {
         let claim = serde_json::json!({
             "pid": std::process::id(),
             "claimed_at": crate::pg::timestamp::rfc3339_micros(Utc::now()),
+            "host": host_name(),
         });
         for attempt in 1u32.. {
             let id = if attempt == 1 {
@@ -387,6 +466,10 @@ impl Catalog {
             };
             if rest == MANIFEST_LEAF {
                 entry.manifest = Some(object);
+            } else if rest == CLAIM_LEAF {
+                entry.claim = Some(object);
+            } else if rest == PIN_LEAF {
+                entry.pin = Some(object);
             } else if let Some(n) = number.filter(|&n| meta.key == backup_object_key(id, n)) {
                 entry.data.insert(n, object);
             }
@@ -412,21 +495,125 @@ impl Catalog {
         })
     }
 
-    /// Removes a backup: the manifest first, so that a removal cut short leaves objects no
-    /// listing offers for restore, then its data. Returns how many objects went. Whether the
-    /// backup may go is the caller's proof to make (retention).
-    pub async fn delete_backup(&self, id: &str) -> Result<u64, CatalogError> {
+    /// Removes a backup: its backup history file (so that a removal cut short never looks
+    /// like a finished backup that lost its manifest), then the manifest (so that it is no
+    /// longer listed), then its data and pin, the claim last. Objects a retention lock keeps
+    /// stop the removal where it stands (a protected manifest leaves the backup whole).
+    /// Leftovers of an interrupted backup go the same way. Whether the backup may go is the
+    /// caller's proof to make (retention).
+    pub async fn delete_backup(
+        &self,
+        id: &str,
+        backup_history: Option<&ArchivedFile>,
+    ) -> Result<Deletion, CatalogError> {
         let objects = self.storage.list(&backup_prefix(id)).await?;
-        let manifest = manifest_key(id);
-        let mut deleted = 0;
-        if objects.iter().any(|o| o.key == manifest) {
-            self.storage.delete(&manifest).await?;
-            deleted += 1;
+        let (manifest, claim) = (
+            manifest_key(id),
+            format!("{}{CLAIM_LEAF}", backup_prefix(id)),
+        );
+        let mut done = Deletion::default();
+        let steps: [Vec<String>; 4] = [
+            backup_history
+                .map(|f| f.object.key().to_owned())
+                .into_iter()
+                .collect(),
+            objects
+                .iter()
+                .filter(|o| o.key == manifest)
+                .map(|o| o.key.clone())
+                .collect(),
+            objects
+                .iter()
+                .filter(|o| o.key != manifest && o.key != claim)
+                .map(|o| o.key.clone())
+                .collect(),
+            objects
+                .iter()
+                .filter(|o| o.key == claim)
+                .map(|o| o.key.clone())
+                .collect(),
+        ];
+        for keys in steps {
+            let step = self.delete_keys(&keys).await?;
+            let stop = !step.protected.is_empty();
+            done.add(step);
+            if stop {
+                break;
+            }
         }
-        for object in objects.iter().filter(|o| o.key != manifest) {
-            self.storage.delete(&object.key).await?;
-            deleted += 1;
+        Ok(done)
+    }
+
+    /// Deletes `keys` in one call of the store; what a lock kept is reported.
+    pub(super) async fn delete_keys(&self, keys: &[String]) -> Result<Deletion, CatalogError> {
+        if keys.is_empty() {
+            return Ok(Deletion::default());
         }
-        Ok(deleted)
+        let protected = self.storage.delete_many(keys).await?;
+        Ok(Deletion {
+            deleted: (keys.len() - protected.len()) as u64,
+            protected,
+        })
+    }
+
+    /// Who claimed `id`, if the claim is there and readable.
+    pub async fn backup_claim(&self, id: &str) -> Result<Option<BackupClaim>, CatalogError> {
+        let key = format!("{}{CLAIM_LEAF}", backup_prefix(id));
+        match read_all(&*self.storage, &key).await {
+            Ok(bytes) => Ok(serde_json::from_slice(&bytes).ok()),
+            Err(StorageError::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The pin and annotations of backup `id`; none when never pinned or annotated.
+    pub async fn backup_pin(&self, id: &str) -> Result<Option<BackupPin>, CatalogError> {
+        let key = format!("{}{PIN_LEAF}", backup_prefix(id));
+        let bytes = match read_all(&*self.storage, &key).await {
+            Ok(bytes) => bytes,
+            Err(StorageError::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        BackupPin::parse(&bytes, id)
+            .map(Some)
+            .map_err(|reason| CatalogError::Corrupt {
+                what: key,
+                location: self.location(),
+                reason,
+            })
+    }
+
+    /// Records the pin and annotations of a backup, replacing what was there. The manifest
+    /// stays as it was sealed.
+    pub async fn put_backup_pin(&self, pin: &BackupPin) -> Result<(), CatalogError> {
+        let key = format!("{}{PIN_LEAF}", backup_prefix(&pin.id));
+        let json = super::sealed::seal(pin);
+        self.storage
+            .put(&key, PutPayload::from_bytes(json), PutMode::Overwrite)
+            .await?;
+        Ok(())
+    }
+
+    /// The pins of every backup directory that has one, and those that cannot be read.
+    pub async fn backup_pins(
+        &self,
+        objects: &BTreeMap<String, BackupObjects>,
+    ) -> Result<(BTreeMap<String, BackupPin>, Vec<DamagedBackup>), CatalogError> {
+        let mut pins = BTreeMap::new();
+        let mut damaged = Vec::new();
+        for id in objects.values().filter(|o| o.pin.is_some()).map(|o| &o.id) {
+            match self.backup_pin(id).await {
+                Ok(Some(pin)) => {
+                    pins.insert(id.clone(), pin);
+                }
+                Ok(None) => {}
+                Err(CatalogError::Corrupt { reason, .. }) => damaged.push(DamagedBackup {
+                    id: id.clone(),
+                    reason,
+                }),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok((pins, damaged))
     }
 }

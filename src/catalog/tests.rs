@@ -89,7 +89,7 @@ async fn deleting_a_backup_takes_its_manifest_first_and_nothing_else() {
     );
     assert!(
         Catalog::new(faulty.clone())
-            .delete_backup("a")
+            .delete_backup("a", None)
             .await
             .is_err()
     );
@@ -97,7 +97,7 @@ async fn deleting_a_backup_takes_its_manifest_first_and_nothing_else() {
     assert!(store.object("backup/a/manifest.json").is_none());
     assert!(store.object("backup/a/data/000000.lz4").is_some());
     // Finishing the job later removes the rest, and only that backup's objects.
-    assert_eq!(catalog.delete_backup("a").await.unwrap(), 2);
+    assert_eq!(catalog.delete_backup("a", None).await.unwrap().deleted, 2);
     assert_eq!(
         store.keys(),
         vec![
@@ -150,4 +150,138 @@ async fn listings_type_what_they_find_and_skip_strangers() {
     let list = catalog.backup_list().await.unwrap();
     assert_eq!(list.damaged.len(), 1);
     assert_eq!(list.damaged[0].id, "a");
+}
+
+/// A store whose retention lock keeps some keys, as S3 Object Lock would.
+#[derive(Debug)]
+struct Locked {
+    inner: Arc<crate::storage::MemoryStorage>,
+    locked: Vec<&'static str>,
+}
+
+#[async_trait::async_trait]
+impl Storage for Locked {
+    fn location(&self) -> String {
+        self.inner.location()
+    }
+    async fn put(&self, key: &str, payload: PutPayload, mode: PutMode) -> Result<(), StorageError> {
+        self.inner.put(key, payload, mode).await
+    }
+    async fn get(&self, key: &str) -> Result<crate::storage::ObjectBody, StorageError> {
+        self.inner.get(key).await
+    }
+    async fn head(&self, key: &str) -> Result<crate::storage::ObjectMeta, StorageError> {
+        self.inner.head(key).await
+    }
+    async fn list(&self, prefix: &str) -> Result<Vec<crate::storage::ObjectMeta>, StorageError> {
+        self.inner.list(prefix).await
+    }
+    async fn delete(&self, key: &str) -> Result<(), StorageError> {
+        self.inner.delete(key).await
+    }
+    async fn delete_many(
+        &self,
+        keys: &[String],
+    ) -> Result<Vec<crate::storage::Protected>, StorageError> {
+        let mut protected = Vec::new();
+        for key in keys {
+            if self.locked.contains(&key.as_str()) {
+                protected.push(crate::storage::Protected {
+                    key: key.clone(),
+                    until: Some("2030-01-01T00:00:00Z".into()),
+                });
+            } else {
+                self.inner.delete(key).await?;
+            }
+        }
+        Ok(protected)
+    }
+}
+
+#[tokio::test]
+async fn objects_a_retention_lock_keeps_are_reported_and_stop_a_backup_removal() {
+    let store = Arc::new(crate::storage::MemoryStorage::new("locked"));
+    let keys = [
+        "backup/a/claim.json",
+        "backup/a/data/000000.lz4",
+        "backup/a/manifest.json",
+        "wal/0000000100000000/000000010000000000000001.lz4",
+        "wal/0000000100000000/000000010000000000000001.summary.json",
+        "wal/0000000100000000/000000010000000000000002.lz4",
+        "wal/0000000100000000/000000010000000000000002.summary.json",
+    ];
+    for key in keys {
+        put(&store, key).await;
+    }
+    let catalog = Catalog::new(Arc::new(Locked {
+        inner: store.clone(),
+        locked: vec![keys[2], keys[3]],
+    }));
+    // A locked manifest keeps the whole backup: it stays listed and whole.
+    let done = catalog.delete_backup("a", None).await.unwrap();
+    assert_eq!(done.deleted, 0);
+    assert_eq!(done.protected.len(), 1);
+    assert_eq!(done.protected[0].key, keys[2]);
+    assert_eq!(
+        done.protected[0].until.as_deref(),
+        Some("2030-01-01T00:00:00Z")
+    );
+    assert!(store.object(keys[1]).is_some());
+    // A locked segment keeps its summary; the others go with theirs.
+    let listing = catalog.wal_listing(16 << 20).await.unwrap();
+    let files: Vec<_> = listing.segments.values().cloned().collect();
+    let done = catalog.delete_wal_files(&files).await.unwrap();
+    assert_eq!(done.deleted, 1);
+    assert_eq!(done.protected.len(), 1);
+    assert_eq!(
+        store.keys(),
+        vec![keys[0], keys[1], keys[2], keys[3], keys[4]]
+    );
+}
+
+#[tokio::test]
+async fn pins_live_beside_the_sealed_manifest_and_the_expired_mark_only_rises() {
+    let (store, catalog) = memory_catalog();
+    let identity = RepositoryIdentity::for_tests(16 << 20, 8192);
+    catalog.init(&identity).await.unwrap();
+    put(&store, "backup/a/manifest.json").await;
+    assert_eq!(catalog.backup_pin("a").await.unwrap(), None);
+    let mut pin = backup::BackupPin::new("a");
+    pin.pinned = true;
+    pin.annotations.insert("why".into(), "audit".into());
+    catalog.put_backup_pin(&pin).await.unwrap();
+    assert_eq!(catalog.backup_pin("a").await.unwrap(), Some(pin.clone()));
+    let objects = catalog.backup_objects().await.unwrap();
+    assert!(objects["a"].pin.is_some());
+    let (pins, damaged) = catalog.backup_pins(&objects).await.unwrap();
+    assert_eq!(pins["a"], pin);
+    assert!(damaged.is_empty());
+    // Tampered with: reported, never read as "not pinned".
+    let key = "backup/a/pin.json";
+    let text = String::from_utf8(store.object(key).unwrap().to_vec()).unwrap();
+    store
+        .put(
+            key,
+            PutPayload::from_bytes(text.replace("audit", "audiT")),
+            PutMode::Overwrite,
+        )
+        .await
+        .unwrap();
+    let (pins, damaged) = catalog.backup_pins(&objects).await.unwrap();
+    assert!(pins.is_empty());
+    assert_eq!(damaged[0].id, "a");
+
+    let seg = 16 << 20;
+    catalog
+        .record_expired_wal(&std::collections::BTreeMap::from([(1, 8), (2, 3)]), seg)
+        .await
+        .unwrap();
+    catalog
+        .record_expired_wal(&std::collections::BTreeMap::from([(1, 5), (3, 9)]), seg)
+        .await
+        .unwrap();
+    assert_eq!(
+        catalog.expired_wal().await.unwrap(),
+        std::collections::BTreeMap::from([(1, 8), (2, 3), (3, 9)])
+    );
 }

@@ -5,6 +5,7 @@
 //! wal/<TLI><LOG>/<segment>.partial.lz4
 //! wal/<TLI><LOG>/<segment>.<offset>.backup.lz4
 //! wal/history/<TLI>.history.lz4
+//! wal/expired.json                              where retention expired WAL, per timeline
 //! ```
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -12,13 +13,35 @@ use std::fs::File;
 use std::io::Write;
 use std::path::Path;
 
-use super::wal_index::wal_name_of_summary_key;
+use serde::{Deserialize, Serialize};
+
+use super::backup::Deletion;
+use super::wal_index::{summary_key, wal_name_of_summary_key};
 use super::{Catalog, CatalogError, Stored, StoredObject};
 use crate::codec::{self, DecodeSummary, EncodeSummary};
+use crate::pg::wal_name::xlog_file_name;
 use crate::pg::{WalFileKind, WalFileName};
-use crate::storage::StorageError;
+use crate::storage::{PutMode, PutPayload, StorageError, read_all};
 
 pub(super) const WAL_PREFIX: &str = "wal/";
+const EXPIRED_KEY: &str = "wal/expired.json";
+/// WAL files removed per step: their summaries follow each step.
+const DELETE_STEP: usize = 1000;
+
+/// `wal/expired.json`: per timeline, the segment below which retention removed WAL (only
+/// backups' own ranges stay there), so that `verify` does not take the gap for lost WAL.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct ExpiredWal {
+    format: u32,
+    timelines: Vec<ExpiredTimeline>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct ExpiredTimeline {
+    timeline: u32,
+    /// The first segment not expired.
+    expired_before: String,
+}
 
 /// The object key of an archived WAL file.
 pub(super) fn wal_key(name: &WalFileName) -> String {
@@ -203,5 +226,101 @@ impl Catalog {
             }
         }
         Ok(deleted)
+    }
+
+    /// Removes archived WAL files, oldest first as given, each step's summaries after its
+    /// files (a summary left by a removal cut short is harmless: retention lists it as an
+    /// orphan). Which WAL is redundant is the caller's proof to make (retention).
+    pub async fn delete_wal_files(&self, files: &[ArchivedFile]) -> Result<Deletion, CatalogError> {
+        let mut done = Deletion::default();
+        for step in files.chunks(DELETE_STEP) {
+            let keys: Vec<String> = step.iter().map(|f| f.object.key.clone()).collect();
+            let deleted = self.delete_keys(&keys).await?;
+            let summaries: Vec<String> = step
+                .iter()
+                .filter(|f| f.name.kind() != WalFileKind::BackupHistory)
+                .filter(|f| !deleted.protected.iter().any(|p| p.key == f.object.key))
+                .map(|f| summary_key(&f.name))
+                .collect();
+            done.add(deleted);
+            // Summaries are derived data: not counted.
+            self.delete_keys(&summaries).await?;
+        }
+        Ok(done)
+    }
+
+    /// Removes the summaries of WAL files that are gone.
+    pub async fn delete_wal_summaries(
+        &self,
+        names: &[WalFileName],
+    ) -> Result<Deletion, CatalogError> {
+        let keys: Vec<String> = names.iter().map(summary_key).collect();
+        self.delete_keys(&keys).await
+    }
+
+    /// Per timeline, the segment below which retention expired WAL (`wal/expired.json`).
+    pub async fn expired_wal(&self) -> Result<BTreeMap<u32, u64>, CatalogError> {
+        let bytes = match read_all(&*self.storage, EXPIRED_KEY).await {
+            Ok(bytes) => bytes,
+            Err(StorageError::NotFound { .. }) => return Ok(BTreeMap::new()),
+            Err(e) => return Err(e.into()),
+        };
+        let corrupt = |reason: String| CatalogError::Corrupt {
+            what: EXPIRED_KEY.into(),
+            location: self.location(),
+            reason,
+        };
+        let expired: ExpiredWal = super::sealed::unseal(&bytes).map_err(corrupt)?;
+        let segment_size = self.identity().await?.wal_segment_size;
+        let mut map = BTreeMap::new();
+        for entry in expired.timelines {
+            let segno = WalFileName::parse(&entry.expired_before)
+                .ok()
+                .filter(|n| n.kind() == WalFileKind::Segment && n.timeline() == entry.timeline)
+                .and_then(|n| n.segment_number(segment_size))
+                .ok_or_else(|| {
+                    corrupt(format!("'{}' is not a segment name", entry.expired_before))
+                })?;
+            map.insert(entry.timeline, segno);
+        }
+        Ok(map)
+    }
+
+    /// Records that WAL below `expired_before` (per timeline) is being expired; only ever
+    /// raises a timeline's mark. Written before the removal, so that a removal cut short is
+    /// already covered.
+    pub async fn record_expired_wal(
+        &self,
+        expired_before: &BTreeMap<u32, u64>,
+        segment_size: u64,
+    ) -> Result<(), CatalogError> {
+        let mut merged = self.expired_wal().await?;
+        let before = merged.clone();
+        for (&timeline, &segno) in expired_before {
+            let mark = merged.entry(timeline).or_insert(segno);
+            *mark = (*mark).max(segno);
+        }
+        if merged == before {
+            return Ok(());
+        }
+        let record = ExpiredWal {
+            format: 1,
+            timelines: merged
+                .iter()
+                .map(|(&timeline, &segno)| ExpiredTimeline {
+                    timeline,
+                    expired_before: xlog_file_name(timeline, segno, segment_size),
+                })
+                .collect(),
+        };
+        let json = super::sealed::seal(&record);
+        self.storage
+            .put(
+                EXPIRED_KEY,
+                PutPayload::from_bytes(json),
+                PutMode::Overwrite,
+            )
+            .await?;
+        Ok(())
     }
 }

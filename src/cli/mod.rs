@@ -188,6 +188,53 @@ impl GlobalArgs {
             check_min_backups: self.check_min_backups.clone(),
             check_verify_age: self.check_verify_age.clone(),
             check_switch_wal_timeout: self.check_switch_wal_timeout,
+            ..Settings::default()
+        }
+    }
+}
+
+/// The retention policy: flags of `expire` (and of `backup`, which expires after itself when
+/// a rule is set), `PITR_…` variables, or the same names in the config file.
+#[derive(Clone, Debug, Default, Args)]
+#[command(
+    next_help_heading = "Retention (the union of the rules; pinned backups and the newest always stay)"
+)]
+pub struct RetentionArgs {
+    /// Keep the N newest backups.
+    #[arg(long, env = "PITR_KEEP_LAST", value_name = "N")]
+    pub keep_last: Option<u32>,
+    /// Keep every point of this last stretch restorable: 30d, 12h, 2w, 90m.
+    #[arg(long, env = "PITR_KEEP_WITHIN", value_name = "DURATION")]
+    pub keep_within: Option<String>,
+    /// Keep the newest backup of each of the last N days that have one.
+    #[arg(long, env = "PITR_KEEP_DAILY", value_name = "N")]
+    pub keep_daily: Option<u32>,
+    /// Keep the newest backup of each of the last N ISO weeks that have one.
+    #[arg(long, env = "PITR_KEEP_WEEKLY", value_name = "N")]
+    pub keep_weekly: Option<u32>,
+    /// Keep the newest backup of each of the last N months that have one.
+    #[arg(long, env = "PITR_KEEP_MONTHLY", value_name = "N")]
+    pub keep_monthly: Option<u32>,
+    /// Keep the newest backup of each of the last N years that have one.
+    #[arg(long, env = "PITR_KEEP_YEARLY", value_name = "N")]
+    pub keep_yearly: Option<u32>,
+    /// IANA time zone the days, weeks, months and years are counted in (default UTC).
+    #[arg(long, env = "PITR_RETENTION_TIMEZONE", value_name = "ZONE")]
+    pub retention_timezone: Option<String>,
+}
+
+impl RetentionArgs {
+    /// Flags and environment, as clap merged them.
+    pub fn settings(&self) -> Settings {
+        Settings {
+            keep_last: self.keep_last,
+            keep_within: self.keep_within.clone(),
+            keep_daily: self.keep_daily,
+            keep_weekly: self.keep_weekly,
+            keep_monthly: self.keep_monthly,
+            keep_yearly: self.keep_yearly,
+            retention_timezone: self.retention_timezone.clone(),
+            ..Settings::default()
         }
     }
 }
@@ -232,6 +279,15 @@ pub enum Command {
         /// How long to wait for the backup's last WAL segment to reach the repository.
         #[arg(long, value_name = "SECONDS", default_value_t = 120)]
         wal_timeout: u64,
+        /// Pin the backup: retention never removes it (until `pitr unpin`).
+        #[arg(long)]
+        pin: bool,
+        /// Note KEY=VALUE on the backup, shown by `list` (repeatable).
+        #[arg(long, value_name = "KEY=VALUE", value_parser = parse_annotation)]
+        annotate: Vec<(String, String)>,
+        /// With a rule set, `pitr expire` runs after the backup succeeded.
+        #[command(flatten)]
+        retention: RetentionArgs,
     },
     /// Rebuild a data directory from a backup, to replay WAL up to a target.
     #[command(group(clap::ArgGroup::new("recovery_target").multiple(false).args([
@@ -341,6 +397,31 @@ pub enum Command {
         #[arg(long, value_name = "N", default_value_t = 20)]
         limit: usize,
     },
+    /// Remove the backups and WAL the retention policy does not keep (and leftovers of
+    /// interrupted backups); say which rule keeps what.
+    Expire {
+        #[command(flatten)]
+        retention: RetentionArgs,
+        /// Print what would be removed and why; remove nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Pin a backup: retention never removes it.
+    Pin {
+        /// The backup's id (see `pitr list`).
+        id: String,
+        /// Note KEY=VALUE on the backup (repeatable; an empty VALUE removes the note).
+        #[arg(long, value_name = "KEY=VALUE", value_parser = parse_annotation)]
+        annotate: Vec<(String, String)>,
+    },
+    /// Unpin a backup: retention may remove it again.
+    Unpin {
+        /// The backup's id (see `pitr list`).
+        id: String,
+    },
 }
 
 /// Prints a command line clap refused (or help) and returns the exit code: 2, or for
@@ -405,6 +486,9 @@ impl Command {
             Command::Check { .. } => "check",
             Command::Metrics { .. } => "metrics",
             Command::History { .. } => "history",
+            Command::Expire { .. } => "expire",
+            Command::Pin { .. } => "pin",
+            Command::Unpin { .. } => "unpin",
         }
     }
 }
@@ -415,6 +499,15 @@ fn parse_lsn(text: &str) -> Result<Lsn, String> {
 
 fn parse_from_str<T: std::str::FromStr<Err = String>>(text: &str) -> Result<T, String> {
     text.parse()
+}
+
+fn parse_annotation(entry: &str) -> Result<(String, String), String> {
+    match entry.split_once('=') {
+        Some((key, value)) if !key.trim().is_empty() => {
+            Ok((key.trim().to_owned(), value.to_owned()))
+        }
+        _ => Err(format!("'{entry}' is not KEY=VALUE")),
+    }
 }
 
 fn parse_tablespace_map(entry: &str) -> Result<(u32, PathBuf), String> {

@@ -3,8 +3,10 @@
 use crate::commands::archive_get::ArchiveGetReport;
 use crate::commands::archive_push::{ArchivePushReport, PushOutcome};
 use crate::commands::backup::BackupReport;
+use crate::commands::expire::ExpireReport;
 use crate::commands::init::InitReport;
 use crate::commands::list::ListReport;
+use crate::commands::pin::PinReport;
 use crate::commands::restore::RestoreReport;
 use crate::commands::verify::VerifyReport;
 use crate::pg::recovery_target::{RecoveryRequest, Target, TargetAction};
@@ -164,8 +166,13 @@ pub fn list(report: &ListReport, as_json: bool) {
         );
     }
     for b in &report.backups {
+        let notes: Vec<String> = b
+            .annotations
+            .iter()
+            .map(|(key, value)| format!("{key}={value}"))
+            .collect();
         println!(
-            "backup {}  {} .. {}  LSN {} .. {}  timeline {}  {} bytes ({} stored)",
+            "backup {}  {} .. {}  LSN {} .. {}  timeline {}  {} bytes ({} stored){}{}",
             b.id,
             b.start_time,
             b.stop_time,
@@ -173,7 +180,13 @@ pub fn list(report: &ListReport, as_json: bool) {
             b.stop_lsn,
             b.timeline,
             b.size_bytes,
-            b.stored_bytes
+            b.stored_bytes,
+            if b.pinned { "  pinned" } else { "" },
+            if notes.is_empty() {
+                String::new()
+            } else {
+                format!("  {}", notes.join(" "))
+            }
         );
     }
     for w in &report.wal {
@@ -258,4 +271,128 @@ pub fn history(report: &crate::commands::history::HistoryReport, as_json: bool) 
             run.error.as_deref().unwrap_or("")
         );
     }
+}
+
+/// What expire kept and why, and exactly what it removed (or, with --dry-run, would).
+pub fn expire(report: &ExpireReport, as_json: bool) {
+    if as_json {
+        return json(report);
+    }
+    let verb = if report.dry_run {
+        "would remove"
+    } else {
+        "removed"
+    };
+    for kept in &report.kept_backups {
+        let rules: Vec<String> = kept.rules.iter().map(ToString::to_string).collect();
+        let periods = if kept.periods.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", kept.periods.join(", "))
+        };
+        println!(
+            "keep backup {} (timeline {}, stopped {}): {}{periods}",
+            kept.id,
+            kept.timeline,
+            kept.stop_time,
+            rules.join(", ")
+        );
+    }
+    for removed in &report.removed_backups {
+        println!(
+            "{verb} backup {} (timeline {}, stopped {}): no rule keeps it",
+            removed.id, removed.timeline, removed.stop_time
+        );
+    }
+    for wal in &report.kept_wal {
+        use crate::recovery::retention::WalReason;
+        let why = match &wal.reason {
+            WalReason::Continuous { backup } => {
+                format!("continuous WAL for point-in-time recovery from backup {backup}")
+            }
+            WalReason::Consistency { backup } => {
+                format!("what backup {backup} needs to become consistent")
+            }
+            WalReason::NewTimeline => "a timeline no backup has reached yet".to_owned(),
+        };
+        println!(
+            "keep WAL timeline {}: {} .. {}: {why}",
+            wal.timeline,
+            wal.first_segment,
+            wal.last_segment.as_deref().unwrap_or("(its end)")
+        );
+    }
+    for name in &report.removed_wal {
+        println!("{verb} WAL {name}");
+    }
+    for id in &report.removed_interrupted_backups {
+        println!("{verb} interrupted backup {id} (no manifest, its owner is gone)");
+    }
+    for id in &report.running_backups {
+        println!("left alone: backup {id} has no manifest yet and may still be running");
+    }
+    for damaged in &report.damaged_backups {
+        println!(
+            "left alone: backup {} is damaged ({}); see pitr verify",
+            damaged.id, damaged.reason
+        );
+    }
+    for protected in &report.protected {
+        println!(
+            "protected until {}: {} (a retention lock; a later run removes it)",
+            protected.until.as_deref().unwrap_or("(unknown)"),
+            protected.key
+        );
+    }
+    println!(
+        "{verb} {} backup{}, {} WAL file{}, {} interrupted backup{}{}",
+        report.removed_backups.len(),
+        if report.removed_backups.len() == 1 {
+            ""
+        } else {
+            "s"
+        },
+        report.removed_wal.len(),
+        if report.removed_wal.len() == 1 {
+            ""
+        } else {
+            "s"
+        },
+        report.removed_interrupted_backups.len(),
+        if report.removed_interrupted_backups.len() == 1 {
+            ""
+        } else {
+            "s"
+        },
+        if report.dry_run {
+            String::new()
+        } else {
+            format!(
+                " ({} objects, {} staging files)",
+                report.deleted_objects, report.removed_staging_files
+            )
+        }
+    );
+}
+
+pub fn pin(report: &PinReport) {
+    let notes: Vec<String> = report
+        .annotations
+        .iter()
+        .map(|(key, value)| format!("{key}={value}"))
+        .collect();
+    println!(
+        "backup {} {}{}",
+        report.id,
+        if report.pinned {
+            "pinned"
+        } else {
+            "not pinned"
+        },
+        if notes.is_empty() {
+            String::new()
+        } else {
+            format!(", notes: {}", notes.join(" "))
+        }
+    );
 }

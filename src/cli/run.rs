@@ -15,6 +15,8 @@ use crate::commands::history::{HistoryOptions, RECORDED_COMMANDS, RunFacts, hist
 use crate::commands::init::{InitOptions, init};
 use crate::commands::list::{ListOptions, list};
 use crate::commands::metrics::{MetricsOptions, metrics, serve};
+use crate::commands::expire::{ExpireOptions, expire};
+use crate::commands::pin::{PinOptions, pin};
 use crate::commands::restore::{RestoreOptions, restore};
 use crate::commands::verify::{VerifyOptions, verify};
 use crate::config::{RepoConfig, Settings};
@@ -115,7 +117,15 @@ async fn execute(
             spread,
             jobs,
             wal_timeout,
+            pin,
+            annotate,
+            retention,
         } => {
+            // A policy is checked before the backup, applied after it.
+            let policy = retention
+                .settings()
+                .over(settings.clone())
+                .retention_policy()?;
             let options = BackupOptions {
                 pgdata,
                 dbname,
@@ -123,11 +133,29 @@ async fn execute(
                 jobs: jobs.unwrap_or(threads),
                 wal_timeout: Duration::from_secs(wal_timeout),
                 progress: progress::terminal(),
+                pin,
+                annotations: annotate.into_iter().collect(),
             };
             let report = backup(&catalog, &options).await?;
             facts.bytes = Some(report.manifest.stored_bytes);
             facts.backup_id = Some(report.manifest.id.clone());
             render::backup(&report);
+            if !policy.is_empty() {
+                // The backup succeeded whatever expire does: its failure is reported, and the
+                // exit code stays 0 (docs/operations.md, "Retention").
+                let options = ExpireOptions {
+                    policy,
+                    dry_run: false,
+                    now: chrono::Utc::now(),
+                };
+                match expire(&catalog, &options).await {
+                    Ok(report) => render::expire(&report, false),
+                    Err(error) => eprintln!(
+                        "pitr backup: the backup is complete, but expiring after it failed: \
+                         {error}; run `pitr expire` once the cause is fixed"
+                    ),
+                }
+            }
         }
         Command::Restore {
             pgdata,
@@ -237,6 +265,34 @@ async fn execute(
         Command::History { json, limit } => {
             let options = HistoryOptions { limit };
             render::history(&history(&catalog, &options).await?, json);
+        }
+        Command::Expire {
+            retention,
+            dry_run,
+            json,
+        } => {
+            let options = ExpireOptions {
+                policy: retention.settings().over(settings.clone()).retention_policy()?,
+                dry_run,
+                now: chrono::Utc::now(),
+            };
+            render::expire(&expire(&catalog, &options).await?, json);
+        }
+        Command::Pin { id, annotate } => {
+            let options = PinOptions {
+                id,
+                pinned: Some(true),
+                annotations: annotate.into_iter().collect(),
+            };
+            render::pin(&pin(&catalog, &options).await?);
+        }
+        Command::Unpin { id } => {
+            let options = PinOptions {
+                id,
+                pinned: Some(false),
+                annotations: Default::default(),
+            };
+            render::pin(&pin(&catalog, &options).await?);
         }
         Command::Demo { .. } => unreachable!("handled above"),
     }

@@ -41,6 +41,10 @@ pub struct BackupOptions {
     pub jobs: usize,
     pub wal_timeout: Duration,
     pub progress: std::sync::Arc<dyn crate::progress::Progress>,
+    /// Keep this backup whatever the retention policy says (`--pin`).
+    pub pin: bool,
+    /// Notes shown by `list` (`--annotate key=value`).
+    pub annotations: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Debug)]
@@ -164,6 +168,13 @@ async fn backup_locked(
         directories,
         files,
     };
+    if options.pin || !options.annotations.is_empty() {
+        // Before the manifest: the backup is pinned from the moment it exists.
+        let mut pin = crate::catalog::backup::BackupPin::new(&id);
+        pin.pinned = options.pin;
+        pin.annotations = options.annotations.clone();
+        catalog.put_backup_pin(&pin).await?;
+    }
     catalog.put_manifest(&manifest).await?;
     Ok(BackupReport {
         manifest,

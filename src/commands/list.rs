@@ -33,6 +33,9 @@ pub struct BackupEntry {
     pub timeline: u32,
     pub size_bytes: u64,
     pub stored_bytes: u64,
+    /// Retention never removes a pinned backup (`pitr pin`).
+    pub pinned: bool,
+    pub annotations: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -64,19 +67,28 @@ pub async fn list(catalog: &Catalog, options: &ListOptions) -> Result<ListReport
     let identity = catalog.identity().await?;
     let list = catalog.backup_list().await?;
     let manifests = list.manifests;
+    let (mut pins, damaged_pins) = catalog
+        .backup_pins(&catalog.backup_objects().await?)
+        .await?;
     let mut view = ArchiveView::load(catalog, &identity).await?;
     let recovery_window = recovery_windows(catalog, &mut view, &manifests, options.jobs).await?;
     let backups = manifests
         .into_iter()
-        .map(|m| BackupEntry {
-            id: m.id,
-            start_time: rfc3339_micros(m.start_time),
-            stop_time: rfc3339_micros(m.stop_time),
-            start_lsn: m.start_lsn.to_string(),
-            stop_lsn: m.stop_lsn.to_string(),
-            timeline: m.timeline,
-            size_bytes: m.size_bytes,
-            stored_bytes: m.stored_bytes,
+        .map(|m| {
+            let pin = pins.remove(&m.id);
+            BackupEntry {
+                pinned: pin.as_ref().is_some_and(|p| p.pinned)
+                    || damaged_pins.iter().any(|d| d.id == m.id),
+                annotations: pin.map(|p| p.annotations).unwrap_or_default(),
+                id: m.id,
+                start_time: rfc3339_micros(m.start_time),
+                stop_time: rfc3339_micros(m.stop_time),
+                start_lsn: m.start_lsn.to_string(),
+                stop_lsn: m.stop_lsn.to_string(),
+                timeline: m.timeline,
+                size_bytes: m.size_bytes,
+                stored_bytes: m.stored_bytes,
+            }
         })
         .collect();
     let mut wal = Vec::new();

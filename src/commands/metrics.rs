@@ -324,6 +324,8 @@ mod tests {
                     timeline: 1,
                     size_bytes: 300,
                     stored_bytes: 100,
+                    pinned: false,
+                    annotations: Default::default(),
                 }],
                 damaged_backups: Vec::new(),
                 wal: vec![WalRange {

@@ -12,6 +12,8 @@ pub mod init;
 pub mod list;
 pub mod metrics;
 pub mod overview;
+pub mod expire;
+pub mod pin;
 pub mod restore;
 pub mod verify;
 

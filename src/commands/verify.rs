@@ -272,11 +272,19 @@ pub async fn verify(catalog: &Catalog, options: &VerifyOptions) -> Result<Verify
     }
     problems.sort_by_key(|p| p.to_string());
     problems.extend(history_problems(&histories));
+    // Below where retention expired WAL only backups' own ranges stay: not a gap.
+    let expired = catalog.expired_wal().await?;
+    let mut gap_floors = floors.clone();
+    for (&timeline, &segno) in &expired {
+        let floor = gap_floors.entry(timeline).or_insert(segno);
+        *floor = (*floor).max(segno);
+    }
     problems.extend(wal_gaps(
         wal_files.iter().map(|f| &f.name),
         &histories,
         segment_size,
-        &floors,
+        &gap_floors,
+        &expired,
     ));
 
     let mut view = ArchiveView::new(&identity, listing, histories);
@@ -478,20 +486,30 @@ fn history_problems(histories: &BTreeMap<u32, Vec<HistoryEntry>>) -> Vec<Problem
     problems
 }
 
-/// Segments missing inside each timeline's range, and on a parent up to each switch point.
+/// Segments missing inside each timeline's range, and on a parent up to each switch point;
+/// not below where retention expired a timeline's WAL (`expired`).
 fn wal_gaps<'a>(
     names: impl Iterator<Item = &'a WalFileName>,
     histories: &BTreeMap<u32, Vec<HistoryEntry>>,
     segment_size: u64,
     floors: &BTreeMap<u32, u64>,
+    expired: &BTreeMap<u32, u64>,
 ) -> Vec<Problem> {
+    let expired_at = |timeline: u32, segno: u64| expired.get(&timeline).is_some_and(|&e| segno < e);
     // Per timeline: full segments, and segments present at all (a .partial counts there).
     let mut full: BTreeMap<u32, BTreeSet<u64>> = BTreeMap::new();
     let mut present: BTreeMap<u32, BTreeSet<u64>> = BTreeMap::new();
+    // Where each timeline's WAL starts, before any floor: a child's first segments matter to
+    // recovery through it from a parent's backup even below its own backups' floor.
+    let mut first_present: BTreeMap<u32, u64> = BTreeMap::new();
     for name in names {
         let Some(segno) = name.segment_number(segment_size) else {
             continue;
         };
+        if matches!(name.kind(), WalFileKind::Segment | WalFileKind::Partial) {
+            let first = first_present.entry(name.timeline()).or_insert(segno);
+            *first = (*first).min(segno);
+        }
         if floors
             .get(&name.timeline())
             .is_some_and(|&floor| segno < floor)
@@ -523,6 +541,8 @@ fn wal_gaps<'a>(
     for (&timeline, &floor) in floors {
         match present.get(&timeline).and_then(|s| s.first()) {
             Some(&first) if first > floor => missing(timeline, floor..=first - 1),
+            // Expired to its end: only backups' own ranges (checked by their walks) stay.
+            None if expired.get(&timeline).is_some_and(|&e| e >= floor) => {}
             None => missing(timeline, floor..=floor),
             _ => {}
         }
@@ -559,16 +579,17 @@ fn wal_gaps<'a>(
         } else {
             switch_segno
         };
-        if let Some(parent) = present.get(&switch.timeline) {
+        if let Some(parent) = present.get(&switch.timeline)
+            && !expired_at(switch.timeline, parent_last)
+        {
             let have = *parent.last().expect("non-empty");
             if have < parent_last {
                 missing(switch.timeline, have + 1..=parent_last);
             }
         }
         // The child's WAL starts in the segment holding the switch point.
-        if let Some(child) = present.get(&timeline) {
-            let first = *child.first().expect("non-empty");
-            if first > switch_segno {
+        if let Some(&first) = first_present.get(&timeline) {
+            if first > switch_segno && !expired_at(timeline, first - 1) {
                 missing(timeline, switch_segno..=first - 1);
             }
         }
@@ -607,7 +628,20 @@ mod tests {
             }],
         )]);
         assert_eq!(
-            wal_gaps(wal.iter(), &histories, SEG, &BTreeMap::new()),
+            wal_gaps(
+                wal.iter(),
+                &histories,
+                SEG,
+                &BTreeMap::new(),
+                &BTreeMap::new()
+            ),
+            vec![]
+        );
+        // A child whose first backup starts after its first segment still starts at the
+        // switch.
+        let floors = BTreeMap::from([(2, 4)]);
+        assert_eq!(
+            wal_gaps(wal.iter(), &histories, SEG, &floors, &BTreeMap::new()),
             vec![]
         );
     }
@@ -626,10 +660,16 @@ mod tests {
                 switchpoint: Lsn(6 * SEG + 0x100),
             }],
         )]);
-        let found: Vec<String> = wal_gaps(wal.iter(), &histories, SEG, &BTreeMap::new())
-            .iter()
-            .map(|p| p.to_string())
-            .collect();
+        let found: Vec<String> = wal_gaps(
+            wal.iter(),
+            &histories,
+            SEG,
+            &BTreeMap::new(),
+            &BTreeMap::new(),
+        )
+        .iter()
+        .map(|p| p.to_string())
+        .collect();
         assert_eq!(
             found,
             vec![
@@ -638,6 +678,34 @@ mod tests {
                 "missing WAL on timeline 2: 000000020000000000000006 to 000000020000000000000006 (1 segment)",
             ]
         );
+    }
+
+    #[test]
+    fn wal_that_retention_expired_is_no_gap() {
+        // A pinned backup's range (2-3) on timeline 1, which was expired to its end (9) after
+        // timeline 2 branched at segment 6; timeline 2 kept from segment 7.
+        let wal = names(&[
+            "000000010000000000000002",
+            "000000010000000000000003",
+            "000000020000000000000007",
+            "000000020000000000000008",
+        ]);
+        let histories = BTreeMap::from([(
+            2,
+            vec![HistoryEntry {
+                timeline: 1,
+                switchpoint: Lsn(6 * SEG + 0x100),
+            }],
+        )]);
+        let expired = BTreeMap::from([(1, 9), (2, 7)]);
+        let floors = BTreeMap::from([(1, 9), (2, 7)]);
+        assert_eq!(
+            wal_gaps(wal.iter(), &histories, SEG, &floors, &expired),
+            vec![]
+        );
+        // Without the record the same repository has gaps.
+        let floors = BTreeMap::from([(1, 2), (2, 7)]);
+        assert!(!wal_gaps(wal.iter(), &histories, SEG, &floors, &BTreeMap::new()).is_empty());
     }
 
     #[test]

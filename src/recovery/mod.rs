@@ -4,6 +4,7 @@
 //! what was gathered.
 
 pub mod plan;
+pub mod retention;
 pub mod view;
 pub mod walk;
 pub mod xid;

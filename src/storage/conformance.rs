@@ -20,6 +20,7 @@ pub async fn run_all(storage: Arc<dyn Storage>, prefix: &str) {
     missing_objects_are_not_found(&*storage, prefix).await;
     list_by_prefix(&*storage, prefix).await;
     delete_is_idempotent(&*storage, prefix).await;
+    delete_many_removes_every_key(&*storage, prefix).await;
     file_payloads_stream(&*storage, prefix).await;
     locks_are_exclusive(&*storage, prefix).await;
     locks_are_broken_only_as_written(&*storage, prefix).await;
@@ -264,4 +265,26 @@ pub async fn locks_are_broken_only_as_written(storage: &dyn Storage, prefix: &st
     assert_eq!(record, "new");
     storage.unlock(new).await.unwrap();
     expect_acquired(storage.lock(&key, "third".into()).await.unwrap());
+}
+
+/// `delete_many` removes every key, batches larger than one request included, and counts a
+/// missing key as removed.
+pub async fn delete_many_removes_every_key(storage: &dyn Storage, prefix: &str) {
+    let keys: Vec<String> = (0..1003)
+        .map(|n| format!("{prefix}/delete-many/{n:05}"))
+        .collect();
+    for key in keys.iter().step_by(50) {
+        storage
+            .put(key, PutPayload::from_bytes("x"), PutMode::Overwrite)
+            .await
+            .unwrap();
+    }
+    let protected = storage.delete_many(&keys).await.unwrap();
+    assert!(protected.is_empty(), "{protected:?}");
+    let left = storage
+        .list(&format!("{prefix}/delete-many/"))
+        .await
+        .unwrap();
+    assert!(left.is_empty(), "{left:?}");
+    assert!(storage.delete_many(&[]).await.unwrap().is_empty());
 }

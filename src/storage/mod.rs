@@ -198,6 +198,25 @@ pub trait Storage: Send + Sync + fmt::Debug {
     async fn break_lock(&self, key: &str, record: &[u8]) -> Result<bool, StorageError> {
         lock::remove_lock_object_if(self, key, record).await
     }
+
+    /// Removes many objects (missing ones count as removed), in batches where the store has
+    /// them (S3: DeleteObjects, 1000 keys a request). A key that a retention lock (S3 Object
+    /// Lock) refuses is returned as [`Protected`], not an error: it is left for a later run.
+    /// Any other failure is an error; keys before it may be gone.
+    async fn delete_many(&self, keys: &[String]) -> Result<Vec<Protected>, StorageError> {
+        for key in keys {
+            self.delete(key).await?;
+        }
+        Ok(Vec::new())
+    }
+}
+
+/// An object a retention lock keeps from deletion.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Protected {
+    pub key: String,
+    /// When the lock ends (RFC 3339), if the store says; none for a legal hold or unknown.
+    pub until: Option<String>,
 }
 
 /// Reads a whole (small) object into memory.

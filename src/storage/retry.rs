@@ -17,7 +17,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use super::{
-    HeldLock, LockAttempt, ObjectBody, ObjectMeta, PutMode, PutPayload, Storage, StorageError,
+    HeldLock, LockAttempt, ObjectBody, ObjectMeta, Protected, PutMode, PutPayload, Storage,
+    StorageError,
 };
 
 /// How long one request may take, and how long retrying may go on.
@@ -163,6 +164,12 @@ impl Storage for RetryingStorage {
 
     async fn break_lock(&self, key: &str, record: &[u8]) -> Result<bool, StorageError> {
         self.run("lock", key, || self.inner.break_lock(key, record))
+            .await
+    }
+
+    async fn delete_many(&self, keys: &[String]) -> Result<Vec<Protected>, StorageError> {
+        let first = keys.first().map_or("", String::as_str);
+        self.run("delete", first, || self.inner.delete_many(keys))
             .await
     }
 }

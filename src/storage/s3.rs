@@ -18,7 +18,9 @@ use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::ChecksumMode;
 
-use super::{ObjectBody, ObjectMeta, PutBody, PutMode, PutPayload, Storage, StorageError};
+use super::{
+    ObjectBody, ObjectMeta, Protected, PutBody, PutMode, PutPayload, Storage, StorageError,
+};
 
 /// S3 settings that the AWS SDK's default chain does not cover.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -39,6 +41,8 @@ pub struct S3Storage {
 
 /// Concurrent conditional puts may be answered 409 while another is in flight: retry.
 const CONFLICT_RETRIES: u32 = 10;
+/// DeleteObjects takes at most this many keys.
+const DELETE_BATCH: usize = 1000;
 
 impl S3Storage {
     pub async fn connect(
@@ -134,6 +138,62 @@ impl S3Storage {
             message,
             status,
         }
+    }
+}
+
+impl S3Storage {
+    /// Why a delete of `key` was refused, when a retention lock refused it: the lock's end
+    /// (GetObjectRetention), a legal hold, or an error that names the lock.
+    async fn protection(&self, key: &str, code: &str, message: &str) -> Option<Protected> {
+        let object_key = self.object_key(key).ok()?;
+        let retention = self
+            .client
+            .get_object_retention()
+            .bucket(&self.bucket)
+            .key(&object_key)
+            .send()
+            .await;
+        if let Some(until) = retention
+            .ok()
+            .and_then(|r| r.retention)
+            .and_then(|r| r.retain_until_date)
+        {
+            let until = until
+                .fmt(aws_smithy_types::date_time::Format::DateTime)
+                .unwrap_or_else(|_| until.to_string());
+            return Some(Protected {
+                key: key.to_owned(),
+                until: Some(until),
+            });
+        }
+        let hold = self
+            .client
+            .get_object_legal_hold()
+            .bucket(&self.bucket)
+            .key(&object_key)
+            .send()
+            .await;
+        let held = hold
+            .ok()
+            .and_then(|h| h.legal_hold)
+            .and_then(|h| h.status)
+            .is_some_and(|s| s == aws_sdk_s3::types::ObjectLockLegalHoldStatus::On);
+        let names_lock = {
+            let text = format!("{code} {message}").to_ascii_lowercase();
+            [
+                "object lock",
+                "objectlock",
+                "retention",
+                "legal hold",
+                "worm",
+            ]
+            .iter()
+            .any(|word| text.contains(word))
+        };
+        (held || names_lock).then(|| Protected {
+            key: key.to_owned(),
+            until: None,
+        })
     }
 }
 
@@ -298,5 +358,70 @@ impl Storage for S3Storage {
             .await
             .map_err(|e| self.error("delete", key, e))?;
         Ok(())
+    }
+
+    async fn delete_many(&self, keys: &[String]) -> Result<Vec<Protected>, StorageError> {
+        use aws_sdk_s3::types::{Delete, ObjectIdentifier};
+        let mut protected = Vec::new();
+        for batch in keys.chunks(DELETE_BATCH) {
+            let mut objects = Vec::with_capacity(batch.len());
+            for key in batch {
+                let identifier = ObjectIdentifier::builder()
+                    .key(self.object_key(key)?)
+                    .build()
+                    .map_err(|e| StorageError::InvalidKey(format!("{key}: {e}")))?;
+                objects.push(identifier);
+            }
+            let delete = Delete::builder()
+                .set_objects(Some(objects))
+                .quiet(true)
+                .build()
+                .map_err(|e| StorageError::InvalidKey(e.to_string()))?;
+            let response = match self
+                .client
+                .delete_objects()
+                .bucket(&self.bucket)
+                .delete(delete)
+                .send()
+                .await
+            {
+                Ok(response) => response,
+                // Some S3-compatible stores (Google Cloud Storage's XML API) lack
+                // DeleteObjects: one request per key there.
+                Err(e) if status_of(&e) == Some(501) || e.code() == Some("NotImplemented") => {
+                    for key in batch {
+                        self.delete(key).await?;
+                    }
+                    continue;
+                }
+                Err(e) => return Err(self.error("delete", &batch[0], e)),
+            };
+            for failed in response.errors() {
+                let object_key = failed.key().unwrap_or_default();
+                let key = object_key.strip_prefix(&self.prefix).unwrap_or(object_key);
+                let (code, message) = (
+                    failed.code().unwrap_or("unknown"),
+                    failed.message().unwrap_or("no message"),
+                );
+                if code == "NoSuchKey" {
+                    continue;
+                }
+                if let Some(lock) = self.protection(key, code, message).await {
+                    protected.push(lock);
+                    continue;
+                }
+                return Err(StorageError::S3 {
+                    op: "delete",
+                    location: self.url(key),
+                    message: format!("{code}: {message}"),
+                    status: None,
+                    transient: matches!(
+                        code,
+                        "SlowDown" | "InternalError" | "ServiceUnavailable" | "RequestTimeout"
+                    ),
+                });
+            }
+        }
+        Ok(protected)
     }
 }

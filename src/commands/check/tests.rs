@@ -28,6 +28,8 @@ fn repository(
             timeline: 1,
             size_bytes: 1,
             stored_bytes: 1,
+            pinned: false,
+            annotations: Default::default(),
         })
         .into_iter()
         .collect();

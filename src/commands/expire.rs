@@ -1,0 +1,285 @@
+//! `pitr expire`: applies the retention policy. Gathers (backups, pins, the archive view,
+//! interrupted backups), decides with `recovery::retention::plan_retention` (pure), then
+//! removes through the catalog in an order that a kill at any point leaves safe:
+//!
+//! 1. `wal/expired.json` is raised first, so a removal cut short never reads as lost WAL;
+//! 2. each removed backup: its backup history file, its manifest (it is no longer listed),
+//!    then its objects, the claim last;
+//! 3. WAL, oldest first, each step's summaries after it; orphan summaries;
+//! 4. interrupted backups whose owner is gone, and stale staging files.
+//!
+//! The next run finds what is left of a removal cut short and finishes it: a backup without
+//! manifest is an interrupted backup whose owner is gone, WAL below the cut is still below it.
+
+use std::collections::BTreeSet;
+
+use chrono::{DateTime, Duration, Utc};
+use serde::Serialize;
+
+use crate::catalog::{Catalog, RepositoryIdentity};
+use crate::catalog::backup::{BackupClaim, BackupManifest, DamagedBackup, Deletion};
+use crate::error::{Error, Result};
+use crate::pg::timestamp::rfc3339_micros;
+use crate::pg::wal_name::xlog_file_name;
+use crate::recovery::ArchiveView;
+use crate::recovery::retention::{Policy, Rule, WalReason, plan_retention};
+use crate::storage::Protected;
+
+/// A backup without manifest whose claim is older than this is taken for abandoned even when
+/// its owner ran on another host (where pitr cannot see whether the process lives).
+pub const INTERRUPTED_AFTER: Duration = Duration::hours(24);
+
+#[derive(Clone, Debug)]
+pub struct ExpireOptions {
+    pub policy: Policy,
+    /// Report what would be removed; remove nothing.
+    pub dry_run: bool,
+    pub now: DateTime<Utc>,
+}
+
+/// What expire kept and removed, and why. The JSON shape is documented in
+/// docs/operations.md: keep it stable.
+#[derive(Debug, Default, Serialize)]
+pub struct ExpireReport {
+    pub dry_run: bool,
+    pub kept_backups: Vec<KeptBackupEntry>,
+    pub removed_backups: Vec<RemovedBackupEntry>,
+    pub kept_wal: Vec<KeptWalEntry>,
+    /// Segments, partial segments and backup history files, oldest first.
+    pub removed_wal: Vec<String>,
+    /// Summaries left by an earlier removal cut short.
+    pub removed_orphan_summaries: u64,
+    /// Backups that never finished and whose owner is gone.
+    pub removed_interrupted_backups: Vec<String>,
+    /// Backups without manifest that may still be running: left alone.
+    pub running_backups: Vec<String>,
+    pub removed_staging_files: u64,
+    /// Run-history objects older than 90 days, removed by whole days.
+    pub pruned_history_runs: u64,
+    /// Objects a retention lock refused to delete: left for a later run.
+    pub protected: Vec<Protected>,
+    /// Backups whose manifest or pin is damaged: left alone (see `pitr verify`).
+    pub damaged_backups: Vec<DamagedBackup>,
+    /// Objects deleted in all (data, manifests, WAL), not counting summaries.
+    pub deleted_objects: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct KeptBackupEntry {
+    pub id: String,
+    pub start_time: String,
+    pub stop_time: String,
+    pub timeline: u32,
+    pub rules: Vec<Rule>,
+    /// The calendar periods GFS rules keep it for, e.g. `keep_daily 2026-11-21`.
+    pub periods: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct RemovedBackupEntry {
+    pub id: String,
+    pub start_time: String,
+    pub stop_time: String,
+    pub timeline: u32,
+}
+
+#[derive(Debug, Serialize)]
+pub struct KeptWalEntry {
+    pub timeline: u32,
+    pub first_segment: String,
+    /// None: to the end of the timeline.
+    pub last_segment: Option<String>,
+    #[serde(flatten)]
+    pub reason: WalReason,
+}
+
+/// Whether a backup without manifest is abandoned: no claim (a removal cut short, or a pitr
+/// from before claims), its process gone on this host, or claimed too long ago.
+pub fn is_abandoned(
+    claim: Option<&BackupClaim>,
+    now: DateTime<Utc>,
+    this_host: &str,
+    pid_alive: impl Fn(u32) -> bool,
+) -> bool {
+    let Some(claim) = claim else { return true };
+    if now - claim.claimed_at > INTERRUPTED_AFTER {
+        return true;
+    }
+    claim.host.as_deref() == Some(this_host) && !this_host.is_empty() && !pid_alive(claim.pid)
+}
+
+fn pid_alive(pid: u32) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
+pub async fn expire(catalog: &Catalog, options: &ExpireOptions) -> Result<ExpireReport> {
+    if options.policy.is_empty() {
+        return Err(Error::Config(
+            "no retention rule given: set keep_last, keep_within, keep_daily, keep_weekly, \
+             keep_monthly or keep_yearly (flags --keep-…, PITR_KEEP_… or the config file)"
+                .into(),
+        ));
+    }
+    let identity = catalog.identity().await?;
+    if options.dry_run {
+        // Reads only: no need to wait for, or keep out, a running backup.
+        return expire_locked(catalog, options, identity).await;
+    }
+    // Under the repository lock: no backup starts or ends while expire decides and deletes.
+    let lock = catalog.lock("expire").await?;
+    let result = expire_locked(catalog, options, identity).await;
+    lock.release().await;
+    result
+}
+
+async fn expire_locked(
+    catalog: &Catalog,
+    options: &ExpireOptions,
+    identity: RepositoryIdentity,
+) -> Result<ExpireReport> {
+    let segment_size = identity.wal_segment_size;
+    let objects = catalog.backup_objects().await?;
+    let list = catalog.backup_list().await?;
+    let (pins, damaged_pins) = catalog.backup_pins(&objects).await?;
+    let view = ArchiveView::load(catalog, &identity).await?;
+    tracing::debug!("expire: repository read");
+
+    // A pin that cannot be read counts as a pin: expiring must never guess in favour of
+    // deleting.
+    let mut pinned: BTreeSet<String> = pins
+        .values()
+        .filter(|p| p.pinned)
+        .map(|p| p.id.clone())
+        .collect();
+    pinned.extend(damaged_pins.iter().map(|d| d.id.clone()));
+    let plan = plan_retention(
+        &view,
+        &list.manifests,
+        &pinned,
+        options.now,
+        &options.policy,
+    );
+
+    let by_id = |id: &str| -> &BackupManifest {
+        list.manifests
+            .iter()
+            .find(|m| m.id == id)
+            .expect("planned from these")
+    };
+    let mut report = ExpireReport {
+        dry_run: options.dry_run,
+        damaged_backups: list.damaged.iter().chain(&damaged_pins).cloned().collect(),
+        ..ExpireReport::default()
+    };
+    for kept in &plan.kept {
+        let m = by_id(&kept.id);
+        report.kept_backups.push(KeptBackupEntry {
+            id: kept.id.clone(),
+            start_time: rfc3339_micros(m.start_time),
+            stop_time: rfc3339_micros(m.stop_time),
+            timeline: m.timeline,
+            rules: kept.rules.clone(),
+            periods: kept.periods.clone(),
+        });
+    }
+    for removed in &plan.removed {
+        let m = by_id(&removed.id);
+        report.removed_backups.push(RemovedBackupEntry {
+            id: removed.id.clone(),
+            start_time: rfc3339_micros(m.start_time),
+            stop_time: rfc3339_micros(m.stop_time),
+            timeline: m.timeline,
+        });
+    }
+    for range in &plan.wal_kept {
+        let name = |segno| xlog_file_name(range.timeline, segno, segment_size);
+        report.kept_wal.push(KeptWalEntry {
+            timeline: range.timeline,
+            first_segment: name(range.first_segno),
+            last_segment: range.last_segno.map(name),
+            reason: range.reason.clone(),
+        });
+    }
+    report.removed_wal = plan
+        .wal_removed
+        .iter()
+        .map(|f| f.name.to_string())
+        .collect();
+    report.removed_orphan_summaries = plan.orphan_summaries.len() as u64;
+
+    let this_host = crate::catalog::backup::host_name();
+    let damaged: BTreeSet<&str> = list.damaged.iter().map(|d| d.id.as_str()).collect();
+    for (id, dir) in &objects {
+        if dir.manifest.is_some() || damaged.contains(id.as_str()) {
+            continue;
+        }
+        let claim = catalog.backup_claim(id).await?;
+        if is_abandoned(claim.as_ref(), options.now, &this_host, pid_alive) {
+            report.removed_interrupted_backups.push(id.clone());
+        } else {
+            report.running_backups.push(id.clone());
+        }
+    }
+    if options.dry_run {
+        return Ok(report);
+    }
+    tracing::debug!("expire: removing");
+
+    let mut done = Deletion::default();
+    catalog
+        .record_expired_wal(&plan.expired_before, segment_size)
+        .await?;
+    for removed in &plan.removed {
+        done.add(
+            catalog
+                .delete_backup(&removed.id, removed.backup_history.as_ref())
+                .await?,
+        );
+    }
+    tracing::debug!("expire: backups removed");
+    done.add(catalog.delete_wal_files(&plan.wal_removed).await?);
+    tracing::debug!("expire: WAL removed");
+    catalog.delete_wal_summaries(&plan.orphan_summaries).await?;
+    for id in &report.removed_interrupted_backups {
+        done.add(catalog.delete_backup(id, None).await?);
+    }
+    report.removed_staging_files = catalog.remove_staging_leftovers().await;
+    report.pruned_history_runs = super::history::prune_old_runs(
+        catalog,
+        options.now,
+        super::history::DEFAULT_HISTORY_DAYS,
+    )
+    .await;
+    report.deleted_objects = done.deleted;
+    report.protected = done.protected;
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_backup_without_manifest_is_abandoned_only_when_its_owner_is_gone() {
+        let now = Utc::now();
+        let claim = |host: Option<&str>, age: Duration| BackupClaim {
+            pid: 4242,
+            claimed_at: now - age,
+            host: host.map(str::to_owned),
+        };
+        let (alive, dead) = (|_| true, |_| false);
+        // No claim: a removal cut short (the claim goes last) or a pitr before claims.
+        assert!(is_abandoned(None, now, "db1", alive));
+        // This host: whether the process lives.
+        let here = claim(Some("db1"), Duration::minutes(5));
+        assert!(!is_abandoned(Some(&here), now, "db1", alive));
+        assert!(is_abandoned(Some(&here), now, "db1", dead));
+        // Another host, or none recorded: by age only.
+        for host in [Some("db2"), None] {
+            let young = claim(host, Duration::hours(23));
+            assert!(!is_abandoned(Some(&young), now, "db1", dead));
+            let old = claim(host, Duration::hours(25));
+            assert!(is_abandoned(Some(&old), now, "db1", alive));
+        }
+    }
+}
