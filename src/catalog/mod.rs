@@ -9,12 +9,14 @@
 //! wal/<TLI><LOG>/<segment>.<offset>.backup.lz4      backup history files
 //! wal/history/<TLI>.history.lz4                     timeline history files
 //! wal/.../<name>.summary.json                       the WAL index (see `wal_index`)
+//! wal/rollup/<TLI>/<first segment>.<span>....json   the index of a group (see `rollup`)
 //! backup/<id>/data/<n>.lz4, backup/<id>/manifest.json   base backups (see `backup`)
 //! ```
 //! Every `.lz4` object is in the codec's format (LZ4 frames and a checksummed trailer): the
 //! catalog encodes what it stores and verifies what it reads.
 
 pub mod backup;
+pub mod rollup;
 mod sealed;
 pub mod wal;
 pub mod wal_index;

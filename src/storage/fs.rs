@@ -213,6 +213,34 @@ impl Storage for FsStorage {
         blocking(move || list_blocking(&root, &prefix)).await
     }
 
+    async fn list_folders(&self, prefix: &str) -> Result<Vec<String>, StorageError> {
+        let dir = self.root.join(prefix.trim_end_matches('/'));
+        let prefix = prefix.to_owned();
+        blocking(move || {
+            let entries = match fs::read_dir(&dir) {
+                Ok(entries) => entries,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+                Err(e) => return Err(StorageError::io("list", dir.display(), e)),
+            };
+            let mut folders = Vec::new();
+            for entry in entries {
+                let entry = entry.map_err(|e| StorageError::io("list", dir.display(), e))?;
+                let name = entry.file_name().to_string_lossy().into_owned();
+                // The directory entry's type: no stat per entry.
+                let is_dir = entry
+                    .file_type()
+                    .map_err(|e| StorageError::io("stat", entry.path().display(), e))?
+                    .is_dir();
+                if is_dir && !name.starts_with('.') {
+                    folders.push(format!("{prefix}{name}/"));
+                }
+            }
+            folders.sort();
+            Ok(folders)
+        })
+        .await
+    }
+
     async fn delete(&self, key: &str) -> Result<(), StorageError> {
         let path = self.path_of(key)?;
         blocking(move || {
