@@ -270,6 +270,15 @@ pub fn prefixes_to_list(
     prefixes
 }
 
+/// What [`Catalog::repair_rollups`] did: keys written, removed (group no longer whole), and
+/// found damaged (then written again when the group is whole).
+#[derive(Clone, Debug, Default)]
+pub struct RollupRepair {
+    pub written: Vec<String>,
+    pub removed: Vec<String>,
+    pub damaged: Vec<(String, String)>,
+}
+
 /// The objects of one group that a listing found.
 #[derive(Default)]
 struct GroupObjects {
@@ -594,6 +603,64 @@ impl Catalog {
             .collect();
         listing.add_metas(metas, segment_size);
         Ok(())
+    }
+
+    /// Brings the rollups in line with a full listing (`pitr verify`): removes those whose
+    /// group is no longer whole, writes again those that are damaged, and writes those that
+    /// complete groups lack. Returns what it did.
+    pub async fn repair_rollups(
+        &self,
+        listing: &WalListing,
+        segment_size: u64,
+    ) -> Result<RollupRepair, CatalogError> {
+        let mut repair = RollupRepair::default();
+        let whole = |timeline: u32, first: u64, span: u64| {
+            (first..first + span).all(|s| listing.segments.contains_key(&(timeline, s)))
+                && !(first..first + span).any(|s| listing.partials.contains_key(&(timeline, s)))
+        };
+        let mut present: BTreeSet<(u32, u64, u64)> = BTreeSet::new();
+        for meta in self.storage.list(ROLLUP_PREFIX).await? {
+            let Some(key) = RollupKey::parse(&meta.key, segment_size) else {
+                continue;
+            };
+            if !whole(key.timeline, key.first_segno, key.span) {
+                self.storage.delete(&meta.key).await?;
+                repair.removed.push(meta.key);
+                continue;
+            }
+            if let Some(reason) = self.rollup_damage(&key, segment_size).await? {
+                repair.damaged.push((meta.key.clone(), reason));
+                self.storage.delete(&meta.key).await?;
+                continue;
+            }
+            present.insert((key.timeline, key.first_segno, key.span));
+        }
+        // Candidate groups, large first: every segment listed (`roll_up_group` checks the
+        // summaries); a small group inside a whole large one needs no rollup of its own.
+        for span in SPANS {
+            let candidates: BTreeSet<(u32, u64)> = listing
+                .segments
+                .keys()
+                .map(|&(timeline, segno)| (timeline, group_start(segno, span)))
+                .collect();
+            for (timeline, first) in candidates {
+                let large = (timeline, group_start(first, SPANS[0]), SPANS[0]);
+                if present.contains(&(timeline, first, span))
+                    || present.contains(&large)
+                    || !whole(timeline, first, span)
+                {
+                    continue;
+                }
+                if let Some(key) = self
+                    .roll_up_group(timeline, first, span, segment_size)
+                    .await?
+                {
+                    present.insert((timeline, first, span));
+                    repair.written.push(key.key(segment_size));
+                }
+            }
+        }
+        Ok(repair)
     }
 
     /// Removes the rollups of `timeline` whose group starts before segment `before`: done

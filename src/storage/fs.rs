@@ -144,14 +144,22 @@ fn list_blocking(root: &Path, prefix: &str) -> Result<Vec<ObjectMeta>, StorageEr
             } else {
                 format!("{key_prefix}/{name}")
             };
-            let meta = entry
-                .metadata()
-                .map_err(|e| StorageError::io("stat", entry.path().display(), e))?;
-            if meta.is_dir() {
+            // The entry's type needs no stat; only objects the prefix takes are stat'ed.
+            let is_dir = entry
+                .file_type()
+                .map_err(|e| StorageError::io("stat", entry.path().display(), e))?
+                .is_dir();
+            if is_dir {
                 if key.starts_with(prefix) || prefix.starts_with(&format!("{key}/")) {
                     pending.push((entry.path(), key));
                 }
             } else if key.starts_with(prefix) {
+                let meta = match entry.metadata() {
+                    Ok(meta) => meta,
+                    // Deleted since the directory was read: not there any more.
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(StorageError::io("stat", entry.path().display(), e)),
+                };
                 found.push(ObjectMeta {
                     key,
                     size: meta.len(),

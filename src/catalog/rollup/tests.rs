@@ -346,3 +346,51 @@ async fn deleting_wal_removes_the_rollups_it_touches_first() {
     assert_eq!(walk.len(), 301);
     assert!(!walk.gap);
 }
+
+#[tokio::test]
+async fn repair_writes_missing_rollups_and_removes_stale_ones() {
+    let (store, catalog, _) = setup();
+    archive(&catalog, &store, 1..=600).await;
+    // As if archived by a pitr without rollups.
+    for meta in store.list(ROLLUP_PREFIX).await.unwrap() {
+        store.delete(&meta.key).await.unwrap();
+    }
+    let listing = catalog.wal_listing(SEG).await.unwrap();
+    let repair = catalog.repair_rollups(&listing, SEG).await.unwrap();
+    let mut found = rollup_keys(&store).await;
+    found.sort();
+    let mut expected: Vec<(u64, u64)> = (1..16)
+        .map(|i| (i * 16, 16))
+        .chain([(256, 256)])
+        .chain((32..37).map(|i| (i * 16, 16)))
+        .collect();
+    expected.sort();
+    assert_eq!(found, expected);
+    assert_eq!(repair.written.len(), expected.len());
+    assert!(repair.removed.is_empty() && repair.damaged.is_empty());
+
+    // A segment removed by hand: the rollups naming it go; one damaged is written again.
+    let gone = WalFileName::parse(&xlog_file_name(1, 300, SEG)).unwrap();
+    store
+        .delete(&super::super::wal::wal_key(&gone))
+        .await
+        .unwrap();
+    let small = catalog.wal_overview(SEG, 2).await.unwrap().rollups[&(1, 512, 16)].clone();
+    store
+        .put(
+            &small.key(SEG),
+            PutPayload::from_bytes("{}"),
+            PutMode::Overwrite,
+        )
+        .await
+        .unwrap();
+    let listing = catalog.wal_listing(SEG).await.unwrap();
+    let repair = catalog.repair_rollups(&listing, SEG).await.unwrap();
+    assert_eq!(repair.removed.len(), 1, "{:?}", repair.removed);
+    assert_eq!(repair.damaged.len(), 1);
+    let found = rollup_keys(&store).await;
+    assert!(!found.contains(&(256, 256)) && found.contains(&(512, 16)));
+    // The whole small groups of the cut large group get their own.
+    assert!(found.contains(&(256, 16)) && !found.contains(&(288, 16)));
+    assert!(catalog.read_rollup(&small, SEG).await.unwrap().is_some());
+}
