@@ -190,6 +190,7 @@ async fn main() {
     std::fs::rename(root.join(format!("wal/{}/{zero}.lz4", &zero.as_str()[..16])), &payload)
         .unwrap();
     let root_ref = &root;
+    let payload = std::fs::read(&payload).unwrap();
 
     // Groups in parallel, each in order (as archive-push runs).
     let groups: Vec<u64> = (0..=segments / GROUP).collect();
@@ -201,11 +202,11 @@ async fn main() {
             let last = (group * GROUP + GROUP - 1).min(segments);
             for segno in first..=last {
                 let name = WalFileName::parse(&xlog_file_name(1, segno, SEGMENT_SIZE)).unwrap();
-                // The same tiny object for every segment: encoded once, linked (the object
+                // The same tiny object for every segment: encoded once, copied (the object
                 // layout is pitr's, `wal/<TLI><LOG>/<segment>.lz4`).
                 let key = root_ref.join(format!("wal/{}/{name}.lz4", &name.as_str()[..16]));
                 std::fs::create_dir_all(key.parent().unwrap()).unwrap();
-                std::fs::hard_link(payload_ref, &key).unwrap();
+                std::fs::write(&key, payload_ref).unwrap();
                 catalog_ref
                     .put_segment_summary(&name, &summary(segno))
                     .await?;
