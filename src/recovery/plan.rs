@@ -16,7 +16,7 @@ use crate::pg::timestamp::rfc3339;
 use crate::pg::wal_summary::XidRange;
 use crate::pg::xact_end::XactEnd;
 
-use super::view::{ArchiveView, Needed};
+use super::view::{ArchiveView, Block, Needed};
 use super::walk::{SegmentRuns, Walk, path_holds_backup};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -76,12 +76,17 @@ pub async fn gather_and_plan(
             super::xid::search_walk(catalog, view, &files, xid, jobs).await?;
         }
         if let Ok(plan) = plan_for_backup(view, backup, &request.recovery) {
-            // The sizes of segments in groups the plan covers only in part.
-            let files = view.files(&plan.segments);
-            let unknown: Vec<ArchivedFile> = files.into_iter().filter(|f| f.size() == 0).collect();
-            if !unknown.is_empty() && unknown.len() < plan.segments.len() {
-                view.load_sizes(catalog, &unknown, jobs).await?;
-            }
+            // The sizes of segments in groups the plan covers only in part (whole groups
+            // have theirs in their rollup's key).
+            let unknown: Vec<ArchivedFile> = view
+                .blocks(&plan.segments)
+                .into_iter()
+                .filter_map(|block| match block {
+                    Block::Segment(t, s) => view.file(t, s).filter(|f| f.size() == 0),
+                    Block::Group(_) => None,
+                })
+                .collect();
+            view.load_sizes(catalog, &unknown, jobs).await?;
             break;
         }
     }
