@@ -116,7 +116,10 @@ fn summary(segno: u64) -> SegmentSummary {
 fn manifest(number: usize, start: u64) -> BackupManifest {
     let time = commit_time(start);
     let id = time.format("%Y%m%dT%H%M%SZ").to_string();
-    let (start_lsn, stop_lsn) = (Lsn(start * SEGMENT_SIZE + 40), Lsn((start + 2) * SEGMENT_SIZE + 256));
+    let (start_lsn, stop_lsn) = (
+        Lsn(start * SEGMENT_SIZE + 40),
+        Lsn((start + 2) * SEGMENT_SIZE + 256),
+    );
     let segment = |segno| xlog_file_name(1, segno, SEGMENT_SIZE);
     BackupManifest {
         format: 1,
@@ -187,8 +190,11 @@ async fn main() {
     let zero = WalFileName::parse(&xlog_file_name(1, 0, SEGMENT_SIZE)).unwrap();
     catalog.store_wal(&zero, &source, 1).await.unwrap();
     let payload = root.join(".tmp/segment.lz4");
-    std::fs::rename(root.join(format!("wal/{}/{zero}.lz4", &zero.as_str()[..16])), &payload)
-        .unwrap();
+    std::fs::rename(
+        root.join(format!("wal/{}/{zero}.lz4", &zero.as_str()[..16])),
+        &payload,
+    )
+    .unwrap();
     let root_ref = &root;
     let payload = std::fs::read(&payload).unwrap();
 
@@ -226,7 +232,10 @@ async fn main() {
 
     for number in 0..backups {
         let start = 1 + (segments - 10) * (number as u64 + 1) / (backups as u64 + 1);
-        catalog.put_manifest(&manifest(number, start)).await.unwrap();
+        catalog
+            .put_manifest(&manifest(number, start))
+            .await
+            .unwrap();
     }
     println!(
         "{} segments, {backups} backups; last commit {}",

@@ -93,7 +93,10 @@ async fn scenario(name: &str, rows: u32, repo: impl FnOnce(&TestDir) -> Repo) {
     // archive-push rolled up the groups it completed.
     let keys = rollup_keys(&*storage).await;
     let groups: Vec<(u64, u64)> = keys.iter().map(|k| group_of(k)).collect();
-    assert!(groups.contains(&(16, 16)) && groups.contains(&(240, 16)), "{keys:?}");
+    assert!(
+        groups.contains(&(16, 16)) && groups.contains(&(240, 16)),
+        "{keys:?}"
+    );
     if rows > 512 {
         assert!(groups.contains(&(256, 256)), "{keys:?}");
         assert!(groups.contains(&(512, 16)), "{keys:?}");
@@ -129,7 +132,11 @@ async fn scenario(name: &str, rows: u32, repo: impl FnOnce(&TestDir) -> Repo) {
         .unwrap();
     let damaged = covering(&keys, target_segno).unwrap();
     storage
-        .put(damaged, PutPayload::from_bytes("{\"format\": 1}"), PutMode::Overwrite)
+        .put(
+            damaged,
+            PutPayload::from_bytes("{\"format\": 1}"),
+            PutMode::Overwrite,
+        )
         .await
         .unwrap();
     assert_eq!(ok(&pitr, &["list", "--json"]), list);
@@ -177,11 +184,9 @@ async fn scenario(name: &str, rows: u32, repo: impl FnOnce(&TestDir) -> Repo) {
     let out = pitr.run(dry_run);
     assert_eq!(code(&out), 8, "{}", stderr(&out));
     assert!(stderr(&out).contains(&lost), "{}", stderr(&out));
-    let listed: serde_json::Value =
-        serde_json::from_str(&ok(&pitr, &["list", "--json"])).unwrap();
+    let listed: serde_json::Value = serde_json::from_str(&ok(&pitr, &["list", "--json"])).unwrap();
     assert_ne!(
-        listed["recovery_window"][0]["until"],
-        window["recovery_window"][0]["until"],
+        listed["recovery_window"][0]["until"], window["recovery_window"][0]["until"],
         "the window ends at the gap"
     );
     cluster.stop();

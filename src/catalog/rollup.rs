@@ -173,9 +173,11 @@ impl Rollup {
         if self.format != ROLLUP_FORMAT {
             return Err(format!("format {} is not {ROLLUP_FORMAT}", self.format));
         }
-        let names_in_order = self.segments.iter().zip(expected.segnos()).all(|(s, segno)| {
-            s.segment == xlog_file_name(expected.timeline, segno, segment_size)
-        });
+        let names_in_order = self
+            .segments
+            .iter()
+            .zip(expected.segnos())
+            .all(|(s, segno)| s.segment == xlog_file_name(expected.timeline, segno, segment_size));
         if !names_in_order || self.segments.len() as u64 != expected.span {
             return Err("its segments are not the group's".into());
         }
@@ -460,7 +462,12 @@ impl Catalog {
         segnos: &Range<u64>,
         segment_size: u64,
     ) -> Result<Option<Vec<RolledSegment>>, CatalogError> {
-        let prefix = group_data_prefix(timeline, segnos.start, segnos.end - segnos.start, segment_size);
+        let prefix = group_data_prefix(
+            timeline,
+            segnos.start,
+            segnos.end - segnos.start,
+            segment_size,
+        );
         let metas = self.storage.list(&prefix).await?;
         let group = GroupObjects::of(&metas, timeline, segnos, segment_size);
         if !group.complete(segnos) {

@@ -123,9 +123,10 @@ impl WalListing {
 
     /// The rollup that covers a segment, the larger first.
     pub fn covering(&self, timeline: u32, segno: u64) -> Option<&RollupKey> {
-        SPANS
-            .iter()
-            .find_map(|&span| self.rollups.get(&(timeline, group_start(segno, span), span)))
+        SPANS.iter().find_map(|&span| {
+            self.rollups
+                .get(&(timeline, group_start(segno, span), span))
+        })
     }
 
     /// Whether the segment is archived (listed, or under a rollup).
@@ -177,7 +178,12 @@ impl WalListing {
             .rollups
             .values()
             .filter(move |k| k.first_segno + k.span > after + 1)
-            .map(move |k| (k.timeline, k.first_segno.max(after + 1)..k.first_segno + k.span));
+            .map(move |k| {
+                (
+                    k.timeline,
+                    k.first_segno.max(after + 1)..k.first_segno + k.span,
+                )
+            });
         listed.chain(rolled)
     }
 

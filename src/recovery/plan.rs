@@ -70,7 +70,8 @@ pub async fn gather_and_plan(
         };
         let walk = view.walk(&path, backup.start_lsn);
         let needed = summaries_needed(view, backup, &request.recovery);
-        view.load_summaries(catalog, &walk.segments, &needed, jobs).await?;
+        view.load_summaries(catalog, &walk.segments, &needed, jobs)
+            .await?;
         if let Target::Xid(xid) = request.recovery.target {
             let files = view.files(&walk.segments);
             super::xid::search_walk(catalog, view, &files, xid, jobs).await?;
@@ -237,9 +238,7 @@ pub fn summaries_needed(
     match &recovery.target {
         Target::Immediate => Needed::Nothing,
         // Only to say how far the archive reaches, when it does not reach the LSN.
-        Target::Lsn(lsn) if walk.reaches(lsn.segment_number(view.segment_size)) => {
-            Needed::Nothing
-        }
+        Target::Lsn(lsn) if walk.reaches(lsn.segment_number(view.segment_size)) => Needed::Nothing,
         Target::Lsn(_) | Target::End => Needed::Outline,
         Target::Time(time) => Needed::FirstCommitAfter(*time),
         Target::Name(_) => Needed::RestorePoints,
@@ -458,8 +457,7 @@ fn plan_backup(
         .filter_map(|span| view.listing.histories.get(&span.timeline).cloned())
         .collect();
     let segments = walk.segments.first_n(needed.min(walk.len()));
-    let wal_bytes =
-        view.stored_bytes(&segments) + histories.iter().map(|f| f.size()).sum::<u64>();
+    let wal_bytes = view.stored_bytes(&segments) + histories.iter().map(|f| f.size()).sum::<u64>();
     Ok(RestorePlan {
         backup: backup.clone(),
         timeline,
@@ -479,7 +477,11 @@ fn xact_end_in<'a>(
     view.xact_ends_of(xid)
         .filter_map(|(name, end)| {
             let segno = name.segment_number(view.segment_size)?;
-            Some((walk.index_of(name.timeline(), segno)?, name.to_string(), end))
+            Some((
+                walk.index_of(name.timeline(), segno)?,
+                name.to_string(),
+                end,
+            ))
         })
         .min_by_key(|(index, _, _)| *index)
 }

@@ -102,7 +102,11 @@ impl ArchiveView {
             .buffered(LOAD_JOBS)
             .try_collect()
             .await?;
-        Ok(ArchiveView::new(identity, listing, read.into_iter().collect()))
+        Ok(ArchiveView::new(
+            identity,
+            listing,
+            read.into_iter().collect(),
+        ))
     }
 
     /// Records a summary (tests, and summaries computed elsewhere).

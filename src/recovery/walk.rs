@@ -80,7 +80,10 @@ impl SegmentRuns {
     }
 
     pub fn len(&self) -> usize {
-        self.runs.iter().map(|(_, r)| (r.end - r.start) as usize).sum()
+        self.runs
+            .iter()
+            .map(|(_, r)| (r.end - r.start) as usize)
+            .sum()
     }
 
     pub fn is_empty(&self) -> bool {

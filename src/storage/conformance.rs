@@ -130,8 +130,14 @@ pub async fn list_by_prefix(storage: &dyn Storage, prefix: &str) {
 }
 
 pub async fn list_folders_one_level(storage: &dyn Storage, prefix: &str) {
-    let keys = ["folders/a/1", "folders/a/2", "folders/b/c/3", "folders/d", "folders/e/4"]
-        .map(|k| format!("{prefix}/{k}"));
+    let keys = [
+        "folders/a/1",
+        "folders/a/2",
+        "folders/b/c/3",
+        "folders/d",
+        "folders/e/4",
+    ]
+    .map(|k| format!("{prefix}/{k}"));
     for key in &keys {
         storage
             .put(key, PutPayload::from_bytes("x"), PutMode::Create)
@@ -146,7 +152,10 @@ pub async fn list_folders_one_level(storage: &dyn Storage, prefix: &str) {
         .iter()
         .map(|f| format!("{prefix}/folders/{f}"))
         .collect();
-    assert_eq!(folders, expected, "objects directly under the prefix are no folder");
+    assert_eq!(
+        folders, expected,
+        "objects directly under the prefix are no folder"
+    );
     assert_eq!(
         storage
             .list_folders(&format!("{prefix}/folders/b/"))

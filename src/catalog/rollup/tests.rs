@@ -183,7 +183,10 @@ async fn groups_roll_up_small_then_large_and_overviews_match_full_listings() {
     expected.sort();
     let mut found = rollup_keys(&store).await;
     found.sort();
-    assert_eq!(found, expected, "small rollups inside a large one are removed");
+    assert_eq!(
+        found, expected,
+        "small rollups inside a large one are removed"
+    );
 
     let overview = catalog.wal_overview(SEG, 4).await.unwrap();
     let full = catalog.wal_listing(SEG).await.unwrap();
@@ -214,7 +217,10 @@ async fn groups_roll_up_small_then_large_and_overviews_match_full_listings() {
         rolled.last_commit(&walk_rolled.segments),
         plain.last_commit(&walk_plain.segments)
     );
-    assert!(rolled.summary_of(1, 300).is_none(), "group 256 was not read");
+    assert!(
+        rolled.summary_of(1, 300).is_none(),
+        "group 256 was not read"
+    );
     assert_eq!(
         rolled.stored_bytes(&walk_rolled.segments),
         plain.stored_bytes(&walk_plain.segments)
@@ -241,7 +247,10 @@ async fn groups_roll_up_small_then_large_and_overviews_match_full_listings() {
         rolled.find(&walk_rolled.segments, may, after),
         Some((301 - 3, 1, 301))
     );
-    assert!(rolled.summary_of(1, 520).is_none(), "groups after it were not read");
+    assert!(
+        rolled.summary_of(1, 520).is_none(),
+        "groups after it were not read"
+    );
     // Sizes inside a group read are exact.
     let segment_300 = rolled.file(1, 300).unwrap();
     assert_eq!(segment_300.size(), plain.file(1, 300).unwrap().size());

@@ -537,10 +537,7 @@ fn summaries_are_needed_only_where_the_decision_reads_them() {
         Needed::Outline,
         "to say how far it reaches"
     );
-    assert_eq!(
-        needed(Target::Time(at(1))),
-        Needed::FirstCommitAfter(at(1))
-    );
+    assert_eq!(needed(Target::Time(at(1))), Needed::FirstCommitAfter(at(1)));
     assert_eq!(needed(Target::End), Needed::Outline);
     assert_eq!(needed(Target::Name("x".into())), Needed::RestorePoints);
     assert_eq!(needed(Target::Xid(7)), Needed::Everything);
