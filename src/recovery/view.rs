@@ -355,6 +355,33 @@ impl ArchiveView {
         self.summarise(catalog, &files, jobs, false).await
     }
 
+    /// The newest commit archived on `timeline` (`check`, `metrics`): the newest of the
+    /// rollup keys, and of the summaries of the segments no rollup covers (read here).
+    pub async fn newest_commit(
+        &mut self,
+        catalog: &Catalog,
+        timeline: u32,
+        jobs: usize,
+    ) -> Result<Option<DateTime<Utc>>, CatalogError> {
+        let singles: Vec<ArchivedFile> = self
+            .listing
+            .segments
+            .range((timeline, 0)..=(timeline, u64::MAX))
+            .filter(|&(&(t, s), _)| self.listing.covering(t, s).is_none())
+            .map(|(_, file)| file.clone())
+            .collect();
+        self.summarise(catalog, &singles, jobs, false).await?;
+        let rolled = self
+            .listing
+            .rollups
+            .range((timeline, 0, 0)..=(timeline, u64::MAX, u64::MAX))
+            .filter_map(|(_, key)| key.last_commit);
+        let single = singles
+            .iter()
+            .filter_map(|f| self.summary(f)?.last_commit_time);
+        Ok(rolled.chain(single).max())
+    }
+
     /// Reads the stored sizes of `files` known only through a rollup (its content).
     pub async fn load_sizes(
         &mut self,

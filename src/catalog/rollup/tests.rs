@@ -251,6 +251,17 @@ async fn groups_roll_up_small_then_large_and_overviews_match_full_listings() {
         rolled.summary_of(1, 520).is_none(),
         "groups after it were not read"
     );
+    // The newest commit of the timeline: the tail's summaries and the rollups' keys.
+    let mut fresh = ArchiveView::new(
+        &identity,
+        catalog.wal_overview(SEG, 4).await.unwrap(),
+        BTreeMap::new(),
+    );
+    assert_eq!(
+        fresh.newest_commit(&catalog, 1, 4).await.unwrap(),
+        summary_of(600).last_commit_time
+    );
+    assert_eq!(fresh.newest_commit(&catalog, 2, 4).await.unwrap(), None);
     // Sizes inside a group read are exact.
     let segment_300 = rolled.file(1, 300).unwrap();
     assert_eq!(segment_300.size(), plain.file(1, 300).unwrap().size());
