@@ -43,7 +43,7 @@ fn ok(pitr: &Pitr, args: &[&str]) -> String {
 }
 
 /// The rollup key covering segment `segno`, the larger first.
-fn covering<'a>(keys: &'a [String], segno: u64) -> Option<&'a String> {
+fn covering(keys: &[String], segno: u64) -> Option<&String> {
     let mut found: Vec<&String> = keys
         .iter()
         .filter(|k| {

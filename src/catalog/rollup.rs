@@ -670,12 +670,13 @@ impl Catalog {
         Ok(repair)
     }
 
-    /// Removes the rollups of `timeline` whose group starts before segment `before`: done
-    /// before any of their segments go, so no rollup ever names a removed segment.
-    pub(super) async fn delete_rollups_before(
+    /// Removes the rollups of `timeline` whose group overlaps segments `segnos`. Any removal
+    /// of segments calls it first, so that no rollup ever names a removed segment (retention
+    /// removing WAL between two kept ranges included); returns how many went.
+    pub async fn delete_rollups_overlapping(
         &self,
         timeline: u32,
-        before: u64,
+        segnos: Range<u64>,
         segment_size: u64,
     ) -> Result<u64, CatalogError> {
         let mut deleted = 0;
@@ -687,7 +688,8 @@ impl Catalog {
             let Some(key) = RollupKey::parse(&meta.key, segment_size) else {
                 continue;
             };
-            if key.timeline == timeline && key.first_segno < before {
+            let group = key.segnos();
+            if key.timeline == timeline && group.start < segnos.end && segnos.start < group.end {
                 self.storage.delete(&meta.key).await?;
                 deleted += 1;
             }

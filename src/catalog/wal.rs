@@ -270,7 +270,7 @@ impl Catalog {
     ) -> Result<u64, CatalogError> {
         // Rollups first: none may name a segment that is gone.
         let mut deleted = self
-            .delete_rollups_before(timeline, before, segment_size)
+            .delete_rollups_overlapping(timeline, 0..before, segment_size)
             .await?;
         for meta in self.storage.list(WAL_PREFIX).await? {
             let name = wal_name_of_key(&meta.key).or_else(|| wal_name_of_summary_key(&meta.key));

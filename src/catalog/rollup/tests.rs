@@ -414,3 +414,19 @@ async fn repair_writes_missing_rollups_and_removes_stale_ones() {
     assert!(found.contains(&(256, 16)) && !found.contains(&(288, 16)));
     assert!(catalog.read_rollup(&small, SEG).await.unwrap().is_some());
 }
+
+#[tokio::test]
+async fn removing_a_range_in_the_middle_removes_only_the_rollups_over_it() {
+    let (store, catalog, _) = setup();
+    archive(&catalog, &store, 1..=600).await;
+    let before = rollup_keys(&store).await;
+    let removed = catalog
+        .delete_rollups_overlapping(1, 240..300, SEG)
+        .await
+        .unwrap();
+    assert_eq!(removed, 2, "the small group 240 and the large group 256");
+    let after = rollup_keys(&store).await;
+    assert_eq!(after.len(), before.len() - 2);
+    assert!(!after.contains(&(240, 16)) && !after.contains(&(256, 256)));
+    assert!(after.contains(&(224, 16)) && after.contains(&(512, 16)));
+}
