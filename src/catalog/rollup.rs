@@ -416,10 +416,13 @@ impl Catalog {
                 PutMode::Overwrite,
             )
             .await?;
-        // Older rollups of this group, and the small ones it replaces.
-        for (other, _) in existing.iter().filter(|(k, _)| *k != object_key) {
-            self.storage.delete(other).await?;
-        }
+        // Older rollups of this group, and the small ones it replaces (at once: on S3 each
+        // is a round trip archive-push waits for).
+        stream::iter(existing.iter().filter(|(k, _)| *k != object_key))
+            .map(|(other, _)| self.storage.delete(other))
+            .buffer_unordered(READ_AHEAD)
+            .try_collect::<Vec<()>>()
+            .await?;
         Ok(Some(key))
     }
 
