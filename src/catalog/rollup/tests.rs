@@ -430,3 +430,35 @@ async fn removing_a_range_in_the_middle_removes_only_the_rollups_over_it() {
     assert!(!after.contains(&(240, 16)) && !after.contains(&(256, 256)));
     assert!(after.contains(&(224, 16)) && after.contains(&(512, 16)));
 }
+
+proptest::proptest! {
+    /// Keys and contents are outside input: any of them parses or is refused, never panics.
+    #[test]
+    fn rollup_keys_and_contents_never_panic(
+        key in "wal/rollup/[0-9A-F]{8}/[0-9A-F]{24}\\.[0-9]{1,4}\\.c[-0-9]{1,20}\\.b[0-9]{1,22}\\.r[0-9]\\.json",
+        junk in ".*",
+        flip in 0usize..4000,
+        shift in 20u32..=30,
+    ) {
+        for text in [&key, &junk] {
+            if let Some(parsed) = RollupKey::parse(text, 1 << shift) {
+                proptest::prop_assert_eq!(&parsed.key(1 << shift), text);
+            }
+        }
+        let segments = (0..16)
+            .map(|s| RolledSegment {
+                segment: xlog_file_name(1, 16 + s, SEG),
+                size: 10,
+                summary: summary_of(16 + s),
+            })
+            .collect();
+        let rollup = Rollup::new(1, 16, SEG, segments);
+        let expected = rollup.key(SEG).unwrap();
+        let mut bytes = super::super::sealed::seal(&rollup);
+        let at = flip % bytes.len();
+        bytes[at] ^= 0x04;
+        if let Ok(read) = super::super::sealed::unseal::<Rollup>(&bytes) {
+            let _ = read.check(&expected, SEG);
+        }
+    }
+}
