@@ -9,6 +9,7 @@
 //! wal/<TLI><LOG>/<segment>.<offset>.backup.lz4      backup history files
 //! wal/history/<TLI>.history.lz4                     timeline history files
 //! wal/.../<name>.summary.json                       the WAL index (see `wal_index`)
+//! wal/rollup/<TLI>/<first segment>.<span>....json   the index of a group (see `rollup`)
 //! backup/<id>/data/<n>.lz4, backup/<id>/manifest.json   base backups (see `backup`)
 //! lock.json                                         the repository lock (see `lock`)
 //! history/runs/<day>/<run>.json, history/latest/<command>.json   run history (see `history`)
@@ -19,6 +20,7 @@
 pub mod backup;
 pub mod lock;
 pub mod history;
+pub mod rollup;
 mod sealed;
 pub mod wal;
 pub mod wal_index;

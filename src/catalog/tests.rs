@@ -230,7 +230,7 @@ async fn objects_a_retention_lock_keeps_are_reported_and_stop_a_backup_removal()
     // A locked segment keeps its summary; the others go with theirs.
     let listing = catalog.wal_listing(16 << 20).await.unwrap();
     let files: Vec<_> = listing.segments.values().cloned().collect();
-    let done = catalog.delete_wal_files(&files).await.unwrap();
+    let done = catalog.delete_wal_files(&files, 16 << 20).await.unwrap();
     assert_eq!(done.deleted, 1);
     assert_eq!(done.protected.len(), 1);
     assert_eq!(

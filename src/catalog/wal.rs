@@ -11,17 +11,19 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::io::Write;
+use std::ops::Range;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
 use super::backup::Deletion;
+use super::rollup::{RollupKey, SPANS, group_start};
 use super::wal_index::{summary_key, wal_name_of_summary_key};
 use super::{Catalog, CatalogError, Stored, StoredObject};
 use crate::codec::{self, DecodeSummary, EncodeSummary};
 use crate::pg::wal_name::xlog_file_name;
 use crate::pg::{WalFileKind, WalFileName};
-use crate::storage::{PutMode, PutPayload, StorageError, read_all};
+use crate::storage::{ObjectMeta, PutMode, PutPayload, StorageError, read_all};
 
 pub(super) const WAL_PREFIX: &str = "wal/";
 const EXPIRED_KEY: &str = "wal/expired.json";
@@ -82,6 +84,9 @@ pub struct WalListing {
     pub backup_histories: Vec<ArchivedFile>,
     /// WAL files that have a stored summary.
     pub summarised: BTreeSet<WalFileName>,
+    /// Complete groups by (timeline, first segment number, span): their segments exist and
+    /// are summarised, and are not in `segments` unless listed one by one too.
+    pub rollups: BTreeMap<(u32, u64, u64), RollupKey>,
 }
 
 impl WalListing {
@@ -121,15 +126,113 @@ impl WalListing {
         }
     }
 
+    /// Sorts listed objects in: WAL files and summaries; anything else is skipped.
+    pub(super) fn add_metas(&mut self, metas: Vec<ObjectMeta>, segment_size: u64) {
+        for meta in metas {
+            if let Some(name) = wal_name_of_summary_key(&meta.key) {
+                self.summarised.insert(name);
+            } else if let Some(name) = wal_name_of_key(&meta.key) {
+                self.add(name, meta.key, meta.size, segment_size);
+            }
+        }
+    }
+
+    /// A segment listed one by one (segments only under a rollup are not: see
+    /// [`WalListing::has_segment`]).
     pub fn segment(&self, timeline: u32, segno: u64) -> Option<&ArchivedFile> {
         self.segments.get(&(timeline, segno))
     }
 
-    /// Every timeline with segments, partial segments or a history file.
+    /// The rollup that covers a segment, the larger first.
+    pub fn covering(&self, timeline: u32, segno: u64) -> Option<&RollupKey> {
+        SPANS.iter().find_map(|&span| {
+            self.rollups
+                .get(&(timeline, group_start(segno, span), span))
+        })
+    }
+
+    /// Whether the segment is archived (listed, or under a rollup).
+    pub fn has_segment(&self, timeline: u32, segno: u64) -> bool {
+        self.segments.contains_key(&(timeline, segno)) || self.covering(timeline, segno).is_some()
+    }
+
+    /// The archived segment as an object to read, listed or under a rollup (then with size
+    /// 0: only the rollup's content knows it).
+    pub fn file(&self, timeline: u32, segno: u64, segment_size: u64) -> Option<ArchivedFile> {
+        if let Some(file) = self.segment(timeline, segno) {
+            return Some(file.clone());
+        }
+        self.covering(timeline, segno)?;
+        let name = WalFileName::parse(&xlog_file_name(timeline, segno, segment_size)).ok()?;
+        let key = wal_key(&name);
+        Some(ArchivedFile {
+            name,
+            object: StoredObject { key, size: 0 },
+        })
+    }
+
+    /// The first and last segment number of `timeline`, full or partial.
+    pub fn segment_bounds(&self, timeline: u32) -> Option<(u64, u64)> {
+        let on_timeline = (timeline, 0)..=(timeline, u64::MAX);
+        let listed = self
+            .segments
+            .range(on_timeline.clone())
+            .chain(self.partials.range(on_timeline))
+            .map(|(&(_, segno), _)| (segno, segno));
+        let rolled = self
+            .rollups
+            .range((timeline, 0, 0)..=(timeline, u64::MAX, u64::MAX))
+            .map(|(_, key)| (key.first_segno, key.first_segno + key.span - 1));
+        listed
+            .chain(rolled)
+            .reduce(|(a0, a1), (b0, b1)| (a0.min(b0), a1.max(b1)))
+    }
+
+    /// Stored bytes of the timeline's segments and partial segments, listed or rolled up.
+    pub fn stored_bytes_on(&self, timeline: u32) -> u64 {
+        let on_timeline = (timeline, 0)..=(timeline, u64::MAX);
+        let listed: u64 = self
+            .segments
+            .range(on_timeline.clone())
+            .chain(self.partials.range(on_timeline))
+            .filter(|&(&(_, segno), _)| self.covering(timeline, segno).is_none())
+            .map(|(_, file)| file.size())
+            .sum();
+        let rolled: u64 = self
+            .rollups
+            .range((timeline, 0, 0)..=(timeline, u64::MAX, u64::MAX))
+            .map(|(_, key)| key.stored_bytes)
+            .sum();
+        listed + rolled
+    }
+
+    /// Every (timeline, segment number range) archived after `after` on any timeline, listed
+    /// segments as ranges of one.
+    pub fn ranges_after(&self, after: u64) -> impl Iterator<Item = (u32, Range<u64>)> + '_ {
+        let listed = self
+            .segments
+            .keys()
+            .filter(move |&&(_, s)| s > after)
+            .map(|&(t, s)| (t, s..s + 1));
+        let rolled = self
+            .rollups
+            .values()
+            .filter(move |k| k.first_segno + k.span > after + 1)
+            .map(move |k| {
+                (
+                    k.timeline,
+                    k.first_segno.max(after + 1)..k.first_segno + k.span,
+                )
+            });
+        listed.chain(rolled)
+    }
+
+    /// Every timeline with segments, partial segments, rollups or a history file.
     pub fn timelines(&self) -> BTreeSet<u32> {
         let mut timelines: BTreeSet<u32> = self.segments.keys().map(|&(t, _)| t).collect();
         timelines.extend(self.partials.keys().map(|&(t, _)| t));
         timelines.extend(self.histories.keys());
+        timelines.extend(self.rollups.keys().map(|&(t, _, _)| t));
         timelines
     }
 
@@ -144,16 +247,11 @@ impl WalListing {
 }
 
 impl Catalog {
-    /// Lists the WAL archive once.
+    /// Lists the WAL archive once, every object (`pitr verify`; overviews use
+    /// [`Catalog::wal_overview`]).
     pub async fn wal_listing(&self, segment_size: u64) -> Result<WalListing, CatalogError> {
         let mut listing = WalListing::default();
-        for meta in self.storage.list(WAL_PREFIX).await? {
-            if let Some(name) = wal_name_of_summary_key(&meta.key) {
-                listing.summarised.insert(name);
-            } else if let Some(name) = wal_name_of_key(&meta.key) {
-                listing.add(name, meta.key, meta.size, segment_size);
-            }
-        }
+        listing.add_metas(self.storage.list(WAL_PREFIX).await?, segment_size);
         Ok(listing)
     }
 
@@ -210,7 +308,10 @@ impl Catalog {
         before: u64,
         segment_size: u64,
     ) -> Result<u64, CatalogError> {
-        let mut deleted = 0;
+        // Rollups first: none may name a segment that is gone.
+        let mut deleted = self
+            .delete_rollups_overlapping(timeline, 0..before, segment_size)
+            .await?;
         for meta in self.storage.list(WAL_PREFIX).await? {
             let name = wal_name_of_key(&meta.key).or_else(|| wal_name_of_summary_key(&meta.key));
             let Some(name) = name else { continue };
@@ -225,13 +326,41 @@ impl Catalog {
                 deleted += 1;
             }
         }
+        // The small groups left whole in the large group that was cut keep a rollup.
+        let cut = group_start(before, SPANS[0]);
+        if cut < before {
+            let small = SPANS[SPANS.len() - 1];
+            let mut first = group_start(before + small - 1, small);
+            while first < cut + SPANS[0] {
+                self.roll_up_group(timeline, first, small, segment_size)
+                    .await?;
+                first += small;
+            }
+        }
         Ok(deleted)
     }
 
     /// Removes archived WAL files, oldest first as given, each step's summaries after its
     /// files (a summary left by a removal cut short is harmless: retention lists it as an
     /// orphan). Which WAL is redundant is the caller's proof to make (retention).
-    pub async fn delete_wal_files(&self, files: &[ArchivedFile]) -> Result<Deletion, CatalogError> {
+    pub async fn delete_wal_files(
+        &self,
+        files: &[ArchivedFile],
+        segment_size: u64,
+    ) -> Result<Deletion, CatalogError> {
+        // Rollups first: none may name a segment that is gone.
+        let mut removed: BTreeMap<u32, BTreeSet<u64>> = BTreeMap::new();
+        for file in files {
+            if let Some(segno) = file.name.segment_number(segment_size) {
+                removed.entry(file.name.timeline()).or_default().insert(segno);
+            }
+        }
+        for (&timeline, segnos) in &removed {
+            for run in runs(segnos) {
+                self.delete_rollups_overlapping(timeline, run, segment_size)
+                    .await?;
+            }
+        }
         let mut done = Deletion::default();
         for step in files.chunks(DELETE_STEP) {
             let keys: Vec<String> = step.iter().map(|f| f.object.key.clone()).collect();
@@ -245,6 +374,20 @@ impl Catalog {
             done.add(deleted);
             // Summaries are derived data: not counted.
             self.delete_keys(&summaries).await?;
+        }
+        // Small groups left whole beside what went get their rollup back, so that the
+        // overview's cost stays bounded (a group that lost a segment stays unrolled).
+        let small = SPANS[SPANS.len() - 1];
+        for (&timeline, segnos) in &removed {
+            let large: BTreeSet<u64> = segnos.iter().map(|&s| group_start(s, SPANS[0])).collect();
+            for first_large in large {
+                for first in (first_large..first_large + SPANS[0]).step_by(small as usize) {
+                    if segnos.range(first..first + small).next().is_none() {
+                        self.roll_up_group(timeline, first, small, segment_size)
+                            .await?;
+                    }
+                }
+            }
         }
         Ok(done)
     }
@@ -323,4 +466,16 @@ impl Catalog {
             .await?;
         Ok(())
     }
+}
+
+/// Consecutive segment numbers as ranges.
+fn runs(segnos: &BTreeSet<u64>) -> Vec<Range<u64>> {
+    let mut runs: Vec<Range<u64>> = Vec::new();
+    for &segno in segnos {
+        match runs.last_mut() {
+            Some(run) if run.end == segno => run.end = segno + 1,
+            _ => runs.push(segno..segno + 1),
+        }
+    }
+    runs
 }

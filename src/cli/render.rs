@@ -82,11 +82,11 @@ pub fn backup(report: &BackupReport) {
 /// The pre-flight's findings: in full for `--dry-run`, in one line otherwise.
 fn plan(plan: &RestorePlan, full: bool) {
     let count = plan.segments.len();
-    let range = match (plan.segments.first(), plan.segments.last()) {
+    let range = match (plan.segments.first_name(), plan.segments.last_name()) {
         (Some(first), Some(last)) => format!(
             "{} to {} ({count} segment{})",
-            first.name,
-            last.name,
+            first,
+            last,
             if count == 1 { "" } else { "s" }
         ),
         _ => "none".into(),

@@ -5,7 +5,8 @@
 //! content is a conflict and the stored copy is never replaced.
 //!
 //! Beside each segment it stores the segment's summary (the WAL index: commit times, record
-//! range, restore points), and beside each history file its switch points.
+//! range, restore points), and beside each history file its switch points. The last
+//! segment of a group completes the group's rollup (`catalog::rollup`).
 
 use std::fs::File;
 use std::io::BufReader;
@@ -72,6 +73,14 @@ pub async fn archive_push(
         }
     };
     index(catalog, &name, &path, &identity, previous).await?;
+    // A group this segment completes gets its rollup; derived data, so a failure only
+    // leaves overviews reading the group segment by segment.
+    if let Err(e) = catalog
+        .roll_up_after(&name, identity.wal_segment_size)
+        .await
+    {
+        tracing::warn!("cannot write the rollup of the group {name} completes: {e}");
+    }
     catalog.remove_staging_leftovers().await;
     tracing::debug!("stored and indexed after {:?}", started.elapsed());
     Ok(ArchivePushReport {

@@ -141,7 +141,7 @@ async fn expire_locked(
     let objects = catalog.backup_objects().await?;
     let list = catalog.backup_list().await?;
     let (pins, damaged_pins) = catalog.backup_pins(&objects).await?;
-    let view = ArchiveView::load(catalog, &identity).await?;
+    let view = ArchiveView::load_full(catalog, &identity).await?;
     tracing::debug!("expire: repository read");
 
     // A pin that cannot be read counts as a pin: expiring must never guess in favour of
@@ -237,7 +237,7 @@ async fn expire_locked(
         );
     }
     tracing::debug!("expire: backups removed");
-    done.add(catalog.delete_wal_files(&plan.wal_removed).await?);
+    done.add(catalog.delete_wal_files(&plan.wal_removed, segment_size).await?);
     tracing::debug!("expire: WAL removed");
     catalog.delete_wal_summaries(&plan.orphan_summaries).await?;
     for id in &report.removed_interrupted_backups {

@@ -11,6 +11,7 @@ use crate::error::Result;
 use crate::pg::timestamp::{rfc3339, rfc3339_micros};
 use crate::pg::wal_name::xlog_file_name;
 use crate::recovery::ArchiveView;
+use crate::recovery::view::Needed;
 use crate::recovery::walk::path_holds_backup;
 
 /// The JSON shape scripts read: keep it stable.
@@ -93,21 +94,8 @@ pub async fn list(catalog: &Catalog, options: &ListOptions) -> Result<ListReport
         .collect();
     let mut wal = Vec::new();
     for timeline in view.listing.timelines() {
-        let on_timeline = (timeline, 0)..=(timeline, u64::MAX);
-        let segnos = view
-            .listing
-            .segments
-            .range(on_timeline.clone())
-            .chain(view.listing.partials.range(on_timeline.clone()))
-            .map(|(&(_, segno), _)| segno);
-        let stored_bytes = view
-            .listing
-            .segments
-            .range(on_timeline.clone())
-            .chain(view.listing.partials.range(on_timeline))
-            .map(|(_, file)| file.size())
-            .sum();
-        if let (Some(first), Some(last)) = (segnos.clone().min(), segnos.max()) {
+        if let Some((first, last)) = view.listing.segment_bounds(timeline) {
+            let stored_bytes = view.listing.stored_bytes_on(timeline);
             let name = |segno| xlog_file_name(timeline, segno, view.segment_size);
             wal.push(WalRange {
                 timeline,
@@ -148,9 +136,10 @@ async fn recovery_windows(
             if !walk.reaches(backup.stop_lsn.segment_number(view.segment_size)) {
                 continue;
             }
-            view.summarise(catalog, &walk.files, jobs, false).await?;
+            view.load_summaries(catalog, &walk.segments, &Needed::Outline, jobs)
+                .await?;
             from = Some(from.map_or(backup.stop_time, |f| f.min(backup.stop_time)));
-            until = until.max(view.last_commit(&walk.files));
+            until = until.max(view.last_commit(&walk.segments));
         }
         if let Some(from) = from {
             windows.push(RecoveryWindow {

@@ -323,6 +323,19 @@ pub async fn verify(catalog: &Catalog, options: &VerifyOptions) -> Result<Verify
         });
     }
     let indexed_segments = index_missing(catalog, &mut view, &damaged, options).await?;
+    // Rollups are derived data too: damaged ones reported and written again, missing ones
+    // written, those of groups no longer whole removed.
+    let rollups = catalog
+        .repair_rollups(&view.listing, identity.wal_segment_size)
+        .await?;
+    for (key, reason) in rollups.damaged {
+        problems.push(Problem::DamagedSummary { file: key, reason });
+    }
+    tracing::info!(
+        "rollups: {} written, {} removed",
+        rollups.written.len(),
+        rollups.removed.len()
+    );
 
     Ok(VerifyReport {
         ok: problems.is_empty(),

@@ -16,8 +16,8 @@ use crate::pg::timestamp::rfc3339;
 use crate::pg::wal_summary::XidRange;
 use crate::pg::xact_end::XactEnd;
 
-use super::view::ArchiveView;
-use super::walk::{Walk, path_holds_backup};
+use super::view::{ArchiveView, Block, Needed};
+use super::walk::{SegmentRuns, Walk, path_holds_backup};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum PlanError {
@@ -43,7 +43,7 @@ pub struct RestorePlan {
     pub backup: BackupManifest,
     pub timeline: u32,
     /// The segments recovery reads, in order.
-    pub segments: Vec<ArchivedFile>,
+    pub segments: SegmentRuns,
     pub histories: Vec<ArchivedFile>,
     /// Where recovery stops, in words.
     pub stops: String,
@@ -65,12 +65,29 @@ pub async fn gather_and_plan(
         return Ok(plan_restore(view, backups, request));
     };
     for backup in candidates {
+        let Some((_, path)) = resolve_path(view, backup, request.recovery.timeline) else {
+            continue;
+        };
+        let walk = view.walk(&path, backup.start_lsn);
         let needed = summaries_needed(view, backup, &request.recovery);
-        view.summarise(catalog, &needed, jobs, false).await?;
+        view.load_summaries(catalog, &walk.segments, &needed, jobs)
+            .await?;
         if let Target::Xid(xid) = request.recovery.target {
-            super::xid::search_walk(catalog, view, &needed, xid, jobs).await?;
+            let files = view.files(&walk.segments);
+            super::xid::search_walk(catalog, view, &files, xid, jobs).await?;
         }
-        if plan_for_backup(view, backup, &request.recovery).is_ok() {
+        if let Ok(plan) = plan_for_backup(view, backup, &request.recovery) {
+            // The sizes of segments in groups the plan covers only in part (whole groups
+            // have theirs in their rollup's key).
+            let unknown: Vec<ArchivedFile> = view
+                .blocks(&plan.segments)
+                .into_iter()
+                .filter_map(|block| match block {
+                    Block::Segment(t, s) => view.file(t, s).filter(|f| f.size() == 0),
+                    Block::Group(_) => None,
+                })
+                .collect();
+            view.load_sizes(catalog, &unknown, jobs).await?;
             break;
         }
     }
@@ -208,21 +225,24 @@ pub fn candidates<'a>(
     }
 }
 
-/// The segments whose summaries deciding for `backup` reads.
+/// Which summaries of its walk deciding for `backup` reads.
 pub fn summaries_needed(
     view: &ArchiveView,
     backup: &BackupManifest,
     recovery: &RecoveryRequest,
-) -> Vec<ArchivedFile> {
+) -> Needed {
     let Some((_, path)) = resolve_path(view, backup, recovery.timeline) else {
-        return Vec::new();
+        return Needed::Nothing;
     };
     let walk = view.walk(&path, backup.start_lsn);
     match &recovery.target {
-        Target::Immediate => Vec::new(),
+        Target::Immediate => Needed::Nothing,
         // Only to say how far the archive reaches, when it does not reach the LSN.
-        Target::Lsn(lsn) if walk.reaches(lsn.segment_number(view.segment_size)) => Vec::new(),
-        _ => walk.files,
+        Target::Lsn(lsn) if walk.reaches(lsn.segment_number(view.segment_size)) => Needed::Nothing,
+        Target::Lsn(_) | Target::End => Needed::Outline,
+        Target::Time(time) => Needed::FirstCommitAfter(*time),
+        Target::Name(_) => Needed::RestorePoints,
+        Target::Xid(_) => Needed::Everything,
     }
 }
 
@@ -315,12 +335,12 @@ fn plan_backup(
             (count, format!("at LSN {lsn}"))
         }
         Target::Time(time) => {
-            let after = walk.files.iter().position(|f| {
-                view.summary(f)
-                    .and_then(|s| s.last_commit_time)
-                    .is_some_and(|last| last > *time)
-            });
-            let index = after.ok_or_else(|| {
+            let after = view.find(
+                &walk.segments,
+                |key| key.last_commit.is_some_and(|last| last > *time),
+                |s| s.last_commit_time.is_some_and(|last| last > *time),
+            );
+            let (index, at_timeline, at_segno) = after.ok_or_else(|| {
                 Refusal::Other(beyond_reach(
                     view,
                     &walk,
@@ -332,22 +352,27 @@ fn plan_backup(
                 format!(
                     "before the first commit after {} (in {})",
                     rfc3339(*time),
-                    walk.files[index].name
+                    walk.segments.name((at_timeline, at_segno))
                 ),
             )
         }
         Target::Name(name) => {
-            let found = walk.files.iter().position(|f| {
-                view.summary(f).is_some_and(|s| {
+            let found = view.find(
+                &walk.segments,
+                |key| key.restore_points,
+                |s| {
                     s.restore_points
                         .iter()
                         .any(|p| &p.name == name && p.lsn >= stop)
-                })
-            });
+                },
+            );
             match found {
-                Some(index) => (
+                Some((index, t, segno)) => (
                     (index + 1).max(stop_count),
-                    format!("at restore point '{name}' (in {})", walk.files[index].name),
+                    format!(
+                        "at restore point '{name}' (in {})",
+                        walk.segments.name((t, segno))
+                    ),
                 ),
                 None if walk.gap => {
                     return Err(Refusal::Other(beyond_reach(
@@ -368,7 +393,7 @@ fn plan_backup(
             }
         }
         Target::Xid(xid) => {
-            let (index, end) = xact_end_in(view, &walk, *xid).ok_or_else(|| {
+            let (index, name, end) = xact_end_in(view, &walk, *xid).ok_or_else(|| {
                 if walk.gap {
                     Refusal::Other(beyond_reach(
                         view,
@@ -404,7 +429,7 @@ fn plan_backup(
                 (index + 1).max(stop_count),
                 format!(
                     "after the commit of transaction {xid} at {} ({time}, in {})",
-                    end.lsn, walk.files[index].name
+                    end.lsn, name
                 ),
             )
         }
@@ -416,14 +441,14 @@ fn plan_backup(
                     "the rest of the archived WAL",
                 )));
             }
-            let stops = match view.last_commit(&walk.files) {
+            let stops = match view.last_commit(&walk.segments) {
                 Some(last) => format!(
                     "at the end of the archived WAL (last commit {})",
                     rfc3339(last)
                 ),
                 None => "at the end of the archived WAL".into(),
             };
-            (walk.files.len(), stops)
+            (walk.len(), stops)
         }
     };
 
@@ -431,8 +456,8 @@ fn plan_backup(
         .iter()
         .filter_map(|span| view.listing.histories.get(&span.timeline).cloned())
         .collect();
-    let segments = walk.files[..needed.min(walk.files.len())].to_vec();
-    let wal_bytes = segments.iter().chain(&histories).map(|f| f.size()).sum();
+    let segments = walk.segments.first_n(needed.min(walk.len()));
+    let wal_bytes = view.stored_bytes(&segments) + histories.iter().map(|f| f.size()).sum::<u64>();
     Ok(RestorePlan {
         backup: backup.clone(),
         timeline,
@@ -444,18 +469,28 @@ fn plan_backup(
 }
 
 /// The first segment of `walk` in which decoding found the end of transaction `xid`.
-fn xact_end_in<'a>(view: &'a ArchiveView, walk: &Walk, xid: u32) -> Option<(usize, &'a XactEnd)> {
-    walk.files
-        .iter()
-        .enumerate()
-        .find_map(|(index, file)| Some((index, view.xact_end(file, xid)?)))
+fn xact_end_in<'a>(
+    view: &'a ArchiveView,
+    walk: &Walk,
+    xid: u32,
+) -> Option<(usize, String, &'a XactEnd)> {
+    view.xact_ends_of(xid)
+        .filter_map(|(name, end)| {
+            let segno = name.segment_number(view.segment_size)?;
+            Some((
+                walk.index_of(name.timeline(), segno)?,
+                name.to_string(),
+                end,
+            ))
+        })
+        .min_by_key(|(index, _, _)| *index)
 }
 
 /// The bounds of the transactions that commit in `walk`, as far as its summaries record them.
 fn committed_xids(view: &ArchiveView, walk: &Walk) -> Option<XidRange> {
-    walk.files
-        .iter()
-        .filter_map(|file| view.summary(file)?.commit_xids)
+    view.summaries_in(walk)
+        .into_iter()
+        .filter_map(|(_, summary)| summary.commit_xids)
         .reduce(XidRange::union)
 }
 
@@ -470,7 +505,7 @@ fn branch_point(path: &[TimelineSpan], timeline: u32) -> String {
 
 /// Why the target lies beyond what the archive reaches, with how far it does reach.
 fn beyond_reach(view: &ArchiveView, walk: &Walk, what: &str) -> PlanError {
-    let latest = latest_reachable(view.last_commit(&walk.files));
+    let latest = latest_reachable(view.last_commit(&walk.segments));
     if walk.gap {
         PlanError::Unreachable(format!(
             "WAL segment {} is missing from the repository, so {what} cannot be reached; the \
@@ -495,11 +530,10 @@ fn latest_reachable(last_commit: Option<DateTime<Utc>>) -> String {
 }
 
 fn restore_point_names(view: &ArchiveView, walk: &Walk) -> String {
-    let names: Vec<String> = walk
-        .files
-        .iter()
-        .filter_map(|f| view.summary(f))
-        .flat_map(|s| s.restore_points.iter().map(|p| format!("'{}'", p.name)))
+    let names: Vec<String> = view
+        .summaries_in(walk)
+        .into_iter()
+        .flat_map(|(_, s)| s.restore_points.iter().map(|p| format!("'{}'", p.name)))
         .collect();
     if names.is_empty() {
         "none".into()

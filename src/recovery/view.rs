@@ -1,11 +1,13 @@
-//! The archive as recovery sees it: the listing, the timeline histories, and the summaries
-//! read so far. Loading and summarising go through the catalog; walking is pure.
+//! The archive as recovery sees it: the overview (listing and rollups), the timeline
+//! histories, and the summaries read so far. Loading and summarising go through the
+//! catalog; walking is pure.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use futures_util::{Stream, StreamExt, TryStreamExt, stream};
 
+use crate::catalog::rollup::{RollupKey, SPANS};
 use crate::catalog::wal::{ArchivedFile, WalListing};
 use crate::catalog::{Catalog, CatalogError, OpenedObject, RepositoryIdentity};
 use crate::pg::timeline::{HistoryEntry, TimelineSpan, parse_history, timeline_of_segment};
@@ -14,9 +16,12 @@ use crate::pg::wal_summary::{SegmentSummarizer, SegmentSummary};
 use crate::pg::xact_end::XactEnd;
 use crate::pg::{Lsn, WalFileName, WalWriter};
 
-use super::walk::Walk;
+use super::walk::{SegmentRuns, Walk};
 
-/// The archive's listing and history files, the summaries read so far, and what decoding
+/// Listings and rollup reads in flight when the view loads.
+const LOAD_JOBS: usize = 8;
+
+/// The archive's overview and history files, the summaries read so far, and what decoding
 /// segments for an xid target found.
 pub struct ArchiveView {
     pub segment_size: u64,
@@ -24,8 +29,33 @@ pub struct ArchiveView {
     pub listing: WalListing,
     pub histories: BTreeMap<u32, Vec<HistoryEntry>>,
     summaries: HashMap<WalFileName, SegmentSummary>,
+    /// Stored sizes of segments known from a rollup's content.
+    sizes: HashMap<(u32, u64), u64>,
+    /// Rollups whose content was read (or found unusable).
+    loaded_rollups: HashSet<(u32, u64, u64)>,
     /// (segment, xid) → the end of that transaction in that segment, if it is there.
     xact_ends: HashMap<(WalFileName, u32), Option<XactEnd>>,
+}
+
+/// A stretch of a walk: a whole rolled-up group, or one segment.
+#[derive(Clone, Debug)]
+pub enum Block {
+    Group(RollupKey),
+    Segment(u32, u64),
+}
+
+/// Which summaries of a walk a decision reads; whole groups are otherwise decided on their
+/// rollup's key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Needed {
+    Nothing,
+    /// The segments outside whole groups (the groups' keys give the rest).
+    Outline,
+    /// The outline up to the first group with a commit after the time, and that group.
+    FirstCommitAfter(DateTime<Utc>),
+    /// The outline and the groups that hold restore points.
+    RestorePoints,
+    Everything,
 }
 
 impl ArchiveView {
@@ -41,30 +71,60 @@ impl ArchiveView {
             listing,
             histories,
             summaries: HashMap::new(),
+            sizes: HashMap::new(),
+            loaded_rollups: HashSet::new(),
             xact_ends: HashMap::new(),
         }
     }
 
-    /// Lists the archive and reads its history files.
+    /// The archive's overview (`Catalog::wal_overview`: its cost grows with the number of
+    /// rolled-up groups, not of segments) and its history files.
     pub async fn load(
         catalog: &Catalog,
         identity: &RepositoryIdentity,
     ) -> Result<Self, CatalogError> {
+        let listing = catalog
+            .wal_overview(identity.wal_segment_size, LOAD_JOBS)
+            .await?;
+        Self::with_histories(catalog, identity, listing).await
+    }
+
+    /// Every archived file listed one by one, and the history files: for retention, which
+    /// must name each file it removes.
+    pub async fn load_full(
+        catalog: &Catalog,
+        identity: &RepositoryIdentity,
+    ) -> Result<Self, CatalogError> {
         let listing = catalog.wal_listing(identity.wal_segment_size).await?;
-        let mut histories = BTreeMap::new();
-        for (&timeline, file) in &listing.histories {
-            let what = format!("history file {}", file.name);
-            let text = catalog.read_object(&file.object, what.clone()).await?;
-            let entries = parse_history(&String::from_utf8_lossy(&text)).map_err(|reason| {
-                CatalogError::Corrupt {
-                    what,
-                    location: catalog.location(),
-                    reason,
-                }
-            })?;
-            histories.insert(timeline, entries);
-        }
-        Ok(ArchiveView::new(identity, listing, histories))
+        Self::with_histories(catalog, identity, listing).await
+    }
+
+    async fn with_histories(
+        catalog: &Catalog,
+        identity: &RepositoryIdentity,
+        listing: WalListing,
+    ) -> Result<Self, CatalogError> {
+        let read: Vec<(u32, Vec<HistoryEntry>)> = stream::iter(&listing.histories)
+            .map(|(&timeline, file)| async move {
+                let what = format!("history file {}", file.name);
+                let text = catalog.read_object(&file.object, what.clone()).await?;
+                let entries = parse_history(&String::from_utf8_lossy(&text)).map_err(|reason| {
+                    CatalogError::Corrupt {
+                        what,
+                        location: catalog.location(),
+                        reason,
+                    }
+                })?;
+                Ok::<_, CatalogError>((timeline, entries))
+            })
+            .buffered(LOAD_JOBS)
+            .try_collect()
+            .await?;
+        Ok(ArchiveView::new(
+            identity,
+            listing,
+            read.into_iter().collect(),
+        ))
     }
 
     /// Records a summary (tests, and summaries computed elsewhere).
@@ -87,6 +147,14 @@ impl ArchiveView {
         self.xact_ends.get(&(file.name.clone(), xid))?.as_ref()
     }
 
+    /// Where decoding found transaction `xid` to end: (segment, end).
+    pub fn xact_ends_of(&self, xid: u32) -> impl Iterator<Item = (&WalFileName, &XactEnd)> {
+        self.xact_ends
+            .iter()
+            .filter(move |((_, x), _)| *x == xid)
+            .filter_map(|((name, _), end)| Some((name, end.as_ref()?)))
+    }
+
     /// The timelines recovery to `target` passes through; none without its history file.
     pub fn path(&self, target: u32) -> Option<Vec<TimelineSpan>> {
         if target == 1 {
@@ -106,45 +174,307 @@ impl ArchiveView {
         newest
     }
 
-    /// The segments recovery along `path` reads from `start` on.
+    /// The segments recovery along `path` reads from `start` on: whole rolled-up groups are
+    /// stepped over at once.
     pub fn walk(&self, path: &[TimelineSpan], start: Lsn) -> Walk {
-        let mut segno = start.segment_number(self.segment_size);
-        let mut files = Vec::new();
+        let first_segno = start.segment_number(self.segment_size);
+        let mut segno = first_segno;
+        let mut segments = SegmentRuns::new(self.segment_size);
         loop {
             let timeline = timeline_of_segment(path, segno, self.segment_size);
-            if let Some(file) = self.listing.segment(timeline, segno) {
-                files.push(file.clone());
-                segno += 1;
-                continue;
-            }
-            let gap =
-                self.listing.segments.keys().any(|&(t, s)| {
-                    s > segno && timeline_of_segment(path, s, self.segment_size) == t
-                });
-            return Walk {
-                first_segno: start.segment_number(self.segment_size),
-                files,
-                missing: xlog_file_name(timeline, segno, self.segment_size),
-                missing_segno: segno,
-                gap,
+            let next = match self.listing.covering(timeline, segno) {
+                // The path stays on this timeline to the group's end: all of it is there.
+                Some(key)
+                    if timeline_of_segment(path, key.segnos().end - 1, self.segment_size)
+                        == timeline =>
+                {
+                    key.segnos().end
+                }
+                Some(_) => segno + 1,
+                None if self.listing.segment(timeline, segno).is_some() => segno + 1,
+                None => break,
             };
+            segments.push(timeline, segno..next);
+            segno = next;
         }
+        let timeline = timeline_of_segment(path, segno, self.segment_size);
+        let gap = self.listing.ranges_after(segno).any(|(t, range)| {
+            range
+                .into_iter()
+                .any(|s| timeline_of_segment(path, s, self.segment_size) == t)
+        });
+        Walk {
+            first_segno,
+            segments,
+            missing: xlog_file_name(timeline, segno, self.segment_size),
+            missing_segno: segno,
+            gap,
+        }
+    }
+
+    /// The walk in blocks: whole rolled-up groups inside one run, single segments elsewhere.
+    pub fn blocks(&self, runs: &SegmentRuns) -> Vec<Block> {
+        let mut blocks = Vec::new();
+        for (timeline, range) in &runs.runs {
+            let mut segno = range.start;
+            while segno < range.end {
+                let whole = SPANS.iter().find_map(|&span| {
+                    (segno % span == 0 && segno + span <= range.end)
+                        .then(|| self.listing.rollups.get(&(*timeline, segno, span)))
+                        .flatten()
+                });
+                match whole {
+                    Some(key) => {
+                        segno += key.span;
+                        blocks.push(Block::Group(key.clone()));
+                    }
+                    None => {
+                        blocks.push(Block::Segment(*timeline, segno));
+                        segno += 1;
+                    }
+                }
+            }
+        }
+        blocks
+    }
+
+    fn name_of(&self, timeline: u32, segno: u64) -> WalFileName {
+        WalFileName::parse(&xlog_file_name(timeline, segno, self.segment_size))
+            .expect("a segment name")
+    }
+
+    /// The summary of a segment, if read.
+    pub fn summary_of(&self, timeline: u32, segno: u64) -> Option<&SegmentSummary> {
+        self.summaries.get(&self.name_of(timeline, segno))
     }
 
     pub fn summary(&self, file: &ArchivedFile) -> Option<&SegmentSummary> {
         self.summaries.get(&file.name)
     }
 
-    /// The latest commit time in `files` (summarised).
-    pub fn last_commit(&self, files: &[ArchivedFile]) -> Option<DateTime<Utc>> {
-        files
+    /// The archived segment, with its stored size when known.
+    pub fn file(&self, timeline: u32, segno: u64) -> Option<ArchivedFile> {
+        let mut file = self.listing.file(timeline, segno, self.segment_size)?;
+        if let Some(&size) = self.sizes.get(&(timeline, segno)) {
+            file.object.size = size;
+        }
+        Some(file)
+    }
+
+    /// The segments of `runs` as objects to read (materialised: for the ranges a
+    /// decision decodes, not for overviews).
+    pub fn files(&self, runs: &SegmentRuns) -> Vec<ArchivedFile> {
+        runs.iter().filter_map(|(t, s)| self.file(t, s)).collect()
+    }
+
+    /// Stored bytes of `runs`: whole groups from their rollup's key, other segments as
+    /// listed or read from a rollup.
+    pub fn stored_bytes(&self, runs: &SegmentRuns) -> u64 {
+        self.blocks(runs)
             .iter()
-            .filter_map(|f| self.summary(f)?.last_commit_time)
+            .map(|block| match block {
+                Block::Group(key) => key.stored_bytes,
+                Block::Segment(t, s) => self.file(*t, *s).map_or(0, |f| f.size()),
+            })
+            .sum()
+    }
+
+    /// The latest commit time in `runs`, from whole groups' keys and the summaries read.
+    pub fn last_commit(&self, runs: &SegmentRuns) -> Option<DateTime<Utc>> {
+        self.blocks(runs)
+            .iter()
+            .filter_map(|block| match block {
+                Block::Group(key) => key.last_commit,
+                Block::Segment(t, s) => self.summary_of(*t, *s)?.last_commit_time,
+            })
             .max()
     }
 
-    /// Makes the summaries of `files` (consecutive segments) available: the stored ones are
-    /// read, the others indexed from their WAL (and stored when `store`).
+    /// The first segment of `runs` whose summary satisfies `holds`, looking inside a whole
+    /// group only where its key says it `may`: (index, timeline, segno).
+    pub fn find(
+        &self,
+        runs: &SegmentRuns,
+        may: impl Fn(&RollupKey) -> bool,
+        holds: impl Fn(&SegmentSummary) -> bool,
+    ) -> Option<(usize, u32, u64)> {
+        let mut index = 0;
+        for block in self.blocks(runs) {
+            match block {
+                Block::Group(key) => {
+                    if may(&key) {
+                        for (i, segno) in key.segnos().enumerate() {
+                            if self.summary_of(key.timeline, segno).is_some_and(&holds) {
+                                return Some((index + i, key.timeline, segno));
+                            }
+                        }
+                    }
+                    index += key.span as usize;
+                }
+                Block::Segment(t, s) => {
+                    if self.summary_of(t, s).is_some_and(&holds) {
+                        return Some((index, t, s));
+                    }
+                    index += 1;
+                }
+            }
+        }
+        None
+    }
+
+    /// The summaries read of segments in `walk`, in the walk's order.
+    pub fn summaries_in(&self, walk: &Walk) -> Vec<(usize, &SegmentSummary)> {
+        let mut found: Vec<(usize, &SegmentSummary)> = self
+            .summaries
+            .iter()
+            .filter_map(|(name, summary)| {
+                let segno = name.segment_number(self.segment_size)?;
+                Some((walk.index_of(name.timeline(), segno)?, summary))
+            })
+            .collect();
+        found.sort_by_key(|(index, _)| *index);
+        found
+    }
+
+    /// Reads the summaries of `runs` that `needed` asks for.
+    pub async fn load_summaries(
+        &mut self,
+        catalog: &Catalog,
+        runs: &SegmentRuns,
+        needed: &Needed,
+        jobs: usize,
+    ) -> Result<(), CatalogError> {
+        if *needed == Needed::Nothing {
+            return Ok(());
+        }
+        let mut files = Vec::new();
+        for block in self.blocks(runs) {
+            match block {
+                Block::Segment(t, s) => files.extend(self.file(t, s)),
+                Block::Group(key) => {
+                    let (take, last) = match needed {
+                        Needed::Everything => (true, false),
+                        Needed::RestorePoints => (key.restore_points, false),
+                        Needed::FirstCommitAfter(time) => {
+                            let after = key.last_commit.is_some_and(|c| c > *time);
+                            (after, after)
+                        }
+                        _ => (false, false),
+                    };
+                    if take {
+                        files.extend(key.segnos().filter_map(|s| self.file(key.timeline, s)));
+                    }
+                    if last {
+                        break;
+                    }
+                }
+            }
+        }
+        self.summarise(catalog, &files, jobs, false).await
+    }
+
+    /// The newest commit archived on `timeline` (`check`, `metrics`): the newest of the
+    /// rollup keys, and of the summaries of the segments no rollup covers (read here).
+    pub async fn newest_commit(
+        &mut self,
+        catalog: &Catalog,
+        timeline: u32,
+        jobs: usize,
+    ) -> Result<Option<DateTime<Utc>>, CatalogError> {
+        let singles: Vec<ArchivedFile> = self
+            .listing
+            .segments
+            .range((timeline, 0)..=(timeline, u64::MAX))
+            .filter(|&(&(t, s), _)| self.listing.covering(t, s).is_none())
+            .map(|(_, file)| file.clone())
+            .collect();
+        self.summarise(catalog, &singles, jobs, false).await?;
+        let rolled = self
+            .listing
+            .rollups
+            .range((timeline, 0, 0)..=(timeline, u64::MAX, u64::MAX))
+            .filter_map(|(_, key)| key.last_commit);
+        let single = singles
+            .iter()
+            .filter_map(|f| self.summary(f)?.last_commit_time);
+        Ok(rolled.chain(single).max())
+    }
+
+    /// Reads the stored sizes of `files` known only through a rollup (its content).
+    pub async fn load_sizes(
+        &mut self,
+        catalog: &Catalog,
+        files: &[ArchivedFile],
+        jobs: usize,
+    ) -> Result<(), CatalogError> {
+        self.read_rollups_of(catalog, files, jobs, true).await
+    }
+
+    /// Reads the rollups covering `files` that were not read yet; a rollup that cannot be
+    /// read has its group listed one by one instead.
+    async fn read_rollups_of(
+        &mut self,
+        catalog: &Catalog,
+        files: &[ArchivedFile],
+        jobs: usize,
+        for_sizes: bool,
+    ) -> Result<(), CatalogError> {
+        let mut wanted: Vec<RollupKey> = Vec::new();
+        let mut seen = HashSet::new();
+        for file in files {
+            if !for_sizes && self.summaries.contains_key(&file.name) {
+                continue;
+            }
+            let Some(segno) = file.name.segment_number(self.segment_size) else {
+                continue;
+            };
+            if let Some(key) = self.listing.covering(file.name.timeline(), segno) {
+                let id = (key.timeline, key.first_segno, key.span);
+                if !self.loaded_rollups.contains(&id) && seen.insert(id) {
+                    wanted.push(key.clone());
+                }
+            }
+        }
+        let segment_size = self.segment_size;
+        let read: Vec<(RollupKey, Option<_>)> = stream::iter(wanted)
+            .map(|key| async move {
+                let rollup = catalog.read_rollup(&key, segment_size).await?;
+                Ok::<_, CatalogError>((key, rollup))
+            })
+            .buffer_unordered(jobs.max(1))
+            .try_collect()
+            .await?;
+        for (key, rollup) in read {
+            let id = (key.timeline, key.first_segno, key.span);
+            self.loaded_rollups.insert(id);
+            match rollup {
+                Some(rollup) => {
+                    for (segno, segment) in key.segnos().zip(rollup.segments) {
+                        self.sizes.insert((key.timeline, segno), segment.size);
+                        self.summaries
+                            .insert(self.name_of(key.timeline, segno), segment.summary);
+                    }
+                }
+                None => {
+                    // Gone or damaged: its segments are listed and read one by one.
+                    self.listing.rollups.remove(&id);
+                    catalog
+                        .list_group_into(
+                            &mut self.listing,
+                            key.timeline,
+                            key.first_segno,
+                            key.span,
+                            segment_size,
+                        )
+                        .await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes the summaries of `files` (consecutive segments) available: from rollups, from
+    /// stored summaries, the others indexed from their WAL (and stored when `store`).
     pub async fn summarise(
         &mut self,
         catalog: &Catalog,
@@ -152,6 +482,7 @@ impl ArchiveView {
         jobs: usize,
         store: bool,
     ) -> Result<(), CatalogError> {
+        self.read_rollups_of(catalog, files, jobs, false).await?;
         let stored: Vec<&ArchivedFile> = files
             .iter()
             .filter(|f| {
@@ -175,11 +506,21 @@ impl ArchiveView {
         // The rest in order, so that a record straddling two segments is carried over:
         // objects are opened ahead, each is decoded straight into the summarizer (never held
         // whole).
+        let segment_size = self.segment_size;
         let missing: Vec<(Option<WalFileName>, ArchivedFile)> = files
             .iter()
             .enumerate()
             .filter(|(_, f)| !self.summaries.contains_key(&f.name))
-            .map(|(i, f)| (i.checked_sub(1).map(|p| files[p].name.clone()), f.clone()))
+            .map(|(i, f)| {
+                // The segment before, if it is the one recovery reads before this one.
+                let segno = |f: &ArchivedFile| f.name.segment_number(segment_size);
+                let previous = i
+                    .checked_sub(1)
+                    .map(|p| &files[p])
+                    .filter(|p| segno(p).map(|s| s + 1) == segno(f))
+                    .map(|p| p.name.clone());
+                (previous, f.clone())
+            })
             .collect();
         let mut opened = open_in_order(catalog, missing, jobs);
         while let Some((previous, file, opened)) = opened.next().await {
@@ -241,12 +582,14 @@ mod tests {
                 .map(|(t, text)| (*t, parse_history(text).unwrap()))
                 .collect(),
             summaries: HashMap::new(),
+            sizes: HashMap::new(),
+            loaded_rollups: HashSet::new(),
             xact_ends: HashMap::new(),
         }
     }
 
     fn walked(walk: &Walk) -> Vec<String> {
-        walk.files.iter().map(|f| f.name.to_string()).collect()
+        walk.segments.names().collect()
     }
 
     #[test]

@@ -19,6 +19,7 @@ pub async fn run_all(storage: Arc<dyn Storage>, prefix: &str) {
     overwrite_replaces(&*storage, prefix).await;
     missing_objects_are_not_found(&*storage, prefix).await;
     list_by_prefix(&*storage, prefix).await;
+    list_folders_one_level(&*storage, prefix).await;
     delete_is_idempotent(&*storage, prefix).await;
     delete_many_removes_every_key(&*storage, prefix).await;
     file_payloads_stream(&*storage, prefix).await;
@@ -129,6 +130,49 @@ pub async fn list_by_prefix(storage: &dyn Storage, prefix: &str) {
         .map(|m| m.size)
         .collect();
     assert_eq!(sizes, vec![keys[3].len() as u64]);
+}
+
+pub async fn list_folders_one_level(storage: &dyn Storage, prefix: &str) {
+    let keys = [
+        "folders/a/1",
+        "folders/a/2",
+        "folders/b/c/3",
+        "folders/d",
+        "folders/e/4",
+    ]
+    .map(|k| format!("{prefix}/{k}"));
+    for key in &keys {
+        storage
+            .put(key, PutPayload::from_bytes("x"), PutMode::Create)
+            .await
+            .unwrap();
+    }
+    let folders = storage
+        .list_folders(&format!("{prefix}/folders/"))
+        .await
+        .unwrap();
+    let expected: Vec<String> = ["a/", "b/", "e/"]
+        .iter()
+        .map(|f| format!("{prefix}/folders/{f}"))
+        .collect();
+    assert_eq!(
+        folders, expected,
+        "objects directly under the prefix are no folder"
+    );
+    assert_eq!(
+        storage
+            .list_folders(&format!("{prefix}/folders/b/"))
+            .await
+            .unwrap(),
+        vec![format!("{prefix}/folders/b/c/")]
+    );
+    assert!(
+        storage
+            .list_folders(&format!("{prefix}/no-such-folder/"))
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 pub async fn delete_is_idempotent(storage: &dyn Storage, prefix: &str) {

@@ -410,6 +410,11 @@ impl Storage for FaultStorage {
         self.inner.delete(key).await
     }
 
+    async fn list_folders(&self, prefix: &str) -> Result<Vec<String>, StorageError> {
+        self.before(Op::List, prefix).await?;
+        self.inner.list_folders(prefix).await
+    }
+
     fn staging_dir(&self) -> Option<&std::path::Path> {
         self.inner.staging_dir()
     }

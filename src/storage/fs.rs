@@ -149,14 +149,22 @@ fn list_blocking(root: &Path, prefix: &str) -> Result<Vec<ObjectMeta>, StorageEr
             } else {
                 format!("{key_prefix}/{name}")
             };
-            let meta = entry
-                .metadata()
-                .map_err(|e| StorageError::io("stat", entry.path().display(), e))?;
-            if meta.is_dir() {
+            // The entry's type needs no stat; only objects the prefix takes are stat'ed.
+            let is_dir = entry
+                .file_type()
+                .map_err(|e| StorageError::io("stat", entry.path().display(), e))?
+                .is_dir();
+            if is_dir {
                 if key.starts_with(prefix) || prefix.starts_with(&format!("{key}/")) {
                     pending.push((entry.path(), key));
                 }
             } else if key.starts_with(prefix) {
+                let meta = match entry.metadata() {
+                    Ok(meta) => meta,
+                    // Deleted since the directory was read: not there any more.
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(StorageError::io("stat", entry.path().display(), e)),
+                };
                 found.push(ObjectMeta {
                     key,
                     size: meta.len(),
@@ -261,6 +269,34 @@ impl Storage for FsStorage {
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StorageError> {
         let (root, prefix) = (self.root.clone(), prefix.to_owned());
         blocking(move || list_blocking(&root, &prefix)).await
+    }
+
+    async fn list_folders(&self, prefix: &str) -> Result<Vec<String>, StorageError> {
+        let dir = self.root.join(prefix.trim_end_matches('/'));
+        let prefix = prefix.to_owned();
+        blocking(move || {
+            let entries = match fs::read_dir(&dir) {
+                Ok(entries) => entries,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+                Err(e) => return Err(StorageError::io("list", dir.display(), e)),
+            };
+            let mut folders = Vec::new();
+            for entry in entries {
+                let entry = entry.map_err(|e| StorageError::io("list", dir.display(), e))?;
+                let name = entry.file_name().to_string_lossy().into_owned();
+                // The directory entry's type: no stat per entry.
+                let is_dir = entry
+                    .file_type()
+                    .map_err(|e| StorageError::io("stat", entry.path().display(), e))?
+                    .is_dir();
+                if is_dir && !name.starts_with('.') {
+                    folders.push(format!("{prefix}{name}/"));
+                }
+            }
+            folders.sort();
+            Ok(folders)
+        })
+        .await
     }
 
     async fn delete(&self, key: &str) -> Result<(), StorageError> {

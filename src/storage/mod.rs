@@ -168,6 +168,24 @@ pub trait Storage: Send + Sync + fmt::Debug {
     /// Removes the object; removing a missing object succeeds.
     async fn delete(&self, key: &str) -> Result<(), StorageError>;
 
+    /// The distinct `prefix<name>/` under which objects sit one level or more below
+    /// `prefix` (which ends with `/`), sorted: S3's `CommonPrefixes` with delimiter `/`. Lets
+    /// a reader see which folders exist without listing the objects in them. May also name
+    /// a folder whose objects were all deleted (the fs store keeps empty directories).
+    async fn list_folders(&self, prefix: &str) -> Result<Vec<String>, StorageError> {
+        let mut folders: Vec<String> = Vec::new();
+        for meta in self.list(prefix).await? {
+            let rest = &meta.key[prefix.len()..];
+            if let Some(slash) = rest.find('/') {
+                let folder = &meta.key[..prefix.len() + slash + 1];
+                if folders.last().is_none_or(|last| last != folder) {
+                    folders.push(folder.to_owned());
+                }
+            }
+        }
+        Ok(folders)
+    }
+
     /// A directory where a file can be staged so that `put` takes it without a copy.
     fn staging_dir(&self) -> Option<&Path> {
         None

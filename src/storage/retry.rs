@@ -136,6 +136,11 @@ impl Storage for RetryingStorage {
         self.run("delete", key, || self.inner.delete(key)).await
     }
 
+    async fn list_folders(&self, prefix: &str) -> Result<Vec<String>, StorageError> {
+        self.run("list", prefix, || self.inner.list_folders(prefix))
+            .await
+    }
+
     fn staging_dir(&self) -> Option<&Path> {
         self.inner.staging_dir()
     }

@@ -349,6 +349,28 @@ impl Storage for S3Storage {
         Ok(found)
     }
 
+    async fn list_folders(&self, prefix: &str) -> Result<Vec<String>, StorageError> {
+        let mut found = Vec::new();
+        let mut pages = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(format!("{}{prefix}", self.prefix))
+            .delimiter("/")
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| self.error("list", prefix, e))?;
+            for common in page.common_prefixes() {
+                if let Some(folder) = common.prefix().and_then(|p| p.strip_prefix(&self.prefix)) {
+                    found.push(folder.to_owned());
+                }
+            }
+        }
+        found.sort();
+        Ok(found)
+    }
+
     async fn delete(&self, key: &str) -> Result<(), StorageError> {
         self.client
             .delete_object()

@@ -161,7 +161,7 @@ impl Archive {
 }
 
 fn names(plan: &RestorePlan) -> Vec<String> {
-    plan.segments.iter().map(|f| f.name.to_string()).collect()
+    plan.segments.names().collect()
 }
 
 fn unreachable_text(result: Result<RestorePlan, PlanError>) -> String {
@@ -529,18 +529,18 @@ fn summaries_are_needed_only_where_the_decision_reads_them() {
                 ..RecoveryRequest::default()
             },
         )
-        .len()
     };
-    assert_eq!(needed(Target::Immediate), 0);
-    assert_eq!(needed(Target::Lsn(lsn(4, 0))), 0);
+    assert_eq!(needed(Target::Immediate), Needed::Nothing);
+    assert_eq!(needed(Target::Lsn(lsn(4, 0))), Needed::Nothing);
     assert_eq!(
         needed(Target::Lsn(lsn(9, 0))),
-        5,
+        Needed::Outline,
         "to say how far it reaches"
     );
-    assert_eq!(needed(Target::Time(at(1))), 5);
-    assert_eq!(needed(Target::End), 5);
-    assert_eq!(needed(Target::Xid(7)), 5);
+    assert_eq!(needed(Target::Time(at(1))), Needed::FirstCommitAfter(at(1)));
+    assert_eq!(needed(Target::End), Needed::Outline);
+    assert_eq!(needed(Target::Name("x".into())), Needed::RestorePoints);
+    assert_eq!(needed(Target::Xid(7)), Needed::Everything);
 }
 
 impl Archive {
