@@ -18,8 +18,8 @@
 //! catalog encodes what it stores and verifies what it reads.
 
 pub mod backup;
-pub mod lock;
 pub mod history;
+pub mod lock;
 pub mod rollup;
 mod sealed;
 pub mod wal;

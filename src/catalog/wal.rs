@@ -352,7 +352,10 @@ impl Catalog {
         let mut removed: BTreeMap<u32, BTreeSet<u64>> = BTreeMap::new();
         for file in files {
             if let Some(segno) = file.name.segment_number(segment_size) {
-                removed.entry(file.name.timeline()).or_default().insert(segno);
+                removed
+                    .entry(file.name.timeline())
+                    .or_default()
+                    .insert(segno);
             }
         }
         for (&timeline, segnos) in &removed {

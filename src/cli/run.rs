@@ -11,11 +11,11 @@ use crate::commands::archive_push::{ArchivePushOptions, archive_push};
 use crate::commands::backup::{BackupOptions, backup};
 use crate::commands::check::{CheckOptions, CheckThresholds, check};
 use crate::commands::demo::{DemoOptions, demo};
+use crate::commands::expire::{ExpireOptions, expire};
 use crate::commands::history::{HistoryOptions, RECORDED_COMMANDS, RunFacts, history};
 use crate::commands::init::{InitOptions, init};
 use crate::commands::list::{ListOptions, list};
 use crate::commands::metrics::{MetricsOptions, metrics, serve};
-use crate::commands::expire::{ExpireOptions, expire};
 use crate::commands::pin::{PinOptions, pin};
 use crate::commands::restore::{RestoreOptions, restore};
 use crate::commands::verify::{VerifyOptions, verify};
@@ -72,8 +72,11 @@ async fn run_command(cli: Cli) -> Result<u8> {
     let started = chrono::Utc::now();
     let mut facts = RunFacts::default();
     let command = cli.command.clone();
+    // A dry run changes nothing, so it is no run of its command.
+    let recorded = RECORDED_COMMANDS.contains(&name)
+        && !matches!(command, Command::Expire { dry_run: true, .. });
     let result = execute(cli, &settings, &catalog, threads, &mut facts).await;
-    if RECORDED_COMMANDS.contains(&name) {
+    if recorded {
         let (code, error) = match &result {
             Ok(code) => (*code, None),
             Err(e) => (command.exit_code(e), Some(e.to_string())),
@@ -272,7 +275,10 @@ async fn execute(
             json,
         } => {
             let options = ExpireOptions {
-                policy: retention.settings().over(settings.clone()).retention_policy()?,
+                policy: retention
+                    .settings()
+                    .over(settings.clone())
+                    .retention_policy()?,
                 dry_run,
                 now: chrono::Utc::now(),
             };

@@ -16,8 +16,8 @@ use std::collections::BTreeSet;
 use chrono::{DateTime, Duration, Utc};
 use serde::Serialize;
 
-use crate::catalog::{Catalog, RepositoryIdentity};
 use crate::catalog::backup::{BackupClaim, BackupManifest, DamagedBackup, Deletion};
+use crate::catalog::{Catalog, RepositoryIdentity};
 use crate::error::{Error, Result};
 use crate::pg::timestamp::rfc3339_micros;
 use crate::pg::wal_name::xlog_file_name;
@@ -237,19 +237,20 @@ async fn expire_locked(
         );
     }
     tracing::debug!("expire: backups removed");
-    done.add(catalog.delete_wal_files(&plan.wal_removed, segment_size).await?);
+    done.add(
+        catalog
+            .delete_wal_files(&plan.wal_removed, segment_size)
+            .await?,
+    );
     tracing::debug!("expire: WAL removed");
     catalog.delete_wal_summaries(&plan.orphan_summaries).await?;
     for id in &report.removed_interrupted_backups {
         done.add(catalog.delete_backup(id, None).await?);
     }
     report.removed_staging_files = catalog.remove_staging_leftovers().await;
-    report.pruned_history_runs = super::history::prune_old_runs(
-        catalog,
-        options.now,
-        super::history::DEFAULT_HISTORY_DAYS,
-    )
-    .await;
+    report.pruned_history_runs =
+        super::history::prune_old_runs(catalog, options.now, super::history::DEFAULT_HISTORY_DAYS)
+            .await;
     report.deleted_objects = done.deleted;
     report.protected = done.protected;
     Ok(report)
