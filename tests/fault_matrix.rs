@@ -69,30 +69,6 @@ impl Drop for Tmpfs {
     }
 }
 
-/// `pitr --repo URL ARGS…` as the postgres user, without runuser in between: a SIGKILL to
-/// the child reaches pitr itself.
-fn direct<I, S>(pitr: &Pitr, args: I) -> Command
-where
-    I: IntoIterator<Item = S>,
-    S: AsRef<std::ffi::OsStr>,
-{
-    use std::os::unix::process::CommandExt;
-    let id = |flag: &str| -> u32 {
-        run_ok(Command::new("id").args([flag, "postgres"]))
-            .trim()
-            .parse()
-            .unwrap()
-    };
-    let mut cmd = Command::new(&pitr.bin);
-    cmd.uid(id("-u"))
-        .gid(id("-g"))
-        .arg("--repo")
-        .arg(&pitr.repo)
-        .args(args)
-        .envs(pitr.env.iter().map(|(k, v)| (k, v)));
-    cmd
-}
-
 /// kill -9; true when the child had finished successfully before.
 fn kill9(child: &mut Child) -> bool {
     if let Ok(Some(status)) = child.try_wait() {
@@ -125,7 +101,8 @@ async fn archive_faults() {
     let dest = pg_wal.join("RECOVERYXLOG");
     for delay_ms in [0u64, 5, 15, 40] {
         // direct(): the kill must reach pitr itself, not a runuser that would orphan it.
-        let mut child = direct(&pitr, ["archive-get", FIRST])
+        let mut child = pitr
+            .direct(["archive-get", FIRST])
             .arg(&dest)
             .spawn()
             .unwrap();
@@ -219,7 +196,7 @@ async fn archive_faults() {
 }
 
 fn backup_command(pitr: &Pitr, cluster: &PgCluster) -> Command {
-    let mut cmd = direct(pitr, backup_args(cluster));
+    let mut cmd = pitr.direct(backup_args(cluster));
     cmd.stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped());
     cmd
@@ -454,7 +431,8 @@ async fn restore_faults() {
     // then completes it.
     for (i, delay_ms) in [20u64, 150, 400, 900].into_iter().enumerate() {
         let killed = dir.path().join(format!("killed-{i}"));
-        let mut child = direct(&pitr, ["restore", "--pgdata"])
+        let mut child = pitr
+            .direct(["restore", "--pgdata"])
             .arg(&killed)
             .stdout(std::process::Stdio::null())
             .spawn()

@@ -562,9 +562,7 @@ async fn retention_on_file_and_s3_repositories() {
         };
         let store = repo.storage().await;
         store.head(&watched).await.unwrap();
-        let mut child = direct(&pitr, ["expire", "--keep-last", "2"])
-            .spawn()
-            .unwrap();
+        let mut child = pitr.direct(["expire", "--keep-last", "2"]).spawn().unwrap();
         let delay = std::time::Instant::now();
         while child.try_wait().unwrap().is_none() && store.head(&watched).await.is_ok() {}
         let _ = child.kill();
@@ -614,27 +612,4 @@ async fn retention_on_file_and_s3_repositories() {
             }
         }
     }
-}
-
-/// pitr itself as the postgres user (not under runuser), so that a kill reaches it.
-fn direct<I, S>(pitr: &Pitr, args: I) -> Command
-where
-    I: IntoIterator<Item = S>,
-    S: AsRef<std::ffi::OsStr>,
-{
-    use std::os::unix::process::CommandExt;
-    let id = |flag: &str| -> u32 {
-        run_ok(Command::new("id").args([flag, "postgres"]))
-            .trim()
-            .parse()
-            .unwrap()
-    };
-    let mut cmd = Command::new(&pitr.bin);
-    cmd.uid(id("-u"))
-        .gid(id("-g"))
-        .arg("--repo")
-        .arg(&pitr.repo)
-        .args(args)
-        .envs(pitr.env.iter().map(|(k, v)| (k, v)));
-    cmd
 }

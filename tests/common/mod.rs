@@ -121,6 +121,30 @@ impl Pitr {
         cmd
     }
 
+    /// `pitr --repo URL ARGS…` as the postgres user, run directly (uid/gid, no runuser in
+    /// between), so that a kill -9 reaches pitr itself.
+    pub fn direct<I, S>(&self, args: I) -> Command
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<std::ffi::OsStr>,
+    {
+        use std::os::unix::process::CommandExt;
+        let id = |flag: &str| -> u32 {
+            run_ok(Command::new("id").args([flag, "postgres"]))
+                .trim()
+                .parse()
+                .unwrap()
+        };
+        let mut cmd = Command::new(&self.bin);
+        cmd.uid(id("-u"))
+            .gid(id("-g"))
+            .arg("--repo")
+            .arg(&self.repo)
+            .args(args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)));
+        cmd
+    }
+
     pub fn run<I, S>(&self, args: I) -> Output
     where
         I: IntoIterator<Item = S>,
