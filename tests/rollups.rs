@@ -89,6 +89,22 @@ async fn scenario(name: &str, rows: u32, repo: impl FnOnce(&TestDir) -> Repo) {
          'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') from t where id = {}",
         rows / 2
     ));
+    // Stopped, so that no later segment arrives while the answers are compared (a fast
+    // shutdown lets the archiver finish first).
+    cluster.stop();
+    let newest = storage
+        .list("wal/")
+        .await
+        .unwrap()
+        .into_iter()
+        .filter_map(|m| {
+            let leaf = m.key.rsplit('/').next()?.strip_suffix(".lz4")?.to_owned();
+            (leaf.len() == 24 && leaf.starts_with("00000001")).then_some(leaf)
+        })
+        .max()
+        .unwrap();
+    assert!(newest.as_str() >= last.as_str(), "{newest} < {last}");
+    let last = newest;
 
     // archive-push rolled up the groups it completed.
     let keys = rollup_keys(&*storage).await;
