@@ -19,6 +19,16 @@ pub mod storage;
 
 pub use error::{Error, Result};
 
+/// This machine's host name, as runs record it (lock holders, backup claims, run history,
+/// notifications); `None` when the system will not say.
+pub fn host_name() -> Option<String> {
+    let mut buf = [0u8; 256];
+    // SAFETY: gethostname writes at most buf.len() bytes into buf.
+    let ok = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) } == 0;
+    let len = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    (ok && len > 0).then(|| String::from_utf8_lossy(&buf[..len]).into_owned())
+}
+
 /// Runs file- and CPU-bound work off the async runtime. A panic there is a bug: it panics
 /// here too rather than turning into an error some caller might retry.
 pub(crate) async fn run_blocking<T: Send + 'static>(

@@ -289,13 +289,6 @@ impl Deletion {
     }
 }
 
-/// This host's name, as claims record it.
-pub fn host_name() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|name| name.trim().to_owned())
-        .unwrap_or_default()
-}
-
 impl BackupObjects {
     /// The key the manifest has, or would have, for messages.
     pub fn manifest_key(&self) -> String {
@@ -317,7 +310,7 @@ impl Catalog {
         let claim = serde_json::json!({
             "pid": std::process::id(),
             "claimed_at": crate::pg::timestamp::rfc3339_micros(Utc::now()),
-            "host": host_name(),
+            "host": crate::host_name().unwrap_or_default(),
         });
         for attempt in 1u32.. {
             let id = if attempt == 1 {

@@ -43,7 +43,7 @@ impl LockHolder {
     pub fn this_process(command: &str, now: DateTime<Utc>) -> Self {
         LockHolder {
             owner: format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..)),
-            host: hostname(),
+            host: crate::host_name().unwrap_or_else(|| "unknown".into()),
             pid: std::process::id(),
             command: command.to_owned(),
             started: now,
@@ -73,18 +73,6 @@ impl fmt::Display for LockHolder {
             self.pid,
             self.started.to_rfc3339_opts(SecondsFormat::Secs, true)
         )
-    }
-}
-
-/// This machine's name, for lock records and messages.
-pub fn hostname() -> String {
-    let mut buf = [0u8; 256];
-    // SAFETY: gethostname writes at most buf.len() bytes into buf.
-    let ok = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) } == 0;
-    let len = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
-    match ok {
-        true if len > 0 => String::from_utf8_lossy(&buf[..len]).into_owned(),
-        _ => "unknown".into(),
     }
 }
 

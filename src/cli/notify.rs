@@ -135,7 +135,7 @@ pub async fn after_command(
     if !Notification::wanted(command, status, settings.notify_on_success.unwrap_or(false)) {
         return;
     }
-    let host = crate::catalog::lock::hostname();
+    let host = crate::host_name().unwrap_or_else(|| "unknown".into());
     let message = Notification::new(&CommandRun {
         command,
         repository: settings.repo.as_deref().unwrap_or("(no repository)"),

@@ -207,7 +207,7 @@ async fn expire_locked(
         .collect();
     report.removed_orphan_summaries = plan.orphan_summaries.len() as u64;
 
-    let this_host = crate::catalog::backup::host_name();
+    let this_host = crate::host_name().unwrap_or_default();
     let damaged: BTreeSet<&str> = list.damaged.iter().map(|d| d.id.as_str()).collect();
     for (id, dir) in &objects {
         if dir.manifest.is_some() || damaged.contains(id.as_str()) {

@@ -54,7 +54,7 @@ pub fn run_record(
         bytes: facts.bytes,
         backup_id: facts.backup_id,
         error: error.or(facts.detail),
-        host: host_name(),
+        host: crate::host_name().unwrap_or_default(),
         pid: std::process::id(),
     }
 }
@@ -90,13 +90,6 @@ pub async fn prune_old_runs(catalog: &Catalog, now: DateTime<Utc>, days: u64) ->
             0
         }
     }
-}
-
-fn host_name() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
-        .map(|name| name.trim().to_owned())
-        .unwrap_or_default()
 }
 
 #[derive(Clone, Debug)]
