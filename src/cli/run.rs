@@ -29,14 +29,12 @@ use crate::recovery::plan::PlanRequest;
 pub async fn run(cli: Cli) -> Result<u8> {
     let (started, clock) = (chrono::Utc::now(), std::time::Instant::now());
     let command = cli.command.name();
-    // Read for the hook only where it may notify: archive-push runs once per WAL segment.
-    let settings = notify::NOTIFYING_COMMANDS
-        .contains(&command)
-        .then(|| resolved_settings(&cli.global).ok())
-        .flatten();
-    let outcome = run_command(cli).await;
+    // Read once, for the command and the hook.
+    let settings = resolved_settings(&cli.global);
+    let for_hook = settings.as_ref().ok().cloned();
+    let outcome = run_command(cli, settings).await;
     notify::after_command(
-        settings.as_ref(),
+        for_hook.as_ref(),
         command,
         started,
         clock.elapsed(),
@@ -55,14 +53,14 @@ fn resolved_settings(global: &super::GlobalArgs) -> Result<Settings> {
     }
 }
 
-async fn run_command(cli: Cli) -> Result<u8> {
+async fn run_command(cli: Cli, settings: Result<Settings>) -> Result<u8> {
     if let Command::Demo { dir } = cli.command {
         // The demo sets up its own repository.
         let options = DemoOptions { dir };
         crate::run_blocking(move || demo(&options)).await?;
         return Ok(EXIT_OK);
     }
-    let settings = resolved_settings(&cli.global)?;
+    let settings = settings?;
     let config = RepoConfig::resolve(&settings)?;
     let catalog = Catalog::new(config.open().await?).with_lock_stale_after(config.lock_stale_after);
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
