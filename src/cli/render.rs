@@ -83,12 +83,9 @@ pub fn backup(report: &BackupReport) {
 fn plan(plan: &RestorePlan, full: bool) {
     let count = plan.segments.len();
     let range = match (plan.segments.first_name(), plan.segments.last_name()) {
-        (Some(first), Some(last)) => format!(
-            "{} to {} ({count} segment{})",
-            first,
-            last,
-            if count == 1 { "" } else { "s" }
-        ),
+        (Some(first), Some(last)) => {
+            format!("{} to {} ({count} segment{})", first, last, plural(count))
+        }
         _ => "none".into(),
     };
     if !full {
@@ -166,11 +163,6 @@ pub fn list(report: &ListReport, as_json: bool) {
         );
     }
     for b in &report.backups {
-        let notes: Vec<String> = b
-            .annotations
-            .iter()
-            .map(|(key, value)| format!("{key}={value}"))
-            .collect();
         println!(
             "backup {}  {} .. {}  LSN {} .. {}  timeline {}  {} bytes ({} stored){}{}",
             b.id,
@@ -182,11 +174,7 @@ pub fn list(report: &ListReport, as_json: bool) {
             b.size_bytes,
             b.stored_bytes,
             if b.pinned { "  pinned" } else { "" },
-            if notes.is_empty() {
-                String::new()
-            } else {
-                format!("  {}", notes.join(" "))
-            }
+            notes(&b.annotations).map_or(String::new(), |notes| format!("  {notes}"))
         );
     }
     for w in &report.wal {
@@ -347,23 +335,11 @@ pub fn expire(report: &ExpireReport, as_json: bool) {
     println!(
         "{verb} {} backup{}, {} WAL file{}, {} interrupted backup{}{}",
         report.removed_backups.len(),
-        if report.removed_backups.len() == 1 {
-            ""
-        } else {
-            "s"
-        },
+        plural(report.removed_backups.len()),
         report.removed_wal.len(),
-        if report.removed_wal.len() == 1 {
-            ""
-        } else {
-            "s"
-        },
+        plural(report.removed_wal.len()),
         report.removed_interrupted_backups.len(),
-        if report.removed_interrupted_backups.len() == 1 {
-            ""
-        } else {
-            "s"
-        },
+        plural(report.removed_interrupted_backups.len()),
         if report.dry_run {
             String::new()
         } else {
@@ -376,11 +352,6 @@ pub fn expire(report: &ExpireReport, as_json: bool) {
 }
 
 pub fn pin(report: &PinReport) {
-    let notes: Vec<String> = report
-        .annotations
-        .iter()
-        .map(|(key, value)| format!("{key}={value}"))
-        .collect();
     println!(
         "backup {} {}{}",
         report.id,
@@ -389,10 +360,22 @@ pub fn pin(report: &PinReport) {
         } else {
             "not pinned"
         },
-        if notes.is_empty() {
-            String::new()
-        } else {
-            format!(", notes: {}", notes.join(" "))
-        }
+        notes(&report.annotations).map_or(String::new(), |notes| format!(", notes: {notes}"))
     );
+}
+
+/// "s" unless there is one.
+fn plural(count: usize) -> &'static str {
+    if count == 1 { "" } else { "s" }
+}
+
+/// A backup's notes as `key=value` pairs; none when it has none.
+fn notes(annotations: &std::collections::BTreeMap<String, String>) -> Option<String> {
+    (!annotations.is_empty()).then(|| {
+        let pairs: Vec<String> = annotations
+            .iter()
+            .map(|(key, value)| format!("{key}={value}"))
+            .collect();
+        pairs.join(" ")
+    })
 }
