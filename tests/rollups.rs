@@ -61,14 +61,7 @@ async fn scenario(name: &str, rows: u32, repo: impl FnOnce(&TestDir) -> Repo) {
     let dir = TestDir::new(name);
     let repo = repo(&dir);
     let storage: Arc<dyn Storage> = repo.storage().await;
-    let pitr = Pitr::install(&dir, &repo);
-    let mut cluster = PgCluster::initdb(&dir, "pg", &["--wal-segsize=1"]);
-    let out = pitr
-        .command(["init", "--pgdata"])
-        .arg(&cluster.data)
-        .output()
-        .unwrap();
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let (pitr, mut cluster) = initialised_cluster_with(&dir, &repo, &["--wal-segsize=1"]);
     cluster.configure(&format!(
         "archive_mode = on\narchive_command = '{}'\ntrack_commit_timestamp = on\n\
          autovacuum = off\nmax_wal_size = 64MB\n",

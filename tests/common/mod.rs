@@ -631,8 +631,17 @@ impl Drop for PgCluster {
 
 /// pitr installed for `repo`, and a cluster (not started) whose repository is initialised.
 pub fn initialised_cluster(dir: &TestDir, repo: &Repo) -> (Pitr, PgCluster) {
+    initialised_cluster_with(dir, repo, &[])
+}
+
+/// The same, initdb given `initdb_args`.
+pub fn initialised_cluster_with(
+    dir: &TestDir,
+    repo: &Repo,
+    initdb_args: &[&str],
+) -> (Pitr, PgCluster) {
     let pitr = Pitr::install(dir, repo);
-    let cluster = PgCluster::initdb(dir, "pg", &[]);
+    let cluster = PgCluster::initdb(dir, "pg", initdb_args);
     let out = pitr
         .command(["init", "--pgdata"])
         .arg(&cluster.data)
