@@ -48,6 +48,22 @@ pub struct Settings {
     pub keep_yearly: Option<u32>,
     /// IANA time zone of the GFS calendar periods (default UTC).
     pub retention_timezone: Option<String>,
+    /// Local directory for archive-push's look-ahead marks and archive-get's prefetched
+    /// segments (default: `.pitr-spool` in the WAL file's directory, i.e. pg_wal).
+    pub spool_path: Option<std::path::PathBuf>,
+    /// WAL files one archive-push stores at once: the one PostgreSQL asked for and those
+    /// marked ready after it (default 4; 1 turns the look-ahead off).
+    pub archive_push_parallel: Option<usize>,
+    /// Segments archive-get's background prefetcher fetches at once (default 2; 0 turns
+    /// prefetching off).
+    pub archive_get_prefetch: Option<usize>,
+    /// Bytes of prefetched segments the spool may hold: a number with an optional unit,
+    /// "256MiB", "1GiB" (default 256MiB).
+    pub archive_get_queue_max: Option<String>,
+    /// Compression of a new repository, chosen by `pitr init`: "lz4" (default) or "zstd".
+    pub compression: Option<String>,
+    /// Compression level (zstd 1-22, default 3; lz4 has none).
+    pub compression_level: Option<i32>,
 }
 
 impl Settings {
@@ -96,6 +112,12 @@ impl Settings {
             keep_monthly: self.keep_monthly.or(lower.keep_monthly),
             keep_yearly: self.keep_yearly.or(lower.keep_yearly),
             retention_timezone: self.retention_timezone.or(lower.retention_timezone),
+            spool_path: self.spool_path.or(lower.spool_path),
+            archive_push_parallel: self.archive_push_parallel.or(lower.archive_push_parallel),
+            archive_get_prefetch: self.archive_get_prefetch.or(lower.archive_get_prefetch),
+            archive_get_queue_max: self.archive_get_queue_max.or(lower.archive_get_queue_max),
+            compression: self.compression.or(lower.compression),
+            compression_level: self.compression_level.or(lower.compression_level),
         }
     }
 
@@ -130,6 +152,57 @@ impl Settings {
             keep_monthly: count("keep_monthly", self.keep_monthly)?,
             keep_yearly: count("keep_yearly", self.keep_yearly)?,
             timezone,
+        })
+    }
+}
+
+/// How archive-push and archive-get use the local spool, resolved and checked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SpoolConfig {
+    pub spool_path: Option<std::path::PathBuf>,
+    /// WAL files one archive-push stores at once (1: no look-ahead).
+    pub push_parallel: usize,
+    /// Segments the prefetcher fetches at once (0: no prefetching).
+    pub get_prefetch: usize,
+    /// Most bytes of prefetched segments in the spool.
+    pub get_queue_max: u64,
+}
+
+pub const DEFAULT_ARCHIVE_PUSH_PARALLEL: usize = 4;
+pub const DEFAULT_ARCHIVE_GET_PREFETCH: usize = 2;
+pub const DEFAULT_ARCHIVE_GET_QUEUE_MAX: u64 = 256 << 20;
+
+impl Settings {
+    pub fn spool(&self) -> Result<SpoolConfig, Error> {
+        let push_parallel = match self.archive_push_parallel {
+            Some(0) => {
+                return Err(Error::Config(
+                    "archive_push_parallel must be at least 1 (1 turns the look-ahead off)".into(),
+                ));
+            }
+            Some(n) => n,
+            None => DEFAULT_ARCHIVE_PUSH_PARALLEL,
+        };
+        let get_queue_max = match self.archive_get_queue_max.as_deref() {
+            None => DEFAULT_ARCHIVE_GET_QUEUE_MAX,
+            Some(text) => text
+                .trim()
+                .parse::<bytesize::ByteSize>()
+                .map_err(|_| {
+                    Error::Config(format!(
+                        "archive_get_queue_max '{text}' is not a size: give bytes or a number \
+                         with a unit, such as 256MiB or 1GiB"
+                    ))
+                })?
+                .as_u64(),
+        };
+        Ok(SpoolConfig {
+            spool_path: self.spool_path.clone(),
+            push_parallel,
+            get_prefetch: self
+                .archive_get_prefetch
+                .unwrap_or(DEFAULT_ARCHIVE_GET_PREFETCH),
+            get_queue_max,
         })
     }
 }
@@ -256,6 +329,31 @@ mod tests {
         ] {
             let settings = Settings::from_toml(bad, Path::new("pitr.toml")).unwrap();
             let err = settings.retention_policy().unwrap_err().to_string();
+            assert!(err.contains(says), "{err}");
+        }
+    }
+
+    #[test]
+    fn spool_settings_are_checked() {
+        let defaults = Settings::default().spool().unwrap();
+        assert_eq!(defaults.push_parallel, DEFAULT_ARCHIVE_PUSH_PARALLEL);
+        assert_eq!(defaults.get_queue_max, DEFAULT_ARCHIVE_GET_QUEUE_MAX);
+        let settings = Settings::from_toml(
+            "archive_get_queue_max = \"64MiB\"\narchive_push_parallel = 8\n\
+             archive_get_prefetch = 0\nspool_path = \"/var/spool/pitr\"\n",
+            Path::new("pitr.toml"),
+        )
+        .unwrap();
+        let spool = settings.spool().unwrap();
+        assert_eq!(spool.get_queue_max, 64 << 20);
+        assert_eq!(spool.push_parallel, 8);
+        assert_eq!(spool.get_prefetch, 0);
+        for (bad, says) in [
+            ("archive_push_parallel = 0", "at least 1"),
+            ("archive_get_queue_max = \"lots\"", "is not a size"),
+        ] {
+            let settings = Settings::from_toml(bad, Path::new("pitr.toml")).unwrap();
+            let err = settings.spool().unwrap_err().to_string();
             assert!(err.contains(says), "{err}");
         }
     }

@@ -14,6 +14,7 @@ pub mod pg;
 pub mod progress;
 pub mod recovery;
 pub mod server;
+pub mod spool;
 pub mod staging;
 pub mod storage;
 

@@ -42,7 +42,9 @@ pub struct GlobalArgs {
     pub repo: Option<String>,
 
     /// TOML file with the same settings (repo, s3_endpoint, s3_path_style, storage_timeout,
-    /// storage_retry_time, lock_stale_after, notify_url, notify_on_success, check_*, keep_*).
+    /// storage_retry_time, lock_stale_after, notify_url, notify_on_success, check_*, keep_*,
+    /// spool_path, archive_push_parallel, archive_get_prefetch, archive_get_queue_max,
+    /// compression, compression_level).
     #[arg(long, global = true, env = "PITR_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
 
@@ -162,6 +164,70 @@ pub struct GlobalArgs {
     )]
     pub check_switch_wal_timeout: Option<u64>,
 
+    /// Local directory for archive-push's look-ahead marks and archive-get's prefetched
+    /// segments (default: .pitr-spool in pg_wal).
+    #[arg(
+        long,
+        global = true,
+        env = "PITR_SPOOL_PATH",
+        help_heading = "WAL archiving",
+        value_name = "DIR"
+    )]
+    pub spool_path: Option<PathBuf>,
+
+    /// archive-push: WAL files stored at once, the one asked for and those ready after it
+    /// (default 4; 1 turns the look-ahead off).
+    #[arg(
+        long,
+        global = true,
+        env = "PITR_ARCHIVE_PUSH_PARALLEL",
+        help_heading = "WAL archiving",
+        value_name = "N"
+    )]
+    pub archive_push_parallel: Option<usize>,
+
+    /// archive-get: segments the background prefetcher fetches at once (default 2; 0 turns
+    /// prefetching off).
+    #[arg(
+        long,
+        global = true,
+        env = "PITR_ARCHIVE_GET_PREFETCH",
+        help_heading = "WAL archiving",
+        value_name = "N"
+    )]
+    pub archive_get_prefetch: Option<usize>,
+
+    /// archive-get: most bytes of prefetched segments kept in the spool (default 256MiB).
+    #[arg(
+        long,
+        global = true,
+        env = "PITR_ARCHIVE_GET_QUEUE_MAX",
+        help_heading = "WAL archiving",
+        value_name = "SIZE"
+    )]
+    pub archive_get_queue_max: Option<String>,
+
+    /// Compression of a new repository (pitr init): lz4 (default) or zstd.
+    #[arg(
+        long,
+        global = true,
+        env = "PITR_COMPRESSION",
+        help_heading = "Compression",
+        value_name = "TYPE"
+    )]
+    pub compression: Option<String>,
+
+    /// Compression level: zstd 1-22 (default 3).
+    #[arg(
+        long,
+        global = true,
+        env = "PITR_COMPRESSION_LEVEL",
+        help_heading = "Compression",
+        value_name = "N",
+        allow_negative_numbers = true
+    )]
+    pub compression_level: Option<i32>,
+
     /// More output: -v one line per file, -vv debug.
     #[arg(short, long, global = true, action = ArgAction::Count)]
     pub verbose: u8,
@@ -188,6 +254,12 @@ impl GlobalArgs {
             check_min_backups: self.check_min_backups.clone(),
             check_verify_age: self.check_verify_age.clone(),
             check_switch_wal_timeout: self.check_switch_wal_timeout,
+            spool_path: self.spool_path.clone(),
+            archive_push_parallel: self.archive_push_parallel,
+            archive_get_prefetch: self.archive_get_prefetch,
+            archive_get_queue_max: self.archive_get_queue_max.clone(),
+            compression: self.compression.clone(),
+            compression_level: self.compression_level,
             ..Settings::default()
         }
     }
