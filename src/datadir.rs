@@ -48,6 +48,13 @@ pub fn running_postmaster(pgdata: &Path) -> Option<i32> {
     (pid > 0 && process_exists(pid)).then_some(pid)
 }
 
+/// Whether a server runs recovery in `pgdata`: a signal file asks for it (PostgreSQL
+/// removes recovery.signal when recovery ends) and the postmaster runs.
+pub fn in_recovery(pgdata: &Path) -> bool {
+    (pgdata.join("recovery.signal").exists() || pgdata.join("standby.signal").exists())
+        && running_postmaster(pgdata).is_some()
+}
+
 /// Signal 0 checks for a process; EPERM means it exists but belongs to another user. A
 /// zombie (dead, not yet reaped: common under a container init that does not reap) counts
 /// as gone.

@@ -5,7 +5,11 @@
 //! Each repository gets its own subdirectory, named by a hash of its URL, so that marks or
 //! segments of one repository are never taken for another's.
 
+use std::fs::File;
+use std::io::{self, Read};
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
@@ -50,6 +54,181 @@ pub fn wal_dir_of(path: &Path) -> PathBuf {
     }
 }
 
+/// The get spool: verified segments named `<WAL file name>.<CRC-32 of the bytes, 8 hex>`, so
+/// that a segment and its checksum appear together in one rename; `<name>.fetching` while
+/// the prefetcher fetches `name`; `cursor`, the last segment archive-get served; and
+/// `prefetch.lock`, held (flock) by the running prefetcher.
+#[derive(Clone, Debug)]
+pub struct GetSpool {
+    pub dir: PathBuf,
+}
+
+/// Prefix of the prefetcher's staging files in the get spool.
+pub const PREFETCH_STAGING_PREFIX: &str = ".pitr-prefetch-";
+const FETCHING_SUFFIX: &str = ".fetching";
+const CURSOR_FILE: &str = "cursor";
+const LOCK_FILE: &str = "prefetch.lock";
+const IDENTITY_FILE: &str = "system_identifier";
+
+/// A verified segment in the spool.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SpoolEntry {
+    pub name: String,
+    pub crc32: u32,
+    pub path: PathBuf,
+}
+
+/// `<name>.<crc>` split, if `file_name` is an entry's name.
+fn parse_entry(file_name: &str) -> Option<(&str, u32)> {
+    let (name, crc) = file_name.rsplit_once('.')?;
+    if crc.len() != 8 || name.starts_with('.') || name.contains('.') {
+        return None;
+    }
+    Some((name, u32::from_str_radix(crc, 16).ok()?))
+}
+
+impl GetSpool {
+    pub fn new(dir: PathBuf) -> Self {
+        GetSpool { dir }
+    }
+
+    pub fn entry_path(&self, name: &str, crc32: u32) -> PathBuf {
+        self.dir.join(format!("{name}.{crc32:08x}"))
+    }
+
+    /// The verified segments the spool holds (a missing spool holds none).
+    pub fn entries(&self) -> Vec<SpoolEntry> {
+        let Ok(read) = std::fs::read_dir(&self.dir) else {
+            return Vec::new();
+        };
+        read.flatten()
+            .filter_map(|entry| {
+                let file_name = entry.file_name();
+                let (name, crc32) = parse_entry(file_name.to_str()?)?;
+                Some(SpoolEntry {
+                    name: name.to_owned(),
+                    crc32,
+                    path: entry.path(),
+                })
+            })
+            .collect()
+    }
+
+    /// The spooled copy of `name`, if there is one.
+    pub fn find(&self, name: &str) -> Option<SpoolEntry> {
+        self.entries().into_iter().find(|entry| entry.name == name)
+    }
+
+    /// Bytes of everything in the spool (entries, staging files, small bookkeeping).
+    pub fn bytes(&self) -> u64 {
+        std::fs::read_dir(&self.dir)
+            .map(|read| {
+                read.flatten()
+                    .filter_map(|e| e.metadata().ok())
+                    .filter(|m| m.is_file())
+                    .map(|m| m.len())
+                    .sum()
+            })
+            .unwrap_or(0)
+    }
+
+    pub fn fetching_marker(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("{name}{FETCHING_SUFFIX}"))
+    }
+
+    /// Removes every `.fetching` marker (a dead prefetcher's).
+    pub fn remove_fetching_markers(&self) {
+        if let Ok(read) = std::fs::read_dir(&self.dir) {
+            for entry in read.flatten() {
+                if entry
+                    .file_name()
+                    .to_string_lossy()
+                    .ends_with(FETCHING_SUFFIX)
+                {
+                    let _ = std::fs::remove_file(entry.path());
+                }
+            }
+        }
+    }
+
+    /// Records `name` as the last segment served: written whole, then renamed.
+    pub fn write_cursor(&self, name: &str) -> io::Result<()> {
+        let staged = self
+            .dir
+            .join(format!(".{CURSOR_FILE}-{}", std::process::id()));
+        std::fs::write(&staged, name)?;
+        std::fs::rename(&staged, self.dir.join(CURSOR_FILE))
+    }
+
+    pub fn read_cursor(&self) -> Option<String> {
+        let text = std::fs::read_to_string(self.dir.join(CURSOR_FILE)).ok()?;
+        Some(text.trim().to_owned())
+    }
+
+    /// The system identifier whose segments the spool holds, as the prefetcher recorded it.
+    pub fn read_identity(&self) -> Option<String> {
+        std::fs::read_to_string(self.dir.join(IDENTITY_FILE)).ok()
+    }
+
+    pub fn write_identity(&self, system_identifier: u64) -> io::Result<()> {
+        std::fs::write(self.dir.join(IDENTITY_FILE), system_identifier.to_string())
+    }
+
+    /// Whether a prefetcher holds the spool's lock.
+    pub fn prefetcher_running(&self) -> bool {
+        let Ok(file) = File::open(self.dir.join(LOCK_FILE)) else {
+            return false;
+        };
+        // A shared lock is refused only while the prefetcher holds its exclusive one.
+        // SAFETY: flock on a descriptor we own.
+        let refused = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) } != 0;
+        // Closing the descriptor drops a shared lock we got.
+        refused
+    }
+
+    /// Takes the prefetcher's lock: `None` while another prefetcher holds it. A caller of
+    /// [`GetSpool::prefetcher_running`] holds a shared lock for an instant, hence the retries.
+    pub fn lock_prefetcher(&self) -> io::Result<Option<File>> {
+        std::fs::create_dir_all(&self.dir)?;
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(self.dir.join(LOCK_FILE))?;
+        for _ in 0..20 {
+            // SAFETY: flock on a descriptor we own.
+            if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+                return Ok(Some(file));
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        Ok(None)
+    }
+
+    /// Removes the spool and all it holds (the end of recovery, or a new restore).
+    pub fn remove(&self) {
+        match std::fs::remove_dir_all(&self.dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => tracing::warn!("cannot remove the spool {}: {e}", self.dir.display()),
+        }
+    }
+}
+
+/// Whether the file at `path` still holds the bytes whose CRC-32 is `crc32`.
+pub fn holds_crc(path: &Path, crc32: u32) -> io::Result<bool> {
+    let mut file = File::open(path)?;
+    let mut hasher = crc32fast::Hasher::new();
+    let mut buffer = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buffer)?;
+        if n == 0 {
+            return Ok(hasher.finalize() == crc32);
+        }
+        hasher.update(&buffer[..n]);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -69,11 +248,55 @@ mod tests {
             SpoolKind::Push,
             "x",
         );
-        assert!(configured.to_str().unwrap().starts_with("/var/spool/pitr/push-"));
+        assert!(
+            configured
+                .to_str()
+                .unwrap()
+                .starts_with("/var/spool/pitr/push-")
+        );
         assert_eq!(
             wal_dir_of(Path::new("pg_wal/RECOVERYXLOG")),
             Path::new("pg_wal")
         );
         assert_eq!(wal_dir_of(Path::new("RECOVERYXLOG")), Path::new("."));
+    }
+
+    #[test]
+    fn get_spool_entries_cursor_and_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = GetSpool::new(dir.path().join("get"));
+        assert!(spool.entries().is_empty());
+        assert!(!spool.prefetcher_running());
+        let lock = spool.lock_prefetcher().unwrap().expect("free");
+        assert!(spool.prefetcher_running());
+        assert!(spool.lock_prefetcher().unwrap().is_none());
+        drop(lock);
+        assert!(!spool.prefetcher_running());
+
+        let bytes = b"segment bytes";
+        let crc = crc32fast::hash(bytes);
+        let name = "000000010000000000000005";
+        std::fs::write(spool.entry_path(name, crc), bytes).unwrap();
+        for other in [
+            ".pitr-prefetch-1-x",
+            "000000010000000000000006.fetching",
+            "cursor",
+            "00000002.history.zz",
+        ] {
+            std::fs::write(spool.dir.join(other), b"x").unwrap();
+        }
+        let entries = spool.entries();
+        assert_eq!(entries.len(), 1, "{entries:?}");
+        let found = spool.find(name).unwrap();
+        assert_eq!(found.crc32, crc);
+        assert!(holds_crc(&found.path, crc).unwrap());
+        assert!(!holds_crc(&found.path, crc ^ 1).unwrap());
+
+        spool.write_cursor(name).unwrap();
+        assert_eq!(spool.read_cursor().as_deref(), Some(name));
+        spool.remove_fetching_markers();
+        assert!(!spool.fetching_marker("000000010000000000000006").exists());
+        spool.remove();
+        assert!(!spool.dir.exists());
     }
 }

@@ -49,8 +49,10 @@ async fn get(catalog: &Catalog, dest: &Path) -> Result<u64, Error> {
     let options = ArchiveGetOptions {
         name: FIRST_SEGMENT.into(),
         dest: dest.to_owned(),
+        spool: None,
+        prefetch_wait: std::time::Duration::ZERO,
     };
-    Ok(archive_get(catalog, &options).await?.decoded.original_len)
+    Ok(archive_get(catalog, &options).await?.len)
 }
 
 /// Files in `dir` whose names start with `prefix`: staging files left behind.

@@ -494,6 +494,15 @@ pub enum Command {
         /// The backup's id (see `pitr list`).
         id: String,
     },
+    /// archive-get's background prefetcher (started by archive-get during recovery).
+    #[command(name = "archive-get-prefetch", hide = true)]
+    ArchiveGetPrefetch {
+        /// The get spool to fill.
+        #[arg(long, value_name = "DIR")]
+        spool: PathBuf,
+        /// The segment archive-get served when it started the prefetcher.
+        after: String,
+    },
 }
 
 /// Prints a command line clap refused (or help) and returns the exit code: 2, or for
@@ -550,6 +559,7 @@ impl Command {
             Command::Init { .. } => "init",
             Command::ArchivePush { .. } => "archive-push",
             Command::ArchiveGet { .. } => "archive-get",
+            Command::ArchiveGetPrefetch { .. } => "archive-get-prefetch",
             Command::Verify { .. } => "verify",
             Command::Backup { .. } => "backup",
             Command::List { .. } => "list",

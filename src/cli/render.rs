@@ -1,6 +1,6 @@
 //! What each command prints: text for people, `--json` for scripts.
 
-use crate::commands::archive_get::ArchiveGetReport;
+use crate::commands::archive_get::{ArchiveGetReport, GetSource};
 use crate::commands::archive_push::{ArchivePushReport, PushOutcome};
 use crate::commands::backup::BackupReport;
 use crate::commands::expire::ExpireReport;
@@ -53,11 +53,14 @@ pub fn archive_push(report: &ArchivePushReport) {
 }
 
 pub fn archive_get(report: &ArchiveGetReport) {
+    let from = match report.source {
+        GetSource::Repository { stored_len } => format!("{stored_len} stored"),
+        GetSource::Spool => "the prefetch spool".to_owned(),
+    };
     tracing::info!(
-        "restored {}: {} bytes from {} stored in {:.1} ms",
+        "restored {}: {} bytes from {from} in {:.1} ms",
         report.name,
-        report.decoded.original_len,
-        report.decoded.stored_len,
+        report.len,
         report.elapsed.as_secs_f64() * 1e3
     );
 }

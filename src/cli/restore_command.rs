@@ -32,31 +32,67 @@ pub fn shell_command(program: &str, args: &[&str]) -> String {
         .join(" ")
 }
 
-/// `<exe> [--config F] [--repo R] [--s3-endpoint E] [--s3-path-style] archive-get %f %p`.
+/// The settings archive-get and its prefetcher run with, as (name, value): the name is the
+/// TOML key; the flag and the `PITR_…` variable follow from it.
+fn archive_get_settings(settings: &Settings) -> Vec<(&'static str, String)> {
+    let spool_path = settings
+        .spool_path
+        .as_ref()
+        .map(|p| p.display().to_string());
+    [
+        ("repo", settings.repo.clone()),
+        ("s3_endpoint", settings.s3_endpoint.clone()),
+        (
+            "s3_path_style",
+            (settings.s3_path_style == Some(true)).then(|| "true".to_owned()),
+        ),
+        (
+            "storage_timeout",
+            settings.storage_timeout.map(|s| s.to_string()),
+        ),
+        (
+            "storage_retry_time",
+            settings.storage_retry_time.map(|s| s.to_string()),
+        ),
+        ("spool_path", spool_path),
+        (
+            "archive_get_prefetch",
+            settings.archive_get_prefetch.map(|n| n.to_string()),
+        ),
+        (
+            "archive_get_queue_max",
+            settings.archive_get_queue_max.clone(),
+        ),
+    ]
+    .into_iter()
+    .filter_map(|(name, value)| Some((name, value?)))
+    .collect()
+}
+
+/// `<exe> [--config F] [--repo R] [--s3-endpoint E] [--s3-path-style] … archive-get %f %p`.
 pub fn restore_command(exe: &str, settings: &Settings, config: Option<&Path>) -> String {
     let config = config.map(|c| c.display().to_string());
-    let timeout = settings.storage_timeout.map(|s| s.to_string());
-    let retry_time = settings.storage_retry_time.map(|s| s.to_string());
-    let mut args: Vec<&str> = Vec::new();
-    if let Some(config) = &config {
-        args.extend(["--config", config]);
+    let mut args: Vec<String> = Vec::new();
+    if let Some(config) = config {
+        args.extend(["--config".to_owned(), config]);
     }
-    if let Some(repo) = &settings.repo {
-        args.extend(["--repo", repo]);
+    for (name, value) in archive_get_settings(settings) {
+        args.push(format!("--{}", name.replace('_', "-")));
+        // A bare boolean flag means true.
+        if name != "s3_path_style" {
+            args.push(value);
+        }
     }
-    if let Some(endpoint) = &settings.s3_endpoint {
-        args.extend(["--s3-endpoint", endpoint]);
-    }
-    if settings.s3_path_style == Some(true) {
-        args.push("--s3-path-style");
-    }
-    if let Some(timeout) = &timeout {
-        args.extend(["--storage-timeout", timeout]);
-    }
-    if let Some(retry_time) = &retry_time {
-        args.extend(["--storage-retry-time", retry_time]);
-    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     format!("{} archive-get %f %p", shell_command(exe, &args))
+}
+
+/// The same settings as `PITR_…` variables, for a process pitr starts itself.
+pub fn settings_env(settings: &Settings) -> Vec<(String, String)> {
+    archive_get_settings(settings)
+        .into_iter()
+        .map(|(name, value)| (format!("PITR_{}", name.to_ascii_uppercase()), value))
+        .collect()
 }
 
 #[cfg(test)]
@@ -118,6 +154,7 @@ mod tests {
             repo: Some("s3://bucket/my repo".into()),
             s3_endpoint: Some("http://127.0.0.1:9000".into()),
             s3_path_style: Some(true),
+            archive_get_queue_max: Some("64MiB".into()),
             ..Settings::default()
         };
         assert_eq!(
@@ -127,7 +164,16 @@ mod tests {
                 Some(Path::new("/etc/pitr.toml"))
             ),
             "/usr/bin/pitr --config /etc/pitr.toml --repo 's3://bucket/my repo' --s3-endpoint \
-             http://127.0.0.1:9000 --s3-path-style archive-get %f %p"
+             http://127.0.0.1:9000 --s3-path-style --archive-get-queue-max 64MiB archive-get %f %p"
+        );
+        let env = settings_env(&settings);
+        assert!(
+            env.contains(&("PITR_S3_PATH_STYLE".into(), "true".into())),
+            "{env:?}"
+        );
+        assert!(
+            env.contains(&("PITR_REPO".into(), "s3://bucket/my repo".into())),
+            "{env:?}"
         );
     }
 }

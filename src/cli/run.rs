@@ -1,12 +1,12 @@
 //! From parsed arguments to a command's options, the command, and its printed report.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::{Cli, Command, notify, progress, render, restore_command};
 use crate::catalog::Catalog;
-use crate::commands::archive_get::{ArchiveGetOptions, archive_get};
+use crate::commands::archive_get::{ArchiveGetOptions, archive_get, serve_from_spool};
 use crate::commands::archive_push::{ArchivePushOptions, archive_push};
 use crate::commands::backup::{BackupOptions, backup};
 use crate::commands::check::{CheckOptions, CheckThresholds, check};
@@ -17,12 +17,15 @@ use crate::commands::init::{InitOptions, init};
 use crate::commands::list::{ListOptions, list};
 use crate::commands::metrics::{MetricsOptions, metrics, serve};
 use crate::commands::pin::{PinOptions, pin};
+use crate::commands::prefetch::{PrefetchOptions, prefetch};
 use crate::commands::restore::{RestoreOptions, restore};
 use crate::commands::verify::{VerifyOptions, verify};
 use crate::config::{RepoConfig, Settings};
 use crate::error::{EXIT_OK, Error, Result};
+use crate::pg::WalFileName;
 use crate::pg::recovery_target::{RecoveryRequest, Target};
 use crate::recovery::plan::PlanRequest;
+use crate::spool::{GetSpool, SpoolKind, spool_dir, wal_dir_of};
 
 /// Runs the command the arguments name; the exit code when it ran to completion. Then tells
 /// the `notify_url` webhook how it went, for the commands that notify (see `notify`).
@@ -62,6 +65,15 @@ async fn run_command(cli: Cli, settings: Result<Settings>) -> Result<u8> {
     }
     let settings = settings?;
     let config = RepoConfig::resolve(&settings)?;
+    // A prefetched segment is served without opening the repository at all.
+    if let Command::ArchiveGet { name, dest } = &cli.command {
+        let options = archive_get_options(&settings, &config, name, dest)?;
+        if let Some(report) = serve_from_spool(&options)? {
+            after_archive_get(&options, &settings);
+            render::archive_get(&report);
+            return Ok(EXIT_OK);
+        }
+    }
     let catalog = Catalog::new(config.open().await?).with_lock_stale_after(config.lock_stale_after);
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
 
@@ -92,6 +104,104 @@ async fn run_command(cli: Cli, settings: Result<Settings>) -> Result<u8> {
     result
 }
 
+/// archive-get's options: the get spool when prefetching is on.
+fn archive_get_options(
+    settings: &Settings,
+    config: &RepoConfig,
+    name: &str,
+    dest: &Path,
+) -> Result<ArchiveGetOptions> {
+    let spool_config = settings.spool()?;
+    let spool = (spool_config.get_prefetch > 0).then(|| {
+        GetSpool::new(spool_dir(
+            spool_config.spool_path.as_deref(),
+            &wal_dir_of(dest),
+            SpoolKind::Get,
+            settings.repo.as_deref().unwrap_or_default(),
+        ))
+    });
+    Ok(ArchiveGetOptions {
+        name: name.to_owned(),
+        dest: dest.to_owned(),
+        spool,
+        prefetch_wait: config.retry.attempt_timeout,
+    })
+}
+
+/// After a segment was served during recovery: tells the prefetcher how far recovery got,
+/// and starts one if none runs. Best effort: prefetching only ever saves time.
+fn after_archive_get(options: &ArchiveGetOptions, settings: &Settings) {
+    let Some(spool) = &options.spool else { return };
+    let is_segment = WalFileName::parse(&options.name)
+        .is_ok_and(|name| name.kind() == crate::pg::WalFileKind::Segment);
+    // restore_command runs in the data directory; elsewhere (a call by hand) nothing is
+    // prefetched.
+    if !is_segment || !crate::datadir::in_recovery(Path::new(".")) {
+        return;
+    }
+    if let Err(e) =
+        std::fs::create_dir_all(&spool.dir).and_then(|()| spool.write_cursor(&options.name))
+    {
+        tracing::warn!("cannot write to the spool {}: {e}", spool.dir.display());
+        return;
+    }
+    if !spool.prefetcher_running() {
+        start_prefetcher(settings, &spool.dir, &options.name);
+    }
+}
+
+/// Starts `pitr archive-get-prefetch` in its own session, so that it outlives this call,
+/// with the settings this call resolved (as PITR_… variables).
+fn start_prefetcher(settings: &Settings, spool: &Path, after: &str) {
+    use std::os::unix::process::CommandExt;
+    use std::process::Stdio;
+    let Ok(exe) = std::env::current_exe() else {
+        return;
+    };
+    let spool = std::path::absolute(spool).unwrap_or_else(|_| spool.to_owned());
+    let mut command = std::process::Command::new(exe);
+    command
+        .arg("archive-get-prefetch")
+        .arg("--spool")
+        .arg(&spool)
+        .arg(after)
+        .envs(restore_command::settings_env(settings))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(stderr_for_prefetcher());
+    // SAFETY: setsid is async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        command.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    match command.spawn() {
+        // Not waited for: it runs on after this call.
+        Ok(child) => drop(child),
+        Err(e) => tracing::warn!("cannot start the prefetcher: {e}"),
+    }
+}
+
+/// The server's log when this process writes to a file (pg_ctl -l); nothing when stderr is
+/// a pipe, whose reader (PostgreSQL's collector, or a caller waiting for the end of output)
+/// must not be held open by a process that outlives this call.
+fn stderr_for_prefetcher() -> std::process::Stdio {
+    use std::os::fd::AsFd;
+    let stderr = std::io::stderr();
+    let is_file = stderr
+        .as_fd()
+        .try_clone_to_owned()
+        .map(std::fs::File::from)
+        .and_then(|f| f.metadata())
+        .is_ok_and(|m| m.is_file());
+    if is_file {
+        std::process::Stdio::inherit()
+    } else {
+        std::process::Stdio::null()
+    }
+}
+
 /// Runs the command on the repository; `facts` gathers what the history records.
 async fn execute(
     cli: Cli,
@@ -108,8 +218,28 @@ async fn execute(
             render::archive_push(&archive_push(&catalog, &options).await?);
         }
         Command::ArchiveGet { name, dest } => {
-            let options = ArchiveGetOptions { name, dest };
-            render::archive_get(&archive_get(&catalog, &options).await?);
+            let config = RepoConfig::resolve(settings)?;
+            let options = archive_get_options(settings, &config, &name, &dest)?;
+            let report = archive_get(&catalog, &options).await?;
+            after_archive_get(&options, settings);
+            render::archive_get(&report);
+        }
+        Command::ArchiveGetPrefetch { spool, after } => {
+            let spool_config = settings.spool()?;
+            let options = PrefetchOptions {
+                after,
+                spool: GetSpool::new(spool),
+                parallel: spool_config.get_prefetch,
+                queue_max: spool_config.get_queue_max,
+                pgdata: std::env::current_dir()
+                    .map_err(|e| Error::local_io("the working directory", e))?,
+            };
+            let report = prefetch(&catalog, &options).await?;
+            tracing::info!(
+                "prefetcher stopped ({:?}) after {} segments",
+                report.stopped,
+                report.fetched
+            );
         }
         Command::Backup {
             pgdata,

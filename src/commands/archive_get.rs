@@ -3,14 +3,23 @@
 //! The object is decoded into a temporary file beside DEST and renamed onto DEST only after
 //! both checksums and the length are verified, so PostgreSQL never reads a partial or
 //! corrupt file.
+//!
+//! During recovery a background prefetcher (`commands::prefetch`) fetches the segments that
+//! follow into the get spool; a call finds its segment there, checks it against the CRC-32
+//! in its name, and renames it onto DEST. A spooled copy that fails the check is removed and
+//! the segment fetched from the repository as if it had never been spooled.
 
-use std::path::PathBuf;
+use std::fs::File;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use tempfile::NamedTempFile;
+
 use crate::catalog::{Catalog, CatalogError};
-use crate::codec::DecodeSummary;
 use crate::error::{Error, Result};
 use crate::pg::WalFileName;
+use crate::spool::{GetSpool, holds_crc};
 
 use super::blocking;
 
@@ -18,16 +27,93 @@ use super::blocking;
 pub struct ArchiveGetOptions {
     pub name: String,
     pub dest: PathBuf,
+    /// The get spool, when prefetching is on.
+    pub spool: Option<GetSpool>,
+    /// How long a call waits for a segment the prefetcher is fetching before it fetches the
+    /// segment itself.
+    pub prefetch_wait: Duration,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GetSource {
+    /// Fetched from the repository by this call.
+    Repository { stored_len: u64 },
+    /// Renamed from the get spool, where the prefetcher had put it.
+    Spool,
 }
 
 #[derive(Debug)]
 pub struct ArchiveGetReport {
     pub name: String,
-    pub decoded: DecodeSummary,
+    /// Bytes written to DEST.
+    pub len: u64,
+    pub source: GetSource,
     pub elapsed: Duration,
 }
 
 const STAGING_PREFIX: &str = ".pitr-get-";
+
+/// A segment from the get spool onto `dest`, without touching the repository; `None` when
+/// the spool has no good copy (a bad copy is removed).
+pub fn serve_from_spool(options: &ArchiveGetOptions) -> Result<Option<ArchiveGetReport>> {
+    let started = Instant::now();
+    let Some(spool) = &options.spool else {
+        return Ok(None);
+    };
+    let Some(entry) = spool.find(&options.name) else {
+        return Ok(None);
+    };
+    let local = |e| Error::local_io(entry.path.display(), e);
+    match holds_crc(&entry.path, entry.crc32) {
+        Ok(true) => {}
+        Ok(false) => {
+            tracing::warn!(
+                "the prefetched copy of {} in {} does not match its checksum; removed it, \
+                 fetching {} from the repository",
+                options.name,
+                spool.dir.display(),
+                options.name
+            );
+            let _ = std::fs::remove_file(&entry.path);
+            return Ok(None);
+        }
+        // Taken by a concurrent call, or cleaned by the prefetcher.
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(local(e)),
+    }
+    let len = std::fs::metadata(&entry.path).map_err(local)?.len();
+    // The prefetcher synced the file; PostgreSQL makes the name durable where it keeps the
+    // file (durable_rename), so the rename alone is enough here.
+    match std::fs::rename(&entry.path, &options.dest) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        // A spool_path on another filesystem: copy, staged beside DEST.
+        Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
+            copy_into_place(&entry.path, &options.dest)?;
+            let _ = std::fs::remove_file(&entry.path);
+        }
+        Err(e) => return Err(local(e)),
+    }
+    Ok(Some(ArchiveGetReport {
+        name: options.name.clone(),
+        len,
+        source: GetSource::Spool,
+        elapsed: started.elapsed(),
+    }))
+}
+
+fn copy_into_place(from: &Path, dest: &Path) -> Result<()> {
+    let dir = staging_dir_of(dest);
+    let mut staged = staging_file(&dir, STAGING_PREFIX)?;
+    let mut source = File::open(from).map_err(|e| Error::local_io(from.display(), e))?;
+    io::copy(&mut source, staged.as_file_mut())
+        .and_then(|_| staged.as_file().sync_all())
+        .map_err(|e| Error::local_io(dest.display(), e))?;
+    staged
+        .persist(dest)
+        .map_err(|e| Error::local_io(dest.display(), e.error))?;
+    Ok(())
+}
 
 pub async fn archive_get(
     catalog: &Catalog,
@@ -36,35 +122,29 @@ pub async fn archive_get(
     let started = Instant::now();
     let name =
         WalFileName::parse(&options.name).map_err(|e| Error::invalid_input(&options.name, e))?;
+    if let Some(spool) = &options.spool {
+        wait_for_prefetcher(spool, &options.name, options.prefetch_wait).await;
+        if let Some(report) = serve_from_spool(options)? {
+            return Ok(report);
+        }
+    }
     // A missing or foreign repository must not look like "no such segment" to recovery.
     let identity = catalog.identity().await?;
     let expected_len = name.holds_wal_pages().then_some(identity.wal_segment_size);
 
     let dest = options.dest.clone();
-    let dir = match dest.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir.to_owned(),
-        _ => PathBuf::from("."),
-    };
+    let dir = staging_dir_of(&dest);
     // What a killed archive-get left in pg_wal goes first (each is a preallocated segment).
     crate::staging::remove_leftovers(&dir, STAGING_PREFIX, true);
-    let staged = tempfile::Builder::new()
-        .prefix(&crate::staging::prefix_for_this_process(STAGING_PREFIX))
-        .tempfile_in(&dir)
-        .map_err(|e| Error::local_io(dir.display(), e))?;
-    if let Some(len) = expected_len {
-        preallocate(staged.as_file(), len);
-    }
-    // The staged file is removed when dropped on any error: DEST never sees these bytes.
-    let (staged, decoded) = catalog
-        .fetch_wal(&name, &dest.display().to_string(), staged)
-        .await
-        .map_err(|e| match e {
-            CatalogError::NotFound { location, .. } => Error::NotFound {
-                name: name.to_string(),
-                location,
-            },
-            e => e.into(),
-        })?;
+    let (staged, fetched) = fetch_verified(
+        catalog,
+        &name,
+        &dir,
+        STAGING_PREFIX,
+        expected_len,
+        &dest.display().to_string(),
+    )
+    .await?;
     // Durable before it appears: the file's data, then its name.
     blocking(move || {
         let local = |e| Error::local_io(dest.display(), e);
@@ -77,9 +157,99 @@ pub async fn archive_get(
     .await?;
     Ok(ArchiveGetReport {
         name: name.to_string(),
-        decoded,
+        len: fetched.len,
+        source: GetSource::Repository {
+            stored_len: fetched.stored_len,
+        },
         elapsed: started.elapsed(),
     })
+}
+
+/// While the running prefetcher fetches `name`, waits (up to `limit`) for it to finish
+/// rather than fetch the same segment twice.
+async fn wait_for_prefetcher(spool: &GetSpool, name: &str, limit: Duration) {
+    let marker = spool.fetching_marker(name);
+    let started = Instant::now();
+    while marker.exists() && started.elapsed() < limit && spool.prefetcher_running() {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// What [`fetch_verified`] wrote.
+#[derive(Clone, Copy, Debug)]
+pub struct Fetched {
+    pub len: u64,
+    pub stored_len: u64,
+    /// CRC-32 of the bytes written.
+    pub crc32: u32,
+}
+
+/// Fetches the archived `name`, verified (both checksums and the length), into a new staging
+/// file in `dir`; `local` names the destination in messages. The file is removed if
+/// anything fails, so no partial copy is ever left where it could be read.
+pub async fn fetch_verified(
+    catalog: &Catalog,
+    name: &WalFileName,
+    dir: &Path,
+    prefix: &str,
+    expected_len: Option<u64>,
+    local: &str,
+) -> Result<(NamedTempFile, Fetched)> {
+    let staged = staging_file(dir, prefix)?;
+    if let Some(len) = expected_len {
+        preallocate(staged.as_file(), len);
+    }
+    let writer = CrcWriter {
+        inner: staged,
+        hasher: crc32fast::Hasher::new(),
+    };
+    let (writer, decoded) = catalog
+        .fetch_wal(name, local, writer)
+        .await
+        .map_err(|e| match e {
+            CatalogError::NotFound { location, .. } => Error::NotFound {
+                name: name.to_string(),
+                location,
+            },
+            e => e.into(),
+        })?;
+    Ok((
+        writer.inner,
+        Fetched {
+            len: decoded.original_len,
+            stored_len: decoded.stored_len,
+            crc32: writer.hasher.finalize(),
+        },
+    ))
+}
+
+fn staging_dir_of(dest: &Path) -> PathBuf {
+    crate::spool::wal_dir_of(dest)
+}
+
+fn staging_file(dir: &Path, prefix: &str) -> Result<NamedTempFile> {
+    tempfile::Builder::new()
+        .prefix(&crate::staging::prefix_for_this_process(prefix))
+        .tempfile_in(dir)
+        .map_err(|e| Error::local_io(dir.display(), e))
+}
+
+/// Checksums what passes through, so a spooled copy can be checked again when it is served.
+struct CrcWriter<W> {
+    inner: W,
+    hasher: crc32fast::Hasher,
+}
+
+impl<W: Write> Write for CrcWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
 }
 
 /// Reserves a segment's blocks up front: one extent allocation instead of one per page as

@@ -14,6 +14,7 @@ pub mod list;
 pub mod metrics;
 pub mod overview;
 pub mod pin;
+pub mod prefetch;
 pub mod restore;
 pub mod verify;
 

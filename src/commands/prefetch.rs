@@ -1,0 +1,281 @@
+//! The prefetcher behind archive-get: a background process that archive-get starts during
+//! recovery. It fetches, verifies and decompresses the segments recovery will ask for next,
+//! several at once, into the get spool, so that the following archive-get calls only check
+//! and rename a file.
+//!
+//! Which segments come next is the archive's overview's answer (the WAL index: which
+//! segments exist, on which timeline), walked along the timeline history the way
+//! PostgreSQL reads it; nothing is probed. The spool holds at most `queue_max` bytes: the
+//! window is the next `queue_max / segment size` segments after the last one served (the
+//! cursor archive-get writes), and anything outside the window is removed.
+//!
+//! It stops, and removes the spool, when recovery ends (no recovery.signal or
+//! standby.signal, or no postmaster), or when no segment was served for [`IDLE_LIMIT`].
+//! Whatever it fails to fetch, archive-get fetches itself, with the normal error semantics.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use tokio::task::JoinSet;
+
+use crate::catalog::Catalog;
+use crate::error::{Error, Result};
+use crate::pg::timeline::timeline_path;
+use crate::pg::wal_name::xlog_file_name;
+use crate::pg::{WalFileKind, WalFileName};
+use crate::recovery::view::ArchiveView;
+use crate::recovery::walk::Walk;
+use crate::spool::{GetSpool, PREFETCH_STAGING_PREFIX};
+
+use super::archive_get::fetch_verified;
+use super::blocking;
+
+/// How often the prefetcher looks at the cursor and the spool.
+const TICK: Duration = Duration::from_millis(5);
+/// No segment served for this long: recovery stalled or ended unseen; stop.
+pub const IDLE_LIMIT: Duration = Duration::from_secs(60);
+/// The overview is loaded again at most this often when the walk reaches its end (WAL may
+/// still be arriving: a standby following a primary's archive).
+const RELOAD_AFTER: Duration = Duration::from_secs(10);
+/// A segment whose fetch failed is tried again after this long (archive-get fetches it
+/// itself meanwhile if recovery gets there first).
+const RETRY_AFTER: Duration = Duration::from_secs(5);
+/// Bytes of the spool's own small files (cursor, lock, markers), kept out of the window.
+const BOOKKEEPING: u64 = 4096;
+
+#[derive(Clone, Debug)]
+pub struct PrefetchOptions {
+    /// The segment archive-get served when it started the prefetcher.
+    pub after: String,
+    pub spool: GetSpool,
+    /// Segments fetched at once.
+    pub parallel: usize,
+    /// Most bytes the spool holds.
+    pub queue_max: u64,
+    /// The data directory in recovery (restore_command's working directory).
+    pub pgdata: PathBuf,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StopReason {
+    /// Another prefetcher holds the spool.
+    AlreadyRunning,
+    RecoveryEnded,
+    Idle,
+    /// `queue_max` holds less than one segment.
+    SpoolTooSmall,
+}
+
+#[derive(Debug)]
+pub struct PrefetchReport {
+    pub fetched: u64,
+    pub stopped: StopReason,
+}
+
+pub async fn prefetch(catalog: &Catalog, options: &PrefetchOptions) -> Result<PrefetchReport> {
+    let spool = &options.spool;
+    let Some(_lock) = spool
+        .lock_prefetcher()
+        .map_err(|e| Error::local_io(spool.dir.display(), e))?
+    else {
+        return Ok(PrefetchReport {
+            fetched: 0,
+            stopped: StopReason::AlreadyRunning,
+        });
+    };
+    let identity = catalog.identity().await?;
+    let segment_size = identity.wal_segment_size;
+    // A spool left by recovery from another cluster's repository at this URL is not ours.
+    if spool
+        .read_identity()
+        .is_some_and(|id| id.trim() != identity.system_identifier.to_string())
+    {
+        for entry in spool.entries() {
+            let _ = std::fs::remove_file(&entry.path);
+        }
+    }
+    spool
+        .write_identity(identity.system_identifier)
+        .map_err(|e| Error::local_io(spool.dir.display(), e))?;
+    spool.remove_fetching_markers();
+    crate::staging::remove_leftovers(&spool.dir, PREFETCH_STAGING_PREFIX, true);
+
+    let capacity = (options.queue_max.saturating_sub(BOOKKEEPING) / segment_size) as usize;
+    if capacity == 0 {
+        tracing::warn!(
+            "archive_get_queue_max ({} bytes) holds no whole segment of {segment_size} bytes: \
+             not prefetching",
+            options.queue_max
+        );
+        return Ok(PrefetchReport {
+            fetched: 0,
+            stopped: StopReason::SpoolTooSmall,
+        });
+    }
+    let parallel = options.parallel.max(1);
+
+    let mut cursor = parse_segment(&options.after)?;
+    let mut view = ArchiveView::load(catalog, &identity).await?;
+    let mut loaded_at = Instant::now();
+    let mut walk = plan(&view, &cursor, segment_size, true);
+    let mut last_progress = Instant::now();
+    let mut in_flight: JoinSet<(String, Result<()>)> = JoinSet::new();
+    let mut fetching: HashSet<String> = HashSet::new();
+    let mut failed: HashMap<String, Instant> = HashMap::new();
+    let mut fetched = 0u64;
+
+    let stopped = loop {
+        if !crate::datadir::in_recovery(&options.pgdata) {
+            break StopReason::RecoveryEnded;
+        }
+        if last_progress.elapsed() > IDLE_LIMIT {
+            break StopReason::Idle;
+        }
+        if let Some(served) = spool
+            .read_cursor()
+            .and_then(|c| WalFileName::parse(&c).ok())
+            .filter(|c| c.kind() == WalFileKind::Segment && *c != cursor)
+        {
+            cursor = served;
+            last_progress = Instant::now();
+            let segno = segno_of(&cursor, segment_size);
+            if !walk.reaches(segno) {
+                // Past what the overview showed: WAL arrived since; look again.
+                view = ArchiveView::load(catalog, &identity).await?;
+                loaded_at = Instant::now();
+                walk = plan(&view, &cursor, segment_size, true);
+            } else if walk.index_of(cursor.timeline(), segno).is_none() {
+                // Recovery reads another timeline than the newest (a target timeline).
+                walk = plan(&view, &cursor, segment_size, false);
+            }
+        }
+        let window = window(&walk, segno_of(&cursor, segment_size), capacity);
+        let wanted: HashSet<&str> = window.iter().map(String::as_str).collect();
+        let mut held = HashSet::new();
+        for entry in spool.entries() {
+            if wanted.contains(entry.name.as_str()) {
+                held.insert(entry.name);
+            } else {
+                let _ = std::fs::remove_file(&entry.path);
+            }
+        }
+        for name in &window {
+            if in_flight.len() >= parallel {
+                break;
+            }
+            let retry_due = failed.get(name).is_none_or(|at| at.elapsed() > RETRY_AFTER);
+            if held.contains(name) || fetching.contains(name) || !retry_due {
+                continue;
+            }
+            let wal_name = WalFileName::parse(name).expect("walks hold segment names");
+            fetching.insert(name.clone());
+            let (catalog, spool, name) = (catalog.clone(), spool.clone(), name.clone());
+            in_flight.spawn(async move {
+                let result = fetch_one(&catalog, &spool, &wal_name, segment_size).await;
+                (name, result)
+            });
+        }
+        if window.len() < capacity && loaded_at.elapsed() > RELOAD_AFTER {
+            view = ArchiveView::load(catalog, &identity).await?;
+            loaded_at = Instant::now();
+            walk = plan(&view, &cursor, segment_size, true);
+        }
+        tokio::select! {
+            Some(done) = in_flight.join_next() => {
+                let (name, result) = done.expect("prefetch task panicked");
+                fetching.remove(&name);
+                match result {
+                    Ok(()) => {
+                        fetched += 1;
+                        failed.remove(&name);
+                    }
+                    Err(e) => {
+                        tracing::warn!("prefetching {name}: {e}; archive-get will fetch it itself");
+                        failed.insert(name, Instant::now());
+                    }
+                }
+            }
+            () = tokio::time::sleep(TICK) => {}
+        }
+    };
+    in_flight.abort_all();
+    while in_flight.join_next().await.is_some() {}
+    spool.remove();
+    Ok(PrefetchReport { fetched, stopped })
+}
+
+fn parse_segment(name: &str) -> Result<WalFileName> {
+    WalFileName::parse(name)
+        .ok()
+        .filter(|n| n.kind() == WalFileKind::Segment)
+        .ok_or_else(|| Error::invalid_input(name, "not a WAL segment name"))
+}
+
+fn segno_of(name: &WalFileName, segment_size: u64) -> u64 {
+    name.segment_number(segment_size)
+        .expect("segment names have segment numbers")
+}
+
+/// The segments recovery reads from `cursor` on: along the newest timeline descending from
+/// the cursor's (`recovery_target_timeline = 'latest'`, the default), or along the cursor's
+/// own timeline once recovery showed it follows that one.
+fn plan(view: &ArchiveView, cursor: &WalFileName, segment_size: u64, latest: bool) -> Walk {
+    let timeline = cursor.timeline();
+    let target = if latest {
+        view.latest_timeline(timeline)
+    } else {
+        timeline
+    };
+    let path = view
+        .path(target)
+        .unwrap_or_else(|| timeline_path(timeline, &[]));
+    let start = cursor
+        .start_lsn(segment_size)
+        .expect("segment names have a start");
+    view.walk(&path, start)
+}
+
+/// The names of the first `capacity` segments of `walk` after segment `cursor_segno`.
+fn window(walk: &Walk, cursor_segno: u64, capacity: usize) -> Vec<String> {
+    walk.segments
+        .iter()
+        .filter(|&(_, segno)| segno > cursor_segno)
+        .take(capacity)
+        .map(|(timeline, segno)| xlog_file_name(timeline, segno, walk.segments.segment_size))
+        .collect()
+}
+
+/// Fetches `name` into the spool: verified into a staging file, synced, then renamed to
+/// its entry name, while a `.fetching` marker tells archive-get to wait for it.
+async fn fetch_one(
+    catalog: &Catalog,
+    spool: &GetSpool,
+    name: &WalFileName,
+    segment_size: u64,
+) -> Result<()> {
+    let marker = spool.fetching_marker(name.as_str());
+    let _ = std::fs::File::create(&marker);
+    let result = async {
+        let (staged, fetched) = fetch_verified(
+            catalog,
+            name,
+            &spool.dir,
+            PREFETCH_STAGING_PREFIX,
+            Some(segment_size),
+            &spool.dir.display().to_string(),
+        )
+        .await?;
+        let entry = spool.entry_path(name.as_str(), fetched.crc32);
+        blocking(move || {
+            let local = |e| Error::local_io(entry.display(), e);
+            staged.as_file().sync_all().map_err(local)?;
+            staged.persist(&entry).map_err(|e| local(e.error))?;
+            Ok(())
+        })
+        .await
+    }
+    .await;
+    let _ = std::fs::remove_file(&marker);
+    result
+}
