@@ -342,6 +342,12 @@ async fn execute(
                 sync: !no_sync,
                 progress: progress::terminal(),
             };
+            // Segments a recovery from this repository left in a configured spool are not
+            // this restore's (the default spool is inside the new data directory).
+            if let (false, Some(path)) = (dry_run, &settings.spool_path) {
+                let repo = settings.repo.as_deref().unwrap_or_default();
+                GetSpool::new(spool_dir(Some(path), Path::new("."), SpoolKind::Get, repo)).remove();
+            }
             render::restore(&restore(&catalog, &options).await?, &recovery);
         }
         Command::List { json } => {
