@@ -58,7 +58,11 @@ fn spooled(spool: &Path) -> Vec<String> {
         .map(|read| {
             read.flatten()
                 .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n.len() == 24 + 9 && n.as_bytes()[24] == b'.')
+                .filter(|n| {
+                    n.len() == 24 + 9
+                        && n.as_bytes()[24] == b'.'
+                        && n[25..].bytes().all(|b| b.is_ascii_hexdigit())
+                })
                 .collect()
         })
         .unwrap_or_default();
@@ -229,6 +233,16 @@ async fn the_spool_serves_only_verified_segments_within_its_bound() {
             .unwrap(),
     );
     let mut bytes = std::fs::read(&damaged).unwrap();
+    assert_eq!(
+        bytes.len(),
+        MIB as usize,
+        "{damaged:?} in {:?}",
+        std::fs::read_dir(&spool)
+            .unwrap()
+            .flatten()
+            .map(|e| (e.file_name(), e.metadata().unwrap().len()))
+            .collect::<Vec<_>>()
+    );
     bytes[700_000] ^= 0x40;
     std::fs::write(&damaged, bytes).unwrap();
 

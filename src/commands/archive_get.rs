@@ -180,7 +180,8 @@ async fn wait_for_prefetcher(spool: &GetSpool, name: &str, limit: Duration) {
 pub struct Fetched {
     pub len: u64,
     pub stored_len: u64,
-    /// CRC-32 of the bytes written.
+    /// CRC-32C of the bytes written (the spool's check; hardware-computed, so cheap to
+    /// repeat when a spooled copy is served).
     pub crc32: u32,
 }
 
@@ -201,7 +202,7 @@ pub async fn fetch_verified(
     }
     let writer = CrcWriter {
         inner: staged,
-        hasher: crc32fast::Hasher::new(),
+        crc32c: 0,
     };
     let (writer, decoded) = catalog
         .fetch_wal(name, local, writer)
@@ -218,7 +219,7 @@ pub async fn fetch_verified(
         Fetched {
             len: decoded.original_len,
             stored_len: decoded.stored_len,
-            crc32: writer.hasher.finalize(),
+            crc32: writer.crc32c,
         },
     ))
 }
@@ -237,13 +238,13 @@ fn staging_file(dir: &Path, prefix: &str) -> Result<NamedTempFile> {
 /// Checksums what passes through, so a spooled copy can be checked again when it is served.
 struct CrcWriter<W> {
     inner: W,
-    hasher: crc32fast::Hasher,
+    crc32c: u32,
 }
 
 impl<W: Write> Write for CrcWriter<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let n = self.inner.write(buf)?;
-        self.hasher.update(&buf[..n]);
+        self.crc32c = crc32c::crc32c_append(self.crc32c, &buf[..n]);
         Ok(n)
     }
 

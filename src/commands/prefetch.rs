@@ -33,6 +33,8 @@ use super::blocking;
 
 /// How often the prefetcher looks at the cursor and the spool.
 const TICK: Duration = Duration::from_millis(5);
+/// How often it looks whether recovery still runs.
+const RECOVERY_CHECK: Duration = Duration::from_millis(100);
 /// No segment served for this long: recovery stalled or ended unseen; stop.
 pub const IDLE_LIMIT: Duration = Duration::from_secs(60);
 /// The overview is loaded again at most this often when the walk reaches its end (WAL may
@@ -124,10 +126,14 @@ pub async fn prefetch(catalog: &Catalog, options: &PrefetchOptions) -> Result<Pr
     let mut fetching: HashSet<String> = HashSet::new();
     let mut failed: HashMap<String, Instant> = HashMap::new();
     let mut fetched = 0u64;
+    let mut checked_recovery = Instant::now() - RECOVERY_CHECK;
 
     let stopped = loop {
-        if !crate::datadir::in_recovery(&options.pgdata) {
-            break StopReason::RecoveryEnded;
+        if checked_recovery.elapsed() > RECOVERY_CHECK {
+            if !crate::datadir::in_recovery(&options.pgdata) {
+                break StopReason::RecoveryEnded;
+            }
+            checked_recovery = Instant::now();
         }
         if last_progress.elapsed() > IDLE_LIMIT {
             break StopReason::Idle;
@@ -161,7 +167,9 @@ pub async fn prefetch(catalog: &Catalog, options: &PrefetchOptions) -> Result<Pr
             }
         }
         for name in &window {
-            if in_flight.len() >= parallel {
+            // In flight may be a segment that left the window (recovery got it elsewhere):
+            // it still takes room until it lands and is removed.
+            if in_flight.len() >= parallel || held.len() + in_flight.len() >= capacity {
                 break;
             }
             let retry_due = failed.get(name).is_none_or(|at| at.elapsed() > RETRY_AFTER);
