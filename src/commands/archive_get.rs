@@ -21,8 +21,6 @@ use crate::error::{Error, Result};
 use crate::pg::WalFileName;
 use crate::spool::{GetSpool, holds_crc};
 
-use super::blocking;
-
 #[derive(Clone, Debug)]
 pub struct ArchiveGetOptions {
     pub name: String,
@@ -82,8 +80,7 @@ pub fn serve_from_spool(options: &ArchiveGetOptions) -> Result<Option<ArchiveGet
         Err(e) => return Err(local(e)),
     }
     let len = std::fs::metadata(&entry.path).map_err(local)?.len();
-    // The prefetcher synced the file; PostgreSQL makes the name durable where it keeps the
-    // file (durable_rename), so the rename alone is enough here.
+    // As for a fetched file, no sync: PostgreSQL makes durable what it keeps.
     match std::fs::rename(&entry.path, &options.dest) {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
@@ -106,9 +103,7 @@ fn copy_into_place(from: &Path, dest: &Path) -> Result<()> {
     let dir = staging_dir_of(dest);
     let mut staged = staging_file(&dir, STAGING_PREFIX)?;
     let mut source = File::open(from).map_err(|e| Error::local_io(from.display(), e))?;
-    io::copy(&mut source, staged.as_file_mut())
-        .and_then(|_| staged.as_file().sync_all())
-        .map_err(|e| Error::local_io(dest.display(), e))?;
+    io::copy(&mut source, staged.as_file_mut()).map_err(|e| Error::local_io(dest.display(), e))?;
     staged
         .persist(dest)
         .map_err(|e| Error::local_io(dest.display(), e.error))?;
@@ -145,16 +140,12 @@ pub async fn archive_get(
         &dest.display().to_string(),
     )
     .await?;
-    // Durable before it appears: the file's data, then its name.
-    blocking(move || {
-        let local = |e| Error::local_io(dest.display(), e);
-        staged.as_file().sync_all().map_err(local)?;
-        staged.persist(&dest).map_err(|e| local(e.error))?;
-        std::fs::File::open(&dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| Error::local_io(dir.display(), e))
-    })
-    .await?;
+    // Whole before it appears. Not synced: PostgreSQL makes durable what it keeps
+    // (durable_rename in KeepFileRestoredFromArchive) and, after a crash, asks again for what
+    // it had not kept (pgBackRest skips the sync for the same reason).
+    staged
+        .persist(&dest)
+        .map_err(|e| Error::local_io(dest.display(), e.error))?;
     Ok(ArchiveGetReport {
         name: name.to_string(),
         len: fetched.len,

@@ -29,7 +29,6 @@ use crate::recovery::walk::Walk;
 use crate::spool::{GetSpool, PREFETCH_STAGING_PREFIX};
 
 use super::archive_get::fetch_verified;
-use super::blocking;
 
 /// How often the prefetcher looks at the cursor and the spool.
 const TICK: Duration = Duration::from_millis(5);
@@ -254,7 +253,7 @@ fn window(walk: &Walk, cursor_segno: u64, capacity: usize) -> Vec<String> {
         .collect()
 }
 
-/// Fetches `name` into the spool: verified into a staging file, synced, then renamed to
+/// Fetches `name` into the spool: verified into a staging file, then renamed to
 /// its entry name, while a `.fetching` marker tells archive-get to wait for it.
 async fn fetch_one(
     catalog: &Catalog,
@@ -274,14 +273,13 @@ async fn fetch_one(
             &spool.dir.display().to_string(),
         )
         .await?;
+        // Not synced: a copy a crash tore fails its checksum when served, and is fetched
+        // again.
         let entry = spool.entry_path(name.as_str(), fetched.crc32);
-        blocking(move || {
-            let local = |e| Error::local_io(entry.display(), e);
-            staged.as_file().sync_all().map_err(local)?;
-            staged.persist(&entry).map_err(|e| local(e.error))?;
-            Ok(())
-        })
-        .await
+        staged
+            .persist(&entry)
+            .map_err(|e| Error::local_io(entry.display(), e.error))?;
+        Ok(())
     }
     .await;
     let _ = std::fs::remove_file(&marker);
