@@ -111,10 +111,23 @@ async fn archive_loop_on_a_local_repository() {
     archive_loop("loop-local", Repo::local).await;
 }
 
+/// Through a 20 ms (each way) path, as to a distant region: archive_command and archive-get
+/// pay real round trips.
 #[tokio::test(flavor = "multi_thread")]
 async fn archive_loop_on_s3() {
-    let server = S3Server::start("loop").await;
+    let server = S3Server::start_with_latency("loop", Duration::from_millis(20)).await;
     archive_loop("loop-s3", |_| Repo::s3(&server, "cluster/a")).await;
+    // Every push and get went through the proxy: a process, a connection, a segment's bytes.
+    let proxy = server.latency_proxy().unwrap();
+    let carried = (
+        proxy.connections(),
+        proxy.bytes_to_upstream(),
+        proxy.bytes_to_client(),
+    );
+    assert!(
+        carried.0 >= 40 && carried.1 > 20 << 20 && carried.2 > 20 << 20,
+        "connections, bytes up, bytes down through the proxy: {carried:?}"
+    );
 }
 
 /// A repository with an initialised cluster that is not running: initdb leaves the first

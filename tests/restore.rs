@@ -122,10 +122,19 @@ async fn restore_to_each_phase_local() {
     restore_to_each_phase("restore-local", Repo::local).await;
 }
 
+/// Through a 20 ms (each way) path: restore and the restore_command it writes pay real
+/// round trips.
 #[tokio::test(flavor = "multi_thread")]
 async fn restore_to_each_phase_s3() {
-    let server = S3Server::start("restore").await;
+    let server = S3Server::start_with_latency("restore", Duration::from_millis(20)).await;
     restore_to_each_phase("restore-s3", |_| Repo::s3(&server, "restore")).await;
+    // Restores and recovery's restore_command fetched through the proxy.
+    let proxy = server.latency_proxy().unwrap();
+    let carried = (proxy.connections(), proxy.bytes_to_client());
+    assert!(
+        carried.0 >= 10 && carried.1 > 1 << 20,
+        "connections, bytes down through the proxy: {carried:?}"
+    );
 }
 
 /// Tablespaces come back at their original place or where --tablespace-map says; the

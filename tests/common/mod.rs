@@ -5,13 +5,16 @@
 //! and its own S3 port; everything started is stopped on drop, also when a test fails.
 #![allow(dead_code)]
 
-use std::net::TcpListener;
+pub mod latency_proxy;
+
+use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use latency_proxy::LatencyProxy;
 use pitr::storage::{RepoLocation, S3Options, Storage};
 
 pub const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
@@ -249,12 +252,36 @@ impl Repo {
 /// A real S3-compatible server: s3s-fs started for the test, or the one named by
 /// PITR_TEST_S3_ENDPOINT (e.g. MinIO from docker-compose.test.yml).
 pub struct S3Server {
+    /// What pitr, PostgreSQL's archive and restore commands and the tests connect to: the
+    /// server itself, or the latency proxy in front of it.
     pub endpoint: String,
     pub access_key: String,
     pub secret_key: String,
     pub bucket: String,
     process: Option<Child>,
+    latency: Option<LatencyProxy>,
     _root: Option<TestDir>,
+}
+
+/// The socket address of a plain-HTTP endpoint URL (a TCP proxy cannot sit in front of TLS
+/// without breaking the certificate's name).
+fn upstream_address(endpoint: &str) -> SocketAddr {
+    let authority = endpoint
+        .strip_prefix("http://")
+        .unwrap_or_else(|| panic!("a latency proxy needs an http:// endpoint, not {endpoint}"))
+        .split('/')
+        .next()
+        .unwrap();
+    let with_port = if authority.contains(':') {
+        authority.to_owned()
+    } else {
+        format!("{authority}:80")
+    };
+    with_port
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut addresses| addresses.next())
+        .unwrap_or_else(|| panic!("cannot resolve {with_port}"))
 }
 
 pub fn free_port() -> u16 {
@@ -267,6 +294,27 @@ pub fn free_port() -> u16 {
 
 impl S3Server {
     pub async fn start(name: &str) -> Arc<Self> {
+        Arc::new(Self::start_direct(name).await)
+    }
+
+    /// The same server reached through a proxy that delays each direction by `one_way`, as
+    /// a distant region would: every request pays a round trip, a new connection one more.
+    pub async fn start_with_latency(name: &str, one_way: Duration) -> Arc<Self> {
+        let mut server = Self::start_direct(name).await;
+        let upstream = upstream_address(&server.endpoint);
+        let proxy = LatencyProxy::start(upstream, one_way)
+            .unwrap_or_else(|e| panic!("cannot start the latency proxy: {e}"));
+        server.endpoint = format!("http://127.0.0.1:{}", proxy.port());
+        server.latency = Some(proxy);
+        Arc::new(server)
+    }
+
+    /// The proxy in front of the server, when it was started with latency.
+    pub fn latency_proxy(&self) -> Option<&LatencyProxy> {
+        self.latency.as_ref()
+    }
+
+    async fn start_direct(name: &str) -> Self {
         let bucket = format!("pitr-{name}-{}", std::process::id()).replace('_', "-");
         if let Ok(endpoint) = std::env::var("PITR_TEST_S3_ENDPOINT") {
             let server = S3Server {
@@ -277,13 +325,14 @@ impl S3Server {
                     .expect("PITR_TEST_S3_ENDPOINT needs AWS_SECRET_ACCESS_KEY"),
                 bucket,
                 process: None,
+                latency: None,
                 _root: None,
             };
             server
                 .create_bucket()
                 .await
                 .unwrap_or_else(|e| panic!("{e}"));
-            return Arc::new(server);
+            return server;
         }
         // A free port can be taken by another test's server between our probe and s3s-fs's
         // bind; credentials unique to this server make CreateBucket the proof that we talk to
@@ -292,7 +341,7 @@ impl S3Server {
         for attempt in 0..5 {
             let server = Self::spawn_s3s_fs(name, &bucket, attempt);
             match server.create_bucket().await {
-                Ok(()) => return Arc::new(server),
+                Ok(()) => return server,
                 Err(e) => last_error = e,
             }
         }
@@ -334,6 +383,7 @@ impl S3Server {
             secret_key,
             bucket: bucket.to_owned(),
             process: Some(process),
+            latency: None,
             _root: Some(root),
         }
     }
@@ -383,6 +433,8 @@ impl S3Server {
 
 impl Drop for S3Server {
     fn drop(&mut self) {
+        // The proxy first: its connections close before the server goes.
+        self.latency.take();
         if let Some(process) = &mut self.process {
             let _ = process.kill();
             let _ = process.wait();
