@@ -285,12 +285,13 @@ async fn the_spool_serves_only_verified_segments_within_its_bound() {
     });
 }
 
-/// A restore replays more than 40 segments through the prefetcher, from an S3 repository,
+/// A restore replays more than 40 segments through the prefetcher, from an S3 repository
+/// 20 ms away (each way),
 /// to its target exactly; then again across a timeline switch.
 #[tokio::test(flavor = "multi_thread")]
 async fn restores_replay_through_the_prefetcher_across_a_timeline_switch() {
     let dir = TestDir::new("prefetch-restore");
-    let server = S3Server::start("prefetch-restore").await;
+    let server = S3Server::start_with_latency("prefetch-restore", Duration::from_millis(20)).await;
     let repo = Repo::s3(&server, "prefetch");
     let (pitr, mut cluster) = initialised_cluster_with(&dir, &repo, &["--wal-segsize=1"]);
     cluster.configure(&format!(
