@@ -69,7 +69,12 @@ mod tests {
             SpoolKind::Push,
             "x",
         );
-        assert!(configured.to_str().unwrap().starts_with("/var/spool/pitr/push-"));
+        assert!(
+            configured
+                .to_str()
+                .unwrap()
+                .starts_with("/var/spool/pitr/push-")
+        );
         assert_eq!(
             wal_dir_of(Path::new("pg_wal/RECOVERYXLOG")),
             Path::new("pg_wal")
