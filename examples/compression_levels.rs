@@ -38,6 +38,14 @@ fn best<T>(mut f: impl FnMut() -> T) -> (Duration, T) {
     }
 }
 
+/// MB/s, with a decimal where it is small.
+fn speed(mb: f64, took: Duration) -> String {
+    match mb / took.as_secs_f64() {
+        fast if fast >= 10.0 => format!("{fast:.0}"),
+        slow => format!("{slow:.1}"),
+    }
+}
+
 fn main() {
     let mut args = std::env::args().skip(1);
     let label = args.next().expect("usage: compression_levels LABEL FILE…");
@@ -66,12 +74,12 @@ fn main() {
         let (decode_time, decoded) = best(|| codec::decode(&object[..], std::io::sink()).unwrap());
         assert_eq!(decoded.original_len, original);
         println!(
-            "  {:<14} {:>7.2} {:>11.1} {:>15.0} {:>17.0}",
+            "  {:<14} {:>7.2} {:>11.1} {:>15} {:>17}",
             compression.to_string(),
             summary.ratio(),
             summary.stored_len as f64 / 1e6,
-            mb / encode_time.as_secs_f64(),
-            mb / decode_time.as_secs_f64()
+            speed(mb, encode_time),
+            speed(mb, decode_time)
         );
     }
 }
