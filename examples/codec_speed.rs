@@ -25,7 +25,8 @@ fn main() {
         for threads in [1, 2] {
             let (t, _) = best(5, || {
                 object.clear();
-                pitr::codec::encode(&file, &mut object, threads).unwrap()
+                pitr::codec::encode(&file, &mut object, pitr::codec::Compression::Lz4, threads)
+                    .unwrap()
             });
             line += &format!(", encode x{threads} {:.1} ms", ms(t));
         }

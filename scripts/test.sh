@@ -15,6 +15,8 @@ command -v pkill >/dev/null || need_apt+=(procps)
 command -v runuser >/dev/null || need_apt+=(util-linux)
 # tests/unattended.rs checks contrib/systemd with systemd-analyze verify.
 [ -x /usr/bin/systemd-analyze ] || need_apt+=(systemd)
+# tests/compression.rs checks that the zstd CLI restores a stored object.
+command -v zstd >/dev/null || need_apt+=(zstd)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "missing: ${need_apt[*]}; install them (sudo apt-get install ${need_apt[*]}) and rerun" >&2

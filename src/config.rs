@@ -11,6 +11,8 @@ use serde::Deserialize;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::catalog::CompressionRequest;
+use crate::codec::{Compression, CompressionType};
 use crate::error::Error;
 use crate::storage::retry::{RetryPolicy, RetryingStorage};
 use crate::storage::{RepoLocation, S3Options, Storage};
@@ -60,9 +62,11 @@ pub struct Settings {
     /// Bytes of prefetched segments the spool may hold: a number with an optional unit,
     /// "256MiB", "1GiB" (default 256MiB).
     pub archive_get_queue_max: Option<String>,
-    /// Compression of a new repository, chosen by `pitr init`: "lz4" (default) or "zstd".
+    /// Compression of a new repository, chosen by `pitr init`: "lz4" (default) or "zstd"
+    /// ("zst" too). Later commands may only repeat the repository's.
     pub compression: Option<String>,
-    /// Compression level (zstd 1-22, default 3; lz4 has none).
+    /// Compression level (zstd 1-22, default 3; lz4 has none). Given to a later command, the
+    /// level of the objects it writes.
     pub compression_level: Option<i32>,
 }
 
@@ -152,6 +156,44 @@ impl Settings {
             keep_monthly: count("keep_monthly", self.keep_monthly)?,
             keep_yearly: count("keep_yearly", self.keep_yearly)?,
             timezone,
+        })
+    }
+}
+
+impl Settings {
+    /// `compression` and `compression_level`, checked; the repository completes them (see
+    /// [`CompressionRequest`]).
+    pub fn compression(&self) -> Result<CompressionRequest, Error> {
+        let kind = match self.compression.as_deref().map(str::trim) {
+            None => None,
+            Some(name) => Some(match name.to_ascii_lowercase().as_str() {
+                "lz4" => CompressionType::Lz4,
+                "zstd" | "zst" => CompressionType::Zstd,
+                _ => {
+                    return Err(Error::Config(format!(
+                        "compression '{name}' is not lz4 or zstd"
+                    )));
+                }
+            }),
+        };
+        if let Some(level) = self.compression_level {
+            if kind == Some(CompressionType::Lz4) {
+                return Err(Error::Config(
+                    "compression_level applies to zstd only: lz4 has no levels; drop the level, \
+                     or use compression zstd"
+                        .into(),
+                ));
+            }
+            if !Compression::ZSTD_LEVELS.contains(&level) {
+                return Err(Error::Config(format!(
+                    "compression_level {level} is not a zstd level: give 1 (fastest) to 22 \
+                     (smallest); 3 is the default"
+                )));
+            }
+        }
+        Ok(CompressionRequest {
+            kind,
+            level: self.compression_level,
         })
     }
 }
@@ -356,6 +398,64 @@ mod tests {
             let err = settings.spool().unwrap_err().to_string();
             assert!(err.contains(says), "{err}");
         }
+    }
+
+    #[test]
+    fn compression_settings_are_checked() {
+        let request = |toml: &str| {
+            Settings::from_toml(toml, Path::new("pitr.toml"))
+                .unwrap()
+                .compression()
+        };
+        assert_eq!(request("").unwrap(), CompressionRequest::default());
+        for (toml, kind, level) in [
+            ("compression = \"lz4\"", Some(CompressionType::Lz4), None),
+            ("compression = \"ZSTD\"", Some(CompressionType::Zstd), None),
+            (
+                "compression = \"zst\"\ncompression_level = 19",
+                Some(CompressionType::Zstd),
+                Some(19),
+            ),
+            // The repository's type may be zstd: known only once its identity is read.
+            ("compression_level = 1", None, Some(1)),
+        ] {
+            assert_eq!(
+                request(toml).unwrap(),
+                CompressionRequest { kind, level },
+                "{toml}"
+            );
+        }
+        for (bad, says) in [
+            (
+                "compression = \"gzip\"",
+                "compression 'gzip' is not lz4 or zstd",
+            ),
+            (
+                "compression = \"lz4\"\ncompression_level = 3",
+                "compression_level applies to zstd only",
+            ),
+            (
+                "compression_level = 0",
+                "compression_level 0 is not a zstd level",
+            ),
+            ("compression_level = 23", "give 1 (fastest) to 22"),
+        ] {
+            let err = request(bad).unwrap_err().to_string();
+            assert!(err.contains(says) && !err.contains('\n'), "{err}");
+        }
+        // Flags and environment over the file, as for every setting.
+        let cli = Settings {
+            compression_level: Some(9),
+            ..Settings::default()
+        };
+        let file = Settings::from_toml("compression = \"zstd\"", Path::new("pitr.toml")).unwrap();
+        assert_eq!(
+            cli.over(file).compression().unwrap(),
+            CompressionRequest {
+                kind: Some(CompressionType::Zstd),
+                level: Some(9)
+            }
+        );
     }
 
     #[test]

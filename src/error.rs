@@ -269,6 +269,7 @@ impl From<CatalogError> for Error {
             },
             e @ CatalogError::NotInitialised { .. } => Error::WrongRepository(e.to_string()),
             CatalogError::Locked(locked) => Error::Locked(locked.to_string()),
+            CatalogError::Compression(message) => Error::Config(message),
         }
     }
 }

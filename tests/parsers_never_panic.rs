@@ -52,6 +52,10 @@ const HISTORY: &str = "1\t0/3000158\tno recovery target specified\n2\t0/5000000\
 
 /// Valid input with a few bytes changed, dropped or cut off: the near misses real damage makes.
 fn mutated(valid: &'static str) -> impl Strategy<Value = Vec<u8>> {
+    mutated_bytes(valid.as_bytes())
+}
+
+fn mutated_bytes(valid: &'static [u8]) -> impl Strategy<Value = Vec<u8>> {
     let len = valid.len();
     (
         prop::collection::vec((0..len, any::<u8>()), 0..6),
@@ -59,7 +63,7 @@ fn mutated(valid: &'static str) -> impl Strategy<Value = Vec<u8>> {
         0..=len,
     )
         .prop_map(move |(flips, drops, cut)| {
-            let mut bytes = valid.as_bytes().to_vec();
+            let mut bytes = valid.to_vec();
             for (at, value) in flips {
                 bytes[at] = value;
             }
@@ -71,6 +75,25 @@ fn mutated(valid: &'static str) -> impl Strategy<Value = Vec<u8>> {
             bytes.truncate(cut.max(len / 2));
             bytes
         })
+}
+
+/// Two-frame objects (the first frame a whole chunk), LZ4 and zstd.
+fn objects() -> &'static [Vec<u8>; 2] {
+    static OBJECTS: std::sync::OnceLock<[Vec<u8>; 2]> = std::sync::OnceLock::new();
+    OBJECTS.get_or_init(|| {
+        let input: Vec<u8> = (0..codec::CHUNK_SIZE + 3000)
+            .map(|i| (i / 100 % 251) as u8)
+            .collect();
+        [
+            codec::Compression::Lz4,
+            codec::Compression::Zstd { level: 3 },
+        ]
+        .map(|compression| {
+            let mut object = Vec::new();
+            codec::encode_reader(&input[..], &mut object, compression, 2).unwrap();
+            object
+        })
+    })
 }
 
 fn text(bytes: &[u8]) -> String {
@@ -218,5 +241,20 @@ proptest! {
     fn control_files_and_wal_page_headers(bytes in prop::collection::vec(any::<u8>(), 0..9000)) {
         let _ = pitr::pg::ControlFile::parse(&bytes);
         let _ = pitr::pg::WalLongPageHeader::parse(&bytes);
+    }
+}
+
+proptest! {
+    // Each case decodes a megabyte.
+    #![proptest_config(ProptestConfig::with_cases(100))]
+
+    #[test]
+    fn damaged_lz4_objects(bytes in mutated_bytes(&objects()[0])) {
+        let _ = codec::decode(&bytes[..], std::io::sink());
+    }
+
+    #[test]
+    fn damaged_zstd_objects(bytes in mutated_bytes(&objects()[1])) {
+        let _ = codec::decode(&bytes[..], std::io::sink());
     }
 }

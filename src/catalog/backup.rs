@@ -3,6 +3,7 @@
 //! ```text
 //! backup/<id>/claim.json       written first, create-only: the id is taken
 //! backup/<id>/data/<n>.lz4     file contents: one large file, or a bundle of small files
+//!                              (`.zst` in a zstd repository)
 //! backup/<id>/manifest.json    written last, create-only: a backup exists once this does
 //! backup/<id>/pin.json         pin and annotations (sealed, rewritten by `pitr pin`/`unpin`)
 //! ```
@@ -14,8 +15,8 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::wal::ArchivedFile;
-use super::{Catalog, CatalogError, Stored, StoredObject};
-use crate::codec::{self, DecodeSummary, EncodeSummary};
+use super::{Catalog, CatalogError, Stored, StoredObject, object_suffix, strip_object_suffix};
+use crate::codec::{self, CompressionType, DecodeSummary, EncodeSummary};
 use crate::pg::backup_label::parse_backup_label;
 use crate::pg::timestamp::micros;
 use crate::pg::{Lsn, WalFileKind, WalFileName};
@@ -34,8 +35,12 @@ fn backup_prefix(id: &str) -> String {
     format!("{BACKUP_PREFIX}{id}/")
 }
 
-pub(super) fn backup_object_key(id: &str, object: u32) -> String {
-    format!("{BACKUP_PREFIX}{id}/data/{object:06}.lz4")
+fn backup_object_stem(id: &str, object: u32) -> String {
+    format!("{BACKUP_PREFIX}{id}/data/{object:06}")
+}
+
+pub(super) fn backup_object_key(id: &str, object: u32, kind: CompressionType) -> String {
+    backup_object_stem(id, object) + object_suffix(kind)
 }
 
 pub(super) fn manifest_key(id: &str) -> String {
@@ -223,6 +228,8 @@ pub struct BackupObjects {
     pub data: BTreeMap<u32, StoredObject>,
     pub claim: Option<StoredObject>,
     pub pin: Option<StoredObject>,
+    /// The repository's object format: the keys of data objects not listed.
+    object_kind: CompressionType,
 }
 
 /// `backup/<id>/claim.json`: who took the id, and when.
@@ -297,7 +304,7 @@ impl BackupObjects {
 
     /// The key data object `n` has, or would have, for messages.
     pub fn data_key(&self, n: u32) -> String {
-        backup_object_key(&self.id, n)
+        backup_object_key(&self.id, n, self.object_kind)
     }
 }
 
@@ -348,11 +355,12 @@ impl Catalog {
         source: &str,
         reader: R,
     ) -> Result<(R, EncodeSummary), CatalogError> {
-        let key = backup_object_key(id, object);
+        let compression = self.compression().await?;
+        let key = backup_object_key(id, object, compression.kind());
         let (stored, encoded, reader) = self
             .store_encoded(key.clone(), source.to_owned(), move |staged| {
                 let mut reader = reader;
-                let encoded = codec::encode_reader(&mut reader, staged, 1)?;
+                let encoded = codec::encode_reader(&mut reader, staged, compression, 1)?;
                 Ok((encoded, reader))
             })
             .await?;
@@ -373,7 +381,7 @@ impl Catalog {
         local: &str,
         out: W,
     ) -> Result<(W, DecodeSummary), CatalogError> {
-        let key = backup_object_key(&backup.id, object);
+        let key = backup_object_key(&backup.id, object, self.object_kind().await?);
         self.decode_key(&key, key.clone(), local, out).await
     }
 
@@ -434,6 +442,7 @@ impl Catalog {
 
     /// Every backup directory's objects, by backup id.
     pub async fn backup_objects(&self) -> Result<BTreeMap<String, BackupObjects>, CatalogError> {
+        let object_kind = self.object_kind().await?;
         let mut backups: BTreeMap<String, BackupObjects> = BTreeMap::new();
         for meta in self.storage.list(BACKUP_PREFIX).await? {
             let Some((id, rest)) = meta
@@ -447,11 +456,12 @@ impl Catalog {
                 .entry(id.to_owned())
                 .or_insert_with(|| BackupObjects {
                     id: id.to_owned(),
+                    object_kind,
                     ..BackupObjects::default()
                 });
             let number = rest
                 .strip_prefix("data/")
-                .and_then(|leaf| leaf.strip_suffix(".lz4"))
+                .and_then(strip_object_suffix)
                 .and_then(|n| n.parse::<u32>().ok());
             let object = StoredObject {
                 size: meta.size,
@@ -463,7 +473,9 @@ impl Catalog {
                 entry.claim = Some(object);
             } else if rest == PIN_LEAF {
                 entry.pin = Some(object);
-            } else if let Some(n) = number.filter(|&n| meta.key == backup_object_key(id, n)) {
+            } else if let Some(n) = number
+                .filter(|&n| strip_object_suffix(&meta.key) == Some(&backup_object_stem(id, n)))
+            {
                 entry.data.insert(n, object);
             }
         }

@@ -14,8 +14,10 @@
 //! lock.json                                         the repository lock (see `lock`)
 //! history/runs/<day>/<run>.json, history/latest/<command>.json   run history (see `history`)
 //! ```
-//! Every `.lz4` object is in the codec's format (LZ4 frames and a checksummed trailer): the
-//! catalog encodes what it stores and verifies what it reads.
+//! Every `.lz4` object is in the codec's format (frames and a checksummed trailer): the
+//! catalog encodes what it stores and verifies what it reads. A repository initialised with
+//! zstd names the same objects `.zst` (see [`object_suffix`]); the identity says which, and
+//! the catalog learns it when it first reads the identity.
 
 pub mod backup;
 pub mod history;
@@ -28,12 +30,12 @@ pub mod wal_index;
 use std::fs::File;
 use std::io::Write;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::codec::{self, CodecError, DecodeSummary, EncodeSummary};
+use crate::codec::{self, CodecError, Compression, CompressionType, DecodeSummary, EncodeSummary};
 use crate::pg::ControlFile;
 use crate::storage::{ObjectBody, PutMode, PutPayload, Storage, StorageError, read_all};
 
@@ -77,6 +79,71 @@ pub enum CatalogError {
     /// Another process holds the repository lock.
     #[error("{0}")]
     Locked(Box<lock::LockedBy>),
+    /// The compression settings do not fit the repository's (see [`CompressionRequest`]).
+    #[error("{0}")]
+    Compression(String),
+}
+
+/// The key suffix of a compressed object: its format, as `lz4 -d` and `zstd -d` expect.
+pub fn object_suffix(kind: CompressionType) -> &'static str {
+    match kind {
+        CompressionType::Lz4 => ".lz4",
+        CompressionType::Zstd => ".zst",
+    }
+}
+
+/// A compressed object's key without its suffix; listings accept either format.
+fn strip_object_suffix(key: &str) -> Option<&str> {
+    [CompressionType::Lz4, CompressionType::Zstd]
+        .into_iter()
+        .find_map(|kind| key.strip_suffix(object_suffix(kind)))
+}
+
+/// What the settings ask of compression; the repository's identity completes it. The type is
+/// the repository's, fixed by `pitr init`; the level may change for newly written objects.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CompressionRequest {
+    pub kind: Option<CompressionType>,
+    /// zstd only.
+    pub level: Option<i32>,
+}
+
+impl CompressionRequest {
+    /// What `pitr init` records: lz4, unless zstd is asked for (at its level, or 3).
+    pub fn for_new_repository(self) -> Result<Compression, String> {
+        match (self.kind, self.level) {
+            (Some(CompressionType::Zstd), level) => Ok(Compression::Zstd {
+                level: level.unwrap_or(Compression::DEFAULT_ZSTD_LEVEL),
+            }),
+            (_, Some(_)) => Err("compression_level applies to zstd only: give compression \
+                                 zstd with it (--compression zstd), or drop the level"
+                .to_owned()),
+            (_, None) => Ok(Compression::Lz4),
+        }
+    }
+
+    /// The compression of new objects in the repository at `location`, which recorded
+    /// `recorded`.
+    pub fn resolve(self, recorded: Compression, location: &str) -> Result<Compression, String> {
+        let recorded_kind = recorded.kind().name();
+        match (self.kind, recorded, self.level) {
+            (Some(kind), ..) if kind != recorded.kind() => Err(format!(
+                "repository {location} stores {recorded_kind} objects: the compression type is \
+                 fixed when `pitr init` creates a repository; drop compression {} (--compression, \
+                 PITR_COMPRESSION, the config file), or init a new repository with it",
+                kind.name()
+            )),
+            (_, Compression::Lz4, Some(_)) => Err(format!(
+                "repository {location} stores lz4 objects, which have no compression level; \
+                 drop compression_level (--compression-level, PITR_COMPRESSION_LEVEL, the config \
+                 file), or init a new repository with --compression zstd"
+            )),
+            (_, Compression::Zstd { level }, requested) => Ok(Compression::Zstd {
+                level: requested.unwrap_or(level),
+            }),
+            (_, Compression::Lz4, None) => Ok(Compression::Lz4),
+        }
+    }
 }
 
 /// Which cluster a repository belongs to, recorded by `pitr init`.
@@ -93,9 +160,23 @@ pub struct RepositoryIdentity {
     pub wal_block_size: u32,
     pub created_at: String,
     pub created_by: String,
+    /// How objects are compressed. Absent means lz4: repositories from before the choice, and
+    /// lz4 ones, which leave it out so that earlier pitr versions still read them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    compression: Option<Compression>,
 }
 
 impl RepositoryIdentity {
+    /// How the repository's objects are compressed (the level: of those `init` wrote).
+    pub fn compression(&self) -> Compression {
+        self.compression.unwrap_or(Compression::Lz4)
+    }
+
+    pub fn with_compression(mut self, compression: Compression) -> Self {
+        self.compression = (compression != Compression::Lz4).then_some(compression);
+        self
+    }
+
     pub fn new(control: &ControlFile, pg_version: u32, now: DateTime<Utc>) -> Self {
         RepositoryIdentity {
             format: REPOSITORY_FORMAT,
@@ -107,6 +188,7 @@ impl RepositoryIdentity {
             wal_block_size: control.wal_block_size,
             created_at: now.to_rfc3339_opts(SecondsFormat::Secs, true),
             created_by: format!("pitr {}", env!("CARGO_PKG_VERSION")),
+            compression: None,
         }
     }
 
@@ -123,6 +205,7 @@ impl RepositoryIdentity {
             wal_block_size,
             created_at: String::new(),
             created_by: String::new(),
+            compression: None,
         }
     }
 
@@ -149,6 +232,11 @@ impl RepositoryIdentity {
                 "WAL block size {} is not a power of two from 1 kB to 64 kB",
                 identity.wal_block_size
             ));
+        }
+        if let Compression::Zstd { level } = identity.compression() {
+            if !Compression::ZSTD_LEVELS.contains(&level) {
+                return Err(format!("zstd level {level} is not from 1 to 22"));
+            }
         }
         Ok(identity)
     }
@@ -212,6 +300,10 @@ pub enum Stored {
 pub struct Catalog {
     storage: Arc<dyn Storage>,
     lock_stale_after: std::time::Duration,
+    compression_request: CompressionRequest,
+    /// The compression of new objects, known from the first read of the identity on (the
+    /// commands read it first, so knowing it costs no request).
+    compression: Arc<OnceLock<Compression>>,
 }
 
 impl Catalog {
@@ -219,7 +311,34 @@ impl Catalog {
         Catalog {
             storage,
             lock_stale_after: lock::DEFAULT_LOCK_STALE_AFTER,
+            compression_request: CompressionRequest::default(),
+            compression: Arc::new(OnceLock::new()),
         }
+    }
+
+    /// Compression as the settings ask; checked against the identity when it is read.
+    pub fn with_compression_request(mut self, request: CompressionRequest) -> Self {
+        self.compression_request = request;
+        self
+    }
+
+    /// The compression new objects get: the identity's type, at the requested level if any.
+    async fn compression(&self) -> Result<Compression, CatalogError> {
+        if let Some(&compression) = self.compression.get() {
+            return Ok(compression);
+        }
+        match self.identity().await {
+            Ok(_) => Ok(*self.compression.get().expect("identity() records it")),
+            // Commands refuse an uninitialised repository before they store or fetch;
+            // code that uses one (tests) gets lz4, as an identity without the field.
+            Err(CatalogError::NotInitialised { .. }) => Ok(Compression::Lz4),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The key suffix of the repository's compressed objects.
+    async fn object_kind(&self) -> Result<CompressionType, CatalogError> {
+        Ok(self.compression().await?.kind())
     }
 
     /// Where the repository is, for messages.
@@ -237,10 +356,17 @@ impl Catalog {
             }
             Err(e) => return Err(e.into()),
         };
-        RepositoryIdentity::parse(&bytes).map_err(|reason| CatalogError::CorruptIdentity {
-            location: self.location(),
-            reason,
-        })
+        let identity =
+            RepositoryIdentity::parse(&bytes).map_err(|reason| CatalogError::CorruptIdentity {
+                location: self.location(),
+                reason,
+            })?;
+        let compression = self
+            .compression_request
+            .resolve(identity.compression(), &self.location())
+            .map_err(CatalogError::Compression)?;
+        let _ = self.compression.set(compression);
+        Ok(identity)
     }
 
     /// Records `identity` unless the repository already has one; never replaces it.
@@ -251,7 +377,10 @@ impl Catalog {
             .put(IDENTITY_KEY, PutPayload::from_bytes(json), PutMode::Create)
             .await
         {
-            Ok(()) => Ok(InitOutcome::Created),
+            Ok(()) => {
+                let _ = self.compression.set(identity.compression());
+                Ok(InitOutcome::Created)
+            }
             Err(StorageError::AlreadyExists { .. }) => {
                 let existing = self.identity().await?;
                 if existing.system_identifier == identity.system_identifier {

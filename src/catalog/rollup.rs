@@ -564,7 +564,10 @@ impl Catalog {
             self.storage.list(ROLLUP_PREFIX),
             self.storage.list(&history_prefix),
         )?;
-        let mut listing = WalListing::default();
+        let mut listing = WalListing {
+            object_kind: self.object_kind().await?,
+            ..WalListing::default()
+        };
         for meta in rollup_metas {
             if let Some(key) = RollupKey::parse(&meta.key, segment_size) {
                 listing

@@ -22,14 +22,21 @@ fn wal_keys_group_by_timeline_and_log() {
     ];
     for (name, key) in cases {
         let parsed = WalFileName::parse(name).unwrap();
-        assert_eq!(wal_key(&parsed), key);
-        assert_eq!(wal_name_of_key(key), Some(parsed));
+        assert_eq!(wal_key(&parsed, CompressionType::Lz4), key);
+        assert_eq!(wal_name_of_key(key), Some(parsed.clone()));
+        // A zstd repository's key: the same but for the suffix, and parsed alike.
+        let zstd_key = key.replace(".lz4", ".zst");
+        assert_eq!(wal_key(&parsed, CompressionType::Zstd), zstd_key);
+        assert_eq!(wal_name_of_key(&zstd_key), Some(parsed));
     }
     assert_eq!(wal_name_of_key("repository.json"), None);
-    assert_eq!(
-        wal_name_of_key("wal/0000000100000000/000000020000000000000001.lz4"),
-        None
-    );
+    for wrong in [
+        "wal/0000000100000000/000000020000000000000001.lz4",
+        "wal/0000000100000000/000000010000000000000001.gz",
+        "wal/0000000100000000/000000010000000000000001",
+    ] {
+        assert_eq!(wal_name_of_key(wrong), None, "{wrong}");
+    }
 }
 
 #[test]
@@ -283,5 +290,155 @@ async fn pins_live_beside_the_sealed_manifest_and_the_expired_mark_only_rises() 
     assert_eq!(
         catalog.expired_wal().await.unwrap(),
         std::collections::BTreeMap::from([(1, 8), (2, 3), (3, 9)])
+    );
+}
+
+#[test]
+fn identity_records_zstd_and_leaves_lz4_out() {
+    let lz4 = RepositoryIdentity::for_tests(16 << 20, 8192);
+    // An lz4 identity is written as before the choice existed: earlier pitr reads it.
+    let json = String::from_utf8(sealed::seal(&lz4)).unwrap();
+    assert!(!json.contains("compression"), "{json}");
+    assert_eq!(
+        RepositoryIdentity::parse(json.as_bytes())
+            .unwrap()
+            .compression(),
+        Compression::Lz4
+    );
+    let zstd = lz4.with_compression(Compression::Zstd { level: 7 });
+    let json = String::from_utf8(sealed::seal(&zstd)).unwrap();
+    assert!(
+        json.contains("\"compression\": {\n    \"type\": \"zstd\",\n    \"level\": 7\n  }"),
+        "{json}"
+    );
+    assert_eq!(RepositoryIdentity::parse(json.as_bytes()).unwrap(), zstd);
+    // Unsealed (as before checksums), so that the content, not a checksum, is refused.
+    let plain = serde_json::to_string(&zstd).unwrap();
+    assert!(RepositoryIdentity::parse(plain.as_bytes()).is_ok());
+    for (from, to) in [("\"zstd\"", "\"brotli\""), ("\"level\":7", "\"level\":30")] {
+        let changed = plain.replace(from, to);
+        assert!(changed != plain, "{to}");
+        assert!(
+            RepositoryIdentity::parse(changed.as_bytes()).is_err(),
+            "{to}"
+        );
+    }
+}
+
+#[test]
+fn a_compression_request_fits_the_repository_or_says_why_not() {
+    let zstd = |level| Compression::Zstd { level };
+    let request = |kind, level| CompressionRequest { kind, level };
+    // pitr init: lz4 unless zstd is asked for.
+    assert_eq!(
+        request(None, None).for_new_repository(),
+        Ok(Compression::Lz4)
+    );
+    assert_eq!(
+        request(Some(CompressionType::Zstd), None).for_new_repository(),
+        Ok(zstd(3))
+    );
+    assert_eq!(
+        request(Some(CompressionType::Zstd), Some(19)).for_new_repository(),
+        Ok(zstd(19))
+    );
+    let err = request(None, Some(5)).for_new_repository().unwrap_err();
+    assert!(err.contains("applies to zstd only"), "{err}");
+    // Later commands: the type is the repository's; the level may change.
+    assert_eq!(request(None, None).resolve(zstd(3), "R"), Ok(zstd(3)));
+    assert_eq!(request(None, Some(9)).resolve(zstd(3), "R"), Ok(zstd(9)));
+    assert_eq!(
+        request(Some(CompressionType::Zstd), None).resolve(zstd(3), "R"),
+        Ok(zstd(3))
+    );
+    assert_eq!(
+        request(Some(CompressionType::Lz4), None).resolve(Compression::Lz4, "R"),
+        Ok(Compression::Lz4)
+    );
+    for (asked, recorded, says) in [
+        (
+            request(Some(CompressionType::Lz4), None),
+            zstd(3),
+            "repository R stores zstd objects: the compression type is fixed",
+        ),
+        (
+            request(Some(CompressionType::Zstd), None),
+            Compression::Lz4,
+            "drop compression zstd",
+        ),
+        (
+            request(None, Some(3)),
+            Compression::Lz4,
+            "stores lz4 objects, which have no compression level",
+        ),
+    ] {
+        let err = asked.resolve(recorded, "R").unwrap_err();
+        assert!(err.contains(says) && !err.contains('\n'), "{err}");
+    }
+}
+
+#[tokio::test]
+async fn a_zstd_repository_names_its_objects_zst() {
+    let (store, catalog) = memory_catalog();
+    let identity = RepositoryIdentity::for_tests(1 << 20, 8192)
+        .with_compression(Compression::Zstd { level: 3 });
+    catalog.init(&identity).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let name = WalFileName::parse("000000010000000000000001").unwrap();
+    let path = dir.path().join(name.as_str());
+    let content: Vec<u8> = (0..1u32 << 20).map(|i| (i / 300) as u8).collect();
+    std::fs::write(&path, &content).unwrap();
+    let (_, encoded) = catalog.store_wal(&name, &path, 2).await.unwrap();
+    let key = "wal/0000000100000000/000000010000000000000001.zst";
+    let stored = store.object(key).unwrap();
+    assert_eq!(stored.len() as u64, encoded.stored_len);
+    assert_eq!(&stored[..4], &[0x28, 0xB5, 0x2F, 0xFD], "a zstd frame");
+    assert!(catalog.has_wal(&name).await.unwrap());
+    let (fetched, _) = catalog
+        .fetch_wal(&name, "memory", Vec::new())
+        .await
+        .unwrap();
+    assert!(fetched == content);
+    let listing = catalog.wal_listing(1 << 20).await.unwrap();
+    assert_eq!(listing.segment(1, 1).unwrap().object.key(), key);
+    assert_eq!(listing.file(1, 1, 1 << 20).unwrap().object.key(), key);
+
+    let (id, n) = ("20260101T000000Z", 0);
+    catalog
+        .store_backup_object(
+            id,
+            n,
+            "bundle",
+            std::io::Cursor::new(content[..1000].to_vec()),
+        )
+        .await
+        .unwrap();
+    let objects = catalog.backup_objects().await.unwrap();
+    assert_eq!(
+        objects[id].data[&n].key(),
+        "backup/20260101T000000Z/data/000000.zst"
+    );
+    assert_eq!(
+        objects[id].data_key(1),
+        "backup/20260101T000000Z/data/000001.zst"
+    );
+
+    // Another process asking for lz4: refused at the identity, before anything is written.
+    let lz4 = Catalog::new(store.clone()).with_compression_request(CompressionRequest {
+        kind: Some(CompressionType::Lz4),
+        level: None,
+    });
+    assert!(matches!(
+        lz4.identity().await,
+        Err(CatalogError::Compression(_))
+    ));
+    // Asking for another level: new objects get it, in the repository's format.
+    let level_19 = Catalog::new(store.clone()).with_compression_request(CompressionRequest {
+        kind: None,
+        level: Some(19),
+    });
+    assert_eq!(
+        level_19.compression().await.unwrap(),
+        Compression::Zstd { level: 19 }
     );
 }

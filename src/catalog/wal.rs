@@ -7,6 +7,7 @@
 //! wal/history/<TLI>.history.lz4
 //! wal/expired.json                              where retention expired WAL, per timeline
 //! ```
+//! (`.zst` instead of `.lz4` in a zstd repository.)
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
@@ -19,8 +20,8 @@ use serde::{Deserialize, Serialize};
 use super::backup::Deletion;
 use super::rollup::{RollupKey, SPANS, group_start};
 use super::wal_index::{summary_key, wal_name_of_summary_key};
-use super::{Catalog, CatalogError, Stored, StoredObject};
-use crate::codec::{self, DecodeSummary, EncodeSummary};
+use super::{Catalog, CatalogError, Stored, StoredObject, object_suffix, strip_object_suffix};
+use crate::codec::{self, CompressionType, DecodeSummary, EncodeSummary};
 use crate::pg::wal_name::xlog_file_name;
 use crate::pg::{WalFileKind, WalFileName};
 use crate::storage::{ObjectMeta, PutMode, PutPayload, StorageError, read_all};
@@ -45,19 +46,25 @@ struct ExpiredTimeline {
     expired_before: String,
 }
 
-/// The object key of an archived WAL file.
-pub(super) fn wal_key(name: &WalFileName) -> String {
+/// The object key of an archived WAL file, without its suffix: where its summary is too.
+pub(super) fn wal_stem(name: &WalFileName) -> String {
     match name.kind() {
-        WalFileKind::History => format!("{WAL_PREFIX}history/{name}.lz4"),
-        _ => format!("{WAL_PREFIX}{}/{name}.lz4", &name.as_str()[..16]),
+        WalFileKind::History => format!("{WAL_PREFIX}history/{name}"),
+        _ => format!("{WAL_PREFIX}{}/{name}", &name.as_str()[..16]),
     }
+}
+
+/// The object key of an archived WAL file in a repository of `kind`.
+pub(super) fn wal_key(name: &WalFileName, kind: CompressionType) -> String {
+    wal_stem(name) + object_suffix(kind)
 }
 
 /// The WAL file an object key names, if it names one.
 pub(super) fn wal_name_of_key(key: &str) -> Option<WalFileName> {
-    let leaf = key.strip_prefix(WAL_PREFIX)?.rsplit('/').next()?;
-    let name = WalFileName::parse(leaf.strip_suffix(".lz4")?).ok()?;
-    (wal_key(&name) == key).then_some(name)
+    let stem = strip_object_suffix(key)?;
+    let leaf = stem.strip_prefix(WAL_PREFIX)?.rsplit('/').next()?;
+    let name = WalFileName::parse(leaf).ok()?;
+    (wal_stem(&name) == stem).then_some(name)
 }
 
 /// An archived WAL file, as a listing found it.
@@ -87,6 +94,8 @@ pub struct WalListing {
     /// Complete groups by (timeline, first segment number, span): their segments exist and
     /// are summarised, and are not in `segments` unless listed one by one too.
     pub rollups: BTreeMap<(u32, u64, u64), RollupKey>,
+    /// The repository's object format: the keys of segments only a rollup lists.
+    pub(super) object_kind: CompressionType,
 }
 
 impl WalListing {
@@ -98,7 +107,7 @@ impl WalListing {
     ) -> Self {
         let mut listing = WalListing::default();
         for (name, size) in files {
-            let key = wal_key(&name);
+            let key = wal_key(&name, listing.object_kind);
             listing.add(name, key, size, segment_size);
         }
         listing
@@ -164,7 +173,7 @@ impl WalListing {
         }
         self.covering(timeline, segno)?;
         let name = WalFileName::parse(&xlog_file_name(timeline, segno, segment_size)).ok()?;
-        let key = wal_key(&name);
+        let key = wal_key(&name, self.object_kind);
         Some(ArchivedFile {
             name,
             object: StoredObject { key, size: 0 },
@@ -250,7 +259,10 @@ impl Catalog {
     /// Lists the WAL archive once, every object (`pitr verify`; overviews use
     /// [`Catalog::wal_overview`]).
     pub async fn wal_listing(&self, segment_size: u64) -> Result<WalListing, CatalogError> {
-        let mut listing = WalListing::default();
+        let mut listing = WalListing {
+            object_kind: self.object_kind().await?,
+            ..WalListing::default()
+        };
         listing.add_metas(self.storage.list(WAL_PREFIX).await?, segment_size);
         Ok(listing)
     }
@@ -264,10 +276,12 @@ impl Catalog {
         threads: usize,
     ) -> Result<(Stored, EncodeSummary), CatalogError> {
         let path = source.to_owned();
+        let compression = self.compression().await?;
+        let key = wal_key(name, compression.kind());
         let (stored, encoded, ()) = self
-            .store_encoded(wal_key(name), source.display().to_string(), move |staged| {
+            .store_encoded(key, source.display().to_string(), move |staged| {
                 let input = File::open(&path).map_err(codec::CodecError::Read)?;
-                Ok((codec::encode(&input, staged, threads)?, ()))
+                Ok((codec::encode(&input, staged, compression, threads)?, ()))
             })
             .await?;
         Ok((stored, encoded))
@@ -282,7 +296,7 @@ impl Catalog {
         out: W,
     ) -> Result<(W, DecodeSummary), CatalogError> {
         self.decode_key(
-            &wal_key(name),
+            &wal_key(name, self.object_kind().await?),
             format!("the archived copy of {name}"),
             local,
             out,
@@ -292,7 +306,11 @@ impl Catalog {
 
     /// Whether `name` is archived.
     pub async fn has_wal(&self, name: &WalFileName) -> Result<bool, CatalogError> {
-        match self.storage.head(&wal_key(name)).await {
+        match self
+            .storage
+            .head(&wal_key(name, self.object_kind().await?))
+            .await
+        {
             Ok(_) => Ok(true),
             Err(StorageError::NotFound { .. }) => Ok(false),
             Err(e) => Err(e.into()),

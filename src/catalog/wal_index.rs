@@ -3,7 +3,7 @@
 //! without reading WAL again.
 //!
 //! ```text
-//! wal/<TLI><LOG>/<segment>.summary.json            SegmentSummary of <segment>.lz4
+//! wal/<TLI><LOG>/<segment>.summary.json            SegmentSummary of <segment>.lz4 (.zst)
 //! wal/<TLI><LOG>/<segment>.partial.summary.json    of a partial segment
 //! wal/history/<TLI>.history.summary.json           the history file's switch points
 //! ```
@@ -12,7 +12,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::wal::{WAL_PREFIX, wal_key};
+use super::wal::{WAL_PREFIX, wal_stem};
 use super::{Catalog, CatalogError};
 use crate::pg::timeline::HistoryEntry;
 use crate::pg::wal_summary::SegmentSummary;
@@ -24,11 +24,7 @@ const SUMMARY_SUFFIX: &str = ".summary.json";
 
 /// The key of the summary of an archived segment, partial segment or history file.
 pub(super) fn summary_key(name: &WalFileName) -> String {
-    let key = wal_key(name);
-    format!(
-        "{}{SUMMARY_SUFFIX}",
-        key.strip_suffix(".lz4").unwrap_or(&key)
-    )
+    wal_stem(name) + SUMMARY_SUFFIX
 }
 
 /// The WAL file whose summary a key names, if it names one.

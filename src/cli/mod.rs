@@ -207,7 +207,8 @@ pub struct GlobalArgs {
     )]
     pub archive_get_queue_max: Option<String>,
 
-    /// Compression of a new repository (pitr init): lz4 (default) or zstd.
+    /// Compression of a new repository (pitr init): lz4 (default) or zstd; fixed for good,
+    /// later commands may only repeat it.
     #[arg(
         long,
         global = true,
@@ -217,7 +218,8 @@ pub struct GlobalArgs {
     )]
     pub compression: Option<String>,
 
-    /// Compression level: zstd 1-22 (default 3).
+    /// Compression level: zstd 1-22 (default 3), at init and for the objects a later command
+    /// writes.
     #[arg(
         long,
         global = true,

@@ -27,11 +27,13 @@ pub fn init(report: &InitReport) {
         "already initialised"
     };
     println!(
-        "{verb} repository {} for PostgreSQL {} cluster {} (WAL segments of {} bytes)",
+        "{verb} repository {} for PostgreSQL {} cluster {} (WAL segments of {} bytes, \
+         compression {})",
         report.location,
         report.identity.pg_version,
         report.identity.system_identifier,
-        report.identity.wal_segment_size
+        report.identity.wal_segment_size,
+        report.identity.compression()
     );
 }
 

@@ -74,7 +74,9 @@ async fn run_command(cli: Cli, settings: Result<Settings>) -> Result<u8> {
             return Ok(EXIT_OK);
         }
     }
-    let catalog = Catalog::new(config.open().await?).with_lock_stale_after(config.lock_stale_after);
+    let catalog = Catalog::new(config.open().await?)
+        .with_lock_stale_after(config.lock_stale_after)
+        .with_compression_request(settings.compression()?);
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
 
     // The run history: one place, so that any command can be recorded.
@@ -212,7 +214,17 @@ async fn execute(
 ) -> Result<u8> {
     let catalog = catalog.clone();
     match cli.command {
-        Command::Init { pgdata } => render::init(&init(&catalog, &InitOptions { pgdata }).await?),
+        Command::Init { pgdata } => {
+            let compression = settings
+                .compression()?
+                .for_new_repository()
+                .map_err(Error::Config)?;
+            let options = InitOptions {
+                pgdata,
+                compression,
+            };
+            render::init(&init(&catalog, &options).await?);
+        }
         Command::ArchivePush { path } => {
             let options = ArchivePushOptions { path, threads };
             render::archive_push(&archive_push(&catalog, &options).await?);

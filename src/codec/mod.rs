@@ -1,10 +1,13 @@
-//! pitr's stored-object format: LZ4 frames with a checksummed trailer.
+//! pitr's stored-object format: compressed frames with a checksummed trailer.
 //!
 //! An object is the input cut into chunks of [`CHUNK_SIZE`], each compressed as an independent
-//! LZ4 frame (so chunks compress in parallel), followed by one LZ4 *skippable* frame holding
-//! [`Trailer`]. The whole object is therefore a valid LZ4 stream: `lz4 -d` restores the
-//! original bytes. The trailer carries the CRC-32 of the original bytes and of the compressed
-//! bytes before it, and [`decode`] verifies both before it reports success.
+//! frame (so chunks compress in parallel), followed by one *skippable* frame holding
+//! [`Trailer`]. Frames are LZ4 or zstd ([`Compression`]); both formats share the skippable-frame
+//! magic range, so an object is a valid LZ4 stream (`lz4 -d`) or zstd stream (`zstd -d`) that
+//! restores the original bytes. The trailer carries the CRC-32 of the original bytes and of
+//! the compressed bytes before it, and [`decode`] verifies both before it reports success.
+//! [`decode`] tells each frame's format by its magic number, so a reader never needs to be
+//! told how an object was compressed.
 //!
 //! Memory is bounded by the number of chunks in flight, never by the input size.
 
@@ -12,13 +15,62 @@ use std::fs::File;
 use std::io::{self, BufRead, Read, Write};
 use std::sync::{Arc, mpsc};
 
-use lz4_flex::frame::{BlockMode, BlockSize, FrameDecoder, FrameEncoder, FrameInfo};
-
+mod frames;
 mod trailer;
 
+use frames::{FrameCompressor, FrameReader};
 pub use trailer::{TRAILER_LEN, Trailer};
 
-/// Bytes of input per LZ4 frame: the unit of parallel compression.
+/// How an object's frames are compressed: a repository's choice, recorded in its identity as
+/// `{"type": "lz4"}` or `{"type": "zstd", "level": 3}`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum Compression {
+    Lz4,
+    Zstd { level: i32 },
+}
+
+/// The format alone, without a level: what object names and settings speak of.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum CompressionType {
+    /// What repositories had before the choice existed.
+    #[default]
+    Lz4,
+    Zstd,
+}
+
+impl Compression {
+    pub const DEFAULT_ZSTD_LEVEL: i32 = 3;
+    /// Levels zstd has (20 and above are its "ultra" levels).
+    pub const ZSTD_LEVELS: std::ops::RangeInclusive<i32> = 1..=22;
+
+    pub fn kind(self) -> CompressionType {
+        match self {
+            Compression::Lz4 => CompressionType::Lz4,
+            Compression::Zstd { .. } => CompressionType::Zstd,
+        }
+    }
+}
+
+impl std::fmt::Display for Compression {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Compression::Lz4 => f.write_str("lz4"),
+            Compression::Zstd { level } => write!(f, "zstd level {level}"),
+        }
+    }
+}
+
+impl CompressionType {
+    pub fn name(self) -> &'static str {
+        match self {
+            CompressionType::Lz4 => "lz4",
+            CompressionType::Zstd => "zstd",
+        }
+    }
+}
+
+/// Bytes of input per frame: the unit of parallel compression.
 pub const CHUNK_SIZE: usize = 1 << 20;
 /// Bytes of input mapped at a time (a multiple of the page size).
 const WINDOW: u64 = 8 << 20;
@@ -66,10 +118,11 @@ impl EncodeSummary {
 pub fn encode<W: Write + Send>(
     input: &File,
     output: W,
+    compression: Compression,
     threads: usize,
 ) -> Result<EncodeSummary, CodecError> {
     let len = input.metadata().map_err(CodecError::Read)?.len();
-    encode_chunks(output, threads, |emit| {
+    encode_chunks(output, compression, threads, |emit| {
         let mut offset = 0u64;
         while offset < len {
             let window_len = WINDOW.min(len - offset) as usize;
@@ -101,9 +154,10 @@ pub fn encode<W: Write + Send>(
 pub fn encode_reader<R: Read, W: Write + Send>(
     mut input: R,
     output: W,
+    compression: Compression,
     threads: usize,
 ) -> Result<EncodeSummary, CodecError> {
-    encode_chunks(output, threads, |emit| {
+    encode_chunks(output, compression, threads, |emit| {
         loop {
             let mut chunk = Vec::with_capacity(CHUNK_SIZE);
             if (&mut input)
@@ -122,6 +176,7 @@ pub fn encode_reader<R: Read, W: Write + Send>(
 /// workers compress them into frames, a writer writes them in order, then the trailer.
 fn encode_chunks<W: Write + Send>(
     output: W,
+    compression: Compression,
     threads: usize,
     produce: impl FnOnce(&mut dyn FnMut(Chunk) -> bool) -> io::Result<()>,
 ) -> Result<EncodeSummary, CodecError> {
@@ -137,7 +192,7 @@ fn encode_chunks<W: Write + Send>(
             let (chunk_tx, chunk_rx) = mpsc::sync_channel::<Chunk>(QUEUE_DEPTH);
             let (frame_tx, frame_rx) = mpsc::sync_channel::<io::Result<Vec<u8>>>(QUEUE_DEPTH);
             let (free_frame_tx, free_frame_rx) = mpsc::channel::<Vec<u8>>();
-            scope.spawn(move || compress_chunks(chunk_rx, frame_tx, free_frame_rx));
+            scope.spawn(move || compress_chunks(compression, chunk_rx, frame_tx, free_frame_rx));
             to_workers.push(chunk_tx);
             from_workers.push(frame_rx);
             free_frame_txs.push(free_frame_tx);
@@ -199,26 +254,23 @@ impl std::ops::Deref for Chunk {
     }
 }
 
-/// One worker: each chunk becomes one complete LZ4 frame, from one reused encoder.
+/// One worker: each chunk becomes one complete frame, from one reused compressor.
 fn compress_chunks(
+    compression: Compression,
     chunks: mpsc::Receiver<Chunk>,
     frames: mpsc::SyncSender<io::Result<Vec<u8>>>,
     free_frames: mpsc::Receiver<Vec<u8>>,
 ) {
-    let info = FrameInfo::new()
-        .block_size(BlockSize::Max64KB)
-        .block_mode(BlockMode::Independent);
-    // The encoder starts a new frame on the first write after `try_finish`.
-    let mut encoder = FrameEncoder::with_frame_info(info, Vec::with_capacity(CHUNK_SIZE));
+    let mut compressor = match FrameCompressor::new(compression) {
+        Ok(compressor) => compressor,
+        Err(e) => {
+            let _ = frames.send(Err(e));
+            return;
+        }
+    };
     for chunk in chunks {
-        let result = encoder
-            .write_all(&chunk)
-            .and_then(|()| encoder.try_finish().map_err(io::Error::other))
-            .map(|()| {
-                let mut spare = free_frames.try_recv().unwrap_or_default();
-                spare.clear();
-                std::mem::replace(encoder.get_mut(), spare)
-            });
+        let spare = free_frames.try_recv().unwrap_or_default();
+        let result = compressor.compress(&chunk, spare);
         drop(chunk);
         if frames.send(result).is_err() {
             break;
@@ -260,39 +312,16 @@ pub struct DecodeSummary {
 /// `output` has seen every byte when this returns, but the data is only proven good when it
 /// returns `Ok`: callers write to a temporary place and publish it only then.
 pub fn decode<R: Read, W: Write>(input: R, mut output: W) -> Result<DecodeSummary, CodecError> {
-    let body = TrailerSplitter::new(input);
-    let mut decoder = FrameDecoder::new(body);
+    let mut frames = FrameReader::new(TrailerSplitter::new(input));
     let mut original = crc32fast::Hasher::new();
     let mut original_len = 0u64;
-    loop {
-        // Straight from the decoder's block buffer to the output: no intermediate copy.
-        let filled = decoder.fill_buf().map(<[u8]>::len);
-        let n = match filled {
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) if decoder.get_ref().source_error => return Err(CodecError::Read(e)),
-            Err(e) => return Err(CodecError::Corrupt(format!("invalid LZ4 data: {e}"))),
-        };
-        if n == 0 {
-            // The decoder reports an empty block at the end of every frame.
-            if decoder
-                .get_mut()
-                .has_body_left()
-                .map_err(CodecError::Read)?
-            {
-                continue;
-            }
-            break;
-        }
-        // Filled already: this returns the same block without reading.
-        let block = decoder.fill_buf().map_err(CodecError::Read)?;
+    frames.decode_all(&mut |block| {
         original.update(block);
-        original_len += n as u64;
-        output.write_all(block).map_err(CodecError::Write)?;
-        decoder.consume(n);
-    }
+        original_len += block.len() as u64;
+        output.write_all(block).map_err(CodecError::Write)
+    })?;
     output.flush().map_err(CodecError::Write)?;
-    let (trailer, stored_crc32, stored_len) = decoder.into_inner().finish()?;
+    let (trailer, stored_crc32, stored_len) = frames.into_inner().finish()?;
     if trailer.stored_crc32 != stored_crc32 {
         return Err(CodecError::Corrupt(format!(
             "compressed data checksum mismatch (stored {:08x}, computed {stored_crc32:08x})",
@@ -367,20 +396,30 @@ impl<R: Read> TrailerSplitter<R> {
         }
     }
 
-    /// Whether bytes before the trailer remain to be served.
-    fn has_body_left(&mut self) -> io::Result<bool> {
-        while self.end - self.start <= TRAILER_LEN {
-            if !self.fill()? {
-                return Ok(false);
-            }
+    /// The first four bytes still to be served (a frame's magic number), without serving
+    /// them; `None` when only the trailer is left.
+    fn peek_magic(&mut self) -> Result<Option<u32>, CodecError> {
+        while self.servable() < 4 && self.fill().map_err(CodecError::Read)? {}
+        match self.servable() {
+            0 => Ok(None),
+            1..4 => Err(CodecError::Corrupt(
+                "stray bytes after the last frame (truncated or not a pitr object)".to_owned(),
+            )),
+            _ => Ok(Some(u32::from_le_bytes(
+                self.buf[self.start..self.start + 4].try_into().unwrap(),
+            ))),
         }
-        Ok(true)
+    }
+
+    /// Bytes held that are not the trailer (they may be served).
+    fn servable(&self) -> usize {
+        (self.end - self.start).saturating_sub(TRAILER_LEN)
     }
 
     /// The trailer, with the CRC and length of everything served before it.
     ///
-    /// Decoding ends only once the source is exhausted (see `has_body_left`), so what is held
-    /// back is all that is left; bytes after the last frame fail earlier, as invalid LZ4.
+    /// Decoding ends only once the source is exhausted (see `peek_magic`), so what is held
+    /// back is all that is left; bytes after the last frame fail earlier, as no frame.
     fn finish(self) -> Result<(Trailer, u32, u64), CodecError> {
         debug_assert!(self.eof);
         let held = &self.buf[self.start..self.end];
@@ -394,22 +433,27 @@ impl<R: Read> TrailerSplitter<R> {
     }
 }
 
+impl<R: Read> BufRead for TrailerSplitter<R> {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
+        while self.servable() == 0 && self.fill()? {}
+        Ok(&self.buf[self.start..self.start + self.servable()])
+    }
+
+    fn consume(&mut self, n: usize) {
+        debug_assert!(n <= self.servable());
+        self.crc.update(&self.buf[self.start..self.start + n]);
+        self.served += n as u64;
+        self.start += n;
+    }
+}
+
 impl<R: Read> Read for TrailerSplitter<R> {
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
-        loop {
-            let servable = (self.end - self.start).saturating_sub(TRAILER_LEN);
-            if servable > 0 {
-                let n = servable.min(out.len());
-                out[..n].copy_from_slice(&self.buf[self.start..self.start + n]);
-                self.crc.update(&out[..n]);
-                self.served += n as u64;
-                self.start += n;
-                return Ok(n);
-            }
-            if !self.fill()? {
-                return Ok(0);
-            }
-        }
+        let available = self.fill_buf()?;
+        let n = available.len().min(out.len());
+        out[..n].copy_from_slice(&available[..n]);
+        self.consume(n);
+        Ok(n)
     }
 }
 

@@ -3,12 +3,15 @@
 use std::path::PathBuf;
 
 use crate::catalog::{Catalog, InitOutcome, RepositoryIdentity};
+use crate::codec::Compression;
 use crate::datadir::read_cluster_identity;
 use crate::error::{Error, Result};
 
 #[derive(Clone, Debug)]
 pub struct InitOptions {
     pub pgdata: PathBuf,
+    /// How the repository's objects are compressed, for good: its type is fixed here.
+    pub compression: Compression,
 }
 
 #[derive(Debug)]
@@ -20,7 +23,7 @@ pub struct InitReport {
 }
 
 pub async fn init(catalog: &Catalog, options: &InitOptions) -> Result<InitReport> {
-    let identity = read_cluster_identity(&options.pgdata)?;
+    let identity = read_cluster_identity(&options.pgdata)?.with_compression(options.compression);
     let location = catalog.location();
     match catalog.init(&identity).await? {
         InitOutcome::Created => Ok(InitReport {

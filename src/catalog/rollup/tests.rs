@@ -4,6 +4,7 @@ use chrono::TimeZone;
 
 use super::*;
 use crate::catalog::RepositoryIdentity;
+use crate::codec::CompressionType;
 use crate::pg::timeline::timeline_path;
 use crate::pg::wal_summary::RestorePoint;
 use crate::pg::{Lsn, WalFileName};
@@ -138,7 +139,7 @@ async fn archive(catalog: &Catalog, store: &MemoryStorage, segnos: impl Iterator
         let name = WalFileName::parse(&xlog_file_name(1, segno, SEG)).unwrap();
         store
             .put(
-                &super::super::wal::wal_key(&name),
+                &super::super::wal::wal_key(&name, CompressionType::Lz4),
                 PutPayload::from_bytes(vec![0u8; 10 + segno as usize % 7]),
                 PutMode::Create,
             )
@@ -318,6 +319,7 @@ async fn a_gap_keeps_its_group_unrolled_and_is_seen() {
     store
         .delete(&super::super::wal::wal_key(
             &WalFileName::parse(&xlog_file_name(1, 300, SEG)).unwrap(),
+            CompressionType::Lz4,
         ))
         .await
         .unwrap();
@@ -392,7 +394,7 @@ async fn repair_writes_missing_rollups_and_removes_stale_ones() {
     // A segment removed by hand: the rollups naming it go; one damaged is written again.
     let gone = WalFileName::parse(&xlog_file_name(1, 300, SEG)).unwrap();
     store
-        .delete(&super::super::wal::wal_key(&gone))
+        .delete(&super::super::wal::wal_key(&gone, CompressionType::Lz4))
         .await
         .unwrap();
     let small = catalog.wal_overview(SEG, 2).await.unwrap().rollups[&(1, 512, 16)].clone();
