@@ -7,7 +7,7 @@ use std::time::Duration;
 use super::{Cli, Command, notify, progress, render, restore_command};
 use crate::catalog::Catalog;
 use crate::commands::archive_get::{ArchiveGetOptions, archive_get};
-use crate::commands::archive_push::{ArchivePushOptions, archive_push};
+use crate::commands::archive_push::{ArchivePushOptions, archive_push, archived_ahead};
 use crate::commands::backup::{BackupOptions, backup};
 use crate::commands::check::{CheckOptions, CheckThresholds, check};
 use crate::commands::demo::{DemoOptions, demo};
@@ -23,6 +23,7 @@ use crate::config::{RepoConfig, Settings};
 use crate::error::{EXIT_OK, Error, Result};
 use crate::pg::recovery_target::{RecoveryRequest, Target};
 use crate::recovery::plan::PlanRequest;
+use crate::spool::{PushSpool, SpoolKind, spool_dir, wal_dir_of};
 
 /// Runs the command the arguments name; the exit code when it ran to completion. Then tells
 /// the `notify_url` webhook how it went, for the commands that notify (see `notify`).
@@ -62,8 +63,11 @@ async fn run_command(cli: Cli, settings: Result<Settings>) -> Result<u8> {
     }
     let settings = settings?;
     let config = RepoConfig::resolve(&settings)?;
-    let catalog = Catalog::new(config.open().await?).with_lock_stale_after(config.lock_stale_after);
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if let Command::ArchivePush { path } = cli.command {
+        return run_archive_push(path, &settings, &config, threads).await;
+    }
+    let catalog = Catalog::new(config.open().await?).with_lock_stale_after(config.lock_stale_after);
 
     // The run history: one place, so that any command can be recorded.
     let name = cli.command.name();
@@ -92,6 +96,38 @@ async fn run_command(cli: Cli, settings: Result<Settings>) -> Result<u8> {
     result
 }
 
+/// archive-push, which no history records: a file an earlier call's look-ahead stored returns
+/// before the repository (or its S3 client) is opened, so that PostgreSQL's calls for the
+/// files stored ahead cost a few local system calls.
+async fn run_archive_push(
+    path: PathBuf,
+    settings: &Settings,
+    config: &RepoConfig,
+    threads: usize,
+) -> Result<u8> {
+    let spool = settings.spool()?;
+    let repository = config.spool_key();
+    let dir = spool_dir(
+        spool.spool_path.as_deref(),
+        &wal_dir_of(&path),
+        SpoolKind::Push,
+        &repository,
+    );
+    let options = ArchivePushOptions {
+        path,
+        threads,
+        parallel: spool.push_parallel,
+        spool: Some(PushSpool::new(dir, repository)),
+    };
+    if let Some(report) = archived_ahead(&options) {
+        render::archive_push(&report);
+        return Ok(EXIT_OK);
+    }
+    let catalog = Catalog::new(config.open().await?).with_lock_stale_after(config.lock_stale_after);
+    render::archive_push(&archive_push(&catalog, &options).await?);
+    Ok(EXIT_OK)
+}
+
 /// Runs the command on the repository; `facts` gathers what the history records.
 async fn execute(
     cli: Cli,
@@ -103,10 +139,6 @@ async fn execute(
     let catalog = catalog.clone();
     match cli.command {
         Command::Init { pgdata } => render::init(&init(&catalog, &InitOptions { pgdata }).await?),
-        Command::ArchivePush { path } => {
-            let options = ArchivePushOptions { path, threads };
-            render::archive_push(&archive_push(&catalog, &options).await?);
-        }
         Command::ArchiveGet { name, dest } => {
             let options = ArchiveGetOptions { name, dest };
             render::archive_get(&archive_get(&catalog, &options).await?);
@@ -298,7 +330,7 @@ async fn execute(
             };
             render::pin(&pin(&catalog, &options).await?);
         }
-        Command::Demo { .. } => unreachable!("handled above"),
+        Command::Demo { .. } | Command::ArchivePush { .. } => unreachable!("handled above"),
     }
     Ok(EXIT_OK)
 }
