@@ -411,7 +411,7 @@ async fn index(
 /// Hands `path` to `read` a mapped window at a time: only one window's pages count in this
 /// process's memory, however many files are summarised at once.
 fn for_each_window(path: &Path, mut read: impl FnMut(&[u8])) -> Result<()> {
-    const WINDOW: u64 = 8 << 20;
+    const WINDOW: u64 = 2 << 20;
     let local = |e: std::io::Error| Error::local_io(path.display(), e);
     let file = File::open(path).map_err(local)?;
     let len = file.metadata().map_err(local)?.len();
