@@ -300,6 +300,26 @@ impl RepoConfig {
         })
     }
 
+    /// The repository as the local spool names it (its directory, its marks): the same
+    /// whichever way the URL was spelt, and per S3 endpoint, since two endpoints may serve
+    /// buckets of the same name.
+    pub fn spool_key(&self) -> String {
+        match &self.location {
+            RepoLocation::Fs(path) => format!("file://{}", path.display()),
+            RepoLocation::S3 { bucket, prefix } => {
+                let endpoint = self
+                    .s3
+                    .endpoint
+                    .clone()
+                    .or_else(|| std::env::var("AWS_ENDPOINT_URL").ok());
+                match endpoint {
+                    Some(endpoint) => format!("s3://{bucket}/{prefix} at {endpoint}"),
+                    None => format!("s3://{bucket}/{prefix}"),
+                }
+            }
+        }
+    }
+
     /// The repository's store, with retries and timeouts around every request.
     pub async fn open(&self) -> Result<Arc<dyn Storage>, Error> {
         let store = self.location.open(&self.s3).await?;

@@ -4,14 +4,23 @@
 //!
 //! Each repository gets its own subdirectory, named by a hash of its URL, so that marks or
 //! segments of one repository are never taken for another's.
+//!
+//! A push mark is a small JSON file named after its WAL file. It is written only after the
+//! file is durable in the repository, under a temporary name that is fsynced, renamed into
+//! place and made durable by an fsync of the directory: a mark that exists under a WAL file's
+//! name is whole, and a temporary one is never read (the next run removes it).
 
-use std::fs::File;
-use std::io;
+use std::fs::{File, Metadata};
+use std::io::{self, Write};
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+
+use crate::pg::WalFileName;
 
 /// Name of the default spool directory, inside the WAL file's directory (pg_wal).
 pub const DEFAULT_SPOOL_DIR: &str = ".pitr-spool";
@@ -51,6 +60,155 @@ pub fn wal_dir_of(path: &Path) -> PathBuf {
     match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir.to_owned(),
         _ => PathBuf::from("."),
+    }
+}
+
+/// The local file a mark speaks for, as `stat` saw it: PostgreSQL never changes a WAL file
+/// once it is ready, so a file that still has all four is the file that was stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileStat {
+    pub size: u64,
+    pub mtime_ns: i64,
+    pub inode: u64,
+    pub device: u64,
+}
+
+impl FileStat {
+    pub fn of(meta: &Metadata) -> Self {
+        FileStat {
+            size: meta.size(),
+            mtime_ns: meta
+                .mtime()
+                .saturating_mul(1_000_000_000)
+                .saturating_add(meta.mtime_nsec()),
+            inode: meta.ino(),
+            device: meta.dev(),
+        }
+    }
+
+    pub fn read(path: &Path) -> io::Result<Self> {
+        std::fs::metadata(path).map(|meta| Self::of(&meta))
+    }
+}
+
+/// What archive-push's look-ahead made durable: this file, in this repository.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PushMark {
+    /// The repository, as [`crate::config::RepoConfig::spool_key`] names it.
+    pub repository: String,
+    pub file: FileStat,
+}
+
+impl PushMark {
+    /// Whether the mark proves `file`, as it is now, durable in `repository`.
+    pub fn proves(&self, repository: &str, file: &FileStat) -> bool {
+        self.repository == repository && self.file == *file
+    }
+}
+
+/// Temporary mark files; never read, removed once their writer is gone.
+const MARK_STAGING_PREFIX: &str = ".mark-";
+
+/// archive-push's marks for one repository.
+#[derive(Clone, Debug)]
+pub struct PushSpool {
+    dir: PathBuf,
+    repository: String,
+}
+
+impl PushSpool {
+    pub fn new(dir: PathBuf, repository: String) -> Self {
+        PushSpool { dir, repository }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn mark_path(&self, name: &WalFileName) -> PathBuf {
+        self.dir.join(name.as_str())
+    }
+
+    /// Whether a mark proves `name`, now `file`, durable. A mark that does not (another
+    /// file took the name, or it does not parse) is removed.
+    pub fn proves_durable(&self, name: &WalFileName, file: &FileStat) -> bool {
+        let path = self.mark_path(name);
+        let bytes = match std::fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return false,
+            Err(e) => {
+                tracing::warn!("cannot read the spool mark {}: {e}", path.display());
+                return false;
+            }
+        };
+        let mark: Option<PushMark> = serde_json::from_slice(&bytes).ok();
+        if mark.is_some_and(|mark| mark.proves(&self.repository, file)) {
+            return true;
+        }
+        tracing::debug!(
+            "the spool mark {} does not match {name}; it is removed",
+            path.display()
+        );
+        let _ = std::fs::remove_file(&path);
+        false
+    }
+
+    /// Records that `name`, as `file`, is durable in the repository. Call only once it is.
+    pub fn mark(&self, name: &WalFileName, file: &FileStat) -> io::Result<()> {
+        let mark = PushMark {
+            repository: self.repository.clone(),
+            file: *file,
+        };
+        let json = serde_json::to_vec(&mark).expect("a mark serialises");
+        let mut staged = tempfile::Builder::new()
+            .prefix(&crate::staging::prefix_for_this_process(
+                MARK_STAGING_PREFIX,
+            ))
+            .tempfile_in(&self.dir)?;
+        staged.write_all(&json)?;
+        staged.as_file().sync_all()?;
+        staged.persist(self.mark_path(name)).map_err(|e| e.error)?;
+        File::open(&self.dir)?.sync_all()
+    }
+
+    /// Creates the spool directory; false (with a warning) when it cannot be.
+    pub fn prepare(&self) -> bool {
+        match std::fs::create_dir_all(&self.dir) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(
+                    "cannot create the spool directory {}: {e}; archiving goes on without \
+                     look-ahead (set spool_path to a writable directory)",
+                    self.dir.display()
+                );
+                false
+            }
+        }
+    }
+
+    /// Removes marks whose WAL file is gone from `wal_dir` (PostgreSQL removed or recycled
+    /// it), and temporary marks of runs that were killed. Best effort: returns how many went.
+    pub fn clean(&self, wal_dir: &Path) -> u64 {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return 0;
+        };
+        let mut removed = 0;
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if WalFileName::parse(name).is_err() {
+                continue;
+            }
+            let gone = matches!(
+                std::fs::symlink_metadata(wal_dir.join(name)),
+                Err(e) if e.kind() == io::ErrorKind::NotFound
+            );
+            if gone && std::fs::remove_file(entry.path()).is_ok() {
+                removed += 1;
+            }
+        }
+        removed + crate::staging::remove_leftovers(&self.dir, MARK_STAGING_PREFIX, true)
     }
 }
 
@@ -262,6 +420,81 @@ mod tests {
             Path::new("pg_wal")
         );
         assert_eq!(wal_dir_of(Path::new("RECOVERYXLOG")), Path::new("."));
+    }
+
+    fn stat(size: u64) -> FileStat {
+        FileStat {
+            size,
+            mtime_ns: 1_700_000_000_123_456_789,
+            inode: 42,
+            device: 7,
+        }
+    }
+
+    #[test]
+    fn a_mark_proves_only_the_same_file_in_the_same_repository() {
+        let mark = PushMark {
+            repository: "s3://bucket/a".into(),
+            file: stat(16 << 20),
+        };
+        assert!(mark.proves("s3://bucket/a", &stat(16 << 20)));
+        assert!(!mark.proves("s3://bucket/b", &stat(16 << 20)));
+        assert!(!mark.proves("s3://bucket/a", &stat(1 << 20)));
+        for changed in [
+            FileStat {
+                mtime_ns: 1_700_000_000_123_456_790,
+                ..stat(16 << 20)
+            },
+            FileStat {
+                inode: 43,
+                ..stat(16 << 20)
+            },
+            FileStat {
+                device: 8,
+                ..stat(16 << 20)
+            },
+        ] {
+            assert!(!mark.proves("s3://bucket/a", &changed));
+        }
+    }
+
+    #[test]
+    fn marks_are_written_whole_checked_and_cleaned() {
+        let root = tempfile::tempdir().unwrap();
+        let wal_dir = root.path().join("pg_wal");
+        std::fs::create_dir(&wal_dir).unwrap();
+        let spool = PushSpool::new(root.path().join("spool"), "repo-a".into());
+        assert!(spool.prepare());
+        let name = WalFileName::parse("000000010000000000000002").unwrap();
+        let wal = wal_dir.join(name.as_str());
+        std::fs::write(&wal, b"segment").unwrap();
+        let file = FileStat::read(&wal).unwrap();
+
+        assert!(!spool.proves_durable(&name, &file));
+        spool.mark(&name, &file).unwrap();
+        assert!(spool.proves_durable(&name, &file));
+        // Another repository's view of the same spool directory trusts nothing in it.
+        let other = PushSpool::new(spool.dir().to_owned(), "repo-b".into());
+        assert!(!other.proves_durable(&name, &file));
+        assert!(!spool.dir().join(name.as_str()).exists(), "removed");
+
+        // A torn mark (it cannot be one of ours, but a disk can do this) is not trusted.
+        spool.mark(&name, &file).unwrap();
+        let json = std::fs::read(spool.dir().join(name.as_str())).unwrap();
+        std::fs::write(spool.dir().join(name.as_str()), &json[..json.len() - 1]).unwrap();
+        assert!(!spool.proves_durable(&name, &file));
+
+        // Cleaning: marks of files gone from pg_wal, and temporary marks of dead writers.
+        spool.mark(&name, &file).unwrap();
+        let gone = WalFileName::parse("000000010000000000000001").unwrap();
+        spool.mark(&gone, &file).unwrap();
+        std::fs::write(spool.dir().join(".mark-2147483646-x"), b"{").unwrap();
+        assert_eq!(spool.clean(&wal_dir), 2);
+        let left: Vec<_> = std::fs::read_dir(spool.dir())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left, [name.as_str()]);
     }
 
     #[test]

@@ -38,10 +38,7 @@ async fn memory_repository(dir: &TestDir) -> (Arc<FaultStorage>, Catalog, PathBu
 }
 
 async fn push(catalog: &Catalog, wal: &Path) -> Result<PushOutcome, Error> {
-    let options = ArchivePushOptions {
-        path: wal.to_owned(),
-        threads: 2,
-    };
+    let options = ArchivePushOptions::single(wal.to_owned(), 2);
     Ok(archive_push(catalog, &options).await?.outcome)
 }
 

@@ -39,13 +39,24 @@ pub fn init(report: &InitReport) {
 
 /// archive_command's output stays in the log at -v: PostgreSQL runs it for every segment.
 pub fn archive_push(report: &ArchivePushReport) {
-    let e = &report.encoded;
+    let ahead = if report.stored_ahead.is_empty() {
+        String::new()
+    } else {
+        format!("; stored ahead: {}", report.stored_ahead.join(", "))
+    };
+    let Some(e) = &report.encoded else {
+        tracing::info!(
+            "{} was archived ahead by an earlier call (its spool mark matches); nothing to do",
+            report.name
+        );
+        return;
+    };
     let what = match report.outcome {
         PushOutcome::Stored => "archived",
-        PushOutcome::AlreadyArchived => "already archived",
+        PushOutcome::AlreadyArchived | PushOutcome::ArchivedAhead => "already archived",
     };
     tracing::info!(
-        "{what} {}: {} -> {} bytes (ratio {:.2}) in {:.1} ms",
+        "{what} {}: {} -> {} bytes (ratio {:.2}) in {:.1} ms{ahead}",
         report.name,
         e.original_len,
         e.stored_len,

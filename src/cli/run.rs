@@ -7,7 +7,7 @@ use std::time::Duration;
 use super::{Cli, Command, notify, progress, render, restore_command};
 use crate::catalog::Catalog;
 use crate::commands::archive_get::{ArchiveGetOptions, archive_get, serve_from_spool};
-use crate::commands::archive_push::{ArchivePushOptions, archive_push};
+use crate::commands::archive_push::{ArchivePushOptions, archive_push, archived_ahead};
 use crate::commands::backup::{BackupOptions, backup};
 use crate::commands::check::{CheckOptions, CheckThresholds, check};
 use crate::commands::demo::{DemoOptions, demo};
@@ -25,7 +25,7 @@ use crate::error::{EXIT_OK, Error, Result};
 use crate::pg::WalFileName;
 use crate::pg::recovery_target::{RecoveryRequest, Target};
 use crate::recovery::plan::PlanRequest;
-use crate::spool::{GetSpool, SpoolKind, spool_dir, wal_dir_of};
+use crate::spool::{GetSpool, PushSpool, SpoolKind, spool_dir, wal_dir_of};
 
 /// Runs the command the arguments name; the exit code when it ran to completion. Then tells
 /// the `notify_url` webhook how it went, for the commands that notify (see `notify`).
@@ -74,10 +74,11 @@ async fn run_command(cli: Cli, settings: Result<Settings>) -> Result<u8> {
             return Ok(EXIT_OK);
         }
     }
-    let catalog = Catalog::new(config.open().await?)
-        .with_lock_stale_after(config.lock_stale_after)
-        .with_compression_request(settings.compression()?);
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if let Command::ArchivePush { path } = cli.command {
+        return run_archive_push(path, &settings, &config, threads).await;
+    }
+    let catalog = open_catalog(&settings, &config).await?;
 
     // The run history: one place, so that any command can be recorded.
     let name = cli.command.name();
@@ -106,6 +107,13 @@ async fn run_command(cli: Cli, settings: Result<Settings>) -> Result<u8> {
     result
 }
 
+/// The repository, for every command that reads or writes it.
+async fn open_catalog(settings: &Settings, config: &RepoConfig) -> Result<Catalog> {
+    Ok(Catalog::new(config.open().await?)
+        .with_lock_stale_after(config.lock_stale_after)
+        .with_compression_request(settings.compression()?))
+}
+
 /// archive-get's options: the get spool when prefetching is on.
 fn archive_get_options(
     settings: &Settings,
@@ -119,7 +127,7 @@ fn archive_get_options(
             spool_config.spool_path.as_deref(),
             &wal_dir_of(dest),
             SpoolKind::Get,
-            settings.repo.as_deref().unwrap_or_default(),
+            &config.spool_key(),
         ))
     });
     Ok(ArchiveGetOptions {
@@ -204,6 +212,38 @@ fn stderr_for_prefetcher() -> std::process::Stdio {
     }
 }
 
+/// archive-push, which no history records: a file an earlier call's look-ahead stored returns
+/// before the repository (or its S3 client) is opened, so that PostgreSQL's calls for the
+/// files stored ahead cost a few local system calls.
+async fn run_archive_push(
+    path: PathBuf,
+    settings: &Settings,
+    config: &RepoConfig,
+    threads: usize,
+) -> Result<u8> {
+    let spool = settings.spool()?;
+    let repository = config.spool_key();
+    let dir = spool_dir(
+        spool.spool_path.as_deref(),
+        &wal_dir_of(&path),
+        SpoolKind::Push,
+        &repository,
+    );
+    let options = ArchivePushOptions {
+        path,
+        threads,
+        parallel: spool.push_parallel,
+        spool: Some(PushSpool::new(dir, repository)),
+    };
+    if let Some(report) = archived_ahead(&options) {
+        render::archive_push(&report);
+        return Ok(EXIT_OK);
+    }
+    let catalog = open_catalog(settings, config).await?;
+    render::archive_push(&archive_push(&catalog, &options).await?);
+    Ok(EXIT_OK)
+}
+
 /// Runs the command on the repository; `facts` gathers what the history records.
 async fn execute(
     cli: Cli,
@@ -224,10 +264,6 @@ async fn execute(
                 compression,
             };
             render::init(&init(&catalog, &options).await?);
-        }
-        Command::ArchivePush { path } => {
-            let options = ArchivePushOptions { path, threads };
-            render::archive_push(&archive_push(&catalog, &options).await?);
         }
         Command::ArchiveGet { name, dest } => {
             let config = RepoConfig::resolve(settings)?;
@@ -357,8 +393,8 @@ async fn execute(
             // Segments a recovery from this repository left in a configured spool are not
             // this restore's (the default spool is inside the new data directory).
             if let (false, Some(path)) = (dry_run, &settings.spool_path) {
-                let repo = settings.repo.as_deref().unwrap_or_default();
-                GetSpool::new(spool_dir(Some(path), Path::new("."), SpoolKind::Get, repo)).remove();
+                let key = RepoConfig::resolve(settings)?.spool_key();
+                GetSpool::new(spool_dir(Some(path), Path::new("."), SpoolKind::Get, &key)).remove();
             }
             render::restore(&restore(&catalog, &options).await?, &recovery);
         }
@@ -446,7 +482,7 @@ async fn execute(
             };
             render::pin(&pin(&catalog, &options).await?);
         }
-        Command::Demo { .. } => unreachable!("handled above"),
+        Command::Demo { .. } | Command::ArchivePush { .. } => unreachable!("handled above"),
     }
     Ok(EXIT_OK)
 }

@@ -72,8 +72,9 @@ impl CompressionType {
 
 /// Bytes of input per frame: the unit of parallel compression.
 pub const CHUNK_SIZE: usize = 1 << 20;
-/// Bytes of input mapped at a time (a multiple of the page size).
-const WINDOW: u64 = 8 << 20;
+/// Bytes of input mapped at a time (a multiple of the page size): mapped pages count in RSS
+/// until their window goes, and archive-push may encode several files at once.
+const WINDOW: u64 = 2 << 20;
 /// Chunks queued per worker: enough to keep every core busy.
 const QUEUE_DEPTH: usize = 2;
 /// Read size when decoding.

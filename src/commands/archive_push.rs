@@ -7,6 +7,13 @@
 //! Beside each segment it stores the segment's summary (the WAL index: commit times, record
 //! range, restore points), and beside each history file its switch points. The last
 //! segment of a group completes the group's rollup (`catalog::rollup`).
+//!
+//! Look-ahead: with `parallel` above 1, one call also stores up to `parallel - 1` other files
+//! PostgreSQL has marked ready (`archive_status/*.ready`), all at once, and leaves a mark in
+//! the spool for each that became durable; PostgreSQL's own call for such a file then
+//! returns at once ([`archived_ahead`]). The exit code is the asked file's alone: a
+//! look-ahead failure is a warning and leaves no mark, so PostgreSQL's own call pushes that
+//! file again and reports what goes wrong.
 
 use std::fs::File;
 use std::io::BufReader;
@@ -14,21 +21,42 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use futures_util::future::join_all;
+use tokio::sync::oneshot;
+
 use crate::catalog::{Catalog, RepositoryIdentity, Stored};
 use crate::codec::{CompareWriter, EncodeSummary};
 use crate::error::{Error, Result};
 use crate::pg::timeline::parse_history;
 use crate::pg::wal_page::SIZE_OF_XLOG_LONG_PHD;
-use crate::pg::wal_summary::{SegmentSummary, summarize_segment};
-use crate::pg::{WalFileKind, WalFileName, WalLongPageHeader, wal_name};
+use crate::pg::wal_summary::{SegmentSummarizer, SegmentSummary};
+use crate::pg::{FEED_BYTES, WalFileKind, WalFileName, WalLongPageHeader, wal_name};
+use crate::spool::{FileStat, PushSpool, wal_dir_of};
 
 use super::blocking;
 
 #[derive(Clone, Debug)]
 pub struct ArchivePushOptions {
     pub path: PathBuf,
-    /// Compression workers.
+    /// Compression workers, shared by the files stored at once.
     pub threads: usize,
+    /// WAL files stored at once: `path` and up to `parallel - 1` others PostgreSQL marked
+    /// ready (1: no look-ahead).
+    pub parallel: usize,
+    /// Where the look-ahead marks what it made durable; `None`: no look-ahead.
+    pub spool: Option<PushSpool>,
+}
+
+impl ArchivePushOptions {
+    /// `path` alone, without look-ahead.
+    pub fn single(path: PathBuf, threads: usize) -> Self {
+        ArchivePushOptions {
+            path,
+            threads,
+            parallel: 1,
+            spool: None,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -36,14 +64,49 @@ pub enum PushOutcome {
     Stored,
     /// The repository held an identical copy already.
     AlreadyArchived,
+    /// An earlier call's look-ahead stored it: its spool mark matches the file.
+    ArchivedAhead,
 }
 
 #[derive(Debug)]
 pub struct ArchivePushReport {
     pub name: String,
     pub outcome: PushOutcome,
-    pub encoded: EncodeSummary,
+    /// What was encoded; `None` when the file was archived ahead.
+    pub encoded: Option<EncodeSummary>,
     pub elapsed: Duration,
+    /// Files the look-ahead made durable (and marked) in this call.
+    pub stored_ahead: Vec<String>,
+    /// Files the look-ahead tried and failed (logged; PostgreSQL's own call retries them).
+    pub failed_ahead: Vec<String>,
+}
+
+/// PostgreSQL's call for a file an earlier call's look-ahead made durable: the report,
+/// without touching the repository. `None`: push it. Also removes marks whose file is gone.
+pub fn archived_ahead(options: &ArchivePushOptions) -> Option<ArchivePushReport> {
+    let started = Instant::now();
+    let spool = options.spool.as_ref()?;
+    spool.clean(&wal_dir_of(&options.path));
+    let name = file_name_of(&options.path).ok()?;
+    let file = FileStat::read(&options.path).ok()?;
+    spool
+        .proves_durable(&name, &file)
+        .then(|| ArchivePushReport {
+            name: name.to_string(),
+            outcome: PushOutcome::ArchivedAhead,
+            encoded: None,
+            elapsed: started.elapsed(),
+            stored_ahead: Vec::new(),
+            failed_ahead: Vec::new(),
+        })
+}
+
+/// A file the look-ahead stores: where it is and what it was before it was read.
+#[derive(Debug)]
+struct AheadFile {
+    name: WalFileName,
+    path: PathBuf,
+    stat: FileStat,
 }
 
 pub async fn archive_push(
@@ -54,59 +117,241 @@ pub async fn archive_push(
     let path = options.path.clone();
     let name = file_name_of(&path)?;
     let identity = catalog.identity().await?;
+    let ahead = match &options.spool {
+        Some(spool) if options.parallel > 1 && spool.prepare() => {
+            ready_files(spool, &path, &name, options.parallel - 1)
+        }
+        _ => Vec::new(),
+    };
+    // The cores are shared: memory and CPU stay those of one push.
+    let threads = (options.threads / (1 + ahead.len())).max(1);
+    let names: Vec<WalFileName> = std::iter::once(name.clone())
+        .chain(ahead.iter().map(|file| file.name.clone()))
+        .collect();
+    let mut links = link_consecutive(&names, identity.wal_segment_size).into_iter();
+    let asked_links = links.next().expect("one link per file");
+    let identity = &identity;
+    let asked = push_file(catalog, &name, &path, identity, threads, asked_links);
+    let pushes_ahead = ahead.iter().zip(links).map(|(file, links)| async move {
+        let result = push_file(catalog, &file.name, &file.path, identity, threads, links).await;
+        match result {
+            Ok(_) => {
+                let spool = options.spool.clone().expect("look-ahead has a spool");
+                let (name, path, stat) = (file.name.clone(), file.path.clone(), file.stat);
+                blocking(move || {
+                    mark_durable(&spool, &name, &path, &stat);
+                    Ok(())
+                })
+                .await?;
+                Ok(())
+            }
+            Err(e) => {
+                tracing::warn!(
+                    "look-ahead: {} was not archived: {e}; PostgreSQL's own call for it will \
+                     try again",
+                    file.name
+                );
+                Err(e)
+            }
+        }
+    });
+    let (asked, ahead_results) = tokio::join!(asked, join_all(pushes_ahead));
+
+    let mut stored: Vec<&WalFileName> = Vec::new();
+    if asked.is_ok() {
+        stored.push(&name);
+    }
+    let (mut stored_ahead, mut failed_ahead) = (Vec::new(), Vec::new());
+    for (file, result) in ahead.iter().zip(&ahead_results) {
+        match result {
+            Ok(()) => {
+                stored.push(&file.name);
+                stored_ahead.push(file.name.to_string());
+            }
+            Err(_) => failed_ahead.push(file.name.to_string()),
+        }
+    }
+    // In name order, once all are stored: a group completes with its last segment only if
+    // the segments before it are in the repository (the look-ahead may store them at once).
+    stored.sort();
+    for name in stored {
+        // Derived data: a failure only leaves overviews reading the group segment by segment.
+        if let Err(e) = catalog.roll_up_after(name, identity.wal_segment_size).await {
+            tracing::warn!("cannot write the rollup of the group {name} completes: {e}");
+        }
+    }
+    catalog.remove_staging_leftovers().await;
+    let (outcome, encoded) = asked?;
+    tracing::debug!("stored and indexed after {:?}", started.elapsed());
+    Ok(ArchivePushReport {
+        name: name.to_string(),
+        outcome,
+        encoded: Some(encoded),
+        elapsed: started.elapsed(),
+        stored_ahead,
+        failed_ahead,
+    })
+}
+
+/// Marks `name` durable if the file is still the one that was read; a mark for a file that
+/// changed meanwhile would speak for bytes that were never stored.
+fn mark_durable(spool: &PushSpool, name: &WalFileName, path: &Path, before: &FileStat) {
+    match FileStat::read(path) {
+        Ok(now) if now == *before => {
+            if let Err(e) = spool.mark(name, before) {
+                tracing::warn!(
+                    "look-ahead: {name} is archived, but its mark in {} could not be written: \
+                     {e}; PostgreSQL's call for it will check it in the repository",
+                    spool.dir().display()
+                );
+            } else {
+                tracing::debug!("look-ahead: {name} archived and marked");
+            }
+        }
+        _ => tracing::warn!("look-ahead: {name} changed while it was archived; not marked"),
+    }
+}
+
+/// Up to `limit` files besides `asked` that PostgreSQL marked ready in the directory of
+/// `path`, in [`look_ahead_order`], without those a mark already proves durable.
+fn ready_files(
+    spool: &PushSpool,
+    path: &Path,
+    asked: &WalFileName,
+    limit: usize,
+) -> Vec<AheadFile> {
+    let wal_dir = wal_dir_of(path);
+    let status_dir = wal_dir.join("archive_status");
+    let entries = match std::fs::read_dir(&status_dir) {
+        Ok(entries) => entries,
+        Err(e) => {
+            tracing::debug!("look-ahead: cannot list {}: {e}", status_dir.display());
+            return Vec::new();
+        }
+    };
+    let ready = entries
+        .flatten()
+        .filter_map(|entry| entry.file_name().into_string().ok());
+    let mut files = Vec::new();
+    for name in look_ahead_order(asked, ready) {
+        if files.len() == limit {
+            break;
+        }
+        let path = wal_dir.join(name.as_str());
+        // Gone, or not a file of ours to read: PostgreSQL's own call will say.
+        let Ok(stat) = FileStat::read(&path) else {
+            continue;
+        };
+        if !spool.proves_durable(&name, &stat) {
+            files.push(AheadFile { name, path, stat });
+        }
+    }
+    files
+}
+
+/// The WAL files whose archive status files (`<name>.ready`) are among `status_files`, in
+/// the order the look-ahead takes them: history files first, as PostgreSQL archives them,
+/// then by name; never `asked`.
+fn look_ahead_order(
+    asked: &WalFileName,
+    status_files: impl IntoIterator<Item = String>,
+) -> Vec<WalFileName> {
+    let mut names: Vec<WalFileName> = status_files
+        .into_iter()
+        .filter_map(|file| WalFileName::parse(file.strip_suffix(".ready")?).ok())
+        .filter(|name| name != asked)
+        .collect();
+    names.sort_by(|a, b| {
+        let history_first = |n: &WalFileName| n.kind() != WalFileKind::History;
+        (history_first(a), a.as_str()).cmp(&(history_first(b), b.as_str()))
+    });
+    names
+}
+
+/// How a file's summary reaches the next segment stored in the same call: that segment's
+/// first record may begin in this one (the carry), and the repository has no summary of
+/// this one yet.
+#[derive(Debug, Default)]
+struct SummaryLinks {
+    from_previous: Option<oneshot::Receiver<SegmentSummary>>,
+    to_next: Option<oneshot::Sender<SegmentSummary>>,
+}
+
+/// One [`SummaryLinks`] per name: linked where a name is the segment after another.
+fn link_consecutive(names: &[WalFileName], segment_size: u64) -> Vec<SummaryLinks> {
+    let mut links: Vec<SummaryLinks> = names.iter().map(|_| SummaryLinks::default()).collect();
+    for (next, name) in names.iter().enumerate() {
+        if let Some(previous) = previous_segment(name, segment_size)
+            && let Some(previous) = names.iter().position(|n| *n == previous)
+        {
+            let (tx, rx) = oneshot::channel();
+            links[previous].to_next = Some(tx);
+            links[next].from_previous = Some(rx);
+        }
+    }
+    links
+}
+
+/// The segment before `name` on its timeline, for segments and partial segments.
+fn previous_segment(name: &WalFileName, segment_size: u64) -> Option<WalFileName> {
+    if !name.holds_wal_pages() {
+        return None;
+    }
+    let segno = name.segment_number(segment_size)?.checked_sub(1)?;
+    WalFileName::parse(&wal_name::xlog_file_name(
+        name.timeline(),
+        segno,
+        segment_size,
+    ))
+    .ok()
+}
+
+/// Stores one file and its index entry.
+async fn push_file(
+    catalog: &Catalog,
+    name: &WalFileName,
+    path: &Path,
+    identity: &RepositoryIdentity,
+    threads: usize,
+    links: SummaryLinks,
+) -> Result<(PushOutcome, EncodeSummary)> {
     if name.holds_wal_pages() {
-        check_segment(&path, &name, &identity)?;
+        check_segment(path, name, identity)?;
     }
     // The previous segment's summary (read while compressing) completes a record that
     // straddles the boundary.
     let (stored, previous) = tokio::join!(
-        catalog.store_wal(&name, &path, options.threads),
-        previous_summary(catalog, &name, &identity)
+        catalog.store_wal(name, path, threads),
+        previous_summary(catalog, name, identity, links.from_previous)
     );
     let (stored, encoded) = stored?;
     let outcome = match stored {
         Stored::New => PushOutcome::Stored,
         Stored::AlreadyThere => {
-            compare_with_stored(catalog, &name, &path).await?;
+            compare_with_stored(catalog, name, path).await?;
             tracing::warn!("{name} was already archived with identical content; nothing to do");
             PushOutcome::AlreadyArchived
         }
     };
-    index(catalog, &name, &path, &identity, previous).await?;
-    // A group this segment completes gets its rollup; derived data, so a failure only
-    // leaves overviews reading the group segment by segment.
-    if let Err(e) = catalog
-        .roll_up_after(&name, identity.wal_segment_size)
-        .await
-    {
-        tracing::warn!("cannot write the rollup of the group {name} completes: {e}");
-    }
-    catalog.remove_staging_leftovers().await;
-    tracing::debug!("stored and indexed after {:?}", started.elapsed());
-    Ok(ArchivePushReport {
-        name: name.to_string(),
-        outcome,
-        encoded,
-        elapsed: started.elapsed(),
-    })
+    index(catalog, name, path, identity, previous, links.to_next).await?;
+    Ok((outcome, encoded))
 }
 
-/// The summary of the segment before `name` on its timeline, if it has one. Errors only
-/// cost the straddling record, so they are logged, not raised.
+/// The summary of the segment before `name` on its timeline, if it has one: handed over by
+/// its push in this call, else read from the repository. Errors only cost the straddling
+/// record, so they are logged, not raised.
 async fn previous_summary(
     catalog: &Catalog,
     name: &WalFileName,
     identity: &RepositoryIdentity,
+    from_previous: Option<oneshot::Receiver<SegmentSummary>>,
 ) -> Option<SegmentSummary> {
-    let segno = name
-        .segment_number(identity.wal_segment_size)?
-        .checked_sub(1)?;
-    let previous = WalFileName::parse(&wal_name::xlog_file_name(
-        name.timeline(),
-        segno,
-        identity.wal_segment_size,
-    ))
-    .ok()?;
+    if let Some(handed) = from_previous
+        && let Ok(summary) = handed.await
+    {
+        return Some(summary);
+    }
+    let previous = previous_segment(name, identity.wal_segment_size)?;
     match catalog.segment_summary(&previous).await {
         Ok(summary) => summary,
         Err(e) => {
@@ -124,6 +369,7 @@ async fn index(
     path: &Path,
     identity: &RepositoryIdentity,
     previous: Option<SegmentSummary>,
+    to_next: Option<oneshot::Sender<SegmentSummary>>,
 ) -> Result<()> {
     match name.kind() {
         WalFileKind::Segment | WalFileKind::Partial => {
@@ -135,20 +381,19 @@ async fn index(
                 (identity.wal_segment_size, identity.wal_block_size as usize);
             let path = path.to_owned();
             let summary = blocking(move || {
-                let local = |e: std::io::Error| Error::local_io(path.display(), e);
-                let file = File::open(&path).map_err(local)?;
-                // SAFETY: PostgreSQL does not modify a segment while archiving it.
-                let wal = unsafe { memmap2::Mmap::map(&file) }.map_err(local)?;
                 let carry = previous.as_ref().and_then(|p| p.carry.as_ref());
-                Ok(summarize_segment(
-                    &wal,
-                    start,
-                    segment_size,
-                    block_size,
-                    carry,
-                ))
+                let mut summarizer = SegmentSummarizer::new(start, segment_size, block_size, carry);
+                for_each_window(&path, |window| {
+                    for piece in window.chunks(FEED_BYTES) {
+                        summarizer.feed(piece);
+                    }
+                })?;
+                Ok(summarizer.finish())
             })
             .await?;
+            if let Some(next) = to_next {
+                let _ = next.send(summary.clone());
+            }
             catalog.put_segment_summary(name, &summary).await?;
         }
         WalFileKind::History => {
@@ -159,6 +404,30 @@ async fn index(
             catalog.put_history_summary(name, &entries).await?;
         }
         WalFileKind::BackupHistory => {}
+    }
+    Ok(())
+}
+
+/// Hands `path` to `read` a mapped window at a time: only one window's pages count in this
+/// process's memory, however many files are summarised at once.
+fn for_each_window(path: &Path, mut read: impl FnMut(&[u8])) -> Result<()> {
+    const WINDOW: u64 = 2 << 20;
+    let local = |e: std::io::Error| Error::local_io(path.display(), e);
+    let file = File::open(path).map_err(local)?;
+    let len = file.metadata().map_err(local)?.len();
+    let mut offset = 0;
+    while offset < len {
+        let window_len = WINDOW.min(len - offset);
+        // SAFETY: PostgreSQL does not modify a segment while archiving it.
+        let window = unsafe {
+            memmap2::MmapOptions::new()
+                .offset(offset)
+                .len(window_len as usize)
+                .map(&file)
+        }
+        .map_err(local)?;
+        read(&window);
+        offset += window_len;
     }
     Ok(())
 }
@@ -255,5 +524,66 @@ async fn compare_with_stored(catalog: &Catalog, name: &WalFileName, path: &Path)
             name: name.to_string(),
             location: catalog.location(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wal(name: &str) -> WalFileName {
+        WalFileName::parse(name).unwrap()
+    }
+
+    #[test]
+    fn look_ahead_takes_history_files_first_then_names_in_order() {
+        let asked = wal("000000010000000000000003");
+        let status_files = [
+            "000000010000000000000005.ready",
+            "000000010000000000000003.ready", // the asked file itself
+            "000000010000000000000004.ready",
+            "000000010000000000000002.done", // archived already
+            "00000002.history.ready",
+            "000000010000000000000004.00000028.backup.ready",
+            "000000010000000000000006.partial.ready",
+            "xlogtemp.123.ready", // not a WAL file name
+            "000000010000000000000007",
+        ]
+        .map(String::from);
+        let order: Vec<String> = look_ahead_order(&asked, status_files)
+            .iter()
+            .map(|n| n.to_string())
+            .collect();
+        assert_eq!(
+            order,
+            [
+                "00000002.history",
+                "000000010000000000000004",
+                "000000010000000000000004.00000028.backup",
+                "000000010000000000000005",
+                "000000010000000000000006.partial",
+            ]
+        );
+    }
+
+    #[test]
+    fn summaries_are_handed_on_between_consecutive_segments_only() {
+        let size = 16 << 20;
+        let names = [
+            wal("000000010000000000000003"),
+            wal("000000010000000000000005"),
+            wal("000000010000000000000004"),
+            wal("00000002.history"),
+            wal("000000020000000000000006"),
+            wal("000000010000000000000006.partial"),
+        ];
+        let links = link_consecutive(&names, size);
+        let linked = |i: usize| (links[i].from_previous.is_some(), links[i].to_next.is_some());
+        assert_eq!(linked(0), (false, true)); // 3 → 4
+        assert_eq!(linked(2), (true, true)); // 3 → 4 → 5
+        assert_eq!(linked(1), (true, true)); // 4 → 5 → partial 6
+        assert_eq!(linked(3), (false, false));
+        assert_eq!(linked(4), (false, false)); // timeline 2 has no segment 5 here
+        assert_eq!(linked(5), (true, false));
     }
 }
