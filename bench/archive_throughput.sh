@@ -16,7 +16,8 @@
 #   archived  segments archived per second, against those written (keeping up or not);
 #   ready     most segments waiting for the archiver at once;
 #   pg_wal    peak size of the WAL files in pg_wal, against max_wal_size;
-#   and rss   the largest peak RSS of any archive-push call (/usr/bin/time).
+#   and rss   the largest peak RSS of any archive-push call (/usr/bin/time), cpu the CPU time
+#             (user + system) of all archive-push calls per file archived.
 # Every run must end with failed_count = 0; every archived segment is fetched back through
 # archive-get (which verifies its checksums), and those still in pg_wal are compared byte for
 # byte (tests/archive_lookahead.rs compares every one).
@@ -70,11 +71,13 @@ S3_ENV="AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=benchsecret AWS_REGION=us-
 AWS_EC2_METADATA_DISABLED=true PITR_S3_ENDPOINT=http://127.0.0.1:$PROXY_PORT PITR_S3_PATH_STYLE=true"
 
 psql_q() { as_pg psql -X -h "$WORK" -U postgres -Atqc "$1" postgres; }
+# PostgreSQL removes files while these look: find's complaints about them are expected.
 wal_bytes() { # bytes of WAL files in pg_wal (segments, partial and history files)
-  find "$WORK/data/pg_wal" -maxdepth 1 -type f -regextype posix-extended \
-    -regex '.*/[0-9A-F]{24}(\.partial)?|.*/[0-9A-F]{8}\.history' -printf '%s\n' | awk '{ s += $1 } END { print s + 0 }'
+  { find "$WORK/data/pg_wal" -maxdepth 1 -type f -regextype posix-extended \
+      -regex '.*/[0-9A-F]{24}(\.partial)?|.*/[0-9A-F]{8}\.history' -printf '%s\n' 2>/dev/null || true; } |
+    awk '{ s += $1 } END { print s + 0 }'
 }
-ready_count() { find "$WORK/data/pg_wal/archive_status" -name '*.ready' | wc -l; }
+ready_count() { { find "$WORK/data/pg_wal/archive_status" -name '*.ready' 2>/dev/null || true; } | wc -l; }
 now() { date +%s.%N; }
 rate() { awk -v n="$1" -v a="$2" -v b="$3" 'BEGIN { printf "%.1f", n / (b - a) }'; }
 wal_segments() { psql_q "select floor((pg_current_wal_lsn() - '0/0'::pg_lsn) / 16777216)"; }
@@ -108,7 +111,7 @@ CONF
   as_pg "$PG_BIN/pgbench" -h "$WORK" -U postgres -n -c 2 -T "$SECONDS_RUN" -f "$WORK/write.sql" \
     postgres >/dev/null 2>&1 &
   local bench=$!
-  echo "archive_command = 'env $env PITR_ARCHIVE_PUSH_PARALLEL=$parallel /usr/bin/time -f %M -a -o $WORK/rss $WORK/pitr --repo $repo archive-push %p'" \
+  echo "archive_command = 'env $env PITR_ARCHIVE_PUSH_PARALLEL=$parallel /usr/bin/time -f \"%M %U %S\" -a -o $WORK/rss $WORK/pitr --repo $repo archive-push %p'" \
     >> "$WORK/data/postgresql.conf"
   local start wal0 drained="" drain_written="-" steady_start="" steady_wal=0 steady_archived=0
   local peak_wal=0 peak_ready=0 archived t bytes ready
@@ -165,18 +168,19 @@ CONF
     fi
     rm -f "$WORK/get/$name"
   done
-  local rss
-  rss=$(grep -E '^[0-9]+$' "$WORK/rss" | sort -n | tail -1)
-  printf '%-22s %6s %7s %8s %7s %5s %6d MiB %6.1f MiB %5d %3d %4d/%d\n' "$label" "$drained" \
+  local rss cpu
+  rss=$(grep -E '^[0-9]+ ' "$WORK/rss" | sort -n | tail -1 | cut -d' ' -f1)
+  cpu=$(grep -E '^[0-9]+ ' "$WORK/rss" | awk -v n="$total" '{ s += $2 + $3 } END { printf "%.0f", s * 1000 / n }')
+  printf '%-22s %6s %7s %8s %7s %5s %6d MiB %6.1f MiB %6s %5d %3d %4d/%d\n' "$label" "$drained" \
     "$drain_written" "$steady" "$written" "$peak_ready" "$((peak_wal / 1048576))" \
-    "$(echo "$rss / 1024" | bc -l)" "$total" "$failed" "$compared" "$fetched"
+    "$(echo "$rss / 1024" | bc -l)" "$cpu" "$total" "$failed" "$compared" "$fetched"
   [ "$failed" -eq 0 ] || { echo "archiving failed; see $WORK/pg.log" >&2; KEEP=1; exit 1; }
 }
 
 echo "backlog: pgbench -i -s $SCALE, then write-heavy pgbench -c 2 -T $SECONDS_RUN while archiving"
 echo "(16 MB segments per second; max_wal_size 256 MiB)"
-printf '%-22s %6s %7s %8s %7s %5s %10s %10s %5s %3s %s\n' "" "drain" "written" "archived" \
-  "written" "ready" "pg_wal" "peak RSS" "files" "err" "cmp/fetched"
+printf '%-22s %6s %7s %8s %7s %5s %10s %10s %6s %5s %3s %s\n' "" "drain" "written" "archived" \
+  "written" "ready" "pg_wal" "peak RSS" "cpu ms" "files" "err" "cmp/fetched"
 run "file, parallel 1" "$WORK/repo-file-1" "" 1
 run "file, parallel $PARALLEL_DEFAULT" "$WORK/repo-file-4" "" "$PARALLEL_DEFAULT"
 run "S3 ${LATENCY_MS} ms, parallel 1" "s3://bench/repo-1" "$S3_ENV" 1

@@ -75,7 +75,8 @@ pub struct ArchivePushReport {
     /// What was encoded; `None` when the file was archived ahead.
     pub encoded: Option<EncodeSummary>,
     pub elapsed: Duration,
-    /// Files the look-ahead made durable (and marked) in this call.
+    /// Files the look-ahead made durable in this call (marked, unless a mark could not be
+    /// written or the file changed meanwhile: both logged).
     pub stored_ahead: Vec<String>,
     /// Files the look-ahead tried and failed (logged; PostgreSQL's own call retries them).
     pub failed_ahead: Vec<String>,
