@@ -26,6 +26,23 @@ fn write_wal(cluster: &PgCluster, first_id: u32, segments: u32) {
     }
 }
 
+/// About `segments` MiB of WAL, then the table's state and the time (a restore target),
+/// then some WAL past it; archived, and the cluster stopped.
+fn write_target_and_stop(
+    cluster: &mut PgCluster,
+    first_id: u32,
+    segments: u32,
+) -> (String, String) {
+    write_wal(cluster, first_id, segments);
+    let state = cluster.sql(TABLE_STATE);
+    let time = now_text(cluster);
+    std::thread::sleep(Duration::from_millis(1200));
+    write_wal(cluster, first_id + 1_000_000, 3);
+    cluster.archive_current_segment(Duration::from_secs(120));
+    cluster.stop();
+    (state, time)
+}
+
 fn now_text(cluster: &PgCluster) -> String {
     cluster.sql("select to_char(now() at time zone 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') || '+00'")
 }
@@ -301,14 +318,8 @@ async fn restores_replay_through_the_prefetcher_across_a_timeline_switch() {
     cluster.start();
     cluster.sql("create table t (id int primary key, v text)");
     pitr.backup(&cluster);
-    write_wal(&cluster, 0, 45);
-    let state_a = cluster.sql(TABLE_STATE);
-    let time_a = now_text(&cluster);
-    std::thread::sleep(Duration::from_millis(1200));
-    // On timeline 1 only: the branch leaves it behind.
-    write_wal(&cluster, 1_000_000, 3);
-    cluster.archive_current_segment(Duration::from_secs(120));
-    cluster.stop();
+    // What is written after the target stays on timeline 1 only: the branch leaves it behind.
+    let (state_a, time_a) = write_target_and_stop(&mut cluster, 0, 45);
 
     let restore = |name: &str, args: &[&str]| {
         let data = dir.path().join(name);
@@ -350,13 +361,7 @@ async fn restores_replay_through_the_prefetcher_across_a_timeline_switch() {
     );
 
     // Timeline 2, archived into the same repository.
-    write_wal(&branch, 2_000_000, 30);
-    let state_b = branch.sql(TABLE_STATE);
-    let time_b = now_text(&branch);
-    std::thread::sleep(Duration::from_millis(1200));
-    write_wal(&branch, 3_000_000, 2);
-    branch.archive_current_segment(Duration::from_secs(120));
-    branch.stop();
+    let (state_b, time_b) = write_target_and_stop(&mut branch, 2_000_000, 30);
 
     // From the timeline-1 backup, through the switch, to a time on timeline 2.
     let data = restore("across", &["--target-time", &time_b]);
