@@ -65,14 +65,8 @@ async fn run_command(cli: Cli, settings: Result<Settings>) -> Result<u8> {
     }
     let settings = settings?;
     let config = RepoConfig::resolve(&settings)?;
-    // A prefetched segment is served without opening the repository at all.
     if let Command::ArchiveGet { name, dest } = &cli.command {
-        let options = archive_get_options(&settings, &config, name, dest)?;
-        if let Some(report) = serve_from_spool(&options)? {
-            after_archive_get(&options, &settings);
-            render::archive_get(&report);
-            return Ok(EXIT_OK);
-        }
+        return run_archive_get(name, dest, &settings, &config).await;
     }
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     if let Command::ArchivePush { path } = cli.command {
@@ -88,7 +82,7 @@ async fn run_command(cli: Cli, settings: Result<Settings>) -> Result<u8> {
     // A dry run changes nothing, so it is no run of its command.
     let recorded = RECORDED_COMMANDS.contains(&name)
         && !matches!(command, Command::Expire { dry_run: true, .. });
-    let result = execute(cli, &settings, &catalog, threads, &mut facts).await;
+    let result = execute(cli, &settings, &config, &catalog, threads, &mut facts).await;
     if recorded {
         let (code, error) = match &result {
             Ok(code) => (*code, None),
@@ -112,6 +106,24 @@ async fn open_catalog(settings: &Settings, config: &RepoConfig) -> Result<Catalo
     Ok(Catalog::new(config.open().await?)
         .with_lock_stale_after(config.lock_stale_after)
         .with_compression_request(settings.compression()?))
+}
+
+/// archive-get, which no history records: a segment the prefetcher spooled is served before
+/// the repository (or its S3 client) is opened.
+async fn run_archive_get(
+    name: &str,
+    dest: &Path,
+    settings: &Settings,
+    config: &RepoConfig,
+) -> Result<u8> {
+    let options = archive_get_options(settings, config, name, dest)?;
+    let report = match serve_from_spool(&options)? {
+        Some(report) => report,
+        None => archive_get(&open_catalog(settings, config).await?, &options).await?,
+    };
+    after_archive_get(&options, settings);
+    render::archive_get(&report);
+    Ok(EXIT_OK)
 }
 
 /// archive-get's options: the get spool when prefetching is on.
@@ -248,6 +260,7 @@ async fn run_archive_push(
 async fn execute(
     cli: Cli,
     settings: &Settings,
+    config: &RepoConfig,
     catalog: &Catalog,
     threads: usize,
     facts: &mut RunFacts,
@@ -264,13 +277,6 @@ async fn execute(
                 compression,
             };
             render::init(&init(&catalog, &options).await?);
-        }
-        Command::ArchiveGet { name, dest } => {
-            let config = RepoConfig::resolve(settings)?;
-            let options = archive_get_options(settings, &config, &name, &dest)?;
-            let report = archive_get(&catalog, &options).await?;
-            after_archive_get(&options, settings);
-            render::archive_get(&report);
         }
         Command::ArchiveGetPrefetch { spool, after } => {
             let spool_config = settings.spool()?;
@@ -393,7 +399,7 @@ async fn execute(
             // Segments a recovery from this repository left in a configured spool are not
             // this restore's (the default spool is inside the new data directory).
             if let (false, Some(path)) = (dry_run, &settings.spool_path) {
-                let key = RepoConfig::resolve(settings)?.spool_key();
+                let key = config.spool_key();
                 GetSpool::new(spool_dir(Some(path), Path::new("."), SpoolKind::Get, &key)).remove();
             }
             render::restore(&restore(&catalog, &options).await?, &recovery);
@@ -482,7 +488,9 @@ async fn execute(
             };
             render::pin(&pin(&catalog, &options).await?);
         }
-        Command::Demo { .. } | Command::ArchivePush { .. } => unreachable!("handled above"),
+        Command::Demo { .. } | Command::ArchivePush { .. } | Command::ArchiveGet { .. } => {
+            unreachable!("handled above")
+        }
     }
     Ok(EXIT_OK)
 }

@@ -19,7 +19,7 @@ use tempfile::NamedTempFile;
 use crate::catalog::{Catalog, CatalogError};
 use crate::error::{Error, Result};
 use crate::pg::WalFileName;
-use crate::spool::{GetSpool, holds_crc};
+use crate::spool::{GetSpool, holds_crc, wal_dir_of};
 
 #[derive(Clone, Debug)]
 pub struct ArchiveGetOptions {
@@ -100,7 +100,7 @@ pub fn serve_from_spool(options: &ArchiveGetOptions) -> Result<Option<ArchiveGet
 }
 
 fn copy_into_place(from: &Path, dest: &Path) -> Result<()> {
-    let dir = staging_dir_of(dest);
+    let dir = wal_dir_of(dest);
     let mut staged = staging_file(&dir, STAGING_PREFIX)?;
     let mut source = File::open(from).map_err(|e| Error::local_io(from.display(), e))?;
     io::copy(&mut source, staged.as_file_mut()).map_err(|e| Error::local_io(dest.display(), e))?;
@@ -110,6 +110,9 @@ fn copy_into_place(from: &Path, dest: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Fetches the file from the repository. The caller has tried [`serve_from_spool`] (before
+/// opening the repository); this tries the spool again only for a segment the prefetcher was
+/// fetching at that moment, once it has landed.
 pub async fn archive_get(
     catalog: &Catalog,
     options: &ArchiveGetOptions,
@@ -117,18 +120,18 @@ pub async fn archive_get(
     let started = Instant::now();
     let name =
         WalFileName::parse(&options.name).map_err(|e| Error::invalid_input(&options.name, e))?;
-    if let Some(spool) = &options.spool {
-        wait_for_prefetcher(spool, &options.name, options.prefetch_wait).await;
-        if let Some(report) = serve_from_spool(options)? {
-            return Ok(report);
-        }
+    if let Some(spool) = &options.spool
+        && wait_for_prefetcher(spool, &options.name, options.prefetch_wait).await
+        && let Some(report) = serve_from_spool(options)?
+    {
+        return Ok(report);
     }
     // A missing or foreign repository must not look like "no such segment" to recovery.
     let identity = catalog.identity().await?;
     let expected_len = name.holds_wal_pages().then_some(identity.wal_segment_size);
 
     let dest = options.dest.clone();
-    let dir = staging_dir_of(&dest);
+    let dir = wal_dir_of(&dest);
     // What a killed archive-get left in pg_wal goes first (each is a preallocated segment).
     crate::staging::remove_leftovers(&dir, STAGING_PREFIX, true);
     let (staged, fetched) = fetch_verified(
@@ -157,13 +160,17 @@ pub async fn archive_get(
 }
 
 /// While the running prefetcher fetches `name`, waits (up to `limit`) for it to finish
-/// rather than fetch the same segment twice.
-async fn wait_for_prefetcher(spool: &GetSpool, name: &str, limit: Duration) {
+/// rather than fetch the same segment twice; whether it was fetching `name`.
+async fn wait_for_prefetcher(spool: &GetSpool, name: &str, limit: Duration) -> bool {
     let marker = spool.fetching_marker(name);
+    if !marker.exists() {
+        return false;
+    }
     let started = Instant::now();
     while marker.exists() && started.elapsed() < limit && spool.prefetcher_running() {
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
+    true
 }
 
 /// What [`fetch_verified`] wrote.
@@ -213,10 +220,6 @@ pub async fn fetch_verified(
             crc32: writer.crc32c,
         },
     ))
-}
-
-fn staging_dir_of(dest: &Path) -> PathBuf {
-    crate::spool::wal_dir_of(dest)
 }
 
 fn staging_file(dir: &Path, prefix: &str) -> Result<NamedTempFile> {
