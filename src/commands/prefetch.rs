@@ -19,10 +19,9 @@ use std::time::{Duration, Instant};
 
 use tokio::task::JoinSet;
 
-use crate::catalog::Catalog;
+use crate::catalog::{Catalog, RepositoryIdentity};
 use crate::error::{Error, Result};
 use crate::pg::timeline::timeline_path;
-use crate::pg::wal_name::xlog_file_name;
 use crate::pg::{WalFileKind, WalFileName};
 use crate::recovery::view::ArchiveView;
 use crate::recovery::walk::Walk;
@@ -117,9 +116,8 @@ pub async fn prefetch(catalog: &Catalog, options: &PrefetchOptions) -> Result<Pr
     let parallel = options.parallel.max(1);
 
     let mut cursor = parse_segment(&options.after)?;
-    let mut view = ArchiveView::load(catalog, &identity).await?;
+    let (mut view, mut walk) = load_walk(catalog, &identity, &cursor).await?;
     let mut loaded_at = Instant::now();
-    let mut walk = plan(&view, &cursor, segment_size, true);
     let mut last_progress = Instant::now();
     let mut in_flight: JoinSet<(String, Result<()>)> = JoinSet::new();
     let mut fetching: HashSet<String> = HashSet::new();
@@ -147,9 +145,8 @@ pub async fn prefetch(catalog: &Catalog, options: &PrefetchOptions) -> Result<Pr
             let segno = segno_of(&cursor, segment_size);
             if !walk.reaches(segno) {
                 // Past what the overview showed: WAL arrived since; look again.
-                view = ArchiveView::load(catalog, &identity).await?;
+                (view, walk) = load_walk(catalog, &identity, &cursor).await?;
                 loaded_at = Instant::now();
-                walk = plan(&view, &cursor, segment_size, true);
             } else if walk.index_of(cursor.timeline(), segno).is_none() {
                 // Recovery reads another timeline than the newest (a target timeline).
                 walk = plan(&view, &cursor, segment_size, false);
@@ -184,9 +181,8 @@ pub async fn prefetch(catalog: &Catalog, options: &PrefetchOptions) -> Result<Pr
             });
         }
         if window.len() < capacity && loaded_at.elapsed() > RELOAD_AFTER {
-            view = ArchiveView::load(catalog, &identity).await?;
+            (view, walk) = load_walk(catalog, &identity, &cursor).await?;
             loaded_at = Instant::now();
-            walk = plan(&view, &cursor, segment_size, true);
         }
         tokio::select! {
             Some(done) = in_flight.join_next() => {
@@ -224,6 +220,17 @@ fn segno_of(name: &WalFileName, segment_size: u64) -> u64 {
         .expect("segment names have segment numbers")
 }
 
+/// The archive's overview, read again, and the walk from `cursor` along the newest timeline.
+async fn load_walk(
+    catalog: &Catalog,
+    identity: &RepositoryIdentity,
+    cursor: &WalFileName,
+) -> Result<(ArchiveView, Walk)> {
+    let view = ArchiveView::load(catalog, identity).await?;
+    let walk = plan(&view, cursor, identity.wal_segment_size, true);
+    Ok((view, walk))
+}
+
 /// The segments recovery reads from `cursor` on: along the newest timeline descending from
 /// the cursor's (`recovery_target_timeline = 'latest'`, the default), or along the cursor's
 /// own timeline once recovery showed it follows that one.
@@ -249,7 +256,7 @@ fn window(walk: &Walk, cursor_segno: u64, capacity: usize) -> Vec<String> {
         .iter()
         .filter(|&(_, segno)| segno > cursor_segno)
         .take(capacity)
-        .map(|(timeline, segno)| xlog_file_name(timeline, segno, walk.segments.segment_size))
+        .map(|segment| walk.segments.name(segment))
         .collect()
 }
 
