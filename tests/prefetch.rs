@@ -164,12 +164,7 @@ impl Drop for FakeRecovery {
 async fn the_spool_serves_only_verified_segments_within_its_bound() {
     let dir = TestDir::new("prefetch-spool");
     let repo = Repo::local(&dir);
-    let (pitr, mut cluster) = initialised_cluster_with(&dir, &repo, &["--wal-segsize=1"]);
-    cluster.configure(&format!(
-        "archive_mode = on\narchive_command = '{}'\n",
-        pitr.archive_command()
-    ));
-    cluster.start();
+    let (pitr, mut cluster) = archiving_cluster_with(&dir, &repo, &["--wal-segsize=1"], "");
     cluster.sql("create table t (id int primary key, v text)");
     let first = cluster.sql("select pg_walfile_name(pg_current_wal_lsn())");
     write_wal(&cluster, 0, 24);
@@ -310,12 +305,7 @@ async fn restores_replay_through_the_prefetcher_across_a_timeline_switch() {
     let dir = TestDir::new("prefetch-restore");
     let server = S3Server::start_with_latency("prefetch-restore", Duration::from_millis(20)).await;
     let repo = Repo::s3(&server, "prefetch");
-    let (pitr, mut cluster) = initialised_cluster_with(&dir, &repo, &["--wal-segsize=1"]);
-    cluster.configure(&format!(
-        "archive_mode = on\narchive_command = '{}'\n",
-        pitr.archive_command()
-    ));
-    cluster.start();
+    let (pitr, mut cluster) = archiving_cluster_with(&dir, &repo, &["--wal-segsize=1"], "");
     cluster.sql("create table t (id int primary key, v text)");
     pitr.backup(&cluster);
     // What is written after the target stays on timeline 1 only: the branch leaves it behind.

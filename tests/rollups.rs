@@ -61,13 +61,12 @@ async fn scenario(name: &str, rows: u32, repo: impl FnOnce(&TestDir) -> Repo) {
     let dir = TestDir::new(name);
     let repo = repo(&dir);
     let storage: Arc<dyn Storage> = repo.storage().await;
-    let (pitr, mut cluster) = initialised_cluster_with(&dir, &repo, &["--wal-segsize=1"]);
-    cluster.configure(&format!(
-        "archive_mode = on\narchive_command = '{}'\ntrack_commit_timestamp = on\n\
-         autovacuum = off\nmax_wal_size = 64MB\n",
-        pitr.archive_command()
-    ));
-    cluster.start();
+    let (pitr, mut cluster) = archiving_cluster_with(
+        &dir,
+        &repo,
+        &["--wal-segsize=1"],
+        "track_commit_timestamp = on\nautovacuum = off\nmax_wal_size = 64MB",
+    );
     cluster.sql("create table t (id int primary key)");
     pitr.backup(&cluster);
     // One commit and one segment switch per row: segments well past 512.

@@ -706,7 +706,17 @@ pub fn initialised_cluster_with(
 /// A started cluster whose archive_command pushes into `repo`, with the repository
 /// initialised for it; `extra_conf` goes into postgresql.conf.
 pub fn archiving_cluster(dir: &TestDir, repo: &Repo, extra_conf: &str) -> (Pitr, PgCluster) {
-    let (pitr, mut cluster) = initialised_cluster(dir, repo);
+    archiving_cluster_with(dir, repo, &[], extra_conf)
+}
+
+/// The same, initdb given `initdb_args`.
+pub fn archiving_cluster_with(
+    dir: &TestDir,
+    repo: &Repo,
+    initdb_args: &[&str],
+    extra_conf: &str,
+) -> (Pitr, PgCluster) {
+    let (pitr, mut cluster) = initialised_cluster_with(dir, repo, initdb_args);
     cluster.configure(&format!(
         "archive_mode = on\narchive_command = '{}'\n{extra_conf}",
         pitr.archive_command()
