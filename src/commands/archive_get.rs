@@ -5,7 +5,7 @@
 //! corrupt file.
 //!
 //! During recovery a background prefetcher (`commands::prefetch`) fetches the segments that
-//! follow into the get spool; a call finds its segment there, checks it against the CRC-32
+//! follow into the get spool; a call finds its segment there, checks it against the CRC-32C
 //! in its name, and renames it onto DEST. A spooled copy that fails the check is removed and
 //! the segment fetched from the repository as if it had never been spooled.
 
