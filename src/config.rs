@@ -12,6 +12,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::catalog::CompressionRequest;
+use crate::catalog::keys::{KEY_FILE_MIN_LEN, KeyMaterial};
+use zeroize::Zeroizing;
 use crate::codec::{Compression, CompressionType};
 use crate::error::Error;
 use crate::storage::retry::{RetryPolicy, RetryingStorage};
@@ -68,6 +70,14 @@ pub struct Settings {
     /// Compression level (zstd 1-22, default 3; lz4 has none). Given to a later command, the
     /// level of the objects it writes.
     pub compression_level: Option<i32>,
+    /// File whose content (without a final newline) is the passphrase of an encrypted
+    /// repository. The passphrase itself may come from `PITR_PASSPHRASE` only, never a flag
+    /// or this file's settings, so that it shows in no process list or config dump.
+    pub passphrase_file: Option<std::path::PathBuf>,
+    /// File of 32 or more random bytes that opens an encrypted repository.
+    pub key_file: Option<std::path::PathBuf>,
+    /// AWS KMS key (id, ARN or alias) that wraps an encrypted repository's data key.
+    pub kms_key_id: Option<String>,
 }
 
 impl Settings {
@@ -122,6 +132,9 @@ impl Settings {
             archive_get_queue_max: self.archive_get_queue_max.or(lower.archive_get_queue_max),
             compression: self.compression.or(lower.compression),
             compression_level: self.compression_level.or(lower.compression_level),
+            passphrase_file: self.passphrase_file.or(lower.passphrase_file),
+            key_file: self.key_file.or(lower.key_file),
+            kms_key_id: self.kms_key_id.or(lower.kms_key_id),
         }
     }
 
@@ -487,5 +500,95 @@ mod tests {
         );
         let err = RepoConfig::resolve(&Settings::default()).unwrap_err();
         assert!(err.to_string().contains("--repo"), "{err}");
+    }
+}
+
+/// The passphrase variable: the one secret pitr reads from the environment.
+pub const PASSPHRASE_ENV: &str = "PITR_PASSPHRASE";
+/// The new passphrase of `pitr key add`.
+pub const NEW_PASSPHRASE_ENV: &str = "PITR_NEW_PASSPHRASE";
+
+/// Where a key-encryption key comes from: the repository's key settings, or `pitr key add`'s
+/// new key.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KeySources {
+    pub passphrase_file: Option<std::path::PathBuf>,
+    /// The environment variable that may hold a passphrase.
+    pub passphrase_env: &'static str,
+    pub key_file: Option<std::path::PathBuf>,
+    pub kms_key_id: Option<String>,
+}
+
+impl Settings {
+    /// The repository's key settings.
+    pub fn key_sources(&self) -> KeySources {
+        KeySources {
+            passphrase_file: self.passphrase_file.clone(),
+            passphrase_env: PASSPHRASE_ENV,
+            key_file: self.key_file.clone(),
+            kms_key_id: self.kms_key_id.clone(),
+        }
+    }
+}
+
+impl KeySources {
+    /// The keys these sources give, read and checked (secrets are read here, never logged).
+    pub fn materials(&self, settings: &Settings) -> Result<Vec<KeyMaterial>, Error> {
+        let mut materials = Vec::new();
+        if let Some(path) = &self.passphrase_file {
+            let mut secret = Zeroizing::new(std::fs::read(path).map_err(|e| {
+                Error::Config(format!(
+                    "cannot read passphrase_file {}: {e}",
+                    path.display()
+                ))
+            })?);
+            // A file written by `echo` ends in a newline that is no part of the passphrase.
+            for end in [b'\n', b'\r'] {
+                if secret.last() == Some(&end) {
+                    secret.pop();
+                }
+            }
+            if secret.is_empty() {
+                return Err(Error::Config(format!(
+                    "passphrase_file {} is empty: write the passphrase into it",
+                    path.display()
+                )));
+            }
+            materials.push(KeyMaterial::Passphrase {
+                secret: Arc::new(secret),
+                origin: format!("passphrase_file {}", path.display()),
+            });
+        }
+        if let Some(secret) = std::env::var_os(self.passphrase_env).filter(|v| !v.is_empty()) {
+            use std::os::unix::ffi::OsStringExt;
+            materials.push(KeyMaterial::Passphrase {
+                secret: Arc::new(Zeroizing::new(secret.into_vec())),
+                origin: self.passphrase_env.to_owned(),
+            });
+        }
+        if let Some(path) = &self.key_file {
+            let content = Zeroizing::new(std::fs::read(path).map_err(|e| {
+                Error::Config(format!("cannot read key_file {}: {e}", path.display()))
+            })?);
+            if content.len() < KEY_FILE_MIN_LEN {
+                return Err(Error::Config(format!(
+                    "key_file {} has {} bytes: a key file needs {KEY_FILE_MIN_LEN} or more random \
+                     bytes (head -c 32 /dev/urandom > FILE)",
+                    path.display(),
+                    content.len()
+                )));
+            }
+            materials.push(KeyMaterial::KeyFile {
+                content: Arc::new(content),
+                path: path.clone(),
+            });
+        }
+        if let Some(key_id) = &self.kms_key_id {
+            materials.push(KeyMaterial::Kms {
+                key_id: key_id.clone(),
+                service: crate::kms::key_service(settings)?,
+            });
+        }
+        Ok(materials)
     }
 }

@@ -19,6 +19,7 @@ pub const EXIT_INCOMPLETE: u8 = 8;
 pub const EXIT_SERVER: u8 = 9;
 pub const EXIT_LOCAL_IO: u8 = 10;
 pub const EXIT_LOCKED: u8 = 11;
+pub const EXIT_KEY: u8 = 12;
 
 /// One row of the exit-code table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -80,6 +81,11 @@ pub const EXIT_CODES: &[ExitCode] = &[
         code: EXIT_LOCKED,
         meaning: "locked: another backup or expire holds the repository lock; the message names \
                   it (command, host, pid, since)",
+    },
+    ExitCode {
+        code: EXIT_KEY,
+        meaning: "cannot decrypt: the repository is encrypted and the key given is wrong or \
+                  missing (or a key was given for a repository that is not encrypted)",
     },
 ];
 
@@ -204,6 +210,9 @@ pub enum Error {
     /// Another process holds the repository lock.
     #[error("{0}")]
     Locked(String),
+    /// An encrypted repository's key is wrong or missing.
+    #[error("{0}")]
+    Key(String),
 }
 
 impl Error {
@@ -220,6 +229,7 @@ impl Error {
             Error::Server(_) => EXIT_SERVER,
             Error::LocalIo { .. } => EXIT_LOCAL_IO,
             Error::Locked(_) => EXIT_LOCKED,
+            Error::Key(_) => EXIT_KEY,
         }
     }
 
@@ -270,6 +280,7 @@ impl From<CatalogError> for Error {
             e @ CatalogError::NotInitialised { .. } => Error::WrongRepository(e.to_string()),
             CatalogError::Locked(locked) => Error::Locked(locked.to_string()),
             CatalogError::Compression(message) => Error::Config(message),
+            CatalogError::Key(message) => Error::Key(message),
         }
     }
 }
@@ -294,7 +305,7 @@ mod tests {
     #[test]
     fn the_table_lists_every_code_once_in_order() {
         let codes: Vec<u8> = EXIT_CODES.iter().map(|row| row.code).collect();
-        assert_eq!(codes, (0..=EXIT_LOCKED).collect::<Vec<_>>());
+        assert_eq!(codes, (0..=EXIT_KEY).collect::<Vec<_>>());
     }
 
     #[test]
@@ -321,9 +332,10 @@ mod tests {
             Error::Server(String::new()),
             Error::local_io("", std::io::Error::other("x")),
             Error::Locked(String::new()),
+            Error::Key(String::new()),
         ];
         let codes: Vec<u8> = errors.iter().map(Error::exit_code).collect();
-        assert_eq!(codes, (1..=EXIT_LOCKED).collect::<Vec<_>>());
+        assert_eq!(codes, (1..=EXIT_KEY).collect::<Vec<_>>());
     }
 
     /// The contract as users read it: README.md and docs/operations.md carry the tables.

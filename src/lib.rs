@@ -10,6 +10,7 @@ pub mod commands;
 pub mod config;
 pub mod datadir;
 pub mod error;
+pub mod kms;
 pub mod pg;
 pub mod progress;
 pub mod recovery;

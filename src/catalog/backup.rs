@@ -114,9 +114,13 @@ impl BackupManifest {
     /// Parses a stored manifest and checks everything restore will rely on, so that no
     /// content can make it write outside the data directory, overflow or panic.
     pub fn parse(bytes: &[u8], id: &str) -> Result<Self, String> {
-        let manifest: BackupManifest = super::sealed::unseal(bytes)?;
-        manifest.check(id)?;
-        Ok(manifest)
+        super::sealed::unseal::<BackupManifest>(bytes)?.checked(id)
+    }
+
+    /// The manifest, if it passes [`BackupManifest::check`].
+    fn checked(self, id: &str) -> Result<Self, String> {
+        self.check(id)?;
+        Ok(self)
     }
 
     fn check(&self, id: &str) -> Result<(), String> {
@@ -270,8 +274,8 @@ impl BackupPin {
         DateTime::from_timestamp_micros(now.timestamp_micros()).unwrap_or(now)
     }
 
-    fn parse(bytes: &[u8], id: &str) -> Result<Self, String> {
-        let pin: BackupPin = super::sealed::unseal(bytes)?;
+    fn checked(self, id: &str) -> Result<Self, String> {
+        let pin = self;
         if pin.format != PIN_FORMAT {
             return Err(format!("pin format {} is not {PIN_FORMAT}", pin.format));
         }
@@ -355,12 +359,12 @@ impl Catalog {
         source: &str,
         reader: R,
     ) -> Result<(R, EncodeSummary), CatalogError> {
-        let compression = self.compression().await?;
-        let key = backup_object_key(id, object, compression.kind());
+        let key = backup_object_key(id, object, self.object_kind().await?);
+        let format = self.object_format(&key).await?;
         let (stored, encoded, reader) = self
             .store_encoded(key.clone(), source.to_owned(), move |staged| {
                 let mut reader = reader;
-                let encoded = codec::encode_reader(&mut reader, staged, compression, 1)?;
+                let encoded = codec::encode_reader(&mut reader, staged, format, 1)?;
                 Ok((encoded, reader))
             })
             .await?;
@@ -394,10 +398,11 @@ impl Catalog {
                 id: manifest.id.clone(),
                 reason,
             })?;
-        let json = super::sealed::seal(manifest);
+        let key = manifest_key(&manifest.id);
+        let json = self.seal_meta(&key, manifest).await?;
         self.storage
             .put(
-                &manifest_key(&manifest.id),
+                &key,
                 PutPayload::from_bytes(json),
                 PutMode::Create,
             )
@@ -484,7 +489,8 @@ impl Catalog {
 
     /// One backup's manifest, checked.
     pub async fn manifest(&self, id: &str) -> Result<BackupManifest, CatalogError> {
-        let bytes = match read_all(&*self.storage, &manifest_key(id)).await {
+        let key = manifest_key(id);
+        let bytes = match read_all(&*self.storage, &key).await {
             Ok(bytes) => bytes,
             Err(StorageError::NotFound { .. }) => {
                 return Err(CatalogError::NotFound {
@@ -494,7 +500,10 @@ impl Catalog {
             }
             Err(e) => return Err(e.into()),
         };
-        BackupManifest::parse(&bytes, id).map_err(|reason| CatalogError::CorruptManifest {
+        self.unseal_meta::<BackupManifest>(&key, bytes)
+            .await?
+            .and_then(|manifest| manifest.checked(id))
+            .map_err(|reason| CatalogError::CorruptManifest {
             id: id.to_owned(),
             reason,
         })
@@ -579,7 +588,9 @@ impl Catalog {
             Err(StorageError::NotFound { .. }) => return Ok(None),
             Err(e) => return Err(e.into()),
         };
-        BackupPin::parse(&bytes, id)
+        self.unseal_meta::<BackupPin>(&key, bytes)
+            .await?
+            .and_then(|pin| pin.checked(id))
             .map(Some)
             .map_err(|reason| CatalogError::Corrupt {
                 what: key,
@@ -592,7 +603,7 @@ impl Catalog {
     /// stays as it was sealed.
     pub async fn put_backup_pin(&self, pin: &BackupPin) -> Result<(), CatalogError> {
         let key = format!("{}{PIN_LEAF}", backup_prefix(&pin.id));
-        let json = super::sealed::seal(pin);
+        let json = self.seal_meta(&key, pin).await?;
         self.storage
             .put(&key, PutPayload::from_bytes(json), PutMode::Overwrite)
             .await?;

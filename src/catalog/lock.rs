@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use super::{Catalog, CatalogError};
 use crate::storage::{HeldLock, LockAttempt, Storage};
 
-const LOCK_KEY: &str = "lock.json";
+pub(super) const LOCK_KEY: &str = "lock.json";
 /// How old a lock object's heartbeat may grow before its holder counts as gone.
 pub const DEFAULT_LOCK_STALE_AFTER: Duration = Duration::from_secs(300);
 /// A holder refreshes its heartbeat at most this far apart.

@@ -4,6 +4,7 @@
 //!
 //! ```text
 //! repository.json                                   identity of the cluster (RepositoryIdentity)
+//! keys.json                                         an encrypted repository's wrapped data key (see `keys`)
 //! wal/<TLI><LOG>/<segment>.lz4                      WAL segments, grouped 4 GB of WAL a folder
 //! wal/<TLI><LOG>/<segment>.partial.lz4              partial segments written at promotion
 //! wal/<TLI><LOG>/<segment>.<offset>.backup.lz4      backup history files
@@ -18,9 +19,16 @@
 //! catalog encodes what it stores and verifies what it reads. A repository initialised with
 //! zstd names the same objects `.zst` (see [`object_suffix`]); the identity says which, and
 //! the catalog learns it when it first reads the identity.
+//!
+//! In an encrypted repository (the identity names its cipher), every object but
+//! repository.json, keys.json and lock.json is encrypted: codec objects seal their frames, and
+//! metadata (manifests, summaries, rollups, history) is stored as a codec object of its JSON.
+//! The object's key is bound into every seal, so an object copied or moved to another key
+//! does not open.
 
 pub mod backup;
 pub mod history;
+pub mod keys;
 pub mod lock;
 pub mod rollup;
 mod sealed;
@@ -33,9 +41,14 @@ use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 
 use chrono::{DateTime, SecondsFormat, Utc};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::codec::{self, CodecError, Compression, CompressionType, DecodeSummary, EncodeSummary};
+use crate::codec::crypto::{DataKey, ObjectCipher};
+use crate::codec::{
+    self, CodecError, Compression, CompressionType, DecodeSummary, EncodeSummary, ObjectFormat,
+};
+use keys::KeyMaterial;
 use crate::pg::ControlFile;
 use crate::storage::{ObjectBody, PutMode, PutPayload, Storage, StorageError, read_all};
 
@@ -43,6 +56,9 @@ const IDENTITY_KEY: &str = "repository.json";
 /// Names of the staged files the catalog encodes into.
 const STAGING_PREFIX: &str = ".pitr-put-";
 pub const REPOSITORY_FORMAT: u32 = 1;
+/// The format of an encrypted repository: a pitr that knows only format 1 refuses it by name
+/// rather than failing on its objects.
+pub const ENCRYPTED_REPOSITORY_FORMAT: u32 = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CatalogError {
@@ -82,6 +98,10 @@ pub enum CatalogError {
     /// The compression settings do not fit the repository's (see [`CompressionRequest`]).
     #[error("{0}")]
     Compression(String),
+    /// The repository's data key could not be opened: a wrong or missing key, or a key
+    /// given for a repository that is not encrypted.
+    #[error("{0}")]
+    Key(String),
 }
 
 /// The key suffix of a compressed object: its format, as `lz4 -d` and `zstd -d` expect.
@@ -164,6 +184,9 @@ pub struct RepositoryIdentity {
     /// lz4 ones, which leave it out so that earlier pitr versions still read them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     compression: Option<Compression>,
+    /// The cipher of an encrypted repository (see `keys`); absent when not encrypted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<String>,
 }
 
 impl RepositoryIdentity {
@@ -175,6 +198,17 @@ impl RepositoryIdentity {
     pub fn with_compression(mut self, compression: Compression) -> Self {
         self.compression = (compression != Compression::Lz4).then_some(compression);
         self
+    }
+
+    /// The identity of the same repository, encrypted.
+    pub fn encrypted(mut self) -> Self {
+        self.format = ENCRYPTED_REPOSITORY_FORMAT;
+        self.encryption = Some(keys::CIPHER_NAME.to_owned());
+        self
+    }
+
+    pub fn is_encrypted(&self) -> bool {
+        self.encryption.is_some()
     }
 
     pub fn new(control: &ControlFile, pg_version: u32, now: DateTime<Utc>) -> Self {
@@ -189,6 +223,7 @@ impl RepositoryIdentity {
             created_at: now.to_rfc3339_opts(SecondsFormat::Secs, true),
             created_by: format!("pitr {}", env!("CARGO_PKG_VERSION")),
             compression: None,
+            encryption: None,
         }
     }
 
@@ -206,6 +241,7 @@ impl RepositoryIdentity {
             created_at: String::new(),
             created_by: String::new(),
             compression: None,
+            encryption: None,
         }
     }
 
@@ -213,9 +249,14 @@ impl RepositoryIdentity {
     /// power of two would break every WAL computation later).
     pub fn parse(bytes: &[u8]) -> Result<Self, String> {
         let identity: RepositoryIdentity = sealed::unseal(bytes)?;
-        if identity.format != REPOSITORY_FORMAT {
+        let expected_format = match identity.encryption.as_deref() {
+            None => REPOSITORY_FORMAT,
+            Some(keys::CIPHER_NAME) => ENCRYPTED_REPOSITORY_FORMAT,
+            Some(other) => return Err(format!("cipher {other} is not known to this pitr")),
+        };
+        if identity.format != expected_format {
             return Err(format!(
-                "repository format {} is not {REPOSITORY_FORMAT} (written by a newer pitr?)",
+                "repository format {} is not {expected_format} (written by a newer pitr?)",
                 identity.format
             ));
         }
@@ -304,6 +345,21 @@ pub struct Catalog {
     /// The compression of new objects, known from the first read of the identity on (the
     /// commands read it first, so knowing it costs no request).
     compression: Arc<OnceLock<Compression>>,
+    /// The keys the settings give, to open an encrypted repository's data key.
+    key_materials: Arc<Vec<KeyMaterial>>,
+    /// Known from the first read of the identity on (opening the data key costs a KDF).
+    encryption: Arc<OnceLock<Encryption>>,
+}
+
+/// Whether the repository is encrypted and, if so, its data key when a key opened it.
+#[derive(Clone, Debug)]
+enum Encryption {
+    Off,
+    /// Without a key, objects can be listed and their stored checksums checked, not read.
+    On {
+        key: Option<DataKey>,
+        fingerprints: String,
+    },
 }
 
 impl Catalog {
@@ -313,7 +369,142 @@ impl Catalog {
             lock_stale_after: lock::DEFAULT_LOCK_STALE_AFTER,
             compression_request: CompressionRequest::default(),
             compression: Arc::new(OnceLock::new()),
+            key_materials: Arc::new(Vec::new()),
+            encryption: Arc::new(OnceLock::new()),
         }
+    }
+
+    /// The keys that open an encrypted repository (passphrase, key file, KMS key).
+    pub fn with_key_materials(mut self, materials: Vec<KeyMaterial>) -> Self {
+        self.key_materials = Arc::new(materials);
+        self
+    }
+
+    pub fn key_materials(&self) -> &[KeyMaterial] {
+        &self.key_materials
+    }
+
+    /// Whether the repository is encrypted (known once the identity was read).
+    pub fn is_encrypted(&self) -> bool {
+        matches!(self.encryption.get(), Some(Encryption::On { .. }))
+    }
+
+    /// Whether objects can be read: not encrypted, or encrypted and a key opened it.
+    pub fn can_decrypt(&self) -> bool {
+        !matches!(self.encryption.get(), Some(Encryption::On { key: None, .. }))
+    }
+
+    fn key_needed(&self) -> CatalogError {
+        let fingerprints = match self.encryption.get() {
+            Some(Encryption::On { fingerprints, .. }) => fingerprints.clone(),
+            _ => String::new(),
+        };
+        CatalogError::Key(format!(
+            "cannot decrypt: repository {} is encrypted and no key was given (repository key \
+             fingerprints {fingerprints}): set passphrase_file (--passphrase-file, \
+             PITR_PASSPHRASE_FILE), PITR_PASSPHRASE, key_file or kms_key_id",
+            self.location()
+        ))
+    }
+
+    /// Learns the repository's encryption from its identity, opening the data key once.
+    async fn learn_encryption(&self, identity: &RepositoryIdentity) -> Result<(), CatalogError> {
+        if self.encryption.get().is_some() {
+            return Ok(());
+        }
+        let encryption = if !identity.is_encrypted() {
+            if let Some(material) = self.key_materials.first() {
+                return Err(CatalogError::Key(format!(
+                    "repository {} is not encrypted, but {} was given: drop the key settings \
+                     for this repository, or use `pitr init --encrypt` on a new one (a \
+                     repository that lost its encryption may have been tampered with)",
+                    self.location(),
+                    material.describe()
+                )));
+            }
+            Encryption::Off
+        } else {
+            let keys = self.keys_file().await?;
+            let key = if self.key_materials.is_empty() {
+                None
+            } else {
+                Some(keys.unlock(&self.key_materials).await?.0)
+            };
+            Encryption::On {
+                key,
+                fingerprints: keys.fingerprints(),
+            }
+        };
+        let _ = self.encryption.set(encryption);
+        Ok(())
+    }
+
+    /// The encryption state, reading the identity if it was not read yet; an uninitialised
+    /// repository (tests that use one) is not encrypted.
+    async fn encryption(&self) -> Result<&Encryption, CatalogError> {
+        if self.encryption.get().is_none() {
+            match self.identity().await {
+                Ok(_) | Err(CatalogError::NotInitialised { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(self.encryption.get().unwrap_or(&Encryption::Off))
+    }
+
+    /// How the object at `key` is written: the compression, sealed for `key` when encrypted.
+    async fn object_format(&self, key: &str) -> Result<ObjectFormat, CatalogError> {
+        let compression = self.compression().await?;
+        Ok(ObjectFormat {
+            compression,
+            cipher: self.object_cipher(key).await?,
+        })
+    }
+
+    /// The cipher of the object at `key`: `None` when the repository is not encrypted.
+    async fn object_cipher(&self, key: &str) -> Result<Option<ObjectCipher>, CatalogError> {
+        match self.encryption().await? {
+            Encryption::Off => Ok(None),
+            Encryption::On { key: Some(data_key), .. } => Ok(Some(data_key.for_object(key))),
+            Encryption::On { key: None, .. } => Err(self.key_needed()),
+        }
+    }
+
+    /// A metadata object's bytes: its sealed JSON, encrypted for `key` in an encrypted
+    /// repository.
+    async fn seal_meta<T: Serialize>(&self, key: &str, value: &T) -> Result<Vec<u8>, CatalogError> {
+        let json = sealed::seal(value);
+        let Some(cipher) = self.object_cipher(key).await? else {
+            return Ok(json);
+        };
+        let mut object = Vec::with_capacity(json.len() / 2 + 128);
+        let format = ObjectFormat {
+            compression: self.compression().await?,
+            cipher: Some(cipher),
+        };
+        codec::encode_reader(&json[..], &mut object, format, 1)
+            .map_err(|e| CatalogError::Key(format!("cannot encrypt {key}: {e}")))?;
+        Ok(object)
+    }
+
+    /// A metadata object read from `key`, parsed: decrypted and authenticated first in an
+    /// encrypted repository (where plain JSON is refused as tampering), then checked by
+    /// `sealed::unseal`. The inner error says why the object is damaged; the outer one, that
+    /// it cannot be read at all (no key).
+    async fn unseal_meta<T: Serialize + DeserializeOwned>(
+        &self,
+        key: &str,
+        bytes: Vec<u8>,
+    ) -> Result<Result<T, String>, CatalogError> {
+        let Some(cipher) = self.object_cipher(key).await? else {
+            return Ok(sealed::unseal(&bytes));
+        };
+        let mut json = Vec::with_capacity(bytes.len() * 4);
+        Ok(
+            match codec::decode_with(&bytes[..], &mut json, Some(&cipher)) {
+                Ok(_) => sealed::unseal(&json),
+                Err(e) => Err(e.to_string()),
+            },
+        )
     }
 
     /// Compression as the settings ask; checked against the identity when it is read.
@@ -366,6 +557,7 @@ impl Catalog {
             .resolve(identity.compression(), &self.location())
             .map_err(CatalogError::Compression)?;
         let _ = self.compression.set(compression);
+        self.learn_encryption(&identity).await?;
         Ok(identity)
     }
 
@@ -436,6 +628,7 @@ impl Catalog {
                 },
                 CodecError::Write(e) => stage_error(e).into(),
                 CodecError::Corrupt(reason) => stage_error(std::io::Error::other(reason)).into(),
+                CodecError::Encrypted => unreachable!("encoding never decrypts"),
             })?;
             Ok((staged, encoded, extra))
         })
@@ -490,9 +683,10 @@ impl Catalog {
     ) -> Result<(W, DecodeSummary), CatalogError> {
         let (location, local) = (self.location(), local.to_owned());
         let OpenedObject { key, what, body } = opened;
+        let cipher = self.object_cipher(&key).await?;
         blocking(move || {
             let mut out = out;
-            match codec::decode(body.into_blocking_reader(), &mut out) {
+            match codec::decode_with(body.into_blocking_reader(), &mut out, cipher.as_ref()) {
                 Ok(decoded) => Ok((out, decoded)),
                 Err(CodecError::Corrupt(reason)) => Err(CatalogError::Corrupt {
                     what,
@@ -504,7 +698,30 @@ impl Catalog {
                     path: local,
                     source,
                 }),
+                // Only an unencrypted repository decodes without a cipher.
+                Err(CodecError::Encrypted) => Err(CatalogError::Corrupt {
+                    what,
+                    location,
+                    reason: "an encrypted object in a repository that is not encrypted".into(),
+                }),
             }
+        })
+        .await
+    }
+
+    /// Checks an opened object's stored bytes against its stored checksum without decoding
+    /// them: all that can be proven of an encrypted object without the key.
+    pub async fn check_opened(&self, opened: OpenedObject) -> Result<u64, CatalogError> {
+        let location = self.location();
+        let OpenedObject { key, what, body } = opened;
+        blocking(move || match codec::check_stored(body.into_blocking_reader()) {
+            Ok(checked) => Ok(checked.stored_len),
+            Err(CodecError::Read(e)) => Err(StorageError::io("read", key, e).into()),
+            Err(e) => Err(CatalogError::Corrupt {
+                what,
+                location,
+                reason: e.to_string(),
+            }),
         })
         .await
     }

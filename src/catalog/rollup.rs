@@ -412,7 +412,7 @@ impl Catalog {
         self.storage
             .put(
                 &object_key,
-                PutPayload::from_bytes(super::sealed::seal(&rollup)),
+                PutPayload::from_bytes(self.seal_meta(&object_key, &rollup).await?),
                 PutMode::Overwrite,
             )
             .await?;
@@ -509,7 +509,9 @@ impl Catalog {
             Err(StorageError::NotFound { .. }) => return Ok(None),
             Err(e) => return Err(e.into()),
         };
-        let checked = super::sealed::unseal::<Rollup>(&bytes)
+        let checked = self
+            .unseal_meta::<Rollup>(&object_key, bytes)
+            .await?
             .and_then(|rollup| rollup.check(key, segment_size).map(|()| rollup));
         match checked {
             Ok(rollup) => Ok(Some(rollup)),
@@ -534,7 +536,9 @@ impl Catalog {
             Err(StorageError::NotFound { .. }) => return Ok(None),
             Err(e) => return Err(e.into()),
         };
-        Ok(super::sealed::unseal::<Rollup>(&bytes)
+        Ok(self
+            .unseal_meta::<Rollup>(&object_key, bytes)
+            .await?
             .and_then(|rollup| rollup.check(key, segment_size))
             .err())
     }

@@ -276,12 +276,12 @@ impl Catalog {
         threads: usize,
     ) -> Result<(Stored, EncodeSummary), CatalogError> {
         let path = source.to_owned();
-        let compression = self.compression().await?;
-        let key = wal_key(name, compression.kind());
+        let key = wal_key(name, self.object_kind().await?);
+        let format = self.object_format(&key).await?;
         let (stored, encoded, ()) = self
             .store_encoded(key, source.display().to_string(), move |staged| {
                 let input = File::open(&path).map_err(codec::CodecError::Read)?;
-                Ok((codec::encode(&input, staged, compression, threads)?, ()))
+                Ok((codec::encode(&input, staged, format, threads)?, ()))
             })
             .await?;
         Ok((stored, encoded))
@@ -434,7 +434,10 @@ impl Catalog {
             location: self.location(),
             reason,
         };
-        let expired: ExpiredWal = super::sealed::unseal(&bytes).map_err(corrupt)?;
+        let expired: ExpiredWal = self
+            .unseal_meta(EXPIRED_KEY, bytes)
+            .await?
+            .map_err(corrupt)?;
         let segment_size = self.identity().await?.wal_segment_size;
         let mut map = BTreeMap::new();
         for entry in expired.timelines {
@@ -477,7 +480,7 @@ impl Catalog {
                 })
                 .collect(),
         };
-        let json = super::sealed::seal(&record);
+        let json = self.seal_meta(EXPIRED_KEY, &record).await?;
         self.storage
             .put(
                 EXPIRED_KEY,

@@ -102,10 +102,11 @@ impl Catalog {
         name: &WalFileName,
         stored: &impl Serialize,
     ) -> Result<(), CatalogError> {
-        let json = super::sealed::seal(stored);
+        let key = summary_key(name);
+        let json = self.seal_meta(&key, stored).await?;
         self.storage
             .put(
-                &summary_key(name),
+                &key,
                 PutPayload::from_bytes(json),
                 PutMode::Overwrite,
             )
@@ -153,8 +154,9 @@ impl Catalog {
         &self,
         name: &WalFileName,
     ) -> Result<Option<Result<T, String>>, CatalogError> {
-        match read_all(&*self.storage, &summary_key(name)).await {
-            Ok(bytes) => Ok(Some(super::sealed::unseal(&bytes))),
+        let key = summary_key(name);
+        match read_all(&*self.storage, &key).await {
+            Ok(bytes) => Ok(Some(self.unseal_meta(&key, bytes).await?)),
             Err(StorageError::NotFound { .. }) => Ok(None),
             Err(e) => Err(e.into()),
         }

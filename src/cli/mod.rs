@@ -230,6 +230,24 @@ pub struct GlobalArgs {
     )]
     pub compression_level: Option<i32>,
 
+    /// Encrypted repository: file holding the passphrase (the passphrase itself may also
+    /// come from PITR_PASSPHRASE; never give it on the command line).
+    #[arg(
+        long,
+        global = true,
+        env = "PITR_PASSPHRASE_FILE",
+        value_name = "FILE"
+    )]
+    pub passphrase_file: Option<PathBuf>,
+
+    /// Encrypted repository: file of 32 or more random bytes that opens it.
+    #[arg(long, global = true, env = "PITR_KEY_FILE", value_name = "FILE")]
+    pub key_file: Option<PathBuf>,
+
+    /// Encrypted repository: AWS KMS key (id, ARN or alias) that wraps its data key.
+    #[arg(long, global = true, env = "PITR_KMS_KEY_ID", value_name = "KEY")]
+    pub kms_key_id: Option<String>,
+
     /// More output: -v one line per file, -vv debug.
     #[arg(short, long, global = true, action = ArgAction::Count)]
     pub verbose: u8,
@@ -262,6 +280,9 @@ impl GlobalArgs {
             archive_get_queue_max: self.archive_get_queue_max.clone(),
             compression: self.compression.clone(),
             compression_level: self.compression_level,
+            passphrase_file: self.passphrase_file.clone(),
+            key_file: self.key_file.clone(),
+            kms_key_id: self.kms_key_id.clone(),
             ..Settings::default()
         }
     }
@@ -320,6 +341,10 @@ pub enum Command {
         /// The cluster's data directory.
         #[arg(long, env = "PGDATA", value_name = "DIR")]
         pgdata: PathBuf,
+        /// Encrypt everything stored: a new data key, wrapped by each key given
+        /// (passphrase_file / PITR_PASSPHRASE, key_file, kms_key_id).
+        #[arg(long)]
+        encrypt: bool,
     },
     /// Store one WAL file: archive_command = 'pitr --repo URL archive-push %p'.
     ArchivePush {
@@ -496,6 +521,11 @@ pub enum Command {
         /// The backup's id (see `pitr list`).
         id: String,
     },
+    /// The keys of an encrypted repository: list, add, remove (no data is rewritten).
+    Key {
+        #[command(subcommand)]
+        action: KeyAction,
+    },
     /// archive-get's background prefetcher (started by archive-get during recovery).
     #[command(name = "archive-get-prefetch", hide = true)]
     ArchiveGetPrefetch {
@@ -504,6 +534,35 @@ pub enum Command {
         spool: PathBuf,
         /// The segment archive-get served when it started the prefetcher.
         after: String,
+    },
+}
+
+#[derive(Clone, Debug, Subcommand)]
+pub enum KeyAction {
+    /// The keys that open the repository: fingerprint, kind, creation time (never a key).
+    List {
+        /// Print the keys as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Add a key; the repository's current key (passphrase_file, PITR_PASSPHRASE, key_file
+    /// or kms_key_id) must open it.
+    Add {
+        /// File holding the new passphrase (or set PITR_NEW_PASSPHRASE).
+        #[arg(long, value_name = "FILE")]
+        new_passphrase_file: Option<PathBuf>,
+        /// New key file: 32 or more random bytes.
+        #[arg(long, value_name = "FILE")]
+        new_key_file: Option<PathBuf>,
+        /// New AWS KMS key (id, ARN or alias).
+        #[arg(long, value_name = "KEY")]
+        new_kms_key_id: Option<String>,
+    },
+    /// Remove the key with this fingerprint (see `pitr key list`). The last key cannot be
+    /// removed, and a key given in the settings must still open the repository after.
+    Remove {
+        /// The key's fingerprint.
+        fingerprint: String,
     },
 }
 
@@ -573,6 +632,7 @@ impl Command {
             Command::Expire { .. } => "expire",
             Command::Pin { .. } => "pin",
             Command::Unpin { .. } => "unpin",
+            Command::Key { .. } => "key",
         }
     }
 }

@@ -35,6 +35,44 @@ pub fn init(report: &InitReport) {
         report.identity.wal_segment_size,
         report.identity.compression()
     );
+    if let Some(fingerprints) = &report.key_fingerprints {
+        println!(
+            "encrypted ({}): keys {fingerprints}; keep a copy of the passphrase or key file \
+             apart from the repository: without one, nothing in it can be read",
+            crate::catalog::keys::CIPHER_NAME
+        );
+    }
+}
+
+pub fn key(report: &crate::commands::key::KeyReport, json: bool) {
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(report).expect("the report serialises")
+        );
+        return;
+    }
+    for fingerprint in &report.added {
+        println!("added key {fingerprint}");
+    }
+    for fingerprint in &report.removed {
+        println!("removed key {fingerprint}");
+    }
+    println!(
+        "repository {} ({}, data key {}):",
+        report.location, report.cipher, report.data_key
+    );
+    for key in &report.keys {
+        let kms = key
+            .kms_key_id
+            .as_deref()
+            .map(|id| format!(" {id}"))
+            .unwrap_or_default();
+        println!(
+            "  {}  {}{kms}  added {}",
+            key.fingerprint, key.kind, key.created_at
+        );
+    }
 }
 
 /// archive_command's output stays in the log at -v: PostgreSQL runs it for every segment.

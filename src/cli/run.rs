@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::{Cli, Command, notify, progress, render, restore_command};
+use super::{Cli, Command, KeyAction, notify, progress, render, restore_command};
 use crate::catalog::Catalog;
 use crate::commands::archive_get::{ArchiveGetOptions, archive_get, serve_from_spool};
 use crate::commands::archive_push::{ArchivePushOptions, archive_push, archived_ahead};
@@ -103,9 +103,11 @@ async fn run_command(cli: Cli, settings: Result<Settings>) -> Result<u8> {
 
 /// The repository, for every command that reads or writes it.
 async fn open_catalog(settings: &Settings, config: &RepoConfig) -> Result<Catalog> {
+    let key_materials = settings.key_sources().materials(settings)?;
     Ok(Catalog::new(config.open().await?)
         .with_lock_stale_after(config.lock_stale_after)
-        .with_compression_request(settings.compression()?))
+        .with_compression_request(settings.compression()?)
+        .with_key_materials(key_materials))
 }
 
 /// archive-get, which no history records: a segment the prefetcher spooled is served before
@@ -267,7 +269,7 @@ async fn execute(
 ) -> Result<u8> {
     let catalog = catalog.clone();
     match cli.command {
-        Command::Init { pgdata } => {
+        Command::Init { pgdata, encrypt } => {
             let compression = settings
                 .compression()?
                 .for_new_repository()
@@ -275,8 +277,33 @@ async fn execute(
             let options = InitOptions {
                 pgdata,
                 compression,
+                encrypt,
             };
             render::init(&init(&catalog, &options).await?);
+        }
+        Command::Key { action } => {
+            use crate::commands::key::{key_add, key_list, key_remove};
+            let (report, json) = match action {
+                KeyAction::List { json } => (key_list(&catalog).await?, json),
+                KeyAction::Add {
+                    new_passphrase_file,
+                    new_key_file,
+                    new_kms_key_id,
+                } => {
+                    let new = crate::config::KeySources {
+                        passphrase_file: new_passphrase_file,
+                        passphrase_env: crate::config::NEW_PASSPHRASE_ENV,
+                        key_file: new_key_file,
+                        kms_key_id: new_kms_key_id,
+                    }
+                    .materials(settings)?;
+                    (key_add(&catalog, &new).await?, false)
+                }
+                KeyAction::Remove { fingerprint } => {
+                    (key_remove(&catalog, &fingerprint).await?, false)
+                }
+            };
+            render::key(&report, json);
         }
         Command::ArchiveGetPrefetch { spool, after } => {
             let spool_config = settings.spool()?;

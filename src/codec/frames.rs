@@ -6,7 +6,11 @@ use std::io::{self, BufRead, Read, Write};
 use lz4_flex::frame::{BlockMode, BlockSize, FrameDecoder, FrameEncoder, FrameInfo};
 use zstd::stream::raw::{DParameter, InBuffer, Operation, OutBuffer};
 
-use super::{CodecError, Compression, IO_BUF, TrailerSplitter};
+use super::crypto::{FrameKind, ObjectCipher};
+use super::{
+    CHUNK_SIZE, CodecError, Compression, EndFrame, IO_BUF, SEALED_FRAME_MAGIC, TrailerSplitter,
+    open_sealed_frame,
+};
 
 /// First four bytes (little-endian) of an LZ4 frame and of a zstd frame.
 pub(super) const LZ4_FRAME_MAGIC: u32 = 0x184D_2204;
@@ -59,24 +63,36 @@ impl FrameCompressor {
 }
 
 /// Decodes the frames of an object's body (everything before the trailer) in order.
-pub(super) struct FrameReader<R: Read> {
+pub(super) struct FrameReader<'a, R: Read> {
     /// Owns the source; between frames it is at a frame boundary, and zstd frames are read
     /// from it directly.
     lz4: FrameDecoder<TrailerSplitter<R>>,
     /// Made at the first zstd frame: the context and an output buffer.
     zstd: Option<(zstd::stream::raw::Decoder<'static>, Vec<u8>)>,
+    /// Set for an encrypted repository: every frame must be sealed for this object.
+    cipher: Option<&'a ObjectCipher>,
+    /// Sealed frames opened so far, and the opened plaintext (reused).
+    sealed: u64,
+    plain: Vec<u8>,
+    /// The sealed end frame, once read.
+    end: Option<EndFrame>,
 }
 
-impl<R: Read> FrameReader<R> {
-    pub(super) fn new(source: TrailerSplitter<R>) -> Self {
+impl<'a, R: Read> FrameReader<'a, R> {
+    pub(super) fn new(source: TrailerSplitter<R>, cipher: Option<&'a ObjectCipher>) -> Self {
         FrameReader {
             lz4: FrameDecoder::new(source),
             zstd: None,
+            cipher,
+            sealed: 0,
+            plain: Vec::new(),
+            end: None,
         }
     }
 
-    pub(super) fn into_inner(self) -> TrailerSplitter<R> {
-        self.lz4.into_inner()
+    /// The source, and the end frame of a sealed object.
+    pub(super) fn into_parts(self) -> (TrailerSplitter<R>, Option<EndFrame>) {
+        (self.lz4.into_inner(), self.end)
     }
 
     /// Hands every decoded block to `emit`, frame after frame, until only the trailer is
@@ -87,8 +103,20 @@ impl<R: Read> FrameReader<R> {
     ) -> Result<(), CodecError> {
         loop {
             let served = self.lz4.get_ref().served;
-            match self.lz4.get_mut().peek_magic()? {
+            let magic = self.lz4.get_mut().peek_magic()?;
+            if self.end.is_some() && magic.is_some() {
+                return Err(CodecError::Corrupt(
+                    "frames after the sealed end frame".to_owned(),
+                ));
+            }
+            match magic {
                 None => return Ok(()),
+                Some(SEALED_FRAME_MAGIC) => self.decode_sealed_frame(emit)?,
+                Some(LZ4_FRAME_MAGIC | ZSTD_FRAME_MAGIC) if self.cipher.is_some() => {
+                    return Err(CodecError::Corrupt(
+                        "an unencrypted frame in an object of an encrypted repository".to_owned(),
+                    ));
+                }
                 Some(LZ4_FRAME_MAGIC) => self.decode_lz4_frame(emit)?,
                 Some(ZSTD_FRAME_MAGIC) => self.decode_zstd_frame(emit)?,
                 Some(magic) => {
@@ -104,6 +132,29 @@ impl<R: Read> FrameReader<R> {
                     "a frame ends early (truncated)".to_owned(),
                 ));
             }
+        }
+    }
+
+    /// Opens a sealed frame and decodes the frame inside it, or records the end frame.
+    fn decode_sealed_frame(
+        &mut self,
+        emit: &mut dyn FnMut(&[u8]) -> Result<(), CodecError>,
+    ) -> Result<(), CodecError> {
+        let Some(cipher) = self.cipher else {
+            return Err(CodecError::Encrypted);
+        };
+        let index = self.sealed;
+        let kind = open_sealed_frame(self.lz4.get_mut(), cipher, index, &mut self.plain)?;
+        self.sealed += 1;
+        match kind {
+            FrameKind::End => {
+                let end = EndFrame::parse(&self.plain)
+                    .filter(|end| end.frames == index)
+                    .ok_or_else(|| CodecError::Corrupt("the end frame does not fit".to_owned()))?;
+                self.end = Some(end);
+                Ok(())
+            }
+            FrameKind::Data => decode_frame_in_memory(&self.plain, emit),
         }
     }
 
@@ -161,5 +212,40 @@ impl<R: Read> FrameReader<R> {
                 ));
             }
         }
+    }
+}
+
+/// Decodes one complete LZ4 or zstd frame held in memory (the plaintext of a sealed frame,
+/// authenticated already, so its content is what pitr wrote).
+fn decode_frame_in_memory(
+    frame: &[u8],
+    emit: &mut dyn FnMut(&[u8]) -> Result<(), CodecError>,
+) -> Result<(), CodecError> {
+    let corrupt = |what: &str, e: &dyn std::fmt::Display| {
+        CodecError::Corrupt(format!("invalid {what} data in a sealed frame: {e}"))
+    };
+    match frame.get(..4).map(|m| u32::from_le_bytes(m.try_into().unwrap())) {
+        Some(LZ4_FRAME_MAGIC) => {
+            let mut decoder = FrameDecoder::new(frame);
+            loop {
+                let block = decoder.fill_buf().map_err(|e| corrupt("LZ4", &e))?;
+                if block.is_empty() {
+                    return Ok(());
+                }
+                let n = block.len();
+                emit(block)?;
+                decoder.consume(n);
+            }
+        }
+        Some(ZSTD_FRAME_MAGIC) => {
+            let mut out = Vec::with_capacity(CHUNK_SIZE);
+            zstd::bulk::Decompressor::new()
+                .and_then(|mut d| d.decompress_to_buffer(frame, &mut out))
+                .map_err(|e| corrupt("zstd", &e))?;
+            emit(&out)
+        }
+        _ => Err(CodecError::Corrupt(
+            "a sealed frame holds neither an LZ4 nor a zstd frame".to_owned(),
+        )),
     }
 }

@@ -15,11 +15,30 @@ use std::fs::File;
 use std::io::{self, BufRead, Read, Write};
 use std::sync::{Arc, mpsc};
 
+pub mod crypto;
 mod frames;
 mod trailer;
 
+use crypto::{FrameKind, ObjectCipher};
 use frames::{FrameCompressor, FrameReader};
 pub use trailer::{TRAILER_LEN, Trailer};
+
+/// How an object is written: its compression, and the cipher that seals its frames in an
+/// encrypted repository.
+#[derive(Clone, Debug)]
+pub struct ObjectFormat {
+    pub compression: Compression,
+    pub cipher: Option<ObjectCipher>,
+}
+
+impl From<Compression> for ObjectFormat {
+    fn from(compression: Compression) -> Self {
+        ObjectFormat {
+            compression,
+            cipher: None,
+        }
+    }
+}
 
 /// How an object's frames are compressed: a repository's choice, recorded in its identity as
 /// `{"type": "lz4"}` or `{"type": "zstd", "level": 3}`.
@@ -90,6 +109,9 @@ pub enum CodecError {
     Write(io::Error),
     #[error("corrupt object: {0}")]
     Corrupt(String),
+    /// The object is encrypted and no key was given to open it.
+    #[error("the object is encrypted and no key was given")]
+    Encrypted,
 }
 
 /// What [`encode`] wrote.
@@ -119,11 +141,11 @@ impl EncodeSummary {
 pub fn encode<W: Write + Send>(
     input: &File,
     output: W,
-    compression: Compression,
+    format: impl Into<ObjectFormat>,
     threads: usize,
 ) -> Result<EncodeSummary, CodecError> {
     let len = input.metadata().map_err(CodecError::Read)?.len();
-    encode_chunks(output, compression, threads, |emit| {
+    encode_chunks(output, format.into(), threads, |emit| {
         let mut offset = 0u64;
         while offset < len {
             let window_len = WINDOW.min(len - offset) as usize;
@@ -155,10 +177,10 @@ pub fn encode<W: Write + Send>(
 pub fn encode_reader<R: Read, W: Write + Send>(
     mut input: R,
     output: W,
-    compression: Compression,
+    format: impl Into<ObjectFormat>,
     threads: usize,
 ) -> Result<EncodeSummary, CodecError> {
-    encode_chunks(output, compression, threads, |emit| {
+    encode_chunks(output, format.into(), threads, |emit| {
         loop {
             let mut chunk = Vec::with_capacity(CHUNK_SIZE);
             if (&mut input)
@@ -177,7 +199,7 @@ pub fn encode_reader<R: Read, W: Write + Send>(
 /// workers compress them into frames, a writer writes them in order, then the trailer.
 fn encode_chunks<W: Write + Send>(
     output: W,
-    compression: Compression,
+    format: ObjectFormat,
     threads: usize,
     produce: impl FnOnce(&mut dyn FnMut(Chunk) -> bool) -> io::Result<()>,
 ) -> Result<EncodeSummary, CodecError> {
@@ -190,10 +212,11 @@ fn encode_chunks<W: Write + Send>(
         let mut from_workers = Vec::with_capacity(threads);
         let mut free_frame_txs = Vec::with_capacity(threads);
         for _ in 0..threads {
-            let (chunk_tx, chunk_rx) = mpsc::sync_channel::<Chunk>(QUEUE_DEPTH);
+            let (chunk_tx, chunk_rx) = mpsc::sync_channel::<(u64, Chunk)>(QUEUE_DEPTH);
             let (frame_tx, frame_rx) = mpsc::sync_channel::<io::Result<Vec<u8>>>(QUEUE_DEPTH);
             let (free_frame_tx, free_frame_rx) = mpsc::channel::<Vec<u8>>();
-            scope.spawn(move || compress_chunks(compression, chunk_rx, frame_tx, free_frame_rx));
+            let format = format.clone();
+            scope.spawn(move || compress_chunks(&format, chunk_rx, frame_tx, free_frame_rx));
             to_workers.push(chunk_tx);
             from_workers.push(frame_rx);
             free_frame_txs.push(free_frame_tx);
@@ -205,18 +228,42 @@ fn encode_chunks<W: Write + Send>(
         let read_result = produce(&mut |chunk: Chunk| {
             original.update(&chunk);
             original_len += chunk.len() as u64;
-            let sent = to_workers[index % threads].send(chunk).is_ok();
+            let sent = to_workers[index % threads]
+                .send((index as u64, chunk))
+                .is_ok();
             index += 1;
             sent
         });
         drop(to_workers);
         let written = writer.join().expect("frame writer panicked");
         read_result.map_err(CodecError::Read)?;
-        let (mut output, stored, stored_len) = written?;
-        let trailer = Trailer {
-            original_len,
-            original_crc32: original.clone().finalize(),
-            stored_crc32: stored.clone().finalize(),
+        let (mut output, mut stored, mut stored_len) = written?;
+        let original_crc32 = original.clone().finalize();
+        let trailer = match &format.cipher {
+            None => Trailer {
+                original_len,
+                original_crc32,
+                stored_crc32: stored.clone().finalize(),
+                encrypted: false,
+            },
+            Some(cipher) => {
+                // What the trailer would say in clear is sealed in a last frame.
+                let end = EndFrame {
+                    original_len,
+                    original_crc32,
+                    frames: index as u64,
+                }
+                .seal(cipher);
+                output.write_all(&end).map_err(CodecError::Write)?;
+                stored.update(&end);
+                stored_len += end.len() as u64;
+                Trailer {
+                    original_len: 0,
+                    original_crc32: 0,
+                    stored_crc32: stored.clone().finalize(),
+                    encrypted: true,
+                }
+            }
         }
         .to_bytes();
         output
@@ -227,7 +274,7 @@ fn encode_chunks<W: Write + Send>(
         object.update(&trailer);
         Ok(EncodeSummary {
             original_len,
-            original_crc32: original.finalize(),
+            original_crc32,
             stored_len: stored_len + TRAILER_LEN as u64,
             object_crc32: object.finalize(),
         })
@@ -255,23 +302,27 @@ impl std::ops::Deref for Chunk {
     }
 }
 
-/// One worker: each chunk becomes one complete frame, from one reused compressor.
+/// One worker: each chunk becomes one complete frame, from one reused compressor, sealed
+/// when the object is encrypted.
 fn compress_chunks(
-    compression: Compression,
-    chunks: mpsc::Receiver<Chunk>,
+    format: &ObjectFormat,
+    chunks: mpsc::Receiver<(u64, Chunk)>,
     frames: mpsc::SyncSender<io::Result<Vec<u8>>>,
     free_frames: mpsc::Receiver<Vec<u8>>,
 ) {
-    let mut compressor = match FrameCompressor::new(compression) {
+    let mut compressor = match FrameCompressor::new(format.compression) {
         Ok(compressor) => compressor,
         Err(e) => {
             let _ = frames.send(Err(e));
             return;
         }
     };
-    for chunk in chunks {
+    for (index, chunk) in chunks {
         let spare = free_frames.try_recv().unwrap_or_default();
-        let result = compressor.compress(&chunk, spare);
+        let result = compressor.compress(&chunk, spare).map(|frame| match &format.cipher {
+            Some(cipher) => seal_frame(cipher, index, FrameKind::Data, frame),
+            None => frame,
+        });
         drop(chunk);
         if frames.send(result).is_err() {
             break;
@@ -312,8 +363,20 @@ pub struct DecodeSummary {
 ///
 /// `output` has seen every byte when this returns, but the data is only proven good when it
 /// returns `Ok`: callers write to a temporary place and publish it only then.
-pub fn decode<R: Read, W: Write>(input: R, mut output: W) -> Result<DecodeSummary, CodecError> {
-    let mut frames = FrameReader::new(TrailerSplitter::new(input));
+pub fn decode<R: Read, W: Write>(input: R, output: W) -> Result<DecodeSummary, CodecError> {
+    decode_with(input, output, None)
+}
+
+/// [`decode`] for an object of a repository that may be encrypted: with `cipher`, every frame
+/// must be sealed for this object and authenticate, and an unsealed frame is corrupt (it
+/// would let whoever can write to the repository plant content); without it, a sealed frame
+/// is [`CodecError::Encrypted`].
+pub fn decode_with<R: Read, W: Write>(
+    input: R,
+    mut output: W,
+    cipher: Option<&ObjectCipher>,
+) -> Result<DecodeSummary, CodecError> {
+    let mut frames = FrameReader::new(TrailerSplitter::new(input), cipher);
     let mut original = crc32fast::Hasher::new();
     let mut original_len = 0u64;
     frames.decode_all(&mut |block| {
@@ -322,24 +385,153 @@ pub fn decode<R: Read, W: Write>(input: R, mut output: W) -> Result<DecodeSummar
         output.write_all(block).map_err(CodecError::Write)
     })?;
     output.flush().map_err(CodecError::Write)?;
-    let (trailer, stored_crc32, stored_len) = frames.into_inner().finish()?;
+    let (splitter, end) = frames.into_parts();
+    let (trailer, stored_crc32, stored_len) = splitter.finish()?;
     if trailer.stored_crc32 != stored_crc32 {
         return Err(CodecError::Corrupt(format!(
             "compressed data checksum mismatch (stored {:08x}, computed {stored_crc32:08x})",
             trailer.stored_crc32
         )));
     }
+    let (expected_len, expected_crc32) = match (cipher, end) {
+        (None, _) if trailer.encrypted => return Err(CodecError::Encrypted),
+        (None, _) => (trailer.original_len, trailer.original_crc32),
+        (Some(_), Some(end)) if trailer.encrypted => (end.original_len, end.original_crc32),
+        (Some(_), _) => {
+            return Err(CodecError::Corrupt(
+                "the object is not sealed to its end (truncated, or not encrypted in an \
+                 encrypted repository)"
+                    .to_owned(),
+            ));
+        }
+    };
     let original_crc32 = original.finalize();
-    if trailer.original_len != original_len || trailer.original_crc32 != original_crc32 {
+    if expected_len != original_len || expected_crc32 != original_crc32 {
         return Err(CodecError::Corrupt(format!(
-            "content mismatch (stored {} bytes crc {:08x}, decoded {original_len} bytes crc \
-             {original_crc32:08x})",
-            trailer.original_len, trailer.original_crc32
+            "content mismatch (stored {expected_len} bytes crc {expected_crc32:08x}, decoded \
+             {original_len} bytes crc {original_crc32:08x})"
         )));
     }
     Ok(DecodeSummary {
         original_len,
         stored_len: stored_len + TRAILER_LEN as u64,
+    })
+}
+
+/// What [`check_stored`] found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StoredCheck {
+    pub stored_len: u64,
+    pub encrypted: bool,
+}
+
+/// Checks an object's stored bytes against its trailer's CRC without decoding them: what
+/// can be proven of an encrypted object without its key.
+pub fn check_stored<R: Read>(input: R) -> Result<StoredCheck, CodecError> {
+    let mut splitter = TrailerSplitter::new(input);
+    io::copy(&mut splitter, &mut io::sink()).map_err(CodecError::Read)?;
+    let (trailer, stored_crc32, stored_len) = splitter.finish()?;
+    if trailer.stored_crc32 != stored_crc32 {
+        return Err(CodecError::Corrupt(format!(
+            "stored data checksum mismatch (stored {:08x}, computed {stored_crc32:08x})",
+            trailer.stored_crc32
+        )));
+    }
+    Ok(StoredCheck {
+        stored_len: stored_len + TRAILER_LEN as u64,
+        encrypted: trailer.encrypted,
+    })
+}
+
+/// The magic number of a sealed frame: in the LZ4 skippable-frame range, as the trailer's.
+pub(crate) const SEALED_FRAME_MAGIC: u32 = 0x184D_2A5E;
+/// Header of a sealed frame: magic, payload length, kind, nonce.
+const SEALED_HEADER_LEN: usize = 4 + 4 + 1 + crypto::NONCE_LEN;
+/// Largest payload a reader accepts: a chunk's compressed bound with room to spare; it bounds
+/// what a damaged length can make the reader allocate.
+const SEALED_PAYLOAD_MAX: usize = 2 * CHUNK_SIZE;
+
+/// `frame` sealed as frame `index` of the object, with its header.
+fn seal_frame(cipher: &ObjectCipher, index: u64, kind: FrameKind, mut frame: Vec<u8>) -> Vec<u8> {
+    let nonce = cipher.seal(index, kind, &mut frame);
+    let payload_len = 1 + crypto::NONCE_LEN + frame.len();
+    let mut sealed = Vec::with_capacity(8 + payload_len);
+    sealed.extend_from_slice(&SEALED_FRAME_MAGIC.to_le_bytes());
+    sealed.extend_from_slice(&(payload_len as u32).to_le_bytes());
+    sealed.push(kind as u8);
+    sealed.extend_from_slice(&nonce);
+    sealed.extend_from_slice(&frame);
+    sealed
+}
+
+/// The sealed last frame of an encrypted object: what its trailer would say in clear, and how
+/// many data frames came before it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct EndFrame {
+    pub original_len: u64,
+    pub original_crc32: u32,
+    pub frames: u64,
+}
+
+impl EndFrame {
+    const LEN: usize = 20;
+
+    fn seal(&self, cipher: &ObjectCipher) -> Vec<u8> {
+        let mut plain = Vec::with_capacity(Self::LEN + crypto::TAG_LEN);
+        plain.extend_from_slice(&self.original_len.to_le_bytes());
+        plain.extend_from_slice(&self.original_crc32.to_le_bytes());
+        plain.extend_from_slice(&self.frames.to_le_bytes());
+        seal_frame(cipher, self.frames, FrameKind::End, plain)
+    }
+
+    fn parse(plain: &[u8]) -> Option<Self> {
+        (plain.len() == Self::LEN).then(|| EndFrame {
+            original_len: u64::from_le_bytes(plain[0..8].try_into().unwrap()),
+            original_crc32: u32::from_le_bytes(plain[8..12].try_into().unwrap()),
+            frames: u64::from_le_bytes(plain[12..20].try_into().unwrap()),
+        })
+    }
+}
+
+/// Reads the sealed frame at the reader's position and opens it as frame `index`; the
+/// plaintext goes into `plain`.
+fn open_sealed_frame<R: Read>(
+    source: &mut TrailerSplitter<R>,
+    cipher: &ObjectCipher,
+    index: u64,
+    plain: &mut Vec<u8>,
+) -> Result<FrameKind, CodecError> {
+    let mut header = [0u8; SEALED_HEADER_LEN];
+    read_frame_bytes(source, &mut header)?;
+    let payload_len = u32::from_le_bytes(header[4..8].try_into().unwrap()) as usize;
+    if !(1 + crypto::NONCE_LEN + crypto::TAG_LEN..=SEALED_PAYLOAD_MAX).contains(&payload_len) {
+        return Err(CodecError::Corrupt(format!(
+            "sealed frame {index} claims {payload_len} bytes"
+        )));
+    }
+    let kind = FrameKind::from_byte(header[8]).ok_or_else(|| {
+        CodecError::Corrupt(format!("sealed frame {index} has unknown kind {}", header[8]))
+    })?;
+    let nonce: [u8; crypto::NONCE_LEN] = header[9..].try_into().unwrap();
+    plain.resize(payload_len - 1 - crypto::NONCE_LEN, 0);
+    read_frame_bytes(source, plain)?;
+    if !cipher.open(index, kind, &nonce, plain) {
+        return Err(CodecError::Corrupt(format!(
+            "sealed frame {index} does not authenticate (changed, or moved from another \
+             object or position)"
+        )));
+    }
+    Ok(kind)
+}
+
+/// Fills `out` from the frames before the trailer; their end is a truncation.
+fn read_frame_bytes<R: Read>(source: &mut TrailerSplitter<R>, out: &mut [u8]) -> Result<(), CodecError> {
+    source.read_exact(out).map_err(|e| {
+        if source.source_error {
+            CodecError::Read(e)
+        } else {
+            CodecError::Corrupt("a sealed frame ends early (truncated)".to_owned())
+        }
     })
 }
 

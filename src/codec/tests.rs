@@ -185,6 +185,7 @@ fn frames_of_both_formats_decode_in_one_object() {
         original_len: input.len() as u64,
         original_crc32: crc32fast::hash(&input),
         stored_crc32: crc32fast::hash(&body),
+        encrypted: false,
     };
     let mut mixed = body.clone();
     mixed.extend_from_slice(&trailer.to_bytes());

@@ -12,6 +12,8 @@ pub struct InitOptions {
     pub pgdata: PathBuf,
     /// How the repository's objects are compressed, for good: its type is fixed here.
     pub compression: Compression,
+    /// Encrypt the repository, with the catalog's key materials.
+    pub encrypt: bool,
 }
 
 #[derive(Debug)]
@@ -20,28 +22,41 @@ pub struct InitReport {
     /// False when the repository already belonged to this cluster.
     pub created: bool,
     pub location: String,
+    /// The fingerprints of the keys that open an encrypted repository.
+    pub key_fingerprints: Option<String>,
 }
 
 pub async fn init(catalog: &Catalog, options: &InitOptions) -> Result<InitReport> {
     let identity = read_cluster_identity(&options.pgdata)?.with_compression(options.compression);
     let location = catalog.location();
-    match catalog.init(&identity).await? {
-        InitOutcome::Created => Ok(InitReport {
-            identity,
-            created: true,
-            location,
-        }),
-        InitOutcome::AlreadyThisCluster => Ok(InitReport {
-            identity: catalog.identity().await?,
-            created: false,
-            location,
-        }),
-        InitOutcome::OtherCluster(existing) => Err(Error::WrongRepository(format!(
+    let outcome = if options.encrypt {
+        catalog.init_encrypted(&identity).await?
+    } else {
+        catalog.init(&identity).await?
+    };
+    let created = match outcome {
+        InitOutcome::Created => true,
+        InitOutcome::AlreadyThisCluster => false,
+        InitOutcome::OtherCluster(existing) => {
+            return Err(Error::WrongRepository(format!(
             "repository {location} already belongs to the cluster with system identifier {}, \
              not to {} (system identifier {}); use another repository for this cluster",
             existing.system_identifier,
             options.pgdata.display(),
             identity.system_identifier
-        ))),
-    }
+            )));
+        }
+    };
+    let identity = catalog.identity().await?;
+    let key_fingerprints = if identity.is_encrypted() {
+        Some(catalog.keys_file().await?.fingerprints())
+    } else {
+        None
+    };
+    Ok(InitReport {
+        identity,
+        created,
+        location,
+        key_fingerprints,
+    })
 }

@@ -10,6 +10,7 @@ pub mod demo;
 pub mod expire;
 pub mod history;
 pub mod init;
+pub mod key;
 pub mod list;
 pub mod metrics;
 pub mod overview;
