@@ -13,11 +13,11 @@ use std::time::Duration;
 
 use crate::catalog::CompressionRequest;
 use crate::catalog::keys::{KEY_FILE_MIN_LEN, KeyMaterial};
-use zeroize::Zeroizing;
 use crate::codec::{Compression, CompressionType};
 use crate::error::Error;
 use crate::storage::retry::{RetryPolicy, RetryingStorage};
 use crate::storage::{RepoLocation, S3Options, Storage};
+use zeroize::Zeroizing;
 
 /// Settings as one source gives them; `None` where it is silent.
 #[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]

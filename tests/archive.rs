@@ -505,6 +505,7 @@ async fn s3_through_aws_endpoint_url_without_a_region() {
             .env("AWS_ENDPOINT_URL", &server.endpoint)
             .env("AWS_ACCESS_KEY_ID", &server.access_key)
             .env("AWS_SECRET_ACCESS_KEY", &server.secret_key)
+            .envs(t.pitr.key_env())
             .output()
             .unwrap()
     };

@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 use common::keys::{backup_object_key, manifest_key};
 use common::*;
 use pitr::catalog::backup::BackupManifest;
-use pitr::storage::read_all;
 
 async fn backup_holds_the_cluster(name: &str, repo: impl FnOnce(&TestDir) -> Repo) {
     let dir = TestDir::new(name);
@@ -54,7 +53,7 @@ async fn backup_holds_the_cluster(name: &str, repo: impl FnOnce(&TestDir) -> Rep
     let storage = repo.storage().await;
     let id = entry["id"].as_str().unwrap();
     let manifest: BackupManifest =
-        serde_json::from_slice(&read_all(&*storage, &manifest_key(id)).await.unwrap()).unwrap();
+        serde_json::from_slice(&metadata_json(&*storage, &manifest_key(id)).await).unwrap();
     let files: HashMap<&str, _> = manifest
         .files
         .iter()
@@ -108,12 +107,7 @@ async fn backup_holds_the_cluster(name: &str, repo: impl FnOnce(&TestDir) -> Rep
     let mut objects: HashMap<u32, Vec<u8>> = HashMap::new();
     for file in &manifest.files {
         if let std::collections::hash_map::Entry::Vacant(slot) = objects.entry(file.object) {
-            let stored = read_all(&*storage, &backup_object_key(id, file.object))
-                .await
-                .unwrap();
-            let mut decoded = Vec::new();
-            pitr::codec::decode(&stored[..], &mut decoded).unwrap();
-            slot.insert(decoded);
+            slot.insert(decoded_object(&*storage, &backup_object_key(id, file.object)).await);
         }
         let bytes =
             &objects[&file.object][file.offset as usize..(file.offset + file.size) as usize];

@@ -25,7 +25,7 @@ use crate::storage::{Protected, PutMode, PutPayload, StorageError, read_all};
 const BACKUP_PREFIX: &str = "backup/";
 const MANIFEST_LEAF: &str = "manifest.json";
 /// Written first, create-only: the backup's id is taken.
-const CLAIM_LEAF: &str = "claim.json";
+pub(super) const CLAIM_LEAF: &str = "claim.json";
 /// Pin and annotations, beside the sealed manifest they may not change.
 const PIN_LEAF: &str = "pin.json";
 pub const MANIFEST_FORMAT: u32 = 1;
@@ -401,11 +401,7 @@ impl Catalog {
         let key = manifest_key(&manifest.id);
         let json = self.seal_meta(&key, manifest).await?;
         self.storage
-            .put(
-                &key,
-                PutPayload::from_bytes(json),
-                PutMode::Create,
-            )
+            .put(&key, PutPayload::from_bytes(json), PutMode::Create)
             .await?;
         Ok(())
     }
@@ -504,9 +500,9 @@ impl Catalog {
             .await?
             .and_then(|manifest| manifest.checked(id))
             .map_err(|reason| CatalogError::CorruptManifest {
-            id: id.to_owned(),
-            reason,
-        })
+                id: id.to_owned(),
+                reason,
+            })
     }
 
     /// Removes a backup: its backup history file (so that a removal cut short never looks

@@ -70,6 +70,14 @@ impl fmt::Debug for KeyMaterial {
 }
 
 impl KeyMaterial {
+    /// A passphrase; `origin` names where it came from, for messages.
+    pub fn passphrase(secret: &[u8], origin: &str) -> Self {
+        KeyMaterial::Passphrase {
+            secret: Arc::new(Zeroizing::new(secret.to_vec())),
+            origin: origin.to_owned(),
+        }
+    }
+
     /// Where the key came from, for messages: never the key.
     pub fn describe(&self) -> String {
         match self {
@@ -160,11 +168,9 @@ impl Wrap {
                 let kek = Kek::from_passphrase(secret, &salt, params).map_err(CatalogError::Key)?;
                 sealed_with(kek, WrapKind::Passphrase, Some(params))
             }
-            KeyMaterial::KeyFile { content, .. } => sealed_with(
-                Kek::from_key_file(content, &salt),
-                WrapKind::KeyFile,
-                None,
-            ),
+            KeyMaterial::KeyFile { content, .. } => {
+                sealed_with(Kek::from_key_file(content, &salt), WrapKind::KeyFile, None)
+            }
             KeyMaterial::Kms { key_id, service } => {
                 let blob = service
                     .encrypt(key_id, data_key.expose())
@@ -190,8 +196,7 @@ impl Wrap {
             .decode(&self.wrapped)
             .map_err(|e| CatalogError::Key(format!("keys.json: wrap {}: {e}", self.fingerprint)))?;
         let salt = decode64(&self.salt);
-        let nonce: Option<[u8; NONCE_LEN]> =
-            decode64(&self.nonce).and_then(|n| n.try_into().ok());
+        let nonce: Option<[u8; NONCE_LEN]> = decode64(&self.nonce).and_then(|n| n.try_into().ok());
         let sealed = |kek: Kek| Ok(nonce.and_then(|nonce| DataKey::unwrap(&kek, &nonce, &wrapped)));
         match (self.kind, material, salt) {
             (WrapKind::Passphrase, KeyMaterial::Passphrase { secret, .. }, Some(salt)) => {
@@ -410,6 +415,22 @@ impl Catalog {
         Ok(InitOutcome::Created)
     }
 
+    /// Every object that is sealed in an encrypted repository (all but the identity, keys,
+    /// lock, run history and backup claims), for a check of stored checksums without the key.
+    pub async fn sealed_objects(&self) -> Result<Vec<super::StoredObject>, CatalogError> {
+        Ok(self
+            .storage
+            .list("")
+            .await?
+            .into_iter()
+            .filter(|meta| is_sealed_key(&meta.key))
+            .map(|meta| super::StoredObject {
+                key: meta.key,
+                size: meta.size,
+            })
+            .collect())
+    }
+
     /// Encryption may be turned on only while the repository holds no object but its
     /// identity (and run history or lock).
     async fn refuse_unless_empty(&self) -> Result<(), CatalogError> {
@@ -418,12 +439,7 @@ impl Catalog {
             .list("")
             .await?
             .into_iter()
-            .filter(|meta| {
-                meta.key != IDENTITY_KEY
-                    && meta.key != KEYS_KEY
-                    && meta.key != super::lock::LOCK_KEY
-                    && !meta.key.starts_with("history/")
-            })
+            .filter(|meta| is_sealed_key(&meta.key))
             .collect();
         match held.first() {
             None => Ok(()),
@@ -437,4 +453,17 @@ impl Catalog {
             ))),
         }
     }
+}
+
+/// Whether the object at `key` is sealed in an encrypted repository.
+fn is_sealed_key(key: &str) -> bool {
+    key != IDENTITY_KEY
+        && key != KEYS_KEY
+        && key != super::lock::LOCK_KEY
+        && !key.starts_with("history/")
+        && !key.ends_with(super::backup::CLAIM_LEAF)
+        && !key
+            .rsplit('/')
+            .next()
+            .is_some_and(|leaf| leaf.starts_with('.'))
 }

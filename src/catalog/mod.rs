@@ -48,9 +48,9 @@ use crate::codec::crypto::{DataKey, ObjectCipher};
 use crate::codec::{
     self, CodecError, Compression, CompressionType, DecodeSummary, EncodeSummary, ObjectFormat,
 };
-use keys::KeyMaterial;
 use crate::pg::ControlFile;
 use crate::storage::{ObjectBody, PutMode, PutPayload, Storage, StorageError, read_all};
+use keys::KeyMaterial;
 
 const IDENTITY_KEY: &str = "repository.json";
 /// Names of the staged files the catalog encodes into.
@@ -391,7 +391,10 @@ impl Catalog {
 
     /// Whether objects can be read: not encrypted, or encrypted and a key opened it.
     pub fn can_decrypt(&self) -> bool {
-        !matches!(self.encryption.get(), Some(Encryption::On { key: None, .. }))
+        !matches!(
+            self.encryption.get(),
+            Some(Encryption::On { key: None, .. })
+        )
     }
 
     fn key_needed(&self) -> CatalogError {
@@ -464,7 +467,10 @@ impl Catalog {
     async fn object_cipher(&self, key: &str) -> Result<Option<ObjectCipher>, CatalogError> {
         match self.encryption().await? {
             Encryption::Off => Ok(None),
-            Encryption::On { key: Some(data_key), .. } => Ok(Some(data_key.for_object(key))),
+            Encryption::On {
+                key: Some(data_key),
+                ..
+            } => Ok(Some(data_key.for_object(key))),
             Encryption::On { key: None, .. } => Err(self.key_needed()),
         }
     }
@@ -714,15 +720,17 @@ impl Catalog {
     pub async fn check_opened(&self, opened: OpenedObject) -> Result<u64, CatalogError> {
         let location = self.location();
         let OpenedObject { key, what, body } = opened;
-        blocking(move || match codec::check_stored(body.into_blocking_reader()) {
-            Ok(checked) => Ok(checked.stored_len),
-            Err(CodecError::Read(e)) => Err(StorageError::io("read", key, e).into()),
-            Err(e) => Err(CatalogError::Corrupt {
-                what,
-                location,
-                reason: e.to_string(),
-            }),
-        })
+        blocking(
+            move || match codec::check_stored(body.into_blocking_reader()) {
+                Ok(checked) => Ok(checked.stored_len),
+                Err(CodecError::Read(e)) => Err(StorageError::io("read", key, e).into()),
+                Err(e) => Err(CatalogError::Corrupt {
+                    what,
+                    location,
+                    reason: e.to_string(),
+                }),
+            },
+        )
         .await
     }
 

@@ -105,11 +105,7 @@ impl Catalog {
         let key = summary_key(name);
         let json = self.seal_meta(&key, stored).await?;
         self.storage
-            .put(
-                &key,
-                PutPayload::from_bytes(json),
-                PutMode::Overwrite,
-            )
+            .put(&key, PutPayload::from_bytes(json), PutMode::Overwrite)
             .await?;
         Ok(())
     }

@@ -232,12 +232,7 @@ pub struct GlobalArgs {
 
     /// Encrypted repository: file holding the passphrase (the passphrase itself may also
     /// come from PITR_PASSPHRASE; never give it on the command line).
-    #[arg(
-        long,
-        global = true,
-        env = "PITR_PASSPHRASE_FILE",
-        value_name = "FILE"
-    )]
+    #[arg(long, global = true, env = "PITR_PASSPHRASE_FILE", value_name = "FILE")]
     pub passphrase_file: Option<PathBuf>,
 
     /// Encrypted repository: file of 32 or more random bytes that opens it.

@@ -275,6 +275,12 @@ pub fn verify(report: &VerifyReport, as_json: bool) {
         "verified {} objects ({} bytes stored) in {:.1} s: {outcome}",
         report.objects, report.bytes, report.seconds
     );
+    if !report.authenticated {
+        println!(
+            "note: the repository is encrypted and no key was given: only stored checksums were \
+             checked; give the key to authenticate every object and check WAL and backups"
+        );
+    }
 }
 
 pub fn check(report: &crate::commands::check::CheckReport, as_json: bool) {

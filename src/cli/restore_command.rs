@@ -39,6 +39,16 @@ fn archive_get_settings(settings: &Settings) -> Vec<(&'static str, String)> {
         .spool_path
         .as_ref()
         .map(|p| p.display().to_string());
+    // Key settings name files and key ids, never a secret; made absolute, since
+    // restore_command runs in the data directory.
+    let absolute = |path: &Option<std::path::PathBuf>| {
+        path.as_ref().map(|p| {
+            std::path::absolute(p)
+                .unwrap_or_else(|_| p.clone())
+                .display()
+                .to_string()
+        })
+    };
     [
         ("repo", settings.repo.clone()),
         ("s3_endpoint", settings.s3_endpoint.clone()),
@@ -63,6 +73,9 @@ fn archive_get_settings(settings: &Settings) -> Vec<(&'static str, String)> {
             "archive_get_queue_max",
             settings.archive_get_queue_max.clone(),
         ),
+        ("passphrase_file", absolute(&settings.passphrase_file)),
+        ("key_file", absolute(&settings.key_file)),
+        ("kms_key_id", settings.kms_key_id.clone()),
     ]
     .into_iter()
     .filter_map(|(name, value)| Some((name, value?)))

@@ -430,6 +430,17 @@ async fn execute(
                 GetSpool::new(spool_dir(Some(path), Path::new("."), SpoolKind::Get, &key)).remove();
             }
             render::restore(&restore(&catalog, &options).await?, &recovery);
+            let key_in_command = settings.passphrase_file.is_some()
+                || settings.key_file.is_some()
+                || settings.kms_key_id.is_some();
+            if catalog.is_encrypted() && !key_in_command && !dry_run {
+                println!(
+                    "note: the repository is encrypted and its passphrase came from {}, which \
+                     restore_command does not carry (it never holds a secret): start PostgreSQL \
+                     with {0} in its environment, or restore with passphrase_file",
+                    crate::config::PASSPHRASE_ENV
+                );
+            }
         }
         Command::List { json } => {
             let options = ListOptions { jobs: 2 * threads };

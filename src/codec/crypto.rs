@@ -327,8 +327,12 @@ mod tests {
         let file_kek = Kek::from_key_file(&[7u8; 32], &salt);
         assert!(DataKey::unwrap(&file_kek, &nonce, &wrapped).is_none());
         let (nonce, wrapped) = key.wrap(&file_kek);
-        assert!(DataKey::unwrap(&Kek::from_key_file(&[7u8; 32], &salt), &nonce, &wrapped).is_some());
-        assert!(DataKey::unwrap(&Kek::from_key_file(&[8u8; 32], &salt), &nonce, &wrapped).is_none());
+        assert!(
+            DataKey::unwrap(&Kek::from_key_file(&[7u8; 32], &salt), &nonce, &wrapped).is_some()
+        );
+        assert!(
+            DataKey::unwrap(&Kek::from_key_file(&[8u8; 32], &salt), &nonce, &wrapped).is_none()
+        );
         // The fingerprint names the key without showing it.
         assert!(!key.fingerprint().contains(&hex::encode(&key.expose()[..4])));
     }

@@ -112,9 +112,11 @@ impl<'a, R: Read> FrameReader<'a, R> {
             match magic {
                 None => return Ok(()),
                 Some(SEALED_FRAME_MAGIC) => self.decode_sealed_frame(emit)?,
-                Some(LZ4_FRAME_MAGIC | ZSTD_FRAME_MAGIC) if self.cipher.is_some() => {
+                Some(_) if self.cipher.is_some() => {
                     return Err(CodecError::Corrupt(
-                        "an unencrypted frame in an object of an encrypted repository".to_owned(),
+                        "not encrypted, in an encrypted repository (replaced by someone without \
+                         the key?)"
+                            .to_owned(),
                     ));
                 }
                 Some(LZ4_FRAME_MAGIC) => self.decode_lz4_frame(emit)?,
@@ -224,7 +226,10 @@ fn decode_frame_in_memory(
     let corrupt = |what: &str, e: &dyn std::fmt::Display| {
         CodecError::Corrupt(format!("invalid {what} data in a sealed frame: {e}"))
     };
-    match frame.get(..4).map(|m| u32::from_le_bytes(m.try_into().unwrap())) {
+    match frame
+        .get(..4)
+        .map(|m| u32::from_le_bytes(m.try_into().unwrap()))
+    {
         Some(LZ4_FRAME_MAGIC) => {
             let mut decoder = FrameDecoder::new(frame);
             loop {

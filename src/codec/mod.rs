@@ -319,10 +319,12 @@ fn compress_chunks(
     };
     for (index, chunk) in chunks {
         let spare = free_frames.try_recv().unwrap_or_default();
-        let result = compressor.compress(&chunk, spare).map(|frame| match &format.cipher {
-            Some(cipher) => seal_frame(cipher, index, FrameKind::Data, frame),
-            None => frame,
-        });
+        let result = compressor
+            .compress(&chunk, spare)
+            .map(|frame| match &format.cipher {
+                Some(cipher) => seal_frame(cipher, index, FrameKind::Data, frame),
+                None => frame,
+            });
         drop(chunk);
         if frames.send(result).is_err() {
             break;
@@ -510,7 +512,10 @@ fn open_sealed_frame<R: Read>(
         )));
     }
     let kind = FrameKind::from_byte(header[8]).ok_or_else(|| {
-        CodecError::Corrupt(format!("sealed frame {index} has unknown kind {}", header[8]))
+        CodecError::Corrupt(format!(
+            "sealed frame {index} has unknown kind {}",
+            header[8]
+        ))
     })?;
     let nonce: [u8; crypto::NONCE_LEN] = header[9..].try_into().unwrap();
     plain.resize(payload_len - 1 - crypto::NONCE_LEN, 0);
@@ -525,7 +530,10 @@ fn open_sealed_frame<R: Read>(
 }
 
 /// Fills `out` from the frames before the trailer; their end is a truncation.
-fn read_frame_bytes<R: Read>(source: &mut TrailerSplitter<R>, out: &mut [u8]) -> Result<(), CodecError> {
+fn read_frame_bytes<R: Read>(
+    source: &mut TrailerSplitter<R>,
+    out: &mut [u8],
+) -> Result<(), CodecError> {
     source.read_exact(out).map_err(|e| {
         if source.source_error {
             CodecError::Read(e)

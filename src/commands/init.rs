@@ -39,11 +39,11 @@ pub async fn init(catalog: &Catalog, options: &InitOptions) -> Result<InitReport
         InitOutcome::AlreadyThisCluster => false,
         InitOutcome::OtherCluster(existing) => {
             return Err(Error::WrongRepository(format!(
-            "repository {location} already belongs to the cluster with system identifier {}, \
+                "repository {location} already belongs to the cluster with system identifier {}, \
              not to {} (system identifier {}); use another repository for this cluster",
-            existing.system_identifier,
-            options.pgdata.display(),
-            identity.system_identifier
+                existing.system_identifier,
+                options.pgdata.display(),
+                identity.system_identifier
             )));
         }
     };

@@ -100,16 +100,61 @@ pub struct Pitr {
     pub env: Vec<(String, String)>,
 }
 
+/// The suite runs on encrypted repositories when PITR_TEST_ENCRYPT is set (scripts/test.sh
+/// runs the archive, backup, restore and verify tests both ways): `pitr init` then gets
+/// `--encrypt`, and every pitr command a passphrase file.
+pub fn encrypting() -> bool {
+    std::env::var_os("PITR_TEST_ENCRYPT").is_some_and(|v| !v.is_empty() && v != "0")
+}
+
+/// The passphrase of encrypted test repositories: recognisable, so that tests can look
+/// for it where it must never appear.
+pub const TEST_PASSPHRASE: &str = "pitr-test-passphrase-7Yq2";
+
 impl Pitr {
     pub fn install(dir: &TestDir, repo: &Repo) -> Self {
         let bin = dir.path().join("pitr");
         std::fs::copy(env!("CARGO_BIN_EXE_pitr"), &bin).unwrap();
         std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let mut env = repo.env.clone();
+        if encrypting() {
+            let passphrase = dir.write("passphrase", TEST_PASSPHRASE);
+            chown_to_postgres(&passphrase);
+            std::fs::set_permissions(&passphrase, std::fs::Permissions::from_mode(0o600)).unwrap();
+            env.push((
+                "PITR_PASSPHRASE_FILE".into(),
+                passphrase.display().to_string(),
+            ));
+        }
         Pitr {
             bin,
             repo: repo.url.clone(),
-            env: repo.env.clone(),
+            env,
         }
+    }
+
+    /// The repository key settings in `env` (the passphrase file of an encrypted suite), for
+    /// tests that clear the environment.
+    pub fn key_env(&self) -> Vec<(String, String)> {
+        self.env
+            .iter()
+            .filter(|(k, _)| k.starts_with("PITR_PASSPHRASE"))
+            .cloned()
+            .collect()
+    }
+
+    /// `args` with `--encrypt` after `init` when the suite runs encrypted.
+    fn with_encrypt<I, S>(args: I) -> Vec<std::ffi::OsString>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<std::ffi::OsStr>,
+    {
+        let mut args: Vec<std::ffi::OsString> =
+            args.into_iter().map(|a| a.as_ref().to_owned()).collect();
+        if encrypting() && args.first().is_some_and(|a| a == "init") {
+            args.insert(1, "--encrypt".into());
+        }
+        args
     }
 
     /// `pitr --repo URL ARGS…` as the postgres user.
@@ -119,7 +164,9 @@ impl Pitr {
         S: AsRef<std::ffi::OsStr>,
     {
         let mut cmd = as_postgres(&self.bin);
-        cmd.arg("--repo").arg(&self.repo).args(args);
+        cmd.arg("--repo")
+            .arg(&self.repo)
+            .args(Self::with_encrypt(args));
         cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
         cmd
     }
@@ -143,7 +190,7 @@ impl Pitr {
             .gid(id("-g"))
             .arg("--repo")
             .arg(&self.repo)
-            .args(args)
+            .args(Self::with_encrypt(args))
             .envs(self.env.iter().map(|(k, v)| (k, v)));
         cmd
     }
@@ -723,6 +770,53 @@ pub fn archiving_cluster_with(
     ));
     cluster.start();
     (pitr, cluster)
+}
+
+/// The cipher of the object at `key` in a repository of the encrypted suite (opened with
+/// [`TEST_PASSPHRASE`]); none when the suite runs unencrypted.
+pub async fn test_cipher(
+    storage: &dyn Storage,
+    key: &str,
+) -> Option<pitr::codec::crypto::ObjectCipher> {
+    if !encrypting() {
+        return None;
+    }
+    let keys: pitr::catalog::keys::KeysFile =
+        serde_json::from_slice(&pitr::storage::read_all(storage, "keys.json").await.unwrap())
+            .unwrap();
+    let material = pitr::catalog::keys::KeyMaterial::passphrase(TEST_PASSPHRASE.as_bytes(), "test");
+    let (data_key, _) = keys.unlock(&[material]).await.unwrap();
+    Some(data_key.for_object(key))
+}
+
+/// The decoded content of the codec object stored at `key` (decrypted in the encrypted suite).
+pub async fn decoded_object(storage: &dyn Storage, key: &str) -> Vec<u8> {
+    let stored = pitr::storage::read_all(storage, key).await.unwrap();
+    decode_stored(storage, key, stored).await
+}
+
+/// `stored`, the bytes of the codec object at `key`, decoded.
+async fn decode_stored(storage: &dyn Storage, key: &str, stored: Vec<u8>) -> Vec<u8> {
+    let cipher = test_cipher(storage, key).await;
+    let mut decoded = Vec::new();
+    pitr::codec::decode_with(&stored[..], &mut decoded, cipher.as_ref()).unwrap();
+    decoded
+}
+
+/// The JSON of the metadata object at `key` (a manifest, a summary), decrypted in the
+/// encrypted suite.
+pub async fn metadata_json(storage: &dyn Storage, key: &str) -> Vec<u8> {
+    let stored = pitr::storage::read_all(storage, key).await.unwrap();
+    metadata_json_of(storage, key, stored).await
+}
+
+/// The JSON in `stored`, the bytes of the metadata object at `key`.
+pub async fn metadata_json_of(storage: &dyn Storage, key: &str, stored: Vec<u8>) -> Vec<u8> {
+    if encrypting() && !["repository.json", "keys.json"].contains(&key) {
+        decode_stored(storage, key, stored).await
+    } else {
+        stored
+    }
 }
 
 /// PostgreSQL's pg_verifybackup (without WAL parsing) accepts a restored directory.
