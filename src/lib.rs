@@ -11,6 +11,7 @@ pub mod config;
 pub mod datadir;
 pub mod error;
 pub mod pg;
+pub mod private_fs;
 pub mod progress;
 pub mod recovery;
 pub mod server;
