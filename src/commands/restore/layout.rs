@@ -132,6 +132,25 @@ pub fn plan_layout(
             return Err(unsafe_entry(path, "is a file where a tablespace link goes"));
         }
     }
+    // A file is no directory, and holds no entry: found now rather than halfway through.
+    let files: BTreeSet<&str> = manifest.files.iter().map(|f| f.path.as_str()).collect();
+    let directories: BTreeSet<&str> = manifest
+        .directories
+        .iter()
+        .map(|d| d.path.as_str())
+        .collect();
+    if let Some(path) = directories.intersection(&files).next() {
+        return Err(unsafe_entry(path, "is both a file and a directory"));
+    }
+    for path in directories.iter().chain(files.iter()) {
+        let mut ancestors = path.match_indices('/').map(|(end, _)| &path[..end]);
+        if let Some(file) = ancestors.find(|a| files.contains(a)) {
+            return Err(unsafe_entry(
+                path,
+                format!("is inside '{file}', which is a file"),
+            ));
+        }
+    }
 
     let group_access = manifest
         .directories
@@ -464,6 +483,21 @@ mod tests {
         assert_eq!(refused_path(&m), "relative/ts");
         m.tablespaces[0].path = "/srv/../etc".into();
         assert_eq!(refused_path(&m), "/srv/../etc");
+    }
+
+    #[test]
+    fn a_file_is_neither_a_directory_nor_holds_entries() {
+        let mut m = manifest();
+        m.files.push(m.files[1].clone());
+        m.files[3].path = "base".into();
+        assert_eq!(refused_path(&m), "base");
+        let mut m = manifest();
+        m.files[1].path = "global/pg_control/x".into();
+        assert_eq!(refused_path(&m), "global/pg_control/x");
+        // Parts of one large file are entries of the same path.
+        let mut m = manifest();
+        m.files.push(m.files[1].clone());
+        assert!(layout_of(&m).is_ok());
     }
 
     fn dir_entry(path: &str, mode: u32) -> BackupDirectory {
