@@ -49,6 +49,8 @@ pub struct RestoreOptions {
 pub struct RestoreReport {
     pub pgdata: PathBuf,
     pub plan: RestorePlan,
+    /// Where each tablespace goes (or went), by OID: the only places outside DIR written.
+    pub tablespaces: BTreeMap<u32, PathBuf>,
     /// Nothing was written (`--dry-run`).
     pub dry_run: bool,
     pub files: usize,
@@ -103,6 +105,7 @@ pub async fn restore(catalog: &Catalog, options: &RestoreOptions) -> Result<Rest
     let mut report = RestoreReport {
         pgdata: options.pgdata.clone(),
         plan,
+        tablespaces: layout.tablespaces().clone(),
         dry_run: options.dry_run,
         files: 0,
         bytes: 0,
