@@ -102,7 +102,8 @@ fn put_blocking(
         PutBody::Bytes(bytes) => {
             let mut file = private_fs::file_options()
                 .write(true)
-                .create_new(true)
+                .create(true)
+                .truncate(true)
                 .open(&staged.0)
                 .and_then(|file| private_fs::make_private(&file).map(|()| file))
                 .map_err(|e| io_err("stage", e))?;
