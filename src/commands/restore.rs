@@ -112,8 +112,7 @@ pub async fn restore(catalog: &Catalog, options: &RestoreOptions) -> Result<Rest
         elapsed: Duration::ZERO,
     };
     if !options.dry_run {
-        check_tablespace_directories(&layout)?;
-        prepare_directory(&options.pgdata, options.force, layout.root_mode())?;
+        prepare_directory(&options.pgdata, options.force, &layout)?;
         let result = write_backup(catalog, &report.plan.backup, options, &layout).await;
         if result.is_err() {
             // Nothing half-restored stays where PostgreSQL or a user could start it.
@@ -142,33 +141,34 @@ fn check_tablespace_directories(layout: &RestoreLayout) -> Result<()> {
     Ok(())
 }
 
-/// DIR must be absent or empty (or `--force`), and no postmaster may be running in it.
-fn prepare_directory(pgdata: &Path, force: bool, mode: u32) -> Result<()> {
+/// DIR must be absent or empty (or `--force`), no postmaster may be running in it, and the
+/// tablespaces' directories must be empty or absent: all checked before DIR is touched.
+fn prepare_directory(pgdata: &Path, force: bool, layout: &RestoreLayout) -> Result<()> {
     if let Some(pid) = running_postmaster(pgdata) {
         return Err(Error::invalid_input(
             pgdata.display(),
             format!("a postmaster (pid {pid}) is running in this directory: stop it first"),
         ));
     }
-    match fs::read_dir(pgdata) {
-        Ok(mut entries) => {
-            if entries.next().is_some() {
-                if !force {
-                    return Err(Error::invalid_input(
-                        pgdata.display(),
-                        "is not empty: restore into an empty directory, or pass --force to \
-                         replace its contents",
-                    ));
-                }
-                empty_directory(pgdata).map_err(|e| Error::local_io(pgdata.display(), e))?;
-            }
-        }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            fs::create_dir_all(pgdata).map_err(|e| Error::local_io(pgdata.display(), e))?;
-        }
+    let occupied = match fs::read_dir(pgdata) {
+        Ok(mut entries) => Some(entries.next().is_some()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
         Err(e) => return Err(Error::local_io(pgdata.display(), e)),
+    };
+    if occupied == Some(true) && !force {
+        return Err(Error::invalid_input(
+            pgdata.display(),
+            "is not empty: restore into an empty directory, or pass --force to replace its \
+             contents",
+        ));
     }
-    fs::set_permissions(pgdata, fs::Permissions::from_mode(mode))
+    check_tablespace_directories(layout)?;
+    match occupied {
+        Some(true) => empty_directory(pgdata).map_err(|e| Error::local_io(pgdata.display(), e))?,
+        Some(false) => {}
+        None => fs::create_dir_all(pgdata).map_err(|e| Error::local_io(pgdata.display(), e))?,
+    }
+    fs::set_permissions(pgdata, fs::Permissions::from_mode(layout.root_mode()))
         .map_err(|e| Error::local_io(pgdata.display(), e))
 }
 
