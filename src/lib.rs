@@ -12,6 +12,7 @@ pub mod datadir;
 pub mod error;
 pub mod kms;
 pub mod pg;
+pub mod private_fs;
 pub mod progress;
 pub mod recovery;
 pub mod server;

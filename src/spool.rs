@@ -174,7 +174,7 @@ impl PushSpool {
 
     /// Creates the spool directory; false (with a warning) when it cannot be.
     pub fn prepare(&self) -> bool {
-        match std::fs::create_dir_all(&self.dir) {
+        match crate::private_fs::create_dir_all(&self.dir) {
             Ok(()) => true,
             Err(e) => {
                 tracing::warn!(
@@ -314,7 +314,7 @@ impl GetSpool {
         let staged = self
             .dir
             .join(format!(".{CURSOR_FILE}-{}", std::process::id()));
-        std::fs::write(&staged, name)?;
+        crate::private_fs::write(&staged, name)?;
         std::fs::rename(&staged, self.dir.join(CURSOR_FILE))
     }
 
@@ -329,7 +329,7 @@ impl GetSpool {
     }
 
     pub fn write_identity(&self, system_identifier: u64) -> io::Result<()> {
-        std::fs::write(self.dir.join(IDENTITY_FILE), system_identifier.to_string())
+        crate::private_fs::write(self.dir.join(IDENTITY_FILE), system_identifier.to_string())
     }
 
     /// Whether a prefetcher holds the spool's lock.
@@ -347,8 +347,8 @@ impl GetSpool {
     /// Takes the prefetcher's lock: `None` while another prefetcher holds it. A caller of
     /// [`GetSpool::prefetcher_running`] holds a shared lock for an instant, hence the retries.
     pub fn lock_prefetcher(&self) -> io::Result<Option<File>> {
-        std::fs::create_dir_all(&self.dir)?;
-        let file = std::fs::OpenOptions::new()
+        crate::private_fs::create_dir_all(&self.dir)?;
+        let file = crate::private_fs::file_options()
             .create(true)
             .truncate(false)
             .write(true)

@@ -175,6 +175,9 @@ async fn tablespaces_restore_in_place_and_remapped() {
         ],
     );
     assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let said = String::from_utf8_lossy(&out.stdout);
+    let told = format!("tablespace {oid} into {}", elsewhere.display());
+    assert!(said.contains(&told), "{said}");
     let link = std::fs::read_link(data.join("pg_tblspc").join(&oid)).unwrap();
     assert_eq!(link, elsewhere);
     // The whole-file checksums in backup_manifest are combined from the parts'.
@@ -211,6 +214,8 @@ async fn tablespaces_restore_in_place_and_remapped() {
         "{}",
         stderr(&out)
     );
+    // Refused at the pre-flight: not even the data directory was created.
+    assert!(!dir.path().join("in-place-refused").exists());
     std::fs::remove_dir_all(&original).unwrap();
     let (out, data) = restore(&pitr, &dir, "in-place", &["--target", "immediate"]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));

@@ -169,7 +169,8 @@ impl BackupManifest {
                 && !self.tablespaces.iter().any(|t| t.oid == oid)
             {
                 return Err(format!(
-                    "{path} links a tablespace the manifest does not list"
+                    "'{path}' links a tablespace the manifest does not list: the manifest is \
+                     unsafe (tampered with?)"
                 ));
             }
         }
@@ -204,7 +205,10 @@ fn has_bad_component(path: &str) -> bool {
 /// A path inside the data directory: relative, without `.` or `..`.
 fn check_relative(path: &str) -> Result<(), String> {
     if path.is_empty() || path.starts_with('/') || has_bad_component(&format!("/{path}")) {
-        return Err(format!("'{path}' is not a path inside the data directory"));
+        return Err(format!(
+            "'{path}' is not a path inside the data directory: the manifest is unsafe \
+             (tampered with?)"
+        ));
     }
     Ok(())
 }

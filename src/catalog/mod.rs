@@ -622,7 +622,7 @@ impl Catalog {
             .map_or_else(std::env::temp_dir, PathBuf::from);
         let (staged, encoded, extra) = blocking(move || {
             let stage_error = |e| StorageError::io("stage", staging_dir.display(), e);
-            std::fs::create_dir_all(&staging_dir).map_err(stage_error)?;
+            crate::private_fs::create_dir_all(&staging_dir).map_err(stage_error)?;
             let staged = tempfile::Builder::new()
                 .prefix(&crate::staging::prefix_for_this_process(STAGING_PREFIX))
                 .tempfile_in(&staging_dir)

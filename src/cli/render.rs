@@ -177,6 +177,9 @@ fn plan(plan: &RestorePlan, full: bool) {
 
 pub fn restore(report: &RestoreReport, request: &RecoveryRequest) {
     plan(&report.plan, report.dry_run);
+    for (oid, dir) in &report.tablespaces {
+        println!("tablespace {oid} into {}", dir.display());
+    }
     if report.dry_run {
         println!("dry run: nothing was written");
         return;

@@ -163,8 +163,8 @@ fn after_archive_get(options: &ArchiveGetOptions, settings: &Settings) {
     if !is_segment || !crate::datadir::in_recovery(Path::new(".")) {
         return;
     }
-    if let Err(e) =
-        std::fs::create_dir_all(&spool.dir).and_then(|()| spool.write_cursor(&options.name))
+    if let Err(e) = crate::private_fs::create_dir_all(&spool.dir)
+        .and_then(|()| spool.write_cursor(&options.name))
     {
         tracing::warn!("cannot write to the spool {}: {e}", spool.dir.display());
         return;

@@ -269,7 +269,7 @@ async fn fetch_one(
     segment_size: u64,
 ) -> Result<()> {
     let marker = spool.fetching_marker(name.as_str());
-    let _ = std::fs::File::create(&marker);
+    let _ = crate::private_fs::write(&marker, b"");
     let result = async {
         let (staged, fetched) = fetch_verified(
             catalog,

@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File};
 use std::io::{self, Write};
-use std::os::unix::fs::{PermissionsExt, symlink};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt, symlink};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use futures_util::{StreamExt, TryStreamExt, stream};
 
-use crate::catalog::backup::{BackupFile, BackupManifest, tablespace_link};
+use crate::catalog::backup::{BackupFile, BackupManifest};
 use crate::catalog::{Catalog, CatalogError};
 use crate::datadir::running_postmaster;
 use crate::error::{Error, Result};
@@ -23,6 +23,10 @@ use crate::recovery::plan::{PlanRequest, gather_and_plan};
 use crate::recovery::{ArchiveView, RestorePlan};
 
 use super::blocking;
+
+mod layout;
+
+use layout::{CONTROL_FILE, CONTROL_FILE_RESTORING, LayoutError, RestoreLayout, plan_layout};
 
 #[derive(Clone)]
 pub struct RestoreOptions {
@@ -45,6 +49,8 @@ pub struct RestoreOptions {
 pub struct RestoreReport {
     pub pgdata: PathBuf,
     pub plan: RestorePlan,
+    /// Where each tablespace goes (or went), by OID: the only places outside DIR written.
+    pub tablespaces: BTreeMap<u32, PathBuf>,
     /// Nothing was written (`--dry-run`).
     pub dry_run: bool,
     pub files: usize,
@@ -67,22 +73,47 @@ pub async fn restore(catalog: &Catalog, options: &RestoreOptions) -> Result<Rest
             reason: format!("{}; restore another backup", damaged.reason),
         });
     }
+    for damaged in &list.damaged {
+        tracing::warn!(
+            "backup {} is left out: its manifest is damaged ({})",
+            damaged.id,
+            damaged.reason
+        );
+    }
     let backups = list.manifests;
     let mut view = ArchiveView::load(catalog, &identity).await?;
     // The pre-flight: everything recovery needs is in the repository, or nothing is written.
     let plan =
         gather_and_plan(catalog, &mut view, &backups, &options.request, options.jobs).await??;
+    // ...and every path the manifest names stays inside DIR and the tablespaces.
+    let layout = plan_layout(&plan.backup, &options.pgdata, &options.tablespace_map).map_err(
+        |e| match e {
+            e @ LayoutError::Unsafe { .. } => Error::Corrupt {
+                what: format!("the manifest of backup {}", plan.backup.id),
+                location: catalog.location(),
+                reason: e.to_string(),
+            },
+            LayoutError::TablespaceOverlap { oid, dir, reason } => Error::invalid_input(
+                dir.display(),
+                format!(
+                    "tablespace {oid} would be restored here, but this directory {reason}: map \
+                     it elsewhere with --tablespace-map {oid}=DIR"
+                ),
+            ),
+        },
+    )?;
     let mut report = RestoreReport {
         pgdata: options.pgdata.clone(),
         plan,
+        tablespaces: layout.tablespaces().clone(),
         dry_run: options.dry_run,
         files: 0,
         bytes: 0,
         elapsed: Duration::ZERO,
     };
     if !options.dry_run {
-        prepare_directory(&options.pgdata, options.force)?;
-        let result = write_backup(catalog, &report.plan.backup, options).await;
+        prepare_directory(&options.pgdata, options.force, &layout)?;
+        let result = write_backup(catalog, &report.plan.backup, options, &layout).await;
         if result.is_err() {
             // Nothing half-restored stays where PostgreSQL or a user could start it.
             let _ = empty_directory(&options.pgdata);
@@ -93,33 +124,51 @@ pub async fn restore(catalog: &Catalog, options: &RestoreOptions) -> Result<Rest
     Ok(report)
 }
 
-/// DIR must be absent or empty (or `--force`), and no postmaster may be running in it.
-fn prepare_directory(pgdata: &Path, force: bool) -> Result<()> {
+/// Tablespaces go to their original place or as mapped; those directories must be empty or
+/// absent.
+fn check_tablespace_directories(layout: &RestoreLayout) -> Result<()> {
+    for (oid, dir) in layout.tablespaces() {
+        if fs::read_dir(dir).is_ok_and(|mut d| d.next().is_some()) {
+            return Err(Error::invalid_input(
+                dir.display(),
+                format!(
+                    "tablespace {oid} would be restored here, but the directory is not empty: \
+                     empty it or map the tablespace elsewhere with --tablespace-map {oid}=DIR"
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// DIR must be absent or empty (or `--force`), no postmaster may be running in it, and the
+/// tablespaces' directories must be empty or absent: all checked before DIR is touched.
+fn prepare_directory(pgdata: &Path, force: bool, layout: &RestoreLayout) -> Result<()> {
     if let Some(pid) = running_postmaster(pgdata) {
         return Err(Error::invalid_input(
             pgdata.display(),
             format!("a postmaster (pid {pid}) is running in this directory: stop it first"),
         ));
     }
-    match fs::read_dir(pgdata) {
-        Ok(mut entries) => {
-            if entries.next().is_some() {
-                if !force {
-                    return Err(Error::invalid_input(
-                        pgdata.display(),
-                        "is not empty: restore into an empty directory, or pass --force to \
-                         replace its contents",
-                    ));
-                }
-                empty_directory(pgdata).map_err(|e| Error::local_io(pgdata.display(), e))?;
-            }
-        }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            fs::create_dir_all(pgdata).map_err(|e| Error::local_io(pgdata.display(), e))?;
-        }
+    let occupied = match fs::read_dir(pgdata) {
+        Ok(mut entries) => Some(entries.next().is_some()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
         Err(e) => return Err(Error::local_io(pgdata.display(), e)),
+    };
+    if occupied == Some(true) && !force {
+        return Err(Error::invalid_input(
+            pgdata.display(),
+            "is not empty: restore into an empty directory, or pass --force to replace its \
+             contents",
+        ));
     }
-    fs::set_permissions(pgdata, fs::Permissions::from_mode(0o700))
+    check_tablespace_directories(layout)?;
+    match occupied {
+        Some(true) => empty_directory(pgdata).map_err(|e| Error::local_io(pgdata.display(), e))?,
+        Some(false) => {}
+        None => fs::create_dir_all(pgdata).map_err(|e| Error::local_io(pgdata.display(), e))?,
+    }
+    fs::set_permissions(pgdata, fs::Permissions::from_mode(layout.root_mode()))
         .map_err(|e| Error::local_io(pgdata.display(), e))
 }
 
@@ -135,69 +184,45 @@ fn empty_directory(dir: &Path) -> io::Result<()> {
     Ok(())
 }
 
-/// pg_control is restored under this name and renamed last: without it PostgreSQL refuses to
-/// start, so a restore cut short (kill -9, power loss) leaves a directory no one can start
-/// by mistake as a crashed primary.
-const CONTROL_FILE: &str = "global/pg_control";
-const CONTROL_FILE_RESTORING: &str = "global/pg_control.pitr-restoring";
-
-/// Where a path of the backup goes: into DIR, or into a tablespace's directory.
-fn destination(pgdata: &Path, tablespaces: &HashMap<u32, PathBuf>, path: &str) -> PathBuf {
-    if path == CONTROL_FILE {
-        return pgdata.join(CONTROL_FILE_RESTORING);
+/// Creates a directory of the restore (and missing ancestors) with `mode`, never through a
+/// symbolic link already there.
+fn create_restored_dir(dir: &Path, mode: u32) -> Result<()> {
+    if fs::symlink_metadata(dir).is_ok_and(|m| m.file_type().is_symlink()) {
+        return Err(Error::invalid_input(
+            dir.display(),
+            "is a symbolic link: restore does not write through one",
+        ));
     }
-    if let Some(rest) = path.strip_prefix("pg_tblspc/")
-        && let Some((oid, inner)) = rest.split_once('/')
-        && let Some(dir) = oid.parse().ok().and_then(|oid: u32| tablespaces.get(&oid))
-    {
-        return dir.join(inner);
-    }
-    pgdata.join(path)
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(mode)
+        .create(dir)
+        .and_then(|()| fs::set_permissions(dir, fs::Permissions::from_mode(mode)))
+        .map_err(|e| Error::local_io(dir.display(), e))
 }
 
 async fn write_backup(
     catalog: &Catalog,
     backup: &BackupManifest,
     options: &RestoreOptions,
+    layout: &RestoreLayout,
 ) -> Result<(usize, u64)> {
-    let pgdata = options.pgdata.clone();
-    // Tablespaces: to their original place or as mapped; they must be empty or absent.
-    let mut tablespaces: HashMap<u32, PathBuf> = HashMap::new();
-    for tablespace in &backup.tablespaces {
-        let dir = options
-            .tablespace_map
-            .get(&tablespace.oid)
-            .cloned()
-            .unwrap_or_else(|| PathBuf::from(&tablespace.path));
-        if fs::read_dir(&dir).is_ok_and(|mut d| d.next().is_some()) {
-            return Err(Error::invalid_input(
-                dir.display(),
-                format!(
-                    "tablespace {} would be restored here, but the directory is not empty: \
-                     empty it or map the tablespace elsewhere with --tablespace-map {}=DIR",
-                    tablespace.oid, tablespace.oid
-                ),
-            ));
-        }
-        fs::create_dir_all(&dir)
-            .and_then(|()| fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)))
-            .map_err(|e| Error::local_io(dir.display(), e))?;
-        tablespaces.insert(tablespace.oid, dir);
+    let pgdata = layout.pgdata().to_owned();
+    for dir in layout.tablespaces().values() {
+        create_restored_dir(dir, layout.root_mode())?;
     }
     for directory in &backup.directories {
         let path = &directory.path;
-        // The manifest's check proved every linked tablespace is listed.
-        if let Some(target) = tablespace_link(path).and_then(|oid| tablespaces.get(&oid)) {
-            let link = pgdata.join(path);
-            fs::create_dir_all(pgdata.join("pg_tblspc"))
-                .and_then(|()| symlink(target, &link))
-                .map_err(|e| Error::local_io(link.display(), e))?;
+        // The layout proved every link names a declared tablespace, listed once.
+        if let Some(target) = layout.link_target(path) {
+            let (links, link) = (pgdata.join("pg_tblspc"), pgdata.join(path));
+            if !links.is_dir() {
+                create_restored_dir(&links, layout.root_mode())?;
+            }
+            symlink(target, &link).map_err(|e| Error::local_io(link.display(), e))?;
             continue;
         }
-        let dir = destination(&pgdata, &tablespaces, path);
-        fs::create_dir_all(&dir)
-            .and_then(|()| fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)))
-            .map_err(|e| Error::local_io(dir.display(), e))?;
+        create_restored_dir(&layout.destination(path), layout.dir_mode(directory.mode))?;
     }
 
     // Objects in parallel; each writes its files and checks their CRC-32C.
@@ -209,7 +234,7 @@ async fn write_backup(
         *end = (*end).max(file.file_offset.saturating_add(file.size));
     }
     let file_sizes = Arc::new(file_sizes);
-    let tablespaces = Arc::new(tablespaces);
+    let layout = Arc::new(layout.clone());
     // Interleave objects from the two ends of the list: parts of one large file (adjacent
     // objects) are then rarely written at once, which would serialize on the file's lock.
     let mut objects: Vec<(u32, Vec<BackupFile>)> = by_object.into_iter().collect();
@@ -230,12 +255,7 @@ async fn write_backup(
         .map(|(object, files)| {
             let splitter = FileSplitter {
                 start_writeback: options.sync,
-                ..FileSplitter::new(
-                    files,
-                    file_sizes.clone(),
-                    pgdata.clone(),
-                    tablespaces.clone(),
-                )
+                ..FileSplitter::new(files, file_sizes.clone(), layout.clone())
             };
             let (progress, failed) = (options.progress.clone(), &failed);
             async move {
@@ -260,7 +280,8 @@ async fn write_backup(
         // Lines are "<oid> <path>": point them at where the tablespaces now are.
         map.lines()
             .map(|line| match line.split_once(' ') {
-                Some((oid, _)) => match oid.parse().ok().and_then(|o: u32| tablespaces.get(&o)) {
+                Some((oid, _)) => match oid.parse().ok().and_then(|o| layout.tablespaces().get(&o))
+                {
                     Some(dir) => format!("{oid} {}\n", dir.display()),
                     None => format!("{line}\n"),
                 },
@@ -275,10 +296,10 @@ async fn write_backup(
     }
     write("recovery.signal", "")?;
     append_recovery_settings(&pgdata, &options.restore_command, &options.request)?;
-    write_postgres_manifest(&pgdata, backup, tablespace_map.as_deref())?;
+    write_postgres_manifest(&layout, backup, tablespace_map.as_deref())?;
     if options.sync {
         let mut roots = vec![pgdata.clone()];
-        roots.extend(tablespaces.values().cloned());
+        roots.extend(layout.tablespaces().values().cloned());
         sync_restored(roots, options.jobs).await?;
     }
     // Last, once everything else is durable: the file that makes the directory startable.
@@ -332,8 +353,7 @@ struct FileSplitter {
     files: Vec<BackupFile>,
     /// Whole sizes of files stored in parts, to reserve their blocks at once.
     file_sizes: Arc<HashMap<String, u64>>,
-    pgdata: PathBuf,
-    tablespaces: Arc<HashMap<u32, PathBuf>>,
+    layout: Arc<RestoreLayout>,
     index: usize,
     current: Option<(File, u64, u32)>,
     written: u64,
@@ -346,14 +366,12 @@ impl FileSplitter {
     fn new(
         files: Vec<BackupFile>,
         file_sizes: Arc<HashMap<String, u64>>,
-        pgdata: PathBuf,
-        tablespaces: Arc<HashMap<u32, PathBuf>>,
+        layout: Arc<RestoreLayout>,
     ) -> Self {
         FileSplitter {
             files,
             file_sizes,
-            pgdata,
-            tablespaces,
+            layout,
             index: 0,
             current: None,
             written: 0,
@@ -365,15 +383,19 @@ impl FileSplitter {
     fn advance(&mut self) -> io::Result<()> {
         while self.current.is_none() && self.index < self.files.len() {
             let file = &self.files[self.index];
-            let path = destination(&self.pgdata, &self.tablespaces, &file.path);
-            // Parts of one file are written by several workers, each at its offset.
+            let path = self.layout.destination(&file.path);
+            let mode = self.layout.file_mode(file.mode);
+            // Parts of one file are written by several workers, each at its offset; never
+            // through a symbolic link.
             let mut handle = fs::OpenOptions::new()
                 .write(true)
                 .create(true)
                 .truncate(false)
+                .mode(mode)
+                .custom_flags(libc::O_NOFOLLOW)
                 .open(&path)
                 .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
-            handle.set_permissions(fs::Permissions::from_mode(file.mode & 0o7777))?;
+            handle.set_permissions(fs::Permissions::from_mode(mode))?;
             if file.file_offset == 0 {
                 preallocate(&handle, self.file_sizes.get(file.path.as_str()).copied());
             } else {
@@ -409,7 +431,7 @@ impl FileSplitter {
 
     fn finish(mut self) -> Result<u64> {
         self.advance()
-            .map_err(|e| Error::local_io(self.pgdata.display(), e))?;
+            .map_err(|e| Error::local_io(self.layout.pgdata().display(), e))?;
         if self.index < self.files.len() {
             return Err(Error::Corrupt {
                 what: self.files[self.index].path.clone(),
@@ -464,7 +486,6 @@ fn append_recovery_settings(
     restore_command: &str,
     request: &PlanRequest,
 ) -> Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
     let mut lines = vec![String::new(), "# Written by pitr restore.".to_owned()];
     lines.extend(recovery_settings(restore_command, &request.recovery));
     let path = pgdata.join("postgresql.auto.conf");
@@ -492,7 +513,7 @@ fn append_recovery_settings(
 
 /// PostgreSQL's backup_manifest for the restored files, for pg_verifybackup.
 fn write_postgres_manifest(
-    pgdata: &Path,
+    layout: &RestoreLayout,
     backup: &BackupManifest,
     tablespace_map: Option<&str>,
 ) -> Result<()> {
@@ -523,7 +544,7 @@ fn write_postgres_manifest(
         let entry = whole.entry(&part.path).or_insert((0, part.mtime, 0));
         if part.file_offset != entry.0 {
             // A gap (the file shrank and grew during the backup): checksum what was written.
-            let path = destination(pgdata, &HashMap::new(), &part.path);
+            let path = layout.destination(&part.path);
             let bytes = fs::read(&path).map_err(|e| Error::local_io(path.display(), e))?;
             *entry = (bytes.len() as u64, part.mtime, crc32c::crc32c(&bytes));
             continue;
@@ -542,7 +563,7 @@ fn write_postgres_manifest(
             }),
     );
     let text = render(&entries, backup.timeline, backup.start_lsn, backup.stop_lsn);
-    write_private_file(&pgdata.join("backup_manifest"), &text)
+    write_private_file(&layout.pgdata().join("backup_manifest"), &text)
 }
 
 /// A file of the restored directory, readable by its owner only, as PostgreSQL's are.

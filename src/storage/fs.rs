@@ -3,15 +3,21 @@
 //! Writes are atomic and durable: the bytes go to a file in `<root>/.tmp/`, which is fsynced,
 //! then linked (create) or renamed (overwrite) into place, and the directory is fsynced. A
 //! writer killed at any point leaves at most a file in `.tmp/`, which no read ever serves.
+//!
+//! Every file written is 0600 and every directory created 0700, whatever the umask: the
+//! objects hold the cluster's data (`crate::private_fs`).
 
 use std::fs::{self, File};
 use std::io::{self, Write};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_trait::async_trait;
 
 use bytes::Bytes;
+
+use crate::private_fs;
 
 use super::{
     HeldLock, LockAttempt, ObjectBody, ObjectMeta, PutBody, PutMode, PutPayload, Storage,
@@ -50,7 +56,7 @@ fn fsync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
-/// Creates `dir` and any missing ancestors, making each new entry durable.
+/// Creates `dir` and any missing ancestors (0700), making each new entry durable.
 fn create_dirs_durably(dir: &Path) -> io::Result<()> {
     if dir.is_dir() {
         return Ok(());
@@ -58,7 +64,7 @@ fn create_dirs_durably(dir: &Path) -> io::Result<()> {
     if let Some(parent) = dir.parent() {
         create_dirs_durably(parent)?;
     }
-    match fs::create_dir(dir) {
+    match private_fs::create_dir(dir) {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(()),
         Err(e) => return Err(e),
@@ -94,14 +100,33 @@ fn put_blocking(
     let staged = StagedFile(staging_name(&store.staging, key));
     match &payload.body {
         PutBody::Bytes(bytes) => {
-            let mut file = File::create(&staged.0).map_err(|e| io_err("stage", e))?;
+            let mut file = private_fs::file_options()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&staged.0)
+                .and_then(|file| private_fs::make_private(&file).map(|()| file))
+                .map_err(|e| io_err("stage", e))?;
             file.write_all(bytes).map_err(|e| io_err("stage", e))?;
             file.sync_all().map_err(|e| io_err("fsync", e))?;
         }
         PutBody::File(source) => {
-            if fs::hard_link(source, &staged.0).is_err() {
-                // Another filesystem: copy instead.
-                fs::copy(source, &staged.0).map_err(|e| io_err("copy", e))?;
+            // A link shares the source's mode: only a private source is linked, the caller's
+            // file is never chmod'ed.
+            let linked = fs::hard_link(source, &staged.0).is_ok()
+                && fs::metadata(&staged.0)
+                    .is_ok_and(|m| m.permissions().mode() & 0o7777 == private_fs::FILE_MODE);
+            if !linked {
+                // Another filesystem, or a file others may read: copy instead.
+                let _ = fs::remove_file(&staged.0);
+                fs::copy(source, &staged.0)
+                    .and_then(|_| {
+                        fs::set_permissions(
+                            &staged.0,
+                            fs::Permissions::from_mode(private_fs::FILE_MODE),
+                        )
+                    })
+                    .map_err(|e| io_err("copy", e))?;
             }
             File::open(&staged.0)
                 .and_then(|f| f.sync_all())
@@ -185,13 +210,16 @@ fn lock_blocking(path: PathBuf, key: String, record: Bytes) -> Result<LockAttemp
         .map_err(|e| io_err("create", e))?;
     // The file stays once created: removing it would let a process that opened the old file
     // and one that created a new one each hold "the" lock.
-    let file = fs::OpenOptions::new()
+    let file = private_fs::file_options()
         .read(true)
         .write(true)
         .create(true)
         .truncate(false)
         .open(&path)
         .map_err(|e| io_err("open", e))?;
+    // Also a lock file an earlier pitr left with the umask's mode (best effort: it may be
+    // another user's).
+    let _ = private_fs::make_private(&file);
     // SAFETY: flock on a descriptor we own; it does not touch memory.
     if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
         let e = io::Error::last_os_error();
