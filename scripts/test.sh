@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs pitr's whole test suite on a fresh Debian/Ubuntu machine: installs PostgreSQL 15 and
-# the s3s-fs S3 server when they are missing, then `cargo test`. The tests start and stop
-# their own PostgreSQL clusters and S3 server (or use PITR_TEST_S3_ENDPOINT, see README).
+# the s3s-fs S3 server and moto's KMS server when they are missing, then `cargo test`. The tests
+# start and stop their own PostgreSQL clusters, S3 and KMS servers (or use PITR_TEST_S3_ENDPOINT,
+# see README).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,6 +18,12 @@ command -v runuser >/dev/null || need_apt+=(util-linux)
 [ -x /usr/bin/systemd-analyze ] || need_apt+=(systemd)
 # tests/compression.rs checks that the zstd CLI restores a stored object.
 command -v zstd >/dev/null || need_apt+=(zstd)
+# tests/kms.rs runs moto's KMS-compatible server (installed below into its own venv).
+need_moto=0
+if [ -z "${PITR_TEST_MOTO_SERVER:-}" ] && ! command -v moto_server >/dev/null; then
+  need_moto=1
+  python3 -c 'import venv, ensurepip' 2>/dev/null || need_apt+=(python3 python3-venv)
+fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "missing: ${need_apt[*]}; install them (sudo apt-get install ${need_apt[*]}) and rerun" >&2
@@ -31,6 +38,14 @@ fi
 
 if [ -z "${PITR_TEST_S3_ENDPOINT:-}" ] && ! command -v s3s-fs >/dev/null; then
   cargo install s3s-fs --version 0.14.1 --features binary --locked
+fi
+if [ "$need_moto" = 1 ]; then
+  moto_venv="${XDG_CACHE_HOME:-$HOME/.cache}/pitr-test-moto"
+  if [ ! -x "$moto_venv/bin/moto_server" ]; then
+    python3 -m venv "$moto_venv"
+    "$moto_venv/bin/pip" install --quiet 'moto[server]==5.2.1'
+  fi
+  export PITR_TEST_MOTO_SERVER="$moto_venv/bin/moto_server"
 fi
 
 # --tests: unit and integration tests (there are no doc tests). The last line sums them up.

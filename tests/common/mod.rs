@@ -5,6 +5,7 @@
 //! and its own S3 port; everything started is stopped on drop, also when a test fails.
 #![allow(dead_code)]
 
+pub mod kms_server;
 pub mod latency_proxy;
 
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
