@@ -17,6 +17,8 @@ command -v runuser >/dev/null || need_apt+=(util-linux)
 [ -x /usr/bin/systemd-analyze ] || need_apt+=(systemd)
 # tests/compression.rs checks that the zstd CLI restores a stored object.
 command -v zstd >/dev/null || need_apt+=(zstd)
+# tests/tls.rs makes its CA and server certificates with the openssl CLI.
+command -v openssl >/dev/null || need_apt+=(openssl)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "missing: ${need_apt[*]}; install them (sudo apt-get install ${need_apt[*]}) and rerun" >&2

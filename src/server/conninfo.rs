@@ -64,6 +64,9 @@ const UNSUPPORTED: &[&str] = &[
 pub enum ConninfoError {
     #[error("missing \"=\" after \"{0}\"")]
     MissingEquals(String),
+    /// A word that is no `keyword=`: not quoted, since it may be part of a value.
+    #[error("a word without \"=\" (values with spaces go in single quotes)")]
+    StrayWord,
     #[error("unterminated quoted string")]
     UnterminatedQuote,
     #[error("invalid connection option \"{0}\"")]
@@ -116,13 +119,11 @@ fn parse_keywords(conninfo: &str) -> Result<Params, ConninfoError> {
         while chars.next_if(|c| c.is_whitespace()).is_some() {}
         if chars.next() != Some('=') {
             // Name the keyword only when it is one: anything else may be part of a value.
-            return Err(ConninfoError::MissingEquals(
-                if KEYWORDS.contains(&&*keyword) {
-                    keyword
-                } else {
-                    "a word".into()
-                },
-            ));
+            return Err(if KEYWORDS.contains(&&*keyword) {
+                ConninfoError::MissingEquals(keyword)
+            } else {
+                ConninfoError::StrayWord
+            });
         }
         while chars.next_if(|c| c.is_whitespace()).is_some() {}
         let mut value = String::new();
@@ -398,7 +399,7 @@ mod tests {
     fn keyword_errors_never_quote_a_value() {
         assert_eq!(
             parse("host=x nonsense").unwrap_err(),
-            ConninfoError::MissingEquals("a word".into())
+            ConninfoError::StrayWord
         );
         assert_eq!(
             parse("host").unwrap_err(),

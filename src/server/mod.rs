@@ -246,7 +246,13 @@ fn describe_failure(
             tls_used,
         };
     }
-    let text = error.to_string();
+    // tokio-postgres's Display names only the kind ("invalid configuration"): add the causes.
+    let mut text = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        text.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
     let reason = if text.contains("password missing") {
         format!(
             "the server asks for a password and none was given (password= in --dbname, \

@@ -240,7 +240,7 @@ pub fn describe(error: &rustls::Error, settings: &TlsSettings, host: &str) -> St
         E::InvalidCertificate(
             CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
         ) => {
-            format!("server certificate does not match host name \"{host}\" (sslmode=verify-full)")
+            format!("server certificate does not match host name \"{host}\"")
         }
         E::InvalidCertificate(
             CertificateError::Expired | CertificateError::ExpiredContext { .. },
