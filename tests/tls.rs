@@ -19,6 +19,9 @@ struct Certificates {
     other_ca: PathBuf,
     server_cert: PathBuf,
     server_key: PathBuf,
+    /// A client certificate for the role `certuser`, signed by the CA.
+    client_cert: PathBuf,
+    client_key: PathBuf,
 }
 
 const OPENSSL_CONFIG: &str = "\
@@ -31,6 +34,10 @@ CN = pitr test
 basicConstraints = critical,CA:TRUE
 keyUsage = critical,keyCertSign,cRLSign
 subjectKeyIdentifier = hash
+[client]
+basicConstraints = critical,CA:FALSE
+keyUsage = critical,digitalSignature
+extendedKeyUsage = clientAuth
 [server]
 basicConstraints = critical,CA:FALSE
 keyUsage = critical,digitalSignature
@@ -40,87 +47,60 @@ subjectKeyIdentifier = hash
 authorityKeyIdentifier = keyid
 ";
 
-fn openssl(dir: &Path, args: &[&str]) {
-    run_ok(Command::new("openssl").current_dir(dir).args(args));
+/// Runs `openssl ARGS` in `dir` (arguments split on spaces).
+fn openssl(dir: &Path, args: &str) {
+    run_ok(
+        Command::new("openssl")
+            .current_dir(dir)
+            .args(args.split_whitespace()),
+    );
+}
+
+const EC_KEY: &str = "-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes";
+
+/// A key and a certificate `NAME.key`, `NAME.crt` for `cn`, signed by `ca.crt` with the
+/// extensions of section `extensions` of the config.
+fn signed(dir: &Path, name: &str, cn: &str, extensions: &str, serial: u32) {
+    openssl(
+        dir,
+        &format!(
+            "req -new {EC_KEY} -keyout {name}.key -out {name}.csr -config openssl.cnf -subj /CN={cn}"
+        ),
+    );
+    openssl(
+        dir,
+        &format!(
+            "x509 -req -in {name}.csr -CA ca.crt -CAkey ca.key -set_serial {serial} -days 2 \
+             -out {name}.crt -extfile openssl.cnf -extensions {extensions}"
+        ),
+    );
 }
 
 fn make_certificates(dir: &Path) -> Certificates {
     std::fs::write(dir.join("openssl.cnf"), OPENSSL_CONFIG).unwrap();
-    let ec = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-    ];
-    for (name, subject) in [("ca", "/CN=pitr test CA"), ("other-ca", "/CN=another CA")] {
-        let (key, cert) = (format!("{name}.key"), format!("{name}.crt"));
-        let mut args = vec!["req", "-x509", "-new"];
-        args.extend(ec);
-        args.extend([
-            "-keyout",
-            &key,
-            "-out",
-            &cert,
-            "-days",
-            "2",
-            "-config",
-            "openssl.cnf",
-            "-extensions",
-            "ca",
-            "-subj",
-            subject,
-        ]);
-        openssl(dir, &args);
+    for (name, cn) in [("ca", "pitr-test-CA"), ("other-ca", "another-CA")] {
+        openssl(
+            dir,
+            &format!(
+                "req -x509 -new {EC_KEY} -keyout {name}.key -out {name}.crt -days 2 \
+                 -config openssl.cnf -extensions ca -subj /CN={cn}"
+            ),
+        );
     }
-    let mut args = vec!["req", "-new"];
-    args.extend(ec);
-    args.extend([
-        "-keyout",
-        "server.key",
-        "-out",
-        "server.csr",
-        "-config",
-        "openssl.cnf",
-        "-subj",
-        "/CN=localhost",
-    ]);
-    openssl(dir, &args);
-    openssl(
-        dir,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            "server.csr",
-            "-CA",
-            "ca.crt",
-            "-CAkey",
-            "ca.key",
-            "-set_serial",
-            "2",
-            "-days",
-            "2",
-            "-out",
-            "server.crt",
-            "-extfile",
-            "openssl.cnf",
-            "-extensions",
-            "server",
-        ],
-    );
+    signed(dir, "server", "localhost", "server", 2);
+    signed(dir, "client", "certuser", "client", 3);
     chown_to_postgres(dir);
-    // PostgreSQL refuses a key others can read.
-    std::fs::set_permissions(
-        dir.join("server.key"),
-        std::fs::Permissions::from_mode(0o600),
-    )
-    .unwrap();
+    // PostgreSQL and libpq refuse keys others can read.
+    for key in ["server.key", "client.key"] {
+        std::fs::set_permissions(dir.join(key), std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
     Certificates {
         ca: dir.join("ca.crt"),
         other_ca: dir.join("other-ca.crt"),
         server_cert: dir.join("server.crt"),
         server_key: dir.join("server.key"),
+        client_cert: dir.join("client.crt"),
+        client_key: dir.join("client.key"),
     }
 }
 
@@ -154,18 +134,23 @@ fn tls_and_credentials_against_a_hostssl_only_server() {
     cluster.port = port;
     cluster.configure(&format!(
         "archive_mode = on\narchive_command = '{}'\nport = {port}\n\
-         listen_addresses = '127.0.0.1'\nssl = on\nssl_cert_file = '{}'\nssl_key_file = '{}'",
+         listen_addresses = '127.0.0.1'\nssl = on\nssl_cert_file = '{}'\nssl_key_file = '{}'\n\
+         ssl_ca_file = '{}'",
         pitr.archive_command(),
         certs.server_cert.display(),
-        certs.server_key.display()
+        certs.server_key.display(),
+        certs.ca.display()
     ));
-    // TCP only with TLS and a password; the socket stays open for the harness's psql.
+    // TCP only with TLS and a password (certuser: a client certificate); the socket stays
+    // open for the harness's psql.
     std::fs::write(
         cluster.data.join("pg_hba.conf"),
-        "local all all trust\nhostssl all all 127.0.0.1/32 scram-sha-256\n",
+        "local all all trust\nhostssl all certuser 127.0.0.1/32 cert\n\
+         hostssl all all 127.0.0.1/32 scram-sha-256\n",
     )
     .unwrap();
     cluster.start();
+    cluster.sql("CREATE ROLE certuser LOGIN SUPERUSER");
     cluster.sql(&format!("ALTER ROLE postgres PASSWORD '{PASSWORD}'"));
 
     let ca = certs.ca.display().to_string();
@@ -250,6 +235,35 @@ fn tls_and_credentials_against_a_hostssl_only_server() {
     let out = expect(&pitr, &args, &[], 2);
     assert!(
         out.contains("\"/nonexistent/r.crt\" does not exist"),
+        "{out}"
+    );
+
+    // A client certificate (sslcert/sslkey) instead of a password; libpq's refusal of a key
+    // others may read.
+    let with_cert = format!(
+        "host=localhost port={port} user=certuser dbname=postgres sslmode=verify-full \
+         sslrootcert={ca} sslcert={} sslkey={}",
+        certs.client_cert.display(),
+        certs.client_key.display()
+    );
+    check(&with_cert, &[], 0);
+    std::fs::set_permissions(&certs.client_key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = check(&with_cert, &[], 3);
+    assert!(
+        out.contains(&format!(
+            "private key file \"{}\" has group or world access",
+            certs.client_key.display()
+        )),
+        "{out}"
+    );
+    // Without a certificate, pg_hba.conf's cert rule refuses.
+    let out = check(
+        &format!("host=localhost port={port} user=certuser sslmode=require sslrootcert={ca}"),
+        &[],
+        3,
+    );
+    assert!(
+        out.contains("user=certuser dbname=postgres sslmode=require: connection requires a valid client certificate"),
         "{out}"
     );
 
