@@ -25,6 +25,15 @@ pub const KEYWORDS: &[&str] = &[
     "application_name",
     "fallback_application_name",
     "options",
+    "tcp_user_timeout",
+    "load_balance_hosts",
+    // Handed to tokio-postgres, which implements them as libpq does.
+    "keepalives",
+    "keepalives_idle",
+    "keepalives_interval",
+    "keepalives_count",
+    "target_session_attrs",
+    "channel_binding",
     // Accepted and without effect: pitr's client always speaks UTF8, sends SNI for host
     // names, never compresses.
     "client_encoding",
@@ -48,15 +57,7 @@ const UNSUPPORTED: &[&str] = &[
     "krbsrvname",
     "requirepeer",
     "require_auth",
-    "channel_binding",
-    "target_session_attrs",
-    "load_balance_hosts",
     "replication",
-    "keepalives",
-    "keepalives_idle",
-    "keepalives_interval",
-    "keepalives_count",
-    "tcp_user_timeout",
     "requiressl",
 ];
 

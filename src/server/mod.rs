@@ -84,7 +84,11 @@ impl Session {
             .map_err(|e| Error::Config(format!("cannot connect to PostgreSQL at {settings}: {e}")))?
             .map(MakeRustlsConnect::new);
         let mut reasons = Vec::new();
-        for target in &settings.targets {
+        let mut targets: Vec<&Target> = settings.targets.iter().collect();
+        if settings.load_balance {
+            fastrand::shuffle(&mut targets);
+        }
+        for target in targets {
             match connect_target(settings, target, tls.as_ref()).await {
                 Ok(client) => return Session::start(client).await,
                 Err(reason) if settings.targets.len() > 1 => {
@@ -134,7 +138,11 @@ async fn connect_target(
             )
         });
     }
-    let mut config = Config::new();
+    let mut config: Config = settings
+        .handed_on
+        .join(" ")
+        .parse()
+        .map_err(|e| format!("{e}"))?;
     config
         .host(&target.host)
         .port(target.port)
@@ -152,6 +160,9 @@ async fn connect_target(
     }
     if let Some(timeout) = settings.connect_timeout {
         config.connect_timeout(timeout);
+    }
+    if let Some(timeout) = settings.tcp_user_timeout {
+        config.tcp_user_timeout(timeout);
     }
     let mut reasons: Vec<String> = Vec::new();
     for attempt in attempts(settings.tls.mode, target.is_socket()) {

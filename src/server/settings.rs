@@ -27,6 +27,19 @@ const ENVIRONMENT: &[(&str, &str)] = &[
     ("connect_timeout", "PGCONNECT_TIMEOUT"),
     ("application_name", "PGAPPNAME"),
     ("options", "PGOPTIONS"),
+    ("target_session_attrs", "PGTARGETSESSIONATTRS"),
+    ("channel_binding", "PGCHANNELBINDING"),
+    ("load_balance_hosts", "PGLOADBALANCEHOSTS"),
+];
+
+/// libpq keywords tokio-postgres implements the same way, with its name for each.
+const HANDED_ON: &[(&str, &str)] = &[
+    ("keepalives", "keepalives"),
+    ("keepalives_idle", "keepalives_idle"),
+    ("keepalives_interval", "keepalives_interval"),
+    ("keepalives_count", "keepalives_retries"),
+    ("target_session_attrs", "target_session_attrs"),
+    ("channel_binding", "channel_binding"),
 ];
 
 /// libpq's compiled-in socket directory on Debian; TCP to localhost where it is missing.
@@ -147,8 +160,15 @@ pub struct ConnectSettings {
     pub passfile: PathBuf,
     pub tls: TlsSettings,
     pub connect_timeout: Option<Duration>,
+    /// libpq's `tcp_user_timeout`, given in milliseconds.
+    pub tcp_user_timeout: Option<Duration>,
+    /// `load_balance_hosts=random`: try the hosts in random order.
+    pub load_balance: bool,
     pub application_name: String,
     pub options: Option<String>,
+    /// What tokio-postgres applies itself (keepalives, target_session_attrs,
+    /// channel_binding), as its `keyword='value'` pairs; never a host, user or password.
+    pub handed_on: Vec<String>,
 }
 
 impl fmt::Display for ConnectSettings {
@@ -324,6 +344,41 @@ pub fn resolve(
         },
         None => None,
     };
+    let tcp_user_timeout = match value("tcp_user_timeout") {
+        Some(ms) => match ms.trim().parse::<u64>() {
+            Ok(0) => None,
+            Ok(ms) => Some(Duration::from_millis(ms)),
+            Err(_) => {
+                return Err(SettingsError(format!(
+                    "tcp_user_timeout \"{ms}\" is not a number of milliseconds"
+                )));
+            }
+        },
+        None => None,
+    };
+    let load_balance = match value("load_balance_hosts") {
+        None | Some("disable") => false,
+        Some("random") => true,
+        Some(other) => {
+            return Err(SettingsError(format!(
+                "invalid load_balance_hosts value \"{other}\" (disable or random)"
+            )));
+        }
+    };
+    let mut handed_on = Vec::new();
+    for (keyword, theirs) in HANDED_ON {
+        if let Some(v) = value(keyword) {
+            let pair = format!(
+                "{theirs}='{}'",
+                v.replace('\\', "\\\\").replace('\'', "\\'")
+            );
+            // Checked here, one at a time, so that the error names the keyword.
+            if pair.parse::<tokio_postgres::Config>().is_err() {
+                return Err(SettingsError(format!("invalid {keyword} value \"{v}\"")));
+            }
+            handed_on.push(pair);
+        }
+    }
     Ok(ConnectSettings {
         targets,
         user,
@@ -332,6 +387,9 @@ pub fn resolve(
         passfile: file("passfile", ".pgpass"),
         tls,
         connect_timeout,
+        tcp_user_timeout,
+        load_balance,
+        handed_on,
         application_name: value("application_name")
             .or_else(|| value("fallback_application_name"))
             .unwrap_or("pitr")
@@ -545,6 +603,29 @@ mod tests {
         assert!(resolve(Some("sslmode=strict"), &surroundings(&env)).is_err());
         let only_addr = resolve(Some("hostaddr=127.0.0.1"), &surroundings(&env)).unwrap();
         assert_eq!(only_addr.targets[0].host, "127.0.0.1");
+    }
+
+    #[test]
+    fn keywords_tokio_postgres_implements_are_handed_on() {
+        let env = env_of(&[("PGTARGETSESSIONATTRS", "read-write")]);
+        let settings = resolve(
+            Some("keepalives_idle=30 keepalives_count=3 tcp_user_timeout=1500 load_balance_hosts=random"),
+            &surroundings(&env),
+        )
+        .unwrap();
+        assert_eq!(
+            settings.handed_on,
+            vec![
+                "keepalives_idle='30'",
+                "keepalives_retries='3'",
+                "target_session_attrs='read-write'"
+            ]
+        );
+        assert_eq!(settings.tcp_user_timeout, Some(Duration::from_millis(1500)));
+        assert!(settings.load_balance);
+        let error = resolve(Some("channel_binding=always"), &surroundings(&env)).unwrap_err();
+        assert_eq!(error.0, "invalid channel_binding value \"always\"");
+        assert!(resolve(Some("load_balance_hosts=yes"), &surroundings(&env)).is_err());
     }
 
     #[test]
