@@ -97,18 +97,15 @@ impl Session {
                 Err(reason) => reasons.push(reason),
             }
         }
-        let mut message = format!(
+        let message = format!(
             "cannot connect to PostgreSQL at {settings}: {} (set --dbname, or \
              PGHOST/PGPORT/PGUSER)",
             reasons.join("; ")
         );
-        // The server's words and ours should never carry it; make sure.
-        if let Some((password, _)) = &settings.password
-            && !password.0.is_empty()
-        {
-            message = message.replace(&password.0, "***");
-        }
-        Err(Error::Server(message))
+        Err(Error::Server(scrub(
+            message,
+            settings.password.as_ref().map(|(p, _)| p),
+        )))
     }
 
     async fn start(client: Client) -> Result<Self, Error> {
@@ -202,7 +199,17 @@ async fn connect_target(
             break;
         }
     }
-    Err(reasons.join("; "))
+    Err(scrub(reasons.join("; "), password.as_ref().map(|(p, _)| p)))
+}
+
+/// `message` without `password`: the server's words and pitr's should never carry it, and
+/// this makes sure (a password of a few characters could stand for other words, so those
+/// are left to the rest of the design).
+fn scrub(message: String, password: Option<&settings::Password>) -> String {
+    match password {
+        Some(password) if password.0.len() >= 4 => message.replace(&password.0, "***"),
+        _ => message,
+    }
 }
 
 async fn connect_once<T>(config: &Config, tls: T) -> Result<Client, tokio_postgres::Error>
