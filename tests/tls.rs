@@ -219,6 +219,19 @@ fn tls_and_credentials_against_a_hostssl_only_server() {
         "{out}"
     );
     check(&format!("{renamed} sslmode=verify-ca"), &[], 0);
+    // The system's CAs (sslrootcert=system, verify-full implied) never signed the test CA.
+    let out = check(
+        &format!("{tcp} sslrootcert=system password={PASSWORD}"),
+        &[],
+        3,
+    );
+    assert!(
+        out.contains(&format!("{tried} sslmode=verify-full: "))
+            && out.contains("sslrootcert=system"),
+        "{out}"
+    );
+    let out = check(&format!("{tcp} sslrootcert=system sslmode=require"), &[], 3);
+    assert!(out.contains("weak sslmode \"require\""), "{out}");
     // verify-ca without a root certificate: a configuration error naming the file.
     let out = check(
         &format!("{tcp} sslmode=verify-ca sslrootcert=/nonexistent/root.crt"),

@@ -321,10 +321,18 @@ pub fn resolve(
             .map(PathBuf::from)
             .unwrap_or_else(|| surroundings.home_file(default))
     };
+    // libpq 16: sslrootcert=system means verify-full, and nothing weaker.
+    let system_roots = value("sslrootcert") == Some(super::tls::SYSTEM_ROOTS);
     let mode = match value("sslmode") {
         Some(mode) => mode.parse().map_err(SettingsError)?,
+        None if system_roots => SslMode::VerifyFull,
         None => SslMode::Prefer,
     };
+    if system_roots && mode != SslMode::VerifyFull {
+        return Err(SettingsError(format!(
+            "weak sslmode \"{mode}\" may not be used with sslrootcert=system (use \"verify-full\")"
+        )));
+    }
     let tls = TlsSettings {
         mode,
         rootcert: file("sslrootcert", ".postgresql/root.crt"),
@@ -603,6 +611,20 @@ mod tests {
         assert!(resolve(Some("sslmode=strict"), &surroundings(&env)).is_err());
         let only_addr = resolve(Some("hostaddr=127.0.0.1"), &surroundings(&env)).unwrap();
         assert_eq!(only_addr.targets[0].host, "127.0.0.1");
+    }
+
+    #[test]
+    fn the_system_roots_mean_verify_full() {
+        let env = env_of(&[]);
+        let settings = resolve(Some("sslrootcert=system"), &surroundings(&env)).unwrap();
+        assert_eq!(settings.tls.mode, SslMode::VerifyFull);
+        assert_eq!(settings.tls.rootcert, PathBuf::from("system"));
+        let error = resolve(
+            Some("sslrootcert=system sslmode=require"),
+            &surroundings(&env),
+        )
+        .unwrap_err();
+        assert!(error.0.starts_with("weak sslmode \"require\""), "{error}");
     }
 
     #[test]

@@ -67,6 +67,9 @@ pub struct TlsSettings {
     pub key: PathBuf,
 }
 
+/// `sslrootcert=system`: the operating system's CAs instead of a file.
+pub const SYSTEM_ROOTS: &str = "system";
+
 /// How the server's certificate is checked.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Verification {
@@ -112,11 +115,9 @@ pub fn client_config(settings: &TlsSettings) -> Result<Option<ClientConfig>, Str
         return Ok(None);
     }
     let provider = provider();
-    if settings.rootcert.as_os_str() == "system" {
-        return Err("sslrootcert=system is not supported by pitr; name a CA file".into());
-    }
-    let verification =
-        verification(settings.mode, settings.rootcert.is_file()).map_err(|RootCertMissing| {
+    let system_roots = settings.rootcert.as_os_str() == SYSTEM_ROOTS;
+    let verification = verification(settings.mode, system_roots || settings.rootcert.is_file())
+        .map_err(|RootCertMissing| {
             format!(
                 "root certificate file \"{}\" does not exist; either provide the file or change \
              sslmode to disable server certificate verification (sslmode={} needs it)",
@@ -127,7 +128,11 @@ pub fn client_config(settings: &TlsSettings) -> Result<Option<ClientConfig>, Str
     let verifier: Arc<dyn ServerCertVerifier> = match verification {
         Verification::None => Arc::new(AnyCertificate(provider.clone())),
         Verification::Chain | Verification::ChainAndName => {
-            let roots = root_store(&settings.rootcert)?;
+            let roots = if system_roots {
+                system_root_store()?
+            } else {
+                root_store(&settings.rootcert)?
+            };
             let webpki =
                 WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
                     .build()
@@ -155,6 +160,25 @@ pub fn client_config(settings: &TlsSettings) -> Result<Option<ClientConfig>, Str
         None => builder.with_no_client_auth(),
     };
     Ok(Some(config))
+}
+
+/// The operating system's trusted CAs (`sslrootcert=system`, PostgreSQL 16's keyword).
+fn system_root_store() -> Result<RootCertStore, String> {
+    let found = rustls_native_certs::load_native_certs();
+    let mut roots = RootCertStore::empty();
+    let (added, _ignored) = roots.add_parsable_certificates(found.certs);
+    if added == 0 {
+        return Err(format!(
+            "sslrootcert=system: no trusted CA certificate found on this system ({})",
+            found
+                .errors
+                .iter()
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+                .join("; ")
+        ));
+    }
+    Ok(roots)
 }
 
 fn root_store(path: &Path) -> Result<RootCertStore, String> {
@@ -233,6 +257,11 @@ fn client_certificate(
 pub fn describe(error: &rustls::Error, settings: &TlsSettings, host: &str) -> String {
     use rustls::Error as E;
     match error {
+        E::InvalidCertificate(CertificateError::UnknownIssuer)
+            if settings.rootcert.as_os_str() == SYSTEM_ROOTS =>
+        {
+            "server certificate not signed by a CA this system trusts (sslrootcert=system)".into()
+        }
         E::InvalidCertificate(CertificateError::UnknownIssuer) => format!(
             "server certificate not signed by the CA in {}",
             settings.rootcert.display()
