@@ -109,21 +109,53 @@ fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
+/// Why the TLS settings cannot be used; names files, never a password.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsSetupError {
+    #[error(
+        "root certificate file \"{path}\" does not exist; either provide the file or change \
+         sslmode to disable server certificate verification (sslmode={mode} needs it)"
+    )]
+    RootCertMissing { path: PathBuf, mode: SslMode },
+    #[error("cannot read root certificate file \"{path}\": {reason}")]
+    RootCertUnreadable { path: PathBuf, reason: String },
+    #[error("root certificate file \"{path}\" holds no usable certificate")]
+    RootCertEmpty { path: PathBuf },
+    #[error("sslrootcert=system: no trusted CA certificate found on this system ({0})")]
+    NoSystemRoots(String),
+    #[error("cannot read certificate file \"{path}\": {reason}")]
+    CertUnreadable { path: PathBuf, reason: String },
+    #[error("certificate present, but not private key file \"{path}\": {source}")]
+    KeyMissing {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("private key file \"{path}\" is not a regular file")]
+    KeyNotAFile { path: PathBuf },
+    #[error(
+        "private key file \"{path}\" has group or world access; file must have permissions \
+         u=rw (0600) or less if owned by the current user, or permissions u=rw,g=r (0640) or \
+         less if owned by root"
+    )]
+    KeyPermissions { path: PathBuf },
+    #[error("cannot read private key file \"{path}\": {reason}")]
+    KeyUnreadable { path: PathBuf, reason: String },
+    #[error("TLS client set-up: {0}")]
+    Rustls(String),
+}
+
 /// The rustls configuration for `settings`; `None` for sslmode=disable.
-pub fn client_config(settings: &TlsSettings) -> Result<Option<ClientConfig>, String> {
+pub fn client_config(settings: &TlsSettings) -> Result<Option<ClientConfig>, TlsSetupError> {
     if settings.mode == SslMode::Disable {
         return Ok(None);
     }
     let provider = provider();
     let system_roots = settings.rootcert.as_os_str() == SYSTEM_ROOTS;
     let verification = verification(settings.mode, system_roots || settings.rootcert.is_file())
-        .map_err(|RootCertMissing| {
-            format!(
-                "root certificate file \"{}\" does not exist; either provide the file or change \
-             sslmode to disable server certificate verification (sslmode={} needs it)",
-                settings.rootcert.display(),
-                settings.mode
-            )
+        .map_err(|RootCertMissing| TlsSetupError::RootCertMissing {
+            path: settings.rootcert.clone(),
+            mode: settings.mode,
         })?;
     let verifier: Arc<dyn ServerCertVerifier> = match verification {
         Verification::None => Arc::new(AnyCertificate(provider.clone())),
@@ -136,7 +168,7 @@ pub fn client_config(settings: &TlsSettings) -> Result<Option<ClientConfig>, Str
             let webpki =
                 WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
                     .build()
-                    .map_err(|e| format!("{}: {e}", settings.rootcert.display()))?;
+                    .map_err(|e| TlsSetupError::Rustls(e.to_string()))?;
             if verification == Verification::Chain {
                 Arc::new(ChainOnly(webpki))
             } else {
@@ -146,16 +178,16 @@ pub fn client_config(settings: &TlsSettings) -> Result<Option<ClientConfig>, Str
     };
     let builder = ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
+        .map_err(|e| TlsSetupError::Rustls(e.to_string()))?
         .dangerous()
         .with_custom_certificate_verifier(verifier);
     let config = match client_certificate(settings)? {
         Some((chain, key)) => builder.with_client_auth_cert(chain, key).map_err(|e| {
-            format!(
+            TlsSetupError::Rustls(format!(
                 "client certificate \"{}\" and key \"{}\": {e}",
                 settings.cert.display(),
                 settings.key.display()
-            )
+            ))
         })?,
         None => builder.with_no_client_auth(),
     };
@@ -163,92 +195,65 @@ pub fn client_config(settings: &TlsSettings) -> Result<Option<ClientConfig>, Str
 }
 
 /// The operating system's trusted CAs (`sslrootcert=system`, PostgreSQL 16's keyword).
-fn system_root_store() -> Result<RootCertStore, String> {
+fn system_root_store() -> Result<RootCertStore, TlsSetupError> {
     let found = rustls_native_certs::load_native_certs();
     let mut roots = RootCertStore::empty();
     let (added, _ignored) = roots.add_parsable_certificates(found.certs);
     if added == 0 {
-        return Err(format!(
-            "sslrootcert=system: no trusted CA certificate found on this system ({})",
-            found
-                .errors
-                .iter()
-                .map(|e| e.to_string())
-                .collect::<Vec<_>>()
-                .join("; ")
-        ));
+        let errors: Vec<String> = found.errors.iter().map(|e| e.to_string()).collect();
+        return Err(TlsSetupError::NoSystemRoots(errors.join("; ")));
     }
     Ok(roots)
 }
 
-fn root_store(path: &Path) -> Result<RootCertStore, String> {
+fn root_store(path: &Path) -> Result<RootCertStore, TlsSetupError> {
     let certs = CertificateDer::pem_file_iter(path)
         .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| {
-            format!(
-                "cannot read root certificate file \"{}\": {e}",
-                path.display()
-            )
+        .map_err(|e| TlsSetupError::RootCertUnreadable {
+            path: path.to_owned(),
+            reason: e.to_string(),
         })?;
     let mut roots = RootCertStore::empty();
     let (added, _ignored) = roots.add_parsable_certificates(certs);
     if added == 0 {
-        return Err(format!(
-            "root certificate file \"{}\" holds no usable certificate",
-            path.display()
-        ));
+        return Err(TlsSetupError::RootCertEmpty {
+            path: path.to_owned(),
+        });
     }
     Ok(roots)
 }
 
+type ClientCertificate = (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>);
+
 /// The client certificate and key, when the certificate file exists (libpq ignores a
 /// missing one, even when named).
-#[allow(clippy::type_complexity)]
-fn client_certificate(
-    settings: &TlsSettings,
-) -> Result<Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>, String> {
+fn client_certificate(settings: &TlsSettings) -> Result<Option<ClientCertificate>, TlsSetupError> {
+    use std::os::unix::fs::MetadataExt;
     if !settings.cert.is_file() {
         return Ok(None);
     }
     let chain = CertificateDer::pem_file_iter(&settings.cert)
         .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| {
-            format!(
-                "cannot read certificate file \"{}\": {e}",
-                settings.cert.display()
-            )
+        .map_err(|e| TlsSetupError::CertUnreadable {
+            path: settings.cert.clone(),
+            reason: e.to_string(),
         })?;
-    let key_path = &settings.key;
-    let meta = std::fs::metadata(key_path).map_err(|e| {
-        format!(
-            "certificate present, but not private key file \"{}\": {e}",
-            key_path.display()
-        )
-    })?;
+    let path = settings.key.clone();
+    let meta = match std::fs::metadata(&path) {
+        Ok(meta) => meta,
+        Err(source) => return Err(TlsSetupError::KeyMissing { path, source }),
+    };
     if !meta.is_file() {
-        return Err(format!(
-            "private key file \"{}\" is not a regular file",
-            key_path.display()
-        ));
+        return Err(TlsSetupError::KeyNotAFile { path });
     }
-    {
-        use std::os::unix::fs::MetadataExt;
-        // SAFETY: geteuid cannot fail.
-        let euid = unsafe { libc::geteuid() };
-        if !key_mode_ok(meta.mode(), meta.uid(), euid) {
-            return Err(format!(
-                "private key file \"{}\" has group or world access; file must have \
-                 permissions u=rw (0600) or less if owned by the current user, or permissions \
-                 u=rw,g=r (0640) or less if owned by root",
-                key_path.display()
-            ));
-        }
+    // SAFETY: geteuid cannot fail.
+    let euid = unsafe { libc::geteuid() };
+    if !key_mode_ok(meta.mode(), meta.uid(), euid) {
+        return Err(TlsSetupError::KeyPermissions { path });
     }
-    let key = PrivateKeyDer::from_pem_file(key_path).map_err(|e| {
-        format!(
-            "cannot read private key file \"{}\": {e}",
-            key_path.display()
-        )
+    let key = PrivateKeyDer::from_pem_file(&path).map_err(|e| TlsSetupError::KeyUnreadable {
+        path: path.clone(),
+        reason: e.to_string(),
     })?;
     Ok(Some((chain, key)))
 }
@@ -444,8 +449,11 @@ mod tests {
             key: "/nonexistent/postgresql.key".into(),
         };
         let error = client_config(&settings).unwrap_err();
+        assert!(matches!(error, TlsSetupError::RootCertMissing { .. }));
         assert!(
-            error.contains("\"/nonexistent/root.crt\" does not exist"),
+            error
+                .to_string()
+                .starts_with("root certificate file \"/nonexistent/root.crt\" does not exist"),
             "{error}"
         );
         let require = TlsSettings {
