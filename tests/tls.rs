@@ -208,6 +208,15 @@ fn tls_and_credentials_against_a_hostssl_only_server() {
         0,
     );
 
+    // allow: without TLS first, refused by hostssl, then with TLS; prefer (the default): TLS.
+    for mode in ["sslmode=allow", ""] {
+        check(
+            &format!("{tcp} {mode} sslrootcert=/nonexistent/root.crt password={PASSWORD}"),
+            &[],
+            0,
+        );
+    }
+
     // A name the certificate does not carry: verify-full refuses, verify-ca accepts.
     let renamed = format!(
         "host=db.invalid hostaddr=127.0.0.1 port={port} user=postgres sslrootcert={ca} \
