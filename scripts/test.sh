@@ -24,6 +24,8 @@ if [ -z "${PITR_TEST_MOTO_SERVER:-}" ] && ! command -v moto_server >/dev/null; t
   need_moto=1
   python3 -c 'import venv, ensurepip' 2>/dev/null || need_apt+=(python3 python3-venv)
 fi
+# tests/tls.rs makes its CA and server certificates with the openssl CLI.
+command -v openssl >/dev/null || need_apt+=(openssl)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "missing: ${need_apt[*]}; install them (sudo apt-get install ${need_apt[*]}) and rerun" >&2

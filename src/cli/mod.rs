@@ -358,7 +358,13 @@ pub enum Command {
         /// The cluster's data directory (default: the server's data_directory).
         #[arg(long, env = "PGDATA", value_name = "DIR")]
         pgdata: Option<PathBuf>,
-        /// Connection string or URL (default: PGHOST, PGPORT, PGUSER, PGDATABASE, PGPASSWORD).
+        /// Connection string or URL, as libpq reads them: 'host=db.example user=backup
+        /// sslmode=verify-full sslrootcert=/etc/pitr/ca.crt' or
+        /// 'postgresql://backup@db.example/postgres?sslmode=verify-full'; also service=,
+        /// sslcert=, sslkey=, password=. What it leaves out comes from the service
+        /// (PGSERVICE, pg_service.conf), then PGHOST, PGPORT, PGUSER, PGDATABASE, PGPASSWORD,
+        /// PGSSLMODE, PGSSLROOTCERT, PGSSLCERT, PGSSLKEY; the password last from PGPASSFILE or
+        /// ~/.pgpass. sslmode defaults to prefer, as in libpq.
         #[arg(long, short = 'd', value_name = "CONNINFO")]
         dbname: Option<String>,
         /// Start with an immediate checkpoint (the default).
@@ -465,7 +471,9 @@ pub enum Command {
     /// Monitoring probe: one OK/WARNING/CRITICAL/UNKNOWN line per check, Nagios exit codes
     /// (0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN); thresholds are the check_* settings.
     Check {
-        /// Also ask the server (conninfo or URL): its WAL position and pg_stat_archiver.
+        /// Also ask the server (conninfo or URL, as for `backup --dbname`: sslmode,
+        /// sslrootcert, sslcert, sslkey, service…; PGSSLMODE, PGPASSFILE and the rest of
+        /// libpq's environment fill in): its WAL position and pg_stat_archiver.
         #[arg(long, short = 'd', value_name = "CONNINFO")]
         dbname: Option<String>,
         /// Switch WAL on the server and wait for the segment to reach the repository (needs

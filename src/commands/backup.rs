@@ -22,7 +22,7 @@ use crate::datadir::read_cluster_identity;
 use crate::error::{Error, Result};
 use crate::pg::WalFileName;
 use crate::pg::basebackup::{Disposition, classify, is_database_directory, unlogged_files};
-use crate::server::{Session, connection_config};
+use crate::server::{Session, connection_settings};
 
 use super::blocking;
 
@@ -82,7 +82,7 @@ async fn backup_locked(
     identity: RepositoryIdentity,
     started: Instant,
 ) -> Result<BackupReport> {
-    let session = Session::connect(&connection_config(options.dbname.as_deref())?).await?;
+    let session = Session::connect(&connection_settings(options.dbname.as_deref())?).await?;
     let server_sysid = session
         .text(
             "reading the system identifier",

@@ -17,7 +17,7 @@ use crate::error::{
 use crate::pg::WalFileName;
 use crate::pg::timestamp::rfc3339;
 use crate::pg::wal_name::xlog_file_name;
-use crate::server::{Session, connection_config};
+use crate::server::{Session, connection_settings};
 
 /// A check's state; the command exits with the worst one's code.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -586,7 +586,7 @@ pub fn evaluate(facts: &CheckFacts, thresholds: &CheckThresholds) -> CheckReport
 pub async fn check(catalog: &Catalog, options: &CheckOptions) -> Result<CheckReport> {
     let session = if options.connect || options.switch_wal {
         Some(
-            match connection_config(options.dbname.as_deref()) {
+            match connection_settings(options.dbname.as_deref()) {
                 Ok(config) => Session::connect(&config).await,
                 Err(e) => Err(e),
             }

@@ -1,0 +1,481 @@
+//! The SQL session with the running server, found the way libpq finds it: `--dbname`
+//! (a conninfo string or URL), the service it names, libpq's environment (PGHOST, PGPORT,
+//! PGUSER, PGDATABASE, PGPASSWORD, PGSSLMODE…), the password file; TLS with libpq's
+//! `sslmode` rules. Every connection pitr makes goes through [`Session::connect`].
+
+pub mod conninfo;
+pub mod passfile;
+pub mod settings;
+pub mod tls;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
+use tokio_postgres::{Client, Config, NoTls};
+use tokio_postgres_rustls::MakeRustlsConnect;
+
+use crate::error::Error;
+use crate::pg::Lsn;
+
+pub use settings::{ConnectSettings, PasswordSource, Target};
+pub use tls::SslMode;
+
+/// The settings for `--dbname` (or none) in this process's environment.
+pub fn connection_settings(dbname: Option<&str>) -> Result<ConnectSettings, Error> {
+    settings::resolve(dbname, &settings::Surroundings::of_process())
+        .map_err(|e| Error::Config(e.to_string()))
+}
+
+/// An open session; the connection task lives as long as the runtime.
+pub struct Session {
+    client: Client,
+    pub server_version_num: i32,
+}
+
+/// One way of trying a server, in libpq's order for the sslmode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Attempt {
+    Plain,
+    /// TLS if the server offers it, else plain in the same connection.
+    TlsIfOffered,
+    TlsRequired,
+}
+
+/// libpq's attempts: `allow` tries without TLS first, `prefer` with TLS first, each retrying
+/// the other way once; a socket directory never uses TLS (the server offers none there).
+fn attempts(mode: SslMode, socket: bool) -> &'static [Attempt] {
+    match mode {
+        _ if socket => &[Attempt::Plain],
+        SslMode::Disable => &[Attempt::Plain],
+        SslMode::Allow => &[Attempt::Plain, Attempt::TlsRequired],
+        SslMode::Prefer => &[Attempt::TlsIfOffered, Attempt::Plain],
+        SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull => &[Attempt::TlsRequired],
+    }
+}
+
+/// Why one attempt failed.
+struct Failure {
+    reason: String,
+    /// The server answered with an error (authentication, pg_hba.conf).
+    server_refused: bool,
+    /// The TLS handshake itself failed.
+    tls_failed: bool,
+    /// TLS was in use when it failed.
+    tls_used: bool,
+}
+
+/// libpq's retry rule: `allow` retries with TLS when the server refused the plain
+/// connection; `prefer` retries without TLS when the TLS connection failed.
+fn retry_after(attempt: Attempt, failure: &Failure) -> bool {
+    match attempt {
+        Attempt::Plain => failure.server_refused,
+        Attempt::TlsIfOffered => failure.tls_failed || (failure.server_refused && failure.tls_used),
+        Attempt::TlsRequired => false,
+    }
+}
+
+impl Session {
+    /// Connects to the first server of `settings` that accepts; the error names every
+    /// server tried and why it failed, never the password.
+    pub async fn connect(settings: &ConnectSettings) -> Result<Self, Error> {
+        let tls = tls::client_config(&settings.tls)
+            .map_err(|e| Error::Config(format!("cannot connect to PostgreSQL at {settings}: {e}")))?
+            .map(MakeRustlsConnect::new);
+        let mut reasons = Vec::new();
+        let mut targets: Vec<&Target> = settings.targets.iter().collect();
+        if settings.load_balance {
+            fastrand::shuffle(&mut targets);
+        }
+        for target in targets {
+            match connect_target(settings, target, tls.as_ref()).await {
+                Ok(client) => return Session::start(client).await,
+                Err(reason) if settings.targets.len() > 1 => {
+                    reasons.push(format!("{}:{}: {reason}", target.host, target.port))
+                }
+                Err(reason) => reasons.push(reason),
+            }
+        }
+        let message = format!(
+            "cannot connect to PostgreSQL at {settings}: {} (set --dbname, or \
+             PGHOST/PGPORT/PGUSER)",
+            reasons.join("; ")
+        );
+        Err(Error::Server(scrub(
+            message,
+            settings.password.as_ref().map(|(p, _)| p),
+        )))
+    }
+
+    async fn start(client: Client) -> Result<Self, Error> {
+        let row = client
+            .query_one("SELECT current_setting('server_version_num')::int", &[])
+            .await
+            .map_err(|e| sql_error("reading the server version", e))?;
+        Ok(Session {
+            client,
+            server_version_num: row.get(0),
+        })
+    }
+}
+
+/// Tries one server the ways its sslmode allows; the reasons of every attempt made.
+async fn connect_target(
+    settings: &ConnectSettings,
+    target: &Target,
+    tls: Option<&MakeRustlsConnect>,
+) -> Result<Client, String> {
+    let mut password = settings.password.clone();
+    if password.is_none() {
+        password = settings::password_from_file(&settings.passfile, settings, target).map(|p| {
+            (
+                settings::Password(p),
+                PasswordSource::PassFile(settings.passfile.clone()),
+            )
+        });
+    }
+    let mut config: Config = settings
+        .handed_on
+        .join(" ")
+        .parse()
+        .map_err(|e| format!("{e}"))?;
+    config
+        .host(&target.host)
+        .port(target.port)
+        .user(&settings.user)
+        .dbname(&settings.dbname)
+        .application_name(&settings.application_name);
+    if let Some(address) = target.hostaddr {
+        config.hostaddr(address);
+    }
+    if let Some((password, _)) = &password {
+        config.password(password.0.as_bytes());
+    }
+    if let Some(options) = &settings.options {
+        config.options(options);
+    }
+    if let Some(timeout) = settings.connect_timeout {
+        config.connect_timeout(timeout);
+    }
+    if let Some(timeout) = settings.tcp_user_timeout {
+        config.tcp_user_timeout(timeout);
+    }
+    let mut reasons: Vec<String> = Vec::new();
+    for attempt in attempts(settings.tls.mode, target.is_socket()) {
+        let result = match (attempt, tls) {
+            (Attempt::Plain, _) | (_, None) => {
+                config.ssl_mode(tokio_postgres::config::SslMode::Disable);
+                connect_once(&config, NoTls).await.map_err(|e| (e, false))
+            }
+            (attempt, Some(tls)) => {
+                config.ssl_mode(if *attempt == Attempt::TlsRequired {
+                    tokio_postgres::config::SslMode::Require
+                } else {
+                    tokio_postgres::config::SslMode::Prefer
+                });
+                let used = Arc::new(AtomicBool::new(false));
+                let tracked = TrackTls {
+                    inner: tls.clone(),
+                    used: used.clone(),
+                };
+                connect_once(&config, tracked)
+                    .await
+                    .map_err(|e| (e, used.load(Ordering::SeqCst)))
+            }
+        };
+        let (error, tls_used) = match result {
+            Ok(client) => return Ok(client),
+            Err(failed) => failed,
+        };
+        let failure = describe_failure(&error, tls_used, settings, target, password.as_ref());
+        let retry = retry_after(*attempt, &failure);
+        reasons.push(match (reasons.is_empty(), attempt) {
+            (true, _) => failure.reason,
+            (false, Attempt::Plain) => format!("then without TLS: {}", failure.reason),
+            (false, _) => format!("then with TLS: {}", failure.reason),
+        });
+        if !retry {
+            break;
+        }
+    }
+    Err(scrub(reasons.join("; "), password.as_ref().map(|(p, _)| p)))
+}
+
+/// `message` without `password`: the server's words and pitr's should never carry it, and
+/// this makes sure (a password of a few characters could stand for other words, so those
+/// are left to the rest of the design).
+fn scrub(message: String, password: Option<&settings::Password>) -> String {
+    match password {
+        Some(password) if password.0.len() >= 4 => message.replace(&password.0, "***"),
+        _ => message,
+    }
+}
+
+async fn connect_once<T>(config: &Config, tls: T) -> Result<Client, tokio_postgres::Error>
+where
+    T: MakeTlsConnect<tokio_postgres::Socket>,
+    T::Stream: Send + 'static,
+{
+    let (client, connection) = config.connect(tls).await?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::warn!("connection to PostgreSQL ended: {e}");
+        }
+    });
+    Ok(client)
+}
+
+fn describe_failure(
+    error: &tokio_postgres::Error,
+    tls_used: bool,
+    settings: &ConnectSettings,
+    target: &Target,
+    password: Option<&(settings::Password, PasswordSource)>,
+) -> Failure {
+    if let Some(db) = error.as_db_error() {
+        let mut reason = db.message().to_owned();
+        // libpq's hint: which password the server refused.
+        if db.code() == &tokio_postgres::error::SqlState::INVALID_PASSWORD {
+            match password.map(|(_, source)| source) {
+                Some(PasswordSource::PassFile(file)) => {
+                    reason.push_str(&format!(" (password from file \"{}\")", file.display()))
+                }
+                Some(PasswordSource::Service(file)) => reason.push_str(&format!(
+                    " (password from service file \"{}\")",
+                    file.display()
+                )),
+                Some(PasswordSource::Environment) => reason.push_str(" (password from PGPASSWORD)"),
+                _ => {}
+            }
+        }
+        return Failure {
+            reason,
+            server_refused: true,
+            tls_failed: false,
+            tls_used,
+        };
+    }
+    if let Some(tls_error) = rustls_error(error) {
+        return Failure {
+            reason: tls::describe(tls_error, &settings.tls, &target.host),
+            server_refused: false,
+            tls_failed: true,
+            tls_used,
+        };
+    }
+    // tokio-postgres's Display names only the kind ("invalid configuration"): add the causes.
+    let mut text = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        text.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    let reason = if text.contains("password missing") {
+        format!(
+            "the server asks for a password and none was given (password= in --dbname, \
+             PGPASSWORD, or a line for it in the password file {})",
+            settings.passfile.display()
+        )
+    } else if text.contains("server does not support TLS") {
+        format!(
+            "the server does not accept TLS (sslmode={})",
+            settings.tls.mode
+        )
+    } else {
+        text
+    };
+    Failure {
+        reason,
+        server_refused: false,
+        tls_failed: tls_used,
+        tls_used,
+    }
+}
+
+/// The rustls error under a tokio-postgres error (tokio-rustls wraps it in an io::Error).
+fn rustls_error(error: &tokio_postgres::Error) -> Option<&rustls::Error> {
+    let mut source = std::error::Error::source(error);
+    while let Some(current) = source {
+        if let Some(tls) = current.downcast_ref::<rustls::Error>() {
+            return Some(tls);
+        }
+        if let Some(tls) = current
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        {
+            return Some(tls);
+        }
+        source = current.source();
+    }
+    None
+}
+
+/// The TLS connector, noting whether the server accepted TLS (for `prefer`'s retry rule).
+#[derive(Clone)]
+struct TrackTls {
+    inner: MakeRustlsConnect,
+    used: Arc<AtomicBool>,
+}
+
+impl<S> MakeTlsConnect<S> for TrackTls
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    type Stream = <MakeRustlsConnect as MakeTlsConnect<S>>::Stream;
+    type TlsConnect = TrackedConnect<<MakeRustlsConnect as MakeTlsConnect<S>>::TlsConnect>;
+    type Error = <MakeRustlsConnect as MakeTlsConnect<S>>::Error;
+
+    fn make_tls_connect(&mut self, hostname: &str) -> Result<Self::TlsConnect, Self::Error> {
+        Ok(TrackedConnect {
+            inner: <MakeRustlsConnect as MakeTlsConnect<S>>::make_tls_connect(
+                &mut self.inner,
+                hostname,
+            )?,
+            used: self.used.clone(),
+        })
+    }
+}
+
+struct TrackedConnect<T> {
+    inner: T,
+    used: Arc<AtomicBool>,
+}
+
+impl<S, T: TlsConnect<S>> TlsConnect<S> for TrackedConnect<T> {
+    type Stream = T::Stream;
+    type Error = T::Error;
+    type Future = T::Future;
+
+    fn connect(self, stream: S) -> Self::Future {
+        // Called only once the server answered the SSLRequest with "S".
+        self.used.store(true, Ordering::SeqCst);
+        self.inner.connect(stream)
+    }
+}
+
+fn sql_error(what: &str, e: tokio_postgres::Error) -> Error {
+    let detail = match e.as_db_error() {
+        Some(db) => db.message().to_owned(),
+        None => e.to_string(),
+    };
+    Error::Server(format!("{what}: {detail}"))
+}
+
+impl Session {
+    pub async fn text(&self, what: &str, sql: &str) -> Result<String, Error> {
+        let row = self
+            .client
+            .query_one(sql, &[])
+            .await
+            .map_err(|e| sql_error(what, e))?;
+        Ok(row.get(0))
+    }
+
+    /// Starts a non-exclusive backup on this session; returns the start LSN.
+    pub async fn backup_start(&self, label: &str, fast: bool) -> Result<Lsn, Error> {
+        let sql = if self.server_version_num >= 150000 {
+            "SELECT pg_backup_start($1, $2)::text"
+        } else {
+            "SELECT pg_start_backup($1, $2, false)::text"
+        };
+        let row = self
+            .client
+            .query_one(sql, &[&label, &fast])
+            .await
+            .map_err(|e| sql_error("starting the backup", e))?;
+        let lsn: String = row.get(0);
+        lsn.parse().map_err(|e| Error::Server(format!("{e}")))
+    }
+
+    /// Ends the backup begun on this session, waiting until its WAL is archived; returns the
+    /// stop LSN, backup_label and tablespace_map contents.
+    pub async fn backup_stop(&self) -> Result<(Lsn, String, Option<String>), Error> {
+        let sql = if self.server_version_num >= 150000 {
+            "SELECT lsn::text, labelfile, spcmapfile FROM pg_backup_stop(true)"
+        } else {
+            "SELECT lsn::text, labelfile, spcmapfile FROM pg_stop_backup(false, true)"
+        };
+        let row = self
+            .client
+            .query_one(sql, &[])
+            .await
+            .map_err(|e| sql_error("stopping the backup", e))?;
+        let lsn: String = row.get(0);
+        let spcmap: Option<String> = row.get(2);
+        Ok((
+            lsn.parse().map_err(|e| Error::Server(format!("{e}")))?,
+            row.get(1),
+            spcmap.filter(|s| !s.is_empty()),
+        ))
+    }
+
+    /// The WAL segment name holding `lsn` on the current timeline.
+    pub async fn walfile_name(&self, lsn: Lsn) -> Result<String, Error> {
+        let row = self
+            .client
+            .query_one(
+                "SELECT pg_walfile_name($1::text::pg_lsn)",
+                &[&lsn.to_string()],
+            )
+            .await
+            .map_err(|e| sql_error("naming the WAL segment", e))?;
+        Ok(row.get(0))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn failure(server_refused: bool, tls_failed: bool, tls_used: bool) -> Failure {
+        Failure {
+            reason: String::new(),
+            server_refused,
+            tls_failed,
+            tls_used,
+        }
+    }
+
+    #[test]
+    fn libpq_attempt_order_per_sslmode() {
+        use Attempt::*;
+        assert_eq!(attempts(SslMode::Prefer, false), &[TlsIfOffered, Plain]);
+        assert_eq!(attempts(SslMode::Allow, false), &[Plain, TlsRequired]);
+        assert_eq!(attempts(SslMode::Require, false), &[TlsRequired]);
+        assert_eq!(attempts(SslMode::VerifyFull, false), &[TlsRequired]);
+        assert_eq!(attempts(SslMode::Disable, false), &[Plain]);
+        // No TLS over a unix socket, whatever the mode.
+        assert_eq!(attempts(SslMode::VerifyFull, true), &[Plain]);
+    }
+
+    #[test]
+    fn libpq_retry_rules() {
+        // prefer: a failed handshake, or a refusal over TLS, retries without TLS.
+        assert!(retry_after(
+            Attempt::TlsIfOffered,
+            &failure(false, true, true)
+        ));
+        assert!(retry_after(
+            Attempt::TlsIfOffered,
+            &failure(true, false, true)
+        ));
+        // ...but not a refusal of a plain connection the server chose, nor a network error.
+        assert!(!retry_after(
+            Attempt::TlsIfOffered,
+            &failure(true, false, false)
+        ));
+        assert!(!retry_after(
+            Attempt::TlsIfOffered,
+            &failure(false, false, false)
+        ));
+        // allow: a refusal of the plain connection retries with TLS.
+        assert!(retry_after(Attempt::Plain, &failure(true, false, false)));
+        assert!(!retry_after(Attempt::Plain, &failure(false, false, false)));
+        assert!(!retry_after(
+            Attempt::TlsRequired,
+            &failure(true, true, true)
+        ));
+    }
+}
