@@ -293,7 +293,62 @@ impl Repo {
             // SAFETY: tests set the same S3 credentials in every thread.
             unsafe { std::env::set_var(k, v) };
         }
-        self.location.open(&self.s3).await.unwrap()
+        let storage = self.location.open(&self.s3).await.unwrap();
+        match &self.location {
+            // The tests run as root, pitr as postgres: what a test writes must stay readable
+            // to pitr (the fs store creates files 0600 for their writer).
+            RepoLocation::Fs(root) if is_root() => Arc::new(PostgresOwned {
+                inner: storage,
+                root: root.clone(),
+            }),
+            _ => storage,
+        }
+    }
+}
+
+/// A local repository written by the tests (as root), its files handed to postgres after
+/// each write.
+#[derive(Debug)]
+struct PostgresOwned {
+    inner: Arc<dyn Storage>,
+    root: PathBuf,
+}
+
+#[async_trait::async_trait]
+impl Storage for PostgresOwned {
+    fn location(&self) -> String {
+        self.inner.location()
+    }
+    async fn put(
+        &self,
+        key: &str,
+        payload: pitr::storage::PutPayload,
+        mode: pitr::storage::PutMode,
+    ) -> Result<(), pitr::storage::StorageError> {
+        let result = self.inner.put(key, payload, mode).await;
+        chown_to_postgres(&self.root);
+        result
+    }
+    async fn get(
+        &self,
+        key: &str,
+    ) -> Result<pitr::storage::ObjectBody, pitr::storage::StorageError> {
+        self.inner.get(key).await
+    }
+    async fn head(
+        &self,
+        key: &str,
+    ) -> Result<pitr::storage::ObjectMeta, pitr::storage::StorageError> {
+        self.inner.head(key).await
+    }
+    async fn list(
+        &self,
+        prefix: &str,
+    ) -> Result<Vec<pitr::storage::ObjectMeta>, pitr::storage::StorageError> {
+        self.inner.list(prefix).await
+    }
+    async fn delete(&self, key: &str) -> Result<(), pitr::storage::StorageError> {
+        self.inner.delete(key).await
     }
 }
 
