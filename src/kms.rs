@@ -11,10 +11,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use aws_config::BehaviorVersion;
-use aws_config::environment::EnvironmentVariableRegionProvider;
-use aws_config::meta::region::RegionProviderChain;
-use aws_config::profile::ProfileFileRegionProvider;
 use aws_sdk_kms::Client;
 use aws_sdk_kms::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_kms::primitives::Blob;
@@ -55,22 +51,10 @@ impl AwsKms {
 }
 
 async fn connect() -> KmsClient {
-    // As for S3: with an endpoint of its own (a KMS-compatible server, a VPC endpoint) the
-    // region does not come from the EC2 metadata probe, which off EC2 costs a timeout.
     let endpoint_given = ["AWS_ENDPOINT_URL_KMS", "AWS_ENDPOINT_URL"]
         .iter()
         .any(|name| std::env::var_os(name).is_some_and(|v| !v.is_empty()));
-    let region = if endpoint_given {
-        RegionProviderChain::first_try(EnvironmentVariableRegionProvider::new())
-            .or_else(ProfileFileRegionProvider::builder().build())
-            .or_else("us-east-1")
-    } else {
-        RegionProviderChain::default_provider().or_else("us-east-1")
-    };
-    let shared = aws_config::defaults(BehaviorVersion::latest())
-        .region(region)
-        .load()
-        .await;
+    let shared = crate::aws::shared_config(endpoint_given).await;
     let timeouts = aws_config::timeout::TimeoutConfig::builder()
         .connect_timeout(Duration::from_secs(10))
         .operation_attempt_timeout(Duration::from_secs(30))

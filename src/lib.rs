@@ -3,6 +3,7 @@
 //! Data flows one way: `cli` → `commands` → `recovery` → `catalog` → `storage`, with `pg`
 //! (PostgreSQL formats) and `codec` (compression and checksums) as pure helpers below them.
 
+mod aws;
 pub mod catalog;
 pub mod cli;
 pub mod codec;

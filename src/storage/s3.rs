@@ -7,10 +7,6 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use aws_config::BehaviorVersion;
-use aws_config::environment::EnvironmentVariableRegionProvider;
-use aws_config::meta::region::RegionProviderChain;
-use aws_config::profile::ProfileFileRegionProvider;
 use aws_sdk_s3::Client;
 use aws_sdk_s3::config::http::HttpResponse;
 use aws_sdk_s3::config::{RequestChecksumCalculation, ResponseChecksumValidation};
@@ -50,22 +46,10 @@ impl S3Storage {
         prefix: &str,
         options: &S3Options,
     ) -> Result<Self, StorageError> {
-        // S3-compatible servers rarely care about the region, but the SDK insists on one. With
-        // a custom endpoint, skip the EC2 metadata probe of the default chain: off EC2 it
-        // would cost a timeout on every archive-push.
+        // S3-compatible servers rarely care about the region, but the SDK insists on one.
         let endpoint_given =
             options.endpoint.is_some() || std::env::var_os("AWS_ENDPOINT_URL").is_some();
-        let region = if endpoint_given {
-            RegionProviderChain::first_try(EnvironmentVariableRegionProvider::new())
-                .or_else(ProfileFileRegionProvider::builder().build())
-                .or_else("us-east-1")
-        } else {
-            RegionProviderChain::default_provider().or_else("us-east-1")
-        };
-        let shared = aws_config::defaults(BehaviorVersion::latest())
-            .region(region)
-            .load()
-            .await;
+        let shared = crate::aws::shared_config(endpoint_given).await;
         let timeouts = aws_config::timeout::TimeoutConfig::builder()
             .connect_timeout(Duration::from_secs(10))
             .build();
