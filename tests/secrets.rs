@@ -315,6 +315,12 @@ async fn no_secret_in_any_output_or_written_file() {
     let local = Repo::local(&dir);
     let s3 = Repo::s3(&server, "secrets");
     let key_bytes: Vec<u8> = (0..32).map(|_| fastrand::u8(..)).collect();
+    // The access key id may be shown (S3 names it in errors); the secret must not hide in it
+    // (MinIO's minioadmin/minioadmin through PITR_TEST_S3_ENDPOINT would).
+    assert!(
+        !server.access_key.contains(&server.secret_key),
+        "give the S3 server a secret key unlike its access key id"
+    );
     let mut audit = Audit::new(&server.secret_key, &key_bytes);
 
     // The files that hold secrets by design, and the proof that the search finds them.
@@ -457,7 +463,13 @@ async fn no_secret_in_any_output_or_written_file() {
         .and_then(|l| l.split_whitespace().nth(1))
         .unwrap_or_else(|| panic!("{out}"))
         .to_owned();
-    pitr.s3(&mut audit, &backup(&url), &s3_env, &[0]);
+    // -vv: debug lines, the libraries' included.
+    pitr.s3(
+        &mut audit,
+        &[&["-vv".to_owned()][..], &backup(&url)].concat(),
+        &s3_env,
+        &[0],
+    );
     let pgpassword = env_of(&[("PGPASSWORD", PG_PASSWORD)]);
     pitr.local(&mut audit, &backup(&tcp), &pgpassword, &[0]);
     let pgpass = private_file(
@@ -489,7 +501,10 @@ async fn no_secret_in_any_output_or_written_file() {
         format!("postgresql://postgres:{PG_PASSWORD}@127.0.0.1:{port}/postgres?bogus=1"),
     ] {
         pitr.local(&mut audit, &backup(&broken), &[], &[2]);
-        pitr.s3(&mut audit, &backup(&broken), &s3_env, &[2]);
+        if broken.starts_with("postgresql:") {
+            // Told to the webhook, and recorded in the S3 repository's history.
+            pitr.s3(&mut audit, &backup(&broken), &s3_env, &[2]);
+        }
         let check = [
             "--check-verify-age",
             "off",
@@ -615,10 +630,14 @@ async fn no_secret_in_any_output_or_written_file() {
         &["key", "add"],
         &["key", "remove"],
     ] {
-        for help in ["--help", "-h"] {
-            pitr.s3(&mut audit, &[command, &[help]].concat(), &help_env, &[0]);
-        }
+        pitr.s3(
+            &mut audit,
+            &[command, &["--help"]].concat(),
+            &help_env,
+            &[0],
+        );
     }
+    pitr.s3(&mut audit, &["-h"], &help_env, &[0]);
     pitr.s3(&mut audit, &["help", "backup"], &help_env, &[0]);
     pitr.s3(&mut audit, &["--version"], &help_env, &[0]);
     pitr.s3(&mut audit, &["backup", "--no-such-flag"], &help_env, &[2]);
@@ -653,6 +672,7 @@ async fn no_secret_in_any_output_or_written_file() {
     );
     let auto_conf = std::fs::read_to_string(restored_local.join("postgresql.auto.conf")).unwrap();
     assert!(auto_conf.contains(&pitr.config), "{auto_conf}");
+    // Both recover at once.
     let mut restored = Vec::new();
     for (name, data, env) in [
         ("rl", restored_local.clone(), Vec::new()),
@@ -663,6 +683,9 @@ async fn no_secret_in_any_output_or_written_file() {
         cluster.port = free_port();
         cluster.configure(&format!("port = {}\nlisten_addresses = ''", cluster.port));
         cluster.start_with_env(&env);
+        restored.push(cluster);
+    }
+    for cluster in &mut restored {
         assert!(
             cluster.recovery_ends_promoted(Duration::from_secs(60)),
             "{}",
@@ -670,7 +693,6 @@ async fn no_secret_in_any_output_or_written_file() {
         );
         assert_eq!(cluster.sql("select count(*) from t"), "1000");
         cluster.stop();
-        restored.push(cluster);
     }
     cluster.stop();
 
@@ -700,7 +722,7 @@ async fn no_secret_in_any_output_or_written_file() {
     }
     let requests = webhook.received.lock().unwrap().clone();
     assert!(
-        contains(&requests, "password=***"),
+        contains(&requests, "postgres:***@"),
         "the webhook heard no redacted failure:\n{}",
         String::from_utf8_lossy(&requests)
     );
