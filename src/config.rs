@@ -83,10 +83,14 @@ pub struct Settings {
 impl Settings {
     pub fn from_toml(text: &str, origin: &Path) -> Result<Self, Error> {
         toml::from_str(text).map_err(|e| {
+            let line = e
+                .span()
+                .map(|span| format!(", line {}", text[..span.start].matches('\n').count() + 1))
+                .unwrap_or_default();
             Error::Config(format!(
-                "config file {}: {}",
+                "config file {}{line}: {}",
                 origin.display(),
-                e.message().trim_end()
+                without_quoted_strings(e.message().trim_end())
             ))
         })
     }
@@ -492,6 +496,20 @@ mod tests {
     }
 
     #[test]
+    fn a_value_of_the_wrong_type_is_not_repeated() {
+        let err = Settings::from_toml(
+            "repo = \"/x\"\nstorage_timeout = \"s3cr\\\"et\"",
+            Path::new("pitr.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert_eq!(
+            err,
+            "config file pitr.toml, line 2: invalid type: string, expected u64"
+        );
+    }
+
+    #[test]
     fn unknown_keys_and_missing_repo_are_explained() {
         let err = Settings::from_toml("repository = \"/x\"", Path::new("pitr.toml")).unwrap_err();
         assert!(
@@ -501,6 +519,28 @@ mod tests {
         let err = RepoConfig::resolve(&Settings::default()).unwrap_err();
         assert!(err.to_string().contains("--repo"), "{err}");
     }
+}
+
+/// `message` without the strings serde quotes in it (`invalid type: string "…"`): a value
+/// in the wrong place of a config file may be a secret; the message gives its line instead.
+fn without_quoted_strings(message: &str) -> String {
+    const QUOTED: &str = "string \"";
+    let mut out = String::new();
+    let mut rest = message;
+    while let Some(start) = rest.find(QUOTED) {
+        out.push_str(&rest[..start + QUOTED.len() - 2]);
+        // serde writes the value as Rust's Debug does: a quote inside is escaped.
+        let value = &rest[start + QUOTED.len()..];
+        let mut escaped = false;
+        let end = value.char_indices().find_map(|(i, c)| {
+            let closes = c == '"' && !escaped;
+            escaped = c == '\\' && !escaped;
+            closes.then_some(i + 1)
+        });
+        rest = &value[end.unwrap_or(value.len())..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// The passphrase variable: the one secret pitr reads from the environment.

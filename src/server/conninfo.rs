@@ -272,7 +272,13 @@ pub fn redact(conninfo: &str) -> String {
     match uri_rest(conninfo) {
         Some(rest) => {
             let scheme = &conninfo[..conninfo.len() - rest.len()];
-            let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+            // A password may hold a '/' the user did not percent-encode (base64 passwords
+            // do): the user information runs to the last '@' before the query.
+            let query_start = rest.find('?').unwrap_or(rest.len());
+            let authority_end = match rest[..query_start].rfind('@') {
+                Some(at) => at + rest[at..].find(['/', '?']).unwrap_or(rest.len() - at),
+                None => rest.find(['/', '?']).unwrap_or(rest.len()),
+            };
             let (authority, tail) = rest.split_at(authority_end);
             let authority = match authority.rsplit_once('@') {
                 Some((userinfo, hosts)) => match userinfo.split_once(':') {
@@ -480,5 +486,13 @@ mod tests {
         );
         assert_eq!(redact("postgres://u@h/db"), "postgres://u@h/db");
         assert_eq!(redact("postgres://u:p@ss@h"), "postgres://u:***@h");
+        assert_eq!(
+            redact("postgres://u:pa/ss@h:x/db?sslmode=require"),
+            "postgres://u:***@h:x/db?sslmode=require"
+        );
+        assert_eq!(
+            redact("postgres://h/db?user=a@b"),
+            "postgres://h/db?user=a@b"
+        );
     }
 }
