@@ -14,7 +14,7 @@
 use chrono::{DateTime, Days, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::{Catalog, CatalogError, sealed};
+use super::{Catalog, CatalogError};
 use crate::storage::{PutMode, PutPayload, StorageError, read_all};
 
 const RUNS_PREFIX: &str = "history/runs/";
@@ -111,12 +111,10 @@ impl Catalog {
         if !command_is_valid(&command) {
             return Err(StorageError::InvalidKey(record.command.clone()).into());
         }
+        let key = run_key(record);
+        let sealed = self.seal_meta(&key, record).await?;
         self.storage
-            .put(
-                &run_key(record),
-                PutPayload::from_bytes(sealed::seal(record)),
-                PutMode::Create,
-            )
+            .put(&key, PutPayload::from_bytes(sealed), PutMode::Create)
             .await?;
         // A damaged latest object is replaced rather than blocking every later run.
         let previous = self.latest_runs(&record.command).await.ok().flatten();
@@ -131,12 +129,10 @@ impl Catalog {
             last_run: record.clone(),
             last_success,
         };
+        let key = latest_key(&record.command);
+        let sealed = self.seal_meta(&key, &latest).await?;
         self.storage
-            .put(
-                &latest_key(&record.command),
-                PutPayload::from_bytes(sealed::seal(&latest)),
-                PutMode::Overwrite,
-            )
+            .put(&key, PutPayload::from_bytes(sealed), PutMode::Overwrite)
             .await?;
         Ok(())
     }
@@ -149,7 +145,8 @@ impl Catalog {
             Err(StorageError::NotFound { .. }) => return Ok(None),
             Err(e) => return Err(e.into()),
         };
-        sealed::unseal(&bytes)
+        self.unseal_meta(&key, bytes)
+            .await?
             .map(Some)
             .map_err(|reason| CatalogError::Corrupt {
                 what: format!("the run history object {key}"),
@@ -206,7 +203,7 @@ impl Catalog {
                 Err(StorageError::NotFound { .. }) => continue, // pruned meanwhile
                 Err(e) => return Err(e.into()),
             };
-            match sealed::unseal::<RunRecord>(&bytes) {
+            match self.unseal_meta::<RunRecord>(&key, bytes).await? {
                 Ok(run) => runs.push(run),
                 Err(reason) => tracing::warn!("skipping run history object {key}: {reason}"),
             }

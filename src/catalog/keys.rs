@@ -416,7 +416,7 @@ impl Catalog {
     }
 
     /// Every object that is sealed in an encrypted repository (all but the identity, keys,
-    /// lock, run history and backup claims), for a check of stored checksums without the key.
+    /// lock and backup claims), for a check of stored checksums without the key.
     pub async fn sealed_objects(&self) -> Result<Vec<super::StoredObject>, CatalogError> {
         Ok(self
             .storage
@@ -460,7 +460,6 @@ fn is_sealed_key(key: &str) -> bool {
     key != IDENTITY_KEY
         && key != KEYS_KEY
         && key != super::lock::LOCK_KEY
-        && !key.starts_with("history/")
         && !key.ends_with(super::backup::CLAIM_LEAF)
         && !key
             .rsplit('/')

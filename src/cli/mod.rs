@@ -95,7 +95,13 @@ pub struct GlobalArgs {
     pub lock_stale_after: Option<u64>,
 
     /// Webhook URL (Slack, Discord, Mattermost) to POST to when backup or verify fails.
-    #[arg(long, global = true, env = "PITR_NOTIFY_URL", value_name = "URL")]
+    #[arg(
+        long,
+        global = true,
+        env = "PITR_NOTIFY_URL",
+        value_name = "URL",
+        hide_env_values = true
+    )]
     pub notify_url: Option<String>,
 
     /// Notify on success too. A bare flag means true; give a value only as

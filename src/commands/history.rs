@@ -66,6 +66,12 @@ pub async fn record(catalog: &Catalog, record: &RunRecord) {
         tracing::debug!("not recording this {} run: {e}", record.command);
         return;
     }
+    // The history is encrypted too: a run without the key (verify of stored checksums) is
+    // not recorded.
+    if !catalog.can_decrypt() {
+        tracing::debug!("not recording this {} run: no key", record.command);
+        return;
+    }
     if let Err(e) = catalog.record_run(record).await {
         tracing::warn!(
             "could not record this {} run in the repository's history: {e}",
