@@ -298,7 +298,19 @@ async fn keys_rotate_without_rewriting_data() {
         stderr(&out)
     );
 
-    // The old passphrase now opens nothing, and says so.
+    // archive_command kept the data key its passphrase opened in the push spool, private.
+    let spool = cluster.data.join("pg_wal/.pitr-spool");
+    let cache = std::fs::read_dir(&spool)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path().join("data-key.json"))
+        .find(|p| p.exists())
+        .expect("no key cache in the push spool");
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&cache).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600);
+
+    // The old passphrase now opens nothing, and says so; its cached key does not help.
     let out = pitr.run(["list"]);
     assert_eq!(code(&out), 12, "{}", stderr(&out));
     let message = stderr(&out);
@@ -307,6 +319,21 @@ async fn keys_rotate_without_rewriting_data() {
         assert!(message.contains(&fingerprint), "{message}");
     }
     assert!(!message.contains("corrupt"), "{message}");
+    let current = std::fs::read_dir(cluster.data.join("pg_wal"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.len() == 24 && n.bytes().all(|b| b.is_ascii_hexdigit()))
+        .max()
+        .unwrap();
+    let out = pitr
+        .command(["archive-push"])
+        .arg(cluster.wal_path(&current))
+        .env("PITR_ARCHIVE_PUSH_PARALLEL", "1")
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 12, "{}", stderr(&out));
+    assert!(cache.exists());
 
     // Only keys.json changed.
     let after = objects(&*storage).await;

@@ -248,18 +248,23 @@ impl KeysFile {
             .join(", ")
     }
 
-    /// The data key, opened with the first of `materials` that opens a wrap, and the wrap's
-    /// fingerprint.
+    /// The data key, opened with the first of `materials` that opens a wrap, and which wrap
+    /// and which material opened it.
     pub async fn unlock(
         &self,
         materials: &[KeyMaterial],
-    ) -> Result<(DataKey, String), CatalogError> {
-        for material in materials {
-            for wrap in self.wraps.iter().filter(|w| w.is_for(material)) {
+    ) -> Result<(DataKey, usize, usize), CatalogError> {
+        for (m, material) in materials.iter().enumerate() {
+            for (w, wrap) in self
+                .wraps
+                .iter()
+                .enumerate()
+                .filter(|(_, w)| w.is_for(material))
+            {
                 if let Some(key) = wrap.open(material).await?
                     && key.fingerprint() == self.data_key
                 {
-                    return Ok((key, wrap.fingerprint.clone()));
+                    return Ok((key, w, m));
                 }
             }
         }
@@ -276,7 +281,102 @@ impl KeysFile {
     }
 }
 
+/// The data key that a passphrase opened, kept in the local spool of archive-push and
+/// archive-get (0600, beside pg_wal): PostgreSQL starts one process per WAL file, and each
+/// would otherwise pay Argon2id. It is used only while keys.json still has the wrap it came
+/// from and the passphrase given matches it (`verifier`), so a removed passphrase opens
+/// nothing, cached or not. Whoever can read it can read the passphrase file and the data
+/// directory beside it.
+#[derive(Serialize, Deserialize)]
+struct CachedKey {
+    format: u32,
+    wrap: String,
+    verifier: String,
+    data_key: String,
+}
+
+const KEY_CACHE_FORMAT: u32 = 1;
+/// The cache's file name in a spool directory.
+pub const KEY_CACHE_FILE: &str = "data-key.json";
+
+fn cache_verifier(salt: &[u8], passphrase: &[u8]) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::new()
+        .chain_update(b"pitr key cache v1\0")
+        .chain_update((salt.len() as u64).to_le_bytes())
+        .chain_update(salt)
+        .chain_update(passphrase)
+        .finalize();
+    hex::encode(digest)
+}
+
+impl KeysFile {
+    /// The cached data key at `path`, if a passphrase in `materials` opens its wrap.
+    fn cached(&self, path: &std::path::Path, materials: &[KeyMaterial]) -> Option<DataKey> {
+        let cached: CachedKey = serde_json::from_slice(&std::fs::read(path).ok()?).ok()?;
+        let wrap = self
+            .wraps
+            .iter()
+            .find(|w| w.kind == WrapKind::Passphrase && w.fingerprint == cached.wrap)?;
+        let salt = decode64(&wrap.salt)?;
+        let given = materials.iter().any(|m| {
+            matches!(m, KeyMaterial::Passphrase { secret, .. }
+                if cache_verifier(&salt, secret) == cached.verifier)
+        });
+        let bytes = Zeroizing::new(BASE64.decode(&cached.data_key).ok()?);
+        let key = DataKey::from_exposed(&bytes)?;
+        (cached.format == KEY_CACHE_FORMAT && given && key.fingerprint() == self.data_key)
+            .then_some(key)
+    }
+}
+
+/// Writes the cache: a private file, replaced whole.
+fn store_cached(
+    path: &std::path::Path,
+    wrap: &Wrap,
+    passphrase: &[u8],
+    key: &DataKey,
+) -> std::io::Result<()> {
+    use std::io::Write;
+    let salt = decode64(&wrap.salt).ok_or_else(|| std::io::Error::other("wrap has no salt"))?;
+    let cached = CachedKey {
+        format: KEY_CACHE_FORMAT,
+        wrap: wrap.fingerprint.clone(),
+        verifier: cache_verifier(&salt, passphrase),
+        data_key: BASE64.encode(key.expose()),
+    };
+    let json = Zeroizing::new(serde_json::to_vec(&cached).map_err(std::io::Error::other)?);
+    let dir = path.parent().unwrap_or(std::path::Path::new("."));
+    crate::private_fs::create_dir_all(dir)?;
+    // tempfile creates it 0600.
+    let mut staged = tempfile::Builder::new()
+        .prefix(".key-cache-")
+        .tempfile_in(dir)?;
+    staged.write_all(&json)?;
+    staged.persist(path).map_err(|e| e.error)?;
+    Ok(())
+}
+
 impl Catalog {
+    /// The data key, opened with the configured key materials: from the local cache when
+    /// there is one that still fits (see [`CachedKey`]), else by unwrapping (and then
+    /// cached, when a passphrase opened it).
+    pub(super) async fn open_data_key(&self, keys: &KeysFile) -> Result<DataKey, CatalogError> {
+        if let Some(path) = &self.key_cache
+            && let Some(key) = keys.cached(path, &self.key_materials)
+        {
+            return Ok(key);
+        }
+        let (key, wrap, material) = keys.unlock(&self.key_materials).await?;
+        if let (Some(path), KeyMaterial::Passphrase { secret, .. }) =
+            (&self.key_cache, &self.key_materials[material])
+            && let Err(e) = store_cached(path, &keys.wraps[wrap], secret, &key)
+        {
+            tracing::debug!("cannot cache the data key in {}: {e}", path.display());
+        }
+        Ok(key)
+    }
+
     /// The repository's keys.json.
     pub async fn keys_file(&self) -> Result<KeysFile, CatalogError> {
         let bytes = match read_all(&*self.storage, KEYS_KEY).await {

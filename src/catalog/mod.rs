@@ -349,6 +349,9 @@ pub struct Catalog {
     key_materials: Arc<Vec<KeyMaterial>>,
     /// Known from the first read of the identity on (opening the data key costs a KDF).
     encryption: Arc<OnceLock<Encryption>>,
+    /// Where archive-push and archive-get keep the data key a passphrase opened (see
+    /// `keys::CachedKey`).
+    key_cache: Option<PathBuf>,
 }
 
 /// Whether the repository is encrypted and, if so, its data key when a key opened it.
@@ -371,7 +374,14 @@ impl Catalog {
             compression: Arc::new(OnceLock::new()),
             key_materials: Arc::new(Vec::new()),
             encryption: Arc::new(OnceLock::new()),
+            key_cache: None,
         }
+    }
+
+    /// Keeps the data key a passphrase opens in this local file (a spool directory).
+    pub fn with_key_cache(mut self, path: PathBuf) -> Self {
+        self.key_cache = Some(path);
+        self
     }
 
     /// The keys that open an encrypted repository (passphrase, key file, KMS key).
@@ -431,7 +441,7 @@ impl Catalog {
             let key = if self.key_materials.is_empty() {
                 None
             } else {
-                Some(keys.unlock(&self.key_materials).await?.0)
+                Some(self.open_data_key(&keys).await?)
             };
             Encryption::On {
                 key,

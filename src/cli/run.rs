@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use super::{Cli, Command, KeyAction, notify, progress, render, restore_command};
 use crate::catalog::Catalog;
+use crate::catalog::keys::KEY_CACHE_FILE;
 use crate::commands::archive_get::{ArchiveGetOptions, archive_get, serve_from_spool};
 use crate::commands::archive_push::{ArchivePushOptions, archive_push, archived_ahead};
 use crate::commands::backup::{BackupOptions, backup};
@@ -121,7 +122,13 @@ async fn run_archive_get(
     let options = archive_get_options(settings, config, name, dest)?;
     let report = match serve_from_spool(&options)? {
         Some(report) => report,
-        None => archive_get(&open_catalog(settings, config).await?, &options).await?,
+        None => {
+            let mut catalog = open_catalog(settings, config).await?;
+            if let Some(spool) = &options.spool {
+                catalog = catalog.with_key_cache(spool.dir.join(KEY_CACHE_FILE));
+            }
+            archive_get(&catalog, &options).await?
+        }
     };
     after_archive_get(&options, settings);
     render::archive_get(&report);
@@ -243,6 +250,7 @@ async fn run_archive_push(
         SpoolKind::Push,
         &repository,
     );
+    let key_cache = dir.join(KEY_CACHE_FILE);
     let options = ArchivePushOptions {
         path,
         threads,
@@ -253,7 +261,9 @@ async fn run_archive_push(
         render::archive_push(&report);
         return Ok(EXIT_OK);
     }
-    let catalog = open_catalog(settings, config).await?;
+    let catalog = open_catalog(settings, config)
+        .await?
+        .with_key_cache(key_cache);
     render::archive_push(&archive_push(&catalog, &options).await?);
     Ok(EXIT_OK)
 }
@@ -315,6 +325,7 @@ async fn execute(
                 pgdata: std::env::current_dir()
                     .map_err(|e| Error::local_io("the working directory", e))?,
             };
+            let catalog = catalog.with_key_cache(options.spool.dir.join(KEY_CACHE_FILE));
             let report = prefetch(&catalog, &options).await?;
             tracing::info!(
                 "prefetcher stopped ({:?}) after {} segments",

@@ -841,7 +841,7 @@ pub async fn test_cipher(
         serde_json::from_slice(&pitr::storage::read_all(storage, "keys.json").await.unwrap())
             .unwrap();
     let material = pitr::catalog::keys::KeyMaterial::passphrase(TEST_PASSPHRASE.as_bytes(), "test");
-    let (data_key, _) = keys.unlock(&[material]).await.unwrap();
+    let (data_key, _, _) = keys.unlock(&[material]).await.unwrap();
     Some(data_key.for_object(key))
 }
 
