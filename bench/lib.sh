@@ -1,0 +1,95 @@
+# Helpers shared by the bench scripts: `source bench/lib.sh` from the checkout's root, after
+# `set -euo pipefail`. (bench/encryption.sh uses it; the older scripts still carry their own
+# copies of these lines.)
+
+PG_BIN=${PG_BIN:-/usr/lib/postgresql/15/bin}
+
+# Runs a command as the postgres user when root (PostgreSQL refuses to run as root).
+as_pg() { if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+
+# Gives the postgres user what the bench made as root.
+give_pg() { if [ "$(id -u)" -eq 0 ]; then chown -R postgres: "$@"; fi; }
+
+require_pg() {
+  [ -x "$PG_BIN/initdb" ] || { echo "PostgreSQL 15 is not installed: apt-get install postgresql-15" >&2; exit 1; }
+}
+
+require_gnu_time() {
+  [ -x /usr/bin/time ] || { echo "GNU time is not installed: apt-get install time" >&2; exit 1; }
+}
+
+# A release pitr copied into DIR (readable by postgres): PITR_BIN, or a fresh release build.
+release_pitr() { # DIR
+  if [ -z "${PITR_BIN:-}" ]; then
+    cargo build --release --quiet
+    PITR_BIN=target/release/pitr
+  fi
+  cp "$PITR_BIN" "$1/pitr"
+  chmod 755 "$1/pitr"
+}
+
+# A new cluster in DATA listening only on a Unix socket in SOCKET_DIR (no TCP port to
+# collide with), with the extra postgresql.conf lines read from stdin.
+new_cluster() { # DATA SOCKET_DIR
+  as_pg "$PG_BIN/initdb" -D "$1" -A trust -U postgres -N >/dev/null
+  { printf "listen_addresses = ''\nunix_socket_directories = '%s'\nport = 5432\n" "$2"; cat; } \
+    >> "$1/postgresql.conf"
+}
+start_cluster() { as_pg "$PG_BIN/pg_ctl" -D "$1" -l "$1.log" -w start >/dev/null; } # DATA
+stop_cluster() { as_pg "$PG_BIN/pg_ctl" -D "$1" -m fast -w stop >/dev/null; }       # DATA
+# For cleanup traps: stops DATA's server if it runs, quietly.
+kill_cluster() { [ -d "$1" ] && as_pg "$PG_BIN/pg_ctl" -D "$1" -m immediate stop >/dev/null 2>&1 || true; }
+
+# A new empty file in $WORK that postgres may write (not in /tmp: fs.protected_regular
+# keeps another user from opening a file there).
+scratch_file() {
+  local file
+  file=$(mktemp -p "$WORK" .scratch-XXXXXX)
+  give_pg "$file"
+  echo "$file"
+}
+
+# Runs a command as postgres under GNU time; prints "seconds peak_rss_kb cpu_seconds"
+# (cpu: user + system). Stops the script with the command's stderr if it fails.
+measure() {
+  local out
+  out=$(scratch_file)
+  as_pg /usr/bin/time -f "%e %M %U %S" -o "$out" "$@" >/dev/null 2>"$out.err" || {
+    cat "$out.err" >&2; rm -f "$out" "$out.err"; exit 1; }
+  awk '{ printf "%s %s %.2f\n", $1, $2, $3 + $4 }' "$out"
+  rm -f "$out" "$out.err"
+}
+
+# Times each call of CMD alone, one process per WAL file as PostgreSQL runs archive_command
+# and restore_command, from DIR, as postgres: CMD is a template in which {} is the file's
+# name. What PostgreSQL does itself between calls (removing the previous RECOVERYXLOG before
+# restore_command) is left out. Prints the mean wall time per call in ns and the CPU time
+# (user + system, of the whole loop) per call in µs. Exit status 1 of CMD (archive-get: not
+# in the repository) is accepted when ALLOW_ONE=1.
+time_loop() { # DIR CMD NAME...
+  local dir=$1 cmd=$2 cpu
+  shift 2
+  cpu=$(scratch_file)
+  as_pg env DIR="$dir" NAMES="$*" CMD="$cmd" ALLOW_ONE="${ALLOW_ONE:-0}" \
+    /usr/bin/time -f "%U %S" -o "$cpu" bash -c '
+    set -e
+    cd "$DIR"
+    total=0
+    for n in $NAMES; do
+      rm -f pg_wal/RECOVERYXLOG
+      start=$EPOCHREALTIME
+      rc=0
+      eval "${CMD//\{\}/$n}" || rc=$?
+      end=$EPOCHREALTIME
+      [ "$rc" -eq 0 ] || { [ "$ALLOW_ONE" = 1 ] && [ "$rc" -eq 1 ]; } || {
+        echo "exit $rc: ${CMD//\{\}/$n}" >&2; exit 1; }
+      total=$(( total + ${end/./} - ${start/./} ))
+    done
+    echo $(( total * 1000 / $(wc -w <<<"$NAMES") ))' >"$cpu.wall" || { rm -f "$cpu" "$cpu.wall"; return 1; }
+  printf '%s %s\n' "$(cat "$cpu.wall")" \
+    "$(awk -v n="$#" '{ printf "%.0f", ($1 + $2) * 1e6 / n }' "$cpu")"
+  rm -f "$cpu" "$cpu.wall"
+}
+
+# The smaller of two numbers (best of several runs on a noisy machine).
+best() { awk -v a="$1" -v b="$2" 'BEGIN { print (a < b ? a : b) }'; }
