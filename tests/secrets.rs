@@ -142,7 +142,7 @@ impl Audit {
             serde_json::from_slice(&pitr::storage::read_all(storage, "keys.json").await.unwrap())
                 .unwrap();
         let material = KeyMaterial::passphrase(PASSPHRASE.as_bytes(), "test");
-        let (data_key, _) = keys.unlock(&[material]).await.unwrap();
+        let (data_key, _, _) = keys.unlock(&[material]).await.unwrap();
         let mut decoded_objects = 0;
         let mut canary = false;
         for meta in storage.list("").await.unwrap() {
