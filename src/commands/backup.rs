@@ -115,6 +115,11 @@ async fn backup_locked(
         .await?;
     let label = format!("pitr backup {id}");
     let start_lsn = session.backup_start(&label, options.fast).await?;
+    // A standby writes no backup history file: then only the stop segment is waited for.
+    let from_standby = session
+        .text("asking for recovery", "SELECT pg_is_in_recovery()::text")
+        .await?
+        == "true";
     let start_wal_segment = session.walfile_name(start_lsn).await?;
     let timeline = WalFileName::parse(&start_wal_segment)
         .map_err(|e| Error::Server(e.to_string()))?
@@ -150,19 +155,19 @@ async fn backup_locked(
     let stop_wal_segment = session.walfile_name(stop_lsn).await?;
     let stop_segment =
         WalFileName::parse(&stop_wal_segment).map_err(|e| Error::Server(e.to_string()))?;
-    let history = backup_history_file_name(
-        stop_segment.timeline(),
-        start_lsn,
-        identity.wal_segment_size,
-    );
-    let history = WalFileName::parse(&history).map_err(|e| Error::Server(e.to_string()))?;
+    let mut awaited = vec![stop_segment];
+    if !from_standby {
+        let history =
+            backup_history_file_name(awaited[0].timeline(), start_lsn, identity.wal_segment_size);
+        awaited.push(WalFileName::parse(&history).map_err(|e| Error::Server(e.to_string()))?);
+    }
     let waited = wait_for_wal(
         catalog,
         &session,
         options,
         WalWait {
             id: &id,
-            files: vec![stop_segment, history],
+            files: awaited,
             deadline: wal_deadline,
             archiver_before,
         },
@@ -458,7 +463,7 @@ async fn copy_object(
 /// What a backup waits for before it is listed.
 struct WalWait<'a> {
     id: &'a str,
-    /// The segment holding the stop point and the backup history file: what
+    /// The segment holding the stop point and the backup history file (a primary's): what
     /// `pg_backup_stop(wait_for_archive => true)` waits for, but with a deadline.
     files: Vec<WalFileName>,
     /// None: no deadline (a timeout too large to add).
