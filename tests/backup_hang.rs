@@ -1,5 +1,6 @@
 //! `pitr backup` with archiving broken: it ends at its `--wal-timeout`, says why, and
-//! records nothing; once archiving works, the next backup succeeds.
+//! records nothing; once archiving works, the next backup succeeds. Then the restore
+//! targets that exit 7 (invalid input).
 
 mod common;
 
@@ -87,5 +88,17 @@ async fn a_backup_with_archiving_broken_ends_at_its_wal_timeout() {
         String::from_utf8_lossy(&out.stdout),
         stderr(&out)
     );
+
+    // Exit 7, as the table says, for a restore target that is not empty or where a
+    // postmaster runs; neither is touched.
+    let occupied = dir.subdir("occupied");
+    std::fs::write(occupied.join("keep"), "mine").unwrap();
+    let out = pitr.run(["restore", "--pgdata", &occupied.display().to_string()]);
+    assert_eq!(code(&out), 7, "{}", stderr(&out));
+    assert!(stderr(&out).contains("is not empty"), "{}", stderr(&out));
+    assert_eq!(files_under(&occupied), vec![occupied.join("keep")]);
+    let out = pitr.run(["restore", "--pgdata", &cluster.data.display().to_string()]);
+    assert_eq!(code(&out), 7, "{}", stderr(&out));
+    assert!(stderr(&out).contains("postmaster"), "{}", stderr(&out));
     cluster.stop();
 }
