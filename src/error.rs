@@ -61,7 +61,9 @@ pub const EXIT_CODES: &[ExitCode] = &[
     },
     ExitCode {
         code: EXIT_INVALID_INPUT,
-        meaning: "invalid input: a file or directory given is not what it should be",
+        meaning: "invalid input: a file or directory given is not what it should be (not a WAL \
+                  file or a data directory; a restore target not empty or with a postmaster \
+                  running)",
     },
     ExitCode {
         code: EXIT_INCOMPLETE,

@@ -6,6 +6,9 @@ pub trait Progress: Send + Sync {
     fn start(&self, _what: &str, _total: u64) {}
     /// `bytes` more are done.
     fn advance(&self, _bytes: u64) {}
+    /// Where a wait stands while no bytes move (a backup waiting for its WAL); called every
+    /// few seconds.
+    fn note(&self, _line: &str) {}
     fn finish(&self) {}
 }
 

@@ -293,7 +293,7 @@ async fn backup_faults() {
     // Two backups at once: the second is refused at once (exit 11, one line naming the
     // first by its pid), the first completes, listed and intact. The kill -9s above left
     // no lock behind: the kernel drops a dead holder's flock.
-    // Archiving paused, the first waits in pg_backup_stop for its WAL, holding the lock.
+    // Archiving paused, the first waits for its WAL (up to --wal-timeout), holding the lock.
     cluster.sql("alter system set archive_command = 'false'");
     cluster.sql("select pg_reload_conf()");
     let first = backup_command(&pitr, &cluster).spawn().unwrap();

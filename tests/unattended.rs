@@ -18,7 +18,7 @@ use pitr::storage::{PutMode, PutPayload, Storage, read_all};
 
 const LOCK_KEY: &str = "lock.json";
 
-/// Stops archiving (every attempt fails) so that a backup waits in pg_backup_stop, holding
+/// Stops archiving (every attempt fails) so that a backup waits for its WAL, holding
 /// the repository lock, until [`resume_archiving`].
 fn pause_archiving(cluster: &PgCluster) {
     cluster.sql("alter system set archive_command = 'false'");

@@ -382,7 +382,10 @@ pub enum Command {
         /// Files copied at once (default: the number of cores).
         #[arg(long, value_name = "N")]
         jobs: Option<usize>,
-        /// How long to wait for the backup's last WAL segment to reach the repository.
+        /// How long, in seconds, to wait for the backup's WAL (its last segment and backup
+        /// history file) to reach the repository, once the files are copied.
+        /// Meanwhile a line every 5 s names what is missing and whether archiving fails;
+        /// at the deadline the backup fails (exit 8) and nothing is recorded.
         #[arg(long, value_name = "SECONDS", default_value_t = 120)]
         wal_timeout: u64,
         /// Pin the backup: retention never removes it (until `pitr unpin`).

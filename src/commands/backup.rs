@@ -11,7 +11,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use futures_util::{StreamExt, TryStreamExt, stream};
 
 use crate::catalog::backup::{
@@ -22,7 +22,8 @@ use crate::datadir::read_cluster_identity;
 use crate::error::{Error, Result};
 use crate::pg::WalFileName;
 use crate::pg::basebackup::{Disposition, classify, is_database_directory, unlogged_files};
-use crate::server::{Session, connection_settings};
+use crate::pg::wal_name::backup_history_file_name;
+use crate::server::{ArchiverStats, Session, connection_settings};
 
 use super::blocking;
 
@@ -105,6 +106,8 @@ async fn backup_locked(
     };
     check_pgdata(&pgdata, identity.system_identifier)?;
 
+    // Archiving that fails already has failed since before this backup.
+    let archiver_before = session.archiver_stats().await.ok();
     catalog.remove_staging_leftovers().await;
     let start_time = Utc::now();
     let id = catalog
@@ -112,6 +115,11 @@ async fn backup_locked(
         .await?;
     let label = format!("pitr backup {id}");
     let start_lsn = session.backup_start(&label, options.fast).await?;
+    // A standby writes no backup history file: then only the stop segment is waited for.
+    let from_standby = session
+        .text("asking for recovery", "SELECT pg_is_in_recovery()::text")
+        .await?
+        == "true";
     let start_wal_segment = session.walfile_name(start_lsn).await?;
     let timeline = WalFileName::parse(&start_wal_segment)
         .map_err(|e| Error::Server(e.to_string()))?
@@ -140,10 +148,40 @@ async fn backup_locked(
         .await?;
 
     options.progress.finish();
+    // The whole wait for the backup's WAL, pg_backup_stop included, is bounded by this.
+    let wal_deadline = Instant::now().checked_add(options.wal_timeout);
     let (stop_lsn, backup_label, tablespace_map) = session.backup_stop().await?;
     let stop_time = Utc::now();
     let stop_wal_segment = session.walfile_name(stop_lsn).await?;
-    wait_for_wal(catalog, &stop_wal_segment, options.wal_timeout).await?;
+    let stop_segment =
+        WalFileName::parse(&stop_wal_segment).map_err(|e| Error::Server(e.to_string()))?;
+    let mut awaited = vec![stop_segment];
+    if !from_standby {
+        let history =
+            backup_history_file_name(awaited[0].timeline(), start_lsn, identity.wal_segment_size);
+        awaited.push(WalFileName::parse(&history).map_err(|e| Error::Server(e.to_string()))?);
+    }
+    let waited = wait_for_wal(
+        catalog,
+        &session,
+        options,
+        WalWait {
+            id: &id,
+            files: awaited,
+            deadline: wal_deadline,
+            archiver_before,
+        },
+    )
+    .await;
+    options.progress.finish();
+    if let Err(error) = waited {
+        // Its history file may still arrive once archiving works: without the backup's
+        // objects, it is not taken for a finished backup that lost its manifest.
+        if let Err(e) = catalog.delete_backup(&id, None).await {
+            tracing::warn!("removing the objects of unfinished backup {id}: {e}");
+        }
+        return Err(error);
+    }
 
     let mut files: Vec<BackupFile> = copied.iter().flat_map(|(f, _)| f.clone()).collect();
     files.sort_by(|a, b| (&a.path, a.file_offset).cmp(&(&b.path, b.file_offset)));
@@ -422,21 +460,222 @@ async fn copy_object(
     Ok((entries, encoded.stored_len))
 }
 
-/// A backup is restorable only with the WAL up to its stop point in the repository.
-async fn wait_for_wal(catalog: &Catalog, segment: &str, timeout: Duration) -> Result<()> {
-    let name = WalFileName::parse(segment).map_err(|e| Error::Server(e.to_string()))?;
-    // A timeout too large to add is no deadline at all.
-    let deadline = Instant::now().checked_add(timeout);
-    while !catalog.has_wal(&name).await? {
-        if deadline.is_some_and(|deadline| Instant::now() >= deadline) {
-            return Err(Error::Incomplete(format!(
-                "WAL segment {segment} (the backup's end) did not reach the repository within \
-                 {} s: is archive_command pushing to this repository? The backup was not \
-                 recorded",
-                timeout.as_secs()
-            )));
+/// What a backup waits for before it is listed.
+struct WalWait<'a> {
+    id: &'a str,
+    /// The segment holding the stop point and the backup history file (a primary's): what
+    /// `pg_backup_stop(wait_for_archive => true)` waits for, but with a deadline.
+    files: Vec<WalFileName>,
+    /// None: no deadline (a timeout too large to add).
+    deadline: Option<Instant>,
+    /// `pg_stat_archiver` before the backup started.
+    archiver_before: Option<ArchiverStats>,
+}
+
+/// A line about the wait once it has lasted this long, then every [`NOTE_EVERY`].
+const NOTE_AFTER: Duration = Duration::from_secs(2);
+const NOTE_EVERY: Duration = Duration::from_secs(5);
+
+/// A backup is restorable only with the WAL up to its stop point in the repository. Waits
+/// for it until the deadline, telling what the archiver does meanwhile.
+async fn wait_for_wal(
+    catalog: &Catalog,
+    session: &Session,
+    options: &BackupOptions,
+    wait: WalWait<'_>,
+) -> Result<()> {
+    let started = Instant::now();
+    let mut pending = wait.files;
+    let mut archiver = wait.archiver_before;
+    let mut failing_since = archiver
+        .as_ref()
+        .filter(|stats| stats.failing())
+        .and_then(|stats| stats.last_failed_time);
+    let mut next_stats = started;
+    let mut next_note = started + NOTE_AFTER;
+    loop {
+        let mut still_pending = Vec::new();
+        for name in pending {
+            if !catalog.has_wal(&name).await? {
+                still_pending.push(name);
+            }
+        }
+        pending = still_pending;
+        let Some(first) = pending.first() else {
+            return Ok(());
+        };
+        let now = Instant::now();
+        if now >= next_stats {
+            // The archiver's word is advice: without it the deadline still holds.
+            match session.archiver_stats().await {
+                Ok(stats) => {
+                    if !stats.failing() {
+                        failing_since = None;
+                    } else if failing_since.is_none() {
+                        failing_since = stats.last_failed_time;
+                    }
+                    archiver = Some(stats);
+                }
+                Err(e) => tracing::debug!("{e}"),
+            }
+            next_stats = now + Duration::from_secs(1);
+        }
+        let state = WaitState {
+            waiting_for: first,
+            waited: now.duration_since(started),
+            timeout: options.wal_timeout,
+            archiver: archiver.as_ref(),
+            failing_since,
+        };
+        if wait.deadline.is_some_and(|deadline| now >= deadline) {
+            return Err(Error::Incomplete(state.timed_out(wait.id)));
+        }
+        if now >= next_note {
+            options.progress.note(&state.waiting());
+            next_note = now + NOTE_EVERY;
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    Ok(())
+}
+
+/// Where a wait for WAL stands: what the lines about it say.
+struct WaitState<'a> {
+    waiting_for: &'a WalFileName,
+    waited: Duration,
+    timeout: Duration,
+    archiver: Option<&'a ArchiverStats>,
+    /// When archiving was first seen failing, with no success since.
+    failing_since: Option<DateTime<Utc>>,
+}
+
+fn utc_seconds(time: DateTime<Utc>) -> String {
+    time.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+impl WaitState<'_> {
+    /// The archiver's side: failing (which file, since when) or the last file it archived.
+    fn archiver_says(&self) -> Option<String> {
+        let stats = self.archiver?;
+        if stats.failing() {
+            let since = self.failing_since.or(stats.last_failed_time)?;
+            return Some(format!(
+                "archiving is failing since {} (last failed: {})",
+                utc_seconds(since),
+                stats.last_failed_wal.as_deref().unwrap_or("unknown")
+            ));
+        }
+        stats
+            .last_archived_wal
+            .as_ref()
+            .map(|wal| format!("PostgreSQL last archived {wal}"))
+    }
+
+    /// The progress line.
+    fn waiting(&self) -> String {
+        let mut line = format!(
+            "waiting for {} to reach the repository ({} s of {} s)",
+            self.waiting_for,
+            self.waited.as_secs(),
+            self.timeout.as_secs()
+        );
+        if let Some(archiver) = self.archiver_says() {
+            line.push_str(&format!(": {archiver}"));
+        }
+        line
+    }
+
+    /// The error at the deadline.
+    fn timed_out(&self, id: &str) -> String {
+        let mut message = format!(
+            "backup {id} was not recorded: {} did not reach the repository within {} s; ",
+            self.waiting_for,
+            self.timeout.as_secs()
+        );
+        match self.archiver_says() {
+            Some(archiver) if self.archiver.is_some_and(ArchiverStats::failing) => message
+                .push_str(&format!(
+                    "{archiver}: fix archive_command, then run backup again"
+                )),
+            Some(archiver) => message.push_str(&format!(
+                "{archiver}: is archive_command pushing to this repository?"
+            )),
+            None => message.push_str("is archive_command pushing to this repository?"),
+        }
+        message
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stats(row: &str) -> ArchiverStats {
+        ArchiverStats::parse(row)
+    }
+
+    #[test]
+    fn a_wait_names_the_failing_segment_and_since_when() {
+        let name = WalFileName::parse("000000010000000000000007").unwrap();
+        let failing =
+            stats("5|9|000000010000000000000004|1764979200|000000010000000000000005|1764979500");
+        let state = WaitState {
+            waiting_for: &name,
+            waited: Duration::from_secs(7),
+            timeout: Duration::from_secs(10),
+            archiver: Some(&failing),
+            failing_since: DateTime::from_timestamp(1_764_979_260, 0),
+        };
+        assert_eq!(
+            state.waiting(),
+            "waiting for 000000010000000000000007 to reach the repository (7 s of 10 s): \
+             archiving is failing since 2025-12-06T00:01:00Z (last failed: \
+             000000010000000000000005)"
+        );
+        assert_eq!(
+            state.timed_out("20261206T045500Z"),
+            "backup 20261206T045500Z was not recorded: 000000010000000000000007 did not reach \
+             the repository within 10 s; archiving is failing since 2025-12-06T00:01:00Z (last \
+             failed: 000000010000000000000005): fix archive_command, then run backup again"
+        );
+        // Not seen failing before: the last failure is the earliest known.
+        let state = WaitState {
+            failing_since: None,
+            ..state
+        };
+        assert!(
+            state
+                .waiting()
+                .contains("failing since 2025-12-06T00:05:00Z")
+        );
+    }
+
+    #[test]
+    fn a_wait_without_failures_asks_where_archiving_goes() {
+        let name = WalFileName::parse("000000010000000000000007").unwrap();
+        let healthy = stats("5|0|000000010000000000000006|1764979200||");
+        let state = WaitState {
+            waiting_for: &name,
+            waited: Duration::from_secs(10),
+            timeout: Duration::from_secs(10),
+            archiver: Some(&healthy),
+            failing_since: None,
+        };
+        assert!(
+            state.timed_out("b").ends_with(
+                "PostgreSQL last archived 000000010000000000000006: is archive_command \
+                 pushing to this repository?"
+            ),
+            "{}",
+            state.timed_out("b")
+        );
+        let state = WaitState {
+            archiver: None,
+            ..state
+        };
+        assert!(
+            state
+                .timed_out("b")
+                .ends_with("within 10 s; is archive_command pushing to this repository?")
+        );
+    }
 }

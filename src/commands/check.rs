@@ -2,6 +2,7 @@
 //! (through `overview`), the run history and, given a connection, the server say, then
 //! decides each check's state in a pure function (`evaluate`).
 
+pub use crate::server::ArchiverStats;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -271,17 +272,6 @@ pub struct ServerFacts {
     /// Segments between the newest archived one and the last complete one.
     pub segments_behind: Option<u64>,
     pub archiver: Option<ArchiverStats>,
-}
-
-/// `pg_stat_archiver`.
-#[derive(Clone, Debug, Default)]
-pub struct ArchiverStats {
-    pub archived_count: u64,
-    pub failed_count: u64,
-    pub last_archived_wal: Option<String>,
-    pub last_archived_time: Option<DateTime<Utc>>,
-    pub last_failed_wal: Option<String>,
-    pub last_failed_time: Option<DateTime<Utc>>,
 }
 
 /// What `--switch-wal` saw.
@@ -671,17 +661,7 @@ async fn server_facts(
             facts.last_complete_segment = Some(last);
         }
     }
-    let row = session
-        .text(
-            "reading pg_stat_archiver",
-            "SELECT concat_ws('|', archived_count, failed_count, \
-             coalesce(last_archived_wal, ''), \
-             coalesce(extract(epoch from last_archived_time)::text, ''), \
-             coalesce(last_failed_wal, ''), \
-             coalesce(extract(epoch from last_failed_time)::text, '')) FROM pg_stat_archiver",
-        )
-        .await?;
-    facts.archiver = Some(parse_archiver_row(&row));
+    facts.archiver = Some(session.archiver_stats().await?);
     Ok(facts)
 }
 
@@ -693,23 +673,6 @@ fn current_segment(row: &str, segment_size: u64) -> Option<(u32, u64)> {
     let timeline = u32::from_str_radix(timeline, 16).ok()?;
     let lsn: crate::pg::Lsn = lsn.parse().ok()?;
     Some((timeline, lsn.segment_number(segment_size)))
-}
-
-fn parse_archiver_row(row: &str) -> ArchiverStats {
-    let fields: Vec<&str> = row.split('|').collect();
-    let field = |i: usize| fields.get(i).copied().filter(|f| !f.is_empty());
-    let time = |i: usize| {
-        let seconds: f64 = field(i)?.parse().ok()?;
-        DateTime::from_timestamp_micros((seconds * 1e6) as i64)
-    };
-    ArchiverStats {
-        archived_count: field(0).and_then(|f| f.parse().ok()).unwrap_or(0),
-        failed_count: field(1).and_then(|f| f.parse().ok()).unwrap_or(0),
-        last_archived_wal: field(2).map(str::to_owned),
-        last_archived_time: time(3),
-        last_failed_wal: field(4).map(str::to_owned),
-        last_failed_time: time(5),
-    }
 }
 
 /// Writes a little WAL (so the switch has something to close), switches, and waits for the

@@ -130,6 +130,20 @@ pub fn xlog_file_name(timeline: u32, segno: u64, wal_segment_size: u64) -> Strin
     format!("{timeline:08X}{:08X}{:08X}", segno / per_id, segno % per_id)
 }
 
+/// `BackupHistoryFileName`: the history file `pg_backup_stop` writes for a backup that
+/// started at `start` and stopped on `timeline`, named by the start's segment and offset.
+pub fn backup_history_file_name(timeline: u32, start: Lsn, wal_segment_size: u64) -> String {
+    format!(
+        "{}.{:08X}.backup",
+        xlog_file_name(
+            timeline,
+            start.segment_number(wal_segment_size),
+            wal_segment_size
+        ),
+        start.0 % wal_segment_size.max(1)
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -170,6 +184,18 @@ mod tests {
         ] {
             assert!(WalFileName::parse(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn backup_history_files_are_named_by_the_start() {
+        let name = backup_history_file_name(1, Lsn(0x4_0000_0028), 16 << 20);
+        assert_eq!(name, "000000010000000400000000.00000028.backup");
+        let name = backup_history_file_name(3, Lsn(0x2_0300_0060), 1 << 30);
+        assert_eq!(name, "000000030000000200000000.03000060.backup");
+        assert_eq!(
+            WalFileName::parse(&name).unwrap().kind(),
+            WalFileKind::BackupHistory
+        );
     }
 
     #[test]

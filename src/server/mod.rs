@@ -11,6 +11,7 @@ pub mod tls;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use chrono::{DateTime, Utc};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
 use tokio_postgres::{Client, Config, NoTls};
@@ -389,13 +390,14 @@ impl Session {
         lsn.parse().map_err(|e| Error::Server(format!("{e}")))
     }
 
-    /// Ends the backup begun on this session, waiting until its WAL is archived; returns the
-    /// stop LSN, backup_label and tablespace_map contents.
+    /// Ends the backup begun on this session without waiting for its WAL to be archived
+    /// (the caller waits, with a deadline: PostgreSQL's own wait has none); returns the stop
+    /// LSN, backup_label and tablespace_map contents.
     pub async fn backup_stop(&self) -> Result<(Lsn, String, Option<String>), Error> {
         let sql = if self.server_version_num >= 150000 {
-            "SELECT lsn::text, labelfile, spcmapfile FROM pg_backup_stop(true)"
+            "SELECT lsn::text, labelfile, spcmapfile FROM pg_backup_stop(false)"
         } else {
-            "SELECT lsn::text, labelfile, spcmapfile FROM pg_stop_backup(false, true)"
+            "SELECT lsn::text, labelfile, spcmapfile FROM pg_stop_backup(false, false)"
         };
         let row = self
             .client
@@ -409,6 +411,21 @@ impl Session {
             row.get(1),
             spcmap.filter(|s| !s.is_empty()),
         ))
+    }
+
+    /// The archiver's statistics (`pg_stat_archiver`).
+    pub async fn archiver_stats(&self) -> Result<ArchiverStats, Error> {
+        let row = self
+            .text(
+                "reading pg_stat_archiver",
+                "SELECT concat_ws('|', archived_count, failed_count, \
+                 coalesce(last_archived_wal, ''), \
+                 coalesce(extract(epoch from last_archived_time)::text, ''), \
+                 coalesce(last_failed_wal, ''), \
+                 coalesce(extract(epoch from last_failed_time)::text, '')) FROM pg_stat_archiver",
+            )
+            .await?;
+        Ok(ArchiverStats::parse(&row))
     }
 
     /// The WAL segment name holding `lsn` on the current timeline.
@@ -425,9 +442,80 @@ impl Session {
     }
 }
 
+/// `pg_stat_archiver`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ArchiverStats {
+    pub archived_count: u64,
+    pub failed_count: u64,
+    pub last_archived_wal: Option<String>,
+    pub last_archived_time: Option<DateTime<Utc>>,
+    pub last_failed_wal: Option<String>,
+    pub last_failed_time: Option<DateTime<Utc>>,
+}
+
+impl ArchiverStats {
+    /// `|`-separated fields, as [`Session::archiver_stats`] selects them.
+    pub fn parse(row: &str) -> Self {
+        let fields: Vec<&str> = row.split('|').collect();
+        let field = |i: usize| fields.get(i).copied().filter(|f| !f.is_empty());
+        let time = |i: usize| {
+            let seconds: f64 = field(i)?.parse().ok()?;
+            DateTime::from_timestamp_micros((seconds * 1e6) as i64)
+        };
+        ArchiverStats {
+            archived_count: field(0).and_then(|f| f.parse().ok()).unwrap_or(0),
+            failed_count: field(1).and_then(|f| f.parse().ok()).unwrap_or(0),
+            last_archived_wal: field(2).map(str::to_owned),
+            last_archived_time: time(3),
+            last_failed_wal: field(4).map(str::to_owned),
+            last_failed_time: time(5),
+        }
+    }
+
+    /// The last attempt failed: a failure after the last success (or no success at all).
+    pub fn failing(&self) -> bool {
+        match (self.last_failed_time, self.last_archived_time) {
+            (Some(failed), Some(archived)) => failed > archived,
+            (Some(_), None) => true,
+            (None, _) => false,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn archiver_stats_tell_a_failing_archiver() {
+        let ok = ArchiverStats::parse("12|0|000000010000000000000005|1764979200.5||");
+        assert_eq!(ok.archived_count, 12);
+        assert_eq!(
+            ok.last_archived_wal.as_deref(),
+            Some("000000010000000000000005")
+        );
+        assert_eq!(
+            ok.last_archived_time,
+            DateTime::from_timestamp_micros(1_764_979_200_500_000)
+        );
+        assert!(!ok.failing());
+        let failing = ArchiverStats::parse(
+            "12|3|000000010000000000000005|1764979200|000000010000000000000006|1764979260",
+        );
+        assert!(failing.failing());
+        assert_eq!(
+            failing.last_failed_wal.as_deref(),
+            Some("000000010000000000000006")
+        );
+        // Failed once, archived since: not failing.
+        let recovered = ArchiverStats::parse(
+            "13|3|000000010000000000000006|1764979300|000000010000000000000006|1764979260",
+        );
+        assert!(!recovered.failing());
+        // Never archived anything, failed: failing.
+        assert!(ArchiverStats::parse("0|1|||000000010000000000000001|1764979260").failing());
+        assert_eq!(ArchiverStats::parse(""), ArchiverStats::default());
+    }
 
     fn failure(server_refused: bool, tls_failed: bool, tls_used: bool) -> Failure {
         Failure {

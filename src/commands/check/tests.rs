@@ -174,7 +174,7 @@ fn the_server_settles_the_lag_and_a_failing_archiver_is_critical() {
         last_complete_segment: Some("000000010000000000000005".into()),
         last_complete_archived: true,
         segments_behind: Some(0),
-        archiver: Some(parse_archiver_row(
+        archiver: Some(ArchiverStats::parse(
             "7|0|000000010000000000000005|1795000000.5||",
         )),
     };
@@ -194,7 +194,7 @@ fn the_server_settles_the_lag_and_a_failing_archiver_is_critical() {
         last_complete_segment: Some("000000010000000000000009".into()),
         last_complete_archived: false,
         segments_behind: Some(4),
-        archiver: Some(parse_archiver_row(
+        archiver: Some(ArchiverStats::parse(
             "7|3|000000010000000000000005|1795000000|000000010000000000000006|1795000100",
         )),
     };
