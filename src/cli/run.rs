@@ -581,3 +581,34 @@ async fn execute(
     }
     Ok(EXIT_OK)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[test]
+    fn a_root_backup_without_a_data_directory_is_refused() {
+        if !running_as_root() {
+            return; // only root changes user
+        }
+        let cli = Cli::try_parse_from(["pitr", "backup"]).unwrap();
+        let Command::Backup { pgdata, .. } = &cli.command else {
+            unreachable!()
+        };
+        if pgdata.is_some() {
+            return; // PGDATA is set in this environment
+        }
+        let err = backup_user(&cli.command).unwrap_err();
+        assert_eq!(err.exit_code(), crate::error::EXIT_USAGE);
+        assert!(err.to_string().contains("sudo -u postgres"), "{err}");
+        // A data directory root owns: nobody to become.
+        let cli = Cli::try_parse_from(["pitr", "backup", "--pgdata", "/"]).unwrap();
+        assert_eq!(backup_user(&cli.command).unwrap(), None);
+        assert!(
+            backup_user(&Command::List { json: false })
+                .unwrap()
+                .is_none()
+        );
+    }
+}

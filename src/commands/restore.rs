@@ -178,7 +178,15 @@ fn restored_owner(
     pgdata: &Path,
 ) -> Result<Option<Owner>> {
     if !running_as_root() {
-        return Ok(None);
+        // Files are then this user's, whoever was asked for.
+        return match requested {
+            // SAFETY: geteuid cannot fail and touches no memory.
+            Some(owner) if owner.uid != unsafe { libc::geteuid() } => Err(Error::Config(format!(
+                "--owner {}: only root can give the restored files to another user",
+                owner.name()
+            ))),
+            _ => Ok(None),
+        };
     }
     if let Some(owner) = requested {
         if owner.is_root() {
@@ -738,6 +746,44 @@ fn preallocate(file: &File, len: Option<u64>) {
                 0,
                 len as libc::off_t,
             );
+        }
+    }
+}
+
+#[cfg(test)]
+mod owner_tests {
+    use super::*;
+
+    #[test]
+    fn a_root_restore_never_gives_the_files_to_root() {
+        if !running_as_root() {
+            return; // only root chooses an owner
+        }
+        let root = Owner::user("root").unwrap();
+        let nobody = Owner {
+            user: None,
+            uid: 65534,
+            gid: 65534,
+        };
+        let dir = Path::new("/tmp/no-such-parent-pitr/data");
+        assert!(matches!(
+            restored_owner(Some(&root), None, dir),
+            Err(Error::Config(_))
+        ));
+        assert_eq!(
+            restored_owner(Some(&nobody), Some(&root), dir).unwrap(),
+            Some(nobody.clone())
+        );
+        // A recorded owner known only by number is taken as recorded.
+        assert_eq!(
+            restored_owner(None, Some(&nobody), dir).unwrap(),
+            Some(nobody.clone())
+        );
+        // A recorded root, and a parent that is root's, fall through to postgres (if any).
+        let fallback = restored_owner(None, Some(&root), Path::new("/data"));
+        match Owner::user("postgres") {
+            Some(postgres) => assert_eq!(fallback.unwrap(), Some(postgres)),
+            None => assert!(matches!(fallback, Err(Error::Config(_)))),
         }
     }
 }
