@@ -143,7 +143,8 @@ fn backup_user(command: &Command) -> Result<Option<Owner>> {
     }
     let Some(pgdata) = pgdata else {
         return Err(Error::Config(
-            "run as root, backup needs --pgdata (or PGDATA) to know whose cluster it is: give              it, or run as the data directory's owner (e.g. sudo -u postgres pitr backup …)"
+            "run as root, backup needs --pgdata (or PGDATA) to know whose cluster it is: give \
+             it, or run as the data directory's owner (e.g. sudo -u postgres pitr backup …)"
                 .into(),
         ));
     };
