@@ -12,6 +12,7 @@ pub mod config;
 pub mod datadir;
 pub mod error;
 pub mod kms;
+pub mod ownership;
 pub mod pg;
 pub mod private_fs;
 pub mod progress;

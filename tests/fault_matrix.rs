@@ -343,6 +343,7 @@ fn restore_options(pgdata: PathBuf) -> RestoreOptions {
         restore_command: "false %f %p".into(),
         sync: true,
         progress: Arc::new(Silent),
+        owner: None,
     }
 }
 

@@ -74,6 +74,10 @@ pub struct BackupManifest {
     pub stored_bytes: u64,
     pub directories: Vec<BackupDirectory>,
     pub files: Vec<BackupFile>,
+    /// Who owned the data directory: a restore run as root gives the restored files to
+    /// this user (none in manifests older than the field).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_owner: Option<crate::ownership::Owner>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -391,6 +395,40 @@ impl Catalog {
     ) -> Result<(W, DecodeSummary), CatalogError> {
         let key = backup_object_key(&backup.id, object, self.object_kind().await?);
         self.decode_key(&key, key.clone(), local, out).await
+    }
+
+    /// Proves, before a restore writes anything, that this user can read every object it
+    /// needs: `backup`'s data objects and the WAL files `wal` (a HEAD each, `jobs` at once;
+    /// a local repository opens each file). The first object that cannot be read is the
+    /// error.
+    pub async fn probe_restore_objects(
+        &self,
+        backup: &BackupManifest,
+        wal: &[ArchivedFile],
+        jobs: usize,
+    ) -> Result<(), CatalogError> {
+        use futures_util::{StreamExt, TryStreamExt, stream};
+        let kind = self.object_kind().await?;
+        let objects: std::collections::BTreeSet<u32> =
+            backup.files.iter().map(|f| f.object).collect();
+        let keys = objects
+            .into_iter()
+            .map(|n| backup_object_key(&backup.id, n, kind))
+            .chain(wal.iter().map(|f| f.object.key().to_owned()));
+        stream::iter(keys)
+            .map(|key| async move {
+                match self.storage.head(&key).await {
+                    Ok(_) => Ok(()),
+                    Err(StorageError::NotFound { .. }) => Err(CatalogError::NotFound {
+                        what: key,
+                        location: self.location(),
+                    }),
+                    Err(e) => Err(e.into()),
+                }
+            })
+            .buffer_unordered(jobs.max(1))
+            .try_collect()
+            .await
     }
 
     /// Records a finished backup; it is listed and restorable from then on. A manifest that

@@ -35,7 +35,9 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// Options every command takes, shown in their own help section after the command's own.
 #[derive(Debug, Args)]
+#[command(next_help_heading = "Global options")]
 pub struct GlobalArgs {
     /// Repository: /abs/path, file:///abs/path, or s3://bucket/prefix.
     #[arg(long, global = true, env = "PITR_REPO", value_name = "URL")]
@@ -53,7 +55,8 @@ pub struct GlobalArgs {
     pub s3_endpoint: Option<String>,
 
     /// Address buckets by path (http://host/bucket), as MinIO and most S3-compatible servers
-    /// need. A bare flag means true; give a value only as --s3-path-style=false.
+    /// need (default false: virtual-hosted, http://bucket.host). A bare flag means true; give
+    /// a value only as --s3-path-style=false.
     #[arg(
         long,
         global = true,
@@ -94,7 +97,8 @@ pub struct GlobalArgs {
     )]
     pub lock_stale_after: Option<u64>,
 
-    /// Webhook URL (Slack, Discord, Mattermost) to POST to when backup or verify fails.
+    /// Webhook URL (Slack, Discord, Mattermost) to POST to when backup or verify fails
+    /// (default: none, no notification).
     #[arg(
         long,
         global = true,
@@ -104,8 +108,8 @@ pub struct GlobalArgs {
     )]
     pub notify_url: Option<String>,
 
-    /// Notify on success too. A bare flag means true; give a value only as
-    /// --notify-on-success=false.
+    /// Notify on success too (default false: failures only). A bare flag means true; give a
+    /// value only as --notify-on-success=false.
     #[arg(
         long,
         global = true,
@@ -249,7 +253,7 @@ pub struct GlobalArgs {
     #[arg(long, global = true, env = "PITR_KMS_KEY_ID", value_name = "KEY")]
     pub kms_key_id: Option<String>,
 
-    /// More output: -v one line per file, -vv debug.
+    /// More output: -v one line per file, -vv debug (default: a summary).
     #[arg(short, long, global = true, action = ArgAction::Count)]
     pub verbose: u8,
 
@@ -293,7 +297,7 @@ impl GlobalArgs {
 /// a rule is set), `PITR_…` variables, or the same names in the config file.
 #[derive(Clone, Debug, Default, Args)]
 #[command(
-    next_help_heading = "Retention (the union of the rules; pinned backups and the newest always stay)"
+    next_help_heading = "Retention (the union of the rules, none by default: all is kept; pinned backups and the newest always stay)"
 )]
 pub struct RetentionArgs {
     /// Keep the N newest backups.
@@ -385,8 +389,13 @@ pub enum Command {
         /// How long, in seconds, to wait for the backup's WAL (its last segment and backup
         /// history file) to reach the repository, once the files are copied.
         /// Meanwhile a line every 5 s names what is missing and whether archiving fails;
-        /// at the deadline the backup fails (exit 8) and nothing is recorded.
-        #[arg(long, value_name = "SECONDS", default_value_t = 120)]
+        /// at the deadline the backup fails (exit 8) and nothing is recorded (default 120).
+        #[arg(
+            long,
+            value_name = "SECONDS",
+            default_value_t = 120,
+            hide_default_value = true
+        )]
         wal_timeout: u64,
         /// Pin the backup: retention never removes it (until `pitr unpin`).
         #[arg(long)]
@@ -403,7 +412,7 @@ pub enum Command {
         "target_time", "target_lsn", "target_xid", "target_name", "target"
     ])))]
     Restore {
-        /// Directory to restore into: absent or empty (or --force).
+        /// Directory to restore into: absent or empty (or --force); default $PGDATA.
         #[arg(
             long,
             env = "PGDATA",
@@ -427,16 +436,18 @@ pub enum Command {
         /// Stop at this restore point (pg_create_restore_point).
         #[arg(long, value_name = "NAME")]
         target_name: Option<String>,
-        /// Stop as soon as the backup is consistent.
+        /// Stop as soon as the backup is consistent. Without any --target* option, recovery
+        /// replays all archived WAL (the default).
         #[arg(long, value_parser = ["immediate"])]
         target: Option<String>,
-        /// What the server does at the target: pause, promote or shutdown.
+        /// What the server does at the target: pause (the default, PostgreSQL's), promote or
+        /// shutdown. Without a target recovery replays all WAL and ends, whatever the action.
         #[arg(long, value_name = "ACTION", value_parser = parse_from_str::<TargetAction>)]
         target_action: Option<TargetAction>,
-        /// Timeline to follow: latest, current or a number.
+        /// Timeline to follow: latest (the default), current or a number.
         #[arg(long, value_name = "TIMELINE", value_parser = parse_from_str::<TargetTimeline>)]
         target_timeline: Option<TargetTimeline>,
-        /// Restore this backup instead of the newest one before the target.
+        /// Restore this backup (default: the newest one before the target).
         #[arg(long, value_name = "ID")]
         backup: Option<String>,
         /// Objects restored at once (default: the number of cores).
@@ -452,6 +463,11 @@ pub enum Command {
         /// Restore tablespace OID into DIR instead of its original place (repeatable).
         #[arg(long = "tablespace-map", value_name = "OID=DIR", value_parser = parse_tablespace_map)]
         tablespace_map: Vec<(u32, PathBuf)>,
+        /// Run as root: give the restored files to this user (default: the data directory's
+        /// owner recorded in the backup, else the owner of DIR's parent, else postgres;
+        /// never root).
+        #[arg(long, value_name = "USER")]
+        owner: Option<String>,
     },
     /// Show the whole loop on a scratch cluster: archive, back up, drop a table, restore.
     Demo {
@@ -467,7 +483,7 @@ pub enum Command {
     },
     /// Read every object and check checksums, WAL continuity and timeline histories.
     Verify {
-        /// Verify only this backup and the WAL from its start on.
+        /// Verify only this backup and the WAL from its start on (default: everything).
         #[arg(long, value_name = "ID")]
         backup: Option<String>,
         /// Print the report as JSON.
@@ -495,7 +511,8 @@ pub enum Command {
     },
     /// Prometheus metrics: printed (for node_exporter's textfile collector) or served.
     Metrics {
-        /// Serve GET /metrics on this address (e.g. 127.0.0.1:9187), computed per scrape.
+        /// Serve GET /metrics on this address (e.g. 127.0.0.1:9187), computed per scrape
+        /// (default: print the metrics once and exit).
         #[arg(long, value_name = "ADDR")]
         listen: Option<std::net::SocketAddr>,
     },
@@ -504,8 +521,13 @@ pub enum Command {
         /// Print the runs as JSON.
         #[arg(long)]
         json: bool,
-        /// How many runs to show.
-        #[arg(long, value_name = "N", default_value_t = 20)]
+        /// How many runs to show (default 20).
+        #[arg(
+            long,
+            value_name = "N",
+            default_value_t = 20,
+            hide_default_value = true
+        )]
         limit: usize,
     },
     /// Remove the backups and WAL the retention policy does not keep (and leftovers of
@@ -721,6 +743,108 @@ mod tests {
             let err = parse(bad).unwrap_err();
             assert_eq!(err.exit_code(), 2, "{bad:?}");
         }
+    }
+
+    /// What `pitr ARGS… --help` prints.
+    fn help_of(args: &[&str]) -> String {
+        let mut all = vec!["pitr"];
+        all.extend(args);
+        all.push("--help");
+        let err = Cli::try_parse_from(all).unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::DisplayHelp);
+        err.render().to_string()
+    }
+
+    /// Where option `flag` is listed in `help` (not where a description mentions it).
+    fn find_flag(help: &str, flag: &str) -> Option<usize> {
+        help.match_indices(flag).map(|(at, _)| at).find(|&at| {
+            let listed = help[..at].ends_with("  ") || help[..at].ends_with(", ");
+            listed
+                && matches!(
+                    help.as_bytes().get(at + flag.len()),
+                    Some(b' ' | b'[' | b'.')
+                )
+        })
+    }
+
+    /// The help text of option `flag`, up to the next option.
+    fn option_help<'a>(help: &'a str, flag: &str) -> &'a str {
+        let start = find_flag(help, flag).unwrap_or_else(|| panic!("{flag} not in\n{help}"));
+        let rest = &help[start..];
+        let end = rest[flag.len()..]
+            .find("\n  ")
+            .and_then(|i| {
+                // Continuation lines of the same option are indented deeper than an option.
+                let after = &rest[flag.len() + i + 3..];
+                (!after.starts_with("  ")).then_some(flag.len() + i)
+            })
+            .unwrap_or(rest.len());
+        &rest[..end]
+    }
+
+    #[test]
+    fn global_options_come_after_the_commands_own_under_their_heading() {
+        let global = Cli::command()
+            .get_arguments()
+            .filter(|arg| arg.get_help_heading() == Some("Global options"))
+            .filter_map(|arg| arg.get_long().map(|long| format!("--{long}")))
+            .collect::<Vec<_>>();
+        assert!(global.contains(&"--repo".to_owned()), "{global:?}");
+        let names: Vec<String> = Cli::command()
+            .get_subcommands()
+            .filter(|sub| !sub.is_hide_set())
+            .map(|sub| sub.get_name().to_owned())
+            .collect();
+        for name in names {
+            let help = help_of(&[&name]);
+            let heading = help
+                .find("\nGlobal options:\n")
+                .unwrap_or_else(|| panic!("no Global options heading in {name} --help:\n{help}"));
+            for flag in &global {
+                let at = find_flag(&help, flag)
+                    .unwrap_or_else(|| panic!("{name} --help lacks {flag}:\n{help}"));
+                assert!(at > heading, "{name} --help: {flag} before the heading");
+            }
+        }
+        let help = help_of(&["restore"]);
+        let heading = help.find("\nGlobal options:\n").unwrap();
+        for own in ["--target-action", "--pgdata", "--jobs", "--owner"] {
+            assert!(
+                find_flag(&help, own).unwrap() < heading,
+                "{own} after the heading"
+            );
+        }
+    }
+
+    #[test]
+    fn options_with_a_default_state_it() {
+        for (command, flag) in [
+            (&["restore"][..], "--target-action"),
+            (&["restore"], "--target-timeline"),
+            (&["restore"], "--jobs"),
+            (&["restore"], "--backup"),
+            (&["restore"], "--owner"),
+            (&["backup"], "--jobs"),
+            (&["backup"], "--wal-timeout"),
+            (&["backup"], "--pgdata"),
+            (&["verify"], "--jobs"),
+            (&["history"], "--limit"),
+            (&["metrics"], "--listen"),
+            (&["restore"], "--archive-get-prefetch"),
+            (&["restore"], "--s3-path-style"),
+            (&["restore"], "--storage-timeout"),
+            (&["restore"], "--notify-on-success"),
+            (&["restore"], "--compression"),
+        ] {
+            let help = help_of(command);
+            let text = option_help(&help, flag);
+            assert!(text.contains("default"), "{command:?} {flag}: {text}");
+        }
+        let help = help_of(&["restore"]);
+        assert!(
+            option_help(&help, "--target-action").contains("pause (the default"),
+            "{help}"
+        );
     }
 
     #[test]

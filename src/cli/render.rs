@@ -199,8 +199,13 @@ pub fn restore(report: &RestoreReport, request: &RecoveryRequest) {
         (_, Some(TargetAction::Shutdown)) => "then shut down",
         _ => "then pause, read-only, until you run SELECT pg_wal_replay_resume()",
     };
+    // Run as root, the server must be started as the user that now owns the directory.
+    let as_owner = match &report.owner {
+        Some(owner) => format!("runuser -u {} -- ", owner.name()),
+        None => String::new(),
+    };
     println!(
-        "Next: pg_ctl -D {pgdata} start\nPostgreSQL will replay WAL from the repository \
+        "Next: {as_owner}pg_ctl -D {pgdata} start\nPostgreSQL will replay WAL from the repository \
          (restore_command runs pitr archive-get) up to {}, {then}.",
         request.target
     );

@@ -23,6 +23,7 @@ use crate::commands::restore::{RestoreOptions, restore};
 use crate::commands::verify::{VerifyOptions, verify};
 use crate::config::{RepoConfig, Settings};
 use crate::error::{EXIT_OK, Error, Result};
+use crate::ownership::{Owner, become_owner, running_as_root};
 use crate::pg::WalFileName;
 use crate::pg::recovery_target::{RecoveryRequest, Target};
 use crate::recovery::plan::PlanRequest;
@@ -73,7 +74,8 @@ async fn run_command(cli: Cli, settings: Result<Settings>) -> Result<u8> {
     if let Command::ArchivePush { path } = cli.command {
         return run_archive_push(path, &settings, &config, threads).await;
     }
-    let catalog = open_catalog(&settings, &config).await?;
+    let run_as = backup_user(&cli.command)?;
+    let catalog = open_catalog_as(&settings, &config, run_as.as_ref()).await?;
 
     // The run history: one place, so that any command can be recorded.
     let name = cli.command.name();
@@ -104,11 +106,51 @@ async fn run_command(cli: Cli, settings: Result<Settings>) -> Result<u8> {
 
 /// The repository, for every command that reads or writes it.
 async fn open_catalog(settings: &Settings, config: &RepoConfig) -> Result<Catalog> {
+    open_catalog_as(settings, config, None).await
+}
+
+/// The same, becoming `run_as` once the keys are read (they may be root's files) and before
+/// the repository is opened.
+async fn open_catalog_as(
+    settings: &Settings,
+    config: &RepoConfig,
+    run_as: Option<&Owner>,
+) -> Result<Catalog> {
     let key_materials = settings.key_sources().materials(settings)?;
+    if let Some(owner) = run_as {
+        become_owner(owner).map_err(|e| {
+            Error::Config(format!(
+                "cannot become {}, the data directory's owner: {e}",
+                owner.name()
+            ))
+        })?;
+        tracing::info!("running as {}, the data directory's owner", owner.name());
+    }
     Ok(Catalog::new(config.open().await?)
         .with_lock_stale_after(config.lock_stale_after)
         .with_compression_request(settings.compression()?)
         .with_key_materials(key_materials))
+}
+
+/// Whom `pitr backup` run as root becomes: the data directory's owner, who can read every
+/// file of the cluster and whose objects PostgreSQL's user can read back (a backup run as
+/// root would write objects only root can read). None when not root, or for other commands.
+fn backup_user(command: &Command) -> Result<Option<Owner>> {
+    let Command::Backup { pgdata, .. } = command else {
+        return Ok(None);
+    };
+    if !running_as_root() {
+        return Ok(None);
+    }
+    let Some(pgdata) = pgdata else {
+        return Err(Error::Config(
+            "run as root, backup needs --pgdata (or PGDATA) to know whose cluster it is: give \
+             it, or run as the data directory's owner (e.g. sudo -u postgres pitr backup …)"
+                .into(),
+        ));
+    };
+    let owner = Owner::of(pgdata).map_err(|e| Error::local_io(pgdata.display(), e))?;
+    Ok((!owner.is_root()).then_some(owner))
 }
 
 /// archive-get, which no history records: a segment the prefetcher spooled is served before
@@ -395,6 +437,7 @@ async fn execute(
             no_sync,
             dry_run,
             tablespace_map,
+            owner,
         } => {
             // clap lets at most one target through.
             let target = match (target_time, target_lsn, target_xid, target_name, target) {
@@ -433,6 +476,13 @@ async fn execute(
                 ),
                 sync: !no_sync,
                 progress: progress::terminal(),
+                owner: owner
+                    .map(|name| {
+                        Owner::user(&name).ok_or_else(|| {
+                            Error::Config(format!("--owner {name}: no such user on this system"))
+                        })
+                    })
+                    .transpose()?,
             };
             // Segments a recovery from this repository left in a configured spool are not
             // this restore's (the default spool is inside the new data directory).
@@ -542,4 +592,35 @@ async fn execute(
         }
     }
     Ok(EXIT_OK)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[test]
+    fn a_root_backup_without_a_data_directory_is_refused() {
+        if !running_as_root() {
+            return; // only root changes user
+        }
+        let cli = Cli::try_parse_from(["pitr", "backup"]).unwrap();
+        let Command::Backup { pgdata, .. } = &cli.command else {
+            unreachable!()
+        };
+        if pgdata.is_some() {
+            return; // PGDATA is set in this environment
+        }
+        let err = backup_user(&cli.command).unwrap_err();
+        assert_eq!(err.exit_code(), crate::error::EXIT_USAGE);
+        assert!(err.to_string().contains("sudo -u postgres"), "{err}");
+        // A data directory root owns: nobody to become.
+        let cli = Cli::try_parse_from(["pitr", "backup", "--pgdata", "/"]).unwrap();
+        assert_eq!(backup_user(&cli.command).unwrap(), None);
+        assert!(
+            backup_user(&Command::List { json: false })
+                .unwrap()
+                .is_none()
+        );
+    }
 }

@@ -205,6 +205,8 @@ async fn backup_locked(
         stored_bytes: copied.iter().map(|(_, stored)| stored).sum(),
         directories,
         files,
+        // Whom a restore run as root gives the files to.
+        cluster_owner: crate::ownership::Owner::of(&pgdata).ok(),
     };
     if options.pin || !options.annotations.is_empty() {
         // Before the manifest: the backup is pinned from the moment it exists.

@@ -16,11 +16,13 @@ use crate::catalog::backup::{BackupFile, BackupManifest};
 use crate::catalog::{Catalog, CatalogError};
 use crate::datadir::running_postmaster;
 use crate::error::{Error, Result};
+use crate::ownership::{Owner, give_tree_to, running_as_root};
 use crate::pg::backup_manifest::{ManifestEntry, render};
 use crate::pg::guc::remove_recovery_settings;
 use crate::pg::recovery_target::recovery_settings;
 use crate::recovery::plan::{PlanRequest, gather_and_plan};
 use crate::recovery::{ArchiveView, RestorePlan};
+use crate::storage::StorageError;
 
 use super::blocking;
 
@@ -43,6 +45,9 @@ pub struct RestoreOptions {
     /// fsync everything written before reporting success (`--no-sync` turns it off).
     pub sync: bool,
     pub progress: Arc<dyn crate::progress::Progress>,
+    /// Run as root: the user the restored files are given to (`--owner`), over the one the
+    /// backup recorded.
+    pub owner: Option<Owner>,
 }
 
 #[derive(Debug)]
@@ -51,6 +56,8 @@ pub struct RestoreReport {
     pub plan: RestorePlan,
     /// Where each tablespace goes (or went), by OID: the only places outside DIR written.
     pub tablespaces: BTreeMap<u32, PathBuf>,
+    /// Run as root: the user that owns the restored files, who must start the server.
+    pub owner: Option<Owner>,
     /// Nothing was written (`--dry-run`).
     pub dry_run: bool,
     pub files: usize,
@@ -102,9 +109,23 @@ pub async fn restore(catalog: &Catalog, options: &RestoreOptions) -> Result<Rest
             ),
         },
     )?;
+    // ...and this user can read every object it needs (a run as root may have left objects
+    // only root can read).
+    let mut wal = view.files(&plan.segments);
+    wal.extend(plan.histories.iter().cloned());
+    catalog
+        .probe_restore_objects(&plan.backup, &wal, options.jobs)
+        .await
+        .map_err(unreadable)?;
+    let owner = restored_owner(
+        options.owner.as_ref(),
+        plan.backup.cluster_owner.as_ref(),
+        &options.pgdata,
+    )?;
     let mut report = RestoreReport {
         pgdata: options.pgdata.clone(),
         plan,
+        owner,
         tablespaces: layout.tablespaces().clone(),
         dry_run: options.dry_run,
         files: 0,
@@ -113,7 +134,14 @@ pub async fn restore(catalog: &Catalog, options: &RestoreOptions) -> Result<Rest
     };
     if !options.dry_run {
         prepare_directory(&options.pgdata, options.force, &layout)?;
-        let result = write_backup(catalog, &report.plan.backup, options, &layout).await;
+        let result = write_backup(
+            catalog,
+            &report.plan.backup,
+            options,
+            &layout,
+            report.owner.as_ref(),
+        )
+        .await;
         if result.is_err() {
             // Nothing half-restored stays where PostgreSQL or a user could start it.
             let _ = empty_directory(&options.pgdata);
@@ -122,6 +150,70 @@ pub async fn restore(catalog: &Catalog, options: &RestoreOptions) -> Result<Rest
     }
     report.elapsed = started.elapsed();
     Ok(report)
+}
+
+/// An object restore needs that this user may not read: said plainly, before anything is
+/// written.
+fn unreadable(error: CatalogError) -> Error {
+    match &error {
+        CatalogError::Storage(StorageError::Io { source, .. })
+            if source.kind() == io::ErrorKind::PermissionDenied =>
+        {
+            Error::Incomplete(format!(
+                "{error}: this user cannot read an object the restore needs (written by another \
+                 user, such as a run as root?); run pitr as the repository's owner or give the \
+                 objects to this user (chown -R); nothing was written"
+            ))
+        }
+        _ => error.into(),
+    }
+}
+
+/// Whom a restore run as root gives the files to: `--owner`, else the data directory's owner
+/// the backup recorded (by name where this system knows it), else the owner of DIR's parent,
+/// else `postgres`; never root, which PostgreSQL refuses to run as. None when not root.
+fn restored_owner(
+    requested: Option<&Owner>,
+    recorded: Option<&Owner>,
+    pgdata: &Path,
+) -> Result<Option<Owner>> {
+    if !running_as_root() {
+        // Files are then this user's, whoever was asked for.
+        return match requested {
+            // SAFETY: geteuid cannot fail and touches no memory.
+            Some(owner) if owner.uid != unsafe { libc::geteuid() } => Err(Error::Config(format!(
+                "--owner {}: only root can give the restored files to another user",
+                owner.name()
+            ))),
+            _ => Ok(None),
+        };
+    }
+    if let Some(owner) = requested {
+        if owner.is_root() {
+            return Err(Error::Config(
+                "--owner: PostgreSQL does not run as root; name the user that will run it".into(),
+            ));
+        }
+        return Ok(Some(owner.clone()));
+    }
+    let recorded = recorded.and_then(|owner| match &owner.user {
+        Some(name) => Owner::user(name),
+        None => Some(owner.clone()),
+    });
+    let parent = || pgdata.parent().and_then(|p| Owner::of(p).ok());
+    [recorded, parent(), Owner::user("postgres")]
+        .into_iter()
+        .flatten()
+        .find(|owner| !owner.is_root())
+        .map(Some)
+        .ok_or_else(|| {
+            Error::Config(
+                "run as root, restore gives the restored files to the cluster's owner, but the \
+                 backup records none known here, DIR's parent is root's and there is no user \
+                 postgres: name one with --owner USER"
+                    .into(),
+            )
+        })
 }
 
 /// Tablespaces go to their original place or as mapped; those directories must be empty or
@@ -206,6 +298,7 @@ async fn write_backup(
     backup: &BackupManifest,
     options: &RestoreOptions,
     layout: &RestoreLayout,
+    owner: Option<&Owner>,
 ) -> Result<(usize, u64)> {
     let pgdata = layout.pgdata().to_owned();
     for dir in layout.tablespaces().values() {
@@ -297,6 +390,12 @@ async fn write_backup(
     write("recovery.signal", "")?;
     append_recovery_settings(&pgdata, &options.restore_command, &options.request)?;
     write_postgres_manifest(&layout, backup, tablespace_map.as_deref())?;
+    if let Some(owner) = owner {
+        // Before the sync, which makes the new owners durable too.
+        for root in std::iter::once(&pgdata).chain(layout.tablespaces().values()) {
+            give_tree_to(root, owner).map_err(|e| Error::local_io(root.display(), e))?;
+        }
+    }
     if options.sync {
         let mut roots = vec![pgdata.clone()];
         roots.extend(layout.tablespaces().values().cloned());
@@ -647,6 +746,44 @@ fn preallocate(file: &File, len: Option<u64>) {
                 0,
                 len as libc::off_t,
             );
+        }
+    }
+}
+
+#[cfg(test)]
+mod owner_tests {
+    use super::*;
+
+    #[test]
+    fn a_root_restore_never_gives_the_files_to_root() {
+        if !running_as_root() {
+            return; // only root chooses an owner
+        }
+        let root = Owner::user("root").unwrap();
+        let nobody = Owner {
+            user: None,
+            uid: 65534,
+            gid: 65534,
+        };
+        let dir = Path::new("/tmp/no-such-parent-pitr/data");
+        assert!(matches!(
+            restored_owner(Some(&root), None, dir),
+            Err(Error::Config(_))
+        ));
+        assert_eq!(
+            restored_owner(Some(&nobody), Some(&root), dir).unwrap(),
+            Some(nobody.clone())
+        );
+        // A recorded owner known only by number is taken as recorded.
+        assert_eq!(
+            restored_owner(None, Some(&nobody), dir).unwrap(),
+            Some(nobody.clone())
+        );
+        // A recorded root, and a parent that is root's, fall through to postgres (if any).
+        let fallback = restored_owner(None, Some(&root), Path::new("/data"));
+        match Owner::user("postgres") {
+            Some(postgres) => assert_eq!(fallback.unwrap(), Some(postgres)),
+            None => assert!(matches!(fallback, Err(Error::Config(_)))),
         }
     }
 }

@@ -5,7 +5,9 @@
 //! writer killed at any point leaves at most a file in `.tmp/`, which no read ever serves.
 //!
 //! Every file written is 0600 and every directory created 0700, whatever the umask: the
-//! objects hold the cluster's data (`crate::private_fs`).
+//! objects hold the cluster's data (`crate::private_fs`). Run as root, every entry created
+//! is given to the owner of the repository's root directory, so that a root run leaves
+//! nothing the cluster's owner cannot read or remove (`crate::ownership`).
 
 use std::fs::{self, File};
 use std::io::{self, Write};
@@ -17,6 +19,7 @@ use async_trait::async_trait;
 
 use bytes::Bytes;
 
+use crate::ownership::{Owner, give_to};
 use crate::private_fs;
 
 use super::{
@@ -38,6 +41,11 @@ impl FsStorage {
         FsStorage { root, staging }
     }
 
+    /// Whom the entries a root run creates are given to: the root directory's owner.
+    fn owner(&self) -> Option<Owner> {
+        Owner::for_entries_under(&self.root)
+    }
+
     fn path_of(&self, key: &str) -> Result<PathBuf, StorageError> {
         super::validate_key(key)?;
         Ok(self.root.join(key))
@@ -56,16 +64,17 @@ fn fsync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
-/// Creates `dir` and any missing ancestors (0700), making each new entry durable.
-fn create_dirs_durably(dir: &Path) -> io::Result<()> {
+/// Creates `dir` and any missing ancestors (0700, given to `owner`), making each new entry
+/// durable.
+fn create_dirs_durably(dir: &Path, owner: Option<&Owner>) -> io::Result<()> {
     if dir.is_dir() {
         return Ok(());
     }
     if let Some(parent) = dir.parent() {
-        create_dirs_durably(parent)?;
+        create_dirs_durably(parent, owner)?;
     }
     match private_fs::create_dir(dir) {
-        Ok(()) => {}
+        Ok(()) => give_to(dir, owner)?,
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(()),
         Err(e) => return Err(e),
     }
@@ -92,9 +101,10 @@ fn put_blocking(
 ) -> Result<(), StorageError> {
     let target = store.path_of(key)?;
     let io_err = |op, e| StorageError::io(op, target.display(), e);
-    create_dirs_durably(&store.staging).map_err(|e| io_err("create", e))?;
+    let owner = store.owner();
+    create_dirs_durably(&store.staging, owner.as_ref()).map_err(|e| io_err("create", e))?;
     let parent = target.parent().expect("keys have a parent");
-    create_dirs_durably(parent).map_err(|e| io_err("create", e))?;
+    create_dirs_durably(parent, owner.as_ref()).map_err(|e| io_err("create", e))?;
 
     // Our own name for the bytes, fsynced, in the same filesystem as the target.
     let staged = StagedFile(staging_name(&store.staging, key));
@@ -133,6 +143,7 @@ fn put_blocking(
                 .map_err(|e| io_err("fsync", e))?;
         }
     }
+    give_to(&staged.0, owner.as_ref()).map_err(|e| io_err("chown", e))?;
     match mode {
         PutMode::Create => match fs::hard_link(&staged.0, &target) {
             Ok(()) => {}
@@ -203,10 +214,15 @@ fn list_blocking(root: &Path, prefix: &str) -> Result<Vec<ObjectMeta>, StorageEr
 
 /// Takes `flock(LOCK_EX | LOCK_NB)` on the lock file at `path`, then writes `record` into it;
 /// or reads what the holder wrote.
-fn lock_blocking(path: PathBuf, key: String, record: Bytes) -> Result<LockAttempt, StorageError> {
+fn lock_blocking(
+    path: PathBuf,
+    key: String,
+    record: Bytes,
+    owner: Option<Owner>,
+) -> Result<LockAttempt, StorageError> {
     use std::os::fd::AsRawFd;
     let io_err = |op, e| StorageError::io(op, path.display(), e);
-    create_dirs_durably(path.parent().expect("keys have a parent"))
+    create_dirs_durably(path.parent().expect("keys have a parent"), owner.as_ref())
         .map_err(|e| io_err("create", e))?;
     // The file stays once created: removing it would let a process that opened the old file
     // and one that created a new one each hold "the" lock.
@@ -220,6 +236,7 @@ fn lock_blocking(path: PathBuf, key: String, record: Bytes) -> Result<LockAttemp
     // Also a lock file an earlier pitr left with the umask's mode (best effort: it may be
     // another user's).
     let _ = private_fs::make_private(&file);
+    give_to(&path, owner.as_ref()).map_err(|e| io_err("chown", e))?;
     // SAFETY: flock on a descriptor we own; it does not touch memory.
     if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
         let e = io::Error::last_os_error();
@@ -279,7 +296,9 @@ impl Storage for FsStorage {
 
     async fn head(&self, key: &str) -> Result<ObjectMeta, StorageError> {
         let path = self.path_of(key)?;
-        match fs::metadata(&path) {
+        // Opened, not only stat'ed: like S3's HEAD, it fails on an object this user may not
+        // read (a root run's leftover), which a pre-flight must catch before writing.
+        match File::open(&path).and_then(|file| file.metadata()) {
             Ok(meta) if meta.is_file() => Ok(ObjectMeta {
                 key: key.to_owned(),
                 size: meta.len(),
@@ -346,8 +365,8 @@ impl Storage for FsStorage {
     }
 
     async fn lock(&self, key: &str, record: Bytes) -> Result<LockAttempt, StorageError> {
-        let (path, key) = (self.path_of(key)?, key.to_owned());
-        blocking(move || lock_blocking(path, key, record)).await
+        let (path, key, owner) = (self.path_of(key)?, key.to_owned(), self.owner());
+        blocking(move || lock_blocking(path, key, record, owner)).await
     }
 
     async fn refresh_lock(&self, lock: &mut HeldLock, record: Bytes) -> Result<(), StorageError> {

@@ -370,6 +370,7 @@ mod tests {
                 file("base/1/1259", 0o600),
                 file("pg_tblspc/16384/PG_15_202209061/5/16385", 0o600),
             ],
+            cluster_owner: None,
         }
     }
 

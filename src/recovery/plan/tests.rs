@@ -51,6 +51,7 @@ fn backup(id: &str, timeline: u32, start: u64, stop: u64, minute: u32) -> Backup
         stored_bytes: 0,
         directories: vec![],
         files: vec![],
+        cluster_owner: None,
     }
 }
 
