@@ -156,6 +156,7 @@ fn manifest(number: usize, start: u64) -> BackupManifest {
             object: 0,
             offset: 0,
         }],
+        data_directory: None,
     }
 }
 

@@ -74,6 +74,10 @@ pub struct BackupManifest {
     pub stored_bytes: u64,
     pub directories: Vec<BackupDirectory>,
     pub files: Vec<BackupFile>,
+    /// The data directory the backup was taken from (absolute); none in manifests written
+    /// before pitr recorded it. Restore tells an in-place restore from a copy by it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_directory: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

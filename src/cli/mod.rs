@@ -14,6 +14,7 @@ use chrono::{DateTime, Utc};
 use clap::builder::BoolishValueParser;
 use clap::{ArgAction, Args, Parser, Subcommand};
 
+use crate::commands::restore::server::ArchiveMode;
 use crate::config::Settings;
 use crate::pg::Lsn;
 use crate::pg::recovery_target::{TargetAction, TargetTimeline, parse_target_time};
@@ -449,6 +450,16 @@ pub enum Command {
         /// Restore tablespace OID into DIR instead of its original place (repeatable).
         #[arg(long = "tablespace-map", value_name = "OID=DIR", value_parser = parse_tablespace_map)]
         tablespace_map: Vec<(u32, PathBuf)>,
+        /// Whether the restored server archives into the repository: off writes
+        /// archive_mode = off into postgresql.auto.conf; preserve keeps the backup's archive
+        /// settings. Default: off, except preserve when restoring into the backup's own data
+        /// directory (in place).
+        #[arg(long, value_name = "MODE", value_parser = parse_from_str::<ArchiveMode>)]
+        archive_mode: Option<ArchiveMode>,
+        /// Write port = N for the restored server. Default: the backup's port while it is
+        /// free on this host, else the first free port above it (written, and printed).
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+        port: Option<u16>,
     },
     /// Show the whole loop on a scratch cluster: archive, back up, drop a table, restore.
     Demo {

@@ -18,6 +18,7 @@ use crate::commands::list::{ListOptions, list};
 use crate::commands::metrics::{MetricsOptions, metrics, serve};
 use crate::commands::pin::{PinOptions, pin};
 use crate::commands::prefetch::{PrefetchOptions, prefetch};
+use crate::commands::restore::server::ServerRequest;
 use crate::commands::restore::{RestoreOptions, restore};
 use crate::commands::verify::{VerifyOptions, verify};
 use crate::config::{RepoConfig, Settings};
@@ -384,6 +385,8 @@ async fn execute(
             no_sync,
             dry_run,
             tablespace_map,
+            archive_mode,
+            port,
         } => {
             // clap lets at most one target through.
             let target = match (target_time, target_lsn, target_xid, target_name, target) {
@@ -421,6 +424,7 @@ async fn execute(
                     cli.global.config.as_deref(),
                 ),
                 sync: !no_sync,
+                server: ServerRequest { archive_mode, port },
                 progress: progress::terminal(),
             };
             // Segments a recovery from this repository left in a configured spool are not

@@ -167,6 +167,12 @@ async fn backup_locked(
         stored_bytes: copied.iter().map(|(_, stored)| stored).sum(),
         directories,
         files,
+        data_directory: Some(
+            std::path::absolute(&pgdata)
+                .unwrap_or(pgdata)
+                .display()
+                .to_string(),
+        ),
     };
     if options.pin || !options.annotations.is_empty() {
         // Before the manifest: the backup is pinned from the moment it exists.

@@ -234,7 +234,7 @@ fn is_clean(path: &str) -> bool {
 }
 
 /// `path` absolute, with `.` and `..` resolved by the names alone.
-fn normalize(path: &Path) -> PathBuf {
+pub(super) fn normalize(path: &Path) -> PathBuf {
     let mut normal = PathBuf::from("/");
     for component in path.components() {
         match component {
@@ -370,6 +370,7 @@ mod tests {
                 file("base/1/1259", 0o600),
                 file("pg_tblspc/16384/PG_15_202209061/5/16385", 0o600),
             ],
+            data_directory: None,
         }
     }
 

@@ -44,6 +44,7 @@ fn backup(timeline: u32, start: u64, stop: u64, started: &str) -> BackupManifest
         stored_bytes: 0,
         directories: vec![],
         files: vec![],
+        data_directory: None,
     }
 }
 
