@@ -431,7 +431,8 @@ pub enum Command {
         /// What the server does at the target: pause, promote or shutdown.
         #[arg(long, value_name = "ACTION", value_parser = parse_from_str::<TargetAction>)]
         target_action: Option<TargetAction>,
-        /// Timeline to follow: latest, current or a number.
+        /// Timeline to follow: latest, current or a number (default: latest, PostgreSQL's); the
+        /// restore plan prints the one chosen.
         #[arg(long, value_name = "TIMELINE", value_parser = parse_from_str::<TargetTimeline>)]
         target_timeline: Option<TargetTimeline>,
         /// Restore this backup instead of the newest one before the target.

@@ -431,6 +431,29 @@ mod tests {
     }
 
     #[test]
+    fn the_start_command_runs_as_the_directory_s_owner() {
+        let dir = tempfile::tempdir().unwrap();
+        let words = start_command(dir.path(), 15);
+        assert_eq!(
+            words[words.len() - 3..],
+            [
+                "-D".to_owned(),
+                dir.path().display().to_string(),
+                "start".into()
+            ]
+        );
+        assert!(words[0] != "sudo", "{words:?}");
+        // SAFETY: plain syscalls.
+        if unsafe { libc::geteuid() } == 0 {
+            let path = std::ffi::CString::new(dir.path().as_os_str().as_encoded_bytes()).unwrap();
+            assert_eq!(unsafe { libc::chown(path.as_ptr(), 65534, 65534) }, 0);
+            let words = start_command(dir.path(), 15);
+            let expected = user_name(65534).unwrap_or_else(|| "#65534".into());
+            assert_eq!(words[..3], ["sudo".to_owned(), "-u".into(), expected]);
+        }
+    }
+
+    #[test]
     fn socket_directories_are_read_as_the_server_reads_them() {
         let configured = ConfiguredServer {
             socket_directories: Some("/run/a, \"sub dir\",@abstract, ".into()),
