@@ -118,7 +118,7 @@ pub async fn restore(catalog: &Catalog, options: &RestoreOptions) -> Result<Rest
             ),
         },
     )?;
-    let server = server::dry_run(
+    let server = server::before_configuration(
         layout.pgdata(),
         &options.server,
         plan.backup.data_directory.as_deref(),

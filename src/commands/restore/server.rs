@@ -252,8 +252,8 @@ pub fn gather(
     }
 }
 
-/// The archive decision alone (a dry run: nothing restored to read).
-pub fn dry_run(
+/// The archive decision alone, before the configuration is restored (all a dry run has).
+pub fn before_configuration(
     pgdata: &Path,
     request: &ServerRequest,
     backup_directory: Option<&str>,
