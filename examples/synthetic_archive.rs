@@ -157,6 +157,7 @@ fn manifest(number: usize, start: u64) -> BackupManifest {
             offset: 0,
         }],
         cluster_owner: None,
+        data_directory: None,
     }
 }
 

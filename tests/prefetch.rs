@@ -331,7 +331,14 @@ async fn restores_replay_through_the_prefetcher_across_a_timeline_switch() {
 
     let data = restore(
         "branch",
-        &["--target-time", &time_a, "--target-action", "promote"],
+        &[
+            "--target-time",
+            &time_a,
+            "--target-action",
+            "promote",
+            "--archive-mode",
+            "preserve",
+        ],
     );
     let mut branch = PgCluster::restored_archiving(&dir, "sock-branch", data);
     verbose_restore_command(&branch);

@@ -244,7 +244,14 @@ async fn a_time_on_a_new_timeline_is_restorable() {
         &pitr,
         &dir,
         "branch",
-        &["--target-time", &time_a, "--target-action", "promote"],
+        &[
+            "--target-time",
+            &time_a,
+            "--target-action",
+            "promote",
+            "--archive-mode",
+            "preserve",
+        ],
     );
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     chown_to_postgres(&data);

@@ -105,6 +105,8 @@ fn promote_at(pitr: &Pitr, dir: &TestDir, repo: &Repo, point: &str, name: &str) 
             point,
             "--target-action",
             "promote",
+            "--archive-mode",
+            "preserve",
         ])
         .arg("--pgdata")
         .arg(&data)

@@ -680,8 +680,10 @@ async fn no_secret_in_any_output_or_written_file() {
     ] {
         verbose_restore_command(&data);
         let mut cluster = PgCluster::restored(&dir, name, data);
+        // After what restore wrote into postgresql.auto.conf (a port beside the running
+        // primary's), which postgresql.conf cannot override.
         cluster.port = free_port();
-        cluster.configure(&format!("port = {}\nlisten_addresses = ''", cluster.port));
+        cluster.configure_auto(&format!("port = {}\nlisten_addresses = ''", cluster.port));
         cluster.start_with_env(&env);
         restored.push(cluster);
     }

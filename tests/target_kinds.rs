@@ -155,7 +155,14 @@ async fn xid_targets_and_every_kind_on_a_promoted_timeline() {
         &pitr,
         &dir,
         "branch",
-        &["--target-name", "branch", "--target-action", "promote"],
+        &[
+            "--target-name",
+            "branch",
+            "--target-action",
+            "promote",
+            "--archive-mode",
+            "preserve",
+        ],
     );
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     assert!(stdout(&out).contains(&format!("restored backup {b} ")));

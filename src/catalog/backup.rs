@@ -78,6 +78,10 @@ pub struct BackupManifest {
     /// this user (none in manifests older than the field).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster_owner: Option<crate::ownership::Owner>,
+    /// The data directory the backup was taken from (absolute); none in manifests written
+    /// before pitr recorded it. Restore tells an in-place restore from a copy by it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_directory: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -14,6 +14,7 @@ use chrono::{DateTime, Utc};
 use clap::builder::BoolishValueParser;
 use clap::{ArgAction, Args, Parser, Subcommand};
 
+use crate::commands::restore::server::ArchiveMode;
 use crate::config::Settings;
 use crate::pg::Lsn;
 use crate::pg::recovery_target::{TargetAction, TargetTimeline, parse_target_time};
@@ -444,7 +445,8 @@ pub enum Command {
         /// shutdown. Without a target recovery replays all WAL and ends, whatever the action.
         #[arg(long, value_name = "ACTION", value_parser = parse_from_str::<TargetAction>)]
         target_action: Option<TargetAction>,
-        /// Timeline to follow: latest (the default), current or a number.
+        /// Timeline to follow: latest, current or a number (default: latest, PostgreSQL's); the
+        /// restore plan prints the one chosen.
         #[arg(long, value_name = "TIMELINE", value_parser = parse_from_str::<TargetTimeline>)]
         target_timeline: Option<TargetTimeline>,
         /// Restore this backup (default: the newest one before the target).
@@ -468,6 +470,16 @@ pub enum Command {
         /// never root).
         #[arg(long, value_name = "USER")]
         owner: Option<String>,
+        /// Whether the restored server archives into the repository: off writes
+        /// archive_mode = off into postgresql.auto.conf; preserve keeps the backup's archive
+        /// settings. Default: off, except preserve when restoring into the backup's own data
+        /// directory (in place).
+        #[arg(long, value_name = "MODE", value_parser = parse_from_str::<ArchiveMode>)]
+        archive_mode: Option<ArchiveMode>,
+        /// Write port = N for the restored server. Default: the backup's port while it is
+        /// free on this host, else the first free port above it (written, and printed).
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+        port: Option<u16>,
     },
     /// Show the whole loop on a scratch cluster: archive, back up, drop a table, restore.
     Demo {

@@ -1,5 +1,6 @@
 //! What each command prints: text for people, `--json` for scripts.
 
+use crate::cli::restore_command::sh_quote;
 use crate::commands::archive_get::{ArchiveGetReport, GetSource};
 use crate::commands::archive_push::{ArchivePushReport, PushOutcome};
 use crate::commands::backup::BackupReport;
@@ -8,10 +9,12 @@ use crate::commands::init::InitReport;
 use crate::commands::list::ListReport;
 use crate::commands::pin::PinReport;
 use crate::commands::restore::RestoreReport;
+use crate::commands::restore::server::{ArchiveChoice, ArchiveMode, PortChoice};
 use crate::commands::verify::VerifyReport;
 use crate::pg::recovery_target::{RecoveryRequest, Target, TargetAction};
 use crate::pg::timestamp::rfc3339_micros;
 use crate::recovery::RestorePlan;
+use crate::recovery::timelines::foreign_timeline_warning;
 
 fn json(report: &impl serde::Serialize) {
     println!(
@@ -134,7 +137,7 @@ pub fn backup(report: &BackupReport) {
 }
 
 /// The pre-flight's findings: in full for `--dry-run`, in one line otherwise.
-fn plan(plan: &RestorePlan, full: bool) {
+fn plan(plan: &RestorePlan, request: &RecoveryRequest, full: bool) {
     let count = plan.segments.len();
     let range = match (plan.segments.first_name(), plan.segments.last_name()) {
         (Some(first), Some(last)) => {
@@ -142,9 +145,15 @@ fn plan(plan: &RestorePlan, full: bool) {
         }
         _ => "none".into(),
     };
+    let timeline = format!(
+        "timeline {} (--target-timeline {})",
+        plan.timeline,
+        request.timeline.unwrap_or_default()
+    );
     if !full {
         println!(
-            "pre-flight: the repository holds the WAL needed, {range}; recovery stops {}",
+            "pre-flight: the repository holds the WAL needed, {range}; recovery follows \
+             {timeline} and stops {}",
             plan.stops
         );
         return;
@@ -160,7 +169,7 @@ fn plan(plan: &RestorePlan, full: bool) {
         backup.stop_lsn,
         rfc3339_micros(backup.stop_time)
     );
-    println!("  timeline:  {}", plan.timeline);
+    println!("  timeline:  {}", &timeline["timeline ".len()..]);
     println!("  WAL:       {range}");
     if !histories.is_empty() {
         println!("  history:   {}", histories.join(", "));
@@ -176,13 +185,67 @@ fn plan(plan: &RestorePlan, full: bool) {
 }
 
 pub fn restore(report: &RestoreReport, request: &RecoveryRequest) {
-    plan(&report.plan, report.dry_run);
+    plan(&report.plan, request, report.dry_run);
+    for timeline in &report.foreign_timelines {
+        println!("warning: {}", foreign_timeline_warning(*timeline));
+    }
     for (oid, dir) in &report.tablespaces {
         println!("tablespace {oid} into {}", dir.display());
+    }
+    let server = &report.server;
+    let off = server.archive.mode() == ArchiveMode::Off;
+    let archive = match (&server.archive, off) {
+        (ArchiveChoice::Elsewhere(Some(dir)), _) => format!(
+            "archive_mode = off: the restored server does not archive into the repository \
+             (restored outside the backup's data directory {dir}; --archive-mode preserve \
+             archives as it did)"
+        ),
+        (ArchiveChoice::Elsewhere(None), _) => "archive_mode = off: the restored server does \
+             not archive into the repository (the backup does not record its data directory; \
+             --archive-mode preserve archives as it did)"
+            .to_owned(),
+        (_, true) => "archive_mode = off: the restored server does not archive into the \
+             repository (--archive-mode off)"
+            .to_owned(),
+        (ArchiveChoice::InPlace, false) => "archive settings kept: the restored server archives \
+             as the backup's cluster did (restored in place; --archive-mode off stops it)"
+            .to_owned(),
+        (_, false) => "archive settings kept: the restored server archives as the backup's \
+             cluster did (--archive-mode preserve)"
+            .to_owned(),
+    };
+    let written = if report.dry_run {
+        "would write"
+    } else {
+        "wrote"
+    };
+    if off {
+        println!("{written} {archive}");
+    } else {
+        println!("{archive}");
     }
     if report.dry_run {
         println!("dry run: nothing was written");
         return;
+    }
+    match &server.port {
+        Some(PortChoice::Moved { from, to }) => println!(
+            "wrote port = {to}: port {from} is in use on this host (the cluster the backup \
+             came from?)"
+        ),
+        Some(PortChoice::Asked { port, busy }) => {
+            println!("wrote port = {port} (--port)");
+            if *busy {
+                println!(
+                    "warning: port {port} is in use on this host: the server will not start until it is free"
+                );
+            }
+        }
+        Some(PortChoice::Busy(port)) => println!(
+            "warning: port {port} and the ports above it are in use on this host: choose one \
+             with --port"
+        ),
+        Some(PortChoice::Configured(_)) | None => {}
     }
     let pgdata = report.pgdata.display();
     println!(
@@ -199,14 +262,15 @@ pub fn restore(report: &RestoreReport, request: &RecoveryRequest) {
         (_, Some(TargetAction::Shutdown)) => "then shut down",
         _ => "then pause, read-only, until you run SELECT pg_wal_replay_resume()",
     };
-    // Run as root, the server must be started as the user that now owns the directory.
-    let as_owner = match &report.owner {
-        Some(owner) => format!("runuser -u {} -- ", owner.name()),
-        None => String::new(),
-    };
+    let command: Vec<String> = server.start_command.iter().map(|w| sh_quote(w)).collect();
+    let port = server
+        .port
+        .as_ref()
+        .map_or_else(String::new, |p| format!(" on port {}", p.port()));
     println!(
-        "Next: {as_owner}pg_ctl -D {pgdata} start\nPostgreSQL will replay WAL from the repository \
+        "Next: {}\nPostgreSQL will listen{port}, replay WAL from the repository \
          (restore_command runs pitr archive-get) up to {}, {then}.",
+        command.join(" "),
         request.target
     );
 }
@@ -252,6 +316,9 @@ pub fn list(report: &ListReport, as_json: bool) {
             w.from,
             w.until.as_deref().unwrap_or("(no commit reachable yet)")
         );
+    }
+    for timeline in &report.timelines_without_backup {
+        println!("warning: {}", foreign_timeline_warning(*timeline));
     }
 }
 

@@ -11,7 +11,7 @@ use crate::config::Settings;
 
 /// One word for `/bin/sh`, exactly as given: plain words as they are, anything else in
 /// single quotes, where only `'` itself needs care.
-fn sh_quote(word: &str) -> String {
+pub(crate) fn sh_quote(word: &str) -> String {
     let plain = !word.is_empty()
         && word
             .bytes()

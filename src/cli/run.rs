@@ -19,6 +19,7 @@ use crate::commands::list::{ListOptions, list};
 use crate::commands::metrics::{MetricsOptions, metrics, serve};
 use crate::commands::pin::{PinOptions, pin};
 use crate::commands::prefetch::{PrefetchOptions, prefetch};
+use crate::commands::restore::server::ServerRequest;
 use crate::commands::restore::{RestoreOptions, restore};
 use crate::commands::verify::{VerifyOptions, verify};
 use crate::config::{RepoConfig, Settings};
@@ -438,6 +439,8 @@ async fn execute(
             dry_run,
             tablespace_map,
             owner,
+            archive_mode,
+            port,
         } => {
             // clap lets at most one target through.
             let target = match (target_time, target_lsn, target_xid, target_name, target) {
@@ -475,6 +478,7 @@ async fn execute(
                     cli.global.config.as_deref(),
                 ),
                 sync: !no_sync,
+                server: ServerRequest { archive_mode, port },
                 progress: progress::terminal(),
                 owner: owner
                     .map(|name| {

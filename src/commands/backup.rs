@@ -207,6 +207,12 @@ async fn backup_locked(
         files,
         // Whom a restore run as root gives the files to.
         cluster_owner: crate::ownership::Owner::of(&pgdata).ok(),
+        data_directory: Some(
+            std::path::absolute(&pgdata)
+                .unwrap_or(pgdata)
+                .display()
+                .to_string(),
+        ),
     };
     if options.pin || !options.annotations.is_empty() {
         // Before the manifest: the backup is pinned from the moment it exists.

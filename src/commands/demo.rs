@@ -305,15 +305,15 @@ pub fn demo(options: &DemoOptions) -> Result<()> {
             &noted,
             "--target-action",
             "promote",
+            "--port",
+            &restored_port.to_string(),
         ],
     )?;
     demo.chown(&restored)?;
+    // restore wrote the port and archive_mode = off (a copy beside its primary).
     demo.configure(
         &restored,
-        &format!(
-            "port = {restored_port}\narchive_mode = off\nunix_socket_directories = '{}'",
-            dir.display()
-        ),
+        &format!("unix_socket_directories = '{}'", dir.display()),
     )?;
     demo.start(&restored)?;
     let deadline = Instant::now() + Duration::from_secs(120);

@@ -11,6 +11,7 @@ use crate::error::Result;
 use crate::pg::timestamp::{rfc3339, rfc3339_micros};
 use crate::pg::wal_name::xlog_file_name;
 use crate::recovery::ArchiveView;
+use crate::recovery::timelines::timelines_without_backup;
 use crate::recovery::view::Needed;
 use crate::recovery::walk::path_holds_backup;
 
@@ -22,6 +23,9 @@ pub struct ListReport {
     pub damaged_backups: Vec<DamagedBackup>,
     pub wal: Vec<WalRange>,
     pub recovery_window: Vec<RecoveryWindow>,
+    /// Timelines with a history file but no backup taken on them or after them, other than
+    /// the newest backup's: a restored copy that archived here leaves one.
+    pub timelines_without_backup: Vec<u32>,
 }
 
 #[derive(Debug, Serialize)]
@@ -73,6 +77,7 @@ pub async fn list(catalog: &Catalog, options: &ListOptions) -> Result<ListReport
         .await?;
     let mut view = ArchiveView::load(catalog, &identity).await?;
     let recovery_window = recovery_windows(catalog, &mut view, &manifests, options.jobs).await?;
+    let timelines_without_backup = timelines_without_backup(&view, &manifests);
     let backups = manifests
         .into_iter()
         .map(|m| {
@@ -110,6 +115,7 @@ pub async fn list(catalog: &Catalog, options: &ListOptions) -> Result<ListReport
         damaged_backups: list.damaged,
         wal,
         recovery_window,
+        timelines_without_backup,
     })
 }
 

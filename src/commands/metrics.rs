@@ -339,6 +339,7 @@ mod tests {
                     from: "2026-11-20T00:01:00.5Z".into(),
                     until: Some("2026-11-20T00:11:00.5Z".into()),
                 }],
+                timelines_without_backup: Vec::new(),
             },
             newest_wal: BTreeMap::new(),
             latest_runs: BTreeMap::new(),

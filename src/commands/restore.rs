@@ -21,14 +21,17 @@ use crate::pg::backup_manifest::{ManifestEntry, render};
 use crate::pg::guc::remove_recovery_settings;
 use crate::pg::recovery_target::recovery_settings;
 use crate::recovery::plan::{PlanRequest, gather_and_plan};
+use crate::recovery::timelines::{foreign_timeline_warning, timelines_without_backup};
 use crate::recovery::{ArchiveView, RestorePlan};
 use crate::storage::StorageError;
 
 use super::blocking;
 
 mod layout;
+pub mod server;
 
 use layout::{CONTROL_FILE, CONTROL_FILE_RESTORING, LayoutError, RestoreLayout, plan_layout};
+use server::{ServerRequest, ServerSetup};
 
 #[derive(Clone)]
 pub struct RestoreOptions {
@@ -44,6 +47,8 @@ pub struct RestoreOptions {
     pub restore_command: String,
     /// fsync everything written before reporting success (`--no-sync` turns it off).
     pub sync: bool,
+    /// How the restored server archives and which port it takes.
+    pub server: ServerRequest,
     pub progress: Arc<dyn crate::progress::Progress>,
     /// Run as root: the user the restored files are given to (`--owner`), over the one the
     /// backup recorded.
@@ -60,6 +65,11 @@ pub struct RestoreReport {
     pub owner: Option<Owner>,
     /// Nothing was written (`--dry-run`).
     pub dry_run: bool,
+    /// What restore set up for the restored server, and the command that starts it.
+    pub server: ServerSetup,
+    /// Timelines in the recovery path that came into the repository without a backup of
+    /// their own (a restored copy that archived here?).
+    pub foreign_timelines: Vec<u32>,
     pub files: usize,
     pub bytes: u64,
     pub elapsed: Duration,
@@ -89,9 +99,15 @@ pub async fn restore(catalog: &Catalog, options: &RestoreOptions) -> Result<Rest
     }
     let backups = list.manifests;
     let mut view = ArchiveView::load(catalog, &identity).await?;
+    let foreign = timelines_without_backup(&view, &backups);
     // The pre-flight: everything recovery needs is in the repository, or nothing is written.
-    let plan =
-        gather_and_plan(catalog, &mut view, &backups, &options.request, options.jobs).await??;
+    let plan = gather_and_plan(catalog, &mut view, &backups, &options.request, options.jobs)
+        .await?
+        .inspect_err(|_| {
+            for timeline in &foreign {
+                tracing::warn!("{}", foreign_timeline_warning(*timeline));
+            }
+        })?;
     // ...and every path the manifest names stays inside DIR and the tablespaces.
     let layout = plan_layout(&plan.backup, &options.pgdata, &options.tablespace_map).map_err(
         |e| match e {
@@ -122,12 +138,21 @@ pub async fn restore(catalog: &Catalog, options: &RestoreOptions) -> Result<Rest
         plan.backup.cluster_owner.as_ref(),
         &options.pgdata,
     )?;
+    let server = server::before_configuration(
+        layout.pgdata(),
+        &options.server,
+        plan.backup.data_directory.as_deref(),
+        plan.backup.pg_version,
+    );
+    let foreign_timelines = foreign_in_path(&view, &foreign, plan.timeline);
     let mut report = RestoreReport {
         pgdata: options.pgdata.clone(),
         plan,
         owner,
         tablespaces: layout.tablespaces().clone(),
         dry_run: options.dry_run,
+        server,
+        foreign_timelines,
         files: 0,
         bytes: 0,
         elapsed: Duration::ZERO,
@@ -146,7 +171,7 @@ pub async fn restore(catalog: &Catalog, options: &RestoreOptions) -> Result<Rest
             // Nothing half-restored stays where PostgreSQL or a user could start it.
             let _ = empty_directory(&options.pgdata);
         }
-        (report.files, report.bytes) = result?;
+        (report.files, report.bytes, report.server) = result?;
     }
     report.elapsed = started.elapsed();
     Ok(report)
@@ -214,6 +239,16 @@ fn restored_owner(
                     .into(),
             )
         })
+}
+
+/// The timelines of `foreign` that recovery to `timeline` passes through.
+fn foreign_in_path(view: &ArchiveView, foreign: &[u32], timeline: u32) -> Vec<u32> {
+    let path = view.path(timeline).unwrap_or_default();
+    foreign
+        .iter()
+        .copied()
+        .filter(|t| path.iter().any(|span| span.timeline == *t))
+        .collect()
 }
 
 /// Tablespaces go to their original place or as mapped; those directories must be empty or
@@ -299,7 +334,7 @@ async fn write_backup(
     options: &RestoreOptions,
     layout: &RestoreLayout,
     owner: Option<&Owner>,
-) -> Result<(usize, u64)> {
+) -> Result<(usize, u64, ServerSetup)> {
     let pgdata = layout.pgdata().to_owned();
     for dir in layout.tablespaces().values() {
         create_restored_dir(dir, layout.root_mode())?;
@@ -388,7 +423,19 @@ async fn write_backup(
         write("tablespace_map", map)?;
     }
     write("recovery.signal", "")?;
-    append_recovery_settings(&pgdata, &options.restore_command, &options.request)?;
+    // Read from the restored configuration, before the settings below are added to it.
+    let server = server::gather(
+        &pgdata,
+        &options.server,
+        backup.data_directory.as_deref(),
+        backup.pg_version,
+    );
+    append_recovery_settings(
+        &pgdata,
+        &options.restore_command,
+        &options.request,
+        &server.settings(),
+    )?;
     write_postgres_manifest(&layout, backup, tablespace_map.as_deref())?;
     if let Some(owner) = owner {
         // Before the sync, which makes the new owners durable too.
@@ -419,7 +466,7 @@ async fn write_backup(
         .map(|f| f.path.as_str())
         .collect::<std::collections::BTreeSet<_>>()
         .len();
-    Ok((files, written.iter().sum()))
+    Ok((files, written.iter().sum(), server))
 }
 
 async fn restore_object(
@@ -577,16 +624,19 @@ impl Write for FileSplitter {
     }
 }
 
-/// restore_command and the recovery target, after what postgresql.auto.conf holds less the
-/// recovery settings the backup carried (commented out: another target kind beside ours stops
-/// the server). Written beside the file, synced and renamed: never a half-written config.
+/// restore_command, the recovery target and the server's own settings (`archive_mode`,
+/// `port`), after what postgresql.auto.conf holds less the recovery settings the backup
+/// carried (commented out: another target kind beside ours stops the server). Written beside
+/// the file, synced and renamed: never a half-written config.
 fn append_recovery_settings(
     pgdata: &Path,
     restore_command: &str,
     request: &PlanRequest,
+    server_settings: &[String],
 ) -> Result<()> {
     let mut lines = vec![String::new(), "# Written by pitr restore.".to_owned()];
     lines.extend(recovery_settings(restore_command, &request.recovery));
+    lines.extend(server_settings.iter().cloned());
     let path = pgdata.join("postgresql.auto.conf");
     let carried = match fs::read(&path) {
         Ok(bytes) => bytes,

@@ -67,6 +67,72 @@ pub fn setting_name(line: &[u8]) -> Option<&[u8]> {
     Some(&rest[..len])
 }
 
+/// The value a line sets, read as guc-file.l reads it: a quoted string (`''` and backslash
+/// escapes collapsed) or the unquoted token up to whitespace or `#`. None for lines
+/// [`setting_name`] does not read, or with no value.
+pub fn setting_value(line: &[u8]) -> Option<String> {
+    let name = setting_name(line)?;
+    let start = line
+        .iter()
+        .position(|b| !matches!(b, b' ' | b'\t' | b'\r'))?
+        + name.len();
+    let mut rest = line[start..].trim_ascii_start();
+    if let Some(after) = rest.strip_prefix(b"=") {
+        rest = after.trim_ascii_start();
+    }
+    let Some(quoted) = rest.strip_prefix(b"'") else {
+        let end = rest
+            .iter()
+            .position(|b| b.is_ascii_whitespace() || *b == b'#')
+            .unwrap_or(rest.len());
+        return (end > 0).then(|| String::from_utf8_lossy(&rest[..end]).into_owned());
+    };
+    let mut value = Vec::new();
+    let mut bytes = quoted.iter().copied().peekable();
+    while let Some(b) = bytes.next() {
+        match b {
+            b'\'' if bytes.peek() == Some(&b'\'') => {
+                bytes.next();
+                value.push(b'\'');
+            }
+            b'\'' => return Some(String::from_utf8_lossy(&value).into_owned()),
+            b'\\' => match bytes.next()? {
+                b'n' => value.push(b'\n'),
+                b't' => value.push(b'\t'),
+                b'r' => value.push(b'\r'),
+                b'b' => value.push(8),
+                b'f' => value.push(12),
+                d @ b'0'..=b'7' => {
+                    let mut code = u32::from(d - b'0');
+                    for _ in 0..2 {
+                        match bytes.peek() {
+                            Some(&o @ b'0'..=b'7') => {
+                                code = code * 8 + u32::from(o - b'0');
+                                bytes.next();
+                            }
+                            _ => break,
+                        }
+                    }
+                    value.push(code as u8);
+                }
+                other => value.push(other),
+            },
+            b'\n' => return None,
+            other => value.push(other),
+        }
+    }
+    None
+}
+
+/// The value `text` (a configuration file) last sets for `name` (case-insensitive): later
+/// lines win, as they do for the server. Include directives are not followed.
+pub fn last_setting(text: &[u8], name: &str) -> Option<String> {
+    text.split(|&b| b == b'\n')
+        .filter(|line| setting_name(line).is_some_and(|n| n.eq_ignore_ascii_case(name.as_bytes())))
+        .filter_map(setting_value)
+        .next_back()
+}
+
 /// A single-quoted string literal. The lexer collapses `''` to `'` and reads backslash
 /// escapes (`GUC_scanstr`), so both are escaped; a raw newline would end the line, so control
 /// characters are written as octal escapes.
@@ -153,5 +219,29 @@ mod tests {
         assert_eq!(setting_name(b"#a = 1"), None);
         assert_eq!(setting_name(b"   \r\n"), None);
         assert_eq!(setting_name(b"1a = 1"), None);
+    }
+
+    #[test]
+    fn setting_values_are_read_as_the_lexer_reads_them() {
+        assert_eq!(setting_value(b"port = 5433"), Some("5433".into()));
+        assert_eq!(setting_value(b"port=5433 # primary"), Some("5433".into()));
+        assert_eq!(setting_value(b"  port 5433\r"), Some("5433".into()));
+        assert_eq!(
+            setting_value(b"unix_socket_directories = '/run/a, /tmp' # x"),
+            Some("/run/a, /tmp".into())
+        );
+        assert_eq!(
+            setting_value(b"a = 'it''s \\\\ \\101'"),
+            Some("it's \\ A".into())
+        );
+        assert_eq!(setting_value(b"a = 'open"), None);
+        assert_eq!(setting_value(b"a ="), None);
+        let text = b"port = 5432\n#port = 6000\nPORT = '5440'\nport_x = 1\n";
+        assert_eq!(last_setting(text, "port"), Some("5440".into()));
+        assert_eq!(last_setting(text, "archive_mode"), None);
+        for value in ["plain", "it's", r"a\b", "tab\there"] {
+            let line = format!("x = {}", quote(value));
+            assert_eq!(setting_value(line.as_bytes()).as_deref(), Some(value));
+        }
     }
 }

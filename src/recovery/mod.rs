@@ -5,6 +5,7 @@
 
 pub mod plan;
 pub mod retention;
+pub mod timelines;
 pub mod view;
 pub mod walk;
 pub mod xid;

@@ -543,4 +543,4 @@ fn restore_point_names(view: &ArchiveView, walk: &Walk) -> String {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

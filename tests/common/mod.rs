@@ -587,13 +587,20 @@ impl PgCluster {
         cluster
     }
 
-    /// The same, keeping the archive settings it was restored with.
+    /// The same, keeping the archive settings it was restored with; on the port restore
+    /// wrote into postgresql.auto.conf (one the original cluster did not hold), if it wrote one.
     pub fn restored_archiving(dir: &TestDir, name: &str, data: PathBuf) -> Self {
         let socket_dir = dir.subdir(name);
+        let auto = std::fs::read_to_string(data.join("postgresql.auto.conf")).unwrap_or_default();
+        let port = auto
+            .lines()
+            .filter_map(|line| line.trim().strip_prefix("port = ")?.trim().parse().ok())
+            .next_back()
+            .unwrap_or(5432);
         let cluster = PgCluster {
             data,
             socket_dir: socket_dir.clone(),
-            port: 5432,
+            port,
             log: socket_dir.join("server.log"),
             started: false,
         };
@@ -602,6 +609,18 @@ impl PgCluster {
             socket_dir.display()
         ));
         cluster
+    }
+
+    /// A server started outside the harness (by a command pitr printed) in `data`, on
+    /// `socket_dir` and `port`, logging to `log`: stopped on drop like the others.
+    pub fn adopt(data: PathBuf, socket_dir: PathBuf, port: u16, log: PathBuf) -> Self {
+        PgCluster {
+            data,
+            socket_dir,
+            port,
+            log,
+            started: true,
+        }
     }
 
     /// Waits until recovery has paused at its target.
@@ -673,6 +692,17 @@ impl PgCluster {
         let mut conf = std::fs::OpenOptions::new()
             .append(true)
             .open(self.data.join("postgresql.conf"))
+            .unwrap();
+        writeln!(conf, "{lines}").unwrap();
+    }
+
+    /// Appends to postgresql.auto.conf: after what restore wrote there, which wins over
+    /// postgresql.conf.
+    pub fn configure_auto(&self, lines: &str) {
+        use std::io::Write;
+        let mut conf = std::fs::OpenOptions::new()
+            .append(true)
+            .open(self.data.join("postgresql.auto.conf"))
             .unwrap();
         writeln!(conf, "{lines}").unwrap();
     }

@@ -66,6 +66,7 @@ fn repository(
             damaged_backups: Vec::new(),
             wal: Vec::new(),
             recovery_window: Vec::new(),
+            timelines_without_backup: Vec::new(),
         },
         newest_wal: BTreeMap::from([(
             1,

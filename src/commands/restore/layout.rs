@@ -234,7 +234,7 @@ fn is_clean(path: &str) -> bool {
 }
 
 /// `path` absolute, with `.` and `..` resolved by the names alone.
-fn normalize(path: &Path) -> PathBuf {
+pub(super) fn normalize(path: &Path) -> PathBuf {
     let mut normal = PathBuf::from("/");
     for component in path.components() {
         match component {
@@ -371,6 +371,7 @@ mod tests {
                 file("pg_tblspc/16384/PG_15_202209061/5/16385", 0o600),
             ],
             cluster_owner: None,
+            data_directory: None,
         }
     }
 

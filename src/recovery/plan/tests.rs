@@ -30,7 +30,13 @@ fn seg(timeline: u32, segno: u64) -> String {
 }
 
 /// A backup on `timeline` from segment `start` to `stop`, finished at 10:`minute`.
-fn backup(id: &str, timeline: u32, start: u64, stop: u64, minute: u32) -> BackupManifest {
+pub(crate) fn backup(
+    id: &str,
+    timeline: u32,
+    start: u64,
+    stop: u64,
+    minute: u32,
+) -> BackupManifest {
     BackupManifest {
         format: 1,
         id: id.into(),
@@ -52,6 +58,7 @@ fn backup(id: &str, timeline: u32, start: u64, stop: u64, minute: u32) -> Backup
         directories: vec![],
         files: vec![],
         cluster_owner: None,
+        data_directory: None,
     }
 }
 

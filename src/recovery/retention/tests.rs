@@ -45,6 +45,7 @@ fn backup(timeline: u32, start: u64, stop: u64, started: &str) -> BackupManifest
         directories: vec![],
         files: vec![],
         cluster_owner: None,
+        data_directory: None,
     }
 }
 
