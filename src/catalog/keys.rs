@@ -346,8 +346,9 @@ fn store_cached(
         data_key: BASE64.encode(key.expose()),
     };
     let json = Zeroizing::new(serde_json::to_vec(&cached).map_err(std::io::Error::other)?);
+    // Only into a spool that exists (archive-push's look-ahead, archive-get's prefetch during
+    // recovery make theirs): a call by hand leaves nothing behind.
     let dir = path.parent().unwrap_or(std::path::Path::new("."));
-    crate::private_fs::create_dir_all(dir)?;
     // tempfile creates it 0600.
     let mut staged = tempfile::Builder::new()
         .prefix(".key-cache-")

@@ -329,7 +329,19 @@ async fn push_file(
     let outcome = match stored {
         Stored::New => PushOutcome::Stored,
         Stored::AlreadyThere => {
-            compare_with_stored(catalog, name, path).await?;
+            // Another push of the same file may still be writing it where the store does not
+            // make a put atomic (s3s-fs, some S3-compatible servers): a read that fails is
+            // tried again before it counts.
+            let mut attempt = 1;
+            loop {
+                match compare_with_stored(catalog, name, path).await {
+                    Err(Error::Storage(_) | Error::Corrupt { .. }) if attempt < 3 => {
+                        attempt += 1;
+                        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+                    }
+                    result => break result?,
+                }
+            }
             tracing::warn!("{name} was already archived with identical content; nothing to do");
             PushOutcome::AlreadyArchived
         }

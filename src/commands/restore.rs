@@ -172,6 +172,9 @@ pub async fn restore(catalog: &Catalog, options: &RestoreOptions) -> Result<Rest
             let _ = empty_directory(&options.pgdata);
         }
         (report.files, report.bytes, report.server) = result?;
+        // Who owns the directory is known only now (a run as root gave it away).
+        report.server.start_command =
+            server::start_command(&options.pgdata, report.plan.backup.pg_version);
     }
     report.elapsed = started.elapsed();
     Ok(report)

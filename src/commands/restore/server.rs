@@ -270,7 +270,7 @@ pub fn before_configuration(
 /// `pg_ctl -D DIR start`, run as the directory's owner when that is not who runs restore
 /// (PostgreSQL runs only as the owner of its data directory), with pg_ctl's full path when
 /// it is not on PATH (Debian keeps it in /usr/lib/postgresql/<version>/bin).
-fn start_command(pgdata: &Path, pg_version: u32) -> Vec<String> {
+pub fn start_command(pgdata: &Path, pg_version: u32) -> Vec<String> {
     let mut words = Vec::new();
     let owner = std::fs::metadata(pgdata).map(|m| m.uid()).ok();
     // SAFETY: a plain syscall.
@@ -451,7 +451,10 @@ mod tests {
             assert_eq!(unsafe { libc::chown(path.as_ptr(), 65534, 65534) }, 0);
             let words = start_command(dir.path(), 15);
             let expected = user_name(65534).unwrap_or_else(|| "#65534".into());
-            assert_eq!(words[..3], ["sudo".to_owned(), "-u".into(), expected]);
+            assert_eq!(
+                words[..4],
+                ["runuser".to_owned(), "-u".into(), expected, "--".into()]
+            );
         }
     }
 
