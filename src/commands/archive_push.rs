@@ -330,12 +330,12 @@ async fn push_file(
         Stored::New => PushOutcome::Stored,
         Stored::AlreadyThere => {
             // Another push of the same file may still be writing it where the store does not
-            // make a put atomic (s3s-fs, some S3-compatible servers): a read that fails is
-            // tried again before it counts.
+            // make a put atomic (s3s-fs, some S3-compatible servers): a read that breaks off is
+            // tried again before it counts (a corrupt copy counts at once).
             let mut attempt = 1;
             loop {
                 match compare_with_stored(catalog, name, path).await {
-                    Err(Error::Storage(_) | Error::Corrupt { .. }) if attempt < 3 => {
+                    Err(Error::Storage(_)) if attempt < 3 => {
                         attempt += 1;
                         tokio::time::sleep(std::time::Duration::from_millis(300)).await;
                     }
