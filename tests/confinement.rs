@@ -130,11 +130,7 @@ async fn restore_is_confined_and_modes_stay_private() {
     cluster.sql("create table t as select g from generate_series(1, 1000) g");
     let out = with_umask(pitr.direct(backup_args(&cluster)), 0o000);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
-    let id = String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .nth(1)
-        .unwrap()
-        .to_owned();
+    let id = backup_id(&out);
     let out = with_umask(pitr.direct(["pin", &id]), 0o022);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     cluster.archive_current_segment(Duration::from_secs(60));

@@ -86,11 +86,7 @@ fn root_runs_leave_nothing_the_cluster_owner_cannot_use() {
     let backup_args: Vec<&str> = backup_args.iter().map(String::as_str).collect();
     let out = as_root(&pitr, &backup_args);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
-    let id = String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .nth(1)
-        .unwrap()
-        .to_owned();
+    let id = backup_id(&out);
     assert_owned_by_postgres(&repo_dir);
     let out = pitr.run(["verify"]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));

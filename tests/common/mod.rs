@@ -208,11 +208,7 @@ impl Pitr {
     pub fn backup(&self, cluster: &PgCluster) -> String {
         let out = self.run(backup_args(cluster));
         assert_eq!(code(&out), 0, "{}", stderr(&out));
-        String::from_utf8_lossy(&out.stdout)
-            .split_whitespace()
-            .nth(1)
-            .unwrap()
-            .to_owned()
+        backup_id(&out)
     }
 
     pub fn archive_command(&self) -> String {
@@ -224,6 +220,15 @@ impl Pitr {
             self.repo
         )
     }
+}
+
+/// The id of the backup a successful `pitr backup` printed ("backup <id> …").
+pub fn backup_id(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .to_owned()
 }
 
 /// `backup --pgdata DATA --dbname CONNINFO` for `cluster`.
