@@ -341,6 +341,7 @@ fn restore_options(pgdata: PathBuf) -> RestoreOptions {
         dry_run: false,
         tablespace_map: Default::default(),
         restore_command: "false %f %p".into(),
+        db_include: Vec::new(),
         sync: true,
         server: Default::default(),
         progress: Arc::new(Silent),

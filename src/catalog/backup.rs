@@ -82,6 +82,20 @@ pub struct BackupManifest {
     /// before pitr recorded it. Restore tells an in-place restore from a copy by it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data_directory: Option<String>,
+    /// The databases when the backup started, by OID (their files are under `base/<oid>/`):
+    /// what `restore --db-include` names. Empty in manifests older than the field.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub databases: Vec<Database>,
+    /// The bootstrap superuser (the role with OID 10), whom a scratch server's checks
+    /// connect as; none in manifests older than the field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub superuser: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Database {
+    pub oid: u32,
+    pub name: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

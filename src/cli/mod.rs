@@ -17,7 +17,9 @@ use clap::{ArgAction, Args, Parser, Subcommand};
 use crate::commands::restore::server::ArchiveMode;
 use crate::config::Settings;
 use crate::pg::Lsn;
-use crate::pg::recovery_target::{TargetAction, TargetTimeline, parse_target_time};
+use crate::pg::recovery_target::{
+    RecoveryRequest, Target, TargetAction, TargetTimeline, parse_target_time,
+};
 
 pub use run::run;
 
@@ -294,6 +296,59 @@ impl GlobalArgs {
     }
 }
 
+/// Where recovery stops: the same options for restore, drill and restore-table.
+#[derive(Clone, Debug, Default, Args)]
+#[command(group(clap::ArgGroup::new("recovery_target").multiple(false).args([
+    "target_time", "target_lsn", "target_xid", "target_name", "target"
+])))]
+pub struct TargetArgs {
+    /// Stop at this time: RFC 3339 or 'YYYY-MM-DD HH:MM:SS[.ffffff]+TZ'; a zone is required.
+    #[arg(long, value_name = "TIME", value_parser = parse_target_time)]
+    pub target_time: Option<DateTime<Utc>>,
+    /// Stop at this WAL location (X/X).
+    #[arg(long, value_name = "LSN", value_parser = parse_lsn)]
+    pub target_lsn: Option<Lsn>,
+    /// Stop after this transaction commits.
+    #[arg(long, value_name = "XID")]
+    pub target_xid: Option<u32>,
+    /// Stop at this restore point (pg_create_restore_point).
+    #[arg(long, value_name = "NAME")]
+    pub target_name: Option<String>,
+    /// Stop as soon as the backup is consistent. Without any --target* option, recovery
+    /// replays all archived WAL (the default).
+    #[arg(long, value_parser = ["immediate"])]
+    pub target: Option<String>,
+    /// Timeline to follow: latest, current or a number (default: latest, PostgreSQL's); the
+    /// restore plan prints the one chosen.
+    #[arg(long, value_name = "TIMELINE", value_parser = parse_from_str::<TargetTimeline>)]
+    pub target_timeline: Option<TargetTimeline>,
+}
+
+impl TargetArgs {
+    /// The recovery request these options make, with `action` at the target.
+    pub fn recovery(&self, action: Option<TargetAction>) -> RecoveryRequest {
+        // clap lets at most one target through.
+        let target = if let Some(time) = self.target_time {
+            Target::Time(time)
+        } else if let Some(lsn) = self.target_lsn {
+            Target::Lsn(lsn)
+        } else if let Some(xid) = self.target_xid {
+            Target::Xid(xid)
+        } else if let Some(name) = &self.target_name {
+            Target::Name(name.clone())
+        } else if self.target.is_some() {
+            Target::Immediate
+        } else {
+            Target::End
+        };
+        RecoveryRequest {
+            target,
+            action,
+            timeline: self.target_timeline,
+        }
+    }
+}
+
 /// The retention policy: flags of `expire` (and of `backup`, which expires after itself when
 /// a rule is set), `PITR_…` variables, or the same names in the config file.
 #[derive(Clone, Debug, Default, Args)]
@@ -409,9 +464,6 @@ pub enum Command {
         retention: RetentionArgs,
     },
     /// Rebuild a data directory from a backup, to replay WAL up to a target.
-    #[command(group(clap::ArgGroup::new("recovery_target").multiple(false).args([
-        "target_time", "target_lsn", "target_xid", "target_name", "target"
-    ])))]
     Restore {
         /// Directory to restore into: absent or empty (or --force); default $PGDATA.
         #[arg(
@@ -425,30 +477,17 @@ pub enum Command {
         /// (backup, WAL range, segments, bytes); write nothing.
         #[arg(long)]
         dry_run: bool,
-        /// Stop at this time: RFC 3339 or 'YYYY-MM-DD HH:MM:SS[.ffffff]+TZ'; a zone is required.
-        #[arg(long, value_name = "TIME", value_parser = parse_target_time)]
-        target_time: Option<DateTime<Utc>>,
-        /// Stop at this WAL location (X/X).
-        #[arg(long, value_name = "LSN", value_parser = parse_lsn)]
-        target_lsn: Option<Lsn>,
-        /// Stop after this transaction commits.
-        #[arg(long, value_name = "XID")]
-        target_xid: Option<u32>,
-        /// Stop at this restore point (pg_create_restore_point).
-        #[arg(long, value_name = "NAME")]
-        target_name: Option<String>,
-        /// Stop as soon as the backup is consistent. Without any --target* option, recovery
-        /// replays all archived WAL (the default).
-        #[arg(long, value_parser = ["immediate"])]
-        target: Option<String>,
+        #[command(flatten)]
+        target: TargetArgs,
         /// What the server does at the target: pause (the default, PostgreSQL's), promote or
         /// shutdown. Without a target recovery replays all WAL and ends, whatever the action.
         #[arg(long, value_name = "ACTION", value_parser = parse_from_str::<TargetAction>)]
         target_action: Option<TargetAction>,
-        /// Timeline to follow: latest, current or a number (default: latest, PostgreSQL's); the
-        /// restore plan prints the one chosen.
-        #[arg(long, value_name = "TIMELINE", value_parser = parse_from_str::<TargetTimeline>)]
-        target_timeline: Option<TargetTimeline>,
+        /// Restore only this database (repeatable) and the cluster-wide catalogs: the other
+        /// databases' files are not read and are written as empty sparse files. PostgreSQL
+        /// cannot open those databases: drop them once the server is up.
+        #[arg(long, value_name = "NAME")]
+        db_include: Vec<String>,
         /// Restore this backup (default: the newest one before the target).
         #[arg(long, value_name = "ID")]
         backup: Option<String>,

@@ -249,12 +249,22 @@ pub fn restore(report: &RestoreReport, request: &RecoveryRequest) {
     }
     let pgdata = report.pgdata.display();
     println!(
-        "restored backup {} into {pgdata}: {} files, {} bytes in {:.1} s",
+        "restored backup {} into {pgdata}: {} files, {} bytes in {:.1} s ({} bytes read from \
+         the repository)",
         report.plan.backup.id,
         report.files,
         report.bytes,
-        report.elapsed.as_secs_f64()
+        report.elapsed.as_secs_f64(),
+        report.bytes_read
     );
+    if !report.excluded.is_empty() {
+        let names: Vec<&str> = report.excluded.iter().map(|d| d.name.as_str()).collect();
+        println!(
+            "not restored (--db-include): {}; their files are empty and PostgreSQL cannot \
+             open them: once the server is up, DROP DATABASE each of them",
+            names.join(", ")
+        );
+    }
     let then = match (&request.target, request.action) {
         (Target::End, _) | (_, Some(TargetAction::Promote)) => {
             "then end recovery and accept writes"

@@ -26,7 +26,6 @@ use crate::config::{RepoConfig, Settings};
 use crate::error::{EXIT_OK, Error, Result};
 use crate::ownership::{Owner, become_owner, running_as_root};
 use crate::pg::WalFileName;
-use crate::pg::recovery_target::{RecoveryRequest, Target};
 use crate::recovery::plan::PlanRequest;
 use crate::spool::{GetSpool, PushSpool, SpoolKind, spool_dir, wal_dir_of};
 
@@ -425,13 +424,9 @@ async fn execute(
         }
         Command::Restore {
             pgdata,
-            target_time,
-            target_lsn,
-            target_xid,
-            target_name,
             target,
             target_action,
-            target_timeline,
+            db_include,
             backup,
             jobs,
             force,
@@ -442,20 +437,7 @@ async fn execute(
             archive_mode,
             port,
         } => {
-            // clap lets at most one target through.
-            let target = match (target_time, target_lsn, target_xid, target_name, target) {
-                (Some(time), ..) => Target::Time(time),
-                (_, Some(lsn), ..) => Target::Lsn(lsn),
-                (_, _, Some(xid), ..) => Target::Xid(xid),
-                (_, _, _, Some(name), _) => Target::Name(name),
-                (.., Some(_)) => Target::Immediate,
-                _ => Target::End,
-            };
-            let recovery = RecoveryRequest {
-                target,
-                action: target_action,
-                timeline: target_timeline,
-            };
+            let recovery = target.recovery(target_action);
             let pgdata = pgdata.unwrap_or_default();
             let exe = std::env::current_exe()
                 .map(|p| p.display().to_string())
@@ -487,6 +469,7 @@ async fn execute(
                         })
                     })
                     .transpose()?,
+                db_include,
             };
             // Segments a recovery from this repository left in a configured spool are not
             // this restore's (the default spool is inside the new data directory).

@@ -22,6 +22,7 @@ use crate::datadir::read_cluster_identity;
 use crate::error::{Error, Result};
 use crate::pg::WalFileName;
 use crate::pg::basebackup::{Disposition, classify, is_database_directory, unlogged_files};
+use crate::pg::relpath::database_of;
 use crate::pg::wal_name::backup_history_file_name;
 use crate::server::{ArchiverStats, Session, connection_settings};
 
@@ -126,6 +127,8 @@ async fn backup_locked(
         .timeline();
     tracing::info!("backup {id} started at {start_lsn} (timeline {timeline})");
 
+    // Which directory is which database, for restore --db-include.
+    let (databases, superuser) = session.databases().await?;
     let walk_root = pgdata.clone();
     let (directories, files, tablespaces) = blocking(move || walk(&walk_root)).await?;
     let plan = plan_objects(files);
@@ -213,6 +216,11 @@ async fn backup_locked(
                 .display()
                 .to_string(),
         ),
+        databases: databases
+            .into_iter()
+            .map(|(oid, name)| crate::catalog::backup::Database { oid, name })
+            .collect(),
+        superuser: Some(superuser),
     };
     if options.pin || !options.annotations.is_empty() {
         // Before the manifest: the backup is pinned from the moment it exists.
@@ -361,6 +369,15 @@ fn plan_objects(mut files: Vec<SourceFile>) -> Vec<Vec<SourceFile>> {
         if file.size > BUNDLE_FILE_LIMIT {
             plan.push(vec![file]);
             continue;
+        }
+        // One object never holds files of two databases (or of one and the cluster-wide
+        // ones): restore --db-include then skips whole objects.
+        if bundle
+            .last()
+            .is_some_and(|last| database_of(&last.path) != database_of(&file.path))
+        {
+            plan.push(std::mem::take(&mut bundle));
+            bundle_size = 0;
         }
         bundle_size += file.size;
         bundle.push(file);
@@ -684,6 +701,47 @@ mod tests {
             state
                 .timed_out("b")
                 .ends_with("within 10 s; is archive_command pushing to this repository?")
+        );
+    }
+}
+
+#[cfg(test)]
+mod plan_tests {
+    use super::*;
+
+    fn file(path: &str, size: u64) -> SourceFile {
+        SourceFile {
+            path: path.into(),
+            absolute: PathBuf::from("/nonexistent").join(path),
+            offset: 0,
+            size,
+            mode: 0o600,
+            mtime: 0,
+        }
+    }
+
+    #[test]
+    fn an_object_holds_the_files_of_one_database_at_most() {
+        let plan = plan_objects(vec![
+            file("base/5/1259", 8192),
+            file("global/1262", 8192),
+            file("base/16384/1259", 8192),
+            file("base/16384/2619", 8192),
+            file("base/5/2619", 8192),
+            file("PG_VERSION", 3),
+        ]);
+        let databases: Vec<Vec<Option<u32>>> = plan
+            .iter()
+            .map(|object| object.iter().map(|f| database_of(&f.path)).collect())
+            .collect();
+        assert_eq!(
+            databases,
+            [
+                vec![None],
+                vec![Some(16384), Some(16384)],
+                vec![Some(5), Some(5)],
+                vec![None],
+            ]
         );
     }
 }

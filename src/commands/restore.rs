@@ -1,7 +1,7 @@
 //! `pitr restore`: rebuilds a data directory from a backup, set up so that PostgreSQL
 //! replays archived WAL (through `pitr archive-get`) up to the target.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::{self, File};
 use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt, symlink};
@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use futures_util::{StreamExt, TryStreamExt, stream};
 
-use crate::catalog::backup::{BackupFile, BackupManifest};
+use crate::catalog::backup::{BackupFile, BackupManifest, Database};
 use crate::catalog::{Catalog, CatalogError};
 use crate::datadir::running_postmaster;
 use crate::error::{Error, Result};
@@ -20,6 +20,7 @@ use crate::ownership::{Owner, give_tree_to, running_as_root};
 use crate::pg::backup_manifest::{ManifestEntry, render};
 use crate::pg::guc::remove_recovery_settings;
 use crate::pg::recovery_target::recovery_settings;
+use crate::pg::relpath::database_of;
 use crate::recovery::plan::{PlanRequest, gather_and_plan};
 use crate::recovery::timelines::{foreign_timeline_warning, timelines_without_backup};
 use crate::recovery::{ArchiveView, RestorePlan};
@@ -53,6 +54,9 @@ pub struct RestoreOptions {
     /// Run as root: the user the restored files are given to (`--owner`), over the one the
     /// backup recorded.
     pub owner: Option<Owner>,
+    /// Restore only these databases (by name) and the cluster-wide files; the others' files
+    /// are not read, and written as sparse files of zeros (empty: all restores).
+    pub db_include: Vec<String>,
 }
 
 #[derive(Debug)]
@@ -72,6 +76,10 @@ pub struct RestoreReport {
     pub foreign_timelines: Vec<u32>,
     pub files: usize,
     pub bytes: u64,
+    /// Stored bytes of the backup objects read from the repository.
+    pub bytes_read: u64,
+    /// Databases not restored (`--db-include` left them out): to be dropped.
+    pub excluded: Vec<Database>,
     pub elapsed: Duration,
 }
 
@@ -133,6 +141,7 @@ pub async fn restore(catalog: &Catalog, options: &RestoreOptions) -> Result<Rest
         .probe_restore_objects(&plan.backup, &wal, options.jobs)
         .await
         .map_err(unreadable)?;
+    let excluded = excluded_databases(&plan.backup, &options.db_include)?;
     let owner = restored_owner(
         options.owner.as_ref(),
         plan.backup.cluster_owner.as_ref(),
@@ -155,29 +164,71 @@ pub async fn restore(catalog: &Catalog, options: &RestoreOptions) -> Result<Rest
         foreign_timelines,
         files: 0,
         bytes: 0,
+        bytes_read: 0,
+        excluded,
         elapsed: Duration::ZERO,
     };
     if !options.dry_run {
         prepare_directory(&options.pgdata, options.force, &layout)?;
+        let excluded: BTreeSet<u32> = report.excluded.iter().map(|d| d.oid).collect();
         let result = write_backup(
             catalog,
             &report.plan.backup,
             options,
             &layout,
             report.owner.as_ref(),
+            &excluded,
         )
         .await;
         if result.is_err() {
             // Nothing half-restored stays where PostgreSQL or a user could start it.
             let _ = empty_directory(&options.pgdata);
         }
-        (report.files, report.bytes, report.server) = result?;
+        let written = result?;
+        (report.files, report.bytes, report.bytes_read, report.server) = written;
         // Who owns the directory is known only now (a run as root gave it away).
         report.server.start_command =
             server::start_command(&options.pgdata, report.plan.backup.pg_version);
     }
     report.elapsed = started.elapsed();
     Ok(report)
+}
+
+/// The databases of `backup` that `--db-include` leaves out (none when it names none); every
+/// name must be one of the backup's databases.
+fn excluded_databases(backup: &BackupManifest, include: &[String]) -> Result<Vec<Database>> {
+    if include.is_empty() {
+        return Ok(Vec::new());
+    }
+    if backup.databases.is_empty() {
+        return Err(Error::invalid_input(
+            "--db-include",
+            format!(
+                "backup {} does not record its databases (taken by an older pitr): restore it \
+                 whole, without --db-include, or take a new backup",
+                backup.id
+            ),
+        ));
+    }
+    for name in include {
+        if !backup.databases.iter().any(|d| &d.name == name) {
+            let names: Vec<&str> = backup.databases.iter().map(|d| d.name.as_str()).collect();
+            return Err(Error::invalid_input(
+                format!("--db-include {name}"),
+                format!(
+                    "backup {} holds no such database; it has {}",
+                    backup.id,
+                    names.join(", ")
+                ),
+            ));
+        }
+    }
+    Ok(backup
+        .databases
+        .iter()
+        .filter(|d| !include.contains(&d.name))
+        .cloned()
+        .collect())
 }
 
 /// An object restore needs that this user may not read: said plainly, before anything is
@@ -337,7 +388,8 @@ async fn write_backup(
     options: &RestoreOptions,
     layout: &RestoreLayout,
     owner: Option<&Owner>,
-) -> Result<(usize, u64, ServerSetup)> {
+    excluded: &BTreeSet<u32>,
+) -> Result<(usize, u64, u64, ServerSetup)> {
     let pgdata = layout.pgdata().to_owned();
     for dir in layout.tablespaces().values() {
         create_restored_dir(dir, layout.root_mode())?;
@@ -364,6 +416,24 @@ async fn write_backup(
         let end = file_sizes.entry(file.path.clone()).or_default();
         *end = (*end).max(file.file_offset.saturating_add(file.size));
     }
+    // Objects of excluded databases alone are not read: their files become sparse files of
+    // zeros, the size they had (recovery's full-page images rewrite what it touches).
+    let (skipped, read): (Vec<_>, Vec<_>) = by_object.into_iter().partition(|(_, files)| {
+        files
+            .iter()
+            .all(|f| database_of(&f.path).is_some_and(|oid| excluded.contains(&oid)))
+    });
+    for (_, files) in &skipped {
+        for file in files {
+            let size = file_sizes.get(file.path.as_str()).copied().unwrap_or(0);
+            write_sparse(
+                &layout.destination(&file.path),
+                size,
+                layout.file_mode(file.mode),
+            )?;
+        }
+    }
+    let by_object: BTreeMap<u32, Vec<BackupFile>> = read.into_iter().collect();
     let file_sizes = Arc::new(file_sizes);
     let layout = Arc::new(layout.clone());
     // Interleave objects from the two ends of the list: parts of one large file (adjacent
@@ -382,7 +452,7 @@ async fn write_backup(
     // On a failure no new object starts, and every started one runs to its end before this
     // returns: the caller then empties the directory with no writer left behind.
     let failed = std::sync::atomic::AtomicBool::new(false);
-    let results: Vec<Result<u64>> = stream::iter(interleaved)
+    let results: Vec<Result<(u64, u64)>> = stream::iter(interleaved)
         .map(|(object, files)| {
             let splitter = FileSplitter {
                 start_writeback: options.sync,
@@ -391,11 +461,11 @@ async fn write_backup(
             let (progress, failed) = (options.progress.clone(), &failed);
             async move {
                 if failed.load(std::sync::atomic::Ordering::Relaxed) {
-                    return Ok(0);
+                    return Ok((0, 0));
                 }
                 let written = restore_object(catalog, backup, object, splitter).await;
                 match &written {
-                    Ok(bytes) => progress.advance(*bytes),
+                    Ok((bytes, _)) => progress.advance(*bytes),
                     Err(_) => failed.store(true, std::sync::atomic::Ordering::Relaxed),
                 }
                 written
@@ -404,7 +474,7 @@ async fn write_backup(
         .buffer_unordered(options.jobs.max(1))
         .collect()
         .await;
-    let written: Vec<u64> = results.into_iter().collect::<Result<_>>()?;
+    let written: Vec<(u64, u64)> = results.into_iter().collect::<Result<_>>()?;
     options.progress.finish();
 
     let tablespace_map = backup.tablespace_map.as_ref().map(|map| {
@@ -467,9 +537,30 @@ async fn write_backup(
         .files
         .iter()
         .map(|f| f.path.as_str())
-        .collect::<std::collections::BTreeSet<_>>()
+        .collect::<BTreeSet<_>>()
         .len();
-    Ok((files, written.iter().sum(), server))
+    Ok((
+        files,
+        written.iter().map(|w| w.0).sum(),
+        written.iter().map(|w| w.1).sum(),
+        server,
+    ))
+}
+
+/// A file of an excluded database: its size in zeros, no block allocated.
+fn write_sparse(path: &Path, size: u64, mode: u32) -> Result<()> {
+    fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(mode)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .and_then(|file| {
+            file.set_permissions(fs::Permissions::from_mode(mode))?;
+            file.set_len(size)
+        })
+        .map_err(|e| Error::local_io(path.display(), e))
 }
 
 async fn restore_object(
@@ -477,13 +568,13 @@ async fn restore_object(
     backup: &BackupManifest,
     object: u32,
     splitter: FileSplitter,
-) -> Result<u64> {
+) -> Result<(u64, u64)> {
     let local = "the restored files";
-    let splitter = match catalog
+    let (splitter, stored) = match catalog
         .fetch_backup_object(backup, object, local, splitter)
         .await
     {
-        Ok((splitter, _)) => splitter,
+        Ok((splitter, summary)) => (splitter, summary.stored_len),
         // A file whose CRC-32C does not match is corruption, whichever side found it.
         Err(CatalogError::Local { source, .. }) if source.kind() == io::ErrorKind::InvalidData => {
             return Err(Error::Corrupt {
@@ -494,7 +585,8 @@ async fn restore_object(
         }
         Err(e) => return Err(e.into()),
     };
-    blocking(move || splitter.finish()).await
+    let written = blocking(move || splitter.finish()).await?;
+    Ok((written, stored))
 }
 
 /// Cuts an object's decoded bytes into its files, checking each file's CRC-32C.

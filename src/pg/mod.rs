@@ -10,6 +10,7 @@ pub mod control;
 pub mod guc;
 pub mod lsn;
 pub mod recovery_target;
+pub mod relpath;
 pub mod timeline;
 pub mod timestamp;
 pub mod wal_name;

@@ -413,6 +413,53 @@ impl Session {
         ))
     }
 
+    /// The databases by OID (`pg_database`), and the bootstrap superuser (OID 10).
+    pub async fn databases(&self) -> Result<(Vec<(u32, String)>, String), Error> {
+        let rows = self
+            .client
+            .query(
+                "SELECT oid::int8, datname::text FROM pg_database ORDER BY oid",
+                &[],
+            )
+            .await
+            .map_err(|e| sql_error("listing the databases", e))?;
+        let databases = rows
+            .iter()
+            .map(|row| (row.get::<_, i64>(0) as u32, row.get::<_, String>(1)))
+            .collect();
+        let superuser = self
+            .text(
+                "naming the bootstrap superuser",
+                "SELECT rolname::text FROM pg_roles WHERE oid = 10",
+            )
+            .await?;
+        Ok((databases, superuser))
+    }
+
+    /// Runs `sql` (one or more statements) with the simple protocol; the rows of the
+    /// statements that return rows, every value as text (NULL as None).
+    pub async fn simple_rows(&self, sql: &str) -> Result<Vec<Vec<Option<String>>>, String> {
+        let messages = self
+            .client
+            .simple_query(sql)
+            .await
+            .map_err(|e| match e.as_db_error() {
+                Some(db) => db.message().to_owned(),
+                None => e.to_string(),
+            })?;
+        Ok(messages
+            .iter()
+            .filter_map(|message| match message {
+                tokio_postgres::SimpleQueryMessage::Row(row) => Some(
+                    (0..row.len())
+                        .map(|i| row.get(i).map(str::to_owned))
+                        .collect(),
+                ),
+                _ => None,
+            })
+            .collect())
+    }
+
     /// The archiver's statistics (`pg_stat_archiver`).
     pub async fn archiver_stats(&self) -> Result<ArchiverStats, Error> {
         let row = self

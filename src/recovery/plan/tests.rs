@@ -59,6 +59,8 @@ pub(crate) fn backup(
         files: vec![],
         cluster_owner: None,
         data_directory: None,
+        databases: Vec::new(),
+        superuser: None,
     }
 }
 

@@ -46,6 +46,8 @@ fn backup(timeline: u32, start: u64, stop: u64, started: &str) -> BackupManifest
         files: vec![],
         cluster_owner: None,
         data_directory: None,
+        databases: Vec::new(),
+        superuser: None,
     }
 }
 
