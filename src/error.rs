@@ -20,6 +20,7 @@ pub const EXIT_SERVER: u8 = 9;
 pub const EXIT_LOCAL_IO: u8 = 10;
 pub const EXIT_LOCKED: u8 = 11;
 pub const EXIT_KEY: u8 = 12;
+pub const EXIT_DRILL_FAILED: u8 = 13;
 
 /// One row of the exit-code table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -88,6 +89,12 @@ pub const EXIT_CODES: &[ExitCode] = &[
         code: EXIT_KEY,
         meaning: "cannot decrypt: the repository is encrypted and the key given is wrong or \
                   missing (or a key was given for a repository that is not encrypted)",
+    },
+    ExitCode {
+        code: EXIT_DRILL_FAILED,
+        meaning: "drill: the restore worked but a check failed (the target not reached, \
+                  pg_amcheck found corruption, a --checks query did not return what it \
+                  states); the report names it",
     },
 ];
 
@@ -215,6 +222,9 @@ pub enum Error {
     /// An encrypted repository's key is wrong or missing.
     #[error("{0}")]
     Key(String),
+    /// A drill restored and started, but one of its checks failed.
+    #[error("{0}")]
+    DrillFailed(String),
 }
 
 impl Error {
@@ -232,6 +242,7 @@ impl Error {
             Error::LocalIo { .. } => EXIT_LOCAL_IO,
             Error::Locked(_) => EXIT_LOCKED,
             Error::Key(_) => EXIT_KEY,
+            Error::DrillFailed(_) => EXIT_DRILL_FAILED,
         }
     }
 
@@ -335,9 +346,10 @@ mod tests {
             Error::local_io("", std::io::Error::other("x")),
             Error::Locked(String::new()),
             Error::Key(String::new()),
+            Error::DrillFailed(String::new()),
         ];
         let codes: Vec<u8> = errors.iter().map(Error::exit_code).collect();
-        assert_eq!(codes, (1..=EXIT_KEY).collect::<Vec<_>>());
+        assert_eq!(codes, (1..=EXIT_DRILL_FAILED).collect::<Vec<_>>());
     }
 
     /// The contract as users read it: README.md and docs/operations.md carry the tables.

@@ -342,6 +342,7 @@ fn restore_options(pgdata: PathBuf) -> RestoreOptions {
         tablespace_map: Default::default(),
         restore_command: "false %f %p".into(),
         db_include: Vec::new(),
+        tablespace_root: None,
         sync: true,
         server: Default::default(),
         progress: Arc::new(Silent),

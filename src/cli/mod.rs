@@ -296,6 +296,25 @@ impl GlobalArgs {
     }
 }
 
+/// The scratch cluster of drill and restore-table.
+#[derive(Clone, Debug, Default, Args)]
+pub struct ScratchArgs {
+    /// Make the scratch directory under DIR (default: $TMPDIR, else /tmp); it needs room
+    /// for the restored cluster.
+    #[arg(long, value_name = "DIR")]
+    pub scratch_dir: Option<PathBuf>,
+    /// Keep the scratch directory (the server is stopped all the same).
+    #[arg(long)]
+    pub keep: bool,
+    /// The directory of the PostgreSQL binaries of the backup's major version (default:
+    /// pg_config --bindir, PATH, /usr/lib/postgresql/<major>/bin, /usr/pgsql-<major>/bin).
+    #[arg(long, value_name = "DIR")]
+    pub pg_bin: Option<PathBuf>,
+    /// Objects restored at once (default: the number of cores).
+    #[arg(long, value_name = "N")]
+    pub jobs: Option<usize>,
+}
+
 /// Where recovery stops: the same options for restore, drill and restore-table.
 #[derive(Clone, Debug, Default, Args)]
 #[command(group(clap::ArgGroup::new("recovery_target").multiple(false).args([
@@ -520,6 +539,69 @@ pub enum Command {
         #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
         port: Option<u16>,
     },
+    /// Test a restore and measure its RTO: restore a backup into a scratch directory, start
+    /// PostgreSQL there (no TCP, a private socket, archive_mode=off) to replay WAL up to the
+    /// target, check that it got there, run pg_amcheck on every database and the --checks
+    /// queries, then stop the server and remove the directory. Exits 0 only if every check
+    /// passed (13 when one failed).
+    Drill {
+        #[command(flatten)]
+        target: TargetArgs,
+        /// Restore this backup (default: the newest one before the target).
+        #[arg(long, value_name = "ID")]
+        backup: Option<String>,
+        /// SQL checks to run on the restored databases (TOML: [[check]] tables with sql,
+        /// database and one of expect = true|false, min_rows = N, equals = "text"; see
+        /// docs/operations.md).
+        #[arg(long, value_name = "FILE")]
+        checks: Option<PathBuf>,
+        /// Skip pg_amcheck (heap tables and B-tree indexes of every database).
+        #[arg(long)]
+        no_amcheck: bool,
+        #[command(flatten)]
+        scratch: ScratchArgs,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Bring tables back as they were at a moment, into the live database: a scratch restore
+    /// of their database alone (--db-include) replays to the target, pg_dump exports the
+    /// tables, psql loads them in one transaction, under a new name (default
+    /// NAME_restored_<timestamp>) or, with --replace, in place of the live ones.
+    #[command(group(clap::ArgGroup::new("selection").required(true).args(["table", "schema"])))]
+    RestoreTable {
+        /// The table, as SCHEMA.TABLE (repeatable; no schema means public).
+        #[arg(long, value_name = "SCHEMA.TABLE", value_parser = parse_table)]
+        table: Vec<crate::commands::restore_table::QualifiedName>,
+        /// Every table of this schema (restored as a schema NAME_restored_<timestamp>).
+        #[arg(long, value_name = "NAME", conflicts_with = "table")]
+        schema: Option<String>,
+        #[command(flatten)]
+        target: TargetArgs,
+        /// Restore from this backup (default: the newest one before the target).
+        #[arg(long, value_name = "ID")]
+        backup: Option<String>,
+        /// The live database to load into: a conninfo string or URL, with libpq's
+        /// environment (PGHOST, PGUSER, PGPASSWORD, the password file…) as for psql.
+        #[arg(long, value_name = "CONNINFO")]
+        into: String,
+        /// The database of the backup the tables come from (default: the one --into names).
+        #[arg(long, value_name = "NAME")]
+        database: Option<String>,
+        /// The restored table's name (one --table), or the restored schema's (--schema).
+        #[arg(long = "as", value_name = "NEW_NAME", conflicts_with = "replace")]
+        rename: Option<String>,
+        /// Replace the live table(s) (or schema, with CASCADE) with the restored ones: the
+        /// drop and the load are one transaction, so a failure leaves the live ones as they
+        /// were.
+        #[arg(long)]
+        replace: bool,
+        #[command(flatten)]
+        scratch: ScratchArgs,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Show the whole loop on a scratch cluster: archive, back up, drop a table, restore.
     Demo {
         /// Work here (must be empty); default: a new directory under /tmp.
@@ -710,6 +792,8 @@ impl Command {
             Command::Backup { .. } => "backup",
             Command::List { .. } => "list",
             Command::Restore { .. } => "restore",
+            Command::Drill { .. } => "drill",
+            Command::RestoreTable { .. } => "restore-table",
             Command::Demo { .. } => "demo",
             Command::Check { .. } => "check",
             Command::Metrics { .. } => "metrics",
@@ -737,6 +821,10 @@ fn parse_annotation(entry: &str) -> Result<(String, String), String> {
         }
         _ => Err(format!("'{entry}' is not KEY=VALUE")),
     }
+}
+
+fn parse_table(text: &str) -> Result<crate::commands::restore_table::QualifiedName, String> {
+    crate::commands::restore_table::parse_table(text)
 }
 
 fn parse_tablespace_map(entry: &str) -> Result<(u32, PathBuf), String> {

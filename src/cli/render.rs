@@ -524,3 +524,83 @@ fn notes(annotations: &std::collections::BTreeMap<String, String>) -> Option<Str
         pairs.join(" ")
     })
 }
+
+pub fn drill(report: &crate::commands::drill::DrillReport, as_json: bool) {
+    if as_json {
+        return json(report);
+    }
+    println!(
+        "drill {}: backup {}, recovered to {}",
+        if report.passed { "PASSED" } else { "FAILED" },
+        report.backup,
+        report.target
+    );
+    println!(
+        "  restore:  {:.1} s, {} bytes restored ({} bytes read from the repository)",
+        report.restore_seconds, report.bytes_restored, report.bytes_read
+    );
+    println!(
+        "  replay:   {:.1} s, {} bytes of WAL replayed (to {})",
+        report.replay_seconds,
+        report.wal_replayed_bytes,
+        report.replay_lsn.as_deref().unwrap_or("unknown")
+    );
+    println!(
+        "  total:    {:.1} s until the database accepted connections (the RTO measured)",
+        report.total_seconds
+    );
+    if let Some(commit) = &report.last_commit_time {
+        println!("  last replayed commit: {commit}");
+    }
+    if let Some(stop) = &report.recovery_stop {
+        println!("  PostgreSQL: {stop}");
+    }
+    println!("  checks ({:.1} s):", report.checks_seconds);
+    for check in &report.checks {
+        println!(
+            "    {} {} ({}): {}",
+            if check.passed { "ok  " } else { "FAIL" },
+            check.name,
+            check.kind,
+            check.detail
+        );
+    }
+    if report.kept {
+        println!(
+            "scratch directory kept: {} (the server is stopped)",
+            report.scratch_dir.display()
+        );
+    } else {
+        println!(
+            "scratch directory {} removed, its server stopped",
+            report.scratch_dir.display()
+        );
+    }
+}
+
+pub fn restore_table(report: &crate::commands::restore_table::RestoreTableReport, as_json: bool) {
+    if as_json {
+        return json(report);
+    }
+    for table in &report.tables {
+        println!(
+            "restored {} as of {} into {}: {} rows",
+            table.from, report.target, table.into, table.rows
+        );
+    }
+    if report.replaced {
+        println!("the live table(s) were replaced in one transaction");
+    }
+    println!(
+        "backup {}, database {}: {} bytes read from the repository; restore {:.1} s, replay \
+         {:.1} s, export {:.1} s, load {:.1} s, {:.1} s in all",
+        report.backup,
+        report.database,
+        report.bytes_read,
+        report.restore_seconds,
+        report.replay_seconds,
+        report.export_seconds,
+        report.load_seconds,
+        report.total_seconds
+    );
+}

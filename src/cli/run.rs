@@ -12,6 +12,7 @@ use crate::commands::archive_push::{ArchivePushOptions, archive_push, archived_a
 use crate::commands::backup::{BackupOptions, backup};
 use crate::commands::check::{CheckOptions, CheckThresholds, check};
 use crate::commands::demo::{DemoOptions, demo};
+use crate::commands::drill::{DrillOptions, drill};
 use crate::commands::expire::{ExpireOptions, expire};
 use crate::commands::history::{HistoryOptions, RECORDED_COMMANDS, RunFacts, history};
 use crate::commands::init::{InitOptions, init};
@@ -21,6 +22,7 @@ use crate::commands::pin::{PinOptions, pin};
 use crate::commands::prefetch::{PrefetchOptions, prefetch};
 use crate::commands::restore::server::ServerRequest;
 use crate::commands::restore::{RestoreOptions, restore};
+use crate::commands::restore_table::{RestoreTableOptions, Selection, restore_table};
 use crate::commands::verify::{VerifyOptions, verify};
 use crate::config::{RepoConfig, Settings};
 use crate::error::{EXIT_OK, Error, Result};
@@ -310,6 +312,46 @@ async fn run_archive_push(
     Ok(EXIT_OK)
 }
 
+/// The restore a drill or restore-table runs in its scratch directory (which decides the
+/// directory, the archive mode, the port and the target action itself).
+fn scratch_restore(
+    settings: &Settings,
+    global: &super::GlobalArgs,
+    target: &super::TargetArgs,
+    backup: Option<String>,
+    scratch: &super::ScratchArgs,
+    threads: usize,
+) -> RestoreOptions {
+    let exe = std::env::current_exe()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| "pitr".into());
+    RestoreOptions {
+        pgdata: PathBuf::new(),
+        request: PlanRequest {
+            recovery: target.recovery(None),
+            backup,
+        },
+        jobs: scratch.jobs.unwrap_or(threads),
+        force: false,
+        dry_run: false,
+        tablespace_map: HashMap::new(),
+        restore_command: restore_command::restore_command(&exe, settings, global.config.as_deref()),
+        sync: false,
+        server: ServerRequest::default(),
+        progress: progress::terminal(),
+        owner: None,
+        db_include: Vec::new(),
+        tablespace_root: None,
+    }
+}
+
+fn scratch_parent(scratch: &super::ScratchArgs) -> PathBuf {
+    scratch
+        .scratch_dir
+        .clone()
+        .unwrap_or_else(std::env::temp_dir)
+}
+
 /// Runs the command on the repository; `facts` gathers what the history records.
 async fn execute(
     cli: Cli,
@@ -470,6 +512,7 @@ async fn execute(
                     })
                     .transpose()?,
                 db_include,
+                tablespace_root: None,
             };
             // Segments a recovery from this repository left in a configured spool are not
             // this restore's (the default spool is inside the new data directory).
@@ -489,6 +532,75 @@ async fn execute(
                     crate::config::PASSPHRASE_ENV
                 );
             }
+        }
+        Command::Drill {
+            target,
+            backup,
+            checks,
+            no_amcheck,
+            scratch,
+            json,
+        } => {
+            let checks = match &checks {
+                Some(path) => {
+                    let text = std::fs::read_to_string(path)
+                        .map_err(|e| Error::Config(format!("--checks {}: {e}", path.display())))?;
+                    crate::scratch::checks::parse(&text, &path.display().to_string())
+                        .map_err(Error::Config)?
+                }
+                None => Vec::new(),
+            };
+            let options = DrillOptions {
+                restore: scratch_restore(settings, &cli.global, &target, backup, &scratch, threads),
+                scratch_parent: scratch_parent(&scratch),
+                keep: scratch.keep,
+                pg_bin: scratch.pg_bin,
+                amcheck: !no_amcheck,
+                checks,
+            };
+            let report = drill(&catalog, &options).await?;
+            facts.bytes = Some(report.bytes_restored);
+            facts.backup_id = Some(report.backup.clone());
+            render::drill(&report, json);
+            if !report.passed {
+                return Err(Error::DrillFailed(format!(
+                    "the restore of backup {} worked, but {}",
+                    report.backup,
+                    crate::commands::drill::failures(&report)
+                )));
+            }
+        }
+        Command::RestoreTable {
+            table,
+            schema,
+            target,
+            backup,
+            into,
+            database,
+            rename,
+            replace,
+            scratch,
+            json,
+        } => {
+            let selection = match schema {
+                Some(schema) => Selection::Schema(schema),
+                None => Selection::Tables(table),
+            };
+            let options = RestoreTableOptions {
+                restore: scratch_restore(settings, &cli.global, &target, backup, &scratch, threads),
+                selection,
+                into,
+                database,
+                rename,
+                replace,
+                scratch_parent: scratch_parent(&scratch),
+                keep: scratch.keep,
+                pg_bin: scratch.pg_bin,
+            };
+            let report = restore_table(&catalog, &options).await?;
+            facts.backup_id = Some(report.backup.clone());
+            facts.bytes = Some(report.bytes_read);
+            render::restore_table(&report, json);
         }
         Command::List { json } => {
             let options = ListOptions { jobs: 2 * threads };

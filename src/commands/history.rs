@@ -9,7 +9,14 @@ use crate::catalog::history::{HISTORY_FORMAT, RunRecord, RunStatus};
 use crate::error::{EXIT_OK, Result};
 
 /// Commands whose runs are recorded. Expire joins when it exists.
-pub const RECORDED_COMMANDS: &[&str] = &["backup", "verify", "check", "expire"];
+pub const RECORDED_COMMANDS: &[&str] = &[
+    "backup",
+    "verify",
+    "check",
+    "expire",
+    "drill",
+    "restore-table",
+];
 
 /// What a command tells the history about its run beyond its exit code; the CLI fills it as
 /// the command's report comes back.

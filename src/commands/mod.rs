@@ -7,6 +7,7 @@ pub mod archive_push;
 pub mod backup;
 pub mod check;
 pub mod demo;
+pub mod drill;
 pub mod expire;
 pub mod history;
 pub mod init;
@@ -17,6 +18,7 @@ pub mod overview;
 pub mod pin;
 pub mod prefetch;
 pub mod restore;
+pub mod restore_table;
 pub mod verify;
 
 /// Runs CPU- and file-bound work off the async runtime.

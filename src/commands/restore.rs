@@ -57,6 +57,9 @@ pub struct RestoreOptions {
     /// Restore only these databases (by name) and the cluster-wide files; the others' files
     /// are not read, and written as sparse files of zeros (empty: all restores).
     pub db_include: Vec<String>,
+    /// Tablespaces `tablespace_map` does not name go to `<this>/<oid>` rather than to their
+    /// original place (a scratch restore keeps everything under its directory).
+    pub tablespace_root: Option<PathBuf>,
 }
 
 #[derive(Debug)]
@@ -117,8 +120,16 @@ pub async fn restore(catalog: &Catalog, options: &RestoreOptions) -> Result<Rest
             }
         })?;
     // ...and every path the manifest names stays inside DIR and the tablespaces.
-    let layout = plan_layout(&plan.backup, &options.pgdata, &options.tablespace_map).map_err(
-        |e| match e {
+    let mut tablespace_map = options.tablespace_map.clone();
+    if let Some(root) = &options.tablespace_root {
+        for tablespace in &plan.backup.tablespaces {
+            tablespace_map
+                .entry(tablespace.oid)
+                .or_insert_with(|| root.join(tablespace.oid.to_string()));
+        }
+    }
+    let layout =
+        plan_layout(&plan.backup, &options.pgdata, &tablespace_map).map_err(|e| match e {
             e @ LayoutError::Unsafe { .. } => Error::Corrupt {
                 what: format!("the manifest of backup {}", plan.backup.id),
                 location: catalog.location(),
@@ -131,8 +142,7 @@ pub async fn restore(catalog: &Catalog, options: &RestoreOptions) -> Result<Rest
                      it elsewhere with --tablespace-map {oid}=DIR"
                 ),
             ),
-        },
-    )?;
+        })?;
     // ...and this user can read every object it needs (a run as root may have left objects
     // only root can read).
     let mut wal = view.files(&plan.segments);

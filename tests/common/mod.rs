@@ -754,14 +754,28 @@ impl PgCluster {
 
     /// Runs SQL through psql; returns unaligned, tuples-only output.
     pub fn sql(&self, sql: &str) -> String {
+        self.sql_in("postgres", sql)
+    }
+
+    /// The same, in `database`.
+    pub fn sql_in(&self, database: &str, sql: &str) -> String {
         run_ok(
             as_postgres("psql")
                 .args(["-X", "-v", "ON_ERROR_STOP=1", "-At", "-U", "postgres", "-h"])
                 .arg(&self.socket_dir)
-                .args(["-p", &self.port.to_string(), "-d", "postgres", "-c", sql]),
+                .args(["-p", &self.port.to_string(), "-d", database, "-c", sql]),
         )
         .trim()
         .to_owned()
+    }
+
+    /// The conninfo string of `database` on this cluster.
+    pub fn conninfo(&self, database: &str) -> String {
+        format!(
+            "host={} port={} user=postgres dbname={database}",
+            self.socket_dir.display(),
+            self.port
+        )
     }
 
     pub fn server_log(&self) -> String {
