@@ -386,10 +386,13 @@ async fn rename_in_scratch(
     } else {
         for table in tables {
             let to = renamed(table, renames);
-            let suffix = to
-                .name
-                .strip_prefix(table.name.as_str())
-                .unwrap_or("_restored");
+            if &to == table {
+                continue; // --as the same name: back where it was (the live one is gone)
+            }
+            let suffix = match to.name.strip_prefix(table.name.as_str()) {
+                Some(suffix) if !suffix.is_empty() => suffix,
+                _ => "_restored",
+            };
             // Its indexes (and the constraints they back) and owned sequences.
             let dependents = session
                 .simple_rows(&format!(
