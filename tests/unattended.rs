@@ -342,6 +342,7 @@ fn systemd_units_pass_systemd_analyze_verify() {
         ("expire", "*-*-* 03:00:00"),
         ("verify", "*-*-* 04:00:00"),
         ("check", "*:0/5"),
+        ("drill", "Sun *-*-01..07 05:00:00"),
     ];
     let mut units = Vec::new();
     for (name, calendar) in schedules {

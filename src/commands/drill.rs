@@ -77,9 +77,11 @@ async fn run(
     options: &DrillOptions,
     scratch: &mut Scratch,
 ) -> Result<DrillReport> {
+    // The binaries first: a missing PostgreSQL is found before a long restore.
+    let pg_version = catalog.identity().await?.pg_version;
+    let bin = pg_bin::find(pg_version, options.pg_bin.as_deref())?;
     let restored = scratch.restore(catalog, options.restore.clone()).await?;
     let backup = &restored.plan.backup;
-    let bin = pg_bin::find(backup.pg_version, options.pg_bin.as_deref())?;
     let replay = scratch.start(&bin).await?;
     let checks_started = Instant::now();
     let database = any_database(backup);

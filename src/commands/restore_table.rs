@@ -124,8 +124,11 @@ async fn run(
 ) -> Result<RestoreTableReport> {
     let mut restore = options.restore.clone();
     restore.db_include = vec![database.to_owned()];
+    let bin = pg_bin::find(
+        catalog.identity().await?.pg_version,
+        options.pg_bin.as_deref(),
+    )?;
     let restored = scratch.restore(catalog, restore).await?;
-    let bin = pg_bin::find(restored.plan.backup.pg_version, options.pg_bin.as_deref())?;
     let replay = scratch.start(&bin).await?;
 
     let session = scratch.connect(database).await?;

@@ -212,6 +212,7 @@ impl Scratch {
             // Connections come only once recovery ended (no hot-standby parameter checks).
             "hot_standby=off".into(),
             "autovacuum=off".into(),
+            "jit=off".into(),
             "ssl=off".into(),
             "logging_collector=off".into(),
             "log_destination=stderr".into(),
