@@ -158,6 +158,8 @@ fn manifest(number: usize, start: u64) -> BackupManifest {
         }],
         cluster_owner: None,
         data_directory: None,
+        databases: Vec::new(),
+        superuser: None,
     }
 }
 

@@ -372,6 +372,8 @@ mod tests {
             ],
             cluster_owner: None,
             data_directory: None,
+            databases: Vec::new(),
+            superuser: None,
         }
     }
 
