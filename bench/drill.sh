@@ -49,8 +49,14 @@ echo "app: $((app / 1048576)) MiB, other: $((other / 1048576)) MiB"
 as_pg $PITR backup --pgdata "$WORK/data" --dbname "host=$WORK port=5432 user=postgres" >/dev/null
 as_pg "$PG_BIN/pgbench" -h "$WORK" -U postgres -c 2 -T 20 app >/dev/null 2>&1
 target=$(SQL -d postgres -c "SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') || '+00'")
+# Recovery stops at the first commit after the target: there must be one.
+sleep 1
+SQL -d app -c "CREATE TABLE after_target ()"
+segment=$(SQL -d postgres -c "SELECT pg_walfile_name(pg_current_wal_lsn())")
 SQL -d postgres -c "SELECT pg_switch_wal()" >/dev/null
-sleep 3
+until [ "$(SQL -d postgres -c "SELECT coalesce(last_archived_wal, '') >= '$segment' FROM pg_stat_archiver")" = t ]; do
+  sleep 1
+done
 sync
 
 # "bytes read" as each command reports it.
@@ -60,12 +66,12 @@ run() { # LABEL ARGS...
   out=$(scratch_file)
   as_pg /usr/bin/time -f "%e %M" -o "$out.time" "$@" >"$out" 2>"$out.err" || {
     cat "$out.err" >&2; exit 1; }
-  read=$(grep -o '[0-9]* bytes read from the repository' "$out" | head -1 | cut -d' ' -f1)
-  [ -n "$read" ] || read=$(grep -o '"bytes_read": [0-9]*' "$out" | head -1 | grep -o '[0-9]*$')
+  read=$(grep -o '[0-9]* bytes read from the repository' "$out" | head -1 | cut -d' ' -f1 || true)
+  [ -n "$read" ] || read=$(grep -o '"bytes_read": [0-9]*' "$out" | head -1 | grep -o '[0-9]*$' || true)
   read -r seconds rss < "$out.time"
   printf '%-40s %8.1f MiB read  %6.1f s  %6.0f MB RSS\n' "$label" \
     "$(awk -v b="$read" 'BEGIN { print b / 1048576 }')" "$seconds" "$(awk -v k="$rss" 'BEGIN { print k / 1024 }')"
-  grep -E "total:|replay:|restore:" "$out" | sed 's/^/    /' || true
+  grep -E "total:|replay:|restore:|_seconds" "$out" | sed 's/^/    /' || true
   rm -f "$out" "$out.time" "$out.err"
 }
 

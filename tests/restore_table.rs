@@ -242,6 +242,28 @@ fn tables_come_back_as_they_were_and_only_their_database_is_read() {
     assert_eq!(checksum(&cluster, "app", "orders"), orders);
     assert!(std::fs::read_dir(&scratch).unwrap().next().is_none());
 
+    // A whole schema, beside the live one.
+    let out = restore_table(
+        &pitr,
+        &cluster,
+        &scratch,
+        &[
+            "--schema",
+            "public",
+            "--target-time",
+            &before_delete,
+            "--as",
+            "public_then",
+        ],
+    );
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(
+        checksum(&cluster, "app", "public_then.ledger"),
+        ledger_before
+    );
+    assert_eq!(checksum(&cluster, "app", "public_then.orders"), orders);
+    assert_eq!(checksum(&cluster, "app", "public.ledger"), ledger_before);
+
     // A table that did not exist at the target: refused, live database untouched.
     let out = restore_table(
         &pitr,

@@ -180,7 +180,7 @@ pub fn encode_metrics(repo: &RepositoryOverview) -> String {
 
     let run_time = m.family(
         "last_run_time_seconds",
-        "When the last recorded run of a command (backup, verify, check, expire) ended, Unix time",
+        "When the last recorded run of a command (backup, verify, check, expire, drill, restore-table) ended, Unix time",
     );
     let run_ok = m.family(
         "last_run_success",
