@@ -318,7 +318,7 @@ mod tests {
     #[test]
     fn the_table_lists_every_code_once_in_order() {
         let codes: Vec<u8> = EXIT_CODES.iter().map(|row| row.code).collect();
-        assert_eq!(codes, (0..=EXIT_KEY).collect::<Vec<_>>());
+        assert_eq!(codes, (0..=EXIT_DRILL_FAILED).collect::<Vec<_>>());
     }
 
     #[test]

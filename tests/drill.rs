@@ -85,7 +85,19 @@ fn drill_as_root(pitr: &Pitr, scratch: &Path, args: &[&str]) -> Output {
 fn drills_pass_on_a_healthy_repository_and_fail_with_the_reason() {
     let dir = TestDir::new("drill");
     let repo = Repo::local(&dir);
-    let (pitr, cluster) = archiving_cluster(&dir, &repo, "");
+    // A configuration that names its own data directory and a pid file outside it, as
+    // packaged ones do: the scratch server must use neither.
+    let pid_file = dir.path().join("production.pid");
+    let (pitr, cluster) = archiving_cluster(
+        &dir,
+        &repo,
+        &format!(
+            "data_directory = '{}'\nexternal_pid_file = '{}'\n",
+            dir.path().join("pg").join("data").display(),
+            pid_file.display()
+        ),
+    );
+    let production_pid = std::fs::read_to_string(&pid_file).unwrap();
     cluster.sql("CREATE DATABASE shop");
     cluster.sql_in(
         "shop",
@@ -208,6 +220,8 @@ equals = "shop"
     assert!(stderr(&out).contains("corrupt"), "{}", stderr(&out));
     assert_scratch_gone(&scratch);
 
+    assert_eq!(std::fs::read_to_string(&pid_file).unwrap(), production_pid);
+
     // The runs are in the repository's history.
     let out = pitr.run(["history", "--json"]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
@@ -224,4 +238,35 @@ fn repo_object(dir: &TestDir, id: &str) -> std::path::PathBuf {
         .map(|e| e.path())
         .max_by_key(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0))
         .unwrap()
+}
+
+/// The same drill on an S3-compatible server 20 ms away: the scratch server fetches its WAL
+/// through the repository's restore_command, with the S3 settings pitr was given.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_drill_on_an_s3_repository_passes() {
+    let server = S3Server::start_with_latency("drill", Duration::from_millis(20)).await;
+    let dir = TestDir::new("drill-s3");
+    let repo = Repo::s3(&server, "drill");
+    let (pitr, cluster) = archiving_cluster(&dir, &repo, "");
+    cluster.sql(
+        "CREATE TABLE t AS SELECT g AS id, md5(g::text) AS v FROM generate_series(1, 20000) g",
+    );
+    pitr.backup(&cluster);
+    cluster.sql("INSERT INTO t SELECT g, 'after' FROM generate_series(20001, 25000) g");
+    cluster.archive_current_segment(WAIT);
+    let scratch = dir.subdir("scratch");
+    let checks = dir.write(
+        "checks.toml",
+        "[[check]]\nsql = \"SELECT count(*) FROM t\"\nequals = \"25000\"\n",
+    );
+    let out = drill(
+        &pitr,
+        &scratch,
+        &["--checks", &checks.display().to_string(), "--json"],
+    );
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["passed"], true, "{report}");
+    assert!(report["bytes_read"].as_u64().unwrap() > 0);
+    assert_scratch_gone(&scratch);
 }

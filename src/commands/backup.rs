@@ -352,7 +352,8 @@ fn walk(pgdata: &Path) -> Result<Walked> {
 
 /// Large files alone, small files packed into bundles: one entry per object.
 fn plan_objects(mut files: Vec<SourceFile>) -> Vec<Vec<SourceFile>> {
-    files.sort_by(|a, b| a.path.cmp(&b.path));
+    // The cluster-wide files first, then each database's together.
+    files.sort_by(|a, b| (database_of(&a.path), &a.path).cmp(&(database_of(&b.path), &b.path)));
     let mut plan = Vec::new();
     let mut bundle: Vec<SourceFile> = Vec::new();
     let mut bundle_size = 0;
@@ -737,10 +738,9 @@ mod plan_tests {
         assert_eq!(
             databases,
             [
-                vec![None],
-                vec![Some(16384), Some(16384)],
+                vec![None, None],
                 vec![Some(5), Some(5)],
-                vec![None],
+                vec![Some(16384), Some(16384)],
             ]
         );
     }

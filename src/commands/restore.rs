@@ -519,7 +519,10 @@ async fn write_backup(
         &options.request,
         &server.settings(),
     )?;
-    write_postgres_manifest(&layout, backup, tablespace_map.as_deref())?;
+    // pg_verifybackup would take the excluded databases' empty files for corruption.
+    if excluded.is_empty() {
+        write_postgres_manifest(&layout, backup, tablespace_map.as_deref())?;
+    }
     if let Some(owner) = owner {
         // Before the sync, which makes the new owners durable too.
         for root in std::iter::once(&pgdata).chain(layout.tablespaces().values()) {

@@ -34,6 +34,8 @@ pub struct Scratch {
     owner: Option<Owner>,
     port: u16,
     superuser: String,
+    /// The backup's major version (settings differ by version).
+    pg_version: u32,
     server: Option<Child>,
 }
 
@@ -53,6 +55,7 @@ impl Scratch {
             owner: None,
             port: free_port(),
             superuser: "postgres".into(),
+            pg_version: 0,
             server: None,
         })
     }
@@ -99,6 +102,7 @@ impl Scratch {
         let report = restore(catalog, &options).await?;
         self.owner = report.owner.clone();
         let backup = &report.plan.backup;
+        self.pg_version = backup.pg_version;
         self.superuser = backup
             .superuser
             .clone()
@@ -195,10 +199,14 @@ impl Scratch {
 
     /// The `-c` settings that keep the scratch server to itself.
     fn settings(&self) -> Vec<String> {
-        let dir = |p: &Path| p.display().to_string().replace('\'', "''");
-        vec![
+        // Values on the command line are taken as they are, with no quoting.
+        let dir = |p: &Path| p.display().to_string();
+        let mut settings = vec![
+            // A copied postgresql.conf may name production's directory and files.
+            format!("data_directory={}", dir(&self.pgdata())),
             "listen_addresses=".into(),
-            format!("unix_socket_directories={}", dir(&self.socket_dir())),
+            // A list: double quotes keep a comma or space in the path.
+            format!("unix_socket_directories=\"{}\"", dir(&self.socket_dir())),
             format!("port={}", self.port),
             format!("hba_file={}", dir(&self.root.join("pg_hba.conf"))),
             format!("ident_file={}", dir(&self.root.join("pg_ident.conf"))),
@@ -217,8 +225,16 @@ impl Scratch {
             "logging_collector=off".into(),
             "log_destination=stderr".into(),
             "external_pid_file=".into(),
+            "recovery_end_command=".into(),
+            "archive_cleanup_command=".into(),
+            "primary_slot_name=".into(),
             "cluster_name=pitr-scratch".into(),
-        ]
+        ];
+        if (13..15).contains(&self.pg_version) {
+            // Before 15 the statistics collector writes here (production's, if absolute).
+            settings.push("stats_temp_directory=pg_stat_tmp".into());
+        }
+        settings
     }
 
     /// A session with `database` as the bootstrap superuser, through the private socket.
