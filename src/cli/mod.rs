@@ -574,7 +574,7 @@ pub enum Command {
         #[arg(long, value_name = "SCHEMA.TABLE", value_parser = parse_table)]
         table: Vec<crate::commands::restore_table::QualifiedName>,
         /// Every table of this schema (restored as a schema NAME_restored_<timestamp>).
-        #[arg(long, value_name = "NAME", conflicts_with = "table")]
+        #[arg(long, value_name = "NAME", conflicts_with = "table", value_parser = parse_name)]
         schema: Option<String>,
         #[command(flatten)]
         target: TargetArgs,
@@ -589,7 +589,7 @@ pub enum Command {
         #[arg(long, value_name = "NAME")]
         database: Option<String>,
         /// The restored table's name (one --table), or the restored schema's (--schema).
-        #[arg(long = "as", value_name = "NEW_NAME", conflicts_with = "replace")]
+        #[arg(long = "as", value_name = "NEW_NAME", conflicts_with = "replace", value_parser = parse_name)]
         rename: Option<String>,
         /// Replace the live table(s) (or schema, with CASCADE) with the restored ones: the
         /// drop and the load are one transaction, so a failure leaves the live ones as they
@@ -825,6 +825,10 @@ fn parse_annotation(entry: &str) -> Result<(String, String), String> {
 
 fn parse_table(text: &str) -> Result<crate::commands::restore_table::QualifiedName, String> {
     crate::commands::restore_table::parse_table(text)
+}
+
+fn parse_name(text: &str) -> Result<String, String> {
+    crate::commands::restore_table::parse_identifier(text)
 }
 
 fn parse_tablespace_map(entry: &str) -> Result<(u32, PathBuf), String> {

@@ -18,7 +18,7 @@ use crate::config::Settings;
 use crate::error::{EXIT_OK, Error};
 
 /// The commands that run unattended and report to the webhook.
-pub const NOTIFYING_COMMANDS: &[&str] = &["backup", "verify", "expire", "check"];
+pub const NOTIFYING_COMMANDS: &[&str] = &["backup", "verify", "expire", "check", "drill"];
 /// The whole request, connection included.
 pub const TIMEOUT: Duration = Duration::from_secs(10);
 /// Discord refuses a `content` longer than this.

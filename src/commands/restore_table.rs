@@ -544,7 +544,8 @@ async fn run_tool(mut command: tokio::process::Command, what: &str) -> Result<()
     )))
 }
 
-/// `SCHEMA.TABLE` (each part may be double-quoted; no schema means public).
+/// `SCHEMA.TABLE` (each part may be double-quoted to keep capitals or a dot; no schema
+/// means public).
 pub fn parse_table(text: &str) -> std::result::Result<QualifiedName, String> {
     let mut parts = Vec::new();
     let mut current = String::new();
@@ -558,6 +559,8 @@ pub fn parse_table(text: &str) -> std::result::Result<QualifiedName, String> {
             }
             '"' => quoted = !quoted,
             '.' if !quoted => parts.push(std::mem::take(&mut current)),
+            // As in SQL (and pg_dump's patterns): unquoted names fold to lower case.
+            c if !quoted => current.push(c.to_ascii_lowercase()),
             c => current.push(c),
         }
     }
@@ -572,6 +575,18 @@ pub fn parse_table(text: &str) -> std::result::Result<QualifiedName, String> {
         schema: parts.pop().unwrap_or_else(|| "public".into()),
         name,
     })
+}
+
+/// One name (a schema), folded and unquoted as `parse_table` does.
+pub fn parse_identifier(text: &str) -> std::result::Result<String, String> {
+    match parse_table(text) {
+        Ok(name) if !text.contains('.') || text.starts_with('"') && name.schema == "public" => {
+            Ok(name.name)
+        }
+        _ => Err(format!(
+            "'{text}' is not one name (quote it with \"…\" if it holds a dot)"
+        )),
+    }
 }
 
 pub fn quote_ident(name: &str) -> String {
@@ -590,8 +605,8 @@ mod tests {
     fn table_names_parse_as_sql_writes_them() {
         let t = parse_table("public.orders").unwrap();
         assert_eq!((t.schema.as_str(), t.name.as_str()), ("public", "orders"));
-        let t = parse_table("orders").unwrap();
-        assert_eq!(t.schema, "public");
+        let t = parse_table("Orders").unwrap();
+        assert_eq!((t.schema.as_str(), t.name.as_str()), ("public", "orders"));
         let t = parse_table("\"My.Schema\".\"Or\"\"ders\"").unwrap();
         assert_eq!(
             (t.schema.as_str(), t.name.as_str()),
@@ -599,6 +614,9 @@ mod tests {
         );
         assert_eq!(t.to_string(), "\"My.Schema\".\"Or\"\"ders\"");
         assert!(parse_table("a.b.c").is_err());
+        assert_eq!(parse_identifier("App").unwrap(), "app");
+        assert_eq!(parse_identifier("\"A.b\"").unwrap(), "A.b");
+        assert!(parse_identifier("a.b").is_err());
         assert!(parse_table("a.").is_err());
         assert!(parse_table("\"a").is_err());
     }
