@@ -270,3 +270,44 @@ async fn a_drill_on_an_s3_repository_passes() {
     assert!(report["bytes_read"].as_u64().unwrap() > 0);
     assert_scratch_gone(&scratch);
 }
+
+/// A heap page damaged in the cluster itself (so every checksum of the backup is right):
+/// the restore works, pg_amcheck finds the damage, and the drill fails with exit 13.
+#[test]
+fn a_drill_finds_a_damaged_table_with_pg_amcheck() {
+    use std::io::{Seek, SeekFrom, Write};
+    let dir = TestDir::new("drill-amcheck");
+    let repo = Repo::local(&dir);
+    let (pitr, mut cluster) = archiving_cluster(&dir, &repo, "");
+    cluster.sql(
+        "CREATE TABLE damaged AS SELECT g AS id, 'row ' || g AS v FROM generate_series(1, 50) g",
+    );
+    let file = cluster
+        .data
+        .join(cluster.sql("SELECT pg_relation_filepath('damaged')"));
+    cluster.sql("CHECKPOINT");
+    cluster.stop();
+    // The first line pointers of page 0 (after its 24-byte header) become normal ones that
+    // point past the end of the page: lp_off 0x7ff0, lp_flags 1, lp_len 64.
+    let item = (0x7ff0u32 | (1 << 15) | (64 << 17)).to_le_bytes();
+    let mut handle = std::fs::OpenOptions::new().write(true).open(&file).unwrap();
+    handle.seek(SeekFrom::Start(24)).unwrap();
+    handle.write_all(&item.repeat(4)).unwrap();
+    drop(handle);
+    cluster.start();
+    pitr.backup(&cluster);
+    cluster.archive_current_segment(WAIT);
+    let scratch = dir.subdir("scratch");
+    let out = drill(&pitr, &scratch, &["--json"]);
+    assert_eq!(code(&out), 13, "{}", stderr(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let amcheck = &report["checks"][1];
+    assert_eq!(amcheck["kind"], "amcheck");
+    assert_eq!(amcheck["passed"], false, "{report}");
+    assert!(
+        amcheck["detail"].as_str().unwrap().contains("damaged"),
+        "{report}"
+    );
+    assert!(stderr(&out).contains("pg_amcheck"), "{}", stderr(&out));
+    assert_scratch_gone(&scratch);
+}

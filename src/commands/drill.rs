@@ -245,7 +245,11 @@ async fn amcheck(bin: &std::path::Path, scratch: &Scratch, jobs: usize) -> Check
                 String::from_utf8_lossy(&output.stdout),
                 String::from_utf8_lossy(&output.stderr)
             );
-            let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+            let lines: Vec<&str> = text
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .collect();
             if output.status.success() && lines.is_empty() {
                 (
                     true,
