@@ -28,6 +28,33 @@ fn processes_under(dir: &Path) -> Vec<String> {
     found
 }
 
+/// Whether a backend of the scratch server under `scratch` runs a query (backends name
+/// their query in the process title, not the directory: they are found by their parent).
+fn scratch_backend_busy(scratch: &Path) -> bool {
+    let needle = scratch.display().to_string();
+    let mut postmasters = Vec::new();
+    let mut titles = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        let status = std::fs::read_to_string(entry.path().join("status")).unwrap_or_default();
+        let parent = status
+            .lines()
+            .find_map(|l| l.strip_prefix("PPid:"))
+            .and_then(|p| p.trim().parse::<u32>().ok());
+        if cmdline.contains(&needle) && cmdline.contains("postgres") {
+            postmasters.push(pid);
+        }
+        titles.push((parent, cmdline));
+    }
+    titles.iter().any(|(parent, title)| {
+        parent.is_some_and(|p| postmasters.contains(&p)) && title.contains("[local] SELECT")
+    })
+}
+
 /// The scratch parent is empty again and no server runs from it.
 fn assert_scratch_gone(scratch: &Path) {
     let left: Vec<_> = std::fs::read_dir(scratch)
@@ -309,5 +336,55 @@ fn a_drill_finds_a_damaged_table_with_pg_amcheck() {
         "{report}"
     );
     assert!(stderr(&out).contains("pg_amcheck"), "{}", stderr(&out));
+    assert_scratch_gone(&scratch);
+}
+
+/// SIGTERM (systemd stopping the unit, a timeout) in the middle of a drill: pitr stops the
+/// scratch server, removes the directory, and exits non-zero.
+#[test]
+fn a_drill_stopped_by_sigterm_leaves_nothing_behind() {
+    let dir = TestDir::new("drill-term");
+    let repo = Repo::local(&dir);
+    let (pitr, cluster) = archiving_cluster(&dir, &repo, "");
+    cluster.sql("CREATE TABLE t AS SELECT g AS id FROM generate_series(1, 1000) g");
+    pitr.backup(&cluster);
+    cluster.archive_current_segment(WAIT);
+    let scratch = dir.subdir("scratch");
+    // A check that takes long: the signal comes while the server runs.
+    let slow = dir.write(
+        "slow.toml",
+        "[[check]]\nsql = \"SELECT pg_sleep(60) IS NOT NULL\"\nexpect = true\n",
+    );
+    let mut child = pitr
+        .direct([
+            "drill",
+            "--no-amcheck",
+            "--scratch-dir",
+            &scratch.display().to_string(),
+            "--checks",
+            &slow.display().to_string(),
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + WAIT;
+    // The scratch server's backends name their query, not the directory: wait for one
+    // running the check.
+    while !scratch_backend_busy(&scratch) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the drill never got to its checks"
+        );
+        assert!(child.try_wait().unwrap().is_none(), "the drill ended early");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(!processes_under(&scratch).is_empty());
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait().unwrap();
+    let mut error = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut error).unwrap();
+    assert_eq!(status.code(), Some(8), "{error}");
+    assert!(error.contains("SIGTERM"), "{error}");
     assert_scratch_gone(&scratch);
 }

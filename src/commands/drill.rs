@@ -67,7 +67,10 @@ pub struct DrillReport {
 
 pub async fn drill(catalog: &Catalog, options: &DrillOptions) -> Result<DrillReport> {
     let mut scratch = Scratch::create(&options.scratch_parent, "pitr-drill-", options.keep)?;
-    let result = run(catalog, options, &mut scratch).await;
+    let result = tokio::select! {
+        result = run(catalog, options, &mut scratch) => result,
+        signal = crate::scratch::interrupted() => Err(crate::scratch::interruption(signal, &scratch)),
+    };
     scratch.stop().await;
     result
 }
@@ -235,6 +238,7 @@ async fn amcheck(bin: &std::path::Path, scratch: &Scratch, jobs: usize) -> Check
         .arg("--jobs")
         .arg(jobs.clamp(1, 8).to_string())
         .env_remove("PGDATABASE")
+        .kill_on_drop(true)
         .output()
         .await;
     let (passed, detail) = match output {

@@ -108,7 +108,10 @@ pub async fn restore_table(
     drop(live);
 
     let mut scratch = Scratch::create(&options.scratch_parent, "pitr-table-", options.keep)?;
-    let result = run(catalog, options, &mut scratch, &database, &renames).await;
+    let result = tokio::select! {
+        result = run(catalog, options, &mut scratch, &database, &renames) => result,
+        signal = crate::scratch::interrupted() => Err(crate::scratch::interruption(signal, &scratch)),
+    };
     scratch.stop().await;
     let mut report = result?;
     report.total_seconds = started.elapsed().as_secs_f64();
@@ -524,6 +527,8 @@ async fn run_tool(mut command: tokio::process::Command, what: &str) -> Result<()
     let started = Instant::now();
     let output = command
         .stdin(std::process::Stdio::null())
+        // A run stopped by a signal stops its tools too (a load then rolls back).
+        .kill_on_drop(true)
         .output()
         .await
         .map_err(|e| Error::Server(format!("cannot run {what}: {e}")))?;

@@ -282,9 +282,44 @@ impl Drop for Scratch {
             stop_now(&mut child);
         }
         if !self.keep {
-            let _ = fs::remove_dir_all(&self.root);
+            // A restore cut short by a signal may still be finishing a file or two.
+            for _ in 0..50 {
+                match fs::remove_dir_all(&self.root) {
+                    Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
+                    _ => break,
+                }
+            }
         }
     }
+}
+
+/// Waits for SIGINT, SIGTERM or SIGHUP (Ctrl-C, systemd stopping the unit) and names it:
+/// the caller then stops its scratch server and removes the directory before exiting.
+pub async fn interrupted() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut int), Ok(mut term), Ok(mut hup)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+        signal(SignalKind::hangup()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = int.recv() => "SIGINT",
+        _ = term.recv() => "SIGTERM",
+        _ = hup.recv() => "SIGHUP",
+    }
+}
+
+/// The error of a run a signal stopped.
+pub fn interruption(signal: &str, scratch: &Scratch) -> Error {
+    Error::Incomplete(format!(
+        "stopped by {signal}: the scratch server was stopped and {} {}",
+        scratch.root().display(),
+        if scratch.keep { "kept" } else { "removed" }
+    ))
 }
 
 /// SIGQUIT (immediate shutdown: the postmaster stops its children), then SIGKILL.
