@@ -100,7 +100,7 @@ pub struct GlobalArgs {
     )]
     pub lock_stale_after: Option<u64>,
 
-    /// Webhook URL (Slack, Discord, Mattermost) to POST to when backup or verify fails
+    /// Webhook URL (Slack, Discord, Mattermost) to POST to when backup, verify, expire, check or drill fails
     /// (default: none, no notification).
     #[arg(
         long,
