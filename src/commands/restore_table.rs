@@ -173,12 +173,14 @@ async fn run(
     let live = Session::connect(&connection_settings(Some(&options.into))?).await?;
     let mut restored_tables = Vec::new();
     for ((table, into), rows) in tables.iter().zip(&dumped).zip(&counts) {
+        // The load was one transaction that stopped at any error; a difference here is
+        // the live database's own writes since (a replaced table is in use at once).
         let live_rows = count_rows(&live, into).await?;
         if live_rows != *rows {
-            return Err(Error::Server(format!(
-                "{into} holds {live_rows} rows in the live database after the load, but {rows} \
-                 at the target"
-            )));
+            tracing::warn!(
+                "{into} holds {live_rows} rows in the live database now, {rows} at the target \
+                 (written to since the load?)"
+            );
         }
         restored_tables.push(RestoredTable {
             from: table.to_string(),
