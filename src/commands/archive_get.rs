@@ -79,7 +79,12 @@ pub fn serve_from_spool(options: &ArchiveGetOptions) -> Result<Option<ArchiveGet
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(local(e)),
     }
-    let len = std::fs::metadata(&entry.path).map_err(local)?.len();
+    let len = match std::fs::metadata(&entry.path) {
+        Ok(meta) => meta.len(),
+        // Taken or cleaned since the checksum was read.
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(local(e)),
+    };
     // As for a fetched file, no sync: PostgreSQL makes durable what it keeps.
     match std::fs::rename(&entry.path, &options.dest) {
         Ok(()) => {}

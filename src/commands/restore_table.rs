@@ -213,13 +213,7 @@ fn new_names(
     rename: Option<&str>,
     suffix: &str,
 ) -> Result<Vec<(QualifiedName, QualifiedName)>> {
-    let with_suffix = |name: &str| {
-        let mut cut = MAX_IDENTIFIER.saturating_sub(suffix.len()).min(name.len());
-        while !name.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        format!("{}{suffix}", &name[..cut])
-    };
+    let with_suffix = |name: &str| with_suffix(name, suffix);
     if let Some(new) = rename
         && new.len() > MAX_IDENTIFIER
     {
@@ -262,6 +256,15 @@ fn new_names(
                 .collect())
         }
     }
+}
+
+/// `name` with `suffix`, cut first to fit PostgreSQL's identifier limit.
+fn with_suffix(name: &str, suffix: &str) -> String {
+    let mut cut = MAX_IDENTIFIER.saturating_sub(suffix.len()).min(name.len());
+    while !name.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}{suffix}", &name[..cut])
 }
 
 fn renamed(table: &QualifiedName, renames: &[(QualifiedName, QualifiedName)]) -> QualifiedName {
@@ -397,10 +400,13 @@ async fn rename_in_scratch(
             if &to == table {
                 continue; // --as the same name: back where it was (the live one is gone)
             }
+            // The new name's suffix; for a name that is no suffix of the old one, that
+            // whole name (unique as the table's own new name is).
             let suffix = match to.name.strip_prefix(table.name.as_str()) {
-                Some(suffix) if !suffix.is_empty() => suffix,
-                _ => "_restored",
+                Some(suffix) if !suffix.is_empty() => suffix.to_owned(),
+                _ => format!("_{}", to.name),
             };
+            let suffix = suffix.as_str();
             // Its indexes (and the constraints they back) and owned sequences.
             let dependents = session
                 .simple_rows(&format!(
@@ -417,15 +423,11 @@ async fn rename_in_scratch(
                 let (Some(Some(kind)), Some(Some(name))) = (row.first(), row.get(1)) else {
                     continue;
                 };
-                let mut cut = MAX_IDENTIFIER.saturating_sub(suffix.len()).min(name.len());
-                while !name.is_char_boundary(cut) {
-                    cut -= 1;
-                }
                 sql.push_str(&format!(
                     "ALTER {kind} {}.{} RENAME TO {};\n",
                     quote_ident(&table.schema),
                     quote_ident(name),
-                    quote_ident(&format!("{}{suffix}", &name[..cut]))
+                    quote_ident(&with_suffix(name, suffix))
                 ));
             }
             sql.push_str(&format!(

@@ -380,7 +380,13 @@ fn log_problems(log: &Path) -> String {
     };
     let problems: Vec<&str> = text
         .lines()
-        .filter(|l| l.contains("FATAL:") || l.contains("PANIC:") || l.contains("ERROR:"))
+        // PostgreSQL's own failures, and what restore_command (pitr archive-get) said.
+        .filter(|l| {
+            l.contains("FATAL:")
+                || l.contains("PANIC:")
+                || l.contains("ERROR:")
+                || l.starts_with("pitr archive-get")
+        })
         .collect();
     let lines: Vec<&str> = if problems.is_empty() {
         let all: Vec<&str> = text.lines().collect();
