@@ -81,8 +81,8 @@ async fn run(
     scratch: &mut Scratch,
 ) -> Result<DrillReport> {
     // The binaries first: a missing PostgreSQL is found before a long restore.
-    let pg_version = catalog.identity().await?.pg_version;
-    let bin = pg_bin::find(pg_version, options.pg_bin.as_deref())?;
+    let identity = catalog.identity().await?;
+    let bin = pg_bin::find(identity.pg_version, options.pg_bin.as_deref())?;
     let restored = scratch.restore(catalog, options.restore.clone()).await?;
     let backup = &restored.plan.backup;
     let replay = scratch.start(&bin).await?;
@@ -90,8 +90,13 @@ async fn run(
     let database = any_database(backup);
     let session = scratch.connect(&database).await?;
     let (replay_lsn, last_commit) = replay_position(&session).await?;
-    let reached = (replay_lsn, last_commit);
-    let mut checks = vec![target_check(catalog, &restored, options, reached, scratch).await?];
+    let mut checks = vec![target_check(
+        &restored,
+        options,
+        (replay_lsn, last_commit),
+        identity.wal_segment_size,
+        scratch,
+    )];
     if options.amcheck {
         checks.push(amcheck(&bin, scratch, options.restore.jobs).await);
     }
@@ -152,13 +157,13 @@ async fn replay_position(session: &Session) -> Result<(Option<Lsn>, Option<DateT
 }
 
 /// Whether the server stopped where it was asked to.
-async fn target_check(
-    catalog: &Catalog,
+fn target_check(
     restored: &RestoreReport,
     options: &DrillOptions,
     (lsn, commit): (Option<Lsn>, Option<DateTime<Utc>>),
+    wal_segment_size: u64,
     scratch: &Scratch,
-) -> Result<CheckOutcome> {
+) -> CheckOutcome {
     let backup = &restored.plan.backup;
     let target = &options.restore.request.recovery.target;
     let commit_text = commit.map_or_else(|| "none".into(), |t| t.to_rfc3339());
@@ -178,13 +183,12 @@ async fn target_check(
             format!("{reached}; the backup ends at {}", backup.stop_lsn),
         ),
         Target::End => {
-            let size = catalog.identity().await?.wal_segment_size;
             let last = restored
                 .plan
                 .segments
                 .last_name()
                 .and_then(|n| crate::pg::WalFileName::parse(&n).ok())
-                .and_then(|n| n.start_lsn(size));
+                .and_then(|n| n.start_lsn(wal_segment_size));
             match last {
                 Some(start) => (
                     lsn.is_some_and(|l| l >= start),
@@ -202,12 +206,12 @@ async fn target_check(
             recovery_stop_line(scratch).unwrap_or_else(|| reached.clone()),
         ),
     };
-    Ok(CheckOutcome {
+    CheckOutcome {
         kind: "target",
         name: format!("reached {target}"),
         passed,
         detail,
-    })
+    }
 }
 
 /// PostgreSQL's log line on where recovery stopped at a target.

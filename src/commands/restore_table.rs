@@ -13,7 +13,7 @@ use crate::catalog::Catalog;
 use crate::commands::restore::RestoreOptions;
 use crate::error::{Error, Result};
 use crate::scratch::{Scratch, pg_bin};
-use crate::server::{Session, connection_settings};
+use crate::server::{ConnectSettings, Session, connection_settings};
 
 /// What to bring back.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -109,7 +109,7 @@ pub async fn restore_table(
 
     let mut scratch = Scratch::create(&options.scratch_parent, "pitr-table-", options.keep)?;
     let result = tokio::select! {
-        result = run(catalog, options, &mut scratch, &database, &renames) => result,
+        result = run(catalog, options, &mut scratch, &live_settings, &database, &renames) => result,
         signal = crate::scratch::interrupted() => Err(crate::scratch::interruption(signal, &scratch)),
     };
     scratch.stop().await;
@@ -122,6 +122,7 @@ async fn run(
     catalog: &Catalog,
     options: &RestoreTableOptions,
     scratch: &mut Scratch,
+    live_settings: &ConnectSettings,
     database: &str,
     renames: &[(QualifiedName, QualifiedName)],
 ) -> Result<RestoreTableReport> {
@@ -170,7 +171,7 @@ async fn run(
     let load_seconds = load_started.elapsed();
 
     // The live copy holds every row the scratch one did.
-    let live = Session::connect(&connection_settings(Some(&options.into))?).await?;
+    let live = Session::connect(live_settings).await?;
     let mut restored_tables = Vec::new();
     for ((table, into), rows) in tables.iter().zip(&dumped).zip(&counts) {
         // The load was one transaction that stopped at any error; a difference here is

@@ -8,7 +8,7 @@ pub mod checks;
 pub mod pg_bin;
 
 use std::fs;
-use std::io::{self, Write};
+use std::io;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -344,16 +344,7 @@ fn signal(child: &Child, signal: libc::c_int) {
 }
 
 fn write_file(path: &Path, content: &str) -> Result<()> {
-    fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(path)
-        .and_then(|mut f| {
-            f.write_all(content.as_bytes())?;
-            f.set_permissions(fs::Permissions::from_mode(0o600))
-        })
-        .map_err(|e| Error::local_io(path.display(), e))
+    crate::private_fs::write(path, content).map_err(|e| Error::local_io(path.display(), e))
 }
 
 /// A port no one listens on here (the server takes no TCP port, but its socket file and
