@@ -1,0 +1,178 @@
+#!/usr/bin/env bash
+# Runs PostgreSQL 15's own TAP tests that archive or restore WAL with pitr as archive_command
+# and restore_command (docs/pg-tap.md): twice, with pitr's defaults and with archive-push
+# look-ahead and archive-get prefetch off. Needs root (tests run as `postgres`) and the
+# installed postgresql-15; fetches the matching source package from the machine's Debian apt
+# sources once, into ${XDG_CACHE_HOME:-$HOME/.cache}/pitr-pg-tap. Uses target/debug/pitr
+# (builds it when missing). Prints one summary line; exits non-zero on any failure.
+# PITR_PG_TAP_JOBS sets prove's -j (default 2). Arguments, if any, pick test files by name
+# (e.g. 028_pitr_timelines).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+project=$PWD
+started=$SECONDS
+
+PG_BIN=/usr/lib/postgresql/15/bin
+# The test files that archive or restore (call enable_archiving/enable_restoring or use
+# has_archiving/has_restoring or archive_dir): docs/pg-tap.md, "Which tests".
+TESTS=(
+  src/test/recovery/t/002_archiving.pl
+  src/test/recovery/t/003_recovery_targets.pl
+  src/test/recovery/t/004_timeline_switch.pl
+  src/test/recovery/t/010_logical_decoding_timelines.pl
+  src/test/recovery/t/020_archive_status.pl
+  src/test/recovery/t/023_pitr_prepared_xact.pl
+  src/test/recovery/t/024_archive_recovery.pl
+  src/test/recovery/t/025_stuck_on_old_timeline.pl
+  src/test/recovery/t/028_pitr_timelines.pl
+  src/test/recovery/t/043_no_contrecord_switch.pl
+  src/test/recovery/t/045_archive_restartpoint.pl
+  contrib/amcheck/t/005_pitr.pl
+  src/bin/pg_basebackup/t/030_pg_recvlogical.pl
+  src/bin/pg_rewind/t/001_basic.pl
+  src/bin/pg_rewind/t/010_keep_recycled_wals.pl
+)
+# The source directories the tests need: the test library and each test's t/.
+TREES=(src/test/perl src/test/recovery/t contrib/amcheck/t src/bin/pg_basebackup/t src/bin/pg_rewind/t)
+MODES=(defaults no-lookahead)
+
+die() { echo "pg tap: $*" >&2; exit 1; }
+
+[ "$(id -u)" -eq 0 ] || die "run as root: the tests run as the postgres user"
+[ -x "$PG_BIN/initdb" ] || die "PostgreSQL 15 is not installed (apt-get install postgresql-15)"
+version=$(dpkg-query -W -f '${Version}' postgresql-15) || die "postgresql-15 is not a Debian package here"
+
+if [ $# -gt 0 ]; then
+  picked=()
+  for name in "$@"; do
+    match=()
+    for t in "${TESTS[@]}"; do [[ $t == *"$name"* ]] && match+=("$t"); done
+    [ ${#match[@]} -gt 0 ] || die "no test file matches $name"
+    picked+=("${match[@]}")
+  done
+  TESTS=("${picked[@]}")
+fi
+
+apt_updated=0
+apt_install() {
+  if [ "$apt_updated" = 0 ]; then
+    apt-get update -qq
+    apt_updated=1
+  fi
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+
+need=()
+perl -MIPC::Run -e1 2>/dev/null || need+=(libipc-run-perl)
+command -v prove >/dev/null || need+=(perl)
+command -v patch >/dev/null || need+=(patch)
+command -v runuser >/dev/null || need+=(util-linux)
+[ ${#need[@]} -eq 0 ] || apt_install "${need[@]}"
+id postgres >/dev/null 2>&1 || useradd --system --create-home postgres
+
+# --- PostgreSQL's source, from the Debian source package of the installed version ---------
+cache=${XDG_CACHE_HOME:-$HOME/.cache}/pitr-pg-tap
+source_dir=$cache/postgresql-15_$version
+if [ ! -d "$source_dir" ]; then
+  command -v dpkg-source >/dev/null || apt_install dpkg-dev
+  mkdir -p "$cache"
+  work=$(mktemp -d "$cache/fetch.XXXXXX")
+  trap 'rm -rf "$work"' EXIT
+  # deb-src twins of the machine's enabled deb entries, in a private apt state: the
+  # machine's own apt configuration and lists stay as they are.
+  mkdir -p "$work/sources" "$work/lists/partial" "$work/cache/archives/partial" "$work/get"
+  for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do
+    [ -f "$f" ] || continue
+    sed -n -E 's/^[[:space:]]*deb[[:space:]]/deb-src /p' "$f"
+  done >"$work/sources/pitr-pg-tap.list"
+  for f in /etc/apt/sources.list.d/*.sources; do
+    [ -f "$f" ] || continue
+    # deb822 stanzas: the enabled ones of type deb, with Types: deb-src.
+    awk 'BEGIN { RS = "" }
+      {
+        n = split($0, line, "\n"); types = ""; enabled = 1
+        for (i = 1; i <= n; i++) {
+          if (line[i] ~ /^Types:/) types = line[i]
+          if (tolower(line[i]) ~ /^enabled:[[:space:]]*no/) enabled = 0
+        }
+        if (!enabled || types !~ /[[:space:]]deb([[:space:]]|$)/) next
+        for (i = 1; i <= n; i++) {
+          if (line[i] ~ /^#/) continue
+          print (line[i] ~ /^Types:/ ? "Types: deb-src" : line[i])
+        }
+        print ""
+      }' "$f"
+  done >"$work/sources/pitr-pg-tap.sources"
+  apt_opts=(-o "Dir::Etc::sourcelist=/dev/null" -o "Dir::Etc::sourceparts=$work/sources"
+    -o "Dir::State::lists=$work/lists" -o "Dir::Cache=$work/cache" -o "APT::Sandbox::User=root")
+  echo "pg tap: fetching the source of postgresql-15 $version (apt-get source)"
+  apt-get "${apt_opts[@]}" update -qq
+  (cd "$work/get" && apt-get "${apt_opts[@]}" source -qq "postgresql-15=$version" >/dev/null)
+  unpacked=$(find "$work/get" -mindepth 1 -maxdepth 1 -type d)
+  [ -f "$unpacked/src/test/perl/PostgreSQL/Test/Cluster.pm" ] \
+    || die "apt-get source postgresql-15=$version gave no PostgreSQL source tree"
+  mv "$unpacked" "$source_dir"
+  rm -rf "$work"
+  trap - EXIT
+fi
+
+# --- the per-run directory: pitr, our module, one copy of the tests per mode --------------
+if [ ! -x target/debug/pitr ]; then
+  cargo build --locked --bin pitr
+fi
+run=$(mktemp -d /tmp/pitr-pg-tap.XXXXXX)
+mkdir -p "$run/bin" "$run/lib"
+install -m 755 target/debug/pitr "$run/bin/pitr"
+install -m 644 tests/pg_tap/PitrTap.pm "$run/lib/PitrTap.pm"
+for mode in "${MODES[@]}"; do
+  for tree in "${TREES[@]}"; do
+    mkdir -p "$run/$mode/$(dirname "$tree")"
+    cp -a "$source_dir/$tree" "$run/$mode/$tree"
+  done
+  # Steps of the tests that handle the archive directory's files go through pitr instead.
+  for p in tests/pg_tap/patches/*.patch; do
+    patch -s -p1 --forward -d "$run/$mode" <"$p" || die "$p does not apply to postgresql-15 $version"
+  done
+done
+chmod 755 "$run"
+chown -R postgres: "$run"
+
+# pg_regress --config-auth only configures SSPI on Windows; elsewhere it exits at once.
+pg_regress=/usr/lib/postgresql/15/lib/pgxs/src/test/regress/pg_regress
+[ -x "$pg_regress" ] || pg_regress=/bin/true
+
+status=0
+files=0 files_ok=0 subtests=0 subtests_failed=0
+for mode in "${MODES[@]}"; do
+  echo "pg tap: $mode"
+  log=$run/$mode/prove.log
+  set +e
+  (cd "$run/$mode" && runuser -u postgres -- env -i \
+    PATH="$PG_BIN:/usr/local/bin:/usr/bin:/bin" HOME="$run" LANG=C.UTF-8 \
+    TESTDIR="$run/$mode" PG_REGRESS="$pg_regress" \
+    PERL5LIB="$run/lib:$run/$mode/src/test/perl" PERL5OPT=-MPitrTap \
+    PITR_TAP_PITR="$run/bin/pitr" PITR_TAP_MODE="$mode" \
+    prove -j "${PITR_PG_TAP_JOBS:-2}" --timer "${TESTS[@]}") 2>&1 | tee "$log"
+  [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+  set -e
+  # Files=N, Tests=M from prove's last lines; "Failed: K" per failing file in its report.
+  read -r f t failed_files failed_tests < <(awk '
+    /^Files=[0-9]+, Tests=[0-9]+/ { split($0, a, /[=,]/); f = a[2]; t = a[4] }
+    /\(Wstat: .*Tests: [0-9]+ Failed: [0-9]+\)/ {
+      ff++; match($0, /Failed: [0-9]+/); ft += substr($0, RSTART + 8, RLENGTH - 8)
+    }
+    END { printf "%d %d %d %d\n", f, t, ff, ft }' "$log")
+  [ "$f" -eq "${#TESTS[@]}" ] || status=1
+  files=$((files + ${#TESTS[@]}))
+  files_ok=$((files_ok + f - failed_files))
+  subtests=$((subtests + t))
+  subtests_failed=$((subtests_failed + failed_tests))
+done
+
+elapsed=$((SECONDS - started))
+echo "pg tap: $files_ok/$files files, $((subtests - subtests_failed))/$subtests subtests passed (defaults + no look-ahead) in ${elapsed}s"
+if [ "$status" -ne 0 ]; then
+  echo "pg tap: failed; the tests' logs are in $run/*/tmp_check/log" >&2
+  exit 1
+fi
+rm -rf "$run"
