@@ -148,7 +148,31 @@ restore_command = '$command'
 	return;
 };
 
+# Cluster.pm's END stops and removes the nodes one after the other, in creation order: a root
+# node's directory, and so its repository, goes while its standbys still run. `cp` from a
+# missing directory is "not found"; pitr rightly refuses a missing repository (archive-get
+# exits 131, so the standby's recovery stops and its own stop then fails the test). At exit
+# the directories are removed only after every node has stopped.
+my @clean_at_exit;
+my $clean_node = \&PostgreSQL::Test::Cluster::clean_node;
+*PostgreSQL::Test::Cluster::clean_node = sub {
+	my ($self) = @_;
+	if (${^GLOBAL_PHASE} eq 'END')
+	{
+		push @clean_at_exit, $self;
+		return;
+	}
+	return $clean_node->($self);
+};
+
 use warnings 'redefine';
+
+# Runs after Cluster.pm's END (END blocks run last defined first; Cluster.pm is loaded after
+# this file is compiled).
+END
+{
+	$clean_node->($_) for @clean_at_exit;
+}
 
 # Waits until `$file` can be fetched from `$node`'s repository; true once it can, false on
 # timeout (as poll_query_until). Any answer but "found" or "not found" is an error.
