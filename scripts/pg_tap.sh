@@ -4,15 +4,15 @@
 # look-ahead and archive-get prefetch off. Needs root (tests run as `postgres`) and the
 # installed postgresql-15; fetches the matching source package from the machine's Debian apt
 # sources once, into ${XDG_CACHE_HOME:-$HOME/.cache}/pitr-pg-tap. Uses target/debug/pitr
-# (builds it when missing). Prints one summary line; exits non-zero on any failure.
+# (cargo build). Prints one summary line; exits non-zero on any failure.
 # PITR_PG_TAP_JOBS sets prove's -j (default 2). Arguments, if any, pick test files by name
 # (e.g. 028_pitr_timelines).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-project=$PWD
 started=$SECONDS
 
 PG_BIN=/usr/lib/postgresql/15/bin
+export PATH="$HOME/.cargo/bin:$PATH"
 # The test files that archive or restore (call enable_archiving/enable_restoring or use
 # has_archiving/has_restoring or archive_dir): docs/pg-tap.md, "Which tests".
 TESTS=(
@@ -117,9 +117,8 @@ if [ ! -d "$source_dir" ]; then
 fi
 
 # --- the per-run directory: pitr, our module, one copy of the tests per mode --------------
-if [ ! -x target/debug/pitr ]; then
-  cargo build --locked --bin pitr
-fi
+# The tests must run the current code: a no-op when `cargo test` just built it.
+cargo build --locked --quiet --bin pitr
 run=$(mktemp -d /tmp/pitr-pg-tap.XXXXXX)
 mkdir -p "$run/bin" "$run/lib"
 install -m 755 target/debug/pitr "$run/bin/pitr"
@@ -135,44 +134,57 @@ for mode in "${MODES[@]}"; do
   done
 done
 chmod 755 "$run"
-chown -R postgres: "$run"
 
 # pg_regress --config-auth only configures SSPI on Windows; elsewhere it exits at once.
 pg_regress=/usr/lib/postgresql/15/lib/pgxs/src/test/regress/pg_regress
 [ -x "$pg_regress" ] || pg_regress=/bin/true
 
-status=0
-files=0 files_ok=0 subtests=0 subtests_failed=0
-for mode in "${MODES[@]}"; do
-  echo "pg tap: $mode"
-  log=$run/$mode/prove.log
-  set +e
+# One prove per test file and mode, PITR_PG_TAP_JOBS (default 2) at a time: a test that
+# bails out (BAIL_OUT ends a whole prove run) then fails alone. Each writes its verbose TAP to
+# <run>/<mode>/results/<file>.log and its exit code beside it.
+run_one() {
+  local mode=$1 test=$2 out t0=$SECONDS rc=0
+  out=$run/$mode/results/${test//\//_}
   (cd "$run/$mode" && runuser -u postgres -- env -i \
     PATH="$PG_BIN:/usr/local/bin:/usr/bin:/bin" HOME="$run" LANG=C.UTF-8 \
     TESTDIR="$run/$mode" PG_REGRESS="$pg_regress" \
     PERL5LIB="$run/lib:$run/$mode/src/test/perl" PERL5OPT=-MPitrTap \
     PITR_TAP_PITR="$run/bin/pitr" PITR_TAP_MODE="$mode" \
-    prove -j "${PITR_PG_TAP_JOBS:-2}" --timer "${TESTS[@]}") 2>&1 | tee "$log"
-  [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
-  set -e
-  # Files=N, Tests=M from prove's last lines; "Failed: K" per failing file in its report.
-  read -r f t failed_files failed_tests < <(awk '
-    /^Files=[0-9]+, Tests=[0-9]+/ { split($0, a, /[=,]/); f = a[2]; t = a[4] }
-    /\(Wstat: .*Tests: [0-9]+ Failed: [0-9]+\)/ {
-      ff++; match($0, /Failed: [0-9]+/); ft += substr($0, RSTART + 8, RLENGTH - 8)
-    }
-    END { printf "%d %d %d %d\n", f, t, ff, ft }' "$log")
-  [ "$f" -eq "${#TESTS[@]}" ] || status=1
-  files=$((files + ${#TESTS[@]}))
-  files_ok=$((files_ok + f - failed_files))
-  subtests=$((subtests + t))
-  subtests_failed=$((subtests_failed + failed_tests))
+    prove -v "$test") >"$out.log" 2>&1 || rc=$?
+  local ok failed verdict=ok
+  ok=$(grep -cE '^ok [0-9]+' "$out.log" || true)
+  failed=$(grep -cE '^not ok [0-9]+' "$out.log" || true)
+  [ "$rc" -eq 0 ] || verdict=FAILED
+  echo "$rc $ok $failed" >"$out.result"
+  printf 'pg tap: %-6s %-12s %-52s %3d/%d subtests %4ds\n' "$verdict" "$mode" "$test" \
+    "$ok" "$((ok + failed))" "$((SECONDS - t0))"
+}
+
+for mode in "${MODES[@]}"; do mkdir -p "$run/$mode/results"; done
+chown -R postgres: "$run"
+for test in "${TESTS[@]}"; do
+  for mode in "${MODES[@]}"; do
+    while [ "$(jobs -rp | wc -l)" -ge "${PITR_PG_TAP_JOBS:-2}" ]; do wait -n || true; done
+    run_one "$mode" "$test" &
+  done
+done
+wait
+
+status=0 files=0 files_ok=0 subtests=0 subtests_ok=0
+for mode in "${MODES[@]}"; do
+  for test in "${TESTS[@]}"; do
+    read -r rc ok failed <"$run/$mode/results/${test//\//_}.result"
+    files=$((files + 1))
+    subtests=$((subtests + ok + failed))
+    subtests_ok=$((subtests_ok + ok))
+    if [ "$rc" -eq 0 ] && [ "$failed" -eq 0 ]; then files_ok=$((files_ok + 1)); else status=1; fi
+  done
 done
 
 elapsed=$((SECONDS - started))
-echo "pg tap: $files_ok/$files files, $((subtests - subtests_failed))/$subtests subtests passed (defaults + no look-ahead) in ${elapsed}s"
+echo "pg tap: $files_ok/$files files, $subtests_ok/$subtests subtests passed (defaults + no look-ahead) in ${elapsed}s"
 if [ "$status" -ne 0 ]; then
-  echo "pg tap: failed; the tests' logs are in $run/*/tmp_check/log" >&2
+  echo "pg tap: failed; prove's output is in $run/<mode>/results, the tests' and servers' logs in $run/<mode>/tmp_check/log" >&2
   exit 1
 fi
 rm -rf "$run"

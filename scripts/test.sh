@@ -2,7 +2,8 @@
 # Runs pitr's whole test suite on a fresh Debian/Ubuntu machine: installs PostgreSQL 15 and
 # the s3s-fs S3 server and moto's KMS server when they are missing, then `cargo test`. The tests
 # start and stop their own PostgreSQL clusters, S3 and KMS servers (or use PITR_TEST_S3_ENDPOINT,
-# see README).
+# see README). As root, then PostgreSQL 15's own archive/restore TAP tests with pitr
+# (scripts/pg_tap.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
