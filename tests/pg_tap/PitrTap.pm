@@ -129,9 +129,9 @@ archive_command = '$command'
 	my $name = $self->name;
 	print "### Enabling WAL restore with pitr for node \"$name\"\n";
 	# A root that never archived has an empty archive_dir, where `cp` finds nothing: an
-	# initialised empty repository answers the same (archive-get exits 1).
-	init_repo($root_node, $root_node->data_dir)
-	  unless $root_node == $self || -e repo($root_node) . '/repository.json';
+	# initialised empty repository answers the same (archive-get exits 1). `pitr init` again
+	# for the same cluster changes nothing.
+	init_repo($root_node, $root_node->data_dir);
 	my $command = restore_command($root_node);
 	$self->append_conf(
 		$self->_recovery_file, qq(
