@@ -42,6 +42,7 @@ die() { echo "pg tap: $*" >&2; exit 1; }
 [ -x "$PG_BIN/initdb" ] || die "PostgreSQL 15 is not installed (apt-get install postgresql-15)"
 version=$(dpkg-query -W -f '${Version}' postgresql-15) || die "postgresql-15 is not a Debian package here"
 
+ALL_TESTS=("${TESTS[@]}")
 if [ $# -gt 0 ]; then
   picked=()
   for name in "$@"; do
@@ -115,6 +116,18 @@ if [ ! -d "$source_dir" ]; then
   rm -rf "$work"
   trap - EXIT
 fi
+
+# Every test file of this source that archives or restores must be in TESTS: a newer package
+# may bring one (RewindTest's tests archive through run_test('archive')).
+archiving_tests=$(cd "$source_dir" && grep -rlE \
+  "(enable|has)_(archiving|restoring)|archive_dir|run_test\(.archive.\)" \
+  --include='*.pl' src contrib | grep '/t/' | sort)
+for t in $archiving_tests; do
+  [[ " ${ALL_TESTS[*]} " == *" $t "* ]] || die "$t archives or restores but is not in TESTS; add it"
+done
+for t in "${ALL_TESTS[@]}"; do
+  [ -f "$source_dir/$t" ] || die "$t is not in postgresql-15 $version's source"
+done
 
 # --- the per-run directory: pitr, our module, one copy of the tests per mode --------------
 # The tests must run the current code: a no-op when `cargo test` just built it.
