@@ -4,17 +4,18 @@
 # look-ahead and archive-get prefetch off. Needs root (tests run as `postgres`) and the
 # installed postgresql-15; fetches the matching source package from the machine's Debian apt
 # sources once, into ${XDG_CACHE_HOME:-$HOME/.cache}/pitr-pg-tap. Uses target/debug/pitr
-# (cargo build). Prints one summary line; exits non-zero on any failure.
-# PITR_PG_TAP_JOBS sets prove's -j (default 2). Arguments, if any, pick test files by name
-# (e.g. 028_pitr_timelines).
+# (cargo build). Prints a line per test file and mode, then one summary line; exits non-zero
+# on any failure. PITR_PG_TAP_JOBS: test files run at once (default 2). Arguments, if any,
+# pick test files by name (e.g. 028_pitr_timelines).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 started=$SECONDS
 
 PG_BIN=/usr/lib/postgresql/15/bin
 export PATH="$HOME/.cargo/bin:$PATH"
-# The test files that archive or restore (call enable_archiving/enable_restoring or use
-# has_archiving/has_restoring or archive_dir): docs/pg-tap.md, "Which tests".
+# The test files that archive or restore (call enable_archiving/enable_restoring, use
+# has_archiving/has_restoring or archive_dir, or RewindTest's archive mode): docs/pg-tap.md,
+# "Which tests".
 TESTS=(
   src/test/recovery/t/002_archiving.pl
   src/test/recovery/t/003_recovery_targets.pl
