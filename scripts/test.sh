@@ -2,7 +2,8 @@
 # Runs pitr's whole test suite on a fresh Debian/Ubuntu machine: installs PostgreSQL 15 and
 # the s3s-fs S3 server and moto's KMS server when they are missing, then `cargo test`. The tests
 # start and stop their own PostgreSQL clusters, S3 and KMS servers (or use PITR_TEST_S3_ENDPOINT,
-# see README).
+# see README). As root, then PostgreSQL 15's own archive/restore TAP tests with pitr
+# (scripts/pg_tap.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -63,4 +64,14 @@ if [ $# -eq 0 ]; then
     --test archive --test backup --test restore --test verify 2>&1 | tee -a "$log" || status=$?
 fi
 awk '/^test result:/ { p += $4; f += $6 } END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
+# PostgreSQL 15's own TAP tests that archive or restore, with pitr as archive_command and
+# restore_command (docs/pg-tap.md). They run as the postgres user, so only as root (CI).
+# Skipped when arguments pick tests.
+if [ $# -eq 0 ]; then
+  if [ "$(id -u)" -eq 0 ]; then
+    bash scripts/pg_tap.sh || status=$?
+  else
+    echo "pg tap: skipped (scripts/pg_tap.sh runs the tests as postgres and needs root)"
+  fi
+fi
 exit "$status"
