@@ -7,22 +7,20 @@ use chrono::Utc;
 
 use crate::catalog::RepositoryIdentity;
 use crate::error::{Error, Result};
-use crate::pg::ControlFile;
+use crate::pg::version::unsupported_message;
+use crate::pg::{ControlFile, PgVersion};
 
-/// Reads `global/pg_control` and `PG_VERSION` of a data directory.
+/// Reads `PG_VERSION` and `global/pg_control` of a data directory. The version comes first:
+/// a cluster of a version pitr does not support gets one line saying so, not a complaint
+/// about a control file laid out in a way pitr does not know.
 pub fn read_cluster_identity(pgdata: &Path) -> Result<RepositoryIdentity> {
-    let control_path = pgdata.join("global/pg_control");
-    let bytes = std::fs::read(&control_path).map_err(|e| {
+    let version_path = pgdata.join("PG_VERSION");
+    let version_text = std::fs::read_to_string(&version_path).map_err(|e| {
         Error::invalid_input(
-            control_path.display(),
+            version_path.display(),
             format!("{e}: is --pgdata (or PGDATA) the cluster's data directory?"),
         )
     })?;
-    let control =
-        ControlFile::parse(&bytes).map_err(|e| Error::invalid_input(control_path.display(), e))?;
-    let version_path = pgdata.join("PG_VERSION");
-    let version_text = std::fs::read_to_string(&version_path)
-        .map_err(|e| Error::invalid_input(version_path.display(), e))?;
     let pg_version: u32 = version_text.trim().parse().map_err(|_| {
         Error::invalid_input(
             version_path.display(),
@@ -32,10 +30,29 @@ pub fn read_cluster_identity(pgdata: &Path) -> Result<RepositoryIdentity> {
             ),
         )
     })?;
-    if !(13..=17).contains(&pg_version) {
+    let Some(version) = PgVersion::of_major(pg_version) else {
         return Err(Error::invalid_input(
             version_path.display(),
-            format!("PostgreSQL {pg_version} is not supported (13 to 17 are)"),
+            unsupported_message(pg_version),
+        ));
+    };
+    let control_path = pgdata.join("global/pg_control");
+    let bytes = std::fs::read(&control_path).map_err(|e| {
+        Error::invalid_input(
+            control_path.display(),
+            format!("{e}: is --pgdata (or PGDATA) the cluster's data directory?"),
+        )
+    })?;
+    let control =
+        ControlFile::parse(&bytes).map_err(|e| Error::invalid_input(control_path.display(), e))?;
+    if control.pg_control_version != version.control_version {
+        return Err(Error::invalid_input(
+            control_path.display(),
+            format!(
+                "control file version {} does not belong to PostgreSQL {pg_version} (which \
+                 writes {}), as PG_VERSION says: the data directory is inconsistent",
+                control.pg_control_version, version.control_version
+            ),
         ));
     }
     Ok(RepositoryIdentity::new(&control, pg_version, Utc::now()))

@@ -465,6 +465,15 @@ fn check_segment(path: &Path, name: &WalFileName, identity: &RepositoryIdentity)
     let header =
         WalLongPageHeader::parse(&page).map_err(|e| Error::invalid_input(path.display(), e))?;
 
+    // The version first: after pg_upgrade the system identifier differs too, and the
+    // version names the reason.
+    if header.pg_major_version != identity.pg_version {
+        return Err(Error::WrongRepository(format!(
+            "{name} was written by PostgreSQL {} but the repository holds PostgreSQL {}: \
+             after pg_upgrade, start a new repository (pitr init) for the upgraded cluster",
+            header.pg_major_version, identity.pg_version
+        )));
+    }
     if header.system_identifier != identity.system_identifier {
         return Err(Error::WrongRepository(format!(
             "{name} comes from the cluster with system identifier {}, but repository \
@@ -476,12 +485,6 @@ fn check_segment(path: &Path, name: &WalFileName, identity: &RepositoryIdentity)
         return Err(Error::WrongRepository(format!(
             "{name} has WAL segment size {} but the repository was initialised for {}",
             header.wal_segment_size, identity.wal_segment_size
-        )));
-    }
-    if header.pg_major_version != identity.pg_version {
-        return Err(Error::WrongRepository(format!(
-            "{name} was written by PostgreSQL {} but the repository holds PostgreSQL {}",
-            header.pg_major_version, identity.pg_version
         )));
     }
     if len != identity.wal_segment_size {

@@ -85,6 +85,14 @@ async fn backup_locked(
     started: Instant,
 ) -> Result<BackupReport> {
     let session = Session::connect(&connection_settings(options.dbname.as_deref())?).await?;
+    let server_major = session.version()?.major;
+    if server_major != identity.pg_version {
+        return Err(Error::WrongRepository(format!(
+            "the server runs PostgreSQL {server_major} but the repository holds PostgreSQL {}: \
+             after pg_upgrade, start a new repository (pitr init) for the upgraded cluster",
+            identity.pg_version
+        )));
+    }
     let server_sysid = session
         .text(
             "reading the system identifier",

@@ -32,8 +32,10 @@ fn postgres_bin_dir() -> Result<PathBuf> {
             return Ok(dir);
         }
     }
-    (13..=17)
+    crate::pg::version::VERSIONS
+        .iter()
         .rev()
+        .map(|v| v.major)
         .map(|v| PathBuf::from(format!("/usr/lib/postgresql/{v}/bin")))
         .find(|dir| dir.join("initdb").exists())
         .ok_or_else(|| {

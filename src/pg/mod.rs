@@ -13,6 +13,7 @@ pub mod recovery_target;
 pub mod relpath;
 pub mod timeline;
 pub mod timestamp;
+pub mod version;
 pub mod wal_name;
 pub mod wal_page;
 pub mod wal_reader;
@@ -21,6 +22,7 @@ pub mod xact_end;
 
 pub use control::ControlFile;
 pub use lsn::Lsn;
+pub use version::PgVersion;
 pub use wal_name::{WalFileKind, WalFileName};
 pub use wal_page::WalLongPageHeader;
 
@@ -64,7 +66,8 @@ pub enum PgFormatError {
     ShortPage { len: usize, need: usize },
     #[error(
         "unknown WAL page magic 0x{0:04X}: not a WAL segment, or written by a PostgreSQL \
-         version pitr does not support (13 to 17)"
+         version pitr does not support (it supports {range})",
+        range = version::SupportedRange
     )]
     UnknownPageMagic(u16),
     #[error("first page of the segment lacks the long header flag (xlp_info 0x{0:04X})")]
@@ -77,9 +80,15 @@ pub enum PgFormatError {
     NoFloatFormat,
     #[error(
         "control file checksum mismatch (stored {stored:08X}, computed {computed:08X}): the \
-         file is corrupt or from an unsupported PostgreSQL version"
+         file is corrupt"
     )]
     ControlFileChecksum { stored: u32, computed: u32 },
+    #[error(
+        "control file version {0} is not one pitr knows: the cluster runs a PostgreSQL version \
+         pitr does not support (it supports {range})",
+        range = version::SupportedRange
+    )]
+    UnsupportedControlVersion(u32),
 }
 
 /// PostgreSQL accepts WAL segment sizes that are powers of two from 1 MB to 1 GB.

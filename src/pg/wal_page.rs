@@ -10,21 +10,9 @@ pub const XLP_LONG_HEADER: u16 = 0x0002;
 /// `SizeOfXLogLongPHD`: the long header with its alignment padding.
 pub const SIZE_OF_XLOG_LONG_PHD: usize = 40;
 
-/// `XLOG_PAGE_MAGIC` of each supported major version.
-const PAGE_MAGICS: [(u16, u32); 5] = [
-    (0xD106, 13),
-    (0xD10D, 14),
-    (0xD110, 15),
-    (0xD113, 16),
-    (0xD116, 17),
-];
-
 /// The PostgreSQL major version that writes WAL pages with this magic.
 pub fn major_version_of_page_magic(magic: u16) -> Option<u32> {
-    PAGE_MAGICS
-        .iter()
-        .find(|(m, _)| *m == magic)
-        .map(|(_, version)| *version)
+    super::PgVersion::of_page_magic(magic).map(|v| v.major)
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -548,12 +548,9 @@ fn main_data(data: &[u8], pg_version: u32) -> Result<&[u8], String> {
         data,
         pos: SIZE_OF_XLOG_RECORD,
     };
-    // Compressed-image flags: PostgreSQL 15 added a bit per algorithm.
-    let compressed_mask: u8 = if pg_version >= 15 {
-        0x04 | 0x08 | 0x10
-    } else {
-        0x02
-    };
+    let version = super::PgVersion::of_major(pg_version)
+        .ok_or_else(|| format!("WAL of unsupported PostgreSQL {pg_version}"))?;
+    let compressed_mask = version.compressed_image_mask;
     let mut main_len = 0usize;
     while cursor.pos < data.len() {
         match cursor.u8()? {
@@ -644,7 +641,9 @@ fn decode_xact(
     if xinfo & XACT_XINFO_HAS_RELFILENODES != 0 {
         cursor.skip_array(12)?;
     }
-    if pg_version >= 15 && xinfo & XACT_XINFO_HAS_DROPPED_STATS != 0 {
+    let dropped_stats =
+        super::PgVersion::of_major(pg_version).is_some_and(|v| v.xact_dropped_stats);
+    if dropped_stats && xinfo & XACT_XINFO_HAS_DROPPED_STATS != 0 {
         cursor.skip_array(12)?; // xl_xact_stats_item: kind, dboid, objoid
     }
     let commit = matches!(action, XactAction::Commit | XactAction::CommitPrepared);

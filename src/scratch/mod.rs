@@ -20,6 +20,7 @@ use crate::commands::restore::server::{ArchiveMode, ServerRequest};
 use crate::commands::restore::{RestoreOptions, RestoreReport, restore};
 use crate::error::{Error, Result};
 use crate::ownership::{Owner, running_as_root};
+use crate::pg::PgVersion;
 use crate::server::{Session, connection_settings};
 
 /// The scratch server's shared memory: enough to replay and check, small beside production.
@@ -230,7 +231,7 @@ impl Scratch {
             "primary_slot_name=".into(),
             "cluster_name=pitr-scratch".into(),
         ];
-        if (13..15).contains(&self.pg_version) {
+        if PgVersion::of_major(self.pg_version).is_some_and(|v| v.stats_temp_directory) {
             // Before 15 the statistics collector writes here (production's, if absolute).
             settings.push("stats_temp_directory=pg_stat_tmp".into());
         }

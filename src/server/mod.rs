@@ -18,7 +18,7 @@ use tokio_postgres::{Client, Config, NoTls};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::error::Error;
-use crate::pg::Lsn;
+use crate::pg::{Lsn, PgVersion};
 
 pub use settings::{ConnectSettings, PasswordSource, Target};
 pub use tls::SslMode;
@@ -374,13 +374,18 @@ impl Session {
         Ok(row.get(0))
     }
 
+    /// The server's entry in the version table; an unsupported server is an error.
+    pub fn version(&self) -> Result<&'static PgVersion, Error> {
+        PgVersion::of_server_version_num(self.server_version_num).ok_or_else(|| {
+            Error::Server(crate::pg::version::unsupported_message(
+                u32::try_from(self.server_version_num / 10000).unwrap_or(0),
+            ))
+        })
+    }
+
     /// Starts a non-exclusive backup on this session; returns the start LSN.
     pub async fn backup_start(&self, label: &str, fast: bool) -> Result<Lsn, Error> {
-        let sql = if self.server_version_num >= 150000 {
-            "SELECT pg_backup_start($1, $2)::text"
-        } else {
-            "SELECT pg_start_backup($1, $2, false)::text"
-        };
+        let sql = self.version()?.backup_start_sql;
         let row = self
             .client
             .query_one(sql, &[&label, &fast])
@@ -394,11 +399,7 @@ impl Session {
     /// (the caller waits, with a deadline: PostgreSQL's own wait has none); returns the stop
     /// LSN, backup_label and tablespace_map contents.
     pub async fn backup_stop(&self) -> Result<(Lsn, String, Option<String>), Error> {
-        let sql = if self.server_version_num >= 150000 {
-            "SELECT lsn::text, labelfile, spcmapfile FROM pg_backup_stop(false)"
-        } else {
-            "SELECT lsn::text, labelfile, spcmapfile FROM pg_stop_backup(false, false)"
-        };
+        let sql = self.version()?.backup_stop_sql;
         let row = self
             .client
             .query_one(sql, &[])
