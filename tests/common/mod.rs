@@ -20,6 +20,40 @@ use pitr::storage::{RepoLocation, S3Options, Storage};
 
 pub const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
 
+/// Whether every PostgreSQL version must be tested (scripts/test.sh and CI set
+/// PITR_TEST_ALL_VERSIONS=1): then a missing server fails its test instead of skipping it.
+pub fn all_versions_required() -> bool {
+    std::env::var_os("PITR_TEST_ALL_VERSIONS").is_some_and(|v| !v.is_empty() && v != "0")
+        || std::env::var_os("CI").is_some_and(|v| !v.is_empty())
+}
+
+/// The server binaries (initdb, pg_ctl, postgres) of PostgreSQL `major`: the system's 15 at
+/// [`PG_BIN`], the others from PITR_TEST_PG<major>_BIN (scripts/pg_versions.sh installs them
+/// and prints the settings). None, with the reason printed, when the variable is unset
+/// outside CI; a missing server fails the test in CI (see [`all_versions_required`]).
+pub fn pg_bin_of(major: u32) -> Option<PathBuf> {
+    let var = format!("PITR_TEST_PG{major}_BIN");
+    let dir = match std::env::var_os(&var) {
+        Some(dir) if !dir.is_empty() => PathBuf::from(dir),
+        _ if major == 15 => PathBuf::from(PG_BIN),
+        _ => {
+            let how = format!(
+                "{var} is unset: install the servers with `eval \"$(bash scripts/pg_versions.sh)\"` \
+                 (scripts/test.sh does this) or name a PostgreSQL {major} bin directory in {var}"
+            );
+            assert!(!all_versions_required(), "PostgreSQL {major}: {how}");
+            eprintln!("skipped: PostgreSQL {major} not tested: {how}");
+            return None;
+        }
+    };
+    assert!(
+        dir.join("postgres").is_file() && dir.join("initdb").is_file(),
+        "{var}={}: no initdb and postgres there; run scripts/pg_versions.sh",
+        dir.display()
+    );
+    Some(dir)
+}
+
 pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
@@ -550,22 +584,30 @@ impl Drop for S3Server {
     }
 }
 
-/// A PostgreSQL 15 cluster in a test directory, listening only on a private unix socket.
+/// A PostgreSQL cluster (15 unless made with [`PgCluster::initdb_with`]) in a test
+/// directory, listening only on a private unix socket.
 pub struct PgCluster {
     pub data: PathBuf,
     pub socket_dir: PathBuf,
     pub port: u16,
+    /// The directory of the server binaries (initdb, pg_ctl, postgres).
+    pub bin: PathBuf,
     log: PathBuf,
     started: bool,
 }
 
 impl PgCluster {
     pub fn initdb(dir: &TestDir, name: &str, extra_initdb: &[&str]) -> Self {
+        Self::initdb_with(dir, name, Path::new(PG_BIN), extra_initdb)
+    }
+
+    /// A cluster of the server binaries in `bin` (see [`pg_bin_of`]).
+    pub fn initdb_with(dir: &TestDir, name: &str, bin: &Path, extra_initdb: &[&str]) -> Self {
         let root = dir.subdir(name);
         let data = root.join("data");
         let socket_dir = root.clone();
         run_ok(
-            as_postgres(Path::new(PG_BIN).join("initdb"))
+            as_postgres(bin.join("initdb"))
                 .args(["-A", "trust", "-U", "postgres", "-N", "-D"])
                 .arg(&data)
                 .args(extra_initdb),
@@ -574,6 +616,7 @@ impl PgCluster {
             data,
             socket_dir,
             port: 5432,
+            bin: bin.to_owned(),
             log: root.join("server.log"),
             started: false,
         };
@@ -606,6 +649,7 @@ impl PgCluster {
             data,
             socket_dir: socket_dir.clone(),
             port,
+            bin: PathBuf::from(PG_BIN),
             log: socket_dir.join("server.log"),
             started: false,
         };
@@ -623,20 +667,35 @@ impl PgCluster {
             data,
             socket_dir,
             port,
+            bin: PathBuf::from(PG_BIN),
             log,
             started: true,
         }
     }
 
+    /// The same cluster, run with the server binaries in `bin`.
+    pub fn with_bin(mut self, bin: &Path) -> Self {
+        self.bin = bin.to_owned();
+        self
+    }
+
     /// Waits until recovery has paused at its target.
     pub fn wait_paused(&self, timeout: Duration) {
         let deadline = Instant::now() + timeout;
+        // PostgreSQL 13 has no pause state, only whether a pause was asked for (which, at a
+        // recovery target, is asked for once the target is reached).
+        let query = match std::fs::read_to_string(self.data.join("PG_VERSION")) {
+            Ok(version) if version.trim() == "13" => {
+                "select case when pg_is_wal_replay_paused() then 'paused' end"
+            }
+            _ => "select pg_get_wal_replay_pause_state()",
+        };
         loop {
             let state = as_postgres("psql")
                 .args(["-X", "-At", "-U", "postgres", "-h"])
                 .arg(&self.socket_dir)
                 .args(["-p", &self.port.to_string(), "-d", "postgres", "-c"])
-                .arg("select pg_get_wal_replay_pause_state()")
+                .arg(query)
                 .output()
                 .unwrap();
             if String::from_utf8_lossy(&state.stdout).trim() == "paused" {
@@ -727,7 +786,7 @@ impl PgCluster {
 
     /// Starts the server; false when it did not come up (pg_ctl waited for it to exit).
     pub fn try_start_with_env(&mut self, env: &[(String, String)]) -> bool {
-        let out = as_postgres(Path::new(PG_BIN).join("pg_ctl"))
+        let out = as_postgres(self.bin.join("pg_ctl"))
             .args(["-w", "-t", "60", "-D"])
             .arg(&self.data)
             .arg("-l")
@@ -743,7 +802,7 @@ impl PgCluster {
 
     pub fn stop(&mut self) {
         if self.started {
-            let _ = as_postgres(Path::new(PG_BIN).join("pg_ctl"))
+            let _ = as_postgres(self.bin.join("pg_ctl"))
                 .args(["-w", "-m", "fast", "-D"])
                 .arg(&self.data)
                 .arg("stop")
@@ -824,7 +883,7 @@ impl PgCluster {
 impl Drop for PgCluster {
     fn drop(&mut self) {
         if self.started {
-            let _ = as_postgres(Path::new(PG_BIN).join("pg_ctl"))
+            let _ = as_postgres(self.bin.join("pg_ctl"))
                 .args(["-w", "-m", "immediate", "-D"])
                 .arg(&self.data)
                 .arg("stop")
