@@ -60,8 +60,15 @@ fn restore_and_start(
     let out = pitr.run(&all);
     assert_eq!(code(&out), 0, "{args:?}: {}", stderr(&out));
     chown_to_postgres(&data);
-    let mut restored = PgCluster::restored(dir, &format!("sock-{name}"), data).with_bin(bin);
-    restored.start();
+    // Kept archiving only when restore was asked to preserve archive_mode.
+    let sock = format!("sock-{name}");
+    let mut restored = if args.contains(&"preserve") {
+        PgCluster::restored_archiving(dir, &sock, data)
+    } else {
+        PgCluster::restored(dir, &sock, data)
+    }
+    .with_bin(bin);
+    restored.start_with_env(&pitr.env);
     if promoted {
         restored.wait_promoted(WAIT);
     } else {
