@@ -282,7 +282,7 @@ async fn a_put_failing_mid_backup_leaves_no_listed_backup() {
     .await
     .unwrap();
     assert!(report.ok, "{:?}", report.problems);
-    assert_eq!(report.abandoned_backups, [abandoned.clone()]);
+    assert_eq!(report.abandoned_backups, std::slice::from_ref(abandoned));
     let expired = pitr::commands::expire::expire(
         &catalog,
         &pitr::commands::expire::ExpireOptions {
@@ -301,7 +301,10 @@ async fn a_put_failing_mid_backup_leaves_no_listed_backup() {
     )
     .await
     .unwrap();
-    assert_eq!(expired.removed_interrupted_backups, [abandoned.clone()]);
+    assert_eq!(
+        expired.removed_interrupted_backups,
+        std::slice::from_ref(abandoned)
+    );
     let dirs = catalog.backup_objects().await.unwrap();
     assert_eq!(dirs.keys().collect::<Vec<_>>(), [&kept]);
 }

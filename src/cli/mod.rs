@@ -839,6 +839,20 @@ fn parse_tablespace_map(entry: &str) -> Result<(u32, PathBuf), String> {
         .ok_or_else(|| format!("'{entry}' is not OID=DIR with an absolute DIR"))
 }
 
+/// A failure line stays one line whatever values it quotes (a `--target-name` with a
+/// newline, a file name with a tab): control characters are shown escaped, as Rust does.
+pub fn one_line(text: &str) -> String {
+    let mut line = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() {
+            line.extend(c.escape_default());
+        } else {
+            line.push(c);
+        }
+    }
+    line
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1005,18 +1019,4 @@ mod tests {
             assert!(help.contains(row.meaning), "{}", row.meaning);
         }
     }
-}
-
-/// A failure line stays one line whatever values it quotes (a `--target-name` with a
-/// newline, a file name with a tab): control characters are shown escaped, as Rust does.
-pub fn one_line(text: &str) -> String {
-    let mut line = String::with_capacity(text.len());
-    for c in text.chars() {
-        if c.is_control() {
-            line.extend(c.escape_default());
-        } else {
-            line.push(c);
-        }
-    }
-    line
 }
