@@ -295,3 +295,156 @@ async fn a_time_on_a_new_timeline_is_restorable() {
     assert_eq!(restored.sql(TABLE_STATE), state_b);
     restored.stop();
 }
+
+/// Waits until `standby` has replayed all the primary wrote so far.
+fn wait_replayed(primary: &PgCluster, standby: &PgCluster) {
+    let target = primary.sql("select pg_current_wal_lsn()");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while standby.sql(&format!(
+        "select pg_last_wal_replay_lsn() >= '{target}'::pg_lsn"
+    )) != "t"
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the standby did not replay up to {target}:\n{}",
+            standby.server_log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Issue 20, part 5: a backup taken from a streaming standby (which refuses
+/// pg_walfile_name and writes no backup history file) is named, awaited and restored
+/// exactly, to its end and to a later time, and passes pg_amcheck.
+async fn a_standby_backup_restores_exactly(name: &str, repo: impl FnOnce(&TestDir) -> Repo) {
+    let dir = TestDir::new(name);
+    let repo = repo(&dir);
+    let (pitr, mut primary) = archiving_cluster(&dir, &repo, "wal_keep_size = '256MB'");
+    primary.sql("create table t (id int primary key, v text)");
+    primary.sql("create table tick (at timestamptz default now())");
+    // Enough to take a while to copy, in bundles and alone.
+    primary.sql("create table big as select g, md5(g::text) from generate_series(1, 300000) g");
+    primary.sql("create index on big (g)");
+    let big = "select count(*) || ':' || sum(hashtext(md5)) from big";
+    let big_state = primary.sql(big);
+    let (_, at_backup) = phase(&primary, 1);
+
+    let data = dir.subdir("standby").join("data");
+    run_ok(
+        as_postgres(Path::new(PG_BIN).join("pg_basebackup"))
+            .arg("-D")
+            .arg(&data)
+            .args(["-R", "-X", "stream", "-c", "fast", "-U", "postgres", "-h"])
+            .arg(&primary.socket_dir)
+            .args(["-p", &primary.port.to_string()]),
+    );
+    let mut standby = PgCluster::restored_archiving(&dir, "standby-sock", data);
+    standby.start();
+    wait_replayed(&primary, &standby);
+    assert_eq!(standby.sql("select pg_is_in_recovery()"), "t");
+    assert_eq!(standby.sql(TABLE_STATE), at_backup);
+
+    // The stop segment reaches the repository from the primary's archiver: it switches
+    // segments while the backup waits.
+    let mut child = pitr
+        .command(backup_args(&standby))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    while child.try_wait().unwrap().is_none() {
+        primary.sql("insert into tick default values");
+        primary.sql("select pg_switch_wal()");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let id = backup_id(&out);
+    let storage = repo.storage().await;
+    let manifest: pitr::catalog::backup::BackupManifest =
+        serde_json::from_slice(&metadata_json(&*storage, &common::keys::manifest_key(&id)).await)
+            .unwrap();
+    assert!(
+        manifest.backup_label.contains("BACKUP FROM: standby"),
+        "{}",
+        manifest.backup_label
+    );
+    // pg_control alone in the last object, written after all the others were read.
+    let control = manifest
+        .files
+        .iter()
+        .find(|f| f.path == "global/pg_control")
+        .unwrap();
+    let last = manifest.files.iter().map(|f| f.object).max().unwrap();
+    assert_eq!(control.object, last);
+    assert_eq!(
+        manifest.files.iter().filter(|f| f.object == last).count(),
+        1
+    );
+
+    // Later writes on the primary: a time to restore to, and writes after it.
+    let (time, at_time) = phase(&primary, 2);
+    phase(&primary, 3);
+    primary.archive_current_segment(Duration::from_secs(60));
+    standby.stop();
+    primary.stop();
+
+    for (case, args, expected) in [
+        (
+            "standby-immediate",
+            vec!["--target", "immediate", "--target-action", "promote"],
+            &at_backup,
+        ),
+        ("standby-time", vec!["--target-time", &time], &at_time),
+    ] {
+        let (out, data) = restore(&pitr, &dir, case, &args);
+        assert_eq!(code(&out), 0, "{case}: {}", stderr(&out));
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains(&format!("restored backup {id} ")),
+            "{case}"
+        );
+        assert_verifybackup(&data);
+        chown_to_postgres(&data);
+        let mut restored = PgCluster::restored(&dir, &format!("sock-{case}"), data);
+        restored.start_with_env(&repo.env);
+        if case == "standby-immediate" {
+            restored.wait_promoted(Duration::from_secs(60));
+            restored.sql("create extension amcheck");
+            let amcheck = as_postgres(Path::new(PG_BIN).join("pg_amcheck"))
+                .args(["-U", "postgres", "-h"])
+                .arg(&restored.socket_dir)
+                .args([
+                    "-p",
+                    &restored.port.to_string(),
+                    "--all",
+                    "--heapallindexed",
+                ])
+                .output()
+                .unwrap();
+            assert!(
+                amcheck.status.success(),
+                "pg_amcheck: {}{}",
+                String::from_utf8_lossy(&amcheck.stdout),
+                stderr(&amcheck)
+            );
+        } else {
+            restored.wait_paused(Duration::from_secs(60));
+        }
+        assert_eq!(&restored.sql(TABLE_STATE), expected, "{case}");
+        assert_eq!(restored.sql(big), big_state, "{case}");
+        restored.stop();
+    }
+    let out = pitr.run(["verify"]);
+    assert_eq!(code(&out), 0, "{}", String::from_utf8_lossy(&out.stdout));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_standby_backup_restores_exactly_local() {
+    a_standby_backup_restores_exactly("restore-standby-local", Repo::local).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_standby_backup_restores_exactly_s3() {
+    let server = S3Server::start("restore-standby").await;
+    a_standby_backup_restores_exactly("restore-standby-s3", |_| Repo::s3(&server, "standby")).await;
+}

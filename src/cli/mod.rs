@@ -772,14 +772,14 @@ impl Command {
 
     /// How a failure is reported: one line on stderr, which PostgreSQL writes to its log.
     pub fn failure_line(&self, error: &crate::error::Error) -> String {
-        match self {
+        one_line(&match self {
             Command::ArchiveGet { name, .. } => format!(
                 "pitr archive-get {name}: {error}; recovery stops here rather than end without \
                  this file: fix the cause, then start the server again"
             ),
             Command::Check { .. } => format!("UNKNOWN pitr check: {error}"),
             _ => format!("pitr {}: {error}", self.name()),
-        }
+        })
     }
 
     pub fn name(&self) -> &'static str {
@@ -839,10 +839,32 @@ fn parse_tablespace_map(entry: &str) -> Result<(u32, PathBuf), String> {
         .ok_or_else(|| format!("'{entry}' is not OID=DIR with an absolute DIR"))
 }
 
+/// A failure line stays one line whatever values it quotes (a `--target-name` with a
+/// newline, a file name with a tab): control characters are shown escaped, as Rust does.
+pub fn one_line(text: &str) -> String {
+    let mut line = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() {
+            line.extend(c.escape_default());
+        } else {
+            line.push(c);
+        }
+    }
+    line
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use clap::CommandFactory;
+
+    #[test]
+    fn a_failure_line_escapes_control_characters() {
+        assert_eq!(
+            one_line("no restore point 'a\nb\tc\u{1b}[31m' é"),
+            "no restore point 'a\\nb\\tc\\u{1b}[31m' é"
+        );
+    }
 
     #[test]
     fn a_bare_path_style_flag_does_not_swallow_the_subcommand() {

@@ -345,6 +345,15 @@ pub fn verify(report: &VerifyReport, as_json: bool) {
              not a restorable backup"
         );
     }
+    for id in &report.abandoned_backups {
+        println!(
+            "warning: backup {id} was abandoned: it failed and could not remove all it wrote; \
+             its objects are leftovers, not a restorable backup (pitr expire removes them)"
+        );
+    }
+    for id in &report.running_backups {
+        println!("note: backup {id} has no manifest yet: it is still being taken");
+    }
     if report.indexed_segments > 0 {
         println!(
             "indexed {} segments that had no WAL index entry",

@@ -108,6 +108,16 @@ pub fn is_abandoned(
     claim.host.as_deref() == Some(this_host) && !this_host.is_empty() && !pid_alive(claim.pid)
 }
 
+/// [`is_abandoned`] now, on this host.
+pub fn owner_gone(claim: Option<&BackupClaim>) -> bool {
+    is_abandoned(
+        claim,
+        Utc::now(),
+        &crate::host_name().unwrap_or_default(),
+        pid_alive,
+    )
+}
+
 fn pid_alive(pid: u32) -> bool {
     std::path::Path::new(&format!("/proc/{pid}")).exists()
 }
@@ -214,7 +224,10 @@ async fn expire_locked(
             continue;
         }
         let claim = catalog.backup_claim(id).await?;
-        if is_abandoned(claim.as_ref(), options.now, &this_host, pid_alive) {
+        // Marked abandoned: the failed backup gave up but could not remove all it wrote.
+        if dir.abandoned.is_some()
+            || is_abandoned(claim.as_ref(), options.now, &this_host, pid_alive)
+        {
             report.removed_interrupted_backups.push(id.clone());
         } else {
             report.running_backups.push(id.clone());

@@ -335,6 +335,12 @@ fn check_tablespace_directories(layout: &RestoreLayout) -> Result<()> {
 /// DIR must be absent or empty (or `--force`), no postmaster may be running in it, and the
 /// tablespaces' directories must be empty or absent: all checked before DIR is touched.
 fn prepare_directory(pgdata: &Path, force: bool, layout: &RestoreLayout) -> Result<()> {
+    if fs::metadata(pgdata).is_ok_and(|meta| !meta.is_dir()) {
+        return Err(Error::invalid_input(
+            pgdata.display(),
+            "is a file, not a directory: give --pgdata a new or empty directory",
+        ));
+    }
     if let Some(pid) = running_postmaster(pgdata) {
         return Err(Error::invalid_input(
             pgdata.display(),
@@ -344,6 +350,13 @@ fn prepare_directory(pgdata: &Path, force: bool, layout: &RestoreLayout) -> Resu
     let occupied = match fs::read_dir(pgdata) {
         Ok(mut entries) => Some(entries.next().is_some()),
         Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+        Err(e) if e.kind() == io::ErrorKind::NotADirectory => {
+            return Err(Error::invalid_input(
+                pgdata.display(),
+                "a part of this path is a file, not a directory: give --pgdata a new or \
+                 empty directory",
+            ));
+        }
         Err(e) => return Err(Error::local_io(pgdata.display(), e)),
     };
     if occupied == Some(true) && !force {

@@ -119,6 +119,11 @@ pub struct VerifyReport {
     pub problems: Vec<Problem>,
     /// Backups that never finished: their leftover objects are not a problem.
     pub interrupted_backups: Vec<String>,
+    /// Backups that failed and gave up, marked so by pitr: their leftover objects are not a
+    /// problem either (`pitr expire` removes them).
+    pub abandoned_backups: Vec<String>,
+    /// Backups without manifest whose owner may still be taking them: not judged yet.
+    pub running_backups: Vec<String>,
     /// Segments indexed now because they had no WAL index entry.
     pub indexed_segments: u64,
     /// False for an encrypted repository verified without its key: only the stored
@@ -301,11 +306,19 @@ pub async fn verify(catalog: &Catalog, options: &VerifyOptions) -> Result<Verify
         .filter_map(|text| parse_backup_label(text).ok()?.label)
         .collect();
     let mut interrupted_backups = Vec::new();
+    let mut abandoned_backups = Vec::new();
+    let mut running_backups = Vec::new();
     for (id, objects) in &backup_dirs {
         if objects.manifest.is_some() {
             continue;
         }
-        if finished_labels.contains(&format!("pitr backup {id}")) {
+        // pitr's own word first: a backup that failed after PostgreSQL finished it (the
+        // manifest write refused, say) has a backup history file, but no manifest is lost.
+        if objects.abandoned.is_some() {
+            abandoned_backups.push(id.clone());
+        } else if !super::expire::owner_gone(catalog.backup_claim(id).await?.as_ref()) {
+            running_backups.push(id.clone());
+        } else if finished_labels.contains(&format!("pitr backup {id}")) {
             problems.push(Problem::MissingManifest {
                 backup: id.clone(),
                 key: objects.manifest_key(),
@@ -351,6 +364,8 @@ pub async fn verify(catalog: &Catalog, options: &VerifyOptions) -> Result<Verify
         seconds: started.elapsed().as_secs_f64(),
         problems,
         interrupted_backups,
+        abandoned_backups,
+        running_backups,
         indexed_segments,
         authenticated: true,
     })
@@ -397,6 +412,8 @@ async fn verify_stored(
         seconds: started.elapsed().as_secs_f64(),
         problems,
         interrupted_backups: Vec::new(),
+        abandoned_backups: Vec::new(),
+        running_backups: Vec::new(),
         indexed_segments: 0,
         authenticated: false,
     })

@@ -97,9 +97,55 @@ pub fn timeline_of_segment(path: &[TimelineSpan], segno: u64, segment_size: u64)
         .map_or(path[0].timeline, |span| span.timeline)
 }
 
+/// The name of the segment holding a backup's stop point `stop`, read on a server whose
+/// timeline is now `current` (`history`: `current`'s history file, empty for timeline 1):
+/// the segment before `stop` (`XLByteToPrevSeg`, as `pg_walfile_name` names it), on the
+/// timeline recovery reads it from. A standby cannot run `pg_walfile_name`, and its timeline
+/// may have moved on since the stop, so the timeline comes from the history.
+pub fn stop_segment_name(
+    stop: Lsn,
+    current: u32,
+    history: &[HistoryEntry],
+    wal_segment_size: u64,
+) -> String {
+    let segno = super::wal_name::segment_before(stop, wal_segment_size);
+    let path = timeline_path(current, history);
+    let timeline = timeline_of_segment(&path, segno, wal_segment_size);
+    super::wal_name::xlog_file_name(timeline, segno, wal_segment_size)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_stop_segment_is_named_on_the_timeline_recovery_reads_it_from() {
+        const SEG: u64 = 16 << 20;
+        assert_eq!(
+            stop_segment_name(Lsn(0x300_0100), 1, &[], SEG),
+            "000000010000000000000003"
+        );
+        // At a segment boundary: the segment before, as pg_walfile_name says.
+        assert_eq!(
+            stop_segment_name(Lsn(0x400_0000), 1, &[], SEG),
+            "000000010000000000000003"
+        );
+        // The standby moved to timeline 2 at 0/5000100 after the stop: a stop before the
+        // switch segment stays on 1, one in the switch segment is read from timeline 2's copy.
+        let history = parse_history("1\t0/5000100\tno recovery target specified\n").unwrap();
+        assert_eq!(
+            stop_segment_name(Lsn(0x300_0100), 2, &history, SEG),
+            "000000010000000000000003"
+        );
+        assert_eq!(
+            stop_segment_name(Lsn(0x500_0028), 2, &history, SEG),
+            "000000020000000000000005"
+        );
+        assert_eq!(
+            stop_segment_name(Lsn(0x600_0028), 2, &history, SEG),
+            "000000020000000000000006"
+        );
+    }
 
     #[test]
     fn recovery_reads_each_segment_from_the_newest_timeline_that_has_begun() {
