@@ -123,7 +123,7 @@ impl ReplayPlan {
 
     /// The claim this plan stands for, as archive-get writes it again with a new heartbeat
     /// (one put, no read: a claim expire removed as stale comes back while replay runs).
-    pub fn claim(&self, pgdata: &str, now: DateTime<Utc>) -> ReplayClaim {
+    pub fn as_claim(&self, pgdata: &str, now: DateTime<Utc>) -> ReplayClaim {
         let mut claim = ReplayClaim::planning(&self.claim, &self.command, pgdata, self.written);
         claim.heartbeat = now;
         claim.backup = Some(self.backup.clone());

@@ -184,7 +184,7 @@ async fn run_archive_get(
     };
     let wal_name = WalFileName::parse(name).ok();
     let found = match &outcome {
-        Ok(_) => true,
+        Ok(_) => Some(true),
         Err(Error::NotFound { location, .. }) => {
             if let Some(missing) = wal_name
                 .as_ref()
@@ -192,9 +192,12 @@ async fn run_archive_get(
             {
                 return Err(missing);
             }
-            false
+            Some(false)
         }
-        Err(_) => return outcome.map(|_| EXIT_OK),
+        Err(_) => None,
+    };
+    let Some(found) = found else {
+        return outcome.map(|_| EXIT_OK);
     };
     if let (Ok(Some(plan)), Some(wal_name)) = (&plan, &wal_name) {
         let step = claim_step(plan, wal_name, found, &wal_dir);

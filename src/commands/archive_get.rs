@@ -233,7 +233,7 @@ pub async fn take_claim_step(catalog: &Catalog, plan: &ReplayPlan, step: ClaimSt
         ClaimStep::Nothing => return,
         ClaimStep::Refresh => {
             catalog
-                .put_replay_claim(&plan.claim(&pgdata, chrono::Utc::now()))
+                .put_replay_claim(&plan.as_claim(&pgdata, chrono::Utc::now()))
                 .await
         }
         ClaimStep::Release => catalog.remove_replay_claim(&plan.claim).await,

@@ -255,7 +255,6 @@ async fn restore_claimed(
             report.owner.as_ref(),
             &excluded,
             replay_plan,
-            report.plan.timeline,
         )
         .await;
         if result.is_err() {
@@ -482,7 +481,6 @@ async fn write_backup(
     owner: Option<&Owner>,
     excluded: &BTreeSet<u32>,
     replay_plan: Option<ReplayPlan>,
-    timeline: u32,
 ) -> Result<(usize, u64, u64, ServerSetup)> {
     let pgdata = layout.pgdata().to_owned();
     for dir in layout.tablespaces().values() {
@@ -601,8 +599,8 @@ async fn write_backup(
     // checked (not one archived since), and asks for a newer timeline's history file only
     // when it promotes, which tells archive-get that replay is over.
     let mut request = options.request.clone();
-    if replay_plan.is_some() {
-        request.recovery.timeline = Some(TargetTimeline::Number(timeline));
+    if let Some(plan) = &replay_plan {
+        request.recovery.timeline = Some(TargetTimeline::Number(plan.timeline));
     }
     append_recovery_settings(
         &pgdata,
