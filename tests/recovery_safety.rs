@@ -152,7 +152,7 @@ async fn replay_holds_the_pre_flight_proof(dir: &TestDir, repo: &Repo) {
     ]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     let plan = std::fs::read_to_string(data.join("pg_wal/.pitr-replay-plan.json")).unwrap();
-    assert!(plan.contains(&segments[1]), "{plan}");
+    assert!(plan.contains(&format!("\"backup\": \"{older}\"")), "{plan}");
     assert_eq!(replay_claim_keys(repo).await.len(), 1);
     assert_verifybackup(&data);
 
@@ -165,7 +165,10 @@ async fn replay_holds_the_pre_flight_proof(dir: &TestDir, repo: &Repo) {
     assert!(report.contains("held: `pitr restore`"), "{report}");
     assert!(!report.contains("removed backup"), "{report}");
     for segment in &segments {
-        assert!(!report.contains(&format!("removed WAL {segment}")), "{report}");
+        assert!(
+            !report.contains(&format!("removed WAL {segment}")),
+            "{report}"
+        );
     }
 
     // (a) A planned segment disappears after the pre-flight (by hand, a lifecycle rule).
@@ -188,7 +191,10 @@ async fn replay_holds_the_pre_flight_proof(dir: &TestDir, repo: &Repo) {
         restored.server_log()
     );
     let log = restored.server_log();
-    assert!(log.contains(&format!("pitr archive-get {}", segments[1])), "{log}");
+    assert!(
+        log.contains(&format!("pitr archive-get {}", segments[1])),
+        "{log}"
+    );
     assert!(log.contains("is no longer in the repository"), "{log}");
     assert!(log.contains("recovery stops here"), "{log}");
     // The claim outlives the aborted recovery.
@@ -235,6 +241,9 @@ async fn replay_holds_the_pre_flight_proof(dir: &TestDir, repo: &Repo) {
     );
     let report = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(report.contains("ignored stale replay claim"), "{report}");
-    assert!(report.contains(&format!("removed backup {older}")), "{report}");
+    assert!(
+        report.contains(&format!("removed backup {older}")),
+        "{report}"
+    );
     assert!(replay_claim_keys(repo).await.is_empty());
 }

@@ -182,7 +182,9 @@ pub fn missing_from_plan(
     match plan {
         Ok(None) => None,
         Err(reason) => Some(Error::Incomplete(format!(
-            "{name} is not in the repository {location}, and the replay plan {reason}, so              archive-get cannot tell whether recovery needs it: recovery stops here. Repair or              remove the plan file (removing it lets recovery end at the end of the archive)"
+            "{name} is not in the repository {location}, and the replay plan {reason}, so \
+             archive-get cannot tell whether recovery needs it: recovery stops here. Repair or \
+             remove the plan file (removing it lets recovery end at the end of the archive)"
         ))),
         Ok(Some(plan)) if plan.needs(name) == Need::Needed => {
             let what = if name.kind() == crate::pg::WalFileKind::History {
@@ -191,7 +193,10 @@ pub fn missing_from_plan(
                 "WAL segment"
             };
             Some(Error::Incomplete(format!(
-                "{what} {name} is no longer in the repository {location}, but `pitr {}` found it                  there and recovery needs it to reach its target (backup {}, segments {}):                  recovery stops here rather than end on a shorter history. Put the object back                  (or restore again) and start the server again",
+                "{what} {name} is no longer in the repository {location}, but `pitr {}` found it \
+                 there and recovery needs it to reach its target (backup {}, segments {}): \
+                 recovery stops here rather than end on a shorter history. Put the object back \
+                 (or restore again) and start the server again",
                 plan.command,
                 plan.backup,
                 plan.span()
@@ -225,7 +230,12 @@ pub fn claim_step(plan: &ReplayPlan, name: &WalFileName, found: bool, wal_dir: &
 }
 
 /// Takes the step; a failure is a warning (recovery goes on; a claim left behind goes stale).
-pub async fn take_claim_step(catalog: &Catalog, plan: &ReplayPlan, step: ClaimStep, wal_dir: &Path) {
+pub async fn take_claim_step(
+    catalog: &Catalog,
+    plan: &ReplayPlan,
+    step: ClaimStep,
+    wal_dir: &Path,
+) {
     let pgdata = std::path::absolute(".")
         .map(|p| p.display().to_string())
         .unwrap_or_default();

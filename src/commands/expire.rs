@@ -18,9 +18,9 @@ use serde::Serialize;
 
 use crate::catalog::backup::{BackupClaim, BackupManifest, DamagedBackup, Deletion};
 use crate::catalog::replay::ReplayClaim;
-use crate::pg::WalFileName;
 use crate::catalog::{Catalog, RepositoryIdentity};
 use crate::error::{Error, Result};
+use crate::pg::WalFileName;
 use crate::pg::timestamp::rfc3339_micros;
 use crate::pg::wal_name::xlog_file_name;
 use crate::recovery::ArchiveView;
@@ -246,7 +246,8 @@ async fn expire_locked(
             Some(hold) => holds.push(hold),
             None => {
                 held_back = Some(format!(
-                    "`pitr {}` on host {} ({}) is planning its restore: nothing removed; run                      expire again once it has planned",
+                    "`pitr {}` on host {} ({}) is planning its restore: nothing removed; run \
+                     expire again once it has planned",
                     claim.command, claim.host, claim.pgdata
                 ));
             }
@@ -283,7 +284,8 @@ async fn expire_locked(
     let stale_after = catalog.replay_claim_stale_after().as_secs();
     for claim in &stale {
         tracing::warn!(
-            "replay claim {} (`pitr {}` on host {}, {}) has a heartbeat {} s old, older than              replay_claim_stale_after ({stale_after} s): its restore is taken as gone; ignored{}",
+            "replay claim {} (`pitr {}` on host {}, {}) has a heartbeat {} s old, older than \
+             replay_claim_stale_after ({stale_after} s): its restore is taken as gone; ignored{}",
             claim.id,
             claim.command,
             claim.host,
