@@ -30,6 +30,7 @@ pub mod backup;
 pub mod history;
 pub mod keys;
 pub mod lock;
+pub mod replay;
 pub mod rollup;
 mod sealed;
 pub mod wal;
@@ -341,6 +342,7 @@ pub enum Stored {
 pub struct Catalog {
     storage: Arc<dyn Storage>,
     lock_stale_after: std::time::Duration,
+    replay_claim_stale_after: std::time::Duration,
     compression_request: CompressionRequest,
     /// The compression of new objects, known from the first read of the identity on (the
     /// commands read it first, so knowing it costs no request).
@@ -370,6 +372,7 @@ impl Catalog {
         Catalog {
             storage,
             lock_stale_after: lock::DEFAULT_LOCK_STALE_AFTER,
+            replay_claim_stale_after: replay::DEFAULT_REPLAY_CLAIM_STALE_AFTER,
             compression_request: CompressionRequest::default(),
             compression: Arc::new(OnceLock::new()),
             key_materials: Arc::new(Vec::new()),

@@ -47,7 +47,7 @@ pub struct GlobalArgs {
     pub repo: Option<String>,
 
     /// TOML file with the same settings (repo, s3_endpoint, s3_path_style, storage_timeout,
-    /// storage_retry_time, lock_stale_after, notify_url, notify_on_success, check_*, keep_*,
+    /// storage_retry_time, lock_stale_after, replay_claim_stale_after, notify_url, notify_on_success, check_*, keep_*,
     /// spool_path, archive_push_parallel, archive_get_prefetch, archive_get_queue_max,
     /// compression, compression_level).
     #[arg(long, global = true, env = "PITR_CONFIG", value_name = "FILE")]
@@ -99,6 +99,16 @@ pub struct GlobalArgs {
         value_name = "SECONDS"
     )]
     pub lock_stale_after: Option<u64>,
+
+    /// Seconds after which a restore's replay claim whose heartbeat stopped is ignored (and
+    /// removed) by expire (default 3600).
+    #[arg(
+        long,
+        global = true,
+        env = "PITR_REPLAY_CLAIM_STALE_AFTER",
+        value_name = "SECONDS"
+    )]
+    pub replay_claim_stale_after: Option<u64>,
 
     /// Webhook URL (Slack, Discord, Mattermost) to POST to when backup, verify, expire, check or drill fails
     /// (default: none, no notification).
@@ -275,6 +285,7 @@ impl GlobalArgs {
             storage_timeout: self.storage_timeout,
             storage_retry_time: self.storage_retry_time,
             lock_stale_after: self.lock_stale_after,
+            replay_claim_stale_after: self.replay_claim_stale_after,
             notify_url: self.notify_url.clone(),
             notify_on_success: self.notify_on_success,
             check_backup_age: self.check_backup_age.clone(),

@@ -456,6 +456,9 @@ pub fn expire(report: &ExpireReport, as_json: bool) {
                 format!("what backup {backup} needs to become consistent")
             }
             WalReason::NewTimeline => "a timeline no backup has reached yet".to_owned(),
+            WalReason::Replay { claim, backup } => {
+                format!("replayed by a restore of backup {backup} in flight (claim {claim})")
+            }
         };
         println!(
             "keep WAL timeline {}: {} .. {}: {why}",
@@ -466,6 +469,27 @@ pub fn expire(report: &ExpireReport, as_json: bool) {
     }
     for name in &report.removed_wal {
         println!("{verb} WAL {name}");
+    }
+    for claim in &report.replay_claims {
+        println!(
+            "held: `pitr {}` on host {} ({}) replays backup {} (WAL {} .. {}; heartbeat {} s ago)",
+            claim.command,
+            claim.host,
+            claim.pgdata,
+            claim.backup.as_deref().unwrap_or("(planning)"),
+            claim.first_segment.as_deref().unwrap_or("-"),
+            claim.last_segment.as_deref().unwrap_or("-"),
+            claim.heartbeat_age_seconds
+        );
+    }
+    for claim in &report.stale_replay_claims {
+        println!(
+            "ignored stale replay claim {} (`pitr {}` on host {}, {}; heartbeat {} s ago)",
+            claim.id, claim.command, claim.host, claim.pgdata, claim.heartbeat_age_seconds
+        );
+    }
+    if let Some(why) = &report.held_back {
+        println!("held back: {why}");
     }
     for id in &report.removed_interrupted_backups {
         println!("{verb} interrupted backup {id} (no manifest, its owner is gone)");
