@@ -334,7 +334,7 @@ fn planned_range(out: &std::process::Output) -> (String, String) {
 async fn a_history_whose_switch_points_go_back_is_archived_and_followed() {
     let dir = TestDir::new("restore-pg028");
     let repo = Repo::local(&dir);
-    let (pitr, mut primary) = archiving_cluster(&dir, &repo, "");
+    let (pitr, primary) = archiving_cluster(&dir, &repo, "");
     pitr.backup(&primary);
 
     // A streaming standby that archives too (archive_mode = always).
