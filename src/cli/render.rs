@@ -327,6 +327,25 @@ pub fn list(report: &ListReport, as_json: bool) {
             w.until.as_deref().unwrap_or("(no commit reachable yet)")
         );
     }
+    // The tree, once there is more than one timeline: where each came from.
+    if report.timelines.len() > 1 {
+        for t in &report.timelines {
+            let origin = match (t.parent, t.switch_point) {
+                (Some(parent), Some(at)) => format!("forked from timeline {parent} at {at}"),
+                _ => "first timeline".to_owned(),
+            };
+            let backups = if t.backups.is_empty() {
+                "no backups".to_owned()
+            } else {
+                format!("backups {}", t.backups.join(", "))
+            };
+            println!(
+                "{}timeline {}: {origin}; {backups}",
+                "  ".repeat(t.depth),
+                t.timeline
+            );
+        }
+    }
     for timeline in &report.timelines_without_backup {
         println!("warning: {}", foreign_timeline_warning(*timeline));
     }

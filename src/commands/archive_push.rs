@@ -27,7 +27,7 @@ use tokio::sync::oneshot;
 use crate::catalog::{Catalog, RepositoryIdentity, Stored};
 use crate::codec::{CompareWriter, EncodeSummary};
 use crate::error::{Error, Result};
-use crate::pg::timeline::parse_history;
+use crate::pg::timeline::{HistoryEntry, parse_history};
 use crate::pg::wal_page::SIZE_OF_XLOG_LONG_PHD;
 use crate::pg::wal_summary::{SegmentSummarizer, SegmentSummary};
 use crate::pg::{FEED_BYTES, WalFileKind, WalFileName, WalLongPageHeader, wal_name};
@@ -319,6 +319,11 @@ async fn push_file(
     if name.holds_wal_pages() {
         check_segment(path, name, identity)?;
     }
+    if name.kind() == WalFileKind::History {
+        // Refused before it is stored: a stored history that every retry refuses would stop
+        // archiving for good.
+        read_history(path, name)?;
+    }
     // The previous segment's summary (read while compressing) completes a record that
     // straddles the boundary.
     let (stored, previous) = tokio::join!(
@@ -410,15 +415,24 @@ async fn index(
             catalog.put_segment_summary(name, &summary).await?;
         }
         WalFileKind::History => {
-            let text =
-                std::fs::read_to_string(path).map_err(|e| Error::local_io(path.display(), e))?;
-            let entries =
-                parse_history(&text).map_err(|e| Error::invalid_input(path.display(), e))?;
+            let entries = read_history(path, name)?;
             catalog.put_history_summary(name, &entries).await?;
         }
         WalFileKind::BackupHistory => {}
     }
     Ok(())
+}
+
+/// The switch points of the history file at `path`, read as PostgreSQL reads it: refused
+/// (invalid input) only where PostgreSQL would refuse it.
+fn read_history(path: &Path, name: &WalFileName) -> Result<Vec<HistoryEntry>> {
+    let text = std::fs::read(path).map_err(|e| Error::local_io(path.display(), e))?;
+    parse_history(name.timeline(), &String::from_utf8_lossy(&text)).map_err(|e| {
+        Error::invalid_input(
+            path.display(),
+            format!("not a timeline history PostgreSQL could read: {e}"),
+        )
+    })
 }
 
 /// Hands `path` to `read` a mapped window at a time: only one window's pages count in this

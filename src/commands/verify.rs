@@ -19,7 +19,7 @@ use crate::catalog::wal::ArchivedFile;
 use crate::catalog::{Catalog, CatalogError, StoredObject};
 use crate::error::{EXIT_CORRUPT, EXIT_INCOMPLETE, EXIT_OK, Error, Result};
 use crate::pg::backup_label::parse_backup_label;
-use crate::pg::timeline::{HistoryEntry, parse_history};
+use crate::pg::timeline::{HistoryEntry, parse_history, timeline_of_segment, timeline_path};
 use crate::pg::wal_name::xlog_file_name;
 use crate::pg::{WalFileKind, WalFileName};
 use crate::recovery::ArchiveView;
@@ -265,7 +265,7 @@ pub async fn verify(catalog: &Catalog, options: &VerifyOptions) -> Result<Verify
         match (checked, job.wal) {
             (Checked::Intact, _) => {}
             (Checked::Text(text), Some(name)) if name.kind() == WalFileKind::History => {
-                match parse_history(&text) {
+                match parse_history(name.timeline(), &text) {
                     Ok(entries) => {
                         histories.insert(name.timeline(), entries);
                     }
@@ -657,18 +657,20 @@ fn wal_gaps<'a>(
             continue;
         };
         let switch_segno = switch.switchpoint.segment_number(segment_size);
-        // The parent's WAL must reach the switch point (its last segment may be partial).
-        let parent_last = if switch.switchpoint.0 % segment_size == 0 {
-            switch_segno.saturating_sub(1)
-        } else {
-            switch_segno
-        };
-        if let Some(parent) = present.get(&switch.timeline)
-            && !expired_at(switch.timeline, parent_last)
-        {
-            let have = *parent.last().expect("non-empty");
-            if have < parent_last {
-                missing(switch.timeline, have + 1..=parent_last);
+        // Recovery to this timeline reads the segment holding the switch point from this
+        // timeline (XLogFileReadAnyTLI), and the one before it from the ancestor the history
+        // assigns it to: that ancestor's WAL must reach it. Not always the parent: a switch
+        // point behind the parent's own leaves the parent's span empty.
+        let path = timeline_path(timeline, entries);
+        if let Some(before) = switch_segno.checked_sub(1) {
+            let ancestor = timeline_of_segment(&path, before, segment_size);
+            if let Some(segments) = present.get(&ancestor)
+                && !expired_at(ancestor, before)
+            {
+                let have = *segments.last().expect("non-empty");
+                if have < before {
+                    missing(ancestor, have + 1..=before);
+                }
             }
         }
         // The child's WAL starts in the segment holding the switch point.
@@ -758,7 +760,7 @@ mod tests {
             found,
             vec![
                 "missing WAL on timeline 1: 000000010000000000000002 to 000000010000000000000003 (2 segments)",
-                "missing WAL on timeline 1: 000000010000000000000005 to 000000010000000000000006 (2 segments)",
+                "missing WAL on timeline 1: 000000010000000000000005 to 000000010000000000000005 (1 segment)",
                 "missing WAL on timeline 2: 000000020000000000000006 to 000000020000000000000006 (1 segment)",
             ]
         );
@@ -790,6 +792,40 @@ mod tests {
         // Without the record the same repository has gaps.
         let floors = BTreeMap::from([(1, 2), (2, 7)]);
         assert!(!wal_gaps(wal.iter(), &histories, SEG, &floors, &BTreeMap::new()).is_empty());
+    }
+
+    #[test]
+    fn switch_points_that_go_back_are_no_problem() {
+        // PostgreSQL 15's t/028_pitr_timelines.pl: timeline 3 left 2 (at 0/3018C48) before 2
+        // began (0/3018CB0); timeline 1's segment 3 was never archived whole.
+        let entry = |timeline, lsn| HistoryEntry {
+            timeline,
+            switchpoint: Lsn(lsn),
+        };
+        let histories = BTreeMap::from([
+            (2, vec![entry(1, 0x301_8CB0)]),
+            (3, vec![entry(1, 0x301_8CB0), entry(2, 0x301_8C48)]),
+        ]);
+        assert_eq!(history_problems(&histories), vec![]);
+        let wal = names(&[
+            "000000010000000000000001",
+            "000000010000000000000002",
+            "000000020000000000000003",
+            "000000030000000000000003",
+            "000000030000000000000004",
+        ]);
+        let none = BTreeMap::new();
+        assert_eq!(wal_gaps(wal.iter(), &histories, SEG, &none, &none), vec![]);
+        // The segment before the switch must still be there, on the timeline that holds it.
+        let wal = names(&["000000010000000000000001", "000000030000000000000003"]);
+        let found: Vec<String> = wal_gaps(wal.iter(), &histories, SEG, &none, &none)
+            .iter()
+            .map(|p| p.to_string())
+            .collect();
+        assert!(
+            found.iter().all(|p| p.contains("000000010000000000000002")) && !found.is_empty(),
+            "{found:?}"
+        );
     }
 
     #[test]

@@ -68,7 +68,7 @@ fn view(runs: &[(u32, u64, u64)], other: &[&str], histories: &[(u32, &str)]) -> 
         .collect();
     let histories: BTreeMap<u32, _> = histories
         .iter()
-        .map(|(t, text)| (*t, parse_history(text).unwrap()))
+        .map(|(t, text)| (*t, parse_history(*t, text).unwrap()))
         .collect();
     ArchiveView::new(&identity, listing, histories)
 }
