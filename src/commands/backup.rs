@@ -334,7 +334,7 @@ fn timeline_history(pgdata: &Path, timeline: u32) -> Result<Vec<HistoryEntry>> {
             path.display()
         ))
     })?;
-    parse_history(&text).map_err(|e| Error::invalid_input(path.display(), e))
+    parse_history(timeline, &text).map_err(|e| Error::invalid_input(path.display(), e))
 }
 
 /// The data directory must be the server's and hold the repository's cluster.

@@ -202,7 +202,7 @@ mod tests {
         );
         // The standby moved to timeline 2 at 0/5000100 after the stop: a stop before the
         // switch segment stays on 1, one in the switch segment is read from timeline 2's copy.
-        let history = parse_history("1\t0/5000100\tno recovery target specified\n").unwrap();
+        let history = parse_history(2, "1\t0/5000100\tno recovery target specified\n").unwrap();
         assert_eq!(
             stop_segment_name(Lsn(0x300_0100), 2, &history, SEG),
             "000000010000000000000003"
