@@ -183,7 +183,7 @@ impl WalFileCheck {
         }
         match self.kind {
             Check::Pages(pages) if pages.offset < SIZE_OF_XLOG_LONG_PHD as u64 => {
-                // Shorter than a page header: checked again on the full header.
+                // Shorter than the long header: not a segment (the parse says why).
                 pages.check_first_page(&self.name, &pages.header)
             }
             Check::Pages(_) | Check::Nothing => Ok(()),
