@@ -8,6 +8,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
 use common::*;
+use pitr::storage::{PutMode, PutPayload, read_all};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn replay_stops_at_a_corrupt_or_unreadable_segment_and_resumes_once_repaired() {
@@ -246,4 +247,200 @@ async fn replay_holds_the_pre_flight_proof(dir: &TestDir, repo: &Repo) {
         "{report}"
     );
     assert!(replay_claim_keys(repo).await.is_empty());
+}
+
+/// Segment 5's whole, valid object copied over segment 6's key (objects restored from a
+/// copy, a sync tool renaming): every checksum passes, only the content tells. verify and
+/// archive-get catch it, a restore through it aborts recovery instead of promoting on half
+/// the history, and once the right object is back the same restore reaches every row. A
+/// summary copied over another's is caught too, and archive-push refuses a file renamed to
+/// another segment's name.
+async fn misnamed_objects_are_caught(name: &str, repo: impl FnOnce(&TestDir) -> Repo) {
+    let dir = TestDir::new(name);
+    let repo = repo(&dir);
+    let (pitr, mut cluster) = archiving_cluster(&dir, &repo, "");
+    cluster.sql("create table t (id int)");
+    pitr.backup(&cluster);
+    let mut segments = Vec::new();
+    for i in 0..4 {
+        cluster.sql(&format!(
+            "insert into t select g from generate_series({}, {}) g",
+            i * 1000 + 1,
+            (i + 1) * 1000
+        ));
+        segments.push(cluster.archive_current_segment(Duration::from_secs(60)));
+    }
+    let expected = cluster.sql("select count(*) from t");
+    assert_eq!(expected, "4000");
+    cluster.stop();
+
+    let storage = repo.storage().await;
+    let wal_key = |segment: &str| format!("wal/{}/{segment}.lz4", &segment[..16]);
+    let summary_key = |segment: &str| format!("wal/{}/{segment}.summary.json", &segment[..16]);
+    let (donor, victim) = (&segments[1], &segments[2]);
+    let good = read_all(&*storage, &wal_key(victim)).await.unwrap();
+    let donor_object = read_all(&*storage, &wal_key(donor)).await.unwrap();
+    storage
+        .put(
+            &wal_key(victim),
+            PutPayload::from_bytes(donor_object),
+            PutMode::Overwrite,
+        )
+        .await
+        .unwrap();
+    // What the message says the object holds (an encrypted repository fails it earlier:
+    // the key is bound to the object).
+    let holds = format!("not {victim}: it holds segment {donor}, timeline 1, system ");
+
+    // verify: corrupt, naming the object and what it holds.
+    let out = pitr.run(["verify"]);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(code(&out), 5, "{stdout}{}", stderr(&out));
+    assert!(
+        stdout.contains(&format!("corrupt: {}", wal_key(victim))),
+        "{stdout}"
+    );
+    if !encrypting() {
+        assert!(stdout.contains(&holds), "{stdout}");
+    }
+
+    // archive-get: 133 (PostgreSQL aborts recovery), one line, nothing at DEST.
+    let pg_wal = dir.subdir("get");
+    let dest = pg_wal.join("RECOVERYXLOG");
+    let out = pitr
+        .command(["archive-get", victim.as_str()])
+        .arg(&dest)
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 133, "{}", stderr(&out));
+    assert!(!dest.exists());
+    let files_left = std::fs::read_dir(&pg_wal)
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().file_type().unwrap().is_file())
+        .count();
+    assert_eq!(files_left, 0, "no staging file left");
+    let err = stderr(&out);
+    assert!(
+        err.contains("is corrupt") && err.trim().lines().count() == 1,
+        "{err}"
+    );
+    if !encrypting() {
+        assert!(err.contains(&holds), "{err}");
+    }
+
+    // A restore through it: the pre-flight sees every segment; replay (through archive-get
+    // and its prefetcher) meets the misnamed one and aborts instead of promoting.
+    let data = dir.path().join("restored");
+    let out = pitr.run(["restore", "--pgdata", &data.display().to_string()]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    chown_to_postgres(&data);
+    let mut restored = PgCluster::restored(&dir, "sock", data);
+    let recover = |restored: &mut PgCluster| {
+        restored.try_start_with_env(&repo.env)
+            && restored.recovery_ends_promoted(Duration::from_secs(60))
+    };
+    assert!(
+        !recover(&mut restored),
+        "the server opened on a history cut short at {victim}:\n{}",
+        restored.server_log()
+    );
+    let log = restored.server_log();
+    assert!(log.contains(&format!("pitr archive-get {victim}")), "{log}");
+    assert!(log.contains("is corrupt"), "{log}");
+    assert!(!log.contains("unexpected pageaddr"), "{log}");
+
+    // The right object back: the same restore reaches every row.
+    storage
+        .put(
+            &wal_key(victim),
+            PutPayload::from_bytes(good),
+            PutMode::Overwrite,
+        )
+        .await
+        .unwrap();
+    assert!(recover(&mut restored), "{}", restored.server_log());
+    assert_eq!(restored.sql("select count(*) from t"), expected);
+    restored.stop();
+    let out = pitr.run(["verify"]);
+    assert_eq!(code(&out), 0, "{}", String::from_utf8_lossy(&out.stdout));
+
+    // A summary copied over another's: reported, written again from the WAL.
+    let donor_summary = read_all(&*storage, &summary_key(donor)).await.unwrap();
+    storage
+        .put(
+            &summary_key(victim),
+            PutPayload::from_bytes(donor_summary),
+            PutMode::Overwrite,
+        )
+        .await
+        .unwrap();
+    let out = pitr.run(["verify"]);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(code(&out), 5, "{stdout}{}", stderr(&out));
+    assert!(
+        stdout.contains(&format!("damaged WAL summary of {victim}")),
+        "{stdout}"
+    );
+    if !encrypting() {
+        assert!(
+            stdout.contains(&format!("holds the summary of {donor}")),
+            "{stdout}"
+        );
+    }
+    let out = pitr.run(["verify"]);
+    assert_eq!(code(&out), 0, "{}", String::from_utf8_lossy(&out.stdout));
+
+    // archive-push of a file renamed to another segment's name: 7, nothing stored.
+    let files = dir.subdir("push");
+    let renamed = format!("{}{:08X}", &victim[..16], 0xF0);
+    let path = files.join(&renamed);
+    std::fs::write(&path, decoded_object(&*storage, &wal_key(donor)).await).unwrap();
+    let out = pitr.command(["archive-push"]).arg(&path).output().unwrap();
+    let err = stderr(&out);
+    assert_eq!(code(&out), 7, "{err}");
+    assert!(
+        err.contains(&format!("it holds segment {donor}, timeline 1, system "))
+            && err.contains("nothing was stored")
+            && err.trim().lines().count() == 1,
+        "{err}"
+    );
+    assert!(storage.head(&wal_key(&renamed)).await.is_err());
+    // A segment never written (zeros): PostgreSQL never archives one.
+    std::fs::write(&path, vec![0u8; 16 << 20]).unwrap();
+    let out = pitr.command(["archive-push"]).arg(&path).output().unwrap();
+    assert_eq!(code(&out), 7, "{}", stderr(&out));
+    assert!(stderr(&out).contains("holds no WAL"), "{}", stderr(&out));
+    assert!(storage.head(&wal_key(&renamed)).await.is_err());
+    // A history file naming its own timeline as an ancestor (a later timeline's history
+    // copied over it).
+    let history = files.join("00000002.history");
+    std::fs::write(&history, "1\t0/3000000\tx\n2\t0/5000000\ty\n").unwrap();
+    let out = pitr
+        .command(["archive-push"])
+        .arg(&history)
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 7, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("names timeline 2 as an ancestor of timeline 2"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        storage
+            .head("wal/history/00000002.history.lz4")
+            .await
+            .is_err()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn misnamed_objects_are_caught_local() {
+    misnamed_objects_are_caught("misnamed-local", Repo::local).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn misnamed_objects_are_caught_s3() {
+    let server = S3Server::start("misnamed").await;
+    misnamed_objects_are_caught("misnamed-s3", |_| Repo::s3(&server, "misnamed")).await;
 }

@@ -13,6 +13,7 @@ pub mod recovery_target;
 pub mod relpath;
 pub mod timeline;
 pub mod timestamp;
+pub mod wal_file_check;
 pub mod wal_name;
 pub mod wal_page;
 pub mod wal_reader;
@@ -51,7 +52,7 @@ impl<T: FeedWal> std::io::Write for WalWriter<T> {
 }
 
 /// A PostgreSQL file that is not what it should be.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
 pub enum PgFormatError {
     #[error(
         "'{0}' is not a WAL file name (expected a 24-hex-digit segment, TTTTTTTT.history, \
