@@ -447,6 +447,8 @@ async fn a_standby_backup_restores_exactly_local() {
 async fn a_standby_backup_restores_exactly_s3() {
     let server = S3Server::start("restore-standby").await;
     a_standby_backup_restores_exactly("restore-standby-s3", |_| Repo::s3(&server, "standby")).await;
+}
+
 /// The WAL segments (not history files) PostgreSQL's log says it restored, in order.
 fn restored_segments(cluster: &PgCluster) -> Vec<String> {
     cluster

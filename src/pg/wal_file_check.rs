@@ -355,7 +355,9 @@ fn check_text(name: &WalFileName, text: &str, segment_size: u64) -> Result<(), M
     match name.kind() {
         WalFileKind::History => {
             // A file that does not parse is not judged here: its parse says what is wrong.
-            let Ok(entries) = parse_history(text) else {
+            // Parsed as no timeline's own, so that an ancestor at or past the name's timeline
+            // is reported here as a misnamed file.
+            let Ok(entries) = parse_history(u32::MAX, text) else {
                 return Ok(());
             };
             match entries.iter().find(|e| e.timeline >= name.timeline()) {
