@@ -32,6 +32,8 @@ pub struct Settings {
     pub storage_retry_time: Option<u64>,
     /// Seconds after which an S3 lock object's heartbeat is stale and the lock taken over.
     pub lock_stale_after: Option<u64>,
+    /// Seconds after which a replay claim's heartbeat is stale and expire ignores the claim.
+    pub replay_claim_stale_after: Option<u64>,
     /// Webhook (Slack, Discord, Mattermost) told when a command fails.
     pub notify_url: Option<String>,
     /// Tell the webhook about successes too.
@@ -114,6 +116,9 @@ impl Settings {
             storage_timeout: self.storage_timeout.or(lower.storage_timeout),
             storage_retry_time: self.storage_retry_time.or(lower.storage_retry_time),
             lock_stale_after: self.lock_stale_after.or(lower.lock_stale_after),
+            replay_claim_stale_after: self
+                .replay_claim_stale_after
+                .or(lower.replay_claim_stale_after),
             notify_url: self.notify_url.or(lower.notify_url),
             notify_on_success: self.notify_on_success.or(lower.notify_on_success),
             check_backup_age: self.check_backup_age.or(lower.check_backup_age),
@@ -274,6 +279,8 @@ pub struct RepoConfig {
     pub retry: RetryPolicy,
     /// See [`crate::catalog::Catalog::with_lock_stale_after`].
     pub lock_stale_after: Duration,
+    /// See [`crate::catalog::Catalog::with_replay_claim_stale_after`].
+    pub replay_claim_stale_after: Duration,
 }
 
 impl RepoConfig {
@@ -306,8 +313,18 @@ impl RepoConfig {
             Some(seconds) => Duration::from_secs(seconds),
             None => crate::catalog::lock::DEFAULT_LOCK_STALE_AFTER,
         };
+        let replay_claim_stale_after = match settings.replay_claim_stale_after {
+            Some(0) => {
+                return Err(Error::Config(
+                    "replay_claim_stale_after must be at least 1 second".into(),
+                ));
+            }
+            Some(seconds) => Duration::from_secs(seconds),
+            None => crate::catalog::replay::DEFAULT_REPLAY_CLAIM_STALE_AFTER,
+        };
         Ok(RepoConfig {
             lock_stale_after,
+            replay_claim_stale_after,
             location: RepoLocation::parse(url).map_err(Error::Config)?,
             s3: S3Options {
                 endpoint: settings.s3_endpoint.clone(),

@@ -301,7 +301,10 @@ impl From<CatalogError> for Error {
 impl From<PlanError> for Error {
     fn from(err: PlanError) -> Self {
         match err {
-            e @ PlanError::UnknownBackup(_) => Error::Config(e.to_string()),
+            // A choice the command line must make, not something missing: usage (2).
+            e @ (PlanError::UnknownBackup(_) | PlanError::AmbiguousTimeline(_)) => {
+                Error::Config(e.to_string())
+            }
             e @ (PlanError::NoBackup | PlanError::Unreachable(_)) => {
                 Error::Incomplete(e.to_string())
             }
@@ -394,6 +397,10 @@ mod tests {
         );
         assert_eq!(
             Error::from(PlanError::UnknownBackup("x".into())).exit_code(),
+            EXIT_USAGE
+        );
+        assert_eq!(
+            Error::from(PlanError::AmbiguousTimeline("x".into())).exit_code(),
             EXIT_USAGE
         );
         let local = CatalogError::Local {

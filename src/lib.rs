@@ -17,6 +17,7 @@ pub mod pg;
 pub mod private_fs;
 pub mod progress;
 pub mod recovery;
+pub mod replay_plan;
 pub mod scratch;
 pub mod server;
 pub mod spool;

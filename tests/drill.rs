@@ -387,4 +387,10 @@ fn a_drill_stopped_by_sigterm_leaves_nothing_behind() {
     assert_eq!(status.code(), Some(8), "{error}");
     assert!(error.contains("SIGTERM"), "{error}");
     assert_scratch_gone(&scratch);
+    // Nor its replay claim: expire is not held to a drill that is gone.
+    let claims = dir.path().join("repo/replay");
+    let left: Vec<_> = std::fs::read_dir(&claims)
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "replay claims left: {left:?}");
 }

@@ -347,6 +347,8 @@ fn restore_options(pgdata: PathBuf) -> RestoreOptions {
         server: Default::default(),
         progress: Arc::new(Silent),
         owner: None,
+        claim: None,
+        command: "restore",
     }
 }
 

@@ -193,11 +193,27 @@ async fn take_backup(catalog: &Catalog, cluster: &PgCluster) -> Result<String, E
     Ok(backup(catalog, &options).await?.manifest.id)
 }
 
+/// The keys of the repository but its staging files and backups.
+async fn other_keys(store: &FaultStorage) -> std::collections::BTreeSet<String> {
+    store
+        .list("")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|meta| meta.key)
+        .filter(|key| !key.starts_with("backup/") && !key.contains("staging"))
+        .collect()
+}
+
+/// Issue 20, part 6: a backup that fails anywhere after its first object removes all it
+/// wrote, and only that (no WAL, no other backup); the error keeps its exit code. One that
+/// cannot remove its objects marks them abandoned: verify warns, expire removes them.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_put_failing_mid_backup_leaves_no_listed_backup() {
     let dir = TestDir::new("inproc-backup");
     let (store, catalog, cluster) = archiving_fs_repository(&dir).await;
     cluster.sql("create table t as select g from generate_series(1, 100000) g");
+    let kept = take_backup(&catalog, &cluster).await.unwrap();
 
     for fault in [
         // The first data object.
@@ -214,7 +230,12 @@ async fn a_put_failing_mid_backup_leaves_no_listed_backup() {
         Fault::on(Op::Put)
             .matching("manifest.json")
             .fail(FaultKind::SlowDown),
+        // The repository full when the manifest is written.
+        Fault::on(Op::Put)
+            .matching("manifest.json")
+            .fail(FaultKind::Io(io::ErrorKind::StorageFull)),
     ] {
+        let before = other_keys(&store).await;
         let handle = store.inject(fault);
         let err = take_backup(&catalog, &cluster).await.unwrap_err();
         assert_eq!(
@@ -222,19 +243,70 @@ async fn a_put_failing_mid_backup_leaves_no_listed_backup() {
             (EXIT_STORAGE, 1),
             "{err}"
         );
-        assert!(catalog.backups().await.unwrap().is_empty());
         store.clear();
+        // Not an object of the failed backup is left; the other backup and WAL are whole.
+        let dirs = catalog.backup_objects().await.unwrap();
+        assert_eq!(dirs.keys().collect::<Vec<_>>(), [&kept], "{err}");
+        let listed = catalog.backups().await.unwrap();
+        assert_eq!(listed.len(), 1);
+        let after = other_keys(&store).await;
+        assert!(before.is_subset(&after), "{:?}", before.difference(&after));
     }
-    // Nothing of the failed attempts is adopted: the next backup is whole and restorable.
-    let id = take_backup(&catalog, &cluster).await.unwrap();
-    let listed = catalog.backups().await.unwrap();
-    assert_eq!(listed.len(), 1);
-    assert_eq!(listed[0].id, id);
-    assert_eq!(
-        catalog.backup_objects().await.unwrap().len(),
-        4,
-        "three leftovers and the backup"
+
+    // The manifest refused and the data objects undeletable: what is left is marked.
+    store.inject(
+        Fault::on(Op::Put)
+            .matching("manifest.json")
+            .fail(FaultKind::Io(io::ErrorKind::StorageFull)),
     );
+    store.inject(
+        Fault::on(Op::Delete)
+            .matching("/data/")
+            .fail(FaultKind::Io(io::ErrorKind::PermissionDenied)),
+    );
+    let err = take_backup(&catalog, &cluster).await.unwrap_err();
+    assert_eq!(err.exit_code(), EXIT_STORAGE, "{err}");
+    store.clear();
+    let dirs = catalog.backup_objects().await.unwrap();
+    let (abandoned, leftovers) = dirs.iter().find(|(id, _)| **id != kept).unwrap();
+    assert!(leftovers.abandoned.is_some() && !leftovers.data.is_empty());
+    // PostgreSQL finished it (its backup history file is archived), pitr did not: verify
+    // says abandoned, not "finished but its manifest is missing", and passes.
+    let report = pitr::commands::verify::verify(
+        &catalog,
+        &pitr::commands::verify::VerifyOptions {
+            jobs: 2,
+            backup: None,
+        },
+    )
+    .await
+    .unwrap();
+    assert!(report.ok, "{:?}", report.problems);
+    assert_eq!(report.abandoned_backups, std::slice::from_ref(abandoned));
+    let expired = pitr::commands::expire::expire(
+        &catalog,
+        &pitr::commands::expire::ExpireOptions {
+            policy: pitr::recovery::retention::Policy {
+                keep_last: Some(5),
+                keep_within: None,
+                keep_daily: None,
+                keep_weekly: None,
+                keep_monthly: None,
+                keep_yearly: None,
+                timezone: chrono_tz::Tz::UTC,
+            },
+            dry_run: false,
+            now: chrono::Utc::now(),
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        expired.removed_interrupted_backups,
+        std::slice::from_ref(abandoned)
+    );
+    let dirs = catalog.backup_objects().await.unwrap();
+    assert_eq!(dirs.keys().collect::<Vec<_>>(), [&kept]);
 }
 
 /// The memory repository of `memory_repository`, seen through retries as commands see it.

@@ -133,9 +133,9 @@ proptest! {
     }
 
     #[test]
-    fn history_files(bytes in mutated(HISTORY), junk in ".*") {
-        let _ = parse_history(&text(&bytes));
-        let _ = parse_history(&junk);
+    fn history_files(bytes in mutated(HISTORY), junk in ".*", timeline in any::<u32>()) {
+        let _ = parse_history(timeline, &text(&bytes));
+        let _ = parse_history(3, &junk);
     }
 
     #[test]
@@ -196,7 +196,7 @@ fn the_valid_samples_parse() {
     BackupManifest::parse(MANIFEST.as_bytes(), "20261122T010203Z").unwrap();
     RepositoryIdentity::parse(IDENTITY.as_bytes()).unwrap();
     serde_json::from_str::<StoredSegmentSummary>(SUMMARY).unwrap();
-    parse_history(HISTORY).unwrap();
+    parse_history(3, HISTORY).unwrap();
     parse_backup_label(LABEL).unwrap();
 }
 

@@ -155,6 +155,38 @@ async fn window_and_preflight(name: &str, repo: impl FnOnce(&TestDir) -> Repo) {
         stderr(&out)
     );
     assert!(stderr(&out).contains("'before_delete'"), "{}", stderr(&out));
+    // A name with a newline: still one line, the newline shown escaped.
+    let (out, _) = restore("odd-point", &["--target-name", "bad\nname", "--dry-run"]);
+    assert_eq!(code(&out), 8, "{}", stderr(&out));
+    assert_eq!(
+        stderr(&out).trim_end().lines().count(),
+        1,
+        "{}",
+        stderr(&out)
+    );
+    assert!(stderr(&out).contains("'bad\\nname'"), "{}", stderr(&out));
+    // A regular file as --pgdata: invalid input (7), one line, nothing written.
+    let file = dir.write("not-a-directory", "x");
+    let out = pitr.run([
+        "restore",
+        "--pgdata",
+        &file.display().to_string(),
+        "--target-time",
+        &late_time,
+    ]);
+    assert_eq!(code(&out), 7, "{}", stderr(&out));
+    assert_eq!(
+        stderr(&out).trim_end().lines().count(),
+        1,
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        stderr(&out).contains("is a file, not a directory"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "x");
     let (out, _) = restore("point", &["--target-name", "before_delete", "--dry-run"]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     let plan = String::from_utf8_lossy(&out.stdout).into_owned();

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use common::*;
 use pitr::pg::wal_name::xlog_file_name;
-use pitr::storage::{PutMode, PutPayload, Storage};
+use pitr::storage::{PutMode, PutPayload, Storage, read_all};
 
 const SEGMENT: u64 = 1 << 20;
 const ROLLUPS: &str = "wal/rollup/";
@@ -167,6 +167,32 @@ async fn scenario(name: &str, rows: u32, repo: impl FnOnce(&TestDir) -> Repo) {
     assert_eq!(again, before);
     assert_eq!(ok(&pitr, &["list", "--json"]), list);
     assert_eq!(ok(&pitr, &dry_run), plan);
+
+    // A rollup copied over another group's key (objects restored from a copy): its
+    // content names its own group, so every read refuses it and verify reports it, then
+    // writes the right one again.
+    let small: Vec<&String> = keys.iter().filter(|k| group_of(k).1 == 16).collect();
+    let (from, over) = (small[0], small[small.len() - 1]);
+    let copied = read_all(&*storage, from).await.unwrap();
+    let original = read_all(&*storage, over).await.unwrap();
+    storage
+        .put(over, PutPayload::from_bytes(copied), PutMode::Overwrite)
+        .await
+        .unwrap();
+    assert_eq!(ok(&pitr, &["list", "--json"]), list);
+    let verified = pitr.run(["verify"]);
+    let stdout = String::from_utf8_lossy(&verified.stdout).into_owned();
+    assert_eq!(code(&verified), 5, "{stdout}{}", stderr(&verified));
+    assert!(
+        stdout.contains(&format!("damaged WAL summary of {over}")),
+        "{stdout}"
+    );
+    if !encrypting() {
+        // Sealed JSON is deterministic; an encrypted object has a fresh nonce.
+        assert_eq!(read_all(&*storage, over).await.unwrap(), original);
+    }
+    let verified = pitr.run(["verify"]);
+    assert_eq!(code(&verified), 0, "{}", stderr(&verified));
 
     // A segment inside a rolled-up group goes missing: verify reports the gap and removes
     // the rollups that name it; then the pre-flight sees the gap too.

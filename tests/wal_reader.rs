@@ -180,6 +180,8 @@ fn finds_what_pg_waldump_finds_in_real_wal() {
     segments.sort();
     assert!(segments.len() >= 4, "{} segments", segments.len());
 
+    every_segment_is_the_one_its_name_says(&cluster, &segments);
+
     let (ours, our_count, crossing, end) = decode(&segments);
     assert!(crossing >= 1, "no record crossed a segment boundary");
     let (theirs, their_count) = waldump(&segments);
@@ -276,4 +278,68 @@ fn finds_what_pg_waldump_finds_in_real_wal() {
             .to_string(),
         newest
     );
+}
+
+/// The content check archive-push, archive-get and verify make, on real segments: each is
+/// the segment its name says (every page, the padding after a switch included), and not the
+/// next one, another cluster's, or an earlier timeline's.
+fn every_segment_is_the_one_its_name_says(cluster: &PgCluster, segments: &[std::path::PathBuf]) {
+    use pitr::pg::WalFileName;
+    use pitr::pg::wal_file_check::{Misnamed, WalFileCheck, WalGeometry, check_wal_file};
+
+    let control = std::fs::read(cluster.data.join("global/pg_control")).unwrap();
+    let control = pitr::pg::ControlFile::parse(&control).unwrap();
+    let geometry = WalGeometry {
+        system_identifier: control.system_identifier,
+        segment_size: SEGMENT,
+        block_size: 8192,
+    };
+    let name_of = |segno: u64, timeline: u32| {
+        WalFileName::parse(&pitr::pg::wal_name::xlog_file_name(
+            timeline, segno, SEGMENT,
+        ))
+        .unwrap()
+    };
+    for path in segments {
+        let name = WalFileName::parse(path.file_name().unwrap().to_str().unwrap()).unwrap();
+        let segno = name.segment_number(SEGMENT).unwrap();
+        let bytes = std::fs::read(path).unwrap();
+        assert_eq!(check_wal_file(&name, geometry, &bytes), Ok(()), "{name}");
+        // As the decoder streams it.
+        let mut streamed = WalFileCheck::new(&name, geometry);
+        for piece in bytes.chunks(pitr::pg::FEED_BYTES - 3) {
+            streamed.feed(piece);
+        }
+        assert_eq!(streamed.finish(), Ok(()), "{name} streamed");
+        // A later timeline's name may hold it (a new timeline's first segment begins with
+        // its parent's pages); the partial segment of the same name too.
+        assert_eq!(check_wal_file(&name_of(segno, 2), geometry, &bytes), Ok(()));
+        let partial = WalFileName::parse(&format!("{name}.partial")).unwrap();
+        assert_eq!(check_wal_file(&partial, geometry, &bytes), Ok(()));
+
+        for wrong in [name_of(segno + 1, 1), name_of(segno - 1, 1)] {
+            match check_wal_file(&wrong, geometry, &bytes) {
+                Err(Misnamed::Segment { held, .. }) => {
+                    assert_eq!(held.segment, name.as_str());
+                    assert_eq!(held.system_identifier, control.system_identifier);
+                }
+                other => panic!("{name} as {wrong}: {other:?}"),
+            }
+        }
+        let other_cluster = WalGeometry {
+            system_identifier: control.system_identifier ^ 1,
+            ..geometry
+        };
+        assert!(check_wal_file(&name, other_cluster, &bytes).is_err());
+        // A page of another segment spliced in: caught although the first page is right.
+        if let Some(other) = segments.iter().find(|p| *p != path) {
+            let mut spliced = bytes.clone();
+            let other = std::fs::read(other).unwrap();
+            spliced[8192 * 5..8192 * 6].copy_from_slice(&other[8192 * 5..8192 * 6]);
+            assert!(matches!(
+                check_wal_file(&name, geometry, &spliced),
+                Err(Misnamed::Page { offset: 40960, .. })
+            ));
+        }
+    }
 }

@@ -6,6 +6,8 @@
 //!                              (`.zst` in a zstd repository)
 //! backup/<id>/manifest.json    written last, create-only: a backup exists once this does
 //! backup/<id>/pin.json         pin and annotations (sealed, rewritten by `pitr pin`/`unpin`)
+//! backup/<id>/abandoned.json   written by a backup that failed, while it removes its objects:
+//!                              what is left is leftovers, not a backup that lost its manifest
 //! ```
 
 use std::collections::BTreeMap;
@@ -28,6 +30,8 @@ const MANIFEST_LEAF: &str = "manifest.json";
 pub(super) const CLAIM_LEAF: &str = "claim.json";
 /// Pin and annotations, beside the sealed manifest they may not change.
 const PIN_LEAF: &str = "pin.json";
+/// A failed backup's word that it gave up: verify and expire take what is left for leftovers.
+const ABANDONED_LEAF: &str = "abandoned.json";
 pub const MANIFEST_FORMAT: u32 = 1;
 pub const PIN_FORMAT: u32 = 1;
 
@@ -258,6 +262,8 @@ pub struct BackupObjects {
     pub data: BTreeMap<u32, StoredObject>,
     pub claim: Option<StoredObject>,
     pub pin: Option<StoredObject>,
+    /// Written by a backup that failed and gave up (`abandoned.json`).
+    pub abandoned: Option<StoredObject>,
     /// The repository's object format: the keys of data objects not listed.
     object_kind: CompressionType,
 }
@@ -534,6 +540,8 @@ impl Catalog {
                 entry.claim = Some(object);
             } else if rest == PIN_LEAF {
                 entry.pin = Some(object);
+            } else if rest == ABANDONED_LEAF {
+                entry.abandoned = Some(object);
             } else if let Some(n) = number
                 .filter(|&n| strip_object_suffix(&meta.key) == Some(&backup_object_stem(id, n)))
             {
@@ -612,6 +620,60 @@ impl Catalog {
             }
         }
         Ok(done)
+    }
+
+    /// Removes what a failed backup `id` wrote, leaving the objects of every other backup
+    /// and all WAL alone: marked abandoned first (so that leftovers of a removal cut short
+    /// are never taken for a finished backup that lost its manifest), then its data and pin,
+    /// the mark and the claim last. A manifest that is there after all (a put reported
+    /// failed after it stored) keeps the whole backup: `Ok(false)`.
+    pub async fn abandon_backup(&self, id: &str) -> Result<bool, CatalogError> {
+        let manifest = manifest_key(id);
+        match self.storage.head(&manifest).await {
+            Ok(_) => return Ok(false),
+            Err(StorageError::NotFound { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+        let (claim, mark) = (
+            format!("{}{CLAIM_LEAF}", backup_prefix(id)),
+            format!("{}{ABANDONED_LEAF}", backup_prefix(id)),
+        );
+        let record = serde_json::json!({
+            "pid": std::process::id(),
+            "abandoned_at": crate::pg::timestamp::rfc3339_micros(Utc::now()),
+            "host": crate::host_name().unwrap_or_default(),
+        })
+        .to_string();
+        let put_mark = || async {
+            self.storage
+                .put(
+                    &mark,
+                    PutPayload::from_bytes(record.clone()),
+                    PutMode::Overwrite,
+                )
+                .await
+        };
+        // A full repository may refuse the mark until the data is gone: tried again then.
+        let mut marked = put_mark().await.is_ok();
+        let objects = self.storage.list(&backup_prefix(id)).await?;
+        let data: Vec<String> = objects
+            .iter()
+            .map(|o| o.key.clone())
+            .filter(|key| *key != claim && *key != mark && *key != manifest)
+            .collect();
+        let removed = self.delete_keys(&data).await;
+        if !matches!(&removed, Ok(d) if d.protected.is_empty()) {
+            if !marked {
+                marked = put_mark().await.is_ok();
+            }
+            if !marked {
+                tracing::warn!("backup {id}: could not mark its leftovers abandoned");
+            }
+            removed?;
+            return Ok(true);
+        }
+        self.delete_keys(&[mark, claim]).await?;
+        Ok(true)
     }
 
     /// Deletes `keys` in one call of the store; what a lock kept is reported.

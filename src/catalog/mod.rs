@@ -30,6 +30,7 @@ pub mod backup;
 pub mod history;
 pub mod keys;
 pub mod lock;
+pub mod replay;
 pub mod rollup;
 mod sealed;
 pub mod wal;
@@ -49,6 +50,7 @@ use crate::codec::{
     self, CodecError, Compression, CompressionType, DecodeSummary, EncodeSummary, ObjectFormat,
 };
 use crate::pg::ControlFile;
+use crate::pg::wal_file_check::{WalFileCheck, WalGeometry};
 use crate::storage::{ObjectBody, PutMode, PutPayload, Storage, StorageError, read_all};
 use keys::KeyMaterial;
 
@@ -211,6 +213,15 @@ impl RepositoryIdentity {
         self.encryption.is_some()
     }
 
+    /// What the first page of each of this cluster's WAL segments names.
+    pub fn wal_geometry(&self) -> WalGeometry {
+        WalGeometry {
+            system_identifier: self.system_identifier,
+            segment_size: self.wal_segment_size,
+            block_size: self.wal_block_size,
+        }
+    }
+
     pub fn new(control: &ControlFile, pg_version: u32, now: DateTime<Utc>) -> Self {
         RepositoryIdentity {
             format: REPOSITORY_FORMAT,
@@ -341,6 +352,7 @@ pub enum Stored {
 pub struct Catalog {
     storage: Arc<dyn Storage>,
     lock_stale_after: std::time::Duration,
+    replay_claim_stale_after: std::time::Duration,
     compression_request: CompressionRequest,
     /// The compression of new objects, known from the first read of the identity on (the
     /// commands read it first, so knowing it costs no request).
@@ -352,6 +364,8 @@ pub struct Catalog {
     /// Where archive-push and archive-get keep the data key a passphrase opened (see
     /// `keys::CachedKey`).
     key_cache: Option<PathBuf>,
+    /// What WAL objects must hold, known from the first read of the identity on.
+    wal_geometry: Arc<OnceLock<WalGeometry>>,
 }
 
 /// Whether the repository is encrypted and, if so, its data key when a key opened it.
@@ -370,11 +384,13 @@ impl Catalog {
         Catalog {
             storage,
             lock_stale_after: lock::DEFAULT_LOCK_STALE_AFTER,
+            replay_claim_stale_after: replay::DEFAULT_REPLAY_CLAIM_STALE_AFTER,
             compression_request: CompressionRequest::default(),
             compression: Arc::new(OnceLock::new()),
             key_materials: Arc::new(Vec::new()),
             encryption: Arc::new(OnceLock::new()),
             key_cache: None,
+            wal_geometry: Arc::new(OnceLock::new()),
         }
     }
 
@@ -573,6 +589,7 @@ impl Catalog {
             .resolve(identity.compression(), &self.location())
             .map_err(CatalogError::Compression)?;
         let _ = self.compression.set(compression);
+        let _ = self.wal_geometry.set(identity.wal_geometry());
         self.learn_encryption(&identity).await?;
         Ok(identity)
     }
@@ -700,10 +717,18 @@ impl Catalog {
         let (location, local) = (self.location(), local.to_owned());
         let OpenedObject { key, what, body } = opened;
         let cipher = self.object_cipher(&key).await?;
+        let check = self.wal_content_check(&key).await?;
         blocking(move || {
-            let mut out = out;
+            let mut out = NamedContent { out, check };
             match codec::decode_with(body.into_blocking_reader(), &mut out, cipher.as_ref()) {
-                Ok(decoded) => Ok((out, decoded)),
+                Ok(decoded) => match out.verdict() {
+                    Ok(out) => Ok((out, decoded)),
+                    Err(reason) => Err(CatalogError::Corrupt {
+                        what,
+                        location,
+                        reason,
+                    }),
+                },
                 Err(CodecError::Corrupt(reason)) => Err(CatalogError::Corrupt {
                     what,
                     location,
@@ -723,6 +748,24 @@ impl Catalog {
             }
         })
         .await
+    }
+
+    /// How a WAL object at `key` proves it holds the file its key names; none for other
+    /// objects, or in a repository not initialised (tests).
+    async fn wal_content_check(&self, key: &str) -> Result<Option<WalFileCheck>, CatalogError> {
+        let Some(name) = wal::wal_name_of_key(key) else {
+            return Ok(None);
+        };
+        if self.wal_geometry.get().is_none() {
+            match self.identity().await {
+                Ok(_) | Err(CatalogError::NotInitialised { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(self
+            .wal_geometry
+            .get()
+            .map(|&geometry| WalFileCheck::new(&name, geometry)))
     }
 
     /// Checks an opened object's stored bytes against its stored checksum without decoding
@@ -776,6 +819,44 @@ impl Catalog {
     ) -> Result<(W, DecodeSummary), CatalogError> {
         self.decode_key(&object.key, what, "the decoder's output", out)
             .await
+    }
+}
+
+/// A decoder's output that checks, as the bytes pass, that a WAL object holds the file its
+/// key names: a whole, valid object copied over another's key passes every checksum (an
+/// encrypted repository binds the key to the object; an unencrypted one needs this).
+struct NamedContent<W> {
+    out: W,
+    check: Option<WalFileCheck>,
+}
+
+impl<W> NamedContent<W> {
+    /// The output, or why the content is not the named file.
+    fn verdict(self) -> Result<W, String> {
+        match self.check {
+            Some(check) => {
+                let name = check.name().clone();
+                check
+                    .finish()
+                    .map_err(|misnamed| format!("not {name}: it {misnamed}"))?;
+                Ok(self.out)
+            }
+            None => Ok(self.out),
+        }
+    }
+}
+
+impl<W: Write> Write for NamedContent<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.out.write(buf)?;
+        if let Some(check) = &mut self.check {
+            check.feed(&buf[..n]);
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.out.flush()
     }
 }
 

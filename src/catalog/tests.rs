@@ -386,7 +386,8 @@ async fn a_zstd_repository_names_its_objects_zst() {
     let dir = tempfile::tempdir().unwrap();
     let name = WalFileName::parse("000000010000000000000001").unwrap();
     let path = dir.path().join(name.as_str());
-    let content: Vec<u8> = (0..1u32 << 20).map(|i| (i / 300) as u8).collect();
+    let mut content: Vec<u8> = (0..1u32 << 20).map(|i| (i / 300) as u8).collect();
+    crate::pg::wal_file_check::head_pages(&mut content, 1, 1, identity.wal_geometry());
     std::fs::write(&path, &content).unwrap();
     let (_, encoded) = catalog.store_wal(&name, &path, 2).await.unwrap();
     let key = "wal/0000000100000000/000000010000000000000001.zst";

@@ -72,6 +72,12 @@ impl StoredHistorySummary {
     }
 }
 
+/// A summary carries the name of the file it summarises: one copied over another file's
+/// key (a sync tool renaming, objects restored from a copy) is caught on every read.
+fn misnamed_segment_summary(name: &WalFileName, stored: &StoredSegmentSummary) -> Option<String> {
+    (stored.segment != name.as_str()).then(|| format!("holds the summary of {}", stored.segment))
+}
+
 impl Catalog {
     /// Records what a segment holds, replacing any earlier summary of it.
     pub async fn put_segment_summary(
@@ -110,17 +116,21 @@ impl Catalog {
         Ok(())
     }
 
-    /// The stored summary of a segment; none if absent, damaged or of another format (then
-    /// the segment is indexed again from its WAL).
+    /// The stored summary of a segment; none if absent, damaged, of another format or
+    /// another segment's (then the segment is indexed again from its WAL).
     pub async fn segment_summary(
         &self,
         name: &WalFileName,
     ) -> Result<Option<SegmentSummary>, CatalogError> {
         match self.read_summary::<StoredSegmentSummary>(name).await? {
-            Some(Ok(stored))
-                if stored.format == SUMMARY_FORMAT && stored.segment == name.as_str() =>
-            {
-                Ok(Some(stored.summary))
+            Some(Ok(stored)) if stored.format == SUMMARY_FORMAT => {
+                match misnamed_segment_summary(name, &stored) {
+                    None => Ok(Some(stored.summary)),
+                    Some(reason) => {
+                        tracing::warn!("the summary of {name} {reason}; indexing it again");
+                        Ok(None)
+                    }
+                }
             }
             Some(Err(reason)) => {
                 tracing::warn!("the summary of {name} is damaged ({reason}); indexing it again");
@@ -130,17 +140,21 @@ impl Catalog {
         }
     }
 
-    /// Why the stored summary of `name` cannot be used, if it is there and damaged.
+    /// Why the stored summary of `name` cannot be used, if it is there and damaged or holds
+    /// another file's summary.
     pub async fn summary_damage(&self, name: &WalFileName) -> Result<Option<String>, CatalogError> {
         let damage = match name.kind() {
-            WalFileKind::History => self
-                .read_summary::<StoredHistorySummary>(name)
-                .await?
-                .and_then(Result::err),
-            _ => self
-                .read_summary::<StoredSegmentSummary>(name)
-                .await?
-                .and_then(Result::err),
+            WalFileKind::History => match self.read_summary::<StoredHistorySummary>(name).await? {
+                Some(Ok(stored)) if stored.timeline != name.timeline() => Some(format!(
+                    "holds the summary of {:08X}.history",
+                    stored.timeline
+                )),
+                found => found.and_then(Result::err),
+            },
+            _ => match self.read_summary::<StoredSegmentSummary>(name).await? {
+                Some(Ok(stored)) => misnamed_segment_summary(name, &stored),
+                found => found.and_then(Result::err),
+            },
         };
         Ok(damage)
     }

@@ -47,7 +47,7 @@ pub struct GlobalArgs {
     pub repo: Option<String>,
 
     /// TOML file with the same settings (repo, s3_endpoint, s3_path_style, storage_timeout,
-    /// storage_retry_time, lock_stale_after, notify_url, notify_on_success, check_*, keep_*,
+    /// storage_retry_time, lock_stale_after, replay_claim_stale_after, notify_url, notify_on_success, check_*, keep_*,
     /// spool_path, archive_push_parallel, archive_get_prefetch, archive_get_queue_max,
     /// compression, compression_level).
     #[arg(long, global = true, env = "PITR_CONFIG", value_name = "FILE")]
@@ -99,6 +99,16 @@ pub struct GlobalArgs {
         value_name = "SECONDS"
     )]
     pub lock_stale_after: Option<u64>,
+
+    /// Seconds after which a restore's replay claim whose heartbeat stopped is ignored (and
+    /// removed) by expire (default 3600).
+    #[arg(
+        long,
+        global = true,
+        env = "PITR_REPLAY_CLAIM_STALE_AFTER",
+        value_name = "SECONDS"
+    )]
+    pub replay_claim_stale_after: Option<u64>,
 
     /// Webhook URL (Slack, Discord, Mattermost) to POST to when backup, verify, expire, check or drill fails
     /// (default: none, no notification).
@@ -275,6 +285,7 @@ impl GlobalArgs {
             storage_timeout: self.storage_timeout,
             storage_retry_time: self.storage_retry_time,
             lock_stale_after: self.lock_stale_after,
+            replay_claim_stale_after: self.replay_claim_stale_after,
             notify_url: self.notify_url.clone(),
             notify_on_success: self.notify_on_success,
             check_backup_age: self.check_backup_age.clone(),
@@ -772,14 +783,14 @@ impl Command {
 
     /// How a failure is reported: one line on stderr, which PostgreSQL writes to its log.
     pub fn failure_line(&self, error: &crate::error::Error) -> String {
-        match self {
+        one_line(&match self {
             Command::ArchiveGet { name, .. } => format!(
                 "pitr archive-get {name}: {error}; recovery stops here rather than end without \
                  this file: fix the cause, then start the server again"
             ),
             Command::Check { .. } => format!("UNKNOWN pitr check: {error}"),
             _ => format!("pitr {}: {error}", self.name()),
-        }
+        })
     }
 
     pub fn name(&self) -> &'static str {
@@ -839,10 +850,32 @@ fn parse_tablespace_map(entry: &str) -> Result<(u32, PathBuf), String> {
         .ok_or_else(|| format!("'{entry}' is not OID=DIR with an absolute DIR"))
 }
 
+/// A failure line stays one line whatever values it quotes (a `--target-name` with a
+/// newline, a file name with a tab): control characters are shown escaped, as Rust does.
+pub fn one_line(text: &str) -> String {
+    let mut line = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() {
+            line.extend(c.escape_default());
+        } else {
+            line.push(c);
+        }
+    }
+    line
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use clap::CommandFactory;
+
+    #[test]
+    fn a_failure_line_escapes_control_characters() {
+        assert_eq!(
+            one_line("no restore point 'a\nb\tc\u{1b}[31m' é"),
+            "no restore point 'a\\nb\\tc\\u{1b}[31m' é"
+        );
+    }
 
     #[test]
     fn a_bare_path_style_flag_does_not_swallow_the_subcommand() {

@@ -327,6 +327,25 @@ pub fn list(report: &ListReport, as_json: bool) {
             w.until.as_deref().unwrap_or("(no commit reachable yet)")
         );
     }
+    // The tree, once there is more than one timeline: where each came from.
+    if report.timelines.len() > 1 {
+        for t in &report.timelines {
+            let origin = match (t.parent, t.switch_point) {
+                (Some(parent), Some(at)) => format!("forked from timeline {parent} at {at}"),
+                _ => "first timeline".to_owned(),
+            };
+            let backups = if t.backups.is_empty() {
+                "no backups".to_owned()
+            } else {
+                format!("backups {}", t.backups.join(", "))
+            };
+            println!(
+                "{}timeline {}: {origin}; {backups}",
+                "  ".repeat(t.depth),
+                t.timeline
+            );
+        }
+    }
     for timeline in &report.timelines_without_backup {
         println!("warning: {}", foreign_timeline_warning(*timeline));
     }
@@ -344,6 +363,15 @@ pub fn verify(report: &VerifyReport, as_json: bool) {
             "note: backup {id} was interrupted before it finished; its objects are leftovers, \
              not a restorable backup"
         );
+    }
+    for id in &report.abandoned_backups {
+        println!(
+            "warning: backup {id} was abandoned: it failed and could not remove all it wrote; \
+             its objects are leftovers, not a restorable backup (pitr expire removes them)"
+        );
+    }
+    for id in &report.running_backups {
+        println!("note: backup {id} has no manifest yet: it is still being taken");
     }
     if report.indexed_segments > 0 {
         println!(
@@ -447,6 +475,9 @@ pub fn expire(report: &ExpireReport, as_json: bool) {
                 format!("what backup {backup} needs to become consistent")
             }
             WalReason::NewTimeline => "a timeline no backup has reached yet".to_owned(),
+            WalReason::Replay { claim, backup } => {
+                format!("replayed by a restore of backup {backup} in flight (claim {claim})")
+            }
         };
         println!(
             "keep WAL timeline {}: {} .. {}: {why}",
@@ -457,6 +488,27 @@ pub fn expire(report: &ExpireReport, as_json: bool) {
     }
     for name in &report.removed_wal {
         println!("{verb} WAL {name}");
+    }
+    for claim in &report.replay_claims {
+        println!(
+            "held: `pitr {}` on host {} ({}) replays backup {} (WAL {} .. {}; heartbeat {} s ago)",
+            claim.command,
+            claim.host,
+            claim.pgdata,
+            claim.backup.as_deref().unwrap_or("(planning)"),
+            claim.first_segment.as_deref().unwrap_or("-"),
+            claim.last_segment.as_deref().unwrap_or("-"),
+            claim.heartbeat_age_seconds
+        );
+    }
+    for claim in &report.stale_replay_claims {
+        println!(
+            "ignored stale replay claim {} (`pitr {}` on host {}, {}; heartbeat {} s ago)",
+            claim.id, claim.command, claim.host, claim.pgdata, claim.heartbeat_age_seconds
+        );
+    }
+    if let Some(why) = &report.held_back {
+        println!("held back: {why}");
     }
     for id in &report.removed_interrupted_backups {
         println!("{verb} interrupted backup {id} (no manifest, its owner is gone)");

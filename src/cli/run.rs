@@ -7,7 +7,10 @@ use std::time::Duration;
 use super::{Cli, Command, KeyAction, notify, progress, render, restore_command};
 use crate::catalog::Catalog;
 use crate::catalog::keys::KEY_CACHE_FILE;
-use crate::commands::archive_get::{ArchiveGetOptions, archive_get, serve_from_spool};
+use crate::commands::archive_get::{
+    ArchiveGetOptions, ClaimStep, archive_get, claim_step, missing_from_plan, serve_from_spool,
+    take_claim_step,
+};
 use crate::commands::archive_push::{ArchivePushOptions, archive_push, archived_ahead};
 use crate::commands::backup::{BackupOptions, backup};
 use crate::commands::check::{CheckOptions, CheckThresholds, check};
@@ -130,6 +133,7 @@ async fn open_catalog_as(
     }
     Ok(Catalog::new(config.open().await?)
         .with_lock_stale_after(config.lock_stale_after)
+        .with_replay_claim_stale_after(config.replay_claim_stale_after)
         .with_compression_request(settings.compression()?)
         .with_key_materials(key_materials))
 }
@@ -156,7 +160,8 @@ fn backup_user(command: &Command) -> Result<Option<Owner>> {
 }
 
 /// archive-get, which no history records: a segment the prefetcher spooled is served before
-/// the repository (or its S3 client) is opened.
+/// the repository (or its S3 client) is opened. A restore's replay plan decides whether "not
+/// found" may stand, and archive-get keeps the restore's replay claim alive meanwhile.
 async fn run_archive_get(
     name: &str,
     dest: &Path,
@@ -164,19 +169,66 @@ async fn run_archive_get(
     config: &RepoConfig,
 ) -> Result<u8> {
     let options = archive_get_options(settings, config, name, dest)?;
-    let report = match serve_from_spool(&options)? {
-        Some(report) => report,
+    // restore_command runs in the data directory; the plan is in pg_wal beside DEST.
+    let wal_dir = wal_dir_of(dest);
+    let plan = crate::replay_plan::binding(&wal_dir, Path::new("."));
+    let mut catalog = None;
+    let outcome = match serve_from_spool(&options)? {
+        Some(report) => Ok(report),
         None => {
-            let mut catalog = open_catalog(settings, config).await?;
-            if let Some(spool) = &options.spool {
-                catalog = catalog.with_key_cache(spool.dir.join(KEY_CACHE_FILE));
-            }
-            archive_get(&catalog, &options).await?
+            let opened = archive_get_catalog(settings, config, &options).await?;
+            let outcome = archive_get(&opened, &options).await;
+            catalog = Some(opened);
+            outcome
         }
     };
+    let wal_name = WalFileName::parse(name).ok();
+    let found = match &outcome {
+        Ok(_) => Some(true),
+        Err(Error::NotFound { location, .. }) => {
+            if let Some(missing) = wal_name
+                .as_ref()
+                .and_then(|n| missing_from_plan(&plan, n, location))
+            {
+                return Err(missing);
+            }
+            Some(false)
+        }
+        Err(_) => None,
+    };
+    let Some(found) = found else {
+        return outcome.map(|_| EXIT_OK);
+    };
+    if let (Ok(Some(plan)), Some(wal_name)) = (&plan, &wal_name) {
+        let step = claim_step(plan, wal_name, found, &wal_dir);
+        if step != ClaimStep::Nothing {
+            let opened = match catalog.take() {
+                Some(opened) => Ok(opened),
+                None => archive_get_catalog(settings, config, &options).await,
+            };
+            match opened {
+                Ok(opened) => take_claim_step(&opened, plan, step, &wal_dir).await,
+                Err(e) => tracing::warn!("the replay claim {}: {e}", plan.claim),
+            }
+        }
+    }
+    let report = outcome?;
     after_archive_get(&options, settings);
     render::archive_get(&report);
     Ok(EXIT_OK)
+}
+
+/// The repository for archive-get, with the spool's key cache.
+async fn archive_get_catalog(
+    settings: &Settings,
+    config: &RepoConfig,
+    options: &ArchiveGetOptions,
+) -> Result<Catalog> {
+    let mut catalog = open_catalog(settings, config).await?;
+    if let Some(spool) = &options.spool {
+        catalog = catalog.with_key_cache(spool.dir.join(KEY_CACHE_FILE));
+    }
+    Ok(catalog)
 }
 
 /// archive-get's options: the get spool when prefetching is on.
@@ -342,6 +394,9 @@ fn scratch_restore(
         owner: None,
         db_include: Vec::new(),
         tablespace_root: None,
+        // The scratch directory names its own claim.
+        claim: None,
+        command: "drill",
     }
 }
 
@@ -513,6 +568,8 @@ async fn execute(
                     .transpose()?,
                 db_include,
                 tablespace_root: None,
+                claim: (!dry_run).then(crate::catalog::replay::new_claim_id),
+                command: "restore",
             };
             // Segments a recovery from this repository left in a configured spool are not
             // this restore's (the default spool is inside the new data directory).

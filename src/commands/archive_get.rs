@@ -8,6 +8,12 @@
 //! follow into the get spool; a call finds its segment there, checks it against the CRC-32C
 //! in its name, and renames it onto DEST. A spooled copy that fails the check is removed and
 //! the segment fetched from the repository as if it had never been spooled.
+//!
+//! A restore's replay plan (`replay_plan`, in `pg_wal/`) carries the pre-flight's proof into
+//! the replay: a file the plan needs that the repository no longer holds is missing WAL
+//! (exit 136: PostgreSQL aborts recovery), never "not found", which would end recovery on a
+//! shorter history. While replay runs, archive-get keeps the restore's replay claim alive,
+//! and lets it go when recovery is over.
 
 use std::fs::File;
 use std::io::{self, Write};
@@ -19,6 +25,7 @@ use tempfile::NamedTempFile;
 use crate::catalog::{Catalog, CatalogError};
 use crate::error::{Error, Result};
 use crate::pg::WalFileName;
+use crate::replay_plan::{Need, ReplayPlan};
 use crate::spool::{GetSpool, holds_crc, wal_dir_of};
 
 #[derive(Clone, Debug)]
@@ -162,6 +169,89 @@ pub async fn archive_get(
         },
         elapsed: started.elapsed(),
     })
+}
+
+/// "Not found" for `name` (in `location`), held to the replay plan: the error recovery must
+/// stop on when the plan needs the file, or when a plan is there but cannot be read; `None`
+/// when "not found" may stand (no plan, or beyond what it needs).
+pub fn missing_from_plan(
+    plan: &std::result::Result<Option<ReplayPlan>, String>,
+    name: &WalFileName,
+    location: &str,
+) -> Option<Error> {
+    match plan {
+        Ok(None) => None,
+        Err(reason) => Some(Error::Incomplete(format!(
+            "{name} is not in the repository {location}, and the replay plan {reason}, so \
+             archive-get cannot tell whether recovery needs it: recovery stops here. Repair or \
+             remove the plan file (removing it lets recovery end at the end of the archive)"
+        ))),
+        Ok(Some(plan)) if plan.needs(name) == Need::Needed => {
+            let what = if name.kind() == crate::pg::WalFileKind::History {
+                "history file"
+            } else {
+                "WAL segment"
+            };
+            Some(Error::Incomplete(format!(
+                "{what} {name} is no longer in the repository {location}, but `pitr {}` found it \
+                 there and recovery needs it to reach its target (backup {}, segments {}): \
+                 recovery stops here rather than end on a shorter history. Put the object back \
+                 (or restore again) and start the server again",
+                plan.command,
+                plan.backup,
+                plan.span()
+            )))
+        }
+        Ok(Some(_)) => None,
+    }
+}
+
+/// What archive-get does about the restore's replay claim after a call.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ClaimStep {
+    Nothing,
+    /// Write the claim again with a new heartbeat.
+    Refresh,
+    /// Recovery is over: remove the claim.
+    Release,
+}
+
+/// After a call for `name` that `found` the file or not: recovery is over when PostgreSQL
+/// asks for a newer timeline's history (it promotes), or finds no segment past the plan (the
+/// end of the archive, or a target reached); otherwise the heartbeat, when due.
+pub fn claim_step(plan: &ReplayPlan, name: &WalFileName, found: bool, wal_dir: &Path) -> ClaimStep {
+    if plan.ends_recovery(name) || (!found && plan.needs(name) == Need::Beyond) {
+        ClaimStep::Release
+    } else if crate::replay_plan::refresh_due(wal_dir, plan) {
+        ClaimStep::Refresh
+    } else {
+        ClaimStep::Nothing
+    }
+}
+
+/// Takes the step; a failure is a warning (recovery goes on; a claim left behind goes stale).
+pub async fn take_claim_step(
+    catalog: &Catalog,
+    plan: &ReplayPlan,
+    step: ClaimStep,
+    wal_dir: &Path,
+) {
+    let pgdata = std::path::absolute(".")
+        .map(|p| p.display().to_string())
+        .unwrap_or_default();
+    let result = match step {
+        ClaimStep::Nothing => return,
+        ClaimStep::Refresh => {
+            catalog
+                .put_replay_claim(&plan.as_claim(&pgdata, chrono::Utc::now()))
+                .await
+        }
+        ClaimStep::Release => catalog.remove_replay_claim(&plan.claim).await,
+    };
+    match result {
+        Ok(()) => crate::replay_plan::note_heartbeat(wal_dir, step == ClaimStep::Release),
+        Err(e) => tracing::warn!("the replay claim {} in the repository: {e}", plan.claim),
+    }
 }
 
 /// While the running prefetcher fetches `name`, waits (up to `limit`) for it to finish

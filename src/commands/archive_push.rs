@@ -27,7 +27,8 @@ use tokio::sync::oneshot;
 use crate::catalog::{Catalog, RepositoryIdentity, Stored};
 use crate::codec::{CompareWriter, EncodeSummary};
 use crate::error::{Error, Result};
-use crate::pg::timeline::parse_history;
+use crate::pg::timeline::{HistoryEntry, parse_history};
+use crate::pg::wal_file_check::{Misnamed, WalFileCheck, check_wal_file};
 use crate::pg::wal_page::SIZE_OF_XLOG_LONG_PHD;
 use crate::pg::wal_summary::{SegmentSummarizer, SegmentSummary};
 use crate::pg::{FEED_BYTES, WalFileKind, WalFileName, WalLongPageHeader, wal_name};
@@ -316,9 +317,21 @@ async fn push_file(
     threads: usize,
     links: SummaryLinks,
 ) -> Result<(PushOutcome, EncodeSummary)> {
-    if name.holds_wal_pages() {
-        check_segment(path, name, identity)?;
-    }
+    // Before anything is stored: a file that is not what its name says never is, and a
+    // stored history that every retry refuses would stop archiving for good.
+    let (checked_path, checked_name, checked_identity) =
+        (path.to_owned(), name.clone(), identity.clone());
+    blocking(move || {
+        if checked_name.holds_wal_pages() {
+            check_segment(&checked_path, &checked_name, &checked_identity)
+        } else {
+            if checked_name.kind() == WalFileKind::History {
+                read_history(&checked_path, &checked_name)?;
+            }
+            check_text_file(&checked_path, &checked_name, &checked_identity)
+        }
+    })
+    .await?;
     // The previous segment's summary (read while compressing) completes a record that
     // straddles the boundary.
     let (stored, previous) = tokio::join!(
@@ -410,15 +423,24 @@ async fn index(
             catalog.put_segment_summary(name, &summary).await?;
         }
         WalFileKind::History => {
-            let text =
-                std::fs::read_to_string(path).map_err(|e| Error::local_io(path.display(), e))?;
-            let entries =
-                parse_history(&text).map_err(|e| Error::invalid_input(path.display(), e))?;
+            let entries = read_history(path, name)?;
             catalog.put_history_summary(name, &entries).await?;
         }
         WalFileKind::BackupHistory => {}
     }
     Ok(())
+}
+
+/// The switch points of the history file at `path`, read as PostgreSQL reads it: refused
+/// (invalid input) only where PostgreSQL would refuse it.
+fn read_history(path: &Path, name: &WalFileName) -> Result<Vec<HistoryEntry>> {
+    let text = std::fs::read(path).map_err(|e| Error::local_io(path.display(), e))?;
+    parse_history(name.timeline(), &String::from_utf8_lossy(&text)).map_err(|e| {
+        Error::invalid_input(
+            path.display(),
+            format!("not a timeline history PostgreSQL could read: {e}"),
+        )
+    })
 }
 
 /// Hands `path` to `read` a mapped window at a time: only one window's pages count in this
@@ -462,6 +484,9 @@ fn check_segment(path: &Path, name: &WalFileName, identity: &RepositoryIdentity)
     let mut page = [0u8; SIZE_OF_XLOG_LONG_PHD];
     file.read_exact_at(&mut page, 0)
         .map_err(|e| invalid(format!("cannot read the WAL page header: {e}")))?;
+    if page.iter().all(|&b| b == 0) {
+        return Err(refused(path, Misnamed::Zeros));
+    }
     let header =
         WalLongPageHeader::parse(&page).map_err(|e| Error::invalid_input(path.display(), e))?;
 
@@ -493,27 +518,27 @@ fn check_segment(path: &Path, name: &WalFileName, identity: &RepositoryIdentity)
             identity.wal_segment_size
         )));
     }
-    let Some(expected) = name.start_lsn(identity.wal_segment_size) else {
+    if name.start_lsn(identity.wal_segment_size).is_none() {
         return Err(invalid(format!(
             "the name is out of range for WAL segments of {} bytes",
             identity.wal_segment_size
         )));
-    };
-    if header.page_address != expected {
-        return Err(invalid(format!(
-            "holds WAL from {} but its name says {} (should start at {})",
-            wal_name::xlog_file_name(
-                name.timeline(),
-                header
-                    .page_address
-                    .segment_number(identity.wal_segment_size),
-                identity.wal_segment_size
-            ),
-            name.segment_name().unwrap_or_default(),
-            expected
-        )));
     }
-    Ok(())
+    // Every page, as archive-get and verify will check it: a file renamed to another
+    // segment's name is refused before anything is stored.
+    let mut check = WalFileCheck::new(name, identity.wal_geometry());
+    for_each_window(path, |window| check.feed(window))?;
+    check.finish().map_err(|misnamed| refused(path, misnamed))
+}
+
+/// Refuses a history or backup history file whose text is not the file its name says.
+fn check_text_file(path: &Path, name: &WalFileName, identity: &RepositoryIdentity) -> Result<()> {
+    let text = std::fs::read(path).map_err(|e| Error::local_io(path.display(), e))?;
+    check_wal_file(name, identity.wal_geometry(), &text).map_err(|misnamed| refused(path, misnamed))
+}
+
+fn refused(path: &Path, misnamed: Misnamed) -> Error {
+    Error::invalid_input(path.display(), format!("it {misnamed}; nothing was stored"))
 }
 
 /// Succeeds only if the stored object decodes to exactly the bytes at `path`.

@@ -21,8 +21,10 @@ use crate::catalog::{Catalog, RepositoryIdentity};
 use crate::datadir::read_cluster_identity;
 use crate::error::{Error, Result};
 use crate::pg::WalFileName;
+use crate::pg::backup_label::parse_backup_label;
 use crate::pg::basebackup::{Disposition, classify, is_database_directory, unlogged_files};
 use crate::pg::relpath::database_of;
+use crate::pg::timeline::{HistoryEntry, parse_history, stop_segment_name};
 use crate::pg::wal_name::backup_history_file_name;
 use crate::server::{ArchiverStats, Session, connection_settings};
 
@@ -78,6 +80,15 @@ pub async fn backup(catalog: &Catalog, options: &BackupOptions) -> Result<Backup
     result
 }
 
+/// What is known before the backup's id is claimed.
+struct Prepared {
+    session: Session,
+    pgdata: PathBuf,
+    identity: RepositoryIdentity,
+    archiver_before: Option<ArchiverStats>,
+    start_time: DateTime<Utc>,
+}
+
 async fn backup_locked(
     catalog: &Catalog,
     options: &BackupOptions,
@@ -122,6 +133,51 @@ async fn backup_locked(
     let id = catalog
         .claim_backup_id(&start_time.format("%Y%m%dT%H%M%SZ").to_string())
         .await?;
+    let prepared = Prepared {
+        session,
+        pgdata,
+        identity,
+        archiver_before,
+        start_time,
+    };
+    // From the claim on, every way out but success removes what this backup wrote: its
+    // objects would otherwise hold space, and be taken for a backup that lost its manifest.
+    let result = tokio::select! {
+        result = backup_claimed(catalog, options, prepared, &id, started) => result,
+        signal = crate::scratch::interrupted() => Err(Error::Incomplete(format!(
+            "backup {id} was stopped by {signal}; its objects were removed"
+        ))),
+    };
+    if result.is_err() {
+        options.progress.finish();
+        match catalog.abandon_backup(&id).await {
+            Ok(true) => tracing::info!("removed the objects of failed backup {id}"),
+            Ok(false) => tracing::warn!(
+                "backup {id}: its manifest was stored although the write reported an error; \
+                 the backup is kept (see pitr list)"
+            ),
+            Err(e) => tracing::warn!(
+                "removing the objects of failed backup {id}: {e}; pitr expire removes them later"
+            ),
+        }
+    }
+    result
+}
+
+async fn backup_claimed(
+    catalog: &Catalog,
+    options: &BackupOptions,
+    prepared: Prepared,
+    id: &str,
+    started: Instant,
+) -> Result<BackupReport> {
+    let Prepared {
+        session,
+        pgdata,
+        identity,
+        archiver_before,
+        start_time,
+    } = prepared;
     let label = format!("pitr backup {id}");
     let start_lsn = session.backup_start(&label, options.fast).await?;
     // A standby writes no backup history file: then only the stop segment is waited for.
@@ -129,47 +185,81 @@ async fn backup_locked(
         .text("asking for recovery", "SELECT pg_is_in_recovery()::text")
         .await?
         == "true";
-    let start_wal_segment = session.walfile_name(start_lsn).await?;
-    let timeline = WalFileName::parse(&start_wal_segment)
-        .map_err(|e| Error::Server(e.to_string()))?
-        .timeline();
-    tracing::info!("backup {id} started at {start_lsn} (timeline {timeline})");
+    tracing::info!(
+        "backup {id} started at {start_lsn}{}",
+        if from_standby { " on a standby" } else { "" }
+    );
 
     // Which directory is which database, for restore --db-include.
     let (databases, superuser) = session.databases().await?;
     let walk_root = pgdata.clone();
     let (directories, files, tablespaces) = blocking(move || walk(&walk_root)).await?;
-    let plan = plan_objects(files);
-    let total: u64 = plan.iter().flatten().map(|f| f.size).sum();
+    let (plan, control) = plan_objects(files);
+    let total: u64 = plan.iter().flatten().chain(&control).map(|f| f.size).sum();
     options.progress.start(&format!("backup {id}"), total);
-    let object_count = plan.len() as u32;
-    let copied: Vec<(Vec<BackupFile>, u64)> = stream::iter(plan.into_iter().enumerate())
-        .map(|(index, files)| {
-            let id = id.clone();
-            let progress = options.progress.clone();
-            async move {
-                let size: u64 = files.iter().map(|f| f.size).sum();
-                let copied = copy_object(catalog, &id, index as u32, files).await?;
-                progress.advance(size);
-                Ok::<_, Error>(copied)
-            }
-        })
+    let object_count = (plan.len() + usize::from(control.is_some())) as u32;
+    let copy = |index: usize, files: Vec<SourceFile>| {
+        let progress = options.progress.clone();
+        async move {
+            let size: u64 = files.iter().map(|f| f.size).sum();
+            let copied = copy_object(catalog, id, index as u32, files).await?;
+            progress.advance(size);
+            Ok::<_, Error>(copied)
+        }
+    };
+    let mut copied: Vec<(Vec<BackupFile>, u64)> = stream::iter(plan.into_iter().enumerate())
+        .map(|(index, files)| copy(index, files))
         .buffer_unordered(options.jobs.max(1))
         .try_collect()
         .await?;
+    // pg_control last, once every other file was read: recovery from a standby's backup
+    // ends at the minimum recovery point of this copy, which must cover all the others.
+    if let Some(control) = control {
+        copied.push(copy(copied.len(), vec![control]).await?);
+    }
 
     options.progress.finish();
     // The whole wait for the backup's WAL, pg_backup_stop included, is bounded by this.
     let wal_deadline = Instant::now().checked_add(options.wal_timeout);
     let (stop_lsn, backup_label, tablespace_map) = session.backup_stop().await?;
     let stop_time = Utc::now();
-    let stop_wal_segment = session.walfile_name(stop_lsn).await?;
+    let segment_size = identity.wal_segment_size;
+    // Named here, not by pg_walfile_name, which a standby refuses.
+    let parsed_label = parse_backup_label(&backup_label)
+        .map_err(|e| Error::Server(format!("the backup_label pg_backup_stop returned: {e}")))?;
+    let start_wal_segment = parsed_label.start_wal_file.clone();
+    let start_segment = WalFileName::parse(&start_wal_segment)
+        .ok()
+        .filter(|name| {
+            name.segment_number(segment_size) == Some(start_lsn.segment_number(segment_size))
+        })
+        .ok_or_else(|| {
+            Error::Server(format!(
+                "the backup_label names {start_wal_segment} for the start {start_lsn}"
+            ))
+        })?;
+    let timeline = parsed_label
+        .start_timeline
+        .unwrap_or(start_segment.timeline());
+    let stop_wal_segment = if from_standby {
+        let current = session.recovery_timeline().await?;
+        let history = if current > timeline {
+            let pgdata = pgdata.clone();
+            blocking(move || timeline_history(&pgdata, current)).await?
+        } else {
+            Vec::new()
+        };
+        stop_segment_name(stop_lsn, current.max(timeline), &history, segment_size)
+    } else {
+        // A primary's timeline cannot change while it is one.
+        stop_segment_name(stop_lsn, timeline, &[], segment_size)
+    };
     let stop_segment =
         WalFileName::parse(&stop_wal_segment).map_err(|e| Error::Server(e.to_string()))?;
+    tracing::info!("backup {id} stopped at {stop_lsn} ({stop_wal_segment})");
     let mut awaited = vec![stop_segment];
     if !from_standby {
-        let history =
-            backup_history_file_name(awaited[0].timeline(), start_lsn, identity.wal_segment_size);
+        let history = backup_history_file_name(awaited[0].timeline(), start_lsn, segment_size);
         awaited.push(WalFileName::parse(&history).map_err(|e| Error::Server(e.to_string()))?);
     }
     let waited = wait_for_wal(
@@ -177,7 +267,7 @@ async fn backup_locked(
         &session,
         options,
         WalWait {
-            id: &id,
+            id,
             files: awaited,
             deadline: wal_deadline,
             archiver_before,
@@ -185,20 +275,13 @@ async fn backup_locked(
     )
     .await;
     options.progress.finish();
-    if let Err(error) = waited {
-        // Its history file may still arrive once archiving works: without the backup's
-        // objects, it is not taken for a finished backup that lost its manifest.
-        if let Err(e) = catalog.delete_backup(&id, None).await {
-            tracing::warn!("removing the objects of unfinished backup {id}: {e}");
-        }
-        return Err(error);
-    }
+    waited?;
 
     let mut files: Vec<BackupFile> = copied.iter().flat_map(|(f, _)| f.clone()).collect();
     files.sort_by(|a, b| (&a.path, a.file_offset).cmp(&(&b.path, b.file_offset)));
     let manifest = BackupManifest {
         format: MANIFEST_FORMAT,
-        id: id.clone(),
+        id: id.to_owned(),
         label,
         system_identifier: identity.system_identifier.to_string(),
         pg_version: identity.pg_version,
@@ -232,7 +315,7 @@ async fn backup_locked(
     };
     if options.pin || !options.annotations.is_empty() {
         // Before the manifest: the backup is pinned from the moment it exists.
-        let mut pin = crate::catalog::backup::BackupPin::new(&id);
+        let mut pin = crate::catalog::backup::BackupPin::new(id);
         pin.pinned = options.pin;
         pin.annotations = options.annotations.clone();
         catalog.put_backup_pin(&pin).await?;
@@ -243,6 +326,23 @@ async fn backup_locked(
         objects: object_count,
         elapsed: started.elapsed(),
     })
+}
+
+/// The history of `timeline` from the server's `pg_wal` (a standby keeps the history files
+/// of the timelines it followed).
+fn timeline_history(pgdata: &Path, timeline: u32) -> Result<Vec<HistoryEntry>> {
+    let path = pgdata
+        .join("pg_wal")
+        .join(format!("{timeline:08X}.history"));
+    let text = fs::read_to_string(&path).map_err(|e| {
+        Error::Server(format!(
+            "the standby moved to timeline {timeline} during the backup, and its history file \
+             {} cannot be read ({e}): which timeline the stop point is on is unknown; run \
+             backup again",
+            path.display()
+        ))
+    })?;
+    parse_history(timeline, &text).map_err(|e| Error::invalid_input(path.display(), e))
 }
 
 /// The data directory must be the server's and hold the repository's cluster.
@@ -358,8 +458,16 @@ fn walk(pgdata: &Path) -> Result<Walked> {
     Ok((directories, files, tablespaces))
 }
 
-/// Large files alone, small files packed into bundles: one entry per object.
-fn plan_objects(mut files: Vec<SourceFile>) -> Vec<Vec<SourceFile>> {
+/// The file PostgreSQL takes a standby backup's end point from: copied after all others.
+const CONTROL_FILE: &str = "global/pg_control";
+
+/// Large files alone, small files packed into bundles: one entry per object; and
+/// `global/pg_control`, which goes into an object of its own, the last.
+fn plan_objects(mut files: Vec<SourceFile>) -> (Vec<Vec<SourceFile>>, Option<SourceFile>) {
+    let control = files
+        .iter()
+        .position(|f| f.path == CONTROL_FILE)
+        .map(|at| files.remove(at));
     // The cluster-wide files first, then each database's together.
     files.sort_by(|a, b| (database_of(&a.path), &a.path).cmp(&(database_of(&b.path), &b.path)));
     let mut plan = Vec::new();
@@ -398,7 +506,7 @@ fn plan_objects(mut files: Vec<SourceFile>) -> Vec<Vec<SourceFile>> {
     if !bundle.is_empty() {
         plan.push(bundle);
     }
-    plan
+    (plan, control)
 }
 
 /// Reads the files of one object in turn, each up to the size it had when listed (a file
@@ -731,8 +839,9 @@ mod plan_tests {
 
     #[test]
     fn an_object_holds_the_files_of_one_database_at_most() {
-        let plan = plan_objects(vec![
+        let (plan, control) = plan_objects(vec![
             file("base/5/1259", 8192),
+            file("global/pg_control", 8192),
             file("global/1262", 8192),
             file("base/16384/1259", 8192),
             file("base/16384/2619", 8192),
@@ -751,5 +860,8 @@ mod plan_tests {
                 vec![Some(16384), Some(16384)],
             ]
         );
+        // pg_control in no bundle: the backup copies it alone, after every other object.
+        assert_eq!(control.unwrap().path, "global/pg_control");
+        assert!(plan.iter().flatten().all(|f| f.path != "global/pg_control"));
     }
 }

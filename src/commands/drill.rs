@@ -66,12 +66,18 @@ pub struct DrillReport {
 }
 
 pub async fn drill(catalog: &Catalog, options: &DrillOptions) -> Result<DrillReport> {
-    let mut scratch = Scratch::create(&options.scratch_parent, "pitr-drill-", options.keep)?;
+    let mut scratch = Scratch::create(
+        &options.scratch_parent,
+        "pitr-drill-",
+        options.keep,
+        "drill",
+    )?;
     let result = tokio::select! {
         result = run(catalog, options, &mut scratch) => result,
         signal = crate::scratch::interrupted() => Err(crate::scratch::interruption(signal, &scratch)),
     };
     scratch.stop().await;
+    scratch.release_claim(catalog).await;
     result
 }
 

@@ -17,12 +17,16 @@ use chrono::{DateTime, Duration, Utc};
 use serde::Serialize;
 
 use crate::catalog::backup::{BackupClaim, BackupManifest, DamagedBackup, Deletion};
+use crate::catalog::replay::ReplayClaim;
 use crate::catalog::{Catalog, RepositoryIdentity};
 use crate::error::{Error, Result};
+use crate::pg::WalFileName;
 use crate::pg::timestamp::rfc3339_micros;
 use crate::pg::wal_name::xlog_file_name;
 use crate::recovery::ArchiveView;
-use crate::recovery::retention::{Policy, Rule, WalReason, plan_retention};
+use crate::recovery::retention::{
+    Policy, ReplayHold, Rule, WalReason, hold_for_replays, plan_retention,
+};
 use crate::storage::Protected;
 
 /// A backup without manifest whose claim is older than this is taken for abandoned even when
@@ -62,6 +66,80 @@ pub struct ExpireReport {
     pub damaged_backups: Vec<DamagedBackup>,
     /// Objects deleted in all (data, manifests, WAL), not counting summaries.
     pub deleted_objects: u64,
+    /// Restores, drills and restore-tables in flight: what they replay is kept.
+    pub replay_claims: Vec<ReplayClaimEntry>,
+    /// Claims whose heartbeat is older than `replay_claim_stale_after`: ignored, and removed.
+    pub stale_replay_claims: Vec<ReplayClaimEntry>,
+    /// Why nothing was removed although the policy would remove something (a restore was
+    /// planning, or began while expire decided).
+    pub held_back: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ReplayClaimEntry {
+    pub id: String,
+    pub command: String,
+    pub host: String,
+    pub pgdata: String,
+    /// None while the restore plans.
+    pub backup: Option<String>,
+    pub first_segment: Option<String>,
+    pub last_segment: Option<String>,
+    pub heartbeat: String,
+    pub heartbeat_age_seconds: i64,
+}
+
+impl ReplayClaimEntry {
+    fn of(claim: &ReplayClaim, now: DateTime<Utc>) -> Self {
+        ReplayClaimEntry {
+            id: claim.id.clone(),
+            command: claim.command.clone(),
+            host: claim.host.clone(),
+            pgdata: claim.pgdata.clone(),
+            backup: claim.backup.clone(),
+            first_segment: claim.segments.first().map(|r| r.first.clone()),
+            last_segment: claim.segments.last().map(|r| r.last.clone()),
+            heartbeat: rfc3339_micros(claim.heartbeat),
+            heartbeat_age_seconds: claim.age_seconds(now),
+        }
+    }
+}
+
+/// Live claims (honoured) and stale ones (ignored), with a warning for each stale or
+/// unreadable claim.
+async fn read_claims(
+    catalog: &Catalog,
+    now: DateTime<Utc>,
+) -> Result<(Vec<ReplayClaim>, Vec<ReplayClaim>)> {
+    let (claims, damaged) = catalog.replay_claims().await?;
+    let stale_after = catalog.replay_claim_stale_after();
+    for damaged in &damaged {
+        tracing::warn!(
+            "replay claim {} is unreadable ({}): ignored",
+            damaged.key,
+            damaged.reason
+        );
+    }
+    let (stale, live): (Vec<_>, Vec<_>) = claims
+        .into_iter()
+        .partition(|c| c.is_stale(now, stale_after));
+    Ok((live, stale))
+}
+
+/// What a claim holds, in segment numbers; `None` while it plans (it holds everything).
+fn hold_of(claim: &ReplayClaim, segment_size: u64) -> Option<ReplayHold> {
+    let backup = claim.backup.clone()?;
+    let segno = |name: &str| WalFileName::parse(name).ok()?.segment_number(segment_size);
+    let runs = claim
+        .segments
+        .iter()
+        .filter_map(|run| Some((run.timeline, segno(&run.first)?, segno(&run.last)?)))
+        .collect();
+    Some(ReplayHold {
+        claim: claim.id.clone(),
+        backup,
+        runs,
+    })
 }
 
 #[derive(Debug, Serialize)]
@@ -108,6 +186,16 @@ pub fn is_abandoned(
     claim.host.as_deref() == Some(this_host) && !this_host.is_empty() && !pid_alive(claim.pid)
 }
 
+/// [`is_abandoned`] now, on this host.
+pub fn owner_gone(claim: Option<&BackupClaim>) -> bool {
+    is_abandoned(
+        claim,
+        Utc::now(),
+        &crate::host_name().unwrap_or_default(),
+        pid_alive,
+    )
+}
+
 fn pid_alive(pid: u32) -> bool {
     std::path::Path::new(&format!("/proc/{pid}")).exists()
 }
@@ -152,13 +240,36 @@ async fn expire_locked(
         .map(|p| p.id.clone())
         .collect();
     pinned.extend(damaged_pins.iter().map(|d| d.id.clone()));
-    let plan = plan_retention(
+    let mut plan = plan_retention(
         &view,
         &list.manifests,
         &pinned,
         options.now,
         &options.policy,
     );
+    // Restores in flight: what their recovery reads stays, whatever the policy says.
+    let (live, stale) = read_claims(catalog, options.now).await?;
+    let mut held_back = None;
+    let mut holds = Vec::new();
+    for claim in &live {
+        match hold_of(claim, segment_size) {
+            Some(hold) => holds.push(hold),
+            None => {
+                held_back = Some(format!(
+                    "`pitr {}` on host {} ({}) is planning its restore: nothing removed; run \
+                     expire again once it has planned",
+                    claim.command, claim.host, claim.pgdata
+                ));
+            }
+        }
+    }
+    hold_for_replays(&mut plan, &holds, segment_size);
+    if held_back.is_some() {
+        plan.removed.clear();
+        plan.wal_removed.clear();
+        plan.orphan_summaries.clear();
+        plan.expired_before.clear();
+    }
 
     let by_id = |id: &str| -> &BackupManifest {
         list.manifests
@@ -169,8 +280,30 @@ async fn expire_locked(
     let mut report = ExpireReport {
         dry_run: options.dry_run,
         damaged_backups: list.damaged.iter().chain(&damaged_pins).cloned().collect(),
+        replay_claims: live
+            .iter()
+            .map(|c| ReplayClaimEntry::of(c, options.now))
+            .collect(),
+        stale_replay_claims: stale
+            .iter()
+            .map(|c| ReplayClaimEntry::of(c, options.now))
+            .collect(),
+        held_back: held_back.clone(),
         ..ExpireReport::default()
     };
+    let stale_after = catalog.replay_claim_stale_after().as_secs();
+    for claim in &stale {
+        tracing::warn!(
+            "replay claim {} (`pitr {}` on host {}, {}) has a heartbeat {} s old, older than \
+             replay_claim_stale_after ({stale_after} s): its restore is taken as gone; ignored{}",
+            claim.id,
+            claim.command,
+            claim.host,
+            claim.pgdata,
+            claim.age_seconds(options.now),
+            if options.dry_run { "" } else { " and removed" }
+        );
+    }
     for kept in &plan.kept {
         let m = by_id(&kept.id);
         report.kept_backups.push(KeptBackupEntry {
@@ -214,13 +347,36 @@ async fn expire_locked(
             continue;
         }
         let claim = catalog.backup_claim(id).await?;
-        if is_abandoned(claim.as_ref(), options.now, &this_host, pid_alive) {
+        // Marked abandoned: the failed backup gave up but could not remove all it wrote.
+        if dir.abandoned.is_some()
+            || is_abandoned(claim.as_ref(), options.now, &this_host, pid_alive)
+        {
             report.removed_interrupted_backups.push(id.clone());
         } else {
             report.running_backups.push(id.clone());
         }
     }
     if options.dry_run {
+        return Ok(report);
+    }
+    for claim in &stale {
+        catalog.remove_replay_claim(&claim.id).await?;
+    }
+    // A restore that began while expire decided may plan on what is about to go: its claim,
+    // written before it read the archive, is seen here, and nothing is removed.
+    let (now_live, _) = read_claims(catalog, chrono::Utc::now()).await?;
+    if let Some(new) = now_live.iter().find(|c| !live.iter().any(|l| l.id == c.id)) {
+        let why = format!(
+            "`pitr {}` on host {} ({}) began while expire decided: nothing removed; run expire \
+             again",
+            new.command, new.host, new.pgdata
+        );
+        tracing::warn!("{why}");
+        report.held_back = Some(why);
+        report.removed_backups.clear();
+        report.removed_wal.clear();
+        report.removed_interrupted_backups.clear();
+        report.removed_orphan_summaries = 0;
         return Ok(report);
     }
     tracing::debug!("expire: removing");

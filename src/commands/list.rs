@@ -11,7 +11,7 @@ use crate::error::Result;
 use crate::pg::timestamp::{rfc3339, rfc3339_micros};
 use crate::pg::wal_name::xlog_file_name;
 use crate::recovery::ArchiveView;
-use crate::recovery::timelines::timelines_without_backup;
+use crate::recovery::timelines::{TimelineOrigin, timeline_tree, timelines_without_backup};
 use crate::recovery::view::Needed;
 use crate::recovery::walk::path_holds_backup;
 
@@ -26,6 +26,8 @@ pub struct ListReport {
     /// Timelines with a history file but no backup taken on them or after them, other than
     /// the newest backup's: a restored copy that archived here leaves one.
     pub timelines_without_backup: Vec<u32>,
+    /// Every timeline with its origin (parent and switch point), each after its parent.
+    pub timelines: Vec<TimelineOrigin>,
 }
 
 #[derive(Debug, Serialize)]
@@ -78,6 +80,7 @@ pub async fn list(catalog: &Catalog, options: &ListOptions) -> Result<ListReport
     let mut view = ArchiveView::load(catalog, &identity).await?;
     let recovery_window = recovery_windows(catalog, &mut view, &manifests, options.jobs).await?;
     let timelines_without_backup = timelines_without_backup(&view, &manifests);
+    let timelines = timeline_tree(&view, &manifests);
     let backups = manifests
         .into_iter()
         .map(|m| {
@@ -116,6 +119,7 @@ pub async fn list(catalog: &Catalog, options: &ListOptions) -> Result<ListReport
         wal,
         recovery_window,
         timelines_without_backup,
+        timelines,
     })
 }
 

@@ -340,6 +340,7 @@ mod tests {
                     until: Some("2026-11-20T00:11:00.5Z".into()),
                 }],
                 timelines_without_backup: Vec::new(),
+                timelines: Vec::new(),
             },
             newest_wal: BTreeMap::new(),
             latest_runs: BTreeMap::new(),

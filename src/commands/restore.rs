@@ -13,17 +13,20 @@ use chrono::Utc;
 use futures_util::{StreamExt, TryStreamExt, stream};
 
 use crate::catalog::backup::{BackupFile, BackupManifest, Database};
+use crate::catalog::replay::{ReplayClaim, SegmentRun};
 use crate::catalog::{Catalog, CatalogError};
 use crate::datadir::running_postmaster;
 use crate::error::{Error, Result};
 use crate::ownership::{Owner, give_tree_to, running_as_root};
 use crate::pg::backup_manifest::{ManifestEntry, render};
 use crate::pg::guc::remove_recovery_settings;
-use crate::pg::recovery_target::recovery_settings;
+use crate::pg::recovery_target::{TargetTimeline, recovery_settings};
 use crate::pg::relpath::database_of;
 use crate::recovery::plan::{PlanRequest, gather_and_plan};
 use crate::recovery::timelines::{foreign_timeline_warning, timelines_without_backup};
+use crate::recovery::walk::SegmentRuns;
 use crate::recovery::{ArchiveView, RestorePlan};
+use crate::replay_plan::{self, ReplayPlan};
 use crate::storage::StorageError;
 
 use super::blocking;
@@ -60,6 +63,11 @@ pub struct RestoreOptions {
     /// Tablespaces `tablespace_map` does not name go to `<this>/<oid>` rather than to their
     /// original place (a scratch restore keeps everything under its directory).
     pub tablespace_root: Option<PathBuf>,
+    /// The id of the replay claim to hold in the repository while recovery reads its WAL
+    /// (`catalog::replay`); none for a dry run or where nothing needs it.
+    pub claim: Option<String>,
+    /// The command taking the claim, for expire's report (`restore`, `drill`…).
+    pub command: &'static str,
 }
 
 #[derive(Debug)]
@@ -87,6 +95,35 @@ pub struct RestoreReport {
 }
 
 pub async fn restore(catalog: &Catalog, options: &RestoreOptions) -> Result<RestoreReport> {
+    let claim = match (&options.claim, options.dry_run) {
+        (Some(id), false) => Some(ReplayClaim::planning(
+            id,
+            options.command,
+            &options.pgdata.display().to_string(),
+            Utc::now(),
+        )),
+        _ => None,
+    };
+    if let Some(claim) = &claim {
+        // Before the archive is read: an expire deciding meanwhile sees a restore planning
+        // and removes nothing.
+        catalog.put_replay_claim(claim).await?;
+    }
+    let result = restore_claimed(catalog, options, claim).await;
+    if let (Err(_), Some(id)) = (&result, &options.claim) {
+        // Nothing restored: nothing to hold.
+        if let Err(e) = catalog.remove_replay_claim(id).await {
+            tracing::warn!("could not remove the replay claim {id}: {e}");
+        }
+    }
+    result
+}
+
+async fn restore_claimed(
+    catalog: &Catalog,
+    options: &RestoreOptions,
+    mut claim: Option<ReplayClaim>,
+) -> Result<RestoreReport> {
     let started = Instant::now();
     let identity = catalog.identity().await?;
     let list = catalog.backup_list().await?;
@@ -143,6 +180,15 @@ pub async fn restore(catalog: &Catalog, options: &RestoreOptions) -> Result<Rest
                 ),
             ),
         })?;
+    // The claim names what replay needs, before the probe below proves it is all there: an
+    // expire that removes any of it from now on is one that ran before the claim was seen,
+    // and the probe (or archive-get, later) finds the gap.
+    if let Some(claim) = &mut claim {
+        claim.backup = Some(plan.backup.id.clone());
+        claim.segments = segment_runs(&plan.segments);
+        claim.heartbeat = Utc::now();
+        catalog.put_replay_claim(claim).await?;
+    }
     // ...and this user can read every object it needs (a run as root may have left objects
     // only root can read).
     let mut wal = view.files(&plan.segments);
@@ -181,6 +227,26 @@ pub async fn restore(catalog: &Catalog, options: &RestoreOptions) -> Result<Rest
     if !options.dry_run {
         prepare_directory(&options.pgdata, options.force, &layout)?;
         let excluded: BTreeSet<u32> = report.excluded.iter().map(|d| d.oid).collect();
+        let replay_plan = claim.as_ref().map(|claim| ReplayPlan {
+            format: 1,
+            system_identifier: identity.system_identifier,
+            wal_segment_size: identity.wal_segment_size,
+            command: options.command.to_owned(),
+            backup: report.plan.backup.id.clone(),
+            claim: claim.id.clone(),
+            claim_stale_after_secs: catalog.replay_claim_stale_after().as_secs(),
+            timeline: report.plan.timeline,
+            segments: claim.segments.clone(),
+            histories: report
+                .plan
+                .histories
+                .iter()
+                .map(|h| h.name.to_string())
+                .collect(),
+            stops: report.plan.stops.clone(),
+            recovery_signal_mtime_ns: 0,
+            written: Utc::now(),
+        });
         let result = write_backup(
             catalog,
             &report.plan.backup,
@@ -188,6 +254,7 @@ pub async fn restore(catalog: &Catalog, options: &RestoreOptions) -> Result<Rest
             &layout,
             report.owner.as_ref(),
             &excluded,
+            replay_plan,
         )
         .await;
         if result.is_err() {
@@ -202,6 +269,20 @@ pub async fn restore(catalog: &Catalog, options: &RestoreOptions) -> Result<Rest
     }
     report.elapsed = started.elapsed();
     Ok(report)
+}
+
+/// The planned segments as runs of names, for the claim and the replay plan.
+fn segment_runs(segments: &SegmentRuns) -> Vec<SegmentRun> {
+    segments
+        .runs
+        .iter()
+        .filter(|(_, range)| !range.is_empty())
+        .map(|(timeline, range)| SegmentRun {
+            timeline: *timeline,
+            first: segments.name((*timeline, range.start)),
+            last: segments.name((*timeline, range.end - 1)),
+        })
+        .collect()
 }
 
 /// The databases of `backup` that `--db-include` leaves out (none when it names none); every
@@ -335,6 +416,12 @@ fn check_tablespace_directories(layout: &RestoreLayout) -> Result<()> {
 /// DIR must be absent or empty (or `--force`), no postmaster may be running in it, and the
 /// tablespaces' directories must be empty or absent: all checked before DIR is touched.
 fn prepare_directory(pgdata: &Path, force: bool, layout: &RestoreLayout) -> Result<()> {
+    if fs::metadata(pgdata).is_ok_and(|meta| !meta.is_dir()) {
+        return Err(Error::invalid_input(
+            pgdata.display(),
+            "is a file, not a directory: give --pgdata a new or empty directory",
+        ));
+    }
     if let Some(pid) = running_postmaster(pgdata) {
         return Err(Error::invalid_input(
             pgdata.display(),
@@ -344,6 +431,13 @@ fn prepare_directory(pgdata: &Path, force: bool, layout: &RestoreLayout) -> Resu
     let occupied = match fs::read_dir(pgdata) {
         Ok(mut entries) => Some(entries.next().is_some()),
         Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+        Err(e) if e.kind() == io::ErrorKind::NotADirectory => {
+            return Err(Error::invalid_input(
+                pgdata.display(),
+                "a part of this path is a file, not a directory: give --pgdata a new or \
+                 empty directory",
+            ));
+        }
         Err(e) => return Err(Error::local_io(pgdata.display(), e)),
     };
     if occupied == Some(true) && !force {
@@ -399,6 +493,7 @@ async fn write_backup(
     layout: &RestoreLayout,
     owner: Option<&Owner>,
     excluded: &BTreeSet<u32>,
+    replay_plan: Option<ReplayPlan>,
 ) -> Result<(usize, u64, u64, ServerSetup)> {
     let pgdata = layout.pgdata().to_owned();
     for dir in layout.tablespaces().values() {
@@ -513,12 +608,29 @@ async fn write_backup(
         backup.data_directory.as_deref(),
         backup.pg_version,
     );
+    // The timeline the pre-flight planned, named: recovery then follows the history that was
+    // checked (not one archived since), and asks for a newer timeline's history file only
+    // when it promotes, which tells archive-get that replay is over.
+    let mut request = options.request.clone();
+    if let Some(plan) = &replay_plan {
+        request.recovery.timeline = Some(TargetTimeline::Number(plan.timeline));
+    }
     append_recovery_settings(
         &pgdata,
         &options.restore_command,
-        &options.request,
+        &request,
         &server.settings(),
     )?;
+    if let Some(mut plan) = replay_plan {
+        // Bound to this recovery.signal: PostgreSQL removes it at promotion.
+        let signal = pgdata.join("recovery.signal");
+        plan.recovery_signal_mtime_ns =
+            replay_plan::mtime_ns(&signal).map_err(|e| Error::local_io(signal.display(), e))?;
+        let wal_dir = pgdata.join("pg_wal");
+        crate::private_fs::create_dir_all(&wal_dir)
+            .and_then(|()| replay_plan::write(&wal_dir, &plan))
+            .map_err(|e| Error::local_io(wal_dir.join(replay_plan::PLAN_FILE).display(), e))?;
+    }
     // pg_verifybackup would take the excluded databases' empty files for corruption.
     if excluded.is_empty() {
         write_postgres_manifest(&layout, backup, tablespace_map.as_deref())?;

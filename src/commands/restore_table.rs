@@ -107,12 +107,18 @@ pub async fn restore_table(
     }
     drop(live);
 
-    let mut scratch = Scratch::create(&options.scratch_parent, "pitr-table-", options.keep)?;
+    let mut scratch = Scratch::create(
+        &options.scratch_parent,
+        "pitr-table-",
+        options.keep,
+        "restore-table",
+    )?;
     let result = tokio::select! {
         result = run(catalog, options, &mut scratch, &live_settings, &database, &renames) => result,
         signal = crate::scratch::interrupted() => Err(crate::scratch::interruption(signal, &scratch)),
     };
     scratch.stop().await;
+    scratch.release_claim(catalog).await;
     let mut report = result?;
     report.total_seconds = started.elapsed().as_secs_f64();
     Ok(report)

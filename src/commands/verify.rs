@@ -19,7 +19,7 @@ use crate::catalog::wal::ArchivedFile;
 use crate::catalog::{Catalog, CatalogError, StoredObject};
 use crate::error::{EXIT_CORRUPT, EXIT_INCOMPLETE, EXIT_OK, Error, Result};
 use crate::pg::backup_label::parse_backup_label;
-use crate::pg::timeline::{HistoryEntry, parse_history};
+use crate::pg::timeline::{HistoryEntry, parse_history, timeline_of_segment, timeline_path};
 use crate::pg::wal_name::xlog_file_name;
 use crate::pg::{WalFileKind, WalFileName};
 use crate::recovery::ArchiveView;
@@ -119,6 +119,11 @@ pub struct VerifyReport {
     pub problems: Vec<Problem>,
     /// Backups that never finished: their leftover objects are not a problem.
     pub interrupted_backups: Vec<String>,
+    /// Backups that failed and gave up, marked so by pitr: their leftover objects are not a
+    /// problem either (`pitr expire` removes them).
+    pub abandoned_backups: Vec<String>,
+    /// Backups without manifest whose owner may still be taking them: not judged yet.
+    pub running_backups: Vec<String>,
     /// Segments indexed now because they had no WAL index entry.
     pub indexed_segments: u64,
     /// False for an encrypted repository verified without its key: only the stored
@@ -260,7 +265,7 @@ pub async fn verify(catalog: &Catalog, options: &VerifyOptions) -> Result<Verify
         match (checked, job.wal) {
             (Checked::Intact, _) => {}
             (Checked::Text(text), Some(name)) if name.kind() == WalFileKind::History => {
-                match parse_history(&text) {
+                match parse_history(name.timeline(), &text) {
                     Ok(entries) => {
                         histories.insert(name.timeline(), entries);
                     }
@@ -301,11 +306,19 @@ pub async fn verify(catalog: &Catalog, options: &VerifyOptions) -> Result<Verify
         .filter_map(|text| parse_backup_label(text).ok()?.label)
         .collect();
     let mut interrupted_backups = Vec::new();
+    let mut abandoned_backups = Vec::new();
+    let mut running_backups = Vec::new();
     for (id, objects) in &backup_dirs {
         if objects.manifest.is_some() {
             continue;
         }
-        if finished_labels.contains(&format!("pitr backup {id}")) {
+        // pitr's own word first: a backup that failed after PostgreSQL finished it (the
+        // manifest write refused, say) has a backup history file, but no manifest is lost.
+        if objects.abandoned.is_some() {
+            abandoned_backups.push(id.clone());
+        } else if !super::expire::owner_gone(catalog.backup_claim(id).await?.as_ref()) {
+            running_backups.push(id.clone());
+        } else if finished_labels.contains(&format!("pitr backup {id}")) {
             problems.push(Problem::MissingManifest {
                 backup: id.clone(),
                 key: objects.manifest_key(),
@@ -351,6 +364,8 @@ pub async fn verify(catalog: &Catalog, options: &VerifyOptions) -> Result<Verify
         seconds: started.elapsed().as_secs_f64(),
         problems,
         interrupted_backups,
+        abandoned_backups,
+        running_backups,
         indexed_segments,
         authenticated: true,
     })
@@ -397,6 +412,8 @@ async fn verify_stored(
         seconds: started.elapsed().as_secs_f64(),
         problems,
         interrupted_backups: Vec::new(),
+        abandoned_backups: Vec::new(),
+        running_backups: Vec::new(),
         indexed_segments: 0,
         authenticated: false,
     })
@@ -640,18 +657,20 @@ fn wal_gaps<'a>(
             continue;
         };
         let switch_segno = switch.switchpoint.segment_number(segment_size);
-        // The parent's WAL must reach the switch point (its last segment may be partial).
-        let parent_last = if switch.switchpoint.0 % segment_size == 0 {
-            switch_segno.saturating_sub(1)
-        } else {
-            switch_segno
-        };
-        if let Some(parent) = present.get(&switch.timeline)
-            && !expired_at(switch.timeline, parent_last)
-        {
-            let have = *parent.last().expect("non-empty");
-            if have < parent_last {
-                missing(switch.timeline, have + 1..=parent_last);
+        // Recovery to this timeline reads the segment holding the switch point from this
+        // timeline (XLogFileReadAnyTLI), and the one before it from the ancestor the history
+        // assigns it to: that ancestor's WAL must reach it. Not always the parent: a switch
+        // point behind the parent's own leaves the parent's span empty.
+        let path = timeline_path(timeline, entries);
+        if let Some(before) = switch_segno.checked_sub(1) {
+            let ancestor = timeline_of_segment(&path, before, segment_size);
+            if let Some(segments) = present.get(&ancestor)
+                && !expired_at(ancestor, before)
+            {
+                let have = *segments.last().expect("non-empty");
+                if have < before {
+                    missing(ancestor, have + 1..=before);
+                }
             }
         }
         // The child's WAL starts in the segment holding the switch point.
@@ -741,7 +760,7 @@ mod tests {
             found,
             vec![
                 "missing WAL on timeline 1: 000000010000000000000002 to 000000010000000000000003 (2 segments)",
-                "missing WAL on timeline 1: 000000010000000000000005 to 000000010000000000000006 (2 segments)",
+                "missing WAL on timeline 1: 000000010000000000000005 to 000000010000000000000005 (1 segment)",
                 "missing WAL on timeline 2: 000000020000000000000006 to 000000020000000000000006 (1 segment)",
             ]
         );
@@ -773,6 +792,40 @@ mod tests {
         // Without the record the same repository has gaps.
         let floors = BTreeMap::from([(1, 2), (2, 7)]);
         assert!(!wal_gaps(wal.iter(), &histories, SEG, &floors, &BTreeMap::new()).is_empty());
+    }
+
+    #[test]
+    fn switch_points_that_go_back_are_no_problem() {
+        // PostgreSQL 15's t/028_pitr_timelines.pl: timeline 3 left 2 (at 0/3018C48) before 2
+        // began (0/3018CB0); timeline 1's segment 3 was never archived whole.
+        let entry = |timeline, lsn| HistoryEntry {
+            timeline,
+            switchpoint: Lsn(lsn),
+        };
+        let histories = BTreeMap::from([
+            (2, vec![entry(1, 0x301_8CB0)]),
+            (3, vec![entry(1, 0x301_8CB0), entry(2, 0x301_8C48)]),
+        ]);
+        assert_eq!(history_problems(&histories), vec![]);
+        let wal = names(&[
+            "000000010000000000000001",
+            "000000010000000000000002",
+            "000000020000000000000003",
+            "000000030000000000000003",
+            "000000030000000000000004",
+        ]);
+        let none = BTreeMap::new();
+        assert_eq!(wal_gaps(wal.iter(), &histories, SEG, &none, &none), vec![]);
+        // The segment before the switch must still be there, on the timeline that holds it.
+        let wal = names(&["000000010000000000000001", "000000030000000000000003"]);
+        let found: Vec<String> = wal_gaps(wal.iter(), &histories, SEG, &none, &none)
+            .iter()
+            .map(|p| p.to_string())
+            .collect();
+        assert!(
+            found.iter().all(|p| p.contains("000000010000000000000002")) && !found.is_empty(),
+            "{found:?}"
+        );
     }
 
     #[test]

@@ -14,6 +14,7 @@ pub mod relpath;
 pub mod timeline;
 pub mod timestamp;
 pub mod version;
+pub mod wal_file_check;
 pub mod wal_name;
 pub mod wal_page;
 pub mod wal_reader;
@@ -53,7 +54,7 @@ impl<T: FeedWal> std::io::Write for WalWriter<T> {
 }
 
 /// A PostgreSQL file that is not what it should be.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
 pub enum PgFormatError {
     #[error(
         "'{0}' is not a WAL file name (expected a 24-hex-digit segment, TTTTTTTT.history, \

@@ -130,6 +130,12 @@ pub fn xlog_file_name(timeline: u32, segno: u64, wal_segment_size: u64) -> Strin
     format!("{timeline:08X}{:08X}{:08X}", segno / per_id, segno % per_id)
 }
 
+/// `XLByteToPrevSeg`: the segment holding the byte before `end`, which is how
+/// `pg_walfile_name` names a backup's stop point (at a segment boundary, the one before).
+pub fn segment_before(end: Lsn, wal_segment_size: u64) -> u64 {
+    end.0.saturating_sub(1) / wal_segment_size.max(1)
+}
+
 /// `BackupHistoryFileName`: the history file `pg_backup_stop` writes for a backup that
 /// started at `start` and stopped on `timeline`, named by the start's segment and offset.
 pub fn backup_history_file_name(timeline: u32, start: Lsn, wal_segment_size: u64) -> String {
@@ -196,6 +202,15 @@ mod tests {
             WalFileName::parse(&name).unwrap().kind(),
             WalFileKind::BackupHistory
         );
+    }
+
+    #[test]
+    fn a_stop_at_a_segment_boundary_is_in_the_segment_before() {
+        const SEG: u64 = 16 << 20;
+        assert_eq!(segment_before(Lsn(0x300_0000), SEG), 2);
+        assert_eq!(segment_before(Lsn(0x300_0001), SEG), 3);
+        assert_eq!(segment_before(Lsn(0x3FF_FFFF), SEG), 3);
+        assert_eq!(segment_before(Lsn(0), SEG), 0);
     }
 
     #[test]

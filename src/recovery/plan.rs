@@ -5,13 +5,16 @@
 //! Two halves: [`gather_and_plan`] reads (backups, the archive view, the summaries a
 //! decision needs) and [`plan_restore`] decides, as a pure function of what was read.
 
+use std::collections::BTreeSet;
+
 use chrono::{DateTime, Utc};
 
 use crate::catalog::backup::BackupManifest;
 use crate::catalog::wal::ArchivedFile;
 use crate::catalog::{Catalog, CatalogError};
+use crate::pg::Lsn;
 use crate::pg::recovery_target::{RecoveryRequest, Target, TargetTimeline};
-use crate::pg::timeline::TimelineSpan;
+use crate::pg::timeline::{TimelineSpan, fork_point, switch_point};
 use crate::pg::timestamp::rfc3339;
 use crate::pg::wal_summary::XidRange;
 use crate::pg::xact_end::XactEnd;
@@ -28,6 +31,10 @@ pub enum PlanError {
     /// The archive cannot take recovery where it was asked to go.
     #[error("{0}")]
     Unreachable(String),
+    /// The target is reached on timelines whose histories differ before it: which one is a
+    /// choice only the user can make (`--target-timeline`).
+    #[error("{0}")]
+    AmbiguousTimeline(String),
 }
 
 /// What a restore asks for.
@@ -49,6 +56,9 @@ pub struct RestorePlan {
     pub stops: String,
     /// Stored bytes of the WAL and history files.
     pub wal_bytes: u64,
+    /// Where recovery stops, where the WAL says it exactly (an LSN, a restore point's or a
+    /// commit's record): a fork after it changes nothing.
+    pub target_lsn: Option<Lsn>,
 }
 
 /// Reads what deciding needs, then decides: the summaries of the segments each candidate
@@ -61,8 +71,24 @@ pub async fn gather_and_plan(
     request: &PlanRequest,
     jobs: usize,
 ) -> Result<Result<RestorePlan, PlanError>, CatalogError> {
-    let Ok(candidates) = candidates(backups, request) else {
-        return Ok(plan_restore(view, backups, request));
+    gather(catalog, view, backups, request, jobs).await?;
+    // Without a timeline asked for, every timeline that might reach the target is planned too.
+    for other in other_timelines(view, backups, request) {
+        gather(catalog, view, backups, &other, jobs).await?;
+    }
+    Ok(plan_restore(view, backups, request))
+}
+
+/// Reads what planning `request` needs.
+async fn gather(
+    catalog: &Catalog,
+    view: &mut ArchiveView,
+    backups: &[BackupManifest],
+    request: &PlanRequest,
+    jobs: usize,
+) -> Result<(), CatalogError> {
+    let Ok(candidates) = candidates(view, backups, request) else {
+        return Ok(());
     };
     for backup in candidates {
         let Some((_, path)) = resolve_path(view, backup, request.recovery.timeline) else {
@@ -91,7 +117,112 @@ pub async fn gather_and_plan(
             break;
         }
     }
-    Ok(plan_restore(view, backups, request))
+    Ok(())
+}
+
+/// The same request on each other timeline that may reach its target, when the request
+/// names no timeline and its target is a point in the history (a time, LSN, restore point
+/// or transaction): a restored copy's timeline, or an old primary's, reaches it too.
+fn other_timelines(
+    view: &ArchiveView,
+    backups: &[BackupManifest],
+    request: &PlanRequest,
+) -> Vec<PlanRequest> {
+    let point = matches!(
+        request.recovery.target,
+        Target::Time(_) | Target::Lsn(_) | Target::Name(_) | Target::Xid(_)
+    );
+    if request.recovery.timeline.is_some() || !point {
+        return Vec::new();
+    }
+    let mut timelines: BTreeSet<u32> = view.histories.keys().copied().collect();
+    timelines.insert(1);
+    timelines.extend(backups.iter().map(|b| b.timeline));
+    timelines
+        .into_iter()
+        .filter(|&t| view.path(t).is_some())
+        .map(|t| {
+            let mut other = request.clone();
+            other.recovery.timeline = Some(TargetTimeline::Number(t));
+            other
+        })
+        .collect()
+}
+
+/// Among the plans of the timelines that reach the target, those whose histories up to the
+/// target differ: one per distinct history (the first timeline of each). Two plans agree
+/// when they read the same segments, or stop at the same record before their paths fork.
+fn distinct_histories<'a>(view: &ArchiveView, plans: &'a [RestorePlan]) -> Vec<&'a RestorePlan> {
+    let mut distinct: Vec<&RestorePlan> = Vec::new();
+    for plan in plans {
+        let agrees = |other: &&RestorePlan| {
+            if other.segments.runs == plan.segments.runs {
+                return true;
+            }
+            let (Some(a), Some(b)) = (view.path(plan.timeline), view.path(other.timeline)) else {
+                return false;
+            };
+            match (plan.target_lsn, other.target_lsn, fork_point(&a, &b)) {
+                (Some(x), Some(y), Some(fork)) => x == y && x < fork,
+                (Some(x), Some(y), None) => x == y,
+                _ => false,
+            }
+        };
+        if !distinct.iter().any(agrees) {
+            distinct.push(plan);
+        }
+    }
+    distinct
+}
+
+/// The one-line refusal of a target that histories reach differently.
+fn ambiguous(
+    view: &ArchiveView,
+    backups: &[BackupManifest],
+    target: &Target,
+    plans: &[&RestorePlan],
+) -> PlanError {
+    let described: Vec<String> = plans
+        .iter()
+        .map(|plan| {
+            let origin = timeline_origin(view, plan.timeline);
+            let on_it: Vec<&str> = backups
+                .iter()
+                .filter(|b| b.timeline == plan.timeline)
+                .map(|b| b.id.as_str())
+                .collect();
+            let on_it = if on_it.is_empty() {
+                "no backup on it".to_owned()
+            } else {
+                format!("backups on it: {}", on_it.join(", "))
+            };
+            format!(
+                "timeline {} ({origin}; {on_it}; restores from backup {})",
+                plan.timeline, plan.backup.id
+            )
+        })
+        .collect();
+    let numbers: Vec<String> = plans.iter().map(|p| p.timeline.to_string()).collect();
+    PlanError::AmbiguousTimeline(format!(
+        "the target {target} is reached on {} timelines whose histories differ before it: {}; a restored \
+         copy that archived into this repository makes such a fork. Choose one with \
+         --target-timeline {} (`pitr list` shows the timeline tree)",
+        plans.len(),
+        described.join(", "),
+        numbers.join(" or ")
+    ))
+}
+
+/// Where `timeline` came from, in words.
+fn timeline_origin(view: &ArchiveView, timeline: u32) -> String {
+    match view.histories.get(&timeline).and_then(|h| h.last()) {
+        Some(parent) => format!(
+            "forked from timeline {} at {}",
+            parent.timeline, parent.switchpoint
+        ),
+        None if timeline == 1 => "the first timeline".to_owned(),
+        None => "no history file".to_owned(),
+    }
 }
 
 /// The plan for `request`: the first candidate backup from which recovery reaches the
@@ -102,7 +233,45 @@ pub fn plan_restore(
     backups: &[BackupManifest],
     request: &PlanRequest,
 ) -> Result<RestorePlan, PlanError> {
-    let candidates = candidates(backups, request)?;
+    let chosen = plan_one(view, backups, request);
+    let others = other_timelines(view, backups, request);
+    if others.is_empty() {
+        return chosen;
+    }
+    let reached: Vec<RestorePlan> = others
+        .iter()
+        .filter_map(|other| plan_one(view, backups, other).ok())
+        .collect();
+    let distinct = distinct_histories(view, &reached);
+    match chosen {
+        Ok(_) if distinct.len() > 1 => Err(ambiguous(
+            view,
+            backups,
+            &request.recovery.target,
+            &distinct,
+        )),
+        Ok(plan) => Ok(plan),
+        // Not reached on the default timeline: say where it is.
+        Err(PlanError::Unreachable(text)) if !distinct.is_empty() => {
+            let numbers: Vec<String> = distinct.iter().map(|p| p.timeline.to_string()).collect();
+            Err(PlanError::Unreachable(format!(
+                "{text} (on the latest timeline; timeline {} reaches it: pass \
+                 --target-timeline {})",
+                numbers.join(" and "),
+                numbers.join(" or ")
+            )))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// The plan for `request` on the timeline it resolves to.
+fn plan_one(
+    view: &ArchiveView,
+    backups: &[BackupManifest],
+    request: &PlanRequest,
+) -> Result<RestorePlan, PlanError> {
+    let candidates = candidates(view, backups, request)?;
     let mut refusals = Vec::new();
     for backup in &candidates {
         match plan_backup(view, backup, &request.recovery) {
@@ -187,8 +356,10 @@ fn xid_not_seen(xid: u32, after: &str, committed: Option<XidRange>) -> PlanError
 
 /// The backups worth trying, best first: the one asked for; for a time or LSN, the newest
 /// that finished before it; for a restore point or a transaction, whose position only the
-/// WAL knows, every backup from the newest; otherwise the newest.
+/// WAL knows, every backup from the newest; otherwise the newest. With a timeline number
+/// asked for, only backups recovery to it can start from count.
 pub fn candidates<'a>(
+    view: &ArchiveView,
     backups: &'a [BackupManifest],
     request: &PlanRequest,
 ) -> Result<Vec<&'a BackupManifest>, PlanError> {
@@ -202,6 +373,19 @@ pub fn candidates<'a>(
         return Err(PlanError::NoBackup);
     }
     let mut newest_first: Vec<&BackupManifest> = backups.iter().collect();
+    if let Some(TargetTimeline::Number(timeline)) = request.recovery.timeline
+        && let Some(path) = view.path(timeline)
+    {
+        let on_path: Vec<&BackupManifest> = newest_first
+            .iter()
+            .copied()
+            .filter(|b| path_holds_backup(&path, b))
+            .collect();
+        // None on it: the newest backup's refusal says why.
+        if !on_path.is_empty() {
+            newest_first = on_path;
+        }
+    }
     newest_first.sort_by(|a, b| (b.stop_time, &b.id).cmp(&(a.stop_time, &a.id)));
     let fits = |backup: &&BackupManifest| match &request.recovery.target {
         Target::Time(time) => backup.stop_time <= *time,
@@ -314,6 +498,7 @@ fn plan_backup(
         })?;
 
     // How many of the walked segments recovery reads, and where it stops.
+    let mut target_lsn = None;
     let (needed, stops) = match &recovery.target {
         Target::Immediate => (
             stop_count,
@@ -332,6 +517,7 @@ fn plan_backup(
                 .ok_or_else(|| {
                     Refusal::Other(beyond_reach(view, &walk, &format!("target LSN {lsn}")))
                 })?;
+            target_lsn = Some(*lsn);
             (count, format!("at LSN {lsn}"))
         }
         Target::Time(time) => {
@@ -367,13 +553,21 @@ fn plan_backup(
                 },
             );
             match found {
-                Some((index, t, segno)) => (
-                    (index + 1).max(stop_count),
-                    format!(
-                        "at restore point '{name}' (in {})",
-                        walk.segments.name((t, segno))
-                    ),
-                ),
+                Some((index, t, segno)) => {
+                    target_lsn = view.summary_of(t, segno).and_then(|s| {
+                        s.restore_points
+                            .iter()
+                            .find(|p| &p.name == name && p.lsn >= stop)
+                            .map(|p| p.lsn)
+                    });
+                    (
+                        (index + 1).max(stop_count),
+                        format!(
+                            "at restore point '{name}' (in {})",
+                            walk.segments.name((t, segno))
+                        ),
+                    )
+                }
                 None if walk.gap => {
                     return Err(Refusal::Other(beyond_reach(
                         view,
@@ -425,6 +619,7 @@ fn plan_backup(
                     end.lsn, backup.id
                 )));
             }
+            target_lsn = Some(end.lsn);
             (
                 (index + 1).max(stop_count),
                 format!(
@@ -465,6 +660,7 @@ fn plan_backup(
         histories,
         stops,
         wal_bytes,
+        target_lsn,
     })
 }
 
@@ -495,9 +691,8 @@ fn committed_xids(view: &ArchiveView, walk: &Walk) -> Option<XidRange> {
 }
 
 fn branch_point(path: &[TimelineSpan], timeline: u32) -> String {
-    path.iter()
-        .find(|span| span.timeline == timeline)
-        .and_then(|span| span.end)
+    switch_point(path, timeline)
+        .flatten()
         .map_or_else(String::new, |end| {
             format!(" (it leaves timeline {timeline} at {end})")
         })

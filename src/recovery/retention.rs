@@ -62,6 +62,8 @@ pub enum Rule {
     KeepWeekly,
     KeepMonthly,
     KeepYearly,
+    /// A restore in flight replays from it (a live replay claim).
+    Replay,
 }
 
 impl fmt::Display for Rule {
@@ -75,6 +77,7 @@ impl fmt::Display for Rule {
             Rule::KeepWeekly => "keep_weekly",
             Rule::KeepMonthly => "keep_monthly",
             Rule::KeepYearly => "keep_yearly",
+            Rule::Replay => "replay",
         })
     }
 }
@@ -114,6 +117,8 @@ pub enum WalReason {
     Consistency { backup: String },
     /// A timeline no backup has reached yet: a backup running or to come starts there.
     NewTimeline,
+    /// A restore in flight replays it (a live replay claim).
+    Replay { claim: String, backup: String },
 }
 
 impl KeptWal {
@@ -125,7 +130,10 @@ impl KeptWal {
 
     /// Whether the stretch is there for point-in-time recovery, not only consistency.
     fn is_continuous(&self) -> bool {
-        !matches!(self.reason, WalReason::Consistency { .. })
+        matches!(
+            self.reason,
+            WalReason::Continuous { .. } | WalReason::NewTimeline
+        )
     }
 }
 
@@ -408,6 +416,57 @@ pub fn plan_retention(
         orphan_summaries,
         expired_before,
     }
+}
+
+/// What a live replay claim holds: its backup and the segments its recovery reads, as
+/// (timeline, first, last) segment numbers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReplayHold {
+    pub claim: String,
+    pub backup: String,
+    pub runs: Vec<(u32, u64, u64)>,
+}
+
+/// Keeps what live replays need on top of what the policy keeps: their backups (rule
+/// `replay`) and every segment they read, whatever the policy says of them.
+pub fn hold_for_replays(plan: &mut RetentionPlan, holds: &[ReplayHold], segment_size: u64) {
+    for hold in holds {
+        if let Some(position) = plan.removed.iter().position(|r| r.id == hold.backup) {
+            // Its backup history file stays with it.
+            let removed = plan.removed.remove(position);
+            plan.kept.push(KeptBackup {
+                id: removed.id,
+                rules: vec![Rule::Replay],
+                periods: Vec::new(),
+            });
+        } else if let Some(kept) = plan.kept.iter_mut().find(|k| k.id == hold.backup)
+            && !kept.rules.contains(&Rule::Replay)
+        {
+            kept.rules.push(Rule::Replay);
+        }
+        for &(timeline, first, last) in &hold.runs {
+            plan.wal_kept.push(KeptWal {
+                timeline,
+                first_segno: first,
+                last_segno: Some(last),
+                reason: WalReason::Replay {
+                    claim: hold.claim.clone(),
+                    backup: hold.backup.clone(),
+                },
+            });
+        }
+    }
+    let held = |name: &WalFileName| {
+        name.segment_number(segment_size).is_some_and(|segno| {
+            holds.iter().any(|h| {
+                h.runs.iter().any(|&(timeline, first, last)| {
+                    timeline == name.timeline() && (first..=last).contains(&segno)
+                })
+            })
+        })
+    };
+    plan.wal_removed.retain(|file| !held(&file.name));
+    plan.orphan_summaries.retain(|name| !held(name));
 }
 
 /// The id as `backups` owns it (the rules map borrows from the input, not from the sort).

@@ -2,7 +2,10 @@
 //! that was promoted while still archiving here leaves one, and recovery to the latest
 //! timeline (PostgreSQL's default) would follow the copy's data rather than production's.
 
+use std::collections::BTreeSet;
+
 use crate::catalog::backup::BackupManifest;
+use crate::pg::Lsn;
 
 use super::view::ArchiveView;
 
@@ -26,6 +29,57 @@ pub fn timelines_without_backup(view: &ArchiveView, backups: &[BackupManifest]) 
         .copied()
         .filter(|&t| Some(t) != newest && !covered(t))
         .collect()
+}
+
+/// One timeline of the repository's tree, with its origin.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct TimelineOrigin {
+    pub timeline: u32,
+    /// The timeline it forked from (its history file's last line); none for a first one.
+    pub parent: Option<u32>,
+    /// Where it forked: the first LSN of this timeline.
+    pub switch_point: Option<Lsn>,
+    /// Ancestors in its history file: the indentation of `pitr list`'s tree.
+    pub depth: usize,
+    /// The backups taken on it.
+    pub backups: Vec<String>,
+}
+
+/// Every timeline with WAL, a history file or a backup, as a tree: each after its parent,
+/// children in number order.
+pub fn timeline_tree(view: &ArchiveView, backups: &[BackupManifest]) -> Vec<TimelineOrigin> {
+    let mut timelines: BTreeSet<u32> = view.listing.timelines();
+    timelines.extend(view.histories.keys());
+    timelines.extend(backups.iter().map(|b| b.timeline));
+    let origin = |timeline: u32| {
+        let history = view.histories.get(&timeline);
+        let parent = history.and_then(|h| h.last());
+        TimelineOrigin {
+            timeline,
+            parent: parent.map(|p| p.timeline),
+            switch_point: parent.map(|p| p.switchpoint),
+            depth: history.map_or(0, Vec::len),
+            backups: backups
+                .iter()
+                .filter(|b| b.timeline == timeline)
+                .map(|b| b.id.clone())
+                .collect(),
+        }
+    };
+    let all: Vec<TimelineOrigin> = timelines.into_iter().map(origin).collect();
+    let known: BTreeSet<u32> = all.iter().map(|o| o.timeline).collect();
+    let mut ordered = Vec::with_capacity(all.len());
+    // Roots: no parent, or a parent that left no trace here.
+    let mut stack: Vec<&TimelineOrigin> = all
+        .iter()
+        .filter(|o| o.parent.is_none_or(|p| !known.contains(&p)))
+        .rev()
+        .collect();
+    while let Some(node) = stack.pop() {
+        ordered.push(node.clone());
+        stack.extend(all.iter().filter(|o| o.parent == Some(node.timeline)).rev());
+    }
+    ordered
 }
 
 /// What restore and `pitr list` say about such a timeline.
@@ -53,9 +107,34 @@ mod tests {
         let identity = crate::catalog::RepositoryIdentity::for_tests(16 << 20, 8192);
         let histories: BTreeMap<u32, _> = histories
             .iter()
-            .map(|(t, text)| (*t, parse_history(text).unwrap()))
+            .map(|(t, text)| (*t, parse_history(*t, text).unwrap()))
             .collect();
         ArchiveView::new(&identity, WalListing::default(), histories)
+    }
+
+    #[test]
+    fn the_tree_puts_each_timeline_under_its_parent() {
+        let v = view(&[
+            (2, "1\t0/3000000\tcopy\n"),
+            (3, "1\t0/5000000\tfailover\n"),
+            (4, "1\t0/3000000\tx\n2\t0/4000000\ty\n"),
+        ]);
+        let tree = timeline_tree(&v, &[backup("a", 1, 1), backup("c", 2, 2)]);
+        let shape: Vec<(u32, Option<u32>, usize)> = tree
+            .iter()
+            .map(|o| (o.timeline, o.parent, o.depth))
+            .collect();
+        assert_eq!(
+            shape,
+            vec![
+                (1, None, 0),
+                (2, Some(1), 1),
+                (4, Some(2), 2),
+                (3, Some(1), 1)
+            ]
+        );
+        assert_eq!(tree[1].switch_point, Some(Lsn(0x300_0000)));
+        assert_eq!(tree[1].backups, vec!["c".to_owned()]);
     }
 
     #[test]

@@ -104,22 +104,22 @@ impl ArchiveView {
         identity: &RepositoryIdentity,
         listing: WalListing,
     ) -> Result<Self, CatalogError> {
-        let read: Vec<(u32, Vec<HistoryEntry>)> = stream::iter(&listing.histories)
-            .map(|(&timeline, file)| async move {
-                let what = format!("history file {}", file.name);
-                let text = catalog.read_object(&file.object, what.clone()).await?;
-                let entries = parse_history(&String::from_utf8_lossy(&text)).map_err(|reason| {
-                    CatalogError::Corrupt {
-                        what,
-                        location: catalog.location(),
-                        reason,
-                    }
-                })?;
-                Ok::<_, CatalogError>((timeline, entries))
-            })
-            .buffered(LOAD_JOBS)
-            .try_collect()
-            .await?;
+        let read: Vec<(u32, Vec<HistoryEntry>)> =
+            stream::iter(&listing.histories)
+                .map(|(&timeline, file)| async move {
+                    let what = format!("history file {}", file.name);
+                    let text = catalog.read_object(&file.object, what.clone()).await?;
+                    let entries = parse_history(timeline, &String::from_utf8_lossy(&text))
+                        .map_err(|reason| CatalogError::Corrupt {
+                            what,
+                            location: catalog.location(),
+                            reason,
+                        })?;
+                    Ok::<_, CatalogError>((timeline, entries))
+                })
+                .buffered(LOAD_JOBS)
+                .try_collect()
+                .await?;
         Ok(ArchiveView::new(
             identity,
             listing,
@@ -579,7 +579,7 @@ mod tests {
             listing: WalListing::from_files(files, SEG),
             histories: histories
                 .iter()
-                .map(|(t, text)| (*t, parse_history(text).unwrap()))
+                .map(|(t, text)| (*t, parse_history(*t, text).unwrap()))
                 .collect(),
             summaries: HashMap::new(),
             sizes: HashMap::new(),

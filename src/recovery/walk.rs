@@ -5,7 +5,7 @@
 use std::ops::Range;
 
 use crate::catalog::backup::BackupManifest;
-use crate::pg::timeline::TimelineSpan;
+use crate::pg::timeline::{TimelineSpan, timeline_of_point};
 use crate::pg::wal_name::xlog_file_name;
 
 #[derive(Clone, Debug)]
@@ -142,11 +142,11 @@ impl SegmentRuns {
     }
 }
 
-/// True when recovery along `path` can start from `backup`: its timeline is on the path and
-/// was left only after the backup started.
+/// True when recovery along `path` can start from `backup`: the path reads the backup's
+/// start from the backup's own timeline (PostgreSQL checks `tliOfPointInHistory` of the
+/// checkpoint against its timeline, newest span first: spans may overlap).
 pub fn path_holds_backup(path: &[TimelineSpan], backup: &BackupManifest) -> bool {
-    path.iter()
-        .any(|span| span.timeline == backup.timeline && span.contains(backup.start_lsn))
+    timeline_of_point(path, backup.start_lsn) == Some(backup.timeline)
 }
 
 #[cfg(test)]

@@ -38,11 +38,21 @@ pub struct Scratch {
     /// The backup's major version (settings differ by version).
     pg_version: u32,
     server: Option<Child>,
+    /// The replay claim the restore holds in the repository while the server replays, and
+    /// the command it is held for.
+    claim: String,
+    command: &'static str,
 }
 
 impl Scratch {
     /// A new private directory under `parent` (made if missing).
-    pub fn create(parent: &Path, prefix: &str, keep: bool) -> Result<Scratch> {
+    /// `command` (`drill`, `restore-table`) names the replay claim's holder.
+    pub fn create(
+        parent: &Path,
+        prefix: &str,
+        keep: bool,
+        command: &'static str,
+    ) -> Result<Scratch> {
         fs::create_dir_all(parent).map_err(|e| Error::local_io(parent.display(), e))?;
         let root = tempfile::Builder::new()
             .prefix(prefix)
@@ -58,6 +68,8 @@ impl Scratch {
             superuser: "postgres".into(),
             pg_version: 0,
             server: None,
+            claim: crate::catalog::replay::new_claim_id(),
+            command,
         })
     }
 
@@ -100,6 +112,8 @@ impl Scratch {
             port: Some(self.port),
         };
         options.request.recovery.action = Some(crate::pg::recovery_target::TargetAction::Promote);
+        options.claim = Some(self.claim.clone());
+        options.command = self.command;
         let report = restore(catalog, &options).await?;
         self.owner = report.owner.clone();
         let backup = &report.plan.backup;
@@ -269,6 +283,17 @@ impl Scratch {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         stop_now(&mut child);
+    }
+
+    /// Lets the replay claim go: once the server is stopped, nothing reads the repository's WAL
+    /// for this copy. Called on every way out (a claim left behind goes stale).
+    pub async fn release_claim(&self, catalog: &Catalog) {
+        if let Err(e) = catalog.remove_replay_claim(&self.claim).await {
+            tracing::warn!(
+                "could not remove the replay claim {} (expire ignores it once stale): {e}",
+                self.claim
+            );
+        }
     }
 
     /// The server's log lines that say what went wrong (FATAL, PANIC, ERROR).

@@ -476,17 +476,22 @@ impl Session {
         Ok(ArchiverStats::parse(&row))
     }
 
-    /// The WAL segment name holding `lsn` on the current timeline.
-    pub async fn walfile_name(&self, lsn: Lsn) -> Result<String, Error> {
-        let row = self
-            .client
-            .query_one(
-                "SELECT pg_walfile_name($1::text::pg_lsn)",
-                &[&lsn.to_string()],
+    /// The timeline a standby's backup stop point is on, or later: `pg_backup_stop` took its
+    /// stop point from the control file's minimum recovery point, which only moves forward
+    /// (`pg_walfile_name`, which would name it, is refused during recovery). After a
+    /// promotion the minimum recovery point is cleared: then the last checkpoint's timeline.
+    pub async fn recovery_timeline(&self) -> Result<u32, Error> {
+        let text = self
+            .text(
+                "reading the recovery timeline",
+                "SELECT greatest(r.min_recovery_end_timeline, c.timeline_id)::text \
+                 FROM pg_control_recovery() r, pg_control_checkpoint() c",
             )
-            .await
-            .map_err(|e| sql_error("naming the WAL segment", e))?;
-        Ok(row.get(0))
+            .await?;
+        text.parse()
+            .ok()
+            .filter(|&t: &u32| t > 0)
+            .ok_or_else(|| Error::Server(format!("'{text}' is not a timeline")))
     }
 }
 

@@ -67,6 +67,7 @@ fn repository(
             wal: Vec::new(),
             recovery_window: Vec::new(),
             timelines_without_backup: Vec::new(),
+            timelines: Vec::new(),
         },
         newest_wal: BTreeMap::from([(
             1,

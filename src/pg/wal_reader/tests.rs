@@ -89,6 +89,8 @@ fn write_wal_after(prev: u64, start: u64, records: &[Vec<u8>], pages: usize) -> 
         wal[at + 8..at + 16].copy_from_slice(&lsn.to_le_bytes());
         wal[at + 16..at + 20].copy_from_slice(&(rem_len as u32).to_le_bytes());
         if info & XLP_LONG_HEADER != 0 {
+            // The system identifier of `RepositoryIdentity::for_tests`.
+            wal[at + 24..at + 32].copy_from_slice(&1u64.to_le_bytes());
             wal[at + 32..at + 36].copy_from_slice(&(SEGMENT as u32).to_le_bytes());
             wal[at + 36..at + 40].copy_from_slice(&(BLOCK as u32).to_le_bytes());
         }

@@ -84,7 +84,7 @@ impl Archive {
         );
         let histories: BTreeMap<u32, _> = histories
             .iter()
-            .map(|(t, text)| (*t, parse_history(text).unwrap()))
+            .map(|(t, text)| (*t, parse_history(*t, text).unwrap()))
             .collect();
         Archive {
             view: ArchiveView::new(&identity, WalListing::from_files(files, SEG), histories),
@@ -484,17 +484,19 @@ fn a_time_on_the_parent_after_the_switch_is_reached_only_on_the_parent() {
     // timeline 2 only until 10:30.
     let archive = Archive::new(&[(1, 2, 7), (2, 5, 7)], &[(2, "1\t0/5000100\tpromoted\n")])
         .commits(1, 3, 5)
+        .commits(1, 4, 15)
         .commits(1, 6, 35)
         .commits(1, 7, 40)
         .commits(2, 6, 25)
         .commits(2, 7, 30);
     let backups = [backup("a", 1, 2, 3, 10)];
-    // On the latest timeline (2), 10:37 lies after its last commit.
+    // On the latest timeline (2), 10:37 lies after its last commit; timeline 1 reaches it.
     let text = unreachable_text(archive.plan(&backups, Target::Time(at(37))));
     assert!(
         text.contains("latest reachable time is 2026-11-22T10:30:00Z"),
         "{text}"
     );
+    assert!(text.contains("pass --target-timeline 1"), "{text}");
     // On timeline 1 it is reached, in timeline 1's own segment 7.
     let plan = archive
         .plan_on(
@@ -505,9 +507,148 @@ fn a_time_on_the_parent_after_the_switch_is_reached_only_on_the_parent() {
         .unwrap();
     assert_eq!(plan.timeline, 1);
     assert_eq!(names(&plan).last().unwrap(), &seg(1, 7));
-    // 10:27 is reached on timeline 2, in its segment 7.
-    let plan = archive.plan(&backups, Target::Time(at(27))).unwrap();
+    // 10:27 is reached on both, past the fork: a choice, never a guess.
+    let text = ambiguous_text(archive.plan(&backups, Target::Time(at(27))));
+    assert!(text.contains("--target-timeline 1 or 2"), "{text}");
+    let plan = archive
+        .plan_on(
+            &backups,
+            Target::Time(at(27)),
+            Some(TargetTimeline::Number(2)),
+        )
+        .unwrap();
     assert_eq!(names(&plan).last().unwrap(), &seg(2, 7));
+    // Before the fork both read the same WAL: no question to ask.
+    let plan = archive.plan(&backups, Target::Time(at(12))).unwrap();
+    assert_eq!(names(&plan).last().unwrap(), &seg(1, 4));
+}
+
+fn ambiguous_text(result: Result<RestorePlan, PlanError>) -> String {
+    match result {
+        Err(PlanError::AmbiguousTimeline(text)) => text,
+        other => panic!("expected AmbiguousTimeline, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_restored_copys_timeline_and_the_primarys_are_never_guessed() {
+    // The primary stays on timeline 1 (segments 2-8); a restored copy of backup a promoted
+    // to timeline 2 at 0/5000100, archived here (5-8) and took backup c.
+    let archive = Archive::new(&[(1, 2, 8), (2, 5, 8)], &[(2, "1\t0/5000100\tcopy\n")])
+        .commits(1, 6, 32)
+        .commits(1, 8, 50)
+        .commits(2, 7, 34)
+        .commits(2, 8, 52)
+        .restore_point(1, 7, "after")
+        .restore_point(2, 7, "after")
+        .restore_point(1, 3, "before")
+        .restore_point(2, 8, "copy-only");
+    let backups = [backup("a", 1, 2, 3, 10), backup("c", 2, 6, 6, 30)];
+    for target in [
+        Target::Time(at(40)),
+        Target::Name("after".into()),
+        Target::Lsn(lsn(7, 0)),
+    ] {
+        let text = ambiguous_text(archive.plan(&backups, target.clone()));
+        assert!(!text.contains('\n'), "{text}");
+        for says in [
+            "timeline 1 (the first timeline; backups on it: a; restores from backup a)",
+            "timeline 2 (forked from timeline 1 at 0/5000100; backups on it: c",
+            "--target-timeline 1 or 2",
+        ] {
+            assert!(text.contains(says), "{target:?}: {text}");
+        }
+    }
+    // Asked for, each timeline restores its own history from a backup on its path.
+    let on = |t| Some(TargetTimeline::Number(t));
+    let one = archive
+        .plan_on(&backups, Target::Time(at(40)), on(1))
+        .unwrap();
+    assert_eq!((one.timeline, one.backup.id.as_str()), (1, "a"));
+    assert_eq!(names(&one).last().unwrap(), &seg(1, 8));
+    let two = archive
+        .plan_on(&backups, Target::Time(at(40)), on(2))
+        .unwrap();
+    assert_eq!((two.timeline, two.backup.id.as_str()), (2, "c"));
+    assert_eq!(names(&two).last().unwrap(), &seg(2, 8));
+    // `latest`, asked for, is PostgreSQL's choice: the newest timeline.
+    let latest = archive
+        .plan_on(&backups, Target::Time(at(40)), Some(TargetTimeline::Latest))
+        .unwrap();
+    assert_eq!(latest.timeline, 2);
+    // A point before the fork, or only on one timeline, is no question.
+    let before = archive
+        .plan(&backups, Target::Name("before".into()))
+        .unwrap();
+    assert_eq!(before.backup.id, "a");
+    let copy = archive
+        .plan(&backups, Target::Name("copy-only".into()))
+        .unwrap();
+    assert_eq!(copy.timeline, 2);
+    // Without a target, recovery follows the latest timeline as PostgreSQL does.
+    assert_eq!(archive.plan(&backups, Target::End).unwrap().timeline, 2);
+}
+
+/// PostgreSQL 15's t/028_pitr_timelines.pl: timeline 2 promoted at 0/3018CB0; a PITR to
+/// restore point 'rp', read from timeline 2's segment 3, stopped at 0/3018C48 and became
+/// timeline 3, whose history's switch points go back.
+const PG028: [(u32, &str); 2] = [
+    (2, "1\t0/3018CB0\tno recovery target specified\n"),
+    (
+        3,
+        "1\t0/3018CB0\tno recovery target specified\n\n\
+         2\t0/3018C48\tat restore point \"rp\"\n",
+    ),
+];
+
+#[test]
+fn recovery_follows_a_history_whose_switch_points_go_back_as_postgresql_does() {
+    let archive = Archive::new(&[(1, 1, 2), (2, 3, 3), (3, 3, 4)], &PG028)
+        .restore_point(2, 3, "rp")
+        .restore_point(3, 3, "rp");
+    let backups = [backup("a", 1, 1, 1, 10)];
+    // Latest is 3; segment 3 comes from timeline 3, never from 2.
+    let plan = archive.plan(&backups, Target::End).unwrap();
+    assert_eq!(plan.timeline, 3);
+    assert_eq!(
+        names(&plan),
+        vec![seg(1, 1), seg(1, 2), seg(3, 3), seg(3, 4)]
+    );
+    assert_eq!(plan.histories.len(), 2);
+    // The restore point lies before both forks: timelines 2 and 3 agree.
+    let plan = archive.plan(&backups, Target::Name("rp".into())).unwrap();
+    assert_eq!(plan.timeline, 3);
+    assert_eq!(names(&plan), vec![seg(1, 1), seg(1, 2), seg(3, 3)]);
+    let plan = archive
+        .plan_on(
+            &backups,
+            Target::Name("rp".into()),
+            Some(TargetTimeline::Number(2)),
+        )
+        .unwrap();
+    assert_eq!(names(&plan), vec![seg(1, 1), seg(1, 2), seg(2, 3)]);
+}
+
+#[test]
+fn a_switch_point_equal_to_or_behind_its_parents_is_followed_as_postgresql_does() {
+    // Equal: timeline 3 leaves 2 where 2 began; behind: a segment before 2 began.
+    for (history, first_on_three) in [
+        ("1\t0/5000100\ta\n2\t0/5000100\tb\n", 5),
+        ("1\t0/5000100\ta\n2\t0/4000200\tb\n", 4),
+    ] {
+        let archive = Archive::new(
+            &[(1, 2, 6), (2, 5, 6), (3, first_on_three, 7)],
+            &[(2, "1\t0/5000100\ta\n"), (3, history)],
+        );
+        let backups = [backup("a", 1, 2, 3, 10)];
+        let plan = archive.plan(&backups, Target::End).unwrap();
+        assert_eq!(plan.timeline, 3);
+        let expected: Vec<String> = (2..first_on_three)
+            .map(|s| seg(1, s))
+            .chain((first_on_three..=7).map(|s| seg(3, s)))
+            .collect();
+        assert_eq!(names(&plan), expected, "{history:?}");
+    }
 }
 
 #[test]

@@ -68,7 +68,7 @@ fn view(runs: &[(u32, u64, u64)], other: &[&str], histories: &[(u32, &str)]) -> 
         .collect();
     let histories: BTreeMap<u32, _> = histories
         .iter()
-        .map(|(t, text)| (*t, parse_history(text).unwrap()))
+        .map(|(t, text)| (*t, parse_history(*t, text).unwrap()))
         .collect();
     ArchiveView::new(&identity, listing, histories)
 }
@@ -637,4 +637,37 @@ fn windows_are_parsed_as_durations() {
         backup_history_name(&backup(2, 5, 5, "2026-11-20T10:00:00Z"), SEG),
         "000000020000000000000005.00000028.backup"
     );
+}
+
+#[test]
+fn a_replay_in_flight_keeps_its_backup_and_the_segments_it_reads() {
+    let backups = [
+        backup(1, 2, 3, "2026-11-20T10:00:00Z"),
+        backup(1, 8, 9, "2026-11-20T12:00:00Z"),
+    ];
+    let view = view(&[(1, 1, 12)], &[], &[]);
+    let policy = Policy {
+        keep_last: Some(1),
+        ..policy()
+    };
+    let mut retention = plan(&view, &backups, "2026-11-21T00:00:00Z", &policy);
+    assert_eq!(removed_ids(&retention), vec![backups[0].id.as_str()]);
+    assert!(removed_wal(&retention).contains(&seg(1, 5).as_str()));
+    let hold = ReplayHold {
+        claim: "ab".into(),
+        backup: backups[0].id.clone(),
+        runs: vec![(1, 2, 10)],
+    };
+    hold_for_replays(&mut retention, &[hold], SEG);
+    assert!(removed_ids(&retention).is_empty());
+    assert_eq!(rules_of(&retention, &backups[0].id), &[Rule::Replay]);
+    // Before the replay's first segment WAL still goes; none of what it reads does.
+    assert_eq!(removed_wal(&retention), vec![seg(1, 1).as_str()]);
+    assert!(retention.wal_kept.iter().any(|r| r.reason
+        == WalReason::Replay {
+            claim: "ab".into(),
+            backup: backups[0].id.clone()
+        }
+        && r.first_segno == 2
+        && r.last_segno == Some(10)));
 }
