@@ -17,16 +17,7 @@ async fn replay_stops_at_a_corrupt_or_unreadable_segment_and_resumes_once_repair
     let (pitr, mut cluster) = archiving_cluster(&dir, &repo, "");
     cluster.sql("create table t (id int)");
     pitr.backup(&cluster);
-    // Commits spread over several segments after the backup.
-    let mut segments = Vec::new();
-    for i in 0..4 {
-        cluster.sql(&format!(
-            "insert into t select g from generate_series({}, {}) g",
-            i * 1000 + 1,
-            (i + 1) * 1000
-        ));
-        segments.push(cluster.archive_current_segment(Duration::from_secs(60)));
-    }
+    let segments = rows_in_four_segments(&cluster);
     let expected = cluster.sql("select count(*) from t");
     assert_eq!(expected, "4000");
     cluster.stop();
@@ -104,6 +95,20 @@ async fn replay_holds_the_pre_flight_proof_on_s3() {
     replay_holds_the_pre_flight_proof(&dir, &repo).await;
 }
 
+/// Rows 1 to 4000 of `t`, a thousand in each of four archived segments; their names.
+fn rows_in_four_segments(cluster: &PgCluster) -> Vec<String> {
+    (0..4)
+        .map(|i| {
+            cluster.sql(&format!(
+                "insert into t select g from generate_series({}, {}) g",
+                i * 1000 + 1,
+                (i + 1) * 1000
+            ));
+            cluster.archive_current_segment(Duration::from_secs(60))
+        })
+        .collect()
+}
+
 /// The repository key of an archived segment (docs/repository-format.md).
 fn wal_key(name: &str) -> String {
     format!("wal/{}/{name}.lz4", &name[..16])
@@ -126,15 +131,7 @@ async fn replay_holds_the_pre_flight_proof(dir: &TestDir, repo: &Repo) {
     let older = pitr.backup(&cluster);
     // Commits spread over several segments after the older backup, then a newer backup and
     // more after it: the older backup's restore reads WAL that keep-last 1 would remove.
-    let mut segments = Vec::new();
-    for i in 0..4 {
-        cluster.sql(&format!(
-            "insert into t select g from generate_series({}, {}) g",
-            i * 1000 + 1,
-            (i + 1) * 1000
-        ));
-        segments.push(cluster.archive_current_segment(Duration::from_secs(60)));
-    }
+    let segments = rows_in_four_segments(&cluster);
     pitr.backup(&cluster);
     cluster.sql("insert into t select g from generate_series(4001, 5000) g");
     cluster.archive_current_segment(Duration::from_secs(60));
@@ -261,21 +258,12 @@ async fn misnamed_objects_are_caught(name: &str, repo: impl FnOnce(&TestDir) -> 
     let (pitr, mut cluster) = archiving_cluster(&dir, &repo, "");
     cluster.sql("create table t (id int)");
     pitr.backup(&cluster);
-    let mut segments = Vec::new();
-    for i in 0..4 {
-        cluster.sql(&format!(
-            "insert into t select g from generate_series({}, {}) g",
-            i * 1000 + 1,
-            (i + 1) * 1000
-        ));
-        segments.push(cluster.archive_current_segment(Duration::from_secs(60)));
-    }
+    let segments = rows_in_four_segments(&cluster);
     let expected = cluster.sql("select count(*) from t");
     assert_eq!(expected, "4000");
     cluster.stop();
 
     let storage = repo.storage().await;
-    let wal_key = |segment: &str| format!("wal/{}/{segment}.lz4", &segment[..16]);
     let summary_key = |segment: &str| format!("wal/{}/{segment}.summary.json", &segment[..16]);
     let (donor, victim) = (&segments[1], &segments[2]);
     let good = read_all(&*storage, &wal_key(victim)).await.unwrap();
