@@ -93,3 +93,30 @@ time_loop() { # DIR CMD NAME...
 
 # The smaller of two numbers (best of several runs on a noisy machine).
 best() { awk -v a="$1" -v b="$2" 'BEGIN { print (a < b ? a : b) }'; }
+
+# The server binaries of PostgreSQL PG_MAJOR (default 15): the system's 15, or another major
+# from scripts/pg_versions.sh (npm packages with no client tools: pgbench and psql stay 15's,
+# which work against every server). Sets PG_BIN, PG_CLIENT_BIN and PG_MAJOR.
+pick_pg() {
+  PG_MAJOR=${PG_MAJOR:-15}
+  PG_CLIENT_BIN=/usr/lib/postgresql/15/bin
+  if [ "$PG_MAJOR" = 15 ]; then
+    PG_BIN=/usr/lib/postgresql/15/bin
+  else
+    eval "$(bash scripts/pg_versions.sh)"
+    local var="PITR_TEST_PG${PG_MAJOR}_BIN"
+    PG_BIN=${!var:-}
+    [ -n "$PG_BIN" ] || { echo "PostgreSQL $PG_MAJOR is not one scripts/pg_versions.sh installs (13, 14, 16, 17, 18)" >&2; exit 1; }
+  fi
+}
+
+# Whether the installed pgBackRest supports PostgreSQL PG_MAJOR: it refuses newer servers at
+# stanza-create, so the comparison columns are left out (n/a) on those.
+pgbr_supports() {
+  local v max
+  v=$(pgbackrest version | awk '{ print $2 }')
+  # PostgreSQL support by pgBackRest release: 16 from 2.47, 17 from 2.53, 18 from 2.56.
+  max=$(awk -v v="$v" 'BEGIN { split(v, p, "."); n = p[1] * 100 + p[2];
+    print (n >= 256 ? 18 : n >= 253 ? 17 : n >= 247 ? 16 : 15) }')
+  [ "$PG_MAJOR" -le "$max" ]
+}

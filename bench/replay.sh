@@ -14,6 +14,8 @@
 #
 #   bash bench/replay.sh                 (needs root or the postgres user)
 #   WAL_MB=100 bash bench/replay.sh      a quick check of the script
+#   PG_MAJOR=18 bash bench/replay.sh     on another major (13-18, scripts/pg_versions.sh);
+#                                        pgBackRest's rows are n/a where it lacks support
 #
 # WAL_MB (default 1100): WAL to replay, from the pitr backup's start. SCALE (20): pgbench scale.
 # LATENCY_MS (20). PROFILE=debug uses debug builds instead of release ones. KEEP=1 keeps the
@@ -28,11 +30,14 @@ SCALE=${SCALE:-20}
 LATENCY_MS=${LATENCY_MS:-20}
 PROFILE=${PROFILE:-release}
 RSS=${RSS:-1}
-PG_BIN=/usr/lib/postgresql/15/bin
+source bench/lib.sh
+pick_pg
 export PATH="$HOME/.cargo/bin:$PATH"
 command -v pgbackrest >/dev/null || { echo "pgbackrest is not installed: apt-get install pgbackrest" >&2; exit 1; }
 [ -x "$PG_BIN/initdb" ] || { echo "PostgreSQL 15 is not installed: apt-get install postgresql-15" >&2; exit 1; }
 [ -x /usr/bin/time ] || { echo "GNU time is not installed: apt-get install time" >&2; exit 1; }
+PGBR_ON=1
+pgbr_supports || PGBR_ON=0
 command -v s3s-fs >/dev/null || cargo install s3s-fs --version 0.14.1 --features binary --locked
 
 if [ "$PROFILE" = debug ]; then
@@ -89,10 +94,11 @@ pgbr_conf "$WORK/pgbackrest-async.conf" "archive-async=y
 process-max=2"
 PITR="$WORK/pitr --repo $REPO"
 PGBR="pgbackrest --config=$WORK/pgbackrest.conf --stanza=bench"
-sql() { as_pg psql -X -h "$WORK" -U postgres -Atqc "$1" postgres; }
+sql() { as_pg "$PG_CLIENT_BIN/psql" -X -h "$WORK" -U postgres -Atqc "$1" postgres; }
 lsn_bytes() { local hi=${1%/*} lo=${1#*/}; echo $(( (16#$hi << 32) + 16#$lo )); }
 segment_end() { echo $(( ((16#${1:8:8} << 8) + 16#${1:16:8} + 1) << 24 )); }
 
+echo "== PostgreSQL $PG_MAJOR ($PG_BIN)$([ "$PGBR_ON" = 1 ] || echo "; pgBackRest $(pgbackrest version | awk '{ print $2 }') does not support it: its rows are n/a")"
 echo "== setup: pgbench scale $SCALE, archiving to pitr and pgBackRest, two backups"
 as_pg "$PG_BIN/initdb" -D "$WORK/data" -A trust -U postgres -N >/dev/null
 cat >> "$WORK/data/postgresql.conf" <<EOF
@@ -103,22 +109,22 @@ max_wal_size = '2GB'
 wal_keep_size = '$(( WAL_MB * 2 + 1024 ))MB'
 synchronous_commit = off
 archive_mode = on
-archive_command = '$PITR archive-push %p && $PGBR archive-push %p'
+archive_command = '$PITR archive-push %p$([ "$PGBR_ON" = 1 ] && echo " && $PGBR archive-push %p")'
 EOF
 as_pg $PITR init --pgdata "$WORK/data" >/dev/null
 as_pg "$PG_BIN/pg_ctl" -D "$WORK/data" -l "$WORK/pg.log" -w start >/dev/null
-as_pg $PGBR stanza-create >/dev/null
-as_pg "$PG_BIN/pgbench" -h "$WORK" -U postgres -i -s "$SCALE" -q postgres 2>/dev/null
+[ "$PGBR_ON" = 1 ] && as_pg $PGBR stanza-create >/dev/null
+as_pg "$PG_CLIENT_BIN/pgbench" -h "$WORK" -U postgres -i -s "$SCALE" -q postgres 2>/dev/null
 sql checkpoint
 start_lsn=$(sql "select pg_current_wal_lsn()")
 # (Progress lines go to stderr whatever -q says: kept in a file.)
 as_pg $PITR -q backup --pgdata "$WORK/data" --dbname "host=$WORK port=5432 user=postgres" >/dev/null 2>"$WORK/backup.err" ||
   { cat "$WORK/backup.err" >&2; exit 1; }
-as_pg $PGBR --type=full backup >/dev/null
+[ "$PGBR_ON" = 1 ] && as_pg $PGBR --type=full backup >/dev/null
 while :; do
   written=$(sql "select pg_current_wal_lsn() - '$start_lsn'::pg_lsn")
   [ "$written" -ge $(( WAL_MB << 20 )) ] && break
-  as_pg "$PG_BIN/pgbench" -h "$WORK" -U postgres -c 4 -j 2 -T 3 postgres >/dev/null 2>&1
+  as_pg "$PG_CLIENT_BIN/pgbench" -h "$WORK" -U postgres -c 4 -j 2 -T 3 postgres >/dev/null 2>&1
 done
 last=$(sql "select pg_walfile_name(pg_current_wal_lsn())")
 sql "select pg_switch_wal()" >/dev/null
@@ -201,25 +207,33 @@ run() { # CASE RESTORE-COMMAND...
 run limit "$WORK/pitr" --repo "$REPO" "${PITR_RESTORE[@]}"
 run pitr-file "$WORK/pitr" --repo "$REPO" "${PITR_RESTORE[@]}"
 run pitr-s3 env "${S3_ENV[@]}" "$WORK/pitr" --repo s3://bench/repo "${PITR_RESTORE[@]}"
+if [ "$PGBR_ON" = 1 ]; then
 run pgbr-sync $PGBR --pg1-path="$WORK/restore" restore
 run pgbr-async pgbackrest --config="$WORK/pgbackrest-async.conf" --stanza=bench --pg1-path="$WORK/restore" restore
+else
+  secs[pgbr-sync]=n/a secs[pgbr-async]=n/a bytes[pgbr-sync]=0 bytes[pgbr-async]=0
+fi
 
 label() { case $1 in
   limit) echo "limit (WAL in pg_wal)" ;; pitr-file) echo "pitr, file repository" ;;
   pitr-s3) echo "pitr, S3 ${LATENCY_MS} ms each way" ;; pgbr-sync) echo "pgBackRest sync" ;;
   pgbr-async) echo "pgBackRest async (2 procs)" ;; esac; }
-x() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
+x() { [ "$1" = n/a ] || [ "$2" = n/a ] && { echo n/a; return; }; awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
 printf '\n%-28s %8s %8s %9s %8s %12s %10s\n' "replay" "WAL MB" "seconds" "MB/s" "x limit" "x pgBR async" "peak RSS"
 for c in limit pitr-file pitr-s3 pgbr-sync pgbr-async; do
   rss=""
   if [ -s "$WORK/rss-$c" ]; then rss="$(( $(grep -E '^[0-9]+$' "$WORK/rss-$c" | sort -n | tail -1) / 1024 )) MiB"; fi
   vs_async=""
   [[ $c == pitr-* ]] && vs_async=$(x "${secs[$c]}" "${secs[pgbr-async]}")
+  if [ "${secs[$c]}" = n/a ]; then
+    printf '%-28s %8s %8s %9s %8s %12s %10s\n' "$(label $c)" n/a n/a n/a n/a "" ""
+    continue
+  fi
   printf '%-28s %8d %8s %9.0f %8s %12s %10s\n' "$(label $c)" $(( ${bytes[$c]} >> 20 )) "${secs[$c]}" \
     "$(awk -v b="${bytes[$c]}" -v s="${secs[$c]}" 'BEGIN { print b / 1048576 / s }')" \
     "$(x "${secs[$c]}" "${secs[limit]}")" "$vs_async" "$rss"
 done
-verdict() { awk -v a="$1" -v m="$2" 'BEGIN { print (a <= m ? "met" : "NOT met") }'; }
+verdict() { [ "$1" = n/a ] && { echo "n/a"; return; }; awk -v a="$1" -v m="$2" 'BEGIN { print (a <= m ? "met" : "NOT met") }'; }
 r1=$(x "${secs[pitr-file]}" "${secs[limit]}")
 r2=$(x "${secs[pitr-file]}" "${secs[pgbr-async]}")
 r3=$(x "${secs[pitr-s3]}" "${secs[pitr-file]}")
