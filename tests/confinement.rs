@@ -82,12 +82,13 @@ fn modes_under(root: &Path) -> Vec<(PathBuf, u32)> {
 }
 
 /// Files restore writes itself, private whatever the cluster's modes.
-const WRITTEN_BY_RESTORE: [&str; 5] = [
+const WRITTEN_BY_RESTORE: [&str; 6] = [
     "backup_label",
     "backup_manifest",
     "recovery.signal",
     "postgresql.auto.conf",
     "tablespace_map",
+    "pg_wal/.pitr-replay-plan.json",
 ];
 
 /// Every file of `data` has `file_mode` (those restore writes itself 0600) and every directory

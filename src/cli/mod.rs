@@ -938,7 +938,7 @@ mod tests {
             listed
                 && matches!(
                     help.as_bytes().get(at + flag.len()),
-                    Some(b' ' | b'[' | b'.')
+                    Some(b' ' | b'[' | b'.' | b'\n')
                 )
         })
     }
