@@ -30,7 +30,7 @@ fn run_measured(cmd: &mut Command) -> (i32, i64) {
 }
 
 /// A 1 GB file that looks like a segment of the cluster described by `repository.json`:
-/// a valid long page header, then mixed compressible and incompressible data.
+/// valid page headers (a long one first), then mixed compressible and incompressible data.
 fn write_segment(path: &std::path::Path, system_identifier: u64) -> u32 {
     let mut out = BufWriter::with_capacity(1 << 20, std::fs::File::create(path).unwrap());
     let mut crc = crc32fast::Hasher::new();
@@ -49,11 +49,15 @@ fn write_segment(path: &std::path::Path, system_identifier: u64) -> u32 {
         let offset = (page_no as usize * 7919) % (pool.len() - 4096);
         page[..4096].fill(page_no as u8);
         page[4096..].copy_from_slice(&pool[offset..offset + 4096]);
+        // Every page's header names its place, as archive-push checks.
+        page[0..2].copy_from_slice(&0xD110u16.to_le_bytes()); // PostgreSQL 15
+        page[2..4].copy_from_slice(&0u16.to_le_bytes());
+        page[4..8].copy_from_slice(&1u32.to_le_bytes());
+        // Segment 1 starts at 1 GB.
+        page[8..16].copy_from_slice(&(GB + page_no * 8192).to_le_bytes());
+        page[16..24].fill(0);
         if page_no == 0 {
-            page[0..2].copy_from_slice(&0xD110u16.to_le_bytes()); // PostgreSQL 15
             page[2..4].copy_from_slice(&0x0002u16.to_le_bytes()); // XLP_LONG_HEADER
-            page[4..8].copy_from_slice(&1u32.to_le_bytes());
-            page[8..16].copy_from_slice(&GB.to_le_bytes()); // segment 1 starts at 1 GB
             page[24..32].copy_from_slice(&system_identifier.to_le_bytes());
             page[32..36].copy_from_slice(&(GB as u32).to_le_bytes());
             page[36..40].copy_from_slice(&8192u32.to_le_bytes());

@@ -211,13 +211,18 @@ async fn xid_targets_and_every_kind_on_a_promoted_timeline() {
         restored.stop();
     }
 
-    // The old settings are kept as comments; one target is set.
+    // The old settings are kept as comments; one target is set, on the planned timeline.
     let conf = std::fs::read_to_string(dir.path().join("time/postgresql.auto.conf")).unwrap();
     let targets: Vec<&str> = conf
         .lines()
         .filter(|line| line.trim_start().starts_with("recovery_target"))
+        .filter(|line| !line.starts_with("recovery_target_timeline"))
         .collect();
     assert_eq!(targets.len(), 1, "{conf}");
+    assert!(
+        conf.lines().any(|line| line == "recovery_target_timeline = '2'"),
+        "{conf}"
+    );
     assert!(targets[0].starts_with("recovery_target_time = "), "{conf}");
     assert!(
         conf.contains("# Removed by pitr restore: recovery_target_name = 'branch'"),

@@ -325,10 +325,11 @@ async fn push_file(
         if checked_name.holds_wal_pages() {
             check_segment(&checked_path, &checked_name, &checked_identity)
         } else {
+            check_text_file(&checked_path, &checked_name, &checked_identity)?;
             if checked_name.kind() == WalFileKind::History {
                 read_history(&checked_path, &checked_name)?;
             }
-            check_text_file(&checked_path, &checked_name, &checked_identity)
+            Ok(())
         }
     })
     .await?;
