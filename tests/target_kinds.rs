@@ -220,7 +220,8 @@ async fn xid_targets_and_every_kind_on_a_promoted_timeline() {
         .collect();
     assert_eq!(targets.len(), 1, "{conf}");
     assert!(
-        conf.lines().any(|line| line == "recovery_target_timeline = '2'"),
+        conf.lines()
+            .any(|line| line == "recovery_target_timeline = '2'"),
         "{conf}"
     );
     assert!(targets[0].starts_with("recovery_target_time = "), "{conf}");
