@@ -110,9 +110,12 @@ mbs() { [ "$1" = n/a ] && { echo n/a; return; }; awk -v b="$size" -v s="$1" 'BEG
 ratio() { [ "$1" = n/a ] && { echo n/a; return; }; awk -v a="$1" -v b="$2" 'BEGIN { printf "%.1fx", a / b }'; }
 echo "== PostgreSQL $PG_MAJOR ($PG_BIN)$([ "$PGBR_ON" = 1 ] || echo "; pgBackRest $(pgbackrest version | awk '{ print $2 }') does not support it: its columns are n/a")"
 printf '\n%-10s %22s %22s %8s\n' "" "pitr" "pgBackRest (2 procs)" "speedup"
-printf '%-10s %8ss %9s %12s %8ss %9s %8s %8s\n' backup "$pitr_b" "$(mbs "$pitr_b")" "" "$pgbr_b" "$(mbs "$pgbr_b")" "" "$(ratio "$pgbr_b" "$pitr_b")"
-printf '%-10s %8ss %9s %12s %8ss %9s %8s %8s\n' restore "$pitr_r" "$(mbs "$pitr_r")" "" "$pgbr_r" "$(mbs "$pgbr_r")" "" "$(ratio "$pgbr_r" "$pitr_r")"
-echo "peak RSS: pitr backup $((pitr_b_rss / 1024)) MiB, restore $((pitr_r_rss / 1024)) MiB; pgBackRest backup $((pgbr_b_rss / 1024)) MiB, restore $((pgbr_r_rss / 1024)) MiB (main process)"
+secs() { [ "$1" = n/a ] && echo n/a || echo "${1}s"; }
+printf '%-10s %9s %9s %12s %9s %9s %8s %8s\n' backup "$(secs "$pitr_b")" "$(mbs "$pitr_b")" "" "$(secs "$pgbr_b")" "$(mbs "$pgbr_b")" "" "$(ratio "$pgbr_b" "$pitr_b")"
+printf '%-10s %9s %9s %12s %9s %9s %8s %8s\n' restore "$(secs "$pitr_r")" "$(mbs "$pitr_r")" "" "$(secs "$pgbr_r")" "$(mbs "$pgbr_r")" "" "$(ratio "$pgbr_r" "$pitr_r")"
+pgbr_rss="backup $((pgbr_b_rss / 1024)) MiB, restore $((pgbr_r_rss / 1024)) MiB (main process)"
+[ "$PGBR_ON" = 1 ] || pgbr_rss=n/a
+echo "peak RSS: pitr backup $((pitr_b_rss / 1024)) MiB, restore $((pitr_r_rss / 1024)) MiB; pgBackRest $pgbr_rss"
 echo "stored: pitr $(( $(du -sb "$WORK/pitr-repo/backup" | cut -f1) / 1048576 )) MiB, pgBackRest $([ "$PGBR_ON" = 1 ] && echo "$(( $(du -sb "$WORK/pgbr-repo/backup" | cut -f1) / 1048576 )) MiB" || echo n/a)"
 awk -v s="$pitr_sync" -v n="$pitr_nosync" 'BEGIN { printf "restore fsync cost (best of 3 with, 2 without): %.2f s with, %.2f s without (%+.0f%%; target under 15%%)\n", s, n, (s / n - 1) * 100 }'
 echo "(target: pitr at least 2x pgBackRest's throughput for both, peak RSS under 100 MB)"
