@@ -239,6 +239,6 @@ r2=$(x "${secs[pitr-file]}" "${secs[pgbr-async]}")
 r3=$(x "${secs[pitr-s3]}" "${secs[pitr-file]}")
 echo
 echo "target: pitr file <= 1.1x the limit:              ${r1}x, $(verdict "$r1" 1.1)"
-echo "target: pitr file <= 0.7x pgBackRest async:       ${r2}x, $(verdict "$r2" 0.7)"
+echo "target: pitr file <= 0.7x pgBackRest async:       ${r2/%[0-9]/&x}, $(verdict "$r2" 0.7)"
 echo "target: pitr S3 (${LATENCY_MS} ms) <= 1.3x pitr file:        ${r3}x, $(verdict "$r3" 1.3)"
 echo "(peak RSS: the largest restore_command process, under GNU time; pitr from $BUILD)"
