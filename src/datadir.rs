@@ -10,17 +10,21 @@ use crate::error::{Error, Result};
 use crate::pg::version::unsupported_message;
 use crate::pg::{ControlFile, PgVersion};
 
+/// A file every data directory has could not be read: most likely --pgdata is wrong.
+fn not_a_data_directory(path: &Path, e: std::io::Error) -> Error {
+    Error::invalid_input(
+        path.display(),
+        format!("{e}: is --pgdata (or PGDATA) the cluster's data directory?"),
+    )
+}
+
 /// Reads `PG_VERSION` and `global/pg_control` of a data directory. The version comes first:
 /// a cluster of a version pitr does not support gets one line saying so, not a complaint
 /// about a control file laid out in a way pitr does not know.
 pub fn read_cluster_identity(pgdata: &Path) -> Result<RepositoryIdentity> {
     let version_path = pgdata.join("PG_VERSION");
-    let version_text = std::fs::read_to_string(&version_path).map_err(|e| {
-        Error::invalid_input(
-            version_path.display(),
-            format!("{e}: is --pgdata (or PGDATA) the cluster's data directory?"),
-        )
-    })?;
+    let version_text = std::fs::read_to_string(&version_path)
+        .map_err(|e| not_a_data_directory(&version_path, e))?;
     let pg_version: u32 = version_text.trim().parse().map_err(|_| {
         Error::invalid_input(
             version_path.display(),
@@ -37,12 +41,7 @@ pub fn read_cluster_identity(pgdata: &Path) -> Result<RepositoryIdentity> {
         ));
     };
     let control_path = pgdata.join("global/pg_control");
-    let bytes = std::fs::read(&control_path).map_err(|e| {
-        Error::invalid_input(
-            control_path.display(),
-            format!("{e}: is --pgdata (or PGDATA) the cluster's data directory?"),
-        )
-    })?;
+    let bytes = std::fs::read(&control_path).map_err(|e| not_a_data_directory(&control_path, e))?;
     let control =
         ControlFile::parse(&bytes).map_err(|e| Error::invalid_input(control_path.display(), e))?;
     if control.pg_control_version != version.control_version {

@@ -38,15 +38,10 @@ async fn replay_stops_at_a_corrupt_or_unreadable_segment_and_resumes_once_repair
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     chown_to_postgres(&data);
     let mut restored = PgCluster::restored(&dir, "sock", data);
-    // pg_ctl returns once recovery starts; what counts is how recovery ends.
-    let recover = |restored: &mut PgCluster| {
-        restored.try_start_with_env(&repo.env)
-            && restored.recovery_ends_promoted(Duration::from_secs(60))
-    };
 
     // Replay meets the corrupt segment: recovery aborts, the server does not open.
     assert!(
-        !recover(&mut restored),
+        !recovers(&mut restored, &repo),
         "the server opened on a history cut short at {victim}:\n{}",
         restored.server_log()
     );
@@ -58,7 +53,7 @@ async fn replay_stops_at_a_corrupt_or_unreadable_segment_and_resumes_once_repair
     // The repository unreadable (an outage): the same.
     std::fs::write(&object, &original).unwrap();
     std::fs::set_permissions(&wal_dir, std::fs::Permissions::from_mode(0o000)).unwrap();
-    let started = recover(&mut restored);
+    let started = recovers(&mut restored, &repo);
     std::fs::set_permissions(&wal_dir, std::fs::Permissions::from_mode(0o755)).unwrap();
     assert!(
         !started,
@@ -68,7 +63,7 @@ async fn replay_stops_at_a_corrupt_or_unreadable_segment_and_resumes_once_repair
     assert!(log.contains("Permission denied"), "{log}");
 
     // Repaired: the same restore replays everything and every commit is back.
-    assert!(recover(&mut restored), "{}", restored.server_log());
+    assert!(recovers(&mut restored, &repo), "{}", restored.server_log());
     assert_eq!(restored.sql("select count(*) from t"), expected);
     restored.stop();
 }
@@ -93,6 +88,13 @@ async fn replay_holds_the_pre_flight_proof_on_s3() {
     let dir = TestDir::new("replay-proof-s3");
     let repo = Repo::s3(&server, "replay-proof");
     replay_holds_the_pre_flight_proof(&dir, &repo).await;
+}
+
+/// Starts a restored cluster with the repository's environment: true once its recovery ended
+/// and it promoted (pg_ctl returns once recovery starts; what counts is how recovery ends).
+fn recovers(restored: &mut PgCluster, repo: &Repo) -> bool {
+    restored.try_start_with_env(&repo.env)
+        && restored.recovery_ends_promoted(Duration::from_secs(60))
 }
 
 /// Rows 1 to 4000 of `t`, a thousand in each of four archived segments; their names.
@@ -178,12 +180,8 @@ async fn replay_holds_the_pre_flight_proof(dir: &TestDir, repo: &Repo) {
     storage.delete(&victim).await.unwrap();
     chown_to_postgres(&data);
     let mut restored = PgCluster::restored(dir, "sock", data.clone());
-    let recover = |restored: &mut PgCluster| {
-        restored.try_start_with_env(&repo.env)
-            && restored.recovery_ends_promoted(Duration::from_secs(60))
-    };
     assert!(
-        !recover(&mut restored),
+        !recovers(&mut restored, repo),
         "the server opened on a history cut short at {}:\n{}",
         segments[1],
         restored.server_log()
@@ -208,7 +206,7 @@ async fn replay_holds_the_pre_flight_proof(dir: &TestDir, repo: &Repo) {
         )
         .await
         .unwrap();
-    assert!(recover(&mut restored), "{}", restored.server_log());
+    assert!(recovers(&mut restored, repo), "{}", restored.server_log());
     assert_eq!(restored.sql("select count(*) from t"), expected);
     restored.stop();
     assert!(replay_claim_keys(repo).await.is_empty());
@@ -323,12 +321,8 @@ async fn misnamed_objects_are_caught(name: &str, repo: impl FnOnce(&TestDir) -> 
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     chown_to_postgres(&data);
     let mut restored = PgCluster::restored(&dir, "sock", data);
-    let recover = |restored: &mut PgCluster| {
-        restored.try_start_with_env(&repo.env)
-            && restored.recovery_ends_promoted(Duration::from_secs(60))
-    };
     assert!(
-        !recover(&mut restored),
+        !recovers(&mut restored, &repo),
         "the server opened on a history cut short at {victim}:\n{}",
         restored.server_log()
     );
@@ -346,7 +340,7 @@ async fn misnamed_objects_are_caught(name: &str, repo: impl FnOnce(&TestDir) -> 
         )
         .await
         .unwrap();
-    assert!(recover(&mut restored), "{}", restored.server_log());
+    assert!(recovers(&mut restored, &repo), "{}", restored.server_log());
     assert_eq!(restored.sql("select count(*) from t"), expected);
     restored.stop();
     let out = pitr.run(["verify"]);
