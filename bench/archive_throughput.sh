@@ -20,7 +20,7 @@
 #             (user + system) of all archive-push calls per file archived.
 # Every run must end with failed_count = 0; every archived segment is fetched back through
 # archive-get (which verifies its checksums), and those still in pg_wal are compared byte for
-# byte (tests/archive_lookahead.rs compares every one).
+# byte (tests/it/archive_lookahead.rs compares every one).
 #
 # PITR_BIN=/path/to/pitr uses that binary instead of building a release one. Needs root or
 # the postgres user, PostgreSQL 15, s3s-fs (cargo install s3s-fs --version 0.14.1 --features

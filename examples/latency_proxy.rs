@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 #[allow(dead_code)]
-#[path = "../tests/common/latency_proxy.rs"]
+#[path = "../tests/it/common/latency_proxy.rs"]
 mod latency_proxy;
 
 fn main() {

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs the PostgreSQL server packages tests/versions.rs runs on (13, 14, 16, 17, 18; 15 is
+# Installs the PostgreSQL server packages tests/it/versions.rs runs on (13, 14, 16, 17, 18; 15 is
 # the system's) and prints, one per line, `export PITR_TEST_PG<major>_BIN=<dir>` for each.
 # scripts/test.sh evaluates its output; by hand: eval "$(bash scripts/pg_versions.sh)".
 #

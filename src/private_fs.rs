@@ -61,7 +61,7 @@ mod tests {
     use super::*;
     use std::os::unix::fs::MetadataExt;
 
-    /// The umask is process-wide and unit tests run in threads: tests/confinement.rs runs
+    /// The umask is process-wide and unit tests run in threads: tests/it/confinement.rs runs
     /// pitr under permissive umasks; here, the modes under whatever umask the run has.
     #[test]
     fn new_entries_are_private_and_existing_ones_left_alone() {

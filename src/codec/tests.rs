@@ -130,7 +130,7 @@ fn output_is_a_plain_lz4_stream() {
 #[test]
 fn output_is_a_plain_zstd_stream() {
     // libzstd's own streaming decoder reads the frames and skips the trailer's frame, as
-    // `zstd -d` does (tests/compression.rs runs the CLI on a stored object).
+    // `zstd -d` does (tests/it/compression.rs runs the CLI on a stored object).
     let input = sample(2 * CHUNK_SIZE + 7);
     let (object, _) = encode_vec(&input, Compression::Zstd { level: 19 }, 2);
     let output = zstd::stream::decode_all(&object[..]).unwrap();

@@ -2,7 +2,7 @@
 //!
 //! Supporting a new major version is one entry in [`VERSIONS`] (its numbers read from that
 //! version's `pg_control.h`, `xlog_internal.h`, `xlogrecord.h` and `xact.h`) and a run of
-//! tests/versions.rs on a real server of that version.
+//! tests/it/versions.rs on a real server of that version.
 
 use std::fmt;
 

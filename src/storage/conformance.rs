@@ -1,5 +1,5 @@
 //! The contract every [`Storage`] backend keeps, as one suite run against each of them: the
-//! fs store and a real S3-compatible server (from `tests/storage_conformance.rs`), the memory
+//! fs store and a real S3-compatible server (from `tests/it/storage_conformance.rs`), the memory
 //! store, and the fault wrapper with no rules over each kind of store.
 //!
 //! Each check panics with a message on failure; all keys live under `prefix` so that runs
