@@ -252,7 +252,7 @@ impl Catalog {
         let holder = LockHolder::this_process(command, Utc::now());
         let mut attempt = 1;
         loop {
-            let (record, breakable) = match self.storage.lock(LOCK_KEY, holder.record()).await? {
+            let stale = match self.storage.lock(LOCK_KEY, holder.record()).await? {
                 LockAttempt::Acquired(held) => {
                     return Ok(RepoLock::start(
                         self.storage.clone(),
@@ -261,9 +261,10 @@ impl Catalog {
                         self.lock_stale_after,
                     ));
                 }
-                LockAttempt::Held { record, breakable } => (record, breakable),
+                LockAttempt::Held(stale) => stale,
             };
-            let other = LockHolder::parse(&record);
+            let (record, breakable) = (&stale.record, stale.breakable());
+            let other = LockHolder::parse(record);
             let now = Utc::now();
             let decision = decide(other.as_ref(), breakable, now, self.lock_stale_after);
             if decision == LockDecision::Refuse || attempt == ATTEMPTS {
@@ -287,7 +288,20 @@ impl Catalog {
                     record.len()
                 ),
             }
-            self.storage.break_lock(LOCK_KEY, &record).await?;
+            // Compare-and-swap on the version read: if another process took it over (or the
+            // holder refreshed it) first, this changes nothing and the next attempt sees them.
+            let taken = self
+                .storage
+                .take_over_lock(LOCK_KEY, &stale, holder.record())
+                .await?;
+            if let Some(held) = taken {
+                return Ok(RepoLock::start(
+                    self.storage.clone(),
+                    held,
+                    holder,
+                    self.lock_stale_after,
+                ));
+            }
             attempt += 1;
         }
     }

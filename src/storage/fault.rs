@@ -440,8 +440,40 @@ impl Storage for FaultStorage {
         self.inner.unlock(lock).await
     }
 
-    async fn break_lock(&self, key: &str, record: &[u8]) -> Result<bool, StorageError> {
-        self.inner.break_lock(key, record).await
+    async fn take_over_lock(
+        &self,
+        key: &str,
+        stale: &super::HeldBy,
+        record: bytes::Bytes,
+    ) -> Result<Option<super::HeldLock>, StorageError> {
+        self.inner.take_over_lock(key, stale, record).await
+    }
+
+    async fn get_versioned(
+        &self,
+        key: &str,
+    ) -> Result<(bytes::Bytes, super::ObjectVersion), StorageError> {
+        self.before(Op::Get, key).await?;
+        self.inner.get_versioned(key).await
+    }
+
+    async fn put_if(
+        &self,
+        key: &str,
+        payload: PutPayload,
+        condition: super::PutIf,
+    ) -> Result<super::ObjectVersion, StorageError> {
+        self.before(Op::Put, key).await?;
+        self.inner.put_if(key, payload, condition).await
+    }
+
+    async fn delete_if(
+        &self,
+        key: &str,
+        version: &super::ObjectVersion,
+    ) -> Result<bool, StorageError> {
+        self.before(Op::Delete, key).await?;
+        self.inner.delete_if(key, version).await
     }
 }
 

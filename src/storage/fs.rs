@@ -23,7 +23,7 @@ use crate::ownership::{Owner, give_to};
 use crate::private_fs;
 
 use super::{
-    HeldLock, LockAttempt, ObjectBody, ObjectMeta, PutBody, PutMode, PutPayload, Storage,
+    HeldBy, HeldLock, LockAttempt, ObjectBody, ObjectMeta, PutBody, PutMode, PutPayload, Storage,
     StorageError,
 };
 
@@ -244,15 +244,16 @@ fn lock_blocking(
             return Err(io_err("lock", e));
         }
         let current = fs::read(&path).map_err(|e| io_err("read", e))?;
-        return Ok(LockAttempt::Held {
+        return Ok(LockAttempt::Held(HeldBy {
             record: current.into(),
-            breakable: false,
-        });
+            version: None,
+        }));
     }
     write_record(&file, &record).map_err(|e| io_err("write", e))?;
     Ok(LockAttempt::Acquired(HeldLock {
         key,
         record,
+        version: None,
         file: Some(file),
     }))
 }
@@ -388,9 +389,14 @@ impl Storage for FsStorage {
         Ok(())
     }
 
-    async fn break_lock(&self, key: &str, _record: &[u8]) -> Result<bool, StorageError> {
-        // A kernel lock's holder is alive: there is nothing to break.
+    async fn take_over_lock(
+        &self,
+        key: &str,
+        _stale: &HeldBy,
+        _record: Bytes,
+    ) -> Result<Option<HeldLock>, StorageError> {
+        // A kernel lock's holder is alive: there is nothing to take over.
         let _ = self.path_of(key)?;
-        Ok(false)
+        Ok(None)
     }
 }

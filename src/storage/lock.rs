@@ -2,27 +2,29 @@
 //! holder counts as gone, is the catalog's business (`catalog::lock`).
 //!
 //! Two kinds:
-//! - a lock object (S3, memory; the trait's default): created with [`PutMode::Create`]
+//! - a lock object (S3, memory; the trait's default): created with [`PutIf::Absent`]
 //!   (`If-None-Match: *` on S3), so exactly one writer gets it. Its holder keeps rewriting it
-//!   (a heartbeat), and a holder that died leaves it behind: others may break it once it has
-//!   gone stale. Rewrites and removals first check that the object still holds exactly what we
-//!   wrote, so a lock taken over by someone else is never overwritten or removed by us.
+//!   (a heartbeat), and a holder that died leaves it behind: others may take it over once it
+//!   has gone stale. Every rewrite is compare-and-swap on the version last seen
+//!   ([`PutIf::Matches`], `If-Match: <ETag>` on S3): a heartbeat fails once someone took the
+//!   lock over, and of two processes taking over the same stale lock exactly one succeeds.
+//!   So at most one holder exists at any instant, on any store that honours the condition.
 //! - a kernel lock (fs): `flock` on a lock file. The kernel lets go when the holder's process
-//!   dies, however it dies, so such a lock is never stale and never broken.
+//!   dies, however it dies, so such a lock is never stale and never taken over.
 
 use bytes::Bytes;
 
-use tokio::io::AsyncReadExt;
-
-use super::{ObjectBody, PutMode, PutPayload, Storage, StorageError};
+use super::{ObjectVersion, PutIf, PutPayload, Storage, StorageError};
 
 /// A lock this process holds. Hand it back to the store that gave it for
 /// [`Storage::refresh_lock`] and [`Storage::unlock`].
 #[derive(Debug)]
 pub struct HeldLock {
     pub(crate) key: String,
-    /// What we last wrote: the lock is still ours while the object holds exactly this.
+    /// What we last wrote.
     pub(crate) record: Bytes,
+    /// Lock objects: the version we last wrote; the lock is ours while the object is it.
+    pub(crate) version: Option<ObjectVersion>,
     /// fs: the open lock file whose `flock` we hold; closing it lets the lock go.
     pub(crate) file: Option<std::fs::File>,
 }
@@ -42,12 +44,24 @@ impl HeldLock {
 pub enum LockAttempt {
     Acquired(HeldLock),
     /// Someone holds the lock; `record` is what they wrote (empty if nothing yet).
-    Held {
-        record: Bytes,
-        /// Whether [`Storage::break_lock`] may remove it: lock objects yes, kernel locks no
-        /// (their holder is alive by definition).
-        breakable: bool,
-    },
+    Held(HeldBy),
+}
+
+/// A lock someone else holds, as read: what [`Storage::take_over_lock`] replaces, if it is
+/// still exactly this.
+#[derive(Debug, Clone)]
+pub struct HeldBy {
+    pub record: Bytes,
+    /// Lock objects: the version read. Kernel locks have none: their holder is alive by
+    /// definition, and they are never taken over.
+    pub(crate) version: Option<ObjectVersion>,
+}
+
+impl HeldBy {
+    /// Whether [`Storage::take_over_lock`] may replace it (lock objects yes, kernel locks no).
+    pub fn breakable(&self) -> bool {
+        self.version.is_some()
+    }
 }
 
 /// How many times a lock object that vanished between our create and our read is tried again.
@@ -61,21 +75,23 @@ pub(crate) async fn create_lock_object<S: Storage + ?Sized>(
 ) -> Result<LockAttempt, StorageError> {
     for _ in 0..VANISHED_RETRIES {
         match store
-            .put(key, PutPayload::from_bytes(record.clone()), PutMode::Create)
+            .put_if(key, PutPayload::from_bytes(record.clone()), PutIf::Absent)
             .await
         {
-            Ok(()) => return Ok(acquired(key, record)),
+            Ok(version) => return Ok(acquired(key, record, version)),
             Err(StorageError::AlreadyExists { .. }) => {}
             Err(e) => return Err(e),
         }
-        match read_record(store, key).await {
+        match store.get_versioned(key).await {
             // Our own create, stored but reported failed and retried.
-            Ok(current) if current == record => return Ok(acquired(key, record)),
-            Ok(current) => {
-                return Ok(LockAttempt::Held {
-                    record: current.into(),
-                    breakable: true,
-                });
+            Ok((current, version)) if current == record => {
+                return Ok(acquired(key, record, version));
+            }
+            Ok((current, version)) => {
+                return Ok(LockAttempt::Held(HeldBy {
+                    record: current,
+                    version: Some(version),
+                }));
             }
             // Released in between: try again.
             Err(StorageError::NotFound { .. }) => {}
@@ -89,10 +105,11 @@ pub(crate) async fn create_lock_object<S: Storage + ?Sized>(
     ))
 }
 
-fn acquired(key: &str, record: Bytes) -> LockAttempt {
+fn acquired(key: &str, record: Bytes, version: ObjectVersion) -> LockAttempt {
     LockAttempt::Acquired(HeldLock {
         key: key.to_owned(),
         record,
+        version: Some(version),
         file: None,
     })
 }
@@ -105,56 +122,100 @@ fn lost(store_location: &str, key: &str) -> StorageError {
     )
 }
 
-/// [`Storage::refresh_lock`] with a lock object: overwrite it only while it is still ours.
+/// [`Storage::refresh_lock`] with a lock object: replace it only while it is the version we
+/// wrote last.
 pub(crate) async fn refresh_lock_object<S: Storage + ?Sized>(
     store: &S,
     lock: &mut HeldLock,
     record: Bytes,
 ) -> Result<(), StorageError> {
-    let current = match read_record(store, &lock.key).await {
-        Ok(current) => current,
-        Err(StorageError::NotFound { .. }) => return Err(lost(&store.location(), &lock.key)),
-        Err(e) => return Err(e),
-    };
-    // The new record already there: an earlier attempt of this refresh went through.
-    if current != lock.record && current != record {
+    let Some(ours) = lock.version.clone() else {
         return Err(lost(&store.location(), &lock.key));
-    }
-    store
-        .put(
+    };
+    let put = store
+        .put_if(
             &lock.key,
             PutPayload::from_bytes(record.clone()),
-            PutMode::Overwrite,
+            PutIf::Matches(ours),
         )
-        .await?;
+        .await;
+    let version = match put {
+        Ok(version) => version,
+        // An earlier attempt of this refresh stored it but was reported failed: the object
+        // holds exactly the new record, and no one else writes our record.
+        Err(StorageError::Changed { .. }) | Err(StorageError::NotFound { .. }) => {
+            match store.get_versioned(&lock.key).await {
+                Ok((current, version)) if current == record => version,
+                Ok(_) | Err(StorageError::NotFound { .. }) => {
+                    return Err(lost(&store.location(), &lock.key));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(e) => return Err(e),
+    };
     lock.record = record;
+    lock.version = Some(version);
     Ok(())
 }
 
-/// [`Storage::unlock`] and [`Storage::break_lock`] with a lock object: remove it only if it
-/// holds `record`. Returns whether it was removed.
-pub(crate) async fn remove_lock_object_if<S: Storage + ?Sized>(
+/// [`Storage::unlock`] with a lock object: remove it only while it is the version we wrote
+/// last. A lock taken over by someone else is theirs.
+pub(crate) async fn remove_lock_object<S: Storage + ?Sized>(
     store: &S,
-    key: &str,
-    record: &[u8],
-) -> Result<bool, StorageError> {
-    match read_record(store, key).await {
-        Ok(current) if current == record => {
-            store.delete(key).await?;
-            Ok(true)
-        }
-        Ok(_) | Err(StorageError::NotFound { .. }) => Ok(false),
+    lock: &HeldLock,
+) -> Result<(), StorageError> {
+    let Some(ours) = &lock.version else {
+        return Ok(());
+    };
+    // Compare first as well: a store that ignores If-Match on DELETE (AWS honours it since
+    // 2025) then still leaves a lock it can see is someone else's.
+    match store.get_versioned(&lock.key).await {
+        Ok((_, current)) if &current == ours => store.delete_if(&lock.key, ours).await.map(drop),
+        Ok(_) | Err(StorageError::NotFound { .. }) => Ok(()),
         Err(e) => Err(e),
     }
 }
 
-/// [`super::read_all`] for any store, sized or not.
-async fn read_record<S: Storage + ?Sized>(store: &S, key: &str) -> Result<Vec<u8>, StorageError> {
-    let mut out = Vec::new();
-    match store.get(key).await? {
-        ObjectBody::File(file) => tokio::fs::File::from_std(file).read_to_end(&mut out).await,
-        ObjectBody::Stream(mut stream) => stream.read_to_end(&mut out).await,
+/// [`Storage::take_over_lock`] with a lock object: replace the stale holder's object with
+/// ours if it is still exactly the version read. `None`: it changed (refreshed, released or
+/// taken over by someone else): look again.
+pub(crate) async fn take_over_lock_object<S: Storage + ?Sized>(
+    store: &S,
+    key: &str,
+    stale: &HeldBy,
+    record: Bytes,
+) -> Result<Option<HeldLock>, StorageError> {
+    let Some(version) = &stale.version else {
+        return Ok(None);
+    };
+    let put = store
+        .put_if(
+            key,
+            PutPayload::from_bytes(record.clone()),
+            PutIf::Matches(version.clone()),
+        )
+        .await;
+    match put {
+        Ok(version) => Ok(Some(HeldLock {
+            key: key.to_owned(),
+            record,
+            version: Some(version),
+            file: None,
+        })),
+        Err(StorageError::Changed { .. }) | Err(StorageError::NotFound { .. }) => {
+            // Our own take-over, stored but reported failed and retried.
+            match store.get_versioned(key).await {
+                Ok((current, version)) if current == record => Ok(Some(HeldLock {
+                    key: key.to_owned(),
+                    record,
+                    version: Some(version),
+                    file: None,
+                })),
+                Ok(_) | Err(StorageError::NotFound { .. }) => Ok(None),
+                Err(e) => Err(e),
+            }
+        }
+        Err(e) => Err(e),
     }
-    .map_err(|e| StorageError::io("read", key, e))?;
-    Ok(out)
 }

@@ -25,7 +25,7 @@ mod s3;
 
 pub use fault::{Fault, FaultHandle, FaultKind, FaultStorage, FaultTarget, Op};
 pub use fs::FsStorage;
-pub use lock::{HeldLock, LockAttempt};
+pub use lock::{HeldBy, HeldLock, LockAttempt};
 pub use memory::MemoryStorage;
 pub use s3::{S3Options, S3Storage};
 
@@ -54,6 +54,9 @@ pub enum StorageError {
     },
     #[error("invalid object key '{0}'")]
     InvalidKey(String),
+    /// A conditional put or delete found another version than the one it was given.
+    #[error("{key}: changed in the repository since it was read")]
+    Changed { key: String },
 }
 
 impl StorageError {
@@ -91,6 +94,30 @@ pub enum PutMode {
     Create,
     /// Replace whatever is there, atomically.
     Overwrite,
+}
+
+/// An object's version as its store names it (S3: the ETag; memory: a generation number):
+/// what a conditional put or delete compares with. Opaque: only equality means anything.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObjectVersion(String);
+
+impl ObjectVersion {
+    pub fn new(version: impl Into<String>) -> Self {
+        ObjectVersion(version.into())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// When a conditional put ([`Storage::put_if`]) may store.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PutIf {
+    /// Only if the key does not exist (else [`StorageError::AlreadyExists`]).
+    Absent,
+    /// Only if the object is still exactly this version (else [`StorageError::Changed`]).
+    Matches(ObjectVersion),
 }
 
 /// The bytes of a put, with their length and CRC-32 known up front so that S3 can verify
@@ -186,6 +213,32 @@ pub trait Storage: Send + Sync + fmt::Debug {
         Ok(folders)
     }
 
+    /// Reads a small object whole, with its version, for a later [`Storage::put_if`] or
+    /// [`Storage::delete_if`]. Stores without versions (fs: its locks are kernel locks)
+    /// answer [`unsupported`].
+    async fn get_versioned(&self, key: &str) -> Result<(Bytes, ObjectVersion), StorageError> {
+        Err(unsupported(self, "get_versioned", key))
+    }
+
+    /// Stores `payload` at `key` only if `condition` holds, atomically with the check (S3:
+    /// `If-None-Match: *` or `If-Match: <ETag>`); returns the version stored.
+    async fn put_if(
+        &self,
+        key: &str,
+        payload: PutPayload,
+        condition: PutIf,
+    ) -> Result<ObjectVersion, StorageError> {
+        let _ = (payload, condition);
+        Err(unsupported(self, "put_if", key))
+    }
+
+    /// Removes the object only while it is `version` (S3: `If-Match` on DELETE). Returns
+    /// whether it was removed; another version, or none, is left alone (`false`).
+    async fn delete_if(&self, key: &str, version: &ObjectVersion) -> Result<bool, StorageError> {
+        let _ = version;
+        Err(unsupported(self, "delete_if", key))
+    }
+
     /// A directory where a file can be staged so that `put` takes it without a copy.
     fn staging_dir(&self) -> Option<&Path> {
         None
@@ -206,15 +259,19 @@ pub trait Storage: Send + Sync + fmt::Debug {
 
     /// Lets a lock we hold go; a lock taken over by someone else is left to them.
     async fn unlock(&self, lock: HeldLock) -> Result<(), StorageError> {
-        lock::remove_lock_object_if(self, &lock.key, &lock.record)
-            .await
-            .map(drop)
+        lock::remove_lock_object(self, &lock).await
     }
 
-    /// Removes a breakable lock whose holder wrote `record`, if it still holds exactly that
-    /// (the caller has decided the holder is gone). Returns whether it was removed.
-    async fn break_lock(&self, key: &str, record: &[u8]) -> Result<bool, StorageError> {
-        lock::remove_lock_object_if(self, key, record).await
+    /// Replaces a lock whose holder the caller has decided is gone with ours (`record`), if
+    /// it is still exactly as read (`stale`): of several processes taking over the same lock,
+    /// one gets it. `None`: it changed since, or it cannot be taken over (a kernel lock).
+    async fn take_over_lock(
+        &self,
+        key: &str,
+        stale: &HeldBy,
+        record: Bytes,
+    ) -> Result<Option<HeldLock>, StorageError> {
+        lock::take_over_lock_object(self, key, stale, record).await
     }
 
     /// Removes many objects (missing ones count as removed), in batches where the store has
@@ -227,6 +284,18 @@ pub trait Storage: Send + Sync + fmt::Debug {
         }
         Ok(Vec::new())
     }
+}
+
+/// The error of a versioned operation on a store that has no versions.
+pub fn unsupported<S: Storage + ?Sized>(store: &S, op: &'static str, key: &str) -> StorageError {
+    StorageError::io(
+        op,
+        format!("{}/{key}", store.location()),
+        std::io::Error::new(
+            std::io::ErrorKind::Unsupported,
+            "this store has no object versions",
+        ),
+    )
 }
 
 /// An object a retention lock keeps from deletion.

@@ -17,8 +17,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use super::{
-    HeldLock, LockAttempt, ObjectBody, ObjectMeta, Protected, PutMode, PutPayload, Storage,
-    StorageError,
+    HeldBy, HeldLock, LockAttempt, ObjectBody, ObjectMeta, ObjectVersion, Protected, PutIf,
+    PutMode, PutPayload, Storage, StorageError,
 };
 
 /// How long one request may take, and how long retrying may go on.
@@ -167,8 +167,38 @@ impl Storage for RetryingStorage {
         self.inner.unlock(lock).await
     }
 
-    async fn break_lock(&self, key: &str, record: &[u8]) -> Result<bool, StorageError> {
-        self.run("lock", key, || self.inner.break_lock(key, record))
+    async fn take_over_lock(
+        &self,
+        key: &str,
+        stale: &HeldBy,
+        record: Bytes,
+    ) -> Result<Option<HeldLock>, StorageError> {
+        self.run("lock", key, || {
+            self.inner.take_over_lock(key, stale, record.clone())
+        })
+        .await
+    }
+
+    // Versioned operations, each retried: a conditional write that was done but reported
+    // failed comes back as `Changed`/`AlreadyExists`, which the lock code reads back.
+    async fn get_versioned(&self, key: &str) -> Result<(Bytes, ObjectVersion), StorageError> {
+        self.run("get", key, || self.inner.get_versioned(key)).await
+    }
+
+    async fn put_if(
+        &self,
+        key: &str,
+        payload: PutPayload,
+        condition: PutIf,
+    ) -> Result<ObjectVersion, StorageError> {
+        self.run("put", key, || {
+            self.inner.put_if(key, payload.clone(), condition.clone())
+        })
+        .await
+    }
+
+    async fn delete_if(&self, key: &str, version: &ObjectVersion) -> Result<bool, StorageError> {
+        self.run("delete", key, || self.inner.delete_if(key, version))
             .await
     }
 

@@ -13,9 +13,11 @@ use aws_sdk_s3::config::{RequestChecksumCalculation, ResponseChecksumValidation}
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::ChecksumMode;
+use bytes::Bytes;
 
 use super::{
-    ObjectBody, ObjectMeta, Protected, PutBody, PutMode, PutPayload, Storage, StorageError,
+    ObjectBody, ObjectMeta, ObjectVersion, Protected, PutBody, PutIf, PutMode, PutPayload, Storage,
+    StorageError,
 };
 
 /// S3 settings that the AWS SDK's default chain does not cover.
@@ -71,6 +73,73 @@ impl S3Storage {
                 format!("{prefix}/")
             },
         })
+    }
+
+    /// One PutObject, conditional or not; returns the stored object's ETag (an empty version
+    /// when the server names none, which no conditional write then matches).
+    async fn send_put(
+        &self,
+        key: &str,
+        object_key: &str,
+        payload: &PutPayload,
+        condition: Option<&PutIf>,
+    ) -> Result<ObjectVersion, StorageError> {
+        let checksum = aws_smithy_types::base64::encode(payload.crc32.to_be_bytes());
+        for attempt in 0.. {
+            let mut request = self
+                .client
+                .put_object()
+                .bucket(&self.bucket)
+                .key(object_key)
+                .content_length(payload.len as i64)
+                .checksum_crc32(&checksum)
+                .body(body_of(payload).await?);
+            request = match condition {
+                None => request,
+                Some(PutIf::Absent) => request.if_none_match("*"),
+                Some(PutIf::Matches(version)) => request.if_match(version.as_str()),
+            };
+            match request.send().await {
+                Ok(response) => {
+                    return Ok(ObjectVersion::new(response.e_tag().unwrap_or_default()));
+                }
+                Err(e) => match (status_of(&e), condition) {
+                    (Some(412), Some(PutIf::Absent)) => {
+                        return Err(StorageError::AlreadyExists {
+                            key: key.to_owned(),
+                        });
+                    }
+                    // 404: the object to replace is gone (some servers answer so for If-Match).
+                    (Some(412) | Some(404), Some(PutIf::Matches(_))) => {
+                        return Err(StorageError::Changed {
+                            key: key.to_owned(),
+                        });
+                    }
+                    (Some(409), _) if attempt < CONFLICT_RETRIES => {
+                        tokio::time::sleep(Duration::from_millis(50 << attempt.min(4))).await;
+                    }
+                    _ => return Err(self.error("put", key, e)),
+                },
+            }
+        }
+        unreachable!("the retry loop returns")
+    }
+
+    fn version_of(
+        &self,
+        op: &'static str,
+        key: &str,
+        e_tag: Option<&str>,
+    ) -> Result<ObjectVersion, StorageError> {
+        e_tag
+            .map(ObjectVersion::new)
+            .ok_or_else(|| StorageError::S3 {
+                op,
+                location: self.url(key),
+                message: "the server sent no ETag, which conditional writes need".into(),
+                status: None,
+                transient: false,
+            })
     }
 
     fn object_key(&self, key: &str) -> Result<String, StorageError> {
@@ -247,35 +316,56 @@ impl Storage for S3Storage {
                 Err(e) => return Err(e),
             }
         }
-        let checksum = aws_smithy_types::base64::encode(payload.crc32.to_be_bytes());
-        for attempt in 0.. {
-            let mut request = self
-                .client
-                .put_object()
-                .bucket(&self.bucket)
-                .key(&object_key)
-                .content_length(payload.len as i64)
-                .checksum_crc32(&checksum)
-                .body(body_of(&payload).await?);
-            if mode == PutMode::Create {
-                request = request.if_none_match("*");
-            }
-            match request.send().await {
-                Ok(_) => return Ok(()),
-                Err(e) => match status_of(&e) {
-                    Some(412) => {
-                        return Err(StorageError::AlreadyExists {
-                            key: key.to_owned(),
-                        });
-                    }
-                    Some(409) if attempt < CONFLICT_RETRIES => {
-                        tokio::time::sleep(Duration::from_millis(50 << attempt.min(4))).await;
-                    }
-                    _ => return Err(self.error("put", key, e)),
-                },
-            }
+        let condition = (mode == PutMode::Create).then_some(PutIf::Absent);
+        self.send_put(key, &object_key, &payload, condition.as_ref())
+            .await
+            .map(drop)
+    }
+
+    async fn get_versioned(&self, key: &str) -> Result<(Bytes, ObjectVersion), StorageError> {
+        let response = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(self.object_key(key)?)
+            .checksum_mode(ChecksumMode::Enabled)
+            .send()
+            .await
+            .map_err(|e| self.error_or_not_found("get", key, e))?;
+        let version = self.version_of("get", key, response.e_tag())?;
+        let body = response
+            .body
+            .collect()
+            .await
+            .map_err(|e| StorageError::io("read", self.url(key), std::io::Error::other(e)))?;
+        Ok((body.into_bytes(), version))
+    }
+
+    async fn put_if(
+        &self,
+        key: &str,
+        payload: PutPayload,
+        condition: PutIf,
+    ) -> Result<ObjectVersion, StorageError> {
+        let object_key = self.object_key(key)?;
+        self.send_put(key, &object_key, &payload, Some(&condition))
+            .await
+    }
+
+    async fn delete_if(&self, key: &str, version: &ObjectVersion) -> Result<bool, StorageError> {
+        let deleted = self
+            .client
+            .delete_object()
+            .bucket(&self.bucket)
+            .key(self.object_key(key)?)
+            .if_match(version.as_str())
+            .send()
+            .await;
+        match deleted {
+            Ok(_) => Ok(true),
+            Err(e) if matches!(status_of(&e), Some(412) | Some(404)) => Ok(false),
+            Err(e) => Err(self.error("delete", key, e)),
         }
-        unreachable!("the retry loop returns")
     }
 
     async fn get(&self, key: &str) -> Result<ObjectBody, StorageError> {

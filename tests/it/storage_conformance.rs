@@ -3,8 +3,11 @@
 
 use std::sync::Arc;
 
+use crate::common::kms_server::KmsServer;
 use crate::common::*;
-use pitr::storage::{FaultStorage, Op, PutMode, PutPayload, Storage, StorageError, conformance};
+use pitr::storage::{
+    FaultStorage, Op, PutMode, PutPayload, S3Options, S3Storage, Storage, StorageError, conformance,
+};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn fs_storage_conforms() {
@@ -53,4 +56,46 @@ async fn s3_refuses_a_body_that_does_not_match_its_checksum() {
         }
         other => panic!("a body with a wrong checksum was accepted: {other:?}"),
     }
+}
+
+/// Conditional writes and lock take-overs on a server that honours `If-Match` on PUT and
+/// DELETE atomically: moto serving one request at a time (the KMS tests' server; it serves
+/// S3 too). s3s-fs 0.14.1 ignores `If-Match` on DELETE and checks conditions apart from the
+/// write, so these run here: six processes take over the same stale lock, twenty times.
+#[tokio::test(flavor = "multi_thread")]
+async fn s3_conditional_writes_and_lock_take_overs_on_moto() {
+    let moto = KmsServer::start("s3-cas").await;
+    let bucket = "pitr-cas";
+    let credentials =
+        aws_sdk_s3::config::Credentials::new(S3_ACCESS_KEY, S3_SECRET_KEY, None, None, "tests");
+    let config = aws_sdk_s3::config::Builder::new()
+        .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
+        .region(aws_sdk_s3::config::Region::new("us-east-1"))
+        .credentials_provider(credentials)
+        .endpoint_url(&moto.endpoint)
+        .force_path_style(true)
+        .build();
+    aws_sdk_s3::Client::from_conf(config)
+        .create_bucket()
+        .bucket(bucket)
+        .send()
+        .await
+        .unwrap();
+    // The SDK's chain reads the credentials from the environment; no other variable is set,
+    // the KMS tests' endpoint among them.
+    for (name, value) in moto.env() {
+        if ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"].contains(&name.as_str()) {
+            // SAFETY: the values every test sets (one set of credentials, see kms_server.rs).
+            unsafe { std::env::set_var(name, value) };
+        }
+    }
+    let options = S3Options {
+        endpoint: Some(moto.endpoint.clone()),
+        path_style: true,
+    };
+    let storage: Arc<dyn Storage> =
+        Arc::new(S3Storage::connect(bucket, "repo", &options).await.unwrap());
+    conformance::run_all(storage.clone(), "suite").await;
+    conformance::conditional_writes_compare_versions(&*storage, "suite").await;
+    conformance::concurrent_take_overs_have_one_winner(storage, "suite").await;
 }

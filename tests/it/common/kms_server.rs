@@ -1,11 +1,13 @@
-//! A KMS-compatible server for tests: moto's `moto_server`, started on a free port in its own
-//! directory and stopped on drop.
+//! A KMS- and S3-compatible server for tests: moto, started in its own directory on a port it
+//! binds itself, and stopped on drop. It serves one request at a time, so that its
+//! conditional writes (`If-Match`) are atomic as AWS S3's are: moto's own threaded server
+//! checks the condition apart from the write.
 
 use std::os::unix::fs::PermissionsExt;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::{TestDir, free_port};
+use super::TestDir;
 
 /// Credentials moto accepts (it checks none); the region its keys live in.
 // The S3 servers' credentials (moto takes any): the KMS tests set them in the process
@@ -22,37 +24,42 @@ pub struct KmsServer {
 }
 
 impl KmsServer {
-    /// moto_server (or PITR_TEST_MOTO_SERVER) on a free port. A port taken by another test
-    /// between our probe and moto's bind makes moto exit or answer wrong: try another.
+    /// moto's server app, one request at a time, on port 0 (the port it got is read back
+    /// from its first line: no other test can take it between a probe and the bind).
     pub async fn start(name: &str) -> Self {
-        let mut last_error = String::new();
-        for _ in 0..5 {
-            let mut server = Self::spawn(name);
-            match server.ready().await {
-                Ok(()) => return server,
-                Err(e) => last_error = format!("{e}\n{}", server.log()),
-            }
+        let mut server = Self::spawn(name);
+        if let Err(e) = server.ready().await {
+            panic!("could not start moto: {e}\n{}", server.log());
         }
-        panic!("could not start moto_server: {last_error}");
+        server
     }
 
     fn spawn(name: &str) -> Self {
+        const SERVE: &str = "\
+from werkzeug.serving import make_server
+from moto.server import DomainDispatcherApplication, create_backend_app
+app = DomainDispatcherApplication(create_backend_app)
+server = make_server('127.0.0.1', 0, app, threaded=False)
+print(f'http://127.0.0.1:{server.server_port}', flush=True)
+server.serve_forever()
+";
         let root = TestDir::new(&format!("kms-{name}"));
-        let binary =
-            std::env::var("PITR_TEST_MOTO_SERVER").unwrap_or_else(|_| "moto_server".into());
-        let port = free_port();
+        let python = moto_python();
         let log = std::fs::File::create(root.path().join("moto.log")).unwrap();
-        let process = Command::new(&binary)
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        let mut process = Command::new(&python)
+            .args(["-c", SERVE])
             .current_dir(root.path())
             .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
+            .stdout(Stdio::piped())
             .stderr(log)
             .spawn()
             .unwrap_or_else(|e| {
-                panic!("cannot start {binary} (install: pip install 'moto[server]'): {e}")
+                panic!("cannot start moto with {python} (install: pip install 'moto[server]'): {e}")
             });
-        let endpoint = format!("http://127.0.0.1:{port}");
+        let mut first = String::new();
+        let stdout = process.stdout.take().unwrap();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut first).unwrap();
+        let endpoint = first.trim().to_owned();
         let credentials =
             aws_sdk_kms::config::Credentials::new(ACCESS_KEY, SECRET_KEY, None, None, "pitr-tests");
         let config = aws_sdk_kms::config::Builder::new()
@@ -134,6 +141,21 @@ impl KmsServer {
                 none.display().to_string(),
             ),
         ]
+    }
+}
+
+/// The Python that has moto: the interpreter of PITR_TEST_MOTO_SERVER's script (a venv's
+/// `moto_server`, see scripts/test.sh) or `python3`.
+fn moto_python() -> String {
+    let Ok(script) = std::env::var("PITR_TEST_MOTO_SERVER") else {
+        return "python3".into();
+    };
+    let text = std::fs::read_to_string(&script)
+        .unwrap_or_else(|e| panic!("cannot read PITR_TEST_MOTO_SERVER {script}: {e}"));
+    let first = text.lines().next().unwrap_or_default();
+    match first.strip_prefix("#!") {
+        Some(interpreter) if interpreter.contains("python") => interpreter.trim().to_owned(),
+        _ => panic!("PITR_TEST_MOTO_SERVER {script} is not a Python script: {first}"),
     }
 }
 

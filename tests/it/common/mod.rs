@@ -391,6 +391,37 @@ impl Storage for PostgresOwned {
     async fn delete(&self, key: &str) -> Result<(), pitr::storage::StorageError> {
         self.inner.delete(key).await
     }
+    // The fs store's own locks (kernel locks), not lock objects through this wrapper.
+    async fn lock(
+        &self,
+        key: &str,
+        record: bytes::Bytes,
+    ) -> Result<pitr::storage::LockAttempt, pitr::storage::StorageError> {
+        let result = self.inner.lock(key, record).await;
+        chown_to_postgres(&self.root);
+        result
+    }
+    async fn refresh_lock(
+        &self,
+        lock: &mut pitr::storage::HeldLock,
+        record: bytes::Bytes,
+    ) -> Result<(), pitr::storage::StorageError> {
+        self.inner.refresh_lock(lock, record).await
+    }
+    async fn unlock(
+        &self,
+        lock: pitr::storage::HeldLock,
+    ) -> Result<(), pitr::storage::StorageError> {
+        self.inner.unlock(lock).await
+    }
+    async fn take_over_lock(
+        &self,
+        key: &str,
+        stale: &pitr::storage::HeldBy,
+        record: bytes::Bytes,
+    ) -> Result<Option<pitr::storage::HeldLock>, pitr::storage::StorageError> {
+        self.inner.take_over_lock(key, stale, record).await
+    }
 }
 
 /// A real S3-compatible server: s3s-fs started for the test, or the one named by
