@@ -145,15 +145,59 @@ async fn nothing_stored_in_clear(name: &str, repo: impl FnOnce(&TestDir) -> Repo
         );
     }
 
+    // Without the key, verify refuses rather than pass on stored checksums alone (a false
+    // green for monitoring); --no-key asks for that checksum-only verify, which `check` does
+    // not count as a verify.
+    let location = match pitr.repo.strip_prefix('/') {
+        Some(_) => format!("file://{}", pitr.repo),
+        None => pitr.repo.clone(),
+    };
+    let keyless = with_key(&pitr, &[]);
+    let out = keyless.run(["verify"]);
+    assert_eq!(code(&out), 12, "{}", stderr(&out));
+    assert_eq!(
+        stderr(&out),
+        format!(
+            "pitr verify: repository {location} is encrypted and no key was given: verify needs \
+             it to authenticate objects and check WAL and backups; give the key \
+             (passphrase_file, PITR_PASSPHRASE, key_file or kms_key_id), or pass --no-key for a \
+             check of the stored checksums only\n"
+        )
+    );
+    let out = keyless.run(["verify", "--no-key"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(": intact\nnote: the repository is encrypted and no key was given"),
+        "{stdout}"
+    );
+    let out = pitr.run(["check"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(
+            "WARNING verify_age: no verify recorded: run pitr verify regularly, or set \
+             check_verify_age = \"off\"\n"
+        ),
+        "{stdout}{}",
+        stderr(&out)
+    );
+
     // Listed and verified with the key: every object authenticated.
     let (status, report) = verify_json(&pitr);
     assert_eq!(status, 0, "{report}");
     assert_eq!(report["authenticated"], true, "{report}");
     let out = pitr.run(["list", "--json"]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let out = pitr.run(["check"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("OK verify_age: last successful verify "),
+        "{stdout}"
+    );
     // Without it: the stored checksums only, and reads are refused as "no key".
-    let keyless = with_key(&pitr, &[]);
-    let (status, report) = verify_json(&keyless);
+    let out = keyless.run(["verify", "--no-key", "--json"]);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let status = code(&out);
     assert_eq!(status, 0, "{report}");
     assert_eq!(report["authenticated"], false, "{report}");
     let sealed = objects(&*storage)

@@ -54,6 +54,10 @@ pub enum StorageError {
     },
     #[error("invalid object key '{0}'")]
     InvalidKey(String),
+    /// The repository cannot be reached as configured (no credentials, credentials refused,
+    /// an endpoint that does not resolve): trying again cannot help, the settings must change.
+    #[error("{0}")]
+    Config(String),
 }
 
 impl StorageError {
@@ -62,6 +66,18 @@ impl StorageError {
             op,
             location: location.to_string(),
             source,
+        }
+    }
+
+    /// Nothing listened where the repository was looked for (a transient error, retried
+    /// only briefly: see [`retry::RetryPolicy::refused_total`]).
+    pub fn is_refused(&self) -> bool {
+        match self {
+            StorageError::S3 { message, .. } => message.contains("Connection refused"),
+            StorageError::Io { source, .. } => {
+                source.kind() == std::io::ErrorKind::ConnectionRefused
+            }
+            _ => false,
         }
     }
 

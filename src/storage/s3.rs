@@ -7,10 +7,11 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
+use aws_credential_types::provider::error::CredentialsError;
 use aws_sdk_s3::Client;
 use aws_sdk_s3::config::http::HttpResponse;
 use aws_sdk_s3::config::{RequestChecksumCalculation, ResponseChecksumValidation};
-use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::ChecksumMode;
 
@@ -105,9 +106,12 @@ impl S3Storage {
         E: ProvideErrorMetadata + std::error::Error + 'static,
     {
         let status = status_of(&err);
+        if let Some(problem) = configuration_problem(&err, &self.location()) {
+            return StorageError::Config(problem);
+        }
         let mut message = match err.code() {
             Some(code) => format!("{code}: {}", err.message().unwrap_or("no message")),
-            None => DisplayErrorContext(&err).to_string(),
+            None => error_chain(&err),
         };
         if status == Some(403) && matches!(op, "get" | "head") {
             message.push_str(
@@ -187,6 +191,81 @@ async fn body_of(payload: &PutPayload) -> Result<ByteStream, StorageError> {
         PutBody::File(path) => ByteStream::from_path(path)
             .await
             .map_err(|e| StorageError::io("read", path.display(), std::io::Error::other(e))),
+    }
+}
+
+/// The error and its causes, each once, on one line: the SDK's `DisplayErrorContext` appends
+/// a debug dump of the whole error (kilobytes), which would fill PostgreSQL's log.
+fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut next = Some(err);
+    while let Some(error) = next {
+        let text = error.to_string();
+        if !text.is_empty() && !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        next = error.source();
+    }
+    parts.join(": ").replace('\n', " ")
+}
+
+/// What the settings or the environment must change, when that is why a request failed: no
+/// credentials found, credentials the server refuses, an endpoint host that does not resolve.
+/// Retrying cannot help these, and each would otherwise look like a network failure.
+fn configuration_problem<E>(err: &SdkError<E, HttpResponse>, location: &str) -> Option<String>
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+{
+    const WHERE: &str = "in the environment of the user running pitr (for archive_command and \
+                         restore_command: the PostgreSQL server's)";
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(error) = next {
+        if let Some(credentials) = error.downcast_ref::<CredentialsError>() {
+            return Some(match credentials {
+                CredentialsError::CredentialsNotLoaded(_) => format!(
+                    "no AWS credentials found for {location}: set AWS_ACCESS_KEY_ID and \
+                     AWS_SECRET_ACCESS_KEY, or AWS_PROFILE, {WHERE}"
+                ),
+                other => format!(
+                    "the AWS credentials for {location} could not be loaded ({}): check \
+                     AWS_PROFILE and the AWS config files {WHERE}",
+                    error_chain(other)
+                ),
+            });
+        }
+        let text = error.to_string();
+        // The SDK's identity cache gave up on a slow provider (the instance metadata service
+        // off EC2, where it never answers); its error type is private.
+        if text.contains("identity resolver timed out") {
+            return Some(format!(
+                "no AWS credentials found for {location} ({text}: the last place the SDK \
+                 looks is the EC2 instance metadata service): set AWS_ACCESS_KEY_ID and \
+                 AWS_SECRET_ACCESS_KEY, or AWS_PROFILE, {WHERE}"
+            ));
+        }
+        if text.contains("failed to lookup address information")
+            && !text.contains("Temporary failure")
+        {
+            return Some(format!(
+                "the S3 endpoint for {location} does not resolve ({text}): check s3_endpoint \
+                 (PITR_S3_ENDPOINT, AWS_ENDPOINT_URL)"
+            ));
+        }
+        next = error.source();
+    }
+    match err.code() {
+        Some(
+            code @ ("InvalidAccessKeyId"
+            | "SignatureDoesNotMatch"
+            | "InvalidToken"
+            | "ExpiredToken"
+            | "TokenRefreshRequired"),
+        ) => Some(format!(
+            "S3 refused the AWS credentials for {location} ({code}{}): check \
+             AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE, {WHERE}",
+            err.message().map(|m| format!(": {m}")).unwrap_or_default()
+        )),
+        _ => None,
     }
 }
 
