@@ -183,7 +183,8 @@ fn check_history_and_metrics_on_a_live_cluster() {
     assert_eq!(
         text.trim_end(),
         format!(
-            "UNKNOWN repository: no repository at file://{} (check --repo)",
+            "UNKNOWN repository: cannot read the repository: no repository at file://{} (check \
+             --repo)",
             empty.display()
         ),
     );
