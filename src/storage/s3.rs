@@ -113,6 +113,12 @@ impl S3Storage {
             Some(code) => format!("{code}: {}", err.message().unwrap_or("no message")),
             None => error_chain(&err),
         };
+        if message.contains("Connection refused") {
+            message.push_str(
+                " (nothing listens at the S3 endpoint: check s3_endpoint, PITR_S3_ENDPOINT, \
+                 AWS_ENDPOINT_URL)",
+            );
+        }
         if status == Some(403) && matches!(op, "get" | "head") {
             message.push_str(
                 " (S3 also answers 403 for a missing key when the credentials lack \
@@ -221,10 +227,21 @@ where
     let mut next: Option<&(dyn std::error::Error + 'static)> = Some(err);
     while let Some(error) = next {
         if let Some(credentials) = error.downcast_ref::<CredentialsError>() {
+            let profile = std::env::var("AWS_PROFILE")
+                .map(|p| format!(" (the profile {p} of AWS_PROFILE gave none)"))
+                .unwrap_or_default();
+            let none_found = format!(
+                "no AWS credentials found for {location}{profile}: set AWS_ACCESS_KEY_ID and \
+                 AWS_SECRET_ACCESS_KEY, or AWS_PROFILE, {WHERE}"
+            );
+            let detail = error_chain(credentials);
             return Some(match credentials {
-                CredentialsError::CredentialsNotLoaded(_) => format!(
-                    "no AWS credentials found for {location}: set AWS_ACCESS_KEY_ID and \
-                     AWS_SECRET_ACCESS_KEY, or AWS_PROFILE, {WHERE}"
+                CredentialsError::CredentialsNotLoaded(_) => none_found,
+                // The instance metadata service is the default chain's last resort: its
+                // failure (off EC2, or an instance without a role) means none was found.
+                _ if detail.contains("IMDS") => format!(
+                    "{none_found} (the EC2 instance metadata service, where the SDK looks last: \
+                     {detail})"
                 ),
                 other => format!(
                     "the AWS credentials for {location} could not be loaded ({}): check \
