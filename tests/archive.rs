@@ -516,9 +516,15 @@ fn missing_repository_is_named(dir: &TestDir, pitr: &Pitr, location: &str) {
         )
     );
     assert!(!never.exists());
-    let out = pitr.run(["list"]);
-    assert_eq!(code(&out), 3, "{}", stderr(&out));
-    assert_eq!(stderr(&out), format!("pitr list: {line}\n"));
+    for command in ["list", "verify", "pin"] {
+        let mut args = vec![command];
+        if command == "pin" {
+            args.push("20260101T000000Z");
+        }
+        let out = pitr.run(&args);
+        assert_eq!(code(&out), 3, "{command}: {}", stderr(&out));
+        assert_eq!(stderr(&out), format!("pitr {command}: {line}\n"));
+    }
     let out = pitr
         .command(["restore", "--pgdata"])
         .arg(&never)
