@@ -83,8 +83,8 @@ fn now_utc(cluster: &PgCluster) -> String {
     cluster.sql("select to_char(now() at time zone 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') || '+00'")
 }
 
-fn verify_json(pitr: &Pitr) -> (i32, serde_json::Value) {
-    let out = pitr.run(["verify", "--json"]);
+fn verify_json(pitr: &Pitr, extra: &[&str]) -> (i32, serde_json::Value) {
+    let out = pitr.run([&["verify", "--json"][..], extra].concat());
     let report = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
         panic!(
             "{e}: {}{}",
@@ -183,7 +183,7 @@ async fn nothing_stored_in_clear(name: &str, repo: impl FnOnce(&TestDir) -> Repo
     );
 
     // Listed and verified with the key: every object authenticated.
-    let (status, report) = verify_json(&pitr);
+    let (status, report) = verify_json(&pitr, &[]);
     assert_eq!(status, 0, "{report}");
     assert_eq!(report["authenticated"], true, "{report}");
     let out = pitr.run(["list", "--json"]);
@@ -485,7 +485,7 @@ async fn tampering_is_corrupt_and_keys_are_named() {
     // Swapped: each is intact as stored (its checksum holds), but does not open as itself.
     put(a.clone(), b_bytes.clone()).await;
     put(b.clone(), a_bytes.clone()).await;
-    let (status, report) = verify_json(&pitr);
+    let (status, report) = verify_json(&pitr, &[]);
     assert_eq!(status, 5, "{report}");
     let corrupt: Vec<&str> = report["problems"]
         .as_array()
@@ -513,8 +513,8 @@ async fn tampering_is_corrupt_and_keys_are_named() {
     let at = flipped.len() / 2;
     flipped[at] ^= 0x04;
     put(a.clone(), flipped).await;
-    for who in [&pitr, &keyless] {
-        let (status, report) = verify_json(who);
+    for (who, extra) in [(&pitr, &[][..]), (&keyless, &["--no-key"][..])] {
+        let (status, report) = verify_json(who, extra);
         assert_eq!(status, 5, "{report}");
         assert_eq!(report["problems"][0]["key"], a.as_str(), "{report}");
     }
@@ -528,7 +528,7 @@ async fn tampering_is_corrupt_and_keys_are_named() {
     assert_eq!(code(&out), 133, "{}", stderr(&out));
     assert!(stderr(&out).contains("not encrypted"), "{}", stderr(&out));
     put(a.clone(), a_bytes.clone()).await;
-    let (status, report) = verify_json(&pitr);
+    let (status, report) = verify_json(&pitr, &[]);
     assert_eq!(status, 0, "{report}");
     let out = get(&segments[0]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
