@@ -185,7 +185,13 @@ fn init_as_root_gives_the_repository_to_the_cluster_owner() {
     };
     let mut cluster = PgCluster::initdb(&dir, "pg", &[]);
     let data = cluster.data.display().to_string();
-    let out = as_root(&pitr, &["init", "--pgdata", &data]);
+    // The suite's encrypted run gives every pitr a passphrase: the repository must take it.
+    let init: &[&str] = if encrypting() {
+        &["init", "--encrypt", "--pgdata", &data]
+    } else {
+        &["init", "--pgdata", &data]
+    };
+    let out = as_root(&pitr, init);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     assert_owned_by_postgres(&parent);
     cluster.configure(&format!(
@@ -206,7 +212,7 @@ fn init_as_root_gives_the_repository_to_the_cluster_owner() {
             repo: empty.display().to_string(),
             ..Pitr::install(&dir, &Repo::local(&dir))
         },
-        &["init", "--pgdata", &data],
+        init,
     );
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     assert_owned_by_postgres(&empty);
@@ -220,7 +226,7 @@ fn init_as_root_gives_the_repository_to_the_cluster_owner() {
             repo: full.display().to_string(),
             ..Pitr::install(&dir, &Repo::local(&dir))
         },
-        &["init", "--pgdata", &data],
+        init,
     );
     assert_eq!(code(&out), 7, "{}", stderr(&out));
     let full = full.display();
