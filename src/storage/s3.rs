@@ -527,3 +527,59 @@ impl Storage for S3Storage {
         Ok(protected)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use aws_sdk_s3::error::ConnectorError;
+    use aws_sdk_s3::operation::get_object::GetObjectError;
+
+    use super::*;
+
+    /// A request that failed before it was sent, for `cause`, as the SDK reports it.
+    fn dispatch_failure(
+        cause: impl std::error::Error + Send + Sync + 'static,
+    ) -> SdkError<GetObjectError, HttpResponse> {
+        SdkError::dispatch_failure(ConnectorError::other(Box::new(cause), None))
+    }
+
+    #[test]
+    fn credentials_the_chain_did_not_find_are_a_setting_to_change() {
+        let found = configuration_problem(
+            &dispatch_failure(CredentialsError::not_loaded("no providers in chain")),
+            "s3://b/p",
+        )
+        .unwrap();
+        assert!(
+            found.starts_with("no AWS credentials found for s3://b/p"),
+            "{found}"
+        );
+        assert!(found.contains("AWS_ACCESS_KEY_ID"), "{found}");
+        let imds = configuration_problem(
+            &dispatch_failure(CredentialsError::provider_error(
+                "failed to load IMDS session token: request forbidden",
+            )),
+            "s3://b/p",
+        )
+        .unwrap();
+        assert!(imds.starts_with("no AWS credentials found"), "{imds}");
+        assert!(imds.ends_with("request forbidden)"), "{imds}");
+        assert!(!imds.contains('\n'), "{imds}");
+    }
+
+    #[test]
+    fn network_failures_stay_transient_and_short() {
+        let refused = dispatch_failure(std::io::Error::new(
+            std::io::ErrorKind::ConnectionRefused,
+            "Connection refused (os error 111)",
+        ));
+        assert_eq!(configuration_problem(&refused, "s3://b/p"), None);
+        assert!(is_transient(&refused, None));
+        let chain = error_chain(&refused);
+        assert!(
+            chain.ends_with("Connection refused (os error 111)"),
+            "{chain}"
+        );
+        // The SDK's debug dump of the error is not in the message.
+        assert!(!chain.contains("DispatchFailure"), "{chain}");
+    }
+}
