@@ -45,6 +45,8 @@ if [ "$(id -u)" -eq 0 ] && ! id postgres >/dev/null 2>&1; then
 fi
 
 if [ -z "${PITR_TEST_S3_ENDPOINT:-}" ] && ! command -v s3s-fs >/dev/null; then
+  # --locked: the versions s3s-fs was released and tested with. Its Cargo.lock holds spin
+  # 0.10.0, yanked since, so cargo warns about it here; pitr's own Cargo.lock has 0.10.1.
   cargo install s3s-fs --version 0.14.1 --features binary --locked
 fi
 if [ "$need_moto" = 1 ]; then

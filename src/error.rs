@@ -40,11 +40,13 @@ pub const EXIT_CODES: &[ExitCode] = &[
     },
     ExitCode {
         code: EXIT_USAGE,
-        meaning: "usage or configuration error: a flag, the config file, an unknown backup id",
+        meaning: "usage or configuration error: a flag, the config file, an unknown backup id, \
+                  AWS credentials missing or refused, an S3 endpoint that does not resolve",
     },
     ExitCode {
         code: EXIT_WRONG_REPOSITORY,
-        meaning: "wrong repository: not initialised, or another cluster's",
+        meaning: "wrong repository: none at --repo (a mistyped location), or another \
+                  cluster's",
     },
     ExitCode {
         code: EXIT_CONFLICT,
@@ -235,6 +237,8 @@ impl Error {
             Error::WrongRepository(_) => EXIT_WRONG_REPOSITORY,
             Error::Conflict { .. } => EXIT_CONFLICT,
             Error::Corrupt { .. } => EXIT_CORRUPT,
+            // Settings to change, not a store that failed.
+            Error::Storage(StorageError::Config(_)) => EXIT_USAGE,
             Error::Storage(_) => EXIT_STORAGE,
             Error::InvalidInput { .. } => EXIT_INVALID_INPUT,
             Error::Incomplete(_) => EXIT_INCOMPLETE,

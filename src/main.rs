@@ -5,6 +5,8 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use tracing::Level;
+use tracing_subscriber::filter::Targets;
+use tracing_subscriber::prelude::*;
 
 use pitr::cli::{Cli, Command};
 use pitr::error::{EXIT_USAGE, Error};
@@ -23,12 +25,27 @@ fn main() -> ExitCode {
         (false, 1) => Level::INFO,
         (false, _) => Level::DEBUG,
     };
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_max_level(level)
-        .with_target(false)
-        .without_time()
+    // The AWS SDK and the other libraries log their own retries and probes (a missing
+    // instance metadata service alone fills kilobytes): pitr's messages say what matters,
+    // and stderr is PostgreSQL's log under archive_command and restore_command. Theirs show
+    // from -vv on.
+    let libraries = if cli.global.verbose >= 2 {
+        level
+    } else {
+        Level::ERROR
+    };
+    let filter = Targets::new()
+        .with_target("pitr", level)
+        .with_default(libraries);
+    tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(std::io::stderr().is_terminal())
+                .with_target(false)
+                .without_time(),
+        )
+        .with(filter)
         .init();
 
     let runtime = match tokio::runtime::Builder::new_multi_thread()

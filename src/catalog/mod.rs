@@ -64,10 +64,9 @@ pub const ENCRYPTED_REPOSITORY_FORMAT: u32 = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CatalogError {
-    #[error(
-        "repository {location} is not initialised: run `pitr --repo {location} init --pgdata \
-         <data directory>` first"
-    )]
+    /// Nothing at the location: most often a mistyped --repo, so the message does not invite
+    /// `pitr init` there (init says what it created).
+    #[error("no repository at {location} (check --repo)")]
     NotInitialised { location: String },
     #[error("repository identity {location}/{IDENTITY_KEY} is unreadable: {reason}")]
     CorruptIdentity { location: String, reason: String },

@@ -636,6 +636,11 @@ pub enum Command {
         /// Objects read at once (default: 2 per core).
         #[arg(long, value_name = "N")]
         jobs: Option<usize>,
+        /// An encrypted repository without its key: check only the stored checksums (no
+        /// object authenticated, WAL and backups not checked; not recorded as a verify for
+        /// `check`). Without it, verify refuses such a repository (exit 12).
+        #[arg(long)]
+        no_key: bool,
     },
     /// Monitoring probe: one OK/WARNING/CRITICAL/UNKNOWN line per check, Nagios exit codes
     /// (0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN); thresholds are the check_* settings.

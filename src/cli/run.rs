@@ -79,6 +79,11 @@ async fn run_command(cli: Cli, settings: Result<Settings>) -> Result<u8> {
     if let Command::ArchivePush { path } = cli.command {
         return run_archive_push(path, &settings, &config, threads).await;
     }
+    if let (Command::Init { pgdata, .. }, crate::storage::RepoLocation::Fs(root)) =
+        (&cli.command, &config.location)
+    {
+        crate::commands::init::prepare_local_repository(root, pgdata)?;
+    }
     let run_as = backup_user(&cli.command)?;
     let catalog = open_catalog_as(&settings, &config, run_as.as_ref()).await?;
 
@@ -663,10 +668,16 @@ async fn execute(
             let options = ListOptions { jobs: 2 * threads };
             render::list(&list(&catalog, &options).await?, json);
         }
-        Command::Verify { backup, json, jobs } => {
+        Command::Verify {
+            backup,
+            json,
+            jobs,
+            no_key,
+        } => {
             let options = VerifyOptions {
                 jobs: jobs.unwrap_or(2 * threads),
                 backup,
+                without_key: no_key,
             };
             let report = verify(&catalog, &options).await?;
             facts.bytes = Some(report.bytes);

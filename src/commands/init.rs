@@ -1,11 +1,13 @@
 //! `pitr init`: records which cluster a repository belongs to.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use crate::catalog::{Catalog, InitOutcome, RepositoryIdentity};
 use crate::codec::Compression;
 use crate::datadir::read_cluster_identity;
 use crate::error::{Error, Result};
+use crate::ownership::{Owner, give_to, running_as_root};
+use crate::storage::FsStorage;
 
 #[derive(Clone, Debug)]
 pub struct InitOptions {
@@ -24,6 +26,53 @@ pub struct InitReport {
     pub location: String,
     /// The fingerprints of the keys that open an encrypted repository.
     pub key_fingerprints: Option<String>,
+}
+
+/// Run as root, `pitr init` gives a new local repository to the data directory's owner, who
+/// archives into it (PostgreSQL runs archive_command as that user): the directory is made
+/// for that user, and the store gives every entry a root run creates to the directory's
+/// owner. A directory root owns already (`sudo mkdir`) is given over while empty, and refused
+/// otherwise, since that user could not write it.
+pub fn prepare_local_repository(root: &Path, pgdata: &Path) -> Result<()> {
+    if !running_as_root() {
+        return Ok(());
+    }
+    // Not a data directory: say so before a directory is made for nothing.
+    read_cluster_identity(pgdata)?;
+    let owner = Owner::of(pgdata).map_err(|e| Error::local_io(pgdata.display(), e))?;
+    if owner.is_root() {
+        return Ok(());
+    }
+    let dir_owner = match std::fs::symlink_metadata(root) {
+        Ok(_) => Owner::of(root).map_err(|e| Error::local_io(root.display(), e))?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return FsStorage::new(root.to_owned())
+                .create_root(Some(&owner))
+                .map_err(|e| Error::local_io(root.display(), e));
+        }
+        Err(e) => return Err(Error::local_io(root.display(), e)),
+    };
+    if !dir_owner.is_root() {
+        return Ok(());
+    }
+    let empty = std::fs::read_dir(root)
+        .map_err(|e| Error::local_io(root.display(), e))?
+        .next()
+        .is_none();
+    if empty {
+        return give_to(root, Some(&owner)).map_err(|e| Error::local_io(root.display(), e));
+    }
+    Err(Error::invalid_input(
+        root.display(),
+        format!(
+            "the repository directory belongs to root, and {user} (who owns {pgdata} and \
+             archives) could not write it: `chown -R {user}: {root}` first, or run `sudo -u \
+             {user} pitr --repo {root} init --pgdata {pgdata}`",
+            user = owner.name(),
+            pgdata = pgdata.display(),
+            root = root.display()
+        ),
+    ))
 }
 
 pub async fn init(catalog: &Catalog, options: &InitOptions) -> Result<InitReport> {

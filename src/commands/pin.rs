@@ -27,7 +27,9 @@ pub struct PinReport {
 }
 
 pub async fn pin(catalog: &Catalog, options: &PinOptions) -> Result<PinReport> {
-    // Only a listed backup: its manifest must be there and sound.
+    // A repository first (a mistyped --repo is named as such), then only a listed backup:
+    // its manifest must be there and sound.
+    catalog.identity().await?;
     catalog.manifest(&options.id).await?;
     let mut pin = catalog
         .backup_pin(&options.id)

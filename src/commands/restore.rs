@@ -104,6 +104,8 @@ pub async fn restore(catalog: &Catalog, options: &RestoreOptions) -> Result<Rest
         )),
         _ => None,
     };
+    // Where no repository is (a mistyped --repo), say so before the claim would make one.
+    catalog.identity().await?;
     if let Some(claim) = &claim {
         // Before the archive is read: an expire deciding meanwhile sees a restore planning
         // and removes nothing.

@@ -30,6 +30,10 @@ pub struct VerifyOptions {
     pub jobs: usize,
     /// Only this backup, and the WAL from its start on.
     pub backup: Option<String>,
+    /// An encrypted repository without its key gets the checksum-only verify: asked for
+    /// explicitly (`--no-key`), since it proves much less than a verify with the key and must
+    /// not pass for one in monitoring.
+    pub without_key: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -170,6 +174,15 @@ pub async fn verify(catalog: &Catalog, options: &VerifyOptions) -> Result<Verify
     let started = Instant::now();
     let identity = catalog.identity().await?;
     if !catalog.can_decrypt() {
+        if !options.without_key {
+            return Err(Error::Key(format!(
+                "repository {} is encrypted and no key was given: verify needs it to \
+                 authenticate objects and check WAL and backups; give the key (passphrase_file, \
+                 PITR_PASSPHRASE, key_file or kms_key_id), or pass --no-key for a check of the \
+                 stored checksums only",
+                catalog.location()
+            )));
+        }
         return verify_stored(catalog, options, started).await;
     }
     let segment_size = identity.wal_segment_size;

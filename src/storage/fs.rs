@@ -41,6 +41,12 @@ impl FsStorage {
         FsStorage { root, staging }
     }
 
+    /// Creates the repository's directory and any missing ancestor, each given to `owner`
+    /// (pitr run as root makes a repository that another user archives into).
+    pub fn create_root(&self, owner: Option<&Owner>) -> io::Result<()> {
+        create_dirs_durably(&self.root, owner)
+    }
+
     /// Whom the entries a root run creates are given to: the root directory's owner.
     fn owner(&self) -> Option<Owner> {
         Owner::for_entries_under(&self.root)

@@ -57,6 +57,10 @@ pub enum StorageError {
     /// A conditional put or delete found another version than the one it was given.
     #[error("{key}: changed in the repository since it was read")]
     Changed { key: String },
+    /// The repository cannot be reached as configured (no credentials, credentials refused,
+    /// an endpoint that does not resolve): trying again cannot help, the settings must change.
+    #[error("{0}")]
+    Config(String),
 }
 
 impl StorageError {
@@ -65,6 +69,18 @@ impl StorageError {
             op,
             location: location.to_string(),
             source,
+        }
+    }
+
+    /// Nothing listened where the repository was looked for (a transient error, retried
+    /// only briefly: see [`retry::RetryPolicy::refused_total`]).
+    pub fn is_refused(&self) -> bool {
+        match self {
+            StorageError::S3 { message, .. } => message.contains("Connection refused"),
+            StorageError::Io { source, .. } => {
+                source.kind() == std::io::ErrorKind::ConnectionRefused
+            }
+            _ => false,
         }
     }
 

@@ -30,6 +30,10 @@ pub struct RetryPolicy {
     pub total: Duration,
     pub first_backoff: Duration,
     pub max_backoff: Duration,
+    /// Retries of a refused connection stop once this much time has passed: nothing
+    /// listening is far more often a wrong endpoint than a server restarting, and must not
+    /// hold archive-get (and the server's recovery) for minutes.
+    pub refused_total: Duration,
 }
 
 impl Default for RetryPolicy {
@@ -39,6 +43,7 @@ impl Default for RetryPolicy {
             total: Duration::from_secs(120),
             first_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(10),
+            refused_total: Duration::from_secs(10),
         }
     }
 }
@@ -97,7 +102,12 @@ impl RetryingStorage {
                 other => return other,
             };
             let pause = self.policy.backoff(number - 1);
-            if started.elapsed() + pause >= self.policy.total {
+            let budget = if error.is_refused() {
+                self.policy.refused_total.min(self.policy.total)
+            } else {
+                self.policy.total
+            };
+            if started.elapsed() + pause >= budget {
                 return Err(error);
             }
             tracing::warn!("{error}; retrying (attempt {} in {pause:.1?})", number + 1);
@@ -223,6 +233,7 @@ mod tests {
             total: Duration::from_millis(total_ms),
             first_backoff: Duration::from_millis(1),
             max_backoff: Duration::from_millis(5),
+            refused_total: Duration::from_millis(total_ms),
         }
     }
 
@@ -281,6 +292,23 @@ mod tests {
         ));
         assert_eq!(faults.calls(Op::Get), 1);
         assert_eq!(faults.calls(Op::Head), 1);
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_has_its_own_shorter_budget() {
+        let policy = RetryPolicy {
+            refused_total: Duration::ZERO,
+            ..quick(5_000, 1_000)
+        };
+        let (faults, store) = stores(policy);
+        faults.inject(
+            Fault::on(Op::List)
+                .nth(1)
+                .fail(FaultKind::Io(io::ErrorKind::ConnectionRefused)),
+        );
+        let err = store.list("").await.err().unwrap();
+        assert!(err.is_refused(), "{err}");
+        assert_eq!(faults.calls(Op::List), 1);
     }
 
     #[tokio::test(flavor = "multi_thread")]

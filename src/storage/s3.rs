@@ -7,10 +7,11 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
+use aws_credential_types::provider::error::CredentialsError;
 use aws_sdk_s3::Client;
 use aws_sdk_s3::config::http::HttpResponse;
 use aws_sdk_s3::config::{RequestChecksumCalculation, ResponseChecksumValidation};
-use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::ChecksumMode;
 use bytes::Bytes;
@@ -174,10 +175,19 @@ impl S3Storage {
         E: ProvideErrorMetadata + std::error::Error + 'static,
     {
         let status = status_of(&err);
+        if let Some(problem) = configuration_problem(&err, &self.location()) {
+            return StorageError::Config(problem);
+        }
         let mut message = match err.code() {
             Some(code) => format!("{code}: {}", err.message().unwrap_or("no message")),
-            None => DisplayErrorContext(&err).to_string(),
+            None => error_chain(&err),
         };
+        if message.contains("Connection refused") {
+            message.push_str(
+                " (nothing listens at the S3 endpoint: check s3_endpoint, PITR_S3_ENDPOINT, \
+                 AWS_ENDPOINT_URL)",
+            );
+        }
         if status == Some(403) && matches!(op, "get" | "head") {
             message.push_str(
                 " (S3 also answers 403 for a missing key when the credentials lack \
@@ -256,6 +266,92 @@ async fn body_of(payload: &PutPayload) -> Result<ByteStream, StorageError> {
         PutBody::File(path) => ByteStream::from_path(path)
             .await
             .map_err(|e| StorageError::io("read", path.display(), std::io::Error::other(e))),
+    }
+}
+
+/// The error and its causes, each once, on one line: the SDK's `DisplayErrorContext` appends
+/// a debug dump of the whole error (kilobytes), which would fill PostgreSQL's log.
+fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut next = Some(err);
+    while let Some(error) = next {
+        let text = error.to_string();
+        if !text.is_empty() && !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        next = error.source();
+    }
+    parts.join(": ").replace('\n', " ")
+}
+
+/// What the settings or the environment must change, when that is why a request failed: no
+/// credentials found, credentials the server refuses, an endpoint host that does not resolve.
+/// Retrying cannot help these, and each would otherwise look like a network failure.
+fn configuration_problem<E>(err: &SdkError<E, HttpResponse>, location: &str) -> Option<String>
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+{
+    const WHERE: &str = "in the environment of the user running pitr (for archive_command and \
+                         restore_command: the PostgreSQL server's)";
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(error) = next {
+        if let Some(credentials) = error.downcast_ref::<CredentialsError>() {
+            let profile = std::env::var("AWS_PROFILE")
+                .map(|p| format!(" (the profile {p} of AWS_PROFILE gave none)"))
+                .unwrap_or_default();
+            let none_found = format!(
+                "no AWS credentials found for {location}{profile}: set AWS_ACCESS_KEY_ID and \
+                 AWS_SECRET_ACCESS_KEY, or AWS_PROFILE, {WHERE}"
+            );
+            let detail = error_chain(credentials);
+            return Some(match credentials {
+                CredentialsError::CredentialsNotLoaded(_) => none_found,
+                // The instance metadata service is the default chain's last resort: its
+                // failure (off EC2, or an instance without a role) means none was found.
+                _ if detail.contains("IMDS") => format!(
+                    "{none_found} (the EC2 instance metadata service, where the SDK looks last: \
+                     {detail})"
+                ),
+                other => format!(
+                    "the AWS credentials for {location} could not be loaded ({}): check \
+                     AWS_PROFILE and the AWS config files {WHERE}",
+                    error_chain(other)
+                ),
+            });
+        }
+        let text = error.to_string();
+        // The SDK's identity cache gave up on a slow provider (the instance metadata service
+        // off EC2, where it never answers); its error type is private.
+        if text.contains("identity resolver timed out") {
+            return Some(format!(
+                "no AWS credentials found for {location} ({text}: the last place the SDK \
+                 looks is the EC2 instance metadata service): set AWS_ACCESS_KEY_ID and \
+                 AWS_SECRET_ACCESS_KEY, or AWS_PROFILE, {WHERE}"
+            ));
+        }
+        if text.contains("failed to lookup address information")
+            && !text.contains("Temporary failure")
+        {
+            return Some(format!(
+                "the S3 endpoint for {location} does not resolve ({text}): check s3_endpoint \
+                 (PITR_S3_ENDPOINT, AWS_ENDPOINT_URL)"
+            ));
+        }
+        next = error.source();
+    }
+    match err.code() {
+        Some(
+            code @ ("InvalidAccessKeyId"
+            | "SignatureDoesNotMatch"
+            | "InvalidToken"
+            | "ExpiredToken"
+            | "TokenRefreshRequired"),
+        ) => Some(format!(
+            "S3 refused the AWS credentials for {location} ({code}{}): check \
+             AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE, {WHERE}",
+            err.message().map(|m| format!(": {m}")).unwrap_or_default()
+        )),
+        _ => None,
     }
 }
 
@@ -519,5 +615,61 @@ impl Storage for S3Storage {
             }
         }
         Ok(protected)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use aws_sdk_s3::error::ConnectorError;
+    use aws_sdk_s3::operation::get_object::GetObjectError;
+
+    use super::*;
+
+    /// A request that failed before it was sent, for `cause`, as the SDK reports it.
+    fn dispatch_failure(
+        cause: impl std::error::Error + Send + Sync + 'static,
+    ) -> SdkError<GetObjectError, HttpResponse> {
+        SdkError::dispatch_failure(ConnectorError::other(Box::new(cause), None))
+    }
+
+    #[test]
+    fn credentials_the_chain_did_not_find_are_a_setting_to_change() {
+        let found = configuration_problem(
+            &dispatch_failure(CredentialsError::not_loaded("no providers in chain")),
+            "s3://b/p",
+        )
+        .unwrap();
+        assert!(
+            found.starts_with("no AWS credentials found for s3://b/p"),
+            "{found}"
+        );
+        assert!(found.contains("AWS_ACCESS_KEY_ID"), "{found}");
+        let imds = configuration_problem(
+            &dispatch_failure(CredentialsError::provider_error(
+                "failed to load IMDS session token: request forbidden",
+            )),
+            "s3://b/p",
+        )
+        .unwrap();
+        assert!(imds.starts_with("no AWS credentials found"), "{imds}");
+        assert!(imds.ends_with("request forbidden)"), "{imds}");
+        assert!(!imds.contains('\n'), "{imds}");
+    }
+
+    #[test]
+    fn network_failures_stay_transient_and_short() {
+        let refused = dispatch_failure(std::io::Error::new(
+            std::io::ErrorKind::ConnectionRefused,
+            "Connection refused (os error 111)",
+        ));
+        assert_eq!(configuration_problem(&refused, "s3://b/p"), None);
+        assert!(is_transient(&refused, None));
+        let chain = error_chain(&refused);
+        assert!(
+            chain.ends_with("Connection refused (os error 111)"),
+            "{chain}"
+        );
+        // The SDK's debug dump of the error is not in the message.
+        assert!(!chain.contains("DispatchFailure"), "{chain}");
     }
 }

@@ -446,23 +446,21 @@ async fn uninitialised_and_misconfigured_repositories_are_explained() {
         .arg(cluster.wal_path(FIRST))
         .output()
         .unwrap();
+    // No repository there: most often a mistyped --repo, so nothing invites `pitr init` at it.
     assert_eq!(code(&out), 3, "{}", stderr(&out));
-    assert!(stderr(&out).contains("pitr --repo"), "{}", stderr(&out));
-    assert!(stderr(&out).contains("init"), "{}", stderr(&out));
-
-    let never = dir.path().join("never");
-    let out = pitr
-        .command(["archive-get", FIRST])
-        .arg(&never)
-        .output()
-        .unwrap();
     assert_eq!(
-        code(&out),
-        131,
-        "not-initialised must not look like 'not found': {}",
-        stderr(&out)
+        stderr(&out),
+        format!(
+            "pitr archive-push: no repository at file://{} (check --repo)\n",
+            repo.url
+        )
     );
-    assert!(!never.exists());
+    let typo = Pitr {
+        repo: dir.path().join("typo").display().to_string(),
+        ..Pitr::install(&dir, &repo)
+    };
+    missing_repository_is_named(&dir, &typo, &format!("file://{}", typo.repo));
+    assert!(!dir.path().join("typo").exists());
 
     let out = as_postgres(&pitr.bin)
         .args(["archive-get", FIRST, "x", "--repo", "relative/path"])
@@ -488,6 +486,143 @@ async fn uninitialised_and_misconfigured_repositories_are_explained() {
         .env("PITR_CONFIG", &config)
         .output()
         .unwrap();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+}
+
+/// archive-get, list and restore at a location that holds no repository: one line naming it,
+/// exit 3 (archive-get 131, so that PostgreSQL stops recovery rather than end it), nothing
+/// written.
+fn missing_repository_is_named(dir: &TestDir, pitr: &Pitr, location: &str) {
+    let line = format!("no repository at {location} (check --repo)");
+    let never = dir.path().join("never");
+    let out = pitr
+        .command(["archive-get", FIRST])
+        .arg(&never)
+        .output()
+        .unwrap();
+    assert_eq!(
+        code(&out),
+        131,
+        "no repository must not look like 'not found': {}",
+        stderr(&out)
+    );
+    assert_eq!(
+        stderr(&out),
+        format!(
+            "pitr archive-get {FIRST}: {line}; recovery stops here rather than end without this \
+             file: fix the cause, then start the server again\n"
+        )
+    );
+    assert!(!never.exists());
+    for command in ["list", "verify", "pin"] {
+        let mut args = vec![command];
+        if command == "pin" {
+            args.push("20260101T000000Z");
+        }
+        let out = pitr.run(&args);
+        assert_eq!(code(&out), 3, "{command}: {}", stderr(&out));
+        assert_eq!(stderr(&out), format!("pitr {command}: {line}\n"));
+    }
+    let out = pitr
+        .command(["restore", "--pgdata"])
+        .arg(&never)
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 3, "{}", stderr(&out));
+    assert_eq!(stderr(&out), format!("pitr restore: {line}\n"));
+    assert!(!never.exists());
+}
+
+/// An S3 repository that is not where --repo says, or that the environment gives no
+/// credentials (or wrong ones) for: one line saying so and what to set, at once (the line
+/// alone on stderr: no retry, no SDK output), and archive-get exits above 125 so that
+/// PostgreSQL stops recovery rather than take the file as missing. No credentials is the
+/// SDK's default chain finding none, down to the instance metadata service (here a closed
+/// port, as off EC2).
+#[tokio::test(flavor = "multi_thread")]
+async fn s3_missing_repository_or_credentials_fail_at_once_in_one_line() {
+    let server = S3Server::start("s3-config").await;
+    let t = Offline::new("s3-config", |_| Repo::s3(&server, "repo"));
+    let typo = Pitr {
+        repo: format!("s3://{}/typo", server.bucket),
+        ..Pitr::install(&t.dir, &t.repo)
+    };
+    missing_repository_is_named(&t.dir, &typo, &typo.repo);
+
+    let location = t.pitr.repo.clone();
+    let empty = t.dir.write("empty-aws-config", "");
+    chown_to_postgres(&empty);
+    let metadata_service = format!("http://127.0.0.1:{}", free_port());
+    let run = |credentials: &[(&str, &str)], args: &[&std::ffi::OsStr]| {
+        as_postgres(&t.pitr.bin)
+            .args(args)
+            .args(["--repo", location.as_str()])
+            .env_clear()
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .env("PITR_S3_ENDPOINT", &server.endpoint)
+            .env("PITR_S3_PATH_STYLE", "true")
+            .env("AWS_CONFIG_FILE", &empty)
+            .env("AWS_SHARED_CREDENTIALS_FILE", &empty)
+            .env("AWS_EC2_METADATA_SERVICE_ENDPOINT", &metadata_service)
+            .envs(t.pitr.key_env())
+            .envs(credentials.iter().copied())
+            .output()
+            .unwrap()
+    };
+    let dest = t.dir.subdir("get").join(FIRST);
+    let get = ["archive-get".as_ref(), FIRST.as_ref(), dest.as_os_str()];
+    let missing = format!(
+        "no AWS credentials found for {location}: set AWS_ACCESS_KEY_ID and \
+         AWS_SECRET_ACCESS_KEY, or AWS_PROFILE, in the environment of the user running pitr \
+         (for archive_command and restore_command: the PostgreSQL server's)"
+    );
+    let out = run(&[], &get);
+    assert_eq!(code(&out), 130, "{}", stderr(&out));
+    assert_eq!(
+        stderr(&out),
+        format!(
+            "pitr archive-get {FIRST}: {missing}; recovery stops here rather than end without \
+             this file: fix the cause, then start the server again\n"
+        )
+    );
+    assert!(!dest.exists());
+    let out = run(&[], &["list".as_ref()]);
+    assert_eq!(code(&out), 2, "{}", stderr(&out));
+    assert_eq!(stderr(&out), format!("pitr list: {missing}\n"));
+
+    // Credentials the server refuses: named as such, not retried.
+    let wrong = [
+        ("AWS_ACCESS_KEY_ID", server.access_key.as_str()),
+        ("AWS_SECRET_ACCESS_KEY", "not-the-secret"),
+    ];
+    let refused = format!(
+        "S3 refused the AWS credentials for {location} (SignatureDoesNotMatch): check \
+         AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE, in the environment of \
+         the user running pitr (for archive_command and restore_command: the PostgreSQL \
+         server's)"
+    );
+    let out = run(&wrong, &get);
+    assert_eq!(code(&out), 130, "{}", stderr(&out));
+    assert_eq!(
+        stderr(&out),
+        format!(
+            "pitr archive-get {FIRST}: {refused}; recovery stops here rather than end without \
+             this file: fix the cause, then start the server again\n"
+        )
+    );
+    let out = run(&wrong, &["list".as_ref()]);
+    assert_eq!(code(&out), 2, "{}", stderr(&out));
+    assert_eq!(stderr(&out), format!("pitr list: {refused}\n"));
+
+    // The same environment with the right credentials works.
+    let right = [
+        ("AWS_ACCESS_KEY_ID", server.access_key.as_str()),
+        ("AWS_SECRET_ACCESS_KEY", server.secret_key.as_str()),
+    ];
+    let segment = t.cluster.wal_path(FIRST);
+    let out = run(&right, &["archive-push".as_ref(), segment.as_os_str()]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let out = run(&right, &get);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
 }
 

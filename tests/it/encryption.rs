@@ -81,8 +81,8 @@ fn now_utc(cluster: &PgCluster) -> String {
     cluster.sql("select to_char(now() at time zone 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') || '+00'")
 }
 
-fn verify_json(pitr: &Pitr) -> (i32, serde_json::Value) {
-    let out = pitr.run(["verify", "--json"]);
+fn verify_json(pitr: &Pitr, extra: &[&str]) -> (i32, serde_json::Value) {
+    let out = pitr.run([&["verify", "--json"][..], extra].concat());
     let report = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
         panic!(
             "{e}: {}{}",
@@ -143,15 +143,59 @@ async fn nothing_stored_in_clear(name: &str, repo: impl FnOnce(&TestDir) -> Repo
         );
     }
 
+    // Without the key, verify refuses rather than pass on stored checksums alone (a false
+    // green for monitoring); --no-key asks for that checksum-only verify, which `check` does
+    // not count as a verify.
+    let location = match pitr.repo.strip_prefix('/') {
+        Some(_) => format!("file://{}", pitr.repo),
+        None => pitr.repo.clone(),
+    };
+    let keyless = with_key(&pitr, &[]);
+    let out = keyless.run(["verify"]);
+    assert_eq!(code(&out), 12, "{}", stderr(&out));
+    assert_eq!(
+        stderr(&out),
+        format!(
+            "pitr verify: repository {location} is encrypted and no key was given: verify needs \
+             it to authenticate objects and check WAL and backups; give the key \
+             (passphrase_file, PITR_PASSPHRASE, key_file or kms_key_id), or pass --no-key for a \
+             check of the stored checksums only\n"
+        )
+    );
+    let out = keyless.run(["verify", "--no-key"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(": intact\nnote: the repository is encrypted and no key was given"),
+        "{stdout}"
+    );
+    let out = pitr.run(["check"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(
+            "WARNING verify_age: no verify recorded: run pitr verify regularly, or set \
+             check_verify_age = \"off\"\n"
+        ),
+        "{stdout}{}",
+        stderr(&out)
+    );
+
     // Listed and verified with the key: every object authenticated.
-    let (status, report) = verify_json(&pitr);
+    let (status, report) = verify_json(&pitr, &[]);
     assert_eq!(status, 0, "{report}");
     assert_eq!(report["authenticated"], true, "{report}");
     let out = pitr.run(["list", "--json"]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let out = pitr.run(["check"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("OK verify_age: last successful verify "),
+        "{stdout}"
+    );
     // Without it: the stored checksums only, and reads are refused as "no key".
-    let keyless = with_key(&pitr, &[]);
-    let (status, report) = verify_json(&keyless);
+    let out = keyless.run(["verify", "--no-key", "--json"]);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let status = code(&out);
     assert_eq!(status, 0, "{report}");
     assert_eq!(report["authenticated"], false, "{report}");
     let sealed = objects(&*storage)
@@ -439,7 +483,7 @@ async fn tampering_is_corrupt_and_keys_are_named() {
     // Swapped: each is intact as stored (its checksum holds), but does not open as itself.
     put(a.clone(), b_bytes.clone()).await;
     put(b.clone(), a_bytes.clone()).await;
-    let (status, report) = verify_json(&pitr);
+    let (status, report) = verify_json(&pitr, &[]);
     assert_eq!(status, 5, "{report}");
     let corrupt: Vec<&str> = report["problems"]
         .as_array()
@@ -467,8 +511,8 @@ async fn tampering_is_corrupt_and_keys_are_named() {
     let at = flipped.len() / 2;
     flipped[at] ^= 0x04;
     put(a.clone(), flipped).await;
-    for who in [&pitr, &keyless] {
-        let (status, report) = verify_json(who);
+    for (who, extra) in [(&pitr, &[][..]), (&keyless, &["--no-key"][..])] {
+        let (status, report) = verify_json(who, extra);
         assert_eq!(status, 5, "{report}");
         assert_eq!(report["problems"][0]["key"], a.as_str(), "{report}");
     }
@@ -482,7 +526,7 @@ async fn tampering_is_corrupt_and_keys_are_named() {
     assert_eq!(code(&out), 133, "{}", stderr(&out));
     assert!(stderr(&out).contains("not encrypted"), "{}", stderr(&out));
     put(a.clone(), a_bytes.clone()).await;
-    let (status, report) = verify_json(&pitr);
+    let (status, report) = verify_json(&pitr, &[]);
     assert_eq!(status, 0, "{report}");
     let out = get(&segments[0]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));

@@ -275,6 +275,7 @@ async fn a_put_failing_mid_backup_leaves_no_listed_backup() {
         &pitr::commands::verify::VerifyOptions {
             jobs: 2,
             backup: None,
+            without_key: false,
         },
     )
     .await
@@ -314,6 +315,7 @@ fn with_retries(store: &Arc<FaultStorage>, total_ms: u64, attempt_ms: u64) -> Ca
         total: Duration::from_millis(total_ms),
         first_backoff: Duration::from_millis(5),
         max_backoff: Duration::from_millis(50),
+        refused_total: Duration::from_millis(total_ms),
     };
     Catalog::new(Arc::new(RetryingStorage::new(store.clone(), policy)))
 }

@@ -163,3 +163,83 @@ fn root_runs_leave_nothing_the_cluster_owner_cannot_use() {
     restored.wait_promoted(Duration::from_secs(120));
     assert_eq!(restored.sql("select count(*) from t"), "1001");
 }
+
+/// `sudo pitr init` into a new directory: the repository is the data directory owner's
+/// (missing parents too), so that PostgreSQL archives into it as that user. A directory root
+/// made beforehand is given over while empty, and refused with the command to run when it
+/// holds something.
+#[test]
+fn init_as_root_gives_the_repository_to_the_cluster_owner() {
+    if !is_root() {
+        eprintln!("skipped: these tests run pitr as root; run the suite as root");
+        return;
+    }
+    let dir = TestDir::new("init-as-root");
+    let parent = dir.path().join("made-by-init");
+    let repo_dir = parent.join("repo");
+    let pitr = Pitr {
+        repo: repo_dir.display().to_string(),
+        ..Pitr::install(&dir, &Repo::local(&dir))
+    };
+    let mut cluster = PgCluster::initdb(&dir, "pg", &[]);
+    let data = cluster.data.display().to_string();
+    // The suite's encrypted run gives every pitr a passphrase: the repository must take it.
+    let init: &[&str] = if encrypting() {
+        &["init", "--encrypt", "--pgdata", &data]
+    } else {
+        &["init", "--pgdata", &data]
+    };
+    let out = as_root(&pitr, init);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_owned_by_postgres(&parent);
+    cluster.configure(&format!(
+        "archive_mode = on\narchive_command = '{}'\n",
+        pitr.archive_command()
+    ));
+    cluster.start();
+    cluster.sql("create table t (id int); insert into t select generate_series(1, 1000)");
+    cluster.archive_current_segment(Duration::from_secs(60));
+    cluster.stop();
+    assert_owned_by_postgres(&parent);
+
+    // Made by root beforehand: given over while empty.
+    let empty = dir.path().join("sudo-mkdir");
+    std::fs::create_dir(&empty).unwrap();
+    let out = as_root(
+        &Pitr {
+            repo: empty.display().to_string(),
+            ..Pitr::install(&dir, &Repo::local(&dir))
+        },
+        init,
+    );
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_owned_by_postgres(&empty);
+
+    // Root's, and not empty: refused, nothing written.
+    let full = dir.path().join("roots-files");
+    std::fs::create_dir(&full).unwrap();
+    std::fs::write(full.join("notes"), "mine").unwrap();
+    let out = as_root(
+        &Pitr {
+            repo: full.display().to_string(),
+            ..Pitr::install(&dir, &Repo::local(&dir))
+        },
+        init,
+    );
+    assert_eq!(code(&out), 7, "{}", stderr(&out));
+    let full = full.display();
+    assert_eq!(
+        stderr(&out),
+        format!(
+            "pitr init: {full}: the repository directory belongs to root, and postgres (who \
+             owns {data} and archives) could not write it: `chown -R postgres: {full}` first, \
+             or run `sudo -u postgres pitr --repo {full} init --pgdata {data}`\n"
+        )
+    );
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("roots-files"))
+            .unwrap()
+            .count(),
+        1
+    );
+}

@@ -523,9 +523,15 @@ async fn no_secret_in_any_output_or_written_file() {
         let with_json = |args: &[&'static str]| [args, json].concat();
         pitr.local(&mut audit, &with_json(&["list"]), &[], &[0]);
         pitr.s3(&mut audit, &with_json(&["list"]), &s3_env, &[0]);
-        let local_verify = [&local_repo[..], &["verify"], json].concat();
+        let local_verify = [&local_repo[..], &["verify", "--no-key"], json].concat();
         pitr.s3(&mut audit, &local_verify, &[], &[0]);
-        pitr.s3(&mut audit, &with_json(&["verify"]), &key_only, &[0]);
+        pitr.s3(
+            &mut audit,
+            &with_json(&["verify", "--no-key"]),
+            &key_only,
+            &[0],
+        );
+        pitr.s3(&mut audit, &with_json(&["verify"]), &key_only, &[12]);
         let check_url = [&["check", "--dbname", url.as_str()][..], json].concat();
         pitr.local(&mut audit, &check_url, &[], &[0, 1]);
         let check_tcp = [&["check", "--dbname", tcp.as_str()][..], json].concat();
@@ -555,7 +561,7 @@ async fn no_secret_in_any_output_or_written_file() {
         &mut audit,
         &["-vv", "--storage-retry-time", "1", "list"],
         &wrong_secret,
-        &[3, 6],
+        &[2],
     );
     let unreachable = with(&s3_env, "PITR_S3_ENDPOINT", "http://127.0.0.1:1");
     pitr.s3(
