@@ -796,7 +796,8 @@ async fn a_target_on_two_timelines_is_never_guessed_s3() {
     .await;
 }
 
-/// psql as the postgres user on `cluster`; (success, stdout, stderr), never a panic.
+/// psql as the postgres user on `cluster`; (success, the last line of output, stderr), never
+/// a panic.
 fn try_sql(cluster: &PgCluster, sql: &str) -> (bool, String, String) {
     let out = as_postgres("psql")
         .args(["-X", "-v", "ON_ERROR_STOP=1", "-At", "-U", "postgres", "-h"])
@@ -806,7 +807,11 @@ fn try_sql(cluster: &PgCluster, sql: &str) -> (bool, String, String) {
         .unwrap();
     (
         out.status.success(),
-        String::from_utf8_lossy(&out.stdout).trim().to_owned(),
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .last()
+            .unwrap_or_default()
+            .to_owned(),
         String::from_utf8_lossy(&out.stderr).trim().to_owned(),
     )
 }
