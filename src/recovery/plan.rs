@@ -759,6 +759,11 @@ fn beyond_reach(
              pg_switch_wal(), and restore again",
             last = rfc3339(last)
         ),
+        None if matches!(target, Target::Time(_)) => "Recovery to a time stops only at a commit \
+             after it, and none is archived after the backups: restore without a target to \
+             replay all archived WAL, or commit a transaction on the primary after the target, \
+             then SELECT pg_switch_wal(), and restore again"
+            .to_owned(),
         _ => "Restore without a target to replay all archived WAL, or archive newer WAL first \
               (SELECT pg_switch_wal() on the primary)"
             .to_owned(),

@@ -296,6 +296,18 @@ fn a_time_after_an_idle_primarys_last_commit_names_the_windows_end_and_what_work
             seg(1, 9)
         )
     );
+    // No commit anywhere after the backups: still no bare switch.
+    let text =
+        unreachable_text(Archive::new(&[(1, 2, 8)], &[]).plan(&backups[1..], Target::Time(at(45))));
+    assert!(
+        text.ends_with(
+            "the latest reachable time is unknown (no commit in the reachable WAL). Recovery to \
+             a time stops only at a commit after it, and none is archived after the backups: \
+             restore without a target to replay all archived WAL, or commit a transaction on \
+             the primary after the target, then SELECT pg_switch_wal(), and restore again"
+        ),
+        "{text}"
+    );
     // Another target kind keeps the plain hint: a switch does archive a written restore point.
     let text = unreachable_text(archive.plan(&backups, Target::Lsn(lsn(12, 0))));
     assert!(
