@@ -255,6 +255,10 @@ fn list_and_restore_name_the_same_end_on_an_idle_primary() {
         .as_str()
         .unwrap_or_else(|| panic!("no end: {listed}"))
         .to_owned();
+    // The case of the issue: the window ends before the newest backup started (its own WAL,
+    // a segment later, holds no commit).
+    let newest_start = listed["backups"][1]["start_time"].as_str().unwrap();
+    assert!(utc(&until) < utc(newest_start), "{listed}");
     let text = String::from_utf8_lossy(&pitr.run(["list"]).stdout).into_owned();
     assert!(
         text.contains(&format!(
