@@ -73,8 +73,13 @@ impl Owner {
 
 /// pitr runs with root's rights.
 pub fn running_as_root() -> bool {
+    effective_uid() == 0
+}
+
+/// The user whose rights pitr runs with.
+pub fn effective_uid() -> u32 {
     // SAFETY: geteuid cannot fail and touches no memory.
-    unsafe { libc::geteuid() == 0 }
+    unsafe { libc::geteuid() }
 }
 
 /// The name of user `uid`, if the system has one.

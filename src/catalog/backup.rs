@@ -137,6 +137,16 @@ pub struct BackupFile {
 }
 
 impl BackupManifest {
+    /// The files of the backup: a file stored in several parts (a large one) counts once.
+    /// backup and restore both report this figure.
+    pub fn file_count(&self) -> usize {
+        self.files
+            .iter()
+            .map(|f| f.path.as_str())
+            .collect::<std::collections::BTreeSet<_>>()
+            .len()
+    }
+
     /// Parses a stored manifest and checks everything restore will rely on, so that no
     /// content can make it write outside the data directory, overflow or panic.
     pub fn parse(bytes: &[u8], id: &str) -> Result<Self, String> {

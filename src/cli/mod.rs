@@ -665,7 +665,7 @@ pub enum Command {
         #[arg(long, value_name = "ADDR")]
         listen: Option<std::net::SocketAddr>,
     },
-    /// Recorded runs of backup, verify, check and expire, newest first.
+    /// Recorded runs of backup, verify, check, expire, drill and restore-table, newest first.
     History {
         /// Print the runs as JSON.
         #[arg(long)]
@@ -1026,6 +1026,16 @@ mod tests {
             option_help(&help, "--target-action").contains("pause (the default"),
             "{help}"
         );
+    }
+
+    #[test]
+    fn history_help_names_every_recorded_command() {
+        let help = help_of(&["history"]);
+        let about = help.split("Usage:").next().unwrap_or_default();
+        let about = about.split_whitespace().collect::<Vec<_>>().join(" ");
+        for command in crate::commands::history::RECORDED_COMMANDS {
+            assert!(about.contains(command), "{command} missing from: {about}");
+        }
     }
 
     #[test]

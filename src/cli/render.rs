@@ -9,7 +9,7 @@ use crate::commands::init::InitReport;
 use crate::commands::list::ListReport;
 use crate::commands::pin::PinReport;
 use crate::commands::restore::RestoreReport;
-use crate::commands::restore::server::{ArchiveChoice, ArchiveMode, PortChoice};
+use crate::commands::restore::server::{ArchiveChoice, ArchiveMode, PortChoice, ServerCommands};
 use crate::commands::verify::VerifyReport;
 use crate::pg::recovery_target::{RecoveryRequest, Target, TargetAction};
 use crate::pg::timestamp::rfc3339_micros;
@@ -125,7 +125,7 @@ pub fn backup(report: &BackupReport) {
         "backup {} complete: {} files, {} bytes ({} stored in {} objects), WAL {} to {} \
          (timeline {}), {:.1} s",
         m.id,
-        m.files.len(),
+        m.file_count(),
         m.size_bytes,
         m.stored_bytes,
         report.objects,
@@ -224,17 +224,13 @@ pub fn restore(report: &RestoreReport, request: &RecoveryRequest) {
     } else {
         println!("{archive}");
     }
-    if report.dry_run {
-        println!("dry run: nothing was written");
-        return;
-    }
     match &server.port {
         Some(PortChoice::Moved { from, to }) => println!(
-            "wrote port = {to}: port {from} is in use on this host (the cluster the backup \
+            "{written} port = {to}: port {from} is in use on this host (the cluster the backup \
              came from?)"
         ),
         Some(PortChoice::Asked { port, busy }) => {
-            println!("wrote port = {port} (--port)");
+            println!("{written} port = {port} (--port)");
             if *busy {
                 println!(
                     "warning: port {port} is in use on this host: the server will not start until it is free"
@@ -245,7 +241,15 @@ pub fn restore(report: &RestoreReport, request: &RecoveryRequest) {
             "warning: port {port} and the ports above it are in use on this host: choose one \
              with --port"
         ),
+        Some(PortChoice::Configured(port)) if report.dry_run => println!(
+            "would write no port: the server would listen on port {port}, as the backup's \
+             configuration says (free on this host)"
+        ),
         Some(PortChoice::Configured(_)) | None => {}
+    }
+    if report.dry_run {
+        println!("dry run: nothing was written");
+        return;
     }
     let pgdata = report.pgdata.display();
     println!(
@@ -265,24 +269,60 @@ pub fn restore(report: &RestoreReport, request: &RecoveryRequest) {
             names.join(", ")
         );
     }
+    let commands = &server.commands;
+    let paused = !matches!(request.target, Target::End)
+        && matches!(request.action, None | Some(TargetAction::Pause));
     let then = match (&request.target, request.action) {
         (Target::End, _) | (_, Some(TargetAction::Promote)) => {
             "then end recovery and accept writes"
         }
         (_, Some(TargetAction::Shutdown)) => "then shut down",
-        _ => "then pause, read-only, until you run SELECT pg_wal_replay_resume()",
+        _ => "then pause (PostgreSQL's default recovery_target_action)",
     };
-    let command: Vec<String> = server.start_command.iter().map(|w| sh_quote(w)).collect();
     let port = server
         .port
         .as_ref()
         .map_or_else(String::new, |p| format!(" on port {}", p.port()));
+    println!("Next: {}", shell_words(&commands.start));
     println!(
-        "Next: {}\nPostgreSQL will listen{port}, replay WAL from the repository \
-         (restore_command runs pitr archive-get) up to {}, {then}.",
-        command.join(" "),
-        request.target
+        "PostgreSQL will listen{port}, replay WAL from the repository (restore_command runs \
+         pitr archive-get) up to {}, {then}; it logs to {}.",
+        request.target,
+        commands.log.display()
     );
+    if paused {
+        for line in paused_guidance(commands) {
+            println!("{line}");
+        }
+    }
+}
+
+/// What a copy paused at its target is, and the commands that end its recovery.
+fn paused_guidance(commands: &ServerCommands) -> Vec<String> {
+    let mut lines = vec![
+        "Paused, the copy is read-only, and what a transaction in flight at the target \
+         dropped or altered (the DROP TABLE restored to just before, say) stays locked by the \
+         startup process until the copy is promoted: a query on such a table waits (SET \
+         statement_timeout to look without waiting)."
+            .to_owned(),
+        format!(
+            "To end recovery there and accept writes: {}",
+            shell_words(&commands.promote)
+        ),
+    ];
+    if let Some(resume) = &commands.resume {
+        lines.push(format!("  or, from SQL: {}", shell_words(resume)));
+    }
+    lines
+}
+
+/// Words as one command line for /bin/sh.
+fn shell_words(words: &[String]) -> String {
+    words
+        .iter()
+        .map(|w| sh_quote(w))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 pub fn list(report: &ListReport, as_json: bool) {
@@ -486,8 +526,15 @@ pub fn expire(report: &ExpireReport, as_json: bool) {
             wal.last_segment.as_deref().unwrap_or("(its end)")
         );
     }
-    for name in &report.removed_wal {
-        println!("{verb} WAL {name}");
+    for range in &report.removed_wal_ranges {
+        if range.count == 1 {
+            println!("{verb} WAL {}", range.first);
+        } else {
+            println!(
+                "{verb} WAL {} .. {} ({} files)",
+                range.first, range.last, range.count
+            );
+        }
     }
     for claim in &report.replay_claims {
         println!(

@@ -108,9 +108,103 @@ pub fn settings_env(settings: &Settings) -> Vec<(String, String)> {
         .collect()
 }
 
+/// The AWS SDK's variables that the restored server's restore_command reads from its
+/// environment (credentials, profile, region, endpoint, web identity).
+const AWS_VARIABLES: &[&str] = &[
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_PROFILE",
+    "AWS_SHARED_CREDENTIALS_FILE",
+    "AWS_CONFIG_FILE",
+    "AWS_ROLE_ARN",
+    "AWS_WEB_IDENTITY_TOKEN_FILE",
+    "AWS_REGION",
+    "AWS_DEFAULT_REGION",
+    "AWS_ENDPOINT_URL",
+];
+
+/// What the server restored from an S3 repository needs in its environment for its
+/// restore_command, which carries the repository settings but never a secret. `is_set`
+/// says which AWS variables this restore ran with (their names are printed, never their
+/// values); `start` is the start command (sudo resets the environment).
+pub fn s3_environment_note(
+    settings: &Settings,
+    is_set: impl Fn(&str) -> bool,
+    start: &[String],
+) -> String {
+    let set: Vec<&str> = AWS_VARIABLES
+        .iter()
+        .copied()
+        .filter(|name| is_set(name))
+        .collect();
+    let ran_with = if set.is_empty() {
+        "this restore found its credentials in no AWS_ variable (a profile file or an instance \
+         role?): give the server the same (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or \
+         AWS_PROFILE with the server user's ~/.aws files, and AWS_REGION)"
+            .to_owned()
+    } else {
+        format!(
+            "start it with the variables this restore ran with: {}",
+            set.join(", ")
+        )
+    };
+    let endpoint = match &settings.s3_endpoint {
+        Some(endpoint) => format!("; the endpoint {endpoint} is in restore_command"),
+        None => String::new(),
+    };
+    let sudo = if start.first().is_some_and(|w| w == "sudo") {
+        format!(
+            "; sudo drops them unless told: sudo --preserve-env={} -u …",
+            if set.is_empty() {
+                "AWS_ACCESS_KEY_ID,AWS_SECRET_ACCESS_KEY,AWS_REGION".to_owned()
+            } else {
+                set.join(",")
+            }
+        )
+    } else {
+        String::new()
+    };
+    format!(
+        "note: the restored server's restore_command reads the S3 repository with the AWS \
+         credentials of the server's environment (pg_ctl passes its own on; restore_command \
+         holds no secret): {ran_with}{endpoint}{sudo}"
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_s3_note_names_the_variables_never_their_values() {
+        let settings = Settings {
+            s3_endpoint: Some("http://127.0.0.1:9000".into()),
+            ..Settings::default()
+        };
+        let set = ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION"];
+        let start: Vec<String> = ["pg_ctl", "-D", "/d", "start"].map(String::from).to_vec();
+        assert_eq!(
+            s3_environment_note(&settings, |n| set.contains(&n), &start),
+            "note: the restored server's restore_command reads the S3 repository with the AWS \
+             credentials of the server's environment (pg_ctl passes its own on; \
+             restore_command holds no secret): start it with the variables this restore ran \
+             with: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION; the endpoint \
+             http://127.0.0.1:9000 is in restore_command"
+        );
+        let sudo: Vec<String> = ["sudo", "-u", "postgres", "pg_ctl"]
+            .map(String::from)
+            .to_vec();
+        let note = s3_environment_note(&Settings::default(), |_| false, &sudo);
+        assert!(
+            note.ends_with(
+                "(AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE with the server \
+                 user's ~/.aws files, and AWS_REGION); sudo drops them unless told: sudo \
+                 --preserve-env=AWS_ACCESS_KEY_ID,AWS_SECRET_ACCESS_KEY,AWS_REGION -u …"
+            ),
+            "{note}"
+        );
+    }
 
     /// What PostgreSQL does to restore_command before the shell sees it
     /// (`replace_percent_placeholders`).

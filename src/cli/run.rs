@@ -582,7 +582,18 @@ async fn execute(
                 let key = config.spool_key();
                 GetSpool::new(spool_dir(Some(path), Path::new("."), SpoolKind::Get, &key)).remove();
             }
-            render::restore(&restore(&catalog, &options).await?, &recovery);
+            let report = restore(&catalog, &options).await?;
+            render::restore(&report, &recovery);
+            if let (crate::storage::RepoLocation::S3 { .. }, false) = (&config.location, dry_run) {
+                println!(
+                    "{}",
+                    restore_command::s3_environment_note(
+                        settings,
+                        |name| std::env::var_os(name).is_some(),
+                        &report.server.commands.start,
+                    )
+                );
+            }
             let key_in_command = settings.passphrase_file.is_some()
                 || settings.key_file.is_some()
                 || settings.kms_key_id.is_some();

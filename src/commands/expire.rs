@@ -51,6 +51,8 @@ pub struct ExpireReport {
     pub kept_wal: Vec<KeptWalEntry>,
     /// Segments, partial segments and backup history files, oldest first.
     pub removed_wal: Vec<String>,
+    /// The same as runs of consecutive segments per timeline, as the text output shows them.
+    pub removed_wal_ranges: Vec<WalFileRange>,
     /// Summaries left by an earlier removal cut short.
     pub removed_orphan_summaries: u64,
     /// Backups that never finished and whose owner is gone.
@@ -73,6 +75,48 @@ pub struct ExpireReport {
     /// Why nothing was removed although the policy would remove something (a restore was
     /// planning, or began while expire decided).
     pub held_back: Option<String>,
+}
+
+/// Files of one timeline over consecutive segments: `first` to `last`, `count` files (a
+/// segment's partial and backup history files count too).
+#[derive(Debug, PartialEq, Eq, Serialize)]
+pub struct WalFileRange {
+    pub timeline: u32,
+    pub first: String,
+    pub last: String,
+    pub count: u64,
+}
+
+/// `files` as runs of consecutive segments, per timeline in order.
+fn wal_file_ranges(files: &[WalFileName], segment_size: u64) -> Vec<WalFileRange> {
+    let mut sorted: Vec<(u32, Option<u64>, &WalFileName)> = files
+        .iter()
+        .map(|f| (f.timeline(), f.segment_number(segment_size), f))
+        .collect();
+    sorted.sort();
+    let mut ranges: Vec<(WalFileRange, Option<u64>)> = Vec::new();
+    for (timeline, segno, name) in sorted {
+        if let Some((range, Some(last))) = ranges.last_mut()
+            && range.timeline == timeline
+            && let Some(segno) = segno
+            && (segno == *last || Some(segno) == last.checked_add(1))
+        {
+            range.last = name.to_string();
+            range.count += 1;
+            *last = segno;
+            continue;
+        }
+        ranges.push((
+            WalFileRange {
+                timeline,
+                first: name.to_string(),
+                last: name.to_string(),
+                count: 1,
+            },
+            segno,
+        ));
+    }
+    ranges.into_iter().map(|(range, _)| range).collect()
 }
 
 #[derive(Debug, Serialize)]
@@ -338,6 +382,8 @@ async fn expire_locked(
         .iter()
         .map(|f| f.name.to_string())
         .collect();
+    let removed_names: Vec<WalFileName> = plan.wal_removed.iter().map(|f| f.name.clone()).collect();
+    report.removed_wal_ranges = wal_file_ranges(&removed_names, segment_size);
     report.removed_orphan_summaries = plan.orphan_summaries.len() as u64;
 
     let this_host = crate::host_name().unwrap_or_default();
@@ -375,6 +421,7 @@ async fn expire_locked(
         report.held_back = Some(why);
         report.removed_backups.clear();
         report.removed_wal.clear();
+        report.removed_wal_ranges.clear();
         report.removed_interrupted_backups.clear();
         report.removed_orphan_summaries = 0;
         return Ok(report);
@@ -415,6 +462,40 @@ async fn expire_locked(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn removed_wal_is_told_in_runs_of_consecutive_segments_per_timeline() {
+        const SEG: u64 = 16 << 20;
+        let name = |t: u32, s: u64| WalFileName::parse(&xlog_file_name(t, s, SEG)).unwrap();
+        let backup_file = WalFileName::parse("000000010000000000000004.00000028.backup").unwrap();
+        // Timeline 1: 3..=5 (and 4's backup history file), 0xFF..=0x101 across a log id;
+        // timeline 2: 5 alone, its partial beside it.
+        let mut files: Vec<WalFileName> = (3..=5).map(|s| name(1, s)).collect();
+        files.push(backup_file);
+        files.extend((0xFF..=0x101).map(|s| name(1, s)));
+        files.push(name(2, 5));
+        files.push(WalFileName::parse("000000020000000000000006.partial").unwrap());
+        files.push(name(1, 9));
+        let ranges = wal_file_ranges(&files, SEG);
+        let told: Vec<(u32, &str, &str, u64)> = ranges
+            .iter()
+            .map(|r| (r.timeline, r.first.as_str(), r.last.as_str(), r.count))
+            .collect();
+        assert_eq!(
+            told,
+            [
+                (1, "000000010000000000000003", "000000010000000000000005", 4),
+                (1, "000000010000000000000009", "000000010000000000000009", 1),
+                (1, "0000000100000000000000FF", "000000010000000100000001", 3),
+                (
+                    2,
+                    "000000020000000000000005",
+                    "000000020000000000000006.partial",
+                    2
+                ),
+            ]
+        );
+    }
 
     #[test]
     fn a_backup_without_manifest_is_abandoned_only_when_its_owner_is_gone() {

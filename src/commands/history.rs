@@ -8,7 +8,7 @@ use crate::catalog::Catalog;
 use crate::catalog::history::{HISTORY_FORMAT, RunRecord, RunStatus};
 use crate::error::{EXIT_OK, Result};
 
-/// Commands whose runs are recorded. Expire joins when it exists.
+/// Commands whose runs are recorded (`pitr history --help` names each).
 pub const RECORDED_COMMANDS: &[&str] = &[
     "backup",
     "verify",

@@ -2,7 +2,6 @@
 //! window of each timeline: from the earliest backup's end to the last commit reachable
 //! without a gap in the WAL.
 
-use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::catalog::Catalog;
@@ -12,8 +11,7 @@ use crate::pg::timestamp::{rfc3339, rfc3339_micros};
 use crate::pg::wal_name::xlog_file_name;
 use crate::recovery::ArchiveView;
 use crate::recovery::timelines::{TimelineOrigin, timeline_tree, timelines_without_backup};
-use crate::recovery::view::Needed;
-use crate::recovery::walk::path_holds_backup;
+use crate::recovery::window::{load_window, recovery_window};
 
 /// The JSON shape scripts read: keep it stable.
 #[derive(Debug, Serialize)]
@@ -124,7 +122,8 @@ pub async fn list(catalog: &Catalog, options: &ListOptions) -> Result<ListReport
 }
 
 /// Per timeline: from the earliest usable backup's stop time to the latest commit that
-/// recovery from some backup reaches before a missing segment.
+/// recovery from some backup reaches before a missing segment (restore's refusals name the
+/// same end).
 async fn recovery_windows(
     catalog: &Catalog,
     view: &mut ArchiveView,
@@ -136,26 +135,12 @@ async fn recovery_windows(
         let Some(path) = view.path(timeline) else {
             continue; // no history file: verify reports it
         };
-        let mut from: Option<DateTime<Utc>> = None;
-        let mut until: Option<DateTime<Utc>> = None;
-        for backup in backups {
-            if !path_holds_backup(&path, backup) {
-                continue;
-            }
-            let walk = view.walk(&path, backup.start_lsn);
-            if !walk.reaches(backup.stop_lsn.segment_number(view.segment_size)) {
-                continue;
-            }
-            view.load_summaries(catalog, &walk.segments, &Needed::Outline, jobs)
-                .await?;
-            from = Some(from.map_or(backup.stop_time, |f| f.min(backup.stop_time)));
-            until = until.max(view.last_commit(&walk.segments));
-        }
-        if let Some(from) = from {
+        load_window(catalog, view, &path, backups, jobs).await?;
+        if let Some(window) = recovery_window(view, &path, backups) {
             windows.push(RecoveryWindow {
                 timeline,
-                from: rfc3339(from),
-                until: until.map(rfc3339),
+                from: rfc3339(window.from),
+                until: window.until.map(rfc3339),
             });
         }
     }

@@ -35,7 +35,7 @@ mod layout;
 pub mod server;
 
 use layout::{CONTROL_FILE, CONTROL_FILE_RESTORING, LayoutError, RestoreLayout, plan_layout};
-use server::{ServerRequest, ServerSetup};
+use server::{ConfiguredServer, PortChoice, ServerRequest, ServerSetup};
 
 #[derive(Clone)]
 pub struct RestoreOptions {
@@ -127,6 +127,7 @@ async fn restore_claimed(
     mut claim: Option<ReplayClaim>,
 ) -> Result<RestoreReport> {
     let started = Instant::now();
+    check_creatable(&options.pgdata)?;
     let identity = catalog.identity().await?;
     let list = catalog.backup_list().await?;
     if let Some(damaged) = list
@@ -205,12 +206,18 @@ async fn restore_claimed(
         plan.backup.cluster_owner.as_ref(),
         &options.pgdata,
     )?;
-    let server = server::before_configuration(
+    let mut server = server::before_configuration(
         layout.pgdata(),
         &options.server,
         plan.backup.data_directory.as_deref(),
         plan.backup.pg_version,
     );
+    if options.dry_run {
+        // The port the restore would write, from the backup's own configuration.
+        let configured = backup_configuration(catalog, &plan.backup).await;
+        let (port, _) = server::probe_port(&configured, layout.pgdata(), &options.server);
+        server.port = Some(port);
+    }
     let foreign_timelines = foreign_in_path(&view, &foreign, plan.timeline);
     let mut report = RestoreReport {
         pgdata: options.pgdata.clone(),
@@ -266,11 +273,88 @@ async fn restore_claimed(
         let written = result?;
         (report.files, report.bytes, report.bytes_read, report.server) = written;
         // Who owns the directory is known only now (a run as root gave it away).
-        report.server.start_command =
-            server::start_command(&options.pgdata, report.plan.backup.pg_version);
+        report.server.commands = server::server_commands(
+            &options.pgdata,
+            report.plan.backup.pg_version,
+            report.server.port.as_ref().map(PortChoice::port),
+            &report.server.socket_directories,
+            report.plan.backup.superuser.as_deref(),
+        );
     }
     report.elapsed = started.elapsed();
     Ok(report)
+}
+
+/// A `pgdata` that does not exist yet is created in the nearest directory above it that
+/// does: refused at once (dry run too) when that one is certainly not writable for this
+/// user, rather than after the pre-flight. Group rights are not looked up: a directory
+/// writable by its group passes (the creation then says).
+fn check_creatable(pgdata: &Path) -> Result<()> {
+    if fs::symlink_metadata(pgdata).is_ok() {
+        return Ok(());
+    }
+    let Some((parent, meta)) = pgdata
+        .ancestors()
+        .skip(1)
+        .find_map(|dir| Some((dir, fs::metadata(dir).ok()?)))
+    else {
+        return Ok(());
+    };
+    use std::os::unix::fs::MetadataExt;
+    let me = crate::ownership::effective_uid();
+    let writable = if me == 0 {
+        true
+    } else if meta.uid() == me {
+        meta.mode() & 0o200 != 0
+    } else {
+        meta.mode() & 0o022 != 0
+    };
+    if writable || !meta.is_dir() {
+        return Ok(());
+    }
+    let user = crate::ownership::user_name(me).unwrap_or_else(|| format!("#{me}"));
+    Err(Error::invalid_input(
+        pgdata.display(),
+        format!(
+            "cannot be created: {} is not writable by {user}: create the directory first, owned \
+             by {user} (as root: mkdir, then chown), or restore as root",
+            parent.display()
+        ),
+    ))
+}
+
+/// The backup's postgresql.conf and postgresql.auto.conf, read from its objects (a dry run
+/// has no restored directory to read them from); what cannot be read counts as absent.
+async fn backup_configuration(catalog: &Catalog, backup: &BackupManifest) -> ConfiguredServer {
+    let mut texts: [Vec<u8>; 2] = Default::default();
+    for (text, name) in texts
+        .iter_mut()
+        .zip(["postgresql.conf", "postgresql.auto.conf"])
+    {
+        // A small file, stored whole in one object.
+        let Some(file) = backup
+            .files
+            .iter()
+            .find(|f| f.path == name && f.file_offset == 0)
+        else {
+            continue;
+        };
+        let local = "the backup's configuration";
+        let Ok((object, _)) = catalog
+            .fetch_backup_object(backup, file.object, local, Vec::new())
+            .await
+        else {
+            continue;
+        };
+        let bytes = usize::try_from(file.offset)
+            .ok()
+            .zip(usize::try_from(file.size).ok())
+            .and_then(|(start, len)| object.get(start..start.checked_add(len)?));
+        if let Some(bytes) = bytes.filter(|b| crc32c::crc32c(b) == file.crc32c) {
+            *text = bytes.to_vec();
+        }
+    }
+    ConfiguredServer::parse(&texts[0], &texts[1])
 }
 
 /// The planned segments as runs of names, for the claim and the replay plan.
@@ -352,11 +436,12 @@ fn restored_owner(
     if !running_as_root() {
         // Files are then this user's, whoever was asked for.
         return match requested {
-            // SAFETY: geteuid cannot fail and touches no memory.
-            Some(owner) if owner.uid != unsafe { libc::geteuid() } => Err(Error::Config(format!(
-                "--owner {}: only root can give the restored files to another user",
-                owner.name()
-            ))),
+            Some(owner) if owner.uid != crate::ownership::effective_uid() => {
+                Err(Error::Config(format!(
+                    "--owner {}: only root can give the restored files to another user",
+                    owner.name()
+                )))
+            }
             _ => Ok(None),
         };
     }
@@ -604,12 +689,7 @@ async fn write_backup(
     }
     write("recovery.signal", "")?;
     // Read from the restored configuration, before the settings below are added to it.
-    let server = server::gather(
-        &pgdata,
-        &options.server,
-        backup.data_directory.as_deref(),
-        backup.pg_version,
-    );
+    let server = server::gather(&pgdata, &options.server, backup.data_directory.as_deref());
     // The timeline the pre-flight planned, named: recovery then follows the history that was
     // checked (not one archived since), and asks for a newer timeline's history file only
     // when it promotes, which tells archive-get that replay is over.
@@ -660,14 +740,8 @@ async fn write_backup(
             .and_then(|dir| dir.sync_all())
             .map_err(|e| Error::local_io(global.display(), e))?;
     }
-    let files = backup
-        .files
-        .iter()
-        .map(|f| f.path.as_str())
-        .collect::<BTreeSet<_>>()
-        .len();
     Ok((
-        files,
+        backup.file_count(),
         written.iter().map(|w| w.0).sum(),
         written.iter().map(|w| w.1).sum(),
         server,

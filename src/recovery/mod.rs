@@ -8,6 +8,7 @@ pub mod retention;
 pub mod timelines;
 pub mod view;
 pub mod walk;
+pub mod window;
 pub mod xid;
 
 pub use plan::{PlanError, RestorePlan};

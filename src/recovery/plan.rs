@@ -21,6 +21,7 @@ use crate::pg::xact_end::XactEnd;
 
 use super::view::{ArchiveView, Block, Needed};
 use super::walk::{SegmentRuns, Walk, path_holds_backup};
+use super::window::{load_window, recovery_window};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum PlanError {
@@ -76,7 +77,18 @@ pub async fn gather_and_plan(
     for other in other_timelines(view, backups, request) {
         gather(catalog, view, backups, &other, jobs).await?;
     }
-    Ok(plan_restore(view, backups, request))
+    let planned = plan_restore(view, backups, request);
+    if planned.is_err() {
+        // A refusal names how far the archive reaches: the end of the recovery window `list`
+        // shows, read now (a successful plan never needs it).
+        for timeline in view.listing.timelines() {
+            if let Some(path) = view.path(timeline) {
+                load_window(catalog, view, &path, backups, jobs).await?;
+            }
+        }
+        return Ok(plan_restore(view, backups, request));
+    }
+    Ok(planned)
 }
 
 /// Reads what planning `request` needs.
@@ -102,7 +114,7 @@ async fn gather(
             let files = view.files(&walk.segments);
             super::xid::search_walk(catalog, view, &files, xid, jobs).await?;
         }
-        if let Ok(plan) = plan_for_backup(view, backup, &request.recovery) {
+        if let Ok(plan) = plan_for_backup(view, backups, backup, &request.recovery) {
             // The sizes of segments in groups the plan covers only in part (whole groups
             // have theirs in their rollup's key).
             let unknown: Vec<ArchivedFile> = view
@@ -274,7 +286,7 @@ fn plan_one(
     let candidates = candidates(view, backups, request)?;
     let mut refusals = Vec::new();
     for backup in &candidates {
-        match plan_backup(view, backup, &request.recovery) {
+        match plan_backup(view, backups, backup, &request.recovery) {
             Ok(plan) => return Ok(plan),
             Err(refusal) => refusals.push(refusal),
         }
@@ -456,14 +468,18 @@ fn resolve_path(
 /// (for an xid target) what decoding found.
 pub fn plan_for_backup(
     view: &ArchiveView,
+    backups: &[BackupManifest],
     backup: &BackupManifest,
     recovery: &RecoveryRequest,
 ) -> Result<RestorePlan, PlanError> {
-    plan_backup(view, backup, recovery).map_err(Refusal::into_error)
+    plan_backup(view, backups, backup, recovery).map_err(Refusal::into_error)
 }
 
+/// `backups` are all of them: a refusal names the end of the timeline's recovery window,
+/// which an older backup may reach further back than `backup`.
 fn plan_backup(
     view: &ArchiveView,
+    backups: &[BackupManifest],
     backup: &BackupManifest,
     recovery: &RecoveryRequest,
 ) -> Result<RestorePlan, Refusal> {
@@ -515,7 +531,13 @@ fn plan_backup(
             let count = walk
                 .count_through(lsn.segment_number(segment_size))
                 .ok_or_else(|| {
-                    Refusal::Other(beyond_reach(view, &walk, &format!("target LSN {lsn}")))
+                    Refusal::Other(beyond_reach(
+                        view,
+                        (&path, backups),
+                        &recovery.target,
+                        &walk,
+                        &format!("target LSN {lsn}"),
+                    ))
                 })?;
             target_lsn = Some(*lsn);
             (count, format!("at LSN {lsn}"))
@@ -529,6 +551,8 @@ fn plan_backup(
             let (index, at_timeline, at_segno) = after.ok_or_else(|| {
                 Refusal::Other(beyond_reach(
                     view,
+                    (&path, backups),
+                    &recovery.target,
                     &walk,
                     &format!("target time {}", rfc3339(*time)),
                 ))
@@ -571,6 +595,8 @@ fn plan_backup(
                 None if walk.gap => {
                     return Err(Refusal::Other(beyond_reach(
                         view,
+                        (&path, backups),
+                        &recovery.target,
                         &walk,
                         &format!("restore point '{name}'"),
                     )));
@@ -591,6 +617,8 @@ fn plan_backup(
                 if walk.gap {
                     Refusal::Other(beyond_reach(
                         view,
+                        (&path, backups),
+                        &recovery.target,
                         &walk,
                         &format!("the commit of transaction {xid}"),
                     ))
@@ -632,6 +660,8 @@ fn plan_backup(
             if walk.gap {
                 return Err(Refusal::Other(beyond_reach(
                     view,
+                    (&path, backups),
+                    &recovery.target,
                     &walk,
                     "the rest of the archived WAL",
                 )));
@@ -698,25 +728,55 @@ fn branch_point(path: &[TimelineSpan], timeline: u32) -> String {
         })
 }
 
-/// Why the target lies beyond what the archive reaches, with how far it does reach.
-fn beyond_reach(view: &ArchiveView, walk: &Walk, what: &str) -> PlanError {
-    let latest = latest_reachable(view.last_commit(&walk.segments));
+/// Why the target lies beyond what the archive reaches, with how far it does reach: before
+/// a gap, the last commit of this walk; at the archive's end, the end of the timeline's
+/// recovery window (`pitr list`'s).
+fn beyond_reach(
+    view: &ArchiveView,
+    (path, backups): (&[TimelineSpan], &[BackupManifest]),
+    target: &Target,
+    walk: &Walk,
+    what: &str,
+) -> PlanError {
+    let walked = view.last_commit(&walk.segments);
     if walk.gap {
-        PlanError::Unreachable(format!(
+        return PlanError::Unreachable(format!(
             "WAL segment {} is missing from the repository, so {what} cannot be reached; the \
-             latest reachable time is {latest}",
-            walk.missing
-        ))
-    } else {
-        PlanError::Unreachable(format!(
-            "{what} lies after the end of the archived WAL (next segment {} is not archived \
-             yet); the latest reachable time is {latest}. Restore without a target to replay \
-             all archived WAL, or archive newer WAL first (SELECT pg_switch_wal() on the primary)",
-            walk.missing
-        ))
+             latest reachable time is {}",
+            walk.missing,
+            latest_reachable(walked)
+        ));
     }
+    let window_end = recovery_window(view, path, backups).and_then(|w| w.until);
+    let latest = walked.max(window_end);
+    let hint = match latest {
+        // Recovery to a time stops only at a commit after it: a WAL switch without a new
+        // commit archives nothing that could end it.
+        Some(last) if matches!(target, Target::Time(_)) => format!(
+            "Nothing archived was committed after {last}: restore without a target to replay \
+             all archived WAL (the state at the target too, if nothing was committed since), \
+             or commit a transaction on the primary after the target, then SELECT \
+             pg_switch_wal(), and restore again",
+            last = rfc3339(last)
+        ),
+        None if matches!(target, Target::Time(_)) => "Recovery to a time stops only at a commit \
+             after it, and none is archived after the backups: restore without a target to \
+             replay all archived WAL, or commit a transaction on the primary after the target, \
+             then SELECT pg_switch_wal(), and restore again"
+            .to_owned(),
+        _ => "Restore without a target to replay all archived WAL, or archive newer WAL first \
+              (SELECT pg_switch_wal() on the primary)"
+            .to_owned(),
+    };
+    PlanError::Unreachable(format!(
+        "{what} lies after the end of the archived WAL (next segment {} is not archived \
+         yet); the latest reachable time is {}. {hint}",
+        walk.missing,
+        latest_reachable(latest)
+    ))
 }
 
+/// The end of the recovery window `list` shows for the timeline at the end of `path`.
 fn latest_reachable(last_commit: Option<DateTime<Utc>>) -> String {
     last_commit.map_or_else(
         || "unknown (no commit in the reachable WAL)".into(),

@@ -32,6 +32,7 @@ async fn backup_holds_the_cluster(name: &str, repo: impl FnOnce(&TestDir) -> Rep
 
     let out = pitr.run(backup_args(&cluster));
     assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let backup_said = String::from_utf8_lossy(&out.stdout).into_owned();
 
     let out = pitr.run(["list", "--json"]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
@@ -129,6 +130,35 @@ async fn backup_holds_the_cluster(name: &str, repo: impl FnOnce(&TestDir) -> Rep
     assert_eq!(code(&out), 7, "{}", stderr(&out));
     assert!(stderr(&out).contains("postmaster"), "{}", stderr(&out));
     assert_eq!(cluster.sql("select count(*) from logged"), "600000");
+
+    // backup and restore count the same files: a file stored in parts counts once.
+    let paths: std::collections::BTreeSet<&str> =
+        manifest.files.iter().map(|f| f.path.as_str()).collect();
+    assert!(paths.len() < manifest.files.len());
+    assert!(
+        backup_said.contains(&format!("backup {id} complete: {} files, ", paths.len())),
+        "{backup_said}"
+    );
+    let restored = dir.path().join("restored");
+    let mapped = dir.subdir("tablespace-restored");
+    let out = pitr.run([
+        "restore",
+        "--pgdata",
+        restored.to_str().unwrap(),
+        "--tablespace-map",
+        &format!("{}={}", manifest.tablespaces[0].oid, mapped.display()),
+        "--no-sync",
+    ]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let restore_said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        restore_said.contains(&format!(
+            "restored backup {id} into {}: {} files, ",
+            restored.display(),
+            paths.len()
+        )),
+        "{restore_said}"
+    );
     cluster.stop();
 }
 

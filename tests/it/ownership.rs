@@ -140,11 +140,13 @@ fn root_runs_leave_nothing_the_cluster_owner_cannot_use() {
         .lines()
         .find_map(|line| line.strip_prefix("Next: "))
         .unwrap_or_else(|| panic!("no Next: line in\n{stdout}"));
-    // pg_ctl by its full path where it is not on PATH (Debian's layout).
-    assert!(
-        next.starts_with("runuser -u postgres -- ")
-            && next.ends_with(&format!("pg_ctl -D {} start", data.display())),
-        "{next}"
+    // pg_ctl of the backup's version by its full path (Debian keeps it off PATH), with a log.
+    assert_eq!(
+        next,
+        format!(
+            "runuser -u postgres -- {PG_BIN}/pg_ctl -D {0} -l {0}/server.log start",
+            data.display()
+        )
     );
 
     // Its own socket, no archiving; then the command as printed (pg_ctl from PG_BIN).

@@ -229,3 +229,68 @@ async fn window_and_preflight_s3() {
     let server = S3Server::start("window").await;
     window_and_preflight("window-s3", |_| Repo::s3(&server, "window")).await;
 }
+
+/// An idle primary (issue 22): its last commit lies before the newest backup, whose own WAL
+/// holds none. `list` and a restore to a time after the last commit name the same end of the
+/// window, and restore's hint is one that works (a bare WAL switch archives no commit).
+#[test]
+fn list_and_restore_name_the_same_end_on_an_idle_primary() {
+    let dir = TestDir::new("window-idle");
+    let repo = Repo::local(&dir);
+    let (pitr, mut cluster) = archiving_cluster(&dir, &repo, "autovacuum = off");
+    cluster.sql("create table t (id int primary key)");
+    pitr.backup(&cluster);
+    cluster.sql("insert into t select generate_series(1, 100)");
+    // The last commit, then a new segment: the next backup's WAL holds no commit.
+    cluster.archive_current_segment(Duration::from_secs(60));
+    pitr.backup(&cluster);
+    cluster.archive_current_segment(Duration::from_secs(60));
+    let later = (utc(&now_utc(&cluster)) + chrono::Duration::minutes(10)).to_rfc3339();
+    cluster.stop();
+
+    let listed = list_json(&pitr);
+    let until = listed["recovery_window"][0]["until"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no end: {listed}"))
+        .to_owned();
+    // The case of the issue: the window ends before the newest backup started (its own WAL,
+    // a segment later, holds no commit).
+    let newest_start = listed["backups"][1]["start_time"].as_str().unwrap();
+    assert!(utc(&until) < utc(newest_start), "{listed}");
+    let text = String::from_utf8_lossy(&pitr.run(["list"]).stdout).into_owned();
+    assert!(
+        text.contains(&format!(
+            "recovery window timeline 1: {} .. {until}\n",
+            listed["recovery_window"][0]["from"].as_str().unwrap()
+        )),
+        "{text}"
+    );
+    let data = dir.path().join("idle");
+    let out = pitr.run([
+        "restore",
+        "--pgdata",
+        data.to_str().unwrap(),
+        "--target-time",
+        &later,
+    ]);
+    assert_eq!(code(&out), 8, "{}", stderr(&out));
+    let err = stderr(&out);
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(
+        err.contains(&format!(
+            "lies after the end of the archived WAL (next segment {}",
+            "0000000100000000000000"
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!(
+            "; the latest reachable time is {until}. Nothing archived was committed after \
+             {until}: restore without a target to replay all archived WAL (the state at the \
+             target too, if nothing was committed since), or commit a transaction on the \
+             primary after the target, then SELECT pg_switch_wal(), and restore again"
+        )),
+        "{err}"
+    );
+    assert!(is_absent_or_empty(&data));
+}

@@ -97,6 +97,20 @@ async fn restore_to_each_phase(name: &str, repo: impl FnOnce(&TestDir) -> Repo) 
             stdout.contains(&format!("restored backup {expected_backup} ")),
             "phase {i} should come from {expected_backup}: {stdout}"
         );
+        // From S3, restore names what the server's environment needs, never a value.
+        let note = "note: the restored server's restore_command reads the S3 repository with \
+                    the AWS credentials of the server's environment";
+        match repo.env.iter().find(|(k, _)| k == "AWS_SECRET_ACCESS_KEY") {
+            Some((_, secret)) => {
+                assert!(stdout.contains(note), "{stdout}");
+                assert!(
+                    stdout.contains("AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION"),
+                    "{stdout}"
+                );
+                assert!(!stdout.contains(secret.as_str()), "{stdout}");
+            }
+            None => assert!(!stdout.contains(note), "{stdout}"),
+        }
         assert_verifybackup(&data);
         chown_to_postgres(&data);
         let mut restored = PgCluster::restored(&dir, &format!("sock-{i}"), data);
@@ -779,4 +793,147 @@ async fn a_target_on_two_timelines_is_never_guessed_s3() {
         Repo::s3(&server, "two")
     })
     .await;
+}
+
+/// psql as the postgres user on `cluster`; (success, the last line of output, stderr), never
+/// a panic.
+fn try_sql(cluster: &PgCluster, sql: &str) -> (bool, String, String) {
+    let out = as_postgres("psql")
+        .args(["-X", "-v", "ON_ERROR_STOP=1", "-At", "-U", "postgres", "-h"])
+        .arg(&cluster.socket_dir)
+        .args(["-p", &cluster.port.to_string(), "-d", "postgres", "-c", sql])
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .last()
+            .unwrap_or_default()
+            .to_owned(),
+        String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+    )
+}
+
+/// Runs a command restore printed, as the postgres user (who ran the restore); its output
+/// goes to `log`.
+fn run_printed(command: &str, log: &Path) {
+    let output = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    chown_to_postgres(log);
+    let status = as_postgres("sh")
+        .args(["-c", command])
+        .stdin(std::process::Stdio::null())
+        .stdout(output.try_clone().unwrap())
+        .stderr(output)
+        .status()
+        .unwrap();
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "{command}: {}",
+        std::fs::read_to_string(log).unwrap_or_default()
+    );
+}
+
+/// The default restore "to just before the DROP" pauses there (PostgreSQL's default
+/// recovery_target_action): restore says that the copy is read-only and that the dropped
+/// table stays locked until promotion, and gives the commands that end recovery. Each,
+/// run as printed (the psql resume on one copy, pg_ctl promote on another), brings the
+/// table back with its rows.
+#[test]
+fn a_copy_paused_before_a_drop_says_why_it_waits_and_how_to_end_recovery() {
+    let dir = TestDir::new("restore-paused");
+    let repo = Repo::local(&dir);
+    let (pitr, mut primary) = archiving_cluster(&dir, &repo, "");
+    primary.sql("create table t (id int primary key, v text)");
+    primary.sql("insert into t select g, 'kept' from generate_series(1, 700) g");
+    pitr.backup(&primary);
+    primary.sql("insert into t select g, 'late' from generate_series(701, 742) g");
+    let before_drop = primary.sql(
+        "select to_char(clock_timestamp() at time zone 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') || '+00'",
+    );
+    std::thread::sleep(Duration::from_millis(20));
+    primary.sql("drop table t");
+    primary.archive_current_segment(Duration::from_secs(60));
+    primary.stop();
+    let (socket_dir, port) = (primary.socket_dir.clone(), primary.port);
+
+    for (i, how) in ["resume", "promote"].into_iter().enumerate() {
+        let (out, data) = restore(
+            &pitr,
+            &dir,
+            &format!("paused-{i}"),
+            &["--target-time", &before_drop],
+        );
+        assert_eq!(code(&out), 0, "{}", stderr(&out));
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let line = |prefix: &str| -> String {
+            stdout
+                .lines()
+                .find_map(|l| l.strip_prefix(prefix))
+                .unwrap_or_else(|| panic!("no line {prefix:?} in\n{stdout}"))
+                .to_owned()
+        };
+        let shown = data.display();
+        // pg_ctl of the cluster's version by its full path, with a log file.
+        let start = line("Next: ");
+        assert_eq!(
+            start,
+            format!("{PG_BIN}/pg_ctl -D {shown} -l {shown}/server.log start"),
+            "{stdout}"
+        );
+        assert!(
+            stdout.contains(&format!(
+                "up to {} (UTC), then pause (PostgreSQL's default recovery_target_action); it \
+                 logs to {shown}/server.log.\n",
+                before_drop.trim_end_matches("+00")
+            )),
+            "{stdout}"
+        );
+        assert!(
+            stdout.contains(
+                "\nPaused, the copy is read-only, and what a transaction in flight at the target \
+                 dropped or altered (the DROP TABLE restored to just before, say) stays locked by \
+                 the startup process until the copy is promoted: a query on such a table waits \
+                 (SET statement_timeout to look without waiting).\n"
+            ),
+            "{stdout}"
+        );
+        let promote = line("To end recovery there and accept writes: ");
+        assert_eq!(promote, format!("{PG_BIN}/pg_ctl promote -D {shown}"));
+        let resume = line("  or, from SQL: ");
+        assert_eq!(
+            resume,
+            format!(
+                "{PG_BIN}/psql -h {} -p {port} -U postgres -d postgres -c 'SELECT \
+                 pg_wal_replay_resume()'",
+                socket_dir.display()
+            )
+        );
+
+        // Started as printed, it pauses; the dropped table is locked, not gone.
+        let log = data.join("server.log");
+        run_printed(&start, &dir.path().join(format!("pg_ctl-{i}.out")));
+        let copy = PgCluster::adopt(data.clone(), socket_dir.clone(), port, log);
+        copy.wait_paused(Duration::from_secs(60));
+        let (ok, _, err) = try_sql(&copy, "set lock_timeout = '100ms'; select count(*) from t");
+        assert!(!ok && err.contains("lock timeout"), "{err}");
+        assert_eq!(copy.sql("select pg_is_in_recovery()"), "t");
+
+        // The printed command ends recovery; the table is back with its rows before the drop.
+        let command = if how == "resume" { &resume } else { &promote };
+        run_printed(command, &dir.path().join(format!("{how}.out")));
+        copy.wait_promoted(Duration::from_secs(60));
+        let (ok, count, err) = try_sql(
+            &copy,
+            "set statement_timeout = '60s'; select count(*) from t",
+        );
+        assert!(ok, "{err}\n{}", copy.server_log());
+        assert_eq!(count, "742", "after {how}");
+        drop(copy);
+    }
 }

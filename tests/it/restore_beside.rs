@@ -70,9 +70,19 @@ fn start_as_printed(stdout: &str, data: &Path, socket_dir: &Path, port: u16) -> 
         !command.starts_with("sudo"),
         "restore ran as the directory's owner: {command}"
     );
-    let log = data.with_extension("log");
-    let cluster = PgCluster::adopt(data.to_owned(), socket_dir.to_owned(), port, log.clone());
-    // Without -l the server writes to pg_ctl's output: a file, not a pipe we would wait on.
+    // The server logs where the command's -l says; pg_ctl's own output goes to a file, not a
+    // pipe we would wait on.
+    assert!(
+        command.ends_with(&format!("-l {}/server.log start", data.display())),
+        "{command}"
+    );
+    let cluster = PgCluster::adopt(
+        data.to_owned(),
+        socket_dir.to_owned(),
+        port,
+        data.join("server.log"),
+    );
+    let log = data.with_extension("out");
     let output = std::fs::File::create(&log).unwrap();
     chown_to_postgres(&log);
     let status = as_postgres("sh")
@@ -111,6 +121,48 @@ fn a_copy_beside_the_primary_starts_and_does_not_archive() {
     pitr.backup(&primary);
     primary.sql("insert into t select generate_series(101, 200)");
     primary.archive_current_segment(WAIT);
+
+    // 0. A dry run says which port it would write, from the backup's configuration, and
+    // refuses a directory this user cannot create (exit 7, one line), before any plan.
+    let (dry, dry_data) = restore(&pitr, &dir, "dry", &["--dry-run"]);
+    let dry_port = dry
+        .lines()
+        .find_map(|line| {
+            let rest = line.strip_prefix("would write port = ")?;
+            rest.split(|c: char| !c.is_ascii_digit())
+                .next()?
+                .parse::<u16>()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("no port in the dry run: {dry}"));
+    assert!(
+        dry.contains(&format!(
+            "would write port = {dry_port}: port {} is in use on this host (the cluster the \
+             backup came from?)\n",
+            primary.port
+        )),
+        "{dry}"
+    );
+    assert!(!dry_data.exists());
+    let closed = dir.path().join("closed");
+    std::fs::create_dir(&closed).unwrap();
+    std::fs::set_permissions(&closed, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let inside = closed.join("copy");
+    let out = pitr.run(["restore", "--pgdata", inside.to_str().unwrap(), "--dry-run"]);
+    if is_root() {
+        // pitr runs as postgres: root's 0755 directory is not its to write in.
+        assert_eq!(code(&out), 7, "{}", stderr(&out));
+        assert_eq!(
+            stderr(&out).trim_end(),
+            format!(
+                "pitr restore: {}: cannot be created: {} is not writable by postgres: create \
+                 the directory first, owned by postgres (as root: mkdir, then chown), or \
+                 restore as root",
+                inside.display(),
+                closed.display()
+            )
+        );
+    }
 
     // 1. Beside the running primary, no --port: a free port and no archiving, both said.
     let (stdout, data) = restore(&pitr, &dir, "copy", &[]);

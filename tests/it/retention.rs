@@ -441,6 +441,33 @@ async fn retention_on_file_and_s3_repositories() {
         "{text}"
     );
     assert!(text.contains("would remove WAL 0000000"), "{text}");
+    // WAL removals as runs (first .. last, a count), one line each, not one per file.
+    let removed = report["removed_wal"].as_array().unwrap().len();
+    let ranges = report["removed_wal_ranges"].as_array().unwrap();
+    let mut told = 0;
+    for range in ranges {
+        let count = range["count"].as_u64().unwrap();
+        let (first, last) = (
+            range["first"].as_str().unwrap(),
+            range["last"].as_str().unwrap(),
+        );
+        let line = if count == 1 {
+            format!("would remove WAL {first}\n")
+        } else {
+            format!("would remove WAL {first} .. {last} ({count} files)\n")
+        };
+        assert!(text.contains(&line), "{line} missing from {text}");
+        told += count as usize;
+    }
+    assert_eq!(told, removed, "{report}");
+    assert_eq!(
+        text.lines()
+            .filter(|l| l.starts_with("would remove WAL"))
+            .count(),
+        ranges.len(),
+        "{text}"
+    );
+    assert!(ranges.len() < removed, "{report}");
     assert_eq!(keys(&repo).await, before);
 
     // keep_last: the 3 newest (timeline 2's last and timeline 3's two) and the pinned one;

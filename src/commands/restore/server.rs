@@ -108,9 +108,28 @@ pub struct ServerSetup {
     pub port: Option<PortChoice>,
     /// The socket directories the server will use (for psql's `-h`).
     pub socket_directories: Vec<PathBuf>,
-    /// The command that starts the restored server, as words.
-    pub start_command: Vec<String>,
+    /// The commands that start the restored server and end its recovery, as words.
+    pub commands: ServerCommands,
 }
+
+/// The commands restore's `Next:` gives, as words: each run as the data directory's owner
+/// when that is not who runs restore (PostgreSQL runs only as the owner of its data
+/// directory), with the binaries of the cluster's version by their full path when they are
+/// found (Debian keeps them off PATH, in /usr/lib/postgresql/<version>/bin).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ServerCommands {
+    /// `pg_ctl -D DIR -l DIR/server.log start`.
+    pub start: Vec<String>,
+    /// Where `start` sends the server's output.
+    pub log: PathBuf,
+    /// `pg_ctl promote -D DIR`: ends recovery paused at its target; the copy accepts writes.
+    pub promote: Vec<String>,
+    /// `psql … -c 'SELECT pg_wal_replay_resume()'`: the same from SQL; none without a port.
+    pub resume: Option<Vec<String>>,
+}
+
+/// The server's log file `Next:` names: in the data directory, which its owner can write.
+pub const SERVER_LOG: &str = "server.log";
 
 impl ServerSetup {
     /// The lines restore writes into `postgresql.auto.conf` for the server.
@@ -140,9 +159,17 @@ impl ConfiguredServer {
     /// Reads `postgresql.conf` and then `postgresql.auto.conf` of `pgdata` (later settings
     /// win, as for the server; includes are not followed).
     pub fn read(pgdata: &Path) -> Self {
-        let mut text = std::fs::read(pgdata.join("postgresql.conf")).unwrap_or_default();
+        Self::parse(
+            &std::fs::read(pgdata.join("postgresql.conf")).unwrap_or_default(),
+            &std::fs::read(pgdata.join("postgresql.auto.conf")).unwrap_or_default(),
+        )
+    }
+
+    /// The same from the two files' contents.
+    pub fn parse(conf: &[u8], auto: &[u8]) -> Self {
+        let mut text = conf.to_vec();
         text.push(b'\n');
-        text.extend(std::fs::read(pgdata.join("postgresql.auto.conf")).unwrap_or_default());
+        text.extend_from_slice(auto);
         ConfiguredServer {
             port: last_setting(&text, "port").and_then(|p| p.trim().parse().ok()),
             socket_directories: last_setting(&text, "unix_socket_directories"),
@@ -231,24 +258,33 @@ pub fn port_in_use(port: u16, socket_directories: &[PathBuf], tcp: bool) -> bool
     live_lock || (tcp && bound())
 }
 
-/// Reads the restored configuration, probes the ports and decides; `pgdata` is restored.
-pub fn gather(
+/// The port the server configured so in `pgdata` gets on this host, and its socket
+/// directories.
+pub fn probe_port(
+    configured: &ConfiguredServer,
     pgdata: &Path,
     request: &ServerRequest,
-    backup_directory: Option<&str>,
-    pg_version: u32,
-) -> ServerSetup {
-    let configured = ConfiguredServer::read(pgdata);
+) -> (PortChoice, Vec<PathBuf>) {
     let socket_directories = configured.socket_directories(pgdata);
     let tcp = configured.listens_on_tcp();
     let port = choose_port(request.port, configured.port, |port| {
         port_in_use(port, &socket_directories, tcp)
     });
+    (port, socket_directories)
+}
+
+/// Reads the restored configuration, probes the ports and decides; `pgdata` is restored.
+pub fn gather(
+    pgdata: &Path,
+    request: &ServerRequest,
+    backup_directory: Option<&str>,
+) -> ServerSetup {
+    let (port, socket_directories) = probe_port(&ConfiguredServer::read(pgdata), pgdata, request);
     ServerSetup {
         archive: choose_archive(request.archive_mode, backup_directory, pgdata),
         port: Some(port),
         socket_directories,
-        start_command: start_command(pgdata, pg_version),
+        commands: ServerCommands::default(),
     }
 }
 
@@ -263,44 +299,74 @@ pub fn before_configuration(
         archive: choose_archive(request.archive_mode, backup_directory, pgdata),
         port: None,
         socket_directories: Vec::new(),
-        start_command: start_command(pgdata, pg_version),
+        commands: server_commands(pgdata, pg_version, None, &[], None),
     }
 }
 
-/// `pg_ctl -D DIR start`, run as the directory's owner when that is not who runs restore
-/// (PostgreSQL runs only as the owner of its data directory), with pg_ctl's full path when
-/// it is not on PATH (Debian keeps it in /usr/lib/postgresql/<version>/bin).
-pub fn start_command(pgdata: &Path, pg_version: u32) -> Vec<String> {
-    let mut words = Vec::new();
-    let owner = std::fs::metadata(pgdata).map(|m| m.uid()).ok();
-    // SAFETY: a plain syscall.
-    let me = unsafe { libc::geteuid() };
-    if let Some(owner) = owner.filter(|&uid| uid != me) {
-        let name = user_name(owner).unwrap_or_else(|| format!("#{owner}"));
-        // root has runuser (util-linux) everywhere; sudo is for users who may have it.
-        if me == 0 {
-            words.extend(["runuser".to_owned(), "-u".to_owned(), name, "--".to_owned()]);
-        } else {
-            words.extend(["sudo".to_owned(), "-u".to_owned(), name]);
+/// The commands for the server restored into `pgdata`, listening on `port` with sockets in
+/// `socket_directories`, whose bootstrap superuser is `superuser` (when known).
+pub fn server_commands(
+    pgdata: &Path,
+    pg_version: u32,
+    port: Option<u16>,
+    socket_directories: &[PathBuf],
+    superuser: Option<&str>,
+) -> ServerCommands {
+    let owner_words = as_owner(pgdata);
+    let bin = crate::scratch::pg_bin::find(pg_version, None).ok();
+    let program = |name: &str| match &bin {
+        Some(dir) if dir.join(name).is_file() => dir.join(name).display().to_string(),
+        _ => name.to_owned(),
+    };
+    let dir = pgdata.display().to_string();
+    let log = pgdata.join(SERVER_LOG);
+    let words = |rest: &[&str]| -> Vec<String> {
+        owner_words
+            .iter()
+            .cloned()
+            .chain(rest.iter().map(|w| (*w).to_owned()))
+            .collect()
+    };
+    let (pg_ctl, psql) = (program("pg_ctl"), program("psql"));
+    let log_text = log.display().to_string();
+    let start = words(&[&pg_ctl, "-D", &dir, "-l", &log_text, "start"]);
+    let promote = words(&[&pg_ctl, "promote", "-D", &dir]);
+    // psql reaches the server on its first socket directory that exists, else over TCP.
+    let host = socket_directories
+        .iter()
+        .find(|d| d.is_dir())
+        .map_or_else(|| "localhost".to_owned(), |d| d.display().to_string());
+    let resume = port.map(|port| {
+        let port = port.to_string();
+        let mut rest = vec![psql.as_str(), "-h", &host, "-p", &port];
+        if let Some(user) = superuser {
+            rest.extend(["-U", user]);
         }
+        rest.extend(["-d", "postgres", "-c", "SELECT pg_wal_replay_resume()"]);
+        words(&rest)
+    });
+    ServerCommands {
+        start,
+        log,
+        promote,
+        resume,
     }
-    words.push(pg_ctl(pg_version));
-    words.extend([
-        "-D".to_owned(),
-        pgdata.display().to_string(),
-        "start".into(),
-    ]);
-    words
 }
 
-fn pg_ctl(pg_version: u32) -> String {
-    let on_path = std::env::var_os("PATH")
-        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join("pg_ctl").is_file()));
-    let debian = PathBuf::from(format!("/usr/lib/postgresql/{pg_version}/bin/pg_ctl"));
-    if !on_path && debian.is_file() {
-        debian.display().to_string()
+/// `runuser -u OWNER --` (as root) or `sudo -u OWNER` when `pgdata`'s owner is not who runs
+/// restore; nothing otherwise.
+fn as_owner(pgdata: &Path) -> Vec<String> {
+    let owner = std::fs::metadata(pgdata).map(|m| m.uid()).ok();
+    let me = crate::ownership::effective_uid();
+    let Some(owner) = owner.filter(|&uid| uid != me) else {
+        return Vec::new();
+    };
+    let name = user_name(owner).unwrap_or_else(|| format!("#{owner}"));
+    // root has runuser (util-linux) everywhere; sudo is for users who may have it.
+    if me == 0 {
+        vec!["runuser".to_owned(), "-u".to_owned(), name, "--".to_owned()]
     } else {
-        "pg_ctl".to_owned()
+        vec!["sudo".to_owned(), "-u".to_owned(), name]
     }
 }
 
@@ -394,7 +460,7 @@ mod tests {
             archive,
             port,
             socket_directories: vec![],
-            start_command: vec![],
+            commands: ServerCommands::default(),
         };
         assert_eq!(
             setup(
@@ -433,28 +499,64 @@ mod tests {
     }
 
     #[test]
-    fn the_start_command_runs_as_the_directory_s_owner() {
+    fn the_commands_run_as_the_directory_s_owner_with_a_log_and_the_resume_query() {
         let dir = tempfile::tempdir().unwrap();
-        let words = start_command(dir.path(), 15);
+        let data = dir.path().display().to_string();
+        let sockets = [dir.path().join("absent"), dir.path().to_owned()];
+        let commands = server_commands(dir.path(), 15, Some(5433), &sockets, Some("admin"));
+        let start = &commands.start;
+        let log = format!("{data}/server.log");
+        assert_eq!(start[start.len() - 5..], ["-D", &data, "-l", &log, "start"]);
+        assert!(start[0] != "sudo", "{start:?}");
+        // The cluster's own version's binaries where they are installed (Debian's layout).
+        let bin = Path::new("/usr/lib/postgresql/15/bin");
+        if bin.join("postgres").is_file() && bin.join("psql").is_file() {
+            assert_eq!(start[0], "/usr/lib/postgresql/15/bin/pg_ctl");
+        }
+        assert_eq!(commands.promote[1..], ["promote", "-D", &data]);
+        let resume = commands.resume.unwrap();
         assert_eq!(
-            words[words.len() - 3..],
+            resume[1..],
             [
-                "-D".to_owned(),
-                dir.path().display().to_string(),
-                "start".into()
+                "-h",
+                &data,
+                "-p",
+                "5433",
+                "-U",
+                "admin",
+                "-d",
+                "postgres",
+                "-c",
+                "SELECT pg_wal_replay_resume()"
             ]
         );
-        assert!(words[0] != "sudo", "{words:?}");
+        assert!(resume[0].ends_with("psql"), "{resume:?}");
+        // No port known (a dry run): no resume command.
+        assert_eq!(
+            server_commands(dir.path(), 15, None, &[], None).resume,
+            None
+        );
         // SAFETY: plain syscalls.
         if unsafe { libc::geteuid() } == 0 {
             let path = std::ffi::CString::new(dir.path().as_os_str().as_encoded_bytes()).unwrap();
             assert_eq!(unsafe { libc::chown(path.as_ptr(), 65534, 65534) }, 0);
-            let words = start_command(dir.path(), 15);
+            let commands = server_commands(dir.path(), 15, Some(5433), &sockets, None);
             let expected = user_name(65534).unwrap_or_else(|| "#65534".into());
-            assert_eq!(
-                words[..4],
-                ["runuser".to_owned(), "-u".into(), expected, "--".into()]
-            );
+            for words in [
+                &commands.start,
+                &commands.promote,
+                &commands.resume.unwrap(),
+            ] {
+                assert_eq!(
+                    words[..4],
+                    [
+                        "runuser".to_owned(),
+                        "-u".into(),
+                        expected.clone(),
+                        "--".into()
+                    ]
+                );
+            }
         }
     }
 

@@ -273,6 +273,49 @@ fn a_time_after_the_last_commit_says_how_far_the_archive_reaches() {
     assert!(text.contains("2026-11-22T10:30:00Z"), "{text}");
 }
 
+/// An idle primary: its last commit (10:20) lies before the newest backup, whose own WAL holds
+/// none. The refusal names the same end as `pitr list`'s window, and a hint that works: a bare
+/// WAL switch archives no commit that could end recovery to a later time.
+#[test]
+fn a_time_after_an_idle_primarys_last_commit_names_the_windows_end_and_what_works() {
+    let archive = Archive::new(&[(1, 2, 8)], &[]).commits(1, 4, 20);
+    let backups = [backup("a", 1, 2, 3, 10), backup("b", 1, 6, 7, 30)];
+    let text = unreachable_text(archive.plan(&backups, Target::Time(at(45))));
+    let path = archive.view.path(1).unwrap();
+    let window = crate::recovery::window::recovery_window(&archive.view, &path, &backups);
+    assert_eq!(window.and_then(|w| w.until), Some(at(20)));
+    assert_eq!(
+        text,
+        format!(
+            "target time 2026-11-22T10:45:00Z lies after the end of the archived WAL (next \
+             segment {} is not archived yet); the latest reachable time is \
+             2026-11-22T10:20:00Z. Nothing archived was committed after 2026-11-22T10:20:00Z: \
+             restore without a target to replay all archived WAL (the state at the target too, \
+             if nothing was committed since), or commit a transaction on the primary after the \
+             target, then SELECT pg_switch_wal(), and restore again",
+            seg(1, 9)
+        )
+    );
+    // No commit anywhere after the backups: still no bare switch.
+    let text =
+        unreachable_text(Archive::new(&[(1, 2, 8)], &[]).plan(&backups[1..], Target::Time(at(45))));
+    assert!(
+        text.ends_with(
+            "the latest reachable time is unknown (no commit in the reachable WAL). Recovery to \
+             a time stops only at a commit after it, and none is archived after the backups: \
+             restore without a target to replay all archived WAL, or commit a transaction on \
+             the primary after the target, then SELECT pg_switch_wal(), and restore again"
+        ),
+        "{text}"
+    );
+    // Another target kind keeps the plain hint: a switch does archive a written restore point.
+    let text = unreachable_text(archive.plan(&backups, Target::Lsn(lsn(12, 0))));
+    assert!(
+        text.ends_with("archive newer WAL first (SELECT pg_switch_wal() on the primary)"),
+        "{text}"
+    );
+}
+
 #[test]
 fn an_lsn_target_reads_through_its_segment_and_not_before_the_backup_end() {
     let archive = Archive::new(&[(1, 2, 9)], &[]);
