@@ -274,7 +274,20 @@ async fn interrupted_runs(name: &str, repo: impl FnOnce(&TestDir) -> Repo) {
     );
     assert_nothing_of(&repo, &dir, &stopped).await;
 
-    // SIGTERM while it waits for its WAL (its progress line says so).
+    // SIGTERM while it waits for its WAL (its progress line says so). The backup above may
+    // have reached its wait, whose segment archiving refused: archived first, so that this
+    // one starts.
+    cluster.sql("alter system reset archive_command");
+    cluster.sql("select pg_reload_conf()");
+    // Not archive_current_segment, which takes the failures before for its own.
+    let segment = cluster.sql("select pg_walfile_name(pg_current_wal_lsn())");
+    cluster.sql("select pg_switch_wal()");
+    wait_until("archiving works again", async || {
+        cluster.sql("select coalesce(last_archived_wal, '') from pg_stat_archiver") >= segment
+    })
+    .await;
+    cluster.sql("alter system set archive_command = 'false'");
+    cluster.sql("select pg_reload_conf()");
     let mut child = pitr
         .direct(&args)
         .stdout(std::process::Stdio::null())
@@ -282,11 +295,13 @@ async fn interrupted_runs(name: &str, repo: impl FnOnce(&TestDir) -> Repo) {
         .spawn()
         .unwrap();
     let mut lines = std::io::BufRead::lines(std::io::BufReader::new(child.stderr.take().unwrap()));
+    let mut seen = Vec::new();
     let waiting = lines
         .by_ref()
         .map(Result::unwrap)
+        .inspect(|l| seen.push(l.clone()))
         .find(|l| l.contains("waiting for"))
-        .expect("no line about the wait");
+        .unwrap_or_else(|| panic!("no line about the wait: {seen:?}"));
     send(&child, libc::SIGTERM);
     let rest: Vec<String> = lines.map(Result::unwrap).collect();
     let status = child.wait().unwrap();
