@@ -461,11 +461,16 @@ async fn restore_faults() {
             assert_eq!(code(&out), 7, "{}", stderr(&out));
             assert!(one_line(&out).contains("--force"), "{}", stderr(&out));
         }
-        let mut args = vec!["restore", "--pgdata"];
+        let mut args = vec!["restore"];
         if !marked {
             args.push("--force");
         }
-        let out = pitr.direct(&args).arg(&killed).output().unwrap();
+        let out = pitr
+            .direct(&args)
+            .arg("--pgdata")
+            .arg(&killed)
+            .output()
+            .unwrap();
         assert_eq!(code(&out), 0, "{}", stderr(&out));
         if marked {
             assert!(

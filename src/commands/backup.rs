@@ -158,7 +158,7 @@ async fn backup_locked(
 
     // Archiving that fails already would fail this backup only after the whole copy and
     // --wal-timeout: refused now.
-    let archiver_before = check_archiving(&session).await?;
+    let archiver_before = check_archiving(&session, interrupt).await?;
     catalog.remove_staging_leftovers().await;
     interrupt.check().map_err(stopped_before_writing)?;
     let start_time = Utc::now();
@@ -213,11 +213,19 @@ async fn backup_locked(
     result
 }
 
+/// How long a failing archiver is watched for a success before the backup is refused: after
+/// a reload with a mended archive_command, PostgreSQL retries within a few seconds (after at
+/// most its three one-second retries with the old one).
+const ARCHIVER_GRACE: Duration = Duration::from_secs(5);
+
 /// `pg_stat_archiver` before a byte is copied: a backup is restorable only once its WAL is
 /// in the repository, which a failing archive_command (or none) never brings. A standby
 /// archives only with archive_mode = always; otherwise its primary does, which this session
 /// cannot see (and the wait for the WAL still has its deadline). Returns what was read.
-async fn check_archiving(session: &Session) -> Result<Option<ArchiverStats>> {
+async fn check_archiving(
+    session: &Session,
+    interrupt: &Interrupt,
+) -> Result<Option<ArchiverStats>> {
     let settings = session
         .text(
             "reading archive_mode",
@@ -242,11 +250,22 @@ async fn check_archiving(session: &Session) -> Result<Option<ArchiverStats>> {
         (_, "true") => false,
         _ => true,
     };
-    // The archiver's word is advice where it cannot be read (permissions).
-    let stats = session.archiver_stats().await.ok();
-    match stats.as_ref().and_then(archiving_failing) {
-        Some(refusal) if archives_here => Err(Error::Incomplete(refusal)),
-        _ => Ok(stats),
+    let started = Instant::now();
+    loop {
+        // The archiver's word is advice where it cannot be read (permissions).
+        let stats = session.archiver_stats().await.ok();
+        match stats.as_ref().and_then(archiving_failing) {
+            Some(refusal) if archives_here => {
+                if started.elapsed() >= ARCHIVER_GRACE {
+                    return Err(Error::Incomplete(refusal));
+                }
+            }
+            _ => return Ok(stats),
+        }
+        interrupt
+            .race(tokio::time::sleep(Duration::from_millis(250)))
+            .await
+            .map_err(stopped_before_writing)?;
     }
 }
 

@@ -148,15 +148,16 @@ fn put_blocking(
     let mut attempts = 0;
     loop {
         attempts += 1;
-        create_dirs_durably(parent, owner.as_ref()).map_err(|e| io_err("create", e))?;
-        let placed = match mode {
-            PutMode::Create => fs::hard_link(&staged.0, &target).map_err(|e| ("link", e)),
-            PutMode::Overwrite => fs::rename(&staged.0, &target).map_err(|e| ("rename", e)),
-        };
+        let placed = create_dirs_durably(parent, owner.as_ref())
+            .map_err(|e| ("create", e))
+            .and_then(|()| match mode {
+                PutMode::Create => fs::hard_link(&staged.0, &target).map_err(|e| ("link", e)),
+                PutMode::Overwrite => fs::rename(&staged.0, &target).map_err(|e| ("rename", e)),
+            });
         match placed {
             Ok(()) => break,
             Err((_, e)) if e.kind() == io::ErrorKind::NotFound && attempts < 5 => {}
-            Err((_, e)) if e.kind() == io::ErrorKind::AlreadyExists && mode == PutMode::Create => {
+            Err(("link", e)) if e.kind() == io::ErrorKind::AlreadyExists => {
                 // The object may have been linked by a writer that died before its directory
                 // fsync: make the entry durable before anyone takes it as stored.
                 fsync_dir(parent).map_err(|e| io_err("fsync", e))?;
