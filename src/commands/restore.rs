@@ -1199,3 +1199,40 @@ mod owner_tests {
         }
     }
 }
+
+#[cfg(test)]
+mod marker_tests {
+    use super::*;
+
+    #[test]
+    fn only_a_marked_directory_without_pg_control_is_an_interrupted_restore() {
+        let dir = tempfile::tempdir().unwrap();
+        let pgdata = dir.path();
+        assert!(interrupted_restore(pgdata).is_none());
+        let marker = InProgress {
+            pid: 42,
+            host: "db1".into(),
+            started_at: Utc::now(),
+            backup: "20261207T010000Z".into(),
+            tablespaces: vec![PathBuf::from("/srv/ts")],
+        };
+        fs::write(
+            pgdata.join(IN_PROGRESS_MARKER),
+            serde_json::to_vec(&marker).unwrap(),
+        )
+        .unwrap();
+        let found = interrupted_restore(pgdata).expect("marked");
+        assert_eq!(
+            (found.backup.as_str(), found.tablespaces),
+            ("20261207T010000Z", vec![PathBuf::from("/srv/ts")])
+        );
+        // A directory that can be started was finished (or made by someone else).
+        fs::create_dir(pgdata.join("global")).unwrap();
+        fs::write(pgdata.join(CONTROL_FILE), b"").unwrap();
+        assert!(interrupted_restore(pgdata).is_none());
+        // Nor is a marker that does not parse taken for one.
+        fs::remove_file(pgdata.join(CONTROL_FILE)).unwrap();
+        fs::write(pgdata.join(IN_PROGRESS_MARKER), b"{").unwrap();
+        assert!(interrupted_restore(pgdata).is_none());
+    }
+}
