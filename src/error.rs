@@ -171,8 +171,9 @@ pub fn exit_codes_help() -> String {
     ));
     text.push_str("check exits as a Nagios plugin: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN.\n");
     text.push_str(
-        "backup and restore stopped by SIGINT, SIGTERM or SIGHUP exit 128 + the signal's \
-         number (130, 143, 129), after one line saying what was left and how to resume.\n",
+        "backup, restore, drill and restore-table stopped by SIGINT, SIGTERM or SIGHUP exit \
+         128 + the signal's number (130, 143, 129), after one line saying what was left and \
+         how to resume.\n",
     );
     text
 }
