@@ -172,6 +172,11 @@ pub fn exit_codes_help() -> String {
          bug).\n"
     ));
     text.push_str("check exits as a Nagios plugin: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN.\n");
+    text.push_str(
+        "backup, restore, drill and restore-table stopped by SIGINT, SIGTERM or SIGHUP exit \
+         128 + the signal's number (130, 143, 129), after one line saying what was left and \
+         how to resume.\n",
+    );
     text
 }
 
@@ -227,6 +232,12 @@ pub enum Error {
     /// A drill restored and started, but one of its checks failed.
     #[error("{0}")]
     DrillFailed(String),
+    /// A signal stopped the command; the message says what it left and how to resume.
+    #[error("{message}")]
+    Interrupted {
+        signal: crate::interrupt::Signal,
+        message: String,
+    },
 }
 
 impl Error {
@@ -247,6 +258,8 @@ impl Error {
             Error::Locked(_) => EXIT_LOCKED,
             Error::Key(_) => EXIT_KEY,
             Error::DrillFailed(_) => EXIT_DRILL_FAILED,
+            // Outside the table: what a shell reports for a command the signal killed.
+            Error::Interrupted { signal, .. } => signal.exit_code(),
         }
     }
 

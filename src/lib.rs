@@ -11,6 +11,7 @@ pub mod commands;
 pub mod config;
 pub mod datadir;
 pub mod error;
+pub mod interrupt;
 pub mod kms;
 pub mod ownership;
 pub mod pg;

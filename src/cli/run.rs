@@ -402,6 +402,8 @@ fn scratch_restore(
         // The scratch directory names its own claim.
         claim: None,
         command: "drill",
+        // A drill stops its scratch server and removes the directory at a signal itself.
+        interrupt: std::sync::Arc::new(crate::interrupt::Interrupt::never()),
     }
 }
 
@@ -575,6 +577,11 @@ async fn execute(
                 tablespace_root: None,
                 claim: (!dry_run).then(crate::catalog::replay::new_claim_id),
                 command: "restore",
+                interrupt: std::sync::Arc::new(if dry_run {
+                    crate::interrupt::Interrupt::never()
+                } else {
+                    crate::interrupt::Interrupt::listen()
+                }),
             };
             // Segments a recovery from this repository left in a configured spool are not
             // this restore's (the default spool is inside the new data directory).

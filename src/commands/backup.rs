@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use futures_util::{StreamExt, TryStreamExt, stream};
+use futures_util::{StreamExt, stream};
 
 use crate::catalog::backup::{
     BackupDirectory, BackupFile, BackupManifest, MANIFEST_FORMAT, Tablespace,
@@ -20,6 +20,7 @@ use crate::catalog::backup::{
 use crate::catalog::{Catalog, RepositoryIdentity};
 use crate::datadir::read_cluster_identity;
 use crate::error::{Error, Result};
+use crate::interrupt::{Interrupt, Signal};
 use crate::pg::WalFileName;
 use crate::pg::backup_label::parse_backup_label;
 use crate::pg::basebackup::{Disposition, classify, is_database_directory, unlogged_files};
@@ -70,15 +71,39 @@ struct SourceFile {
 }
 
 /// Takes a backup under the repository lock, which it holds for the whole run: a second
-/// backup (or an expire) meanwhile is refused at once, naming this one.
+/// backup (or an expire) meanwhile is refused at once, naming this one. SIGINT, SIGTERM and
+/// SIGHUP stop it at the next object: what it wrote is removed, the lock released.
 pub async fn backup(catalog: &Catalog, options: &BackupOptions) -> Result<BackupReport> {
     let started = Instant::now();
+    let interrupt = Interrupt::listen();
     let identity = catalog.identity().await?;
     let lock = catalog.lock("backup").await?;
-    let result = backup_locked(catalog, options, identity, started).await;
+    let result = backup_locked(catalog, options, identity, started, &interrupt).await;
     lock.release().await;
     result
 }
+
+/// A stop before the backup claimed its id: nothing of it is in the repository.
+fn stopped_before_writing(signal: Signal) -> Error {
+    Error::Interrupted {
+        signal,
+        message: format!(
+            "stopped by {}: nothing was written to the repository; run pitr backup again",
+            signal.name()
+        ),
+    }
+}
+
+/// A stop after the claim; [`backup_locked`] says what its cleanup left.
+fn stopped(signal: Signal) -> Error {
+    Error::Interrupted {
+        signal,
+        message: format!("stopped by {}", signal.name()),
+    }
+}
+
+/// The files an object holds, and its stored size.
+type CopiedObject = (Vec<BackupFile>, u64);
 
 /// What is known before the backup's id is claimed.
 struct Prepared {
@@ -94,8 +119,13 @@ async fn backup_locked(
     options: &BackupOptions,
     identity: RepositoryIdentity,
     started: Instant,
+    interrupt: &Interrupt,
 ) -> Result<BackupReport> {
-    let session = Session::connect(&connection_settings(options.dbname.as_deref())?).await?;
+    let settings = connection_settings(options.dbname.as_deref())?;
+    let session = interrupt
+        .race(Session::connect(&settings))
+        .await
+        .map_err(stopped_before_writing)??;
     let server_major = session.version()?.major;
     if server_major != identity.pg_version {
         return Err(Error::WrongRepository(format!(
@@ -126,9 +156,11 @@ async fn backup_locked(
     };
     check_pgdata(&pgdata, identity.system_identifier)?;
 
-    // Archiving that fails already has failed since before this backup.
-    let archiver_before = session.archiver_stats().await.ok();
+    // Archiving that fails already would fail this backup only after the whole copy and
+    // --wal-timeout: refused now.
+    let archiver_before = check_archiving(&session, interrupt).await?;
     catalog.remove_staging_leftovers().await;
+    interrupt.check().map_err(stopped_before_writing)?;
     let start_time = Utc::now();
     let id = catalog
         .claim_backup_id(&start_time.format("%Y%m%dT%H%M%SZ").to_string())
@@ -142,15 +174,13 @@ async fn backup_locked(
     };
     // From the claim on, every way out but success removes what this backup wrote: its
     // objects would otherwise hold space, and be taken for a backup that lost its manifest.
-    let result = tokio::select! {
-        result = backup_claimed(catalog, options, prepared, &id, started) => result,
-        signal = crate::scratch::interrupted() => Err(Error::Incomplete(format!(
-            "backup {id} was stopped by {signal}; its objects were removed"
-        ))),
-    };
-    if result.is_err() {
+    // A signal is not a way out of its own: the copy stops at the next object, and every
+    // write started has ended before the removal lists what to remove.
+    let mut result = backup_claimed(catalog, options, prepared, &id, started, interrupt).await;
+    if let Err(error) = &mut result {
         options.progress.finish();
-        match catalog.abandon_backup(&id).await {
+        let abandoned = catalog.abandon_backup(&id).await;
+        match &abandoned {
             Ok(true) => tracing::info!("removed the objects of failed backup {id}"),
             Ok(false) => tracing::warn!(
                 "backup {id}: its manifest was stored although the write reported an error; \
@@ -160,8 +190,101 @@ async fn backup_locked(
                 "removing the objects of failed backup {id}: {e}; pitr expire removes them later"
             ),
         }
+        if let Error::Interrupted { signal, message } = error {
+            *message = match abandoned {
+                Ok(true) => format!(
+                    "stopped by {}: backup {id} was not taken, and nothing of it is left in the \
+                     repository; run pitr backup again",
+                    signal.name()
+                ),
+                Ok(false) => format!(
+                    "stopped by {}, but backup {id} was stored whole: it is kept (see pitr list)",
+                    signal.name()
+                ),
+                Err(e) => format!(
+                    "stopped by {}: backup {id} was not taken, and removing what it wrote failed \
+                     ({e}); its leftovers are marked abandoned and pitr expire removes them; run \
+                     pitr backup again",
+                    signal.name()
+                ),
+            };
+        }
     }
     result
+}
+
+/// How long a failing archiver is watched for a success before the backup is refused: after
+/// a reload with a mended archive_command, PostgreSQL retries within a few seconds (after at
+/// most its three one-second retries with the old one).
+const ARCHIVER_GRACE: Duration = Duration::from_secs(5);
+
+/// `pg_stat_archiver` before a byte is copied: a backup is restorable only once its WAL is
+/// in the repository, which a failing archive_command (or none) never brings. A standby
+/// archives only with archive_mode = always; otherwise its primary does, which this session
+/// cannot see (and the wait for the WAL still has its deadline). Returns what was read.
+async fn check_archiving(
+    session: &Session,
+    interrupt: &Interrupt,
+) -> Result<Option<ArchiverStats>> {
+    let settings = session
+        .text(
+            "reading archive_mode",
+            "SELECT concat_ws('|', current_setting('archive_mode'), pg_is_in_recovery())",
+        )
+        .await?;
+    let (mode, in_recovery) = settings.split_once('|').unwrap_or((settings.as_str(), ""));
+    let archives_here = match (mode, in_recovery) {
+        ("off", _) => {
+            if in_recovery != "true" {
+                return Err(Error::Incomplete(
+                    "archive_mode is off: no WAL reaches the repository, and a backup is \
+                     restorable only with the WAL up to its end; nothing was copied: set \
+                     archive_mode = on and archive_command = 'pitr archive-push %p' (see pitr \
+                     check), restart PostgreSQL, then run backup again"
+                        .into(),
+                ));
+            }
+            false
+        }
+        ("always", _) => true,
+        (_, "true") => false,
+        _ => true,
+    };
+    let started = Instant::now();
+    loop {
+        // The archiver's word is advice where it cannot be read (permissions).
+        let stats = session.archiver_stats().await.ok();
+        match stats.as_ref().and_then(archiving_failing) {
+            Some(refusal) if archives_here => {
+                if started.elapsed() >= ARCHIVER_GRACE {
+                    return Err(Error::Incomplete(refusal));
+                }
+            }
+            _ => return Ok(stats),
+        }
+        interrupt
+            .race(tokio::time::sleep(Duration::from_millis(250)))
+            .await
+            .map_err(stopped_before_writing)?;
+    }
+}
+
+/// The refusal of a backup while archiving fails (the last attempt failed, none succeeded
+/// since), naming the segment and when.
+fn archiving_failing(stats: &ArchiverStats) -> Option<String> {
+    if !stats.failing() {
+        return None;
+    }
+    Some(format!(
+        "archiving is failing: archive_command failed for {} at {} and has not succeeded \
+         since, so this backup's WAL would never reach the repository; nothing was copied: fix \
+         archive_command (the server log says why it fails; pitr check --dbname … shows the \
+         archiver), then run backup again",
+        stats.last_failed_wal.as_deref().unwrap_or("a segment"),
+        stats
+            .last_failed_time
+            .map_or_else(|| "an unknown time".into(), utc_seconds)
+    ))
 }
 
 async fn backup_claimed(
@@ -170,6 +293,7 @@ async fn backup_claimed(
     prepared: Prepared,
     id: &str,
     started: Instant,
+    interrupt: &Interrupt,
 ) -> Result<BackupReport> {
     let Prepared {
         session,
@@ -179,7 +303,12 @@ async fn backup_claimed(
         start_time,
     } = prepared;
     let label = format!("pitr backup {id}");
-    let start_lsn = session.backup_start(&label, options.fast).await?;
+    // A spread checkpoint can take minutes: a signal meanwhile ends the session, which ends
+    // the backup on the server.
+    let start_lsn = interrupt
+        .race(session.backup_start(&label, options.fast))
+        .await
+        .map_err(stopped)??;
     // A standby writes no backup history file: then only the stop segment is waited for.
     let from_standby = session
         .text("asking for recovery", "SELECT pg_is_in_recovery()::text")
@@ -198,24 +327,40 @@ async fn backup_claimed(
     let total: u64 = plan.iter().flatten().chain(&control).map(|f| f.size).sum();
     options.progress.start(&format!("backup {id}"), total);
     let object_count = (plan.len() + usize::from(control.is_some())) as u32;
+    // After a failure or a signal no new object starts, and every started one runs to its
+    // end (its staged file and put run on blocking threads, which cannot be cancelled):
+    // then nothing writes while the failed backup's objects are removed.
+    let failed = std::sync::atomic::AtomicBool::new(false);
     let copy = |index: usize, files: Vec<SourceFile>| {
-        let progress = options.progress.clone();
+        let (progress, failed) = (options.progress.clone(), &failed);
         async move {
+            if failed.load(std::sync::atomic::Ordering::Relaxed) {
+                return Ok(None);
+            }
+            interrupt.check().map_err(stopped)?;
             let size: u64 = files.iter().map(|f| f.size).sum();
-            let copied = copy_object(catalog, id, index as u32, files).await?;
+            let copied = copy_object(catalog, id, index as u32, files)
+                .await
+                .inspect_err(|_| failed.store(true, std::sync::atomic::Ordering::Relaxed))?;
             progress.advance(size);
-            Ok::<_, Error>(copied)
+            Ok::<_, Error>(Some(copied))
         }
     };
-    let mut copied: Vec<(Vec<BackupFile>, u64)> = stream::iter(plan.into_iter().enumerate())
+    let results: Vec<Result<Option<CopiedObject>>> = stream::iter(plan.into_iter().enumerate())
         .map(|(index, files)| copy(index, files))
         .buffer_unordered(options.jobs.max(1))
-        .try_collect()
-        .await?;
+        .collect()
+        .await;
+    let mut copied: Vec<CopiedObject> = results
+        .into_iter()
+        .collect::<Result<Vec<_>>>()?
+        .into_iter()
+        .flatten()
+        .collect();
     // pg_control last, once every other file was read: recovery from a standby's backup
     // ends at the minimum recovery point of this copy, which must cover all the others.
     if let Some(control) = control {
-        copied.push(copy(copied.len(), vec![control]).await?);
+        copied.extend(copy(copied.len(), vec![control]).await?);
     }
 
     options.progress.finish();
@@ -272,10 +417,12 @@ async fn backup_claimed(
             deadline: wal_deadline,
             archiver_before,
         },
+        interrupt,
     )
     .await;
     options.progress.finish();
     waited?;
+    interrupt.check().map_err(stopped)?;
 
     let mut files: Vec<BackupFile> = copied.iter().flat_map(|(f, _)| f.clone()).collect();
     files.sort_by(|a, b| (&a.path, a.file_offset).cmp(&(&b.path, b.file_offset)));
@@ -625,6 +772,7 @@ async fn wait_for_wal(
     session: &Session,
     options: &BackupOptions,
     wait: WalWait<'_>,
+    interrupt: &Interrupt,
 ) -> Result<()> {
     let started = Instant::now();
     let mut pending = wait.files;
@@ -676,7 +824,10 @@ async fn wait_for_wal(
             options.progress.note(&state.waiting());
             next_note = now + NOTE_EVERY;
         }
-        tokio::time::sleep(Duration::from_millis(250)).await;
+        interrupt
+            .race(tokio::time::sleep(Duration::from_millis(250)))
+            .await
+            .map_err(stopped)?;
     }
 }
 

@@ -17,6 +17,7 @@ use crate::catalog::replay::{ReplayClaim, SegmentRun};
 use crate::catalog::{Catalog, CatalogError};
 use crate::datadir::running_postmaster;
 use crate::error::{Error, Result};
+use crate::interrupt::{Interrupt, Signal};
 use crate::ownership::{Owner, give_tree_to, running_as_root};
 use crate::pg::backup_manifest::{ManifestEntry, render};
 use crate::pg::guc::remove_recovery_settings;
@@ -68,6 +69,27 @@ pub struct RestoreOptions {
     pub claim: Option<String>,
     /// The command taking the claim, for expire's report (`restore`, `drill`…).
     pub command: &'static str,
+    /// SIGINT, SIGTERM or SIGHUP stop the restore, the directory marked as an interrupted
+    /// restore ([`Interrupt::listen`]); [`Interrupt::never`] where the caller handles signals
+    /// itself (a drill's scratch restore).
+    pub interrupt: Arc<Interrupt>,
+}
+
+/// In DIR while a restore writes it: a rerun takes a directory holding this for its own
+/// interrupted run and starts over without `--force`. Removed before `global/pg_control`
+/// is put in place, so a directory PostgreSQL can start never holds it.
+pub const IN_PROGRESS_MARKER: &str = "pitr-restore.in-progress";
+
+/// The marker's content: who wrote it, and the tablespace directories (outside DIR) the
+/// restore writes, which a rerun empties too.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct InProgress {
+    pid: u32,
+    host: String,
+    started_at: chrono::DateTime<Utc>,
+    backup: String,
+    #[serde(default)]
+    tablespaces: Vec<PathBuf>,
 }
 
 #[derive(Debug)]
@@ -111,14 +133,44 @@ pub async fn restore(catalog: &Catalog, options: &RestoreOptions) -> Result<Rest
         // and removes nothing.
         catalog.put_replay_claim(claim).await?;
     }
-    let result = restore_claimed(catalog, options, claim).await;
+    let mut result = restore_claimed(catalog, options, claim).await;
     if let (Err(_), Some(id)) = (&result, &options.claim) {
         // Nothing restored: nothing to hold.
         if let Err(e) = catalog.remove_replay_claim(id).await {
             tracing::warn!("could not remove the replay claim {id}: {e}");
         }
     }
+    if let Err(Error::Interrupted { signal, message }) = &mut result {
+        *message = interrupted_message(*signal, &options.pgdata);
+    }
     result
+}
+
+/// What an interrupted restore left, and how to go on.
+fn interrupted_message(signal: Signal, pgdata: &Path) -> String {
+    if pgdata.join(IN_PROGRESS_MARKER).exists() {
+        format!(
+            "stopped by {}: {} holds a partial restore, which PostgreSQL cannot start (it has no \
+             global/pg_control) and which {IN_PROGRESS_MARKER} marks as restore's own: run the \
+             same pitr restore again, and it starts over without --force (or remove the \
+             directory)",
+            signal.name(),
+            pgdata.display()
+        )
+    } else {
+        format!(
+            "stopped by {}: nothing was written to {}; run pitr restore again",
+            signal.name(),
+            pgdata.display()
+        )
+    }
+}
+
+fn stopped(signal: Signal) -> Error {
+    Error::Interrupted {
+        signal,
+        message: format!("stopped by {}", signal.name()),
+    }
 }
 
 async fn restore_claimed(
@@ -126,6 +178,7 @@ async fn restore_claimed(
     options: &RestoreOptions,
     mut claim: Option<ReplayClaim>,
 ) -> Result<RestoreReport> {
+    let interrupt = &*options.interrupt;
     let started = Instant::now();
     check_creatable(&options.pgdata)?;
     let identity = catalog.identity().await?;
@@ -152,8 +205,17 @@ async fn restore_claimed(
     let mut view = ArchiveView::load(catalog, &identity).await?;
     let foreign = timelines_without_backup(&view, &backups);
     // The pre-flight: everything recovery needs is in the repository, or nothing is written.
-    let plan = gather_and_plan(catalog, &mut view, &backups, &options.request, options.jobs)
-        .await?
+    // Reads only until the directory is prepared: a signal may drop them where they stand.
+    let plan = interrupt
+        .race(gather_and_plan(
+            catalog,
+            &mut view,
+            &backups,
+            &options.request,
+            options.jobs,
+        ))
+        .await
+        .map_err(stopped)??
         .inspect_err(|_| {
             for timeline in &foreign {
                 tracing::warn!("{}", foreign_timeline_warning(*timeline));
@@ -196,9 +258,10 @@ async fn restore_claimed(
     // only root can read).
     let mut wal = view.files(&plan.segments);
     wal.extend(plan.histories.iter().cloned());
-    catalog
-        .probe_restore_objects(&plan.backup, &wal, options.jobs)
+    interrupt
+        .race(catalog.probe_restore_objects(&plan.backup, &wal, options.jobs))
         .await
+        .map_err(stopped)?
         .map_err(unreadable)?;
     let excluded = excluded_databases(&plan.backup, &options.db_include)?;
     let owner = restored_owner(
@@ -234,7 +297,9 @@ async fn restore_claimed(
         elapsed: Duration::ZERO,
     };
     if !options.dry_run {
+        interrupt.check().map_err(stopped)?;
         prepare_directory(&options.pgdata, options.force, &layout)?;
+        write_marker(&options.pgdata, &report.plan.backup.id, &layout)?;
         let excluded: BTreeSet<u32> = report.excluded.iter().map(|d| d.oid).collect();
         let replay_plan = claim.as_ref().map(|claim| ReplayPlan {
             format: 1,
@@ -266,9 +331,18 @@ async fn restore_claimed(
             replay_plan,
         )
         .await;
-        if result.is_err() {
-            // Nothing half-restored stays where PostgreSQL or a user could start it.
-            let _ = empty_directory(&options.pgdata);
+        match &result {
+            Ok(_) => {}
+            // Left as it is, under its marker, for a rerun to start over: a signal asks to
+            // stop now, not to wait for a large directory to be emptied.
+            Err(Error::Interrupted { .. }) => {}
+            Err(_) => {
+                // Nothing half-restored stays where PostgreSQL or a user could start it.
+                let _ = empty_directory(&options.pgdata);
+                for dir in layout.tablespaces().values() {
+                    let _ = empty_directory(dir);
+                }
+            }
         }
         let written = result?;
         (report.files, report.bytes, report.bytes_read, report.server) = written;
@@ -527,12 +601,36 @@ fn prepare_directory(pgdata: &Path, force: bool, layout: &RestoreLayout) -> Resu
         }
         Err(e) => return Err(Error::local_io(pgdata.display(), e)),
     };
-    if occupied == Some(true) && !force {
+    let interrupted = match occupied {
+        Some(true) => interrupted_restore(pgdata),
+        _ => None,
+    };
+    if occupied == Some(true) && !force && interrupted.is_none() {
         return Err(Error::invalid_input(
             pgdata.display(),
             "is not empty: restore into an empty directory, or pass --force to replace its \
              contents",
         ));
+    }
+    if let Some(earlier) = &interrupted {
+        tracing::warn!(
+            "{} holds an interrupted restore of backup {} (pid {} on {}, started {}): \
+             starting it over",
+            pgdata.display(),
+            earlier.backup,
+            earlier.pid,
+            earlier.host,
+            earlier
+                .started_at
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        );
+        // Its tablespace directories hold its files too; only those this restore writes
+        // again, which are checked to be empty below otherwise.
+        for dir in layout.tablespaces().values() {
+            if earlier.tablespaces.contains(dir) {
+                empty_directory(dir).map_err(|e| Error::local_io(dir.display(), e))?;
+            }
+        }
     }
     check_tablespace_directories(layout)?;
     match occupied {
@@ -542,6 +640,30 @@ fn prepare_directory(pgdata: &Path, force: bool, layout: &RestoreLayout) -> Resu
     }
     fs::set_permissions(pgdata, fs::Permissions::from_mode(layout.root_mode()))
         .map_err(|e| Error::local_io(pgdata.display(), e))
+}
+
+/// The marker of an interrupted restore in `pgdata`, if it holds one and is not startable
+/// (a directory with `global/pg_control` was finished, or made by someone else).
+fn interrupted_restore(pgdata: &Path) -> Option<InProgress> {
+    if pgdata.join(CONTROL_FILE).exists() {
+        return None;
+    }
+    let text = fs::read(pgdata.join(IN_PROGRESS_MARKER)).ok()?;
+    serde_json::from_slice(&text).ok()
+}
+
+/// Marks DIR as being written by this restore, before anything else is written to it.
+fn write_marker(pgdata: &Path, backup: &str, layout: &RestoreLayout) -> Result<()> {
+    let marker = InProgress {
+        pid: std::process::id(),
+        host: crate::host_name().unwrap_or_default(),
+        started_at: Utc::now(),
+        backup: backup.to_owned(),
+        tablespaces: layout.tablespaces().values().cloned().collect(),
+    };
+    let path = pgdata.join(IN_PROGRESS_MARKER);
+    let json = serde_json::to_vec_pretty(&marker).expect("the marker serialises");
+    crate::private_fs::write(&path, json).map_err(|e| Error::local_io(path.display(), e))
 }
 
 fn empty_directory(dir: &Path) -> io::Result<()> {
@@ -582,6 +704,7 @@ async fn write_backup(
     excluded: &BTreeSet<u32>,
     replay_plan: Option<ReplayPlan>,
 ) -> Result<(usize, u64, u64, ServerSetup)> {
+    let interrupt = &*options.interrupt;
     let pgdata = layout.pgdata().to_owned();
     for dir in layout.tablespaces().values() {
         create_restored_dir(dir, layout.root_mode())?;
@@ -655,6 +778,10 @@ async fn write_backup(
                 if failed.load(std::sync::atomic::Ordering::Relaxed) {
                     return Ok((0, 0));
                 }
+                if let Err(signal) = interrupt.check() {
+                    failed.store(true, std::sync::atomic::Ordering::Relaxed);
+                    return Err(stopped(signal));
+                }
                 let written = restore_object(catalog, backup, object, splitter).await;
                 match &written {
                     Ok((bytes, _)) => progress.advance(*bytes),
@@ -666,8 +793,9 @@ async fn write_backup(
         .buffer_unordered(options.jobs.max(1))
         .collect()
         .await;
-    let written: Vec<(u64, u64)> = results.into_iter().collect::<Result<_>>()?;
     options.progress.finish();
+    let written: Vec<(u64, u64)> = results.into_iter().collect::<Result<_>>()?;
+    interrupt.check().map_err(stopped)?;
 
     let tablespace_map = backup.tablespace_map.as_ref().map(|map| {
         // Lines are "<oid> <path>": point them at where the tablespaces now are.
@@ -724,10 +852,24 @@ async fn write_backup(
         }
     }
     if options.sync {
+        interrupt.check().map_err(stopped)?;
         let mut roots = vec![pgdata.clone()];
         roots.extend(layout.tablespaces().values().cloned());
         sync_restored(roots, options.jobs).await?;
     }
+    interrupt.check().map_err(stopped)?;
+    // The marker goes before the directory becomes startable (durably so, when syncing): a
+    // directory a server may have run in is never taken for an interrupted restore.
+    let marker = pgdata.join(IN_PROGRESS_MARKER);
+    fs::remove_file(&marker)
+        .and_then(|()| {
+            if options.sync {
+                File::open(&pgdata)?.sync_all()
+            } else {
+                Ok(())
+            }
+        })
+        .map_err(|e| Error::local_io(marker.display(), e))?;
     // Last, once everything else is durable: the file that makes the directory startable.
     let (restoring, control) = (
         pgdata.join(CONTROL_FILE_RESTORING),
@@ -1131,5 +1273,42 @@ mod owner_tests {
             Some(postgres) => assert_eq!(fallback.unwrap(), Some(postgres)),
             None => assert!(matches!(fallback, Err(Error::Config(_)))),
         }
+    }
+}
+
+#[cfg(test)]
+mod marker_tests {
+    use super::*;
+
+    #[test]
+    fn only_a_marked_directory_without_pg_control_is_an_interrupted_restore() {
+        let dir = tempfile::tempdir().unwrap();
+        let pgdata = dir.path();
+        assert!(interrupted_restore(pgdata).is_none());
+        let marker = InProgress {
+            pid: 42,
+            host: "db1".into(),
+            started_at: Utc::now(),
+            backup: "20261207T010000Z".into(),
+            tablespaces: vec![PathBuf::from("/srv/ts")],
+        };
+        fs::write(
+            pgdata.join(IN_PROGRESS_MARKER),
+            serde_json::to_vec(&marker).unwrap(),
+        )
+        .unwrap();
+        let found = interrupted_restore(pgdata).expect("marked");
+        assert_eq!(
+            (found.backup.as_str(), found.tablespaces),
+            ("20261207T010000Z", vec![PathBuf::from("/srv/ts")])
+        );
+        // A directory that can be started was finished (or made by someone else).
+        fs::create_dir(pgdata.join("global")).unwrap();
+        fs::write(pgdata.join(CONTROL_FILE), b"").unwrap();
+        assert!(interrupted_restore(pgdata).is_none());
+        // Nor is a marker that does not parse taken for one.
+        fs::remove_file(pgdata.join(CONTROL_FILE)).unwrap();
+        fs::write(pgdata.join(IN_PROGRESS_MARKER), b"{").unwrap();
+        assert!(interrupted_restore(pgdata).is_none());
     }
 }

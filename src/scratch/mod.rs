@@ -19,6 +19,7 @@ use crate::catalog::Catalog;
 use crate::commands::restore::server::{ArchiveMode, ServerRequest};
 use crate::commands::restore::{RestoreOptions, RestoreReport, restore};
 use crate::error::{Error, Result};
+use crate::interrupt::{Interrupt, Signal};
 use crate::ownership::{Owner, running_as_root};
 use crate::pg::PgVersion;
 use crate::server::{Session, connection_settings};
@@ -321,31 +322,23 @@ impl Drop for Scratch {
     }
 }
 
-/// Waits for SIGINT, SIGTERM or SIGHUP (Ctrl-C, systemd stopping the unit) and names it:
-/// the caller then stops its scratch server and removes the directory before exiting.
-pub async fn interrupted() -> &'static str {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut int), Ok(mut term), Ok(mut hup)) = (
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::terminate()),
-        signal(SignalKind::hangup()),
-    ) else {
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = int.recv() => "SIGINT",
-        _ = term.recv() => "SIGTERM",
-        _ = hup.recv() => "SIGHUP",
-    }
+/// Waits for SIGINT, SIGTERM or SIGHUP (Ctrl-C, systemd stopping the unit): the caller then
+/// stops its scratch server and removes the directory before exiting.
+pub async fn interrupted() -> Signal {
+    Interrupt::listen().wait().await
 }
 
-/// The error of a run a signal stopped.
-pub fn interruption(signal: &str, scratch: &Scratch) -> Error {
-    Error::Incomplete(format!(
-        "stopped by {signal}: the scratch server was stopped and {} {}",
-        scratch.root().display(),
-        if scratch.keep { "kept" } else { "removed" }
-    ))
+/// The error of a run a signal stopped (exit 128 + the signal's number).
+pub fn interruption(signal: Signal, scratch: &Scratch) -> Error {
+    Error::Interrupted {
+        signal,
+        message: format!(
+            "stopped by {}: the scratch server was stopped and {} {}",
+            signal.name(),
+            scratch.root().display(),
+            if scratch.keep { "kept" } else { "removed" }
+        ),
+    }
 }
 
 /// SIGQUIT (immediate shutdown: the postmaster stops its children), then SIGKILL.

@@ -418,4 +418,25 @@ pub async fn delete_many_removes_every_key(storage: &dyn Storage, prefix: &str) 
         .unwrap();
     assert!(left.is_empty(), "{left:?}");
     assert!(storage.delete_many(&[]).await.unwrap().is_empty());
+    // No empty prefix stays behind (the fs store removes the directories it empties), and a
+    // put under the removed prefix works again.
+    let deep = format!("{prefix}/delete-many/deep/er/object");
+    storage
+        .put(&deep, PutPayload::from_bytes("x"), PutMode::Create)
+        .await
+        .unwrap();
+    storage
+        .delete_many(std::slice::from_ref(&deep))
+        .await
+        .unwrap();
+    let folders = storage
+        .list_folders(&format!("{prefix}/delete-many/"))
+        .await
+        .unwrap();
+    assert!(folders.is_empty(), "{folders:?}");
+    storage
+        .put(&deep, PutPayload::from_bytes("y"), PutMode::Create)
+        .await
+        .unwrap();
+    storage.delete(&deep).await.unwrap();
 }

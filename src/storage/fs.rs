@@ -110,7 +110,6 @@ fn put_blocking(
     let owner = store.owner();
     create_dirs_durably(&store.staging, owner.as_ref()).map_err(|e| io_err("create", e))?;
     let parent = target.parent().expect("keys have a parent");
-    create_dirs_durably(parent, owner.as_ref()).map_err(|e| io_err("create", e))?;
 
     // Our own name for the bytes, fsynced, in the same filesystem as the target.
     let staged = StagedFile(staging_name(&store.staging, key));
@@ -150,10 +149,21 @@ fn put_blocking(
         }
     }
     give_to(&staged.0, owner.as_ref()).map_err(|e| io_err("chown", e))?;
-    match mode {
-        PutMode::Create => match fs::hard_link(&staged.0, &target) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+    // A delete removes the directories it empties: one may vanish between their creation
+    // and the link, then they are made again.
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let placed = create_dirs_durably(parent, owner.as_ref())
+            .map_err(|e| ("create", e))
+            .and_then(|()| match mode {
+                PutMode::Create => fs::hard_link(&staged.0, &target).map_err(|e| ("link", e)),
+                PutMode::Overwrite => fs::rename(&staged.0, &target).map_err(|e| ("rename", e)),
+            });
+        match placed {
+            Ok(()) => break,
+            Err((_, e)) if e.kind() == io::ErrorKind::NotFound && attempts < 5 => {}
+            Err(("link", e)) if e.kind() == io::ErrorKind::AlreadyExists => {
                 // The object may have been linked by a writer that died before its directory
                 // fsync: make the entry durable before anyone takes it as stored.
                 fsync_dir(parent).map_err(|e| io_err("fsync", e))?;
@@ -161,11 +171,29 @@ fn put_blocking(
                     key: key.to_owned(),
                 });
             }
-            Err(e) => return Err(io_err("link", e)),
-        },
-        PutMode::Overwrite => fs::rename(&staged.0, &target).map_err(|e| io_err("rename", e))?,
+            Err((op, e)) => return Err(io_err(op, e)),
+        }
     }
     fsync_dir(parent).map_err(|e| io_err("fsync", e))
+}
+
+/// Removes the directories between `dir` and `root` (not `root`) that are empty, deepest
+/// first, as S3 keeps no empty prefix: a removed backup leaves no `backup/<id>/` behind.
+fn remove_empty_dirs(root: &Path, dir: &Path) {
+    let mut current = dir;
+    while current != root && current.starts_with(root) {
+        // Fails on a directory that is not empty (or already gone): that ends the climb.
+        if fs::remove_dir(current).is_err() {
+            return;
+        }
+        match current.parent() {
+            Some(parent) => {
+                let _ = fsync_dir(parent);
+                current = parent;
+            }
+            None => return,
+        }
+    }
 }
 
 fn list_blocking(root: &Path, prefix: &str) -> Result<Vec<ObjectMeta>, StorageError> {
@@ -354,7 +382,7 @@ impl Storage for FsStorage {
     }
 
     async fn delete(&self, key: &str) -> Result<(), StorageError> {
-        let path = self.path_of(key)?;
+        let (path, root) = (self.path_of(key)?, self.root.clone());
         blocking(move || {
             match fs::remove_file(&path) {
                 Ok(()) => {}
@@ -362,7 +390,9 @@ impl Storage for FsStorage {
                 Err(e) => return Err(StorageError::io("delete", path.display(), e)),
             }
             let parent = path.parent().expect("keys have a parent");
-            fsync_dir(parent).map_err(|e| StorageError::io("fsync", parent.display(), e))
+            fsync_dir(parent).map_err(|e| StorageError::io("fsync", parent.display(), e))?;
+            remove_empty_dirs(&root, parent);
+            Ok(())
         })
         .await
     }

@@ -338,7 +338,7 @@ fn a_drill_finds_a_damaged_table_with_pg_amcheck() {
 }
 
 /// SIGTERM (systemd stopping the unit, a timeout) in the middle of a drill: pitr stops the
-/// scratch server, removes the directory, and exits non-zero.
+/// scratch server, removes the directory, and exits 143 (128 + SIGTERM).
 #[test]
 fn a_drill_stopped_by_sigterm_leaves_nothing_behind() {
     let dir = TestDir::new("drill-term");
@@ -382,8 +382,11 @@ fn a_drill_stopped_by_sigterm_leaves_nothing_behind() {
     let status = child.wait().unwrap();
     let mut error = String::new();
     std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut error).unwrap();
-    assert_eq!(status.code(), Some(8), "{error}");
-    assert!(error.contains("SIGTERM"), "{error}");
+    assert_eq!(status.code(), Some(143), "{error}");
+    assert!(
+        error.contains("pitr drill: stopped by SIGTERM: the scratch server was stopped and "),
+        "{error}"
+    );
     assert_scratch_gone(&scratch);
     // Nor its replay claim: expire is not held to a drill that is gone.
     let claims = dir.path().join("repo/replay");

@@ -348,6 +348,7 @@ fn restore_options(pgdata: PathBuf) -> RestoreOptions {
         owner: None,
         claim: None,
         command: "restore",
+        interrupt: Arc::new(pitr::interrupt::Interrupt::never()),
     }
 }
 
@@ -432,8 +433,9 @@ async fn restore_faults() {
     drop(full);
 
     // kill -9 mid-restore, at several moments (pre-flight, copy, sync, the last files): the
-    // directory is whole or cannot be started (no pg_control yet); a restore with --force
-    // then completes it.
+    // directory is whole or cannot be started (no pg_control yet). Marked as an interrupted
+    // restore, the same restore starts it over without --force; only the instant between
+    // the marker's removal and pg_control's arrival leaves it for --force.
     for (i, delay_ms) in [20u64, 150, 400, 900].into_iter().enumerate() {
         let killed = dir.path().join(format!("killed-{i}"));
         let mut child = pitr
@@ -451,18 +453,31 @@ async fn restore_faults() {
             !killed.join("global/pg_control").exists(),
             "a half-restored directory is startable (killed after {delay_ms} ms)"
         );
-        if killed.exists() && !entries(&killed).is_empty() {
+        let marked = killed.join("pitr-restore.in-progress").exists();
+        if killed.exists() && !entries(&killed).is_empty() && !marked {
             let out = pitr.run(["restore", "--pgdata", &killed.display().to_string()]);
             assert_eq!(code(&out), 7, "{}", stderr(&out));
             assert!(one_line(&out).contains("--force"), "{}", stderr(&out));
         }
-        let out = pitr.run([
-            "restore",
-            "--force",
-            "--pgdata",
-            &killed.display().to_string(),
-        ]);
+        let mut args = vec!["restore"];
+        if !marked {
+            args.push("--force");
+        }
+        let out = pitr
+            .direct(&args)
+            .arg("--pgdata")
+            .arg(&killed)
+            .output()
+            .unwrap();
         assert_eq!(code(&out), 0, "{}", stderr(&out));
+        if marked {
+            assert!(
+                stderr(&out).contains("holds an interrupted restore of backup"),
+                "{}",
+                stderr(&out)
+            );
+        }
+        assert!(!killed.join("pitr-restore.in-progress").exists());
         assert_verifybackup(&killed);
     }
 
