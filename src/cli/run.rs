@@ -397,6 +397,7 @@ fn scratch_restore(
         // The scratch directory names its own claim.
         claim: None,
         command: "drill",
+        config: Default::default(),
     }
 }
 
@@ -533,6 +534,8 @@ async fn execute(
             owner,
             archive_mode,
             port,
+            restore_config,
+            config_dir,
         } => {
             let recovery = target.recovery(target_action);
             let pgdata = pgdata.unwrap_or_default();
@@ -570,6 +573,10 @@ async fn execute(
                 tablespace_root: None,
                 claim: (!dry_run).then(crate::catalog::replay::new_claim_id),
                 command: "restore",
+                config: crate::commands::restore::config::ConfigRequest {
+                    restore_config,
+                    config_dir: config_dir.map(|dir| std::path::absolute(&dir).unwrap_or(dir)),
+                },
             };
             // Segments a recovery from this repository left in a configured spool are not
             // this restore's (the default spool is inside the new data directory).

@@ -31,6 +31,7 @@ use crate::storage::StorageError;
 
 use super::blocking;
 
+pub mod config;
 mod layout;
 pub mod server;
 
@@ -68,6 +69,8 @@ pub struct RestoreOptions {
     pub claim: Option<String>,
     /// The command taking the claim, for expire's report (`restore`, `drill`…).
     pub command: &'static str,
+    /// Where the configuration recorded outside the data directory goes.
+    pub config: config::ConfigRequest,
 }
 
 #[derive(Debug)]
@@ -264,8 +267,10 @@ async fn restore_claimed(
         let written = result?;
         (report.files, report.bytes, report.bytes_read, report.server) = written;
         // Who owns the directory is known only now (a run as root gave it away).
+        let version = report.plan.backup.pg_version;
         report.server.start_command =
-            server::start_command(&options.pgdata, report.plan.backup.pg_version);
+            config::start_command(&report.server.configuration, &options.pgdata, version)
+                .unwrap_or_else(|| server::start_command(&options.pgdata, version));
     }
     report.elapsed = started.elapsed();
     Ok(report)
@@ -601,13 +606,18 @@ async fn write_backup(
         write("tablespace_map", map)?;
     }
     write("recovery.signal", "")?;
+    // The configuration recorded outside the data directory, where the server reads it.
+    let configuration = config::place(catalog, backup, &options.config, &pgdata, owner).await?;
     // Read from the restored configuration, before the settings below are added to it.
-    let server = server::gather(
+    let mut server = server::gather(
         &pgdata,
         &options.server,
         backup.data_directory.as_deref(),
         backup.pg_version,
+        configuration.config_file.as_deref(),
     );
+    config::settle(&configuration, &server.settings())?;
+    server.configuration = configuration;
     // The timeline the pre-flight planned, named: recovery then follows the history that was
     // checked (not one archived since), and asks for a newer timeline's history file only
     // when it promotes, which tells archive-get that replay is over.

@@ -348,6 +348,7 @@ fn restore_options(pgdata: PathBuf) -> RestoreOptions {
         owner: None,
         claim: None,
         command: "restore",
+        config: Default::default(),
     }
 }
 

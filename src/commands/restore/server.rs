@@ -110,6 +110,8 @@ pub struct ServerSetup {
     pub socket_directories: Vec<PathBuf>,
     /// The command that starts the restored server, as words.
     pub start_command: Vec<String>,
+    /// What became of the configuration the backup recorded outside its data directory.
+    pub configuration: super::config::ConfigReport,
 }
 
 impl ServerSetup {
@@ -137,10 +139,12 @@ pub struct ConfiguredServer {
 }
 
 impl ConfiguredServer {
-    /// Reads `postgresql.conf` and then `postgresql.auto.conf` of `pgdata` (later settings
-    /// win, as for the server; includes are not followed).
-    pub fn read(pgdata: &Path) -> Self {
-        let mut text = std::fs::read(pgdata.join("postgresql.conf")).unwrap_or_default();
+    /// Reads `config_file` (by default the data directory's `postgresql.conf`) with what it
+    /// includes, and then `postgresql.auto.conf` of `pgdata` (later settings win, as for the
+    /// server).
+    pub fn read(pgdata: &Path, config_file: Option<&Path>) -> Self {
+        let default = pgdata.join("postgresql.conf");
+        let mut text = super::config::expanded(config_file.unwrap_or(&default));
         text.push(b'\n');
         text.extend(std::fs::read(pgdata.join("postgresql.auto.conf")).unwrap_or_default());
         ConfiguredServer {
@@ -237,8 +241,9 @@ pub fn gather(
     request: &ServerRequest,
     backup_directory: Option<&str>,
     pg_version: u32,
+    config_file: Option<&Path>,
 ) -> ServerSetup {
-    let configured = ConfiguredServer::read(pgdata);
+    let configured = ConfiguredServer::read(pgdata, config_file);
     let socket_directories = configured.socket_directories(pgdata);
     let tcp = configured.listens_on_tcp();
     let port = choose_port(request.port, configured.port, |port| {
@@ -249,6 +254,7 @@ pub fn gather(
         port: Some(port),
         socket_directories,
         start_command: start_command(pgdata, pg_version),
+        configuration: Default::default(),
     }
 }
 
@@ -264,6 +270,7 @@ pub fn before_configuration(
         port: None,
         socket_directories: Vec::new(),
         start_command: start_command(pgdata, pg_version),
+        configuration: Default::default(),
     }
 }
 
@@ -395,6 +402,7 @@ mod tests {
             port,
             socket_directories: vec![],
             start_command: vec![],
+            configuration: Default::default(),
         };
         assert_eq!(
             setup(
