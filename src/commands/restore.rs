@@ -643,7 +643,8 @@ async fn write_backup(
     }
     // pg_verifybackup would take the excluded databases' empty files for corruption.
     if excluded.is_empty() {
-        write_postgres_manifest(&layout, backup, tablespace_map.as_deref())?;
+        let written = config::written_in(&server.configuration, &pgdata)?;
+        write_postgres_manifest(&layout, backup, tablespace_map.as_deref(), &written)?;
     }
     if let Some(owner) = owner {
         // Before the sync, which makes the new owners durable too.
@@ -895,6 +896,7 @@ fn write_postgres_manifest(
     layout: &RestoreLayout,
     backup: &BackupManifest,
     tablespace_map: Option<&str>,
+    configuration: &[config::WrittenFile],
 ) -> Result<()> {
     let now = Utc::now().timestamp();
     let label_crc = crc32c::crc32c(backup.backup_label.as_bytes());
@@ -930,6 +932,10 @@ fn write_postgres_manifest(
         }
         entry.2 = crc32c::crc32c_combine(entry.2, part.crc32c, part.size as usize);
         entry.0 = entry.0.saturating_add(part.size);
+    }
+    // The configuration restore wrote into the directory, and the files it kept beside.
+    for file in configuration {
+        whole.insert(&file.path, (file.size, now, file.crc32c));
     }
     entries.extend(
         whole

@@ -62,6 +62,9 @@ impl Drop for DebianCluster {
         let _ = Command::new("pg_dropcluster")
             .args(["--stop", "15", &self.name])
             .output();
+        // pg_dropcluster leaves files it did not make (conf.d's, those kept beside): the
+        // directory is this test's own.
+        let _ = std::fs::remove_dir_all(self.etc());
     }
 }
 
@@ -326,6 +329,12 @@ fn a_debian_cluster_restores_anywhere_with_its_configuration() {
         .filter(|p| p.to_string_lossy().contains("01-a.conf.pitr-"))
         .collect();
     assert_eq!(aside.len(), 1, "{stdout}");
+    // Files equal to the backup's are left as they are: nothing else kept beside.
+    let all_aside = tree(&etc)
+        .into_keys()
+        .filter(|p| p.to_string_lossy().contains(".pitr-"))
+        .count();
+    assert_eq!(all_aside, 1, "{stdout}");
     assert_eq!(
         std::fs::read_to_string(&aside[0]).unwrap(),
         "work_mem = '9MB'\n"

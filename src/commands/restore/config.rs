@@ -427,6 +427,10 @@ fn write_beside(
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
+    // A file that already says the same is left as it is: nothing to keep beside.
+    if fs::read(path).is_ok_and(|there| there == content) {
+        return Ok(None);
+    }
     let staging = path.with_file_name(format!("{name}.pitr-restore"));
     fs::OpenOptions::new()
         .write(true)
@@ -460,6 +464,35 @@ fn write_beside(
     }
     fs::rename(&staging, path).map_err(|e| Error::local_io(path.display(), e))?;
     Ok(aside)
+}
+
+/// A file restore wrote into the data directory (or moved there), as `backup_manifest`
+/// lists it for pg_verifybackup.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WrittenFile {
+    /// Relative to the data directory.
+    pub path: String,
+    pub size: u64,
+    pub crc32c: u32,
+}
+
+/// The files the placement wrote or kept beside inside `pgdata`, read back.
+pub fn written_in(report: &ConfigReport, pgdata: &Path) -> Result<Vec<WrittenFile>> {
+    let written = report.written.iter().map(|(_, path)| path);
+    let aside = report.kept_aside.iter().map(|(_, aside)| aside);
+    let mut files = Vec::new();
+    for path in written.chain(aside) {
+        let Ok(relative) = path.strip_prefix(pgdata) else {
+            continue;
+        };
+        let bytes = fs::read(path).map_err(|e| Error::local_io(path.display(), e))?;
+        files.push(WrittenFile {
+            path: relative.display().to_string(),
+            size: bytes.len() as u64,
+            crc32c: crc32c::crc32c(&bytes),
+        });
+    }
+    Ok(files)
 }
 
 /// Where the placement puts the configuration, the settings the restored server gets in
