@@ -232,6 +232,8 @@ fn a_debian_cluster_restores_anywhere_with_its_configuration() {
     );
     let conf = std::fs::read_to_string(copy_dir.join("postgresql.conf")).unwrap();
     assert!(conf.contains("# pitr restore: external_pid_file"), "{conf}");
+    // backup_manifest lists the configuration written into the directory.
+    assert_verifybackup(&copy_dir);
     let mut copy = PgCluster::adopt(
         copy_dir.clone(),
         SOCKETS.into(),
@@ -417,6 +419,7 @@ fn a_config_file_elsewhere_is_restored_into_the_new_directory() {
         stdout.contains("pg_hba.conf was there: kept as"),
         "{stdout}"
     );
+    assert_verifybackup(&copy_dir);
     let (command, copy_port) = next_and_port(&stdout);
     let copy = PgCluster::restored_archiving(&dir, "copy-sockets", copy_dir.clone());
     assert_eq!(copy.port, copy_port);
