@@ -19,7 +19,7 @@ use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::catalog::Catalog;
-use crate::catalog::backup::{BackupManifest, Configuration};
+use crate::catalog::backup::{BackupManifest, ConfigFile, Configuration};
 use crate::error::{Error, Result};
 use crate::ownership::{Owner, give_to, running_as_root};
 use crate::pg::config_files::{
@@ -341,16 +341,11 @@ pub async fn place(
                 .fetch_backup_object(backup, object, "the configuration", Vec::new())
                 .await?;
             for file in configuration.files.iter().filter(|f| f.object == object) {
-                let piece = usize::try_from(file.offset)
-                    .ok()
-                    .zip(usize::try_from(file.offset.saturating_add(file.size)).ok())
-                    .and_then(|(start, end)| bytes.get(start..end))
-                    .filter(|piece| crc32c::crc32c(piece) == file.crc32c)
-                    .ok_or_else(|| Error::Corrupt {
-                        what: format!("configuration file {} of backup {}", file.path, backup.id),
-                        location: catalog.location(),
-                        reason: "its bytes do not match the manifest's size and CRC-32C".into(),
-                    })?;
+                let piece = piece_of(&bytes, file).ok_or_else(|| Error::Corrupt {
+                    what: format!("configuration file {} of backup {}", file.path, backup.id),
+                    location: catalog.location(),
+                    reason: "its bytes do not match the manifest's size and CRC-32C".into(),
+                })?;
                 contents.insert(file.path.clone(), piece.to_vec());
             }
         }
@@ -395,6 +390,15 @@ pub async fn place(
             .push((file.original.clone(), file.destination.clone()));
     }
     Ok(report)
+}
+
+/// The bytes of `file` in its decoded object, if they are there and match its CRC-32C.
+fn piece_of<'a>(object: &'a [u8], file: &ConfigFile) -> Option<&'a [u8]> {
+    let start = usize::try_from(file.offset).ok()?;
+    let end = usize::try_from(file.offset.checked_add(file.size)?).ok()?;
+    object
+        .get(start..end)
+        .filter(|piece| crc32c::crc32c(piece) == file.crc32c)
 }
 
 /// Creates `dir` and the missing directories above it, given to `owner`.
@@ -614,7 +618,29 @@ pub fn expanded(config_file: &Path) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::catalog::backup::ConfigFile;
+
+    #[test]
+    fn a_configuration_file_is_taken_only_whole_and_with_its_checksum() {
+        let object = b"port = 5433\nlocal all all peer\n";
+        let file = |offset: u64, size: u64, crc32c: u32| ConfigFile {
+            path: "/etc/x".into(),
+            size,
+            mode: 0o644,
+            mtime: 0,
+            crc32c,
+            object: 0,
+            offset,
+        };
+        let hba = crc32c::crc32c(b"local all all peer\n");
+        assert_eq!(
+            piece_of(object, &file(12, 19, hba)),
+            Some(&b"local all all peer\n"[..])
+        );
+        // Another CRC (a manifest changed), past the end, an offset that overflows: refused.
+        assert_eq!(piece_of(object, &file(12, 19, hba ^ 1)), None);
+        assert_eq!(piece_of(object, &file(12, 40, hba)), None);
+        assert_eq!(piece_of(object, &file(u64::MAX, 2, hba)), None);
+    }
 
     fn debian() -> (Configuration, BTreeMap<String, Vec<u8>>) {
         let etc = "/etc/postgresql/15/main";
