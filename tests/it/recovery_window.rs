@@ -4,8 +4,8 @@
 use std::path::Path;
 use std::time::Duration;
 
-use crate::common::*;
 use chrono::{DateTime, Utc};
+use crate::common::*;
 use pitr::pg::Lsn;
 use pitr::pg::wal_name::xlog_file_name;
 use pitr::storage::{PutMode, PutPayload, read_all};

@@ -359,10 +359,9 @@ async fn a_standby_backup_restores_exactly(name: &str, repo: impl FnOnce(&TestDi
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     let id = backup_id(&out);
     let storage = repo.storage().await;
-    let manifest: pitr::catalog::backup::BackupManifest = serde_json::from_slice(
-        &metadata_json(&*storage, &crate::common::keys::manifest_key(&id)).await,
-    )
-    .unwrap();
+    let manifest: pitr::catalog::backup::BackupManifest =
+        serde_json::from_slice(&metadata_json(&*storage, &crate::common::keys::manifest_key(&id)).await)
+            .unwrap();
     assert!(
         manifest.backup_label.contains("BACKUP FROM: standby"),
         "{}",

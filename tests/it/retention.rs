@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use crate::common::*;
 use chrono::{DateTime, Utc};
+use crate::common::*;
 use pitr::storage::{PutMode, PutPayload, Storage};
 use serde_json::Value;
 

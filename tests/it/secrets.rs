@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use crate::common::*;
 use base64::Engine;
+use crate::common::*;
 use pitr::catalog::keys::{KeyMaterial, KeysFile};
 use pitr::storage::Storage;
 

@@ -8,8 +8,8 @@ use std::process::{Child, Command, Output};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::common::*;
 use chrono::Utc;
+use crate::common::*;
 use pitr::catalog::lock::LockHolder;
 use pitr::error::{EXIT_LOCKED, EXIT_OK, EXIT_SERVER};
 use pitr::storage::{PutMode, PutPayload, Storage, read_all};
