@@ -160,6 +160,7 @@ fn manifest(number: usize, start: u64) -> BackupManifest {
         data_directory: None,
         databases: Vec::new(),
         superuser: None,
+        configuration: None,
     }
 }
 

@@ -94,6 +94,38 @@ pub struct BackupManifest {
     /// connect as; none in manifests older than the field.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub superuser: Option<String>,
+    /// The configuration the server read from outside its data directory (Debian's
+    /// `/etc/postgresql/<v>/<cluster>`, a `-c config_file=` elsewhere); none when it all lives
+    /// in the data directory, or in manifests older than the field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub configuration: Option<Configuration>,
+}
+
+/// Where the server read its configuration, and the files of it kept outside the data
+/// directory (stored in a data object of the backup like any other file).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Configuration {
+    /// The server's `config_file`, `hba_file` and `ident_file` settings (absolute).
+    pub config_file: String,
+    pub hba_file: String,
+    pub ident_file: String,
+    /// The files outside the data directory: those three and every file they include.
+    pub files: Vec<ConfigFile>,
+}
+
+/// A configuration file kept outside the data directory.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfigFile {
+    /// Where the server read it (absolute).
+    pub path: String,
+    pub size: u64,
+    pub mode: u32,
+    /// Modification time, seconds since the Unix epoch.
+    pub mtime: i64,
+    pub crc32c: u32,
+    /// The object that holds the contents, and where in its decoded bytes they start.
+    pub object: u32,
+    pub offset: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -210,6 +242,27 @@ impl BackupManifest {
                 ));
             }
         }
+        if let Some(configuration) = &self.configuration {
+            let settings = [
+                &configuration.config_file,
+                &configuration.hba_file,
+                &configuration.ident_file,
+            ];
+            let paths = configuration.files.iter().map(|f| &f.path);
+            for path in settings.into_iter().chain(paths) {
+                if !path.starts_with('/') || has_bad_component(path) {
+                    return Err(format!(
+                        "the configuration file '{path}' is not an absolute path: the manifest \
+                         is unsafe (tampered with?)"
+                    ));
+                }
+            }
+            for file in &configuration.files {
+                if file.offset.checked_add(file.size).is_none() {
+                    return Err(format!("{}: offset and size overflow", file.path));
+                }
+            }
+        }
         if !self.files.iter().any(|f| f.path == "global/pg_control") {
             return Err("it lists no global/pg_control: not a whole data directory".into());
         }
@@ -222,6 +275,18 @@ impl BackupManifest {
             }
         }
         Ok(())
+    }
+}
+
+impl BackupManifest {
+    /// Every data object the manifest names: the data directory's and the configuration's.
+    pub fn objects(&self) -> std::collections::BTreeSet<u32> {
+        let config = self.configuration.iter().flat_map(|c| &c.files);
+        self.files
+            .iter()
+            .map(|f| f.object)
+            .chain(config.map(|f| f.object))
+            .collect()
     }
 }
 
@@ -443,8 +508,7 @@ impl Catalog {
     ) -> Result<(), CatalogError> {
         use futures_util::{StreamExt, TryStreamExt, stream};
         let kind = self.object_kind().await?;
-        let objects: std::collections::BTreeSet<u32> =
-            backup.files.iter().map(|f| f.object).collect();
+        let objects = backup.objects();
         let keys = objects
             .into_iter()
             .map(|n| backup_object_key(&backup.id, n, kind))

@@ -549,6 +549,17 @@ pub enum Command {
         /// free on this host, else the first free port above it (written, and printed).
         #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
         port: Option<u16>,
+        /// In place: write the configuration the backup recorded outside the data directory
+        /// (Debian's /etc/postgresql/<v>/<cluster>) back to its original paths; the files
+        /// there are kept beside as <name>.pitr-<time>. Default: they are left as they are.
+        #[arg(long)]
+        restore_config: bool,
+        /// Write the configuration the backup recorded outside the data directory into DIR
+        /// (for a Debian-style copy: /etc/postgresql/<v>/<new cluster>), with data_directory
+        /// naming the restored directory. Default: into the restored data directory, unless
+        /// in place.
+        #[arg(long, value_name = "DIR")]
+        config_dir: Option<PathBuf>,
     },
     /// Test a restore and measure its RTO: restore a backup into a scratch directory, start
     /// PostgreSQL there (no TCP, a private socket, archive_mode=off) to replay WAL up to the

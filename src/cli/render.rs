@@ -9,6 +9,7 @@ use crate::commands::init::InitReport;
 use crate::commands::list::ListReport;
 use crate::commands::pin::PinReport;
 use crate::commands::restore::RestoreReport;
+use crate::commands::restore::config::{ConfigReport, Placement};
 use crate::commands::restore::server::{ArchiveChoice, ArchiveMode, PortChoice, ServerCommands};
 use crate::commands::verify::VerifyReport;
 use crate::pg::recovery_target::{RecoveryRequest, Target, TargetAction};
@@ -134,6 +135,13 @@ pub fn backup(report: &BackupReport) {
         m.timeline,
         report.elapsed.as_secs_f64()
     );
+    if let Some(configuration) = &m.configuration {
+        println!(
+            "configuration outside the data directory recorded ({} files): {}",
+            configuration.files.len(),
+            configuration.config_file
+        );
+    }
 }
 
 /// The pre-flight's findings: in full for `--dry-run`, in one line otherwise.
@@ -269,6 +277,9 @@ pub fn restore(report: &RestoreReport, request: &RecoveryRequest) {
             names.join(", ")
         );
     }
+    for line in configuration_lines(&server.configuration) {
+        println!("{line}");
+    }
     let commands = &server.commands;
     let paused = !matches!(request.target, Target::End)
         && matches!(request.action, None | Some(TargetAction::Pause));
@@ -323,6 +334,47 @@ fn shell_words(words: &[String]) -> String {
         .map(|w| sh_quote(w))
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+/// What restore did with the configuration the backup recorded outside its data directory.
+fn configuration_lines(report: &ConfigReport) -> Vec<String> {
+    let mut lines = Vec::new();
+    match &report.placement {
+        None => return lines,
+        Some(Placement::Kept) => lines.push(format!(
+            "configuration: in place, the files at the original paths are left as they are \
+             ({}); --restore-config writes the backup's back",
+            report
+                .config_file
+                .as_ref()
+                .map_or_else(String::new, |f| f.display().to_string())
+        )),
+        Some(Placement::Original) => {
+            lines.push("configuration: written back to the original paths".into());
+        }
+        Some(Placement::DataDirectory) => lines.push(
+            "configuration: the backup's (recorded outside the data directory) is written into \
+             the data directory"
+                .into(),
+        ),
+        Some(Placement::Directory(dir)) => {
+            lines.push(format!("configuration: written into {}", dir.display()));
+        }
+    }
+    for (original, written) in &report.written {
+        lines.push(format!("  {original} -> {}", written.display()));
+    }
+    for (path, aside) in &report.kept_aside {
+        lines.push(format!(
+            "  {} was there: kept as {}",
+            path.display(),
+            aside.display()
+        ));
+    }
+    for change in &report.changes {
+        lines.push(format!("  changed for the new place: {change}"));
+    }
+    lines
 }
 
 pub fn list(report: &ListReport, as_json: bool) {

@@ -404,6 +404,7 @@ fn scratch_restore(
         command: "drill",
         // A drill stops its scratch server and removes the directory at a signal itself.
         interrupt: std::sync::Arc::new(crate::interrupt::Interrupt::never()),
+        config: Default::default(),
     }
 }
 
@@ -540,6 +541,8 @@ async fn execute(
             owner,
             archive_mode,
             port,
+            restore_config,
+            config_dir,
         } => {
             let recovery = target.recovery(target_action);
             let pgdata = pgdata.unwrap_or_default();
@@ -582,6 +585,10 @@ async fn execute(
                 } else {
                     crate::interrupt::Interrupt::listen()
                 }),
+                config: crate::commands::restore::config::ConfigRequest {
+                    restore_config,
+                    config_dir: config_dir.map(|dir| std::path::absolute(&dir).unwrap_or(dir)),
+                },
             };
             // Segments a recovery from this repository left in a configured spool are not
             // this restore's (the default spool is inside the new data directory).

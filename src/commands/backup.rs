@@ -31,6 +31,8 @@ use crate::server::{ArchiverStats, Session, connection_settings};
 
 use super::blocking;
 
+mod config;
+
 /// Files up to this size are packed together.
 pub const BUNDLE_FILE_LIMIT: u64 = 256 << 10;
 /// A bundle is closed once it holds this much.
@@ -326,7 +328,7 @@ async fn backup_claimed(
     let (plan, control) = plan_objects(files);
     let total: u64 = plan.iter().flatten().chain(&control).map(|f| f.size).sum();
     options.progress.start(&format!("backup {id}"), total);
-    let object_count = (plan.len() + usize::from(control.is_some())) as u32;
+    let mut object_count = (plan.len() + usize::from(control.is_some())) as u32;
     // After a failure or a signal no new object starts, and every started one runs to its
     // end (its staged file and put run on blocking threads, which cannot be cancelled):
     // then nothing writes while the failed backup's objects are removed.
@@ -361,6 +363,13 @@ async fn backup_claimed(
     // ends at the minimum recovery point of this copy, which must cover all the others.
     if let Some(control) = control {
         copied.extend(copy(copied.len(), vec![control]).await?);
+    }
+    // The configuration read from outside the data directory, in an object after the others.
+    let configuration = config::record(catalog, &session, &pgdata, id, object_count).await?;
+    if let Some((configuration, _)) = &configuration
+        && !configuration.files.is_empty()
+    {
+        object_count += 1;
     }
 
     options.progress.finish();
@@ -443,7 +452,8 @@ async fn backup_claimed(
         tablespace_map,
         tablespaces,
         size_bytes: files.iter().map(|f| f.size).sum(),
-        stored_bytes: copied.iter().map(|(_, stored)| stored).sum(),
+        stored_bytes: copied.iter().map(|(_, stored)| stored).sum::<u64>()
+            + configuration.as_ref().map_or(0, |(_, stored)| *stored),
         directories,
         files,
         // Whom a restore run as root gives the files to.
@@ -459,6 +469,7 @@ async fn backup_claimed(
             .map(|(oid, name)| crate::catalog::backup::Database { oid, name })
             .collect(),
         superuser: Some(superuser),
+        configuration: configuration.map(|(configuration, _)| configuration),
     };
     if options.pin || !options.annotations.is_empty() {
         // Before the manifest: the backup is pinned from the moment it exists.

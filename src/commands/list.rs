@@ -41,6 +41,9 @@ pub struct BackupEntry {
     /// Retention never removes a pinned backup (`pitr pin`).
     pub pinned: bool,
     pub annotations: std::collections::BTreeMap<String, String>,
+    /// The configuration recorded from outside the data directory (Debian's /etc), if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub configuration: Option<crate::catalog::backup::Configuration>,
 }
 
 #[derive(Debug, Serialize)]
@@ -95,6 +98,7 @@ pub async fn list(catalog: &Catalog, options: &ListOptions) -> Result<ListReport
                 timeline: m.timeline,
                 size_bytes: m.size_bytes,
                 stored_bytes: m.stored_bytes,
+                configuration: m.configuration,
             }
         })
         .collect();

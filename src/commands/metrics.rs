@@ -326,6 +326,7 @@ mod tests {
                     stored_bytes: 100,
                     pinned: false,
                     annotations: Default::default(),
+                    configuration: None,
                 }],
                 damaged_backups: Vec::new(),
                 wal: vec![WalRange {

@@ -32,6 +32,7 @@ use crate::storage::StorageError;
 
 use super::blocking;
 
+pub mod config;
 mod layout;
 pub mod server;
 
@@ -69,6 +70,8 @@ pub struct RestoreOptions {
     pub claim: Option<String>,
     /// The command taking the claim, for expire's report (`restore`, `drill`…).
     pub command: &'static str,
+    /// Where the configuration recorded outside the data directory goes.
+    pub config: config::ConfigRequest,
     /// SIGINT, SIGTERM or SIGHUP stop the restore, the directory marked as an interrupted
     /// restore ([`Interrupt::listen`]); [`Interrupt::never`] where the caller handles signals
     /// itself (a drill's scratch restore).
@@ -354,6 +357,10 @@ async fn restore_claimed(
             &report.server.socket_directories,
             report.plan.backup.superuser.as_deref(),
         );
+        let start = &report.server.commands.start;
+        if let Some(start) = config::start_command(&report.server.configuration, start) {
+            report.server.commands.start = start;
+        }
     }
     report.elapsed = started.elapsed();
     Ok(report)
@@ -816,8 +823,17 @@ async fn write_backup(
         write("tablespace_map", map)?;
     }
     write("recovery.signal", "")?;
+    // The configuration recorded outside the data directory, where the server reads it.
+    let configuration = config::place(catalog, backup, &options.config, &pgdata, owner).await?;
     // Read from the restored configuration, before the settings below are added to it.
-    let server = server::gather(&pgdata, &options.server, backup.data_directory.as_deref());
+    let mut server = server::gather(
+        &pgdata,
+        &options.server,
+        backup.data_directory.as_deref(),
+        configuration.config_file.as_deref(),
+    );
+    config::settle(&configuration, &server.settings())?;
+    server.configuration = configuration;
     // The timeline the pre-flight planned, named: recovery then follows the history that was
     // checked (not one archived since), and asks for a newer timeline's history file only
     // when it promotes, which tells archive-get that replay is over.
@@ -843,7 +859,8 @@ async fn write_backup(
     }
     // pg_verifybackup would take the excluded databases' empty files for corruption.
     if excluded.is_empty() {
-        write_postgres_manifest(&layout, backup, tablespace_map.as_deref())?;
+        let written = config::written_in(&server.configuration, &pgdata)?;
+        write_postgres_manifest(&layout, backup, tablespace_map.as_deref(), &written)?;
     }
     if let Some(owner) = owner {
         // Before the sync, which makes the new owners durable too.
@@ -1103,6 +1120,7 @@ fn write_postgres_manifest(
     layout: &RestoreLayout,
     backup: &BackupManifest,
     tablespace_map: Option<&str>,
+    configuration: &[config::WrittenFile],
 ) -> Result<()> {
     let now = Utc::now().timestamp();
     let label_crc = crc32c::crc32c(backup.backup_label.as_bytes());
@@ -1138,6 +1156,10 @@ fn write_postgres_manifest(
         }
         entry.2 = crc32c::crc32c_combine(entry.2, part.crc32c, part.size as usize);
         entry.0 = entry.0.saturating_add(part.size);
+    }
+    // The configuration restore wrote into the directory, and the files it kept beside.
+    for file in configuration {
+        whole.insert(&file.path, (file.size, now, file.crc32c));
     }
     entries.extend(
         whole

@@ -241,7 +241,7 @@ pub async fn verify(catalog: &Catalog, options: &VerifyOptions) -> Result<Verify
         let Some(objects) = backup_dirs.get(&manifest.id) else {
             continue;
         };
-        let named: BTreeSet<u32> = manifest.files.iter().map(|f| f.object).collect();
+        let named: BTreeSet<u32> = manifest.objects();
         for n in named.iter().filter(|n| !objects.data.contains_key(n)) {
             problems.push(Problem::MissingBackupObject {
                 backup: manifest.id.clone(),

@@ -349,6 +349,7 @@ fn restore_options(pgdata: PathBuf) -> RestoreOptions {
         claim: None,
         command: "restore",
         interrupt: Arc::new(pitr::interrupt::Interrupt::never()),
+        config: Default::default(),
     }
 }
 

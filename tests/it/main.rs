@@ -20,6 +20,7 @@ mod in_process;
 mod kms;
 mod latency_proxy;
 mod memory;
+mod outside_config;
 mod ownership;
 mod parsers_never_panic;
 mod prefetch;

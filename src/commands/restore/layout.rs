@@ -374,6 +374,7 @@ mod tests {
             data_directory: None,
             databases: Vec::new(),
             superuser: None,
+            configuration: None,
         }
     }
 

@@ -110,6 +110,8 @@ pub struct ServerSetup {
     pub socket_directories: Vec<PathBuf>,
     /// The commands that start the restored server and end its recovery, as words.
     pub commands: ServerCommands,
+    /// What became of the configuration the backup recorded outside its data directory.
+    pub configuration: super::config::ConfigReport,
 }
 
 /// The commands restore's `Next:` gives, as words: each run as the data directory's owner
@@ -156,16 +158,18 @@ pub struct ConfiguredServer {
 }
 
 impl ConfiguredServer {
-    /// Reads `postgresql.conf` and then `postgresql.auto.conf` of `pgdata` (later settings
-    /// win, as for the server; includes are not followed).
-    pub fn read(pgdata: &Path) -> Self {
+    /// Reads `config_file` (by default the data directory's `postgresql.conf`) with what it
+    /// includes, and then `postgresql.auto.conf` of `pgdata` (later settings win, as for the
+    /// server).
+    pub fn read(pgdata: &Path, config_file: Option<&Path>) -> Self {
+        let default = pgdata.join("postgresql.conf");
         Self::parse(
-            &std::fs::read(pgdata.join("postgresql.conf")).unwrap_or_default(),
+            &super::config::expanded(config_file.unwrap_or(&default)),
             &std::fs::read(pgdata.join("postgresql.auto.conf")).unwrap_or_default(),
         )
     }
 
-    /// The same from the two files' contents.
+    /// The same from the two files' contents (includes already expanded, or not followed).
     pub fn parse(conf: &[u8], auto: &[u8]) -> Self {
         let mut text = conf.to_vec();
         text.push(b'\n');
@@ -278,13 +282,16 @@ pub fn gather(
     pgdata: &Path,
     request: &ServerRequest,
     backup_directory: Option<&str>,
+    config_file: Option<&Path>,
 ) -> ServerSetup {
-    let (port, socket_directories) = probe_port(&ConfiguredServer::read(pgdata), pgdata, request);
+    let configured = ConfiguredServer::read(pgdata, config_file);
+    let (port, socket_directories) = probe_port(&configured, pgdata, request);
     ServerSetup {
         archive: choose_archive(request.archive_mode, backup_directory, pgdata),
         port: Some(port),
         socket_directories,
         commands: ServerCommands::default(),
+        configuration: Default::default(),
     }
 }
 
@@ -300,6 +307,7 @@ pub fn before_configuration(
         port: None,
         socket_directories: Vec::new(),
         commands: server_commands(pgdata, pg_version, None, &[], None),
+        configuration: Default::default(),
     }
 }
 
@@ -461,6 +469,7 @@ mod tests {
             port,
             socket_directories: vec![],
             commands: ServerCommands::default(),
+            configuration: Default::default(),
         };
         assert_eq!(
             setup(

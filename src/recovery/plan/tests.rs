@@ -61,6 +61,7 @@ pub(crate) fn backup(
         data_directory: None,
         databases: Vec::new(),
         superuser: None,
+        configuration: None,
     }
 }
 

@@ -48,6 +48,7 @@ fn backup(timeline: u32, start: u64, stop: u64, started: &str) -> BackupManifest
         data_directory: None,
         databases: Vec::new(),
         superuser: None,
+        configuration: None,
     }
 }
 
