@@ -195,9 +195,18 @@ async fn a_kms_key_wraps_the_data_key_beside_a_passphrase_and_alone_opens_nothin
 /// pitr's own key service: what it encrypts opens with the same key only, and only with
 /// pitr's encryption context (KMS itself refuses the rest).
 async fn kms_blobs_are_bound_to_their_key_and_purpose(kms: &KmsServer, key_a: &str, key_b: &str) {
+    // In-process, the SDK's chain reads the environment, which every pitr process that any
+    // test of this binary starts inherits: only the credentials (the values every test
+    // sets, see kms_server.rs) and this server's KMS endpoint, which no other test uses; no
+    // AWS_CONFIG_FILE pointing into this test's directory, gone when it ends.
     for (name, value) in kms.env() {
-        // SAFETY: these are the values every test that sets them sets (see kms_server.rs).
-        unsafe { std::env::set_var(name, value) };
+        if matches!(
+            name.as_str(),
+            "AWS_ENDPOINT_URL_KMS" | "AWS_ACCESS_KEY_ID" | "AWS_SECRET_ACCESS_KEY" | "AWS_REGION"
+        ) {
+            // SAFETY: see above.
+            unsafe { std::env::set_var(name, value) };
+        }
     }
     let service = pitr::kms::key_service(&pitr::config::Settings::default()).unwrap();
     let data_key = [7u8; 32];

@@ -1,7 +1,7 @@
 //! Memory stays bounded whatever the segment size: a 1 GB segment (the largest PostgreSQL
 //! allows) goes through archive-push and archive-get with a small peak RSS.
 //!
-//! Its own test binary, so that nothing else runs in this process meanwhile.
+//! The commands run under a small parent that measures them (see `run_measured`).
 
 use std::io::{BufWriter, Read, Write};
 use std::process::Command;
@@ -11,20 +11,33 @@ use crate::common::*;
 const GB: u64 = 1 << 30;
 const LIMIT_BYTES: i64 = 64 << 20;
 
-/// Runs a command and returns (exit code, peak RSS in bytes) from wait4.
-#[allow(clippy::zombie_processes)] // wait4 below reaps the child
-fn run_measured(cmd: &mut Command) -> (i32, i64) {
-    let child = cmd.spawn().unwrap();
-    let mut status = 0;
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    let pid = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut usage) };
-    assert_eq!(pid, child.id() as i32);
-    let code = if libc::WIFEXITED(status) {
-        libc::WEXITSTATUS(status)
-    } else {
-        -1
-    };
-    (code, usage.ru_maxrss * 1024)
+/// Runs a command and returns (exit code, peak RSS in bytes) from wait4, through a small
+/// Python parent: Linux counts in a child's peak RSS the memory of the process it was forked
+/// from, and this test binary (every area's tests at once) is large.
+fn run_measured(cmd: &Command) -> (i32, i64) {
+    const MEASURE: &str = "\
+import os, sys
+pid = os.fork()
+if pid == 0:
+    os.execv(sys.argv[2], sys.argv[2:])
+_, status, usage = os.wait4(pid, 0)
+open(sys.argv[1], 'w').write(str(usage.ru_maxrss))
+sys.exit(os.waitstatus_to_exitcode(status))
+";
+    let report = tempfile::NamedTempFile::new().unwrap();
+    let status = Command::new("python3")
+        .args(["-c", MEASURE])
+        .arg(report.path())
+        .arg(cmd.get_program())
+        .args(cmd.get_args())
+        .status()
+        .unwrap();
+    let kib: i64 = std::fs::read_to_string(report.path())
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    (status.code().unwrap_or(-1), kib * 1024)
 }
 
 /// A 1 GB file that looks like a segment of the cluster described by `repository.json`:
