@@ -126,6 +126,21 @@ impl S3Storage {
         unreachable!("the retry loop returns")
     }
 
+    /// GetObject with the server's checksum check asked for.
+    async fn get_object(
+        &self,
+        key: &str,
+    ) -> Result<aws_sdk_s3::operation::get_object::GetObjectOutput, StorageError> {
+        self.client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(self.object_key(key)?)
+            .checksum_mode(ChecksumMode::Enabled)
+            .send()
+            .await
+            .map_err(|e| self.error_or_not_found("get", key, e))
+    }
+
     fn version_of(
         &self,
         op: &'static str,
@@ -419,15 +434,7 @@ impl Storage for S3Storage {
     }
 
     async fn get_versioned(&self, key: &str) -> Result<(Bytes, ObjectVersion), StorageError> {
-        let response = self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(self.object_key(key)?)
-            .checksum_mode(ChecksumMode::Enabled)
-            .send()
-            .await
-            .map_err(|e| self.error_or_not_found("get", key, e))?;
+        let response = self.get_object(key).await?;
         let version = self.version_of("get", key, response.e_tag())?;
         let body = response
             .body
@@ -465,15 +472,7 @@ impl Storage for S3Storage {
     }
 
     async fn get(&self, key: &str) -> Result<ObjectBody, StorageError> {
-        let response = self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(self.object_key(key)?)
-            .checksum_mode(ChecksumMode::Enabled)
-            .send()
-            .await
-            .map_err(|e| self.error_or_not_found("get", key, e))?;
+        let response = self.get_object(key).await?;
         Ok(ObjectBody::Stream(Box::new(
             response.body.into_async_read(),
         )))

@@ -436,17 +436,7 @@ fn write_beside(
         return Ok(None);
     }
     let staging = path.with_file_name(format!("{name}.pitr-restore"));
-    fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode & 0o777)
-        .open(&staging)
-        .and_then(|mut file| {
-            file.write_all(content)?;
-            file.sync_all()
-        })
-        .map_err(|e| Error::local_io(staging.display(), e))?;
+    write_synced(&staging, content, mode)?;
     let existing = fs::symlink_metadata(path).ok();
     match &existing {
         Some(meta) if running_as_root() => {
@@ -524,22 +514,28 @@ pub fn settle(report: &ConfigReport, settings: &[String]) -> Result<()> {
     let mode = fs::metadata(config_file).map(|m| m.mode()).unwrap_or(0o644);
     let staging = config_file.with_extension("conf.pitr-restore");
     let uid_gid = fs::metadata(config_file).map(|m| (m.uid(), m.gid())).ok();
-    fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode & 0o777)
-        .open(&staging)
-        .and_then(|mut file| {
-            file.write_all(&text)?;
-            file.sync_all()
-        })
-        .map_err(|e| Error::local_io(staging.display(), e))?;
+    write_synced(&staging, &text, mode)?;
     if let (Some((uid, gid)), true) = (uid_gid, running_as_root()) {
         std::os::unix::fs::lchown(&staging, Some(uid), Some(gid))
             .map_err(|e| Error::local_io(staging.display(), e))?;
     }
     fs::rename(&staging, config_file).map_err(|e| Error::local_io(config_file.display(), e))
+}
+
+/// Writes `content` into `staging` (created with `mode`'s permission bits) and syncs it, to
+/// be renamed into place.
+fn write_synced(staging: &Path, content: &[u8], mode: u32) -> Result<()> {
+    fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode & 0o777)
+        .open(staging)
+        .and_then(|mut file| {
+            file.write_all(content)?;
+            file.sync_all()
+        })
+        .map_err(|e| Error::local_io(staging.display(), e))
 }
 
 /// The command that starts the restored server where `pg_ctl -D DIR start` does not read
