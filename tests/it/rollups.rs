@@ -112,13 +112,15 @@ async fn scenario(name: &str, rows: u32, repo: impl FnOnce(&TestDir) -> Repo) {
         );
     }
 
+    // A directory that does not exist, in one postgres may create it in.
+    let pgdata = dir.path().join("never-restored").display().to_string();
     let dry_run = [
         "restore",
         "--dry-run",
         "--target-time",
         &target,
         "--pgdata",
-        "/nonexistent/restore",
+        &pgdata,
     ];
     let list = ok(&pitr, &["list", "--json"]);
     let plan = ok(&pitr, &dry_run);
