@@ -243,7 +243,8 @@ async fn repush_identical_succeeds_and_different_content_is_refused() {
     );
 
     let dest = t.dir.subdir("get").join(FIRST);
-    assert_eq!(code(&t.get(FIRST, &dest)), 0);
+    let got = t.get(FIRST, &dest);
+    assert_eq!(code(&got), 0, "{}", stderr(&got));
     assert!(std::fs::read(&dest).unwrap() == std::fs::read(&segment).unwrap());
 }
 
@@ -364,7 +365,8 @@ async fn concurrent_pushes_store_one_object(name: &str, repo: impl FnOnce(&TestD
         "one segment object and its index entry"
     );
     let dest = t.dir.subdir("get").join(FIRST);
-    assert_eq!(code(&t.get(FIRST, &dest)), 0);
+    let got = t.get(FIRST, &dest);
+    assert_eq!(code(&got), 0, "{}", stderr(&got));
     assert!(std::fs::read(&dest).unwrap() == std::fs::read(&segment).unwrap());
 }
 
@@ -375,7 +377,8 @@ async fn concurrent_pushes_store_one_object_local() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn concurrent_pushes_store_one_object_s3() {
-    let server = S3Server::start("race").await;
+    // Racing creates need a server whose conditional writes are atomic (AWS S3, MinIO).
+    let server = S3Server::start_atomic("race").await;
     concurrent_pushes_store_one_object("race-s3", |_| Repo::s3(&server, "race")).await;
 }
 

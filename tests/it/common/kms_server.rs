@@ -35,31 +35,8 @@ impl KmsServer {
     }
 
     fn spawn(name: &str) -> Self {
-        const SERVE: &str = "\
-from werkzeug.serving import make_server
-from moto.server import DomainDispatcherApplication, create_backend_app
-app = DomainDispatcherApplication(create_backend_app)
-server = make_server('127.0.0.1', 0, app, threaded=False)
-print(f'http://127.0.0.1:{server.server_port}', flush=True)
-server.serve_forever()
-";
         let root = TestDir::new(&format!("kms-{name}"));
-        let python = moto_python();
-        let log = std::fs::File::create(root.path().join("moto.log")).unwrap();
-        let mut process = Command::new(&python)
-            .args(["-c", SERVE])
-            .current_dir(root.path())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!("cannot start moto with {python} (install: pip install 'moto[server]'): {e}")
-            });
-        let mut first = String::new();
-        let stdout = process.stdout.take().unwrap();
-        std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut first).unwrap();
-        let endpoint = first.trim().to_owned();
+        let (process, endpoint) = spawn_moto(&root);
         let credentials =
             aws_sdk_kms::config::Credentials::new(ACCESS_KEY, SECRET_KEY, None, None, "pitr-tests");
         let config = aws_sdk_kms::config::Builder::new()
@@ -142,6 +119,36 @@ server.serve_forever()
             ),
         ]
     }
+}
+
+/// moto's server app in `root`, one request at a time, on a port it binds itself: the
+/// process and its endpoint.
+pub fn spawn_moto(root: &TestDir) -> (Child, String) {
+    const SERVE: &str = "\
+from werkzeug.serving import make_server
+from moto.server import DomainDispatcherApplication, create_backend_app
+app = DomainDispatcherApplication(create_backend_app)
+server = make_server('127.0.0.1', 0, app, threaded=False)
+print(f'http://127.0.0.1:{server.server_port}', flush=True)
+server.serve_forever()
+";
+    let python = moto_python();
+    let log = std::fs::File::create(root.path().join("moto.log")).unwrap();
+    let mut process = Command::new(&python)
+        .args(["-c", SERVE])
+        .current_dir(root.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(log)
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!("cannot start moto with {python} (install: pip install 'moto[server]'): {e}")
+        });
+    let mut first = String::new();
+    let stdout = process.stdout.take().unwrap();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut first).unwrap();
+    let endpoint = first.trim().to_owned();
+    (process, endpoint)
 }
 
 /// The Python that has moto: the interpreter of PITR_TEST_MOTO_SERVER's script (a venv's

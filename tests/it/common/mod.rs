@@ -488,6 +488,31 @@ impl S3Server {
         Arc::new(server)
     }
 
+    /// A server whose conditional writes are atomic, as AWS S3's and MinIO's are: moto
+    /// serving one request at a time (s3s-fs checks `If-None-Match` apart from the write, so
+    /// racing creates of different bytes can both land and garble the object).
+    pub async fn start_atomic(name: &str) -> Arc<Self> {
+        if std::env::var_os("PITR_TEST_S3_ENDPOINT").is_some() {
+            return Self::start(name).await;
+        }
+        let root = TestDir::new(&format!("s3-moto-{name}"));
+        let (process, endpoint) = kms_server::spawn_moto(&root);
+        let server = S3Server {
+            endpoint,
+            access_key: S3_ACCESS_KEY.to_owned(),
+            secret_key: S3_SECRET_KEY.to_owned(),
+            bucket: format!("pitr-{name}").replace('_', "-"),
+            process: Some(process),
+            latency: None,
+            _root: Some(root),
+        };
+        server
+            .create_bucket()
+            .await
+            .unwrap_or_else(|e| panic!("could not start moto: {e}"));
+        Arc::new(server)
+    }
+
     /// The proxy in front of the server, when it was started with latency.
     pub fn latency_proxy(&self) -> Option<&LatencyProxy> {
         self.latency.as_ref()
