@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use crate::common::*;
@@ -106,25 +106,6 @@ fn next_and_port(stdout: &str) -> (String, u16) {
         .and_then(|p| p.parse().ok())
         .unwrap_or_else(|| panic!("no port printed in {stdout}"));
     (command, port)
-}
-
-/// Runs a printed command as the postgres user, its output to `log`.
-fn run_printed(command: &str, log: &Path) {
-    let output = std::fs::File::create(log).unwrap();
-    chown_to_postgres(log);
-    let status = as_postgres("sh")
-        .args(["-c", command])
-        .stdin(Stdio::null())
-        .stdout(output.try_clone().unwrap())
-        .stderr(output)
-        .status()
-        .unwrap();
-    assert_eq!(
-        status.code(),
-        Some(0),
-        "{command}: {}",
-        std::fs::read_to_string(log).unwrap_or_default()
-    );
 }
 
 /// The checks every restored copy passes: the rows, the include chain, the original

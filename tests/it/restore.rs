@@ -815,30 +815,6 @@ fn try_sql(cluster: &PgCluster, sql: &str) -> (bool, String, String) {
     )
 }
 
-/// Runs a command restore printed, as the postgres user (who ran the restore); its output
-/// goes to `log`.
-fn run_printed(command: &str, log: &Path) {
-    let output = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .unwrap();
-    chown_to_postgres(log);
-    let status = as_postgres("sh")
-        .args(["-c", command])
-        .stdin(std::process::Stdio::null())
-        .stdout(output.try_clone().unwrap())
-        .stderr(output)
-        .status()
-        .unwrap();
-    assert_eq!(
-        status.code(),
-        Some(0),
-        "{command}: {}",
-        std::fs::read_to_string(log).unwrap_or_default()
-    );
-}
-
 /// The default restore "to just before the DROP" pauses there (PostgreSQL's default
 /// recovery_target_action): restore says that the copy is read-only and that the dropped
 /// table stays locked until promotion, and gives the commands that end recovery. Each,

@@ -3,7 +3,6 @@
 //! repository unless asked (`--archive-mode preserve`); `--port` is honoured.
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use crate::common::*;
@@ -82,22 +81,7 @@ fn start_as_printed(stdout: &str, data: &Path, socket_dir: &Path, port: u16) -> 
         port,
         data.join("server.log"),
     );
-    let log = data.with_extension("out");
-    let output = std::fs::File::create(&log).unwrap();
-    chown_to_postgres(&log);
-    let status = as_postgres("sh")
-        .args(["-c", &command])
-        .stdin(Stdio::null())
-        .stdout(output.try_clone().unwrap())
-        .stderr(output)
-        .status()
-        .unwrap();
-    assert_eq!(
-        status.code(),
-        Some(0),
-        "{command}: {}",
-        cluster.server_log()
-    );
+    run_printed(&command, &data.with_extension("out"));
     cluster
 }
 

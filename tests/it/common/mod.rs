@@ -280,6 +280,30 @@ pub fn backup_args(cluster: &PgCluster) -> Vec<String> {
     ]
 }
 
+/// Runs a shell command a pitr command printed (a `Next:` line), as the postgres user, its
+/// output appended to `log`; it must succeed.
+pub fn run_printed(command: &str, log: &Path) {
+    let output = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    chown_to_postgres(log);
+    let status = as_postgres("sh")
+        .args(["-c", command])
+        .stdin(Stdio::null())
+        .stdout(output.try_clone().unwrap())
+        .stderr(output)
+        .status()
+        .unwrap();
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "{command}: {}",
+        std::fs::read_to_string(log).unwrap_or_default()
+    );
+}
+
 pub fn code(out: &Output) -> i32 {
     out.status.code().unwrap_or(-1)
 }
