@@ -144,12 +144,9 @@ pub(crate) async fn refresh_lock_object<S: Storage + ?Sized>(
         // An earlier attempt of this refresh stored it but was reported failed: the object
         // holds exactly the new record, and no one else writes our record.
         Err(StorageError::Changed { .. }) | Err(StorageError::NotFound { .. }) => {
-            match store.get_versioned(&lock.key).await {
-                Ok((current, version)) if current == record => version,
-                Ok(_) | Err(StorageError::NotFound { .. }) => {
-                    return Err(lost(&store.location(), &lock.key));
-                }
-                Err(e) => return Err(e),
+            match version_if_ours(store, &lock.key, &record).await? {
+                Some(version) => version,
+                None => return Err(lost(&store.location(), &lock.key)),
             }
         }
         Err(e) => return Err(e),
@@ -203,19 +200,31 @@ pub(crate) async fn take_over_lock_object<S: Storage + ?Sized>(
             version: Some(version),
             file: None,
         })),
+        // Our own take-over, stored but reported failed and retried, or someone else's.
         Err(StorageError::Changed { .. }) | Err(StorageError::NotFound { .. }) => {
-            // Our own take-over, stored but reported failed and retried.
-            match store.get_versioned(key).await {
-                Ok((current, version)) if current == record => Ok(Some(HeldLock {
-                    key: key.to_owned(),
-                    record,
-                    version: Some(version),
-                    file: None,
-                })),
-                Ok(_) | Err(StorageError::NotFound { .. }) => Ok(None),
-                Err(e) => Err(e),
-            }
+            let version = version_if_ours(store, key, &record).await?;
+            Ok(version.map(|version| HeldLock {
+                key: key.to_owned(),
+                record,
+                version: Some(version),
+                file: None,
+            }))
         }
+        Err(e) => Err(e),
+    }
+}
+
+/// After a conditional write answered "changed": the object's version if it holds exactly
+/// `record` (our own write, done but reported failed; no one else writes our record), else
+/// `None`.
+async fn version_if_ours<S: Storage + ?Sized>(
+    store: &S,
+    key: &str,
+    record: &[u8],
+) -> Result<Option<ObjectVersion>, StorageError> {
+    match store.get_versioned(key).await {
+        Ok((current, version)) if current == record => Ok(Some(version)),
+        Ok(_) | Err(StorageError::NotFound { .. }) => Ok(None),
         Err(e) => Err(e),
     }
 }
