@@ -3,9 +3,7 @@
 use std::io;
 use std::path::Path;
 
-use chrono::Utc;
 
-use crate::catalog::RepositoryIdentity;
 use crate::error::{Error, Result};
 use crate::pg::version::unsupported_message;
 use crate::pg::{ControlFile, PgVersion};
@@ -18,10 +16,11 @@ fn not_a_data_directory(path: &Path, e: std::io::Error) -> Error {
     )
 }
 
-/// Reads `PG_VERSION` and `global/pg_control` of a data directory. The version comes first:
-/// a cluster of a version pitr does not support gets one line saying so, not a complaint
-/// about a control file laid out in a way pitr does not know.
-pub fn read_cluster_identity(pgdata: &Path) -> Result<RepositoryIdentity> {
+/// Reads `PG_VERSION` and `global/pg_control` of a data directory: the control file and the
+/// major version. The version comes first: a cluster of a version pitr does not support gets
+/// one line saying so, not a complaint about a control file laid out in a way pitr does not
+/// know.
+pub fn read_control(pgdata: &Path) -> Result<(ControlFile, u32)> {
     let version_path = pgdata.join("PG_VERSION");
     let version_text = std::fs::read_to_string(&version_path)
         .map_err(|e| not_a_data_directory(&version_path, e))?;
@@ -54,7 +53,7 @@ pub fn read_cluster_identity(pgdata: &Path) -> Result<RepositoryIdentity> {
             ),
         ));
     }
-    Ok(RepositoryIdentity::new(&control, pg_version, Utc::now()))
+    Ok((control, pg_version))
 }
 
 /// The pid of a postmaster running in `pgdata`, from `postmaster.pid`.

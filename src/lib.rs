@@ -19,7 +19,6 @@ pub mod private_fs;
 pub mod progress;
 pub mod recovery;
 pub mod replay_plan;
-pub mod scratch;
 pub mod server;
 pub mod spool;
 pub mod staging;

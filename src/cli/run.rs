@@ -632,7 +632,7 @@ async fn execute(
                 Some(path) => {
                     let text = std::fs::read_to_string(path)
                         .map_err(|e| Error::Config(format!("--checks {}: {e}", path.display())))?;
-                    crate::scratch::checks::parse(&text, &path.display().to_string())
+                    crate::commands::scratch::checks::parse(&text, &path.display().to_string())
                         .map_err(Error::Config)?
                 }
                 None => Vec::new(),

@@ -18,7 +18,7 @@ use crate::catalog::backup::{
     BackupDirectory, BackupFile, BackupManifest, MANIFEST_FORMAT, Tablespace,
 };
 use crate::catalog::{Catalog, RepositoryIdentity};
-use crate::datadir::read_cluster_identity;
+use crate::datadir::read_control;
 use crate::error::{Error, Result};
 use crate::interrupt::{Interrupt, Signal};
 use crate::pg::WalFileName;
@@ -505,7 +505,7 @@ fn timeline_history(pgdata: &Path, timeline: u32) -> Result<Vec<HistoryEntry>> {
 
 /// The data directory must be the server's and hold the repository's cluster.
 fn check_pgdata(pgdata: &Path, system_identifier: u64) -> Result<()> {
-    let found = read_cluster_identity(pgdata)?.system_identifier;
+    let found = read_control(pgdata)?.0.system_identifier;
     if found != system_identifier {
         return Err(Error::WrongRepository(format!(
             "{} belongs to system identifier {found}, the repository to {system_identifier}",

@@ -16,8 +16,8 @@ use crate::commands::restore::{RestoreOptions, RestoreReport};
 use crate::error::{Error, Result};
 use crate::pg::Lsn;
 use crate::pg::recovery_target::Target;
-use crate::scratch::checks::UserCheck;
-use crate::scratch::{Scratch, pg_bin};
+use crate::commands::scratch::checks::UserCheck;
+use crate::commands::scratch::{Scratch, pg_bin};
 use crate::server::Session;
 
 pub struct DrillOptions {
@@ -74,7 +74,7 @@ pub async fn drill(catalog: &Catalog, options: &DrillOptions) -> Result<DrillRep
     )?;
     let result = tokio::select! {
         result = run(catalog, options, &mut scratch) => result,
-        signal = crate::scratch::interrupted() => Err(crate::scratch::interruption(signal, &scratch)),
+        signal = crate::commands::scratch::interrupted() => Err(crate::commands::scratch::interruption(signal, &scratch)),
     };
     scratch.stop().await;
     scratch.release_claim(catalog).await;

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use crate::catalog::{Catalog, InitOutcome, RepositoryIdentity};
 use crate::codec::Compression;
-use crate::datadir::read_cluster_identity;
+use crate::datadir::read_control;
 use crate::error::{Error, Result};
 use crate::ownership::{Owner, give_to, running_as_root};
 use crate::storage::FsStorage;
@@ -38,7 +38,7 @@ pub fn prepare_local_repository(root: &Path, pgdata: &Path) -> Result<()> {
         return Ok(());
     }
     // Not a data directory: say so before a directory is made for nothing.
-    read_cluster_identity(pgdata)?;
+    read_control(pgdata)?;
     let owner = Owner::of(pgdata).map_err(|e| Error::local_io(pgdata.display(), e))?;
     if owner.is_root() {
         return Ok(());
@@ -73,6 +73,12 @@ pub fn prepare_local_repository(root: &Path, pgdata: &Path) -> Result<()> {
             root = root.display()
         ),
     ))
+}
+
+/// The identity a repository of the cluster in `pgdata` records.
+pub fn read_cluster_identity(pgdata: &Path) -> Result<RepositoryIdentity> {
+    let (control, pg_version) = read_control(pgdata)?;
+    Ok(RepositoryIdentity::new(&control, pg_version, chrono::Utc::now()))
 }
 
 pub async fn init(catalog: &Catalog, options: &InitOptions) -> Result<InitReport> {

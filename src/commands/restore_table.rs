@@ -12,7 +12,7 @@ use serde::Serialize;
 use crate::catalog::Catalog;
 use crate::commands::restore::RestoreOptions;
 use crate::error::{Error, Result};
-use crate::scratch::{Scratch, pg_bin};
+use crate::commands::scratch::{Scratch, pg_bin};
 use crate::server::{ConnectSettings, Session, connection_settings};
 
 /// What to bring back.
@@ -115,7 +115,7 @@ pub async fn restore_table(
     )?;
     let result = tokio::select! {
         result = run(catalog, options, &mut scratch, &live_settings, &database, &renames) => result,
-        signal = crate::scratch::interrupted() => Err(crate::scratch::interruption(signal, &scratch)),
+        signal = crate::commands::scratch::interrupted() => Err(crate::commands::scratch::interruption(signal, &scratch)),
     };
     scratch.stop().await;
     scratch.release_claim(catalog).await;

@@ -13,7 +13,7 @@ use pitr::catalog::Catalog;
 use pitr::commands::archive_get::{ArchiveGetOptions, archive_get};
 use pitr::commands::archive_push::{ArchivePushOptions, PushOutcome, archive_push};
 use pitr::commands::backup::{BackupOptions, backup};
-use pitr::datadir::read_cluster_identity;
+use pitr::commands::init::read_cluster_identity;
 use pitr::error::{EXIT_CORRUPT, EXIT_LOCAL_IO, EXIT_NOT_FOUND, EXIT_STORAGE, Error};
 use pitr::progress::Silent;
 use pitr::storage::fault::{Fault, FaultKind, FaultStorage, Op};

@@ -321,7 +321,7 @@ pub fn server_commands(
     superuser: Option<&str>,
 ) -> ServerCommands {
     let owner_words = as_owner(pgdata);
-    let bin = crate::scratch::pg_bin::find(pg_version, None).ok();
+    let bin = crate::commands::scratch::pg_bin::find(pg_version, None).ok();
     let program = |name: &str| match &bin {
         Some(dir) if dir.join(name).is_file() => dir.join(name).display().to_string(),
         _ => name.to_owned(),
