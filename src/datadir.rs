@@ -3,7 +3,6 @@
 use std::io;
 use std::path::Path;
 
-
 use crate::error::{Error, Result};
 use crate::pg::version::unsupported_message;
 use crate::pg::{ControlFile, PgVersion};

@@ -3,6 +3,7 @@
 //! a command's options (`run`).
 
 pub mod notify;
+mod options;
 mod progress;
 mod render;
 pub mod restore_command;
@@ -787,14 +788,9 @@ pub fn abort_recovery_on_panic() {
 }
 
 impl Command {
-    /// The exit code for `error`: the table's, but archive-get's own mapping for PostgreSQL.
+    /// The exit code for `error` (see [`crate::commands::run::exit_code`]).
     pub fn exit_code(&self, error: &crate::error::Error) -> u8 {
-        match self {
-            Command::ArchiveGet { .. } => crate::error::archive_get_exit_code(error.exit_code()),
-            // Nagios reads anything that kept the checks from running as UNKNOWN.
-            Command::Check { .. } => crate::error::EXIT_CHECK_UNKNOWN,
-            _ => error.exit_code(),
-        }
+        crate::commands::run::exit_code(self.name(), error)
     }
 
     /// How a failure is reported: one line on stderr, which PostgreSQL writes to its log.

@@ -11,11 +11,46 @@ use crate::commands::pin::PinReport;
 use crate::commands::restore::RestoreReport;
 use crate::commands::restore::config::{ConfigReport, Placement};
 use crate::commands::restore::server::{ArchiveChoice, ArchiveMode, PortChoice, ServerCommands};
+use crate::commands::run::Outcome;
 use crate::commands::verify::VerifyReport;
 use crate::pg::recovery_target::{RecoveryRequest, Target, TargetAction};
 use crate::pg::timestamp::rfc3339_micros;
 use crate::recovery::RestorePlan;
 use crate::recovery::timelines::foreign_timeline_warning;
+
+/// Prints what a command produced; `as_json` for the commands that have `--json`.
+pub fn outcome(outcome: &Outcome, as_json: bool) {
+    match outcome {
+        Outcome::Init(report) => init(report),
+        Outcome::Key(report) => key(report, as_json),
+        Outcome::Prefetch(report) => tracing::info!(
+            "prefetcher stopped ({:?}) after {} segments",
+            report.stopped,
+            report.fetched
+        ),
+        Outcome::Backup { report, expired } => {
+            backup(report);
+            match expired {
+                None => {}
+                Some(Ok(report)) => expire(report, false),
+                Some(Err(error)) => eprintln!(
+                    "pitr backup: the backup is complete, but expiring after it failed: \
+                     {error}; run `pitr expire` once the cause is fixed"
+                ),
+            }
+        }
+        Outcome::Restore { report, recovery } => restore(report, recovery),
+        Outcome::Drill(report) => drill(report, as_json),
+        Outcome::RestoreTable(report) => restore_table(report, as_json),
+        Outcome::List(report) => list(report, as_json),
+        Outcome::Verify { report, .. } => verify(report, as_json),
+        Outcome::Check(report) => check(report, as_json),
+        Outcome::Metrics(text) => print!("{text}"),
+        Outcome::History(report) => history(report, as_json),
+        Outcome::Expire(report) => expire(report, as_json),
+        Outcome::Pin(report) => pin(report),
+    }
+}
 
 fn json(report: &impl serde::Serialize) {
     println!(

@@ -172,6 +172,38 @@ pub fn s3_environment_note(
     )
 }
 
+/// After a restore that wrote a data directory: what the restored server's environment needs
+/// that restore_command cannot carry (AWS variables for an S3 repository, the passphrase of
+/// an encrypted one given by PITR_PASSPHRASE).
+pub fn print_notes(
+    access: &crate::commands::run::Access,
+    encrypted: bool,
+    report: &crate::commands::restore::RestoreReport,
+) {
+    if report.dry_run {
+        return;
+    }
+    let settings = &access.settings;
+    if let crate::storage::RepoLocation::S3 { .. } = &access.config.location {
+        let is_set = |name: &str| std::env::var_os(name).is_some();
+        println!(
+            "{}",
+            s3_environment_note(settings, is_set, &report.server.commands.start)
+        );
+    }
+    let key_in_command = settings.passphrase_file.is_some()
+        || settings.key_file.is_some()
+        || settings.kms_key_id.is_some();
+    if encrypted && !key_in_command {
+        println!(
+            "note: the repository is encrypted and its passphrase came from {}, which \
+             restore_command does not carry (it never holds a secret): start PostgreSQL with \
+             {0} in its environment, or restore with passphrase_file",
+            crate::config::PASSPHRASE_ENV
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -358,3 +358,126 @@ fn preallocate(file: &std::fs::File, len: u64) {
         );
     }
 }
+
+/// One `restore_command` call: what [`serve`] needs beside the repository's settings.
+#[derive(Clone, Debug)]
+pub struct ArchiveGetRequest {
+    pub name: String,
+    pub dest: PathBuf,
+    /// The settings as `PITR_…` variables, for a prefetcher this call starts.
+    pub prefetcher_env: Vec<(String, String)>,
+}
+
+/// archive-get as PostgreSQL calls it: a segment the prefetcher spooled is served before the
+/// repository (or its S3 client) is opened. A restore's replay plan decides whether "not
+/// found" may stand, and archive-get keeps the restore's replay claim alive meanwhile. During
+/// recovery, a served segment moves the prefetcher's cursor (and starts one if none runs).
+pub async fn serve(
+    access: &crate::commands::run::Access,
+    request: &ArchiveGetRequest,
+) -> Result<ArchiveGetReport> {
+    let options = archive_get_options(access, &request.name, &request.dest)?;
+    // restore_command runs in the data directory; the plan is in pg_wal beside DEST.
+    let wal_dir = wal_dir_of(&request.dest);
+    let plan = crate::replay_plan::binding(&wal_dir, Path::new("."));
+    let mut catalog = None;
+    let outcome = match serve_from_spool(&options)? {
+        Some(report) => Ok(report),
+        None => {
+            let opened = archive_get_catalog(access, &options).await?;
+            let outcome = archive_get(&opened, &options).await;
+            catalog = Some(opened);
+            outcome
+        }
+    };
+    let wal_name = WalFileName::parse(&request.name).ok();
+    let found = match &outcome {
+        Ok(_) => Some(true),
+        Err(Error::NotFound { location, .. }) => {
+            if let Some(missing) = wal_name
+                .as_ref()
+                .and_then(|n| missing_from_plan(&plan, n, location))
+            {
+                return Err(missing);
+            }
+            Some(false)
+        }
+        Err(_) => None,
+    };
+    let Some(found) = found else {
+        return outcome;
+    };
+    if let (Ok(Some(plan)), Some(wal_name)) = (&plan, &wal_name) {
+        let step = claim_step(plan, wal_name, found, &wal_dir);
+        if step != ClaimStep::Nothing {
+            let opened = match catalog.take() {
+                Some(opened) => Ok(opened),
+                None => archive_get_catalog(access, &options).await,
+            };
+            match opened {
+                Ok(opened) => take_claim_step(&opened, plan, step, &wal_dir).await,
+                Err(e) => tracing::warn!("the replay claim {}: {e}", plan.claim),
+            }
+        }
+    }
+    let report = outcome?;
+    after_serving(&options, &request.prefetcher_env);
+    Ok(report)
+}
+
+/// The repository for archive-get, with the spool's key cache.
+async fn archive_get_catalog(
+    access: &crate::commands::run::Access,
+    options: &ArchiveGetOptions,
+) -> Result<Catalog> {
+    let mut catalog = access.open().await?;
+    if let Some(spool) = &options.spool {
+        catalog = catalog.with_key_cache(spool.dir.join(crate::catalog::keys::KEY_CACHE_FILE));
+    }
+    Ok(catalog)
+}
+
+/// archive-get's options: the get spool when prefetching is on.
+fn archive_get_options(
+    access: &crate::commands::run::Access,
+    name: &str,
+    dest: &Path,
+) -> Result<ArchiveGetOptions> {
+    let spool_config = access.settings.spool()?;
+    let spool = (spool_config.get_prefetch > 0).then(|| {
+        GetSpool::new(crate::spool::spool_dir(
+            spool_config.spool_path.as_deref(),
+            &wal_dir_of(dest),
+            crate::spool::SpoolKind::Get,
+            &access.config.spool_key(),
+        ))
+    });
+    Ok(ArchiveGetOptions {
+        name: name.to_owned(),
+        dest: dest.to_owned(),
+        spool,
+        prefetch_wait: access.config.retry.attempt_timeout,
+    })
+}
+
+/// After a segment was served during recovery: tells the prefetcher how far recovery got,
+/// and starts one if none runs. Best effort: prefetching only ever saves time.
+fn after_serving(options: &ArchiveGetOptions, prefetcher_env: &[(String, String)]) {
+    let Some(spool) = &options.spool else { return };
+    let is_segment = WalFileName::parse(&options.name)
+        .is_ok_and(|name| name.kind() == crate::pg::WalFileKind::Segment);
+    // restore_command runs in the data directory; elsewhere (a call by hand) nothing is
+    // prefetched.
+    if !is_segment || !crate::datadir::in_recovery(Path::new(".")) {
+        return;
+    }
+    if let Err(e) = crate::private_fs::create_dir_all(&spool.dir)
+        .and_then(|()| spool.write_cursor(&options.name))
+    {
+        tracing::warn!("cannot write to the spool {}: {e}", spool.dir.display());
+        return;
+    }
+    if !spool.prefetcher_running() {
+        crate::commands::prefetch::start(&spool.dir, &options.name, prefetcher_env);
+    }
+}

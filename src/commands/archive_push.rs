@@ -569,6 +569,36 @@ async fn compare_with_stored(catalog: &Catalog, name: &WalFileName, path: &Path)
     }
 }
 
+/// archive-push as PostgreSQL calls it, with the look-ahead: a file an earlier call's
+/// look-ahead stored returns before the repository (or its S3 client) is opened, so that
+/// PostgreSQL's calls for the files stored ahead cost a few local system calls.
+pub async fn push(
+    access: &crate::commands::run::Access,
+    path: PathBuf,
+    threads: usize,
+) -> Result<ArchivePushReport> {
+    let spool = access.settings.spool()?;
+    let repository = access.config.spool_key();
+    let dir = crate::spool::spool_dir(
+        spool.spool_path.as_deref(),
+        &wal_dir_of(&path),
+        crate::spool::SpoolKind::Push,
+        &repository,
+    );
+    let key_cache = dir.join(crate::catalog::keys::KEY_CACHE_FILE);
+    let options = ArchivePushOptions {
+        path,
+        threads,
+        parallel: spool.push_parallel,
+        spool: Some(PushSpool::new(dir, repository)),
+    };
+    if let Some(report) = archived_ahead(&options) {
+        return Ok(report);
+    }
+    let catalog = access.open().await?.with_key_cache(key_cache);
+    archive_push(&catalog, &options).await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

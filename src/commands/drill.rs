@@ -13,11 +13,11 @@ use serde::Serialize;
 use crate::catalog::Catalog;
 use crate::catalog::backup::BackupManifest;
 use crate::commands::restore::{RestoreOptions, RestoreReport};
+use crate::commands::scratch::checks::UserCheck;
+use crate::commands::scratch::{Scratch, pg_bin};
 use crate::error::{Error, Result};
 use crate::pg::Lsn;
 use crate::pg::recovery_target::Target;
-use crate::commands::scratch::checks::UserCheck;
-use crate::commands::scratch::{Scratch, pg_bin};
 use crate::server::Session;
 
 pub struct DrillOptions {

@@ -78,7 +78,11 @@ pub fn prepare_local_repository(root: &Path, pgdata: &Path) -> Result<()> {
 /// The identity a repository of the cluster in `pgdata` records.
 pub fn read_cluster_identity(pgdata: &Path) -> Result<RepositoryIdentity> {
     let (control, pg_version) = read_control(pgdata)?;
-    Ok(RepositoryIdentity::new(&control, pg_version, chrono::Utc::now()))
+    Ok(RepositoryIdentity::new(
+        &control,
+        pg_version,
+        chrono::Utc::now(),
+    ))
 }
 
 pub async fn init(catalog: &Catalog, options: &InitOptions) -> Result<InitReport> {

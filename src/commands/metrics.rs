@@ -222,6 +222,19 @@ pub async fn metrics(catalog: &Catalog, options: &MetricsOptions) -> Result<Stri
     Ok(encode_metrics(&overview(catalog, options.jobs).await?))
 }
 
+/// Listens on `addr` and serves there (see [`serve`]); says where on stderr.
+pub async fn serve_at(
+    catalog: &Catalog,
+    addr: std::net::SocketAddr,
+    options: &MetricsOptions,
+) -> Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| crate::error::Error::Config(format!("--listen {addr}: {e}")))?;
+    eprintln!("pitr: serving metrics on http://{addr}/metrics");
+    serve(catalog, listener, options).await
+}
+
 /// Serves `GET /metrics` on `listener` until the process ends; each scrape reads the
 /// repository again.
 pub async fn serve(

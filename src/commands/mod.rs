@@ -19,6 +19,7 @@ pub mod pin;
 pub mod prefetch;
 pub mod restore;
 pub mod restore_table;
+pub mod run;
 pub mod scratch;
 pub mod verify;
 

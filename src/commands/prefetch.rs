@@ -292,3 +292,55 @@ async fn fetch_one(
     let _ = std::fs::remove_file(&marker);
     result
 }
+
+/// Starts `pitr archive-get-prefetch` in its own session, so that it outlives the
+/// archive-get call that starts it, with that call's settings (`env`, as PITR_… variables).
+pub fn start(spool: &std::path::Path, after: &str, env: &[(String, String)]) {
+    use std::os::unix::process::CommandExt;
+    use std::process::Stdio;
+    let Ok(exe) = std::env::current_exe() else {
+        return;
+    };
+    let spool = std::path::absolute(spool).unwrap_or_else(|_| spool.to_owned());
+    let mut command = std::process::Command::new(exe);
+    command
+        .arg("archive-get-prefetch")
+        .arg("--spool")
+        .arg(&spool)
+        .arg(after)
+        .envs(env.iter().map(|(name, value)| (name, value)))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(stderr_for_prefetcher());
+    // SAFETY: setsid is async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        command.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    match command.spawn() {
+        // Not waited for: it runs on after this call.
+        Ok(child) => drop(child),
+        Err(e) => tracing::warn!("cannot start the prefetcher: {e}"),
+    }
+}
+
+/// The server's log when this process writes to a file (pg_ctl -l); nothing when stderr is
+/// a pipe, whose reader (PostgreSQL's collector, or a caller waiting for the end of output)
+/// must not be held open by a process that outlives this call.
+fn stderr_for_prefetcher() -> std::process::Stdio {
+    use std::os::fd::AsFd;
+    let stderr = std::io::stderr();
+    let is_file = stderr
+        .as_fd()
+        .try_clone_to_owned()
+        .map(std::fs::File::from)
+        .and_then(|f| f.metadata())
+        .is_ok_and(|m| m.is_file());
+    if is_file {
+        std::process::Stdio::inherit()
+    } else {
+        std::process::Stdio::null()
+    }
+}

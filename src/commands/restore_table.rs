@@ -11,8 +11,8 @@ use serde::Serialize;
 
 use crate::catalog::Catalog;
 use crate::commands::restore::RestoreOptions;
-use crate::error::{Error, Result};
 use crate::commands::scratch::{Scratch, pg_bin};
+use crate::error::{Error, Result};
 use crate::server::{ConnectSettings, Session, connection_settings};
 
 /// What to bring back.

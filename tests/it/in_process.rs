@@ -12,10 +12,9 @@ use crate::common::*;
 use pitr::catalog::Catalog;
 use pitr::commands::archive_get::{ArchiveGetOptions, archive_get};
 use pitr::commands::archive_push::{ArchivePushOptions, PushOutcome, archive_push};
-use pitr::commands::backup::{BackupOptions, backup};
+use pitr::commands::backup::backup;
 use pitr::commands::init::read_cluster_identity;
 use pitr::error::{EXIT_CORRUPT, EXIT_LOCAL_IO, EXIT_NOT_FOUND, EXIT_STORAGE, Error};
-use pitr::progress::Silent;
 use pitr::storage::fault::{Fault, FaultKind, FaultStorage, Op};
 use pitr::storage::retry::{RetryPolicy, RetryingStorage};
 use pitr::storage::{FsStorage, MemoryStorage, Storage};
@@ -174,20 +173,7 @@ async fn archiving_fs_repository(dir: &TestDir) -> (Arc<FaultStorage>, Catalog, 
 }
 
 async fn take_backup(catalog: &Catalog, cluster: &PgCluster) -> Result<String, Error> {
-    let options = BackupOptions {
-        pgdata: Some(cluster.data.clone()),
-        dbname: Some(format!(
-            "host={} port={} user=postgres",
-            cluster.socket_dir.display(),
-            cluster.port
-        )),
-        fast: true,
-        jobs: 2,
-        wal_timeout: Duration::from_secs(60),
-        progress: Arc::new(Silent),
-        pin: false,
-        annotations: Default::default(),
-    };
+    let options = in_process_backup_options(cluster);
     Ok(backup(catalog, &options).await?.manifest.id)
 }
 

@@ -5,6 +5,7 @@
 
 mod common;
 
+mod app_layer;
 mod archive;
 mod archive_lookahead;
 mod backup;

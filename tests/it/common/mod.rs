@@ -1109,3 +1109,21 @@ pub mod keys {
         format!("backup/{id}/manifest.json")
     }
 }
+
+/// Options of a fast backup of `cluster` run in this process, over its socket.
+pub fn in_process_backup_options(cluster: &PgCluster) -> pitr::commands::backup::BackupOptions {
+    pitr::commands::backup::BackupOptions {
+        pgdata: Some(cluster.data.clone()),
+        dbname: Some(format!(
+            "host={} port={} user=postgres",
+            cluster.socket_dir.display(),
+            cluster.port
+        )),
+        fast: true,
+        jobs: 2,
+        wal_timeout: Duration::from_secs(60),
+        progress: Arc::new(pitr::progress::Silent),
+        pin: false,
+        annotations: Default::default(),
+    }
+}
