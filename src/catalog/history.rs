@@ -254,7 +254,9 @@ mod tests {
 
     #[tokio::test]
     async fn runs_are_recorded_listed_newest_first_and_pruned() {
-        let catalog = Catalog::new(Arc::new(MemoryStorage::new("history")));
+        let catalog = Catalog::new(Arc::new(MemoryStorage::new("history"))).knowing(
+            &crate::catalog::RepositoryIdentity::for_tests(16 << 20, 8192),
+        );
         assert_eq!(catalog.latest_runs("verify").await.unwrap(), None);
         let runs = [
             run("verify", "2026-10-01T10:00:00Z", RunStatus::Ok),

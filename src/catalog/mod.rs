@@ -467,16 +467,16 @@ impl Catalog {
         Ok(())
     }
 
-    /// The encryption state, reading the identity if it was not read yet; an uninitialised
-    /// repository (tests that use one) is not encrypted.
+    /// The encryption state, reading the identity if it was not read yet.
     async fn encryption(&self) -> Result<&Encryption, CatalogError> {
         if self.encryption.get().is_none() {
-            match self.identity().await {
-                Ok(_) | Err(CatalogError::NotInitialised { .. }) => {}
-                Err(e) => return Err(e),
-            }
+            self.identity().await?;
         }
-        Ok(self.encryption.get().unwrap_or(&Encryption::Off))
+        self.encryption
+            .get()
+            .ok_or_else(|| CatalogError::NotInitialised {
+                location: self.location(),
+            })
     }
 
     /// How the object at `key` is written: the compression, sealed for `key` when encrypted.
@@ -545,17 +545,19 @@ impl Catalog {
     }
 
     /// The compression new objects get: the identity's type, at the requested level if any.
+    /// Known once the identity was read (by [`Catalog::open`], or by [`Catalog::init`]); an
+    /// uninitialised repository has none, and nothing is stored or read in one.
     async fn compression(&self) -> Result<Compression, CatalogError> {
         if let Some(&compression) = self.compression.get() {
             return Ok(compression);
         }
-        match self.identity().await {
-            Ok(_) => Ok(*self.compression.get().expect("identity() records it")),
-            // Commands refuse an uninitialised repository before they store or fetch;
-            // code that uses one (tests) gets lz4, as an identity without the field.
-            Err(CatalogError::NotInitialised { .. }) => Ok(Compression::Lz4),
-            Err(e) => Err(e),
-        }
+        self.identity().await?;
+        self.compression
+            .get()
+            .copied()
+            .ok_or_else(|| CatalogError::NotInitialised {
+                location: self.location(),
+            })
     }
 
     /// The key suffix of the repository's compressed objects.
@@ -591,6 +593,25 @@ impl Catalog {
         let _ = self.wal_geometry.set(identity.wal_geometry());
         self.learn_encryption(&identity).await?;
         Ok(identity)
+    }
+
+    /// The repository as a command works on it: its identity read, the compression of new
+    /// objects resolved against the settings, and an encrypted repository's data key opened
+    /// (when a key was given). An uninitialised repository is refused here, before anything
+    /// is stored or read.
+    pub async fn open(self) -> Result<Catalog, CatalogError> {
+        self.identity().await?;
+        Ok(self)
+    }
+
+    /// A catalog that knows `identity` as if it had read it (an unencrypted one), for unit
+    /// tests over stores that hold no identity object.
+    #[cfg(test)]
+    pub(crate) fn knowing(self, identity: &RepositoryIdentity) -> Self {
+        let _ = self.compression.set(identity.compression());
+        let _ = self.wal_geometry.set(identity.wal_geometry());
+        let _ = self.encryption.set(Encryption::Off);
+        self
     }
 
     /// Records `identity` unless the repository already has one; never replaces it.

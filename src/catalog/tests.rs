@@ -65,7 +65,10 @@ fn identity_json_keeps_the_system_identifier_exact() {
 
 fn memory_catalog() -> (Arc<crate::storage::MemoryStorage>, Catalog) {
     let store = Arc::new(crate::storage::MemoryStorage::new("catalog"));
-    (store.clone(), Catalog::new(store))
+    (
+        store.clone(),
+        Catalog::new(store).knowing(&RepositoryIdentity::for_tests(16 << 20, 8192)),
+    )
 }
 
 async fn put(store: &crate::storage::MemoryStorage, key: &str) {
@@ -223,7 +226,8 @@ async fn objects_a_retention_lock_keeps_are_reported_and_stop_a_backup_removal()
     let catalog = Catalog::new(Arc::new(Locked {
         inner: store.clone(),
         locked: vec![keys[2], keys[3]],
-    }));
+    }))
+    .knowing(&RepositoryIdentity::for_tests(16 << 20, 8192));
     // A locked manifest keeps the whole backup: it stays listed and whole.
     let done = catalog.delete_backup("a", None).await.unwrap();
     assert_eq!(done.deleted, 0);
@@ -379,7 +383,8 @@ fn a_compression_request_fits_the_repository_or_says_why_not() {
 
 #[tokio::test]
 async fn a_zstd_repository_names_its_objects_zst() {
-    let (store, catalog) = memory_catalog();
+    let store = Arc::new(crate::storage::MemoryStorage::new("zstd"));
+    let catalog = Catalog::new(store.clone());
     let identity = RepositoryIdentity::for_tests(1 << 20, 8192)
         .with_compression(Compression::Zstd { level: 3 });
     catalog.init(&identity).await.unwrap();

@@ -430,11 +430,13 @@ async fn archive_get_catalog(
     access: &crate::commands::run::Access,
     options: &ArchiveGetOptions,
 ) -> Result<Catalog> {
-    let mut catalog = access.open().await?;
-    if let Some(spool) = &options.spool {
-        catalog = catalog.with_key_cache(spool.dir.join(crate::catalog::keys::KEY_CACHE_FILE));
+    match &options.spool {
+        Some(spool) => {
+            let key_cache = spool.dir.join(crate::catalog::keys::KEY_CACHE_FILE);
+            access.open_with_key_cache(key_cache).await
+        }
+        None => access.open().await,
     }
-    Ok(catalog)
 }
 
 /// archive-get's options: the get spool when prefetching is on.

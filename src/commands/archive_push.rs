@@ -595,7 +595,7 @@ pub async fn push(
     if let Some(report) = archived_ahead(&options) {
         return Ok(report);
     }
-    let catalog = access.open().await?.with_key_cache(key_cache);
+    let catalog = access.open_with_key_cache(key_cache).await?;
     archive_push(&catalog, &options).await
 }
 

@@ -187,14 +187,23 @@ impl Access {
         Ok(Access { settings, config })
     }
 
-    /// The repository, for every command that reads or writes it.
+    /// The repository, opened (see [`Catalog::open`]), for every command that reads or
+    /// writes it.
     pub async fn open(&self) -> Result<Catalog> {
-        self.open_as(None).await
+        Ok(self.connect_as(None).await?.open().await?)
     }
 
-    /// The same, becoming `run_as` once the keys are read (they may be root's files) and
-    /// before the repository is opened.
-    pub async fn open_as(&self, run_as: Option<&Owner>) -> Result<Catalog> {
+    /// The same, keeping the data key a passphrase opens in `key_cache` (a spool file), so
+    /// that the next archive-push or archive-get call skips the key derivation.
+    pub async fn open_with_key_cache(&self, key_cache: PathBuf) -> Result<Catalog> {
+        let catalog = self.connect_as(None).await?.with_key_cache(key_cache);
+        Ok(catalog.open().await?)
+    }
+
+    /// The repository's store with the settings' keys and compression, not opened yet (init
+    /// records the identity that opening reads), becoming `run_as` once the keys are read
+    /// (they may be root's files) and before the store is opened.
+    async fn connect_as(&self, run_as: Option<&Owner>) -> Result<Catalog> {
         let settings = &self.settings;
         let key_materials = settings.key_sources().materials(settings)?;
         if let Some(owner) = run_as {
@@ -213,19 +222,25 @@ impl Access {
             .with_key_materials(key_materials))
     }
 
-    /// The repository `request` works on, opened as the user it runs as, with what the
-    /// command needs before (a local repository's directory for init) and after (the
-    /// prefetcher's key cache).
+    /// The repository `request` works on, as the user it runs as, with what the command
+    /// needs before (a local repository's directory for init) and after (the prefetcher's
+    /// key cache); opened, but for init, which records the identity, and for check and
+    /// metrics, which report a repository they cannot read as a state (UNKNOWN, or per
+    /// scrape for a long-running exporter) rather than fail.
     pub async fn open_for(&self, request: &Request) -> Result<Catalog> {
         if let (Request::Init(options), RepoLocation::Fs(root)) = (request, &self.config.location) {
             crate::commands::init::prepare_local_repository(root, &options.pgdata)?;
         }
-        let catalog = self.open_as(request.run_as()?.as_ref()).await?;
+        let catalog = self.connect_as(request.run_as()?.as_ref()).await?;
         Ok(match request {
+            Request::Init(_) | Request::Check(_) | Request::Metrics { .. } => catalog,
             Request::Prefetch(options) => {
-                catalog.with_key_cache(options.spool.dir.join(KEY_CACHE_FILE))
+                catalog
+                    .with_key_cache(options.spool.dir.join(KEY_CACHE_FILE))
+                    .open()
+                    .await?
             }
-            _ => catalog,
+            _ => catalog.open().await?,
         })
     }
 }

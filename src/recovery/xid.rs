@@ -83,7 +83,8 @@ mod tests {
     /// Segments 1 to 3 of timeline 1, one page each: 700 commits in 1, 701 in 2, 702
     /// commits and 703 aborts in 3. Returns the catalog, the view and the walk's files.
     async fn archive(dir: &std::path::Path) -> (Catalog, ArchiveView, Vec<ArchivedFile>) {
-        let catalog = Catalog::new(Arc::new(MemoryStorage::new("xid")));
+        let catalog = Catalog::new(Arc::new(MemoryStorage::new("xid")))
+            .knowing(&RepositoryIdentity::for_tests(SEGMENT, BLOCK as u32));
         let contents = [
             vec![commit(700, 1_000, 0)],
             vec![commit(701, 2_000, 0)],

@@ -166,8 +166,9 @@ async fn rollup_keys(store: &MemoryStorage) -> Vec<(u64, u64)> {
 
 fn setup() -> (Arc<MemoryStorage>, Catalog, RepositoryIdentity) {
     let store = Arc::new(MemoryStorage::new("rollup"));
-    let catalog = Catalog::new(store.clone());
-    (store, catalog, RepositoryIdentity::for_tests(SEG, 8192))
+    let identity = RepositoryIdentity::for_tests(SEG, 8192);
+    let catalog = Catalog::new(store.clone()).knowing(&identity);
+    (store, catalog, identity)
 }
 
 #[tokio::test]
