@@ -337,6 +337,14 @@ impl RepoConfig {
     /// The repository as the local spool names it (its directory, its marks): the same
     /// whichever way the URL was spelt, and per S3 endpoint, since two endpoints may serve
     /// buckets of the same name.
+    /// The directory of a local repository; None for S3.
+    pub fn local_root(&self) -> Option<&Path> {
+        match &self.location {
+            RepoLocation::Fs(root) => Some(root),
+            RepoLocation::S3 { .. } => None,
+        }
+    }
+
     pub fn spool_key(&self) -> String {
         match &self.location {
             RepoLocation::Fs(path) => format!("file://{}", path.display()),

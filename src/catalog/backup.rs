@@ -24,7 +24,7 @@ use crate::pg::timestamp::micros;
 use crate::pg::{Lsn, WalFileKind, WalFileName};
 use crate::storage::{Protected, PutMode, PutPayload, StorageError, read_all};
 
-const BACKUP_PREFIX: &str = "backup/";
+pub(super) const BACKUP_PREFIX: &str = "backup/";
 const MANIFEST_LEAF: &str = "manifest.json";
 /// Written first, create-only: the backup's id is taken.
 pub(super) const CLAIM_LEAF: &str = "claim.json";
@@ -35,7 +35,7 @@ const ABANDONED_LEAF: &str = "abandoned.json";
 pub const MANIFEST_FORMAT: u32 = 1;
 pub const PIN_FORMAT: u32 = 1;
 
-fn backup_prefix(id: &str) -> String {
+pub(super) fn backup_prefix(id: &str) -> String {
     format!("{BACKUP_PREFIX}{id}/")
 }
 

@@ -413,7 +413,12 @@ impl Catalog {
 
     /// Replaces keys.json whole. Callers hold the repository lock and have proven that the
     /// new file still opens with a key they were given.
-    pub async fn put_keys_file(&self, keys: &KeysFile, mode: PutMode) -> Result<(), CatalogError> {
+    /// Replaces keys.json (after a key was added or removed).
+    pub async fn replace_keys_file(&self, keys: &KeysFile) -> Result<(), CatalogError> {
+        self.put_keys_file(keys, PutMode::Overwrite).await
+    }
+
+    async fn put_keys_file(&self, keys: &KeysFile, mode: PutMode) -> Result<(), CatalogError> {
         self.storage
             .put(KEYS_KEY, PutPayload::from_bytes(sealed::seal(keys)), mode)
             .await?;
@@ -517,14 +522,25 @@ impl Catalog {
     }
 
     /// Every object that is sealed in an encrypted repository (all but the identity, keys,
-    /// lock and backup claims), for a check of stored checksums without the key.
-    pub async fn sealed_objects(&self) -> Result<Vec<super::StoredObject>, CatalogError> {
+    /// lock and backup claims), for a check of stored checksums without the key; with
+    /// `only_backup`, of the backups only that one's (WAL and the rest all the same).
+    pub async fn sealed_objects(
+        &self,
+        only_backup: Option<&str>,
+    ) -> Result<Vec<super::StoredObject>, CatalogError> {
+        let other_backup = |key: &str| match only_backup {
+            Some(id) => {
+                key.starts_with(super::backup::BACKUP_PREFIX)
+                    && !key.starts_with(&super::backup::backup_prefix(id))
+            }
+            None => false,
+        };
         Ok(self
             .storage
             .list("")
             .await?
             .into_iter()
-            .filter(|meta| is_sealed_key(&meta.key))
+            .filter(|meta| is_sealed_key(&meta.key) && !other_backup(&meta.key))
             .map(|meta| super::StoredObject {
                 key: meta.key,
                 size: meta.size,

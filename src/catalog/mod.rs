@@ -105,6 +105,18 @@ pub enum CatalogError {
     Key(String),
 }
 
+impl CatalogError {
+    /// Whether the repository refused this user a read or write (a local repository's files
+    /// written by another user).
+    pub fn is_permission_denied(&self) -> bool {
+        matches!(self, CatalogError::Storage(StorageError::Io { source, .. })
+            if source.kind() == std::io::ErrorKind::PermissionDenied)
+    }
+}
+
+/// Objects a retention lock kept from deletion, as deletions report them.
+pub use crate::storage::Protected;
+
 /// The key suffix of a compressed object: its format, as `lz4 -d` and `zstd -d` expect.
 pub fn object_suffix(kind: CompressionType) -> &'static str {
     match kind {
@@ -602,6 +614,15 @@ impl Catalog {
     pub async fn open(self) -> Result<Catalog, CatalogError> {
         self.identity().await?;
         Ok(self)
+    }
+
+    /// Creates a local repository's root directory, given to `owner` (init run as root for
+    /// a cluster another user owns).
+    pub fn create_local_root(
+        root: &std::path::Path,
+        owner: &crate::ownership::Owner,
+    ) -> std::io::Result<()> {
+        crate::storage::FsStorage::new(root.to_owned()).create_root(Some(owner))
     }
 
     /// A catalog that knows `identity` as if it had read it (an unencrypted one), for unit

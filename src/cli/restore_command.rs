@@ -184,7 +184,7 @@ pub fn print_notes(
         return;
     }
     let settings = &access.settings;
-    if let crate::storage::RepoLocation::S3 { .. } = &access.config.location {
+    if access.config.local_root().is_none() {
         let is_set = |name: &str| std::env::var_os(name).is_some();
         println!(
             "{}",

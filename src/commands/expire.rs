@@ -16,6 +16,7 @@ use std::collections::BTreeSet;
 use chrono::{DateTime, Duration, Utc};
 use serde::Serialize;
 
+use crate::catalog::Protected;
 use crate::catalog::backup::{BackupClaim, BackupManifest, DamagedBackup, Deletion};
 use crate::catalog::replay::ReplayClaim;
 use crate::catalog::{Catalog, RepositoryIdentity};
@@ -27,7 +28,6 @@ use crate::recovery::ArchiveView;
 use crate::recovery::retention::{
     Policy, ReplayHold, Rule, WalReason, hold_for_replays, plan_retention,
 };
-use crate::storage::Protected;
 
 /// A backup without manifest whose claim is older than this is taken for abandoned even when
 /// its owner ran on another host (where pitr cannot see whether the process lives).

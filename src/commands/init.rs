@@ -7,7 +7,6 @@ use crate::codec::Compression;
 use crate::datadir::read_control;
 use crate::error::{Error, Result};
 use crate::ownership::{Owner, give_to, running_as_root};
-use crate::storage::FsStorage;
 
 #[derive(Clone, Debug)]
 pub struct InitOptions {
@@ -46,8 +45,7 @@ pub fn prepare_local_repository(root: &Path, pgdata: &Path) -> Result<()> {
     let dir_owner = match std::fs::symlink_metadata(root) {
         Ok(_) => Owner::of(root).map_err(|e| Error::local_io(root.display(), e))?,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return FsStorage::new(root.to_owned())
-                .create_root(Some(&owner))
+            return Catalog::create_local_root(root, &owner)
                 .map_err(|e| Error::local_io(root.display(), e));
         }
         Err(e) => return Err(Error::local_io(root.display(), e)),

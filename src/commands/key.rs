@@ -6,7 +6,6 @@ use serde::Serialize;
 use crate::catalog::Catalog;
 use crate::catalog::keys::{KeyMaterial, KeysFile, Wrap};
 use crate::error::{Error, Result};
-use crate::storage::PutMode;
 
 /// One key as `pitr key list` shows it: never the key.
 #[derive(Clone, Debug, Serialize)]
@@ -96,7 +95,7 @@ pub async fn key_add(catalog: &Catalog, new: &[KeyMaterial]) -> Result<KeyReport
             added.push(wrap.fingerprint.clone());
             keys.wraps.push(wrap);
         }
-        catalog.put_keys_file(&keys, PutMode::Overwrite).await?;
+        catalog.replace_keys_file(&keys).await?;
         let stored = catalog.keys_file().await?;
         for material in new {
             stored.unlock(std::slice::from_ref(material)).await?;
@@ -146,7 +145,7 @@ pub async fn key_remove(catalog: &Catalog, fingerprint: &str) -> Result<KeyRepor
                 keys.fingerprints()
             ))
         })?;
-        catalog.put_keys_file(&keys, PutMode::Overwrite).await?;
+        catalog.replace_keys_file(&keys).await?;
         let mut report = report(catalog, &catalog.keys_file().await?);
         report.removed = vec![fingerprint.to_owned()];
         Ok(report)

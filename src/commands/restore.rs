@@ -28,7 +28,6 @@ use crate::recovery::timelines::{foreign_timeline_warning, timelines_without_bac
 use crate::recovery::walk::SegmentRuns;
 use crate::recovery::{ArchiveView, RestorePlan};
 use crate::replay_plan::{self, ReplayPlan};
-use crate::storage::StorageError;
 
 use super::blocking;
 
@@ -492,18 +491,14 @@ fn excluded_databases(backup: &BackupManifest, include: &[String]) -> Result<Vec
 /// An object restore needs that this user may not read: said plainly, before anything is
 /// written.
 fn unreadable(error: CatalogError) -> Error {
-    match &error {
-        CatalogError::Storage(StorageError::Io { source, .. })
-            if source.kind() == io::ErrorKind::PermissionDenied =>
-        {
-            Error::Incomplete(format!(
-                "{error}: this user cannot read an object the restore needs (written by another \
-                 user, such as a run as root?); run pitr as the repository's owner or give the \
-                 objects to this user (chown -R); nothing was written"
-            ))
-        }
-        _ => error.into(),
+    if !error.is_permission_denied() {
+        return error.into();
     }
+    Error::Incomplete(format!(
+        "{error}: this user cannot read an object the restore needs (written by another user, \
+         such as a run as root?); run pitr as the repository's owner or give the objects to \
+         this user (chown -R); nothing was written"
+    ))
 }
 
 /// Whom a restore run as root gives the files to: `--owner`, else the data directory's owner

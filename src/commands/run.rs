@@ -28,7 +28,6 @@ use crate::error::{EXIT_OK, Error, Result};
 use crate::ownership::{Owner, become_owner, running_as_root};
 use crate::recovery::retention::Policy;
 use crate::spool::{GetSpool, SpoolKind, spool_dir};
-use crate::storage::RepoLocation;
 
 /// A command that works on an opened repository, with its options built.
 pub enum Request {
@@ -228,7 +227,7 @@ impl Access {
     /// metrics, which report a repository they cannot read as a state (UNKNOWN, or per
     /// scrape for a long-running exporter) rather than fail.
     pub async fn open_for(&self, request: &Request) -> Result<Catalog> {
-        if let (Request::Init(options), RepoLocation::Fs(root)) = (request, &self.config.location) {
+        if let (Request::Init(options), Some(root)) = (request, self.config.local_root()) {
             crate::commands::init::prepare_local_repository(root, &options.pgdata)?;
         }
         let catalog = self.connect_as(request.run_as()?.as_ref()).await?;

@@ -392,10 +392,7 @@ async fn verify_stored(
     options: &VerifyOptions,
     started: Instant,
 ) -> Result<VerifyReport> {
-    let mut objects = catalog.sealed_objects().await?;
-    if let Some(id) = &options.backup {
-        objects.retain(|o| !o.key().starts_with("backup/") || o.key().contains(&format!("/{id}/")));
-    }
+    let objects = catalog.sealed_objects(options.backup.as_deref()).await?;
     let bytes = objects.iter().map(|o| o.size).sum();
     let count = objects.len() as u64;
     let mut problems: Vec<Problem> = stream::iter(objects)
