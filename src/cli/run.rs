@@ -68,7 +68,16 @@ async fn run_command(cli: Cli, settings: Result<Settings>) -> Result<u8> {
             render::archive_push(&archive_push::push(&access, path, threads).await?);
             return Ok(EXIT_OK);
         }
-        command => command.request(&context)?,
+        command => {
+            let name = command.name();
+            match command.request(&context) {
+                Ok(request) => request,
+                Err(error) => {
+                    crate::commands::run::record_refused(&access, name, &error).await;
+                    return Err(error);
+                }
+            }
+        }
     };
     let catalog = access.open_for(&request).await?;
     let finished = crate::commands::run::run(&catalog, request).await?;

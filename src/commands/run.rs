@@ -244,6 +244,28 @@ impl Access {
     }
 }
 
+/// A run of the named command refused before it started (its options are wrong: a bad
+/// threshold, policy or checks file): recorded in the history as failed when the command is
+/// one it keeps, so that monitoring sees it. Best effort: the error is what the user sees.
+pub async fn record_refused(access: &Access, command: &'static str, error: &Error) {
+    if !RECORDED_COMMANDS.contains(&command) {
+        return;
+    }
+    let Ok(catalog) = access.open().await else {
+        return;
+    };
+    let now = chrono::Utc::now();
+    let record = crate::commands::history::run_record(
+        command,
+        now,
+        now,
+        exit_code(command, error),
+        Some(error.to_string()),
+        RunFacts::default(),
+    );
+    crate::commands::history::record(&catalog, &record).await;
+}
+
 /// Runs `request` on `catalog` and records the run in the history when its command is one
 /// the history keeps. `Err` when the command failed before it had anything to report.
 pub async fn run(catalog: &Catalog, request: Request) -> Result<Finished> {

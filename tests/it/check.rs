@@ -421,6 +421,11 @@ async fn run_history_on_s3() {
     let server = S3Server::start("history").await;
     let repo = Repo::s3(&server, "cluster/history");
     let catalog = Catalog::new(repo.storage().await);
+    // Runs are recorded in an initialised repository (their objects take its format).
+    let dir = TestDir::new("history-s3");
+    let cluster = PgCluster::initdb(&dir, "pg", &[]);
+    let identity = pitr::commands::init::read_cluster_identity(&cluster.data).unwrap();
+    catalog.init(&identity).await.unwrap();
     let now = chrono::Utc::now();
     let run = |command: &str, days_ago: i64, status| RunRecord {
         format: HISTORY_FORMAT,
