@@ -55,13 +55,17 @@ macro_rules! settings {
                 Settings { $($( $name: self.$name.or(lower.$name), )*)* }
             }
 
-            /// The settings restore_command and the prefetcher run with, as (name, value),
-            /// those set only.
-            pub fn carried(&self) -> Vec<(&'static str, SettingValue)> {
+            /// The settings restore_command and the prefetcher run with, those set.
+            pub fn carried(&self) -> Vec<(DeclaredSetting, SettingValue)> {
                 let mut carried = Vec::new();
                 $($(
                     if let (true, Some(value)) = (restore_command!($($carried)?), &self.$name) {
-                        carried.push((stringify!($name), value.carried()));
+                        let declared = DeclaredSetting {
+                            name: stringify!($name),
+                            kind: stringify!($ty),
+                            restore_command: true,
+                        };
+                        carried.push((declared, value.carried()));
                     }
                 )*)*
                 carried
@@ -800,6 +804,215 @@ mod tests {
             err,
             "config file pitr.toml, line 2: invalid type: string, expected u64"
         );
+    }
+
+    /// The README's configuration table lists exactly the declared settings, each with its
+    /// flag and variable.
+    #[test]
+    fn the_readme_lists_exactly_the_declared_settings() {
+        let readme = include_str!("../README.md");
+        let section = readme
+            .split("\n## Configuration\n")
+            .nth(1)
+            .and_then(|rest| rest.split("\n## ").next())
+            .expect("README has a Configuration section");
+        let mut listed = Vec::new();
+        for row in section.lines().filter(|line| line.starts_with("| `")) {
+            let cells: Vec<&str> = row
+                .split(" | ")
+                .map(|c| c.trim_matches('|').trim())
+                .collect();
+            let Some(name) = cells[2].strip_prefix('`').and_then(|c| c.strip_suffix('`')) else {
+                continue; // not a setting: --config, PITR_PASSPHRASE, -v
+            };
+            let setting = Settings::DECLARED
+                .iter()
+                .find(|s| s.name == name)
+                .unwrap_or_else(|| panic!("README lists {name}, which is not declared"));
+            let flag = cells[0].trim_matches('`');
+            assert!(
+                flag == setting.flag()
+                    || flag.starts_with(&format!("{} ", setting.flag()))
+                    || flag.starts_with(&format!("{}[", setting.flag())),
+                "README gives {name} the flag {flag}"
+            );
+            assert_eq!(cells[1], format!("`{}`", setting.env()), "{name}");
+            listed.push(name);
+        }
+        let declared: Vec<&str> = Settings::DECLARED.iter().map(|s| s.name).collect();
+        listed.sort_unstable();
+        let mut sorted = declared.clone();
+        sorted.sort_unstable();
+        assert_eq!(
+            listed, sorted,
+            "README's table against the declared settings"
+        );
+    }
+
+    /// Every declared setting is a flag, with its variable and a help text, and no other
+    /// flag reads a `PITR_…` variable but --config.
+    #[test]
+    fn each_setting_is_one_flag_with_its_variable() {
+        use clap::CommandFactory;
+        let cli = crate::cli::Cli::command();
+        let args: Vec<&clap::Arg> = cli
+            .get_arguments()
+            .chain(cli.get_subcommands().flat_map(|sub| sub.get_arguments()))
+            .collect();
+        for setting in Settings::DECLARED {
+            let long = &setting.flag()[2..];
+            let arg = args
+                .iter()
+                .find(|arg| arg.get_long() == Some(long))
+                .unwrap_or_else(|| panic!("no flag for {}", setting.name));
+            assert_eq!(
+                arg.get_env().and_then(|e| e.to_str()),
+                Some(setting.env().as_str()),
+                "{}",
+                setting.name
+            );
+            assert!(arg.get_help().is_some(), "{} has no help", setting.name);
+        }
+        for arg in args {
+            let Some(env) = arg.get_env().and_then(|e| e.to_str()) else {
+                continue;
+            };
+            if env.starts_with("PITR_") && env != "PITR_CONFIG" {
+                assert!(
+                    Settings::DECLARED.iter().any(|s| s.env() == env),
+                    "{env} is no declared setting"
+                );
+            }
+            assert_ne!(env, PASSPHRASE_ENV, "the passphrase is never a flag");
+        }
+    }
+
+    /// A value of each setting's type, for source `layer` (0 file, 1 environment, 2 flag):
+    /// as TOML, and as the text of a flag or variable.
+    fn sample(kind: &str, layer: usize) -> (String, String) {
+        let text = ["file", "env", "flag"][layer];
+        match kind {
+            "String" => (format!("\"{text}\""), text.to_owned()),
+            "std::path::PathBuf" => (format!("\"/{text}\""), format!("/{text}")),
+            // Each layer differs from the one below it.
+            "bool" => {
+                let value = layer == 1;
+                (value.to_string(), value.to_string())
+            }
+            "u64" | "u32" | "usize" | "i32" => ((layer + 1).to_string(), (layer + 1).to_string()),
+            other => panic!("no sample of type {other}: add one"),
+        }
+    }
+
+    const CHILD_ARGS: &str = "SETTINGS_TEST_CHILD_ARGS";
+
+    /// Settings as `pitr ARGS… expire` resolves them with `env` as its only `PITR_…`
+    /// variables: parsed in a child process, since clap reads this process's environment.
+    fn resolved_in_child(args: &[String], env: &[(String, String)]) -> String {
+        let mut child = std::process::Command::new(std::env::current_exe().unwrap());
+        child
+            .args([
+                "config::tests::resolve_as_a_child",
+                "--exact",
+                "--nocapture",
+            ])
+            .args(["--test-threads", "1"])
+            .env(CHILD_ARGS, args.join("\u{1f}"));
+        for setting in Settings::DECLARED {
+            child.env_remove(setting.env());
+        }
+        child.env_remove("PITR_CONFIG").envs(env.iter().cloned());
+        let out = child.output().unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let stdout = String::from_utf8(out.stdout).unwrap();
+        stdout
+            .lines()
+            .find_map(|line| line.split_once("resolved: ").map(|(_, settings)| settings))
+            .unwrap_or_else(|| panic!("no settings from the child: {stdout}"))
+            .to_owned()
+    }
+
+    /// Run by `resolved_in_child` only: flags and environment over the config file, the
+    /// retention flags of `expire` over those.
+    #[test]
+    fn resolve_as_a_child() {
+        use clap::Parser;
+        let Ok(args) = std::env::var(CHILD_ARGS) else {
+            return;
+        };
+        let mut argv = vec!["pitr".to_owned()];
+        argv.extend(
+            args.split('\u{1f}')
+                .filter(|a| !a.is_empty())
+                .map(String::from),
+        );
+        let cli = crate::cli::Cli::try_parse_from(argv).unwrap();
+        let crate::cli::Command::Expire { retention, .. } = &cli.command else {
+            panic!("expire expected");
+        };
+        let mut settings = retention.settings().over(cli.global.settings());
+        if let Some(config) = &cli.global.config {
+            settings = settings.over(Settings::read_file(config).unwrap());
+        }
+        println!("resolved: {settings:?}");
+    }
+
+    /// TOML, `PITR_…` variable and flag give each setting the same value; a flag wins over
+    /// the variable, which wins over the file.
+    #[test]
+    fn each_setting_reads_alike_from_file_environment_and_flag_in_that_order() {
+        // Which layers give setting `i`: the file all, the environment two thirds, flags one.
+        let layers = |i: usize| i % 3;
+        let toml_of = |pick: &dyn Fn(usize) -> usize| {
+            Settings::DECLARED
+                .iter()
+                .enumerate()
+                .map(|(i, s)| format!("{} = {}\n", s.name, sample(s.kind, pick(i)).0))
+                .collect::<String>()
+        };
+        let expect = |pick: &dyn Fn(usize) -> usize| {
+            format!(
+                "{:?}",
+                Settings::from_toml(&toml_of(pick), Path::new("t")).unwrap()
+            )
+        };
+        let flag = |s: &DeclaredSetting, layer: usize| -> Vec<String> {
+            let value = sample(s.kind, layer).1;
+            if s.kind == "bool" {
+                vec![format!("{}={value}", s.flag())]
+            } else {
+                vec![s.flag(), value]
+            }
+        };
+        let env = |s: &DeclaredSetting, layer: usize| (s.env(), sample(s.kind, layer).1);
+        let expire = vec!["expire".to_owned()];
+
+        // Each source alone gives what the TOML gives.
+        let all_flags: Vec<String> = expire
+            .iter()
+            .cloned()
+            .chain(Settings::DECLARED.iter().flat_map(|s| flag(s, 2)))
+            .collect();
+        assert_eq!(resolved_in_child(&all_flags, &[]), expect(&|_| 2));
+        let all_env: Vec<_> = Settings::DECLARED.iter().map(|s| env(s, 1)).collect();
+        assert_eq!(resolved_in_child(&expire, &all_env), expect(&|_| 1));
+
+        // All three at once.
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pitr.toml");
+        std::fs::write(&file, toml_of(&|_| 0)).unwrap();
+        let mut args = vec!["--config".to_owned(), file.display().to_string()];
+        args.extend(expire);
+        let mut some_env = Vec::new();
+        for (i, setting) in Settings::DECLARED.iter().enumerate() {
+            if layers(i) >= 1 {
+                some_env.push(env(setting, 1));
+            }
+            if layers(i) == 2 {
+                args.extend(flag(setting, 2));
+            }
+        }
+        assert_eq!(resolved_in_child(&args, &some_env), expect(&layers));
     }
 
     #[test]

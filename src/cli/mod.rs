@@ -14,8 +14,8 @@ use chrono::{DateTime, Utc};
 use clap::{ArgAction, Args, Parser, Subcommand};
 
 use crate::commands::restore::server::ArchiveMode;
-pub use crate::config::{GlobalSettingArgs, RetentionArgs};
 use crate::config::Settings;
+pub use crate::config::{GlobalSettingArgs, RetentionArgs};
 use crate::pg::Lsn;
 use crate::pg::recovery_target::{
     RecoveryRequest, Target, TargetAction, TargetTimeline, parse_target_time,
