@@ -1,8 +1,9 @@
 //! Configuration: one set of names, read from a TOML file, then `PITR_…` environment
 //! variables, then flags, each overriding the one before.
 //!
-//! The flag and environment layers are merged by clap (see `cli.rs`); this module reads the
-//! file and resolves the result.
+//! Each setting is declared once, in the `settings!` table below; the flag and environment
+//! layers are merged by clap (the table's argument structs, flattened into `cli`); this module
+//! reads the file and resolves the result.
 
 use std::path::Path;
 
@@ -355,6 +356,8 @@ settings! {
         )]
         compression_level: i32,
 
+        // The passphrase itself is no setting: PITR_PASSPHRASE only (PASSPHRASE_ENV), never
+        // a flag, the file or restore_command, so that it shows in no process list or dump.
         /// Encrypted repository: file holding the passphrase (the passphrase itself may also
         /// come from PITR_PASSPHRASE; never give it on the command line).
         #[arg(global = true, env = "PITR_PASSPHRASE_FILE", value_name = "FILE")]
