@@ -1,8 +1,9 @@
 //! Configuration: one set of names, read from a TOML file, then `PITR_…` environment
 //! variables, then flags, each overriding the one before.
 //!
-//! The flag and environment layers are merged by clap (see `cli.rs`); this module reads the
-//! file and resolves the result.
+//! Each setting is declared once, in the `settings!` table below; the flag and environment
+//! layers are merged by clap (the table's argument structs, flattened into `cli`); this module
+//! reads the file and resolves the result.
 
 use std::path::Path;
 
@@ -19,67 +20,389 @@ use crate::storage::retry::{RetryPolicy, RetryingStorage};
 use crate::storage::{RepoLocation, S3Options, Storage};
 use zeroize::Zeroizing;
 
-/// Settings as one source gives them; `None` where it is silent.
-#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct Settings {
-    pub repo: Option<String>,
-    pub s3_endpoint: Option<String>,
-    pub s3_path_style: Option<bool>,
-    /// Seconds one repository request may take before it counts as failed and is retried.
-    pub storage_timeout: Option<u64>,
-    /// Seconds a failing repository request is retried for, in all.
-    pub storage_retry_time: Option<u64>,
-    /// Seconds after which an S3 lock object's heartbeat is stale and the lock taken over.
-    pub lock_stale_after: Option<u64>,
-    /// Seconds after which a replay claim's heartbeat is stale and expire ignores the claim.
-    pub replay_claim_stale_after: Option<u64>,
-    /// Webhook (Slack, Discord, Mattermost) told when a command fails.
-    pub notify_url: Option<String>,
-    /// Tell the webhook about successes too.
-    pub notify_on_success: Option<bool>,
-    /// `pitr check` thresholds: "WARNING,CRITICAL", "CRITICAL" or "off" (see commands::check).
-    pub check_backup_age: Option<String>,
-    pub check_archive_lag: Option<String>,
-    pub check_min_backups: Option<String>,
-    pub check_verify_age: Option<String>,
-    /// Seconds `pitr check --switch-wal` waits for the switched segment.
-    pub check_switch_wal_timeout: Option<u64>,
-    /// Retention (`pitr expire`, and after each `pitr backup` when any is set).
-    pub keep_last: Option<u32>,
-    pub keep_within: Option<String>,
-    pub keep_daily: Option<u32>,
-    pub keep_weekly: Option<u32>,
-    pub keep_monthly: Option<u32>,
-    pub keep_yearly: Option<u32>,
-    /// IANA time zone of the GFS calendar periods (default UTC).
-    pub retention_timezone: Option<String>,
-    /// Local directory for archive-push's look-ahead marks and archive-get's prefetched
-    /// segments (default: `.pitr-spool` in the WAL file's directory, i.e. pg_wal).
-    pub spool_path: Option<std::path::PathBuf>,
-    /// WAL files one archive-push stores at once: the one PostgreSQL asked for and those
-    /// marked ready after it (default 4; 1 turns the look-ahead off).
-    pub archive_push_parallel: Option<usize>,
-    /// Segments archive-get's background prefetcher fetches at once (default 2; 0 turns
-    /// prefetching off).
-    pub archive_get_prefetch: Option<usize>,
-    /// Bytes of prefetched segments the spool may hold: a number with an optional unit,
-    /// "256MiB", "1GiB" (default 256MiB).
-    pub archive_get_queue_max: Option<String>,
-    /// Compression of a new repository, chosen by `pitr init`: "lz4" (default) or "zstd"
-    /// ("zst" too). Later commands may only repeat the repository's.
-    pub compression: Option<String>,
-    /// Compression level (zstd 1-22, default 3; lz4 has none). Given to a later command, the
-    /// level of the objects it writes.
-    pub compression_level: Option<i32>,
-    /// File whose content (without a final newline) is the passphrase of an encrypted
-    /// repository. The passphrase itself may come from `PITR_PASSPHRASE` only, never a flag
-    /// or this file's settings, so that it shows in no process list or config dump.
-    pub passphrase_file: Option<std::path::PathBuf>,
-    /// File of 32 or more random bytes that opens an encrypted repository.
-    pub key_file: Option<std::path::PathBuf>,
-    /// AWS KMS key (id, ARN or alias) that wraps an encrypted repository's data key.
-    pub kms_key_id: Option<String>,
+/// Declares every setting once. Its name is the TOML key and, with `-` for `_`, the flag; its
+/// `PITR_…` variable is given in `#[arg]` (a test holds it to the name); its doc comment is
+/// the flag's help. `#[restore_command]` marks the settings that the restore_command a
+/// restore writes, and archive-get's prefetcher, run with. From the table follow
+/// [`Settings`] and its merge, one clap argument struct per group (flattened into the CLI)
+/// with its conversion, and [`Settings::DECLARED`].
+macro_rules! settings {
+    ($(
+        $(#[$group_meta:meta])*
+        $group:ident {$(
+            $(#[doc = $doc:literal])*
+            #[arg($($arg:tt)*)]
+            $(#[$carried:ident])?
+            $name:ident: $ty:ty,
+        )*}
+    )*) => {
+        /// Settings as one source gives them; `None` where it is silent.
+        #[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+        #[serde(deny_unknown_fields)]
+        pub struct Settings {
+            $($( $(#[doc = $doc])* pub $name: Option<$ty>, )*)*
+        }
+
+        impl Settings {
+            /// Every setting, in declaration order.
+            pub const DECLARED: &[DeclaredSetting] = &[$($(DeclaredSetting {
+                name: stringify!($name),
+                kind: stringify!($ty),
+                restore_command: restore_command!($($carried)?),
+            },)*)*];
+
+            /// `self` wins where it has a value.
+            pub fn over(self, lower: Settings) -> Settings {
+                Settings { $($( $name: self.$name.or(lower.$name), )*)* }
+            }
+
+            /// The settings restore_command and the prefetcher run with, those set.
+            pub fn carried(&self) -> Vec<(DeclaredSetting, SettingValue)> {
+                let mut carried = Vec::new();
+                $($(
+                    if let (true, Some(value)) = (restore_command!($($carried)?), &self.$name) {
+                        let declared = DeclaredSetting {
+                            name: stringify!($name),
+                            kind: stringify!($ty),
+                            restore_command: true,
+                        };
+                        carried.push((declared, value.carried()));
+                    }
+                )*)*
+                carried
+            }
+        }
+
+        $(
+            #[derive(Clone, Debug, Default, clap::Args)]
+            $(#[$group_meta])*
+            pub struct $group {
+                $( $(#[doc = $doc])* #[arg(long, $($arg)*)] pub $name: Option<$ty>, )*
+            }
+
+            impl $group {
+                /// Flags and environment, as clap merged them.
+                pub fn settings(&self) -> Settings {
+                    Settings { $( $name: self.$name.clone(), )* ..Settings::default() }
+                }
+            }
+        )*
+    };
+}
+
+macro_rules! restore_command {
+    () => {
+        false
+    };
+    (restore_command) => {
+        true
+    };
+}
+
+/// A setting as [`Settings::DECLARED`] lists it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DeclaredSetting {
+    /// The TOML key; the flag is `--` and this with `-` for `_`, the variable `PITR_` and
+    /// this in capitals.
+    pub name: &'static str,
+    /// Its Rust type, as written in the table.
+    pub kind: &'static str,
+    /// Whether restore_command and the prefetcher carry it.
+    pub restore_command: bool,
+}
+
+impl DeclaredSetting {
+    pub fn flag(&self) -> String {
+        format!("--{}", self.name.replace('_', "-"))
+    }
+
+    pub fn env(&self) -> String {
+        format!("PITR_{}", self.name.to_ascii_uppercase())
+    }
+}
+
+/// A carried setting's value: a boolean is a bare flag (or `--flag=false`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SettingValue {
+    Bool(bool),
+    Text(String),
+}
+
+impl SettingValue {
+    /// As a `PITR_…` variable's value.
+    pub fn env_value(&self) -> String {
+        match self {
+            SettingValue::Bool(b) => b.to_string(),
+            SettingValue::Text(text) => text.clone(),
+        }
+    }
+}
+
+/// How a setting's type is carried to a process pitr starts.
+trait Carried {
+    fn carried(&self) -> SettingValue;
+}
+
+impl Carried for bool {
+    fn carried(&self) -> SettingValue {
+        SettingValue::Bool(*self)
+    }
+}
+
+impl Carried for String {
+    fn carried(&self) -> SettingValue {
+        SettingValue::Text(self.clone())
+    }
+}
+
+impl Carried for std::path::PathBuf {
+    /// Absolute: restore_command runs in the data directory.
+    fn carried(&self) -> SettingValue {
+        let path = std::path::absolute(self).unwrap_or_else(|_| self.clone());
+        SettingValue::Text(path.display().to_string())
+    }
+}
+
+macro_rules! carried_as_text {
+    ($($ty:ty),*) => {$(
+        impl Carried for $ty {
+            fn carried(&self) -> SettingValue {
+                SettingValue::Text(self.to_string())
+            }
+        }
+    )*};
+}
+carried_as_text!(u64, u32, usize, i32);
+
+settings! {
+    /// Settings every command takes (flattened into the CLI's global options).
+    GlobalSettingArgs {
+        /// Repository: /abs/path, file:///abs/path, or s3://bucket/prefix.
+        #[arg(global = true, env = "PITR_REPO", value_name = "URL")]
+        #[restore_command]
+        repo: String,
+
+        /// S3 endpoint for S3-compatible servers (default: AWS_ENDPOINT_URL, else AWS).
+        #[arg(global = true, env = "PITR_S3_ENDPOINT", value_name = "URL")]
+        #[restore_command]
+        s3_endpoint: String,
+
+        /// Address buckets by path (http://host/bucket), as MinIO and most S3-compatible servers
+        /// need (default false: virtual-hosted, http://bucket.host). A bare flag means true; give
+        /// a value only as --s3-path-style=false.
+        #[arg(
+            global = true,
+            env = "PITR_S3_PATH_STYLE",
+            value_name = "BOOL",
+            num_args = 0..=1,
+            require_equals = true,
+            default_missing_value = "true",
+            value_parser = clap::builder::BoolishValueParser::new()
+        )]
+        #[restore_command]
+        s3_path_style: bool,
+
+        /// Seconds one repository request may take before it is retried (default 60).
+        #[arg(global = true, env = "PITR_STORAGE_TIMEOUT", value_name = "SECONDS")]
+        #[restore_command]
+        storage_timeout: u64,
+
+        /// Seconds a failing repository request is retried for, in all (default 120).
+        #[arg(global = true, env = "PITR_STORAGE_RETRY_TIME", value_name = "SECONDS")]
+        #[restore_command]
+        storage_retry_time: u64,
+
+        /// Seconds after which an S3 repository lock whose heartbeat stopped is taken over
+        /// (default 300).
+        #[arg(global = true, env = "PITR_LOCK_STALE_AFTER", value_name = "SECONDS")]
+        lock_stale_after: u64,
+
+        /// Seconds after which a restore's replay claim whose heartbeat stopped is ignored (and
+        /// removed) by expire (default 3600).
+        #[arg(global = true, env = "PITR_REPLAY_CLAIM_STALE_AFTER", value_name = "SECONDS")]
+        replay_claim_stale_after: u64,
+
+        /// Webhook URL (Slack, Discord, Mattermost) to POST to when backup, verify, expire, check or drill fails
+        /// (default: none, no notification).
+        #[arg(
+            global = true,
+            env = "PITR_NOTIFY_URL",
+            value_name = "URL",
+            hide_env_values = true
+        )]
+        notify_url: String,
+
+        /// Notify on success too (default false: failures only). A bare flag means true; give a
+        /// value only as --notify-on-success=false.
+        #[arg(
+            global = true,
+            env = "PITR_NOTIFY_ON_SUCCESS",
+            value_name = "BOOL",
+            num_args = 0..=1,
+            require_equals = true,
+            default_missing_value = "true",
+            value_parser = clap::builder::BoolishValueParser::new()
+        )]
+        notify_on_success: bool,
+
+        /// pitr check: age of the newest complete backup, "WARNING,CRITICAL" or "CRITICAL"
+        /// (90s, 15m, 2h, 8d, 1w) or "off" (default 8d,15d).
+        #[arg(
+            global = true,
+            env = "PITR_CHECK_BACKUP_AGE",
+            help_heading = "Check thresholds",
+            value_name = "LIMITS"
+        )]
+        check_backup_age: String,
+
+        /// pitr check: age of the newest archived commit; with --dbname only when the repository
+        /// is behind the server (default 15m,1h).
+        #[arg(
+            global = true,
+            env = "PITR_CHECK_ARCHIVE_LAG",
+            help_heading = "Check thresholds",
+            value_name = "LIMITS"
+        )]
+        check_archive_lag: String,
+
+        /// pitr check: fewest complete backups, "WARNING,CRITICAL" (warn below the first) or
+        /// "CRITICAL" (default 1).
+        #[arg(
+            global = true,
+            env = "PITR_CHECK_MIN_BACKUPS",
+            help_heading = "Check thresholds",
+            value_name = "LIMITS"
+        )]
+        check_min_backups: String,
+
+        /// pitr check: age of the last successful verify (default 8d,15d; "off" to skip).
+        #[arg(
+            global = true,
+            env = "PITR_CHECK_VERIFY_AGE",
+            help_heading = "Check thresholds",
+            value_name = "LIMITS"
+        )]
+        check_verify_age: String,
+
+        /// pitr check --switch-wal: seconds to wait for the segment (default 60).
+        #[arg(
+            global = true,
+            env = "PITR_CHECK_SWITCH_WAL_TIMEOUT",
+            help_heading = "Check thresholds",
+            value_name = "SECONDS"
+        )]
+        check_switch_wal_timeout: u64,
+
+        /// Local directory for archive-push's look-ahead marks and archive-get's prefetched
+        /// segments (default: .pitr-spool in pg_wal).
+        #[arg(
+            global = true,
+            env = "PITR_SPOOL_PATH",
+            help_heading = "WAL archiving",
+            value_name = "DIR"
+        )]
+        #[restore_command]
+        spool_path: std::path::PathBuf,
+
+        /// archive-push: WAL files stored at once, the one asked for and those ready after it
+        /// (default 4; 1 turns the look-ahead off).
+        #[arg(
+            global = true,
+            env = "PITR_ARCHIVE_PUSH_PARALLEL",
+            help_heading = "WAL archiving",
+            value_name = "N"
+        )]
+        archive_push_parallel: usize,
+
+        /// archive-get: segments the background prefetcher fetches at once (default 2; 0 turns
+        /// prefetching off).
+        #[arg(
+            global = true,
+            env = "PITR_ARCHIVE_GET_PREFETCH",
+            help_heading = "WAL archiving",
+            value_name = "N"
+        )]
+        #[restore_command]
+        archive_get_prefetch: usize,
+
+        /// archive-get: most bytes of prefetched segments kept in the spool (default 256MiB).
+        #[arg(
+            global = true,
+            env = "PITR_ARCHIVE_GET_QUEUE_MAX",
+            help_heading = "WAL archiving",
+            value_name = "SIZE"
+        )]
+        #[restore_command]
+        archive_get_queue_max: String,
+
+        /// Compression of a new repository (pitr init): lz4 (default) or zstd; fixed for good,
+        /// later commands may only repeat it.
+        #[arg(
+            global = true,
+            env = "PITR_COMPRESSION",
+            help_heading = "Compression",
+            value_name = "TYPE"
+        )]
+        compression: String,
+
+        /// Compression level: zstd 1-22 (default 3), at init and for the objects a later command
+        /// writes.
+        #[arg(
+            global = true,
+            env = "PITR_COMPRESSION_LEVEL",
+            help_heading = "Compression",
+            value_name = "N",
+            allow_negative_numbers = true
+        )]
+        compression_level: i32,
+
+        // The passphrase itself is no setting: PITR_PASSPHRASE only (PASSPHRASE_ENV), never
+        // a flag, the file or restore_command, so that it shows in no process list or dump.
+        /// Encrypted repository: file holding the passphrase (the passphrase itself may also
+        /// come from PITR_PASSPHRASE; never give it on the command line).
+        #[arg(global = true, env = "PITR_PASSPHRASE_FILE", value_name = "FILE")]
+        #[restore_command]
+        passphrase_file: std::path::PathBuf,
+
+        /// Encrypted repository: file of 32 or more random bytes that opens it.
+        #[arg(global = true, env = "PITR_KEY_FILE", value_name = "FILE")]
+        #[restore_command]
+        key_file: std::path::PathBuf,
+
+        /// Encrypted repository: AWS KMS key (id, ARN or alias) that wraps its data key.
+        #[arg(global = true, env = "PITR_KMS_KEY_ID", value_name = "KEY")]
+        #[restore_command]
+        kms_key_id: String,
+    }
+
+    /// The retention policy: flags of `expire` (and of `backup`, which expires after itself
+    /// when a rule is set), `PITR_…` variables, or the same names in the config file.
+    #[command(
+        next_help_heading = "Retention (the union of the rules, none by default: all is kept; pinned backups and the newest always stay)"
+    )]
+    RetentionArgs {
+        /// Keep the N newest backups.
+        #[arg(env = "PITR_KEEP_LAST", value_name = "N")]
+        keep_last: u32,
+        /// Keep every point of this last stretch restorable: 30d, 12h, 2w, 90m.
+        #[arg(env = "PITR_KEEP_WITHIN", value_name = "DURATION")]
+        keep_within: String,
+        /// Keep the newest backup of each of the last N days that have one.
+        #[arg(env = "PITR_KEEP_DAILY", value_name = "N")]
+        keep_daily: u32,
+        /// Keep the newest backup of each of the last N ISO weeks that have one.
+        #[arg(env = "PITR_KEEP_WEEKLY", value_name = "N")]
+        keep_weekly: u32,
+        /// Keep the newest backup of each of the last N months that have one.
+        #[arg(env = "PITR_KEEP_MONTHLY", value_name = "N")]
+        keep_monthly: u32,
+        /// Keep the newest backup of each of the last N years that have one.
+        #[arg(env = "PITR_KEEP_YEARLY", value_name = "N")]
+        keep_yearly: u32,
+        /// IANA time zone the days, weeks, months and years are counted in (default UTC).
+        #[arg(env = "PITR_RETENTION_TIMEZONE", value_name = "ZONE")]
+        retention_timezone: String,
+    }
 }
 
 impl Settings {
@@ -105,46 +428,6 @@ impl Settings {
             ))
         })?;
         Self::from_toml(&text, path)
-    }
-
-    /// `self` wins where it has a value.
-    pub fn over(self, lower: Settings) -> Settings {
-        Settings {
-            repo: self.repo.or(lower.repo),
-            s3_endpoint: self.s3_endpoint.or(lower.s3_endpoint),
-            s3_path_style: self.s3_path_style.or(lower.s3_path_style),
-            storage_timeout: self.storage_timeout.or(lower.storage_timeout),
-            storage_retry_time: self.storage_retry_time.or(lower.storage_retry_time),
-            lock_stale_after: self.lock_stale_after.or(lower.lock_stale_after),
-            replay_claim_stale_after: self
-                .replay_claim_stale_after
-                .or(lower.replay_claim_stale_after),
-            notify_url: self.notify_url.or(lower.notify_url),
-            notify_on_success: self.notify_on_success.or(lower.notify_on_success),
-            check_backup_age: self.check_backup_age.or(lower.check_backup_age),
-            check_archive_lag: self.check_archive_lag.or(lower.check_archive_lag),
-            check_min_backups: self.check_min_backups.or(lower.check_min_backups),
-            check_verify_age: self.check_verify_age.or(lower.check_verify_age),
-            check_switch_wal_timeout: self
-                .check_switch_wal_timeout
-                .or(lower.check_switch_wal_timeout),
-            keep_last: self.keep_last.or(lower.keep_last),
-            keep_within: self.keep_within.or(lower.keep_within),
-            keep_daily: self.keep_daily.or(lower.keep_daily),
-            keep_weekly: self.keep_weekly.or(lower.keep_weekly),
-            keep_monthly: self.keep_monthly.or(lower.keep_monthly),
-            keep_yearly: self.keep_yearly.or(lower.keep_yearly),
-            retention_timezone: self.retention_timezone.or(lower.retention_timezone),
-            spool_path: self.spool_path.or(lower.spool_path),
-            archive_push_parallel: self.archive_push_parallel.or(lower.archive_push_parallel),
-            archive_get_prefetch: self.archive_get_prefetch.or(lower.archive_get_prefetch),
-            archive_get_queue_max: self.archive_get_queue_max.or(lower.archive_get_queue_max),
-            compression: self.compression.or(lower.compression),
-            compression_level: self.compression_level.or(lower.compression_level),
-            passphrase_file: self.passphrase_file.or(lower.passphrase_file),
-            key_file: self.key_file.or(lower.key_file),
-            kms_key_id: self.kms_key_id.or(lower.kms_key_id),
-        }
     }
 
     /// The retention policy these settings give (empty when no rule is set).
@@ -532,6 +815,215 @@ mod tests {
             err,
             "config file pitr.toml, line 2: invalid type: string, expected u64"
         );
+    }
+
+    /// The README's configuration table lists exactly the declared settings, each with its
+    /// flag and variable.
+    #[test]
+    fn the_readme_lists_exactly_the_declared_settings() {
+        let readme = include_str!("../README.md");
+        let section = readme
+            .split("\n## Configuration\n")
+            .nth(1)
+            .and_then(|rest| rest.split("\n## ").next())
+            .expect("README has a Configuration section");
+        let mut listed = Vec::new();
+        for row in section.lines().filter(|line| line.starts_with("| `")) {
+            let cells: Vec<&str> = row
+                .split(" | ")
+                .map(|c| c.trim_matches('|').trim())
+                .collect();
+            let Some(name) = cells[2].strip_prefix('`').and_then(|c| c.strip_suffix('`')) else {
+                continue; // not a setting: --config, PITR_PASSPHRASE, -v
+            };
+            let setting = Settings::DECLARED
+                .iter()
+                .find(|s| s.name == name)
+                .unwrap_or_else(|| panic!("README lists {name}, which is not declared"));
+            let flag = cells[0].trim_matches('`');
+            assert!(
+                flag == setting.flag()
+                    || flag.starts_with(&format!("{} ", setting.flag()))
+                    || flag.starts_with(&format!("{}[", setting.flag())),
+                "README gives {name} the flag {flag}"
+            );
+            assert_eq!(cells[1], format!("`{}`", setting.env()), "{name}");
+            listed.push(name);
+        }
+        let declared: Vec<&str> = Settings::DECLARED.iter().map(|s| s.name).collect();
+        listed.sort_unstable();
+        let mut sorted = declared.clone();
+        sorted.sort_unstable();
+        assert_eq!(
+            listed, sorted,
+            "README's table against the declared settings"
+        );
+    }
+
+    /// Every declared setting is a flag, with its variable and a help text, and no other
+    /// flag reads a `PITR_…` variable but --config.
+    #[test]
+    fn each_setting_is_one_flag_with_its_variable() {
+        use clap::CommandFactory;
+        let cli = crate::cli::Cli::command();
+        let args: Vec<&clap::Arg> = cli
+            .get_arguments()
+            .chain(cli.get_subcommands().flat_map(|sub| sub.get_arguments()))
+            .collect();
+        for setting in Settings::DECLARED {
+            let long = &setting.flag()[2..];
+            let arg = args
+                .iter()
+                .find(|arg| arg.get_long() == Some(long))
+                .unwrap_or_else(|| panic!("no flag for {}", setting.name));
+            assert_eq!(
+                arg.get_env().and_then(|e| e.to_str()),
+                Some(setting.env().as_str()),
+                "{}",
+                setting.name
+            );
+            assert!(arg.get_help().is_some(), "{} has no help", setting.name);
+        }
+        for arg in args {
+            let Some(env) = arg.get_env().and_then(|e| e.to_str()) else {
+                continue;
+            };
+            if env.starts_with("PITR_") && env != "PITR_CONFIG" {
+                assert!(
+                    Settings::DECLARED.iter().any(|s| s.env() == env),
+                    "{env} is no declared setting"
+                );
+            }
+            assert_ne!(env, PASSPHRASE_ENV, "the passphrase is never a flag");
+        }
+    }
+
+    /// A value of each setting's type, for source `layer` (0 file, 1 environment, 2 flag):
+    /// as TOML, and as the text of a flag or variable.
+    fn sample(kind: &str, layer: usize) -> (String, String) {
+        let text = ["file", "env", "flag"][layer];
+        match kind {
+            "String" => (format!("\"{text}\""), text.to_owned()),
+            "std::path::PathBuf" => (format!("\"/{text}\""), format!("/{text}")),
+            // Each layer differs from the one below it.
+            "bool" => {
+                let value = layer == 1;
+                (value.to_string(), value.to_string())
+            }
+            "u64" | "u32" | "usize" | "i32" => ((layer + 1).to_string(), (layer + 1).to_string()),
+            other => panic!("no sample of type {other}: add one"),
+        }
+    }
+
+    const CHILD_ARGS: &str = "SETTINGS_TEST_CHILD_ARGS";
+
+    /// Settings as `pitr ARGS… expire` resolves them with `env` as its only `PITR_…`
+    /// variables: parsed in a child process, since clap reads this process's environment.
+    fn resolved_in_child(args: &[String], env: &[(String, String)]) -> String {
+        let mut child = std::process::Command::new(std::env::current_exe().unwrap());
+        child
+            .args([
+                "config::tests::resolve_as_a_child",
+                "--exact",
+                "--nocapture",
+            ])
+            .args(["--test-threads", "1"])
+            .env(CHILD_ARGS, args.join("\u{1f}"));
+        for setting in Settings::DECLARED {
+            child.env_remove(setting.env());
+        }
+        child.env_remove("PITR_CONFIG").envs(env.iter().cloned());
+        let out = child.output().unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let stdout = String::from_utf8(out.stdout).unwrap();
+        stdout
+            .lines()
+            .find_map(|line| line.split_once("resolved: ").map(|(_, settings)| settings))
+            .unwrap_or_else(|| panic!("no settings from the child: {stdout}"))
+            .to_owned()
+    }
+
+    /// Run by `resolved_in_child` only: flags and environment over the config file, the
+    /// retention flags of `expire` over those.
+    #[test]
+    fn resolve_as_a_child() {
+        use clap::Parser;
+        let Ok(args) = std::env::var(CHILD_ARGS) else {
+            return;
+        };
+        let mut argv = vec!["pitr".to_owned()];
+        argv.extend(
+            args.split('\u{1f}')
+                .filter(|a| !a.is_empty())
+                .map(String::from),
+        );
+        let cli = crate::cli::Cli::try_parse_from(argv).unwrap();
+        let crate::cli::Command::Expire { retention, .. } = &cli.command else {
+            panic!("expire expected");
+        };
+        let mut settings = retention.settings().over(cli.global.settings());
+        if let Some(config) = &cli.global.config {
+            settings = settings.over(Settings::read_file(config).unwrap());
+        }
+        println!("resolved: {settings:?}");
+    }
+
+    /// TOML, `PITR_…` variable and flag give each setting the same value; a flag wins over
+    /// the variable, which wins over the file.
+    #[test]
+    fn each_setting_reads_alike_from_file_environment_and_flag_in_that_order() {
+        // Which layers give setting `i`: the file all, the environment two thirds, flags one.
+        let layers = |i: usize| i % 3;
+        let toml_of = |pick: &dyn Fn(usize) -> usize| {
+            Settings::DECLARED
+                .iter()
+                .enumerate()
+                .map(|(i, s)| format!("{} = {}\n", s.name, sample(s.kind, pick(i)).0))
+                .collect::<String>()
+        };
+        let expect = |pick: &dyn Fn(usize) -> usize| {
+            format!(
+                "{:?}",
+                Settings::from_toml(&toml_of(pick), Path::new("t")).unwrap()
+            )
+        };
+        let flag = |s: &DeclaredSetting, layer: usize| -> Vec<String> {
+            let value = sample(s.kind, layer).1;
+            if s.kind == "bool" {
+                vec![format!("{}={value}", s.flag())]
+            } else {
+                vec![s.flag(), value]
+            }
+        };
+        let env = |s: &DeclaredSetting, layer: usize| (s.env(), sample(s.kind, layer).1);
+        let expire = vec!["expire".to_owned()];
+
+        // Each source alone gives what the TOML gives.
+        let all_flags: Vec<String> = expire
+            .iter()
+            .cloned()
+            .chain(Settings::DECLARED.iter().flat_map(|s| flag(s, 2)))
+            .collect();
+        assert_eq!(resolved_in_child(&all_flags, &[]), expect(&|_| 2));
+        let all_env: Vec<_> = Settings::DECLARED.iter().map(|s| env(s, 1)).collect();
+        assert_eq!(resolved_in_child(&expire, &all_env), expect(&|_| 1));
+
+        // All three at once.
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pitr.toml");
+        std::fs::write(&file, toml_of(&|_| 0)).unwrap();
+        let mut args = vec!["--config".to_owned(), file.display().to_string()];
+        args.extend(expire);
+        let mut some_env = Vec::new();
+        for (i, setting) in Settings::DECLARED.iter().enumerate() {
+            if layers(i) >= 1 {
+                some_env.push(env(setting, 1));
+            }
+            if layers(i) == 2 {
+                args.extend(flag(setting, 2));
+            }
+        }
+        assert_eq!(resolved_in_child(&args, &some_env), expect(&layers));
     }
 
     #[test]

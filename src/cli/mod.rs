@@ -12,11 +12,11 @@ mod run;
 use std::path::PathBuf;
 
 use chrono::{DateTime, Utc};
-use clap::builder::BoolishValueParser;
 use clap::{ArgAction, Args, Parser, Subcommand};
 
 use crate::commands::restore::server::ArchiveMode;
 use crate::config::Settings;
+pub use crate::config::{GlobalSettingArgs, RetentionArgs};
 use crate::pg::Lsn;
 use crate::pg::recovery_target::{
     RecoveryRequest, Target, TargetAction, TargetTimeline, parse_target_time,
@@ -43,229 +43,13 @@ pub struct Cli {
 #[derive(Debug, Args)]
 #[command(next_help_heading = "Global options")]
 pub struct GlobalArgs {
-    /// Repository: /abs/path, file:///abs/path, or s3://bucket/prefix.
-    #[arg(long, global = true, env = "PITR_REPO", value_name = "URL")]
-    pub repo: Option<String>,
-
-    /// TOML file with the same settings (repo, s3_endpoint, s3_path_style, storage_timeout,
-    /// storage_retry_time, lock_stale_after, replay_claim_stale_after, notify_url, notify_on_success, check_*, keep_*,
-    /// spool_path, archive_push_parallel, archive_get_prefetch, archive_get_queue_max,
-    /// compression, compression_level).
+    /// TOML file of settings, named as their flags with _ for - (s3_endpoint for
+    /// --s3-endpoint); flags and PITR_… variables win over it.
     #[arg(long, global = true, env = "PITR_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
 
-    /// S3 endpoint for S3-compatible servers (default: AWS_ENDPOINT_URL, else AWS).
-    #[arg(long, global = true, env = "PITR_S3_ENDPOINT", value_name = "URL")]
-    pub s3_endpoint: Option<String>,
-
-    /// Address buckets by path (http://host/bucket), as MinIO and most S3-compatible servers
-    /// need (default false: virtual-hosted, http://bucket.host). A bare flag means true; give
-    /// a value only as --s3-path-style=false.
-    #[arg(
-        long,
-        global = true,
-        env = "PITR_S3_PATH_STYLE",
-        value_name = "BOOL",
-        num_args = 0..=1,
-        require_equals = true,
-        default_missing_value = "true",
-        value_parser = BoolishValueParser::new()
-    )]
-    pub s3_path_style: Option<bool>,
-
-    /// Seconds one repository request may take before it is retried (default 60).
-    #[arg(
-        long,
-        global = true,
-        env = "PITR_STORAGE_TIMEOUT",
-        value_name = "SECONDS"
-    )]
-    pub storage_timeout: Option<u64>,
-
-    /// Seconds a failing repository request is retried for, in all (default 120).
-    #[arg(
-        long,
-        global = true,
-        env = "PITR_STORAGE_RETRY_TIME",
-        value_name = "SECONDS"
-    )]
-    pub storage_retry_time: Option<u64>,
-
-    /// Seconds after which an S3 repository lock whose heartbeat stopped is taken over
-    /// (default 300).
-    #[arg(
-        long,
-        global = true,
-        env = "PITR_LOCK_STALE_AFTER",
-        value_name = "SECONDS"
-    )]
-    pub lock_stale_after: Option<u64>,
-
-    /// Seconds after which a restore's replay claim whose heartbeat stopped is ignored (and
-    /// removed) by expire (default 3600).
-    #[arg(
-        long,
-        global = true,
-        env = "PITR_REPLAY_CLAIM_STALE_AFTER",
-        value_name = "SECONDS"
-    )]
-    pub replay_claim_stale_after: Option<u64>,
-
-    /// Webhook URL (Slack, Discord, Mattermost) to POST to when backup, verify, expire, check or drill fails
-    /// (default: none, no notification).
-    #[arg(
-        long,
-        global = true,
-        env = "PITR_NOTIFY_URL",
-        value_name = "URL",
-        hide_env_values = true
-    )]
-    pub notify_url: Option<String>,
-
-    /// Notify on success too (default false: failures only). A bare flag means true; give a
-    /// value only as --notify-on-success=false.
-    #[arg(
-        long,
-        global = true,
-        env = "PITR_NOTIFY_ON_SUCCESS",
-        value_name = "BOOL",
-        num_args = 0..=1,
-        require_equals = true,
-        default_missing_value = "true",
-        value_parser = BoolishValueParser::new()
-    )]
-    pub notify_on_success: Option<bool>,
-    /// pitr check: age of the newest complete backup, "WARNING,CRITICAL" or "CRITICAL"
-    /// (90s, 15m, 2h, 8d, 1w) or "off" (default 8d,15d).
-    #[arg(
-        long,
-        global = true,
-        env = "PITR_CHECK_BACKUP_AGE",
-        help_heading = "Check thresholds",
-        value_name = "LIMITS"
-    )]
-    pub check_backup_age: Option<String>,
-
-    /// pitr check: age of the newest archived commit; with --dbname only when the repository
-    /// is behind the server (default 15m,1h).
-    #[arg(
-        long,
-        global = true,
-        env = "PITR_CHECK_ARCHIVE_LAG",
-        help_heading = "Check thresholds",
-        value_name = "LIMITS"
-    )]
-    pub check_archive_lag: Option<String>,
-
-    /// pitr check: fewest complete backups, "WARNING,CRITICAL" (warn below the first) or
-    /// "CRITICAL" (default 1).
-    #[arg(
-        long,
-        global = true,
-        env = "PITR_CHECK_MIN_BACKUPS",
-        help_heading = "Check thresholds",
-        value_name = "LIMITS"
-    )]
-    pub check_min_backups: Option<String>,
-
-    /// pitr check: age of the last successful verify (default 8d,15d; "off" to skip).
-    #[arg(
-        long,
-        global = true,
-        env = "PITR_CHECK_VERIFY_AGE",
-        help_heading = "Check thresholds",
-        value_name = "LIMITS"
-    )]
-    pub check_verify_age: Option<String>,
-
-    /// pitr check --switch-wal: seconds to wait for the segment (default 60).
-    #[arg(
-        long,
-        global = true,
-        env = "PITR_CHECK_SWITCH_WAL_TIMEOUT",
-        help_heading = "Check thresholds",
-        value_name = "SECONDS"
-    )]
-    pub check_switch_wal_timeout: Option<u64>,
-
-    /// Local directory for archive-push's look-ahead marks and archive-get's prefetched
-    /// segments (default: .pitr-spool in pg_wal).
-    #[arg(
-        long,
-        global = true,
-        env = "PITR_SPOOL_PATH",
-        help_heading = "WAL archiving",
-        value_name = "DIR"
-    )]
-    pub spool_path: Option<PathBuf>,
-
-    /// archive-push: WAL files stored at once, the one asked for and those ready after it
-    /// (default 4; 1 turns the look-ahead off).
-    #[arg(
-        long,
-        global = true,
-        env = "PITR_ARCHIVE_PUSH_PARALLEL",
-        help_heading = "WAL archiving",
-        value_name = "N"
-    )]
-    pub archive_push_parallel: Option<usize>,
-
-    /// archive-get: segments the background prefetcher fetches at once (default 2; 0 turns
-    /// prefetching off).
-    #[arg(
-        long,
-        global = true,
-        env = "PITR_ARCHIVE_GET_PREFETCH",
-        help_heading = "WAL archiving",
-        value_name = "N"
-    )]
-    pub archive_get_prefetch: Option<usize>,
-
-    /// archive-get: most bytes of prefetched segments kept in the spool (default 256MiB).
-    #[arg(
-        long,
-        global = true,
-        env = "PITR_ARCHIVE_GET_QUEUE_MAX",
-        help_heading = "WAL archiving",
-        value_name = "SIZE"
-    )]
-    pub archive_get_queue_max: Option<String>,
-
-    /// Compression of a new repository (pitr init): lz4 (default) or zstd; fixed for good,
-    /// later commands may only repeat it.
-    #[arg(
-        long,
-        global = true,
-        env = "PITR_COMPRESSION",
-        help_heading = "Compression",
-        value_name = "TYPE"
-    )]
-    pub compression: Option<String>,
-
-    /// Compression level: zstd 1-22 (default 3), at init and for the objects a later command
-    /// writes.
-    #[arg(
-        long,
-        global = true,
-        env = "PITR_COMPRESSION_LEVEL",
-        help_heading = "Compression",
-        value_name = "N",
-        allow_negative_numbers = true
-    )]
-    pub compression_level: Option<i32>,
-
-    /// Encrypted repository: file holding the passphrase (the passphrase itself may also
-    /// come from PITR_PASSPHRASE; never give it on the command line).
-    #[arg(long, global = true, env = "PITR_PASSPHRASE_FILE", value_name = "FILE")]
-    pub passphrase_file: Option<PathBuf>,
-
-    /// Encrypted repository: file of 32 or more random bytes that opens it.
-    #[arg(long, global = true, env = "PITR_KEY_FILE", value_name = "FILE")]
-    pub key_file: Option<PathBuf>,
-
-    /// Encrypted repository: AWS KMS key (id, ARN or alias) that wraps its data key.
-    #[arg(long, global = true, env = "PITR_KMS_KEY_ID", value_name = "KEY")]
-    pub kms_key_id: Option<String>,
+    #[command(flatten)]
+    pub settings: GlobalSettingArgs,
 
     /// More output: -v one line per file, -vv debug (default: a summary).
     #[arg(short, long, global = true, action = ArgAction::Count)]
@@ -279,32 +63,7 @@ pub struct GlobalArgs {
 impl GlobalArgs {
     /// Flags and environment, as clap merged them.
     pub fn settings(&self) -> Settings {
-        Settings {
-            repo: self.repo.clone(),
-            s3_endpoint: self.s3_endpoint.clone(),
-            s3_path_style: self.s3_path_style,
-            storage_timeout: self.storage_timeout,
-            storage_retry_time: self.storage_retry_time,
-            lock_stale_after: self.lock_stale_after,
-            replay_claim_stale_after: self.replay_claim_stale_after,
-            notify_url: self.notify_url.clone(),
-            notify_on_success: self.notify_on_success,
-            check_backup_age: self.check_backup_age.clone(),
-            check_archive_lag: self.check_archive_lag.clone(),
-            check_min_backups: self.check_min_backups.clone(),
-            check_verify_age: self.check_verify_age.clone(),
-            check_switch_wal_timeout: self.check_switch_wal_timeout,
-            spool_path: self.spool_path.clone(),
-            archive_push_parallel: self.archive_push_parallel,
-            archive_get_prefetch: self.archive_get_prefetch,
-            archive_get_queue_max: self.archive_get_queue_max.clone(),
-            compression: self.compression.clone(),
-            compression_level: self.compression_level,
-            passphrase_file: self.passphrase_file.clone(),
-            key_file: self.key_file.clone(),
-            kms_key_id: self.kms_key_id.clone(),
-            ..Settings::default()
-        }
+        self.settings.settings()
     }
 }
 
@@ -376,52 +135,6 @@ impl TargetArgs {
             target,
             action,
             timeline: self.target_timeline,
-        }
-    }
-}
-
-/// The retention policy: flags of `expire` (and of `backup`, which expires after itself when
-/// a rule is set), `PITR_…` variables, or the same names in the config file.
-#[derive(Clone, Debug, Default, Args)]
-#[command(
-    next_help_heading = "Retention (the union of the rules, none by default: all is kept; pinned backups and the newest always stay)"
-)]
-pub struct RetentionArgs {
-    /// Keep the N newest backups.
-    #[arg(long, env = "PITR_KEEP_LAST", value_name = "N")]
-    pub keep_last: Option<u32>,
-    /// Keep every point of this last stretch restorable: 30d, 12h, 2w, 90m.
-    #[arg(long, env = "PITR_KEEP_WITHIN", value_name = "DURATION")]
-    pub keep_within: Option<String>,
-    /// Keep the newest backup of each of the last N days that have one.
-    #[arg(long, env = "PITR_KEEP_DAILY", value_name = "N")]
-    pub keep_daily: Option<u32>,
-    /// Keep the newest backup of each of the last N ISO weeks that have one.
-    #[arg(long, env = "PITR_KEEP_WEEKLY", value_name = "N")]
-    pub keep_weekly: Option<u32>,
-    /// Keep the newest backup of each of the last N months that have one.
-    #[arg(long, env = "PITR_KEEP_MONTHLY", value_name = "N")]
-    pub keep_monthly: Option<u32>,
-    /// Keep the newest backup of each of the last N years that have one.
-    #[arg(long, env = "PITR_KEEP_YEARLY", value_name = "N")]
-    pub keep_yearly: Option<u32>,
-    /// IANA time zone the days, weeks, months and years are counted in (default UTC).
-    #[arg(long, env = "PITR_RETENTION_TIMEZONE", value_name = "ZONE")]
-    pub retention_timezone: Option<String>,
-}
-
-impl RetentionArgs {
-    /// Flags and environment, as clap merged them.
-    pub fn settings(&self) -> Settings {
-        Settings {
-            keep_last: self.keep_last,
-            keep_within: self.keep_within.clone(),
-            keep_daily: self.keep_daily,
-            keep_weekly: self.keep_weekly,
-            keep_monthly: self.keep_monthly,
-            keep_yearly: self.keep_yearly,
-            retention_timezone: self.retention_timezone.clone(),
-            ..Settings::default()
         }
     }
 }
@@ -901,11 +614,11 @@ mod tests {
             "x",
         ])
         .unwrap();
-        assert_eq!(cli.global.s3_path_style, Some(true));
+        assert_eq!(cli.global.settings.s3_path_style, Some(true));
         assert!(matches!(cli.command, Command::ArchiveGet { .. }));
         let cli =
             Cli::try_parse_from(["pitr", "archive-push", "f", "--s3-path-style=false"]).unwrap();
-        assert_eq!(cli.global.s3_path_style, Some(false));
+        assert_eq!(cli.global.settings.s3_path_style, Some(false));
     }
 
     #[test]

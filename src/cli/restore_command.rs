@@ -7,7 +7,7 @@
 
 use std::path::Path;
 
-use crate::config::Settings;
+use crate::config::{SettingValue, Settings};
 
 /// One word for `/bin/sh`, exactly as given: plain words as they are, anything else in
 /// single quotes, where only `'` itself needs care.
@@ -32,56 +32,6 @@ pub fn shell_command(program: &str, args: &[&str]) -> String {
         .join(" ")
 }
 
-/// The settings archive-get and its prefetcher run with, as (name, value): the name is the
-/// TOML key; the flag and the `PITR_…` variable follow from it.
-fn archive_get_settings(settings: &Settings) -> Vec<(&'static str, String)> {
-    let spool_path = settings
-        .spool_path
-        .as_ref()
-        .map(|p| p.display().to_string());
-    // Key settings name files and key ids, never a secret; made absolute, since
-    // restore_command runs in the data directory.
-    let absolute = |path: &Option<std::path::PathBuf>| {
-        path.as_ref().map(|p| {
-            std::path::absolute(p)
-                .unwrap_or_else(|_| p.clone())
-                .display()
-                .to_string()
-        })
-    };
-    [
-        ("repo", settings.repo.clone()),
-        ("s3_endpoint", settings.s3_endpoint.clone()),
-        (
-            "s3_path_style",
-            (settings.s3_path_style == Some(true)).then(|| "true".to_owned()),
-        ),
-        (
-            "storage_timeout",
-            settings.storage_timeout.map(|s| s.to_string()),
-        ),
-        (
-            "storage_retry_time",
-            settings.storage_retry_time.map(|s| s.to_string()),
-        ),
-        ("spool_path", spool_path),
-        (
-            "archive_get_prefetch",
-            settings.archive_get_prefetch.map(|n| n.to_string()),
-        ),
-        (
-            "archive_get_queue_max",
-            settings.archive_get_queue_max.clone(),
-        ),
-        ("passphrase_file", absolute(&settings.passphrase_file)),
-        ("key_file", absolute(&settings.key_file)),
-        ("kms_key_id", settings.kms_key_id.clone()),
-    ]
-    .into_iter()
-    .filter_map(|(name, value)| Some((name, value?)))
-    .collect()
-}
-
 /// `<exe> [--config F] [--repo R] [--s3-endpoint E] [--s3-path-style] … archive-get %f %p`.
 pub fn restore_command(exe: &str, settings: &Settings, config: Option<&Path>) -> String {
     let config = config.map(|c| c.display().to_string());
@@ -89,11 +39,15 @@ pub fn restore_command(exe: &str, settings: &Settings, config: Option<&Path>) ->
     if let Some(config) = config {
         args.extend(["--config".to_owned(), config]);
     }
-    for (name, value) in archive_get_settings(settings) {
-        args.push(format!("--{}", name.replace('_', "-")));
-        // A bare boolean flag means true.
-        if name != "s3_path_style" {
-            args.push(value);
+    // The settings declared `#[restore_command]` (config.rs); paths made absolute, since
+    // restore_command runs in the data directory.
+    for (setting, value) in settings.carried() {
+        let flag = setting.flag();
+        match value {
+            // A bare boolean flag means true; a value only after `=`.
+            SettingValue::Bool(true) => args.push(flag),
+            SettingValue::Bool(false) => args.push(format!("{flag}=false")),
+            SettingValue::Text(text) => args.extend([flag, text]),
         }
     }
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -102,9 +56,10 @@ pub fn restore_command(exe: &str, settings: &Settings, config: Option<&Path>) ->
 
 /// The same settings as `PITR_…` variables, for a process pitr starts itself.
 pub fn settings_env(settings: &Settings) -> Vec<(String, String)> {
-    archive_get_settings(settings)
+    settings
+        .carried()
         .into_iter()
-        .map(|(name, value)| (format!("PITR_{}", name.to_ascii_uppercase()), value))
+        .map(|(setting, value)| (setting.env(), value.env_value()))
         .collect()
 }
 
@@ -313,6 +268,18 @@ mod tests {
         assert!(
             env.contains(&("PITR_REPO".into(), "s3://bucket/my repo".into())),
             "{env:?}"
+        );
+        // A false set anywhere must beat a true in the config file restore_command names.
+        let settings = Settings {
+            repo: Some("/srv/repo".into()),
+            s3_path_style: Some(false),
+            spool_path: Some("/var/spool/pitr".into()),
+            ..Settings::default()
+        };
+        assert_eq!(
+            restore_command("pitr", &settings, None),
+            "pitr --repo /srv/repo --s3-path-style=false --spool-path /var/spool/pitr \
+             archive-get %f %p"
         );
     }
 }
