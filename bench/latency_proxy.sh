@@ -6,7 +6,8 @@
 # connection (in flight together: far less than one delay per chunk). tests/it/latency_proxy.rs
 # asserts the behaviour (at least the delay, chunks in flight together); the figures are here.
 #
-#   bash bench/latency_proxy.sh            (LATENCY_MS=20 BULK_MB=64 by default)
+#   bash bench/latency_proxy.sh            (LATENCY_MS=20 BULK_MB=64 by default; PROFILE=debug
+#                                           measures a debug build, as the tests run it)
 #
 # Needs python3.
 set -euo pipefail
@@ -14,8 +15,14 @@ cd "$(dirname "$0")/.."
 
 LATENCY_MS=${LATENCY_MS:-20}
 BULK_MB=${BULK_MB:-64}
+PROFILE=${PROFILE:-release}
 
-cargo build --release --quiet --example latency_proxy
+if [ "$PROFILE" = debug ]; then
+  cargo build --quiet --example latency_proxy
+else
+  cargo build --release --quiet --example latency_proxy
+fi
+PROXY_BIN=target/$PROFILE/examples/latency_proxy
 WORK=$(mktemp -d /tmp/pitr-bench-proxy-XXXXXX)
 PIDS=()
 cleanup() {
@@ -46,7 +53,7 @@ ECHO_PORT=$(cat "$WORK/echo.port")
 # The proxy is given its port: a free one, tried again on another if it was taken meanwhile.
 for _ in 1 2 3 4 5; do
   PROXY_PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-  target/release/examples/latency_proxy "$PROXY_PORT" "$ECHO_PORT" "$LATENCY_MS" 2>"$WORK/proxy.err" &
+  "$PROXY_BIN" "$PROXY_PORT" "$ECHO_PORT" "$LATENCY_MS" 2>"$WORK/proxy.err" &
   PROXY=$!
   until grep -q "latency_proxy:" "$WORK/proxy.err" 2>/dev/null || ! kill -0 "$PROXY" 2>/dev/null; do
     sleep 0.05
