@@ -523,17 +523,36 @@ impl RefusingPort {
 /// and it is started again on another. Returns what `start` returned and the port.
 pub fn start_on_a_free_port<T>(what: &str, mut start: impl FnMut(u16) -> Option<T>) -> (T, u16) {
     for _ in 0..20 {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = port_to_listen_on();
         if let Some(started) = start(port) {
             return (started, port);
         }
         eprintln!("{what}: port {port} was taken; trying another");
     }
     panic!("{what}: 20 ports in a row were taken");
+}
+
+/// A port free on 127.0.0.1 now, drawn at random below the kernel's ephemeral range: there
+/// no outgoing connection takes it as its local port (also not while the server that gets
+/// it restarts on it), and servers started here rarely draw the same one.
+fn port_to_listen_on() -> u16 {
+    use std::hash::{BuildHasher, Hasher};
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    // Above the ports of well-known services and of the clusters restore places near 5432.
+    let low = 10_000.min(ephemeral_low / 2).max(1024);
+    let span = u64::from(ephemeral_low.saturating_sub(low).max(1));
+    loop {
+        let random = std::collections::hash_map::RandomState::new()
+            .build_hasher()
+            .finish();
+        let port = low + u16::try_from(random % span).unwrap();
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 impl S3Server {
