@@ -555,7 +555,8 @@ async fn s3_missing_repository_or_credentials_fail_at_once_in_one_line() {
     let location = t.pitr.repo.clone();
     let empty = t.dir.write("empty-aws-config", "");
     chown_to_postgres(&empty);
-    let metadata_service = format!("http://127.0.0.1:{}", free_port());
+    let closed = RefusingPort::bind();
+    let metadata_service = closed.url();
     let run = |credentials: &[(&str, &str)], args: &[&std::ffi::OsStr]| {
         as_postgres(&t.pitr.bin)
             .args(args)

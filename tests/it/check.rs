@@ -3,10 +3,10 @@
 //! backup, verify and check record, and `pitr metrics` printed and served, parsed as
 //! Prometheus text and compared with what `pitr list` says.
 
-use std::io::{Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::common::*;
 use serde_json::Value;
@@ -370,28 +370,33 @@ fn check_history_and_metrics_on_a_live_cluster() {
         stderr(&out)
     );
 
-    // Metrics, served: scraped over HTTP, then the server stopped.
-    let port = free_port();
-    let mut server = Command::new(&pitr.bin)
-        .arg("--repo")
-        .arg(&pitr.repo)
-        .args(["metrics", "--listen", &format!("127.0.0.1:{port}")])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            server.try_wait().unwrap().is_none(),
-            "the metrics server exited"
-        );
-        assert!(
-            Instant::now() < deadline,
-            "the metrics server never listened"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    // Metrics, served: scraped over HTTP, then the server stopped. It says it serves once
+    // it holds the port; a port taken meanwhile by another process, it is started again.
+    let (mut server, port) = start_on_a_free_port("pitr metrics", |port| {
+        let mut server = Command::new(&pitr.bin)
+            .arg("--repo")
+            .arg(&pitr.repo)
+            .args(["metrics", "--listen", &format!("127.0.0.1:{port}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(server.stderr.take().unwrap()).lines();
+        let mut said = String::new();
+        for line in lines.by_ref() {
+            let line = line.unwrap();
+            if line.contains("serving metrics on") {
+                // Keep reading, so that a full pipe never stalls the server.
+                std::thread::spawn(move || lines.for_each(drop));
+                return Some(server);
+            }
+            said.push_str(&line);
+            said.push('\n');
+        }
+        server.wait().unwrap();
+        assert!(said.contains("in use"), "the metrics server exited: {said}");
+        None
+    });
     let (status_line, body) = http_get(port, "/metrics");
     assert!(status_line.contains(" 200 "), "{status_line}\n{body}");
     let served = parse_metrics(&body);

@@ -6,7 +6,7 @@ use std::ffi::OsStr;
 use std::process::Output;
 
 use crate::common::kms_server::KmsServer;
-use crate::common::{PgCluster, Pitr, Repo, TestDir, code, free_port, stderr};
+use crate::common::{PgCluster, Pitr, RefusingPort, Repo, TestDir, code, stderr};
 
 const FIRST: &str = "000000010000000000000001";
 
@@ -126,7 +126,8 @@ async fn a_kms_key_wraps_the_data_key_beside_a_passphrase_and_alone_opens_nothin
     );
 
     // KMS out of reach: a key error naming the key, never "not in the repository".
-    let unreachable = format!("http://127.0.0.1:{}", free_port());
+    let refusing = RefusingPort::bind();
+    let unreachable = refusing.url();
     let mut cmd = pitr.command(["archive-get".as_ref(), OsStr::new(FIRST), dest.as_os_str()]);
     cmd.env("PITR_KMS_KEY_ID", &key_a)
         .env("AWS_ENDPOINT_URL_KMS", &unreachable);

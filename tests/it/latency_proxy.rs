@@ -1,6 +1,7 @@
 //! The tests' latency proxy: it adds its delay to every round trip and one more to a new
-//! connection, does not slow a bulk transfer down to one chunk per delay, counts what went
-//! through, and is gone when dropped.
+//! connection, does not slow a bulk transfer down to one chunk per delay (it keeps reading
+//! while chunks wait out their delay), counts what went through, and is gone when dropped.
+//! How fast it is, is measured by bench/latency_proxy.sh, not asserted here.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -41,29 +42,32 @@ fn round_trips_pay_the_delay_and_bulk_transfers_do_not_pay_it_per_chunk() {
     assert_eq!(&answer, b"ping");
     assert!(first >= 4 * DELAY, "first round trip took {first:?}");
 
-    // Later exchanges on the same connection: one round trip each.
+    // Later exchanges on the same connection: a round trip each (and no new connection,
+    // counted below).
     for _ in 0..3 {
         let start = Instant::now();
         stream.write_all(b"pong").unwrap();
         stream.read_exact(&mut answer).unwrap();
         let took = start.elapsed();
         assert!(took >= 2 * DELAY, "round trip took {took:?}");
-        assert!(took < 2 * DELAY + Duration::from_millis(200), "{took:?}");
     }
+    // One chunk each way at a time so far.
+    assert_eq!(proxy.peak_chunks_in_line(), 1);
 
-    // 64 MiB there and back: hundreds of chunks, each delayed, yet in flight together.
+    // 64 MiB there and back: hundreds of chunks, each delayed, yet in flight together
+    // (read while earlier ones wait out their delay), not one chunk per delay.
     let payload: Vec<u8> = (0..64 << 20).map(|i: u32| (i % 251) as u8).collect();
-    let start = Instant::now();
     let mut writer = stream.try_clone().unwrap();
     let sent = payload.clone();
     let sender = std::thread::spawn(move || writer.write_all(&sent).unwrap());
     let mut echoed = vec![0u8; payload.len()];
     stream.read_exact(&mut echoed).unwrap();
     sender.join().unwrap();
-    let bulk = start.elapsed();
     assert!(echoed == payload, "the echo differs from what was sent");
-    // Serial per-chunk sleeps would take at least 1024 chunks x 40 ms.
-    assert!(bulk < Duration::from_secs(10), "64 MiB took {bulk:?}");
+    assert!(
+        proxy.peak_chunks_in_line() > 1,
+        "the bulk transfer went one chunk per delay"
+    );
 
     assert_eq!(proxy.connections(), 1);
     let expected = 4 * 4 + payload.len() as u64;

@@ -22,17 +22,48 @@ struct DebianCluster {
 }
 
 impl DebianCluster {
-    /// Owns the name before creating anything: a failed creation is cleaned up too.
-    fn create(name: &str, port: u16, data: &Path) -> Self {
+    /// Owns the name before creating anything: a failed creation is cleaned up too. Its
+    /// port is set when it starts ([`DebianCluster::start_on_tcp`]).
+    fn create(name: &str, data: &Path) -> Self {
         let cluster = DebianCluster {
             name: name.to_owned(),
         };
         run_ok(
             Command::new("pg_createcluster")
-                .args(["15", name, "-p", &port.to_string(), "-d"])
+                .args(["15", name, "-d"])
                 .arg(data),
         );
         cluster
+    }
+
+    /// Starts it listening on localhost (Debian's default) on a port free when chosen, or,
+    /// when another process took it first, on another; returns the port.
+    fn start_on_tcp(&self, log: &Path) -> u16 {
+        let ((), port) = start_on_a_free_port("the Debian cluster", |port| {
+            use std::io::Write;
+            let mut conf = std::fs::OpenOptions::new()
+                .append(true)
+                .open(self.etc().join("postgresql.conf"))
+                .unwrap();
+            writeln!(conf, "port = {port}").unwrap();
+            let logged = std::fs::read_to_string(log).unwrap_or_default().len();
+            let out = Command::new("pg_ctlcluster")
+                .args(["15", &self.name, "start"])
+                .output()
+                .unwrap();
+            if out.status.success() {
+                return Some(());
+            }
+            let all = std::fs::read_to_string(log).unwrap_or_default();
+            let attempt = all.get(logged..).unwrap_or(&all);
+            assert!(
+                attempt.contains("could not bind") || attempt.contains("already in use"),
+                "pg_ctlcluster start failed: {}\n{all}",
+                stderr(&out)
+            );
+            None
+        });
+        port
     }
 
     /// Adopts a cluster something else created (restore --config-dir): dropped on drop.
@@ -131,9 +162,8 @@ fn a_debian_cluster_restores_anywhere_with_its_configuration() {
     let repo = Repo::local(&dir);
     let pitr = Pitr::install(&dir, &repo);
     let name = format!("pitrdeb{}", std::process::id());
-    let port = free_port();
     let data = dir.path().join("data");
-    let debian = DebianCluster::create(&name, port, &data);
+    let debian = DebianCluster::create(&name, &data);
     let etc = debian.etc();
     // An include chain (include_dir with files of its own) and a pg_hba rule of this cluster.
     debian.write_conf(
@@ -156,8 +186,8 @@ fn a_debian_cluster_restores_anywhere_with_its_configuration() {
         .output()
         .unwrap();
     assert_eq!(code(&out), 0, "{}", stderr(&out));
-    debian.ctl("start");
     let log = PathBuf::from(format!("/var/log/postgresql/postgresql-15-{name}.log"));
+    let port = debian.start_on_tcp(&log);
     let mut original = PgCluster::adopt(data.clone(), SOCKETS.into(), port, log);
     original.sql("create table t (id int primary key)");
     original.sql("insert into t select generate_series(1, 100)");

@@ -31,6 +31,19 @@ fn timeline_files(root: &Path, timeline: u32) -> Vec<String> {
     found
 }
 
+/// The archiver's marks (`.ready`, `.done`) of timeline `timeline` in `data`'s pg_wal.
+fn archive_marks(data: &Path, timeline: u32) -> Vec<String> {
+    let prefix = format!("{timeline:08X}");
+    let mut marks: Vec<String> = std::fs::read_dir(data.join("pg_wal/archive_status"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(&prefix))
+        .collect();
+    marks.sort();
+    marks
+}
+
 /// `restore --pgdata DIR ARGS…`: the output and the directory.
 fn restore(pitr: &Pitr, dir: &TestDir, name: &str, args: &[&str]) -> (String, PathBuf) {
     let data = dir.path().join(name);
@@ -176,10 +189,16 @@ fn a_copy_beside_the_primary_starts_and_does_not_archive() {
         "00000002"
     );
     write_and_switch(&copy);
-    // The primary still runs and archives; the copy does not.
+    // The primary still runs and archives; the copy does not: no segment or history file
+    // of its timeline is marked for the archiver (PostgreSQL marks one as it completes it,
+    // within pg_switch_wal, when archiving), and none reached the repository.
     primary.archive_current_segment(WAIT);
-    std::thread::sleep(Duration::from_secs(3));
     assert_eq!(copy.sql("show archive_mode"), "off");
+    assert_eq!(
+        archive_marks(&data, 2),
+        Vec::<String>::new(),
+        "the copy marked files of timeline 2 for archiving"
+    );
     assert_eq!(
         timeline_files(&root, 2),
         Vec::<String>::new(),
@@ -247,8 +266,9 @@ fn a_copy_beside_the_primary_starts_and_does_not_archive() {
         "{plan}"
     );
 
-    // 3. --port is honoured.
-    let asked = free_port();
+    // 3. --port is honoured. The copy listens on the primary's private socket directory
+    // only, where a port names a socket file: one no other server there holds is free.
+    let asked = primary.port + 100;
     let (stdout, data) = restore(
         &pitr,
         &dir,

@@ -383,8 +383,6 @@ async fn no_secret_in_any_output_or_written_file() {
         &s3_env,
         &[0],
     );
-    let port = free_port();
-    cluster.port = port;
     // The commands name files and repositories; the secrets come from the server's
     // environment.
     let archive_command = format!(
@@ -394,7 +392,7 @@ async fn no_secret_in_any_output_or_written_file() {
         bin = pitr.bin.display()
     );
     cluster.configure(&format!(
-        "port = {port}\nlisten_addresses = '127.0.0.1'\narchive_mode = on\n\
+        "listen_addresses = '127.0.0.1'\narchive_mode = on\n\
          archive_command = '{archive_command}'\n"
     ));
     std::fs::write(
@@ -402,7 +400,7 @@ async fn no_secret_in_any_output_or_written_file() {
         "local all all trust\nhost all all 127.0.0.1/32 scram-sha-256\n",
     )
     .unwrap();
-    cluster.start_with_env(&s3_env);
+    let port = cluster.start_on_tcp(&s3_env);
     cluster.sql(&format!("ALTER ROLE postgres PASSWORD '{PG_PASSWORD}'"));
     cluster.sql("CREATE TABLE t AS SELECT generate_series(1, 1000) AS n");
 
@@ -684,10 +682,10 @@ async fn no_secret_in_any_output_or_written_file() {
     ] {
         verbose_restore_command(&data);
         let mut cluster = PgCluster::restored(&dir, name, data);
-        // After what restore wrote into postgresql.auto.conf (a port beside the running
-        // primary's), which postgresql.conf cannot override.
-        cluster.port = free_port();
-        cluster.configure_auto(&format!("port = {}\nlisten_addresses = ''", cluster.port));
+        // After what restore wrote into postgresql.auto.conf (the primary's TCP address),
+        // which postgresql.conf cannot override: on its own socket only, where the port
+        // restore wrote names a socket file no other server uses.
+        cluster.configure_auto("listen_addresses = ''");
         cluster.start_with_env(&env);
         restored.push(cluster);
     }

@@ -128,10 +128,8 @@ fn tls_and_credentials_against_a_hostssl_only_server() {
     let repo = Repo::local(&dir);
     let certs = make_certificates(&dir.subdir("certs"));
     let (pitr, mut cluster) = initialised_cluster(&dir, &repo);
-    let port = free_port();
-    cluster.port = port;
     cluster.configure(&format!(
-        "archive_mode = on\narchive_command = '{}'\nport = {port}\n\
+        "archive_mode = on\narchive_command = '{}'\n\
          listen_addresses = '127.0.0.1'\nssl = on\nssl_cert_file = '{}'\nssl_key_file = '{}'\n\
          ssl_ca_file = '{}'",
         pitr.archive_command(),
@@ -147,7 +145,7 @@ fn tls_and_credentials_against_a_hostssl_only_server() {
          hostssl all all 127.0.0.1/32 scram-sha-256\n",
     )
     .unwrap();
-    cluster.start();
+    let port = cluster.start_on_tcp(&[]);
     cluster.sql("CREATE ROLE certuser LOGIN SUPERUSER");
     cluster.sql(&format!("ALTER ROLE postgres PASSWORD '{PASSWORD}'"));
 

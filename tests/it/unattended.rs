@@ -321,7 +321,8 @@ async fn notification_scenarios(dir: &TestDir, pitr: &Pitr, cluster: &PgCluster)
         "{}",
         stderr(&out)
     );
-    let nobody = format!("http://127.0.0.1:{}/hook", free_port());
+    let refusing = RefusingPort::bind();
+    let nobody = format!("{}/hook", refusing.url());
     failing_backup(pitr, cluster, &["--notify-url", &nobody]);
     let out = pitr.run(["--notify-url", &nobody, "--notify-on-success", "verify"]);
     assert_eq!(code(&out), i32::from(EXIT_OK), "{}", stderr(&out));

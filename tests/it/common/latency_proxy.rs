@@ -34,6 +34,9 @@ pub struct ProxyCounters {
     pub connections: AtomicU64,
     pub bytes_to_upstream: AtomicU64,
     pub bytes_to_client: AtomicU64,
+    /// The most chunks one direction of a connection held read and not yet written: above 1,
+    /// reading went on while earlier chunks waited out their delay.
+    pub peak_chunks_in_line: AtomicU64,
 }
 
 /// A running proxy; stops (closing every connection) when dropped.
@@ -103,6 +106,11 @@ impl LatencyProxy {
 
     pub fn bytes_to_client(&self) -> u64 {
         self.counters.bytes_to_client.load(Ordering::Relaxed)
+    }
+
+    /// See [`ProxyCounters::peak_chunks_in_line`].
+    pub fn peak_chunks_in_line(&self) -> u64 {
+        self.counters.peak_chunks_in_line.load(Ordering::Relaxed)
     }
 
     /// Blocks until the proxy's thread ends (for a binary that runs until killed).
@@ -181,6 +189,8 @@ async fn delay_line(
     to_upstream: bool,
 ) {
     let (line, mut arrivals) = mpsc::channel::<Item>(LINE_CHUNKS);
+    let in_line = Arc::new(AtomicU64::new(0));
+    let (reader_in_line, reader_counters) = (in_line.clone(), counters.clone());
     let reader = async move {
         let mut buffer = BytesMut::new();
         loop {
@@ -192,6 +202,11 @@ async fn delay_line(
                 return;
             }
             let chunk = buffer.split().freeze();
+            // Counted before the send: the writer may take the chunk out at once.
+            let held = reader_in_line.fetch_add(1, Ordering::Relaxed) + 1;
+            reader_counters
+                .peak_chunks_in_line
+                .fetch_max(held, Ordering::Relaxed);
             if line.send(Item::Data(read_at, chunk)).await.is_err() {
                 return;
             }
@@ -202,7 +217,9 @@ async fn delay_line(
             match item {
                 Item::Data(read_at, chunk) => {
                     tokio::time::sleep_until(read_at + delay).await;
-                    if to.write_all(&chunk).await.is_err() {
+                    let written = to.write_all(&chunk).await;
+                    in_line.fetch_sub(1, Ordering::Relaxed);
+                    if written.is_err() {
                         // The other side is gone: stop reading too (the line's receiver drops).
                         return;
                     }

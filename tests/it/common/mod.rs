@@ -487,12 +487,72 @@ fn upstream_address(endpoint: &str) -> SocketAddr {
 pub const S3_ACCESS_KEY: &str = "pitr-tests";
 pub const S3_SECRET_KEY: &str = "pitr-tests-secret";
 
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// A port on 127.0.0.1 that refuses every connection while this lives: bound by a socket
+/// that never listens, so nothing else can listen there meanwhile (a port probed free and
+/// let go could be taken, and answer). For "nobody there" cases: an unreachable KMS, webhook
+/// or metadata service.
+pub struct RefusingPort {
+    _socket: tokio::net::TcpSocket,
+    port: u16,
+}
+
+impl RefusingPort {
+    pub fn bind() -> Self {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(SocketAddr::from(([127, 0, 0, 1], 0))).unwrap();
+        let port = socket.local_addr().unwrap().port();
+        RefusingPort {
+            _socket: socket,
+            port,
+        }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+/// Starts a server that cannot bind port 0 and say which port it got (PostgreSQL, `pitr
+/// metrics --listen`) on a port free when chosen; `start` returns None when the server
+/// found the port taken (by anything else on the machine, between the choice and its bind),
+/// and it is started again on another. Returns what `start` returned and the port.
+pub fn start_on_a_free_port<T>(what: &str, mut start: impl FnMut(u16) -> Option<T>) -> (T, u16) {
+    for _ in 0..20 {
+        let port = port_to_listen_on();
+        if let Some(started) = start(port) {
+            return (started, port);
+        }
+        eprintln!("{what}: port {port} was taken; trying another");
+    }
+    panic!("{what}: 20 ports in a row were taken");
+}
+
+/// A port free on 127.0.0.1 now, drawn at random below the kernel's ephemeral range: there
+/// no outgoing connection takes it as its local port (also not while the server that gets
+/// it restarts on it), and servers started here rarely draw the same one.
+fn port_to_listen_on() -> u16 {
+    use std::hash::{BuildHasher, Hasher};
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    // Above the ports of well-known services and of the clusters restore places near 5432.
+    let low = 10_000.min(ephemeral_low / 2).max(1024);
+    let span = u64::from(ephemeral_low.saturating_sub(low).max(1));
+    loop {
+        let random = std::collections::hash_map::RandomState::new()
+            .build_hasher()
+            .finish();
+        let port = low + u16::try_from(random % span).unwrap();
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 impl S3Server {
@@ -883,6 +943,31 @@ impl PgCluster {
         // Stopped on drop also when pg_ctl gave up waiting on a server that is still there.
         self.started = true;
         out.status.success()
+    }
+
+    /// Starts the server listening on TCP too (`listen_addresses` as configured, e.g.
+    /// '127.0.0.1', for tests of TLS and passwords), on a port free when chosen, or, when
+    /// another process took it before PostgreSQL bound it, on another. Sets and returns
+    /// [`PgCluster::port`].
+    pub fn start_on_tcp(&mut self, env: &[(String, String)]) -> u16 {
+        let ((), port) = start_on_a_free_port("PostgreSQL", |port| {
+            self.port = port;
+            // postgresql.auto.conf: it wins over whatever port postgresql.conf holds.
+            self.configure_auto(&format!("port = {port}"));
+            let logged = self.server_log().len();
+            if self.try_start_with_env(env) {
+                return Some(());
+            }
+            let log = self.server_log();
+            let attempt = log.get(logged..).unwrap_or(&log);
+            assert!(
+                attempt.contains("could not bind") || attempt.contains("already in use"),
+                "pg_ctl start failed; server log:\n{log}"
+            );
+            self.started = false;
+            None
+        });
+        port
     }
 
     pub fn stop(&mut self) {
