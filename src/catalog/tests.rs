@@ -293,6 +293,14 @@ async fn pins_live_beside_the_sealed_manifest_and_the_expired_mark_only_rises() 
     );
 }
 
+/// Compact JSON of an object with the checksum its text has, as `sealed::seal` computes it.
+fn sealed_compact(compact: &str) -> String {
+    use sha2::Digest;
+    let checksum = hex::encode(sha2::Sha256::digest(compact.as_bytes()));
+    let body = compact.strip_suffix('}').unwrap();
+    format!("{body},\"checksum\":\"sha256:{checksum}\"}}")
+}
+
 #[test]
 fn identity_records_zstd_and_leaves_lz4_out() {
     let lz4 = RepositoryIdentity::for_tests(16 << 20, 8192);
@@ -312,16 +320,18 @@ fn identity_records_zstd_and_leaves_lz4_out() {
         "{json}"
     );
     assert_eq!(RepositoryIdentity::parse(json.as_bytes()).unwrap(), zstd);
-    // Unsealed (as before checksums), so that the content, not a checksum, is refused.
+    // Sealed over the changed text, so that the content, not the checksum, is refused.
     let plain = serde_json::to_string(&zstd).unwrap();
-    assert!(RepositoryIdentity::parse(plain.as_bytes()).is_ok());
+    assert!(RepositoryIdentity::parse(sealed_compact(&plain).as_bytes()).is_ok());
+    assert!(
+        RepositoryIdentity::parse(plain.as_bytes()).is_err(),
+        "no seal"
+    );
     for (from, to) in [("\"zstd\"", "\"brotli\""), ("\"level\":7", "\"level\":30")] {
         let changed = plain.replace(from, to);
         assert!(changed != plain, "{to}");
-        assert!(
-            RepositoryIdentity::parse(changed.as_bytes()).is_err(),
-            "{to}"
-        );
+        let err = RepositoryIdentity::parse(sealed_compact(&changed).as_bytes()).unwrap_err();
+        assert!(!err.contains("checksum"), "{to}: {err}");
     }
 }
 
