@@ -582,14 +582,7 @@ impl Catalog {
             object_kind: self.object_kind().await?,
             ..WalListing::default()
         };
-        for meta in rollup_metas {
-            if let Some(key) = RollupKey::parse(&meta.key, segment_size) {
-                listing
-                    .rollups
-                    .entry((key.timeline, key.first_segno, key.span))
-                    .or_insert(key);
-            }
-        }
+        listing.add_rollup_metas(rollup_metas, segment_size);
         listing.add_metas(history_metas, segment_size);
         let prefixes = prefixes_to_list(&folders, &listing.rollups, segment_size);
         let listed: Vec<Vec<ObjectMeta>> = stream::iter(prefixes)

@@ -56,11 +56,12 @@ fn identity_json_keeps_the_system_identifier_exact() {
         "{json}"
     );
     assert_eq!(
-        RepositoryIdentity::parse(json.as_bytes()).unwrap(),
+        RepositoryIdentity::parse(sealed_compact(&json).as_bytes()).unwrap(),
         identity
     );
     let odd = json.replace("16777216", "1000000");
-    assert!(RepositoryIdentity::parse(odd.as_bytes()).is_err());
+    let err = RepositoryIdentity::parse(sealed_compact(&odd).as_bytes()).unwrap_err();
+    assert!(err.contains("segment size"), "{err}");
 }
 
 fn memory_catalog() -> (Arc<crate::storage::MemoryStorage>, Catalog) {
@@ -451,5 +452,37 @@ async fn a_zstd_repository_names_its_objects_zst() {
     assert_eq!(
         level_19.compression().await.unwrap(),
         Compression::Zstd { level: 19 }
+    );
+}
+
+#[tokio::test]
+async fn a_manifest_without_its_seal_is_refused_as_damaged() {
+    let (store, catalog) = memory_catalog();
+    let manifest = crate::recovery::plan::tests::backup("unsealed", 1, 2, 3, 5);
+    // Sealed, it is read; the same JSON without its checksum is not.
+    let sealed = sealed::seal(&manifest);
+    if let Err(e) = backup::BackupManifest::parse(&sealed, "unsealed") {
+        assert!(!e.contains("checksum"), "{e}");
+    }
+    store
+        .put(
+            &backup::manifest_key("unsealed"),
+            PutPayload::from_bytes(serde_json::to_vec_pretty(&manifest).unwrap()),
+            PutMode::Create,
+        )
+        .await
+        .unwrap();
+    let list = catalog.backup_list().await.unwrap();
+    assert!(list.manifests.is_empty());
+    assert_eq!(list.damaged.len(), 1);
+    assert!(
+        list.damaged[0].reason.contains("no \"checksum\" field"),
+        "{}",
+        list.damaged[0].reason
+    );
+    let err = catalog.manifest("unsealed").await.unwrap_err();
+    assert_eq!(
+        crate::error::Error::from(err).exit_code(),
+        crate::error::EXIT_CORRUPT
     );
 }

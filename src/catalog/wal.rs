@@ -137,6 +137,28 @@ impl WalListing {
         }
     }
 
+    /// Sorts listed rollups in (the first of two keys naming one group wins); anything else
+    /// is skipped.
+    pub(super) fn add_rollup_metas(&mut self, metas: Vec<ObjectMeta>, segment_size: u64) {
+        for meta in metas {
+            if let Some(key) = RollupKey::parse(&meta.key, segment_size) {
+                self.rollups
+                    .entry((key.timeline, key.first_segno, key.span))
+                    .or_insert(key);
+            }
+        }
+    }
+
+    /// A listing of every object `metas` names, as an overview sorts it in: for tests that
+    /// feed arbitrary listings to what reads one.
+    #[cfg(test)]
+    pub(crate) fn from_metas(metas: Vec<ObjectMeta>, segment_size: u64) -> Self {
+        let mut listing = WalListing::default();
+        listing.add_rollup_metas(metas.clone(), segment_size);
+        listing.add_metas(metas, segment_size);
+        listing
+    }
+
     /// Sorts listed objects in: WAL files and summaries; anything else is skipped.
     pub(super) fn add_metas(&mut self, metas: Vec<ObjectMeta>, segment_size: u64) {
         for meta in metas {
