@@ -681,14 +681,11 @@ fn wal_gaps<'a>(
         let path = timeline_path(timeline, entries);
         if let Some(before) = switch_segno.checked_sub(1) {
             let ancestor = timeline_of_segment(&path, before, segment_size);
-            if let Some(segments) = present.get(&ancestor)
+            if let Some(&have) = present.get(&ancestor).and_then(|s| s.last())
                 && !expired_at(ancestor, before)
+                && have < before
             {
-                if let Some(&have) = segments.last()
-                    && have < before
-                {
-                    missing(ancestor, have + 1..=before);
-                }
+                missing(ancestor, have + 1..=before);
             }
         }
         // The child's WAL starts in the segment holding the switch point.

@@ -89,10 +89,10 @@ async fn crafted_rollup_sizes_past_u64_max_are_listed_planned_and_measured_witho
             },
             backup: None,
         };
+        // The empty rollups count as damaged and their groups hold nothing: a typed error,
+        // the catalog's (a segment a rollup named is not there) or the planner's.
         let planned = gather_and_plan(&catalog, &mut view, &backups, &request, 4).await;
-        if let Ok(Ok(plan)) = planned {
-            assert!(plan.wal_bytes <= u64::MAX);
-        }
+        assert!(!matches!(planned, Ok(Ok(_))));
     }
     // Retention over the same view.
     let now = Utc.with_ymd_and_hms(2026, 12, 1, 0, 0, 0).unwrap();
