@@ -315,10 +315,20 @@ impl WalDecoder {
             if start.0 >= page_lsn.plus(self.block_size).0 {
                 return; // starts on a later page
             }
-            let available = &page[(start.0 - page_lsn.0) as usize..];
+            // Records are 8-aligned, so xl_tot_len is always on the page the record starts
+            // on; where the arithmetic says otherwise (at the end of the LSN space), WAL ends.
+            let length_field = start
+                .0
+                .checked_sub(page_lsn.0)
+                .and_then(|at| page.get(usize::try_from(at).ok()?..))
+                .and_then(|available| Some((available, record_total_len(available)?)));
+            let Some((available, total)) = length_field else {
+                return self.stop(EndOfWal::BadRecord {
+                    lsn: start,
+                    reason: "record length field outside its page".into(),
+                });
+            };
             self.next_record = None;
-            // Records are 8-aligned, so xl_tot_len is always on the page the record starts on.
-            let total = record_total_len(available).expect("aligned length field");
             if !self.check_length(start, total) {
                 return;
             }
@@ -358,7 +368,13 @@ impl WalDecoder {
 
     /// Decodes a record spanning pages once its last piece has arrived at `end`.
     fn finish_record(&mut self, partial: Partial, end: Lsn) -> bool {
-        let total = record_total_len(&partial.bytes).expect("kept with its length field");
+        let Some(total) = record_total_len(&partial.bytes) else {
+            self.stop(EndOfWal::BadRecord {
+                lsn: partial.start,
+                reason: "record continued without its length field".into(),
+            });
+            return false;
+        };
         if partial.received < total {
             self.partial = Some(partial);
             return false;
@@ -444,7 +460,8 @@ fn maxalign(n: usize) -> usize {
 }
 
 fn record_total_len(data: &[u8]) -> Option<usize> {
-    (data.len() >= 4).then(|| u32::from_le_bytes(data[0..4].try_into().unwrap()) as usize)
+    data.first_chunk::<4>()
+        .map(|len| u32::from_le_bytes(*len) as usize)
 }
 
 /// Verifies a complete record's CRC (if asked) and decodes what pitr needs from it.
@@ -514,17 +531,28 @@ impl<'a> Cursor<'a> {
         self.pos = end;
         Ok(bytes)
     }
+    /// The next `N` bytes as an array.
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], String> {
+        let at = self.pos;
+        let (bytes, _) = self
+            .data
+            .get(at..)
+            .and_then(|rest| rest.split_first_chunk::<N>())
+            .ok_or_else(|| format!("record truncated at byte {at}"))?;
+        self.pos = at + N;
+        Ok(*bytes)
+    }
     fn u8(&mut self) -> Result<u8, String> {
-        Ok(self.take(1)?[0])
+        Ok(u8::from_le_bytes(self.array()?))
     }
     fn u16(&mut self) -> Result<u16, String> {
-        Ok(u16::from_le_bytes(self.take(2)?.try_into().unwrap()))
+        Ok(u16::from_le_bytes(self.array()?))
     }
     fn u32(&mut self) -> Result<u32, String> {
-        Ok(u32::from_le_bytes(self.take(4)?.try_into().unwrap()))
+        Ok(u32::from_le_bytes(self.array()?))
     }
     fn i64(&mut self) -> Result<i64, String> {
-        Ok(i64::from_le_bytes(self.take(8)?.try_into().unwrap()))
+        Ok(i64::from_le_bytes(self.array()?))
     }
     /// Skips a count-prefixed array (`int n; T items[n]`).
     fn skip_array(&mut self, item_size: usize) -> Result<(), String> {
