@@ -499,47 +499,46 @@ pub fn evaluate(facts: &CheckFacts, thresholds: &CheckThresholds) -> CheckReport
     // The last successful verify.
     if !thresholds.verify_age.is_off() {
         let verify = repo.latest_runs.get("verify");
-        checks.push(
-            match verify.and_then(|v| Some((v, v.last_success.as_ref()?))) {
-                Some((verify, success)) => {
-                    let age = age(now, success.end);
-                    let mut detail = format!(
-                        "last successful verify {} ago ({})",
-                        human(age),
-                        limits_text(&thresholds.verify_age)
-                    );
-                    let last = &verify.last_run;
-                    if last.status != RunStatus::Ok {
-                        detail.push_str(&format!(
-                            "; the last verify at {} {}",
-                            rfc3339(last.end),
-                            last.status.as_str()
-                        ));
-                    }
-                    CheckResult {
-                        name: "verify_age",
-                        state: thresholds.verify_age.age_state(age),
-                        detail,
-                        value: Some(age.as_secs_f64()),
-                    }
+        let verified = verify.and_then(|v| Some((v, v.last_success.as_ref()?)));
+        checks.push(match verified {
+            Some((verify, success)) => {
+                let age = age(now, success.end);
+                let mut detail = format!(
+                    "last successful verify {} ago ({})",
+                    human(age),
+                    limits_text(&thresholds.verify_age)
+                );
+                let last = &verify.last_run;
+                if last.status != RunStatus::Ok {
+                    detail.push_str(&format!(
+                        "; the last verify at {} {}",
+                        rfc3339(last.end),
+                        last.status.as_str()
+                    ));
                 }
-                None => CheckResult {
+                CheckResult {
                     name: "verify_age",
-                    state: CheckState::Warning,
-                    detail: match verify {
-                        Some(v) => format!(
-                            "no successful verify recorded; the last, at {}, {}",
-                            rfc3339(v.last_run.end),
-                            v.last_run.status.as_str()
-                        ),
-                        None => "no verify recorded: run pitr verify regularly, or set \
+                    state: thresholds.verify_age.age_state(age),
+                    detail,
+                    value: Some(age.as_secs_f64()),
+                }
+            }
+            None => CheckResult {
+                name: "verify_age",
+                state: CheckState::Warning,
+                detail: match verify {
+                    Some(v) => format!(
+                        "no successful verify recorded; the last, at {}, {}",
+                        rfc3339(v.last_run.end),
+                        v.last_run.status.as_str()
+                    ),
+                    None => "no verify recorded: run pitr verify regularly, or set \
                              check_verify_age = \"off\""
-                            .into(),
-                    },
-                    value: None,
+                        .into(),
                 },
+                value: None,
             },
-        );
+        });
     }
 
     if let Some(switch) = &facts.switch {
