@@ -285,7 +285,7 @@ impl GetSpool {
                     .filter_map(|e| e.metadata().ok())
                     .filter(|m| m.is_file())
                     .map(|m| m.len())
-                    .sum()
+                    .fold(0, u64::saturating_add)
             })
             .unwrap_or(0)
     }

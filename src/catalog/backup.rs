@@ -757,7 +757,8 @@ impl Catalog {
         }
         let protected = self.storage.delete_many(keys).await?;
         Ok(Deletion {
-            deleted: (keys.len() - protected.len()) as u64,
+            // The store's answer, not ours: a count it gets wrong must not wrap.
+            deleted: keys.len().saturating_sub(protected.len()) as u64,
             protected,
         })
     }

@@ -117,6 +117,14 @@ impl CatalogError {
 /// Objects a retention lock kept from deletion, as deletions report them.
 pub use crate::storage::Protected;
 
+/// The total of sizes read from a repository or a data directory. Object sizes, rollup keys
+/// and manifest fields are any u64 a damaged or crafted repository holds: a total past
+/// u64::MAX stays at u64::MAX (a figure to show, never one to allocate by), where `+` would
+/// panic in a debug build and wrap in a release one.
+pub fn total_bytes(sizes: impl IntoIterator<Item = u64>) -> u64 {
+    sizes.into_iter().fold(0, u64::saturating_add)
+}
+
 /// The key suffix of a compressed object: its format, as `lz4 -d` and `zstd -d` expect.
 pub fn object_suffix(kind: CompressionType) -> &'static str {
     match kind {

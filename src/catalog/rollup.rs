@@ -57,8 +57,15 @@ pub struct RollupKey {
 }
 
 impl RollupKey {
+    /// The group's segment numbers. A parsed key's are a segment name's (below 2^44) and a
+    /// span of [`SPANS`]; saturating keeps a key built otherwise from panicking.
     pub fn segnos(&self) -> Range<u64> {
-        self.first_segno..self.first_segno + self.span
+        self.first_segno..self.first_segno.saturating_add(self.span)
+    }
+
+    /// The group's last segment number.
+    pub fn last_segno(&self) -> u64 {
+        self.segnos().end.saturating_sub(1).max(self.first_segno)
     }
 
     pub(super) fn key(&self, segment_size: u64) -> String {
@@ -159,7 +166,7 @@ impl Rollup {
                 .iter()
                 .filter_map(|s| s.summary.last_commit_time)
                 .max(),
-            stored_bytes: self.segments.iter().map(|s| s.size).sum(),
+            stored_bytes: super::total_bytes(self.segments.iter().map(|s| s.size)),
             restore_points: self
                 .segments
                 .iter()
@@ -225,7 +232,8 @@ fn folder_segnos(folder: &str, segment_size: u64) -> Option<(u32, Range<u64>)> {
     let timeline = u32::from_str_radix(&dir[..8], 16).ok()?;
     let log = u64::from_str_radix(&dir[8..], 16).ok()?;
     let per_id = segments_per_xlog_id(segment_size);
-    Some((timeline, log * per_id..(log + 1) * per_id))
+    let first = log.checked_mul(per_id)?;
+    Some((timeline, first..first.checked_add(per_id)?))
 }
 
 /// What an overview must list one by one, given the rollups: per WAL folder, the folder
@@ -478,13 +486,15 @@ impl Catalog {
         }
         let read: Vec<Option<RolledSegment>> = stream::iter(segnos.clone())
             .map(|segno| {
-                let name = xlog_file_name(timeline, segno, segment_size);
-                let size = group.segments[&segno];
+                let name = WalFileName::segment(timeline, segno, segment_size);
+                let size = group.segments.get(&segno).copied();
                 async move {
-                    let parsed = WalFileName::parse(&name).expect("a segment name");
-                    let summary = self.segment_summary(&parsed).await?;
+                    let (Some(name), Some(size)) = (name, size) else {
+                        return Ok(None);
+                    };
+                    let summary = self.segment_summary(&name).await?;
                     Ok::<_, CatalogError>(summary.map(|summary| RolledSegment {
-                        segment: name,
+                        segment: name.as_str().to_owned(),
                         size,
                         summary,
                     }))
@@ -572,14 +582,7 @@ impl Catalog {
             object_kind: self.object_kind().await?,
             ..WalListing::default()
         };
-        for meta in rollup_metas {
-            if let Some(key) = RollupKey::parse(&meta.key, segment_size) {
-                listing
-                    .rollups
-                    .entry((key.timeline, key.first_segno, key.span))
-                    .or_insert(key);
-            }
-        }
+        listing.add_rollup_metas(rollup_metas, segment_size);
         listing.add_metas(history_metas, segment_size);
         let prefixes = prefixes_to_list(&folders, &listing.rollups, segment_size);
         let listed: Vec<Vec<ObjectMeta>> = stream::iter(prefixes)

@@ -1,8 +1,8 @@
 //! Metadata objects (`repository.json`, manifests, summaries) carry their own checksum:
 //! a `"checksum": "sha256:<hex>"` field over the compact JSON of everything else. Every read
 //! recomputes it, so a flipped byte in a path, an offset or a mode is caught even where the
-//! JSON still parses. Objects written before checksums existed have none and are read as
-//! they are.
+//! JSON still parses. An object without the field is refused: pitr writes none without it,
+//! so one is damaged or was written by hand.
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -37,14 +37,19 @@ pub fn seal<T: Serialize>(value: &T) -> Vec<u8> {
 /// Parses what [`seal`] wrote and proves it unchanged.
 pub fn unseal<T: Serialize + DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
     let sealed: Sealed<T> = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
-    if let Some(stored) = &sealed.checksum {
-        let computed = checksum_of(&sealed.body);
-        if *stored != computed {
-            return Err(format!(
-                "checksum mismatch (stored {stored}, computed {computed}): the object was \
-                 changed after it was written"
-            ));
-        }
+    let Some(stored) = &sealed.checksum else {
+        return Err(
+            "no \"checksum\" field: pitr seals every metadata object, so this one was \
+                    not written by pitr or lost its seal"
+                .into(),
+        );
+    };
+    let computed = checksum_of(&sealed.body);
+    if *stored != computed {
+        return Err(format!(
+            "checksum mismatch (stored {stored}, computed {computed}): the object was \
+             changed after it was written"
+        ));
     }
     Ok(sealed.body)
 }
@@ -74,10 +79,8 @@ mod tests {
         }
         // Whitespace is not content.
         assert!(unseal::<Meta>(text.replace("  ", "    ").as_bytes()).is_ok());
-        // Written before checksums: read as it is.
-        assert_eq!(
-            unseal::<Meta>(br#"{"path": "base/1/1259", "offset": 8192}"#).unwrap(),
-            meta
-        );
+        // Without a seal: refused, whatever the content.
+        let err = unseal::<Meta>(br#"{"path": "base/1/1259", "offset": 8192}"#).unwrap_err();
+        assert!(err.contains("no \"checksum\""), "{err}");
     }
 }

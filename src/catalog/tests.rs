@@ -56,11 +56,12 @@ fn identity_json_keeps_the_system_identifier_exact() {
         "{json}"
     );
     assert_eq!(
-        RepositoryIdentity::parse(json.as_bytes()).unwrap(),
+        RepositoryIdentity::parse(sealed_compact(&json).as_bytes()).unwrap(),
         identity
     );
     let odd = json.replace("16777216", "1000000");
-    assert!(RepositoryIdentity::parse(odd.as_bytes()).is_err());
+    let err = RepositoryIdentity::parse(sealed_compact(&odd).as_bytes()).unwrap_err();
+    assert!(err.contains("segment size"), "{err}");
 }
 
 fn memory_catalog() -> (Arc<crate::storage::MemoryStorage>, Catalog) {
@@ -297,6 +298,14 @@ async fn pins_live_beside_the_sealed_manifest_and_the_expired_mark_only_rises() 
     );
 }
 
+/// Compact JSON of an object with the checksum its text has, as `sealed::seal` computes it.
+fn sealed_compact(compact: &str) -> String {
+    use sha2::Digest;
+    let checksum = hex::encode(sha2::Sha256::digest(compact.as_bytes()));
+    let body = compact.strip_suffix('}').unwrap();
+    format!("{body},\"checksum\":\"sha256:{checksum}\"}}")
+}
+
 #[test]
 fn identity_records_zstd_and_leaves_lz4_out() {
     let lz4 = RepositoryIdentity::for_tests(16 << 20, 8192);
@@ -316,16 +325,18 @@ fn identity_records_zstd_and_leaves_lz4_out() {
         "{json}"
     );
     assert_eq!(RepositoryIdentity::parse(json.as_bytes()).unwrap(), zstd);
-    // Unsealed (as before checksums), so that the content, not a checksum, is refused.
+    // Sealed over the changed text, so that the content, not the checksum, is refused.
     let plain = serde_json::to_string(&zstd).unwrap();
-    assert!(RepositoryIdentity::parse(plain.as_bytes()).is_ok());
+    assert!(RepositoryIdentity::parse(sealed_compact(&plain).as_bytes()).is_ok());
+    assert!(
+        RepositoryIdentity::parse(plain.as_bytes()).is_err(),
+        "no seal"
+    );
     for (from, to) in [("\"zstd\"", "\"brotli\""), ("\"level\":7", "\"level\":30")] {
         let changed = plain.replace(from, to);
         assert!(changed != plain, "{to}");
-        assert!(
-            RepositoryIdentity::parse(changed.as_bytes()).is_err(),
-            "{to}"
-        );
+        let err = RepositoryIdentity::parse(sealed_compact(&changed).as_bytes()).unwrap_err();
+        assert!(!err.contains("checksum"), "{to}: {err}");
     }
 }
 
@@ -446,5 +457,37 @@ async fn a_zstd_repository_names_its_objects_zst() {
     assert_eq!(
         level_19.compression().await.unwrap(),
         Compression::Zstd { level: 19 }
+    );
+}
+
+#[tokio::test]
+async fn a_manifest_without_its_seal_is_refused_as_damaged() {
+    let (store, catalog) = memory_catalog();
+    let manifest = crate::recovery::plan::tests::backup("unsealed", 1, 2, 3, 5);
+    // Sealed, it is read; the same JSON without its checksum is not.
+    let sealed = sealed::seal(&manifest);
+    if let Err(e) = backup::BackupManifest::parse(&sealed, "unsealed") {
+        assert!(!e.contains("checksum"), "{e}");
+    }
+    store
+        .put(
+            &backup::manifest_key("unsealed"),
+            PutPayload::from_bytes(serde_json::to_vec_pretty(&manifest).unwrap()),
+            PutMode::Create,
+        )
+        .await
+        .unwrap();
+    let list = catalog.backup_list().await.unwrap();
+    assert!(list.manifests.is_empty());
+    assert_eq!(list.damaged.len(), 1);
+    assert!(
+        list.damaged[0].reason.contains("no \"checksum\" field"),
+        "{}",
+        list.damaged[0].reason
+    );
+    let err = catalog.manifest("unsealed").await.unwrap_err();
+    assert_eq!(
+        crate::error::Error::from(err).exit_code(),
+        crate::error::EXIT_CORRUPT
     );
 }

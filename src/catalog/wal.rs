@@ -20,7 +20,9 @@ use serde::{Deserialize, Serialize};
 use super::backup::Deletion;
 use super::rollup::{RollupKey, SPANS, group_start};
 use super::wal_index::{summary_key, wal_name_of_summary_key};
-use super::{Catalog, CatalogError, Stored, StoredObject, object_suffix, strip_object_suffix};
+use super::{
+    Catalog, CatalogError, Stored, StoredObject, object_suffix, strip_object_suffix, total_bytes,
+};
 use crate::codec::{self, CompressionType, DecodeSummary, EncodeSummary};
 use crate::pg::wal_name::xlog_file_name;
 use crate::pg::{WalFileKind, WalFileName};
@@ -135,6 +137,28 @@ impl WalListing {
         }
     }
 
+    /// Sorts listed rollups in (the first of two keys naming one group wins); anything else
+    /// is skipped.
+    pub(super) fn add_rollup_metas(&mut self, metas: Vec<ObjectMeta>, segment_size: u64) {
+        for meta in metas {
+            if let Some(key) = RollupKey::parse(&meta.key, segment_size) {
+                self.rollups
+                    .entry((key.timeline, key.first_segno, key.span))
+                    .or_insert(key);
+            }
+        }
+    }
+
+    /// A listing of every object `metas` names, as an overview sorts it in: for tests that
+    /// feed arbitrary listings to what reads one.
+    #[cfg(test)]
+    pub(crate) fn from_metas(metas: Vec<ObjectMeta>, segment_size: u64) -> Self {
+        let mut listing = WalListing::default();
+        listing.add_rollup_metas(metas.clone(), segment_size);
+        listing.add_metas(metas, segment_size);
+        listing
+    }
+
     /// Sorts listed objects in: WAL files and summaries; anything else is skipped.
     pub(super) fn add_metas(&mut self, metas: Vec<ObjectMeta>, segment_size: u64) {
         for meta in metas {
@@ -172,7 +196,7 @@ impl WalListing {
             return Some(file.clone());
         }
         self.covering(timeline, segno)?;
-        let name = WalFileName::parse(&xlog_file_name(timeline, segno, segment_size)).ok()?;
+        let name = WalFileName::segment(timeline, segno, segment_size)?;
         let key = wal_key(&name, self.object_kind);
         Some(ArchivedFile {
             name,
@@ -191,7 +215,7 @@ impl WalListing {
         let rolled = self
             .rollups
             .range((timeline, 0, 0)..=(timeline, u64::MAX, u64::MAX))
-            .map(|(_, key)| (key.first_segno, key.first_segno + key.span - 1));
+            .map(|(_, key)| (key.first_segno, key.last_segno()));
         listed
             .chain(rolled)
             .reduce(|(a0, a1), (b0, b1)| (a0.min(b0), a1.max(b1)))
@@ -200,19 +224,17 @@ impl WalListing {
     /// Stored bytes of the timeline's segments and partial segments, listed or rolled up.
     pub fn stored_bytes_on(&self, timeline: u32) -> u64 {
         let on_timeline = (timeline, 0)..=(timeline, u64::MAX);
-        let listed: u64 = self
+        let listed = self
             .segments
             .range(on_timeline.clone())
             .chain(self.partials.range(on_timeline))
             .filter(|&(&(_, segno), _)| self.covering(timeline, segno).is_none())
-            .map(|(_, file)| file.size())
-            .sum();
-        let rolled: u64 = self
+            .map(|(_, file)| file.size());
+        let rolled = self
             .rollups
             .range((timeline, 0, 0)..=(timeline, u64::MAX, u64::MAX))
-            .map(|(_, key)| key.stored_bytes)
-            .sum();
-        listed + rolled
+            .map(|(_, key)| key.stored_bytes);
+        total_bytes(listed.chain(rolled))
     }
 
     /// Every (timeline, segment number range) archived after `after` on any timeline, listed
@@ -222,15 +244,16 @@ impl WalListing {
             .segments
             .keys()
             .filter(move |&&(_, s)| s > after)
-            .map(|&(t, s)| (t, s..s + 1));
+            .map(|&(t, s)| (t, s..s.saturating_add(1)));
         let rolled = self
             .rollups
             .values()
-            .filter(move |k| k.first_segno + k.span > after + 1)
+            .filter(move |k| k.last_segno() > after)
             .map(move |k| {
+                let segnos = k.segnos();
                 (
                     k.timeline,
-                    k.first_segno.max(after + 1)..k.first_segno + k.span,
+                    segnos.start.max(after.saturating_add(1))..segnos.end,
                 )
             });
         listed.chain(rolled)
@@ -497,8 +520,8 @@ fn runs(segnos: &BTreeSet<u64>) -> Vec<Range<u64>> {
     let mut runs: Vec<Range<u64>> = Vec::new();
     for &segno in segnos {
         match runs.last_mut() {
-            Some(run) if run.end == segno => run.end = segno + 1,
-            _ => runs.push(segno..segno + 1),
+            Some(run) if run.end == segno => run.end = segno.saturating_add(1),
+            _ => runs.push(segno..segno.saturating_add(1)),
         }
     }
     runs

@@ -487,10 +487,13 @@ impl EndFrame {
     }
 
     fn parse(plain: &[u8]) -> Option<Self> {
-        (plain.len() == Self::LEN).then(|| EndFrame {
-            original_len: u64::from_le_bytes(plain[0..8].try_into().unwrap()),
-            original_crc32: u32::from_le_bytes(plain[8..12].try_into().unwrap()),
-            frames: u64::from_le_bytes(plain[12..20].try_into().unwrap()),
+        let (len, rest) = plain.split_first_chunk::<8>()?;
+        let (crc, rest) = rest.split_first_chunk::<4>()?;
+        let (frames, rest) = rest.split_first_chunk::<8>()?;
+        rest.is_empty().then(|| EndFrame {
+            original_len: u64::from_le_bytes(*len),
+            original_crc32: u32::from_le_bytes(*crc),
+            frames: u64::from_le_bytes(*frames),
         })
     }
 }
@@ -505,19 +508,16 @@ fn open_sealed_frame<R: Read>(
 ) -> Result<FrameKind, CodecError> {
     let mut header = [0u8; SEALED_HEADER_LEN];
     read_frame_bytes(source, &mut header)?;
-    let payload_len = u32::from_le_bytes(header[4..8].try_into().unwrap()) as usize;
+    let [_, _, _, _, l0, l1, l2, l3, kind_byte, nonce @ ..] = header;
+    let payload_len = u32::from_le_bytes([l0, l1, l2, l3]) as usize;
     if !(1 + crypto::NONCE_LEN + crypto::TAG_LEN..=SEALED_PAYLOAD_MAX).contains(&payload_len) {
         return Err(CodecError::Corrupt(format!(
             "sealed frame {index} claims {payload_len} bytes"
         )));
     }
-    let kind = FrameKind::from_byte(header[8]).ok_or_else(|| {
-        CodecError::Corrupt(format!(
-            "sealed frame {index} has unknown kind {}",
-            header[8]
-        ))
+    let kind = FrameKind::from_byte(kind_byte).ok_or_else(|| {
+        CodecError::Corrupt(format!("sealed frame {index} has unknown kind {kind_byte}"))
     })?;
-    let nonce: [u8; crypto::NONCE_LEN] = header[9..].try_into().unwrap();
     plain.resize(payload_len - 1 - crypto::NONCE_LEN, 0);
     read_frame_bytes(source, plain)?;
     if !cipher.open(index, kind, &nonce, plain) {

@@ -31,7 +31,7 @@ use crate::pg::timeline::{HistoryEntry, parse_history};
 use crate::pg::wal_file_check::{Misnamed, WalFileCheck, check_wal_file};
 use crate::pg::wal_page::SIZE_OF_XLOG_LONG_PHD;
 use crate::pg::wal_summary::{SegmentSummarizer, SegmentSummary};
-use crate::pg::{FEED_BYTES, WalFileKind, WalFileName, WalLongPageHeader, wal_name};
+use crate::pg::{FEED_BYTES, WalFileKind, WalFileName, WalLongPageHeader};
 use crate::spool::{FileStat, PushSpool, wal_dir_of};
 
 use super::blocking;
@@ -300,12 +300,7 @@ fn previous_segment(name: &WalFileName, segment_size: u64) -> Option<WalFileName
         return None;
     }
     let segno = name.segment_number(segment_size)?.checked_sub(1)?;
-    WalFileName::parse(&wal_name::xlog_file_name(
-        name.timeline(),
-        segno,
-        segment_size,
-    ))
-    .ok()
+    WalFileName::segment(name.timeline(), segno, segment_size)
 }
 
 /// Stores one file and its index entry.

@@ -17,7 +17,7 @@ use futures_util::{StreamExt, stream};
 use crate::catalog::backup::{
     BackupDirectory, BackupFile, BackupManifest, MANIFEST_FORMAT, Tablespace,
 };
-use crate::catalog::{Catalog, RepositoryIdentity};
+use crate::catalog::{Catalog, RepositoryIdentity, total_bytes};
 use crate::datadir::read_control;
 use crate::error::{Error, Result};
 use crate::interrupt::{Interrupt, Signal};
@@ -326,7 +326,7 @@ async fn backup_claimed(
     let walk_root = pgdata.clone();
     let (directories, files, tablespaces) = blocking(move || walk(&walk_root)).await?;
     let (plan, control) = plan_objects(files);
-    let total: u64 = plan.iter().flatten().chain(&control).map(|f| f.size).sum();
+    let total = total_bytes(plan.iter().flatten().chain(&control).map(|f| f.size));
     options.progress.start(&format!("backup {id}"), total);
     let mut object_count = (plan.len() + usize::from(control.is_some())) as u32;
     // After a failure or a signal no new object starts, and every started one runs to its
@@ -340,7 +340,7 @@ async fn backup_claimed(
                 return Ok(None);
             }
             interrupt.check().map_err(stopped)?;
-            let size: u64 = files.iter().map(|f| f.size).sum();
+            let size = total_bytes(files.iter().map(|f| f.size));
             let copied = copy_object(catalog, id, index as u32, files)
                 .await
                 .inspect_err(|_| failed.store(true, std::sync::atomic::Ordering::Relaxed))?;
@@ -451,9 +451,13 @@ async fn backup_claimed(
         backup_label,
         tablespace_map,
         tablespaces,
-        size_bytes: files.iter().map(|f| f.size).sum(),
-        stored_bytes: copied.iter().map(|(_, stored)| stored).sum::<u64>()
-            + configuration.as_ref().map_or(0, |(_, stored)| *stored),
+        size_bytes: total_bytes(files.iter().map(|f| f.size)),
+        stored_bytes: total_bytes(
+            copied
+                .iter()
+                .map(|(_, stored)| *stored)
+                .chain(configuration.as_ref().map(|(_, stored)| *stored)),
+        ),
         directories,
         files,
         // Whom a restore run as root gives the files to.

@@ -499,15 +499,16 @@ pub fn evaluate(facts: &CheckFacts, thresholds: &CheckThresholds) -> CheckReport
     // The last successful verify.
     if !thresholds.verify_age.is_off() {
         let verify = repo.latest_runs.get("verify");
-        checks.push(match verify.and_then(|v| v.last_success.as_ref()) {
-            Some(success) => {
+        let verified = verify.and_then(|v| Some((v, v.last_success.as_ref()?)));
+        checks.push(match verified {
+            Some((verify, success)) => {
                 let age = age(now, success.end);
                 let mut detail = format!(
                     "last successful verify {} ago ({})",
                     human(age),
                     limits_text(&thresholds.verify_age)
                 );
-                let last = &verify.expect("has a success").last_run;
+                let last = &verify.last_run;
                 if last.status != RunStatus::Ok {
                     detail.push_str(&format!(
                         "; the last verify at {} {}",

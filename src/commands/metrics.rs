@@ -17,8 +17,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 use super::overview::{RepositoryOverview, overview};
-use crate::catalog::Catalog;
 use crate::catalog::history::RunStatus;
+use crate::catalog::{Catalog, total_bytes};
 use crate::error::Result;
 use crate::pg::timestamp::parse_rfc3339;
 
@@ -114,13 +114,17 @@ pub fn encode_metrics(repo: &RepositoryOverview) -> String {
             .set(backup.stored_bytes as f64);
     }
 
-    let wal_bytes: u64 = list.wal.iter().map(|w| w.stored_bytes).sum();
-    let backup_bytes: u64 = list.backups.iter().map(|b| b.stored_bytes).sum();
+    let stored = total_bytes(
+        list.wal
+            .iter()
+            .map(|w| w.stored_bytes)
+            .chain(list.backups.iter().map(|b| b.stored_bytes)),
+    );
     m.gauge(
         "repository_stored_bytes",
         "Stored bytes of the complete backups and the archived WAL segments",
     )
-    .set((wal_bytes + backup_bytes) as f64);
+    .set(stored as f64);
     let wal_stored = m.family(
         "wal_stored_bytes",
         "Stored bytes of the archived WAL segments per timeline",

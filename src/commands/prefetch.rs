@@ -22,7 +22,7 @@ use tokio::task::JoinSet;
 use crate::catalog::{Catalog, RepositoryIdentity};
 use crate::error::{Error, Result};
 use crate::pg::timeline::timeline_path;
-use crate::pg::{WalFileKind, WalFileName};
+use crate::pg::{Lsn, WalFileKind, WalFileName};
 use crate::recovery::view::ArchiveView;
 use crate::recovery::walk::Walk;
 use crate::spool::{GetSpool, PREFETCH_STAGING_PREFIX};
@@ -115,7 +115,8 @@ pub async fn prefetch(catalog: &Catalog, options: &PrefetchOptions) -> Result<Pr
     }
     let parallel = options.parallel.max(1);
 
-    let mut cursor = parse_segment(&options.after)?;
+    let mut cursor = Cursor::parse(&options.after, segment_size)
+        .ok_or_else(|| Error::invalid_input(&options.after, "not a WAL segment name"))?;
     let (mut view, mut walk) = load_walk(catalog, &identity, &cursor).await?;
     let mut loaded_at = Instant::now();
     let mut last_progress = Instant::now();
@@ -137,22 +138,22 @@ pub async fn prefetch(catalog: &Catalog, options: &PrefetchOptions) -> Result<Pr
         }
         if let Some(served) = spool
             .read_cursor()
-            .and_then(|c| WalFileName::parse(&c).ok())
-            .filter(|c| c.kind() == WalFileKind::Segment && *c != cursor)
+            .and_then(|c| Cursor::parse(&c, segment_size))
+            .filter(|c| c.name != cursor.name)
         {
             cursor = served;
             last_progress = Instant::now();
-            let segno = segno_of(&cursor, segment_size);
+            let segno = cursor.segno;
             if !walk.reaches(segno) {
                 // Past what the overview showed: WAL arrived since; look again.
                 (view, walk) = load_walk(catalog, &identity, &cursor).await?;
                 loaded_at = Instant::now();
-            } else if walk.index_of(cursor.timeline(), segno).is_none() {
+            } else if walk.index_of(cursor.name.timeline(), segno).is_none() {
                 // Recovery reads another timeline than the newest (a target timeline).
-                walk = plan(&view, &cursor, segment_size, false);
+                walk = plan(&view, &cursor, false);
             }
         }
-        let window = window(&walk, segno_of(&cursor, segment_size), capacity);
+        let window = window(&walk, cursor.segno, capacity);
         let wanted: HashSet<&str> = window.iter().map(String::as_str).collect();
         let mut held = HashSet::new();
         for entry in spool.entries() {
@@ -172,7 +173,9 @@ pub async fn prefetch(catalog: &Catalog, options: &PrefetchOptions) -> Result<Pr
             if held.contains(name) || fetching.contains(name) || !retry_due {
                 continue;
             }
-            let wal_name = WalFileName::parse(name).expect("walks hold segment names");
+            let Ok(wal_name) = WalFileName::parse(name) else {
+                continue;
+            };
             fetching.insert(name.clone());
             let (catalog, spool, name) = (catalog.clone(), spool.clone(), name.clone());
             in_flight.spawn(async move {
@@ -208,34 +211,45 @@ pub async fn prefetch(catalog: &Catalog, options: &PrefetchOptions) -> Result<Pr
     Ok(PrefetchReport { fetched, stopped })
 }
 
-fn parse_segment(name: &str) -> Result<WalFileName> {
-    WalFileName::parse(name)
-        .ok()
-        .filter(|n| n.kind() == WalFileKind::Segment)
-        .ok_or_else(|| Error::invalid_input(name, "not a WAL segment name"))
+/// The segment recovery asked for last, with its number and start: checked once where it is
+/// read (the command line, the cursor file in the data directory), so that nothing after it
+/// can fail on a name out of range for the segment size.
+#[derive(Clone, Debug)]
+struct Cursor {
+    name: WalFileName,
+    segno: u64,
+    start: Lsn,
 }
 
-fn segno_of(name: &WalFileName, segment_size: u64) -> u64 {
-    name.segment_number(segment_size)
-        .expect("segment names have segment numbers")
+impl Cursor {
+    fn parse(name: &str, segment_size: u64) -> Option<Self> {
+        let name = WalFileName::parse(name)
+            .ok()
+            .filter(|n| n.kind() == WalFileKind::Segment)?;
+        Some(Cursor {
+            segno: name.segment_number(segment_size)?,
+            start: name.start_lsn(segment_size)?,
+            name,
+        })
+    }
 }
 
 /// The archive's overview, read again, and the walk from `cursor` along the newest timeline.
 async fn load_walk(
     catalog: &Catalog,
     identity: &RepositoryIdentity,
-    cursor: &WalFileName,
+    cursor: &Cursor,
 ) -> Result<(ArchiveView, Walk)> {
     let view = ArchiveView::load(catalog, identity).await?;
-    let walk = plan(&view, cursor, identity.wal_segment_size, true);
+    let walk = plan(&view, cursor, true);
     Ok((view, walk))
 }
 
 /// The segments recovery reads from `cursor` on: along the newest timeline descending from
 /// the cursor's (`recovery_target_timeline = 'latest'`, the default), or along the cursor's
 /// own timeline once recovery showed it follows that one.
-fn plan(view: &ArchiveView, cursor: &WalFileName, segment_size: u64, latest: bool) -> Walk {
-    let timeline = cursor.timeline();
+fn plan(view: &ArchiveView, cursor: &Cursor, latest: bool) -> Walk {
+    let timeline = cursor.name.timeline();
     let target = if latest {
         view.latest_timeline(timeline)
     } else {
@@ -244,10 +258,7 @@ fn plan(view: &ArchiveView, cursor: &WalFileName, segment_size: u64, latest: boo
     let path = view
         .path(target)
         .unwrap_or_else(|| timeline_path(timeline, &[]));
-    let start = cursor
-        .start_lsn(segment_size)
-        .expect("segment names have a start");
-    view.walk(&path, start)
+    view.walk(&path, cursor.start)
 }
 
 /// The names of the first `capacity` segments of `walk` after segment `cursor_segno`.

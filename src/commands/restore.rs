@@ -896,8 +896,8 @@ async fn write_backup(
     }
     Ok((
         backup.file_count(),
-        written.iter().map(|w| w.0).sum(),
-        written.iter().map(|w| w.1).sum(),
+        crate::catalog::total_bytes(written.iter().map(|w| w.0)),
+        crate::catalog::total_bytes(written.iter().map(|w| w.1)),
         server,
     ))
 }

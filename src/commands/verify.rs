@@ -16,7 +16,7 @@ use serde::Serialize;
 
 use crate::catalog::backup::BackupManifest;
 use crate::catalog::wal::ArchivedFile;
-use crate::catalog::{Catalog, CatalogError, StoredObject};
+use crate::catalog::{Catalog, CatalogError, StoredObject, total_bytes};
 use crate::error::{EXIT_CORRUPT, EXIT_INCOMPLETE, EXIT_OK, Error, Result};
 use crate::pg::backup_label::parse_backup_label;
 use crate::pg::timeline::{HistoryEntry, parse_history, timeline_of_segment, timeline_path};
@@ -255,12 +255,14 @@ pub async fn verify(catalog: &Catalog, options: &VerifyOptions) -> Result<Verify
         }));
     }
     let objects = jobs.len() as u64 + manifests.len() as u64;
-    let bytes = jobs.iter().map(|j| j.object.size).sum::<u64>()
-        + backup_dirs
-            .values()
-            .filter_map(|b| b.manifest.as_ref())
-            .map(|m| m.size)
-            .sum::<u64>();
+    let bytes = total_bytes(
+        jobs.iter().map(|j| j.object.size).chain(
+            backup_dirs
+                .values()
+                .filter_map(|b| b.manifest.as_ref())
+                .map(|m| m.size),
+        ),
+    );
 
     let checked: Vec<(Job, Checked)> = stream::iter(jobs)
         .map(|job| async move {
@@ -393,7 +395,7 @@ async fn verify_stored(
     started: Instant,
 ) -> Result<VerifyReport> {
     let objects = catalog.sealed_objects(options.backup.as_deref()).await?;
-    let bytes = objects.iter().map(|o| o.size).sum();
+    let bytes = total_bytes(objects.iter().map(|o| o.size));
     let count = objects.len() as u64;
     let mut problems: Vec<Problem> = stream::iter(objects)
         .map(|object| async move {
@@ -629,7 +631,7 @@ fn wal_gaps<'a>(
             timeline,
             first: xlog_file_name(timeline, first, segment_size),
             last: xlog_file_name(timeline, last, segment_size),
-            count: last - first + 1,
+            count: last.saturating_sub(first).saturating_add(1),
         });
     };
     for (&timeline, &floor) in floors {
@@ -652,7 +654,9 @@ fn wal_gaps<'a>(
             previous = Some(segno);
         }
         // Only the last segment of a timeline may be partial.
-        let last = *segments.last().expect("non-empty");
+        let Some(&last) = segments.last() else {
+            continue;
+        };
         for &segno in segments.range(..last) {
             if !full.get(&timeline).is_some_and(|f| f.contains(&segno)) {
                 missing(timeline, segno..=segno);
@@ -674,13 +678,11 @@ fn wal_gaps<'a>(
         let path = timeline_path(timeline, entries);
         if let Some(before) = switch_segno.checked_sub(1) {
             let ancestor = timeline_of_segment(&path, before, segment_size);
-            if let Some(segments) = present.get(&ancestor)
+            if let Some(&have) = present.get(&ancestor).and_then(|s| s.last())
                 && !expired_at(ancestor, before)
+                && have < before
             {
-                let have = *segments.last().expect("non-empty");
-                if have < before {
-                    missing(ancestor, have + 1..=before);
-                }
+                missing(ancestor, have + 1..=before);
             }
         }
         // The child's WAL starts in the segment holding the switch point.

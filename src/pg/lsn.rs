@@ -19,6 +19,13 @@ impl Lsn {
     pub fn of_segment(segno: u64, wal_segment_size: u64) -> Option<Lsn> {
         segno.checked_mul(wal_segment_size).map(Lsn)
     }
+
+    /// `n` bytes further, staying at the last LSN where the LSN space ends (a repository
+    /// may hold the segment that ends there, `…FFFFFFFF000000FF`): decoding stops at that
+    /// end rather than wrap.
+    pub fn plus(self, n: usize) -> Lsn {
+        Lsn(self.0.saturating_add(n as u64))
+    }
 }
 
 impl fmt::Display for Lsn {

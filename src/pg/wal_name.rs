@@ -48,6 +48,18 @@ impl WalFileName {
         })
     }
 
+    /// Segment `segno` of `timeline` (`XLogFileName`), built rather than formatted and parsed
+    /// back: none where no such name exists (timeline 0, or a segment number past the last
+    /// log id, as arithmetic on numbers read from a repository can reach).
+    pub fn segment(timeline: u32, segno: u64, wal_segment_size: u64) -> Option<Self> {
+        let log = segno / segments_per_xlog_id(wal_segment_size);
+        (timeline > 0 && log <= u64::from(u32::MAX)).then(|| WalFileName {
+            name: xlog_file_name(timeline, segno, wal_segment_size),
+            kind: WalFileKind::Segment,
+            timeline,
+        })
+    }
+
     fn classify(name: &str) -> Option<WalFileKind> {
         let hex_prefix = |len: usize| name.len() >= len && is_upper_hex(&name[..len]);
         if name.len() == XLOG_FNAME_LEN && hex_prefix(XLOG_FNAME_LEN) {
@@ -225,5 +237,21 @@ mod tests {
         assert_eq!(beyond.segment_number(16 << 20), None);
         let last = WalFileName::parse("00000001FFFFFFFF000000FF").unwrap();
         assert_eq!(last.start_lsn(16 << 20), Some(Lsn(0xFFFF_FFFF_FF00_0000)));
+    }
+
+    #[test]
+    fn built_segment_names_are_the_parsed_ones_or_none() {
+        for (segno, size) in [(0x102, 16 << 20), (6, 1 << 30), (u64::MAX >> 24, 16 << 20)] {
+            let built = WalFileName::segment(7, segno, size).unwrap();
+            assert_eq!(built, WalFileName::parse(built.as_str()).unwrap());
+            assert_eq!(built.segment_number(size), Some(segno));
+        }
+        // Past the last log id, or timeline 0: no name, where parsing one back would fail.
+        assert_eq!(
+            WalFileName::segment(1, (u64::MAX >> 24) + 1, 16 << 20),
+            None
+        );
+        assert_eq!(WalFileName::segment(1, u64::MAX, 1 << 20), None);
+        assert_eq!(WalFileName::segment(0, 1, 16 << 20), None);
     }
 }

@@ -192,7 +192,7 @@ impl WalDecoder {
                 // Whole pages straight from the caller's buffer: no copy.
                 let (page, rest) = bytes.split_at(self.block_size);
                 self.decode_page(page);
-                self.page_lsn = Lsn(self.page_lsn.0 + self.block_size as u64);
+                self.page_lsn = self.page_lsn.plus(self.block_size);
                 bytes = rest;
                 continue;
             }
@@ -204,7 +204,7 @@ impl WalDecoder {
                 self.decode_page(&page);
                 self.page = page;
                 self.page.clear();
-                self.page_lsn = Lsn(self.page_lsn.0 + self.block_size as u64);
+                self.page_lsn = self.page_lsn.plus(self.block_size);
             }
         }
     }
@@ -230,7 +230,7 @@ impl WalDecoder {
 
     fn decode_page(&mut self, page: &[u8]) {
         let lsn = self.page_lsn;
-        let page_end = lsn.0 + self.block_size as u64;
+        let page_end = lsn.plus(self.block_size).0;
         if self.partial.is_none() && self.next_record.is_some_and(|next| next.0 >= page_end) {
             return; // padding after XLOG_SWITCH: nothing to read until the next record
         }
@@ -280,7 +280,7 @@ impl WalDecoder {
                 }
                 offset = maxalign(offset + on_page);
             }
-            self.next_record = Some(Lsn(lsn.0 + offset as u64));
+            self.next_record = Some(lsn.plus(offset));
         } else if let Some(mut partial) = self.partial.take() {
             let total = record_total_len(&partial.bytes);
             let missing = total.map_or(usize::MAX, |t| t - partial.received);
@@ -294,7 +294,7 @@ impl WalDecoder {
             self.append(&mut partial, &page[offset..offset + on_page]);
             offset += on_page;
             // The end is where the last byte lies: page headers in between count in LSNs.
-            let end = Lsn(lsn.0 + offset as u64);
+            let end = lsn.plus(offset);
             if !self.finish_record(partial, end) {
                 return; // continues on the next page, or decoding stopped
             }
@@ -304,7 +304,7 @@ impl WalDecoder {
         }
         if self.next_record == Some(lsn) {
             // A record "at" a page boundary starts after the page header.
-            self.next_record = Some(Lsn(lsn.0 + header_len as u64));
+            self.next_record = Some(lsn.plus(header_len));
         }
         self.decode_records_on_page(page, lsn);
     }
@@ -312,13 +312,23 @@ impl WalDecoder {
     /// Decodes the records that start on this page, from `self.next_record`.
     fn decode_records_on_page(&mut self, page: &[u8], page_lsn: Lsn) {
         while let Some(start) = self.next_record {
-            if start.0 >= page_lsn.0 + self.block_size as u64 {
+            if start.0 >= page_lsn.plus(self.block_size).0 {
                 return; // starts on a later page
             }
-            let available = &page[(start.0 - page_lsn.0) as usize..];
+            // Records are 8-aligned, so xl_tot_len is always on the page the record starts
+            // on; where the arithmetic says otherwise (at the end of the LSN space), WAL ends.
+            let length_field = start
+                .0
+                .checked_sub(page_lsn.0)
+                .and_then(|at| page.get(usize::try_from(at).ok()?..))
+                .and_then(|available| Some((available, record_total_len(available)?)));
+            let Some((available, total)) = length_field else {
+                return self.stop(EndOfWal::BadRecord {
+                    lsn: start,
+                    reason: "record length field outside its page".into(),
+                });
+            };
             self.next_record = None;
-            // Records are 8-aligned, so xl_tot_len is always on the page the record starts on.
-            let total = record_total_len(available).expect("aligned length field");
             if !self.check_length(start, total) {
                 return;
             }
@@ -332,7 +342,7 @@ impl WalDecoder {
                 self.partial = Some(partial);
                 return;
             }
-            if !self.complete_record(start, &available[..total], Lsn(start.0 + total as u64)) {
+            if !self.complete_record(start, &available[..total], start.plus(total)) {
                 return;
             }
         }
@@ -358,7 +368,13 @@ impl WalDecoder {
 
     /// Decodes a record spanning pages once its last piece has arrived at `end`.
     fn finish_record(&mut self, partial: Partial, end: Lsn) -> bool {
-        let total = record_total_len(&partial.bytes).expect("kept with its length field");
+        let Some(total) = record_total_len(&partial.bytes) else {
+            self.stop(EndOfWal::BadRecord {
+                lsn: partial.start,
+                reason: "record continued without its length field".into(),
+            });
+            return false;
+        };
         if partial.received < total {
             self.partial = Some(partial);
             return false;
@@ -401,9 +417,12 @@ impl WalDecoder {
             Ok(record) => {
                 let next = if record.kind == RecordKind::Switch {
                     // The rest of the segment is padding.
-                    Lsn(end.0.div_ceil(self.wal_segment_size) * self.wal_segment_size)
+                    Lsn(end
+                        .0
+                        .div_ceil(self.wal_segment_size)
+                        .saturating_mul(self.wal_segment_size))
                 } else {
-                    Lsn(maxalign(end.0 as usize) as u64)
+                    Lsn(end.0.checked_next_multiple_of(8).unwrap_or(u64::MAX))
                 };
                 self.records.push_back(record);
                 self.next_record = Some(next);
@@ -437,11 +456,12 @@ pub(crate) fn is_target_record(record: &[u8]) -> bool {
 }
 
 fn maxalign(n: usize) -> usize {
-    (n + 7) & !7
+    n.saturating_add(7) & !7
 }
 
 fn record_total_len(data: &[u8]) -> Option<usize> {
-    (data.len() >= 4).then(|| u32::from_le_bytes(data[0..4].try_into().unwrap()) as usize)
+    data.first_chunk::<4>()
+        .map(|len| u32::from_le_bytes(*len) as usize)
 }
 
 /// Verifies a complete record's CRC (if asked) and decodes what pitr needs from it.
@@ -511,17 +531,28 @@ impl<'a> Cursor<'a> {
         self.pos = end;
         Ok(bytes)
     }
+    /// The next `N` bytes as an array.
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], String> {
+        let at = self.pos;
+        let (bytes, _) = self
+            .data
+            .get(at..)
+            .and_then(|rest| rest.split_first_chunk::<N>())
+            .ok_or_else(|| format!("record truncated at byte {at}"))?;
+        self.pos = at + N;
+        Ok(*bytes)
+    }
     fn u8(&mut self) -> Result<u8, String> {
-        Ok(self.take(1)?[0])
+        Ok(u8::from_le_bytes(self.array()?))
     }
     fn u16(&mut self) -> Result<u16, String> {
-        Ok(u16::from_le_bytes(self.take(2)?.try_into().unwrap()))
+        Ok(u16::from_le_bytes(self.array()?))
     }
     fn u32(&mut self) -> Result<u32, String> {
-        Ok(u32::from_le_bytes(self.take(4)?.try_into().unwrap()))
+        Ok(u32::from_le_bytes(self.array()?))
     }
     fn i64(&mut self) -> Result<i64, String> {
-        Ok(i64::from_le_bytes(self.take(8)?.try_into().unwrap()))
+        Ok(i64::from_le_bytes(self.array()?))
     }
     /// Skips a count-prefixed array (`int n; T items[n]`).
     fn skip_array(&mut self, item_size: usize) -> Result<(), String> {

@@ -11,6 +11,9 @@ pub mod walk;
 pub mod window;
 pub mod xid;
 
+#[cfg(test)]
+mod no_panic;
+
 pub use plan::{PlanError, RestorePlan};
 pub use view::ArchiveView;
 pub use walk::Walk;

@@ -11,7 +11,7 @@ use chrono::{DateTime, Utc};
 
 use crate::catalog::backup::BackupManifest;
 use crate::catalog::wal::ArchivedFile;
-use crate::catalog::{Catalog, CatalogError};
+use crate::catalog::{Catalog, CatalogError, total_bytes};
 use crate::pg::Lsn;
 use crate::pg::recovery_target::{RecoveryRequest, Target, TargetTimeline};
 use crate::pg::timeline::{TimelineSpan, fork_point, switch_point};
@@ -409,7 +409,7 @@ pub fn candidates<'a>(
         _ => match newest_first.iter().find(|b| fits(b)) {
             Some(backup) => Ok(vec![*backup]),
             None => {
-                let earliest = newest_first[newest_first.len() - 1];
+                let earliest = newest_first.last().ok_or(PlanError::NoBackup)?;
                 Err(PlanError::Unreachable(format!(
                     "no backup finished before the target; the earliest restorable point is \
                      {} (backup {})",
@@ -682,7 +682,9 @@ fn plan_backup(
         .filter_map(|span| view.listing.histories.get(&span.timeline).cloned())
         .collect();
     let segments = walk.segments.first_n(needed.min(walk.len()));
-    let wal_bytes = view.stored_bytes(&segments) + histories.iter().map(|f| f.size()).sum::<u64>();
+    let wal_bytes = total_bytes(
+        std::iter::once(view.stored_bytes(&segments)).chain(histories.iter().map(|f| f.size())),
+    );
     Ok(RestorePlan {
         backup: backup.clone(),
         timeline,

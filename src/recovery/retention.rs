@@ -10,6 +10,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
+use std::ops::Bound;
 
 use chrono::{DateTime, Datelike, Duration, Utc};
 use serde::Serialize;
@@ -172,7 +173,10 @@ pub fn plan_retention(
 
     let mut rules: BTreeMap<&str, (Vec<Rule>, Vec<String>)> = BTreeMap::new();
     let mut add = |id: &str, rule: Rule, period: Option<String>| {
-        let entry = rules.entry(backups_id(backups, id)).or_default();
+        let Some(id) = backups_id(backups, id) else {
+            return;
+        };
+        let entry = rules.entry(id).or_default();
         if !entry.0.contains(&rule) {
             entry.0.push(rule);
         }
@@ -191,19 +195,17 @@ pub fn plan_retention(
     }
     // The window: every backup that finished inside it, and the newest that finished before
     // it (restores to its first moments start there), or the oldest when none did.
-    let window_oldest = policy.keep_within.map(|within| {
-        let cutoff = now - within;
+    let window_oldest = policy.keep_within.and_then(|within| {
+        // A window past chrono's range reaches back to its start.
+        let cutoff = now
+            .checked_sub_signed(within)
+            .unwrap_or(DateTime::<Utc>::MIN_UTC);
         let before = newest_first
             .iter()
             .filter(|b| b.stop_time <= cutoff)
             .max_by_key(|b| (b.stop_time, &b.id));
-        let anchor = before.unwrap_or_else(|| {
-            newest_first
-                .iter()
-                .min_by_key(|b| (b.stop_time, &b.id))
-                .expect("not empty")
-        });
-        (anchor.stop_time, anchor.id.clone())
+        let anchor = before.or_else(|| newest_first.iter().min_by_key(|b| (b.stop_time, &b.id)));
+        anchor.map(|a| (a.stop_time, a.id.clone()))
     });
     let in_window = |b: &BackupManifest| {
         window_oldest
@@ -307,7 +309,9 @@ pub fn plan_retention(
     }
     // A timeline newer than every backup's: a backup running or to come starts there.
     let newest_timeline = backups.iter().map(|b| b.timeline).max().unwrap_or(1);
-    for &timeline in view.listing.timelines().range(newest_timeline + 1..) {
+    // Manifests say which timeline: u32::MAX has none newer.
+    let newer = (Bound::Excluded(newest_timeline), Bound::Unbounded);
+    for &timeline in view.listing.timelines().range(newer) {
         wal_kept.push(KeptWal {
             timeline,
             first_segno: 0,
@@ -470,12 +474,8 @@ pub fn hold_for_replays(plan: &mut RetentionPlan, holds: &[ReplayHold], segment_
 }
 
 /// The id as `backups` owns it (the rules map borrows from the input, not from the sort).
-fn backups_id<'a>(backups: &'a [BackupManifest], id: &str) -> &'a str {
-    backups
-        .iter()
-        .find(|b| b.id == id)
-        .map(|b| b.id.as_str())
-        .expect("an id of the input")
+fn backups_id<'a>(backups: &'a [BackupManifest], id: &str) -> Option<&'a str> {
+    backups.iter().find(|b| b.id == id).map(|b| b.id.as_str())
 }
 
 /// The name of the calendar period a local time falls in.

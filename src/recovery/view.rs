@@ -9,7 +9,7 @@ use futures_util::{Stream, StreamExt, TryStreamExt, stream};
 
 use crate::catalog::rollup::{RollupKey, SPANS};
 use crate::catalog::wal::{ArchivedFile, WalListing};
-use crate::catalog::{Catalog, CatalogError, OpenedObject, RepositoryIdentity};
+use crate::catalog::{Catalog, CatalogError, OpenedObject, RepositoryIdentity, total_bytes};
 use crate::pg::timeline::{HistoryEntry, TimelineSpan, parse_history, timeline_of_segment};
 use crate::pg::wal_name::xlog_file_name;
 use crate::pg::wal_summary::{SegmentSummarizer, SegmentSummary};
@@ -238,14 +238,13 @@ impl ArchiveView {
         blocks
     }
 
-    fn name_of(&self, timeline: u32, segno: u64) -> WalFileName {
-        WalFileName::parse(&xlog_file_name(timeline, segno, self.segment_size))
-            .expect("a segment name")
+    fn name_of(&self, timeline: u32, segno: u64) -> Option<WalFileName> {
+        WalFileName::segment(timeline, segno, self.segment_size)
     }
 
     /// The summary of a segment, if read.
     pub fn summary_of(&self, timeline: u32, segno: u64) -> Option<&SegmentSummary> {
-        self.summaries.get(&self.name_of(timeline, segno))
+        self.summaries.get(&self.name_of(timeline, segno)?)
     }
 
     pub fn summary(&self, file: &ArchivedFile) -> Option<&SegmentSummary> {
@@ -270,13 +269,10 @@ impl ArchiveView {
     /// Stored bytes of `runs`: whole groups from their rollup's key, other segments as
     /// listed or read from a rollup.
     pub fn stored_bytes(&self, runs: &SegmentRuns) -> u64 {
-        self.blocks(runs)
-            .iter()
-            .map(|block| match block {
-                Block::Group(key) => key.stored_bytes,
-                Block::Segment(t, s) => self.file(*t, *s).map_or(0, |f| f.size()),
-            })
-            .sum()
+        total_bytes(self.blocks(runs).iter().map(|block| match block {
+            Block::Group(key) => key.stored_bytes,
+            Block::Segment(t, s) => self.file(*t, *s).map_or(0, |f| f.size()),
+        }))
     }
 
     /// The latest commit time in `runs`, from whole groups' keys and the summaries read.
@@ -451,8 +447,9 @@ impl ArchiveView {
                 Some(rollup) => {
                     for (segno, segment) in key.segnos().zip(rollup.segments) {
                         self.sizes.insert((key.timeline, segno), segment.size);
-                        self.summaries
-                            .insert(self.name_of(key.timeline, segno), segment.summary);
+                        if let Some(name) = self.name_of(key.timeline, segno) {
+                            self.summaries.insert(name, segment.summary);
+                        }
                     }
                 }
                 None => {

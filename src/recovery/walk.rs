@@ -82,8 +82,8 @@ impl SegmentRuns {
     pub fn len(&self) -> usize {
         self.runs
             .iter()
-            .map(|(_, r)| (r.end - r.start) as usize)
-            .sum()
+            .map(|(_, r)| usize::try_from(r.end.saturating_sub(r.start)).unwrap_or(usize::MAX))
+            .fold(0, usize::saturating_add)
     }
 
     pub fn is_empty(&self) -> bool {

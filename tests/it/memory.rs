@@ -7,6 +7,7 @@ use std::io::{BufWriter, Read, Write};
 use std::process::Command;
 
 use crate::common::*;
+use sha2::{Digest, Sha256};
 
 const GB: u64 = 1 << 30;
 const LIMIT_BYTES: i64 = 64 << 20;
@@ -100,13 +101,19 @@ fn a_1_gb_segment_is_archived_and_restored_in_bounded_memory() {
     let dir = TestDir::new("memory");
     let repo = dir.subdir("repo");
     let system_identifier = 7_300_000_000_000_000_001u64;
+    let identity: pitr::catalog::RepositoryIdentity = serde_json::from_str(&format!(
+        r#"{{"format":1,"system_identifier":"{system_identifier}","pg_version":15,
+        "pg_control_version":1300,"catalog_version":202209061,"wal_segment_size":{GB},
+        "wal_block_size":8192,"created_at":"2026-01-01T00:00:00Z","created_by":"test"}}"#
+    ))
+    .unwrap();
+    // Sealed as docs/repository-format.md says: an identity without its checksum is refused.
+    let compact = serde_json::to_vec(&identity).unwrap();
+    let mut sealed = serde_json::to_value(&identity).unwrap();
+    sealed["checksum"] = format!("sha256:{}", hex::encode(Sha256::digest(&compact))).into();
     std::fs::write(
         repo.join("repository.json"),
-        format!(
-            r#"{{"format":1,"system_identifier":"{system_identifier}","pg_version":15,
-            "pg_control_version":1300,"catalog_version":202209061,"wal_segment_size":{GB},
-            "wal_block_size":8192,"created_at":"2026-01-01T00:00:00Z","created_by":"test"}}"#
-        ),
+        serde_json::to_vec(&sealed).unwrap(),
     )
     .unwrap();
     let segment = dir.path().join("000000010000000000000001");

@@ -3,6 +3,9 @@
 //! answers with a value or an error.
 
 use proptest::prelude::*;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use sha2::{Digest, Sha256};
 
 use pitr::catalog::RepositoryIdentity;
 use pitr::catalog::backup::BackupManifest;
@@ -100,18 +103,32 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
+/// `bytes` with the seal pitr writes (an object without one is refused before its content
+/// is looked at), so that the content's own checks are what refuse it; as they are when
+/// they do not deserialise as a `T`.
+fn sealed<T: Serialize + DeserializeOwned>(bytes: &[u8]) -> Vec<u8> {
+    let Ok(value) = serde_json::from_slice::<T>(bytes) else {
+        return bytes.to_vec();
+    };
+    let compact = serde_json::to_vec(&value).unwrap();
+    let mut json = serde_json::to_value(&value).unwrap();
+    json["checksum"] = format!("sha256:{}", hex::encode(Sha256::digest(&compact))).into();
+    serde_json::to_vec_pretty(&json).unwrap()
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(400))]
 
     #[test]
     fn manifests(bytes in mutated(MANIFEST), junk in any::<Vec<u8>>()) {
         let _ = BackupManifest::parse(&bytes, "20261122T010203Z");
+        let _ = BackupManifest::parse(&sealed::<BackupManifest>(&bytes), "20261122T010203Z");
         let _ = BackupManifest::parse(&junk, "x");
     }
 
     #[test]
     fn repository_identities(bytes in mutated(IDENTITY), junk in any::<Vec<u8>>()) {
-        if let Ok(identity) = RepositoryIdentity::parse(&bytes) {
+        if let Ok(identity) = RepositoryIdentity::parse(&sealed::<RepositoryIdentity>(&bytes)) {
             // What parses is usable: segment arithmetic on it cannot divide by zero.
             prop_assert!(identity.wal_segment_size.is_power_of_two());
         }
@@ -193,8 +210,16 @@ proptest! {
 
 #[test]
 fn the_valid_samples_parse() {
-    BackupManifest::parse(MANIFEST.as_bytes(), "20261122T010203Z").unwrap();
-    RepositoryIdentity::parse(IDENTITY.as_bytes()).unwrap();
+    BackupManifest::parse(
+        &sealed::<BackupManifest>(MANIFEST.as_bytes()),
+        "20261122T010203Z",
+    )
+    .unwrap();
+    RepositoryIdentity::parse(&sealed::<RepositoryIdentity>(IDENTITY.as_bytes())).unwrap();
+    // Without the seal, the same content is refused.
+    let err = BackupManifest::parse(MANIFEST.as_bytes(), "20261122T010203Z").unwrap_err();
+    assert!(err.contains("no \"checksum\" field"), "{err}");
+    assert!(RepositoryIdentity::parse(IDENTITY.as_bytes()).is_err());
     serde_json::from_str::<StoredSegmentSummary>(SUMMARY).unwrap();
     parse_history(3, HISTORY).unwrap();
     parse_backup_label(LABEL).unwrap();
@@ -225,12 +250,16 @@ fn manifests_that_would_escape_or_overflow_are_refused() {
         MANIFEST.replace("global/pg_control", "global/pg_control.old"),
     ];
     for manifest in &bad {
-        assert!(
-            BackupManifest::parse(manifest.as_bytes(), "20261122T010203Z").is_err(),
-            "{manifest}"
-        );
+        // Sealed: the content is what is refused, not a missing checksum.
+        let err = BackupManifest::parse(
+            &sealed::<BackupManifest>(manifest.as_bytes()),
+            "20261122T010203Z",
+        )
+        .unwrap_err();
+        assert!(!err.contains("checksum"), "{manifest}: {err}");
     }
-    assert!(BackupManifest::parse(MANIFEST.as_bytes(), "another-id").is_err());
+    let sample = sealed::<BackupManifest>(MANIFEST.as_bytes());
+    assert!(BackupManifest::parse(&sample, "another-id").is_err());
 }
 
 proptest! {

@@ -499,3 +499,17 @@ fn target_records_mode_still_checks_target_records_and_prev_links() {
         ));
     }
 }
+
+#[test]
+fn wal_at_the_end_of_the_lsn_space_decodes_without_overflow() {
+    // The last four pages of the LSN space (a segment named `…FFFFFFFF000000FF` ends there,
+    // and a repository may hold one): the page after the last would be at 2^64.
+    let start = 0u64.wrapping_sub(4 * BLOCK as u64);
+    // A record that runs into the last page, and a commit after it there.
+    let records = [other_record(3 * BLOCK), commit(7, 1_000_000, 0)];
+    let wal = write_wal(start, &records, 4);
+    for feed_size in [BLOCK, 1000] {
+        let (records, _) = decode_all(start, &wal, feed_size);
+        assert_eq!(records.len(), 2, "{feed_size}");
+    }
+}
