@@ -285,7 +285,6 @@ fn after_archive_get(options: &ArchiveGetOptions, settings: &Settings) {
 /// Starts `pitr archive-get-prefetch` in its own session, so that it outlives this call,
 /// with the settings this call resolved (as PITR_… variables).
 fn start_prefetcher(settings: &Settings, spool: &Path, after: &str) {
-    use std::os::unix::process::CommandExt;
     use std::process::Stdio;
     let Ok(exe) = std::env::current_exe() else {
         return;
@@ -301,13 +300,7 @@ fn start_prefetcher(settings: &Settings, spool: &Path, after: &str) {
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(stderr_for_prefetcher());
-    // SAFETY: setsid is async-signal-safe; nothing else runs between fork and exec.
-    unsafe {
-        command.pre_exec(|| {
-            libc::setsid();
-            Ok(())
-        });
-    }
+    crate::sys::spawn_in_new_session(&mut command);
     match command.spawn() {
         // Not waited for: it runs on after this call.
         Ok(child) => drop(child),
