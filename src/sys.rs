@@ -131,8 +131,9 @@ pub fn become_user(uid: u32, gid: u32) -> io::Result<()> {
 
 /// Whether process `pid` exists (signal 0: EPERM means it does, as another user's).
 pub fn process_exists(pid: i32) -> bool {
-    // 0 and negative numbers name process groups, not a process.
-    let Some(pid) = Pid::from_raw(pid).filter(|_| pid > 0) else {
+    // 0 and negative numbers name process groups, not a process (and Pid::from_raw asserts
+    // a number that is not negative).
+    let Some(pid) = Some(pid).filter(|&p| p > 0).and_then(Pid::from_raw) else {
         return false;
     };
     match rustix::process::test_kill_process(pid) {
