@@ -61,3 +61,37 @@ fn profile_files_in(home: &Path) -> EnvConfigFiles {
     }
     files.build()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aws_config::meta::region::ProvideRegion;
+
+    #[tokio::test]
+    async fn the_profile_files_of_another_home_are_read_without_touching_home() {
+        let home = tempfile::tempdir().unwrap();
+        std::fs::create_dir(home.path().join(".aws")).unwrap();
+        std::fs::write(
+            home.path().join(".aws/config"),
+            "[default]\nregion = eu-north-1\n",
+        )
+        .unwrap();
+        // No credentials file there: an empty one, not an error.
+        let region = ProfileFileRegionProvider::builder()
+            .profile_files(profile_files_in(home.path()))
+            .profile_name("default")
+            .build()
+            .region()
+            .await;
+        assert_eq!(region.as_ref().map(|r| r.as_ref()), Some("eu-north-1"));
+        // A home without ~/.aws at all: no region, no panic.
+        let empty = tempfile::tempdir().unwrap();
+        let region = ProfileFileRegionProvider::builder()
+            .profile_files(profile_files_in(empty.path()))
+            .profile_name("default")
+            .build()
+            .region()
+            .await;
+        assert_eq!(region, None);
+    }
+}
