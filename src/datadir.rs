@@ -1,6 +1,5 @@
 //! A local PostgreSQL data directory: which cluster it holds, and whether a server runs in it.
 
-use std::io;
 use std::path::Path;
 
 use crate::error::{Error, Result};
@@ -73,10 +72,7 @@ pub fn in_recovery(pgdata: &Path) -> bool {
 /// zombie (dead, not yet reaped: common under a container init that does not reap) counts
 /// as gone.
 pub(crate) fn process_exists(pid: i32) -> bool {
-    // SAFETY: signal 0 sends nothing.
-    let alive = unsafe { libc::kill(pid, 0) } == 0;
-    let exists = alive || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
-    exists && !is_zombie(pid)
+    crate::sys::process_exists(pid) && !is_zombie(pid)
 }
 
 /// From `/proc/<pid>/stat`: the state letter follows the parenthesised command name.

@@ -2,6 +2,9 @@
 //!
 //! Data flows one way: `cli` → `commands` → `recovery` → `catalog` → `storage`, with `pg`
 //! (PostgreSQL formats) and `codec` (compression and checksums) as pure helpers below them.
+//! Calls into the operating system that need `unsafe` live in `sys`, the one module allowed it.
+
+#![deny(unsafe_code)]
 
 mod aws;
 pub mod catalog;
@@ -23,17 +26,15 @@ pub mod server;
 pub mod spool;
 pub mod staging;
 pub mod storage;
+#[allow(unsafe_code)]
+mod sys;
 
 pub use error::{Error, Result};
 
 /// This machine's host name, as runs record it (lock holders, backup claims, run history,
 /// notifications); `None` when the system will not say.
 pub fn host_name() -> Option<String> {
-    let mut buf = [0u8; 256];
-    // SAFETY: gethostname writes at most buf.len() bytes into buf.
-    let ok = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) } == 0;
-    let len = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
-    (ok && len > 0).then(|| String::from_utf8_lossy(&buf[..len]).into_owned())
+    sys::host_name()
 }
 
 /// Runs file- and CPU-bound work off the async runtime. A panic there is a bug: it panics

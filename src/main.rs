@@ -1,5 +1,7 @@
 //! The `pitr` binary: parses, sets up logging, runs the command, exits with its code.
 
+#![deny(unsafe_code)]
+
 use std::io::IsTerminal;
 use std::process::ExitCode;
 

@@ -3,13 +3,15 @@
 //! leave no object, directory or restored file owned by root (docs/operations.md,
 //! "Running as root").
 
-use std::ffi::{CStr, CString};
 use std::fs;
 use std::io;
 use std::os::unix::fs::MetadataExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 use serde::{Deserialize, Serialize};
+
+use crate::sys;
 
 /// A user and group, as recorded in a backup's manifest and as restored files get them.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -47,15 +49,11 @@ impl Owner {
 
     /// The user `name` of this system, with its primary group.
     pub fn user(name: &str) -> Option<Owner> {
-        let name_c = CString::new(name).ok()?;
-        let (uid, gid, _) = passwd_entry(|pwd, buf, len, result| {
-            // SAFETY: getpwnam_r writes only into pwd and buf (of len bytes).
-            unsafe { libc::getpwnam_r(name_c.as_ptr(), pwd, buf, len, result) }
-        })?;
+        let entry = sys::user_by_name(name)?;
         Some(Owner {
             user: Some(name.to_owned()),
-            uid,
-            gid,
+            uid: entry.uid,
+            gid: entry.gid,
         })
     }
 
@@ -78,93 +76,47 @@ pub fn running_as_root() -> bool {
 
 /// The user whose rights pitr runs with.
 pub fn effective_uid() -> u32 {
-    // SAFETY: geteuid cannot fail and touches no memory.
-    unsafe { libc::geteuid() }
+    sys::effective_uid()
 }
 
 /// The name of user `uid`, if the system has one.
 pub fn user_name(uid: u32) -> Option<String> {
-    passwd_entry(|pwd, buf, len, result| {
-        // SAFETY: getpwuid_r writes only into pwd and buf (of len bytes).
-        unsafe { libc::getpwuid_r(uid, pwd, buf, len, result) }
-    })
-    .map(|(_, _, name)| name)
+    sys::user_by_uid(uid).map(|entry| entry.name)
 }
 
-/// The home directory of user `uid`.
-fn home_of(uid: u32) -> Option<String> {
-    let mut home = None;
-    passwd_lookup(
-        &mut |pwd, buf, len, result| {
-            // SAFETY: as in user_name.
-            unsafe { libc::getpwuid_r(uid, pwd, buf, len, result) }
-        },
-        |pwd| {
-            // SAFETY: pw_dir points into the buffer, NUL-terminated, while it lives.
-            home = Some(
-                unsafe { CStr::from_ptr(pwd.pw_dir) }
-                    .to_string_lossy()
-                    .into_owned(),
-            );
-        },
-    );
-    home
-}
+/// The home directory of the user this process became ([`become_owner`]): set once, read by
+/// whatever looks in `~` afterwards (libpq's ~/.pgpass, the AWS SDK's ~/.aws), instead of a
+/// HOME variable changed under a running multi-threaded process.
+static BECAME_HOME: OnceLock<PathBuf> = OnceLock::new();
 
-type PasswdCall<'a> = dyn FnMut(*mut libc::passwd, *mut libc::c_char, libc::size_t, *mut *mut libc::passwd) -> libc::c_int
-    + 'a;
-
-/// Uid, gid and name of the entry `call` finds.
-fn passwd_entry(
-    mut call: impl FnMut(
-        *mut libc::passwd,
-        *mut libc::c_char,
-        libc::size_t,
-        *mut *mut libc::passwd,
-    ) -> libc::c_int,
-) -> Option<(u32, u32, String)> {
-    let mut entry = None;
-    passwd_lookup(&mut call, |pwd| {
-        // SAFETY: pw_name points into the buffer, NUL-terminated, while it lives.
-        let name = unsafe { CStr::from_ptr(pwd.pw_name) }
-            .to_string_lossy()
-            .into_owned();
-        entry = Some((pwd.pw_uid, pwd.pw_gid, name));
-    });
-    entry
-}
-
-fn passwd_lookup(call: &mut PasswdCall<'_>, mut found: impl FnMut(&libc::passwd)) {
-    let mut buf = vec![0 as libc::c_char; 16 * 1024];
-    // SAFETY: a zeroed passwd is a valid value for getpw*_r to fill.
-    let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
-    let mut result: *mut libc::passwd = std::ptr::null_mut();
-    let rc = call(&mut pwd, buf.as_mut_ptr(), buf.len(), &mut result);
-    if rc == 0 && !result.is_null() {
-        found(&pwd);
+/// The home directory of the user pitr runs as: that of the user it became, else `HOME`,
+/// else the password database's entry for the effective user.
+pub fn home_dir() -> Option<PathBuf> {
+    if let Some(home) = BECAME_HOME.get() {
+        return Some(home.clone());
     }
+    std::env::var_os("HOME")
+        .filter(|h| !h.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| sys::user_by_uid(effective_uid()).map(|entry| entry.home))
+}
+
+/// The home directory of the user this process became, if it became one: `HOME` is then
+/// still the starting user's.
+pub fn became_home() -> Option<&'static Path> {
+    BECAME_HOME.get().map(PathBuf::as_path)
 }
 
 /// Becomes `owner` for good: supplementary groups cleared, then the group, then the user
-/// (in that order: a process that gave up root can change neither). HOME follows, so that
-/// ~/.pgpass is the user's. Every thread changes with the process (glibc's setxid).
+/// (in that order: a process that gave up root can change neither). `~` follows
+/// ([`home_dir`]), so that ~/.pgpass is the user's. Every thread changes with the process
+/// (glibc's setxid).
 pub fn become_owner(owner: &Owner) -> io::Result<()> {
-    let check = |rc: libc::c_int| {
-        if rc == 0 {
-            Ok(())
-        } else {
-            Err(io::Error::last_os_error())
-        }
-    };
-    // SAFETY: plain system calls on integers; setgroups with a count of 0 reads no memory.
-    unsafe {
-        check(libc::setgroups(0, std::ptr::null()))?;
-        check(libc::setgid(owner.gid))?;
-        check(libc::setuid(owner.uid))?;
-    }
-    if let Some(home) = home_of(owner.uid) {
-        // SAFETY: nothing reads the environment concurrently this early in a command.
-        unsafe { std::env::set_var("HOME", home) };
+    sys::become_user(owner.uid, owner.gid)?;
+    if let Some(entry) = sys::user_by_uid(owner.uid) {
+        // A second call (none today) keeps the first home: the process cannot change user
+        // again once it gave up root.
+        let _ = BECAME_HOME.set(entry.home);
     }
     Ok(())
 }

@@ -11,8 +11,7 @@
 //! name is whole, and a temporary one is never read (the next run removes it).
 
 use std::fs::{File, Metadata};
-use std::io::{self, Write};
-use std::os::fd::AsRawFd;
+use std::io::{self, Read, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -21,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::pg::WalFileName;
+use crate::sys::LockKind;
 
 /// Name of the default spool directory, inside the WAL file's directory (pg_wal).
 pub const DEFAULT_SPOOL_DIR: &str = ".pitr-spool";
@@ -337,11 +337,9 @@ impl GetSpool {
         let Ok(file) = File::open(self.dir.join(LOCK_FILE)) else {
             return false;
         };
-        // A shared lock is refused only while the prefetcher holds its exclusive one.
-        // SAFETY: flock on a descriptor we own.
-        let refused = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) } != 0;
-        // Closing the descriptor drops a shared lock we got.
-        refused
+        // A shared lock is refused only while the prefetcher holds its exclusive one; closing
+        // the descriptor drops a shared lock we got.
+        !crate::sys::try_lock(&file, LockKind::Shared).unwrap_or(true)
     }
 
     /// Takes the prefetcher's lock: `None` while another prefetcher holds it. A caller of
@@ -354,8 +352,7 @@ impl GetSpool {
             .write(true)
             .open(self.dir.join(LOCK_FILE))?;
         for _ in 0..20 {
-            // SAFETY: flock on a descriptor we own.
-            if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            if crate::sys::try_lock(&file, LockKind::Exclusive)? {
                 return Ok(Some(file));
             }
             std::thread::sleep(Duration::from_millis(5));
@@ -378,16 +375,20 @@ impl GetSpool {
     }
 }
 
-/// Whether the file at `path` still holds the bytes whose CRC-32C is `crc32`. Mapped, not
-/// read: a 16 MB segment is checked in about a millisecond, with no copy.
+/// Whether the file at `path` still holds the bytes whose CRC-32C is `crc32`. Read, not
+/// mapped: whatever happens to the file meanwhile, a read cannot fault.
 pub fn holds_crc(path: &Path, crc32: u32) -> io::Result<bool> {
-    let file = File::open(path)?;
-    if file.metadata()?.len() == 0 {
-        return Ok(crc32 == 0);
+    let mut file = File::open(path)?;
+    let mut buffer = vec![0u8; 1 << 20];
+    let mut crc = 0;
+    loop {
+        match file.read(&mut buffer) {
+            Ok(0) => return Ok(crc == crc32),
+            Ok(n) => crc = crc32c::crc32c_append(crc, &buffer[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
     }
-    // SAFETY: spooled files are only ever renamed or removed, never written in place.
-    let map = unsafe { memmap2::MmapOptions::new().populate().map(&file)? };
-    Ok(crc32c::crc32c(&map) == crc32)
 }
 
 #[cfg(test)]

@@ -553,15 +553,6 @@ impl Catalog {
             .err())
     }
 
-    /// Removes a rollup (damaged, or its group no longer complete).
-    pub async fn delete_rollup(
-        &self,
-        key: &RollupKey,
-        segment_size: u64,
-    ) -> Result<(), CatalogError> {
-        Ok(self.storage.delete(&key.key(segment_size)).await?)
-    }
-
     /// The archive as overviews need it, at a cost that grows with the number of groups,
     /// not segments: the WAL folders (one delimiter listing), the rollup keys, the history
     /// files, and one by one only the objects of groups no rollup covers (the group being

@@ -119,24 +119,6 @@ async fn deleting_a_backup_takes_its_manifest_first_and_nothing_else() {
 }
 
 #[tokio::test]
-async fn deleting_wal_before_a_point_spares_other_timelines_and_histories() {
-    let (store, catalog) = memory_catalog();
-    let keys = [
-        "wal/0000000100000000/000000010000000000000001.lz4",
-        "wal/0000000100000000/000000010000000000000001.summary.json",
-        "wal/0000000100000000/000000010000000000000002.00000028.backup.lz4",
-        "wal/0000000100000000/000000010000000000000003.lz4",
-        "wal/0000000200000000/000000020000000000000001.lz4",
-        "wal/history/00000002.history.lz4",
-    ];
-    for key in keys {
-        put(&store, key).await;
-    }
-    assert_eq!(catalog.delete_wal_before(1, 3, 16 << 20).await.unwrap(), 3);
-    assert_eq!(store.keys(), vec![keys[3], keys[4], keys[5]]);
-}
-
-#[tokio::test]
 async fn listings_type_what_they_find_and_skip_strangers() {
     let (store, catalog) = memory_catalog();
     for key in [

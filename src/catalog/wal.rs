@@ -101,9 +101,10 @@ pub struct WalListing {
 }
 
 impl WalListing {
-    /// Files as a listing of the repository would hold them: for tests and tools that build
-    /// an archive's picture without a store.
-    pub fn from_files(
+    /// Files as a listing of the repository would hold them: for tests that build an
+    /// archive's picture without a store.
+    #[cfg(test)]
+    pub(crate) fn from_files(
         files: impl IntoIterator<Item = (WalFileName, u64)>,
         segment_size: u64,
     ) -> Self {
@@ -338,47 +339,6 @@ impl Catalog {
             Err(StorageError::NotFound { .. }) => Ok(false),
             Err(e) => Err(e.into()),
         }
-    }
-
-    /// Removes the segments, partial segments and backup history files of `timeline` before
-    /// segment `before`, with their summaries; history files stay. Returns how many objects
-    /// went. Which WAL is redundant is the caller's proof to make (retention).
-    pub async fn delete_wal_before(
-        &self,
-        timeline: u32,
-        before: u64,
-        segment_size: u64,
-    ) -> Result<u64, CatalogError> {
-        // Rollups first: none may name a segment that is gone.
-        let mut deleted = self
-            .delete_rollups_overlapping(timeline, 0..before, segment_size)
-            .await?;
-        for meta in self.storage.list(WAL_PREFIX).await? {
-            let name = wal_name_of_key(&meta.key).or_else(|| wal_name_of_summary_key(&meta.key));
-            let Some(name) = name else { continue };
-            if name.kind() == WalFileKind::History || name.timeline() != timeline {
-                continue;
-            }
-            if name
-                .segment_number(segment_size)
-                .is_some_and(|segno| segno < before)
-            {
-                self.storage.delete(&meta.key).await?;
-                deleted += 1;
-            }
-        }
-        // The small groups left whole in the large group that was cut keep a rollup.
-        let cut = group_start(before, SPANS[0]);
-        if cut < before {
-            let small = SPANS[SPANS.len() - 1];
-            let mut first = group_start(before + small - 1, small);
-            while first < cut + SPANS[0] {
-                self.roll_up_group(timeline, first, small, segment_size)
-                    .await?;
-                first += small;
-            }
-        }
-        Ok(deleted)
     }
 
     /// Removes archived WAL files, oldest first as given, each step's summaries after its

@@ -136,8 +136,9 @@ impl EncodeSummary {
 /// The file is memory-mapped a window at a time: workers compress straight from the page
 /// cache (no copy into our buffers, which profiling showed to be a third of a push), and a
 /// window is unmapped once its chunks are compressed, so memory stays bounded whatever the
-/// file size. The file must not shrink meanwhile (PostgreSQL leaves a segment alone while it
-/// is being archived); for files that may change, use [`encode_reader`].
+/// file size. For a WAL segment PostgreSQL is archiving, which it leaves alone meanwhile (the
+/// contract of `sys::map_wal_segment`: a file that shrank would kill the process with
+/// SIGBUS); for files that may change, use [`encode_reader`].
 pub fn encode<W: Write + Send>(
     input: &File,
     output: W,
@@ -149,13 +150,7 @@ pub fn encode<W: Write + Send>(
         let mut offset = 0u64;
         while offset < len {
             let window_len = WINDOW.min(len - offset) as usize;
-            // SAFETY: the mapping is read-only and the caller keeps the file from shrinking.
-            let window = Arc::new(unsafe {
-                memmap2::MmapOptions::new()
-                    .offset(offset)
-                    .len(window_len)
-                    .map(input)?
-            });
+            let window = Arc::new(crate::sys::map_wal_segment(input, offset, window_len)?);
             let _ = window.advise(memmap2::Advice::Sequential);
             for start in (0..window_len).step_by(CHUNK_SIZE) {
                 let range = start..(start + CHUNK_SIZE).min(window_len);

@@ -449,14 +449,10 @@ fn for_each_window(path: &Path, mut read: impl FnMut(&[u8])) -> Result<()> {
     let mut offset = 0;
     while offset < len {
         let window_len = WINDOW.min(len - offset);
-        // SAFETY: PostgreSQL does not modify a segment while archiving it.
-        let window = unsafe {
-            memmap2::MmapOptions::new()
-                .offset(offset)
-                .len(window_len as usize)
-                .map(&file)
-        }
-        .map_err(local)?;
+        // A segment PostgreSQL is archiving: the contract of map_wal_segment. The window is at
+        // most WINDOW bytes, so it fits a usize.
+        let window =
+            crate::sys::map_wal_segment(&file, offset, window_len as usize).map_err(local)?;
         read(&window);
         offset += window_len;
     }

@@ -162,7 +162,7 @@ impl Drop for Demo {
 }
 
 pub fn demo(options: &DemoOptions) -> Result<()> {
-    let as_postgres = unsafe { libc::geteuid() } == 0;
+    let as_postgres = crate::ownership::running_as_root();
     let bin = postgres_bin_dir()?;
     let dir = match &options.dir {
         Some(dir) => {

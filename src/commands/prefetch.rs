@@ -307,7 +307,6 @@ async fn fetch_one(
 /// Starts `pitr archive-get-prefetch` in its own session, so that it outlives the
 /// archive-get call that starts it, with that call's settings (`env`, as PITR_… variables).
 pub fn start(spool: &std::path::Path, after: &str, env: &[(String, String)]) {
-    use std::os::unix::process::CommandExt;
     use std::process::Stdio;
     let Ok(exe) = std::env::current_exe() else {
         return;
@@ -323,13 +322,7 @@ pub fn start(spool: &std::path::Path, after: &str, env: &[(String, String)]) {
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(stderr_for_prefetcher());
-    // SAFETY: setsid is async-signal-safe; nothing else runs between fork and exec.
-    unsafe {
-        command.pre_exec(|| {
-            libc::setsid();
-            Ok(())
-        });
-    }
+    crate::sys::spawn_in_new_session(&mut command);
     match command.spawn() {
         // Not waited for: it runs on after this call.
         Ok(child) => drop(child),

@@ -1226,32 +1226,14 @@ const WRITEBACK_STEP: u64 = 4 << 20;
 /// (`sync_file_range(SYNC_FILE_RANGE_WRITE)`, as PostgreSQL's initdb does before its fsyncs):
 /// write-back overlaps the rest of the restore. Best effort; the fsync pass makes it durable.
 fn start_writeback(file: &File, offset: u64, len: u64) {
-    use std::os::fd::AsRawFd;
-    // SAFETY: a plain syscall on a descriptor we own.
-    unsafe {
-        libc::sync_file_range(
-            file.as_raw_fd(),
-            offset as libc::off64_t,
-            len as libc::off64_t,
-            libc::SYNC_FILE_RANGE_WRITE,
-        );
-    }
+    let _ = crate::sys::start_writeback(file, offset, len);
 }
 
 /// Reserves a file's blocks at once rather than page by page as data arrives (less work
 /// for the filesystem); the size is left alone. Best effort.
 fn preallocate(file: &File, len: Option<u64>) {
-    use std::os::fd::AsRawFd;
-    if let Some(len) = len.filter(|&l| l > 0) {
-        // SAFETY: a plain syscall on a descriptor we own.
-        unsafe {
-            libc::fallocate(
-                file.as_raw_fd(),
-                libc::FALLOC_FL_KEEP_SIZE,
-                0,
-                len as libc::off_t,
-            );
-        }
+    if let Some(len) = len {
+        let _ = crate::sys::preallocate(file, len);
     }
 }
 

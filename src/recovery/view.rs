@@ -127,8 +127,9 @@ impl ArchiveView {
         ))
     }
 
-    /// Records a summary (tests, and summaries computed elsewhere).
-    pub fn insert_summary(&mut self, name: WalFileName, summary: SegmentSummary) {
+    /// Records a summary computed elsewhere (tests).
+    #[cfg(test)]
+    pub(crate) fn insert_summary(&mut self, name: WalFileName, summary: SegmentSummary) {
         self.summaries.insert(name, summary);
     }
 

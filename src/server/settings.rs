@@ -64,14 +64,10 @@ impl Surroundings<'_> {
         fn env(name: &str) -> Option<String> {
             std::env::var(name).ok()
         }
-        let passwd = passwd_entry();
         Surroundings {
             env: &env,
-            home: std::env::var_os("HOME")
-                .filter(|h| !h.is_empty())
-                .map(PathBuf::from)
-                .or_else(|| passwd.as_ref().map(|(_, home)| home.clone())),
-            os_user: passwd.map(|(name, _)| name),
+            home: crate::ownership::home_dir(),
+            os_user: crate::ownership::user_name(crate::ownership::effective_uid()),
             default_socket_dir_exists: Path::new(DEFAULT_SOCKET_DIR).is_dir(),
         }
     }
@@ -83,34 +79,6 @@ impl Surroundings<'_> {
     fn home_file(&self, name: &str) -> PathBuf {
         self.home.as_deref().unwrap_or(Path::new("~")).join(name)
     }
-}
-
-/// The effective user's name and home directory.
-fn passwd_entry() -> Option<(String, PathBuf)> {
-    use std::ffi::CStr;
-    use std::os::unix::ffi::OsStrExt;
-    let mut buffer = vec![0 as libc::c_char; 16384];
-    let mut entry: libc::passwd = unsafe { std::mem::zeroed() };
-    let mut result: *mut libc::passwd = std::ptr::null_mut();
-    // SAFETY: the buffer outlives the strings read from it below.
-    let rc = unsafe {
-        libc::getpwuid_r(
-            libc::geteuid(),
-            &mut entry,
-            buffer.as_mut_ptr(),
-            buffer.len(),
-            &mut result,
-        )
-    };
-    if rc != 0 || result.is_null() {
-        return None;
-    }
-    // SAFETY: getpwuid_r filled both with NUL-terminated strings in `buffer`.
-    let (name, dir) = unsafe { (CStr::from_ptr(entry.pw_name), CStr::from_ptr(entry.pw_dir)) };
-    Some((
-        name.to_string_lossy().into_owned(),
-        PathBuf::from(std::ffi::OsStr::from_bytes(dir.to_bytes())),
-    ))
 }
 
 /// One server to try: libpq tries each in turn.

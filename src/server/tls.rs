@@ -246,8 +246,7 @@ fn client_certificate(settings: &TlsSettings) -> Result<Option<ClientCertificate
     if !meta.is_file() {
         return Err(TlsSetupError::KeyNotAFile { path });
     }
-    // SAFETY: geteuid cannot fail.
-    let euid = unsafe { libc::geteuid() };
+    let euid = crate::ownership::effective_uid();
     if !key_mode_ok(meta.mode(), meta.uid(), euid) {
         return Err(TlsSetupError::KeyPermissions { path });
     }

@@ -254,7 +254,6 @@ fn lock_blocking(
     record: Bytes,
     owner: Option<Owner>,
 ) -> Result<LockAttempt, StorageError> {
-    use std::os::fd::AsRawFd;
     let io_err = |op, e| StorageError::io(op, path.display(), e);
     create_dirs_durably(path.parent().expect("keys have a parent"), owner.as_ref())
         .map_err(|e| io_err("create", e))?;
@@ -271,12 +270,9 @@ fn lock_blocking(
     // another user's).
     let _ = private_fs::make_private(&file);
     give_to(&path, owner.as_ref()).map_err(|e| io_err("chown", e))?;
-    // SAFETY: flock on a descriptor we own; it does not touch memory.
-    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::WouldBlock {
-            return Err(io_err("lock", e));
-        }
+    if !crate::sys::try_lock(&file, crate::sys::LockKind::Exclusive)
+        .map_err(|e| io_err("lock", e))?
+    {
         let current = fs::read(&path).map_err(|e| io_err("read", e))?;
         return Ok(LockAttempt::Held(HeldBy {
             record: current.into(),

@@ -1,10 +1,12 @@
 //! Object storage: one small async trait, implemented for a local directory and for S3.
 //!
 //! Storage knows keys and bytes, never what they mean: the catalog names objects, the codec
-//! shapes them. Every backend passes the same [`conformance`] suite.
+//! shapes them. Every backend passes the same `conformance` suite.
 //!
-//! For tests: [`MemoryStorage`] keeps a repository in memory, and [`fault::FaultStorage`]
-//! wraps any store to inject failures, delays and corrupted reads.
+//! For tests: `MemoryStorage` keeps a repository in memory, and `fault::FaultStorage` wraps
+//! any store to inject failures, delays and corrupted reads. These three are test code, built
+//! only for the crate's unit tests or with the `test-support` feature (which the integration
+//! tests enable), never into the product.
 
 use std::fmt;
 use std::io::Read;
@@ -15,17 +17,22 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncReadExt};
 
+#[cfg(any(test, feature = "test-support"))]
 pub mod conformance;
+#[cfg(any(test, feature = "test-support"))]
 pub mod fault;
 mod fs;
 pub mod lock;
+#[cfg(any(test, feature = "test-support"))]
 mod memory;
 pub mod retry;
 mod s3;
 
+#[cfg(any(test, feature = "test-support"))]
 pub use fault::{Fault, FaultHandle, FaultKind, FaultStorage, FaultTarget, Op};
 pub use fs::FsStorage;
 pub use lock::{HeldBy, HeldLock, LockAttempt};
+#[cfg(any(test, feature = "test-support"))]
 pub use memory::MemoryStorage;
 pub use s3::{S3Options, S3Storage};
 

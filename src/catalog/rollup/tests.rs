@@ -335,7 +335,15 @@ async fn a_gap_keeps_its_group_unrolled_and_is_seen() {
 async fn deleting_wal_removes_the_rollups_it_touches_first() {
     let (store, catalog, identity) = setup();
     archive(&catalog, &store, 1..=600).await;
-    catalog.delete_wal_before(1, 300, SEG).await.unwrap();
+    // What retention removes: the segments before 300.
+    let listing = catalog.wal_listing(SEG).await.unwrap();
+    let before: Vec<_> = listing
+        .segments
+        .range(..(1, 300))
+        .map(|(_, f)| f.clone())
+        .collect();
+    assert_eq!(before.len(), 299);
+    catalog.delete_wal_files(&before, SEG).await.unwrap();
     let mut found = rollup_keys(&store).await;
     found.sort();
     // Group 256 is cut: its whole small groups after 300 are rolled up again.

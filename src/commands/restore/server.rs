@@ -9,6 +9,7 @@ use std::net::{Ipv4Addr, TcpListener};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
+use crate::ownership::user_name;
 use crate::pg::guc::last_setting;
 
 /// PostgreSQL's default port.
@@ -378,30 +379,6 @@ fn as_owner(pgdata: &Path) -> Vec<String> {
     }
 }
 
-/// The login name of `uid`, from the password database.
-fn user_name(uid: u32) -> Option<String> {
-    let mut buffer = vec![0 as libc::c_char; 4096];
-    // SAFETY: zeroed plain C struct, filled by getpwuid_r.
-    let mut entry: libc::passwd = unsafe { std::mem::zeroed() };
-    let mut found: *mut libc::passwd = std::ptr::null_mut();
-    // SAFETY: every pointer is valid for the call; the buffer outlives the result's use.
-    let status = unsafe {
-        libc::getpwuid_r(
-            uid,
-            &mut entry,
-            buffer.as_mut_ptr(),
-            buffer.len(),
-            &mut found,
-        )
-    };
-    if status != 0 || found.is_null() {
-        return None;
-    }
-    // SAFETY: pw_name points into `buffer`, NUL-terminated.
-    let name = unsafe { std::ffi::CStr::from_ptr(entry.pw_name) };
-    Some(name.to_string_lossy().into_owned())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -545,10 +522,8 @@ mod tests {
             server_commands(dir.path(), 15, None, &[], None).resume,
             None
         );
-        // SAFETY: plain syscalls.
-        if unsafe { libc::geteuid() } == 0 {
-            let path = std::ffi::CString::new(dir.path().as_os_str().as_encoded_bytes()).unwrap();
-            assert_eq!(unsafe { libc::chown(path.as_ptr(), 65534, 65534) }, 0);
+        if crate::ownership::running_as_root() {
+            std::os::unix::fs::chown(dir.path(), Some(65534), Some(65534)).unwrap();
             let commands = server_commands(dir.path(), 15, Some(5433), &sockets, None);
             let expected = user_name(65534).unwrap_or_else(|| "#65534".into());
             for words in [

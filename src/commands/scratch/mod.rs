@@ -23,6 +23,7 @@ use crate::interrupt::{Interrupt, Signal};
 use crate::ownership::{Owner, running_as_root};
 use crate::pg::PgVersion;
 use crate::server::{Session, connection_settings};
+use crate::sys::StopSignal;
 
 /// The scratch server's shared memory: enough to replay and check, small beside production.
 const SHARED_BUFFERS: &str = "64MB";
@@ -178,14 +179,9 @@ impl Scratch {
         if let Some(owner) = self.owner.as_ref().filter(|_| running_as_root()) {
             command.uid(owner.uid).gid(owner.gid);
         }
-        // SAFETY: prctl only, between fork and exec: if pitr dies (kill -9), the server gets
-        // SIGQUIT and stops at once instead of running on unattended.
-        unsafe {
-            command.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGQUIT);
-                Ok(())
-            });
-        }
+        // If pitr dies (kill -9), the server gets SIGQUIT and stops at once instead of
+        // running on unattended.
+        crate::sys::quit_with_parent(&mut command);
         let started = Instant::now();
         let child = command.spawn().map_err(|e| {
             Error::Server(format!(
@@ -275,7 +271,7 @@ impl Scratch {
         let Some(mut child) = self.server.take() else {
             return;
         };
-        signal(&child, libc::SIGINT);
+        signal(&child, StopSignal::Interrupt);
         let deadline = Instant::now() + STOP_TIMEOUT;
         while Instant::now() < deadline {
             if child.try_wait().ok().flatten().is_some() {
@@ -343,7 +339,7 @@ pub fn interruption(signal: Signal, scratch: &Scratch) -> Error {
 
 /// SIGQUIT (immediate shutdown: the postmaster stops its children), then SIGKILL.
 fn stop_now(child: &mut Child) {
-    signal(child, libc::SIGQUIT);
+    signal(child, StopSignal::Quit);
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline {
         if child.try_wait().ok().flatten().is_some() {
@@ -355,11 +351,8 @@ fn stop_now(child: &mut Child) {
     let _ = child.wait();
 }
 
-fn signal(child: &Child, signal: libc::c_int) {
-    // SAFETY: a plain syscall on our own child's pid.
-    unsafe {
-        libc::kill(child.id() as libc::pid_t, signal);
-    }
+fn signal(child: &Child, signal: StopSignal) {
+    crate::sys::send_signal(child.id(), signal);
 }
 
 fn write_file(path: &Path, content: &str) -> Result<()> {
