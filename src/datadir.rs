@@ -58,7 +58,7 @@ pub fn read_control(pgdata: &Path) -> Result<(ControlFile, u32)> {
 pub fn running_postmaster(pgdata: &Path) -> Option<i32> {
     let text = std::fs::read_to_string(pgdata.join("postmaster.pid")).ok()?;
     let pid = text.lines().next()?.trim().parse::<i32>().ok()?;
-    (pid > 0 && process_exists(pid)).then_some(pid)
+    (pid > 0 && crate::sys::process_running(pid)).then_some(pid)
 }
 
 /// Whether a server runs recovery in `pgdata`: a signal file asks for it (PostgreSQL
@@ -66,22 +66,4 @@ pub fn running_postmaster(pgdata: &Path) -> Option<i32> {
 pub fn in_recovery(pgdata: &Path) -> bool {
     (pgdata.join("recovery.signal").exists() || pgdata.join("standby.signal").exists())
         && running_postmaster(pgdata).is_some()
-}
-
-/// Signal 0 checks for a process; EPERM means it exists but belongs to another user. A
-/// zombie (dead, not yet reaped: common under a container init that does not reap) counts
-/// as gone.
-pub(crate) fn process_exists(pid: i32) -> bool {
-    crate::sys::process_exists(pid) && !is_zombie(pid)
-}
-
-/// From `/proc/<pid>/stat`: the state letter follows the parenthesised command name.
-fn is_zombie(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|stat| {
-            let state = stat.rsplit_once(')')?.1.trim_start().chars().next()?;
-            Some(matches!(state, 'Z' | 'X'))
-        })
-        .unwrap_or(false)
 }

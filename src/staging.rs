@@ -35,7 +35,7 @@ pub fn remove_leftovers(dir: &Path, prefix: &str, by_pid: bool) -> u64 {
                 .split('-')
                 .next()
                 .and_then(|pid| pid.parse::<i32>().ok())
-                .is_some_and(|pid| pid > 0 && !crate::datadir::process_exists(pid));
+                .is_some_and(|pid| pid > 0 && !crate::sys::process_running(pid));
         let stale = entry
             .metadata()
             .and_then(|m| m.modified())

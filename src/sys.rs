@@ -142,6 +142,23 @@ pub fn process_exists(pid: i32) -> bool {
     }
 }
 
+/// Whether process `pid` runs: it exists, and is no zombie (dead, not yet reaped: common
+/// under a container init that does not reap), which counts as gone.
+pub fn process_running(pid: i32) -> bool {
+    process_exists(pid) && !is_zombie(pid)
+}
+
+/// From `/proc/<pid>/stat`: the state letter follows the parenthesised command name.
+fn is_zombie(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            let state = stat.rsplit_once(')')?.1.trim_start().chars().next()?;
+            Some(matches!(state, 'Z' | 'X'))
+        })
+        .unwrap_or(false)
+}
+
 /// A signal pitr sends to a server it started.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StopSignal {

@@ -20,6 +20,7 @@ mod fault_matrix;
 mod in_process;
 mod kms;
 mod latency_proxy;
+mod layers;
 mod memory;
 mod outside_config;
 mod ownership;

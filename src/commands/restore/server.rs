@@ -250,7 +250,7 @@ pub fn port_in_use(port: u16, socket_directories: &[PathBuf], tcp: bool) -> bool
         std::fs::read_to_string(dir.join(format!(".s.PGSQL.{port}.lock")))
             .ok()
             .and_then(|text| text.lines().next()?.trim().parse::<i32>().ok())
-            .is_some_and(|pid| pid > 0 && crate::datadir::process_exists(pid))
+            .is_some_and(|pid| pid > 0 && crate::sys::process_running(pid))
     });
     let bound = || {
         [Ipv4Addr::LOCALHOST, Ipv4Addr::UNSPECIFIED]
