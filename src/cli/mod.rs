@@ -2,7 +2,6 @@
 //! prints (`render`), the terminal progress bar (`progress`), and the glue from arguments to
 //! a command's options (`run`).
 
-pub mod notify;
 mod options;
 mod progress;
 mod render;

@@ -1,7 +1,8 @@
 //! From parsed arguments to a command's options, the command, and its printed report.
 
 use super::options::Context;
-use super::{Cli, Command, notify, render, restore_command};
+use super::{Cli, Command, render, restore_command};
+use crate::commands::notify;
 use crate::commands::archive_get::{self, ArchiveGetRequest};
 use crate::commands::archive_push;
 use crate::commands::demo::{DemoOptions, demo};

@@ -14,6 +14,7 @@ pub mod init;
 pub mod key;
 pub mod list;
 pub mod metrics;
+pub mod notify;
 pub mod overview;
 pub mod pin;
 pub mod prefetch;
