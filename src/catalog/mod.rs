@@ -242,14 +242,28 @@ impl RepositoryIdentity {
     }
 
     pub fn new(control: &ControlFile, pg_version: u32, now: DateTime<Utc>) -> Self {
-        RepositoryIdentity {
-            format: REPOSITORY_FORMAT,
+        let facts = ClusterFacts {
             system_identifier: control.system_identifier,
             pg_version,
             pg_control_version: control.pg_control_version,
             catalog_version: control.catalog_version_no,
             wal_segment_size: u64::from(control.wal_segment_size),
             wal_block_size: control.wal_block_size,
+        };
+        Self::of_cluster(&facts, now)
+    }
+
+    /// The identity of the cluster `facts` describe (read from its control file, or asked of
+    /// its server).
+    pub fn of_cluster(facts: &ClusterFacts, now: DateTime<Utc>) -> Self {
+        RepositoryIdentity {
+            format: REPOSITORY_FORMAT,
+            system_identifier: facts.system_identifier,
+            pg_version: facts.pg_version,
+            pg_control_version: facts.pg_control_version,
+            catalog_version: facts.catalog_version,
+            wal_segment_size: facts.wal_segment_size,
+            wal_block_size: facts.wal_block_size,
             created_at: now.to_rfc3339_opts(SecondsFormat::Secs, true),
             created_by: format!("pitr {}", env!("CARGO_PKG_VERSION")),
             compression: None,
@@ -325,6 +339,18 @@ mod u64_as_string {
             .parse()
             .map_err(D::Error::custom)
     }
+}
+
+/// What a repository records of its cluster.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterFacts {
+    pub system_identifier: u64,
+    /// The major version.
+    pub pg_version: u32,
+    pub pg_control_version: u32,
+    pub catalog_version: u32,
+    pub wal_segment_size: u64,
+    pub wal_block_size: u32,
 }
 
 /// Outcome of recording an identity.

@@ -142,9 +142,14 @@ impl TargetArgs {
 pub enum Command {
     /// Record the cluster that a repository belongs to (run once, before archiving).
     Init {
-        /// The cluster's data directory.
+        /// The cluster's data directory, on this host.
         #[arg(long, env = "PGDATA", value_name = "DIR")]
-        pgdata: PathBuf,
+        pgdata: Option<PathBuf>,
+        /// Or its server, when this host has no access to the data directory (a backup
+        /// host): a connection string or URL as libpq reads them (see `backup --dbname`); the
+        /// identity is asked of the server. --pgdata, where given, wins.
+        #[arg(long, short = 'd', value_name = "CONNINFO")]
+        dbname: Option<String>,
         /// Encrypt everything stored: a new data key, wrapped by each key given
         /// (passphrase_file / PITR_PASSPHRASE, key_file, kms_key_id).
         #[arg(long)]

@@ -11,7 +11,7 @@ use crate::commands::check::{CheckOptions, CheckThresholds};
 use crate::commands::drill::DrillOptions;
 use crate::commands::expire::ExpireOptions;
 use crate::commands::history::HistoryOptions;
-use crate::commands::init::InitOptions;
+use crate::commands::init::{ClusterSource, InitOptions};
 use crate::commands::list::ListOptions;
 use crate::commands::metrics::MetricsOptions;
 use crate::commands::pin::PinOptions;
@@ -110,8 +110,24 @@ impl Command {
         let settings = context.settings;
         let threads = context.threads;
         Ok(match self {
-            Command::Init { pgdata, encrypt } => Request::Init(InitOptions {
+            Command::Init {
                 pgdata,
+                dbname,
+                encrypt,
+            } => Request::Init(InitOptions {
+                cluster: match (pgdata, dbname) {
+                    (Some(pgdata), _) => ClusterSource::DataDirectory(pgdata),
+                    (None, Some(dbname)) => ClusterSource::Server {
+                        dbname: Some(dbname),
+                    },
+                    (None, None) => {
+                        return Err(Error::Config(
+                            "init needs the cluster: --pgdata DIR (or PGDATA) on its host, or \
+                             --dbname CONNINFO to ask its server"
+                                .into(),
+                        ));
+                    }
+                },
                 compression: settings
                     .compression()?
                     .for_new_repository()

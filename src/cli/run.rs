@@ -2,10 +2,10 @@
 
 use super::options::Context;
 use super::{Cli, Command, render, restore_command};
-use crate::commands::notify;
 use crate::commands::archive_get::{self, ArchiveGetRequest};
 use crate::commands::archive_push;
 use crate::commands::demo::{DemoOptions, demo};
+use crate::commands::notify;
 use crate::commands::run::{Access, Outcome};
 use crate::config::Settings;
 use crate::error::{EXIT_OK, Result};

@@ -10,11 +10,31 @@ use crate::ownership::{Owner, give_to, running_as_root};
 
 #[derive(Clone, Debug)]
 pub struct InitOptions {
-    pub pgdata: PathBuf,
+    pub cluster: ClusterSource,
     /// How the repository's objects are compressed, for good: its type is fixed here.
     pub compression: Compression,
     /// Encrypt the repository, with the catalog's key materials.
     pub encrypt: bool,
+}
+
+/// Where init learns the cluster's identity.
+#[derive(Clone, Debug)]
+pub enum ClusterSource {
+    /// Its data directory, on this host (PG_VERSION and global/pg_control).
+    DataDirectory(PathBuf),
+    /// Its server, over a connection (`--dbname`, libpq's rules): a backup host needs no
+    /// access to the database host's files.
+    Server { dbname: Option<String> },
+}
+
+impl ClusterSource {
+    /// The data directory, for a local cluster.
+    pub fn data_directory(&self) -> Option<&Path> {
+        match self {
+            ClusterSource::DataDirectory(pgdata) => Some(pgdata),
+            ClusterSource::Server { .. } => None,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -83,8 +103,79 @@ pub fn read_cluster_identity(pgdata: &Path) -> Result<RepositoryIdentity> {
     ))
 }
 
+/// The identity of the cluster a server runs: asked over SQL, as the backup user can
+/// (pg_control_system() and the server's settings).
+pub async fn server_cluster_identity(dbname: Option<&str>) -> Result<RepositoryIdentity> {
+    let settings = crate::server::connection_settings(dbname)?;
+    let session = crate::server::Session::connect(&settings).await?;
+    let version = session.version()?;
+    let number = |what: &'static str, sql: &'static str| {
+        let session = &session;
+        async move {
+            let text = session.text(what, sql).await?;
+            text.trim().parse::<u64>().map_err(|_| {
+                Error::Server(format!(
+                    "the server answered '{text}' for {what}, not a number"
+                ))
+            })
+        }
+    };
+    let as_u32 = |what: &str, value: u64| {
+        u32::try_from(value)
+            .map_err(|_| Error::Server(format!("the server's {what} {value} is out of range")))
+    };
+    let facts = crate::catalog::ClusterFacts {
+        system_identifier: number(
+            "the system identifier",
+            "SELECT system_identifier::text FROM pg_control_system()",
+        )
+        .await?,
+        pg_version: version.major,
+        pg_control_version: as_u32(
+            "pg_control_version",
+            number(
+                "the control file version",
+                "SELECT pg_control_version::text FROM pg_control_system()",
+            )
+            .await?,
+        )?,
+        catalog_version: as_u32(
+            "catalog_version_no",
+            number(
+                "the catalog version",
+                "SELECT catalog_version_no::text FROM pg_control_system()",
+            )
+            .await?,
+        )?,
+        wal_segment_size: number(
+            "the WAL segment size",
+            "SELECT setting FROM pg_settings WHERE name = 'wal_segment_size'",
+        )
+        .await?,
+        wal_block_size: as_u32(
+            "wal_block_size",
+            number(
+                "the WAL block size",
+                "SELECT current_setting('wal_block_size')",
+            )
+            .await?,
+        )?,
+    };
+    if facts.pg_control_version != version.control_version {
+        return Err(Error::Server(format!(
+            "the server reports control file version {} for PostgreSQL {}, which writes {}",
+            facts.pg_control_version, version.major, version.control_version
+        )));
+    }
+    Ok(RepositoryIdentity::of_cluster(&facts, chrono::Utc::now()))
+}
+
 pub async fn init(catalog: &Catalog, options: &InitOptions) -> Result<InitReport> {
-    let identity = read_cluster_identity(&options.pgdata)?.with_compression(options.compression);
+    let identity = match &options.cluster {
+        ClusterSource::DataDirectory(pgdata) => read_cluster_identity(pgdata)?,
+        ClusterSource::Server { dbname } => server_cluster_identity(dbname.as_deref()).await?,
+    }
+    .with_compression(options.compression);
     let location = catalog.location();
     let outcome = if options.encrypt {
         catalog.init_encrypted(&identity).await?
@@ -99,7 +190,10 @@ pub async fn init(catalog: &Catalog, options: &InitOptions) -> Result<InitReport
                 "repository {location} already belongs to the cluster with system identifier {}, \
              not to {} (system identifier {}); use another repository for this cluster",
                 existing.system_identifier,
-                options.pgdata.display(),
+                match &options.cluster {
+                    ClusterSource::DataDirectory(pgdata) => pgdata.display().to_string(),
+                    ClusterSource::Server { .. } => "the server's cluster".to_owned(),
+                },
                 identity.system_identifier
             )));
         }

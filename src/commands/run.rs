@@ -227,8 +227,10 @@ impl Access {
     /// metrics, which report a repository they cannot read as a state (UNKNOWN, or per
     /// scrape for a long-running exporter) rather than fail.
     pub async fn open_for(&self, request: &Request) -> Result<Catalog> {
-        if let (Request::Init(options), Some(root)) = (request, self.config.local_root()) {
-            crate::commands::init::prepare_local_repository(root, &options.pgdata)?;
+        if let (Request::Init(options), Some(root)) = (request, self.config.local_root())
+            && let Some(pgdata) = options.cluster.data_directory()
+        {
+            crate::commands::init::prepare_local_repository(root, pgdata)?;
         }
         let catalog = self.connect_as(request.run_as()?.as_ref()).await?;
         Ok(match request {

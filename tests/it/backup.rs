@@ -223,3 +223,83 @@ async fn a_killed_backup_is_never_listed() {
     assert_eq!(listed["backups"].as_array().unwrap().len(), 1, "{listed}");
     cluster.stop();
 }
+
+/// A backup host that cannot read the data directory initialises its repository from the
+/// server alone: the identity is the one the data directory gives, and archiving and backups
+/// work on it.
+#[tokio::test(flavor = "multi_thread")]
+async fn init_asks_the_server_when_given_only_a_connection() {
+    let dir = TestDir::new("init-remote");
+    let repo = Repo::local(&dir);
+    let pitr = Pitr::install(&dir, &repo);
+    let mut cluster = PgCluster::initdb(&dir, "pg", &[]);
+    cluster.configure(&format!(
+        "archive_mode = on\narchive_command = '{}'\n",
+        pitr.archive_command()
+    ));
+    cluster.start();
+    let conninfo = format!(
+        "host={} port={} user=postgres dbname=postgres",
+        cluster.socket_dir.display(),
+        cluster.port
+    );
+
+    // Neither a data directory nor a server: refused, saying what to give.
+    let out = pitr
+        .command(["init"])
+        .env_remove("PGDATA")
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 2, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("--pgdata DIR") && stderr(&out).contains("--dbname CONNINFO"),
+        "{}",
+        stderr(&out)
+    );
+
+    let out = pitr
+        .command(["init", "--dbname", &conninfo])
+        .env_remove("PGDATA")
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let pitr::storage::RepoLocation::Fs(root) = &repo.location else {
+        unreachable!("a local repository")
+    };
+    let recorded: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(root.join("repository.json")).unwrap()).unwrap();
+    let expected = pitr::commands::init::read_cluster_identity(&cluster.data).unwrap();
+    assert_eq!(
+        recorded["system_identifier"],
+        expected.system_identifier.to_string()
+    );
+    for (field, value) in [
+        ("pg_version", u64::from(expected.pg_version)),
+        ("pg_control_version", u64::from(expected.pg_control_version)),
+        ("catalog_version", u64::from(expected.catalog_version)),
+        ("wal_segment_size", expected.wal_segment_size),
+        ("wal_block_size", u64::from(expected.wal_block_size)),
+    ] {
+        assert_eq!(recorded[field], value, "{field}: {recorded:#}");
+    }
+    // The data directory names the same cluster.
+    let out = pitr
+        .command(["init", "--pgdata"])
+        .arg(&cluster.data)
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("already initialised"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+
+    // Archiving and a backup go into it.
+    cluster.archive_current_segment(Duration::from_secs(60));
+    let id = pitr.backup(&cluster);
+    let list = pitr.run(["list", "--json"]);
+    assert_eq!(code(&list), 0, "{}", stderr(&list));
+    let listed: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
+    assert_eq!(listed["backups"][0]["id"], id.as_str(), "{listed:#}");
+}
