@@ -47,8 +47,8 @@ pub enum Syntax {
     /// CopyOut per tablespace of raw tar bytes, then one for the manifest.
     Positional,
     /// PostgreSQL 15 and later: option lists (`BASE_BACKUP (LABEL 'x', CHECKPOINT 'fast')`),
-    /// one CopyOut of typed messages (`n`, `d`, `p`, `m`). 15 still parses the positional
-    /// form, but pitr uses each version's documented form.
+    /// one CopyOut of typed messages (`n`, `d`, `p`, `m`). pitr sends each version the form
+    /// that version's own pg_basebackup sends.
     OptionList,
 }
 
