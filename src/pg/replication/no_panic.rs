@@ -106,6 +106,25 @@ fn scan_literal(text: &str) -> Option<(String, &str)> {
     }
 }
 
+/// Collects a stream's events: each archive by name with its bytes, and the manifest.
+fn apply(
+    event: BackupStreamEvent<'_>,
+    received: &mut Vec<(String, Vec<u8>)>,
+    received_manifest: &mut Option<Vec<u8>>,
+) {
+    match event {
+        BackupStreamEvent::ArchiveStart { name, .. } => received.push((name, Vec::new())),
+        BackupStreamEvent::ArchiveData(data) => {
+            received.last_mut().unwrap().1.extend_from_slice(data)
+        }
+        BackupStreamEvent::ManifestStart => *received_manifest = Some(Vec::new()),
+        BackupStreamEvent::ManifestData(data) => {
+            received_manifest.as_mut().unwrap().extend_from_slice(data)
+        }
+        BackupStreamEvent::Progress(_) => {}
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(1000))]
 
@@ -208,5 +227,94 @@ proptest! {
         let time = std::time::UNIX_EPOCH + std::time::Duration::from_micros(u64::from(secs) * 1_000_001);
         let pg = to_pg_timestamp(time);
         prop_assert_eq!(pg_timestamp_to_system_time(pg), Some(time));
+    }
+
+    #[test]
+    fn valid_streams_decode_to_what_was_sent(
+        archives in prop::collection::vec(prop::collection::vec(any::<u8>(), 0..64), 1..4),
+        manifest in prop::option::of(prop::collection::vec(any::<u8>(), 0..64)),
+        chunk in 1usize..16,
+        positional in any::<bool>(),
+    ) {
+        let count = archives.len();
+        let tablespaces: Vec<BackupTablespace> = (0..count)
+            .map(|i| if i + 1 == count {
+                BackupTablespace { oid: None, location: None, size_kb: None }
+            } else {
+                BackupTablespace {
+                    oid: Some(16400 + i as u32),
+                    location: Some(format!("/ts/{i}")),
+                    size_kb: None,
+                }
+            })
+            .collect();
+        let syntax = if positional { Syntax::Positional } else { Syntax::OptionList };
+        let mut stream = BackupStream::new(syntax, &tablespaces, manifest.is_some());
+        let mut received: Vec<(String, Vec<u8>)> = Vec::new();
+        let mut received_manifest: Option<Vec<u8>> = None;
+        if positional {
+            for archive in &archives {
+                let event = stream.copy_out_began().unwrap().unwrap();
+                apply(event, &mut received, &mut received_manifest);
+                for piece in archive.chunks(chunk) {
+                    let event = stream.copy_data(piece).unwrap();
+                    apply(event, &mut received, &mut received_manifest);
+                }
+                stream.copy_done().unwrap();
+            }
+            if let Some(manifest) = &manifest {
+                let event = stream.copy_out_began().unwrap().unwrap();
+                apply(event, &mut received, &mut received_manifest);
+                for piece in manifest.chunks(chunk) {
+                    let event = stream.copy_data(piece).unwrap();
+                    apply(event, &mut received, &mut received_manifest);
+                }
+                stream.copy_done().unwrap();
+            }
+        } else {
+            prop_assert_eq!(stream.copy_out_began().unwrap(), None);
+            let mut messages: Vec<Vec<u8>> = Vec::new();
+            let mut done = 0i64;
+            for (archive, tablespace) in archives.iter().zip(&tablespaces) {
+                let mut start = vec![b'n'];
+                start.extend_from_slice(tablespace.archive_name().as_bytes());
+                start.push(0);
+                start.extend_from_slice(tablespace.location.as_deref().unwrap_or("").as_bytes());
+                start.push(0);
+                messages.push(start);
+                for piece in archive.chunks(chunk) {
+                    let mut data = vec![b'd'];
+                    data.extend_from_slice(piece);
+                    messages.push(data);
+                }
+                done += archive.len() as i64;
+                let mut progress = vec![b'p'];
+                progress.extend_from_slice(&done.to_be_bytes());
+                messages.push(progress);
+            }
+            if let Some(manifest) = &manifest {
+                messages.push(b"m".to_vec());
+                for piece in manifest.chunks(chunk) {
+                    let mut data = vec![b'd'];
+                    data.extend_from_slice(piece);
+                    messages.push(data);
+                }
+            }
+            for message in &messages {
+                let event = stream.copy_data(message).unwrap();
+                apply(event, &mut received, &mut received_manifest);
+            }
+            stream.copy_done().unwrap();
+        }
+        stream.finish().unwrap();
+        let expected: Vec<(String, Vec<u8>)> = tablespaces
+            .iter()
+            .map(BackupTablespace::archive_name)
+            .zip(archives.iter().cloned())
+            .collect();
+        prop_assert_eq!(received, expected);
+        prop_assert_eq!(received_manifest, manifest);
+        let total: usize = archives.iter().map(Vec::len).sum();
+        prop_assert_eq!(stream.archive_bytes(), total as u64);
     }
 }
