@@ -247,7 +247,9 @@ impl BackupStream {
     pub fn copy_done(&mut self) -> Result<(), ProtocolError> {
         self.state = match (self.syntax, self.state) {
             (_, State::OutsideCopy | State::CopyEnded) => {
-                return Err(ProtocolError::BackupStreamOrder("a COPY ended that never began"));
+                return Err(ProtocolError::BackupStreamOrder(
+                    "a COPY ended that never began",
+                ));
             }
             (Syntax::Positional, _) => State::OutsideCopy,
             (Syntax::OptionList, _) => State::CopyEnded,
@@ -344,15 +346,30 @@ mod tests {
             stream.copy_out_began().unwrap(),
             Some(start("16400.tar", Some(16400), Some("/srv/ts")))
         );
-        assert_eq!(stream.copy_data(b"tar1").unwrap(), BackupStreamEvent::ArchiveData(b"tar1"));
+        assert_eq!(
+            stream.copy_data(b"tar1").unwrap(),
+            BackupStreamEvent::ArchiveData(b"tar1")
+        );
         stream.copy_done().unwrap();
-        assert_eq!(stream.copy_out_began().unwrap(), Some(start("base.tar", None, None)));
-        assert_eq!(stream.copy_data(b"tar22").unwrap(), BackupStreamEvent::ArchiveData(b"tar22"));
+        assert_eq!(
+            stream.copy_out_began().unwrap(),
+            Some(start("base.tar", None, None))
+        );
+        assert_eq!(
+            stream.copy_data(b"tar22").unwrap(),
+            BackupStreamEvent::ArchiveData(b"tar22")
+        );
         assert!(stream.finish().is_err(), "inside a COPY");
         stream.copy_done().unwrap();
         assert!(stream.finish().is_err(), "manifest missing");
-        assert_eq!(stream.copy_out_began().unwrap(), Some(BackupStreamEvent::ManifestStart));
-        assert_eq!(stream.copy_data(b"{}").unwrap(), BackupStreamEvent::ManifestData(b"{}"));
+        assert_eq!(
+            stream.copy_out_began().unwrap(),
+            Some(BackupStreamEvent::ManifestStart)
+        );
+        assert_eq!(
+            stream.copy_data(b"{}").unwrap(),
+            BackupStreamEvent::ManifestData(b"{}")
+        );
         stream.copy_done().unwrap();
         stream.finish().unwrap();
         assert_eq!(stream.archive_bytes(), 9);
@@ -376,7 +393,10 @@ mod tests {
         stream.copy_out_began().unwrap();
         stream.copy_done().unwrap();
         stream.finish().unwrap();
-        assert!(stream.copy_out_began().is_err(), "no manifest was asked for");
+        assert!(
+            stream.copy_out_began().is_err(),
+            "no manifest was asked for"
+        );
     }
 
     #[test]
@@ -387,15 +407,32 @@ mod tests {
             stream.copy_data(&new_archive("base.tar", "")).unwrap(),
             start("base.tar", None, None)
         );
-        assert_eq!(stream.copy_data(b"dtar").unwrap(), BackupStreamEvent::ArchiveData(b"tar"));
-        assert_eq!(stream.copy_data(&progress(3)).unwrap(), BackupStreamEvent::Progress(3));
         assert_eq!(
-            stream.copy_data(&new_archive("16400.tar", "/srv/ts")).unwrap(),
+            stream.copy_data(b"dtar").unwrap(),
+            BackupStreamEvent::ArchiveData(b"tar")
+        );
+        assert_eq!(
+            stream.copy_data(&progress(3)).unwrap(),
+            BackupStreamEvent::Progress(3)
+        );
+        assert_eq!(
+            stream
+                .copy_data(&new_archive("16400.tar", "/srv/ts"))
+                .unwrap(),
             start("16400.tar", Some(16400), Some("/srv/ts"))
         );
-        assert_eq!(stream.copy_data(b"d").unwrap(), BackupStreamEvent::ArchiveData(b""));
-        assert_eq!(stream.copy_data(b"m").unwrap(), BackupStreamEvent::ManifestStart);
-        assert_eq!(stream.copy_data(b"d{\"a\"").unwrap(), BackupStreamEvent::ManifestData(b"{\"a\""));
+        assert_eq!(
+            stream.copy_data(b"d").unwrap(),
+            BackupStreamEvent::ArchiveData(b"")
+        );
+        assert_eq!(
+            stream.copy_data(b"m").unwrap(),
+            BackupStreamEvent::ManifestStart
+        );
+        assert_eq!(
+            stream.copy_data(b"d{\"a\"").unwrap(),
+            BackupStreamEvent::ManifestData(b"{\"a\"")
+        );
         assert!(stream.finish().is_err());
         stream.copy_done().unwrap();
         stream.finish().unwrap();
@@ -414,27 +451,83 @@ mod tests {
         };
         for (bytes, error) in [
             (&b""[..], ProtocolError::EmptyMessage),
-            (&b"dx"[..], ProtocolError::BackupStreamOrder("data before the first archive")),
-            (&b"x"[..], ProtocolError::UnknownMessage { stream: "base backup", tag: b'x' }),
-            (&b"p1234567"[..], ProtocolError::MessageLength { message: "progress", len: 8, need: 9 }),
-            (&b"mx"[..], ProtocolError::MessageLength { message: "manifest", len: 2, need: 1 }),
-            (&b"nbase.tar"[..], ProtocolError::BadArchiveMessage("a string lacks its NUL")),
-            (&b"nbase.tar\0"[..], ProtocolError::BadArchiveMessage("a string lacks its NUL")),
-            (&b"nbase.tar\0\0x"[..], ProtocolError::BadArchiveMessage("bytes after the location")),
-            (&b"n\0\0"[..], ProtocolError::BadArchiveMessage("the archive name is not a plain file name")),
-            (&b"n../x\0\0"[..], ProtocolError::BadArchiveMessage("the archive name is not a plain file name")),
-            (&b"n\xff\0\0"[..], ProtocolError::BadArchiveMessage("a string is not UTF-8")),
+            (
+                &b"dx"[..],
+                ProtocolError::BackupStreamOrder("data before the first archive"),
+            ),
+            (
+                &b"x"[..],
+                ProtocolError::UnknownMessage {
+                    stream: "base backup",
+                    tag: b'x',
+                },
+            ),
+            (
+                &b"p1234567"[..],
+                ProtocolError::MessageLength {
+                    message: "progress",
+                    len: 8,
+                    need: 9,
+                },
+            ),
+            (
+                &b"mx"[..],
+                ProtocolError::MessageLength {
+                    message: "manifest",
+                    len: 2,
+                    need: 1,
+                },
+            ),
+            (
+                &b"nbase.tar"[..],
+                ProtocolError::BadArchiveMessage("a string lacks its NUL"),
+            ),
+            (
+                &b"nbase.tar\0"[..],
+                ProtocolError::BadArchiveMessage("a string lacks its NUL"),
+            ),
+            (
+                &b"nbase.tar\0\0x"[..],
+                ProtocolError::BadArchiveMessage("bytes after the location"),
+            ),
+            (
+                &b"n\0\0"[..],
+                ProtocolError::BadArchiveMessage("the archive name is not a plain file name"),
+            ),
+            (
+                &b"n../x\0\0"[..],
+                ProtocolError::BadArchiveMessage("the archive name is not a plain file name"),
+            ),
+            (
+                &b"n\xff\0\0"[..],
+                ProtocolError::BadArchiveMessage("a string is not UTF-8"),
+            ),
         ] {
             assert_eq!(fresh().copy_data(bytes), Err(error), "{bytes:?}");
         }
-        assert_eq!(fresh().copy_data(&progress(-1)), Err(ProtocolError::NegativeProgress(-1)));
+        assert_eq!(
+            fresh().copy_data(&progress(-1)),
+            Err(ProtocolError::NegativeProgress(-1))
+        );
         let mut stream = fresh();
-        assert!(stream.copy_data(&new_archive("x.tar", "/elsewhere")).is_err());
+        assert!(
+            stream
+                .copy_data(&new_archive("x.tar", "/elsewhere"))
+                .is_err()
+        );
         stream.copy_data(&new_archive("base.tar", "")).unwrap();
-        assert!(stream.copy_data(&new_archive("base.tar", "")).is_err(), "twice");
+        assert!(
+            stream.copy_data(&new_archive("base.tar", "")).is_err(),
+            "twice"
+        );
         stream.copy_data(b"m").unwrap();
         assert!(stream.copy_data(b"m").is_err(), "a second manifest");
-        assert!(stream.copy_data(&new_archive("16400.tar", "/srv/ts")).is_err(), "after manifest");
+        assert!(
+            stream
+                .copy_data(&new_archive("16400.tar", "/srv/ts"))
+                .is_err(),
+            "after manifest"
+        );
         stream.copy_done().unwrap();
         assert_eq!(
             stream.finish(),

@@ -158,7 +158,10 @@ pub fn create_physical_slot(
 /// `DROP_REPLICATION_SLOT name WAIT`: waits for a walsender still using the slot rather than
 /// failing.
 pub fn drop_slot(name: &str) -> Result<String, CommandError> {
-    Ok(format!("DROP_REPLICATION_SLOT {} WAIT", slot_identifier(name)?))
+    Ok(format!(
+        "DROP_REPLICATION_SLOT {} WAIT",
+        slot_identifier(name)?
+    ))
 }
 
 /// `READ_REPLICATION_SLOT name`, which PostgreSQL 15 introduced.
@@ -322,7 +325,10 @@ mod tests {
             ..request()
         };
         let command = base_backup(Syntax::OptionList, &quoted).unwrap();
-        assert!(command.starts_with("BASE_BACKUP (LABEL 'it''s \\ \"here\"', "), "{command}");
+        assert!(
+            command.starts_with("BASE_BACKUP (LABEL 'it''s \\ \"here\"', "),
+            "{command}"
+        );
         for (label, what) in [
             ("a\0b", "it holds a NUL character"),
             ("a\nb", "it spans lines"),
@@ -351,7 +357,12 @@ mod tests {
 
     #[test]
     fn max_rate_bounds() {
-        for (rate, ok) in [(31, false), (32, true), (1_048_576, true), (1_048_577, false)] {
+        for (rate, ok) in [
+            (31, false),
+            (32, true),
+            (1_048_576, true),
+            (1_048_577, false),
+        ] {
             let req = BaseBackupRequest {
                 max_rate_kb: Some(rate),
                 ..request()
@@ -396,7 +407,15 @@ mod tests {
     fn slot_names_are_validated() {
         validate_slot_name(&"a".repeat(63)).unwrap();
         let too_long = "a".repeat(64);
-        for bad in ["", "Upper", "with-dash", "sp ace", "q\"uote", "é", too_long.as_str()] {
+        for bad in [
+            "",
+            "Upper",
+            "with-dash",
+            "sp ace",
+            "q\"uote",
+            "é",
+            too_long.as_str(),
+        ] {
             assert_eq!(
                 validate_slot_name(bad),
                 Err(CommandError::InvalidSlotName(bad.to_owned())),
@@ -425,7 +444,10 @@ mod tests {
         assert_eq!(timeline_history(3).unwrap(), "TIMELINE_HISTORY 3");
         assert!(timeline_history(0).is_err());
         assert_eq!(identify_system(), "IDENTIFY_SYSTEM");
-        assert_eq!(show_setting("wal_segment_size").unwrap(), "SHOW wal_segment_size");
+        assert_eq!(
+            show_setting("wal_segment_size").unwrap(),
+            "SHOW wal_segment_size"
+        );
         assert!(show_setting("x; DROP").is_err());
     }
 

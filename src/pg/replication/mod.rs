@@ -20,15 +20,15 @@ mod wal_stream;
 
 pub use backup_stream::{BackupStream, BackupStreamEvent};
 pub use commands::{
-    BaseBackupRequest, MAX_LABEL_BYTES, MAX_RATE_KB, MIN_RATE_KB, base_backup, create_physical_slot,
-    drop_slot, identify_system, quote_identifier, quote_literal, read_replication_slot,
-    show_setting, start_replication, timeline_history, validate_slot_name,
+    BaseBackupRequest, MAX_LABEL_BYTES, MAX_RATE_KB, MIN_RATE_KB, base_backup,
+    create_physical_slot, drop_slot, identify_system, quote_identifier, quote_literal,
+    read_replication_slot, show_setting, start_replication, timeline_history, validate_slot_name,
 };
 pub use results::{
-    BackupPosition, BackupTablespace, CreatedSlot, IdentifySystem, ReplicationSlot, Row,
-    SlotType, TimelineHistory, TimelineSwitch, parse_backup_position, parse_backup_tablespaces,
-    parse_created_slot, parse_identify_system, parse_read_replication_slot,
-    parse_timeline_history, parse_timeline_switch, parse_wal_segment_size,
+    BackupPosition, BackupTablespace, CreatedSlot, IdentifySystem, ReplicationSlot, Row, SlotType,
+    TimelineHistory, TimelineSwitch, parse_backup_position, parse_backup_tablespaces,
+    parse_created_slot, parse_identify_system, parse_read_replication_slot, parse_timeline_history,
+    parse_timeline_switch, parse_wal_segment_size,
 };
 pub use wal_stream::{
     HotStandbyFeedback, PG_EPOCH_UNIX_SECONDS, StandbyStatusUpdate, WalSenderMessage,

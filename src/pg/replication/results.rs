@@ -89,7 +89,10 @@ pub struct TimelineSwitch {
     pub start: Lsn,
 }
 
-fn one_row<'r>(rows: &'r [Row], command: &'static str) -> Result<&'r [Option<String>], ProtocolError> {
+fn one_row<'r>(
+    rows: &'r [Row],
+    command: &'static str,
+) -> Result<&'r [Option<String>], ProtocolError> {
     match rows {
         [row] => Ok(row.as_slice()),
         _ => Err(ProtocolError::RowCount {
@@ -127,7 +130,12 @@ fn required<'r>(
     })
 }
 
-fn bad(command: &'static str, column: &'static str, value: &str, what: &'static str) -> ProtocolError {
+fn bad(
+    command: &'static str,
+    column: &'static str,
+    value: &str,
+    what: &'static str,
+) -> ProtocolError {
     ProtocolError::BadColumn {
         command,
         column,
@@ -152,7 +160,12 @@ fn timeline(value: &str, command: &'static str, name: &'static str) -> Result<u3
         .or_else(|| value.parse::<i32>().ok().map(|t| t as u32));
     match parsed {
         Some(t) if t > 0 => Ok(t),
-        _ => Err(bad(command, name, value, "not a timeline (1 to 4294967295)")),
+        _ => Err(bad(
+            command,
+            name,
+            value,
+            "not a timeline (1 to 4294967295)",
+        )),
     }
 }
 
@@ -193,7 +206,11 @@ pub fn parse_created_slot(rows: &[Row]) -> Result<CreatedSlot, ProtocolError> {
     const C: &str = "CREATE_REPLICATION_SLOT";
     let row = one_row(rows, C)?;
     let slot_name = required(row, 0, C, "slot_name")?.to_owned();
-    let consistent_point = lsn(required(row, 1, C, "consistent_point")?, C, "consistent_point")?;
+    let consistent_point = lsn(
+        required(row, 1, C, "consistent_point")?,
+        C,
+        "consistent_point",
+    )?;
     Ok(CreatedSlot {
         slot_name,
         consistent_point,
@@ -290,9 +307,7 @@ pub fn parse_backup_tablespaces(rows: &[Row]) -> Result<Vec<BackupTablespace>, P
         });
     }
     if !base {
-        return Err(ProtocolError::BadTablespaceList(
-            "no main data directory",
-        ));
+        return Err(ProtocolError::BadTablespaceList("no main data directory"));
     }
     Ok(tablespaces)
 }
@@ -304,7 +319,11 @@ pub fn parse_timeline_switch(rows: &[Row]) -> Result<TimelineSwitch, ProtocolErr
     let row = one_row(rows, C)?;
     Ok(TimelineSwitch {
         next_timeline: timeline(required(row, 0, C, "next_tli")?, C, "next_tli")?,
-        start: lsn(required(row, 1, C, "next_tli_startpos")?, C, "next_tli_startpos")?,
+        start: lsn(
+            required(row, 1, C, "next_tli_startpos")?,
+            C,
+            "next_tli_startpos",
+        )?,
     })
 }
 
@@ -314,7 +333,10 @@ pub fn parse_wal_segment_size(rows: &[Row]) -> Result<u64, ProtocolError> {
     const C: &str = "SHOW wal_segment_size";
     let row = one_row(rows, C)?;
     let text = required(row, 0, C, "wal_segment_size")?;
-    let (digits, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len()));
+    let (digits, unit) = text.split_at(
+        text.find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.len()),
+    );
     let multiplier: u64 = match unit.trim() {
         "" | "B" => 1,
         "kB" => 1 << 10,
@@ -327,7 +349,14 @@ pub fn parse_wal_segment_size(rows: &[Row]) -> Result<u64, ProtocolError> {
         .ok()
         .and_then(|n| n.checked_mul(multiplier))
         .filter(|&size| crate::pg::is_valid_wal_segment_size(size))
-        .ok_or_else(|| bad(C, "wal_segment_size", text, "not a WAL segment size (1MB to 1GB, a power of two)"))
+        .ok_or_else(|| {
+            bad(
+                C,
+                "wal_segment_size",
+                text,
+                "not a WAL segment size (1MB to 1GB, a power of two)",
+            )
+        })
 }
 
 #[cfg(test)]
@@ -340,7 +369,12 @@ mod tests {
 
     #[test]
     fn identify_system() {
-        let rows = vec![row(&[Some("7301234567890123457"), Some("1"), Some("0/1A2B3C8"), None])];
+        let rows = vec![row(&[
+            Some("7301234567890123457"),
+            Some("1"),
+            Some("0/1A2B3C8"),
+            None,
+        ])];
         assert_eq!(
             parse_identify_system(&rows).unwrap(),
             IdentifySystem {
@@ -351,21 +385,36 @@ mod tests {
             }
         );
         // PostgreSQL 18 pads the low half (%X/%08X).
-        let rows = vec![row(&[Some("1"), Some("-2"), Some("0/01A2B3C8"), Some("db")])];
+        let rows = vec![row(&[
+            Some("1"),
+            Some("-2"),
+            Some("0/01A2B3C8"),
+            Some("db"),
+        ])];
         let id = parse_identify_system(&rows).unwrap();
-        assert_eq!((id.timeline, id.xlogpos, id.dbname.as_deref()), (u32::MAX - 1, Lsn(0x1A2B3C8), Some("db")));
+        assert_eq!(
+            (id.timeline, id.xlogpos, id.dbname.as_deref()),
+            (u32::MAX - 1, Lsn(0x1A2B3C8), Some("db"))
+        );
     }
 
     #[test]
     fn identify_system_errors() {
         assert_eq!(
             parse_identify_system(&[]),
-            Err(ProtocolError::RowCount { command: "IDENTIFY_SYSTEM", rows: 0 })
+            Err(ProtocolError::RowCount {
+                command: "IDENTIFY_SYSTEM",
+                rows: 0
+            })
         );
         let short = vec![row(&[Some("1"), Some("1"), Some("0/0")])];
         assert_eq!(
             parse_identify_system(&short),
-            Err(ProtocolError::ColumnCount { command: "IDENTIFY_SYSTEM", columns: 3, expected: 4 })
+            Err(ProtocolError::ColumnCount {
+                command: "IDENTIFY_SYSTEM",
+                columns: 3,
+                expected: 4
+            })
         );
         for bad_row in [
             row(&[None, Some("1"), Some("0/0"), None]),
@@ -379,7 +428,10 @@ mod tests {
 
     #[test]
     fn timeline_history() {
-        let rows = vec![row(&[Some("00000002.history"), Some("1\t0/3000158\tno recovery target specified\n")])];
+        let rows = vec![row(&[
+            Some("00000002.history"),
+            Some("1\t0/3000158\tno recovery target specified\n"),
+        ])];
         let history = parse_timeline_history(&rows).unwrap();
         assert_eq!(history.filename.timeline(), 2);
         assert!(history.content.starts_with(b"1\t0/3000158"));
@@ -392,7 +444,10 @@ mod tests {
         let rows = vec![row(&[Some("pitr_1"), Some("0/0"), None, None])];
         assert_eq!(
             parse_created_slot(&rows).unwrap(),
-            CreatedSlot { slot_name: "pitr_1".into(), consistent_point: Lsn(0) }
+            CreatedSlot {
+                slot_name: "pitr_1".into(),
+                consistent_point: Lsn(0)
+            }
         );
         let rows = vec![row(&[Some("physical"), Some("0/3000000"), Some("1")])];
         assert_eq!(
@@ -414,7 +469,10 @@ mod tests {
         let start = vec![row(&[Some("0/2000028"), Some("1")])];
         assert_eq!(
             parse_backup_position(&start).unwrap(),
-            BackupPosition { lsn: Lsn(0x2000028), timeline: 1 }
+            BackupPosition {
+                lsn: Lsn(0x2000028),
+                timeline: 1
+            }
         );
         let list = vec![
             row(&[Some("16400"), Some("/srv/ts"), Some("7")]),
@@ -424,14 +482,25 @@ mod tests {
         assert_eq!(
             tablespaces,
             vec![
-                BackupTablespace { oid: Some(16400), location: Some("/srv/ts".into()), size_kb: Some(7) },
-                BackupTablespace { oid: None, location: None, size_kb: Some(23456) },
+                BackupTablespace {
+                    oid: Some(16400),
+                    location: Some("/srv/ts".into()),
+                    size_kb: Some(7)
+                },
+                BackupTablespace {
+                    oid: None,
+                    location: None,
+                    size_kb: Some(23456)
+                },
             ]
         );
         assert_eq!(tablespaces[0].archive_name(), "16400.tar");
         assert_eq!(tablespaces[1].archive_name(), "base.tar");
         let without_progress = vec![row(&[None, None, None])];
-        assert_eq!(parse_backup_tablespaces(&without_progress).unwrap()[0].size_kb, None);
+        assert_eq!(
+            parse_backup_tablespaces(&without_progress).unwrap()[0].size_kb,
+            None
+        );
     }
 
     #[test]
@@ -440,11 +509,18 @@ mod tests {
             vec![],
             vec![row(&[Some("16400"), Some("/srv/ts"), None])],
             vec![row(&[None, None, None]), row(&[None, None, None])],
-            vec![row(&[None, None, None]), row(&[Some("1"), Some("/a"), None]), row(&[Some("1"), Some("/b"), None])],
+            vec![
+                row(&[None, None, None]),
+                row(&[Some("1"), Some("/a"), None]),
+                row(&[Some("1"), Some("/b"), None]),
+            ],
             vec![row(&[None, None, None]), row(&[Some("1"), None, None])],
             vec![row(&[None, Some("/a"), None])],
             vec![row(&[None, None, Some("-1")])],
-            vec![row(&[Some("0"), Some("/a"), None]), row(&[None, None, None])],
+            vec![
+                row(&[Some("0"), Some("/a"), None]),
+                row(&[None, None, None]),
+            ],
             vec![row(&[None, None])],
         ] {
             assert!(parse_backup_tablespaces(&list).is_err(), "{list:?}");
@@ -456,17 +532,32 @@ mod tests {
         let rows = vec![row(&[Some("3"), Some("0/5000000")])];
         assert_eq!(
             parse_timeline_switch(&rows).unwrap(),
-            TimelineSwitch { next_timeline: 3, start: Lsn(0x5000000) }
+            TimelineSwitch {
+                next_timeline: 3,
+                start: Lsn(0x5000000)
+            }
         );
     }
 
     #[test]
     fn wal_segment_size() {
-        for (text, size) in [("16MB", 16u64 << 20), ("1GB", 1 << 30), ("1024kB", 1 << 20), ("16777216", 16 << 20)] {
-            assert_eq!(parse_wal_segment_size(&[row(&[Some(text)])]).unwrap(), size, "{text}");
+        for (text, size) in [
+            ("16MB", 16u64 << 20),
+            ("1GB", 1 << 30),
+            ("1024kB", 1 << 20),
+            ("16777216", 16 << 20),
+        ] {
+            assert_eq!(
+                parse_wal_segment_size(&[row(&[Some(text)])]).unwrap(),
+                size,
+                "{text}"
+            );
         }
         for text in ["", "MB", "15MB", "2GB", "16 XB", "99999999999999999999GB"] {
-            assert!(parse_wal_segment_size(&[row(&[Some(text)])]).is_err(), "{text}");
+            assert!(
+                parse_wal_segment_size(&[row(&[Some(text)])]).is_err(),
+                "{text}"
+            );
         }
     }
 }

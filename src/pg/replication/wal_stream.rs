@@ -216,7 +216,11 @@ mod tests {
         let empty = xlog_data(5, 5, -1, b"");
         assert!(matches!(
             decode_wal_sender_message(&empty).unwrap(),
-            WalSenderMessage::XLogData { data: [], send_time: -1, .. }
+            WalSenderMessage::XLogData {
+                data: [],
+                send_time: -1,
+                ..
+            }
         ));
         let at_end = xlog_data(u64::MAX, 0, 0, b"x");
         assert_eq!(decode_wal_sender_message(&at_end).unwrap().data_end(), None);
@@ -239,7 +243,10 @@ mod tests {
         bytes[17] = 0;
         assert!(matches!(
             decode_wal_sender_message(&bytes).unwrap(),
-            WalSenderMessage::Keepalive { reply_requested: false, .. }
+            WalSenderMessage::Keepalive {
+                reply_requested: false,
+                ..
+            }
         ));
         bytes.push(0);
         assert!(decode_wal_sender_message(&bytes).is_err());
@@ -247,15 +254,25 @@ mod tests {
 
     #[test]
     fn rejects_short_empty_and_unknown() {
-        assert_eq!(decode_wal_sender_message(&[]), Err(ProtocolError::EmptyMessage));
+        assert_eq!(
+            decode_wal_sender_message(&[]),
+            Err(ProtocolError::EmptyMessage)
+        );
         assert_eq!(
             decode_wal_sender_message(&[b'w'; 24]),
-            Err(ProtocolError::MessageLength { message: "XLogData", len: 24, need: 25 })
+            Err(ProtocolError::MessageLength {
+                message: "XLogData",
+                len: 24,
+                need: 25
+            })
         );
         assert!(decode_wal_sender_message(b"k").is_err());
         assert_eq!(
             decode_wal_sender_message(b"z123"),
-            Err(ProtocolError::UnknownMessage { stream: "replication", tag: b'z' })
+            Err(ProtocolError::UnknownMessage {
+                stream: "replication",
+                tag: b'z'
+            })
         );
     }
 
@@ -274,7 +291,10 @@ mod tests {
         assert_eq!(&bytes[1..9], &[1, 2, 3, 4, 5, 6, 7, 8]);
         assert_eq!(&bytes[9..17], &2u64.to_be_bytes());
         assert_eq!(&bytes[17..25], &[0; 8]);
-        assert_eq!(&bytes[25..33], &[0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFE]);
+        assert_eq!(
+            &bytes[25..33],
+            &[0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFE]
+        );
         assert_eq!(bytes[33], 1);
 
         let feedback = HotStandbyFeedback {
@@ -297,21 +317,32 @@ mod tests {
         let y2000 = UNIX_EPOCH + Duration::from_secs(PG_EPOCH_UNIX_SECONDS as u64);
         assert_eq!(to_pg_timestamp(y2000), 0);
         assert_eq!(to_pg_timestamp(UNIX_EPOCH), -PG_EPOCH_UNIX_MICROS);
-        assert_eq!(to_pg_timestamp(y2000 + Duration::from_micros(1_500_001)), 1_500_001);
+        assert_eq!(
+            to_pg_timestamp(y2000 + Duration::from_micros(1_500_001)),
+            1_500_001
+        );
         assert_eq!(
             from_pg_timestamp(0).unwrap().to_rfc3339(),
             "2000-01-01T00:00:00+00:00"
         );
         assert_eq!(
             from_pg_timestamp(818_035_920_123_456).unwrap(),
-            "2025-12-03T00:12:00.123456Z".parse::<DateTime<Utc>>().unwrap()
+            "2025-12-03T00:12:00.123456Z"
+                .parse::<DateTime<Utc>>()
+                .unwrap()
         );
         assert_eq!(from_pg_timestamp(i64::MAX), None);
         assert_eq!(pg_timestamp_to_system_time(0), Some(y2000));
-        assert_eq!(pg_timestamp_to_system_time(-PG_EPOCH_UNIX_MICROS), Some(UNIX_EPOCH));
+        assert_eq!(
+            pg_timestamp_to_system_time(-PG_EPOCH_UNIX_MICROS),
+            Some(UNIX_EPOCH)
+        );
         assert_eq!(pg_timestamp_to_system_time(i64::MAX), None);
         let before = UNIX_EPOCH - Duration::from_secs(1);
         assert_eq!(to_pg_timestamp(before), -PG_EPOCH_UNIX_MICROS - 1_000_000);
-        assert_eq!(pg_timestamp_to_system_time(-PG_EPOCH_UNIX_MICROS - 1_000_000), Some(before));
+        assert_eq!(
+            pg_timestamp_to_system_time(-PG_EPOCH_UNIX_MICROS - 1_000_000),
+            Some(before)
+        );
     }
 }
