@@ -295,3 +295,61 @@ async fn replication_connection_against_postgres_15() {
         "{out}"
     );
 }
+
+/// PostgreSQL 13's BASE_BACKUP: its positional syntax, one CopyOut per tablespace (the main
+/// one last), then the manifest's own CopyOut, between result sets.
+#[tokio::test(flavor = "multi_thread")]
+async fn base_backup_on_13_streams_one_copy_per_tablespace_then_the_manifest() {
+    let Some(bin) = pg_bin_of(13) else { return };
+    let dir = TestDir::new("replication-13");
+    let mut cluster = PgCluster::initdb_with(&dir, "pg", &bin, &[]);
+    cluster.start();
+    let tablespace = dir.subdir("ts");
+    chown_to_postgres(&tablespace);
+    cluster.sql(&format!(
+        "CREATE TABLESPACE ts LOCATION '{}'",
+        tablespace.display()
+    ));
+    cluster.sql("CREATE TABLE t TABLESPACE ts AS SELECT generate_series(1, 10000) AS x");
+    let mut connection = connect(&cluster.conninfo("postgres"), ReplicationMode::Physical).await;
+    assert_eq!(connection.server_version_num().map(|v| v / 10000), Some(13));
+    connection
+        .start("BASE_BACKUP LABEL 'pitr-13' PROGRESS FAST MANIFEST 'yes'")
+        .await
+        .unwrap();
+    let mut streams: Vec<Vec<u8>> = Vec::new();
+    let mut result_sets = Vec::new();
+    while let Some(event) = connection.next_event().await.unwrap() {
+        match event {
+            ReplicationEvent::ResultSet(set) => result_sets.push(set),
+            ReplicationEvent::CopyStart { both } => {
+                assert!(!both);
+                streams.push(Vec::new());
+            }
+            ReplicationEvent::CopyData(payload) => {
+                let stream = streams.last_mut().unwrap();
+                // The tar streams are only counted; the manifest is kept.
+                if stream.len() < 1 << 20 {
+                    stream.extend_from_slice(&payload);
+                }
+            }
+            ReplicationEvent::CopyDone | ReplicationEvent::CommandComplete(_) => {}
+            ReplicationEvent::Ready => break,
+        }
+    }
+    // The tablespace, the main directory, the manifest.
+    assert_eq!(streams.len(), 3);
+    let manifest = String::from_utf8_lossy(&streams[2]);
+    assert!(
+        manifest.starts_with("{ \"PostgreSQL-Backup-Manifest-Version\": 1,"),
+        "{manifest}"
+    );
+    // The start position, the tablespaces (with the extra one), the end position.
+    assert_eq!(result_sets.len(), 3, "{result_sets:?}");
+    assert_eq!(result_sets[1].rows.len(), 2, "{:?}", result_sets[1]);
+    assert_eq!(
+        result_sets[1].value(0, "spclocation"),
+        Some(tablespace.to_str().unwrap())
+    );
+    connection.close().await.unwrap();
+}
