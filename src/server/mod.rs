@@ -5,6 +5,7 @@
 
 pub mod conninfo;
 pub mod passfile;
+pub mod replication;
 pub mod settings;
 pub mod tls;
 
@@ -81,32 +82,16 @@ impl Session {
     /// Connects to the first server of `settings` that accepts; the error names every
     /// server tried and why it failed, never the password.
     pub async fn connect(settings: &ConnectSettings) -> Result<Self, Error> {
-        let tls = tls::client_config(&settings.tls)
-            .map_err(|e| Error::Config(format!("cannot connect to PostgreSQL at {settings}: {e}")))?
-            .map(MakeRustlsConnect::new);
-        let mut reasons = Vec::new();
-        let mut targets: Vec<&Target> = settings.targets.iter().collect();
-        if settings.load_balance {
-            fastrand::shuffle(&mut targets);
-        }
-        for target in targets {
-            match connect_target(settings, target, tls.as_ref()).await {
-                Ok(client) => return Session::start(client).await,
-                Err(reason) if settings.targets.len() > 1 => {
-                    reasons.push(format!("{}:{}: {reason}", target.host, target.port))
-                }
-                Err(reason) => reasons.push(reason),
-            }
-        }
-        let message = format!(
-            "cannot connect to PostgreSQL at {settings}: {} (set --dbname, or \
-             PGHOST/PGPORT/PGUSER)",
-            reasons.join("; ")
-        );
-        Err(Error::Server(scrub(
-            message,
-            settings.password.as_ref().map(|(p, _)| p),
-        )))
+        let tls = tls_config(settings)?.map(MakeRustlsConnect::new);
+        let client = connect_first(
+            settings,
+            &settings.dbname,
+            async |target, attempt, password| {
+                session_attempt(settings, target, attempt, password, tls.as_ref()).await
+            },
+        )
+        .await?;
+        Session::start(client).await
     }
 
     async fn start(client: Client) -> Result<Self, Error> {
@@ -121,26 +106,91 @@ impl Session {
     }
 }
 
-/// Tries one server the ways its sslmode allows; the reasons of every attempt made.
-async fn connect_target(
-    settings: &ConnectSettings,
-    target: &Target,
-    tls: Option<&MakeRustlsConnect>,
-) -> Result<Client, String> {
-    let mut password = settings.password.clone();
-    if password.is_none() {
-        password = settings::password_from_file(&settings.passfile, settings, target).map(|p| {
+/// A password and where it came from.
+type PasswordOf = (settings::Password, PasswordSource);
+
+/// The rustls configuration of `settings` (`None` for sslmode=disable).
+fn tls_config(settings: &ConnectSettings) -> Result<Option<rustls::ClientConfig>, Error> {
+    tls::client_config(&settings.tls)
+        .map_err(|e| Error::Config(format!("cannot connect to PostgreSQL at {settings}: {e}")))
+}
+
+/// The password for `target`: the one given, else the password file's line for it (looked
+/// up with `dbname`: `replication` for a physical replication connection, as libpq does).
+fn password_for(settings: &ConnectSettings, target: &Target, dbname: &str) -> Option<PasswordOf> {
+    settings.password.clone().or_else(|| {
+        settings::password_from_file(&settings.passfile, settings, target, dbname).map(|p| {
             (
                 settings::Password(p),
                 PasswordSource::PassFile(settings.passfile.clone()),
             )
-        });
+        })
+    })
+}
+
+/// Tries the servers of `settings` in libpq's order, each the ways its sslmode allows
+/// (`attempts`, `retry_after`), with `try_once`; the first connection made, or an error that
+/// names every server tried and why it failed, never the password. Shared by the SQL
+/// session and the replication connection.
+async fn connect_first<C>(
+    settings: &ConnectSettings,
+    passfile_dbname: &str,
+    mut try_once: impl AsyncFnMut(&Target, Attempt, Option<&PasswordOf>) -> Result<C, Failure>,
+) -> Result<C, Error> {
+    let mut reasons = Vec::new();
+    let mut targets: Vec<&Target> = settings.targets.iter().collect();
+    if settings.load_balance {
+        fastrand::shuffle(&mut targets);
     }
+    for target in targets {
+        let password = password_for(settings, target, passfile_dbname);
+        let mut tried: Vec<String> = Vec::new();
+        for attempt in attempts(settings.tls.mode, target.is_socket()) {
+            let failure = match try_once(target, *attempt, password.as_ref()).await {
+                Ok(connection) => return Ok(connection),
+                Err(failure) => failure,
+            };
+            let retry = retry_after(*attempt, &failure);
+            tried.push(match (tried.is_empty(), attempt) {
+                (true, _) => failure.reason,
+                (false, Attempt::Plain) => format!("then without TLS: {}", failure.reason),
+                (false, _) => format!("then with TLS: {}", failure.reason),
+            });
+            if !retry {
+                break;
+            }
+        }
+        let reason = scrub(tried.join("; "), password.as_ref().map(|(p, _)| p));
+        if settings.targets.len() > 1 {
+            reasons.push(format!("{}:{}: {reason}", target.host, target.port));
+        } else {
+            reasons.push(reason);
+        }
+    }
+    let message = format!(
+        "cannot connect to PostgreSQL at {settings}: {} (set --dbname, or \
+         PGHOST/PGPORT/PGUSER)",
+        reasons.join("; ")
+    );
+    Err(Error::Server(scrub(
+        message,
+        settings.password.as_ref().map(|(p, _)| p),
+    )))
+}
+
+/// One attempt of the SQL session: tokio-postgres with TLS or without.
+async fn session_attempt(
+    settings: &ConnectSettings,
+    target: &Target,
+    attempt: Attempt,
+    password: Option<&PasswordOf>,
+    tls: Option<&MakeRustlsConnect>,
+) -> Result<Client, Failure> {
     let mut config: Config = settings
         .handed_on
         .join(" ")
         .parse()
-        .map_err(|e| format!("{e}"))?;
+        .map_err(|e| Failure::local(format!("{e}")))?;
     config
         .host(&target.host)
         .port(target.port)
@@ -150,7 +200,7 @@ async fn connect_target(
     if let Some(address) = target.hostaddr {
         config.hostaddr(address);
     }
-    if let Some((password, _)) = &password {
+    if let Some((password, _)) = password {
         config.password(password.0.as_bytes());
     }
     if let Some(options) = &settings.options {
@@ -162,45 +212,29 @@ async fn connect_target(
     if let Some(timeout) = settings.tcp_user_timeout {
         config.tcp_user_timeout(timeout);
     }
-    let mut reasons: Vec<String> = Vec::new();
-    for attempt in attempts(settings.tls.mode, target.is_socket()) {
-        let result = match (attempt, tls) {
-            (Attempt::Plain, _) | (_, None) => {
-                config.ssl_mode(tokio_postgres::config::SslMode::Disable);
-                connect_once(&config, NoTls).await.map_err(|e| (e, false))
-            }
-            (attempt, Some(tls)) => {
-                config.ssl_mode(if *attempt == Attempt::TlsRequired {
-                    tokio_postgres::config::SslMode::Require
-                } else {
-                    tokio_postgres::config::SslMode::Prefer
-                });
-                let used = Arc::new(AtomicBool::new(false));
-                let tracked = TrackTls {
-                    inner: tls.clone(),
-                    used: used.clone(),
-                };
-                connect_once(&config, tracked)
-                    .await
-                    .map_err(|e| (e, used.load(Ordering::SeqCst)))
-            }
-        };
-        let (error, tls_used) = match result {
-            Ok(client) => return Ok(client),
-            Err(failed) => failed,
-        };
-        let failure = describe_failure(&error, tls_used, settings, target, password.as_ref());
-        let retry = retry_after(*attempt, &failure);
-        reasons.push(match (reasons.is_empty(), attempt) {
-            (true, _) => failure.reason,
-            (false, Attempt::Plain) => format!("then without TLS: {}", failure.reason),
-            (false, _) => format!("then with TLS: {}", failure.reason),
-        });
-        if !retry {
-            break;
+    let result = match (attempt, tls) {
+        (Attempt::Plain, _) | (_, None) => {
+            config.ssl_mode(tokio_postgres::config::SslMode::Disable);
+            connect_once(&config, NoTls).await.map_err(|e| (e, false))
         }
-    }
-    Err(scrub(reasons.join("; "), password.as_ref().map(|(p, _)| p)))
+        (attempt, Some(tls)) => {
+            config.ssl_mode(if attempt == Attempt::TlsRequired {
+                tokio_postgres::config::SslMode::Require
+            } else {
+                tokio_postgres::config::SslMode::Prefer
+            });
+            let used = Arc::new(AtomicBool::new(false));
+            let tracked = TrackTls {
+                inner: tls.clone(),
+                used: used.clone(),
+            };
+            connect_once(&config, tracked)
+                .await
+                .map_err(|e| (e, used.load(Ordering::SeqCst)))
+        }
+    };
+    result
+        .map_err(|(error, tls_used)| describe_failure(&error, tls_used, settings, target, password))
 }
 
 /// `message` without `password`: the server's words and pitr's should never carry it, and
@@ -232,30 +266,14 @@ fn describe_failure(
     tls_used: bool,
     settings: &ConnectSettings,
     target: &Target,
-    password: Option<&(settings::Password, PasswordSource)>,
+    password: Option<&PasswordOf>,
 ) -> Failure {
     if let Some(db) = error.as_db_error() {
         let mut reason = db.message().to_owned();
-        // libpq's hint: which password the server refused.
         if db.code() == &tokio_postgres::error::SqlState::INVALID_PASSWORD {
-            match password.map(|(_, source)| source) {
-                Some(PasswordSource::PassFile(file)) => {
-                    reason.push_str(&format!(" (password from file \"{}\")", file.display()))
-                }
-                Some(PasswordSource::Service(file)) => reason.push_str(&format!(
-                    " (password from service file \"{}\")",
-                    file.display()
-                )),
-                Some(PasswordSource::Environment) => reason.push_str(" (password from PGPASSWORD)"),
-                _ => {}
-            }
+            reason.push_str(&password_hint(password));
         }
-        return Failure {
-            reason,
-            server_refused: true,
-            tls_failed: false,
-            tls_used,
-        };
+        return Failure::refused(reason, tls_used);
     }
     if let Some(tls_error) = rustls_error(error) {
         return Failure {
@@ -273,16 +291,9 @@ fn describe_failure(
         source = cause.source();
     }
     let reason = if text.contains("password missing") {
-        format!(
-            "the server asks for a password and none was given (password= in --dbname, \
-             PGPASSWORD, or a line for it in the password file {})",
-            settings.passfile.display()
-        )
+        no_password_reason(settings)
     } else if text.contains("server does not support TLS") {
-        format!(
-            "the server does not accept TLS (sslmode={})",
-            settings.tls.mode
-        )
+        no_tls_reason(settings)
     } else {
         text
     };
@@ -294,21 +305,72 @@ fn describe_failure(
     }
 }
 
-/// The rustls error under a tokio-postgres error (tokio-rustls wraps it in an io::Error).
-fn rustls_error(error: &tokio_postgres::Error) -> Option<&rustls::Error> {
-    let mut source = std::error::Error::source(error);
-    while let Some(current) = source {
-        if let Some(tls) = current.downcast_ref::<rustls::Error>() {
+impl Failure {
+    /// The server answered with an error (authentication, pg_hba.conf, a role's rights).
+    fn refused(reason: String, tls_used: bool) -> Self {
+        Failure {
+            reason,
+            server_refused: true,
+            tls_failed: false,
+            tls_used,
+        }
+    }
+
+    /// Nothing to retry: a setting, or a network error before TLS.
+    fn local(reason: String) -> Self {
+        Failure {
+            reason,
+            server_refused: false,
+            tls_failed: false,
+            tls_used: false,
+        }
+    }
+}
+
+/// libpq's hint when the server refuses a password: which password it was.
+fn password_hint(password: Option<&PasswordOf>) -> String {
+    match password.map(|(_, source)| source) {
+        Some(PasswordSource::PassFile(file)) => {
+            format!(" (password from file \"{}\")", file.display())
+        }
+        Some(PasswordSource::Service(file)) => {
+            format!(" (password from service file \"{}\")", file.display())
+        }
+        Some(PasswordSource::Environment) => " (password from PGPASSWORD)".into(),
+        _ => String::new(),
+    }
+}
+
+fn no_password_reason(settings: &ConnectSettings) -> String {
+    format!(
+        "the server asks for a password and none was given (password= in --dbname, \
+         PGPASSWORD, or a line for it in the password file {})",
+        settings.passfile.display()
+    )
+}
+
+fn no_tls_reason(settings: &ConnectSettings) -> String {
+    format!(
+        "the server does not accept TLS (sslmode={})",
+        settings.tls.mode
+    )
+}
+
+/// The rustls error in `error` or under it (tokio-rustls wraps it in an io::Error).
+fn rustls_error<'a>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
+    let mut current = Some(error);
+    while let Some(error) = current {
+        if let Some(tls) = error.downcast_ref::<rustls::Error>() {
             return Some(tls);
         }
-        if let Some(tls) = current
+        if let Some(tls) = error
             .downcast_ref::<std::io::Error>()
             .and_then(|io| io.get_ref())
             .and_then(|inner| inner.downcast_ref::<rustls::Error>())
         {
             return Some(tls);
         }
-        source = current.source();
+        current = error.source();
     }
     None
 }

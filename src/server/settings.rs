@@ -425,12 +425,13 @@ fn service_params(
     )))
 }
 
-/// What the password file at `path` says for `target`, with libpq's warnings when it is
-/// ignored; `None` when it has no line for it or does not exist.
+/// What the password file at `path` says for `target` and `dbname`, with libpq's warnings
+/// when it is ignored; `None` when it has no line for it or does not exist.
 pub fn password_from_file(
     path: &Path,
     settings: &ConnectSettings,
     target: &Target,
+    dbname: &str,
 ) -> Option<String> {
     use std::os::unix::fs::MetadataExt;
     let meta = std::fs::metadata(path).ok()?;
@@ -455,7 +456,7 @@ pub fn password_from_file(
         PassKey {
             host,
             port: &target.port.to_string(),
-            dbname: &settings.dbname,
+            dbname,
             user: &settings.user,
         },
     )
@@ -695,8 +696,9 @@ mod tests {
         std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
         let env = env_of(&[]);
         let settings = resolve(Some("host=db port=5433"), &surroundings(&env)).unwrap();
-        let lookup =
-            |settings: &ConnectSettings| password_from_file(&file, settings, &settings.targets[0]);
+        let lookup = |settings: &ConnectSettings| {
+            password_from_file(&file, settings, &settings.targets[0], &settings.dbname)
+        };
         assert_eq!(lookup(&settings).as_deref(), Some("viatcp"));
         let socket = resolve(None, &surroundings(&env)).unwrap();
         assert_eq!(lookup(&socket).as_deref(), Some("viasocket"));

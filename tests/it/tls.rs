@@ -12,11 +12,11 @@ const PASSWORD: &str = "Tls-pw-7f3a9c";
 
 /// A CA, a second CA that signed nothing the server has, and the server's certificate for
 /// localhost and 127.0.0.1, signed by the first.
-struct Certificates {
-    ca: PathBuf,
+pub(crate) struct Certificates {
+    pub(crate) ca: PathBuf,
     other_ca: PathBuf,
-    server_cert: PathBuf,
-    server_key: PathBuf,
+    pub(crate) server_cert: PathBuf,
+    pub(crate) server_key: PathBuf,
     /// A client certificate for the role `certuser`, signed by the CA.
     client_cert: PathBuf,
     client_key: PathBuf,
@@ -74,7 +74,8 @@ fn signed(dir: &Path, name: &str, cn: &str, extensions: &str, serial: u32) {
     );
 }
 
-fn make_certificates(dir: &Path) -> Certificates {
+/// Also for tests/it/replication.rs.
+pub(crate) fn make_certificates(dir: &Path) -> Certificates {
     std::fs::write(dir.join("openssl.cnf"), OPENSSL_CONFIG).unwrap();
     for (name, cn) in [("ca", "pitr-test-CA"), ("other-ca", "another-CA")] {
         openssl(
