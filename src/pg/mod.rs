@@ -12,6 +12,7 @@ pub mod guc;
 pub mod lsn;
 pub mod recovery_target;
 pub mod relpath;
+pub mod tar_stream;
 pub mod timeline;
 pub mod timestamp;
 pub mod version;
