@@ -8,7 +8,8 @@
 //! fit (a file of 8 GiB or more), in GNU base-256. From version 15 the server ends each
 //! archive with two zero blocks; 13 and 14 end it with the COPY stream (pg_basebackup adds
 //! the blocks). This parser takes exactly that, plus GNU tar's header variant and hard links
-//! (so archives from `tar` parse too), and refuses the rest with a typed error: pax and GNU
+//! (so archives from `tar` parse too), drops the `./` it writes before `pg_wal/archive_status`,
+//! and refuses the rest with a typed error: pax and GNU
 //! long-name entries never reach an allocation, so no length in a header drives one.
 //!
 //! File contents are handed out as slices of the caller's input, never copied; only a header
@@ -556,26 +557,30 @@ fn until_nul(field: &[u8]) -> &[u8] {
     }
 }
 
-/// A path to write files under: relative, UTF-8, no `.`, `..` or empty components.
+/// A path to write files under: relative, UTF-8, no `..` or empty components. `.` components
+/// are dropped: PostgreSQL names `./pg_wal/archive_status` (and from 17 `./pg_wal/summaries`)
+/// so, beside `pg_wal/…` for everything else.
 fn checked_path(raw: Vec<u8>, offset: u64) -> Result<String, TarError> {
     let bad = |path: &[u8], why| TarError::BadPath {
         offset,
         path: String::from_utf8_lossy(path).into_owned(),
         why,
     };
-    if raw.is_empty() {
-        return Err(bad(&raw, "it is empty"));
-    }
     if raw.first() == Some(&b'/') {
         return Err(bad(&raw, "it is absolute"));
     }
-    if raw
-        .split(|&b| b == b'/')
-        .any(|c| c.is_empty() || c == b"." || c == b"..")
-    {
-        return Err(bad(&raw, "it has an empty, '.' or '..' component"));
+    let mut components = Vec::new();
+    for component in raw.split(|&b| b == b'/') {
+        match component {
+            b"." => {}
+            b"" | b".." => return Err(bad(&raw, "it has an empty or '..' component")),
+            _ => components.push(component),
+        }
     }
-    String::from_utf8(raw).map_err(|e| bad(e.as_bytes(), "it is not UTF-8"))
+    if components.is_empty() {
+        return Err(bad(&raw, "it names no file"));
+    }
+    String::from_utf8(components.join(&b'/')).map_err(|_| bad(&raw, "it is not UTF-8"))
 }
 
 /// A numeric field: octal digits (leading spaces allowed) ended by a space or NUL, or GNU
@@ -900,9 +905,9 @@ mod tests {
             "../etc/passwd",
             "/etc/passwd",
             "a//b",
-            "a/./b",
             "file/",
             "",
+            ".",
             "a/..",
         ] {
             let err = TarStream::new()
@@ -921,6 +926,22 @@ mod tests {
             TarStream::new().feed(&latin1),
             Err(TarError::BadPath { .. })
         ));
+    }
+
+    #[test]
+    fn dot_components_are_dropped() {
+        // PostgreSQL writes ./pg_wal/archive_status beside pg_wal/....
+        for (name, path) in [
+            ("./pg_wal/archive_status/", "pg_wal/archive_status"),
+            ("a/./b/", "a/b"),
+        ] {
+            let block = header(name, b'5', 0, "");
+            let events = TarStream::new().feed(&block).unwrap();
+            assert!(
+                matches!(&events[0], TarEvent::Entry(e) if e.path == path),
+                "{events:?}"
+            );
+        }
     }
 
     #[test]

@@ -178,11 +178,18 @@ fn pg_basebackup_archives_parse_to_what_tar_extracts() {
             );
         }
         if name == "base.tar" {
-            let link = format!("pg_tblspc/{oid}");
+            // pg_basebackup -Ft asks for a tablespace_map in place of the pg_tblspc symlink
+            // (PostgreSQL's own symlink header is a unit test); GNU tar's is below.
+            assert!(!whole.items.contains_key(&format!("pg_tblspc/{oid}")));
+            let map =
+                std::fs::read_to_string(dir.path().join("x-base.tar/tablespace_map")).unwrap();
             assert!(
-                matches!(&whole.items[&link], Item::Symlink { target } if *target == tablespace.to_str().unwrap()),
-                "{:?}",
-                whole.items.get(&link)
+                map.starts_with(&format!("{oid} {}", tablespace.display())),
+                "{map}"
+            );
+            assert!(
+                whole.items.contains_key("pg_wal/archive_status"),
+                "written as ./pg_wal/…"
             );
             assert!(whole.items.keys().any(|p| p.starts_with("pg_wal/0000000")));
             let large = whole
@@ -231,8 +238,10 @@ fn pg_basebackup_archives_parse_to_what_tar_extracts() {
         .unwrap();
     assert!(stream.finish(ArchiveEnd::MarkerOrTransport).is_err());
 
-    // GNU tar's formats of the same tree parse to the same contents.
+    // GNU tar's formats of the same tree parse to the same contents, with the tablespace's
+    // symlink where pg_basebackup -Fp would put it.
     let tree = dir.path().join("x-base.tar");
+    std::os::unix::fs::symlink(&tablespace, tree.join("pg_tblspc").join(&oid)).unwrap();
     let names: Vec<String> = std::fs::read_dir(&tree)
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
@@ -251,5 +260,10 @@ fn pg_basebackup_archives_parse_to_what_tar_extracts() {
         let parsed = parse(&std::fs::read(&path).unwrap(), 10240).unwrap();
         assert!(parsed.ended, "{format}");
         assert_eq!(parsed.items, extracted(&tree), "{format}");
+        assert!(
+            matches!(&parsed.items[&format!("pg_tblspc/{oid}")], Item::Symlink { target }
+                if *target == tablespace.to_str().unwrap()),
+            "{format}"
+        );
     }
 }
