@@ -13,6 +13,7 @@ pub mod lsn;
 pub mod recovery_target;
 pub mod relpath;
 pub mod replication;
+pub mod tar_stream;
 pub mod timeline;
 pub mod timestamp;
 pub mod version;

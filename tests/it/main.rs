@@ -36,6 +36,7 @@ mod retention;
 mod rollups;
 mod secrets;
 mod storage_conformance;
+mod tar_stream;
 mod target_kinds;
 mod tls;
 mod unattended;
