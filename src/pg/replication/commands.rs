@@ -206,56 +206,41 @@ pub fn base_backup(syntax: Syntax, request: &BaseBackupRequest) -> Result<String
     if let Some(rate) = request.max_rate_kb.filter(out_of_range) {
         return Err(CommandError::MaxRateOutOfRange(rate));
     }
+    // The options are the same on every version; only how some are spelled, and how the
+    // list is written, differ.
+    let positional = syntax == Syntax::Positional;
     let mut options: Vec<String> = Vec::with_capacity(9);
-    match syntax {
-        Syntax::Positional => {
-            options.push(format!("LABEL {label}"));
-            if request.progress {
-                options.push("PROGRESS".into());
-            }
-            if request.fast {
-                options.push("FAST".into());
-            }
-            if request.wal {
-                options.push("WAL".into());
-            }
-            if !request.wait_for_archive {
-                options.push("NOWAIT".into());
-            }
-            if let Some(rate) = request.max_rate_kb {
-                options.push(format!("MAX_RATE {rate}"));
-            }
-            options.push("TABLESPACE_MAP".into());
-            if request.manifest {
-                options.push("MANIFEST 'yes'".into());
-                options.push("MANIFEST_CHECKSUMS 'CRC32C'".into());
-            }
-            Ok(format!("BASE_BACKUP {}", options.join(" ")))
-        }
-        Syntax::OptionList => {
-            options.push(format!("LABEL {label}"));
-            if request.progress {
-                options.push("PROGRESS".into());
-            }
-            let checkpoint = if request.fast { "fast" } else { "spread" };
-            options.push(format!("CHECKPOINT '{checkpoint}'"));
-            if request.wal {
-                options.push("WAL".into());
-            }
-            if !request.wait_for_archive {
-                options.push("WAIT false".into());
-            }
-            if let Some(rate) = request.max_rate_kb {
-                options.push(format!("MAX_RATE {rate}"));
-            }
-            options.push("TABLESPACE_MAP".into());
-            if request.manifest {
-                options.push("MANIFEST 'yes'".into());
-                options.push("MANIFEST_CHECKSUMS 'CRC32C'".into());
-            }
-            Ok(format!("BASE_BACKUP ({})", options.join(", ")))
-        }
+    options.push(format!("LABEL {label}"));
+    if request.progress {
+        options.push("PROGRESS".into());
     }
+    if positional {
+        if request.fast {
+            options.push("FAST".into());
+        }
+    } else {
+        let checkpoint = if request.fast { "fast" } else { "spread" };
+        options.push(format!("CHECKPOINT '{checkpoint}'"));
+    }
+    if request.wal {
+        options.push("WAL".into());
+    }
+    if !request.wait_for_archive {
+        options.push(if positional { "NOWAIT" } else { "WAIT false" }.into());
+    }
+    if let Some(rate) = request.max_rate_kb {
+        options.push(format!("MAX_RATE {rate}"));
+    }
+    options.push("TABLESPACE_MAP".into());
+    if request.manifest {
+        options.push("MANIFEST 'yes'".into());
+        options.push("MANIFEST_CHECKSUMS 'CRC32C'".into());
+    }
+    Ok(if positional {
+        format!("BASE_BACKUP {}", options.join(" "))
+    } else {
+        format!("BASE_BACKUP ({})", options.join(", "))
+    })
 }
 
 #[cfg(test)]
