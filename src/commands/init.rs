@@ -109,57 +109,36 @@ pub async fn server_cluster_identity(dbname: Option<&str>) -> Result<RepositoryI
     let settings = crate::server::connection_settings(dbname)?;
     let session = crate::server::Session::connect(&settings).await?;
     let version = session.version()?;
-    let number = |what: &'static str, sql: &'static str| {
-        let session = &session;
-        async move {
-            let text = session.text(what, sql).await?;
-            text.trim().parse::<u64>().map_err(|_| {
-                Error::Server(format!(
-                    "the server answered '{text}' for {what}, not a number"
-                ))
-            })
-        }
+    // One round trip: the control file's fields and the two WAL sizes, as text.
+    let rows = session
+        .simple_rows(
+            "SELECT system_identifier, pg_control_version, catalog_version_no, \
+             (SELECT setting FROM pg_settings WHERE name = 'wal_segment_size'), \
+             current_setting('wal_block_size') FROM pg_control_system()",
+        )
+        .await
+        .map_err(|e| Error::Server(format!("reading the cluster's identity: {e}")))?;
+    let row = rows.first().map(Vec::as_slice).unwrap_or_default();
+    let number = |column: usize, what: &str| -> Result<u64> {
+        let text = row.get(column).cloned().flatten().unwrap_or_default();
+        text.trim().parse::<u64>().map_err(|_| {
+            Error::Server(format!(
+                "the server answered '{text}' for {what}, not a number"
+            ))
+        })
     };
-    let as_u32 = |what: &str, value: u64| {
+    let as_u32 = |column: usize, what: &str| -> Result<u32> {
+        let value = number(column, what)?;
         u32::try_from(value)
             .map_err(|_| Error::Server(format!("the server's {what} {value} is out of range")))
     };
     let facts = crate::catalog::ClusterFacts {
-        system_identifier: number(
-            "the system identifier",
-            "SELECT system_identifier::text FROM pg_control_system()",
-        )
-        .await?,
+        system_identifier: number(0, "the system identifier")?,
         pg_version: version.major,
-        pg_control_version: as_u32(
-            "pg_control_version",
-            number(
-                "the control file version",
-                "SELECT pg_control_version::text FROM pg_control_system()",
-            )
-            .await?,
-        )?,
-        catalog_version: as_u32(
-            "catalog_version_no",
-            number(
-                "the catalog version",
-                "SELECT catalog_version_no::text FROM pg_control_system()",
-            )
-            .await?,
-        )?,
-        wal_segment_size: number(
-            "the WAL segment size",
-            "SELECT setting FROM pg_settings WHERE name = 'wal_segment_size'",
-        )
-        .await?,
-        wal_block_size: as_u32(
-            "wal_block_size",
-            number(
-                "the WAL block size",
-                "SELECT current_setting('wal_block_size')",
-            )
-            .await?,
-        )?,
+        pg_control_version: as_u32(1, "pg_control_version")?,
+        catalog_version: as_u32(2, "catalog_version_no")?,
+        wal_segment_size: number(3, "the WAL segment size")?,
+        wal_block_size: as_u32(4, "wal_block_size")?,
     };
     if facts.pg_control_version != version.control_version {
         return Err(Error::Server(format!(
