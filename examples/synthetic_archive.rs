@@ -161,6 +161,8 @@ fn manifest(number: usize, start: u64) -> BackupManifest {
         databases: Vec::new(),
         superuser: None,
         configuration: None,
+        method: Default::default(),
+        server_manifest: None,
     }
 }
 

@@ -99,6 +99,38 @@ pub struct BackupManifest {
     /// in the data directory, or in manifests older than the field.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub configuration: Option<Configuration>,
+    /// How the files were read: from the data directory on this host (the default, and
+    /// every manifest older than the field) or over the replication protocol.
+    #[serde(default, skip_serializing_if = "BackupMethod::is_local")]
+    pub method: BackupMethod,
+    /// The server's own `backup_manifest` (backups over the replication protocol), checked
+    /// against what arrived and kept in a data object of the backup.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_manifest: Option<BackupFile>,
+}
+
+/// How a backup read the cluster's files.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackupMethod {
+    /// From the data directory, on the database host (`pg_backup_start`/`pg_backup_stop`).
+    #[default]
+    Local,
+    /// Over a replication connection (`BASE_BACKUP`), from any host.
+    Replication,
+}
+
+impl BackupMethod {
+    pub fn is_local(&self) -> bool {
+        *self == BackupMethod::Local
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            BackupMethod::Local => "local",
+            BackupMethod::Replication => "replication",
+        }
+    }
 }
 
 /// Where the server read its configuration, and the files of it kept outside the data
@@ -284,6 +316,7 @@ impl BackupManifest {
         let config = self.configuration.iter().flat_map(|c| &c.files);
         self.files
             .iter()
+            .chain(&self.server_manifest)
             .map(|f| f.object)
             .chain(config.map(|f| f.object))
             .collect()

@@ -207,6 +207,16 @@ pub enum Command {
         /// Note KEY=VALUE on the backup, shown by `list` (repeatable).
         #[arg(long, value_name = "KEY=VALUE", value_parser = parse_annotation)]
         annotate: Vec<(String, String)>,
+        /// How the files are read: `local`, from the data directory on this host; `replication`,
+        /// over a replication connection (BASE_BACKUP) from any host, like pg_basebackup;
+        /// `auto` (the default): local with --pgdata or where the server's data directory is
+        /// on this host, replication otherwise.
+        #[arg(long, value_name = "METHOD", default_value = "auto", value_parser = parse_method)]
+        method: crate::commands::backup::BackupMethodChoice,
+        /// Throttle a backup over the replication protocol on the server: kB/s, or with a k
+        /// or M suffix (as pg_basebackup's --max-rate), 32k to 1024M.
+        #[arg(long, value_name = "RATE", value_parser = parse_max_rate)]
+        max_rate: Option<u32>,
         /// With a rule set, `pitr expire` runs after the backup succeeded.
         #[command(flatten)]
         retention: RetentionArgs,
@@ -552,6 +562,39 @@ fn parse_lsn(text: &str) -> Result<Lsn, String> {
 
 fn parse_from_str<T: std::str::FromStr<Err = String>>(text: &str) -> Result<T, String> {
     text.parse()
+}
+
+fn parse_method(text: &str) -> Result<crate::commands::backup::BackupMethodChoice, String> {
+    use crate::commands::backup::BackupMethodChoice;
+    match text {
+        "auto" => Ok(BackupMethodChoice::Auto),
+        "local" => Ok(BackupMethodChoice::Local),
+        "replication" => Ok(BackupMethodChoice::Replication),
+        _ => Err(format!(
+            "'{text}' is not a method: use auto, local or replication"
+        )),
+    }
+}
+
+/// kB/s: `500`, `500k`, `20M`; PostgreSQL's own bounds.
+fn parse_max_rate(text: &str) -> Result<u32, String> {
+    use crate::pg::replication::{MAX_RATE_KB, MIN_RATE_KB};
+    let (digits, factor) = match text.strip_suffix(['M', 'm']) {
+        Some(digits) => (digits, 1024),
+        None => (text.strip_suffix(['k', 'K']).unwrap_or(text), 1),
+    };
+    let rate = digits
+        .trim()
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(factor))
+        .ok_or_else(|| format!("'{text}' is not a rate: use kB/s, or a number with k or M"))?;
+    u32::try_from(rate)
+        .ok()
+        .filter(|rate| (MIN_RATE_KB..=MAX_RATE_KB).contains(rate))
+        .ok_or_else(|| {
+            format!("{text} is out of range: PostgreSQL accepts {MIN_RATE_KB}k to 1024M (kB/s)")
+        })
 }
 
 fn parse_annotation(entry: &str) -> Result<(String, String), String> {

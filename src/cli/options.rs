@@ -171,6 +171,8 @@ impl Command {
                 wal_timeout,
                 pin,
                 annotate,
+                method,
+                max_rate,
                 retention,
             } => Request::Backup {
                 // Checked before the backup, applied after it.
@@ -187,6 +189,8 @@ impl Command {
                     progress: progress::terminal(),
                     pin,
                     annotations: annotate.into_iter().collect(),
+                    method,
+                    max_rate_kb: max_rate,
                 },
             },
             Command::Restore {

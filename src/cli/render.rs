@@ -158,9 +158,13 @@ pub fn archive_get(report: &ArchiveGetReport) {
 pub fn backup(report: &BackupReport) {
     let m = &report.manifest;
     println!(
-        "backup {} complete: {} files, {} bytes ({} stored in {} objects), WAL {} to {} \
+        "backup {} complete{}: {} files, {} bytes ({} stored in {} objects), WAL {} to {} \
          (timeline {}), {:.1} s",
         m.id,
+        match m.method {
+            crate::catalog::backup::BackupMethod::Local => "",
+            crate::catalog::backup::BackupMethod::Replication => " (over the replication protocol)",
+        },
         m.file_count(),
         m.size_bytes,
         m.stored_bytes,
@@ -427,7 +431,7 @@ pub fn list(report: &ListReport, as_json: bool) {
     }
     for b in &report.backups {
         println!(
-            "backup {}  {} .. {}  LSN {} .. {}  timeline {}  {} bytes ({} stored){}{}",
+            "backup {}  {} .. {}  LSN {} .. {}  timeline {}  {} bytes ({} stored){}{}{}",
             b.id,
             b.start_time,
             b.stop_time,
@@ -436,6 +440,11 @@ pub fn list(report: &ListReport, as_json: bool) {
             b.timeline,
             b.size_bytes,
             b.stored_bytes,
+            if b.method == "replication" {
+                "  over replication"
+            } else {
+                ""
+            },
             if b.pinned { "  pinned" } else { "" },
             notes(&b.annotations).map_or(String::new(), |notes| format!("  {notes}"))
         );

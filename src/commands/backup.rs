@@ -15,7 +15,7 @@ use chrono::{DateTime, Utc};
 use futures_util::{StreamExt, stream};
 
 use crate::catalog::backup::{
-    BackupDirectory, BackupFile, BackupManifest, MANIFEST_FORMAT, Tablespace,
+    BackupDirectory, BackupFile, BackupManifest, BackupMethod, MANIFEST_FORMAT, Tablespace,
 };
 use crate::catalog::{Catalog, RepositoryIdentity, total_bytes};
 use crate::datadir::read_control;
@@ -32,6 +32,7 @@ use crate::server::{ArchiverStats, Session, connection_settings};
 use super::blocking;
 
 mod config;
+mod remote;
 
 /// Files up to this size are packed together.
 pub const BUNDLE_FILE_LIMIT: u64 = 256 << 10;
@@ -52,6 +53,23 @@ pub struct BackupOptions {
     pub pin: bool,
     /// Notes shown by `list` (`--annotate key=value`).
     pub annotations: std::collections::BTreeMap<String, String>,
+    /// How the files are read (`--method`).
+    pub method: BackupMethodChoice,
+    /// Server-side throttling of a backup over the replication protocol, in kB/s.
+    pub max_rate_kb: Option<u32>,
+}
+
+/// `--method`: how the backup reads the cluster's files.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum BackupMethodChoice {
+    /// The data directory when it is on this host (`--pgdata`, or the server's
+    /// `data_directory` where it exists here), otherwise the replication protocol.
+    #[default]
+    Auto,
+    /// The data directory on this host, with `pg_backup_start`/`pg_backup_stop`.
+    Local,
+    /// `BASE_BACKUP` over a replication connection, from any host.
+    Replication,
 }
 
 #[derive(Debug)]
@@ -105,10 +123,107 @@ fn stopped(signal: Signal) -> Error {
 }
 
 /// The files an object holds, and its stored size.
-type CopiedObject = (Vec<BackupFile>, u64);
+pub(super) type CopiedObject = (Vec<BackupFile>, u64);
 
-/// What is known before the backup's id is claimed.
-struct Prepared {
+/// What is known before the backup's id is claimed, by how the files are read.
+#[allow(clippy::large_enum_variant)] // one value per backup run
+enum Prepared {
+    Local(LocalPrepared),
+    Remote(remote::Prepared),
+}
+
+/// Where the files come from, once a method is chosen.
+enum Source {
+    Local { session: Session, pgdata: PathBuf },
+    Replication { session: Option<Session> },
+}
+
+/// A backup of PostgreSQL `server_major` into a repository of another major version.
+fn wrong_major(server_major: u32, identity: &RepositoryIdentity) -> Result<()> {
+    if server_major != identity.pg_version {
+        return Err(Error::WrongRepository(format!(
+            "the server runs PostgreSQL {server_major} but the repository holds PostgreSQL {}: \
+             after pg_upgrade, start a new repository (pitr init) for the upgraded cluster",
+            identity.pg_version
+        )));
+    }
+    Ok(())
+}
+
+/// Chooses how the files are read: `--method`, or for `auto` the data directory when it is
+/// on this host, the replication protocol when it is not (or no SQL session opens).
+async fn choose_source(
+    settings: &crate::server::ConnectSettings,
+    options: &BackupOptions,
+    interrupt: &Interrupt,
+) -> Result<Source> {
+    let connected = interrupt
+        .race(Session::connect(settings))
+        .await
+        .map_err(stopped_before_writing)?;
+    let server_data_directory = async |session: &Session| {
+        session
+            .text("reading data_directory", "SHOW data_directory")
+            .await
+            .map(PathBuf::from)
+    };
+    match options.method {
+        BackupMethodChoice::Local => {
+            let session = connected?;
+            let pgdata = match &options.pgdata {
+                Some(dir) => dir.clone(),
+                None => server_data_directory(&session).await?,
+            };
+            Ok(Source::Local { session, pgdata })
+        }
+        BackupMethodChoice::Replication => {
+            if options.pgdata.is_some() {
+                return Err(Error::Config(
+                    "--pgdata names a local data directory, which a backup over the \
+                     replication protocol does not read: drop --pgdata (or PGDATA), or use \
+                     --method local"
+                        .into(),
+                ));
+            }
+            Ok(Source::Replication {
+                session: without_sql(connected),
+            })
+        }
+        BackupMethodChoice::Auto => match (connected, &options.pgdata) {
+            (connected, Some(pgdata)) => Ok(Source::Local {
+                session: connected?,
+                pgdata: pgdata.clone(),
+            }),
+            (Ok(session), None) => match server_data_directory(&session).await {
+                Ok(pgdata) if pgdata.join(CONTROL_FILE).exists() => {
+                    Ok(Source::Local { session, pgdata })
+                }
+                _ => Ok(Source::Replication {
+                    session: Some(session),
+                }),
+            },
+            (connected, None) => Ok(Source::Replication {
+                session: without_sql(connected),
+            }),
+        },
+    }
+}
+
+/// A backup over the replication protocol goes on without an SQL session (a role with
+/// REPLICATION only, a pg_hba.conf that allows only replication).
+fn without_sql(connected: Result<Session>) -> Option<Session> {
+    connected
+        .inspect_err(|e| {
+            tracing::info!(
+                "no SQL session ({e}): the backup records no database names and cannot watch \
+                 the archiver"
+            )
+        })
+        .ok()
+}
+
+/// What a local backup knows before its id is claimed.
+struct LocalPrepared {
     session: Session,
     pgdata: PathBuf,
     identity: RepositoryIdentity,
@@ -124,61 +239,49 @@ async fn backup_locked(
     interrupt: &Interrupt,
 ) -> Result<BackupReport> {
     let settings = connection_settings(options.dbname.as_deref())?;
-    let session = interrupt
-        .race(Session::connect(&settings))
-        .await
-        .map_err(stopped_before_writing)??;
-    let server_major = session.version()?.major;
-    if server_major != identity.pg_version {
-        return Err(Error::WrongRepository(format!(
-            "the server runs PostgreSQL {server_major} but the repository holds PostgreSQL {}: \
-             after pg_upgrade, start a new repository (pitr init) for the upgraded cluster",
-            identity.pg_version
-        )));
+    if options.max_rate_kb.is_some() && options.method == BackupMethodChoice::Local {
+        return Err(Error::Config(
+            "--max-rate throttles a backup over the replication protocol; a local backup \
+             reads the data directory itself: drop --max-rate, or use --method replication"
+                .into(),
+        ));
     }
-    let server_sysid = session
-        .text(
-            "reading the system identifier",
-            "SELECT system_identifier::text FROM pg_control_system()",
-        )
-        .await?;
-    if server_sysid != identity.system_identifier.to_string() {
-        return Err(Error::WrongRepository(format!(
-            "the server has system identifier {server_sysid}, but the repository belongs to {}",
-            identity.system_identifier
-        )));
-    }
-    let pgdata = match &options.pgdata {
-        Some(dir) => dir.clone(),
-        None => PathBuf::from(
-            session
-                .text("reading data_directory", "SHOW data_directory")
-                .await?,
-        ),
+    let prepared = match choose_source(&settings, options, interrupt).await? {
+        Source::Local { session, pgdata } => {
+            if options.max_rate_kb.is_some() {
+                return Err(Error::Config(format!(
+                    "--max-rate throttles a backup over the replication protocol, but the data \
+                     directory {} is on this host: use --method replication to throttle it",
+                    pgdata.display()
+                )));
+            }
+            Prepared::Local(prepare_local(session, pgdata, identity, interrupt).await?)
+        }
+        Source::Replication { session } => {
+            Prepared::Remote(remote::prepare(&settings, session, identity, interrupt).await?)
+        }
     };
-    check_pgdata(&pgdata, identity.system_identifier)?;
-
-    // Archiving that fails already would fail this backup only after the whole copy and
-    // --wal-timeout: refused now.
-    let archiver_before = check_archiving(&session, interrupt).await?;
     catalog.remove_staging_leftovers().await;
     interrupt.check().map_err(stopped_before_writing)?;
-    let start_time = Utc::now();
+    let start_time = match &prepared {
+        Prepared::Local(prepared) => prepared.start_time,
+        Prepared::Remote(prepared) => prepared.start_time,
+    };
     let id = catalog
         .claim_backup_id(&start_time.format("%Y%m%dT%H%M%SZ").to_string())
         .await?;
-    let prepared = Prepared {
-        session,
-        pgdata,
-        identity,
-        archiver_before,
-        start_time,
-    };
     // From the claim on, every way out but success removes what this backup wrote: its
     // objects would otherwise hold space, and be taken for a backup that lost its manifest.
     // A signal is not a way out of its own: the copy stops at the next object, and every
     // write started has ended before the removal lists what to remove.
-    let mut result = backup_claimed(catalog, options, prepared, &id, started, interrupt).await;
+    let mut result = match prepared {
+        Prepared::Local(prepared) => {
+            backup_claimed(catalog, options, prepared, &id, started, interrupt).await
+        }
+        Prepared::Remote(prepared) => {
+            remote::backup_claimed(catalog, options, prepared, &id, started, interrupt).await
+        }
+    };
     if let Err(error) = &mut result {
         options.progress.finish();
         let abandoned = catalog.abandon_backup(&id).await;
@@ -213,6 +316,39 @@ async fn backup_locked(
         }
     }
     result
+}
+
+/// Checks the server and its data directory against the repository.
+async fn prepare_local(
+    session: Session,
+    pgdata: PathBuf,
+    identity: RepositoryIdentity,
+    interrupt: &Interrupt,
+) -> Result<LocalPrepared> {
+    wrong_major(session.version()?.major, &identity)?;
+    let server_sysid = session
+        .text(
+            "reading the system identifier",
+            "SELECT system_identifier::text FROM pg_control_system()",
+        )
+        .await?;
+    if server_sysid != identity.system_identifier.to_string() {
+        return Err(Error::WrongRepository(format!(
+            "the server has system identifier {server_sysid}, but the repository belongs to {}",
+            identity.system_identifier
+        )));
+    }
+    check_pgdata(&pgdata, identity.system_identifier)?;
+    // Archiving that fails already would fail this backup only after the whole copy and
+    // --wal-timeout: refused now.
+    let archiver_before = check_archiving(&session, interrupt).await?;
+    Ok(LocalPrepared {
+        session,
+        pgdata,
+        identity,
+        archiver_before,
+        start_time: Utc::now(),
+    })
 }
 
 /// How long a failing archiver is watched for a success before the backup is refused: after
@@ -292,12 +428,12 @@ fn archiving_failing(stats: &ArchiverStats) -> Option<String> {
 async fn backup_claimed(
     catalog: &Catalog,
     options: &BackupOptions,
-    prepared: Prepared,
+    prepared: LocalPrepared,
     id: &str,
     started: Instant,
     interrupt: &Interrupt,
 ) -> Result<BackupReport> {
-    let Prepared {
+    let LocalPrepared {
         session,
         pgdata,
         identity,
@@ -418,7 +554,7 @@ async fn backup_claimed(
     }
     let waited = wait_for_wal(
         catalog,
-        &session,
+        Some(&session),
         options,
         WalWait {
             id,
@@ -474,20 +610,32 @@ async fn backup_claimed(
             .collect(),
         superuser: Some(superuser),
         configuration: configuration.map(|(configuration, _)| configuration),
+        method: BackupMethod::Local,
+        server_manifest: None,
     };
-    if options.pin || !options.annotations.is_empty() {
-        // Before the manifest: the backup is pinned from the moment it exists.
-        let mut pin = crate::catalog::backup::BackupPin::new(id);
-        pin.pinned = options.pin;
-        pin.annotations = options.annotations.clone();
-        catalog.put_backup_pin(&pin).await?;
-    }
-    catalog.put_manifest(&manifest).await?;
+    record_manifest(catalog, options, &manifest).await?;
     Ok(BackupReport {
         manifest,
         objects: object_count,
         elapsed: started.elapsed(),
     })
+}
+
+/// Stores the manifest, last: the backup exists from then on, pinned and annotated as asked.
+async fn record_manifest(
+    catalog: &Catalog,
+    options: &BackupOptions,
+    manifest: &BackupManifest,
+) -> Result<()> {
+    if options.pin || !options.annotations.is_empty() {
+        // Before the manifest: the backup is pinned from the moment it exists.
+        let mut pin = crate::catalog::backup::BackupPin::new(&manifest.id);
+        pin.pinned = options.pin;
+        pin.annotations = options.annotations.clone();
+        catalog.put_backup_pin(&pin).await?;
+    }
+    catalog.put_manifest(manifest).await?;
+    Ok(())
 }
 
 /// The history of `timeline` from the server's `pg_wal` (a standby keeps the history files
@@ -621,7 +769,7 @@ fn walk(pgdata: &Path) -> Result<Walked> {
 }
 
 /// The file PostgreSQL takes a standby backup's end point from: copied after all others.
-const CONTROL_FILE: &str = "global/pg_control";
+pub(super) const CONTROL_FILE: &str = "global/pg_control";
 
 /// Large files alone, small files packed into bundles: one entry per object; and
 /// `global/pg_control`, which goes into an object of its own, the last.
@@ -784,7 +932,7 @@ const NOTE_EVERY: Duration = Duration::from_secs(5);
 /// for it until the deadline, telling what the archiver does meanwhile.
 async fn wait_for_wal(
     catalog: &Catalog,
-    session: &Session,
+    session: Option<&Session>,
     options: &BackupOptions,
     wait: WalWait<'_>,
     interrupt: &Interrupt,
@@ -812,7 +960,11 @@ async fn wait_for_wal(
         let now = Instant::now();
         if now >= next_stats {
             // The archiver's word is advice: without it the deadline still holds.
-            match session.archiver_stats().await {
+            let stats = match session {
+                Some(session) => session.archiver_stats().await.map_err(|e| e.to_string()),
+                None => Err("no SQL session".to_owned()),
+            };
+            match stats {
                 Ok(stats) => {
                     if !stats.failing() {
                         failing_since = None;

@@ -41,6 +41,8 @@ pub struct BackupEntry {
     /// Retention never removes a pinned backup (`pitr pin`).
     pub pinned: bool,
     pub annotations: std::collections::BTreeMap<String, String>,
+    /// How the files were read: `local` or `replication` (from another host).
+    pub method: &'static str,
     /// The configuration recorded from outside the data directory (Debian's /etc), if any.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub configuration: Option<crate::catalog::backup::Configuration>,
@@ -98,6 +100,7 @@ pub async fn list(catalog: &Catalog, options: &ListOptions) -> Result<ListReport
                 timeline: m.timeline,
                 size_bytes: m.size_bytes,
                 stored_bytes: m.stored_bytes,
+                method: m.method.name(),
                 configuration: m.configuration,
             }
         })

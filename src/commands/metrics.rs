@@ -343,6 +343,7 @@ mod tests {
                     stored_bytes: 100,
                     pinned: false,
                     annotations: Default::default(),
+                    method: "local",
                     configuration: None,
                 }],
                 damaged_backups: Vec::new(),

@@ -750,7 +750,15 @@ async fn write_backup(
             )?;
         }
     }
-    let by_object: BTreeMap<u32, Vec<BackupFile>> = read.into_iter().collect();
+    // Each object's files in the order of their bytes in it: a backup over the replication
+    // protocol bundles them in the order the server sent them, not by path.
+    let by_object: BTreeMap<u32, Vec<BackupFile>> = read
+        .into_iter()
+        .map(|(object, mut files)| {
+            files.sort_by_key(|f| f.offset);
+            (object, files)
+        })
+        .collect();
     let file_sizes = Arc::new(file_sizes);
     let layout = Arc::new(layout.clone());
     // Interleave objects from the two ends of the list: parts of one large file (adjacent

@@ -443,6 +443,8 @@ mod tests {
                 progress: std::sync::Arc::new(crate::progress::Silent),
                 pin: false,
                 annotations: Default::default(),
+                method: Default::default(),
+                max_rate_kb: None,
             },
             policy: Policy::default(),
         }

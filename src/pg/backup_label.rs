@@ -27,6 +27,8 @@ pub struct BackupLabel {
     /// Only in backup history files.
     pub stop_lsn: Option<Lsn>,
     pub stop_timeline: Option<u32>,
+    /// `BACKUP FROM: standby` (or `primary`): whether the backup was taken on a standby.
+    pub backup_from: Option<String>,
 }
 
 /// Parses the text; unknown keys (other versions add some) are skipped.
@@ -50,6 +52,7 @@ pub fn parse_backup_label(text: &str) -> Result<BackupLabel, String> {
             "START TIMELINE" => label.start_timeline = Some(timeline(value).map_err(at)?),
             "STOP TIMELINE" => label.stop_timeline = Some(timeline(value).map_err(at)?),
             "LABEL" => label.label = Some(value.to_owned()),
+            "BACKUP FROM" => label.backup_from = Some(value.trim().to_owned()),
             _ => {}
         }
     }

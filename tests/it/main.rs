@@ -28,6 +28,7 @@ mod parsers_never_panic;
 mod prefetch;
 mod recovery_safety;
 mod recovery_window;
+mod remote_backup;
 mod replication;
 mod restore;
 mod restore_beside;

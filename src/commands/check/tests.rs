@@ -30,6 +30,7 @@ fn repository(
             stored_bytes: 1,
             pinned: false,
             annotations: Default::default(),
+            method: "local",
             configuration: None,
         })
         .into_iter()

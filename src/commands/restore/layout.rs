@@ -375,6 +375,8 @@ mod tests {
             databases: Vec::new(),
             superuser: None,
             configuration: None,
+            method: Default::default(),
+            server_manifest: None,
         }
     }
 

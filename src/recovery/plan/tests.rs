@@ -62,6 +62,8 @@ pub(crate) fn backup(
         databases: Vec::new(),
         superuser: None,
         configuration: None,
+        method: Default::default(),
+        server_manifest: None,
     }
 }
 

@@ -49,6 +49,8 @@ fn backup(timeline: u32, start: u64, stop: u64, started: &str) -> BackupManifest
         databases: Vec::new(),
         superuser: None,
         configuration: None,
+        method: Default::default(),
+        server_manifest: None,
     }
 }
 

@@ -1210,5 +1210,7 @@ pub fn in_process_backup_options(cluster: &PgCluster) -> pitr::commands::backup:
         progress: Arc::new(pitr::progress::Silent),
         pin: false,
         annotations: Default::default(),
+        method: Default::default(),
+        max_rate_kb: None,
     }
 }

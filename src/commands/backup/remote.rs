@@ -1,0 +1,1038 @@
+//! `pitr backup` over the replication protocol (`--method replication`): `BASE_BACKUP`'s tar
+//! streams are parsed as they arrive and cut into the objects a local backup writes (bundles
+//! of small files, large files alone or in parts), each encoded and stored by its own task
+//! while the next one arrives. Nothing is staged whole: an object's bytes pass through a
+//! small channel to the encoder, which stages only the encoded object, as a local backup does.
+//! The server's backup_manifest is checked against every file that arrived and kept with the
+//! backup.
+
+use std::io::{self, Read};
+use std::time::Instant;
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use futures_util::future::BoxFuture;
+use futures_util::stream::FuturesUnordered;
+use futures_util::{FutureExt, StreamExt};
+use tokio::sync::mpsc;
+
+use crate::catalog::backup::{
+    BackupDirectory, BackupFile, BackupManifest, BackupMethod, MANIFEST_FORMAT, Tablespace,
+    tablespace_link,
+};
+use crate::catalog::{Catalog, RepositoryIdentity, total_bytes};
+use crate::error::{Error, Result};
+use crate::interrupt::Interrupt;
+use crate::pg::WalFileName;
+use crate::pg::backup_label::parse_backup_label;
+use crate::pg::backup_manifest::parse_server_manifest;
+use crate::pg::relpath::database_of;
+use crate::pg::replication::{
+    self as replication, BackupStream, BackupStreamEvent, BaseBackupRequest, Syntax, base_backup,
+    identify_system, parse_backup_position, parse_backup_tablespaces, parse_identify_system,
+    parse_timeline_history,
+};
+use crate::pg::tar_stream::{ArchiveEnd, EntryKind, TarEntry, TarEvent, TarStream};
+use crate::pg::timeline::{parse_history, stop_segment_name};
+use crate::pg::wal_name::backup_history_file_name;
+use crate::server::replication::{ReplicationConnection, ReplicationEvent, ReplicationMode};
+use crate::server::{ArchiverStats, ConnectSettings, Session};
+
+use super::{
+    BUNDLE_FILE_LIMIT, BUNDLE_SIZE, BackupOptions, BackupReport, CONTROL_FILE, CopiedObject,
+    PART_SIZE, WalWait, check_archiving, stopped, stopped_before_writing, wait_for_wal,
+    wrong_major,
+};
+
+/// CopyData payloads buffered per object on their way to its encoder: with PostgreSQL's
+/// 32 KiB messages, 2 MiB per object at most.
+const CHANNEL_DEPTH: usize = 64;
+/// backup_label and tablespace_map are a few hundred bytes; anything near this is not one.
+const SMALL_FILE_LIMIT: u64 = 1 << 20;
+/// A server manifest is about 150 bytes per file: this is millions of files.
+const MANIFEST_LIMIT: usize = 1 << 30;
+
+/// What is known before the backup's id is claimed.
+pub(super) struct Prepared {
+    connection: ReplicationConnection,
+    /// An SQL session where the server allows one: the database names (for
+    /// `restore --db-include`) and the archiver's state. A role with only REPLICATION
+    /// rights has none, and the backup goes on without them.
+    session: Option<Session>,
+    syntax: Syntax,
+    identity: RepositoryIdentity,
+    archiver_before: Option<ArchiverStats>,
+    data_directory: Option<String>,
+    pub(super) start_time: DateTime<Utc>,
+}
+
+/// Opens the replication connection and checks that it reaches the repository's cluster.
+pub(super) async fn prepare(
+    settings: &ConnectSettings,
+    session: Option<Session>,
+    identity: RepositoryIdentity,
+    interrupt: &Interrupt,
+) -> Result<Prepared> {
+    let mut connection = interrupt
+        .race(ReplicationConnection::connect(
+            settings,
+            ReplicationMode::Physical,
+        ))
+        .await
+        .map_err(stopped_before_writing)??;
+    let major = connection
+        .server_version_num()
+        .map(|v| v / 10000)
+        .ok_or_else(|| Error::Server("the server did not report its version".into()))?;
+    wrong_major(major, &identity)?;
+    let syntax = Syntax::for_major(major).map_err(|e| Error::Server(e.to_string()))?;
+    let rows = single_set(connection.simple_query(&identify_system()).await?);
+    let system = parse_identify_system(&rows).map_err(|e| Error::Server(e.to_string()))?;
+    if system.system_id != identity.system_identifier {
+        return Err(Error::WrongRepository(format!(
+            "the server has system identifier {}, but the repository belongs to {}",
+            system.system_id, identity.system_identifier
+        )));
+    }
+    // Only for the record (restore tells an in-place restore by it): a role without
+    // pg_read_all_settings may not read it.
+    let data_directory = match replication::show_setting("data_directory") {
+        Ok(sql) => match connection.simple_query(&sql).await {
+            Ok(sets) => sets
+                .first()
+                .and_then(|set| set.rows.first())
+                .and_then(|row| row.first().cloned().flatten()),
+            Err(e) => {
+                tracing::debug!("SHOW data_directory: {e}");
+                None
+            }
+        },
+        Err(_) => None,
+    };
+    let archiver_before = match &session {
+        Some(session) => check_archiving(session, interrupt).await?,
+        None => None,
+    };
+    Ok(Prepared {
+        connection,
+        session,
+        syntax,
+        identity,
+        archiver_before,
+        data_directory,
+        start_time: Utc::now(),
+    })
+}
+
+fn single_set(sets: Vec<crate::server::replication::ResultSet>) -> Vec<Vec<Option<String>>> {
+    sets.into_iter()
+        .next()
+        .map(|set| set.rows)
+        .unwrap_or_default()
+}
+
+/// Takes the backup under the claimed `id`; on an error the caller removes what it wrote.
+pub(super) async fn backup_claimed(
+    catalog: &Catalog,
+    options: &BackupOptions,
+    prepared: Prepared,
+    id: &str,
+    started: Instant,
+    interrupt: &Interrupt,
+) -> Result<BackupReport> {
+    let Prepared {
+        mut connection,
+        session,
+        syntax,
+        identity,
+        archiver_before,
+        data_directory,
+        start_time,
+    } = prepared;
+    let label = format!("pitr backup {id}");
+    let request = BaseBackupRequest {
+        label: label.clone(),
+        fast: options.fast,
+        max_rate_kb: options.max_rate_kb,
+        progress: true,
+        manifest: true,
+        wal: false,
+        // pitr waits for the WAL itself, with a deadline and word of the archiver.
+        wait_for_archive: false,
+    };
+    let command = base_backup(syntax, &request).map_err(|e| Error::Config(e.to_string()))?;
+    connection.start(&command).await?;
+    let mut receiver = Receiver::new(catalog, id, options, syntax);
+    let received = receiver.run(&mut connection, interrupt).await;
+    let received = match received {
+        Ok(received) => received,
+        Err(error) => {
+            receiver.abandon().await;
+            return Err(error);
+        }
+    };
+    let Received {
+        start,
+        stop,
+        stop_timeline,
+        copied,
+        directories,
+        tablespaces,
+        tablespace_map,
+        backup_label,
+        server_manifest,
+        listed,
+    } = received;
+    options.progress.finish();
+    tracing::info!(
+        "backup {id}: {} files received, {} objects",
+        listed.len(),
+        copied.len()
+    );
+    check_against_server_manifest(&server_manifest, &listed, identity.system_identifier)?;
+    let manifest_object = copied.len() as u32;
+    let manifest_entry =
+        store_server_manifest(catalog, id, manifest_object, server_manifest).await?;
+
+    let segment_size = identity.wal_segment_size;
+    let parsed_label = parse_backup_label(&backup_label)
+        .map_err(|e| Error::Server(format!("the backup_label BASE_BACKUP sent: {e}")))?;
+    let start_segment = WalFileName::parse(&parsed_label.start_wal_file)
+        .ok()
+        .filter(|name| {
+            name.segment_number(segment_size) == Some(start.segment_number(segment_size))
+        })
+        .ok_or_else(|| {
+            Error::Server(format!(
+                "the backup_label names {} for the start {start}",
+                parsed_label.start_wal_file
+            ))
+        })?;
+    let timeline = parsed_label
+        .start_timeline
+        .unwrap_or(start_segment.timeline());
+    let from_standby = parsed_label.backup_from.as_deref() == Some("standby");
+    let history = if stop_timeline > timeline {
+        let sql = replication::timeline_history(stop_timeline)
+            .map_err(|e| Error::Server(e.to_string()))?;
+        let rows = single_set(connection.simple_query(&sql).await?);
+        let file = parse_timeline_history(&rows).map_err(|e| Error::Server(e.to_string()))?;
+        parse_history(stop_timeline, &String::from_utf8_lossy(&file.content))
+            .map_err(|e| Error::Server(format!("timeline {stop_timeline}'s history: {e}")))?
+    } else {
+        Vec::new()
+    };
+    let stop_wal_segment = stop_segment_name(stop, stop_timeline, &history, segment_size);
+    let stop_segment =
+        WalFileName::parse(&stop_wal_segment).map_err(|e| Error::Server(e.to_string()))?;
+    tracing::info!("backup {id} stopped at {stop} ({stop_wal_segment})");
+    // The backup is over on the server: the connection has nothing more to say.
+    drop(connection.close().await);
+    let stop_time = Utc::now();
+
+    let mut awaited = vec![stop_segment];
+    if !from_standby {
+        let history = backup_history_file_name(timeline, start, segment_size);
+        awaited.push(WalFileName::parse(&history).map_err(|e| Error::Server(e.to_string()))?);
+    }
+    let wal_deadline = Instant::now().checked_add(options.wal_timeout);
+    let waited = wait_for_wal(
+        catalog,
+        session.as_ref(),
+        options,
+        WalWait {
+            id,
+            files: awaited,
+            deadline: wal_deadline,
+            archiver_before,
+        },
+        interrupt,
+    )
+    .await;
+    options.progress.finish();
+    waited?;
+    interrupt.check().map_err(stopped)?;
+
+    let (databases, superuser) = match &session {
+        Some(session) => match session.databases().await {
+            Ok((databases, superuser)) => (databases, Some(superuser)),
+            Err(e) => {
+                tracing::warn!("backup {id}: the database names are not recorded ({e})");
+                (Vec::new(), None)
+            }
+        },
+        None => (Vec::new(), None),
+    };
+    let tablespace_map = tablespace_map.or_else(|| {
+        (!tablespaces.is_empty()).then(|| {
+            tablespaces
+                .iter()
+                .map(|t| format!("{} {}\n", t.oid, t.path))
+                .collect()
+        })
+    });
+    let mut files: Vec<BackupFile> = copied.iter().flat_map(|(f, _)| f.clone()).collect();
+    files.sort_by(|a, b| (&a.path, a.file_offset).cmp(&(&b.path, b.file_offset)));
+    let object_count = copied.len() as u32 + 1;
+    let manifest = BackupManifest {
+        format: MANIFEST_FORMAT,
+        id: id.to_owned(),
+        label,
+        system_identifier: identity.system_identifier.to_string(),
+        pg_version: identity.pg_version,
+        timeline,
+        start_lsn: start,
+        stop_lsn: stop,
+        start_time,
+        stop_time,
+        start_wal_segment: parsed_label.start_wal_file.clone(),
+        stop_wal_segment,
+        backup_label,
+        tablespace_map,
+        tablespaces,
+        size_bytes: total_bytes(files.iter().map(|f| f.size)),
+        stored_bytes: total_bytes(
+            copied
+                .iter()
+                .map(|(_, stored)| *stored)
+                .chain([manifest_entry.1]),
+        ),
+        directories,
+        files,
+        cluster_owner: None,
+        data_directory,
+        databases: databases
+            .into_iter()
+            .map(|(oid, name)| crate::catalog::backup::Database { oid, name })
+            .collect(),
+        superuser,
+        configuration: None,
+        method: BackupMethod::Replication,
+        server_manifest: Some(manifest_entry.0),
+    };
+    super::record_manifest(catalog, options, &manifest).await?;
+    Ok(BackupReport {
+        manifest,
+        objects: object_count,
+        elapsed: started.elapsed(),
+    })
+}
+
+/// Every file the server's manifest lists arrived with its size and checksum, and nothing
+/// else did: the backup holds what the server meant to send.
+fn check_against_server_manifest(
+    bytes: &[u8],
+    listed: &[ReceivedFile],
+    system_identifier: u64,
+) -> Result<()> {
+    let refuse = |why: String| {
+        Error::Server(format!(
+            "the backup does not match the server's backup_manifest: {why}; nothing was \
+             recorded; run pitr backup again"
+        ))
+    };
+    let manifest = parse_server_manifest(bytes).map_err(|e| refuse(e.to_string()))?;
+    if let Some(found) = manifest.system_identifier
+        && found != system_identifier
+    {
+        return Err(refuse(format!(
+            "it names system identifier {found}, the repository {system_identifier}"
+        )));
+    }
+    let mut arrived: std::collections::HashMap<&str, &ReceivedFile> =
+        listed.iter().map(|f| (f.path.as_str(), f)).collect();
+    for file in &manifest.files {
+        let Some(got) = arrived.remove(file.path.as_str()) else {
+            return Err(refuse(format!(
+                "{} is listed but did not arrive",
+                file.path
+            )));
+        };
+        if got.size != file.size {
+            return Err(refuse(format!(
+                "{} arrived with {} bytes, listed with {}",
+                file.path, got.size, file.size
+            )));
+        }
+        if let Some(crc) = file.crc32c
+            && crc != got.crc32c
+        {
+            return Err(refuse(format!(
+                "{} arrived with CRC-32C {:08x}, listed with {crc:08x}",
+                file.path, got.crc32c
+            )));
+        }
+    }
+    if let Some(extra) = arrived.keys().min() {
+        return Err(refuse(format!("{extra} arrived but is not listed")));
+    }
+    Ok(())
+}
+
+/// Stores the server's backup_manifest as data object `object`; its entry and stored size.
+async fn store_server_manifest(
+    catalog: &Catalog,
+    id: &str,
+    object: u32,
+    bytes: Vec<u8>,
+) -> Result<(BackupFile, u64)> {
+    let entry = BackupFile {
+        path: "backup_manifest".into(),
+        size: bytes.len() as u64,
+        file_offset: 0,
+        mode: 0o600,
+        mtime: Utc::now().timestamp(),
+        crc32c: crc32c::crc32c(&bytes),
+        object,
+        offset: 0,
+    };
+    let (_, encoded) = catalog
+        .store_backup_object(
+            id,
+            object,
+            "the server's backup_manifest",
+            io::Cursor::new(bytes),
+        )
+        .await?;
+    Ok((entry, encoded.stored_len))
+}
+
+/// A whole file that arrived: what the server's manifest is checked against.
+struct ReceivedFile {
+    path: String,
+    size: u64,
+    crc32c: u32,
+}
+
+/// Everything a finished `BASE_BACKUP` delivered.
+struct Received {
+    start: crate::pg::Lsn,
+    stop: crate::pg::Lsn,
+    stop_timeline: u32,
+    copied: Vec<CopiedObject>,
+    directories: Vec<BackupDirectory>,
+    tablespaces: Vec<Tablespace>,
+    tablespace_map: Option<String>,
+    backup_label: String,
+    server_manifest: Vec<u8>,
+    listed: Vec<ReceivedFile>,
+}
+
+/// An object whose bytes are still arriving: they go to its encoding task.
+struct OpenObject {
+    index: u32,
+    sender: mpsc::Sender<io::Result<Bytes>>,
+    /// None once awaited.
+    task: Option<tokio::task::JoinHandle<Result<u64>>>,
+    entries: Vec<BackupFile>,
+    length: u64,
+    /// The database of its files (bundles never mix two).
+    database: Option<u32>,
+}
+
+/// Where the current tar entry's bytes go.
+enum Sink {
+    Bundle,
+    /// The object of the current part of a large file (or of pg_control).
+    Alone,
+    /// Kept in memory: backup_label, tablespace_map.
+    Kept(Vec<u8>),
+}
+
+/// The tar entry being received.
+struct CurrentFile {
+    path: String,
+    size: u64,
+    mode: u32,
+    mtime: i64,
+    sink: Sink,
+    /// Bytes of the file received, and their CRC-32C.
+    received: u64,
+    whole_crc: u32,
+    /// The current part: where it starts in the file, its bytes so far and their CRC-32C.
+    part_offset: u64,
+    part_length: u64,
+    part_crc: u32,
+    /// Where the current part starts in its object.
+    object_offset: u64,
+}
+
+/// The archive being parsed, and where its entries go in the data directory.
+struct Archive {
+    tar: TarStream,
+    /// `""` for the main data directory, `pg_tblspc/<oid>/` for a tablespace.
+    prefix: String,
+}
+
+/// Drives one `BASE_BACKUP`: its result sets, its archives and manifest, into objects.
+struct Receiver<'a> {
+    catalog: &'a Catalog,
+    id: &'a str,
+    options: &'a BackupOptions,
+    syntax: Syntax,
+    stream: Option<BackupStream>,
+    archive: Option<Archive>,
+    current: Option<CurrentFile>,
+    bundle: Option<OpenObject>,
+    alone: Option<OpenObject>,
+    next_object: u32,
+    in_flight: FuturesUnordered<BoxFuture<'static, Result<CopiedObject>>>,
+    copied: Vec<CopiedObject>,
+    positions: Vec<(crate::pg::Lsn, u32)>,
+    directories: Vec<BackupDirectory>,
+    /// Tablespace OIDs and locations as BASE_BACKUP listed them.
+    listed_tablespaces: Vec<(u32, String)>,
+    backup_label: Option<Vec<u8>>,
+    tablespace_map: Option<Vec<u8>>,
+    manifest: Vec<u8>,
+    listed: Vec<ReceivedFile>,
+}
+
+impl<'a> Receiver<'a> {
+    fn new(catalog: &'a Catalog, id: &'a str, options: &'a BackupOptions, syntax: Syntax) -> Self {
+        Receiver {
+            catalog,
+            id,
+            options,
+            syntax,
+            stream: None,
+            archive: None,
+            current: None,
+            bundle: None,
+            alone: None,
+            next_object: 0,
+            in_flight: FuturesUnordered::new(),
+            copied: Vec::new(),
+            positions: Vec::new(),
+            directories: Vec::new(),
+            listed_tablespaces: Vec::new(),
+            backup_label: None,
+            tablespace_map: None,
+            manifest: Vec::new(),
+            listed: Vec::new(),
+        }
+    }
+
+    async fn run(
+        &mut self,
+        connection: &mut ReplicationConnection,
+        interrupt: &Interrupt,
+    ) -> Result<Received> {
+        loop {
+            let event = interrupt
+                .race(connection.next_event())
+                .await
+                .map_err(stopped)?
+                .map_err(|e| {
+                    Error::Server(format!(
+                        "the base backup failed: {e}; nothing of it is recorded; run pitr \
+                         backup again"
+                    ))
+                })?;
+            let Some(event) = event else { break };
+            match event {
+                ReplicationEvent::ResultSet(set) => self.result_set(set.rows)?,
+                ReplicationEvent::CopyStart { .. } => {
+                    let began = self.stream()?.copy_out_began().map_err(protocol)?;
+                    if let Some(event) = began {
+                        self.stream_event(event, &Bytes::new()).await?;
+                    }
+                }
+                ReplicationEvent::CopyData(payload) => {
+                    let event = self.stream()?.copy_data(&payload).map_err(protocol)?;
+                    self.stream_event(event, &payload).await?;
+                }
+                ReplicationEvent::CopyDone => {
+                    self.end_archive()?;
+                    self.stream()?.copy_done().map_err(protocol)?;
+                }
+                ReplicationEvent::CommandComplete(_) => {}
+                ReplicationEvent::Ready => break,
+            }
+        }
+        if self.positions.len() != 2 {
+            return Err(Error::Server(
+                "BASE_BACKUP ended before it sent its end position; nothing of the backup is \
+                 recorded; run pitr backup again"
+                    .into(),
+            ));
+        }
+        self.close_bundle();
+        while let Some(done) = self.in_flight.next().await {
+            self.copied.push(done?);
+        }
+        self.copied
+            .sort_by_key(|(files, _)| files.first().map(|f| f.object));
+        let backup_label = self
+            .backup_label
+            .take()
+            .ok_or_else(|| Error::Server("the base backup held no backup_label".into()))?;
+        let backup_label = String::from_utf8(backup_label)
+            .map_err(|_| Error::Server("the backup_label BASE_BACKUP sent is not UTF-8".into()))?;
+        // Each tablespace as a local backup records it: where it was, and its link.
+        let tablespaces: Vec<Tablespace> = self
+            .listed_tablespaces
+            .iter()
+            .map(|(oid, location)| Tablespace {
+                oid: *oid,
+                path: location.clone(),
+            })
+            .collect();
+        let mut directories = std::mem::take(&mut self.directories);
+        directories.extend(tablespaces.iter().map(|t| BackupDirectory {
+            path: format!("pg_tblspc/{}", t.oid),
+            mode: 0o700,
+        }));
+        directories.sort_by(|a, b| a.path.cmp(&b.path));
+        directories.dedup_by(|a, b| a.path == b.path);
+        let tablespace_map = match self.tablespace_map.take() {
+            Some(map) => Some(String::from_utf8(map).map_err(|_| {
+                Error::Server("the tablespace_map BASE_BACKUP sent is not UTF-8".into())
+            })?),
+            None => None,
+        };
+        let (start, _) = self.positions[0];
+        let (stop, stop_timeline) = self.positions[1];
+        Ok(Received {
+            start,
+            stop,
+            stop_timeline,
+            copied: std::mem::take(&mut self.copied),
+            directories,
+            tablespaces,
+            tablespace_map,
+            backup_label,
+            server_manifest: std::mem::take(&mut self.manifest),
+            listed: std::mem::take(&mut self.listed),
+        })
+    }
+
+    fn stream(&mut self) -> Result<&mut BackupStream> {
+        self.stream
+            .as_mut()
+            .ok_or_else(|| protocol("a COPY stream before the tablespace list"))
+    }
+
+    /// The start position, the tablespace list, the end position, in that order.
+    fn result_set(&mut self, rows: Vec<Vec<Option<String>>>) -> Result<()> {
+        if self.positions.is_empty() {
+            let start = parse_backup_position(&rows).map_err(protocol)?;
+            self.positions.push((start.lsn, start.timeline));
+        } else if self.stream.is_none() {
+            let list = parse_backup_tablespaces(&rows).map_err(protocol)?;
+            let estimate = list.iter().map(|t| {
+                t.size_kb
+                    .unwrap_or(0)
+                    .max(0)
+                    .unsigned_abs()
+                    .saturating_mul(1024)
+            });
+            self.options
+                .progress
+                .start(&format!("backup {}", self.id), total_bytes(estimate));
+            self.listed_tablespaces = list
+                .iter()
+                .filter_map(|t| Some((t.oid?, t.location.clone()?)))
+                .collect();
+            self.stream = Some(BackupStream::new(self.syntax, &list, true));
+        } else {
+            self.stream()?.finish().map_err(protocol)?;
+            let stop = parse_backup_position(&rows).map_err(protocol)?;
+            self.positions.push((stop.lsn, stop.timeline));
+        }
+        Ok(())
+    }
+
+    async fn stream_event(&mut self, event: BackupStreamEvent<'_>, payload: &Bytes) -> Result<()> {
+        match event {
+            BackupStreamEvent::ArchiveStart { oid, .. } => {
+                self.end_archive()?;
+                let prefix = match oid {
+                    Some(oid) => format!("pg_tblspc/{oid}/"),
+                    None => String::new(),
+                };
+                self.archive = Some(Archive {
+                    tar: TarStream::new(),
+                    prefix,
+                });
+            }
+            BackupStreamEvent::ArchiveData(mut bytes) => {
+                self.options.progress.advance(bytes.len() as u64);
+                loop {
+                    let archive = self
+                        .archive
+                        .as_mut()
+                        .ok_or_else(|| protocol("archive data before an archive began"))?;
+                    let Some(tar_event) = archive.tar.next_event(&mut bytes).map_err(tar_error)?
+                    else {
+                        break;
+                    };
+                    match tar_event {
+                        TarEvent::Entry(entry) => {
+                            let prefix = archive.prefix.clone();
+                            self.entry(&prefix, entry).await?
+                        }
+                        TarEvent::Data(data) => self.data(payload.slice_ref(data)).await?,
+                        TarEvent::EntryEnd => self.entry_end()?,
+                        TarEvent::End => {}
+                    }
+                }
+            }
+            BackupStreamEvent::Progress(_) => {}
+            BackupStreamEvent::ManifestStart => self.end_archive()?,
+            BackupStreamEvent::ManifestData(bytes) => {
+                if self.manifest.len() + bytes.len() > MANIFEST_LIMIT {
+                    return Err(Error::Server(format!(
+                        "the server's backup_manifest exceeds {MANIFEST_LIMIT} bytes"
+                    )));
+                }
+                self.manifest.extend_from_slice(bytes);
+            }
+        }
+        Ok(())
+    }
+
+    /// The current archive is over (the next began, the manifest began, or its COPY ended).
+    fn end_archive(&mut self) -> Result<()> {
+        let Some(archive) = self.archive.take() else {
+            return Ok(());
+        };
+        let end = match self.syntax {
+            Syntax::Positional => ArchiveEnd::MarkerOrTransport,
+            Syntax::OptionList => ArchiveEnd::Marker,
+        };
+        archive.tar.finish(end).map_err(tar_error)?;
+        // Each archive's small files in bundles of their own.
+        self.close_bundle();
+        Ok(())
+    }
+
+    async fn entry(&mut self, prefix: &str, entry: TarEntry) -> Result<()> {
+        let path = format!("{prefix}{}", entry.path);
+        match entry.kind {
+            EntryKind::Directory => {
+                self.directories.push(BackupDirectory {
+                    path,
+                    mode: entry.mode,
+                });
+            }
+            EntryKind::Symlink { target } => {
+                let listed = tablespace_link(&path)
+                    .filter(|_| prefix.is_empty())
+                    .and_then(|oid| {
+                        self.listed_tablespaces
+                            .iter()
+                            .find(|(listed, _)| *listed == oid)
+                    });
+                match listed {
+                    // Recorded from the list (the server sends links only where it sends
+                    // no tablespace_map).
+                    Some((_, location)) if *location == target => {}
+                    _ => {
+                        return Err(Error::Server(format!(
+                            "the server sent a symbolic link {path} -> {target} that is not a \
+                             tablespace it listed: pitr does not store other links"
+                        )));
+                    }
+                }
+            }
+            EntryKind::Hardlink { target } => {
+                return Err(Error::Server(format!(
+                    "the server sent a hard link {path} -> {target}, which PostgreSQL never \
+                     writes"
+                )));
+            }
+            EntryKind::File { size } => self.file(path, size, &entry).await?,
+        }
+        Ok(())
+    }
+
+    async fn file(&mut self, path: String, size: u64, entry: &TarEntry) -> Result<()> {
+        let sink = if matches!(path.as_str(), "backup_label" | "tablespace_map") {
+            if size > SMALL_FILE_LIMIT {
+                return Err(Error::Server(format!(
+                    "the server sent a {path} of {size} bytes"
+                )));
+            }
+            Sink::Kept(Vec::with_capacity(size as usize))
+        } else if size > BUNDLE_FILE_LIMIT || path == CONTROL_FILE {
+            self.open_alone().await?;
+            Sink::Alone
+        } else {
+            let database = database_of(&path);
+            let full = self
+                .bundle
+                .as_ref()
+                .is_some_and(|bundle| bundle.database != database || bundle.length >= BUNDLE_SIZE);
+            if full {
+                self.close_bundle();
+            }
+            if self.bundle.is_none() {
+                let mut object = self.open_object().await?;
+                object.database = database;
+                self.bundle = Some(object);
+            }
+            Sink::Bundle
+        };
+        let object_offset = match sink {
+            Sink::Bundle => self.bundle.as_ref().map_or(0, |b| b.length),
+            _ => 0,
+        };
+        self.current = Some(CurrentFile {
+            path,
+            size,
+            mode: entry.mode,
+            mtime: i64::try_from(entry.mtime).unwrap_or(i64::MAX),
+            sink,
+            received: 0,
+            whole_crc: 0,
+            part_offset: 0,
+            part_length: 0,
+            part_crc: 0,
+            object_offset,
+        });
+        Ok(())
+    }
+
+    async fn data(&mut self, mut bytes: Bytes) -> Result<()> {
+        while !bytes.is_empty() {
+            let current = self
+                .current
+                .as_mut()
+                .ok_or_else(|| protocol("file data outside a file"))?;
+            let alone = matches!(current.sink, Sink::Alone);
+            if alone && current.part_length == PART_SIZE {
+                // A new part once this one is full.
+                self.next_part().await?;
+                continue;
+            }
+            let take = if alone {
+                (PART_SIZE - current.part_length).min(bytes.len() as u64) as usize
+            } else {
+                bytes.len()
+            };
+            let piece = bytes.split_to(take);
+            current.whole_crc = crc32c::crc32c_append(current.whole_crc, &piece);
+            current.part_crc = crc32c::crc32c_append(current.part_crc, &piece);
+            current.received += piece.len() as u64;
+            current.part_length += piece.len() as u64;
+            let object = match &mut current.sink {
+                Sink::Kept(kept) => {
+                    kept.extend_from_slice(&piece);
+                    continue;
+                }
+                Sink::Bundle => self.bundle.as_mut(),
+                Sink::Alone => self.alone.as_mut(),
+            }
+            .ok_or_else(|| protocol("file data without an object"))?;
+            object.length += piece.len() as u64;
+            send(object, piece).await?;
+        }
+        Ok(())
+    }
+
+    /// The current part of a large file is complete: its object closes, the next opens.
+    async fn next_part(&mut self) -> Result<()> {
+        self.finish_part();
+        self.close_alone();
+        self.open_alone().await?;
+        if let Some(current) = self.current.as_mut() {
+            current.part_offset += current.part_length;
+            current.part_length = 0;
+            current.part_crc = 0;
+            current.object_offset = 0;
+        }
+        Ok(())
+    }
+
+    /// Records the current part in its object's entries.
+    fn finish_part(&mut self) {
+        let Some(current) = self.current.as_ref() else {
+            return;
+        };
+        let object = match current.sink {
+            Sink::Bundle => self.bundle.as_mut(),
+            Sink::Alone => self.alone.as_mut(),
+            Sink::Kept(_) => None,
+        };
+        if let Some(object) = object {
+            object.entries.push(BackupFile {
+                path: current.path.clone(),
+                size: current.part_length,
+                file_offset: current.part_offset,
+                mode: current.mode,
+                mtime: current.mtime,
+                crc32c: current.part_crc,
+                object: object.index,
+                offset: current.object_offset,
+            });
+        }
+    }
+
+    fn entry_end(&mut self) -> Result<()> {
+        let Some(current) = self.current.as_ref() else {
+            // Directories and links end too.
+            return Ok(());
+        };
+        if current.received != current.size {
+            return Err(protocol("a file ended before its size"));
+        }
+        self.finish_part();
+        let current = self.current.take().expect("checked above");
+        self.listed.push(ReceivedFile {
+            path: current.path.clone(),
+            size: current.size,
+            crc32c: current.whole_crc,
+        });
+        match current.sink {
+            Sink::Alone => self.close_alone(),
+            // tablespace_map is not asked for (the tablespace list says the same).
+            Sink::Kept(bytes) if current.path == "backup_label" => self.backup_label = Some(bytes),
+            Sink::Kept(_) => {}
+            Sink::Bundle => {}
+        }
+        Ok(())
+    }
+
+    /// Starts the next object's encoding task, once fewer than `jobs` are being stored.
+    async fn open_object(&mut self) -> Result<OpenObject> {
+        while self.in_flight.len() >= self.options.jobs.max(1) {
+            match self.in_flight.next().await {
+                Some(done) => self.copied.push(done?),
+                None => break,
+            }
+        }
+        // Failures surface as early as they can.
+        while let Some(Some(done)) = self.in_flight.next().now_or_never() {
+            self.copied.push(done?);
+        }
+        let index = self.next_object;
+        self.next_object += 1;
+        let (sender, receiver) = mpsc::channel(CHANNEL_DEPTH);
+        let (catalog, id) = (self.catalog.clone(), self.id.to_owned());
+        let task = tokio::spawn(async move {
+            let reader = ChannelReader {
+                receiver,
+                current: Bytes::new(),
+            };
+            let (_, encoded) = catalog
+                .store_backup_object(&id, index, "the server's base backup", reader)
+                .await?;
+            Ok(encoded.stored_len)
+        });
+        Ok(OpenObject {
+            index,
+            sender,
+            task: Some(task),
+            entries: Vec::new(),
+            length: 0,
+            database: None,
+        })
+    }
+
+    async fn open_alone(&mut self) -> Result<()> {
+        let object = self.open_object().await?;
+        self.alone = Some(object);
+        Ok(())
+    }
+
+    fn close_bundle(&mut self) {
+        if let Some(object) = self.bundle.take() {
+            self.close(object);
+        }
+    }
+
+    fn close_alone(&mut self) {
+        if let Some(object) = self.alone.take() {
+            self.close(object);
+        }
+    }
+
+    /// Its bytes are all sent: the end of the channel ends the object.
+    fn close(&mut self, object: OpenObject) {
+        let OpenObject {
+            sender,
+            task,
+            entries,
+            ..
+        } = object;
+        drop(sender);
+        self.in_flight.push(
+            async move {
+                let stored = match task {
+                    Some(task) => joined(task.await)?,
+                    None => return Err(Error::Server("an object's store failed".into())),
+                };
+                Ok((entries, stored))
+            }
+            .boxed(),
+        );
+    }
+
+    /// After a failure: the objects still open fail, and every task has ended before the
+    /// caller removes what the backup wrote.
+    async fn abandon(&mut self) {
+        self.options.progress.finish();
+        for object in [self.bundle.take(), self.alone.take()]
+            .into_iter()
+            .flatten()
+        {
+            let _ = object
+                .sender
+                .send(Err(io::Error::other("the base backup stopped")))
+                .await;
+            drop(object.sender);
+            if let Some(task) = object.task {
+                let _ = task.await;
+            }
+        }
+        while self.in_flight.next().await.is_some() {}
+    }
+}
+
+async fn send(object: &mut OpenObject, piece: Bytes) -> Result<()> {
+    if object.sender.send(Ok(piece)).await.is_ok() {
+        return Ok(());
+    }
+    // The task ended early: its error says why.
+    Err(match object.task.take() {
+        Some(task) => match joined(task.await) {
+            Err(e) => e,
+            Ok(_) => Error::Server("an object was stored before its end arrived".into()),
+        },
+        None => Error::Server("an object's store failed".into()),
+    })
+}
+
+fn joined(result: std::result::Result<Result<u64>, tokio::task::JoinError>) -> Result<u64> {
+    result.map_err(|e| Error::Server(format!("storing an object failed: {e}")))?
+}
+
+fn protocol(error: impl std::fmt::Display) -> Error {
+    Error::Server(format!("the base backup stream: {error}"))
+}
+
+fn tar_error(error: crate::pg::tar_stream::TarError) -> Error {
+    Error::Server(format!("the base backup's tar stream: {error}"))
+}
+
+/// The bytes of one object as its encoder reads them, from the receiving task.
+struct ChannelReader {
+    receiver: mpsc::Receiver<io::Result<Bytes>>,
+    current: Bytes,
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.current.is_empty() {
+            match self.receiver.blocking_recv() {
+                Some(Ok(bytes)) => self.current = bytes,
+                Some(Err(e)) => return Err(e),
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.current.len());
+        buf[..n].copy_from_slice(&self.current.split_to(n));
+        Ok(n)
+    }
+}
