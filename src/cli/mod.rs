@@ -217,6 +217,13 @@ pub enum Command {
         /// or M suffix (as pg_basebackup's --max-rate), 32k to 1024M.
         #[arg(long, value_name = "RATE", value_parser = parse_max_rate)]
         max_rate: Option<u32>,
+        /// Where a backup over the replication protocol gets its WAL: `archive`, through the
+        /// server's archive_command; `stream`, over a second replication connection with a
+        /// temporary slot, stored into the repository as archive-push stores it (the backup
+        /// is then restorable whatever archives); `auto` (the default): archive where the
+        /// server's archiver is seen storing into this repository, stream otherwise.
+        #[arg(long, value_name = "METHOD", default_value = "auto", value_parser = parse_wal_method)]
+        wal_method: crate::commands::backup::WalMethod,
         /// With a rule set, `pitr expire` runs after the backup succeeded.
         #[command(flatten)]
         retention: RetentionArgs,
@@ -572,6 +579,18 @@ fn parse_method(text: &str) -> Result<crate::commands::backup::BackupMethodChoic
         "replication" => Ok(BackupMethodChoice::Replication),
         _ => Err(format!(
             "'{text}' is not a method: use auto, local or replication"
+        )),
+    }
+}
+
+fn parse_wal_method(text: &str) -> Result<crate::commands::backup::WalMethod, String> {
+    use crate::commands::backup::WalMethod;
+    match text {
+        "auto" => Ok(WalMethod::Auto),
+        "archive" => Ok(WalMethod::Archive),
+        "stream" => Ok(WalMethod::Stream),
+        _ => Err(format!(
+            "'{text}' is not a WAL method: use auto, archive or stream"
         )),
     }
 }

@@ -173,6 +173,7 @@ impl Command {
                 annotate,
                 method,
                 max_rate,
+                wal_method,
                 retention,
             } => Request::Backup {
                 // Checked before the backup, applied after it.
@@ -191,6 +192,7 @@ impl Command {
                     annotations: annotate.into_iter().collect(),
                     method,
                     max_rate_kb: max_rate,
+                    wal_method,
                 },
             },
             Command::Restore {

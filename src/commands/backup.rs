@@ -33,6 +33,7 @@ use super::blocking;
 
 mod config;
 mod remote;
+mod wal_receiver;
 
 /// Files up to this size are packed together.
 pub const BUNDLE_FILE_LIMIT: u64 = 256 << 10;
@@ -57,6 +58,22 @@ pub struct BackupOptions {
     pub method: BackupMethodChoice,
     /// Server-side throttling of a backup over the replication protocol, in kB/s.
     pub max_rate_kb: Option<u32>,
+    /// How a backup over the replication protocol gets its WAL (`--wal-method`).
+    pub wal_method: WalMethod,
+}
+
+/// `--wal-method`: where the WAL a backup over the replication protocol needs comes from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum WalMethod {
+    /// From the archive when the server's archiver is seen storing into this repository,
+    /// otherwise streamed.
+    #[default]
+    Auto,
+    /// Through the server's archive_command, awaited until `--wal-timeout`.
+    Archive,
+    /// Over a second replication connection with a temporary slot, stored into the
+    /// repository as archive-push stores it (`pg_basebackup -X stream`).
+    Stream,
 }
 
 /// `--method`: how the backup reads the cluster's files.
@@ -257,9 +274,17 @@ async fn backup_locked(
             }
             Prepared::Local(prepare_local(session, pgdata, identity, interrupt).await?)
         }
-        Source::Replication { session } => {
-            Prepared::Remote(remote::prepare(&settings, session, identity, interrupt).await?)
-        }
+        Source::Replication { session } => Prepared::Remote(
+            remote::prepare(
+                catalog,
+                &settings,
+                session,
+                identity,
+                options.wal_method,
+                interrupt,
+            )
+            .await?,
+        ),
     };
     catalog.remove_staging_leftovers().await;
     interrupt.check().map_err(stopped_before_writing)?;
@@ -378,7 +403,8 @@ async fn check_archiving(
                     "archive_mode is off: no WAL reaches the repository, and a backup is \
                      restorable only with the WAL up to its end; nothing was copied: set \
                      archive_mode = on and archive_command = 'pitr archive-push %p' (see pitr \
-                     check), restart PostgreSQL, then run backup again"
+                     check), restart PostgreSQL, then run backup again; or take a backup that \
+                     streams its own WAL: pitr backup --method replication"
                         .into(),
                 ));
             }

@@ -445,6 +445,7 @@ mod tests {
                 annotations: Default::default(),
                 method: Default::default(),
                 max_rate_kb: None,
+                wal_method: Default::default(),
             },
             policy: Policy::default(),
         }

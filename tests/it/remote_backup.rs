@@ -378,7 +378,10 @@ async fn a_cut_connection_leaves_nothing_listed() {
     assert_ne!(code(&out), 0);
     let err = stderr(&out);
     // One line says what happened and what to do.
-    let error: Vec<&str> = err.lines().filter(|l| l.starts_with("pitr backup:")).collect();
+    let error: Vec<&str> = err
+        .lines()
+        .filter(|l| l.starts_with("pitr backup:"))
+        .collect();
     assert_eq!(error.len(), 1, "{err}");
     assert!(
         error[0].contains("closed the replication connection")
@@ -409,4 +412,76 @@ async fn a_cut_connection_leaves_nothing_listed() {
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     let list = pitr.run(["list"]);
     assert!(stdout(&list).contains(&format!("backup {} ", backup_id(&out))));
+}
+
+/// A server that does not archive (archive_mode off): the backup streams its WAL over a
+/// second connection with a temporary slot into the repository, and restores on its own.
+async fn streamed_wal_makes_the_backup_self_contained(major: u32, bin: &Path) {
+    let dir = TestDir::new(&format!("remote-backup-stream-{major}"));
+    let repo = Repo::local(&dir);
+    let pitr = Pitr::install(&dir, &repo);
+    let mut cluster = PgCluster::initdb_with(&dir, "pg", bin, &[]);
+    cluster.configure("max_wal_senders = 4\n");
+    cluster.start();
+    let out = pitr
+        .command(["init", "--dbname", &cluster.conninfo("postgres")])
+        .env_remove("PGDATA")
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    cluster.sql("create table t (id int primary key, v text)");
+    let (_, at_backup) = phase(&cluster, 1);
+    // Writes while the backup runs are in its WAL too.
+    let out = pitr
+        .command([
+            "backup",
+            "--method",
+            "replication",
+            "--dbname",
+            &cluster.conninfo("postgres"),
+        ])
+        .env_remove("PGDATA")
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let id = backup_id(&out);
+    // Nothing archives: the WAL in the repository is the backup's stream.
+    let list = pitr.run(["list"]);
+    assert!(stdout(&list).contains("wal timeline 1:"), "{}", stdout(&list));
+    // The temporary slot went with the backup's connection.
+    assert_eq!(cluster.sql("select count(*) from pg_replication_slots"), "0");
+    phase(&cluster, 2);
+    cluster.stop();
+
+    let data = dir.path().join("restored");
+    let out = pitr.run([
+        "restore",
+        "--pgdata",
+        data.to_str().unwrap(),
+        "--target",
+        "immediate",
+        "--target-action",
+        "promote",
+    ]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(stdout(&out).contains(&format!("restored backup {id} ")));
+    chown_to_postgres(&data);
+    let mut restored = PgCluster::restored(&dir, "sock-restored", data).with_bin(bin);
+    restored.start_with_env(&pitr.env);
+    restored.wait_promoted(WAIT);
+    assert_eq!(restored.sql(STATE), at_backup);
+    restored.stop();
+    let out = pitr.run(["verify"]);
+    assert_eq!(code(&out), 0, "{}{}", stdout(&out), stderr(&out));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn streamed_wal_on_15() {
+    streamed_wal_makes_the_backup_self_contained(15, Path::new(PG_BIN)).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn streamed_wal_on_13() {
+    let Some(bin) = pg_bin_of(13) else { return };
+    streamed_wal_makes_the_backup_self_contained(13, &bin).await;
 }

@@ -38,9 +38,10 @@ use crate::pg::wal_name::backup_history_file_name;
 use crate::server::replication::{ReplicationConnection, ReplicationEvent, ReplicationMode};
 use crate::server::{ArchiverStats, ConnectSettings, Session};
 
+use super::wal_receiver::{self, StreamedWal, WalConnection};
 use super::{
     BUNDLE_FILE_LIMIT, BUNDLE_SIZE, BackupOptions, BackupReport, CONTROL_FILE, CopiedObject,
-    PART_SIZE, WalWait, check_archiving, stopped, stopped_before_writing, wait_for_wal,
+    PART_SIZE, WalMethod, WalWait, check_archiving, stopped, stopped_before_writing, wait_for_wal,
     wrong_major,
 };
 
@@ -63,14 +64,19 @@ pub(super) struct Prepared {
     identity: RepositoryIdentity,
     archiver_before: Option<ArchiverStats>,
     data_directory: Option<String>,
+    /// Where the WAL comes from: streamed over a second connection, or the archive.
+    stream_wal: bool,
+    settings: ConnectSettings,
     pub(super) start_time: DateTime<Utc>,
 }
 
 /// Opens the replication connection and checks that it reaches the repository's cluster.
 pub(super) async fn prepare(
+    catalog: &Catalog,
     settings: &ConnectSettings,
     session: Option<Session>,
     identity: RepositoryIdentity,
+    wal_method: WalMethod,
     interrupt: &Interrupt,
 ) -> Result<Prepared> {
     let mut connection = interrupt
@@ -109,9 +115,24 @@ pub(super) async fn prepare(
         },
         Err(_) => None,
     };
+    let stream_wal = match (wal_method, &session) {
+        (WalMethod::Stream, _) => true,
+        (WalMethod::Archive, _) => false,
+        (WalMethod::Auto, None) => true,
+        (WalMethod::Auto, Some(session)) => !archives_here(catalog, session).await,
+    };
+    if stream_wal {
+        tracing::info!(
+            "the backup's WAL is streamed over a second replication connection into the \
+             repository"
+        );
+    } else {
+        tracing::info!("the backup's WAL comes through the server's archive_command");
+    }
+    // Streamed WAL needs no archiver; archived WAL needs one that works.
     let archiver_before = match &session {
-        Some(session) => check_archiving(session, interrupt).await?,
-        None => None,
+        Some(session) if !stream_wal => check_archiving(session, interrupt).await?,
+        _ => None,
     };
     Ok(Prepared {
         connection,
@@ -120,8 +141,32 @@ pub(super) async fn prepare(
         identity,
         archiver_before,
         data_directory,
+        stream_wal,
+        settings: settings.clone(),
         start_time: Utc::now(),
     })
+}
+
+/// Whether the server archives into this repository: archiving is on, and the last segment
+/// its archiver stored is here.
+async fn archives_here(catalog: &Catalog, session: &Session) -> bool {
+    let mode = session
+        .text("reading archive_mode", "SHOW archive_mode")
+        .await
+        .unwrap_or_default();
+    if mode == "off" || mode.is_empty() {
+        return false;
+    }
+    let Some(last) = session
+        .archiver_stats()
+        .await
+        .ok()
+        .and_then(|stats| stats.last_archived_wal)
+        .and_then(|name| WalFileName::parse(&name).ok())
+    else {
+        return false;
+    };
+    catalog.has_wal(&last).await.unwrap_or(false)
 }
 
 fn single_set(sets: Vec<crate::server::replication::ResultSet>) -> Vec<Vec<Option<String>>> {
@@ -147,6 +192,8 @@ pub(super) async fn backup_claimed(
         identity,
         archiver_before,
         data_directory,
+        stream_wal,
+        settings,
         start_time,
     } = prepared;
     let label = format!("pitr backup {id}");
@@ -161,8 +208,22 @@ pub(super) async fn backup_claimed(
         wait_for_archive: false,
     };
     let command = base_backup(syntax, &request).map_err(|e| Error::Config(e.to_string()))?;
+    // The slot first: it holds the WAL from before the backup's start on.
+    let wal = match stream_wal {
+        true => Some(
+            interrupt
+                .race(wal_receiver::reserve(&settings, syntax, id))
+                .await
+                .map_err(stopped)??,
+        ),
+        false => None,
+    };
     connection.start(&command).await?;
     let mut receiver = Receiver::new(catalog, id, options, syntax);
+    receiver.wal = wal.map(|connection| WalStreaming::Reserved {
+        connection,
+        identity: identity.clone(),
+    });
     let received = receiver.run(&mut connection, interrupt).await;
     let received = match received {
         Ok(received) => received,
@@ -170,6 +231,15 @@ pub(super) async fn backup_claimed(
             receiver.abandon().await;
             return Err(error);
         }
+    };
+    let streamed = match receiver.wal.take() {
+        Some(WalStreaming::Running { stop, task }) => {
+            let deadline = Instant::now() + options.wal_timeout;
+            let _ = stop.send(Some((received.stop, deadline)));
+            Some(interrupt.race(task).await.map_err(stopped)??)
+        }
+        Some(WalStreaming::Ended(result)) => Some(result?),
+        _ => None,
     };
     let Received {
         start,
@@ -230,8 +300,12 @@ pub(super) async fn backup_claimed(
     drop(connection.close().await);
     let stop_time = Utc::now();
 
+    if let Some(StreamedWal { segments, last }) = &streamed {
+        tracing::info!("backup {id}: {segments} WAL segments streamed, the last {last}");
+    }
     let mut awaited = vec![stop_segment];
-    if !from_standby {
+    // PostgreSQL writes a backup history file only where it archives.
+    if !from_standby && streamed.is_none() {
         let history = backup_history_file_name(timeline, start, segment_size);
         awaited.push(WalFileName::parse(&history).map_err(|e| Error::Server(e.to_string()))?);
     }
@@ -486,6 +560,35 @@ struct Receiver<'a> {
     tablespace_map: Option<Vec<u8>>,
     manifest: Vec<u8>,
     listed: Vec<ReceivedFile>,
+    /// The WAL received on a second connection, once the start position is known.
+    wal: Option<WalStreaming>,
+}
+
+/// The WAL stream of a backup whose server does not archive into the repository.
+enum WalStreaming {
+    Reserved {
+        connection: WalConnection,
+        identity: RepositoryIdentity,
+    },
+    /// Polled beside the base backup's stream (not spawned: archive-push's future, which it
+    /// runs, is not provably `Send`).
+    Running {
+        /// The stop point, and until when the segment holding it may take to complete.
+        stop: tokio::sync::watch::Sender<Option<(crate::pg::Lsn, Instant)>>,
+        task: WalTask,
+    },
+    /// Ended before the base backup did: its result.
+    Ended(Result<StreamedWal>),
+}
+
+type WalTask = std::pin::Pin<Box<dyn std::future::Future<Output = Result<StreamedWal>>>>;
+
+/// The WAL task's next step, for `select!`; pending forever when none runs.
+async fn wal_step(wal: &mut Option<WalStreaming>) -> Result<StreamedWal> {
+    match wal {
+        Some(WalStreaming::Running { task, .. }) => task.await,
+        _ => std::future::pending().await,
+    }
 }
 
 impl<'a> Receiver<'a> {
@@ -510,6 +613,7 @@ impl<'a> Receiver<'a> {
             tablespace_map: None,
             manifest: Vec::new(),
             listed: Vec::new(),
+            wal: None,
         }
     }
 
@@ -519,16 +623,28 @@ impl<'a> Receiver<'a> {
         interrupt: &Interrupt,
     ) -> Result<Received> {
         loop {
-            let event = interrupt
-                .race(connection.next_event())
-                .await
-                .map_err(stopped)?
-                .map_err(|e| {
-                    Error::Server(format!(
-                        "the base backup failed: {e}; nothing of it is recorded; run pitr \
+            let step = tokio::select! {
+                event = interrupt.race(connection.next_event()) => Ok(event),
+                ended = wal_step(&mut self.wal) => Err(ended),
+            };
+            let event = match step {
+                Ok(event) => event,
+                Err(ended) => {
+                    // Its future is done: never polled again.
+                    let failed = ended.is_err();
+                    self.wal = Some(WalStreaming::Ended(ended));
+                    if failed && let Some(WalStreaming::Ended(Err(e))) = self.wal.take() {
+                        return Err(e);
+                    }
+                    continue;
+                }
+            };
+            let event = event.map_err(stopped)?.map_err(|e| {
+                Error::Server(format!(
+                    "the base backup failed: {e}; nothing of it is recorded; run pitr \
                          backup again"
-                    ))
-                })?;
+                ))
+            })?;
             let Some(event) = event else { break };
             match event {
                 ReplicationEvent::ResultSet(set) => self.result_set(set.rows)?,
@@ -618,6 +734,21 @@ impl<'a> Receiver<'a> {
         if self.positions.is_empty() {
             let start = parse_backup_position(&rows).map_err(protocol)?;
             self.positions.push((start.lsn, start.timeline));
+            if let Some(WalStreaming::Reserved {
+                connection,
+                identity,
+            }) = self.wal.take()
+            {
+                let (stop, stop_receiver) = tokio::sync::watch::channel(None);
+                let task = Box::pin(connection.stream(
+                    self.catalog.clone(),
+                    identity,
+                    start.lsn,
+                    start.timeline,
+                    stop_receiver,
+                ));
+                self.wal = Some(WalStreaming::Running { stop, task });
+            }
         } else if self.stream.is_none() {
             let list = parse_backup_tablespaces(&rows).map_err(protocol)?;
             let estimate = list.iter().map(|t| {
@@ -987,6 +1118,12 @@ impl<'a> Receiver<'a> {
             }
         }
         while self.in_flight.next().await.is_some() {}
+        // Without a stop point the stream ends at once (its stored WAL stays: it is the
+        // server's, as archive-push would have stored it).
+        if let Some(WalStreaming::Running { stop, task }) = self.wal.take() {
+            drop(stop);
+            let _ = task.await;
+        }
     }
 }
 

@@ -1212,5 +1212,6 @@ pub fn in_process_backup_options(cluster: &PgCluster) -> pitr::commands::backup:
         annotations: Default::default(),
         method: Default::default(),
         max_rate_kb: None,
+        wal_method: Default::default(),
     }
 }
