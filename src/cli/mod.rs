@@ -832,3 +832,19 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod backup_option_tests {
+    use super::*;
+
+    #[test]
+    fn max_rate_reads_as_pg_basebackup_does() {
+        assert_eq!(parse_max_rate("500"), Ok(500));
+        assert_eq!(parse_max_rate("500k"), Ok(500));
+        assert_eq!(parse_max_rate("20M"), Ok(20 * 1024));
+        assert_eq!(parse_max_rate("1024M"), Ok(1_048_576));
+        for bad in ["31", "1025M", "fast", "", "-5", "99999999999999999999M"] {
+            assert!(parse_max_rate(bad).is_err(), "{bad}");
+        }
+    }
+}

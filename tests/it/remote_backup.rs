@@ -108,6 +108,32 @@ async fn remote_backup_restores_to_a_time(major: u32, bin: &Path, tls: bool) {
     };
     let out = run_with_password(&pitr, &["init", "--dbname", &conninfo]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
+    if tls {
+        // A role without REPLICATION: one line naming the grant, nothing recorded.
+        cluster.sql(&format!("create role norepl login password '{PASSWORD}'"));
+        std::fs::write(
+            cluster.data.join("pg_hba.conf"),
+            format!(
+                "{}hostssl replication norepl 127.0.0.1/32 scram-sha-256\n",
+                hba(true)
+            ),
+        )
+        .unwrap();
+        cluster.sql("select pg_reload_conf()");
+        let norepl = conninfo.replace("user=postgres", "user=norepl");
+        let out = run_with_password(
+            &pitr,
+            &["backup", "--method", "replication", "--dbname", &norepl],
+        );
+        assert_eq!(code(&out), 9, "{}", stderr(&out));
+        let err = stderr(&out);
+        let error: Vec<&str> = err
+            .lines()
+            .filter(|l| l.starts_with("pitr backup:"))
+            .collect();
+        assert_eq!(error.len(), 1, "{err}");
+        assert!(error[0].contains("ALTER ROLE norepl REPLICATION"), "{err}");
+    }
 
     let tablespace = dir.subdir("tablespace");
     chown_to_postgres(&tablespace);
@@ -447,9 +473,16 @@ async fn streamed_wal_makes_the_backup_self_contained(major: u32, bin: &Path) {
     let id = backup_id(&out);
     // Nothing archives: the WAL in the repository is the backup's stream.
     let list = pitr.run(["list"]);
-    assert!(stdout(&list).contains("wal timeline 1:"), "{}", stdout(&list));
+    assert!(
+        stdout(&list).contains("wal timeline 1:"),
+        "{}",
+        stdout(&list)
+    );
     // The temporary slot went with the backup's connection.
-    assert_eq!(cluster.sql("select count(*) from pg_replication_slots"), "0");
+    assert_eq!(
+        cluster.sql("select count(*) from pg_replication_slots"),
+        "0"
+    );
     phase(&cluster, 2);
     cluster.stop();
 
@@ -473,6 +506,14 @@ async fn streamed_wal_makes_the_backup_self_contained(major: u32, bin: &Path) {
     restored.stop();
     let out = pitr.run(["verify"]);
     assert_eq!(code(&out), 0, "{}{}", stdout(&out), stderr(&out));
+    if major == 15 {
+        // A drill restores and checks it like any other backup.
+        let scratch = dir.subdir("scratch");
+        chown_to_postgres(&scratch);
+        let out = pitr.run(["drill", "--scratch-dir", scratch.to_str().unwrap()]);
+        assert_eq!(code(&out), 0, "{}{}", stdout(&out), stderr(&out));
+        assert!(stdout(&out).contains(&id), "{}", stdout(&out));
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

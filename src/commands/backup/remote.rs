@@ -565,6 +565,7 @@ struct Receiver<'a> {
 }
 
 /// The WAL stream of a backup whose server does not archive into the repository.
+#[allow(clippy::large_enum_variant)] // one per backup
 enum WalStreaming {
     Reserved {
         connection: WalConnection,
@@ -1171,5 +1172,77 @@ impl Read for ChannelReader {
         let n = buf.len().min(self.current.len());
         buf[..n].copy_from_slice(&self.current.split_to(n));
         Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pg::Lsn;
+    use crate::pg::backup_manifest::{ManifestEntry, render};
+
+    fn arrived(path: &str, bytes: &[u8]) -> ReceivedFile {
+        ReceivedFile {
+            path: path.into(),
+            size: bytes.len() as u64,
+            crc32c: crc32c::crc32c(bytes),
+        }
+    }
+
+    fn listing(files: &[(&str, &[u8])]) -> Vec<u8> {
+        let entries: Vec<ManifestEntry<'_>> = files
+            .iter()
+            .map(|(path, bytes)| ManifestEntry {
+                path,
+                size: bytes.len() as u64,
+                mtime: 0,
+                crc32c: crc32c::crc32c(bytes),
+            })
+            .collect();
+        render(&entries, 1, Lsn(0x100_0000), Lsn(0x200_0000)).into_bytes()
+    }
+
+    #[test]
+    fn what_arrived_must_be_what_the_server_listed() {
+        let files: [(&str, &[u8]); 2] = [("backup_label", b"label"), ("base/5/1259", b"page")];
+        let manifest = listing(&files);
+        let all = [
+            arrived("backup_label", b"label"),
+            arrived("base/5/1259", b"page"),
+        ];
+        check_against_server_manifest(&manifest, &all, 7).unwrap();
+
+        let refused = |received: &[ReceivedFile]| {
+            check_against_server_manifest(&manifest, received, 7)
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(refused(&all[..1]).contains("base/5/1259 is listed but did not arrive"));
+        let extra = [
+            arrived("backup_label", b"label"),
+            arrived("base/5/1259", b"page"),
+            arrived("base/5/9999", b"x"),
+        ];
+        assert!(refused(&extra).contains("base/5/9999 arrived but is not listed"));
+        let shorter = [
+            arrived("backup_label", b"label"),
+            arrived("base/5/1259", b"pag"),
+        ];
+        assert!(refused(&shorter).contains("arrived with 3 bytes, listed with 4"));
+        let changed = [
+            arrived("backup_label", b"label"),
+            arrived("base/5/1259", b"pagf"),
+        ];
+        assert!(refused(&changed).contains("arrived with CRC-32C"));
+        // A damaged manifest is no proof either way.
+        let mut damaged = manifest.clone();
+        let at = damaged.iter().position(|b| *b == b'4').unwrap();
+        damaged[at] = b'5';
+        assert!(
+            check_against_server_manifest(&damaged, &all, 7)
+                .unwrap_err()
+                .to_string()
+                .contains("checksum")
+        );
     }
 }
