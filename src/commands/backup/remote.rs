@@ -45,9 +45,13 @@ use super::{
     wrong_major,
 };
 
-/// CopyData payloads buffered per object on their way to its encoder: with PostgreSQL's
-/// 32 KiB messages, 2 MiB per object at most.
-const CHANNEL_DEPTH: usize = 64;
+/// An object's bytes are handed to its encoder's thread in chunks of this size: one wake-up
+/// of that thread per MiB, not per 32 KiB message (the context switches cost more than the
+/// copy).
+const HANDOFF_BYTES: usize = 1 << 20;
+/// Chunks on their way to an object's encoder: with the one being gathered, 5 MiB per object
+/// at most.
+const CHANNEL_DEPTH: usize = 4;
 /// backup_label and tablespace_map are a few hundred bytes; anything near this is not one.
 const SMALL_FILE_LIMIT: u64 = 1 << 20;
 /// A server manifest is about 150 bytes per file: this is millions of files.
@@ -236,9 +240,9 @@ pub(super) async fn backup_claimed(
         Some(WalStreaming::Running { stop, task }) => {
             let deadline = Instant::now() + options.wal_timeout;
             let _ = stop.send(Some((received.stop, deadline)));
-            Some(interrupt.race(task).await.map_err(stopped)??)
+            Some(interrupt.race(task).await.map_err(stopped)?.map_err(wal_failed)?)
         }
-        Some(WalStreaming::Ended(result)) => Some(result?),
+        Some(WalStreaming::Ended(result)) => Some(result.map_err(wal_failed)?),
         _ => None,
     };
     let Received {
@@ -502,6 +506,8 @@ struct OpenObject {
     length: u64,
     /// The database of its files (bundles never mix two).
     database: Option<u32>,
+    /// Bytes not yet handed to the encoder.
+    pending: bytes::BytesMut,
 }
 
 /// Where the current tar entry's bytes go.
@@ -635,7 +641,7 @@ impl<'a> Receiver<'a> {
                     let failed = ended.is_err();
                     self.wal = Some(WalStreaming::Ended(ended));
                     if failed && let Some(WalStreaming::Ended(Err(e))) = self.wal.take() {
-                        return Err(e);
+                        return Err(wal_failed(e));
                     }
                     continue;
                 }
@@ -660,7 +666,7 @@ impl<'a> Receiver<'a> {
                     self.stream_event(event, &payload).await?;
                 }
                 ReplicationEvent::CopyDone => {
-                    self.end_archive()?;
+                    self.end_archive().await?;
                     self.stream()?.copy_done().map_err(protocol)?;
                 }
                 ReplicationEvent::CommandComplete(_) => {}
@@ -674,7 +680,7 @@ impl<'a> Receiver<'a> {
                     .into(),
             ));
         }
-        self.close_bundle();
+        self.close_bundle().await?;
         while let Some(done) = self.in_flight.next().await {
             self.copied.push(done?);
         }
@@ -778,7 +784,7 @@ impl<'a> Receiver<'a> {
     async fn stream_event(&mut self, event: BackupStreamEvent<'_>, payload: &Bytes) -> Result<()> {
         match event {
             BackupStreamEvent::ArchiveStart { oid, .. } => {
-                self.end_archive()?;
+                self.end_archive().await?;
                 let prefix = match oid {
                     Some(oid) => format!("pg_tblspc/{oid}/"),
                     None => String::new(),
@@ -805,13 +811,13 @@ impl<'a> Receiver<'a> {
                             self.entry(&prefix, entry).await?
                         }
                         TarEvent::Data(data) => self.data(payload.slice_ref(data)).await?,
-                        TarEvent::EntryEnd => self.entry_end()?,
+                        TarEvent::EntryEnd => self.entry_end().await?,
                         TarEvent::End => {}
                     }
                 }
             }
             BackupStreamEvent::Progress(_) => {}
-            BackupStreamEvent::ManifestStart => self.end_archive()?,
+            BackupStreamEvent::ManifestStart => self.end_archive().await?,
             BackupStreamEvent::ManifestData(bytes) => {
                 if self.manifest.len() + bytes.len() > MANIFEST_LIMIT {
                     return Err(Error::Server(format!(
@@ -825,7 +831,7 @@ impl<'a> Receiver<'a> {
     }
 
     /// The current archive is over (the next began, the manifest began, or its COPY ended).
-    fn end_archive(&mut self) -> Result<()> {
+    async fn end_archive(&mut self) -> Result<()> {
         let Some(archive) = self.archive.take() else {
             return Ok(());
         };
@@ -835,8 +841,7 @@ impl<'a> Receiver<'a> {
         };
         archive.tar.finish(end).map_err(tar_error)?;
         // Each archive's small files in bundles of their own.
-        self.close_bundle();
-        Ok(())
+        self.close_bundle().await
     }
 
     async fn entry(&mut self, prefix: &str, entry: TarEntry) -> Result<()> {
@@ -897,7 +902,7 @@ impl<'a> Receiver<'a> {
                 .as_ref()
                 .is_some_and(|bundle| bundle.database != database || bundle.length >= BUNDLE_SIZE);
             if full {
-                self.close_bundle();
+                self.close_bundle().await?;
             }
             if self.bundle.is_none() {
                 let mut object = self.open_object().await?;
@@ -966,7 +971,7 @@ impl<'a> Receiver<'a> {
     /// The current part of a large file is complete: its object closes, the next opens.
     async fn next_part(&mut self) -> Result<()> {
         self.finish_part();
-        self.close_alone();
+        self.close_alone().await?;
         self.open_alone().await?;
         if let Some(current) = self.current.as_mut() {
             current.part_offset += current.part_length;
@@ -1001,7 +1006,7 @@ impl<'a> Receiver<'a> {
         }
     }
 
-    fn entry_end(&mut self) -> Result<()> {
+    async fn entry_end(&mut self) -> Result<()> {
         let Some(current) = self.current.as_ref() else {
             // Directories and links end too.
             return Ok(());
@@ -1017,7 +1022,7 @@ impl<'a> Receiver<'a> {
             crc32c: current.whole_crc,
         });
         match current.sink {
-            Sink::Alone => self.close_alone(),
+            Sink::Alone => self.close_alone().await?,
             // tablespace_map is not asked for (the tablespace list says the same).
             Sink::Kept(bytes) if current.path == "backup_label" => self.backup_label = Some(bytes),
             Sink::Kept(_) => {}
@@ -1059,6 +1064,7 @@ impl<'a> Receiver<'a> {
             entries: Vec::new(),
             length: 0,
             database: None,
+            pending: bytes::BytesMut::with_capacity(HANDOFF_BYTES),
         })
     }
 
@@ -1068,20 +1074,23 @@ impl<'a> Receiver<'a> {
         Ok(())
     }
 
-    fn close_bundle(&mut self) {
-        if let Some(object) = self.bundle.take() {
-            self.close(object);
+    async fn close_bundle(&mut self) -> Result<()> {
+        match self.bundle.take() {
+            Some(object) => self.close(object).await,
+            None => Ok(()),
         }
     }
 
-    fn close_alone(&mut self) {
-        if let Some(object) = self.alone.take() {
-            self.close(object);
+    async fn close_alone(&mut self) -> Result<()> {
+        match self.alone.take() {
+            Some(object) => self.close(object).await,
+            None => Ok(()),
         }
     }
 
     /// Its bytes are all sent: the end of the channel ends the object.
-    fn close(&mut self, object: OpenObject) {
+    async fn close(&mut self, mut object: OpenObject) -> Result<()> {
+        hand_over(&mut object).await?;
         let OpenObject {
             sender,
             task,
@@ -1099,6 +1108,7 @@ impl<'a> Receiver<'a> {
             }
             .boxed(),
         );
+        Ok(())
     }
 
     /// After a failure: the objects still open fail, and every task has ended before the
@@ -1128,8 +1138,23 @@ impl<'a> Receiver<'a> {
     }
 }
 
+/// Gathers `piece` for the object's encoder, handed over a MiB at a time.
 async fn send(object: &mut OpenObject, piece: Bytes) -> Result<()> {
-    if object.sender.send(Ok(piece)).await.is_ok() {
+    object.pending.extend_from_slice(&piece);
+    if object.pending.len() >= HANDOFF_BYTES {
+        hand_over(object).await?;
+    }
+    Ok(())
+}
+
+/// Hands what is gathered to the object's encoder.
+async fn hand_over(object: &mut OpenObject) -> Result<()> {
+    if object.pending.is_empty() {
+        return Ok(());
+    }
+    let chunk = object.pending.split().freeze();
+    object.pending.reserve(HANDOFF_BYTES);
+    if object.sender.send(Ok(chunk)).await.is_ok() {
         return Ok(());
     }
     // The task ended early: its error says why.
@@ -1144,6 +1169,17 @@ async fn send(object: &mut OpenObject, piece: Bytes) -> Result<()> {
 
 fn joined(result: std::result::Result<Result<u64>, tokio::task::JoinError>) -> Result<u64> {
     result.map_err(|e| Error::Server(format!("storing an object failed: {e}")))?
+}
+
+/// The WAL stream's failure, said as the backup's.
+fn wal_failed(error: Error) -> Error {
+    match error {
+        Error::Server(message) => Error::Server(format!(
+            "the backup's WAL stream failed: {message}; nothing of the backup is recorded; run \
+             pitr backup again"
+        )),
+        other => other,
+    }
 }
 
 fn protocol(error: impl std::fmt::Display) -> Error {
