@@ -240,7 +240,13 @@ pub(super) async fn backup_claimed(
         Some(WalStreaming::Running { stop, task }) => {
             let deadline = Instant::now() + options.wal_timeout;
             let _ = stop.send(Some((received.stop, deadline)));
-            Some(interrupt.race(task).await.map_err(stopped)?.map_err(wal_failed)?)
+            Some(
+                interrupt
+                    .race(task)
+                    .await
+                    .map_err(stopped)?
+                    .map_err(wal_failed)?,
+            )
         }
         Some(WalStreaming::Ended(result)) => Some(result.map_err(wal_failed)?),
         _ => None,
