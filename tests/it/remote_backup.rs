@@ -181,6 +181,11 @@ async fn remote_backup_restores_to_a_time(major: u32, bin: &Path, tls: bool) {
                 path: tablespace.display().to_string()
             }]
         );
+        // The server's tablespace_map, as pg_backup_stop gives a local backup.
+        assert_eq!(
+            manifest.tablespace_map.as_deref(),
+            Some(format!("{oid} {}\n", tablespace.display()).as_str())
+        );
         let parts = manifest
             .files
             .iter()

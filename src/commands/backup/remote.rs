@@ -532,7 +532,7 @@ struct CurrentFile {
     mode: u32,
     mtime: i64,
     sink: Sink,
-    /// Bytes of the file received, and their CRC-32C.
+    /// Bytes of the file received; the CRC-32C of its parts before the current one.
     received: u64,
     whole_crc: u32,
     /// The current part: where it starts in the file, its bytes so far and their CRC-32C.
@@ -955,7 +955,6 @@ impl<'a> Receiver<'a> {
                 bytes.len()
             };
             let piece = bytes.split_to(take);
-            current.whole_crc = crc32c::crc32c_append(current.whole_crc, &piece);
             current.part_crc = crc32c::crc32c_append(current.part_crc, &piece);
             current.received += piece.len() as u64;
             current.part_length += piece.len() as u64;
@@ -988,11 +987,18 @@ impl<'a> Receiver<'a> {
         Ok(())
     }
 
-    /// Records the current part in its object's entries.
+    /// Records the current part in its object's entries, and its CRC in the whole file's
+    /// (combined, rather than computed twice over the same bytes).
     fn finish_part(&mut self) {
-        let Some(current) = self.current.as_ref() else {
+        let Some(current) = self.current.as_mut() else {
             return;
         };
+        current.whole_crc = crc32c::crc32c_combine(
+            current.whole_crc,
+            current.part_crc,
+            current.part_length as usize,
+        );
+        let current = &*current;
         let object = match current.sink {
             Sink::Bundle => self.bundle.as_mut(),
             Sink::Alone => self.alone.as_mut(),
@@ -1029,9 +1035,8 @@ impl<'a> Receiver<'a> {
         });
         match current.sink {
             Sink::Alone => self.close_alone().await?,
-            // tablespace_map is not asked for (the tablespace list says the same).
             Sink::Kept(bytes) if current.path == "backup_label" => self.backup_label = Some(bytes),
-            Sink::Kept(_) => {}
+            Sink::Kept(bytes) => self.tablespace_map = Some(bytes),
             Sink::Bundle => {}
         }
         Ok(())
