@@ -9,7 +9,6 @@
 use std::io::{self, Read};
 use std::time::Instant;
 
-use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use futures_util::future::BoxFuture;
 use futures_util::stream::FuturesUnordered;
@@ -505,17 +504,16 @@ struct Received {
 /// An object whose bytes are still arriving: they go to its encoding task.
 struct OpenObject {
     index: u32,
-    sender: mpsc::Sender<io::Result<Vec<Bytes>>>,
+    sender: mpsc::Sender<io::Result<Vec<u8>>>,
     /// None once awaited.
     task: Option<tokio::task::JoinHandle<Result<u64>>>,
     entries: Vec<BackupFile>,
     length: u64,
     /// The database of its files (bundles never mix two).
     database: Option<u32>,
-    /// Slices of the CopyData payloads not yet handed to the encoder (no copy), and their
-    /// length.
-    pending: Vec<Bytes>,
-    pending_len: usize,
+    /// Bytes not yet handed to the encoder, in a buffer of the pool.
+    pending: Vec<u8>,
+    pool: BufferPool,
 }
 
 /// Where the current tar entry's bytes go.
@@ -576,6 +574,7 @@ struct Receiver<'a> {
     listed: Vec<ReceivedFile>,
     /// The WAL received on a second connection, once the start position is known.
     wal: Option<WalStreaming>,
+    pool: BufferPool,
 }
 
 /// The WAL stream of a backup whose server does not archive into the repository.
@@ -629,6 +628,7 @@ impl<'a> Receiver<'a> {
             manifest: Vec::new(),
             listed: Vec::new(),
             wal: None,
+            pool: BufferPool::default(),
         }
     }
 
@@ -666,12 +666,12 @@ impl<'a> Receiver<'a> {
                 ReplicationEvent::CopyStart { .. } => {
                     let began = self.stream()?.copy_out_began().map_err(protocol)?;
                     if let Some(event) = began {
-                        self.stream_event(event, &Bytes::new()).await?;
+                        self.stream_event(event).await?;
                     }
                 }
                 ReplicationEvent::CopyData(payload) => {
                     let event = self.stream()?.copy_data(&payload).map_err(protocol)?;
-                    self.stream_event(event, &payload).await?;
+                    self.stream_event(event).await?;
                 }
                 ReplicationEvent::CopyDone => {
                     self.end_archive().await?;
@@ -789,7 +789,7 @@ impl<'a> Receiver<'a> {
         Ok(())
     }
 
-    async fn stream_event(&mut self, event: BackupStreamEvent<'_>, payload: &Bytes) -> Result<()> {
+    async fn stream_event(&mut self, event: BackupStreamEvent<'_>) -> Result<()> {
         match event {
             BackupStreamEvent::ArchiveStart { oid, .. } => {
                 self.end_archive().await?;
@@ -818,7 +818,7 @@ impl<'a> Receiver<'a> {
                             let prefix = archive.prefix.clone();
                             self.entry(&prefix, entry).await?
                         }
-                        TarEvent::Data(data) => self.data(payload.slice_ref(data)).await?,
+                        TarEvent::Data(data) => self.data(data).await?,
                         TarEvent::EntryEnd => self.entry_end().await?,
                         TarEvent::End => {}
                     }
@@ -939,7 +939,7 @@ impl<'a> Receiver<'a> {
         Ok(())
     }
 
-    async fn data(&mut self, mut bytes: Bytes) -> Result<()> {
+    async fn data(&mut self, mut bytes: &[u8]) -> Result<()> {
         while !bytes.is_empty() {
             let current = self
                 .current
@@ -956,13 +956,14 @@ impl<'a> Receiver<'a> {
             } else {
                 bytes.len()
             };
-            let piece = bytes.split_to(take);
+            let (piece, rest) = bytes.split_at(take);
+            bytes = rest;
             current.part_crc = crc32c::crc32c_append(current.part_crc, &piece);
             current.received += piece.len() as u64;
             current.part_length += piece.len() as u64;
             let object = match &mut current.sink {
                 Sink::Kept(kept) => {
-                    kept.extend_from_slice(&piece);
+                    kept.extend_from_slice(piece);
                     continue;
                 }
                 Sink::Bundle => self.bundle.as_mut(),
@@ -1060,10 +1061,13 @@ impl<'a> Receiver<'a> {
         self.next_object += 1;
         let (sender, receiver) = mpsc::channel(CHANNEL_DEPTH);
         let (catalog, id) = (self.catalog.clone(), self.id.to_owned());
+        let pool = self.pool.clone();
         let task = tokio::spawn(async move {
             let reader = ChannelReader {
                 receiver,
                 current: Vec::new(),
+                at: 0,
+                pool,
             };
             let (_, encoded) = catalog
                 .store_backup_object(&id, index, "the server's base backup", reader)
@@ -1077,8 +1081,8 @@ impl<'a> Receiver<'a> {
             entries: Vec::new(),
             length: 0,
             database: None,
-            pending: Vec::new(),
-            pending_len: 0,
+            pending: self.pool.take(),
+            pool: self.pool.clone(),
         })
     }
 
@@ -1153,10 +1157,9 @@ impl<'a> Receiver<'a> {
 }
 
 /// Gathers `piece` for the object's encoder, handed over a MiB at a time.
-async fn send(object: &mut OpenObject, piece: Bytes) -> Result<()> {
-    object.pending_len += piece.len();
-    object.pending.push(piece);
-    if object.pending_len >= HANDOFF_BYTES {
+async fn send(object: &mut OpenObject, piece: &[u8]) -> Result<()> {
+    object.pending.extend_from_slice(piece);
+    if object.pending.len() >= HANDOFF_BYTES {
         hand_over(object).await?;
     }
     Ok(())
@@ -1167,8 +1170,7 @@ async fn hand_over(object: &mut OpenObject) -> Result<()> {
     if object.pending.is_empty() {
         return Ok(());
     }
-    let chunk = std::mem::take(&mut object.pending);
-    object.pending_len = 0;
+    let chunk = std::mem::replace(&mut object.pending, object.pool.take());
     if object.sender.send(Ok(chunk)).await.is_ok() {
         return Ok(());
     }
@@ -1205,34 +1207,56 @@ fn tar_error(error: crate::pg::tar_stream::TarError) -> Error {
     Error::Server(format!("the base backup's tar stream: {error}"))
 }
 
+/// Buffers of [`HANDOFF_BYTES`] passed from the receiver to the encoders and back: the
+/// bytes are copied once, into memory already mapped, rather than each MiB landing in fresh
+/// pages (whose faults and zeroing cost more than the copy).
+#[derive(Clone, Default)]
+struct BufferPool(std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>>);
+
+impl BufferPool {
+    /// Enough for the open objects' channels and the buffers being filled.
+    const KEPT: usize = CHANNEL_DEPTH + 2;
+
+    fn take(&self) -> Vec<u8> {
+        let reused = self.0.lock().ok().and_then(|mut free| free.pop());
+        reused.unwrap_or_else(|| Vec::with_capacity(HANDOFF_BYTES))
+    }
+
+    fn give_back(&self, mut buffer: Vec<u8>) {
+        buffer.clear();
+        if let Ok(mut free) = self.0.lock()
+            && free.len() < Self::KEPT
+        {
+            free.push(buffer);
+        }
+    }
+}
+
 /// The bytes of one object as its encoder reads them, from the receiving task.
 struct ChannelReader {
-    receiver: mpsc::Receiver<io::Result<Vec<Bytes>>>,
-    /// The chunk being read, last slice first.
-    current: Vec<Bytes>,
+    receiver: mpsc::Receiver<io::Result<Vec<u8>>>,
+    current: Vec<u8>,
+    /// How much of `current` was read.
+    at: usize,
+    pool: BufferPool,
 }
 
 impl Read for ChannelReader {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        loop {
-            match self.current.last_mut() {
-                Some(slice) if !slice.is_empty() => {
-                    let n = buf.len().min(slice.len());
-                    buf[..n].copy_from_slice(&slice.split_to(n));
-                    return Ok(n);
+        while self.at == self.current.len() {
+            match self.receiver.blocking_recv() {
+                Some(Ok(chunk)) => {
+                    let done = std::mem::replace(&mut self.current, chunk);
+                    self.pool.give_back(done);
+                    self.at = 0;
                 }
-                Some(_) => {
-                    self.current.pop();
-                }
-                None => match self.receiver.blocking_recv() {
-                    Some(Ok(mut chunk)) => {
-                        chunk.reverse();
-                        self.current = chunk;
-                    }
-                    Some(Err(e)) => return Err(e),
-                    None => return Ok(0),
-                },
+                Some(Err(e)) => return Err(e),
+                None => return Ok(0),
             }
         }
+        let n = buf.len().min(self.current.len() - self.at);
+        buf[..n].copy_from_slice(&self.current[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
     }
 }
