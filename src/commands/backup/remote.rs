@@ -958,7 +958,7 @@ impl<'a> Receiver<'a> {
             };
             let (piece, rest) = bytes.split_at(take);
             bytes = rest;
-            current.part_crc = crc32c::crc32c_append(current.part_crc, &piece);
+            current.part_crc = crc32c::crc32c_append(current.part_crc, piece);
             current.received += piece.len() as u64;
             current.part_length += piece.len() as u64;
             let object = match &mut current.sink {
