@@ -541,22 +541,12 @@ async fn backup_claimed(
     let stop_time = Utc::now();
     let segment_size = identity.wal_segment_size;
     // Named here, not by pg_walfile_name, which a standby refuses.
-    let parsed_label = parse_backup_label(&backup_label)
-        .map_err(|e| Error::Server(format!("the backup_label pg_backup_stop returned: {e}")))?;
-    let start_wal_segment = parsed_label.start_wal_file.clone();
-    let start_segment = WalFileName::parse(&start_wal_segment)
-        .ok()
-        .filter(|name| {
-            name.segment_number(segment_size) == Some(start_lsn.segment_number(segment_size))
-        })
-        .ok_or_else(|| {
-            Error::Server(format!(
-                "the backup_label names {start_wal_segment} for the start {start_lsn}"
-            ))
-        })?;
-    let timeline = parsed_label
-        .start_timeline
-        .unwrap_or(start_segment.timeline());
+    let (_, start_wal_segment, timeline) = read_label(
+        &backup_label,
+        "pg_backup_stop returned",
+        start_lsn,
+        segment_size,
+    )?;
     let stop_wal_segment = if from_standby {
         let current = session.recovery_timeline().await?;
         let history = if current > timeline {
@@ -578,7 +568,7 @@ async fn backup_claimed(
         let history = backup_history_file_name(awaited[0].timeline(), start_lsn, segment_size);
         awaited.push(WalFileName::parse(&history).map_err(|e| Error::Server(e.to_string()))?);
     }
-    let waited = wait_for_wal(
+    wait_for_backup_wal(
         catalog,
         Some(&session),
         options,
@@ -590,10 +580,7 @@ async fn backup_claimed(
         },
         interrupt,
     )
-    .await;
-    options.progress.finish();
-    waited?;
-    interrupt.check().map_err(stopped)?;
+    .await?;
 
     let mut files: Vec<BackupFile> = copied.iter().flat_map(|(f, _)| f.clone()).collect();
     files.sort_by(|a, b| (&a.path, a.file_offset).cmp(&(&b.path, b.file_offset)));
@@ -936,6 +923,46 @@ async fn copy_object(
         offset += size;
     }
     Ok((entries, encoded.stored_len))
+}
+
+/// A backup_label's start segment and timeline, checked against the start position `start`;
+/// `from` says which label it is in errors.
+fn read_label(
+    text: &str,
+    from: &str,
+    start: crate::pg::Lsn,
+    segment_size: u64,
+) -> Result<(crate::pg::backup_label::BackupLabel, String, u32)> {
+    let label = parse_backup_label(text)
+        .map_err(|e| Error::Server(format!("the backup_label {from}: {e}")))?;
+    let start_segment = WalFileName::parse(&label.start_wal_file)
+        .ok()
+        .filter(|name| {
+            name.segment_number(segment_size) == Some(start.segment_number(segment_size))
+        })
+        .ok_or_else(|| {
+            Error::Server(format!(
+                "the backup_label names {} for the start {start}",
+                label.start_wal_file
+            ))
+        })?;
+    let timeline = label.start_timeline.unwrap_or(start_segment.timeline());
+    let start_wal_segment = label.start_wal_file.clone();
+    Ok((label, start_wal_segment, timeline))
+}
+
+/// Waits for the backup's WAL, then ends the progress line; a signal meanwhile stops it.
+async fn wait_for_backup_wal(
+    catalog: &Catalog,
+    session: Option<&Session>,
+    options: &BackupOptions,
+    wait: WalWait<'_>,
+    interrupt: &Interrupt,
+) -> Result<()> {
+    let waited = wait_for_wal(catalog, session, options, wait, interrupt).await;
+    options.progress.finish();
+    waited?;
+    interrupt.check().map_err(stopped)
 }
 
 /// What a backup waits for before it is listed.

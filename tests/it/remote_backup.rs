@@ -80,6 +80,29 @@ fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Restores backup `id` to its end, promoted, with the servers in `bin`: the table holds
+/// `expected`.
+fn restore_immediate(pitr: &Pitr, dir: &TestDir, bin: &Path, id: &str, expected: &str) {
+    let data = dir.path().join("restored");
+    let out = pitr.run([
+        "restore",
+        "--pgdata",
+        data.to_str().unwrap(),
+        "--target",
+        "immediate",
+        "--target-action",
+        "promote",
+    ]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(stdout(&out).contains(&format!("restored backup {id} ")));
+    chown_to_postgres(&data);
+    let mut restored = PgCluster::restored(dir, "sock-restored", data).with_bin(bin);
+    restored.start_with_env(&pitr.env);
+    restored.wait_promoted(WAIT);
+    assert_eq!(restored.sql(STATE), expected);
+    restored.stop();
+}
+
 async fn manifest_of(repo: &Repo, id: &str) -> pitr::catalog::backup::BackupManifest {
     let storage = repo.storage().await;
     serde_json::from_slice(&metadata_json(&*storage, &keys::manifest_key(id)).await).unwrap()
@@ -322,24 +345,7 @@ async fn remote_backup_from_a_standby() {
     standby.stop();
     primary.stop();
 
-    let data = dir.path().join("restored");
-    let out = pitr.run([
-        "restore",
-        "--pgdata",
-        data.to_str().unwrap(),
-        "--target",
-        "immediate",
-        "--target-action",
-        "promote",
-    ]);
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
-    assert!(stdout(&out).contains(&format!("restored backup {id} ")));
-    chown_to_postgres(&data);
-    let mut restored = PgCluster::restored(&dir, "sock-restored", data);
-    restored.start_with_env(&pitr.env);
-    restored.wait_promoted(WAIT);
-    assert_eq!(restored.sql(STATE), at_backup);
-    restored.stop();
+    restore_immediate(&pitr, &dir, Path::new(PG_BIN), &id, &at_backup);
 }
 
 /// The server goes away in the middle of a backup: the backup fails with one line, nothing
@@ -491,24 +497,7 @@ async fn streamed_wal_makes_the_backup_self_contained(major: u32, bin: &Path) {
     phase(&cluster, 2);
     cluster.stop();
 
-    let data = dir.path().join("restored");
-    let out = pitr.run([
-        "restore",
-        "--pgdata",
-        data.to_str().unwrap(),
-        "--target",
-        "immediate",
-        "--target-action",
-        "promote",
-    ]);
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
-    assert!(stdout(&out).contains(&format!("restored backup {id} ")));
-    chown_to_postgres(&data);
-    let mut restored = PgCluster::restored(&dir, "sock-restored", data).with_bin(bin);
-    restored.start_with_env(&pitr.env);
-    restored.wait_promoted(WAIT);
-    assert_eq!(restored.sql(STATE), at_backup);
-    restored.stop();
+    restore_immediate(&pitr, &dir, bin, &id, &at_backup);
     let out = pitr.run(["verify"]);
     assert_eq!(code(&out), 0, "{}{}", stdout(&out), stderr(&out));
     if major == 15 {

@@ -23,7 +23,6 @@ use crate::catalog::{Catalog, RepositoryIdentity, total_bytes};
 use crate::error::{Error, Result};
 use crate::interrupt::Interrupt;
 use crate::pg::WalFileName;
-use crate::pg::backup_label::parse_backup_label;
 use crate::pg::backup_manifest::parse_server_manifest;
 use crate::pg::relpath::database_of;
 use crate::pg::replication::{
@@ -40,8 +39,8 @@ use crate::server::{ArchiverStats, ConnectSettings, Session};
 use super::wal_receiver::{self, StreamedWal, WalConnection};
 use super::{
     BUNDLE_FILE_LIMIT, BUNDLE_SIZE, BackupOptions, BackupReport, CONTROL_FILE, CopiedObject,
-    PART_SIZE, WalMethod, WalWait, check_archiving, stopped, stopped_before_writing, wait_for_wal,
-    wrong_major,
+    PART_SIZE, WalMethod, WalWait, check_archiving, read_label, stopped, stopped_before_writing,
+    wait_for_backup_wal, wrong_major,
 };
 
 /// An object's bytes are handed to its encoder's thread in chunks of this size: one wake-up
@@ -274,22 +273,8 @@ pub(super) async fn backup_claimed(
         store_server_manifest(catalog, id, manifest_object, server_manifest).await?;
 
     let segment_size = identity.wal_segment_size;
-    let parsed_label = parse_backup_label(&backup_label)
-        .map_err(|e| Error::Server(format!("the backup_label BASE_BACKUP sent: {e}")))?;
-    let start_segment = WalFileName::parse(&parsed_label.start_wal_file)
-        .ok()
-        .filter(|name| {
-            name.segment_number(segment_size) == Some(start.segment_number(segment_size))
-        })
-        .ok_or_else(|| {
-            Error::Server(format!(
-                "the backup_label names {} for the start {start}",
-                parsed_label.start_wal_file
-            ))
-        })?;
-    let timeline = parsed_label
-        .start_timeline
-        .unwrap_or(start_segment.timeline());
+    let (parsed_label, start_wal_segment, timeline) =
+        read_label(&backup_label, "BASE_BACKUP sent", start, segment_size)?;
     let from_standby = parsed_label.backup_from.as_deref() == Some("standby");
     let history = if stop_timeline > timeline {
         let sql = replication::timeline_history(stop_timeline)
@@ -319,7 +304,7 @@ pub(super) async fn backup_claimed(
         awaited.push(WalFileName::parse(&history).map_err(|e| Error::Server(e.to_string()))?);
     }
     let wal_deadline = Instant::now().checked_add(options.wal_timeout);
-    let waited = wait_for_wal(
+    wait_for_backup_wal(
         catalog,
         session.as_ref(),
         options,
@@ -331,10 +316,7 @@ pub(super) async fn backup_claimed(
         },
         interrupt,
     )
-    .await;
-    options.progress.finish();
-    waited?;
-    interrupt.check().map_err(stopped)?;
+    .await?;
 
     let (databases, superuser) = match &session {
         Some(session) => match session.databases().await {
@@ -368,7 +350,7 @@ pub(super) async fn backup_claimed(
         stop_lsn: stop,
         start_time,
         stop_time,
-        start_wal_segment: parsed_label.start_wal_file.clone(),
+        start_wal_segment,
         stop_wal_segment,
         backup_label,
         tablespace_map,
