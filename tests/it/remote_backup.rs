@@ -453,9 +453,13 @@ async fn a_cut_connection_leaves_nothing_listed() {
 
 /// A server that does not archive (archive_mode off): the backup streams its WAL over a
 /// second connection with a temporary slot into the repository, and restores on its own.
-async fn streamed_wal_makes_the_backup_self_contained(major: u32, bin: &Path) {
+async fn streamed_wal_makes_the_backup_self_contained(
+    major: u32,
+    bin: &Path,
+    repo: impl FnOnce(&TestDir) -> Repo,
+) {
     let dir = TestDir::new(&format!("remote-backup-stream-{major}"));
-    let repo = Repo::local(&dir);
+    let repo = repo(&dir);
     let pitr = Pitr::install(&dir, &repo);
     let mut cluster = PgCluster::initdb_with(&dir, "pg", bin, &[]);
     cluster.configure("max_wal_senders = 4\n");
@@ -468,14 +472,22 @@ async fn streamed_wal_makes_the_backup_self_contained(major: u32, bin: &Path) {
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     cluster.sql("create table t (id int primary key, v text)");
     let (_, at_backup) = phase(&cluster, 1);
-    // Writes while the backup runs are in its WAL too.
+    // A role that may open replication connections only: no --method, no SQL session, so
+    // pitr takes the backup over the replication protocol and streams its WAL.
+    cluster.sql("create role backup_only login replication");
+    std::fs::write(
+        cluster.data.join("pg_hba.conf"),
+        "local all postgres trust\nlocal replication all trust\n",
+    )
+    .unwrap();
+    cluster.sql("select pg_reload_conf()");
     let out = pitr
         .command([
             "backup",
-            "--method",
-            "replication",
             "--dbname",
-            &cluster.conninfo("postgres"),
+            &cluster
+                .conninfo("postgres")
+                .replace("user=postgres", "user=backup_only"),
         ])
         .env_remove("PGDATA")
         .output()
@@ -512,11 +524,21 @@ async fn streamed_wal_makes_the_backup_self_contained(major: u32, bin: &Path) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn streamed_wal_on_15() {
-    streamed_wal_makes_the_backup_self_contained(15, Path::new(PG_BIN)).await;
+    streamed_wal_makes_the_backup_self_contained(15, Path::new(PG_BIN), Repo::local).await;
+}
+
+/// The same into an S3 repository 20 ms away: objects upload while the next ones arrive.
+#[tokio::test(flavor = "multi_thread")]
+async fn streamed_wal_into_s3() {
+    let server = S3Server::start_with_latency("remote-backup", Duration::from_millis(20)).await;
+    streamed_wal_makes_the_backup_self_contained(15, Path::new(PG_BIN), |_| {
+        Repo::s3(&server, "remote-backup")
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn streamed_wal_on_13() {
     let Some(bin) = pg_bin_of(13) else { return };
-    streamed_wal_makes_the_backup_self_contained(13, &bin).await;
+    streamed_wal_makes_the_backup_self_contained(13, &bin, Repo::local).await;
 }
