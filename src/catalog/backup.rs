@@ -499,17 +499,55 @@ impl Catalog {
         source: &str,
         reader: R,
     ) -> Result<(R, EncodeSummary), CatalogError> {
+        self.store_backup_encoded(id, object, source, move |staged, format| {
+            let mut reader = reader;
+            let encoded = codec::encode_reader(&mut reader, staged, format, 1)?;
+            Ok((encoded, reader))
+        })
+        .await
+    }
+
+    /// The same from chunks of at most [`codec::CHUNK_SIZE`] the caller already holds (a
+    /// backup over the replication protocol), each encoded as it is.
+    pub async fn store_backup_chunks<I>(
+        &self,
+        id: &str,
+        object: u32,
+        source: &str,
+        chunks: I,
+    ) -> Result<EncodeSummary, CatalogError>
+    where
+        I: Iterator<Item = std::io::Result<Vec<u8>>> + Send + 'static,
+    {
+        let (_, encoded) = self
+            .store_backup_encoded(id, object, source, move |staged, format| {
+                Ok((codec::encode_owned_chunks(chunks, staged, format, 1)?, ()))
+            })
+            .await?;
+        Ok(encoded)
+    }
+
+    async fn store_backup_encoded<T: Send + 'static>(
+        &self,
+        id: &str,
+        object: u32,
+        source: &str,
+        encode: impl FnOnce(
+            &std::fs::File,
+            codec::ObjectFormat,
+        ) -> Result<(EncodeSummary, T), codec::CodecError>
+        + Send
+        + 'static,
+    ) -> Result<(T, EncodeSummary), CatalogError> {
         let key = backup_object_key(id, object, self.object_kind().await?);
         let format = self.object_format(&key).await?;
-        let (stored, encoded, reader) = self
+        let (stored, encoded, extra) = self
             .store_encoded(key.clone(), source.to_owned(), move |staged| {
-                let mut reader = reader;
-                let encoded = codec::encode_reader(&mut reader, staged, format, 1)?;
-                Ok((encoded, reader))
+                encode(staged, format)
             })
             .await?;
         match stored {
-            Stored::New => Ok((reader, encoded)),
+            Stored::New => Ok((extra, encoded)),
             Stored::AlreadyThere => Err(CatalogError::AlreadyStored {
                 what: key,
                 location: self.location(),

@@ -190,6 +190,33 @@ pub fn encode_reader<R: Read, W: Write + Send>(
     })
 }
 
+/// Encodes chunks the caller already holds (each at most [`CHUNK_SIZE`]; empty ones are
+/// skipped), each becoming one frame as it is: no copy into a buffer of the codec's own.
+pub fn encode_owned_chunks<W: Write + Send>(
+    chunks: impl Iterator<Item = io::Result<Vec<u8>>>,
+    output: W,
+    format: impl Into<ObjectFormat>,
+    threads: usize,
+) -> Result<EncodeSummary, CodecError> {
+    encode_chunks(output, format.into(), threads, |emit| {
+        for chunk in chunks {
+            let mut chunk = chunk?;
+            // A larger one is cut: every frame decodes into at most a chunk.
+            while chunk.len() > CHUNK_SIZE {
+                let rest = chunk.split_off(CHUNK_SIZE);
+                if !emit(Chunk::Owned(chunk)) {
+                    return Ok(());
+                }
+                chunk = rest;
+            }
+            if !chunk.is_empty() && !emit(Chunk::Owned(chunk)) {
+                return Ok(());
+            }
+        }
+        Ok(())
+    })
+}
+
 /// The pipeline: `produce` hands chunks to `emit` (false once the writer has failed);
 /// workers compress them into frames, a writer writes them in order, then the trailer.
 fn encode_chunks<W: Write + Send>(

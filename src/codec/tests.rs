@@ -97,6 +97,22 @@ fn round_trips_any_size_with_any_thread_count() {
                 summary
             );
             assert!(from_reader == object);
+            // And the path of chunks the caller holds, cut anywhere (a chunk over the frame
+            // size is split at it, empty ones are skipped): the same bytes where the chunks
+            // are whole frames.
+            let chunks = input
+                .chunks(CHUNK_SIZE)
+                .flat_map(|c| [Ok(Vec::new()), Ok(c.to_vec())]);
+            let mut from_chunks = Vec::new();
+            assert_eq!(
+                encode_owned_chunks(chunks, &mut from_chunks, compression, threads).unwrap(),
+                summary
+            );
+            assert!(from_chunks == object);
+            let oversized = std::iter::once(Ok(input.clone()));
+            let mut from_one = Vec::new();
+            encode_owned_chunks(oversized, &mut from_one, compression, threads).unwrap();
+            assert!(from_one == object);
             assert_eq!(decoded.original_len, len as u64);
             assert_eq!(decoded.stored_len, object.len() as u64);
         }

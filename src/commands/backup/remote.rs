@@ -6,7 +6,7 @@
 //! The server's backup_manifest is checked against every file that arrived and kept with the
 //! backup.
 
-use std::io::{self, Read};
+use std::io;
 use std::time::Instant;
 
 use chrono::{DateTime, Utc};
@@ -43,10 +43,10 @@ use super::{
     wait_for_backup_wal, wrong_major,
 };
 
-/// An object's bytes are handed to its encoder's thread in chunks of this size: one wake-up
-/// of that thread per MiB, not per 32 KiB message (the context switches cost more than the
-/// copy).
-const HANDOFF_BYTES: usize = 1 << 20;
+/// An object's bytes are handed to its encoder in chunks of the codec's frame size, which
+/// become its frames as they are: one wake-up of the encoder's thread per MiB, not per
+/// 32 KiB message, and no second copy.
+const HANDOFF_BYTES: usize = crate::codec::CHUNK_SIZE;
 /// Chunks on their way to an object's encoder: with the one being gathered, 5 MiB per object
 /// at most.
 const CHANNEL_DEPTH: usize = 4;
@@ -493,9 +493,8 @@ struct OpenObject {
     length: u64,
     /// The database of its files (bundles never mix two).
     database: Option<u32>,
-    /// Bytes not yet handed to the encoder, in a buffer of the pool.
+    /// Bytes not yet handed to the encoder: the next chunk.
     pending: Vec<u8>,
-    pool: BufferPool,
 }
 
 /// Where the current tar entry's bytes go.
@@ -556,7 +555,6 @@ struct Receiver<'a> {
     listed: Vec<ReceivedFile>,
     /// The WAL received on a second connection, once the start position is known.
     wal: Option<WalStreaming>,
-    pool: BufferPool,
 }
 
 /// The WAL stream of a backup whose server does not archive into the repository.
@@ -610,7 +608,6 @@ impl<'a> Receiver<'a> {
             manifest: Vec::new(),
             listed: Vec::new(),
             wal: None,
-            pool: BufferPool::default(),
         }
     }
 
@@ -1043,16 +1040,11 @@ impl<'a> Receiver<'a> {
         self.next_object += 1;
         let (sender, receiver) = mpsc::channel(CHANNEL_DEPTH);
         let (catalog, id) = (self.catalog.clone(), self.id.to_owned());
-        let pool = self.pool.clone();
         let task = tokio::spawn(async move {
-            let reader = ChannelReader {
-                receiver,
-                current: Vec::new(),
-                at: 0,
-                pool,
-            };
-            let (_, encoded) = catalog
-                .store_backup_object(&id, index, "the server's base backup", reader)
+            let mut receiver = receiver;
+            let chunks = std::iter::from_fn(move || receiver.blocking_recv());
+            let encoded = catalog
+                .store_backup_chunks(&id, index, "the server's base backup", chunks)
                 .await?;
             Ok(encoded.stored_len)
         });
@@ -1063,8 +1055,7 @@ impl<'a> Receiver<'a> {
             entries: Vec::new(),
             length: 0,
             database: None,
-            pending: self.pool.take(),
-            pool: self.pool.clone(),
+            pending: Vec::with_capacity(HANDOFF_BYTES),
         })
     }
 
@@ -1138,11 +1129,15 @@ impl<'a> Receiver<'a> {
     }
 }
 
-/// Gathers `piece` for the object's encoder, handed over a MiB at a time.
-async fn send(object: &mut OpenObject, piece: &[u8]) -> Result<()> {
-    object.pending.extend_from_slice(piece);
-    if object.pending.len() >= HANDOFF_BYTES {
-        hand_over(object).await?;
+/// Gathers `piece` for the object's encoder, handed over a chunk at a time.
+async fn send(object: &mut OpenObject, mut piece: &[u8]) -> Result<()> {
+    while !piece.is_empty() {
+        let take = (HANDOFF_BYTES - object.pending.len()).min(piece.len());
+        object.pending.extend_from_slice(&piece[..take]);
+        piece = &piece[take..];
+        if object.pending.len() == HANDOFF_BYTES {
+            hand_over(object).await?;
+        }
     }
     Ok(())
 }
@@ -1152,7 +1147,7 @@ async fn hand_over(object: &mut OpenObject) -> Result<()> {
     if object.pending.is_empty() {
         return Ok(());
     }
-    let chunk = std::mem::replace(&mut object.pending, object.pool.take());
+    let chunk = std::mem::replace(&mut object.pending, Vec::with_capacity(HANDOFF_BYTES));
     if object.sender.send(Ok(chunk)).await.is_ok() {
         return Ok(());
     }
@@ -1189,56 +1184,74 @@ fn tar_error(error: crate::pg::tar_stream::TarError) -> Error {
     Error::Server(format!("the base backup's tar stream: {error}"))
 }
 
-/// Buffers of [`HANDOFF_BYTES`] passed from the receiver to the encoders and back: the
-/// bytes are copied once, into memory already mapped, rather than each MiB landing in fresh
-/// pages (whose faults and zeroing cost more than the copy).
-#[derive(Clone, Default)]
-struct BufferPool(std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>>);
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pg::Lsn;
+    use crate::pg::backup_manifest::{ManifestEntry, render};
 
-impl BufferPool {
-    /// Enough for the open objects' channels and the buffers being filled.
-    const KEPT: usize = CHANNEL_DEPTH + 2;
-
-    fn take(&self) -> Vec<u8> {
-        let reused = self.0.lock().ok().and_then(|mut free| free.pop());
-        reused.unwrap_or_else(|| Vec::with_capacity(HANDOFF_BYTES))
-    }
-
-    fn give_back(&self, mut buffer: Vec<u8>) {
-        buffer.clear();
-        if let Ok(mut free) = self.0.lock()
-            && free.len() < Self::KEPT
-        {
-            free.push(buffer);
+    fn arrived(path: &str, bytes: &[u8]) -> ReceivedFile {
+        ReceivedFile {
+            path: path.into(),
+            size: bytes.len() as u64,
+            crc32c: crc32c::crc32c(bytes),
         }
     }
-}
 
-/// The bytes of one object as its encoder reads them, from the receiving task.
-struct ChannelReader {
-    receiver: mpsc::Receiver<io::Result<Vec<u8>>>,
-    current: Vec<u8>,
-    /// How much of `current` was read.
-    at: usize,
-    pool: BufferPool,
-}
+    fn listing(files: &[(&str, &[u8])]) -> Vec<u8> {
+        let entries: Vec<ManifestEntry<'_>> = files
+            .iter()
+            .map(|(path, bytes)| ManifestEntry {
+                path,
+                size: bytes.len() as u64,
+                mtime: 0,
+                crc32c: crc32c::crc32c(bytes),
+            })
+            .collect();
+        render(&entries, 1, Lsn(0x100_0000), Lsn(0x200_0000)).into_bytes()
+    }
 
-impl Read for ChannelReader {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        while self.at == self.current.len() {
-            match self.receiver.blocking_recv() {
-                Some(Ok(chunk)) => {
-                    let done = std::mem::replace(&mut self.current, chunk);
-                    self.pool.give_back(done);
-                    self.at = 0;
-                }
-                Some(Err(e)) => return Err(e),
-                None => return Ok(0),
-            }
-        }
-        let n = buf.len().min(self.current.len() - self.at);
-        buf[..n].copy_from_slice(&self.current[self.at..self.at + n]);
-        self.at += n;
-        Ok(n)
+    #[test]
+    fn what_arrived_must_be_what_the_server_listed() {
+        let files: [(&str, &[u8]); 2] = [("backup_label", b"label"), ("base/5/1259", b"page")];
+        let manifest = listing(&files);
+        let all = [
+            arrived("backup_label", b"label"),
+            arrived("base/5/1259", b"page"),
+        ];
+        check_against_server_manifest(&manifest, &all, 7).unwrap();
+
+        let refused = |received: &[ReceivedFile]| {
+            check_against_server_manifest(&manifest, received, 7)
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(refused(&all[..1]).contains("base/5/1259 is listed but did not arrive"));
+        let extra = [
+            arrived("backup_label", b"label"),
+            arrived("base/5/1259", b"page"),
+            arrived("base/5/9999", b"x"),
+        ];
+        assert!(refused(&extra).contains("base/5/9999 arrived but is not listed"));
+        let shorter = [
+            arrived("backup_label", b"label"),
+            arrived("base/5/1259", b"pag"),
+        ];
+        assert!(refused(&shorter).contains("arrived with 3 bytes, listed with 4"));
+        let changed = [
+            arrived("backup_label", b"label"),
+            arrived("base/5/1259", b"pagf"),
+        ];
+        assert!(refused(&changed).contains("arrived with CRC-32C"));
+        // A damaged manifest is no proof either way.
+        let mut damaged = manifest.clone();
+        let at = damaged.iter().position(|b| *b == b'4').unwrap();
+        damaged[at] = b'5';
+        assert!(
+            check_against_server_manifest(&damaged, &all, 7)
+                .unwrap_err()
+                .to_string()
+                .contains("checksum")
+        );
     }
 }
