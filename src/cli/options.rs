@@ -34,6 +34,8 @@ pub struct Context<'a> {
     /// `--config`, which restore_command repeats.
     pub config_file: Option<&'a Path>,
     pub threads: usize,
+    /// `-q`: only errors, no progress either.
+    pub quiet: bool,
 }
 
 impl Context<'_> {
@@ -65,7 +67,7 @@ impl Context<'_> {
             restore_command: self.restore_command(),
             sync: false,
             server: ServerRequest::default(),
-            progress: progress::terminal(),
+            progress: progress::terminal(self.quiet),
             owner: None,
             db_include: Vec::new(),
             tablespace_root: None,
@@ -187,7 +189,7 @@ impl Command {
                     fast: !spread,
                     jobs: jobs.unwrap_or(threads),
                     wal_timeout: Duration::from_secs(wal_timeout),
-                    progress: progress::terminal(),
+                    progress: progress::terminal(context.quiet),
                     pin,
                     annotations: annotate.into_iter().collect(),
                     method,
@@ -227,7 +229,7 @@ impl Command {
                         restore_command: context.restore_command(),
                         sync: !no_sync,
                         server: ServerRequest { archive_mode, port },
-                        progress: progress::terminal(),
+                        progress: progress::terminal(context.quiet),
                         owner: owner.map(|name| owner_named(&name)).transpose()?,
                         db_include,
                         tablespace_root: None,

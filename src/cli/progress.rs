@@ -103,9 +103,11 @@ impl Lines {
     }
 }
 
-/// The progress display that suits standard error.
-pub fn terminal() -> Arc<dyn Progress> {
-    if std::io::stderr().is_terminal() {
+/// The progress display that suits standard error; none with `-q`.
+pub fn terminal(quiet: bool) -> Arc<dyn Progress> {
+    if quiet {
+        Arc::new(crate::progress::Silent)
+    } else if std::io::stderr().is_terminal() {
         Arc::new(Bar {
             bar: indicatif::ProgressBar::new(0),
             waiting: Mutex::new(None),

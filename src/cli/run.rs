@@ -54,6 +54,7 @@ async fn run_command(cli: Cli, settings: Result<Settings>) -> Result<u8> {
         repo: &access.config,
         config_file: cli.global.config.as_deref(),
         threads,
+        quiet: cli.global.quiet,
     };
     let request = match cli.command {
         Command::ArchiveGet { name, dest } => {

@@ -442,11 +442,20 @@ async fn a_cut_connection_leaves_nothing_listed() {
 
     cluster.start();
     let out = pitr
-        .command(["backup", "--method", "replication", "--dbname", &conninfo])
+        .command([
+            "backup",
+            "-q",
+            "--method",
+            "replication",
+            "--dbname",
+            &conninfo,
+        ])
         .env_remove("PGDATA")
         .output()
         .unwrap();
     assert_eq!(code(&out), 0, "{}", stderr(&out));
+    // -q: only errors, no progress lines either.
+    assert_eq!(stderr(&out), "");
     let list = pitr.run(["list"]);
     assert!(stdout(&list).contains(&format!("backup {} ", backup_id(&out))));
 }
