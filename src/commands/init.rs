@@ -103,11 +103,79 @@ pub fn read_cluster_identity(pgdata: &Path) -> Result<RepositoryIdentity> {
     ))
 }
 
-/// The identity of the cluster a server runs: asked over SQL, as the backup user can
-/// (pg_control_system() and the server's settings).
+/// The identity of the cluster a server runs: asked over SQL (pg_control_system() and the
+/// server's settings), or, where the role may open replication connections only, over one
+/// (IDENTIFY_SYSTEM, the server's version and WAL sizes; the control and catalog versions
+/// are those of its major release).
 pub async fn server_cluster_identity(dbname: Option<&str>) -> Result<RepositoryIdentity> {
     let settings = crate::server::connection_settings(dbname)?;
-    let session = crate::server::Session::connect(&settings).await?;
+    match sql_cluster_identity(&settings).await {
+        Ok(identity) => Ok(identity),
+        Err(sql) => replication_cluster_identity(&settings)
+            .await
+            .map_err(|replication| {
+                Error::Server(format!(
+                    "reading the cluster's identity: over SQL: {sql}; over a replication \
+                 connection: {replication}"
+                ))
+            }),
+    }
+}
+
+async fn replication_cluster_identity(
+    settings: &crate::server::ConnectSettings,
+) -> Result<RepositoryIdentity> {
+    use crate::pg::replication::{
+        identify_system, parse_identify_system, parse_wal_segment_size, show_setting,
+    };
+    use crate::server::replication::{ReplicationConnection, ReplicationMode};
+    let mut connection =
+        ReplicationConnection::connect(settings, ReplicationMode::Physical).await?;
+    let major = connection
+        .server_version_num()
+        .map(|v| v / 10000)
+        .ok_or_else(|| Error::Server("the server did not report its version".into()))?;
+    let version = crate::pg::version::PgVersion::of_major(major).ok_or_else(|| {
+        Error::Server(format!(
+            "the server runs PostgreSQL {major}, which pitr does not support (13 to 18)"
+        ))
+    })?;
+    let first_rows = |sets: Vec<crate::server::replication::ResultSet>| {
+        sets.into_iter()
+            .next()
+            .map(|set| set.rows)
+            .unwrap_or_default()
+    };
+    let system = parse_identify_system(&first_rows(
+        connection.simple_query(&identify_system()).await?,
+    ))
+    .map_err(|e| Error::Server(e.to_string()))?;
+    let show = |name: &str| show_setting(name).map_err(|e| Error::Server(e.to_string()));
+    let segment = first_rows(connection.simple_query(&show("wal_segment_size")?).await?);
+    let wal_segment_size =
+        parse_wal_segment_size(&segment).map_err(|e| Error::Server(e.to_string()))?;
+    let block = first_rows(connection.simple_query(&show("wal_block_size")?).await?);
+    let wal_block_size = block
+        .first()
+        .and_then(|row| row.first().cloned().flatten())
+        .and_then(|text| text.trim().parse::<u32>().ok())
+        .ok_or_else(|| Error::Server("SHOW wal_block_size answered no number".into()))?;
+    let _ = connection.close().await;
+    let facts = crate::catalog::ClusterFacts {
+        system_identifier: system.system_id,
+        pg_version: major,
+        pg_control_version: version.control_version,
+        catalog_version: version.catalog_version,
+        wal_segment_size,
+        wal_block_size,
+    };
+    Ok(RepositoryIdentity::of_cluster(&facts, chrono::Utc::now()))
+}
+
+async fn sql_cluster_identity(
+    settings: &crate::server::ConnectSettings,
+) -> Result<RepositoryIdentity> {
+    let session = crate::server::Session::connect(settings).await?;
     let version = session.version()?;
     // One round trip: the control file's fields and the two WAL sizes, as text.
     let rows = session

@@ -13,6 +13,9 @@ pub struct PgVersion {
     pub major: u32,
     /// `PG_CONTROL_VERSION` (pg_control.h).
     pub control_version: u32,
+    /// `CATALOG_VERSION_NO` (catversion.h) of the major release, which minor releases never
+    /// change: what a repository records for a cluster it sees only over replication.
+    pub catalog_version: u32,
     /// Bytes from `floatFormat` to the control file's `crc`: the build constants,
     /// `data_checksum_version`, (18: `default_char_signedness`) and the 32-byte
     /// `mock_authentication_nonce`, aligned to 4.
@@ -44,6 +47,7 @@ pub const VERSIONS: [PgVersion; 6] = [
     PgVersion {
         major: 13,
         control_version: 1300,
+        catalog_version: 202007201,
         control_crc_after_float: 80,
         page_magic: 0xD106,
         compressed_image_mask: 0x02,
@@ -55,6 +59,7 @@ pub const VERSIONS: [PgVersion; 6] = [
     PgVersion {
         major: 14,
         control_version: 1300,
+        catalog_version: 202107181,
         control_crc_after_float: 80,
         page_magic: 0xD10D,
         compressed_image_mask: 0x02,
@@ -66,6 +71,7 @@ pub const VERSIONS: [PgVersion; 6] = [
     PgVersion {
         major: 15,
         control_version: 1300,
+        catalog_version: 202209061,
         control_crc_after_float: 80,
         page_magic: 0xD110,
         compressed_image_mask: 0x04 | 0x08 | 0x10,
@@ -77,6 +83,7 @@ pub const VERSIONS: [PgVersion; 6] = [
     PgVersion {
         major: 16,
         control_version: 1300,
+        catalog_version: 202307071,
         control_crc_after_float: 80,
         page_magic: 0xD113,
         compressed_image_mask: 0x04 | 0x08 | 0x10,
@@ -88,6 +95,7 @@ pub const VERSIONS: [PgVersion; 6] = [
     PgVersion {
         major: 17,
         control_version: 1700,
+        catalog_version: 202406281,
         control_crc_after_float: 80,
         page_magic: 0xD116,
         compressed_image_mask: 0x04 | 0x08 | 0x10,
@@ -99,6 +107,7 @@ pub const VERSIONS: [PgVersion; 6] = [
     PgVersion {
         major: 18,
         control_version: 1800,
+        catalog_version: 202506291,
         // default_char_signedness (a bool before the nonce) moves the CRC by 4 bytes.
         control_crc_after_float: 84,
         page_magic: 0xD118,

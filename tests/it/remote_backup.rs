@@ -131,6 +131,15 @@ async fn remote_backup_restores_to_a_time(major: u32, bin: &Path, tls: bool) {
     };
     let out = run_with_password(&pitr, &["init", "--dbname", &conninfo]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
+    // What an init over a replication connection records for this version.
+    assert_eq!(
+        pitr::pg::version::PgVersion::of_major(major)
+            .unwrap()
+            .catalog_version,
+        pitr::commands::init::read_cluster_identity(&cluster.data)
+            .unwrap()
+            .catalog_version
+    );
     if tls {
         // A role without REPLICATION: one line naming the grant, nothing recorded.
         cluster.sql(&format!("create role norepl login password '{PASSWORD}'"));
@@ -473,16 +482,9 @@ async fn streamed_wal_makes_the_backup_self_contained(
     let mut cluster = PgCluster::initdb_with(&dir, "pg", bin, &[]);
     cluster.configure("max_wal_senders = 4\n");
     cluster.start();
-    let out = pitr
-        .command(["init", "--dbname", &cluster.conninfo("postgres")])
-        .env_remove("PGDATA")
-        .output()
-        .unwrap();
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
-    cluster.sql("create table t (id int primary key, v text)");
-    let (_, at_backup) = phase(&cluster, 1);
-    // A role that may open replication connections only: no --method, no SQL session, so
-    // pitr takes the backup over the replication protocol and streams its WAL.
+    // A role that may open replication connections only: init and backup without an SQL
+    // session; the backup, without --method, goes over the replication protocol and
+    // streams its WAL.
     cluster.sql("create role backup_only login replication");
     std::fs::write(
         cluster.data.join("pg_hba.conf"),
@@ -490,14 +492,38 @@ async fn streamed_wal_makes_the_backup_self_contained(
     )
     .unwrap();
     cluster.sql("select pg_reload_conf()");
+    let backup_only = cluster
+        .conninfo("postgres")
+        .replace("user=postgres", "user=backup_only");
     let out = pitr
-        .command([
-            "backup",
-            "--dbname",
-            &cluster
-                .conninfo("postgres")
-                .replace("user=postgres", "user=backup_only"),
-        ])
+        .command(["init", "--dbname", &backup_only])
+        .env_remove("PGDATA")
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    // The identity the data directory itself gives.
+    if let pitr::storage::RepoLocation::Fs(root) = &repo.location {
+        let recorded: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(root.join("repository.json")).unwrap()).unwrap();
+        let expected = pitr::commands::init::read_cluster_identity(&cluster.data).unwrap();
+        assert_eq!(
+            recorded["system_identifier"],
+            expected.system_identifier.to_string()
+        );
+        for (field, value) in [
+            ("pg_version", u64::from(expected.pg_version)),
+            ("pg_control_version", u64::from(expected.pg_control_version)),
+            ("catalog_version", u64::from(expected.catalog_version)),
+            ("wal_segment_size", expected.wal_segment_size),
+            ("wal_block_size", u64::from(expected.wal_block_size)),
+        ] {
+            assert_eq!(recorded[field], value, "{field}: {recorded:#}");
+        }
+    }
+    cluster.sql("create table t (id int primary key, v text)");
+    let (_, at_backup) = phase(&cluster, 1);
+    let out = pitr
+        .command(["backup", "--dbname", &backup_only])
         .env_remove("PGDATA")
         .output()
         .unwrap();
