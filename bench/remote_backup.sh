@@ -11,6 +11,8 @@
 #   PG_MAJOR=18 bash bench/remote_backup.sh  the same on another major (13-18, scripts/pg_versions.sh)
 #   ROUNDS=1 bash bench/remote_backup.sh     one round only (default 2, best of them shown)
 #   KEEP=1 bash bench/remote_backup.sh       leave the work directory in /tmp (the server stops)
+#   PIN=1 bash bench/remote_backup.sh        the server on CPU 1, the backups on CPU 0: each
+#                                            side on a core of its own, as on two hosts
 #
 # Needs PostgreSQL 15 (server and client binaries), GNU time and python3 (for a free port)
 # (apt-get install postgresql-15 time).
@@ -40,6 +42,10 @@ cd "$(dirname "$0")/.."
 
 SCALE=${1:-50}
 ROUNDS=${ROUNDS:-2}
+SERVER_PIN=() CLIENT_PIN=()
+if [ -n "${PIN:-}" ]; then
+  SERVER_PIN=(taskset -c 1) CLIENT_PIN=(taskset -c 0)
+fi
 source bench/lib.sh
 pick_pg
 [ -x /usr/bin/time ] || { echo "GNU time is not installed: apt-get install time" >&2; exit 1; }
@@ -82,7 +88,7 @@ as_pg $PITR init --pgdata "$WORK/data" >/dev/null
 # A free port, given on the command line; another one if it was taken meanwhile.
 for try in 1 2 3 4 5; do
   PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-  as_pg "$PG_BIN/pg_ctl" -D "$WORK/data" -l "$WORK/pg.log" -o "-p $PORT" -w start >/dev/null && break
+  as_pg "${SERVER_PIN[@]}" "$PG_BIN/pg_ctl" -D "$WORK/data" -l "$WORK/pg.log" -o "-p $PORT" -w start >/dev/null && break
   [ "$try" -lt 5 ] || { cat "$WORK/pg.log" >&2; exit 1; }
 done
 SOCKET_CONN="host=$WORK port=$PORT user=postgres"
@@ -105,10 +111,10 @@ backup_once() { # TOOL
   sync
   before=$(server_cpu)
   case $1 in
-    local) out=$(measure $PITR backup --method local --pgdata "$WORK/data" --dbname "$SOCKET_CONN") ;;
-    remote) out=$(measure $PITR backup --method replication --dbname "$TCP_CONN") ;;
-    pgbb) out=$(measure "$PG_CLIENT_BIN/pg_basebackup" -d "$TCP_CONN" -Ft -X none -c fast -D "$WORK/pgbb") ;;
-    pgbb-lz4) out=$(measure "$PG_CLIENT_BIN/pg_basebackup" -d "$TCP_CONN" -Ft -X none -c fast \
+    local) out=$(measure "${CLIENT_PIN[@]}" $PITR backup --method local --pgdata "$WORK/data" --dbname "$SOCKET_CONN") ;;
+    remote) out=$(measure "${CLIENT_PIN[@]}" $PITR backup --method replication --dbname "$TCP_CONN") ;;
+    pgbb) out=$(measure "${CLIENT_PIN[@]}" "$PG_CLIENT_BIN/pg_basebackup" -d "$TCP_CONN" -Ft -X none -c fast -D "$WORK/pgbb") ;;
+    pgbb-lz4) out=$(measure "${CLIENT_PIN[@]}" "$PG_CLIENT_BIN/pg_basebackup" -d "$TCP_CONN" -Ft -X none -c fast \
       --compress=client-lz4 -D "$WORK/pgbb") ;;
   esac
   after=$(server_cpu)
