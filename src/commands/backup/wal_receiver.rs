@@ -62,7 +62,9 @@ pub(super) async fn reserve(
         .map_err(|e| Error::Server(e.to_string()))?;
     connection.simple_query(&sql).await.map_err(|e| {
         Error::Server(format!(
-            "creating the temporary replication slot {slot} for the backup's WAL: {e}"
+            "creating the temporary replication slot {slot} for the backup's WAL: {e}; \
+             nothing was copied (or take the WAL from the server's archive_command: \
+             --wal-method archive)"
         ))
     })?;
     Ok(WalConnection { connection, slot })
@@ -297,5 +299,21 @@ async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
         Some(deadline) => tokio::time::sleep_until(deadline.into()).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_stream_ends_with_the_segment_holding_the_stop_point() {
+        const SEGMENT: u64 = 16 << 20;
+        // The stop point inside a segment: that segment, whole.
+        assert_eq!(segment_end(Lsn(0x2A00_0100 - 1), SEGMENT), Lsn(0x2B00_0000));
+        // A stop point on a boundary: the segment before it (the byte before the stop).
+        assert_eq!(segment_end(Lsn(0x2B00_0000 - 1), SEGMENT), Lsn(0x2B00_0000));
+        // The end of the LSN space saturates instead of overflowing.
+        assert_eq!(segment_end(Lsn(u64::MAX), SEGMENT), Lsn(u64::MAX));
     }
 }
