@@ -36,7 +36,8 @@ fn tcp_cluster(
     let mut cluster = PgCluster::initdb_with(dir, "pg", bin, &[]);
     cluster.configure(&format!(
         "listen_addresses = '127.0.0.1'\npassword_encryption = 'scram-sha-256'\n\
-         archive_mode = on\narchive_command = '{}'\nwal_keep_size = '128MB'\n",
+         archive_mode = on\narchive_command = '{}'\nwal_keep_size = '128MB'\n\
+         checkpoint_completion_target = 0.05\n",
         pitr.archive_command()
     ));
     if let Some(certs) = tls {
@@ -183,7 +184,8 @@ async fn remote_backup_restores_to_a_time(major: u32, bin: &Path, tls: bool) {
     let far = cluster.sql(FAR_STATE);
 
     // A spread checkpoint where the grammar spells it `CHECKPOINT 'spread'` (16+; 15 and the
-    // positional 13/14 take the fast one).
+    // positional 13/14 take the fast one), paced to 5% of checkpoint_timeout by the
+    // cluster's settings: spread over minutes on a busy machine otherwise.
     let mut args = vec!["backup", "--method", "replication", "--dbname", &conninfo];
     if major >= 16 {
         args.push("--spread");
