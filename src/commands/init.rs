@@ -125,36 +125,22 @@ pub async fn server_cluster_identity(dbname: Option<&str>) -> Result<RepositoryI
 async fn replication_cluster_identity(
     settings: &crate::server::ConnectSettings,
 ) -> Result<RepositoryIdentity> {
-    use crate::pg::replication::{
-        identify_system, parse_identify_system, parse_wal_segment_size, show_setting,
-    };
+    use crate::pg::replication::{parse_wal_segment_size, show_setting};
     use crate::server::replication::{ReplicationConnection, ReplicationMode};
     let mut connection =
         ReplicationConnection::connect(settings, ReplicationMode::Physical).await?;
-    let major = connection
-        .server_version_num()
-        .map(|v| v / 10000)
-        .ok_or_else(|| Error::Server("the server did not report its version".into()))?;
+    let major = connection.server_major()?;
     let version = crate::pg::version::PgVersion::of_major(major).ok_or_else(|| {
         Error::Server(format!(
             "the server runs PostgreSQL {major}, which pitr does not support (13 to 18)"
         ))
     })?;
-    let first_rows = |sets: Vec<crate::server::replication::ResultSet>| {
-        sets.into_iter()
-            .next()
-            .map(|set| set.rows)
-            .unwrap_or_default()
-    };
-    let system = parse_identify_system(&first_rows(
-        connection.simple_query(&identify_system()).await?,
-    ))
-    .map_err(|e| Error::Server(e.to_string()))?;
+    let system = connection.identify_system().await?;
     let show = |name: &str| show_setting(name).map_err(|e| Error::Server(e.to_string()));
-    let segment = first_rows(connection.simple_query(&show("wal_segment_size")?).await?);
+    let segment = connection.query_rows(&show("wal_segment_size")?).await?;
     let wal_segment_size =
         parse_wal_segment_size(&segment).map_err(|e| Error::Server(e.to_string()))?;
-    let block = first_rows(connection.simple_query(&show("wal_block_size")?).await?);
+    let block = connection.query_rows(&show("wal_block_size")?).await?;
     let wal_block_size = block
         .first()
         .and_then(|row| row.first().cloned().flatten())

@@ -28,6 +28,7 @@ use tokio_postgres::config::ChannelBinding as BindingPolicy;
 use super::settings::{ConnectSettings, Target};
 use super::{Attempt, Failure, PasswordOf};
 use crate::error::Error;
+use crate::pg::replication::{self, IdentifySystem, Row};
 
 /// The longest backend message accepted. CopyData of BASE_BACKUP and of WAL streaming is at
 /// most a few hundred kB, a timeline history file far less; a longer length is a broken or
@@ -278,6 +279,30 @@ impl ReplicationConnection {
         let major = parts.next()??;
         let minor = parts.next().flatten().unwrap_or(0);
         major.checked_mul(10000)?.checked_add(minor)
+    }
+
+    /// The server's major version (`server_version_num / 10000`).
+    pub fn server_major(&self) -> Result<u32, Error> {
+        self.server_version_num()
+            .map(|v| v / 10000)
+            .ok_or_else(|| Error::Server("the server did not report its version".into()))
+    }
+
+    /// `IDENTIFY_SYSTEM`: the system identifier, timeline and WAL position.
+    pub async fn identify_system(&mut self) -> Result<IdentifySystem, Error> {
+        let rows = self.query_rows(&replication::identify_system()).await?;
+        replication::parse_identify_system(&rows).map_err(|e| Error::Server(e.to_string()))
+    }
+
+    /// The rows of the first result set `sql` answers with (IDENTIFY_SYSTEM, SHOW,
+    /// TIMELINE_HISTORY…); none when it answers with none.
+    pub async fn query_rows(&mut self, sql: &str) -> Result<Vec<Row>, ReplicationError> {
+        let sets = self.simple_query(sql).await?;
+        Ok(sets
+            .into_iter()
+            .next()
+            .map(|set| set.rows)
+            .unwrap_or_default())
     }
 
     /// Whether SCRAM authentication was bound to the TLS channel (`tls-server-end-point`).

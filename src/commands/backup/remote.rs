@@ -27,8 +27,7 @@ use crate::pg::backup_manifest::parse_server_manifest;
 use crate::pg::relpath::database_of;
 use crate::pg::replication::{
     self as replication, BackupStream, BackupStreamEvent, BaseBackupRequest, Syntax, base_backup,
-    identify_system, parse_backup_position, parse_backup_tablespaces, parse_identify_system,
-    parse_timeline_history,
+    parse_backup_position, parse_backup_tablespaces, parse_timeline_history,
 };
 use crate::pg::tar_stream::{ArchiveEnd, EntryKind, TarEntry, TarEvent, TarStream};
 use crate::pg::timeline::{parse_history, stop_segment_name};
@@ -88,14 +87,10 @@ pub(super) async fn prepare(
         ))
         .await
         .map_err(stopped_before_writing)??;
-    let major = connection
-        .server_version_num()
-        .map(|v| v / 10000)
-        .ok_or_else(|| Error::Server("the server did not report its version".into()))?;
+    let major = connection.server_major()?;
     wrong_major(major, &identity)?;
     let syntax = Syntax::for_major(major).map_err(|e| Error::Server(e.to_string()))?;
-    let rows = single_set(connection.simple_query(&identify_system()).await?);
-    let system = parse_identify_system(&rows).map_err(|e| Error::Server(e.to_string()))?;
+    let system = connection.identify_system().await?;
     if system.system_id != identity.system_identifier {
         return Err(Error::WrongRepository(format!(
             "the server has system identifier {}, but the repository belongs to {}",
@@ -105,11 +100,8 @@ pub(super) async fn prepare(
     // Only for the record (restore tells an in-place restore by it): a role without
     // pg_read_all_settings may not read it.
     let data_directory = match replication::show_setting("data_directory") {
-        Ok(sql) => match connection.simple_query(&sql).await {
-            Ok(sets) => sets
-                .first()
-                .and_then(|set| set.rows.first())
-                .and_then(|row| row.first().cloned().flatten()),
+        Ok(sql) => match connection.query_rows(&sql).await {
+            Ok(rows) => rows.first().and_then(|row| row.first().cloned().flatten()),
             Err(e) => {
                 tracing::debug!("SHOW data_directory: {e}");
                 None
@@ -169,13 +161,6 @@ async fn archives_here(catalog: &Catalog, session: &Session) -> bool {
         return false;
     };
     catalog.has_wal(&last).await.unwrap_or(false)
-}
-
-fn single_set(sets: Vec<crate::server::replication::ResultSet>) -> Vec<Vec<Option<String>>> {
-    sets.into_iter()
-        .next()
-        .map(|set| set.rows)
-        .unwrap_or_default()
 }
 
 /// Takes the backup under the claimed `id`; on an error the caller removes what it wrote.
@@ -279,7 +264,7 @@ pub(super) async fn backup_claimed(
     let history = if stop_timeline > timeline {
         let sql = replication::timeline_history(stop_timeline)
             .map_err(|e| Error::Server(e.to_string()))?;
-        let rows = single_set(connection.simple_query(&sql).await?);
+        let rows = connection.query_rows(&sql).await?;
         let file = parse_timeline_history(&rows).map_err(|e| Error::Server(e.to_string()))?;
         parse_history(stop_timeline, &String::from_utf8_lossy(&file.content))
             .map_err(|e| Error::Server(format!("timeline {stop_timeline}'s history: {e}")))?

@@ -265,8 +265,7 @@ impl WalConnection {
         dir: PathBuf,
     ) -> Result<()> {
         let sql = timeline_history(timeline).map_err(|e| Error::Server(e.to_string()))?;
-        let sets = self.connection.simple_query(&sql).await?;
-        let rows = sets.into_iter().next().map(|s| s.rows).unwrap_or_default();
+        let rows = self.connection.query_rows(&sql).await?;
         let history = parse_timeline_history(&rows).map_err(|e| Error::Server(e.to_string()))?;
         let path = dir.join(history.filename.to_string());
         std::fs::write(&path, &history.content).map_err(|e| Error::local_io(path.display(), e))?;
