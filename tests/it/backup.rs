@@ -266,22 +266,7 @@ async fn init_asks_the_server_when_given_only_a_connection() {
     let pitr::storage::RepoLocation::Fs(root) = &repo.location else {
         unreachable!("a local repository")
     };
-    let recorded: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(root.join("repository.json")).unwrap()).unwrap();
-    let expected = pitr::commands::init::read_cluster_identity(&cluster.data).unwrap();
-    assert_eq!(
-        recorded["system_identifier"],
-        expected.system_identifier.to_string()
-    );
-    for (field, value) in [
-        ("pg_version", u64::from(expected.pg_version)),
-        ("pg_control_version", u64::from(expected.pg_control_version)),
-        ("catalog_version", u64::from(expected.catalog_version)),
-        ("wal_segment_size", expected.wal_segment_size),
-        ("wal_block_size", u64::from(expected.wal_block_size)),
-    ] {
-        assert_eq!(recorded[field], value, "{field}: {recorded:#}");
-    }
+    assert_identity_recorded(root, &cluster.data);
     // The data directory names the same cluster.
     let out = pitr
         .command(["init", "--pgdata"])

@@ -77,6 +77,17 @@ fn phase(cluster: &PgCluster, n: u32) -> (String, String) {
     (time, state)
 }
 
+/// The one line of `pitr backup`'s error among what it printed on stderr (warnings of its
+/// SQL session may precede it).
+fn the_error_line(err: &str) -> &str {
+    let lines: Vec<&str> = err
+        .lines()
+        .filter(|l| l.starts_with("pitr backup:"))
+        .collect();
+    assert_eq!(lines.len(), 1, "{err}");
+    lines[0]
+}
+
 fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
@@ -160,12 +171,10 @@ async fn remote_backup_restores_to_a_time(major: u32, bin: &Path, tls: bool) {
         );
         assert_eq!(code(&out), 9, "{}", stderr(&out));
         let err = stderr(&out);
-        let error: Vec<&str> = err
-            .lines()
-            .filter(|l| l.starts_with("pitr backup:"))
-            .collect();
-        assert_eq!(error.len(), 1, "{err}");
-        assert!(error[0].contains("ALTER ROLE norepl REPLICATION"), "{err}");
+        assert!(
+            the_error_line(&err).contains("ALTER ROLE norepl REPLICATION"),
+            "{err}"
+        );
     }
 
     let tablespace = dir.subdir("tablespace");
@@ -299,52 +308,18 @@ async fn remote_backup_from_a_standby() {
     primary.sql("create table t (id int primary key, v text)");
     primary.sql("create table tick (at timestamptz default now())");
     let (_, at_backup) = phase(&primary, 1);
-    let data = dir.subdir("standby").join("data");
-    run_ok(
-        as_postgres(Path::new(PG_BIN).join("pg_basebackup"))
-            .arg("-D")
-            .arg(&data)
-            .args(["-R", "-X", "stream", "-c", "fast", "-U", "postgres", "-h"])
-            .arg(&primary.socket_dir)
-            .args(["-p", &primary.port.to_string()]),
-    );
-    let mut standby = PgCluster::restored_archiving(&dir, "standby-sock", data);
-    standby.configure("archive_mode = on");
-    standby.start();
-    let target = primary.sql("select pg_current_wal_lsn()");
-    let deadline = std::time::Instant::now() + WAIT;
-    while standby.sql(&format!(
-        "select pg_last_wal_replay_lsn() >= '{target}'::pg_lsn"
-    )) != "t"
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{}",
-            standby.server_log()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let mut standby = streaming_standby(&dir, &primary);
 
     // The stop segment reaches the repository from the primary's archiver.
-    let mut child = pitr
-        .command([
-            "backup",
-            "--method",
-            "replication",
-            "--dbname",
-            &standby.conninfo("postgres"),
-        ])
-        .env_remove("PGDATA")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    while child.try_wait().unwrap().is_none() {
-        primary.sql("insert into tick default values");
-        primary.sql("select pg_switch_wal()");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    let out = child.wait_with_output().unwrap();
+    let mut backup = pitr.command([
+        "backup",
+        "--method",
+        "replication",
+        "--dbname",
+        &standby.conninfo("postgres"),
+    ]);
+    backup.env_remove("PGDATA");
+    let out = backup_while_the_primary_switches(backup, &primary);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     let id = backup_id(&out);
     {
@@ -426,17 +401,13 @@ async fn a_cut_connection_leaves_nothing_listed() {
             .arg("stop"),
     );
     let out = child.wait_with_output().unwrap();
-    assert_ne!(code(&out), 0);
+    // The server's side failed: 9, and one line says what happened and what to do.
+    assert_eq!(code(&out), 9, "{}", stderr(&out));
     let err = stderr(&out);
-    // One line says what happened and what to do.
-    let error: Vec<&str> = err
-        .lines()
-        .filter(|l| l.starts_with("pitr backup:"))
-        .collect();
-    assert_eq!(error.len(), 1, "{err}");
+    let error = the_error_line(&err);
     assert!(
-        error[0].contains("closed the replication connection")
-            && error[0].contains("run pitr backup again"),
+        error.contains("closed the replication connection")
+            && error.contains("run pitr backup again"),
         "{err}"
     );
     let list = pitr.run(["list"]);
@@ -508,22 +479,7 @@ async fn streamed_wal_makes_the_backup_self_contained(
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     // The identity the data directory itself gives.
     if let pitr::storage::RepoLocation::Fs(root) = &repo.location {
-        let recorded: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(root.join("repository.json")).unwrap()).unwrap();
-        let expected = pitr::commands::init::read_cluster_identity(&cluster.data).unwrap();
-        assert_eq!(
-            recorded["system_identifier"],
-            expected.system_identifier.to_string()
-        );
-        for (field, value) in [
-            ("pg_version", u64::from(expected.pg_version)),
-            ("pg_control_version", u64::from(expected.pg_control_version)),
-            ("catalog_version", u64::from(expected.catalog_version)),
-            ("wal_segment_size", expected.wal_segment_size),
-            ("wal_block_size", u64::from(expected.wal_block_size)),
-        ] {
-            assert_eq!(recorded[field], value, "{field}: {recorded:#}");
-        }
+        assert_identity_recorded(root, &cluster.data);
     }
     cluster.sql("create table t (id int primary key, v text)");
     let (_, at_backup) = phase(&cluster, 1);

@@ -308,23 +308,6 @@ async fn a_time_on_a_new_timeline_is_restorable() {
     restored.stop();
 }
 
-/// Waits until `standby` has replayed all the primary wrote so far.
-fn wait_replayed(primary: &PgCluster, standby: &PgCluster) {
-    let target = primary.sql("select pg_current_wal_lsn()");
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while standby.sql(&format!(
-        "select pg_last_wal_replay_lsn() >= '{target}'::pg_lsn"
-    )) != "t"
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the standby did not replay up to {target}:\n{}",
-            standby.server_log()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 /// Issue 20, part 5: a backup taken from a streaming standby (which refuses
 /// pg_walfile_name and writes no backup history file) is named, awaited and restored
 /// exactly, to its end and to a later time, and passes pg_amcheck.
@@ -341,35 +324,13 @@ async fn a_standby_backup_restores_exactly(name: &str, repo: impl FnOnce(&TestDi
     let big_state = primary.sql(big);
     let (_, at_backup) = phase(&primary, 1);
 
-    let data = dir.subdir("standby").join("data");
-    run_ok(
-        as_postgres(Path::new(PG_BIN).join("pg_basebackup"))
-            .arg("-D")
-            .arg(&data)
-            .args(["-R", "-X", "stream", "-c", "fast", "-U", "postgres", "-h"])
-            .arg(&primary.socket_dir)
-            .args(["-p", &primary.port.to_string()]),
-    );
-    let mut standby = PgCluster::restored_archiving(&dir, "standby-sock", data);
-    standby.start();
-    wait_replayed(&primary, &standby);
+    let mut standby = streaming_standby(&dir, &primary);
     assert_eq!(standby.sql("select pg_is_in_recovery()"), "t");
     assert_eq!(standby.sql(TABLE_STATE), at_backup);
 
     // The stop segment reaches the repository from the primary's archiver: it switches
     // segments while the backup waits.
-    let mut child = pitr
-        .command(backup_args(&standby))
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    while child.try_wait().unwrap().is_none() {
-        primary.sql("insert into tick default values");
-        primary.sql("select pg_switch_wal()");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    let out = child.wait_with_output().unwrap();
+    let out = backup_while_the_primary_switches(pitr.command(backup_args(&standby)), &primary);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     let id = backup_id(&out);
     let storage = repo.storage().await;

@@ -1153,6 +1153,77 @@ pub async fn metadata_json_of(storage: &dyn Storage, key: &str, stored: Vec<u8>)
     }
 }
 
+/// A streaming standby of `primary` (pg_basebackup -R -X stream), started, keeping the
+/// primary's archive settings, and caught up with what the primary wrote so far.
+pub fn streaming_standby(dir: &TestDir, primary: &PgCluster) -> PgCluster {
+    let data = dir.subdir("standby").join("data");
+    run_ok(
+        as_postgres(Path::new(PG_BIN).join("pg_basebackup"))
+            .arg("-D")
+            .arg(&data)
+            .args(["-R", "-X", "stream", "-c", "fast", "-U", "postgres", "-h"])
+            .arg(&primary.socket_dir)
+            .args(["-p", &primary.port.to_string()]),
+    );
+    let mut standby = PgCluster::restored_archiving(dir, "standby-sock", data);
+    standby.start();
+    wait_replayed(primary, &standby);
+    standby
+}
+
+/// Waits until `standby` has replayed all the primary wrote so far.
+pub fn wait_replayed(primary: &PgCluster, standby: &PgCluster) {
+    let target = primary.sql("select pg_current_wal_lsn()");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while standby.sql(&format!(
+        "select pg_last_wal_replay_lsn() >= '{target}'::pg_lsn"
+    )) != "t"
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the standby did not replay up to {target}:\n{}",
+            standby.server_log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Runs a backup of a standby (`command`) while the primary writes into table `tick` and
+/// switches segments, so that the standby's stop segment reaches the archive.
+pub fn backup_while_the_primary_switches(mut command: Command, primary: &PgCluster) -> Output {
+    let mut child = command
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    while child.try_wait().unwrap().is_none() {
+        primary.sql("insert into tick default values");
+        primary.sql("select pg_switch_wal()");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    child.wait_with_output().unwrap()
+}
+
+/// The identity in the local repository at `root` is the one the data directory gives.
+pub fn assert_identity_recorded(root: &Path, data: &Path) {
+    let recorded: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(root.join("repository.json")).unwrap()).unwrap();
+    let expected = pitr::commands::init::read_cluster_identity(data).unwrap();
+    assert_eq!(
+        recorded["system_identifier"],
+        expected.system_identifier.to_string()
+    );
+    for (field, value) in [
+        ("pg_version", u64::from(expected.pg_version)),
+        ("pg_control_version", u64::from(expected.pg_control_version)),
+        ("catalog_version", u64::from(expected.catalog_version)),
+        ("wal_segment_size", expected.wal_segment_size),
+        ("wal_block_size", u64::from(expected.wal_block_size)),
+    ] {
+        assert_eq!(recorded[field], value, "{field}: {recorded:#}");
+    }
+}
+
 /// PostgreSQL's pg_verifybackup (without WAL parsing) accepts a restored directory.
 pub fn assert_verifybackup(data: &Path) {
     let verify = Command::new(Path::new(PG_BIN).join("pg_verifybackup"))
