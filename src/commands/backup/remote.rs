@@ -221,7 +221,8 @@ pub(super) async fn backup_claimed(
     };
     let streamed = match receiver.wal.take() {
         Some(WalStreaming::Running { stop, task }) => {
-            let deadline = Instant::now() + options.wal_timeout;
+            // None: no deadline (a timeout too large to add), as for the archive's wait.
+            let deadline = Instant::now().checked_add(options.wal_timeout);
             let _ = stop.send(Some((received.stop, deadline)));
             Some(
                 interrupt
@@ -553,7 +554,7 @@ enum WalStreaming {
     /// runs, is not provably `Send`).
     Running {
         /// The stop point, and until when the segment holding it may take to complete.
-        stop: tokio::sync::watch::Sender<Option<(crate::pg::Lsn, Instant)>>,
+        stop: tokio::sync::watch::Sender<Option<(crate::pg::Lsn, Option<Instant>)>>,
         task: WalTask,
     },
     /// Ended before the base backup did: its result.
@@ -656,8 +657,6 @@ impl<'a> Receiver<'a> {
         while let Some(done) = self.in_flight.next().await {
             self.copied.push(done?);
         }
-        self.copied
-            .sort_by_key(|(files, _)| files.first().map(|f| f.object));
         let backup_label = self
             .backup_label
             .take()

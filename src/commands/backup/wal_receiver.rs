@@ -87,7 +87,7 @@ impl WalConnection {
         identity: RepositoryIdentity,
         start: Lsn,
         timeline: u32,
-        mut stop: watch::Receiver<Option<(Lsn, Instant)>>,
+        mut stop: watch::Receiver<Option<(Lsn, Option<Instant>)>>,
     ) -> Result<StreamedWal> {
         let segment_size = identity.wal_segment_size;
         let dir = tempfile::Builder::new()
@@ -121,7 +121,7 @@ impl WalConnection {
                     break;
                 }
             }
-            let deadline = stop_at.map(|(_, deadline)| deadline);
+            let deadline = stop_at.and_then(|(_, deadline)| deadline);
             let event = tokio::select! {
                 event = self.connection.next_event() => event?,
                 _ = status.tick() => {
