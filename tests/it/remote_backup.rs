@@ -92,9 +92,15 @@ fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// Restores backup `id` to its end, promoted, with the servers in `bin`: the table holds
+/// Restores backup `id` to its end, promoted, with the servers in `bin`: `query` answers
 /// `expected`.
-fn restore_immediate(pitr: &Pitr, dir: &TestDir, bin: &Path, id: &str, expected: &str) {
+fn restore_immediate(
+    pitr: &Pitr,
+    dir: &TestDir,
+    bin: &Path,
+    id: &str,
+    (query, expected): (&str, &str),
+) {
     let data = dir.path().join("restored");
     let out = pitr.run([
         "restore",
@@ -111,7 +117,7 @@ fn restore_immediate(pitr: &Pitr, dir: &TestDir, bin: &Path, id: &str, expected:
     let mut restored = PgCluster::restored(dir, "sock-restored", data).with_bin(bin);
     restored.start_with_env(&pitr.env);
     restored.wait_promoted(WAIT);
-    assert_eq!(restored.sql(STATE), expected);
+    assert_eq!(restored.sql(query), expected);
     restored.stop();
 }
 
@@ -334,7 +340,7 @@ async fn remote_backup_from_a_standby() {
     standby.stop();
     primary.stop();
 
-    restore_immediate(&pitr, &dir, Path::new(PG_BIN), &id, &at_backup);
+    restore_immediate(&pitr, &dir, Path::new(PG_BIN), &id, (STATE, &at_backup));
 }
 
 /// The server goes away in the middle of a backup: the backup fails with one line, nothing
@@ -441,8 +447,15 @@ async fn a_cut_connection_leaves_nothing_listed() {
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     // -q: only errors, no progress lines either.
     assert_eq!(stderr(&out), "");
+    let id = backup_id(&out);
     let list = pitr.run(["list"]);
-    assert!(stdout(&list).contains(&format!("backup {} ", backup_id(&out))));
+    assert!(stdout(&list).contains(&format!("backup {id} ")));
+    // The backup after the cut restores whole.
+    let big = "select count(*) || ':' || md5(string_agg(v, ',' order by id)) from big";
+    let expected = cluster.sql(big);
+    cluster.sql("select pg_switch_wal()");
+    cluster.stop();
+    restore_immediate(&pitr, &dir, Path::new(PG_BIN), &id, (big, &expected));
 }
 
 /// A server that does not archive (archive_mode off): the backup streams its WAL over a
@@ -505,7 +518,7 @@ async fn streamed_wal_makes_the_backup_self_contained(
     phase(&cluster, 2);
     cluster.stop();
 
-    restore_immediate(&pitr, &dir, bin, &id, &at_backup);
+    restore_immediate(&pitr, &dir, bin, &id, (STATE, &at_backup));
     let out = pitr.run(["verify"]);
     assert_eq!(code(&out), 0, "{}{}", stdout(&out), stderr(&out));
     if major == 15 {
