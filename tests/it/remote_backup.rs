@@ -547,6 +547,12 @@ async fn streamed_wal_into_s3() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn streamed_wal_on_18() {
+    let Some(bin) = pg_bin_of(18) else { return };
+    streamed_wal_makes_the_backup_self_contained(18, &bin, Repo::local).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn streamed_wal_on_13() {
     let Some(bin) = pg_bin_of(13) else { return };
     streamed_wal_makes_the_backup_self_contained(13, &bin, Repo::local).await;
