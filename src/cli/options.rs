@@ -176,6 +176,7 @@ impl Command {
                 method,
                 max_rate,
                 wal_method,
+                network_compression,
                 retention,
             } => Request::Backup {
                 // Checked before the backup, applied after it.
@@ -195,6 +196,7 @@ impl Command {
                     method,
                     max_rate_kb: max_rate,
                     wal_method,
+                    network_compression,
                 },
             },
             Command::Restore {

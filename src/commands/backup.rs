@@ -32,6 +32,7 @@ use crate::server::{ArchiverStats, Session, connection_settings};
 use super::blocking;
 
 mod config;
+mod inflate;
 mod remote;
 mod wal_receiver;
 
@@ -60,6 +61,22 @@ pub struct BackupOptions {
     pub max_rate_kb: Option<u32>,
     /// How a backup over the replication protocol gets its WAL (`--wal-method`).
     pub wal_method: WalMethod,
+    /// Whether the server compresses what it sends (`--network-compression`).
+    pub network_compression: NetworkCompression,
+}
+
+/// `--network-compression`: whether the server compresses a backup over the replication
+/// protocol before sending it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum NetworkCompression {
+    /// LZ4 where the server can (PostgreSQL 15 and later, built with lz4) and is on another
+    /// host; none elsewhere.
+    #[default]
+    Auto,
+    /// LZ4, or the backup fails.
+    Lz4,
+    /// The files as they are.
+    None,
 }
 
 /// `--wal-method`: where the WAL a backup over the replication protocol needs comes from.
@@ -256,6 +273,15 @@ async fn backup_locked(
     interrupt: &Interrupt,
 ) -> Result<BackupReport> {
     let settings = connection_settings(options.dbname.as_deref())?;
+    if options.network_compression == NetworkCompression::Lz4
+        && options.method == BackupMethodChoice::Local
+    {
+        return Err(Error::Config(
+            "--network-compression lz4 compresses a backup over the replication protocol; a \
+             local backup reads the data directory itself: drop it, or use --method replication"
+                .into(),
+        ));
+    }
     if options.max_rate_kb.is_some() && options.method == BackupMethodChoice::Local {
         return Err(Error::Config(
             "--max-rate throttles a backup over the replication protocol; a local backup \
@@ -265,6 +291,14 @@ async fn backup_locked(
     }
     let prepared = match choose_source(&settings, options, interrupt).await? {
         Source::Local { session, pgdata } => {
+            if options.network_compression == NetworkCompression::Lz4 {
+                return Err(Error::Config(format!(
+                    "--network-compression lz4 compresses a backup over the replication \
+                     protocol, but the data directory {} is on this host: drop it, or use \
+                     --method replication",
+                    pgdata.display()
+                )));
+            }
             if options.max_rate_kb.is_some() {
                 return Err(Error::Config(format!(
                     "--max-rate throttles a backup over the replication protocol, but the data \

@@ -446,6 +446,7 @@ mod tests {
                 method: Default::default(),
                 max_rate_kb: None,
                 wal_method: Default::default(),
+                network_compression: Default::default(),
             },
             policy: Policy::default(),
         }

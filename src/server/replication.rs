@@ -207,6 +207,8 @@ pub struct ReplicationConnection {
     parameters: HashMap<String, String>,
     /// SCRAM authentication bound to the TLS channel (SCRAM-SHA-256-PLUS).
     channel_bound: bool,
+    /// The server is on this host (a Unix socket, a loopback address, or one of ours).
+    server_on_this_host: bool,
 }
 
 impl std::fmt::Debug for ReplicationConnection {
@@ -520,7 +522,13 @@ impl ReplicationConnection {
             server_copy_done: false,
             parameters: HashMap::new(),
             channel_bound: false,
+            server_on_this_host: false,
         }
+    }
+
+    /// Whether the server runs on this host: its bytes then cross no network.
+    pub fn server_on_this_host(&self) -> bool {
+        self.server_on_this_host
     }
 
     fn broken(&mut self, error: impl std::fmt::Display) -> ReplicationError {
@@ -644,6 +652,8 @@ struct Trail {
     tls_used: bool,
     /// Our address as the server sees it (TCP), for the pg_hba.conf line to add.
     local: Option<SocketAddr>,
+    /// A Unix socket, or TCP to a loopback address or to one of this host's.
+    same_host: bool,
 }
 
 impl Opening<'_> {
@@ -651,6 +661,7 @@ impl Opening<'_> {
         let mut trail = Trail::default();
         let (stream, binding) = self.socket(&mut trail).await?;
         let mut connection = ReplicationConnection::over(stream);
+        connection.server_on_this_host = trail.same_host;
         match self.startup(&mut connection, binding).await {
             Ok(()) => {
                 connection.phase = Phase::Idle;
@@ -679,10 +690,14 @@ impl Opening<'_> {
                     "connection to server on socket \"{path}\" failed: {e}"
                 ))
             })?;
+            trail.same_host = true;
             return Ok((Box::new(stream), None));
         }
         let mut tcp = self.tcp().await?;
         trail.local = tcp.local_addr().ok();
+        trail.same_host = tcp.peer_addr().is_ok_and(|peer| {
+            peer.ip().is_loopback() || trail.local.is_some_and(|ours| ours.ip() == peer.ip())
+        });
         let connector = match (self.attempt, self.tls) {
             (Attempt::Plain, _) | (_, None) => return Ok((Box::new(tcp), None)),
             (_, Some(connector)) => connector,

@@ -205,8 +205,35 @@ async fn remote_backup_restores_to_a_time(major: u32, bin: &Path, tls: bool) {
     if major >= 16 {
         args.push("--spread");
     }
+    // Compression on the wire: Debian's 15 has lz4; 13/14 cannot compress a base backup,
+    // and the 16-18 servers of the matrix are built without lz4: one line each.
+    let lz4 = ["--network-compression", "lz4"];
+    if major == 15 {
+        args.extend(lz4);
+        args.push("-v");
+    } else {
+        let out = run_with_password(&pitr, &[&args[..], &lz4[..]].concat());
+        assert_eq!(code(&out), 2, "{}", stderr(&out));
+        let err = stderr(&out);
+        let expected = match major {
+            13 | 14 => "needs a server of PostgreSQL 15 or later",
+            _ => "the server cannot compress the backup (invalid compression specification",
+        };
+        let line = the_error_line(&err);
+        assert!(
+            line.contains(expected) && line.contains("--network-compression none"),
+            "{err}"
+        );
+    }
     let out = run_with_password(&pitr, &args);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
+    // The server sent the archives LZ4-compressed, and they arrived whole (restored below).
+    assert_eq!(
+        stderr(&out).contains("the server compresses the backup with lz4"),
+        major == 15,
+        "{}",
+        stderr(&out)
+    );
     assert!(
         stdout(&out).contains("over the replication protocol"),
         "{}",

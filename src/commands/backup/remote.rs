@@ -7,6 +7,8 @@
 //! backup.
 
 use std::io;
+
+use bytes::Bytes;
 use std::time::Instant;
 
 use chrono::{DateTime, Utc};
@@ -32,14 +34,17 @@ use crate::pg::replication::{
 use crate::pg::tar_stream::{ArchiveEnd, EntryKind, TarEntry, TarEvent, TarStream};
 use crate::pg::timeline::{parse_history, stop_segment_name};
 use crate::pg::wal_name::backup_history_file_name;
-use crate::server::replication::{ReplicationConnection, ReplicationEvent, ReplicationMode};
+use crate::server::replication::{
+    ReplicationConnection, ReplicationError, ReplicationEvent, ReplicationMode,
+};
 use crate::server::{ArchiverStats, ConnectSettings, Session};
 
+use super::inflate::Inflater;
 use super::wal_receiver::{self, StreamedWal, WalConnection};
 use super::{
     BUNDLE_FILE_LIMIT, BUNDLE_SIZE, BackupOptions, BackupReport, CONTROL_FILE, CopiedObject,
-    PART_SIZE, WalMethod, WalWait, check_archiving, read_label, stopped, stopped_before_writing,
-    wait_for_backup_wal, wrong_major,
+    NetworkCompression, PART_SIZE, WalMethod, WalWait, check_archiving, read_label, stopped,
+    stopped_before_writing, wait_for_backup_wal, wrong_major,
 };
 
 /// An object's bytes are handed to its encoder in chunks of the codec's frame size, which
@@ -184,7 +189,7 @@ pub(super) async fn backup_claimed(
         start_time,
     } = prepared;
     let label = format!("pitr backup {id}");
-    let request = BaseBackupRequest {
+    let mut request = BaseBackupRequest {
         label: label.clone(),
         fast: options.fast,
         max_rate_kb: options.max_rate_kb,
@@ -193,6 +198,21 @@ pub(super) async fn backup_claimed(
         wal: false,
         // pitr waits for the WAL itself, with a deadline and word of the archiver.
         wait_for_archive: false,
+        server_lz4: match options.network_compression {
+            NetworkCompression::None => false,
+            // Compressing pays where bytes cross a network, not between processes of a host.
+            NetworkCompression::Auto => {
+                syntax == Syntax::OptionList && !connection.server_on_this_host()
+            }
+            NetworkCompression::Lz4 if syntax == Syntax::OptionList => true,
+            NetworkCompression::Lz4 => {
+                return Err(Error::Config(format!(
+                    "--network-compression lz4 needs a server of PostgreSQL 15 or later, which \
+                     compresses base backups; this one runs {syntax}: use \
+                     --network-compression none"
+                )));
+            }
+        },
     };
     let command = base_backup(syntax, &request).map_err(|e| Error::Config(e.to_string()))?;
     // The slot first: it holds the WAL from before the backup's start on.
@@ -206,12 +226,47 @@ pub(super) async fn backup_claimed(
         false => None,
     };
     connection.start(&command).await?;
-    let mut receiver = Receiver::new(catalog, id, options, syntax);
+    // A server built without lz4 refuses at once, before its checkpoint: where lz4 was only
+    // preferred, the backup goes on uncompressed.
+    let mut first = None;
+    if request.server_lz4 {
+        match interrupt
+            .race(connection.next_event())
+            .await
+            .map_err(stopped)?
+        {
+            Err(ReplicationError::Server(refusal))
+                if cannot_compress(&refusal)
+                    && options.network_compression == NetworkCompression::Lz4 =>
+            {
+                return Err(Error::Config(format!(
+                    "the server cannot compress the backup ({}): use --network-compression \
+                     none, or a PostgreSQL built with lz4",
+                    refusal.message
+                )));
+            }
+            Err(ReplicationError::Server(refusal)) if cannot_compress(&refusal) => {
+                tracing::info!(
+                    "the server cannot compress the backup ({}): it is sent uncompressed",
+                    refusal.message
+                );
+                request.server_lz4 = false;
+                let command =
+                    base_backup(syntax, &request).map_err(|e| Error::Config(e.to_string()))?;
+                connection.start(&command).await?;
+            }
+            event => first = Some(event),
+        }
+    }
+    if request.server_lz4 {
+        tracing::info!("the server compresses the backup with lz4");
+    }
+    let mut receiver = Receiver::new(catalog, id, options, syntax, request.server_lz4);
     receiver.wal = wal.map(|connection| WalStreaming::Reserved {
         connection,
         identity: identity.clone(),
     });
-    let received = receiver.run(&mut connection, interrupt).await;
+    let received = receiver.run(&mut connection, first, interrupt).await;
     let received = match received {
         Ok(received) => received,
         Err(error) => {
@@ -515,6 +570,8 @@ struct Archive {
     tar: TarStream,
     /// `""` for the main data directory, `pg_tblspc/<oid>/` for a tablespace.
     prefix: String,
+    /// The archive arrives LZ4-compressed by the server (`COMPRESSION 'lz4'`).
+    inflater: Option<Inflater>,
 }
 
 /// Drives one `BASE_BACKUP`: its result sets, its archives and manifest, into objects.
@@ -523,6 +580,8 @@ struct Receiver<'a> {
     id: &'a str,
     options: &'a BackupOptions,
     syntax: Syntax,
+    /// The server compresses each archive (`COMPRESSION 'lz4'`).
+    server_lz4: bool,
     stream: Option<BackupStream>,
     archive: Option<Archive>,
     current: Option<CurrentFile>,
@@ -572,12 +631,19 @@ async fn wal_step(wal: &mut Option<WalStreaming>) -> Result<StreamedWal> {
 }
 
 impl<'a> Receiver<'a> {
-    fn new(catalog: &'a Catalog, id: &'a str, options: &'a BackupOptions, syntax: Syntax) -> Self {
+    fn new(
+        catalog: &'a Catalog,
+        id: &'a str,
+        options: &'a BackupOptions,
+        syntax: Syntax,
+        server_lz4: bool,
+    ) -> Self {
         Receiver {
             catalog,
             id,
             options,
             syntax,
+            server_lz4,
             stream: None,
             archive: None,
             current: None,
@@ -597,15 +663,20 @@ impl<'a> Receiver<'a> {
         }
     }
 
+    /// `first`: the command's first event, where it was already read.
     async fn run(
         &mut self,
         connection: &mut ReplicationConnection,
+        mut first: Option<std::result::Result<Option<ReplicationEvent>, ReplicationError>>,
         interrupt: &Interrupt,
     ) -> Result<Received> {
         loop {
-            let step = tokio::select! {
-                event = interrupt.race(connection.next_event()) => Ok(event),
-                ended = wal_step(&mut self.wal) => Err(ended),
+            let step = match first.take() {
+                Some(event) => Ok(Ok(event)),
+                None => tokio::select! {
+                    event = interrupt.race(connection.next_event()) => Ok(event),
+                    ended = wal_step(&mut self.wal) => Err(ended),
+                },
             };
             let event = match step {
                 Ok(event) => event,
@@ -631,12 +702,12 @@ impl<'a> Receiver<'a> {
                 ReplicationEvent::CopyStart { .. } => {
                     let began = self.stream()?.copy_out_began().map_err(protocol)?;
                     if let Some(event) = began {
-                        self.stream_event(event).await?;
+                        self.stream_event(event, &Bytes::new()).await?;
                     }
                 }
                 ReplicationEvent::CopyData(payload) => {
                     let event = self.stream()?.copy_data(&payload).map_err(protocol)?;
-                    self.stream_event(event).await?;
+                    self.stream_event(event, &payload).await?;
                 }
                 ReplicationEvent::CopyDone => {
                     self.end_archive().await?;
@@ -752,7 +823,8 @@ impl<'a> Receiver<'a> {
         Ok(())
     }
 
-    async fn stream_event(&mut self, event: BackupStreamEvent<'_>) -> Result<()> {
+    /// One event of the stream; `payload` is the COPY message it was read from.
+    async fn stream_event(&mut self, event: BackupStreamEvent<'_>, payload: &Bytes) -> Result<()> {
         match event {
             BackupStreamEvent::ArchiveStart { oid, .. } => {
                 self.end_archive().await?;
@@ -763,30 +835,25 @@ impl<'a> Receiver<'a> {
                 self.archive = Some(Archive {
                     tar: TarStream::new(),
                     prefix,
+                    inflater: self.server_lz4.then(Inflater::lz4),
                 });
             }
-            BackupStreamEvent::ArchiveData(mut bytes) => {
-                self.options.progress.advance(bytes.len() as u64);
+            BackupStreamEvent::ArchiveData(bytes) if self.server_lz4 => {
+                let mut pending = Some(payload.slice_ref(bytes));
                 loop {
-                    let archive = self
+                    let inflater = self
                         .archive
                         .as_mut()
+                        .and_then(|archive| archive.inflater.as_mut())
                         .ok_or_else(|| protocol("archive data before an archive began"))?;
-                    let Some(tar_event) = archive.tar.next_event(&mut bytes).map_err(tar_error)?
-                    else {
-                        break;
-                    };
-                    match tar_event {
-                        TarEvent::Entry(entry) => {
-                            let prefix = archive.prefix.clone();
-                            self.entry(&prefix, entry).await?
-                        }
-                        TarEvent::Data(data) => self.data(data).await?,
-                        TarEvent::EntryEnd => self.entry_end().await?,
-                        TarEvent::End => {}
+                    match inflater.step(&mut pending).await.map_err(inflate_error)? {
+                        Some(piece) => self.inflated(piece).await?,
+                        None if pending.is_none() => break,
+                        None => {}
                     }
                 }
             }
+            BackupStreamEvent::ArchiveData(bytes) => self.archive_bytes(bytes).await?,
             BackupStreamEvent::Progress(_) => {}
             BackupStreamEvent::ManifestStart => self.end_archive().await?,
             BackupStreamEvent::ManifestData(bytes) => {
@@ -801,8 +868,47 @@ impl<'a> Receiver<'a> {
         Ok(())
     }
 
+    /// The archive's tar bytes (inflated where the server compressed them).
+    async fn archive_bytes(&mut self, mut bytes: &[u8]) -> Result<()> {
+        self.options.progress.advance(bytes.len() as u64);
+        loop {
+            let archive = self
+                .archive
+                .as_mut()
+                .ok_or_else(|| protocol("archive data before an archive began"))?;
+            let Some(tar_event) = archive.tar.next_event(&mut bytes).map_err(tar_error)? else {
+                return Ok(());
+            };
+            match tar_event {
+                TarEvent::Entry(entry) => {
+                    let prefix = archive.prefix.clone();
+                    self.entry(&prefix, entry).await?
+                }
+                TarEvent::Data(data) => self.data(data).await?,
+                TarEvent::EntryEnd => self.entry_end().await?,
+                TarEvent::End => {}
+            }
+        }
+    }
+
+    /// A piece the inflater gave, parsed, then given back to be filled again.
+    async fn inflated(&mut self, piece: Vec<u8>) -> Result<()> {
+        self.archive_bytes(&piece).await?;
+        if let Some(inflater) = self.archive.as_ref().and_then(|a| a.inflater.as_ref()) {
+            inflater.recycle(piece);
+        }
+        Ok(())
+    }
+
     /// The current archive is over (the next began, the manifest began, or its COPY ended).
     async fn end_archive(&mut self) -> Result<()> {
+        // What the decoder still holds is the archive's end.
+        while let Some(inflater) = self.archive.as_mut().and_then(|a| a.inflater.as_mut()) {
+            match inflater.next_after_end().await.map_err(inflate_error)? {
+                Some(piece) => self.inflated(piece).await?,
+                None => break,
+            }
+        }
         let Some(archive) = self.archive.take() else {
             return Ok(());
         };
@@ -1162,6 +1268,20 @@ fn wal_failed(error: Error) -> Error {
 
 fn protocol(error: impl std::fmt::Display) -> Error {
     Error::Server(format!("the base backup stream: {error}"))
+}
+
+/// A server built without lz4 refuses `COMPRESSION 'lz4'` with "invalid compression
+/// specification: this build does not support compression with LZ4" (42601, a syntax error);
+/// feature_not_supported (0A000) is the code meant for it.
+fn cannot_compress(refusal: &crate::server::replication::ServerError) -> bool {
+    refusal.code == "0A000" || (refusal.code == "42601" && refusal.message.contains("compression"))
+}
+
+fn inflate_error(error: io::Error) -> Error {
+    Error::Server(format!(
+        "the LZ4 stream the server sent does not inflate: {error}; nothing of the backup is \
+         recorded; run pitr backup again (or with --network-compression none)"
+    ))
 }
 
 fn tar_error(error: crate::pg::tar_stream::TarError) -> Error {

@@ -39,6 +39,9 @@ pub struct BaseBackupRequest {
     /// (the default; `NOWAIT` / `WAIT false` when off). Off where WAL arrives otherwise (in
     /// the archive or over a second connection), as pg_basebackup does with `-X`.
     pub wait_for_archive: bool,
+    /// The server compresses each tar archive with LZ4 before sending it (`COMPRESSION
+    /// 'lz4'`, PostgreSQL 15 and later, where built with lz4); the manifest stays plain.
+    pub server_lz4: bool,
 }
 
 impl Default for BaseBackupRequest {
@@ -51,6 +54,7 @@ impl Default for BaseBackupRequest {
             manifest: true,
             wal: false,
             wait_for_archive: true,
+            server_lz4: false,
         }
     }
 }
@@ -206,9 +210,15 @@ pub fn base_backup(syntax: Syntax, request: &BaseBackupRequest) -> Result<String
     if let Some(rate) = request.max_rate_kb.filter(out_of_range) {
         return Err(CommandError::MaxRateOutOfRange(rate));
     }
-    // The options are the same on every version; only how some are spelled, and how the
-    // list is written, differ.
     let positional = syntax == Syntax::Positional;
+    if request.server_lz4 && positional {
+        return Err(CommandError::NeedsOptionList {
+            command: "BASE_BACKUP (COMPRESSION)",
+            syntax,
+        });
+    }
+    // The options are the same on every version (but COMPRESSION, 15's); only how some are
+    // spelled, and how the list is written, differ.
     let mut options: Vec<String> = Vec::with_capacity(9);
     options.push(format!("LABEL {label}"));
     if request.progress {
@@ -232,6 +242,9 @@ pub fn base_backup(syntax: Syntax, request: &BaseBackupRequest) -> Result<String
         options.push(format!("MAX_RATE {rate}"));
     }
     options.push("TABLESPACE_MAP".into());
+    if request.server_lz4 {
+        options.push("COMPRESSION 'lz4'".into());
+    }
     if request.manifest {
         options.push("MANIFEST 'yes'".into());
         options.push("MANIFEST_CHECKSUMS 'CRC32C'".into());
@@ -256,6 +269,7 @@ mod tests {
             manifest: true,
             wal: false,
             wait_for_archive: false,
+            server_lz4: false,
         }
     }
 
@@ -282,6 +296,24 @@ mod tests {
                  MANIFEST_CHECKSUMS 'CRC32C')"
             );
         }
+    }
+
+    #[test]
+    fn server_compression_from_15_only() {
+        let compressed = BaseBackupRequest {
+            server_lz4: true,
+            ..request()
+        };
+        assert_eq!(
+            base_backup(Syntax::OptionList, &compressed).unwrap(),
+            "BASE_BACKUP (LABEL 'pitr 20261207T053000Z', PROGRESS, CHECKPOINT 'fast', \
+             WAIT false, MAX_RATE 1024, TABLESPACE_MAP, COMPRESSION 'lz4', MANIFEST 'yes', \
+             MANIFEST_CHECKSUMS 'CRC32C')"
+        );
+        assert!(matches!(
+            base_backup(Syntax::Positional, &compressed),
+            Err(CommandError::NeedsOptionList { .. })
+        ));
     }
 
     #[test]

@@ -1284,5 +1284,6 @@ pub fn in_process_backup_options(cluster: &PgCluster) -> pitr::commands::backup:
         method: Default::default(),
         max_rate_kb: None,
         wal_method: Default::default(),
+        network_compression: Default::default(),
     }
 }
