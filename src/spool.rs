@@ -31,6 +31,8 @@ pub enum SpoolKind {
     Push,
     /// archive-get's prefetched segments.
     Get,
+    /// receive-wal's segments on their way to the repository.
+    Receive,
 }
 
 /// The spool directory of `kind` for the repository `repo_url`: under `configured` when the
@@ -50,6 +52,7 @@ pub fn spool_dir(
     let tag = match kind {
         SpoolKind::Push => "push",
         SpoolKind::Get => "get",
+        SpoolKind::Receive => "receive",
     };
     root.join(format!("{tag}-{}", hex::encode(&digest[..8])))
 }

@@ -160,6 +160,34 @@ pub enum Command {
         /// Path of the WAL file (%p), relative to the data directory or absolute.
         path: PathBuf,
     },
+    /// Stream WAL over a physical replication slot into the repository, continuously (a
+    /// long-running service: contrib/systemd/pitr-receive-wal.service).
+    ReceiveWal {
+        /// How to reach the server (a replication connection is opened); default from the
+        /// environment (PGHOST, PGPORT, PGUSER…) as for libpq.
+        #[arg(long, short = 'd', value_name = "CONNINFO")]
+        dbname: Option<String>,
+        /// The physical replication slot to stream from (it keeps the server's WAL until
+        /// the spool holds it).
+        #[arg(long, value_name = "NAME", default_value = "pitr")]
+        slot: String,
+        /// Create the slot when it does not exist.
+        #[arg(long)]
+        create_slot: bool,
+        /// The spool on local disk, where WAL lands (fsynced) before it is stored; default:
+        /// under spool_path.
+        #[arg(long, value_name = "DIR")]
+        spool: Option<PathBuf>,
+        /// Report WAL as flushed as soon as the spool holds it durably, for a receiver named
+        /// in synchronous_standby_names (as pitr_receive_wal, its application_name): then no
+        /// commit the primary acknowledged is lost with the primary's host.
+        #[arg(long)]
+        synchronous: bool,
+        /// Seconds between position reports when nothing else prompts one (below the
+        /// server's wal_sender_timeout).
+        #[arg(long, value_name = "SECONDS", default_value_t = 10)]
+        status_interval: u64,
+    },
     /// Fetch one WAL file: restore_command = 'pitr --repo URL archive-get %f %p'.
     ArchiveGet {
         /// Name of the WAL file (%f).
@@ -549,6 +577,7 @@ impl Command {
         match self {
             Command::Init { .. } => "init",
             Command::ArchivePush { .. } => "archive-push",
+            Command::ReceiveWal { .. } => "receive-wal",
             Command::ArchiveGet { .. } => "archive-get",
             Command::ArchiveGetPrefetch { .. } => "archive-get-prefetch",
             Command::Verify { .. } => "verify",

@@ -340,7 +340,10 @@ impl Command {
                 pinned: Some(false),
                 annotations: Default::default(),
             }),
-            Command::Demo { .. } | Command::ArchivePush { .. } | Command::ArchiveGet { .. } => {
+            Command::Demo { .. }
+            | Command::ArchivePush { .. }
+            | Command::ReceiveWal { .. }
+            | Command::ArchiveGet { .. } => {
                 return Err(Error::Config(format!(
                     "{} does not run on an opened repository",
                     self.name()

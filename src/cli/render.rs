@@ -115,6 +115,16 @@ pub fn key(report: &crate::commands::key::KeyReport, json: bool) {
 }
 
 /// archive_command's output stays in the log at -v: PostgreSQL runs it for every segment.
+pub fn receive_wal(report: &crate::commands::receive_wal::ReceiveWalReport) {
+    match report.received {
+        Some(end) => println!(
+            "receive-wal stopped: {} files stored, WAL received up to {end}",
+            report.stored
+        ),
+        None => println!("receive-wal stopped: {} files stored", report.stored),
+    }
+}
+
 pub fn archive_push(report: &ArchivePushReport) {
     let ahead = if report.stored_ahead.is_empty() {
         String::new()

@@ -6,6 +6,7 @@ use crate::commands::archive_get::{self, ArchiveGetRequest};
 use crate::commands::archive_push;
 use crate::commands::demo::{DemoOptions, demo};
 use crate::commands::notify;
+use crate::commands::receive_wal::{ReceiveWalOptions, receive_wal};
 use crate::commands::run::{Access, Outcome};
 use crate::config::Settings;
 use crate::error::{EXIT_OK, Result};
@@ -68,6 +69,51 @@ async fn run_command(cli: Cli, settings: Result<Settings>) -> Result<u8> {
         }
         Command::ArchivePush { path } => {
             render::archive_push(&archive_push::push(&access, path, threads).await?);
+            return Ok(EXIT_OK);
+        }
+        Command::ReceiveWal {
+            dbname,
+            slot,
+            create_slot,
+            spool,
+            synchronous,
+            status_interval,
+        } => {
+            let spool = match spool {
+                Some(dir) => dir,
+                None => match access.settings.spool()?.spool_path {
+                    Some(root) => crate::spool::spool_dir(
+                        Some(&root),
+                        &root,
+                        crate::spool::SpoolKind::Receive,
+                        &access.config.spool_key(),
+                    ),
+                    None => {
+                        return Err(crate::error::Error::Config(
+                            "receive-wal needs a spool directory on local disk: --spool DIR, \
+                             or spool_path in the configuration"
+                                .into(),
+                        ));
+                    }
+                },
+            };
+            if status_interval == 0 {
+                return Err(crate::error::Error::Config(
+                    "--status-interval must be at least 1 second".into(),
+                ));
+            }
+            let options = ReceiveWalOptions {
+                dbname,
+                slot,
+                create_slot,
+                spool,
+                synchronous,
+                status_interval: std::time::Duration::from_secs(status_interval),
+            };
+            let catalog = access.open().await?;
+            let interrupt = crate::interrupt::Interrupt::listen();
+            let report = receive_wal(&catalog, &options, &interrupt).await?;
+            render::receive_wal(&report);
             return Ok(EXIT_OK);
         }
         command => {

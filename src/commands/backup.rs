@@ -262,6 +262,9 @@ struct LocalPrepared {
     pgdata: PathBuf,
     identity: RepositoryIdentity,
     archiver_before: Option<ArchiverStats>,
+    /// archive_mode is off: WAL arrives by `pitr receive-wal`, which brings no backup
+    /// history file.
+    receiver_only: bool,
     start_time: DateTime<Utc>,
 }
 
@@ -400,12 +403,13 @@ async fn prepare_local(
     check_pgdata(&pgdata, identity.system_identifier)?;
     // Archiving that fails already would fail this backup only after the whole copy and
     // --wal-timeout: refused now.
-    let archiver_before = check_archiving(&session, interrupt).await?;
+    let checked = check_archiving(&session, interrupt).await?;
     Ok(LocalPrepared {
         session,
         pgdata,
         identity,
-        archiver_before,
+        archiver_before: checked.stats,
+        receiver_only: checked.receiver_only,
         start_time: Utc::now(),
     })
 }
@@ -419,10 +423,7 @@ const ARCHIVER_GRACE: Duration = Duration::from_secs(5);
 /// in the repository, which a failing archive_command (or none) never brings. A standby
 /// archives only with archive_mode = always; otherwise its primary does, which this session
 /// cannot see (and the wait for the WAL still has its deadline). Returns what was read.
-async fn check_archiving(
-    session: &Session,
-    interrupt: &Interrupt,
-) -> Result<Option<ArchiverStats>> {
+async fn check_archiving(session: &Session, interrupt: &Interrupt) -> Result<ArchiveCheck> {
     let settings = session
         .text(
             "reading archive_mode",
@@ -430,15 +431,18 @@ async fn check_archiving(
         )
         .await?;
     let (mode, in_recovery) = settings.split_once('|').unwrap_or((settings.as_str(), ""));
+    let mut receiver_only = false;
     let archives_here = match (mode, in_recovery) {
         ("off", _) => {
-            if in_recovery != "true" {
+            receiver_only = in_recovery != "true";
+            if receiver_only && !receiver_streams(session).await {
                 return Err(Error::Incomplete(
                     "archive_mode is off: no WAL reaches the repository, and a backup is \
                      restorable only with the WAL up to its end; nothing was copied: set \
                      archive_mode = on and archive_command = 'pitr archive-push %p' (see pitr \
-                     check), restart PostgreSQL, then run backup again; or take a backup that \
-                     streams its own WAL: pitr backup --method replication"
+                     check), restart PostgreSQL, then run backup again; or run pitr \
+                     receive-wal; or take a backup that streams its own WAL: pitr backup \
+                     --method replication"
                         .into(),
                 ));
             }
@@ -458,12 +462,49 @@ async fn check_archiving(
                     return Err(Error::Incomplete(refusal));
                 }
             }
-            _ => return Ok(stats),
+            _ => {
+                return Ok(ArchiveCheck {
+                    stats,
+                    receiver_only,
+                });
+            }
         }
         interrupt
             .race(tokio::time::sleep(Duration::from_millis(250)))
             .await
             .map_err(stopped_before_writing)?;
+    }
+}
+
+/// What [`check_archiving`] read.
+pub(super) struct ArchiveCheck {
+    pub stats: Option<ArchiverStats>,
+    /// archive_mode is off on a primary, where `pitr receive-wal` streams.
+    pub receiver_only: bool,
+}
+
+/// Whether a `pitr receive-wal` streams from the server (by its application_name): with
+/// archive_mode off, the backup's WAL may then still reach a repository (awaited until
+/// --wal-timeout, as any).
+async fn receiver_streams(session: &Session) -> bool {
+    let sql = format!(
+        "SELECT count(*)::text FROM pg_stat_replication WHERE application_name = '{}' \
+         AND state = 'streaming'",
+        crate::commands::receive_wal::APPLICATION_NAME
+    );
+    match session.text("looking for pitr receive-wal", &sql).await {
+        Ok(count) if count != "0" => {
+            tracing::info!(
+                "archive_mode is off, but pitr receive-wal streams from the server: the \
+                 backup waits for its WAL from it"
+            );
+            true
+        }
+        Ok(_) => false,
+        Err(e) => {
+            tracing::debug!("{e}");
+            false
+        }
     }
 }
 
@@ -498,6 +539,7 @@ async fn backup_claimed(
         pgdata,
         identity,
         archiver_before,
+        receiver_only,
         start_time,
     } = prepared;
     let label = format!("pitr backup {id}");
@@ -598,7 +640,7 @@ async fn backup_claimed(
         WalFileName::parse(&stop_wal_segment).map_err(|e| Error::Server(e.to_string()))?;
     tracing::info!("backup {id} stopped at {stop_lsn} ({stop_wal_segment})");
     let mut awaited = vec![stop_segment];
-    if !from_standby {
+    if !from_standby && !receiver_only {
         let history = backup_history_file_name(awaited[0].timeline(), start_lsn, segment_size);
         awaited.push(WalFileName::parse(&history).map_err(|e| Error::Server(e.to_string()))?);
     }

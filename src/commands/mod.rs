@@ -18,6 +18,7 @@ pub mod notify;
 pub mod overview;
 pub mod pin;
 pub mod prefetch;
+pub mod receive_wal;
 pub mod restore;
 pub mod restore_table;
 pub mod run;

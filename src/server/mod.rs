@@ -433,7 +433,8 @@ impl Session {
             .query_one(sql, &[])
             .await
             .map_err(|e| sql_error(what, e))?;
-        Ok(row.get(0))
+        // A query of another type is pitr's bug: an error, not a panic.
+        row.try_get(0).map_err(|e| sql_error(what, e))
     }
 
     /// The server's entry in the version table; an unsupported server is an error.

@@ -26,6 +26,7 @@ mod outside_config;
 mod ownership;
 mod parsers_never_panic;
 mod prefetch;
+mod receive_wal;
 mod recovery_safety;
 mod recovery_window;
 mod remote_backup;

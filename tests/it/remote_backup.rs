@@ -12,7 +12,7 @@ use crate::common::*;
 
 const PASSWORD: &str = "Remote-pw-71c3a9";
 const WAIT: Duration = Duration::from_secs(60);
-const STATE: &str = "select count(*) || ':' || coalesce(md5(string_agg(id || ':' || v, ',' \
+pub(crate) const STATE: &str = "select count(*) || ':' || coalesce(md5(string_agg(id || ':' || v, ',' \
                      order by id)), '') from t";
 const FAR_STATE: &str = "select count(*) || ':' || sum(hashtext(v)) from far";
 
@@ -63,7 +63,7 @@ fn run_with_password(pitr: &Pitr, args: &[&str]) -> Output {
 }
 
 /// A phase of writes; returns the time after it committed and the table's state then.
-fn phase(cluster: &PgCluster, n: u32) -> (String, String) {
+pub(crate) fn phase(cluster: &PgCluster, n: u32) -> (String, String) {
     cluster.sql(&format!(
         "insert into t select g, 'phase{n}-' || md5(g::text) from generate_series({}, {}) g",
         n * 1000,
@@ -88,7 +88,7 @@ fn the_error_line(err: &str) -> &str {
     lines[0]
 }
 
-fn stdout(out: &Output) -> String {
+pub(crate) fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 

@@ -69,6 +69,8 @@ pub(super) struct Prepared {
     syntax: Syntax,
     identity: RepositoryIdentity,
     archiver_before: Option<ArchiverStats>,
+    /// archive_mode is off and `pitr receive-wal` brings the WAL (no backup history file).
+    receiver_only: bool,
     data_directory: Option<String>,
     /// Where the WAL comes from: streamed over a second connection, or the archive.
     stream_wal: bool,
@@ -129,9 +131,12 @@ pub(super) async fn prepare(
         tracing::info!("the backup's WAL comes through the server's archive_command");
     }
     // Streamed WAL needs no archiver; archived WAL needs one that works.
-    let archiver_before = match &session {
-        Some(session) if !stream_wal => check_archiving(session, interrupt).await?,
-        _ => None,
+    let (archiver_before, receiver_only) = match &session {
+        Some(session) if !stream_wal => {
+            let checked = check_archiving(session, interrupt).await?;
+            (checked.stats, checked.receiver_only)
+        }
+        _ => (None, false),
     };
     Ok(Prepared {
         connection,
@@ -139,6 +144,7 @@ pub(super) async fn prepare(
         syntax,
         identity,
         archiver_before,
+        receiver_only,
         data_directory,
         stream_wal,
         settings: settings.clone(),
@@ -183,6 +189,7 @@ pub(super) async fn backup_claimed(
         syntax,
         identity,
         archiver_before,
+        receiver_only,
         data_directory,
         stream_wal,
         settings,
@@ -340,7 +347,7 @@ pub(super) async fn backup_claimed(
     }
     let mut awaited = vec![stop_segment];
     // PostgreSQL writes a backup history file only where it archives.
-    if !from_standby && streamed.is_none() {
+    if !from_standby && streamed.is_none() && !receiver_only {
         let history = backup_history_file_name(timeline, start, segment_size);
         awaited.push(WalFileName::parse(&history).map_err(|e| Error::Server(e.to_string()))?);
     }

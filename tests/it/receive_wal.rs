@@ -1,0 +1,248 @@
+//! `pitr receive-wal` (issue 26): WAL streamed over a physical slot into the repository from
+//! a server that does not archive, restored to a time with exactly that moment's rows; kill
+//! -9 of the receiver during a workload loses nothing; 13, 15 and 18.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::common::*;
+use crate::remote_backup::{STATE, phase, stdout};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// A server of `bin` that does not archive (archive_mode off), with WAL senders; started,
+/// with the repository initialised from its data directory and the table `t`.
+fn streaming_cluster(dir: &TestDir, bin: &Path, pitr: &Pitr) -> PgCluster {
+    let mut cluster = PgCluster::initdb_with(dir, "pg", bin, &[]);
+    cluster.configure("max_wal_senders = 4\nmax_replication_slots = 4\n");
+    cluster.start();
+    let out = pitr.run(["init", "--pgdata", cluster.data.to_str().unwrap()]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    cluster.sql("create table t (id int primary key, v text)");
+    cluster
+}
+
+/// `pitr receive-wal` as the postgres user, run directly so that signals reach it.
+fn start_receiving(pitr: &Pitr, cluster: &PgCluster, spool: &Path) -> Child {
+    pitr.direct([
+        "-v",
+        "receive-wal",
+        "--dbname",
+        &cluster.conninfo("postgres"),
+        "--create-slot",
+        "--spool",
+        spool.to_str().unwrap(),
+        "--status-interval",
+        "1",
+    ])
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap()
+}
+
+/// Waits until the receiver streams (its slot then exists).
+fn wait_streaming(cluster: &PgCluster, receiver: &mut Child) {
+    let deadline = Instant::now() + WAIT;
+    while cluster.sql(
+        "select count(*) from pg_stat_replication where state = 'streaming' \
+         and application_name = 'pitr_receive_wal'",
+    ) != "1"
+    {
+        assert!(
+            receiver.try_wait().unwrap().is_none(),
+            "receive-wal ended early"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "receive-wal did not start streaming"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Ends the receiver as systemd does (SIGTERM): it flushes its spool and exits 0.
+fn stop_receiving(child: Child) -> String {
+    signal(&child, "TERM");
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let said = stdout(&out);
+    assert!(
+        said.contains("receive-wal stopped"),
+        "{said}{}",
+        stderr(&out)
+    );
+    stderr(&out)
+}
+
+fn signal(child: &Child, name: &str) {
+    run_ok(Command::new("kill").args([&format!("-{name}"), &child.id().to_string()]));
+}
+
+/// Waits until the repository holds `segment`, which only receive-wal stores.
+fn wait_stored(pitr: &Pitr, dir: &TestDir, segment: &str, receiver: &mut Child) {
+    let scratch = dir.subdir("fetched");
+    chown_to_postgres(&scratch);
+    let target = scratch.join(segment);
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let out = pitr
+            .command(["archive-get", segment, target.to_str().unwrap()])
+            .output()
+            .unwrap();
+        if code(&out) == 0 {
+            return;
+        }
+        assert!(
+            receiver.try_wait().unwrap().is_none(),
+            "receive-wal ended before {segment} was stored"
+        );
+        assert!(Instant::now() < deadline, "{segment} not stored in time");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// A local backup of a server that does not archive: it waits for its WAL, which the
+/// receiver stores.
+fn backup(pitr: &Pitr, cluster: &PgCluster) {
+    let out = pitr.run([
+        "backup",
+        "--pgdata",
+        cluster.data.to_str().unwrap(),
+        "--dbname",
+        &cluster.conninfo("postgres"),
+        "--wal-timeout",
+        "60",
+    ]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+}
+
+/// Completes the current segment; its name.
+fn switch(cluster: &PgCluster) -> String {
+    let segment = cluster.sql("select pg_walfile_name(pg_current_wal_lsn())");
+    cluster.sql("select pg_switch_wal()");
+    segment
+}
+
+/// Restores the newest backup to `time` and checks the table holds `state`.
+fn restore_to(pitr: &Pitr, dir: &TestDir, bin: &Path, time: &str, state: &str) {
+    let data = dir.path().join("restored");
+    let out = pitr.run([
+        "restore",
+        "--pgdata",
+        data.to_str().unwrap(),
+        "--target-time",
+        time,
+    ]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    chown_to_postgres(&data);
+    let mut restored = PgCluster::restored(dir, "sock-restored", data).with_bin(bin);
+    restored.start_with_env(&pitr.env);
+    restored.wait_paused(WAIT);
+    assert_eq!(restored.sql(STATE), state);
+    restored.stop();
+}
+
+/// Nothing archives: the backup's WAL and everything after it reach the repository through
+/// receive-wal alone; a restore to a time has exactly that moment's rows.
+fn streaming_alone_restores_to_a_time(major: u32, bin: &Path) {
+    let dir = TestDir::new(&format!("receive-wal-{major}"));
+    let repo = Repo::local(&dir);
+    let pitr = Pitr::install(&dir, &repo);
+    let mut cluster = streaming_cluster(&dir, bin, &pitr);
+    let spool = dir.subdir("spool");
+    chown_to_postgres(&spool);
+    let mut receiver = start_receiving(&pitr, &cluster, &spool);
+    wait_streaming(&cluster, &mut receiver);
+    assert_eq!(
+        cluster.sql(
+            "select slot_type || ':' || active from pg_replication_slots where slot_name = 'pitr'"
+        ),
+        "physical:true"
+    );
+    backup(&pitr, &cluster);
+    let (time, state) = phase(&cluster, 1);
+    phase(&cluster, 2);
+    let last = switch(&cluster);
+    wait_stored(&pitr, &dir, &last, &mut receiver);
+    // The slot follows what the spool holds: the server may recycle the stored segments.
+    let deadline = Instant::now() + WAIT;
+    while cluster.sql(&format!(
+        "select pg_walfile_name(restart_lsn) >= '{last}' from pg_replication_slots \
+         where slot_name = 'pitr'"
+    )) != "t"
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the slot did not advance to {last}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let said = stop_receiving(receiver);
+    assert!(said.contains(&format!("stored {last}")), "{said}");
+    cluster.stop();
+    restore_to(&pitr, &dir, bin, &time, &state);
+    let out = pitr.run(["verify"]);
+    assert_eq!(code(&out), 0, "{}{}", stdout(&out), stderr(&out));
+}
+
+#[test]
+fn streaming_alone_on_15() {
+    streaming_alone_restores_to_a_time(15, Path::new(PG_BIN));
+}
+
+#[test]
+fn streaming_alone_on_13() {
+    let Some(bin) = pg_bin_of(13) else { return };
+    streaming_alone_restores_to_a_time(13, &bin);
+}
+
+#[test]
+fn streaming_alone_on_18() {
+    let Some(bin) = pg_bin_of(18) else { return };
+    streaming_alone_restores_to_a_time(18, &bin);
+}
+
+/// kill -9 of the receiver at moments during a write workload, each time started again:
+/// it resumes from its spool, and a restore to a time after the last commit has every row.
+#[test]
+fn a_killed_receiver_resumes_and_loses_nothing() {
+    let dir = TestDir::new("receive-wal-kill");
+    let repo = Repo::local(&dir);
+    let pitr = Pitr::install(&dir, &repo);
+    let mut cluster = streaming_cluster(&dir, Path::new(PG_BIN), &pitr);
+    let spool = dir.subdir("spool");
+    chown_to_postgres(&spool);
+    let mut receiver = start_receiving(&pitr, &cluster, &spool);
+    wait_streaming(&cluster, &mut receiver);
+    backup(&pitr, &cluster);
+    for round in 1..=4u32 {
+        // Writes, part of a segment switched out, then more writes mid-segment.
+        phase(&cluster, round * 2);
+        if round % 2 == 0 {
+            switch(&cluster);
+        }
+        phase(&cluster, round * 2 + 1);
+        signal(&receiver, "KILL");
+        let _ = receiver.wait();
+        let left: Vec<PathBuf> = std::fs::read_dir(&spool)
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .collect();
+        assert!(
+            left.iter().all(|p| !p.to_string_lossy().ends_with(".tmp")),
+            "{left:?}"
+        );
+        receiver = start_receiving(&pitr, &cluster, &spool);
+    }
+    let (time, state) = phase(&cluster, 20);
+    // A commit after the target, for recovery to stop at it.
+    phase(&cluster, 21);
+    let last = switch(&cluster);
+    wait_stored(&pitr, &dir, &last, &mut receiver);
+    stop_receiving(receiver);
+    cluster.stop();
+    restore_to(&pitr, &dir, Path::new(PG_BIN), &time, &state);
+}
