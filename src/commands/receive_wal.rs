@@ -497,7 +497,11 @@ impl Receiver<'_> {
             // The old timeline's last segment, up to the switch: kept as PostgreSQL's
             // archiver keeps it at promotion.
             if let Some(open) = segment.take() {
-                drop(open.file);
+                // Full size, zeros after the switch point, as PostgreSQL writes a `.partial`.
+                open.file
+                    .set_len(size)
+                    .and_then(|()| open.file.sync_all())
+                    .map_err(|e| Error::local_io(open.path.display(), e))?;
                 self.queue.push_back(open.path);
             }
             while let Some(path) = self.queue.front().cloned() {

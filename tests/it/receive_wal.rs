@@ -94,10 +94,14 @@ fn wait_stored(pitr: &Pitr, dir: &TestDir, segment: &str, receiver: &mut Child) 
         if code(&out) == 0 {
             return;
         }
-        assert!(
-            receiver.try_wait().unwrap().is_none(),
-            "receive-wal ended before {segment} was stored"
-        );
+        if let Some(status) = receiver.try_wait().unwrap() {
+            let mut said = String::new();
+            if let Some(mut err) = receiver.stderr.take() {
+                use std::io::Read;
+                let _ = err.read_to_string(&mut said);
+            }
+            panic!("receive-wal ended ({status}) before {segment} was stored:\n{said}");
+        }
         assert!(Instant::now() < deadline, "{segment} not stored in time");
         std::thread::sleep(Duration::from_millis(200));
     }
@@ -244,5 +248,57 @@ fn a_killed_receiver_resumes_and_loses_nothing() {
     wait_stored(&pitr, &dir, &last, &mut receiver);
     stop_receiving(receiver);
     cluster.stop();
+    restore_to(&pitr, &dir, Path::new(PG_BIN), &time, &state);
+}
+
+/// The receiver follows a standby; the standby is promoted: the stream goes on on timeline
+/// 2 (its history file stored, the old timeline's last segment kept as `.partial`), and a
+/// restore to a time on timeline 2 has that moment's rows.
+#[test]
+fn a_promotion_continues_on_the_next_timeline() {
+    let dir = TestDir::new("receive-wal-promotion");
+    let repo = Repo::local(&dir);
+    let pitr = Pitr::install(&dir, &repo);
+    let mut primary = streaming_cluster(&dir, Path::new(PG_BIN), &pitr);
+    // A self-contained backup: its WAL streamed by the backup itself.
+    let out = pitr.run([
+        "backup",
+        "--method",
+        "replication",
+        "--wal-method",
+        "stream",
+        "--dbname",
+        &primary.conninfo("postgres"),
+    ]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let mut standby = streaming_standby(&dir, &primary);
+    let spool = dir.subdir("spool");
+    chown_to_postgres(&spool);
+    let mut receiver = start_receiving(&pitr, &standby, &spool);
+    wait_streaming(&standby, &mut receiver);
+    phase(&primary, 1);
+    wait_replayed(&primary, &standby);
+    primary.stop();
+    standby.sql("select pg_promote()");
+    let deadline = Instant::now() + WAIT;
+    while standby.sql("select pg_is_in_recovery()") != "f" {
+        assert!(Instant::now() < deadline, "the standby was not promoted");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (time, state) = phase(&standby, 2);
+    phase(&standby, 3);
+    let last = switch(&standby);
+    assert!(last.starts_with("00000002"), "{last}");
+    wait_stored(&pitr, &dir, &last, &mut receiver);
+    wait_stored(&pitr, &dir, "00000002.history", &mut receiver);
+    let said = stop_receiving(receiver);
+    assert!(said.contains("following timeline 2"), "{said}");
+    // The old timeline's last segment, up to the switch, as PostgreSQL archives it.
+    assert!(
+        said.lines()
+            .any(|l| l.contains("stored 00000001") && l.ends_with(".partial")),
+        "{said}"
+    );
+    standby.stop();
     restore_to(&pitr, &dir, Path::new(PG_BIN), &time, &state);
 }

@@ -372,6 +372,23 @@ fn systemd_units_pass_systemd_analyze_verify() {
         units.push(dir.write(&format!("pitr-{name}.service"), service));
         units.push(dir.write(&format!("pitr-{name}.timer"), timer));
     }
+    // The receiver is a service of its own, no timer: started at boot, restarted on failure.
+    let receiver = std::fs::read_to_string(source.join("pitr-receive-wal.service")).unwrap();
+    for line in [
+        "Type=exec",
+        "User=postgres",
+        "Environment=PITR_CONFIG=/etc/pitr/pitr.toml",
+        "ExecStart=/usr/bin/pitr receive-wal --create-slot",
+        "Restart=on-failure",
+        "WantedBy=multi-user.target",
+    ] {
+        assert!(
+            receiver.lines().any(|l| l == line),
+            "pitr-receive-wal.service lacks {line}"
+        );
+    }
+    let receiver = receiver.replace("ExecStart=/usr/bin/pitr", &format!("ExecStart={exe}"));
+    units.push(dir.write("pitr-receive-wal.service", receiver));
     let verify = |units: &[std::path::PathBuf]| {
         Command::new("/usr/bin/systemd-analyze")
             .arg("verify")
