@@ -33,6 +33,7 @@ pub mod lock;
 pub mod replay;
 pub mod rollup;
 mod sealed;
+pub mod tail;
 pub mod wal;
 pub mod wal_index;
 

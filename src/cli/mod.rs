@@ -187,6 +187,11 @@ pub enum Command {
         /// server's wal_sender_timeout).
         #[arg(long, value_name = "SECONDS", default_value_t = 10)]
         status_interval: u64,
+        /// Seconds between uploads of the segment being filled (the repository's tail, which
+        /// restore and archive-get use after the primary's loss); 0: only when the stream
+        /// stops. The asynchronous receiver's RPO.
+        #[arg(long, value_name = "SECONDS", default_value_t = 10)]
+        partial_interval: u64,
     },
     /// Fetch one WAL file: restore_command = 'pitr --repo URL archive-get %f %p'.
     ArchiveGet {

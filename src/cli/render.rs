@@ -156,6 +156,7 @@ pub fn archive_get(report: &ArchiveGetReport) {
     let from = match report.source {
         GetSource::Repository { stored_len } => format!("{stored_len} stored"),
         GetSource::Spool => "the prefetch spool".to_owned(),
+        GetSource::Tail { end } => format!("the received tail, {end} bytes"),
     };
     tracing::info!(
         "restored {}: {} bytes from {from} in {:.1} ms",

@@ -78,6 +78,7 @@ async fn run_command(cli: Cli, settings: Result<Settings>) -> Result<u8> {
             spool,
             synchronous,
             status_interval,
+            partial_interval,
         } => {
             let spool = match spool {
                 Some(dir) => dir,
@@ -109,6 +110,8 @@ async fn run_command(cli: Cli, settings: Result<Settings>) -> Result<u8> {
                 spool,
                 synchronous,
                 status_interval: std::time::Duration::from_secs(status_interval),
+                partial_interval: (partial_interval > 0)
+                    .then(|| std::time::Duration::from_secs(partial_interval)),
             };
             let catalog = access.open().await?;
             let interrupt = crate::interrupt::Interrupt::listen();

@@ -45,6 +45,9 @@ pub enum GetSource {
     Repository { stored_len: u64 },
     /// Renamed from the get spool, where the prefetcher had put it.
     Spool,
+    /// Not archived whole: the tail `pitr receive-wal` uploaded, its first `end` bytes,
+    /// zeros after them (where recovery finds the end of the WAL).
+    Tail { end: u64 },
 }
 
 #[derive(Debug)]
@@ -146,7 +149,7 @@ pub async fn archive_get(
     let dir = wal_dir_of(&dest);
     // What a killed archive-get left in pg_wal goes first (each is a preallocated segment).
     crate::staging::remove_leftovers(&dir, STAGING_PREFIX, true);
-    let (staged, fetched) = fetch_verified(
+    let fetched = fetch_verified(
         catalog,
         &name,
         &dir,
@@ -154,7 +157,22 @@ pub async fn archive_get(
         expected_len,
         &dest.display().to_string(),
     )
-    .await?;
+    .await;
+    let (staged, fetched) = match fetched {
+        Err(Error::NotFound {
+            name: missing,
+            location,
+        }) => match fetch_tail(catalog, &name, &dir, identity.wal_segment_size, &dest).await? {
+            Some(served) => return Ok(served(started)),
+            None => {
+                return Err(Error::NotFound {
+                    name: missing,
+                    location,
+                });
+            }
+        },
+        other => other?,
+    };
     // Whole before it appears. Not synced: PostgreSQL makes durable what it keeps
     // (durable_rename in KeepFileRestoredFromArchive) and, after a crash, asks again for what
     // it had not kept (pgBackRest skips the sync for the same reason).
@@ -315,6 +333,57 @@ pub async fn fetch_verified(
             crc32: writer.crc32c,
         },
     ))
+}
+
+/// A segment not archived whole, from the newest tail receive-wal uploaded of it: its bytes,
+/// then zeros to the segment's size (PostgreSQL refuses a short file from the archive, and
+/// reads the zeros as the end of the WAL). None without a tail.
+async fn fetch_tail(
+    catalog: &Catalog,
+    name: &WalFileName,
+    dir: &Path,
+    segment_size: u64,
+    dest: &Path,
+) -> Result<Option<impl FnOnce(Instant) -> ArchiveGetReport + use<>>> {
+    if name.kind() != crate::pg::WalFileKind::Segment {
+        return Ok(None);
+    }
+    let Some(tail) = catalog.newest_tail(name).await? else {
+        return Ok(None);
+    };
+    let staged = staging_file(dir, STAGING_PREFIX)?;
+    preallocate(staged.as_file(), segment_size);
+    let local = dest.display().to_string();
+    let (staged, decoded) = catalog.fetch_tail(&tail, &local, staged).await?;
+    if decoded.original_len != tail.end || tail.end > segment_size {
+        return Err(Error::Corrupt {
+            what: format!("the received tail of {name}"),
+            location: catalog.location(),
+            reason: format!(
+                "it holds {} bytes, its key says {}",
+                decoded.original_len, tail.end
+            ),
+        });
+    }
+    staged
+        .as_file()
+        .set_len(segment_size)
+        .map_err(|e| Error::local_io(dest.display(), e))?;
+    staged
+        .persist(dest)
+        .map_err(|e| Error::local_io(dest.display(), e.error))?;
+    tracing::warn!(
+        "{name} is not archived whole: served the tail pitr receive-wal uploaded, its first {} \
+         bytes (recovery ends where they end)",
+        tail.end
+    );
+    let name = name.to_string();
+    Ok(Some(move |started: Instant| ArchiveGetReport {
+        name,
+        len: segment_size,
+        source: GetSource::Tail { end: tail.end },
+        elapsed: started.elapsed(),
+    }))
 }
 
 fn staging_file(dir: &Path, prefix: &str) -> Result<NamedTempFile> {

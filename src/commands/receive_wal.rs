@@ -63,6 +63,9 @@ pub struct ReceiveWalOptions {
     pub synchronous: bool,
     /// How often the position is reported when nothing else prompts it.
     pub status_interval: Duration,
+    /// How often the segment being filled is uploaded as the repository's tail (and when
+    /// the stream stops); None: only when the stream stops.
+    pub partial_interval: Option<Duration>,
 }
 
 #[derive(Debug, Default)]
@@ -96,6 +99,7 @@ pub async fn receive_wal(
         identity,
         report: ReceiveWalReport::default(),
         queue: VecDeque::new(),
+        tail_uploaded: None,
     };
     let mut backoff = Duration::from_secs(1);
     loop {
@@ -103,8 +107,14 @@ pub async fn receive_wal(
         match receiver.session(&settings, interrupt).await {
             Ok(Ended::Stopped) => return Ok(receiver.report),
             Ok(Ended::Progressed) => backoff = Duration::from_secs(1),
-            Err(e) if permanent(&e) => return Err(e),
+            Err(e) if permanent(&e) => {
+                receiver.upload_tail().await;
+                return Err(e);
+            }
             Err(e) => {
+                // The server may be gone for good: what the spool holds goes to the
+                // repository now.
+                receiver.upload_tail().await;
                 tracing::warn!(
                     "receive-wal: {e}; connecting again in {}s",
                     backoff.as_secs()
@@ -141,6 +151,8 @@ struct Receiver<'a> {
     report: ReceiveWalReport,
     /// Completed files in the spool, in the order they are stored.
     queue: VecDeque<PathBuf>,
+    /// The segment and length of the last tail uploaded.
+    tail_uploaded: Option<(WalFileName, u64)>,
 }
 
 /// The segment being written in the spool.
@@ -339,6 +351,53 @@ impl Receiver<'_> {
         Ok(())
     }
 
+    /// Uploads the spool's partial segment as the repository's tail, when it grew since the
+    /// last upload, then removes the shorter tails it supersedes. Best effort: a failure is
+    /// logged, and the next upload or the whole segment makes up for it.
+    async fn upload_tail(&mut self) {
+        let partial = match self.partial_in_spool() {
+            Ok(Some(partial)) => partial,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::warn!("receive-wal: the tail: {e}");
+                return;
+            }
+        };
+        let (segment, path) = partial;
+        let len = std::fs::metadata(&path).map_or(0, |m| m.len());
+        if len == 0 || self.tail_uploaded.as_ref() == Some(&(segment.clone(), len)) {
+            return;
+        }
+        match self.catalog.store_tail(&segment, &path).await {
+            Ok(stored) => {
+                tracing::info!(
+                    "receive-wal: uploaded the tail of {segment}, {} bytes",
+                    stored.end
+                );
+                self.tail_uploaded = Some((segment.clone(), stored.end));
+                self.remove_tails(&segment, Some(stored.end)).await;
+            }
+            Err(e) => tracing::warn!("receive-wal: uploading the tail of {segment}: {e}"),
+        }
+    }
+
+    /// Removes `segment`'s tails shorter than `below` (all of them without).
+    async fn remove_tails(&self, segment: &WalFileName, below: Option<u64>) {
+        let redundant: Vec<_> = match self.catalog.tails().await {
+            Ok(tails) => tails
+                .into_iter()
+                .filter(|t| t.segment == *segment && below.is_none_or(|end| t.end < end))
+                .collect(),
+            Err(e) => {
+                tracing::warn!("receive-wal: listing the tails: {e}");
+                return;
+            }
+        };
+        if let Err(e) = self.catalog.delete_tails(&redundant).await {
+            tracing::warn!("receive-wal: removing superseded tails of {segment}: {e}");
+        }
+    }
+
     /// Stores one completed file as archive-push does, then removes it from the spool.
     async fn store(&mut self, path: &Path) -> Result<()> {
         match archive_push(
@@ -351,6 +410,13 @@ impl Receiver<'_> {
                 tracing::info!("receive-wal: stored {}", report.name);
                 self.report.stored += 1;
                 std::fs::remove_file(path).map_err(|e| Error::local_io(path.display(), e))?;
+                // The whole segment (or the old timeline's .partial) supersedes its tails.
+                let stem = report.name.trim_end_matches(PARTIAL);
+                if let Ok(segment) = WalFileName::parse(stem)
+                    && segment.kind() == crate::pg::WalFileKind::Segment
+                {
+                    self.remove_tails(&segment, None).await;
+                }
                 Ok(())
             }
             Err(Error::Conflict { name, location }) => {
@@ -398,6 +464,13 @@ impl Receiver<'_> {
                 tokio::time::Instant::now() + self.options.status_interval,
                 self.options.status_interval,
             );
+            let mut tail_every = self.options.partial_interval.map(|every| {
+                let mut timer =
+                    tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+                // After a long store, one upload, not a burst.
+                timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                timer
+            });
             // Ends with the next timeline's number and start, when the server ends the
             // stream at a timeline switch.
             let switched = loop {
@@ -406,6 +479,7 @@ impl Receiver<'_> {
                     signal = interrupt.wait() => {
                         let _ = signal;
                         self.flush_and_report(connection, &mut segment, &mut position).await?;
+                        self.upload_tail().await;
                         return Ok(Ended::Stopped);
                     }
                     event = connection.next_event() => event?,
@@ -419,6 +493,10 @@ impl Receiver<'_> {
                     }
                     _ = status.tick() => {
                         send_status(connection, &position).await?;
+                        continue;
+                    }
+                    _ = tick(&mut tail_every) => {
+                        self.upload_tail().await;
                         continue;
                     }
                 };
@@ -564,10 +642,13 @@ impl Receiver<'_> {
         let name = WalFileName::segment(timeline, at.segment_number(size), size)
             .ok_or_else(|| Error::Server(format!("no segment holds {at}")))?;
         let path = self.options.spool.join(format!("{name}{PARTIAL}"));
+        // From a segment's start (always, but at a timeline switch inside one), the file is
+        // written anew: its length is then what was received, which its tail uploads. The
+        // server still has the segment: the slot holds the one its restart point is in.
         let mut file = OpenOptions::new()
             .create(true)
             .write(true)
-            .truncate(false)
+            .truncate(at.0 % size == 0)
             .open(&path)
             .map_err(|e| Error::local_io(path.display(), e))?;
         file.seek(SeekFrom::Start(at.0 % size))
@@ -631,6 +712,16 @@ fn parse_next_timeline(rows: &[Vec<Option<String>>]) -> Result<(u32, Lsn)> {
         .and_then(|l| l.parse::<Lsn>().ok())
         .ok_or_else(bad)?;
     Ok((timeline, start))
+}
+
+/// The timer's next tick; never without one.
+async fn tick(timer: &mut Option<tokio::time::Interval>) {
+    match timer {
+        Some(timer) => {
+            timer.tick().await;
+        }
+        None => std::future::pending().await,
+    }
 }
 
 async fn send_status(connection: &mut ReplicationConnection, position: &Position) -> Result<()> {

@@ -302,3 +302,125 @@ fn a_promotion_continues_on_the_next_timeline() {
     standby.stop();
     restore_to(&pitr, &dir, Path::new(PG_BIN), &time, &state);
 }
+
+/// The primary's host is lost under a write workload (immediate stop, data directory
+/// removed). Asynchronous: the acknowledged commits missing from a restore of the newest
+/// state are at most those of the last `--partial-interval`. Synchronous (the receiver in
+/// synchronous_standby_names, `--synchronous`): none is missing.
+fn losing_the_primary(synchronous: bool) {
+    let dir = TestDir::new(if synchronous {
+        "receive-wal-sync"
+    } else {
+        "receive-wal-async"
+    });
+    let repo = Repo::local(&dir);
+    let pitr = Pitr::install(&dir, &repo);
+    let cluster = streaming_cluster(&dir, Path::new(PG_BIN), &pitr);
+    let spool = dir.subdir("spool");
+    chown_to_postgres(&spool);
+    let mut args = vec![
+        "-v".to_owned(),
+        "receive-wal".into(),
+        "--dbname".into(),
+        cluster.conninfo("postgres"),
+        "--create-slot".into(),
+        "--spool".into(),
+        spool.display().to_string(),
+        "--partial-interval".into(),
+        "1".into(),
+    ];
+    if synchronous {
+        args.push("--synchronous".into());
+    }
+    let mut receiver = pitr
+        .direct(&args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_streaming(&cluster, &mut receiver);
+    backup(&pitr, &cluster);
+    if synchronous {
+        cluster.sql("alter system set synchronous_standby_names = 'pitr_receive_wal'");
+        cluster.sql("select pg_reload_conf()");
+        let deadline = Instant::now() + WAIT;
+        while cluster.sql("select sync_state from pg_stat_replication") != "sync" {
+            assert!(
+                Instant::now() < deadline,
+                "the receiver did not become synchronous"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    cluster
+        .sql("create table acked (id int primary key, at timestamptz default clock_timestamp())");
+    // Each insert its own transaction; acknowledged when psql returned.
+    let mut acked: Vec<(u32, Instant)> = Vec::new();
+    let started = Instant::now();
+    let mut id = 0;
+    while started.elapsed() < Duration::from_secs(4) {
+        id += 1;
+        cluster.sql(&format!("insert into acked (id) values ({id})"));
+        acked.push((id, Instant::now()));
+    }
+    // The host is lost: no shutdown checkpoint, nothing of the data directory left.
+    let lost_at = Instant::now();
+    run_ok(
+        as_postgres(cluster.bin.join("pg_ctl"))
+            .args(["-w", "-m", "immediate", "-D"])
+            .arg(&cluster.data)
+            .arg("stop"),
+    );
+    std::fs::remove_dir_all(&cluster.data).unwrap();
+    // The receiver notices, uploads what its spool holds, and keeps trying to reconnect.
+    std::thread::sleep(Duration::from_secs(2));
+    let said = stop_receiving(receiver);
+    assert!(said.contains("uploaded the tail of"), "{said}");
+
+    let data = dir.path().join("restored");
+    let out = pitr.run(["restore", "--pgdata", data.to_str().unwrap()]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    chown_to_postgres(&data);
+    let mut restored = PgCluster::restored(&dir, "sock-restored", data);
+    restored.start_with_env(&pitr.env);
+    restored.wait_promoted(WAIT);
+    let present: std::collections::BTreeSet<u32> = restored
+        .sql("select coalesce(string_agg(id::text, ',' order by id), '') from acked")
+        .split(',')
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse().unwrap())
+        .collect();
+    restored.stop();
+    let missing: Vec<&(u32, Instant)> = acked
+        .iter()
+        .filter(|(id, _)| !present.contains(id))
+        .collect();
+    assert!(acked.len() > 20, "only {} commits", acked.len());
+    if synchronous {
+        assert!(
+            missing.is_empty(),
+            "{} of {} acknowledged commits lost",
+            missing.len(),
+            acked.len()
+        );
+    } else {
+        // Only the last interval's may be missing.
+        for (id, at) in &missing {
+            assert!(
+                lost_at.duration_since(*at) <= Duration::from_secs(1),
+                "commit {id}, acknowledged {:?} before the loss, is missing",
+                lost_at.duration_since(*at)
+            );
+        }
+    }
+}
+
+#[test]
+fn losing_the_primary_asynchronous() {
+    losing_the_primary(false);
+}
+
+#[test]
+fn losing_the_primary_synchronous() {
+    losing_the_primary(true);
+}
