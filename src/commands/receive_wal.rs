@@ -103,8 +103,12 @@ pub async fn receive_wal(
     };
     let mut backoff = Duration::from_secs(1);
     loop {
-        receiver.store_completed(interrupt).await?;
-        match receiver.session(&settings, interrupt).await {
+        // What the spool holds first; a store that fails is retried as a connection is.
+        let outcome = match receiver.store_completed(interrupt).await {
+            Ok(()) => receiver.session(&settings, interrupt).await,
+            Err(e) => Err(e),
+        };
+        match outcome {
             Ok(Ended::Stopped) => return Ok(receiver.report),
             Ok(Ended::Progressed) => backoff = Duration::from_secs(1),
             Err(e) if permanent(&e) => {
@@ -482,7 +486,9 @@ impl Receiver<'_> {
                         self.upload_tail().await;
                         return Ok(Ended::Stopped);
                     }
-                    event = connection.next_event() => event?,
+                    event = connection.next_event() => {
+                        event.map_err(|e| stream_refused(e, &self.options.slot))?
+                    }
                     _ = std::future::ready(()), if unflushed => {
                         self.flush(&mut segment, &mut position)?;
                         unflushed = false;
@@ -712,6 +718,18 @@ fn parse_next_timeline(rows: &[Vec<Option<String>>]) -> Result<(u32, Lsn)> {
         .and_then(|l| l.parse::<Lsn>().ok())
         .ok_or_else(bad)?;
     Ok((timeline, start))
+}
+
+/// An error of the stream; a missing slot (13/14, where it is not read first) is the user's
+/// to fix, not a connection's to retry.
+fn stream_refused(error: ReplicationError, slot: &str) -> Error {
+    match error {
+        ReplicationError::Server(e) if e.code == "42704" => Error::Config(format!(
+            "the replication slot {slot} does not exist: add --create-slot, or create it with \
+             SELECT pg_create_physical_replication_slot('{slot}', true)"
+        )),
+        other => other.into(),
+    }
 }
 
 /// The timer's next tick; never without one.

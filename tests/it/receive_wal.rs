@@ -424,3 +424,45 @@ fn losing_the_primary_asynchronous() {
 fn losing_the_primary_synchronous() {
     losing_the_primary(true);
 }
+
+/// Without --create-slot, a missing slot ends the receiver at once with one line naming the
+/// fix: read first on 15+, refused by START_REPLICATION on 13/14.
+fn a_missing_slot_is_named(major: u32, bin: &Path) {
+    let dir = TestDir::new(&format!("receive-wal-noslot-{major}"));
+    let repo = Repo::local(&dir);
+    let pitr = Pitr::install(&dir, &repo);
+    let cluster = streaming_cluster(&dir, bin, &pitr);
+    let spool = dir.subdir("spool");
+    chown_to_postgres(&spool);
+    let out = pitr
+        .command([
+            "receive-wal",
+            "--dbname",
+            &cluster.conninfo("postgres"),
+            "--slot",
+            "missing",
+            "--spool",
+            spool.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 2, "{}", stderr(&out));
+    let err = stderr(&out);
+    let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("pitr ")).collect();
+    assert_eq!(lines.len(), 1, "{err}");
+    assert!(
+        lines[0].contains("the replication slot missing does not exist: add --create-slot"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_missing_slot_is_named_on_15() {
+    a_missing_slot_is_named(15, Path::new(PG_BIN));
+}
+
+#[test]
+fn a_missing_slot_is_named_on_13() {
+    let Some(bin) = pg_bin_of(13) else { return };
+    a_missing_slot_is_named(13, &bin);
+}
