@@ -50,6 +50,15 @@ impl CheckState {
         }
     }
 
+    /// The worse of the two.
+    fn max_severity(self, other: CheckState) -> CheckState {
+        if other.severity() > self.severity() {
+            other
+        } else {
+            self
+        }
+    }
+
     /// Which state wins overall: CRITICAL, then WARNING, then UNKNOWN.
     fn severity(self) -> u8 {
         match self {
@@ -272,6 +281,24 @@ pub struct ServerFacts {
     /// Segments between the newest archived one and the last complete one.
     pub segments_behind: Option<u64>,
     pub archiver: Option<ArchiverStats>,
+    /// The slots of `pitr receive-wal` (the one its application_name streams from, or one
+    /// named `pitr`).
+    pub receivers: Vec<ReceiverSlot>,
+}
+
+/// A receiver's slot as the server sees it.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ReceiverSlot {
+    pub slot: String,
+    /// A receiver streams from it now.
+    pub active: bool,
+    /// `pg_replication_slots.wal_status`: `lost` once the server removed WAL the slot
+    /// needed (`max_slot_wal_keep_size`), `unreserved` just before.
+    pub wal_status: String,
+    /// WAL written but not yet flushed by the receiver, in bytes.
+    pub behind_bytes: Option<u64>,
+    /// `pg_stat_replication.flush_lag`.
+    pub flush_lag: Option<Duration>,
 }
 
 /// What `--switch-wal` saw.
@@ -464,6 +491,13 @@ pub fn evaluate(facts: &CheckFacts, thresholds: &CheckThresholds) -> CheckReport
             });
         }
         _ => {}
+    }
+
+    // pitr receive-wal's slots.
+    if let Some(Ok(server)) = &facts.server {
+        for slot in &server.receivers {
+            checks.push(receiver_result(slot, &thresholds.archive_lag));
+        }
     }
 
     // How many backups.
@@ -663,7 +697,97 @@ async fn server_facts(
         }
     }
     facts.archiver = Some(session.archiver_stats().await?);
+    facts.receivers = receiver_slots(session).await?;
     Ok(facts)
+}
+
+/// The slots `pitr receive-wal` streams from (or would: one named `pitr`).
+async fn receiver_slots(session: &Session) -> Result<Vec<ReceiverSlot>> {
+    let sql = format!(
+        "SELECT coalesce(string_agg(concat_ws('|', s.slot_name, s.active::text, \
+         coalesce(s.wal_status, ''), \
+         coalesce((CASE WHEN pg_is_in_recovery() THEN pg_last_wal_receive_lsn() \
+         ELSE pg_current_wal_lsn() END - r.flush_lsn)::bigint::text, ''), \
+         coalesce(extract(epoch FROM r.flush_lag)::text, '')), E'\\n'), '') \
+         FROM pg_replication_slots s LEFT JOIN pg_stat_replication r ON r.pid = s.active_pid \
+         WHERE s.slot_type = 'physical' \
+         AND (r.application_name = '{}' OR s.slot_name = 'pitr')",
+        crate::commands::receive_wal::APPLICATION_NAME
+    );
+    let text = session.text("reading the replication slots", &sql).await?;
+    Ok(text.lines().filter_map(parse_receiver_slot).collect())
+}
+
+fn parse_receiver_slot(line: &str) -> Option<ReceiverSlot> {
+    let mut fields = line.split('|');
+    let slot = fields.next()?.to_owned();
+    let active = fields.next()? == "true";
+    let wal_status = fields.next()?.to_owned();
+    let behind_bytes = fields
+        .next()
+        .and_then(|b| b.parse::<i64>().ok())
+        .map(|b| b.max(0).unsigned_abs());
+    let flush_lag = fields
+        .next()
+        .and_then(|s| s.parse::<f64>().ok())
+        .and_then(|s| Duration::try_from_secs_f64(s).ok());
+    Some(ReceiverSlot {
+        slot,
+        active,
+        wal_status,
+        behind_bytes,
+        flush_lag,
+    })
+}
+
+/// The state of a receiver's slot: a lost slot is a gap in the archive, a slot nothing
+/// streams from keeps WAL on the server and the repository behind.
+fn receiver_result(slot: &ReceiverSlot, archive_lag: &Limits<Duration>) -> CheckResult {
+    let name = &slot.slot;
+    let (state, detail) = if slot.wal_status == "lost" {
+        (
+            CheckState::Critical,
+            format!(
+                "the slot {name} lost WAL pitr receive-wal had not received \
+                 (max_slot_wal_keep_size): the archive has a gap from there; take a new backup \
+                 (pitr backup), then recreate the slot (drop it; receive-wal --create-slot)"
+            ),
+        )
+    } else if !slot.active {
+        (
+            CheckState::Warning,
+            format!(
+                "no pitr receive-wal streams from the slot {name}: the repository falls \
+                 behind and the server keeps its WAL meanwhile (start the receiver: systemctl \
+                 start pitr-receive-wal)"
+            ),
+        )
+    } else {
+        let lag = slot.flush_lag.unwrap_or(Duration::ZERO);
+        let mut state = archive_lag.age_state(lag);
+        if slot.wal_status == "unreserved" {
+            state = CheckState::Warning.max_severity(state);
+        }
+        (
+            state,
+            format!(
+                "pitr receive-wal streams from the slot {name}: {} bytes behind, flush lag {}{}",
+                slot.behind_bytes.unwrap_or(0),
+                human(lag),
+                if slot.wal_status == "unreserved" {
+                    "; the server is about to remove WAL the slot holds (wal_status unreserved)"
+                } else {
+                    ""
+                }
+            ),
+        )
+    };
+    CheckResult {
+        name: "receiver",
+        state,
+        detail,
+        value: slot.behind_bytes.map(|b| b as f64),
+    }
 }
 
 /// The timeline and segment number of `TIMELINE|LSN`. The segment holding the LSN

@@ -136,7 +136,10 @@ pub async fn receive_wal(
 fn permanent(error: &Error) -> bool {
     matches!(
         error,
-        Error::Config(_) | Error::WrongRepository(_) | Error::Conflict { .. }
+        Error::Config(_)
+            | Error::WrongRepository(_)
+            | Error::Conflict { .. }
+            | Error::Incomplete(_)
     )
 }
 
@@ -724,6 +727,16 @@ fn parse_next_timeline(rows: &[Vec<Option<String>>]) -> Result<(u32, Lsn)> {
 /// to fix, not a connection's to retry.
 fn stream_refused(error: ReplicationError, slot: &str) -> Error {
     match error {
+        // The slot was invalidated, or the WAL it should have held is gone: a gap that no
+        // retry fills.
+        ReplicationError::Server(e) if e.code == "55000" || e.code == "58P01" => {
+            Error::Incomplete(format!(
+                "the server no longer has the WAL to stream from the slot {slot} ({}): the \
+                 archive has a gap from there; take a new backup (pitr backup), drop the \
+                 slot and start receive-wal again with --create-slot",
+                e.message
+            ))
+        }
         ReplicationError::Server(e) if e.code == "42704" => Error::Config(format!(
             "the replication slot {slot} does not exist: add --create-slot, or create it with \
              SELECT pg_create_physical_replication_slot('{slot}', true)"

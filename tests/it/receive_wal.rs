@@ -466,3 +466,76 @@ fn a_missing_slot_is_named_on_13() {
     let Some(bin) = pg_bin_of(13) else { return };
     a_missing_slot_is_named(13, &bin);
 }
+
+/// `pitr check` reports the receiver: OK while it streams, WARNING once it stopped (the
+/// slot kept), CRITICAL with the instruction to take a new backup once the server removed
+/// WAL the slot needed (max_slot_wal_keep_size); the receiver then ends with one line.
+#[test]
+fn check_reports_the_receiver_and_a_lost_slot() {
+    let dir = TestDir::new("receive-wal-check");
+    let repo = Repo::local(&dir);
+    let pitr = Pitr::install(&dir, &repo);
+    let cluster = streaming_cluster(&dir, Path::new(PG_BIN), &pitr);
+    cluster.configure(
+        "max_slot_wal_keep_size = '32MB'\nmax_wal_size = '64MB'\nmin_wal_size = '32MB'\n",
+    );
+    cluster.sql("select pg_reload_conf()");
+    let spool = dir.subdir("spool");
+    chown_to_postgres(&spool);
+    let mut receiver = start_receiving(&pitr, &cluster, &spool);
+    wait_streaming(&cluster, &mut receiver);
+    backup(&pitr, &cluster);
+    let check = |expected: i32, line: &str| {
+        let out = pitr
+            .command(["check", "--dbname", &cluster.conninfo("postgres")])
+            .env("PITR_CHECK_VERIFY_AGE", "off")
+            .output()
+            .unwrap();
+        let said = stdout(&out);
+        let receiver_line = said
+            .lines()
+            .find(|l| l.contains("receiver"))
+            .unwrap_or_else(|| panic!("no receiver line:\n{said}"))
+            .to_owned();
+        assert!(receiver_line.contains(line), "{said}");
+        assert_eq!(code(&out), expected, "{said}{}", stderr(&out));
+        receiver_line
+    };
+    let streaming = check(0, "streams from the slot pitr");
+    assert!(
+        streaming.starts_with("OK") || streaming.contains("OK"),
+        "{streaming}"
+    );
+    stop_receiving(receiver);
+    check(1, "no pitr receive-wal streams from the slot pitr");
+    // Past max_slot_wal_keep_size with nothing streaming: the checkpoint invalidates the slot.
+    for _ in 0..4 {
+        cluster.sql("insert into t select g, md5(g::text) from generate_series(1, 100000) g on conflict do nothing");
+        cluster.sql("select pg_switch_wal()");
+        cluster.sql("delete from t");
+    }
+    cluster.sql("checkpoint");
+    assert_eq!(
+        cluster.sql("select wal_status from pg_replication_slots where slot_name = 'pitr'"),
+        "lost"
+    );
+    let lost = check(2, "lost WAL pitr receive-wal had not received");
+    assert!(lost.contains("take a new backup"), "{lost}");
+    // The receiver does not retry forever: one line, the same instruction.
+    let out = pitr
+        .command([
+            "receive-wal",
+            "--dbname",
+            &cluster.conninfo("postgres"),
+            "--spool",
+            spool.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 8, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("take a new backup"),
+        "{}",
+        stderr(&out)
+    );
+}
