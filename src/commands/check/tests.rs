@@ -181,6 +181,7 @@ fn the_server_settles_the_lag_and_a_failing_archiver_is_critical() {
         archiver: Some(ArchiverStats::parse(
             "7|0|000000010000000000000005|1795000000.5||",
         )),
+        receivers: Vec::new(),
     };
     let facts = CheckFacts {
         now: at(NOW),
@@ -201,6 +202,7 @@ fn the_server_settles_the_lag_and_a_failing_archiver_is_critical() {
         archiver: Some(ArchiverStats::parse(
             "7|3|000000010000000000000005|1795000000|000000010000000000000006|1795000100",
         )),
+        receivers: Vec::new(),
     };
     let facts = CheckFacts {
         now: at(NOW),
@@ -278,4 +280,33 @@ fn thresholds_come_from_the_config_file_under_the_same_names() {
         Some(Duration::from_secs(7 * 86_400))
     );
     assert_eq!(thresholds.switch_wal_timeout, Duration::from_secs(5));
+}
+
+#[test]
+fn a_receivers_slot_is_ok_streaming_warning_idle_critical_lost() {
+    let limits = thresholds().archive_lag;
+    let streaming = parse_receiver_slot("pitr|true|reserved|8192|0.25").unwrap();
+    assert_eq!(streaming.behind_bytes, Some(8192));
+    assert_eq!(streaming.flush_lag, Some(Duration::from_millis(250)));
+    assert_eq!(receiver_result(&streaming, &limits).state, CheckState::Ok);
+    let idle = parse_receiver_slot("pitr|false|extended||").unwrap();
+    assert_eq!((idle.behind_bytes, idle.flush_lag), (None, None));
+    assert_eq!(receiver_result(&idle, &limits).state, CheckState::Warning);
+    let lost = parse_receiver_slot("pitr|false|lost||").unwrap();
+    let result = receiver_result(&lost, &limits);
+    assert_eq!(result.state, CheckState::Critical);
+    assert!(
+        result.detail.contains("take a new backup"),
+        "{}",
+        result.detail
+    );
+    let unreserved = parse_receiver_slot("pitr|true|unreserved|0|0").unwrap();
+    assert_eq!(
+        receiver_result(&unreserved, &limits).state,
+        CheckState::Warning
+    );
+    // Lagging beyond the archive lag's limits: as archiving would be.
+    let slow = parse_receiver_slot("pitr|true|reserved|1|7200").unwrap();
+    assert_eq!(receiver_result(&slow, &limits).state, CheckState::Critical);
+    assert!(parse_receiver_slot("pitr").is_none());
 }
