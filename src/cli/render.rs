@@ -466,6 +466,13 @@ pub fn list(report: &ListReport, as_json: bool) {
             w.timeline, w.first_segment, w.last_segment
         );
     }
+    for t in &report.tails {
+        println!(
+            "wal tail timeline {}: {} up to {} ({} bytes received by pitr receive-wal; restore \
+             without a target replays it)",
+            t.timeline, t.segment, t.end_lsn, t.bytes
+        );
+    }
     for w in &report.recovery_window {
         println!(
             "recovery window timeline {}: {} .. {}",

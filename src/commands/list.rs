@@ -20,6 +20,9 @@ pub struct ListReport {
     /// Backups whose manifest is damaged: they cannot be restored (see `pitr verify`).
     pub damaged_backups: Vec<DamagedBackup>,
     pub wal: Vec<WalRange>,
+    /// Segments `pitr receive-wal` is filling: their newest tail, where the segment is not
+    /// archived whole yet.
+    pub tails: Vec<WalTail>,
     pub recovery_window: Vec<RecoveryWindow>,
     /// Timelines with a history file but no backup taken on them or after them, other than
     /// the newest backup's: a restored copy that archived here leaves one.
@@ -55,6 +58,16 @@ pub struct WalRange {
     pub last_segment: String,
     /// Stored bytes of the timeline's segments and partial segments.
     pub stored_bytes: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct WalTail {
+    pub timeline: u32,
+    pub segment: String,
+    /// The segment's bytes it holds.
+    pub bytes: u64,
+    /// The LSN where it ends.
+    pub end_lsn: String,
 }
 
 /// Times a restore can target on one timeline, RFC 3339 UTC.
@@ -118,10 +131,33 @@ pub async fn list(catalog: &Catalog, options: &ListOptions) -> Result<ListReport
             });
         }
     }
+    // The newest tail of each segment not archived whole (a tail left beside a whole
+    // segment is only waiting for its removal).
+    let mut tails: Vec<WalTail> = Vec::new();
+    for tail in catalog.tails().await? {
+        let Some(segno) = tail.segment.segment_number(view.segment_size) else {
+            continue;
+        };
+        if view.file(tail.segment.timeline(), segno).is_some() {
+            continue;
+        }
+        let entry = WalTail {
+            timeline: tail.segment.timeline(),
+            segment: tail.segment.to_string(),
+            bytes: tail.end,
+            end_lsn: crate::pg::Lsn(segno * view.segment_size + tail.end).to_string(),
+        };
+        // Sorted by segment, then length: the last of a segment is its newest.
+        match tails.last_mut() {
+            Some(last) if last.segment == entry.segment => *last = entry,
+            _ => tails.push(entry),
+        }
+    }
     Ok(ListReport {
         backups,
         damaged_backups: list.damaged,
         wal,
+        tails,
         recovery_window,
         timelines_without_backup,
         timelines,

@@ -353,6 +353,7 @@ mod tests {
                     last_segment: "000000010000000000000005".into(),
                     stored_bytes: 50,
                 }],
+                tails: Vec::new(),
                 recovery_window: vec![RecoveryWindow {
                     timeline: 1,
                     from: "2026-11-20T00:01:00.5Z".into(),

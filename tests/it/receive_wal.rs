@@ -376,6 +376,9 @@ fn losing_the_primary(synchronous: bool) {
     std::thread::sleep(Duration::from_secs(2));
     let said = stop_receiving(receiver);
     assert!(said.contains("uploaded the tail of"), "{said}");
+    // list names the tail the restore below replays.
+    let list = stdout(&pitr.run(["list"]));
+    assert!(list.contains("wal tail timeline 1: "), "{list}");
 
     let data = dir.path().join("restored");
     let out = pitr.run(["restore", "--pgdata", data.to_str().unwrap()]);

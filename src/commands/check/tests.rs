@@ -67,6 +67,7 @@ fn repository(
             backups,
             damaged_backups: Vec::new(),
             wal: Vec::new(),
+            tails: Vec::new(),
             recovery_window: Vec::new(),
             timelines_without_backup: Vec::new(),
             timelines: Vec::new(),
