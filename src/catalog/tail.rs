@@ -16,7 +16,8 @@ use std::fs::File;
 use std::io::Write;
 use std::path::Path;
 
-use super::{Catalog, CatalogError, Stored, object_suffix, strip_object_suffix};
+use super::wal::ArchivedFile;
+use super::{Catalog, CatalogError, Stored, StoredObject, object_suffix, strip_object_suffix};
 use crate::codec;
 use crate::pg::{WalFileKind, WalFileName};
 use crate::storage::StorageError;
@@ -29,6 +30,22 @@ pub struct StoredTail {
     pub segment: WalFileName,
     pub end: u64,
     key: String,
+    /// Stored (compressed) size.
+    size: u64,
+}
+
+impl StoredTail {
+    /// The tail as the archived file of its segment, for a restore's view of the archive:
+    /// recovery reads it as that segment (archive-get serves it, zero-padded).
+    pub fn as_segment(&self) -> ArchivedFile {
+        ArchivedFile {
+            name: self.segment.clone(),
+            object: StoredObject {
+                key: self.key.clone(),
+                size: self.size,
+            },
+        }
+    }
 }
 
 fn tail_stem(segment: &WalFileName, end: u64) -> String {
@@ -36,7 +53,7 @@ fn tail_stem(segment: &WalFileName, end: u64) -> String {
 }
 
 /// The tail a key names, if it names one.
-fn tail_of_key(key: &str) -> Option<StoredTail> {
+fn tail_of_key(key: &str, size: u64) -> Option<StoredTail> {
     let stem = strip_object_suffix(key)?;
     let (segment, end) = stem.strip_prefix(TAIL_PREFIX)?.split_once('.')?;
     let segment = WalFileName::parse(segment).ok()?;
@@ -48,6 +65,7 @@ fn tail_of_key(key: &str) -> Option<StoredTail> {
         segment,
         end,
         key: key.to_owned(),
+        size,
     })
 }
 
@@ -74,10 +92,17 @@ impl Catalog {
                 Ok((codec::encode(&input, staged, format, 1)?, ()))
             })
             .await?;
+        let size = self
+            .storage
+            .head(&key)
+            .await
+            .map(|meta| meta.size)
+            .unwrap_or(0);
         Ok(StoredTail {
             segment: segment.clone(),
             end,
             key,
+            size,
         })
     }
 
@@ -88,7 +113,7 @@ impl Catalog {
             .list(TAIL_PREFIX)
             .await?
             .iter()
-            .filter_map(|meta| tail_of_key(&meta.key))
+            .filter_map(|meta| tail_of_key(&meta.key, meta.size))
             .collect();
         tails.sort_by(|a, b| (&a.segment, a.end).cmp(&(&b.segment, b.end)));
         Ok(tails)
@@ -105,7 +130,7 @@ impl Catalog {
             .list(&prefix)
             .await?
             .iter()
-            .filter_map(|meta| tail_of_key(&meta.key))
+            .filter_map(|meta| tail_of_key(&meta.key, meta.size))
             .filter(|tail| tail.segment == *segment)
             .max_by_key(|tail| tail.end))
     }
@@ -148,7 +173,7 @@ mod tests {
         let segment = WalFileName::parse("000000010000000000000005").unwrap();
         let stem = tail_stem(&segment, 0x00A3_F000);
         assert_eq!(stem, "tail/000000010000000000000005.00A3F000");
-        let tail = tail_of_key(&format!("{stem}.lz4")).unwrap();
+        let tail = tail_of_key(&format!("{stem}.lz4"), 10).unwrap();
         assert_eq!((tail.segment, tail.end), (segment, 0x00A3_F000));
         for bad in [
             "tail/000000010000000000000005.lz4",
@@ -156,7 +181,7 @@ mod tests {
             "tail/00000002.history.00000010.lz4",
             "wal/000000010000000000000005.00A3F000.lz4",
         ] {
-            assert!(tail_of_key(bad).is_none(), "{bad}");
+            assert!(tail_of_key(bad, 10).is_none(), "{bad}");
         }
     }
 }

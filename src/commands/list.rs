@@ -94,6 +94,36 @@ pub async fn list(catalog: &Catalog, options: &ListOptions) -> Result<ListReport
         .backup_pins(&catalog.backup_objects().await?)
         .await?;
     let mut view = ArchiveView::load(catalog, &identity).await?;
+    let mut wal = Vec::new();
+    for timeline in view.listing.timelines() {
+        if let Some((first, last)) = view.listing.segment_bounds(timeline) {
+            let stored_bytes = view.listing.stored_bytes_on(timeline);
+            let name = |segno| xlog_file_name(timeline, segno, view.segment_size);
+            wal.push(WalRange {
+                timeline,
+                first_segment: name(first),
+                last_segment: name(last),
+                stored_bytes,
+            });
+        }
+    }
+    // The newest tail of each segment not archived whole, then counted in the recovery
+    // window as restore counts it (a tail beside a whole segment only awaits removal).
+    let size = view.segment_size;
+    let tails: Vec<WalTail> = view
+        .include_tails(catalog)
+        .await?
+        .into_iter()
+        .filter_map(|tail| {
+            let segno = tail.segment.segment_number(size)?;
+            Some(WalTail {
+                timeline: tail.segment.timeline(),
+                segment: tail.segment.to_string(),
+                bytes: tail.end,
+                end_lsn: crate::pg::Lsn(segno * size + tail.end).to_string(),
+            })
+        })
+        .collect();
     let recovery_window = recovery_windows(catalog, &mut view, &manifests, options.jobs).await?;
     let timelines_without_backup = timelines_without_backup(&view, &manifests);
     let timelines = timeline_tree(&view, &manifests);
@@ -118,41 +148,6 @@ pub async fn list(catalog: &Catalog, options: &ListOptions) -> Result<ListReport
             }
         })
         .collect();
-    let mut wal = Vec::new();
-    for timeline in view.listing.timelines() {
-        if let Some((first, last)) = view.listing.segment_bounds(timeline) {
-            let stored_bytes = view.listing.stored_bytes_on(timeline);
-            let name = |segno| xlog_file_name(timeline, segno, view.segment_size);
-            wal.push(WalRange {
-                timeline,
-                first_segment: name(first),
-                last_segment: name(last),
-                stored_bytes,
-            });
-        }
-    }
-    // The newest tail of each segment not archived whole (a tail left beside a whole
-    // segment is only waiting for its removal).
-    let mut tails: Vec<WalTail> = Vec::new();
-    for tail in catalog.tails().await? {
-        let Some(segno) = tail.segment.segment_number(view.segment_size) else {
-            continue;
-        };
-        if view.file(tail.segment.timeline(), segno).is_some() {
-            continue;
-        }
-        let entry = WalTail {
-            timeline: tail.segment.timeline(),
-            segment: tail.segment.to_string(),
-            bytes: tail.end,
-            end_lsn: crate::pg::Lsn(segno * view.segment_size + tail.end).to_string(),
-        };
-        // Sorted by segment, then length: the last of a segment is its newest.
-        match tails.last_mut() {
-            Some(last) if last.segment == entry.segment => *last = entry,
-            _ => tails.push(entry),
-        }
-    }
     Ok(ListReport {
         backups,
         damaged_backups: list.damaged,

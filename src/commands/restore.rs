@@ -205,6 +205,15 @@ async fn restore_claimed(
     }
     let backups = list.manifests;
     let mut view = ArchiveView::load(catalog, &identity).await?;
+    // The segments receive-wal is filling count as far as their tails reach.
+    for tail in view.include_tails(catalog).await? {
+        tracing::info!(
+            "{} is not archived whole: its tail (the first {} bytes, from pitr receive-wal) \
+             counts as far as it reaches",
+            tail.segment,
+            tail.end
+        );
+    }
     let foreign = timelines_without_backup(&view, &backups);
     // The pre-flight: everything recovery needs is in the repository, or nothing is written.
     // Reads only until the directory is prepared: a signal may drop them where they stand.

@@ -127,6 +127,34 @@ impl ArchiveView {
         ))
     }
 
+    /// Takes the newest tail `pitr receive-wal` uploaded of each segment not archived whole
+    /// for that segment (restore, list): recovery then reaches the last commit the
+    /// repository holds. Returns the tails taken.
+    pub async fn include_tails(
+        &mut self,
+        catalog: &Catalog,
+    ) -> Result<Vec<crate::catalog::tail::StoredTail>, CatalogError> {
+        let mut newest: BTreeMap<WalFileName, crate::catalog::tail::StoredTail> = BTreeMap::new();
+        for tail in catalog.tails().await? {
+            // Sorted by length: the last of a segment wins.
+            newest.insert(tail.segment.clone(), tail);
+        }
+        let mut taken = Vec::new();
+        for (segment, tail) in newest {
+            let Some(segno) = segment.segment_number(self.segment_size) else {
+                continue;
+            };
+            if self.file(segment.timeline(), segno).is_some() {
+                continue;
+            }
+            self.listing
+                .segments
+                .insert((segment.timeline(), segno), tail.as_segment());
+            taken.push(tail);
+        }
+        Ok(taken)
+    }
+
     /// Records a summary computed elsewhere (tests).
     #[cfg(test)]
     pub(crate) fn insert_summary(&mut self, name: WalFileName, summary: SegmentSummary) {
@@ -531,9 +559,15 @@ impl ArchiveView {
                 .and_then(|s| s.carry.clone());
             let summarizer =
                 SegmentSummarizer::new(start, self.segment_size, self.block_size, carry.as_ref());
-            let (WalWriter(summarizer), _) = catalog
+            let (WalWriter(mut summarizer), decoded) = catalog
                 .decode_opened(opened, "the WAL summarizer", WalWriter(summarizer))
                 .await?;
+            // A tail of receive-wal ends inside a page: zeros to the page's end, as recovery
+            // reads it (archive-get pads it so), for the records of that last page.
+            let into_page = decoded.original_len % self.block_size as u64;
+            if into_page != 0 {
+                summarizer.feed(&vec![0; self.block_size - into_page as usize]);
+            }
             let summary = summarizer.finish();
             if store {
                 catalog.put_segment_summary(&file.name, &summary).await?;

@@ -358,11 +358,21 @@ fn losing_the_primary(synchronous: bool) {
     let mut acked: Vec<(u32, Instant)> = Vec::new();
     let started = Instant::now();
     let mut id = 0;
+    // A moment in the middle, inside the segment being filled: (time, the last id before).
+    let mut middle = None;
     while started.elapsed() < Duration::from_secs(4) {
         id += 1;
         cluster.sql(&format!("insert into acked (id) values ({id})"));
         acked.push((id, Instant::now()));
+        if middle.is_none() && started.elapsed() >= Duration::from_secs(2) {
+            let time = cluster.sql(
+                "select to_char(clock_timestamp() at time zone 'UTC', \
+                 'YYYY-MM-DD HH24:MI:SS.US') || '+00'",
+            );
+            middle = Some((time, id));
+        }
     }
+    let (middle_time, middle_id) = middle.unwrap();
     // The host is lost: no shutdown checkpoint, nothing of the data directory left.
     let lost_at = Instant::now();
     run_ok(
@@ -380,6 +390,27 @@ fn losing_the_primary(synchronous: bool) {
     let list = stdout(&pitr.run(["list"]));
     assert!(list.contains("wal tail timeline 1: "), "{list}");
 
+    // To a time inside the tail: exactly the commits before it.
+    let data = dir.path().join("restored-middle");
+    let out = pitr.run([
+        "restore",
+        "--pgdata",
+        data.to_str().unwrap(),
+        "--target-time",
+        &middle_time,
+    ]);
+    assert_eq!(code(&out), 0, "{}\n{list}", stderr(&out));
+    chown_to_postgres(&data);
+    let mut restored = PgCluster::restored(&dir, "sock-middle", data);
+    restored.start_with_env(&pitr.env);
+    restored.wait_paused(WAIT);
+    assert_eq!(
+        restored.sql("select count(*) || ':' || max(id) from acked"),
+        format!("{middle_id}:{middle_id}")
+    );
+    restored.stop();
+
+    // The newest state.
     let data = dir.path().join("restored");
     let out = pitr.run(["restore", "--pgdata", data.to_str().unwrap()]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
