@@ -211,6 +211,38 @@ impl Catalog {
         Ok(runs)
     }
 
+    /// Whether the run history shows that backup `id`, claimed at `claimed_at`, never
+    /// finished: the runs of that day are there, and none is its successful run (a backup
+    /// killed after PostgreSQL finished it, before its manifest, records nothing). False when
+    /// the history cannot tell (that day's runs pruned, or never recorded).
+    pub async fn backup_never_finished(
+        &self,
+        id: &str,
+        claimed_at: DateTime<Utc>,
+    ) -> Result<bool, CatalogError> {
+        let prefix = format!("{RUNS_PREFIX}{}/", claimed_at.date_naive().format("%Y%m%d"));
+        let keys = self.storage.list(&prefix).await?;
+        if keys.is_empty() {
+            return Ok(false);
+        }
+        for meta in keys {
+            let bytes = match read_all(&*self.storage, &meta.key).await {
+                Ok(bytes) => bytes,
+                Err(StorageError::NotFound { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            };
+            let Ok(run) = self.unseal_meta::<RunRecord>(&meta.key, bytes).await? else {
+                // A damaged record might be the one: the history cannot tell.
+                return Ok(false);
+            };
+            if run.command == "backup" && run.exit_code == 0 && run.backup_id.as_deref() == Some(id)
+            {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
     /// Removes the run objects of days before `older_than`'s day (whole days: a run is kept
     /// at most one day longer than asked). The latest objects stay. Returns how many went.
     pub async fn prune_history(&self, older_than: DateTime<Utc>) -> Result<u64, CatalogError> {

@@ -329,11 +329,19 @@ pub async fn verify(catalog: &Catalog, options: &VerifyOptions) -> Result<Verify
         }
         // pitr's own word first: a backup that failed after PostgreSQL finished it (the
         // manifest write refused, say) has a backup history file, but no manifest is lost.
+        let claim = catalog.backup_claim(id).await?;
         if objects.abandoned.is_some() {
             abandoned_backups.push(id.clone());
-        } else if !super::expire::owner_gone(catalog.backup_claim(id).await?.as_ref()) {
+        } else if !super::expire::owner_gone(claim.as_ref()) {
             running_backups.push(id.clone());
-        } else if finished_labels.contains(&format!("pitr backup {id}")) {
+        } else if finished_labels.contains(&format!("pitr backup {id}"))
+            // Killed between PostgreSQL's end of the backup and its manifest (waiting for
+            // its WAL): the run history, where it reaches, tells it from a lost manifest.
+            && !match &claim {
+                Some(claim) => catalog.backup_never_finished(id, claim.claimed_at).await?,
+                None => false,
+            }
+        {
             problems.push(Problem::MissingManifest {
                 backup: id.clone(),
                 key: objects.manifest_key(),
