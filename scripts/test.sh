@@ -69,12 +69,12 @@ log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 status=0
 cargo test --locked --tests --no-fail-fast "$@" 2>&1 | tee "$log" || status=$?
-# The archive, backup, restore and verify tests again, on encrypted repositories (the
-# harness then inits with --encrypt and gives every command a passphrase file). Skipped when
-# arguments pick tests.
+# The archive, backup, restore and verify tests, and receive-wal's tail, again on encrypted
+# repositories (the harness then inits with --encrypt and gives every command a passphrase
+# file). Skipped when arguments pick tests.
 if [ $# -eq 0 ]; then
   PITR_TEST_ENCRYPT=1 cargo test --locked --no-fail-fast \
-    --test it -- archive:: backup:: restore:: verify:: 2>&1 | tee -a "$log" || status=$?
+    --test it -- archive:: backup:: restore:: verify:: receive_wal::losing 2>&1 | tee -a "$log" || status=$?
 fi
 awk '/^test result:/ { p += $4; f += $6 } END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
 # PostgreSQL 15's own TAP tests that archive or restore, with pitr as archive_command and
