@@ -26,8 +26,10 @@ command -v python3 >/dev/null || { echo "python3 is needed" >&2; exit 1; }
 WORK=$(mktemp -d /tmp/pitr-bench-receive-XXXXXX)
 chmod 755 "$WORK"
 RECEIVER=
+# The receiver runs under runuser when root: its child is pitr, which the signal must reach.
+signal_receiver() { pkill -TERM -P "$RECEIVER" 2>/dev/null || true; kill -TERM "$RECEIVER" 2>/dev/null || true; }
 cleanup() {
-  [ -n "$RECEIVER" ] && kill "$RECEIVER" 2>/dev/null || true
+  [ -n "$RECEIVER" ] && signal_receiver
   kill_cluster "$WORK/data"
   if [ -n "${KEEP:-}" ]; then echo "kept $WORK"; else rm -rf "$WORK"; fi
 }
@@ -83,7 +85,7 @@ start_receiver() { # extra args
   done
   echo "the receiver did not start:" >&2; cat "$WORK/receiver.log" >&2; exit 1
 }
-stop_receiver() { kill -TERM "$RECEIVER"; wait "$RECEIVER" || true; RECEIVER=; }
+stop_receiver() { signal_receiver; wait "$RECEIVER" || true; RECEIVER=; }
 pgbench_run() { # OUT
   as_pg "$PG_BIN/pgbench" -h "$WORK" -U postgres -c 4 -j 2 -T "$DURATION" -n postgres >"$1" 2>&1
 }

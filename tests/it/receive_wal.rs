@@ -23,23 +23,51 @@ fn streaming_cluster(dir: &TestDir, bin: &Path, pitr: &Pitr) -> PgCluster {
     cluster
 }
 
+/// A running receiver, killed if the test fails before it stops it (a receiver left
+/// behind would retry its connection forever).
+struct Receiving(Option<Child>);
+
+impl std::ops::Deref for Receiving {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        self.0.as_ref().expect("running")
+    }
+}
+
+impl std::ops::DerefMut for Receiving {
+    fn deref_mut(&mut self) -> &mut Child {
+        self.0.as_mut().expect("running")
+    }
+}
+
+impl Drop for Receiving {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
 /// `pitr receive-wal` as the postgres user, run directly so that signals reach it.
-fn start_receiving(pitr: &Pitr, cluster: &PgCluster, spool: &Path) -> Child {
-    pitr.direct([
-        "-v",
-        "receive-wal",
-        "--dbname",
-        &cluster.conninfo("postgres"),
-        "--create-slot",
-        "--spool",
-        spool.to_str().unwrap(),
-        "--status-interval",
-        "1",
-    ])
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped())
-    .spawn()
-    .unwrap()
+fn start_receiving(pitr: &Pitr, cluster: &PgCluster, spool: &Path) -> Receiving {
+    Receiving(Some(
+        pitr.direct([
+            "-v",
+            "receive-wal",
+            "--dbname",
+            &cluster.conninfo("postgres"),
+            "--create-slot",
+            "--spool",
+            spool.to_str().unwrap(),
+            "--status-interval",
+            "1",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap(),
+    ))
 }
 
 /// Waits until the receiver streams (its slot then exists).
@@ -63,7 +91,8 @@ fn wait_streaming(cluster: &PgCluster, receiver: &mut Child) {
 }
 
 /// Ends the receiver as systemd does (SIGTERM): it flushes its spool and exits 0.
-fn stop_receiving(child: Child) -> String {
+fn stop_receiving(mut receiver: Receiving) -> String {
+    let child = receiver.0.take().expect("running");
     signal(&child, "TERM");
     let out = child.wait_with_output().unwrap();
     assert_eq!(code(&out), 0, "{}", stderr(&out));
@@ -332,12 +361,13 @@ fn losing_the_primary(synchronous: bool) {
     if synchronous {
         args.push("--synchronous".into());
     }
-    let mut receiver = pitr
-        .direct(&args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut receiver = Receiving(Some(
+        pitr.direct(&args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    ));
     wait_streaming(&cluster, &mut receiver);
     backup(&pitr, &cluster);
     if synchronous {
