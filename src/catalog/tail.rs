@@ -20,7 +20,7 @@ use super::wal::ArchivedFile;
 use super::{Catalog, CatalogError, Stored, StoredObject, object_suffix, strip_object_suffix};
 use crate::codec;
 use crate::pg::{WalFileKind, WalFileName};
-use crate::storage::StorageError;
+use crate::storage::{ObjectMeta, StorageError};
 
 const TAIL_PREFIX: &str = "tail/";
 
@@ -29,6 +29,8 @@ const TAIL_PREFIX: &str = "tail/";
 pub struct StoredTail {
     pub segment: WalFileName,
     pub end: u64,
+    /// When it was stored, where the repository says.
+    pub uploaded: Option<std::time::SystemTime>,
     key: String,
     /// Stored (compressed) size.
     size: u64,
@@ -52,9 +54,9 @@ fn tail_stem(segment: &WalFileName, end: u64) -> String {
     format!("{TAIL_PREFIX}{segment}.{end:08X}")
 }
 
-/// The tail a key names, if it names one.
-fn tail_of_key(key: &str, size: u64) -> Option<StoredTail> {
-    let stem = strip_object_suffix(key)?;
+/// The tail an object is, if it is one.
+fn tail_of(meta: &ObjectMeta) -> Option<StoredTail> {
+    let stem = strip_object_suffix(&meta.key)?;
     let (segment, end) = stem.strip_prefix(TAIL_PREFIX)?.split_once('.')?;
     let segment = WalFileName::parse(segment).ok()?;
     if segment.kind() != WalFileKind::Segment || end.len() != 8 {
@@ -64,8 +66,9 @@ fn tail_of_key(key: &str, size: u64) -> Option<StoredTail> {
     Some(StoredTail {
         segment,
         end,
-        key: key.to_owned(),
-        size,
+        uploaded: meta.modified,
+        key: meta.key.clone(),
+        size: meta.size,
     })
 }
 
@@ -92,17 +95,13 @@ impl Catalog {
                 Ok((codec::encode(&input, staged, format, 1)?, ()))
             })
             .await?;
-        let size = self
-            .storage
-            .head(&key)
-            .await
-            .map(|meta| meta.size)
-            .unwrap_or(0);
+        let meta = self.storage.head(&key).await.ok();
         Ok(StoredTail {
             segment: segment.clone(),
             end,
+            uploaded: meta.as_ref().and_then(|m| m.modified),
             key,
-            size,
+            size: meta.map_or(0, |m| m.size),
         })
     }
 
@@ -113,7 +112,7 @@ impl Catalog {
             .list(TAIL_PREFIX)
             .await?
             .iter()
-            .filter_map(|meta| tail_of_key(&meta.key, meta.size))
+            .filter_map(tail_of)
             .collect();
         tails.sort_by(|a, b| (&a.segment, a.end).cmp(&(&b.segment, b.end)));
         Ok(tails)
@@ -130,7 +129,7 @@ impl Catalog {
             .list(&prefix)
             .await?
             .iter()
-            .filter_map(|meta| tail_of_key(&meta.key, meta.size))
+            .filter_map(tail_of)
             .filter(|tail| tail.segment == *segment)
             .max_by_key(|tail| tail.end))
     }
@@ -173,7 +172,12 @@ mod tests {
         let segment = WalFileName::parse("000000010000000000000005").unwrap();
         let stem = tail_stem(&segment, 0x00A3_F000);
         assert_eq!(stem, "tail/000000010000000000000005.00A3F000");
-        let tail = tail_of_key(&format!("{stem}.lz4"), 10).unwrap();
+        let meta = |key: &str| ObjectMeta {
+            key: key.to_owned(),
+            size: 10,
+            modified: None,
+        };
+        let tail = tail_of(&meta(&format!("{stem}.lz4"))).unwrap();
         assert_eq!((tail.segment, tail.end), (segment, 0x00A3_F000));
         for bad in [
             "tail/000000010000000000000005.lz4",
@@ -181,7 +185,7 @@ mod tests {
             "tail/00000002.history.00000010.lz4",
             "wal/000000010000000000000005.00A3F000.lz4",
         ] {
-            assert!(tail_of_key(bad, 10).is_none(), "{bad}");
+            assert!(tail_of(&meta(bad)).is_none(), "{bad}");
         }
     }
 }

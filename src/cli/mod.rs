@@ -178,11 +178,13 @@ pub enum Command {
         /// under spool_path.
         #[arg(long, value_name = "DIR")]
         spool: Option<PathBuf>,
-        /// Report WAL as flushed as soon as the spool holds it durably, for a receiver named
-        /// in synchronous_standby_names (as pitr_receive_wal, its application_name): then no
-        /// commit the primary acknowledged is lost with the primary's host.
-        #[arg(long)]
-        synchronous: bool,
+        /// Report WAL as flushed as soon as it is durable, for a receiver named in
+        /// synchronous_standby_names (as pitr_receive_wal, its application_name): then no
+        /// commit the primary acknowledged is lost with the primary's host. `spool` (the
+        /// default when given bare): fsynced in the spool on this host; `repository`: stored
+        /// in the repository as the tail, so that losing this host too loses nothing.
+        #[arg(long, value_name = "WHERE", num_args = 0..=1, default_missing_value = "spool", value_parser = parse_synchronous)]
+        synchronous: Option<crate::commands::receive_wal::Synchronous>,
         /// Seconds between position reports when nothing else prompts one (below the
         /// server's wal_sender_timeout).
         #[arg(long, value_name = "SECONDS", default_value_t = 10)]
@@ -449,6 +451,10 @@ pub enum Command {
         /// (default: print the metrics once and exit).
         #[arg(long, value_name = "ADDR")]
         listen: Option<std::net::SocketAddr>,
+        /// Also ask the server (as for `check --dbname`) for pitr receive-wal's slots: their
+        /// state and how far the receiver is behind.
+        #[arg(long, short = 'd', value_name = "CONNINFO")]
+        dbname: Option<String>,
     },
     /// Recorded runs of backup, verify, check, expire, drill and restore-table, newest first.
     History {
@@ -631,6 +637,17 @@ fn parse_wal_method(text: &str) -> Result<crate::commands::backup::WalMethod, St
         "stream" => Ok(WalMethod::Stream),
         _ => Err(format!(
             "'{text}' is not a WAL method: use auto, archive or stream"
+        )),
+    }
+}
+
+fn parse_synchronous(text: &str) -> Result<crate::commands::receive_wal::Synchronous, String> {
+    use crate::commands::receive_wal::Synchronous;
+    match text {
+        "spool" => Ok(Synchronous::Spool),
+        "repository" => Ok(Synchronous::Repository),
+        _ => Err(format!(
+            "'{text}' is not where WAL is durable: use spool or repository"
         )),
     }
 }

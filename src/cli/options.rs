@@ -315,8 +315,11 @@ impl Command {
                 switch_wal,
                 jobs: 2 * threads,
             }),
-            Command::Metrics { listen } => Request::Metrics {
-                options: MetricsOptions { jobs: 2 * threads },
+            Command::Metrics { listen, dbname } => Request::Metrics {
+                options: MetricsOptions {
+                    jobs: 2 * threads,
+                    dbname,
+                },
                 listen,
             },
             Command::History { limit, .. } => Request::History(HistoryOptions { limit }),

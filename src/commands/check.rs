@@ -8,6 +8,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
+use super::list::WalTail;
 use super::overview::{RepositoryOverview, overview};
 use crate::catalog::Catalog;
 use crate::catalog::history::RunStatus;
@@ -16,7 +17,7 @@ use crate::error::{
     EXIT_CHECK_CRITICAL, EXIT_CHECK_OK, EXIT_CHECK_UNKNOWN, EXIT_CHECK_WARNING, Error, Result,
 };
 use crate::pg::WalFileName;
-use crate::pg::timestamp::rfc3339;
+use crate::pg::timestamp::{parse_rfc3339, rfc3339};
 use crate::pg::wal_name::xlog_file_name;
 use crate::server::{Session, connection_settings};
 
@@ -495,8 +496,18 @@ pub fn evaluate(facts: &CheckFacts, thresholds: &CheckThresholds) -> CheckReport
 
     // pitr receive-wal's slots.
     if let Some(Ok(server)) = &facts.server {
+        let tail = newest_tail(&repo.list.tails);
         for slot in &server.receivers {
-            checks.push(receiver_result(slot, &thresholds.archive_lag));
+            let mut result = receiver_result(slot, &thresholds.archive_lag);
+            if let Some((tail, uploaded)) = tail {
+                let age = (facts.now - uploaded).to_std().unwrap_or_default();
+                result.detail.push_str(&format!(
+                    "; the repository's tail reaches {} (uploaded {} ago)",
+                    tail.end_lsn,
+                    human(age)
+                ));
+            }
+            checks.push(result);
         }
     }
 
@@ -701,8 +712,16 @@ async fn server_facts(
     Ok(facts)
 }
 
+/// The newest tail received, and when it was uploaded.
+fn newest_tail(tails: &[WalTail]) -> Option<(&WalTail, DateTime<Utc>)> {
+    tails
+        .iter()
+        .filter_map(|t| Some((t, parse_rfc3339(t.uploaded.as_deref()?)?)))
+        .max_by_key(|(_, uploaded)| *uploaded)
+}
+
 /// The slots `pitr receive-wal` streams from (or would: one named `pitr`).
-async fn receiver_slots(session: &Session) -> Result<Vec<ReceiverSlot>> {
+pub(crate) async fn receiver_slots(session: &Session) -> Result<Vec<ReceiverSlot>> {
     let sql = format!(
         "SELECT coalesce(string_agg(concat_ws('|', s.slot_name, s.active::text, \
          coalesce(s.wal_status, ''), \

@@ -68,6 +68,8 @@ pub struct WalTail {
     pub bytes: u64,
     /// The LSN where it ends.
     pub end_lsn: String,
+    /// When it was stored (RFC 3339 UTC), where the repository says.
+    pub uploaded: Option<String>,
 }
 
 /// Times a restore can target on one timeline, RFC 3339 UTC.
@@ -121,6 +123,9 @@ pub async fn list(catalog: &Catalog, options: &ListOptions) -> Result<ListReport
                 segment: tail.segment.to_string(),
                 bytes: tail.end,
                 end_lsn: crate::pg::Lsn(segno * size + tail.end).to_string(),
+                uploaded: tail
+                    .uploaded
+                    .map(|t| rfc3339(chrono::DateTime::<chrono::Utc>::from(t))),
             })
         })
         .collect();

@@ -19,8 +19,11 @@ use prometheus_client::registry::Registry;
 use super::overview::{RepositoryOverview, overview};
 use crate::catalog::history::RunStatus;
 use crate::catalog::{Catalog, total_bytes};
+use crate::commands::check::{ReceiverSlot, receiver_slots};
 use crate::error::Result;
+use crate::pg::Lsn;
 use crate::pg::timestamp::parse_rfc3339;
+use crate::server::{Session, connection_settings};
 
 /// The content type of what `encode` writes (OpenMetrics text, which Prometheus and the
 /// textfile collector read).
@@ -62,8 +65,8 @@ impl Metrics {
     }
 }
 
-/// The exposition text of `repo`: pure.
-pub fn encode_metrics(repo: &RepositoryOverview) -> String {
+/// The exposition text of `repo` and what the server said: pure.
+pub fn encode_metrics(repo: &RepositoryOverview, server: Option<&ServerMetrics>) -> String {
     let mut m = Metrics {
         registry: Registry::with_prefix("pitr"),
     };
@@ -182,6 +185,30 @@ pub fn encode_metrics(repo: &RepositoryOverview) -> String {
         }
     }
 
+    let tail_end = m.family(
+        "wal_tail_end_lsn_bytes",
+        "Where the newest tail pitr receive-wal uploaded ends per timeline (LSN as a byte position)",
+    );
+    let tail_uploaded = m.family(
+        "wal_tail_upload_time_seconds",
+        "When pitr receive-wal last uploaded the tail per timeline, Unix time",
+    );
+    for tail in &list.tails {
+        let by_timeline = labels(&[("timeline", tail.timeline.to_string())]);
+        if let Ok(end) = tail.end_lsn.parse::<Lsn>() {
+            let gauge = tail_end.get_or_create(&by_timeline);
+            gauge.set(gauge.get().max(end.0 as f64));
+        }
+        if let Some(uploaded) = tail.uploaded.as_deref().and_then(parse_rfc3339) {
+            let gauge = tail_uploaded.get_or_create(&by_timeline);
+            gauge.set(gauge.get().max(seconds(uploaded)));
+        }
+    }
+
+    if let Some(server) = server {
+        encode_server(&mut m, server);
+    }
+
     let run_time = m.family(
         "last_run_time_seconds",
         "When the last recorded run of a command (backup, verify, check, expire, drill, restore-table) ended, Unix time",
@@ -215,15 +242,92 @@ pub fn encode_metrics(repo: &RepositoryOverview) -> String {
     text
 }
 
+/// The receivers' slots as the server sees them.
+fn encode_server(m: &mut Metrics, server: &ServerMetrics) {
+    m.gauge(
+        "server_up",
+        "Whether the server metrics asked (--dbname) answered (1) or not (0)",
+    )
+    .set(if server.up { 1.0 } else { 0.0 });
+    let active = m.family(
+        "receiver_active",
+        "Whether a pitr receive-wal streams from the slot now (1) or not (0)",
+    );
+    let state = m.family(
+        "receiver_slot_wal_status",
+        "The slot's wal_status (reserved, extended, unreserved, lost) as a label, value 1; lost: the archive has a gap, take a new backup",
+    );
+    let behind = m.family(
+        "receiver_behind_bytes",
+        "WAL the server wrote that the receiver has not flushed",
+    );
+    let lag = m.family(
+        "receiver_flush_lag_seconds",
+        "pg_stat_replication.flush_lag of the receiver",
+    );
+    for slot in &server.receivers {
+        let by_slot = labels(&[("slot", slot.slot.clone())]);
+        active
+            .get_or_create(&by_slot)
+            .set(if slot.active { 1.0 } else { 0.0 });
+        state
+            .get_or_create(&labels(&[
+                ("slot", slot.slot.clone()),
+                ("wal_status", slot.wal_status.clone()),
+            ]))
+            .set(1.0);
+        if let Some(bytes) = slot.behind_bytes {
+            behind.get_or_create(&by_slot).set(bytes as f64);
+        }
+        if slot.active {
+            lag.get_or_create(&by_slot)
+                .set(slot.flush_lag.unwrap_or_default().as_secs_f64());
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct MetricsOptions {
     /// Summaries read at once.
     pub jobs: usize,
+    /// Also ask the server at this conninfo (receive-wal's slots).
+    pub dbname: Option<String>,
 }
 
-/// The metrics of the repository now.
+/// What the server said, when metrics asked it.
+#[derive(Clone, Debug, Default)]
+pub struct ServerMetrics {
+    /// It answered.
+    pub up: bool,
+    pub receivers: Vec<ReceiverSlot>,
+}
+
+/// The metrics of the repository (and, where asked, the server) now. A server that does
+/// not answer is `pitr_server_up 0`, not a failed scrape: the repository's figures stand.
 pub async fn metrics(catalog: &Catalog, options: &MetricsOptions) -> Result<String> {
-    Ok(encode_metrics(&overview(catalog, options.jobs).await?))
+    let repository = overview(catalog, options.jobs).await?;
+    let server = match &options.dbname {
+        Some(dbname) => Some(server_metrics(dbname).await),
+        None => None,
+    };
+    Ok(encode_metrics(&repository, server.as_ref()))
+}
+
+async fn server_metrics(dbname: &str) -> ServerMetrics {
+    let asked = async {
+        let session = Session::connect(&connection_settings(Some(dbname))?).await?;
+        receiver_slots(&session).await
+    };
+    match asked.await {
+        Ok(receivers) => ServerMetrics {
+            up: true,
+            receivers,
+        },
+        Err(e) => {
+            tracing::warn!("metrics: the server: {e}");
+            ServerMetrics::default()
+        }
+    }
 }
 
 /// Listens on `addr` and serves there (see [`serve`]); says where on stderr.
@@ -325,7 +429,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
-    use crate::commands::list::{BackupEntry, ListReport, RecoveryWindow, WalRange};
+    use crate::commands::list::{BackupEntry, ListReport, RecoveryWindow, WalRange, WalTail};
 
     #[test]
     fn the_exposition_names_every_family_once_with_its_type() {
@@ -353,7 +457,23 @@ mod tests {
                     last_segment: "000000010000000000000005".into(),
                     stored_bytes: 50,
                 }],
-                tails: Vec::new(),
+                tails: vec![
+                    WalTail {
+                        timeline: 1,
+                        segment: "000000010000000000000006".into(),
+                        bytes: 0x1000,
+                        end_lsn: "0/6001000".into(),
+                        uploaded: Some("2026-11-20T00:11:01Z".into()),
+                    },
+                    // An older one, awaiting removal, does not hide the newest.
+                    WalTail {
+                        timeline: 1,
+                        segment: "000000010000000000000005".into(),
+                        bytes: 0x2000,
+                        end_lsn: "0/5002000".into(),
+                        uploaded: Some("2026-11-20T00:10:00Z".into()),
+                    },
+                ],
                 recovery_window: vec![RecoveryWindow {
                     timeline: 1,
                     from: "2026-11-20T00:01:00.5Z".into(),
@@ -365,8 +485,25 @@ mod tests {
             newest_wal: BTreeMap::new(),
             latest_runs: BTreeMap::new(),
         };
-        let text = encode_metrics(&repo);
+        let server = ServerMetrics {
+            up: true,
+            receivers: vec![ReceiverSlot {
+                slot: "pitr".into(),
+                active: true,
+                wal_status: "reserved".into(),
+                behind_bytes: Some(8192),
+                flush_lag: Some(std::time::Duration::from_millis(1500)),
+            }],
+        };
+        let text = encode_metrics(&repo, Some(&server));
         for line in [
+            "pitr_wal_tail_end_lsn_bytes{timeline=\"1\"} 100667392.0",
+            "pitr_wal_tail_upload_time_seconds{timeline=\"1\"} 1795133461.0",
+            "pitr_server_up 1.0",
+            "pitr_receiver_active{slot=\"pitr\"} 1.0",
+            "pitr_receiver_slot_wal_status{slot=\"pitr\",wal_status=\"reserved\"} 1.0",
+            "pitr_receiver_behind_bytes{slot=\"pitr\"} 8192.0",
+            "pitr_receiver_flush_lag_seconds{slot=\"pitr\"} 1.5",
             "# TYPE pitr_backup_count gauge",
             "pitr_backup_count{type=\"full\"} 1.0",
             "pitr_backup_last_time_seconds{type=\"full\"} 1795132860.5",
@@ -377,5 +514,8 @@ mod tests {
         }
         // No run recorded: no run metrics.
         assert!(!text.contains("pitr_last_run_success{"), "{text}");
+        // Not asked: nothing of the server.
+        let text = encode_metrics(&repo, None);
+        assert!(!text.contains("pitr_server_up"), "{text}");
     }
 }

@@ -21,6 +21,7 @@ use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
+use crate::catalog::tail::StoredTail;
 use crate::catalog::{Catalog, RepositoryIdentity};
 use crate::commands::archive_push::{ArchivePushOptions, archive_push};
 use crate::error::{Error, Result};
@@ -58,14 +59,25 @@ pub struct ReceiveWalOptions {
     pub create_slot: bool,
     /// The spool directory on local disk.
     pub spool: PathBuf,
-    /// Report WAL as flushed as soon as the spool holds it durably (for a receiver named in
-    /// `synchronous_standby_names`), not only every `status_interval`.
-    pub synchronous: bool,
+    /// Report WAL as flushed as soon as it is durable where this says (for a receiver named
+    /// in `synchronous_standby_names`), not only every `status_interval`; None: report the
+    /// spool's position every `status_interval`.
+    pub synchronous: Option<Synchronous>,
     /// How often the position is reported when nothing else prompts it.
     pub status_interval: Duration,
     /// How often the segment being filled is uploaded as the repository's tail (and when
     /// the stream stops); None: only when the stream stops.
     pub partial_interval: Option<Duration>,
+}
+
+/// `--synchronous`: where WAL must be durable before the server hears it is flushed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Synchronous {
+    /// Fsynced in the spool on the receiver's host.
+    Spool,
+    /// Stored in the repository (the tail, uploaded as soon as the stream is caught up):
+    /// losing the receiver's host as well loses nothing acknowledged.
+    Repository,
 }
 
 #[derive(Debug, Default)]
@@ -158,8 +170,8 @@ struct Receiver<'a> {
     report: ReceiveWalReport,
     /// Completed files in the spool, in the order they are stored.
     queue: VecDeque<PathBuf>,
-    /// The segment and length of the last tail uploaded.
-    tail_uploaded: Option<(WalFileName, u64)>,
+    /// The last tail uploaded.
+    tail_uploaded: Option<StoredTail>,
 }
 
 /// The segment being written in the spool.
@@ -176,6 +188,32 @@ struct Position {
     received: Lsn,
     /// The end of what the spool holds durably.
     flushed: Lsn,
+    /// The end of what the repository holds (whole segments and the tail).
+    stored: Lsn,
+    /// Report `stored` as flushed (`--synchronous=repository`), not `flushed`.
+    until_stored: bool,
+}
+
+impl Position {
+    fn at(timeline: u32, start: Lsn, until_stored: bool) -> Self {
+        Position {
+            timeline,
+            received: start,
+            flushed: start,
+            stored: start,
+            until_stored,
+        }
+    }
+
+    /// What the server hears is flushed: what it may release, and, for a synchronous
+    /// receiver, what its commits wait for.
+    fn durable(&self) -> Lsn {
+        if self.until_stored {
+            self.stored.min(self.flushed)
+        } else {
+            self.flushed
+        }
+    }
 }
 
 impl Receiver<'_> {
@@ -359,32 +397,65 @@ impl Receiver<'_> {
     }
 
     /// Uploads the spool's partial segment as the repository's tail, when it grew since the
-    /// last upload, then removes the shorter tails it supersedes. Best effort: a failure is
-    /// logged, and the next upload or the whole segment makes up for it.
-    async fn upload_tail(&mut self) {
+    /// last upload, then removes the shorter tails it supersedes; the end of the WAL the
+    /// stored tail holds. Best effort: a failure is logged, and the next upload or the whole
+    /// segment makes up for it.
+    async fn upload_tail(&mut self) -> Option<Lsn> {
         let partial = match self.partial_in_spool() {
             Ok(Some(partial)) => partial,
-            Ok(None) => return,
+            Ok(None) => return None,
             Err(e) => {
                 tracing::warn!("receive-wal: the tail: {e}");
-                return;
+                return None;
             }
         };
         let (segment, path) = partial;
+        let start = segment.segment_number(self.segment_size())? * self.segment_size();
         let len = std::fs::metadata(&path).map_or(0, |m| m.len());
-        if len == 0 || self.tail_uploaded.as_ref() == Some(&(segment.clone(), len)) {
-            return;
+        let previous = self
+            .tail_uploaded
+            .take_if(|t| t.segment == segment && t.end <= len);
+        if let Some(previous) = &previous
+            && previous.end == len
+        {
+            self.tail_uploaded = Some(previous.clone());
+            return Some(Lsn(start + len));
+        }
+        if len == 0 {
+            return None;
         }
         match self.catalog.store_tail(&segment, &path).await {
             Ok(stored) => {
-                tracing::info!(
-                    "receive-wal: uploaded the tail of {segment}, {} bytes",
-                    stored.end
-                );
-                self.tail_uploaded = Some((segment.clone(), stored.end));
-                self.remove_tails(&segment, Some(stored.end)).await;
+                // Each caught-up moment uploads one when synchronous with the repository.
+                if self.options.synchronous == Some(Synchronous::Repository) {
+                    tracing::debug!(
+                        "receive-wal: uploaded the tail of {segment}, {} bytes",
+                        stored.end
+                    );
+                } else {
+                    tracing::info!(
+                        "receive-wal: uploaded the tail of {segment}, {} bytes",
+                        stored.end
+                    );
+                }
+                let end = Lsn(start + stored.end);
+                self.tail_uploaded = Some(stored.clone());
+                // The one this run uploaded before is superseded; others (an earlier run's)
+                // are found by listing, once per segment.
+                match previous {
+                    Some(previous) => {
+                        if let Err(e) = self.catalog.delete_tails(&[previous]).await {
+                            tracing::warn!("receive-wal: removing a superseded tail: {e}");
+                        }
+                    }
+                    None => self.remove_tails(&segment, Some(stored.end)).await,
+                }
+                Some(end)
             }
-            Err(e) => tracing::warn!("receive-wal: uploading the tail of {segment}: {e}"),
+            Err(e) => {
+                tracing::warn!("receive-wal: uploading the tail of {segment}: {e}");
+                None
+            }
         }
     }
 
@@ -452,11 +523,8 @@ impl Receiver<'_> {
         interrupt: &Interrupt,
     ) -> Result<Ended> {
         let size = self.segment_size();
-        let mut position = Position {
-            timeline,
-            received: start,
-            flushed: start,
-        };
+        let until_stored = self.options.synchronous == Some(Synchronous::Repository);
+        let mut position = Position::at(timeline, start, until_stored);
         let mut progressed = false;
         loop {
             if timeline > 1 {
@@ -467,6 +535,9 @@ impl Receiver<'_> {
             connection.start(&sql).await?;
             let mut segment: Option<OpenSegment> = None;
             let mut unflushed = false;
+            // WAL arrived that a synchronous receiver has not reported yet.
+            let mut unreported = false;
+            let synchronous = self.options.synchronous.is_some();
             let mut status = tokio::time::interval_at(
                 tokio::time::Instant::now() + self.options.status_interval,
                 self.options.status_interval,
@@ -492,20 +563,28 @@ impl Receiver<'_> {
                     event = connection.next_event() => {
                         event.map_err(|e| stream_refused(e, &self.options.slot))?
                     }
-                    _ = std::future::ready(()), if unflushed => {
+                    // Caught up (nothing else ready): one fsync (and, synchronous, one
+                    // report) for everything received since the last.
+                    _ = std::future::ready(()), if unflushed || (synchronous && unreported) => {
                         self.flush(&mut segment, &mut position)?;
                         unflushed = false;
-                        if self.options.synchronous {
+                        if synchronous {
+                            self.make_durable(&mut position).await;
                             send_status(connection, &position).await?;
+                            unreported = false;
                         }
                         continue;
                     }
                     _ = status.tick() => {
+                        // A tail upload that failed is tried again.
+                        self.make_durable(&mut position).await;
                         send_status(connection, &position).await?;
                         continue;
                     }
                     _ = tick(&mut tail_every) => {
-                        self.upload_tail().await;
+                        if !until_stored {
+                            self.upload_tail().await;
+                        }
                         continue;
                     }
                 };
@@ -550,12 +629,14 @@ impl Receiver<'_> {
                     )));
                 }
                 progressed = true;
+                unreported = true;
                 let completed = self.write(&mut segment, &mut position, data)?;
                 unflushed = position.received > position.flushed;
                 if position.received.0 - position.flushed.0 >= MAX_UNFLUSHED {
                     self.flush(&mut segment, &mut position)?;
                     unflushed = false;
                 }
+                let any_completed = !completed.is_empty();
                 for path in completed {
                     send_status(connection, &position).await?;
                     self.queue.push_back(path);
@@ -564,6 +645,14 @@ impl Receiver<'_> {
                 while let Some(path) = self.queue.front().cloned() {
                     self.store(&path).await?;
                     self.queue.pop_front();
+                }
+                if any_completed {
+                    // Every segment before the one being filled is stored whole.
+                    let segment_start = Lsn(position.received.0 - position.received.0 % size);
+                    position.stored = position.stored.max(segment_start);
+                    if until_stored {
+                        send_status(connection, &position).await?;
+                    }
                 }
             };
             self.flush(&mut segment, &mut position)?;
@@ -599,11 +688,11 @@ impl Receiver<'_> {
                 "receive-wal: timeline {timeline} ended at {next_start}; following timeline {next}"
             );
             timeline = next;
-            position = Position {
+            position = Position::at(
                 timeline,
-                received: Lsn(next_start.0 - next_start.0 % size),
-                flushed: Lsn(next_start.0 - next_start.0 % size),
-            };
+                Lsn(next_start.0 - next_start.0 % size),
+                until_stored,
+            );
         }
     }
 
@@ -674,6 +763,17 @@ impl Receiver<'_> {
         }
         position.flushed = position.received;
         Ok(())
+    }
+
+    /// With `--synchronous=repository`, stores what the spool holds as the tail, so that
+    /// it can be reported flushed.
+    async fn make_durable(&mut self, position: &mut Position) {
+        if position.until_stored
+            && position.stored < position.flushed
+            && let Some(end) = self.upload_tail().await
+        {
+            position.stored = position.stored.max(end.min(position.flushed));
+        }
     }
 
     async fn flush_and_report(
@@ -758,8 +858,8 @@ async fn tick(timer: &mut Option<tokio::time::Interval>) {
 async fn send_status(connection: &mut ReplicationConnection, position: &Position) -> Result<()> {
     let update = StandbyStatusUpdate {
         write: position.received,
-        flush: position.flushed,
-        apply: position.flushed,
+        flush: position.durable(),
+        apply: position.durable(),
         clock: to_pg_timestamp(SystemTime::now()),
         reply_requested: false,
     };

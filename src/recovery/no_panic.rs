@@ -66,9 +66,15 @@ async fn crafted_rollup_sizes_past_u64_max_are_listed_planned_and_measured_witho
     assert_eq!(wal, [(1, u64::MAX)]);
 
     // metrics: the repository total too.
-    let text = metrics(&catalog, &MetricsOptions { jobs: 4 })
-        .await
-        .unwrap();
+    let text = metrics(
+        &catalog,
+        &MetricsOptions {
+            jobs: 4,
+            dbname: None,
+        },
+    )
+    .await
+    .unwrap();
     assert!(text.contains("pitr_wal_stored_bytes"), "{text}");
 
     // The archive view: a walk over the groups and its stored bytes.
@@ -276,7 +282,11 @@ proptest! {
         let identity = RepositoryIdentity::for_tests(segment_size, 8192);
         let metas: Vec<ObjectMeta> = objects
             .into_iter()
-            .map(|(key, size)| ObjectMeta { key, size })
+            .map(|(key, size)| ObjectMeta {
+                key,
+                size,
+                modified: None,
+            })
             .collect();
         // The overview's choice of what to list one by one.
         let folders: BTreeSet<String> = metas

@@ -238,6 +238,7 @@ fn list_blocking(root: &Path, prefix: &str) -> Result<Vec<ObjectMeta>, StorageEr
                 found.push(ObjectMeta {
                     key,
                     size: meta.len(),
+                    modified: meta.modified().ok(),
                 });
             }
         }
@@ -333,6 +334,7 @@ impl Storage for FsStorage {
             Ok(meta) if meta.is_file() => Ok(ObjectMeta {
                 key: key.to_owned(),
                 size: meta.len(),
+                modified: meta.modified().ok(),
             }),
             Ok(_) => Err(StorageError::NotFound {
                 key: key.to_owned(),

@@ -195,6 +195,7 @@ impl Storage for MemoryStorage {
         Ok(ObjectMeta {
             key: key.to_owned(),
             size: bytes.len() as u64,
+            modified: None,
         })
     }
 
@@ -206,6 +207,7 @@ impl Storage for MemoryStorage {
             .map(|(key, bytes)| ObjectMeta {
                 key: key.clone(),
                 size: bytes.len() as u64,
+                modified: None,
             })
             .collect();
         Ok(found)

@@ -182,6 +182,9 @@ impl PutPayload {
 pub struct ObjectMeta {
     pub key: String,
     pub size: u64,
+    /// When the object was written, where the store says (a file's mtime, S3's
+    /// LastModified).
+    pub modified: Option<std::time::SystemTime>,
 }
 
 /// An object's content, readable as a stream.

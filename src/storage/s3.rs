@@ -490,6 +490,7 @@ impl Storage for S3Storage {
         Ok(ObjectMeta {
             key: key.to_owned(),
             size: response.content_length.unwrap_or(0).max(0) as u64,
+            modified: response.last_modified().and_then(system_time),
         })
     }
 
@@ -511,6 +512,7 @@ impl Storage for S3Storage {
                 found.push(ObjectMeta {
                     key: key.to_owned(),
                     size: object.size().unwrap_or(0).max(0) as u64,
+                    modified: object.last_modified().and_then(system_time),
                 });
             }
         }
@@ -615,6 +617,11 @@ impl Storage for S3Storage {
         }
         Ok(protected)
     }
+}
+
+/// An S3 time as the standard library's; None where it does not fit.
+fn system_time(time: &aws_sdk_s3::primitives::DateTime) -> Option<std::time::SystemTime> {
+    std::time::SystemTime::try_from(*time).ok()
 }
 
 #[cfg(test)]

@@ -332,17 +332,37 @@ fn a_promotion_continues_on_the_next_timeline() {
     restore_to(&pitr, &dir, Path::new(PG_BIN), &time, &state);
 }
 
+/// How the receiver reports, in `losing_the_primary`.
+#[derive(Clone, Copy, PartialEq)]
+enum Mode {
+    Asynchronous,
+    /// `--synchronous` (the spool).
+    Synchronous,
+    /// `--synchronous=repository`, into S3; the receiver's host is lost too.
+    SynchronousRepository,
+}
+
 /// The primary's host is lost under a write workload (immediate stop, data directory
 /// removed). Asynchronous: the acknowledged commits missing from a restore of the newest
 /// state are at most those of the last `--partial-interval`. Synchronous (the receiver in
-/// synchronous_standby_names, `--synchronous`): none is missing.
-fn losing_the_primary(synchronous: bool) {
-    let dir = TestDir::new(if synchronous {
-        "receive-wal-sync"
-    } else {
-        "receive-wal-async"
+/// synchronous_standby_names, `--synchronous`): none is missing. Synchronous with the
+/// repository: the receiver is killed (-9) and its spool removed before the primary is
+/// lost, and still none is missing.
+fn losing_the_primary(mode: Mode) {
+    let dir = TestDir::new(match mode {
+        Mode::Asynchronous => "receive-wal-async",
+        Mode::Synchronous => "receive-wal-sync",
+        Mode::SynchronousRepository => "receive-wal-sync-repo",
     });
-    let repo = Repo::local(&dir);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let repo = match mode {
+        Mode::SynchronousRepository => {
+            let server = runtime.block_on(S3Server::start("receive-wal"));
+            Repo::s3(&server, "streamed")
+        }
+        _ => Repo::local(&dir),
+    };
+    let synchronous = mode != Mode::Asynchronous;
     let pitr = Pitr::install(&dir, &repo);
     let cluster = streaming_cluster(&dir, Path::new(PG_BIN), &pitr);
     let spool = dir.subdir("spool");
@@ -358,8 +378,10 @@ fn losing_the_primary(synchronous: bool) {
         "--partial-interval".into(),
         "1".into(),
     ];
-    if synchronous {
-        args.push("--synchronous".into());
+    match mode {
+        Mode::Asynchronous => {}
+        Mode::Synchronous => args.push("--synchronous".into()),
+        Mode::SynchronousRepository => args.push("--synchronous=repository".into()),
     }
     let mut receiver = Receiving(Some(
         pitr.direct(&args)
@@ -403,6 +425,13 @@ fn losing_the_primary(synchronous: bool) {
         }
     }
     let (middle_time, middle_id) = middle.unwrap();
+    if mode == Mode::SynchronousRepository {
+        // The receiver's host goes first, without a chance to upload anything more.
+        let mut child = receiver.0.take().unwrap();
+        signal(&child, "KILL");
+        let _ = child.wait();
+        std::fs::remove_dir_all(&spool).unwrap();
+    }
     // The host is lost: no shutdown checkpoint, nothing of the data directory left.
     let lost_at = Instant::now();
     run_ok(
@@ -412,10 +441,12 @@ fn losing_the_primary(synchronous: bool) {
             .arg("stop"),
     );
     std::fs::remove_dir_all(&cluster.data).unwrap();
-    // The receiver notices, uploads what its spool holds, and keeps trying to reconnect.
-    std::thread::sleep(Duration::from_secs(2));
-    let said = stop_receiving(receiver);
-    assert!(said.contains("uploaded the tail of"), "{said}");
+    if mode != Mode::SynchronousRepository {
+        // The receiver notices, uploads what its spool holds, and keeps trying to reconnect.
+        std::thread::sleep(Duration::from_secs(2));
+        let said = stop_receiving(receiver);
+        assert!(said.contains("uploaded the tail of"), "{said}");
+    }
     // list names the tail the restore below replays.
     let list = stdout(&pitr.run(["list"]));
     assert!(list.contains("wal tail timeline 1: "), "{list}");
@@ -481,12 +512,17 @@ fn losing_the_primary(synchronous: bool) {
 
 #[test]
 fn losing_the_primary_asynchronous() {
-    losing_the_primary(false);
+    losing_the_primary(Mode::Asynchronous);
 }
 
 #[test]
 fn losing_the_primary_synchronous() {
-    losing_the_primary(true);
+    losing_the_primary(Mode::Synchronous);
+}
+
+#[test]
+fn losing_both_hosts_synchronous_with_the_repository() {
+    losing_the_primary(Mode::SynchronousRepository);
 }
 
 /// Without --create-slot, a missing slot ends the receiver at once with one line naming the
@@ -565,13 +601,64 @@ fn check_reports_the_receiver_and_a_lost_slot() {
         assert_eq!(code(&out), expected, "{said}{}", stderr(&out));
         receiver_line
     };
+    // `pitr metrics --dbname`: the same facts as gauges.
+    let metrics = || {
+        let out = pitr
+            .command(["metrics", "--dbname", &cluster.conninfo("postgres")])
+            .output()
+            .unwrap();
+        assert_eq!(code(&out), 0, "{}", stderr(&out));
+        stdout(&out)
+    };
+    let has = |text: &str, line: &str| {
+        assert!(text.lines().any(|l| l == line), "{line} not in\n{text}");
+    };
     let streaming = check(0, "streams from the slot pitr");
     assert!(
         streaming.starts_with("OK") || streaming.contains("OK"),
         "{streaming}"
     );
+    let text = metrics();
+    has(&text, "pitr_server_up 1.0");
+    has(&text, "pitr_receiver_active{slot=\"pitr\"} 1.0");
+    has(
+        &text,
+        "pitr_receiver_slot_wal_status{slot=\"pitr\",wal_status=\"reserved\"} 1.0",
+    );
+    assert!(
+        text.contains("pitr_receiver_flush_lag_seconds{slot=\"pitr\"}"),
+        "{text}"
+    );
+    // A commit the receiver holds when it stops: its tail is uploaded then.
+    cluster.sql("insert into t values (1, 'held')");
+    let deadline = Instant::now() + WAIT;
+    while cluster.sql(
+        "select count(*) from pg_stat_replication \
+         where flush_lsn >= pg_current_wal_insert_lsn()",
+    ) != "1"
+    {
+        assert!(Instant::now() < deadline, "the receiver did not flush");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     stop_receiving(receiver);
-    check(1, "no pitr receive-wal streams from the slot pitr");
+    let stopped = check(1, "no pitr receive-wal streams from the slot pitr");
+    assert!(
+        stopped.contains("the repository's tail reaches"),
+        "{stopped}"
+    );
+    let text = metrics();
+    has(&text, "pitr_receiver_active{slot=\"pitr\"} 0.0");
+    let uploaded: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("pitr_wal_tail_upload_time_seconds{timeline=\"1\"} "))
+        .unwrap_or_else(|| panic!("no tail upload time in\n{text}"))
+        .parse()
+        .unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!((now - uploaded).abs() < 120.0, "{uploaded} vs {now}");
     // Past max_slot_wal_keep_size with nothing streaming: the checkpoint invalidates the slot.
     for _ in 0..4 {
         cluster.sql("insert into t select g, md5(g::text) from generate_series(1, 100000) g on conflict do nothing");
@@ -585,6 +672,10 @@ fn check_reports_the_receiver_and_a_lost_slot() {
     );
     let lost = check(2, "lost WAL pitr receive-wal had not received");
     assert!(lost.contains("take a new backup"), "{lost}");
+    has(
+        &metrics(),
+        "pitr_receiver_slot_wal_status{slot=\"pitr\",wal_status=\"lost\"} 1.0",
+    );
     // The receiver does not retry forever: one line, the same instruction.
     let out = pitr
         .command([
