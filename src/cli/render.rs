@@ -690,6 +690,9 @@ pub fn expire(report: &ExpireReport, as_json: bool) {
             protected.key
         );
     }
+    for tail in &report.removed_tails {
+        println!("{verb} the received tail {tail} (redundant)");
+    }
     println!(
         "{verb} {} backup{}, {} WAL file{}, {} interrupted backup{}{}",
         report.removed_backups.len(),

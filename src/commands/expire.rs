@@ -19,6 +19,7 @@ use serde::Serialize;
 use crate::catalog::Protected;
 use crate::catalog::backup::{BackupClaim, BackupManifest, DamagedBackup, Deletion};
 use crate::catalog::replay::ReplayClaim;
+use crate::catalog::tail::StoredTail;
 use crate::catalog::{Catalog, RepositoryIdentity};
 use crate::error::{Error, Result};
 use crate::pg::WalFileName;
@@ -26,7 +27,7 @@ use crate::pg::timestamp::rfc3339_micros;
 use crate::pg::wal_name::xlog_file_name;
 use crate::recovery::ArchiveView;
 use crate::recovery::retention::{
-    Policy, ReplayHold, Rule, WalReason, hold_for_replays, plan_retention,
+    Policy, ReplayHold, RetentionPlan, Rule, WalReason, hold_for_replays, plan_retention,
 };
 
 /// A backup without manifest whose claim is older than this is taken for abandoned even when
@@ -55,6 +56,9 @@ pub struct ExpireReport {
     pub removed_wal_ranges: Vec<WalFileRange>,
     /// Summaries left by an earlier removal cut short.
     pub removed_orphan_summaries: u64,
+    /// Received tails (`<segment> up to <bytes>`) whose segment is archived whole, or below
+    /// the WAL expired on its timeline.
+    pub removed_tails: Vec<String>,
     /// Backups that never finished and whose owner is gone.
     pub removed_interrupted_backups: Vec<String>,
     /// Backups without manifest that may still be running: left alone.
@@ -170,6 +174,22 @@ async fn read_claims(
     Ok((live, stale))
 }
 
+/// Whether a received tail of segment `segno` on `timeline` is redundant: the segment is
+/// archived whole (`archived`), or lies where the plan expires WAL and keeps none (a
+/// receiver stopped long ago left it).
+fn tail_is_redundant(timeline: u32, segno: u64, archived: bool, plan: &RetentionPlan) -> bool {
+    let kept = plan.wal_kept.iter().any(|range| {
+        range.timeline == timeline
+            && range.first_segno <= segno
+            && range.last_segno.is_none_or(|last| segno <= last)
+    });
+    let expired = plan
+        .expired_before
+        .get(&timeline)
+        .is_some_and(|&before| segno < before);
+    archived || (expired && !kept)
+}
+
 /// What a claim holds, in segment numbers; `None` while it plans (it holds everything).
 fn hold_of(claim: &ReplayClaim, segment_size: u64) -> Option<ReplayHold> {
     let backup = claim.backup.clone()?;
@@ -274,6 +294,7 @@ async fn expire_locked(
     let list = catalog.backup_list().await?;
     let (pins, damaged_pins) = catalog.backup_pins(&objects).await?;
     let view = ArchiveView::load_full(catalog, &identity).await?;
+    let tails = catalog.tails().await?;
     tracing::debug!("expire: repository read");
 
     // A pin that cannot be read counts as a pin: expiring must never guess in favour of
@@ -385,6 +406,25 @@ async fn expire_locked(
     let removed_names: Vec<WalFileName> = plan.wal_removed.iter().map(|f| f.name.clone()).collect();
     report.removed_wal_ranges = wal_file_ranges(&removed_names, segment_size);
     report.removed_orphan_summaries = plan.orphan_summaries.len() as u64;
+    let redundant: Vec<StoredTail> = if held_back.is_some() {
+        Vec::new()
+    } else {
+        tails
+            .into_iter()
+            .filter(|tail| {
+                tail.segment
+                    .segment_number(segment_size)
+                    .is_some_and(|segno| {
+                        let archived = view.file(tail.segment.timeline(), segno).is_some();
+                        tail_is_redundant(tail.segment.timeline(), segno, archived, &plan)
+                    })
+            })
+            .collect()
+    };
+    report.removed_tails = redundant
+        .iter()
+        .map(|t| format!("{} up to {}", t.segment, t.end))
+        .collect();
 
     let this_host = crate::host_name().unwrap_or_default();
     let damaged: BTreeSet<&str> = list.damaged.iter().map(|d| d.id.as_str()).collect();
@@ -424,6 +464,7 @@ async fn expire_locked(
         report.removed_wal_ranges.clear();
         report.removed_interrupted_backups.clear();
         report.removed_orphan_summaries = 0;
+        report.removed_tails.clear();
         return Ok(report);
     }
     tracing::debug!("expire: removing");
@@ -447,6 +488,12 @@ async fn expire_locked(
     );
     tracing::debug!("expire: WAL removed");
     catalog.delete_wal_summaries(&plan.orphan_summaries).await?;
+    // Redundant by proof, and small: one that will not go (a retention lock) stays for a
+    // later run rather than failing this one.
+    match catalog.delete_tails(&redundant).await {
+        Ok(()) => done.deleted += redundant.len() as u64,
+        Err(e) => tracing::warn!("expire: removing redundant WAL tails: {e}"),
+    }
     for id in &report.removed_interrupted_backups {
         done.add(catalog.delete_backup(id, None).await?);
     }
@@ -462,6 +509,40 @@ async fn expire_locked(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_tail_goes_once_its_segment_is_whole_or_expired_and_not_kept() {
+        use crate::recovery::retention::KeptWal;
+        let plan = RetentionPlan {
+            wal_kept: vec![
+                KeptWal {
+                    timeline: 1,
+                    first_segno: 10,
+                    last_segno: None,
+                    reason: WalReason::Continuous { backup: "b".into() },
+                },
+                // A backup's own stretch below the expired point.
+                KeptWal {
+                    timeline: 1,
+                    first_segno: 4,
+                    last_segno: Some(5),
+                    reason: WalReason::Consistency { backup: "a".into() },
+                },
+            ],
+            expired_before: [(1, 10)].into(),
+            ..RetentionPlan::default()
+        };
+        // The segment being received: kept.
+        assert!(!tail_is_redundant(1, 12, false, &plan));
+        // The same segment archived whole: redundant.
+        assert!(tail_is_redundant(1, 12, true, &plan));
+        // Below the expired point, outside what is kept: redundant.
+        assert!(tail_is_redundant(1, 7, false, &plan));
+        // Inside a kept stretch: kept.
+        assert!(!tail_is_redundant(1, 5, false, &plan));
+        // A timeline where nothing is expired: kept.
+        assert!(!tail_is_redundant(2, 3, false, &plan));
+    }
 
     #[test]
     fn removed_wal_is_told_in_runs_of_consecutive_segments_per_timeline() {

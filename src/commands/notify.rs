@@ -18,7 +18,15 @@ use crate::config::Settings;
 use crate::error::{EXIT_OK, Error};
 
 /// The commands that run unattended and report to the webhook.
-pub const NOTIFYING_COMMANDS: &[&str] = &["backup", "verify", "expire", "check", "drill"];
+pub const NOTIFYING_COMMANDS: &[&str] = &[
+    "backup",
+    "verify",
+    "expire",
+    "check",
+    "drill",
+    // When it ends: a lost slot (a gap to fill with a new backup), a refused segment.
+    "receive-wal",
+];
 /// The whole request, connection included.
 pub const TIMEOUT: Duration = Duration::from_secs(10);
 /// Discord refuses a `content` longer than this.

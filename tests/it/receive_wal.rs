@@ -237,28 +237,46 @@ fn streaming_alone_on_18() {
     streaming_alone_restores_to_a_time(18, &bin);
 }
 
-/// kill -9 of the receiver at moments during a write workload, each time started again:
-/// it resumes from its spool, and a restore to a time after the last commit has every row.
+/// kill -9 of the receiver at 10 moments while a writer commits row after row (and some
+/// segments are switched out), each time started again: it resumes from its spool, and a
+/// restore to a time after the last commit has every row.
 #[test]
 fn a_killed_receiver_resumes_and_loses_nothing() {
     let dir = TestDir::new("receive-wal-kill");
     let repo = Repo::local(&dir);
     let pitr = Pitr::install(&dir, &repo);
     let mut cluster = streaming_cluster(&dir, Path::new(PG_BIN), &pitr);
+    cluster.sql(
+        "create procedure burst(base int, n int) language plpgsql as $$ begin \
+         for i in 0 .. n - 1 loop insert into t values (base + i, 'burst' || i); commit; \
+         end loop; end $$",
+    );
     let spool = dir.subdir("spool");
     chown_to_postgres(&spool);
     let mut receiver = start_receiving(&pitr, &cluster, &spool);
     wait_streaming(&cluster, &mut receiver);
     backup(&pitr, &cluster);
-    for round in 1..=4u32 {
-        // Writes, part of a segment switched out, then more writes mid-segment.
-        phase(&cluster, round * 2);
-        if round % 2 == 0 {
-            switch(&cluster);
-        }
-        phase(&cluster, round * 2 + 1);
+    // Into the writer's run at different depths (it takes about a second).
+    let moments_ms = [40u64, 700, 150, 520, 90, 860, 260, 610, 330, 20];
+    for (round, moment) in (1u32..).zip(moments_ms) {
+        let mut writer = as_postgres("psql")
+            .args(["-X", "-v", "ON_ERROR_STOP=1", "-q", "-U", "postgres", "-h"])
+            .arg(&cluster.socket_dir)
+            .args(["-p", &cluster.port.to_string(), "-d", "postgres", "-c"])
+            .arg(format!("call burst({}, 400)", 1_000_000 * round))
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(moment));
         signal(&receiver, "KILL");
         let _ = receiver.wait();
+        assert!(writer.wait().unwrap().success());
+        if round % 3 == 0 {
+            switch(&cluster);
+        }
+        if round % 4 == 0 {
+            // Writes and deletes mid-segment while no receiver runs.
+            phase(&cluster, round);
+        }
         let left: Vec<PathBuf> = std::fs::read_dir(&spool)
             .unwrap()
             .flatten()
@@ -659,6 +677,32 @@ fn check_reports_the_receiver_and_a_lost_slot() {
         .unwrap()
         .as_secs_f64();
     assert!((now - uploaded).abs() < 120.0, "{uploaded} vs {now}");
+    // The segment of that tail archived whole by another way (archive-push, as an
+    // archive_command would): expire removes the tail, now redundant.
+    let tail_segment = cluster.sql("select pg_walfile_name(pg_current_wal_lsn())");
+    cluster.sql("select pg_switch_wal()");
+    let out = pitr
+        .command([
+            "archive-push",
+            cluster
+                .data
+                .join("pg_wal")
+                .join(&tail_segment)
+                .to_str()
+                .unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let out = pitr.run(["expire", "--keep-last", "1"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains(&format!("removed the received tail {tail_segment} up to")),
+        "{}",
+        stdout(&out)
+    );
+    let list = stdout(&pitr.run(["list"]));
+    assert!(!list.contains("wal tail"), "{list}");
     // Past max_slot_wal_keep_size with nothing streaming: the checkpoint invalidates the slot.
     for _ in 0..4 {
         cluster.sql("insert into t select g, md5(g::text) from generate_series(1, 100000) g on conflict do nothing");
@@ -676,7 +720,9 @@ fn check_reports_the_receiver_and_a_lost_slot() {
         &metrics(),
         "pitr_receiver_slot_wal_status{slot=\"pitr\",wal_status=\"lost\"} 1.0",
     );
-    // The receiver does not retry forever: one line, the same instruction.
+    // The receiver does not retry forever: one line, the same instruction, and the
+    // webhook told.
+    let hook = crate::unattended::Webhook::start(200);
     let out = pitr
         .command([
             "receive-wal",
@@ -684,6 +730,8 @@ fn check_reports_the_receiver_and_a_lost_slot() {
             &cluster.conninfo("postgres"),
             "--spool",
             spool.to_str().unwrap(),
+            "--notify-url",
+            &hook.url,
         ])
         .output()
         .unwrap();
@@ -692,5 +740,16 @@ fn check_reports_the_receiver_and_a_lost_slot() {
         stderr(&out).contains("take a new backup"),
         "{}",
         stderr(&out)
+    );
+    let messages = hook.messages();
+    assert_eq!(messages.len(), 1, "{messages:?}");
+    assert_eq!(messages[0]["command"], "receive-wal");
+    assert_eq!(messages[0]["status"], "failure");
+    assert!(
+        messages[0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("take a new backup"),
+        "{messages:?}"
     );
 }

@@ -201,13 +201,13 @@ async fn lock_on_s3() {
 }
 
 /// A webhook on a local port: records each JSON body, answers `status`.
-struct Webhook {
-    url: String,
+pub(crate) struct Webhook {
+    pub(crate) url: String,
     received: Arc<Mutex<Vec<serde_json::Value>>>,
 }
 
 impl Webhook {
-    fn start(status: u16) -> Self {
+    pub(crate) fn start(status: u16) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}/hooks/pitr", listener.local_addr().unwrap());
         let received = Arc::new(Mutex::new(Vec::new()));
@@ -242,7 +242,7 @@ impl Webhook {
         Webhook { url, received }
     }
 
-    fn messages(&self) -> Vec<serde_json::Value> {
+    pub(crate) fn messages(&self) -> Vec<serde_json::Value> {
         self.received.lock().unwrap().clone()
     }
 }
