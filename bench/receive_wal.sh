@@ -7,7 +7,10 @@
 #      receiver's flush position and the repository (archived segments + the newest tail)
 #      trail the server, sampled every half second; then, at the primary's kill -9, what the
 #      repository lacks (the asynchronous RPO without the final upload) and with it;
-#   3. a synchronous receiver (--synchronous, in synchronous_standby_names): tps, against 1.
+#   3. a synchronous receiver (--synchronous, in synchronous_standby_names): tps, against 1;
+#   4. the same with --synchronous=repository (each report waits for the tail's upload);
+#   5. a bulk load (no pgbench): the WAL rate the server writes and the rate the receiver
+#      takes it at (its raw receive throughput).
 # Receive throughput: the WAL the receiver took over the run's time (it must keep up with
 # the WAL rate: its lag at the end of the run stays bounded).
 #
@@ -149,14 +152,39 @@ echo "   kill of the primary: the repository lacked $(python3 -c "print(f'{($at_
 stop_receiver
 start_cluster "$WORK/data"
 
-start_receiver --synchronous --partial-interval 10 --status-interval 1
-psql_ "alter system set synchronous_standby_names = 'pitr_receive_wal'" >/dev/null
-psql_ "select pg_reload_conf()" >/dev/null
-sleep 1
-[ "$(psql_ "select sync_state from pg_stat_replication")" = sync ] || { echo "not synchronous" >&2; exit 1; }
-pgbench_run "$WORK/sync.out"
-sync=$(tps_of "$WORK/sync.out")
+synchronous_run() { # NAME, receiver args
+  local name=$1
+  shift
+  start_receiver "$@" --partial-interval 10 --status-interval 1
+  psql_ "alter system set synchronous_standby_names = 'pitr_receive_wal'" >/dev/null
+  psql_ "select pg_reload_conf()" >/dev/null
+  sleep 1
+  [ "$(psql_ "select sync_state from pg_stat_replication")" = sync ] || { echo "not synchronous" >&2; exit 1; }
+  pgbench_run "$WORK/$name.out"
+  stop_receiver
+  psql_ "alter system reset synchronous_standby_names" >/dev/null
+  psql_ "select pg_reload_conf()" >/dev/null
+  tps_of "$WORK/$name.out"
+}
+sync=$(synchronous_run sync --synchronous)
+echo "   synchronous receiver:    $sync tps ($(python3 -c "print(f'{$sync / $base:.2f}')")x the baseline; durable in the spool)"
+sync_repo=$(synchronous_run sync-repo --synchronous=repository)
+echo "   synchronous, repository: $sync_repo tps ($(python3 -c "print(f'{$sync_repo / $base:.2f}')")x the baseline; durable in the repository)"
+
+# Raw receive throughput: a bulk load writes WAL as fast as the server can; how fast the
+# receiver takes it (until its flush reaches the load's end) against how fast it was written.
+start_receiver --partial-interval 10 --status-interval 1
+psql_ "create table bulk (id int, v text)" >/dev/null
+lsn0=$(lsn_bytes "$(psql_ "select pg_current_wal_lsn()")")
+t0=$(date +%s.%N)
+psql_ "insert into bulk select g, repeat(md5(g::text), 8) from generate_series(1, $((SCALE * 200000))) g" >/dev/null
+t1=$(date +%s.%N)
+lsn1=$(lsn_bytes "$(psql_ "select pg_current_wal_lsn()")")
+for _ in $(seq 1200); do
+  flushed=$(lsn_bytes "$(psql_ "select coalesce(flush_lsn, '0/0') from pg_stat_replication")")
+  [ "$flushed" -ge "$lsn1" ] && break
+  sleep 0.05
+done
+t2=$(date +%s.%N)
 stop_receiver
-psql_ "alter system reset synchronous_standby_names" >/dev/null
-psql_ "select pg_reload_conf()" >/dev/null
-echo "   synchronous receiver:    $sync tps ($(python3 -c "print(f'{$sync / $base:.2f}')")x the baseline)"
+echo "   bulk load: $(python3 -c "print(f'{($lsn1 - $lsn0) / 1048576:.0f}')") MiB of WAL written at $(python3 -c "print(f'{($lsn1 - $lsn0) / ($t1 - $t0) / 1048576:.1f}')") MiB/s, received (flushed, segments stored) at $(python3 -c "print(f'{($lsn1 - $lsn0) / ($t2 - $t0) / 1048576:.1f}')") MiB/s, $(python3 -c "print(f'{$t2 - $t1:.2f}')") s behind at the end"
