@@ -88,6 +88,14 @@ start_receiver() { # extra args
   done
   echo "the receiver did not start:" >&2; cat "$WORK/receiver.log" >&2; exit 1
 }
+# Until the receiver's flush reaches LSN (bytes), at most a minute.
+wait_flushed() {
+  for _ in $(seq 1200); do
+    flushed=$(lsn_bytes "$(psql_ "select coalesce(flush_lsn, '0/0') from pg_stat_replication")")
+    [ "$flushed" -ge "$1" ] && return
+    sleep 0.05
+  done
+}
 stop_receiver() { signal_receiver; wait "$RECEIVER" || true; RECEIVER=; }
 pgbench_run() { # OUT
   as_pg "$PG_BIN/pgbench" -h "$WORK" -U postgres -c 4 -j 2 -T "$DURATION" -n postgres >"$1" 2>&1
@@ -116,12 +124,7 @@ t1=$(date +%s.%N)
 lsn1=$(lsn_bytes "$(psql_ "select pg_current_wal_lsn()")")
 async=$(tps_of "$WORK/async.out")
 rate=$(python3 -c "print(($lsn1 - $lsn0) / ($t1 - $t0) / 1048576)")
-# Until the receiver's flush reaches the end of the run's WAL.
-for _ in $(seq 600); do
-  flushed=$(lsn_bytes "$(psql_ "select coalesce(flush_lsn, '0/0') from pg_stat_replication")")
-  [ "$flushed" -ge "$lsn1" ] && break
-  sleep 0.1
-done
+wait_flushed "$lsn1"
 t2=$(date +%s.%N)
 received=$(python3 -c "print(($lsn1 - $lsn0) / ($t2 - $t0) / 1048576)")
 read -r flush_max flush_mean repo_max repo_mean < <(python3 - "$WORK/samples" <<'PY'
@@ -180,11 +183,7 @@ t0=$(date +%s.%N)
 psql_ "insert into bulk select g, repeat(md5(g::text), 8) from generate_series(1, $((SCALE * 200000))) g" >/dev/null
 t1=$(date +%s.%N)
 lsn1=$(lsn_bytes "$(psql_ "select pg_current_wal_lsn()")")
-for _ in $(seq 1200); do
-  flushed=$(lsn_bytes "$(psql_ "select coalesce(flush_lsn, '0/0') from pg_stat_replication")")
-  [ "$flushed" -ge "$lsn1" ] && break
-  sleep 0.05
-done
+wait_flushed "$lsn1"
 t2=$(date +%s.%N)
 stop_receiver
 echo "   bulk load: $(python3 -c "print(f'{($lsn1 - $lsn0) / 1048576:.0f}')") MiB of WAL written at $(python3 -c "print(f'{($lsn1 - $lsn0) / ($t1 - $t0) / 1048576:.1f}')") MiB/s, received (flushed, segments stored) at $(python3 -c "print(f'{($lsn1 - $lsn0) / ($t2 - $t0) / 1048576:.1f}')") MiB/s, $(python3 -c "print(f'{$t2 - $t1:.2f}')") s behind at the end"

@@ -17,6 +17,7 @@ pub mod tar_stream;
 pub mod timeline;
 pub mod timestamp;
 pub mod version;
+pub mod wal_blocks;
 pub mod wal_file_check;
 pub mod wal_name;
 pub mod wal_page;

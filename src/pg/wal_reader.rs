@@ -9,6 +9,7 @@
 use std::collections::VecDeque;
 
 use super::Lsn;
+use super::wal_blocks::{RecordChanges, record_changes};
 use super::wal_page::{SIZE_OF_XLOG_LONG_PHD, XLP_LONG_HEADER, major_version_of_page_magic};
 
 /// `SizeOfXLogShortPHD`.
@@ -46,6 +47,9 @@ pub struct WalRecord {
     pub rmid: u8,
     pub info: u8,
     pub kind: RecordKind,
+    /// The blocks and files it changes, when the decoder was asked for them
+    /// ([`WalDecoder::with_changes`]).
+    pub changes: Option<RecordChanges>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -68,6 +72,8 @@ pub enum XactAction {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct XactRecord {
     pub action: XactAction,
+    /// The relations whose files a commit or an abort removes.
+    pub dropped: Vec<super::wal_blocks::RelFile>,
     /// The transaction the record ends: for prepared transactions the prepared one.
     pub xid: u32,
     /// `xact_time` (PostgreSQL timestamp: microseconds since 2000-01-01 UTC); none for PREPARE.
@@ -113,6 +119,8 @@ pub struct WalDecoder {
     wal_segment_size: u64,
     block_size: usize,
     check: RecordCheck,
+    /// Decode each record's block references and storage events.
+    changes: bool,
     magic: Option<u16>,
     pg_version: u32,
     /// LSN of the next page to decode, and the bytes of it received so far.
@@ -137,6 +145,7 @@ impl WalDecoder {
             wal_segment_size,
             block_size,
             check: RecordCheck::Full,
+            changes: false,
             magic: None,
             pg_version: 0,
             page_lsn: start,
@@ -153,6 +162,14 @@ impl WalDecoder {
     /// The same decoder, verifying records as `check` says.
     pub fn checking(mut self, check: RecordCheck) -> Self {
         self.check = check;
+        self
+    }
+
+    /// The same decoder, telling each record's block references and storage events
+    /// ([`WalRecord::changes`]); it then keeps every record's bytes (as `RecordCheck::Full`).
+    pub fn with_changes(mut self) -> Self {
+        self.changes = true;
+        self.check = RecordCheck::Full;
         self
     }
 
@@ -413,7 +430,15 @@ impl WalDecoder {
             return false;
         }
         let check_crc = self.check == RecordCheck::Full || is_target_record(data);
-        match decode_record(data, start, end, self.pg_version, check_crc) {
+        let decoded =
+            decode_record(data, start, end, self.pg_version, check_crc).and_then(|mut record| {
+                if self.changes {
+                    record.changes =
+                        Some(record_changes(data, self.pg_version).map_err(|e| e.to_string())?);
+                }
+                Ok(record)
+            });
+        match decoded {
             Ok(record) => {
                 let next = if record.kind == RecordKind::Switch {
                     // The rest of the segment is padding.
@@ -514,6 +539,7 @@ fn decode_record(
         rmid,
         info,
         kind,
+        changes: None,
     })
 }
 
@@ -542,12 +568,6 @@ impl<'a> Cursor<'a> {
         self.pos = at + N;
         Ok(*bytes)
     }
-    fn u8(&mut self) -> Result<u8, String> {
-        Ok(u8::from_le_bytes(self.array()?))
-    }
-    fn u16(&mut self) -> Result<u16, String> {
-        Ok(u16::from_le_bytes(self.array()?))
-    }
     fn u32(&mut self) -> Result<u32, String> {
         Ok(u32::from_le_bytes(self.array()?))
     }
@@ -562,68 +582,14 @@ impl<'a> Cursor<'a> {
     }
 }
 
-// Block reference ids and flags (xlogrecord.h).
-const XLR_MAX_BLOCK_ID: u8 = 32;
-const XLR_BLOCK_ID_DATA_SHORT: u8 = 255;
-const XLR_BLOCK_ID_DATA_LONG: u8 = 254;
-const XLR_BLOCK_ID_ORIGIN: u8 = 253;
-const XLR_BLOCK_ID_TOPLEVEL_XID: u8 = 252;
-const BKPBLOCK_HAS_IMAGE: u8 = 0x10;
-const BKPBLOCK_SAME_REL: u8 = 0x80;
-const BKPIMAGE_HAS_HOLE: u8 = 0x01;
-
 /// The record's main data: the last bytes, after block images and block data
 /// (`DecodeXLogRecord`).
 fn main_data(data: &[u8], pg_version: u32) -> Result<&[u8], String> {
-    let mut cursor = Cursor {
-        data,
-        pos: SIZE_OF_XLOG_RECORD,
-    };
     let version = super::PgVersion::of_major(pg_version)
         .ok_or_else(|| format!("WAL of unsupported PostgreSQL {pg_version}"))?;
-    let compressed_mask = version.compressed_image_mask;
-    let mut main_len = 0usize;
-    while cursor.pos < data.len() {
-        match cursor.u8()? {
-            XLR_BLOCK_ID_DATA_SHORT => {
-                main_len = cursor.u8()? as usize;
-                break;
-            }
-            XLR_BLOCK_ID_DATA_LONG => {
-                main_len = cursor.u32()? as usize;
-                break;
-            }
-            XLR_BLOCK_ID_ORIGIN => {
-                cursor.take(2)?;
-            }
-            XLR_BLOCK_ID_TOPLEVEL_XID => {
-                cursor.take(4)?;
-            }
-            id if id <= XLR_MAX_BLOCK_ID => {
-                let fork_flags = cursor.u8()?;
-                cursor.u16()?; // data_length
-                if fork_flags & BKPBLOCK_HAS_IMAGE != 0 {
-                    cursor.u16()?; // bimg_len
-                    cursor.u16()?; // hole_offset
-                    let bimg_info = cursor.u8()?;
-                    if bimg_info & BKPIMAGE_HAS_HOLE != 0 && bimg_info & compressed_mask != 0 {
-                        cursor.u16()?; // hole_length
-                    }
-                }
-                if fork_flags & BKPBLOCK_SAME_REL == 0 {
-                    cursor.take(12)?; // RelFileNode / RelFileLocator
-                }
-                cursor.take(4)?; // BlockNumber
-            }
-            id => return Err(format!("invalid block id {id}")),
-        }
-    }
-    let start = data
-        .len()
-        .checked_sub(main_len)
-        .filter(|&s| s >= cursor.pos)
-        .ok_or("main data longer than the record")?;
-    Ok(&data[start..])
+    super::wal_blocks::record_headers(data, version.compressed_image_mask)
+        .map(|headers| headers.main)
+        .map_err(|e| e.to_string())
 }
 
 // xl_xact_xinfo flags (xact.h).
@@ -635,7 +601,7 @@ const XACT_XINFO_HAS_TWOPHASE: u32 = 1 << 4;
 const XACT_XINFO_HAS_DROPPED_STATS: u32 = 1 << 8;
 
 /// Decodes a transaction record's main data (`ParseCommitRecord`, `ParseAbortRecord`).
-fn decode_xact(
+pub(crate) fn decode_xact(
     info: u8,
     xid: u32,
     main: &[u8],
@@ -652,6 +618,7 @@ fn decode_xact(
     if action == XactAction::Prepare {
         return Ok(Some(XactRecord {
             action,
+            dropped: Vec::new(),
             xid,
             time: None,
         }));
@@ -669,8 +636,16 @@ fn decode_xact(
     if xinfo & XACT_XINFO_HAS_SUBXACTS != 0 {
         cursor.skip_array(4)?;
     }
+    let mut dropped = Vec::new();
     if xinfo & XACT_XINFO_HAS_RELFILENODES != 0 {
-        cursor.skip_array(12)?;
+        let count = cursor.u32()?;
+        for _ in 0..count {
+            dropped.push(super::wal_blocks::RelFile {
+                tablespace: cursor.u32()?,
+                database: cursor.u32()?,
+                relfilenode: cursor.u32()?,
+            });
+        }
     }
     let dropped_stats =
         super::PgVersion::of_major(pg_version).is_some_and(|v| v.xact_dropped_stats);
@@ -687,6 +662,7 @@ fn decode_xact(
     }
     Ok(Some(XactRecord {
         action,
+        dropped,
         xid,
         time: Some(time),
     }))

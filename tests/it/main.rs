@@ -44,4 +44,5 @@ mod tls;
 mod unattended;
 mod verify;
 mod versions;
+mod wal_blocks;
 mod wal_reader;

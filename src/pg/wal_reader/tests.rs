@@ -2,6 +2,7 @@
 //! serve other modules' tests too.
 
 use super::*;
+use crate::pg::wal_blocks::{BLOCK_ID_DATA_LONG, BLOCK_ID_DATA_SHORT};
 
 pub(crate) const BLOCK: usize = 8192;
 pub(crate) const SEGMENT: u64 = 1 << 20;
@@ -11,10 +12,10 @@ const MAGIC_15: u16 = 0xD110;
 fn record(rmid: u8, info: u8, xid: u32, main: &[u8]) -> Vec<u8> {
     let mut body = Vec::new();
     if main.len() < 256 {
-        body.push(XLR_BLOCK_ID_DATA_SHORT);
+        body.push(BLOCK_ID_DATA_SHORT);
         body.push(main.len() as u8);
     } else {
-        body.push(XLR_BLOCK_ID_DATA_LONG);
+        body.push(BLOCK_ID_DATA_LONG);
         body.extend_from_slice(&(main.len() as u32).to_le_bytes());
     }
     body.extend_from_slice(main);
@@ -153,6 +154,7 @@ fn decodes_commits_and_restore_points_across_pages_and_segments() {
             kinds,
             vec![
                 RecordKind::Xact(XactRecord {
+                    dropped: Vec::new(),
                     action: XactAction::Commit,
                     xid: 700,
                     time: Some(1_000)
@@ -162,11 +164,13 @@ fn decodes_commits_and_restore_points_across_pages_and_segments() {
                     time: 2_000
                 },
                 RecordKind::Xact(XactRecord {
+                    dropped: Vec::new(),
                     action: XactAction::Commit,
                     xid: 701,
                     time: Some(3_000)
                 }),
                 RecordKind::Xact(XactRecord {
+                    dropped: Vec::new(),
                     action: XactAction::Commit,
                     xid: 705,
                     time: Some(4_000)

@@ -1,0 +1,255 @@
+//! Block references and storage events (issue 27's foundation) on real WAL: every block
+//! reference pitr decodes from PostgreSQL 15's segments is one pg_waldump prints for the
+//! same record, and none is missing; the storage events of a workload that creates,
+//! truncates, drops and copies relations and databases are the ones it did.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::common::*;
+use pitr::pg::Lsn;
+use pitr::pg::wal_blocks::{Fork, RecordChanges, StorageEvent};
+use pitr::pg::wal_reader::WalDecoder;
+
+const SEGMENT: u64 = 16 << 20;
+
+/// (record LSN, "spc/db/rel fork block"), comparable with pg_waldump's text.
+type Refs = BTreeSet<(u64, String)>;
+
+fn fork_name(fork: Fork) -> &'static str {
+    match fork {
+        Fork::Main => "main",
+        Fork::FreeSpaceMap => "fsm",
+        Fork::VisibilityMap => "vm",
+        Fork::Init => "init",
+    }
+}
+
+/// Our decoder over the segments as one stream: the block references and every record's
+/// changes, in order.
+fn decode(segments: &[PathBuf]) -> (Refs, Vec<(Lsn, RecordChanges)>) {
+    let first = segments[0].file_name().unwrap().to_str().unwrap();
+    let segno = u64::from_str_radix(&first[8..16], 16).unwrap() * 0x100
+        + u64::from_str_radix(&first[16..24], 16).unwrap();
+    let mut decoder = WalDecoder::new(Lsn(segno * SEGMENT), SEGMENT, 8192).with_changes();
+    let mut refs = Refs::new();
+    let mut all = Vec::new();
+    for path in segments {
+        decoder.feed(&std::fs::read(path).unwrap());
+        while let Some(record) = decoder.next_record() {
+            let changes = record.changes.expect("asked for");
+            for block in &changes.blocks {
+                refs.insert((
+                    record.lsn.0,
+                    format!(
+                        "{}/{}/{} {} {}",
+                        block.file.tablespace,
+                        block.file.database,
+                        block.file.relfilenode,
+                        fork_name(block.fork),
+                        block.block
+                    ),
+                ));
+            }
+            all.push((record.lsn, changes));
+        }
+    }
+    assert_eq!(decoder.end_of_wal(), None, "invalid WAL met");
+    (refs, all)
+}
+
+/// pg_waldump's block references: "blkref #0: rel 1663/5/16384 [fork vm ]blk 0[ FPW]".
+fn waldump(segments: &[PathBuf]) -> Refs {
+    let out = Command::new(Path::new(PG_BIN).join("pg_waldump"))
+        .arg(segments.first().unwrap())
+        .arg(segments.last().unwrap())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut refs = Refs::new();
+    for line in text.lines().filter(|l| l.starts_with("rmgr:")) {
+        let lsn = &line[line.find("lsn: ").unwrap() + 5..];
+        let lsn: Lsn = lsn[..lsn.find(',').unwrap()].parse().unwrap();
+        for part in line.split("blkref #").skip(1) {
+            let rest = part.split_once(": rel ").unwrap().1;
+            let mut words = rest.split([' ', ',']).filter(|w| !w.is_empty());
+            let rel = words.next().unwrap();
+            let mut word = words.next().unwrap();
+            let mut fork = "main";
+            if word == "fork" {
+                fork = words.next().unwrap();
+                word = words.next().unwrap();
+            }
+            assert_eq!(word, "blk", "{line}");
+            let block = words.next().unwrap();
+            refs.insert((lsn.0, format!("{rel} {fork} {block}")));
+        }
+    }
+    refs
+}
+
+/// The workload's WAL from a cluster of `bin`, and what it did: every block reference and
+/// storage event decoded (without an error), checked against the statements that made
+/// them; PostgreSQL 15's block references also against pg_waldump's.
+fn block_references_and_storage_events(major: u32, bin: &Path) {
+    let dir = TestDir::new(&format!("wal-blocks-{major}"));
+    let mut cluster = PgCluster::initdb_with(&dir, "pg", bin, &["--data-checksums"]);
+    cluster.configure("wal_keep_size = '2GB'\nfull_page_writes = on\nautovacuum = off\n");
+    cluster.start();
+    let space = dir.subdir("space");
+    chown_to_postgres(&space);
+    let first = cluster.sql("select pg_walfile_name(pg_current_wal_lsn())");
+
+    cluster.sql(&format!(
+        "create tablespace space location '{}'",
+        space.display()
+    ));
+    cluster.sql("create table t (id int primary key, v text)");
+    let t_file = cluster.sql("select pg_relation_filenode('t')");
+    cluster.sql("insert into t select g, md5(g::text) from generate_series(1, 20000) g");
+    cluster.sql("checkpoint");
+    cluster.sql("update t set v = v || 'u' where id % 5 = 0");
+    // The tail of the table emptied: VACUUM truncates it (and sets visibility map bits).
+    cluster.sql("delete from t where id > 10000");
+    cluster.sql("vacuum t");
+    cluster.sql("create sequence s");
+    cluster.sql("select nextval('s') from generate_series(1, 50)");
+    cluster.sql("create index t_v on t (v)");
+    cluster.sql("create table gone (id int)");
+    let gone_file = cluster.sql("select pg_relation_filenode('gone')");
+    cluster.sql("insert into gone select generate_series(1, 1000)");
+    cluster.sql("drop table gone");
+    cluster.sql("create table emptied (id int)");
+    cluster.sql("insert into emptied select generate_series(1, 1000)");
+    cluster.sql("truncate emptied");
+    cluster.sql("alter table t set tablespace space");
+    cluster.sql("create unlogged table u (id int)");
+    cluster.sql("insert into u select generate_series(1, 1000)");
+    // Both strategies from 15; 13 and 14 only copy.
+    let mut logged_oid = None;
+    if major >= 15 {
+        cluster.sql("create database copied strategy file_copy");
+        cluster.sql("create database logged strategy wal_log");
+        logged_oid = Some(cluster.sql("select oid from pg_database where datname = 'logged'"));
+    } else {
+        cluster.sql("create database copied");
+    }
+    let copied_oid = cluster.sql("select oid from pg_database where datname = 'copied'");
+    cluster.sql("drop database copied");
+    cluster.sql("vacuum full t");
+    let last = cluster.sql("select pg_walfile_name(pg_current_wal_lsn())");
+    cluster.sql("select pg_switch_wal()");
+    cluster.stop();
+
+    let mut segments: Vec<_> = std::fs::read_dir(cluster.data.join("pg_wal"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            let name = p.file_name().unwrap().to_str().unwrap();
+            name.len() == 24 && name >= first.as_str() && name <= last.as_str()
+        })
+        .collect();
+    segments.sort();
+
+    let (ours, changes) = decode(&segments);
+    // The table's first block is referenced (its inserts).
+    assert!(
+        ours.iter()
+            .any(|(_, r)| r.ends_with(&format!("/{t_file} main 0"))),
+        "no reference to block 0 of {t_file}"
+    );
+    if major == 15 {
+        let theirs = waldump(&segments);
+        assert!(
+            theirs.len() > 1000,
+            "pg_waldump found {} refs",
+            theirs.len()
+        );
+        let missing: Vec<_> = theirs.difference(&ours).take(5).collect();
+        let extra: Vec<_> = ours.difference(&theirs).take(5).collect();
+        assert!(
+            missing.is_empty() && extra.is_empty(),
+            "missing {missing:?}, extra {extra:?}"
+        );
+    }
+
+    let events: Vec<&StorageEvent> = changes.iter().flat_map(|(_, c)| &c.events).collect();
+    let relfilenode = |text: &str| text.parse::<u32>().unwrap();
+    // Created: the table's main fork (and its new file in the tablespace, and the others).
+    assert!(
+        events.iter().any(|e| matches!(e,
+            StorageEvent::Created { file, fork: Fork::Main }
+                if file.relfilenode == relfilenode(&t_file))),
+        "{events:?}"
+    );
+    // VACUUM's truncation of t, to fewer blocks than it had.
+    assert!(
+        events.iter().any(|e| matches!(e,
+            StorageEvent::Truncated { file, blocks, main: true, .. }
+                if file.relfilenode == relfilenode(&t_file) && *blocks > 0)),
+        "{events:?}"
+    );
+    // DROP TABLE: its file goes at commit.
+    assert!(
+        events.iter().any(|e| matches!(e,
+            StorageEvent::RelationsDropped(files)
+                if files.iter().any(|f| f.relfilenode == relfilenode(&gone_file)))),
+        "{events:?}"
+    );
+    // The unlogged table's init fork is created in WAL.
+    assert!(
+        events.iter().any(|e| matches!(
+            e,
+            StorageEvent::Created {
+                fork: Fork::Init,
+                ..
+            }
+        )),
+        "{events:?}"
+    );
+    let oid = |text: &str| text.parse::<u32>().unwrap();
+    assert!(
+        events.iter().any(|e| matches!(e,
+            StorageEvent::DatabaseCopied { database, source_database: 1, .. }
+                if *database == oid(&copied_oid))),
+        "{events:?}"
+    );
+    if let Some(logged) = logged_oid {
+        assert!(
+            events.iter().any(|e| matches!(e,
+                StorageEvent::DatabaseCreated { database, .. } if *database == oid(&logged))),
+            "{events:?}"
+        );
+    }
+    assert!(
+        events.iter().any(|e| matches!(e,
+            StorageEvent::DatabaseDropped { database, tablespaces }
+                if *database == oid(&copied_oid) && !tablespaces.is_empty())),
+        "{events:?}"
+    );
+    // Nothing this workload does is beyond the map.
+    assert!(
+        !events
+            .iter()
+            .any(|e| matches!(e, StorageEvent::Unknown { .. })),
+        "{events:?}"
+    );
+}
+
+#[test]
+fn block_references_and_storage_events_on_15() {
+    block_references_and_storage_events(15, Path::new(PG_BIN));
+}
+
+#[test]
+fn block_references_and_storage_events_on_13() {
+    let Some(bin) = pg_bin_of(13) else { return };
+    block_references_and_storage_events(13, &bin);
+}
+
+#[test]
+fn block_references_and_storage_events_on_18() {
+    let Some(bin) = pg_bin_of(18) else { return };
+    block_references_and_storage_events(18, &bin);
+}
