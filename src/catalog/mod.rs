@@ -27,6 +27,7 @@
 //! does not open.
 
 pub mod backup;
+pub mod block_map;
 pub mod history;
 pub mod keys;
 pub mod lock;

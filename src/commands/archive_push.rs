@@ -402,19 +402,24 @@ async fn index(
             let (segment_size, block_size) =
                 (identity.wal_segment_size, identity.wal_block_size as usize);
             let path = path.to_owned();
-            let summary = blocking(move || {
+            let (summary, map) = blocking(move || {
                 let carry = previous.as_ref().and_then(|p| p.carry.as_ref());
-                let mut summarizer = SegmentSummarizer::new(start, segment_size, block_size, carry);
+                let mut summarizer =
+                    SegmentSummarizer::new(start, segment_size, block_size, carry).with_block_map();
                 for_each_window(&path, |window| {
                     for piece in window.chunks(FEED_BYTES) {
                         summarizer.feed(piece);
                     }
                 })?;
-                Ok(summarizer.finish())
+                Ok(summarizer.finish_with_map())
             })
             .await?;
             if let Some(next) = to_next {
                 let _ = next.send(summary.clone());
+            }
+            // The map first: a summary present means the segment was indexed whole.
+            if let Some(map) = &map {
+                catalog.put_block_map(name, map).await?;
             }
             catalog.put_segment_summary(name, &summary).await?;
         }

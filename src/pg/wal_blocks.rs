@@ -11,6 +11,7 @@
 //! [`StorageEvent::Unknown`]: its range cannot be described by blocks, and a backup must
 //! then copy whole files.
 
+use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 /// `SizeOfXLogRecord`.
@@ -49,7 +50,7 @@ const SMGR_TRUNCATE_FSM: u32 = 0x0004;
 const WAL_LEVEL_MINIMAL: i32 = 0;
 
 /// A relation's storage: `RelFileNode` (13–15), `RelFileLocator` (16+).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct RelFile {
     /// Tablespace OID (1663 pg_default, 1664 pg_global).
     pub tablespace: u32,
@@ -59,7 +60,8 @@ pub struct RelFile {
 }
 
 /// A relation fork, as `ForkNumber`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Fork {
     Main,
     FreeSpaceMap,
@@ -92,7 +94,8 @@ pub struct BlockRef {
 }
 
 /// What a record does to whole files.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
 pub enum StorageEvent {
     /// A fork created, empty (`XLOG_SMGR_CREATE`).
     Created { file: RelFile, fork: Fork },
@@ -122,7 +125,7 @@ pub enum StorageEvent {
         tablespaces: Vec<u32>,
     },
     /// Relations whose files a commit or an abort removes.
-    RelationsDropped(Vec<RelFile>),
+    RelationsDropped { files: Vec<RelFile> },
     /// `wal_level` set by a parameter change; minimal means relation files may change
     /// without WAL from here on.
     WalLevel { minimal: bool },
@@ -137,7 +140,7 @@ pub struct RecordChanges {
     pub events: Vec<StorageEvent>,
 }
 
-#[derive(Debug, Error, PartialEq, Eq)]
+#[derive(Clone, Debug, Error, PartialEq, Eq)]
 pub enum BlockDecodeError {
     #[error("the record ends inside its block headers")]
     Truncated,
@@ -204,19 +207,40 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// A record's block references and its main data.
+/// A record's block references and its main data (None when `record` holds only the
+/// record's first bytes).
 pub(crate) struct RecordHeaders<'a> {
     pub blocks: Vec<BlockRef>,
-    pub main: &'a [u8],
+    pub main: Option<&'a [u8]>,
+}
+
+/// The bytes of a record that hold all its headers, whatever its block references: 33
+/// block headers of at most 27 bytes, the origin, top-level xid and data headers, and
+/// `XLogRecord`. A decoder may keep only these of a record whose main data it does not need.
+pub const HEADERS_PREFIX: usize = 1024;
+
+/// Whether a record (its first bytes: at least its header) is one whose main data tells
+/// storage events, so that it is needed whole. A header too short to tell: yes.
+pub fn needs_main_data(record: &[u8]) -> bool {
+    match (record.get(17), record.get(16)) {
+        (Some(&RM_XLOG_ID), Some(&info)) => info & XLR_RMGR_INFO_MASK == XLOG_PARAMETER_CHANGE,
+        (Some(&rmid), Some(_)) => matches!(rmid, RM_XACT_ID | RM_SMGR_ID | RM_DBASE_ID),
+        _ => true,
+    }
 }
 
 /// Reads the headers after `XLogRecord`: block references (their image headers skipped),
 /// origin and top-level xid, then the main data's length, which ends the record.
-/// `compressed_mask`: the version's `BKPIMAGE` compression bits.
+/// `compressed_mask`: the version's `BKPIMAGE` compression bits. `record` may be the
+/// record's first bytes only (at least its headers): its length is `xl_tot_len`'s.
 pub(crate) fn record_headers(
     record: &[u8],
     compressed_mask: u8,
 ) -> Result<RecordHeaders<'_>, BlockDecodeError> {
+    let total = record
+        .first_chunk::<4>()
+        .map(|len| u32::from_le_bytes(*len) as usize)
+        .ok_or(BlockDecodeError::Truncated)?;
     let mut reader = Reader {
         bytes: record,
         at: RECORD_HEADER,
@@ -228,7 +252,7 @@ pub(crate) fn record_headers(
     let mut last_id: Option<u8> = None;
     // Headers end where what remains is the data they announced (`DecodeXLogRecord`): a
     // record without main data ends with block data, not with a data header.
-    while record.len().saturating_sub(reader.at) > data_len {
+    while total.saturating_sub(reader.at) > data_len {
         let id = reader.u8()?;
         match id {
             BLOCK_ID_DATA_SHORT => {
@@ -286,22 +310,23 @@ pub(crate) fn record_headers(
         }
     }
     let headers = reader.at;
-    if headers + data_len + main_len > record.len() {
+    if headers + data_len + main_len > total {
         return Err(BlockDecodeError::BadLengths {
             headers,
             data: data_len,
             main: main_len,
-            total: record.len(),
+            total,
         });
     }
     Ok(RecordHeaders {
         blocks,
-        main: &record[record.len() - main_len..],
+        main: (record.len() == total).then(|| &record[total - main_len..]),
     })
 }
 
-/// The block references and storage events of one whole record (its header included) of
-/// PostgreSQL `major`.
+/// The block references and storage events of one record (its header included) of
+/// PostgreSQL `major`: the whole record, or, where its resource manager's main data is not
+/// needed ([`needs_main_data`]), at least its first [`HEADERS_PREFIX`] bytes.
 pub fn record_changes(record: &[u8], major: u32) -> Result<RecordChanges, BlockDecodeError> {
     if record.len() < RECORD_HEADER {
         return Err(BlockDecodeError::Truncated);
@@ -312,7 +337,14 @@ pub fn record_changes(record: &[u8], major: u32) -> Result<RecordChanges, BlockD
     let xid = u32::from_le_bytes(record[4..8].try_into().expect("4 bytes"));
     let (info, rmid) = (record[16], record[17]);
     let mut events = Vec::new();
-    storage_events(rmid, info, xid, headers.main, major, &mut events)?;
+    match headers.main {
+        Some(main) => storage_events(rmid, info, xid, main, major, &mut events)?,
+        None if needs_main_data(record) => return Err(BlockDecodeError::Truncated),
+        None if info & XLR_SPECIAL_REL_UPDATE != 0 => {
+            events.push(StorageEvent::Unknown { rmid, info });
+        }
+        None => {}
+    }
     Ok(RecordChanges {
         blocks: headers.blocks,
         events,
@@ -362,7 +394,9 @@ fn storage_events(
             if let Some(xact) = xact
                 && !xact.dropped.is_empty()
             {
-                events.push(StorageEvent::RelationsDropped(xact.dropped));
+                events.push(StorageEvent::RelationsDropped {
+                    files: xact.dropped,
+                });
             }
         }
         RM_XLOG_ID if kind == XLOG_PARAMETER_CHANGE => {

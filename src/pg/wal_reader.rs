@@ -9,7 +9,9 @@
 use std::collections::VecDeque;
 
 use super::Lsn;
-use super::wal_blocks::{RecordChanges, record_changes};
+use super::wal_blocks::{
+    BlockDecodeError, HEADERS_PREFIX, RecordChanges, needs_main_data, record_changes,
+};
 use super::wal_page::{SIZE_OF_XLOG_LONG_PHD, XLP_LONG_HEADER, major_version_of_page_magic};
 
 /// `SizeOfXLogShortPHD`.
@@ -48,8 +50,9 @@ pub struct WalRecord {
     pub info: u8,
     pub kind: RecordKind,
     /// The blocks and files it changes, when the decoder was asked for them
-    /// ([`WalDecoder::with_changes`]).
-    pub changes: Option<RecordChanges>,
+    /// ([`WalDecoder::with_changes`]); an error (a record PostgreSQL accepts but this
+    /// module misreads) never stops decoding: what depends on it decides.
+    pub changes: Option<Result<RecordChanges, BlockDecodeError>>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -130,6 +133,8 @@ pub struct WalDecoder {
     next_record: Option<Lsn>,
     /// Continuation bytes to skip at the very start (we began mid-record).
     skip_continuation: bool,
+    /// There were such bytes.
+    began_mid_record: bool,
     partial: Option<Partial>,
     /// Start of the last record decoded: the next one's `xl_prev` must point there.
     previous_record: Option<Lsn>,
@@ -152,6 +157,7 @@ impl WalDecoder {
             page: Vec::with_capacity(block_size),
             next_record: None,
             skip_continuation: true,
+            began_mid_record: false,
             partial: None,
             previous_record: None,
             records: VecDeque::new(),
@@ -166,10 +172,10 @@ impl WalDecoder {
     }
 
     /// The same decoder, telling each record's block references and storage events
-    /// ([`WalRecord::changes`]); it then keeps every record's bytes (as `RecordCheck::Full`).
+    /// ([`WalRecord::changes`]); of a record spanning pages it then keeps the first bytes
+    /// (its headers), and all of those whose main data tells storage events.
     pub fn with_changes(mut self) -> Self {
         self.changes = true;
-        self.check = RecordCheck::Full;
         self
     }
 
@@ -182,24 +188,36 @@ impl WalDecoder {
         block_size: usize,
         record_start: Lsn,
         record_bytes: Vec<u8>,
+        received: usize,
     ) -> Self {
         let mut decoder = WalDecoder::new(next_page, wal_segment_size, block_size);
         decoder.skip_continuation = false;
         decoder.partial = Some(Partial {
             start: record_start,
-            received: record_bytes.len(),
+            received: received.max(record_bytes.len()),
             bytes: record_bytes,
         });
         decoder
     }
 
-    /// The record still waiting for its continuation, with its bytes so far; none when only
-    /// its header was kept (`RecordCheck::TargetRecords` and not a target record).
-    pub fn unfinished_record(&self) -> Option<(Lsn, &[u8])> {
+    /// The record still waiting for its continuation: its start, its bytes so far and how
+    /// many were received (more than the bytes when, [`Self::with_changes`], only its
+    /// headers are needed); none when only its header was kept (`RecordCheck::TargetRecords`
+    /// and not a target record).
+    pub fn unfinished_record(&self) -> Option<(Lsn, &[u8], usize)> {
         self.partial
             .as_ref()
-            .filter(|partial| partial.bytes.len() == partial.received)
-            .map(|partial| (partial.start, partial.bytes.as_slice()))
+            .filter(|partial| {
+                partial.bytes.len() == partial.received
+                    || (self.changes && partial.bytes.len() >= HEADERS_PREFIX)
+            })
+            .map(|partial| (partial.start, partial.bytes.as_slice(), partial.received))
+    }
+
+    /// Decoding began inside a record it never saw begin (a segment decoded alone whose
+    /// first page continues the previous segment's last record): that record is not decoded.
+    pub fn began_mid_record(&self) -> bool {
+        self.began_mid_record
     }
 
     /// Decodes as much of `bytes` as completes pages; keeps the rest for the next call.
@@ -290,6 +308,7 @@ impl WalDecoder {
             // We started here: a continuation belongs to a record we cannot decode.
             self.skip_continuation = false;
             if continued {
+                self.began_mid_record = true;
                 let on_page = rem_len.min(self.block_size - offset);
                 if rem_len > on_page {
                     self.skip_continuation = true; // goes on to the next page
@@ -368,19 +387,33 @@ impl WalDecoder {
     /// Adds the next piece of a record spanning pages; keeps only the header of a record whose
     /// content is not needed.
     fn append(&self, partial: &mut Partial, piece: &[u8]) {
+        let contiguous = partial.bytes.len() == partial.received;
         partial.received += piece.len();
         if self.check == RecordCheck::Full {
             return partial.bytes.extend_from_slice(piece);
+        }
+        if !contiguous {
+            return;
         }
         // The header first: it tells whether the rest is needed.
         let header_part = SIZE_OF_XLOG_RECORD
             .saturating_sub(partial.bytes.len())
             .min(piece.len());
-        let was_whole = partial.bytes.len() + piece.len() == partial.received;
         partial.bytes.extend_from_slice(&piece[..header_part]);
-        if was_whole && is_target_record(&partial.bytes) {
-            partial.bytes.extend_from_slice(&piece[header_part..]);
-        }
+        let rest = &piece[header_part..];
+        let keep = if is_target_record(&partial.bytes)
+            || (self.changes && needs_main_data(&partial.bytes))
+        {
+            rest.len()
+        } else if self.changes {
+            // Block references are in the first bytes.
+            HEADERS_PREFIX
+                .saturating_sub(partial.bytes.len())
+                .min(rest.len())
+        } else {
+            0
+        };
+        partial.bytes.extend_from_slice(&rest[..keep]);
     }
 
     /// Decodes a record spanning pages once its last piece has arrived at `end`.
@@ -431,12 +464,11 @@ impl WalDecoder {
         }
         let check_crc = self.check == RecordCheck::Full || is_target_record(data);
         let decoded =
-            decode_record(data, start, end, self.pg_version, check_crc).and_then(|mut record| {
+            decode_record(data, start, end, self.pg_version, check_crc).map(|mut record| {
                 if self.changes {
-                    record.changes =
-                        Some(record_changes(data, self.pg_version).map_err(|e| e.to_string())?);
+                    record.changes = Some(record_changes(data, self.pg_version));
                 }
-                Ok(record)
+                record
             });
         match decoded {
             Ok(record) => {
@@ -588,8 +620,9 @@ fn main_data(data: &[u8], pg_version: u32) -> Result<&[u8], String> {
     let version = super::PgVersion::of_major(pg_version)
         .ok_or_else(|| format!("WAL of unsupported PostgreSQL {pg_version}"))?;
     super::wal_blocks::record_headers(data, version.compressed_image_mask)
-        .map(|headers| headers.main)
-        .map_err(|e| e.to_string())
+        .map_err(|e| e.to_string())?
+        .main
+        .ok_or_else(|| "record truncated".to_owned())
 }
 
 // xl_xact_xinfo flags (xact.h).

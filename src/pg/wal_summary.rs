@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use chrono::{DateTime, Utc};
 
 use super::Lsn;
+use super::block_map::{BlockMap, BlockMapBuilder};
 use super::timestamp::optional_micros;
 use super::wal_reader::{
     EndOfWal, RecordCheck, RecordKind, WalDecoder, XactAction, is_target_record, timestamp_to_utc,
@@ -101,6 +102,10 @@ pub struct Carry {
     pub record_start: Lsn,
     /// The record's bytes so far, without page headers, base64.
     pub bytes: String,
+    /// How many bytes of the record were received, where `bytes` holds only its first
+    /// ones (its headers: a block map needs no more).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub received: Option<u64>,
 }
 
 /// Summarises `segment`, which starts at `segment_start`; `carry_in` is the previous
@@ -127,6 +132,8 @@ pub fn summarize_segment(
 #[derive(Debug)]
 pub struct SegmentSummarizer {
     decoder: WalDecoder,
+    /// The segment's block map, when asked for.
+    map: Option<BlockMapBuilder>,
     summary: SegmentSummary,
     commit_times: Option<(i64, i64)>,
     records: Option<(Lsn, Lsn)>,
@@ -141,16 +148,34 @@ impl SegmentSummarizer {
     ) -> Self {
         SegmentSummarizer {
             decoder: segment_decoder(segment_start, wal_segment_size, block_size, carry_in),
+            map: None,
             summary: SegmentSummary::default(),
             commit_times: None,
             records: None,
         }
     }
 
+    /// The same summarizer, building the segment's block map as well (one decoding pass);
+    /// its carry then holds any record's headers, for the next segment's map.
+    pub fn with_block_map(mut self) -> Self {
+        self.decoder = self.decoder.with_changes();
+        self.map = Some(BlockMapBuilder::new(false));
+        self
+    }
+
     /// The next bytes of the segment; keep pieces small (decoded records queue per call).
     pub fn feed(&mut self, piece: &[u8]) {
         self.decoder.feed(piece);
-        while let Some(record) = self.decoder.next_record() {
+        while let Some(mut record) = self.decoder.next_record() {
+            if let (Some(map), Some(changes)) = (self.map.as_mut(), record.changes.take()) {
+                match changes {
+                    Ok(changes) => map.add(record.lsn, changes),
+                    Err(e) => {
+                        tracing::debug!("block map: the record at {}: {e}", record.lsn);
+                        map.add_unreadable();
+                    }
+                }
+            }
             let first = self.records.map_or(record.lsn, |(first, _)| first);
             self.records = Some((first, record.end));
             match record.kind {
@@ -184,6 +209,17 @@ impl SegmentSummarizer {
     }
 
     pub fn finish(self) -> SegmentSummary {
+        self.finish_with_map().0
+    }
+
+    /// The summary, and the block map when asked for ([`Self::with_block_map`]).
+    pub fn finish_with_map(self) -> (SegmentSummary, Option<BlockMap>) {
+        let map = self.map.map(|mut map| {
+            if self.decoder.began_mid_record() {
+                map.mark_incomplete_start();
+            }
+            map.finish()
+        });
         let mut summary = self.summary;
         if let Some((first, end)) = self.records {
             summary.first_record = Some(first);
@@ -203,12 +239,15 @@ impl SegmentSummarizer {
         summary.carry = self
             .decoder
             .unfinished_record()
-            .filter(|(_, bytes)| bytes.len() <= MAX_CARRY && is_target_record(bytes))
-            .map(|(start, bytes)| Carry {
+            .filter(|(_, bytes, _)| {
+                bytes.len() <= MAX_CARRY && (is_target_record(bytes) || map.is_some())
+            })
+            .map(|(start, bytes, received)| Carry {
                 record_start: start,
                 bytes: BASE64.encode(bytes),
+                received: (received > bytes.len()).then_some(received as u64),
             });
-        summary
+        (summary, map)
     }
 }
 
@@ -224,12 +263,14 @@ pub(crate) fn segment_decoder(
     // then not seen, as if it had been too large to carry.
     let resumed = carry_in.and_then(|carry| {
         let bytes = BASE64.decode(&carry.bytes).ok()?;
+        let received = carry.received.map_or(bytes.len(), |r| r as usize);
         Some(WalDecoder::resume(
             segment_start,
             wal_segment_size,
             block_size,
             carry.record_start,
             bytes,
+            received,
         ))
     });
     resumed

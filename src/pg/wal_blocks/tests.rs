@@ -243,10 +243,9 @@ fn a_commit_names_the_relations_it_drops() {
     let changes = record_changes(&record(RM_XACT_ID, 0x80, &[], 0, &main), 15).unwrap();
     assert_eq!(
         changes.events,
-        vec![StorageEvent::RelationsDropped(vec![
-            file(1663, 5, 16384),
-            file(1663, 5, 16387)
-        ])]
+        vec![StorageEvent::RelationsDropped {
+            files: vec![file(1663, 5, 16384), file(1663, 5, 16387)]
+        }]
     );
     // Without relations: no event.
     let main = [0u8; 8];
