@@ -18,7 +18,7 @@ use crate::storage::{PutMode, PutPayload, StorageError, read_all};
 
 const BLOCK_MAP_PREFIX: &str = "blockmap/";
 
-fn block_map_key(name: &WalFileName) -> String {
+pub(super) fn block_map_key(name: &WalFileName) -> String {
     format!("{BLOCK_MAP_PREFIX}{}/{name}.json", &name.as_str()[..16])
 }
 

@@ -202,6 +202,8 @@ async fn objects_a_retention_lock_keeps_are_reported_and_stop_a_backup_removal()
         "wal/0000000100000000/000000010000000000000001.summary.json",
         "wal/0000000100000000/000000010000000000000002.lz4",
         "wal/0000000100000000/000000010000000000000002.summary.json",
+        "blockmap/0000000100000000/000000010000000000000001.json",
+        "blockmap/0000000100000000/000000010000000000000002.json",
     ];
     for key in keys {
         put(&store, key).await;
@@ -221,7 +223,7 @@ async fn objects_a_retention_lock_keeps_are_reported_and_stop_a_backup_removal()
         Some("2030-01-01T00:00:00Z")
     );
     assert!(store.object(keys[1]).is_some());
-    // A locked segment keeps its summary; the others go with theirs.
+    // A locked segment keeps its summary and block map; the others go with theirs.
     let listing = catalog.wal_listing(16 << 20).await.unwrap();
     let files: Vec<_> = listing.segments.values().cloned().collect();
     let done = catalog.delete_wal_files(&files, 16 << 20).await.unwrap();
@@ -229,7 +231,7 @@ async fn objects_a_retention_lock_keeps_are_reported_and_stop_a_backup_removal()
     assert_eq!(done.protected.len(), 1);
     assert_eq!(
         store.keys(),
-        vec![keys[0], keys[1], keys[2], keys[3], keys[4]]
+        vec![keys[0], keys[1], keys[2], keys[7], keys[3], keys[4]]
     );
 }
 

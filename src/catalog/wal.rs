@@ -369,14 +369,21 @@ impl Catalog {
         for step in files.chunks(DELETE_STEP) {
             let keys: Vec<String> = step.iter().map(|f| f.object.key.clone()).collect();
             let deleted = self.delete_keys(&keys).await?;
-            let summaries: Vec<String> = step
+            let gone = step
                 .iter()
                 .filter(|f| f.name.kind() != WalFileKind::BackupHistory)
-                .filter(|f| !deleted.protected.iter().any(|p| p.key == f.object.key))
+                .filter(|f| !deleted.protected.iter().any(|p| p.key == f.object.key));
+            // Their summaries and block maps go with them.
+            let summaries: Vec<String> = gone
+                .clone()
                 .map(|f| summary_key(&f.name))
+                .chain(
+                    gone.filter(|f| f.name.kind() != WalFileKind::History)
+                        .map(|f| super::block_map::block_map_key(&f.name)),
+                )
                 .collect();
             done.add(deleted);
-            // Summaries are derived data: not counted.
+            // Derived data: not counted.
             self.delete_keys(&summaries).await?;
         }
         // Small groups left whole beside what went get their rollup back, so that the
