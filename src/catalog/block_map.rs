@@ -12,8 +12,9 @@
 use serde::{Deserialize, Serialize};
 
 use super::{Catalog, CatalogError};
-use crate::pg::WalFileName;
-use crate::pg::block_map::{BLOCK_MAP_FORMAT, BlockMap};
+use crate::pg::block_map::{BLOCK_MAP_FORMAT, BlockMap, SegmentMapFrom};
+use crate::pg::change_set::{ChangeSet, merge_maps};
+use crate::pg::{Lsn, WalFileName};
 use crate::storage::{PutMode, PutPayload, StorageError, read_all};
 
 const BLOCK_MAP_PREFIX: &str = "blockmap/";
@@ -71,6 +72,52 @@ impl Catalog {
                 Ok(None)
             }
         }
+    }
+}
+
+impl Catalog {
+    /// What changed in the WAL from `from` to the end of `segments` (the stretch's segments,
+    /// in order, the first holding `from`): the first segment's records from `from` on,
+    /// decoded from its archived copy, then the block maps of the others, read `jobs` at a
+    /// time.
+    pub async fn change_set(
+        &self,
+        from: Lsn,
+        segments: &[WalFileName],
+        segment_size: u64,
+        block_size: usize,
+        jobs: usize,
+    ) -> Result<ChangeSet, CatalogError> {
+        use futures_util::StreamExt;
+        let Some((first, rest)) = segments.split_first() else {
+            return Ok(ChangeSet::default());
+        };
+        let first_map = match first.start_lsn(segment_size) {
+            Some(start) => {
+                let builder = SegmentMapFrom::new(start, segment_size, block_size, from);
+                match self.fetch_wal(first, "a block map", builder).await {
+                    Ok((builder, _)) => Some(builder.finish()),
+                    Err(CatalogError::NotFound { .. }) => None,
+                    Err(e) => return Err(e),
+                }
+            }
+            None => None,
+        };
+        let mut maps: Vec<Option<BlockMap>> = vec![first_map];
+        let others: Vec<Option<BlockMap>> = futures_util::stream::iter(rest)
+            .map(|name| self.block_map(name))
+            .buffered(jobs.max(1))
+            .collect::<Vec<_>>()
+            .await
+            .into_iter()
+            .collect::<Result<_, _>>()?;
+        maps.extend(others);
+        Ok(merge_maps(
+            segments
+                .iter()
+                .map(WalFileName::as_str)
+                .zip(maps.iter().map(Option::as_ref)),
+        ))
     }
 }
 

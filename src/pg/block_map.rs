@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use super::Lsn;
 use super::wal_blocks::{Fork, RecordChanges, RelFile, StorageEvent};
+use super::wal_reader::{RecordCheck, WalDecoder};
 
 /// The stored form's version.
 pub const BLOCK_MAP_FORMAT: u32 = 1;
@@ -159,6 +160,60 @@ impl BlockMapBuilder {
             forks,
             events: self.events,
         }
+    }
+}
+
+/// The block map of the records of one segment from `from` on, built as the segment's
+/// bytes arrive (`std::io::Write`, so that a fetched segment streams through it): a
+/// stretch's first segment, where the whole segment's map would also hold what changed
+/// before the stretch began. A record that began before the segment is before `from`.
+#[derive(Debug)]
+pub struct SegmentMapFrom {
+    decoder: WalDecoder,
+    builder: BlockMapBuilder,
+    from: Lsn,
+}
+
+impl SegmentMapFrom {
+    pub fn new(segment_start: Lsn, segment_size: u64, block_size: usize, from: Lsn) -> Self {
+        SegmentMapFrom {
+            decoder: WalDecoder::new(segment_start, segment_size, block_size)
+                .checking(RecordCheck::TargetRecords)
+                .with_changes(),
+            builder: BlockMapBuilder::new(false),
+            from,
+        }
+    }
+
+    pub fn feed(&mut self, bytes: &[u8]) {
+        self.decoder.feed(bytes);
+        while let Some(record) = self.decoder.next_record() {
+            match record.changes {
+                Some(Ok(changes)) if record.lsn >= self.from => {
+                    self.builder.add(record.lsn, changes)
+                }
+                Some(Err(_)) if record.lsn >= self.from => self.builder.add_unreadable(),
+                _ => {}
+            }
+        }
+    }
+
+    pub fn finish(self) -> BlockMap {
+        self.builder.finish()
+    }
+}
+
+impl std::io::Write for SegmentMapFrom {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        // Bounded pieces: decoded records queue per call.
+        for piece in bytes.chunks(super::FEED_BYTES) {
+            self.feed(piece);
+        }
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 

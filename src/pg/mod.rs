@@ -7,6 +7,7 @@ pub mod backup_label;
 pub mod backup_manifest;
 pub mod basebackup;
 pub mod block_map;
+pub mod change_set;
 pub mod config_files;
 pub mod control;
 pub mod guc;
