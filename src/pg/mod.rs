@@ -11,6 +11,7 @@ pub mod change_set;
 pub mod config_files;
 pub mod control;
 pub mod guc;
+pub mod incremental;
 pub mod lsn;
 pub mod recovery_target;
 pub mod relpath;
