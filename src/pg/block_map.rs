@@ -52,11 +52,16 @@ pub struct MapEvent {
 impl ForkBlocks {
     /// Whether `block` is among the changed ones.
     pub fn contains(&self, block: u32) -> bool {
-        let at = self.ranges.partition_point(|[first, _]| *first <= block);
-        at > 0 && {
-            let [first, count] = self.ranges[at - 1];
-            u64::from(block) < u64::from(first) + u64::from(count)
-        }
+        runs_contain(&self.ranges, block)
+    }
+}
+
+/// Whether ascending, apart `[first, count]` runs hold `block`.
+pub fn runs_contain(ranges: &[[u32; 2]], block: u32) -> bool {
+    let at = ranges.partition_point(|[first, _]| *first <= block);
+    at > 0 && {
+        let [first, count] = ranges[at - 1];
+        u64::from(block) < u64::from(first) + u64::from(count)
     }
 }
 

@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::block_map::BlockMap;
+use super::block_map::{BlockMap, runs_contain};
 use super::wal_blocks::{Fork, RelFile, StorageEvent};
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -44,13 +44,9 @@ impl ChangeSet {
         {
             return true;
         }
-        self.blocks.get(&(file, fork)).is_some_and(|ranges| {
-            let at = ranges.partition_point(|[first, _]| *first <= block);
-            at > 0 && {
-                let [first, count] = ranges[at - 1];
-                u64::from(block) < u64::from(first) + u64::from(count)
-            }
-        })
+        self.blocks
+            .get(&(file, fork))
+            .is_some_and(|ranges| runs_contain(ranges, block))
     }
 }
 

@@ -2,6 +2,7 @@
 //! stands), some blocks, or the whole file, and why. Pure: the file's path and sizes and the
 //! stretch's change set in, a plan out.
 
+use super::Lsn;
 use super::change_set::ChangeSet;
 use super::relpath::relation_segment_of;
 use super::wal_blocks::Fork;
@@ -102,6 +103,76 @@ pub fn plan_file(
     }
 }
 
+/// The blocks of `pages` (consecutive pages of a relation file, the first being block
+/// `first_block`) whose page LSN is `since` or later: the fallback where block maps cannot
+/// tell what changed (WAL-G's delta, pg_probackup's PAGE mode read every page the same way).
+/// Every WAL-logged change of a page sets its LSN to the record's; a page of zeros (an
+/// extension not yet logged) has none and is not counted here.
+pub fn pages_changed_since(
+    pages: &[u8],
+    first_block: u32,
+    block_size: usize,
+    since: Lsn,
+) -> Vec<u32> {
+    pages
+        .chunks(block_size)
+        .zip(first_block..)
+        .filter(|(page, _)| page.len() >= 8 && page_lsn(page) >= since)
+        .map(|(_, block)| block)
+        .collect()
+}
+
+/// `pd_lsn`: the page header's first 8 bytes, the LSN's high and low halves.
+fn page_lsn(page: &[u8]) -> Lsn {
+    let high = u32::from_le_bytes(page[0..4].try_into().expect("4 bytes"));
+    let low = u32::from_le_bytes(page[4..8].try_into().expect("4 bytes"));
+    Lsn((u64::from(high) << 32) | u64::from(low))
+}
+
+/// Why a backup asked to be incremental must be full: what the parent and the cluster
+/// now disagree on, as the backup knows it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ParentCheck {
+    pub parent_system_identifier: u64,
+    pub system_identifier: u64,
+    pub parent_major: u32,
+    pub major: u32,
+    pub parent_checksums: bool,
+    pub checksums: bool,
+    /// The parent's timeline is this backup's or one of its ancestors, branching off
+    /// after the parent's start.
+    pub timeline_connects: bool,
+}
+
+/// The reason to take a full backup instead, or None when an incremental one may build on
+/// the parent.
+pub fn full_backup_reason(check: &ParentCheck) -> Option<String> {
+    if check.parent_system_identifier != check.system_identifier {
+        return Some(format!(
+            "the parent belongs to another cluster (system identifier {}, now {})",
+            check.parent_system_identifier, check.system_identifier
+        ));
+    }
+    if check.parent_major != check.major {
+        return Some(format!(
+            "the parent is of PostgreSQL {}, the cluster now runs {}",
+            check.parent_major, check.major
+        ));
+    }
+    if check.parent_checksums != check.checksums {
+        return Some(format!(
+            "data checksums were turned {} since the parent",
+            if check.checksums { "on" } else { "off" }
+        ));
+    }
+    if !check.timeline_connects {
+        return Some(
+            "the cluster's timeline history does not pass through the parent's start".into(),
+        );
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -159,6 +230,73 @@ mod tests {
             plan("base/5/101", 3 * u64::from(BLOCK), Some(size)),
             FilePlan::Blocks(vec![])
         );
+    }
+
+    #[test]
+    fn pages_are_taken_by_their_lsn() {
+        let page = |lsn: u64| {
+            let mut page = vec![0u8; BLOCK as usize];
+            page[0..4].copy_from_slice(&((lsn >> 32) as u32).to_le_bytes());
+            page[4..8].copy_from_slice(&(lsn as u32).to_le_bytes());
+            page
+        };
+        let pages: Vec<u8> = [0x1_0000_0000u64, 0x2_0000_0010, 0, 0x2_0000_0000, 0x9]
+            .iter()
+            .flat_map(|&lsn| page(lsn))
+            .collect();
+        assert_eq!(
+            pages_changed_since(&pages, 40, BLOCK as usize, Lsn(0x2_0000_0000)),
+            vec![41, 43]
+        );
+        assert!(pages_changed_since(&[], 0, BLOCK as usize, Lsn(1)).is_empty());
+    }
+
+    #[test]
+    fn a_full_backup_is_forced_where_the_parent_does_not_fit() {
+        let fits = ParentCheck {
+            parent_system_identifier: 7,
+            system_identifier: 7,
+            parent_major: 15,
+            major: 15,
+            parent_checksums: true,
+            checksums: true,
+            timeline_connects: true,
+        };
+        assert_eq!(full_backup_reason(&fits), None);
+        let cases = [
+            (
+                ParentCheck {
+                    system_identifier: 8,
+                    ..fits.clone()
+                },
+                "another cluster",
+            ),
+            (
+                ParentCheck {
+                    major: 16,
+                    ..fits.clone()
+                },
+                "PostgreSQL 15",
+            ),
+            (
+                ParentCheck {
+                    checksums: false,
+                    ..fits.clone()
+                },
+                "turned off",
+            ),
+            (
+                ParentCheck {
+                    timeline_connects: false,
+                    ..fits.clone()
+                },
+                "timeline history",
+            ),
+        ];
+        for (check, said) in cases {
+            let reason = full_backup_reason(&check).unwrap();
+            assert!(reason.contains(said), "{reason}");
+        }
     }
 
     #[test]
