@@ -136,6 +136,18 @@ proptest! {
     }
 
     #[test]
+    fn block_references_of_any_record(mut bytes in any::<Vec<u8>>(), major in 13u32..=18, ids in any::<[u8; 4]>()) {
+        // A record header claiming the bytes' length, then headers of any kind.
+        if bytes.len() >= 28 {
+            let total = bytes.len() as u32;
+            bytes[0..4].copy_from_slice(&total.to_le_bytes());
+            bytes[24] = ids[0] % 34;
+            bytes[25] = ids[1];
+        }
+        let _ = pitr::pg::wal_blocks::record_changes(&bytes, major);
+    }
+
+    #[test]
     fn wal_summaries_and_their_carry(bytes in mutated(SUMMARY), wal in any::<Vec<u8>>()) {
         if let Ok(stored) = serde_json::from_slice::<StoredSegmentSummary>(&bytes) {
             // A carry read from the repository resumes decoding: whatever it holds.
@@ -143,6 +155,11 @@ proptest! {
                 Lsn(0x300_0000), 16 << 20, 8192, stored.summary.carry.as_ref());
             summarizer.feed(&wal);
             let _ = summarizer.finish();
+            // The same with a block map: the carry may hold any record's first bytes.
+            let mut summarizer = SegmentSummarizer::new(
+                Lsn(0x300_0000), 16 << 20, 8192, stored.summary.carry.as_ref()).with_block_map();
+            summarizer.feed(&wal);
+            let _ = summarizer.finish_with_map();
             let _ = pitr::pg::xact_end::find_xact_end(
                 &wal, Lsn(0x300_0000), 16 << 20, 8192, stored.summary.carry.as_ref(), 7);
             let _ = stored.summary.may_end_xid(7);
