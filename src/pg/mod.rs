@@ -10,6 +10,7 @@ pub mod block_map;
 pub mod change_set;
 pub mod config_files;
 pub mod control;
+mod cursor;
 pub mod guc;
 pub mod incremental;
 pub mod lsn;

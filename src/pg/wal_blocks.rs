@@ -14,6 +14,9 @@
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+use super::cursor::{Cursor, Truncated};
+use super::wal_reader::XactRecord;
+
 /// `SizeOfXLogRecord`.
 const RECORD_HEADER: usize = 24;
 /// `XLR_MAX_BLOCK_ID`.
@@ -165,45 +168,10 @@ pub enum BlockDecodeError {
     Xact(String),
 }
 
-/// A cursor over a record's bytes.
-struct Reader<'a> {
-    bytes: &'a [u8],
-    at: usize,
-}
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], BlockDecodeError> {
-        let end = self.at.checked_add(n).ok_or(BlockDecodeError::Truncated)?;
-        let slice = self
-            .bytes
-            .get(self.at..end)
-            .ok_or(BlockDecodeError::Truncated)?;
-        self.at = end;
-        Ok(slice)
-    }
-
-    fn u8(&mut self) -> Result<u8, BlockDecodeError> {
-        Ok(self.take(1)?[0])
-    }
-
-    fn u16(&mut self) -> Result<u16, BlockDecodeError> {
-        Ok(u16::from_le_bytes(
-            self.take(2)?.try_into().expect("2 bytes"),
-        ))
-    }
-
-    fn u32(&mut self) -> Result<u32, BlockDecodeError> {
-        Ok(u32::from_le_bytes(
-            self.take(4)?.try_into().expect("4 bytes"),
-        ))
-    }
-
-    fn rel_file(&mut self) -> Result<RelFile, BlockDecodeError> {
-        Ok(RelFile {
-            tablespace: self.u32()?,
-            database: self.u32()?,
-            relfilenode: self.u32()?,
-        })
+/// A record's bytes ran out: the headers or data they announce are not all there.
+impl From<Truncated> for BlockDecodeError {
+    fn from(_: Truncated) -> Self {
+        BlockDecodeError::Truncated
     }
 }
 
@@ -241,10 +209,7 @@ pub(crate) fn record_headers(
         .first_chunk::<4>()
         .map(|len| u32::from_le_bytes(*len) as usize)
         .ok_or(BlockDecodeError::Truncated)?;
-    let mut reader = Reader {
-        bytes: record,
-        at: RECORD_HEADER,
-    };
+    let mut reader = Cursor::new(record, RECORD_HEADER);
     let mut blocks = Vec::new();
     let mut data_len = 0usize;
     let mut main_len = 0usize;
@@ -252,7 +217,7 @@ pub(crate) fn record_headers(
     let mut last_id: Option<u8> = None;
     // Headers end where what remains is the data they announced (`DecodeXLogRecord`): a
     // record without main data ends with block data, not with a data header.
-    while total.saturating_sub(reader.at) > data_len {
+    while total.saturating_sub(reader.pos()) > data_len {
         let id = reader.u8()?;
         match id {
             BLOCK_ID_DATA_SHORT => {
@@ -309,7 +274,7 @@ pub(crate) fn record_headers(
             id => return Err(BlockDecodeError::BadBlockId { id }),
         }
     }
-    let headers = reader.at;
+    let headers = reader.pos();
     if headers + data_len + main_len > total {
         return Err(BlockDecodeError::BadLengths {
             headers,
@@ -328,6 +293,16 @@ pub(crate) fn record_headers(
 /// PostgreSQL `major`: the whole record, or, where its resource manager's main data is not
 /// needed ([`needs_main_data`]), at least its first [`HEADERS_PREFIX`] bytes.
 pub fn record_changes(record: &[u8], major: u32) -> Result<RecordChanges, BlockDecodeError> {
+    record_changes_knowing(record, major, None)
+}
+
+/// [`record_changes`] of a record whose transaction part the WAL decoder already read
+/// (`xact`: what it made of a commit or abort), so that it is not read twice.
+pub(crate) fn record_changes_knowing(
+    record: &[u8],
+    major: u32,
+    xact: Option<&XactRecord>,
+) -> Result<RecordChanges, BlockDecodeError> {
     if record.len() < RECORD_HEADER {
         return Err(BlockDecodeError::Truncated);
     }
@@ -338,7 +313,7 @@ pub fn record_changes(record: &[u8], major: u32) -> Result<RecordChanges, BlockD
     let (info, rmid) = (record[16], record[17]);
     let mut events = Vec::new();
     match headers.main {
-        Some(main) => storage_events(rmid, info, xid, main, major, &mut events)?,
+        Some(main) => storage_events(rmid, info, xid, main, major, xact, &mut events)?,
         None if needs_main_data(record) => return Err(BlockDecodeError::Truncated),
         None if info & XLR_SPECIAL_REL_UPDATE != 0 => {
             events.push(StorageEvent::Unknown { rmid, info });
@@ -358,10 +333,11 @@ fn storage_events(
     xid: u32,
     main: &[u8],
     major: u32,
+    xact: Option<&XactRecord>,
     events: &mut Vec<StorageEvent>,
 ) -> Result<(), BlockDecodeError> {
     let short = |what| BlockDecodeError::ShortMainData { what };
-    let mut data = Reader { bytes: main, at: 0 };
+    let mut data = Cursor::new(main, 0);
     let kind = info & XLR_RMGR_INFO_MASK;
     match rmid {
         RM_SMGR_ID if kind == XLOG_SMGR_CREATE => {
@@ -389,14 +365,15 @@ fn storage_events(
         RM_XACT_ID => {
             // Commits and aborts (also of prepared transactions) name the relations whose
             // files go with them.
-            let xact = super::wal_reader::decode_xact(info, xid, main, major)
-                .map_err(BlockDecodeError::Xact)?;
-            if let Some(xact) = xact
-                && !xact.dropped.is_empty()
-            {
-                events.push(StorageEvent::RelationsDropped {
-                    files: xact.dropped,
-                });
+            let dropped = match xact {
+                Some(xact) => xact.dropped.clone(),
+                None => super::wal_reader::decode_xact(info, xid, main, major)
+                    .map_err(BlockDecodeError::Xact)?
+                    .map(|xact| xact.dropped)
+                    .unwrap_or_default(),
+            };
+            if !dropped.is_empty() {
+                events.push(StorageEvent::RelationsDropped { files: dropped });
             }
         }
         RM_XLOG_ID if kind == XLOG_PARAMETER_CHANGE => {
@@ -420,11 +397,11 @@ fn storage_events(
 /// create by WAL 0x10, drop 0x20.
 fn database_event(
     kind: u8,
-    data: &mut Reader<'_>,
+    data: &mut Cursor<'_>,
     major: u32,
 ) -> Result<StorageEvent, BlockDecodeError> {
     let short = || BlockDecodeError::ShortMainData { what: "database" };
-    let copied = |data: &mut Reader<'_>| -> Result<StorageEvent, BlockDecodeError> {
+    let copied = |data: &mut Cursor<'_>| -> Result<StorageEvent, BlockDecodeError> {
         Ok(StorageEvent::DatabaseCopied {
             database: data.u32().map_err(|_| short())?,
             tablespace: data.u32().map_err(|_| short())?,
@@ -432,7 +409,7 @@ fn database_event(
             source_tablespace: data.u32().map_err(|_| short())?,
         })
     };
-    let dropped = |data: &mut Reader<'_>| -> Result<StorageEvent, BlockDecodeError> {
+    let dropped = |data: &mut Cursor<'_>| -> Result<StorageEvent, BlockDecodeError> {
         let database = data.u32().map_err(|_| short())?;
         let count = data.u32().map_err(|_| short())?;
         let tablespaces = (0..count)

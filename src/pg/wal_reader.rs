@@ -9,8 +9,9 @@
 use std::collections::VecDeque;
 
 use super::Lsn;
+use super::cursor::Cursor;
 use super::wal_blocks::{
-    BlockDecodeError, HEADERS_PREFIX, RecordChanges, needs_main_data, record_changes,
+    BlockDecodeError, HEADERS_PREFIX, RecordChanges, needs_main_data, record_changes_knowing,
 };
 use super::wal_page::{SIZE_OF_XLOG_LONG_PHD, XLP_LONG_HEADER, major_version_of_page_magic};
 
@@ -466,7 +467,11 @@ impl WalDecoder {
         let decoded =
             decode_record(data, start, end, self.pg_version, check_crc).map(|mut record| {
                 if self.changes {
-                    record.changes = Some(record_changes(data, self.pg_version));
+                    let xact = match &record.kind {
+                        RecordKind::Xact(xact) => Some(xact),
+                        _ => None,
+                    };
+                    record.changes = Some(record_changes_knowing(data, self.pg_version, xact));
                 }
                 record
             });
@@ -575,45 +580,6 @@ fn decode_record(
     })
 }
 
-/// A little-endian cursor that reports running off the end as an error, never a panic.
-struct Cursor<'a> {
-    data: &'a [u8],
-    pos: usize,
-}
-
-impl<'a> Cursor<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
-        let end = self.pos.checked_add(n).filter(|&e| e <= self.data.len());
-        let end = end.ok_or_else(|| format!("record truncated at byte {}", self.pos))?;
-        let bytes = &self.data[self.pos..end];
-        self.pos = end;
-        Ok(bytes)
-    }
-    /// The next `N` bytes as an array.
-    fn array<const N: usize>(&mut self) -> Result<[u8; N], String> {
-        let at = self.pos;
-        let (bytes, _) = self
-            .data
-            .get(at..)
-            .and_then(|rest| rest.split_first_chunk::<N>())
-            .ok_or_else(|| format!("record truncated at byte {at}"))?;
-        self.pos = at + N;
-        Ok(*bytes)
-    }
-    fn u32(&mut self) -> Result<u32, String> {
-        Ok(u32::from_le_bytes(self.array()?))
-    }
-    fn i64(&mut self) -> Result<i64, String> {
-        Ok(i64::from_le_bytes(self.array()?))
-    }
-    /// Skips a count-prefixed array (`int n; T items[n]`).
-    fn skip_array(&mut self, item_size: usize) -> Result<(), String> {
-        let n = self.u32()? as usize;
-        self.take(n.checked_mul(item_size).ok_or("array length overflows")?)?;
-        Ok(())
-    }
-}
-
 /// The record's main data: the last bytes, after block images and block data
 /// (`DecodeXLogRecord`).
 fn main_data(data: &[u8], pg_version: u32) -> Result<&[u8], String> {
@@ -656,7 +622,7 @@ pub(crate) fn decode_xact(
             time: None,
         }));
     }
-    let mut cursor = Cursor { data: main, pos: 0 };
+    let mut cursor = Cursor::new(main, 0);
     let time = cursor.i64()?;
     let xinfo = if info & XLOG_XACT_HAS_INFO != 0 {
         cursor.u32()?
@@ -673,11 +639,7 @@ pub(crate) fn decode_xact(
     if xinfo & XACT_XINFO_HAS_RELFILENODES != 0 {
         let count = cursor.u32()?;
         for _ in 0..count {
-            dropped.push(super::wal_blocks::RelFile {
-                tablespace: cursor.u32()?,
-                database: cursor.u32()?,
-                relfilenode: cursor.u32()?,
-            });
+            dropped.push(cursor.rel_file()?);
         }
     }
     let dropped_stats =
