@@ -847,14 +847,10 @@ impl Catalog {
     /// The pin and annotations of backup `id`; none when never pinned or annotated.
     pub async fn backup_pin(&self, id: &str) -> Result<Option<BackupPin>, CatalogError> {
         let key = format!("{}{PIN_LEAF}", backup_prefix(id));
-        let bytes = match read_all(&*self.storage, &key).await {
-            Ok(bytes) => bytes,
-            Err(StorageError::NotFound { .. }) => return Ok(None),
-            Err(e) => return Err(e.into()),
+        let Some(read) = self.read_meta::<BackupPin>(&key).await? else {
+            return Ok(None);
         };
-        self.unseal_meta::<BackupPin>(&key, bytes)
-            .await?
-            .and_then(|pin| pin.checked(id))
+        read.and_then(|pin| pin.checked(id))
             .map(Some)
             .map_err(|reason| CatalogError::Corrupt {
                 what: key,

@@ -15,7 +15,7 @@ use super::{Catalog, CatalogError};
 use crate::pg::block_map::{BLOCK_MAP_FORMAT, BlockMap, SegmentMapFrom};
 use crate::pg::change_set::{ChangeSet, merge_maps};
 use crate::pg::{Lsn, WalFileName};
-use crate::storage::{PutMode, PutPayload, StorageError, read_all};
+use crate::storage::{PutMode, PutPayload};
 
 const BLOCK_MAP_PREFIX: &str = "blockmap/";
 
@@ -54,28 +54,23 @@ impl Catalog {
     /// A segment's block map; none when absent, damaged, of another format or another
     /// segment's.
     pub async fn block_map(&self, name: &WalFileName) -> Result<Option<BlockMap>, CatalogError> {
-        let key = block_map_key(name);
-        let bytes = match read_all(&*self.storage, &key).await {
-            Ok(bytes) => bytes,
-            Err(StorageError::NotFound { .. }) => return Ok(None),
-            Err(e) => return Err(e.into()),
-        };
-        match self.unseal_meta::<StoredBlockMap>(&key, bytes).await? {
-            Ok(stored)
+        match self
+            .read_meta::<StoredBlockMap>(&block_map_key(name))
+            .await?
+        {
+            Some(Ok(stored))
                 if stored.segment == name.as_str() && stored.map.format == BLOCK_MAP_FORMAT =>
             {
                 Ok(Some(stored.map))
             }
-            Ok(_) => Ok(None),
-            Err(reason) => {
+            Some(Err(reason)) => {
                 tracing::warn!("the block map of {name} is damaged ({reason})");
                 Ok(None)
             }
+            _ => Ok(None),
         }
     }
-}
 
-impl Catalog {
     /// What changed in the WAL from `from` to the end of `segments` (the stretch's segments,
     /// in order, the first holding `from`): the first segment's records from `from` on,
     /// decoded from its archived copy, then the block maps of the others, read `jobs` at a

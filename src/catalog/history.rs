@@ -140,19 +140,14 @@ impl Catalog {
     /// The last run and last success of `command`; none if it never ran. One read.
     pub async fn latest_runs(&self, command: &str) -> Result<Option<LatestRuns>, CatalogError> {
         let key = latest_key(command);
-        let bytes = match read_all(&*self.storage, &key).await {
-            Ok(bytes) => bytes,
-            Err(StorageError::NotFound { .. }) => return Ok(None),
-            Err(e) => return Err(e.into()),
+        let Some(read) = self.read_meta(&key).await? else {
+            return Ok(None);
         };
-        self.unseal_meta(&key, bytes)
-            .await?
-            .map(Some)
-            .map_err(|reason| CatalogError::Corrupt {
-                what: format!("the run history object {key}"),
-                location: self.location(),
-                reason,
-            })
+        read.map(Some).map_err(|reason| CatalogError::Corrupt {
+            what: format!("the run history object {key}"),
+            location: self.location(),
+            reason,
+        })
     }
 
     /// Up to `limit` runs of any command, newest first, as of `now`. Walks the day folders

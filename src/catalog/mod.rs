@@ -586,6 +586,19 @@ impl Catalog {
         )
     }
 
+    /// The metadata object at `key`, read and unsealed (see [`Self::unseal_meta`]); None
+    /// when there is none.
+    async fn read_meta<T: Serialize + DeserializeOwned>(
+        &self,
+        key: &str,
+    ) -> Result<Option<Result<T, String>>, CatalogError> {
+        match read_all(&*self.storage, key).await {
+            Ok(bytes) => Ok(Some(self.unseal_meta(key, bytes).await?)),
+            Err(StorageError::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Compression as the settings ask; checked against the identity when it is read.
     pub fn with_compression_request(mut self, request: CompressionRequest) -> Self {
         self.compression_request = request;

@@ -118,11 +118,8 @@ impl Catalog {
         Ok(tails)
     }
 
-    /// The longest stored tail of `segment`.
-    pub async fn newest_tail(
-        &self,
-        segment: &WalFileName,
-    ) -> Result<Option<StoredTail>, CatalogError> {
+    /// The stored tails of `segment` (one listing of its prefix), in no particular order.
+    pub async fn tails_of(&self, segment: &WalFileName) -> Result<Vec<StoredTail>, CatalogError> {
         let prefix = format!("{TAIL_PREFIX}{segment}.");
         Ok(self
             .storage
@@ -131,6 +128,18 @@ impl Catalog {
             .iter()
             .filter_map(tail_of)
             .filter(|tail| tail.segment == *segment)
+            .collect())
+    }
+
+    /// The longest stored tail of `segment`.
+    pub async fn newest_tail(
+        &self,
+        segment: &WalFileName,
+    ) -> Result<Option<StoredTail>, CatalogError> {
+        Ok(self
+            .tails_of(segment)
+            .await?
+            .into_iter()
             .max_by_key(|tail| tail.end))
     }
 

@@ -26,7 +26,7 @@ use super::{
 use crate::codec::{self, CompressionType, DecodeSummary, EncodeSummary};
 use crate::pg::wal_name::xlog_file_name;
 use crate::pg::{WalFileKind, WalFileName};
-use crate::storage::{ObjectMeta, PutMode, PutPayload, StorageError, read_all};
+use crate::storage::{ObjectMeta, PutMode, PutPayload, StorageError};
 
 pub(super) const WAL_PREFIX: &str = "wal/";
 const EXPIRED_KEY: &str = "wal/expired.json";
@@ -414,20 +414,15 @@ impl Catalog {
 
     /// Per timeline, the segment below which retention expired WAL (`wal/expired.json`).
     pub async fn expired_wal(&self) -> Result<BTreeMap<u32, u64>, CatalogError> {
-        let bytes = match read_all(&*self.storage, EXPIRED_KEY).await {
-            Ok(bytes) => bytes,
-            Err(StorageError::NotFound { .. }) => return Ok(BTreeMap::new()),
-            Err(e) => return Err(e.into()),
+        let Some(read) = self.read_meta::<ExpiredWal>(EXPIRED_KEY).await? else {
+            return Ok(BTreeMap::new());
         };
         let corrupt = |reason: String| CatalogError::Corrupt {
             what: EXPIRED_KEY.into(),
             location: self.location(),
             reason,
         };
-        let expired: ExpiredWal = self
-            .unseal_meta(EXPIRED_KEY, bytes)
-            .await?
-            .map_err(corrupt)?;
+        let expired = read.map_err(corrupt)?;
         let segment_size = self.identity().await?.wal_segment_size;
         let mut map = BTreeMap::new();
         for entry in expired.timelines {

@@ -17,7 +17,7 @@ use super::{Catalog, CatalogError};
 use crate::pg::timeline::HistoryEntry;
 use crate::pg::wal_summary::SegmentSummary;
 use crate::pg::{Lsn, WalFileKind, WalFileName};
-use crate::storage::{PutMode, PutPayload, StorageError, read_all};
+use crate::storage::{PutMode, PutPayload};
 
 pub const SUMMARY_FORMAT: u32 = 1;
 const SUMMARY_SUFFIX: &str = ".summary.json";
@@ -164,12 +164,7 @@ impl Catalog {
         &self,
         name: &WalFileName,
     ) -> Result<Option<Result<T, String>>, CatalogError> {
-        let key = summary_key(name);
-        match read_all(&*self.storage, &key).await {
-            Ok(bytes) => Ok(Some(self.unseal_meta(&key, bytes).await?)),
-            Err(StorageError::NotFound { .. }) => Ok(None),
-            Err(e) => Err(e.into()),
-        }
+        self.read_meta(&summary_key(name)).await
     }
 }
 

@@ -410,7 +410,7 @@ impl Receiver<'_> {
             }
         };
         let (segment, path) = partial;
-        let start = segment.segment_number(self.segment_size())? * self.segment_size();
+        let start = segment.start_lsn(self.segment_size())?;
         let len = std::fs::metadata(&path).map_or(0, |m| m.len());
         let previous = self
             .tail_uploaded
@@ -419,26 +419,24 @@ impl Receiver<'_> {
             && previous.end == len
         {
             self.tail_uploaded = Some(previous.clone());
-            return Some(Lsn(start + len));
+            return Some(Lsn(start.0 + len));
         }
         if len == 0 {
             return None;
         }
         match self.catalog.store_tail(&segment, &path).await {
             Ok(stored) => {
+                let said = format!(
+                    "receive-wal: uploaded the tail of {segment}, {} bytes",
+                    stored.end
+                );
                 // Each caught-up moment uploads one when synchronous with the repository.
                 if self.options.synchronous == Some(Synchronous::Repository) {
-                    tracing::debug!(
-                        "receive-wal: uploaded the tail of {segment}, {} bytes",
-                        stored.end
-                    );
+                    tracing::debug!("{said}");
                 } else {
-                    tracing::info!(
-                        "receive-wal: uploaded the tail of {segment}, {} bytes",
-                        stored.end
-                    );
+                    tracing::info!("{said}");
                 }
-                let end = Lsn(start + stored.end);
+                let end = Lsn(start.0 + stored.end);
                 self.tail_uploaded = Some(stored.clone());
                 // The one this run uploaded before is superseded; others (an earlier run's)
                 // are found by listing, once per segment.
@@ -461,10 +459,10 @@ impl Receiver<'_> {
 
     /// Removes `segment`'s tails shorter than `below` (all of them without).
     async fn remove_tails(&self, segment: &WalFileName, below: Option<u64>) {
-        let redundant: Vec<_> = match self.catalog.tails().await {
+        let redundant: Vec<_> = match self.catalog.tails_of(segment).await {
             Ok(tails) => tails
                 .into_iter()
-                .filter(|t| t.segment == *segment && below.is_none_or(|end| t.end < end))
+                .filter(|t| below.is_none_or(|end| t.end < end))
                 .collect(),
             Err(e) => {
                 tracing::warn!("receive-wal: listing the tails: {e}");
