@@ -212,6 +212,33 @@ fn streaming_alone_restores_to_a_time(major: u32, bin: &Path) {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+    // check's and metrics' reading of the slot, on this version's server.
+    let out = pitr
+        .command(["check", "--dbname", &cluster.conninfo("postgres")])
+        .env("PITR_CHECK_VERIFY_AGE", "off")
+        .output()
+        .unwrap();
+    assert!(
+        stdout(&out)
+            .lines()
+            .any(|l| l.starts_with("OK receiver: pitr receive-wal streams from the slot pitr")),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    let out = pitr
+        .command(["metrics", "--dbname", &cluster.conninfo("postgres")])
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let text = stdout(&out);
+    for line in [
+        "pitr_server_up 1.0",
+        "pitr_receiver_active{slot=\"pitr\"} 1.0",
+        "pitr_receiver_slot_wal_status{slot=\"pitr\",wal_status=\"reserved\"} 1.0",
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line} not in\n{text}");
+    }
     let said = stop_receiving(receiver);
     assert!(said.contains(&format!("stored {last}")), "{said}");
     cluster.stop();
