@@ -32,7 +32,10 @@ pub(super) const CLAIM_LEAF: &str = "claim.json";
 const PIN_LEAF: &str = "pin.json";
 /// A failed backup's word that it gave up: verify and expire take what is left for leftovers.
 const ABANDONED_LEAF: &str = "abandoned.json";
+/// Full backups are written in format 1, which every pitr reads; incremental ones in
+/// format 2, which a pitr that cannot rebuild their files refuses to read.
 pub const MANIFEST_FORMAT: u32 = 1;
+pub const INCREMENTAL_MANIFEST_FORMAT: u32 = 2;
 pub const PIN_FORMAT: u32 = 1;
 
 pub(super) fn backup_prefix(id: &str) -> String {
@@ -107,6 +110,48 @@ pub struct BackupManifest {
     /// against what arrived and kept in a data object of the backup.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub server_manifest: Option<BackupFile>,
+    /// Full, or incremental on a parent (`--type`); full in manifests older than the field.
+    #[serde(default, skip_serializing_if = "BackupType::is_full")]
+    pub backup_type: BackupType,
+    /// The backup this one builds on (incremental and differential backups).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
+    /// Whether the cluster had data checksums on; none in manifests older than the field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_checksums: Option<bool>,
+    /// The cluster's block size (`BLCKSZ`): where the blocks of delta entries go.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub block_size: Option<u32>,
+    /// How an incremental backup learned what changed since its parent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub changes_from: Option<String>,
+}
+
+/// `--type`: what a backup copies (pgBackRest's names).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackupType {
+    /// Every file.
+    #[default]
+    Full,
+    /// What changed since the newest full backup.
+    Diff,
+    /// What changed since the newest backup of any type.
+    Incr,
+}
+
+impl BackupType {
+    pub fn is_full(&self) -> bool {
+        *self == BackupType::Full
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            BackupType::Full => "full",
+            BackupType::Diff => "diff",
+            BackupType::Incr => "incr",
+        }
+    }
 }
 
 /// How a backup read the cluster's files.
@@ -198,6 +243,48 @@ pub struct BackupFile {
     /// The object that holds the contents, and where in its decoded bytes they start.
     pub object: u32,
     pub offset: u64,
+    /// The backup whose object that is, when not this one: an incremental backup refers to
+    /// its ancestors' copies of what did not change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup: Option<String>,
+    /// Set when the entry holds some blocks of the file, laid over the older entries of the
+    /// same path: its bytes are those blocks, in order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delta: Option<Delta>,
+}
+
+/// Blocks of a file changed since an older backup of the chain.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Delta {
+    /// The blocks, as `[first, count]` runs within the file, ascending and apart.
+    pub runs: Vec<[u32; 2]>,
+    /// The file's size at the backup that took these blocks: a newer delta's size wins, and
+    /// the file is cut or extended to it.
+    pub file_size: u64,
+    /// The place in the chain of the backup that took these blocks (1 for the first
+    /// incremental on a full): among a path's deltas the deepest is the newest.
+    pub depth: u32,
+}
+
+impl Delta {
+    /// How many blocks the runs hold.
+    pub fn block_count(&self) -> u64 {
+        self.runs.iter().map(|[_, count]| u64::from(*count)).sum()
+    }
+
+    /// The blocks, ascending.
+    pub fn blocks(&self) -> impl Iterator<Item = u32> + '_ {
+        self.runs
+            .iter()
+            .flat_map(|&[first, count]| (0..count).map(move |i| first + i))
+    }
+}
+
+impl BackupFile {
+    /// The backup whose object holds this entry's bytes, `this` when none other is named.
+    pub fn holder<'a>(&'a self, this: &'a str) -> &'a str {
+        self.backup.as_deref().unwrap_or(this)
+    }
 }
 
 impl BackupManifest {
@@ -224,11 +311,22 @@ impl BackupManifest {
     }
 
     fn check(&self, id: &str) -> Result<(), String> {
-        if self.format != MANIFEST_FORMAT {
+        if self.format != MANIFEST_FORMAT && self.format != INCREMENTAL_MANIFEST_FORMAT {
             return Err(format!(
-                "manifest format {} is not {MANIFEST_FORMAT} (written by a newer pitr?)",
+                "manifest format {} is not {MANIFEST_FORMAT} or {INCREMENTAL_MANIFEST_FORMAT} \
+                 (written by a newer pitr?)",
                 self.format
             ));
+        }
+        if self.backup_type.is_full() != self.parent.is_none() {
+            return Err("a full backup names a parent, or an incremental one none".into());
+        }
+        for named in self.parent.iter().chain(self.files.iter().filter_map(|f| f.backup.as_ref())) {
+            if !is_backup_id(named) {
+                return Err(format!(
+                    "'{named}' is not a backup id: the manifest is unsafe (tampered with?)"
+                ));
+            }
         }
         if self.id != id {
             return Err(format!("it names backup '{}', not '{id}'", self.id));
@@ -305,21 +403,80 @@ impl BackupManifest {
             {
                 return Err(format!("{}: offset and size overflow", file.path));
             }
+            if let Some(delta) = &file.delta {
+                self.check_delta(file, delta)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A delta's blocks are where its bytes say: ascending runs inside the file's size, as
+    /// many blocks as the entry holds bytes.
+    fn check_delta(&self, file: &BackupFile, delta: &Delta) -> Result<(), String> {
+        let bad = |why: &str| Err(format!("{}: its delta {why}", file.path));
+        let Some(block_size) = self.block_size.filter(|b| b.is_power_of_two()) else {
+            return bad("has no block size to place its blocks by");
+        };
+        if self.format != INCREMENTAL_MANIFEST_FORMAT || file.file_offset != 0 {
+            return bad("is in a manifest that cannot hold one");
+        }
+        let mut end = 0u64;
+        for &[first, count] in &delta.runs {
+            let (first, count) = (u64::from(first), u64::from(count));
+            if count == 0 || first < end {
+                return bad("has runs out of order");
+            }
+            end = first + count;
+        }
+        if end * u64::from(block_size) > delta.file_size.next_multiple_of(u64::from(block_size))
+        {
+            return bad("has blocks past the file's end");
+        }
+        if delta.block_count() * u64::from(block_size) != file.size {
+            return bad("holds a number of blocks its size does not");
         }
         Ok(())
     }
 }
 
+/// A backup id names a directory of the repository: a plain name, never a path.
+fn is_backup_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 128
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
 impl BackupManifest {
-    /// Every data object the manifest names: the data directory's and the configuration's.
+    /// Every data object of this backup's own that the manifest names: the data
+    /// directory's and the configuration's.
     pub fn objects(&self) -> std::collections::BTreeSet<u32> {
         let config = self.configuration.iter().flat_map(|c| &c.files);
         self.files
             .iter()
+            .filter(|f| f.backup.is_none())
             .chain(&self.server_manifest)
             .map(|f| f.object)
             .chain(config.map(|f| f.object))
             .collect()
+    }
+
+    /// The objects of other backups (the chain's) that the manifest refers to.
+    pub fn referenced_objects(&self) -> std::collections::BTreeSet<(&str, u32)> {
+        self.files
+            .iter()
+            .filter_map(|f| Some((f.backup.as_deref()?, f.object)))
+            .collect()
+    }
+
+    /// The backups whose objects this one's files come from, this one included.
+    pub fn chain_ids(&self) -> std::collections::BTreeSet<&str> {
+        let mut ids: std::collections::BTreeSet<&str> =
+            self.files.iter().filter_map(|f| f.backup.as_deref()).collect();
+        ids.insert(&self.id);
+        ids.extend(self.parent.as_deref());
+        ids
     }
 }
 
@@ -555,15 +712,15 @@ impl Catalog {
         }
     }
 
-    /// Streams data object `object` of `backup`, verified, into `out`.
+    /// Streams data object `object` of backup `id`, verified, into `out`.
     pub async fn fetch_backup_object<W: Write + Send + 'static>(
         &self,
-        backup: &BackupManifest,
+        id: &str,
         object: u32,
         local: &str,
         out: W,
     ) -> Result<(W, DecodeSummary), CatalogError> {
-        let key = backup_object_key(&backup.id, object, self.object_kind().await?);
+        let key = backup_object_key(id, object, self.object_kind().await?);
         self.decode_key(&key, key.clone(), local, out).await
     }
 
@@ -579,10 +736,16 @@ impl Catalog {
     ) -> Result<(), CatalogError> {
         use futures_util::{StreamExt, TryStreamExt, stream};
         let kind = self.object_kind().await?;
-        let objects = backup.objects();
-        let keys = objects
+        let own = backup.objects();
+        let referenced = backup.referenced_objects();
+        let keys = own
             .into_iter()
             .map(|n| backup_object_key(&backup.id, n, kind))
+            .chain(
+                referenced
+                    .into_iter()
+                    .map(|(id, n)| backup_object_key(id, n, kind)),
+            )
             .chain(wal.iter().map(|f| f.object.key().to_owned()));
         stream::iter(keys)
             .map(|key| async move {

@@ -15,7 +15,8 @@ use chrono::{DateTime, Utc};
 use futures_util::{StreamExt, stream};
 
 use crate::catalog::backup::{
-    BackupDirectory, BackupFile, BackupManifest, BackupMethod, MANIFEST_FORMAT, Tablespace,
+    BackupDirectory, BackupFile, BackupManifest, BackupMethod, BackupType, MANIFEST_FORMAT,
+    Tablespace,
 };
 use crate::catalog::{Catalog, RepositoryIdentity, total_bytes};
 use crate::datadir::read_control;
@@ -701,6 +702,11 @@ async fn backup_claimed(
         configuration: configuration.map(|(configuration, _)| configuration),
         method: BackupMethod::Local,
         server_manifest: None,
+        backup_type: BackupType::Full,
+        parent: None,
+        data_checksums: None,
+        block_size: None,
+        changes_from: None,
     };
     record_manifest(catalog, options, &manifest).await?;
     Ok(BackupReport {
@@ -995,6 +1001,8 @@ async fn copy_object(
             crc32c,
             object,
             offset,
+            backup: None,
+            delta: None,
         });
         offset += size;
     }

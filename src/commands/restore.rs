@@ -32,9 +32,11 @@ use crate::replay_plan::{self, ReplayPlan};
 use super::blocking;
 
 pub mod config;
+mod layers;
 mod layout;
 pub mod server;
 
+use layers::Layers;
 use layout::{CONTROL_FILE, CONTROL_FILE_RESTORING, LayoutError, RestoreLayout, plan_layout};
 use server::{ConfiguredServer, PortChoice, ServerRequest, ServerSetup};
 
@@ -430,7 +432,7 @@ async fn backup_configuration(catalog: &Catalog, backup: &BackupManifest) -> Con
         };
         let local = "the backup's configuration";
         let Ok((object, _)) = catalog
-            .fetch_backup_object(backup, file.object, local, Vec::new())
+            .fetch_backup_object(file.holder(&backup.id), file.object, local, Vec::new())
             .await
         else {
             continue;
@@ -734,13 +736,24 @@ async fn write_backup(
         create_restored_dir(&layout.destination(path), layout.dir_mode(directory.mode))?;
     }
 
-    // Objects in parallel; each writes its files and checks their CRC-32C.
-    let mut by_object: BTreeMap<u32, Vec<BackupFile>> = BTreeMap::new();
+    // Objects in parallel, each from the backup of the chain that holds it; each writes
+    // its files and checks their CRC-32C. A file rebuilt from a chain gets every block from
+    // the newest entry holding it, so its entries may be written in any order.
+    let layers = Arc::new(Layers::new(&backup.files, backup.block_size));
+    let mut by_object: BTreeMap<(String, u32), Vec<BackupFile>> = BTreeMap::new();
     let mut file_sizes: HashMap<String, u64> = HashMap::new();
     for file in &backup.files {
-        by_object.entry(file.object).or_default().push(file.clone());
-        let end = file_sizes.entry(file.path.clone()).or_default();
-        *end = (*end).max(file.file_offset.saturating_add(file.size));
+        by_object
+            .entry((file.holder(&backup.id).to_owned(), file.object))
+            .or_default()
+            .push(file.clone());
+        if file.delta.is_none() {
+            let end = file_sizes.entry(file.path.clone()).or_default();
+            *end = (*end).max(file.file_offset.saturating_add(file.size));
+        }
+    }
+    for (path, size) in layers.final_sizes() {
+        file_sizes.insert(path.to_owned(), size);
     }
     // Objects of excluded databases alone are not read: their files become sparse files of
     // zeros, the size they had (recovery's full-page images rewrite what it touches).
@@ -759,9 +772,10 @@ async fn write_backup(
             )?;
         }
     }
+    let to_read = crate::catalog::total_bytes(read.iter().flat_map(|(_, f)| f).map(|f| f.size));
     // Each object's files in the order of their bytes in it: a backup over the replication
     // protocol bundles them in the order the server sent them, not by path.
-    let by_object: BTreeMap<u32, Vec<BackupFile>> = read
+    let by_object: BTreeMap<(String, u32), Vec<BackupFile>> = read
         .into_iter()
         .map(|(object, mut files)| {
             files.sort_by_key(|f| f.offset);
@@ -772,7 +786,7 @@ async fn write_backup(
     let layout = Arc::new(layout.clone());
     // Interleave objects from the two ends of the list: parts of one large file (adjacent
     // objects) are then rarely written at once, which would serialize on the file's lock.
-    let mut objects: Vec<(u32, Vec<BackupFile>)> = by_object.into_iter().collect();
+    let mut objects: Vec<((String, u32), Vec<BackupFile>)> = by_object.into_iter().collect();
     let mut interleaved = Vec::with_capacity(objects.len());
     while !objects.is_empty() {
         interleaved.push(objects.remove(0));
@@ -782,15 +796,15 @@ async fn write_backup(
     }
     options
         .progress
-        .start(&format!("restore {}", backup.id), backup.size_bytes);
+        .start(&format!("restore {}", backup.id), to_read);
     // On a failure no new object starts, and every started one runs to its end before this
     // returns: the caller then empties the directory with no writer left behind.
     let failed = std::sync::atomic::AtomicBool::new(false);
     let results: Vec<Result<(u64, u64)>> = stream::iter(interleaved)
-        .map(|(object, files)| {
+        .map(|((holder, object), files)| {
             let splitter = FileSplitter {
                 start_writeback: options.sync,
-                ..FileSplitter::new(files, file_sizes.clone(), layout.clone())
+                ..FileSplitter::new(files, file_sizes.clone(), layout.clone(), layers.clone())
             };
             let (progress, failed) = (options.progress.clone(), &failed);
             async move {
@@ -801,7 +815,7 @@ async fn write_backup(
                     failed.store(true, std::sync::atomic::Ordering::Relaxed);
                     return Err(stopped(signal));
                 }
-                let written = restore_object(catalog, backup, object, splitter).await;
+                let written = restore_object(catalog, &holder, object, splitter).await;
                 match &written {
                     Ok((bytes, _)) => progress.advance(*bytes),
                     Err(_) => failed.store(true, std::sync::atomic::Ordering::Relaxed),
@@ -815,6 +829,17 @@ async fn write_backup(
     options.progress.finish();
     let written: Vec<(u64, u64)> = results.into_iter().collect::<Result<_>>()?;
     interrupt.check().map_err(stopped)?;
+    // A file rebuilt from a chain takes its newest size: cut where it was truncated, or
+    // extended with zeros where PostgreSQL extended it.
+    for (path, size) in layers.final_sizes() {
+        let destination = layout.destination(path);
+        fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&destination)
+            .and_then(|file| file.set_len(size))
+            .map_err(|e| Error::local_io(destination.display(), e))?;
+    }
 
     let tablespace_map = backup.tablespace_map.as_ref().map(|map| {
         // Lines are "<oid> <path>": point them at where the tablespaces now are.
@@ -937,20 +962,20 @@ fn write_sparse(path: &Path, size: u64, mode: u32) -> Result<()> {
 
 async fn restore_object(
     catalog: &Catalog,
-    backup: &BackupManifest,
+    holder: &str,
     object: u32,
     splitter: FileSplitter,
 ) -> Result<(u64, u64)> {
     let local = "the restored files";
     let (splitter, stored) = match catalog
-        .fetch_backup_object(backup, object, local, splitter)
+        .fetch_backup_object(holder, object, local, splitter)
         .await
     {
         Ok((splitter, summary)) => (splitter, summary.stored_len),
         // A file whose CRC-32C does not match is corruption, whichever side found it.
         Err(CatalogError::Local { source, .. }) if source.kind() == io::ErrorKind::InvalidData => {
             return Err(Error::Corrupt {
-                what: format!("backup {}", backup.id),
+                what: format!("backup {holder}"),
                 location: catalog.location(),
                 reason: source.to_string(),
             });
@@ -967,8 +992,12 @@ struct FileSplitter {
     /// Whole sizes of files stored in parts, to reserve their blocks at once.
     file_sizes: Arc<HashMap<String, u64>>,
     layout: Arc<RestoreLayout>,
+    /// Files rebuilt from a chain: which of an entry's blocks it writes.
+    layers: Arc<Layers>,
     index: usize,
     current: Option<(File, u64, u32)>,
+    /// The current entry's blocks, when it is a delta.
+    delta_blocks: Vec<u32>,
     written: u64,
     /// Start writing each finished file to disk at once, so that the final fsync pass finds
     /// little left to wait for.
@@ -980,13 +1009,16 @@ impl FileSplitter {
         files: Vec<BackupFile>,
         file_sizes: Arc<HashMap<String, u64>>,
         layout: Arc<RestoreLayout>,
+        layers: Arc<Layers>,
     ) -> Self {
         FileSplitter {
             files,
             file_sizes,
             layout,
+            layers,
             index: 0,
             current: None,
+            delta_blocks: Vec::new(),
             written: 0,
             start_writeback: false,
         }
@@ -1009,11 +1041,12 @@ impl FileSplitter {
                 .open(&path)
                 .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
             handle.set_permissions(fs::Permissions::from_mode(mode))?;
-            if file.file_offset == 0 {
+            if file.file_offset == 0 && file.delta.is_none() {
                 preallocate(&handle, self.file_sizes.get(file.path.as_str()).copied());
             } else {
                 io::Seek::seek(&mut handle, io::SeekFrom::Start(file.file_offset))?;
             }
+            self.delta_blocks = layers::delta_blocks(file.delta.as_ref());
             self.current = Some((handle, 0, 0));
             self.close_if_complete()?;
         }
@@ -1067,8 +1100,25 @@ impl Write for FileSplitter {
                     "the object holds more than its files",
                 ));
             };
-            let want = (self.files[self.index].size - *length) as usize;
+            let entry = &self.files[self.index];
+            let want = (entry.size - *length) as usize;
             let n = want.min(data.len());
+            if self.layers.final_size(&entry.path).is_some() {
+                let written = write_layered(
+                    handle,
+                    entry,
+                    &self.delta_blocks,
+                    &self.layers,
+                    *length,
+                    &data[..n],
+                )?;
+                *crc = crc32c::crc32c_append(*crc, &data[..n]);
+                *length += n as u64;
+                self.written += written;
+                data = &data[n..];
+                self.close_if_complete()?;
+                continue;
+            }
             handle.write_all(&data[..n])?;
             *crc = crc32c::crc32c_append(*crc, &data[..n]);
             // In a large file, write-back starts every WRITEBACK_STEP, not only at its end.
@@ -1089,6 +1139,39 @@ impl Write for FileSplitter {
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
     }
+}
+
+/// Writes the bytes `data` of a layered file's entry, which start `at` bytes into the
+/// entry, block by block where the entry is the newest holder; returns the bytes written.
+fn write_layered(
+    handle: &File,
+    entry: &BackupFile,
+    delta_blocks: &[u32],
+    layers: &Layers,
+    at: u64,
+    mut data: &[u8],
+) -> io::Result<u64> {
+    use std::os::unix::fs::FileExt;
+    let block_size = layers.block_size();
+    let depth = entry.delta.as_ref().map_or(0, |d| d.depth);
+    let mut position = at;
+    let mut written = 0;
+    while !data.is_empty() {
+        let (index, within) = (position / block_size, position % block_size);
+        let n = ((block_size - within) as usize).min(data.len());
+        let block = layers::block_of(entry, delta_blocks, index, block_size);
+        if layers.writes(&entry.path, depth, block) {
+            let offset = match entry.delta {
+                Some(_) => block * block_size + within,
+                None => entry.file_offset + position,
+            };
+            handle.write_all_at(&data[..n], offset)?;
+            written += n as u64;
+        }
+        position += n as u64;
+        data = &data[n..];
+    }
+    Ok(written)
 }
 
 /// restore_command, the recovery target and the server's own settings (`archive_mode`,
@@ -1141,37 +1224,44 @@ fn write_postgres_manifest(
         path: "backup_label",
         size: backup.backup_label.len() as u64,
         mtime: now,
-        crc32c: label_crc,
+        crc32c: Some(label_crc),
     }];
     if let (Some(map), Some(crc)) = (tablespace_map, map_crc) {
         entries.push(ManifestEntry {
             path: "tablespace_map",
             size: map.len() as u64,
             mtime: now,
-            crc32c: crc,
+            crc32c: Some(crc),
         });
     }
-    // One entry per file: parts combine into the whole file's CRC-32C.
-    let mut whole: BTreeMap<&str, (u64, i64, u32)> = BTreeMap::new();
+    // One entry per file: parts combine into the whole file's CRC-32C. A file rebuilt from
+    // a chain has its size and no checksum (none was taken of the whole).
+    let layers = Layers::new(&backup.files, backup.block_size);
+    let mut whole: BTreeMap<&str, (u64, i64, Option<u32>)> = BTreeMap::new();
+    for (path, size) in layers.final_sizes() {
+        whole.insert(path, (size, now, None));
+    }
     for part in &backup.files {
         // pg_verifybackup skips postgresql.auto.conf, which restore has changed.
-        if part.path == "postgresql.auto.conf" {
+        if part.path == "postgresql.auto.conf" || layers.final_size(&part.path).is_some() {
             continue;
         }
-        let entry = whole.entry(&part.path).or_insert((0, part.mtime, 0));
+        let entry = whole.entry(&part.path).or_insert((0, part.mtime, Some(0)));
         if part.file_offset != entry.0 {
             // A gap (the file shrank and grew during the backup): checksum what was written.
             let path = layout.destination(&part.path);
             let bytes = fs::read(&path).map_err(|e| Error::local_io(path.display(), e))?;
-            *entry = (bytes.len() as u64, part.mtime, crc32c::crc32c(&bytes));
+            *entry = (bytes.len() as u64, part.mtime, Some(crc32c::crc32c(&bytes)));
             continue;
         }
-        entry.2 = crc32c::crc32c_combine(entry.2, part.crc32c, part.size as usize);
+        entry.2 = entry
+            .2
+            .map(|crc| crc32c::crc32c_combine(crc, part.crc32c, part.size as usize));
         entry.0 = entry.0.saturating_add(part.size);
     }
     // The configuration restore wrote into the directory, and the files it kept beside.
     for file in configuration {
-        whole.insert(&file.path, (file.size, now, file.crc32c));
+        whole.insert(&file.path, (file.size, now, Some(file.crc32c)));
     }
     entries.extend(
         whole

@@ -10,7 +10,9 @@ pub struct ManifestEntry<'a> {
     pub size: u64,
     /// Seconds since the Unix epoch.
     pub mtime: i64,
-    pub crc32c: u32,
+    /// None where the checksum is not known (a file rebuilt from an incremental chain):
+    /// PostgreSQL's manifests leave it out for `--manifest-checksums=none`.
+    pub crc32c: Option<u32>,
 }
 
 /// Renders the manifest exactly as PostgreSQL lays it out: the checksum covers every byte
@@ -23,13 +25,18 @@ pub fn render(entries: &[ManifestEntry<'_>], timeline: u32, start: Lsn, end: Lsn
             .format("%Y-%m-%d %H:%M:%S GMT");
         text.push_str(if i == 0 { "\n" } else { ",\n" });
         text.push_str(&format!(
-            "{{ \"Path\": {}, \"Size\": {}, \"Last-Modified\": \"{modified}\", \
-             \"Checksum-Algorithm\": \"CRC32C\", \"Checksum\": \"{}\" }}",
+            "{{ \"Path\": {}, \"Size\": {}, \"Last-Modified\": \"{modified}\"",
             serde_json::to_string(entry.path).expect("a string serialises"),
             entry.size,
-            // PostgreSQL hex-encodes the CRC's bytes in memory order.
-            hex::encode(entry.crc32c.to_le_bytes())
         ));
+        match entry.crc32c {
+            // PostgreSQL hex-encodes the CRC's bytes in memory order.
+            Some(crc) => text.push_str(&format!(
+                ", \"Checksum-Algorithm\": \"CRC32C\", \"Checksum\": \"{}\" }}",
+                hex::encode(crc.to_le_bytes())
+            )),
+            None => text.push_str(" }"),
+        }
     }
     text.push_str(&format!(
         "\n],\n\"WAL-Ranges\": [\n{{ \"Timeline\": {timeline}, \"Start-LSN\": \"{start}\", \
@@ -173,13 +180,13 @@ mod tests {
                     path: "backup_label",
                     size: 225,
                     mtime: 1_764_979_200,
-                    crc32c: 0x1234_5678,
+                    crc32c: Some(0x1234_5678),
                 },
                 ManifestEntry {
                     path: "base/5/1259",
                     size: 8192,
                     mtime: 1_764_979_200,
-                    crc32c: 0xdead_beef,
+                    crc32c: Some(0xdead_beef),
                 },
             ],
             1,

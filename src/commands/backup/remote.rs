@@ -18,7 +18,8 @@ use futures_util::{FutureExt, StreamExt};
 use tokio::sync::mpsc;
 
 use crate::catalog::backup::{
-    BackupDirectory, BackupFile, BackupManifest, BackupMethod, MANIFEST_FORMAT, Tablespace,
+    BackupDirectory, BackupFile, BackupManifest, BackupMethod, BackupType, MANIFEST_FORMAT,
+    Tablespace,
     tablespace_link,
 };
 use crate::catalog::{Catalog, RepositoryIdentity, total_bytes};
@@ -422,6 +423,11 @@ pub(super) async fn backup_claimed(
         configuration: None,
         method: BackupMethod::Replication,
         server_manifest: Some(manifest_entry.0),
+        backup_type: BackupType::Full,
+        parent: None,
+        data_checksums: None,
+        block_size: None,
+        changes_from: None,
     };
     super::record_manifest(catalog, options, &manifest).await?;
     Ok(BackupReport {
@@ -498,6 +504,8 @@ async fn store_server_manifest(
         crc32c: crc32c::crc32c(&bytes),
         object,
         offset: 0,
+        backup: None,
+        delta: None,
     };
     let (_, encoded) = catalog
         .store_backup_object(
@@ -1093,6 +1101,8 @@ impl<'a> Receiver<'a> {
                 crc32c: current.part_crc,
                 object: object.index,
                 offset: current.object_offset,
+                backup: None,
+                delta: None,
             });
         }
     }
@@ -1316,7 +1326,7 @@ mod tests {
                 path,
                 size: bytes.len() as u64,
                 mtime: 0,
-                crc32c: crc32c::crc32c(bytes),
+                crc32c: Some(crc32c::crc32c(bytes)),
             })
             .collect();
         render(&entries, 1, Lsn(0x100_0000), Lsn(0x200_0000)).into_bytes()

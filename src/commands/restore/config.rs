@@ -338,7 +338,7 @@ pub async fn place(
             configuration.files.iter().map(|f| f.object).collect();
         for object in objects {
             let (bytes, _) = catalog
-                .fetch_backup_object(backup, object, "the configuration", Vec::new())
+                .fetch_backup_object(&backup.id, object, "the configuration", Vec::new())
                 .await?;
             for file in configuration.files.iter().filter(|f| f.object == object) {
                 let piece = piece_of(&bytes, file).ok_or_else(|| Error::Corrupt {

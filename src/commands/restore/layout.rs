@@ -332,6 +332,8 @@ mod tests {
             crc32c: 0,
             object: 0,
             offset: 0,
+            backup: None,
+            delta: None,
         };
         let dir = |path: &str, mode| BackupDirectory {
             path: path.into(),
