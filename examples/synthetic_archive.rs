@@ -155,6 +155,8 @@ fn manifest(number: usize, start: u64) -> BackupManifest {
             crc32c: 0,
             object: 0,
             offset: 0,
+            backup: None,
+            delta: None,
         }],
         cluster_owner: None,
         data_directory: None,
@@ -163,6 +165,11 @@ fn manifest(number: usize, start: u64) -> BackupManifest {
         configuration: None,
         method: Default::default(),
         server_manifest: None,
+        backup_type: Default::default(),
+        parent: None,
+        data_checksums: None,
+        block_size: None,
+        changes_from: None,
     }
 }
 

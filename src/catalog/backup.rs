@@ -321,7 +321,11 @@ impl BackupManifest {
         if self.backup_type.is_full() != self.parent.is_none() {
             return Err("a full backup names a parent, or an incremental one none".into());
         }
-        for named in self.parent.iter().chain(self.files.iter().filter_map(|f| f.backup.as_ref())) {
+        for named in self
+            .parent
+            .iter()
+            .chain(self.files.iter().filter_map(|f| f.backup.as_ref()))
+        {
             if !is_backup_id(named) {
                 return Err(format!(
                     "'{named}' is not a backup id: the manifest is unsafe (tampered with?)"
@@ -428,8 +432,7 @@ impl BackupManifest {
             }
             end = first + count;
         }
-        if end * u64::from(block_size) > delta.file_size.next_multiple_of(u64::from(block_size))
-        {
+        if end * u64::from(block_size) > delta.file_size.next_multiple_of(u64::from(block_size)) {
             return bad("has blocks past the file's end");
         }
         if delta.block_count() * u64::from(block_size) != file.size {
@@ -472,8 +475,11 @@ impl BackupManifest {
 
     /// The backups whose objects this one's files come from, this one included.
     pub fn chain_ids(&self) -> std::collections::BTreeSet<&str> {
-        let mut ids: std::collections::BTreeSet<&str> =
-            self.files.iter().filter_map(|f| f.backup.as_deref()).collect();
+        let mut ids: std::collections::BTreeSet<&str> = self
+            .files
+            .iter()
+            .filter_map(|f| f.backup.as_deref())
+            .collect();
         ids.insert(&self.id);
         ids.extend(self.parent.as_deref());
         ids

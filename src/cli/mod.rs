@@ -236,6 +236,13 @@ pub enum Command {
             hide_default_value = true
         )]
         wal_timeout: u64,
+        /// What to copy: `full`, every file; `incr`, only what changed since the newest
+        /// backup; `diff`, only what changed since the newest full backup. An incremental
+        /// or differential backup reads only the blocks the archived WAL says changed and
+        /// refers to its parent for the rest; it is taken full, saying why, where it cannot
+        /// build on one.
+        #[arg(long = "type", value_name = "TYPE", default_value = "full", value_parser = parse_backup_type)]
+        backup_type: crate::catalog::backup::BackupType,
         /// Pin the backup: retention never removes it (until `pitr unpin`).
         #[arg(long)]
         pin: bool,
@@ -648,6 +655,18 @@ fn parse_synchronous(text: &str) -> Result<crate::commands::receive_wal::Synchro
         "repository" => Ok(Synchronous::Repository),
         _ => Err(format!(
             "'{text}' is not where WAL is durable: use spool or repository"
+        )),
+    }
+}
+
+fn parse_backup_type(text: &str) -> Result<crate::catalog::backup::BackupType, String> {
+    use crate::catalog::backup::BackupType;
+    match text {
+        "full" => Ok(BackupType::Full),
+        "incr" => Ok(BackupType::Incr),
+        "diff" => Ok(BackupType::Diff),
+        _ => Err(format!(
+            "'{text}' is not a backup type: use full, incr or diff"
         )),
     }
 }

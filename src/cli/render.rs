@@ -185,6 +185,30 @@ pub fn backup(report: &BackupReport) {
         m.timeline,
         report.elapsed.as_secs_f64()
     );
+    if let Some(parent) = &m.parent {
+        let own = m.files.iter().filter(|f| f.backup.is_none());
+        let (deltas, whole): (Vec<_>, Vec<_>) = own.partition(|f| f.delta.is_some());
+        let blocks: u64 = deltas
+            .iter()
+            .filter_map(|f| f.delta.as_ref())
+            .map(|d| d.block_count())
+            .sum();
+        let paths = |files: &[&crate::catalog::backup::BackupFile]| {
+            files
+                .iter()
+                .map(|f| f.path.as_str())
+                .collect::<std::collections::BTreeSet<_>>()
+                .len()
+        };
+        println!(
+            "{} backup on {parent}: {blocks} changed blocks of {} files, {} files whole, the \
+             rest from the chain (changes from {})",
+            m.backup_type.name(),
+            paths(&deltas),
+            paths(&whole),
+            m.changes_from.as_deref().unwrap_or("unknown")
+        );
+    }
     if let Some(configuration) = &m.configuration {
         println!(
             "configuration outside the data directory recorded ({} files): {}",

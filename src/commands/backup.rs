@@ -15,8 +15,8 @@ use chrono::{DateTime, Utc};
 use futures_util::{StreamExt, stream};
 
 use crate::catalog::backup::{
-    BackupDirectory, BackupFile, BackupManifest, BackupMethod, BackupType, MANIFEST_FORMAT,
-    Tablespace,
+    BackupDirectory, BackupFile, BackupManifest, BackupMethod, BackupType, Delta,
+    INCREMENTAL_MANIFEST_FORMAT, MANIFEST_FORMAT, Tablespace,
 };
 use crate::catalog::{Catalog, RepositoryIdentity, total_bytes};
 use crate::datadir::read_control;
@@ -25,14 +25,17 @@ use crate::interrupt::{Interrupt, Signal};
 use crate::pg::WalFileName;
 use crate::pg::backup_label::parse_backup_label;
 use crate::pg::basebackup::{Disposition, classify, is_database_directory, unlogged_files};
+use crate::pg::block_map::ranges_of;
 use crate::pg::relpath::database_of;
 use crate::pg::timeline::{HistoryEntry, parse_history, stop_segment_name};
 use crate::pg::wal_name::backup_history_file_name;
 use crate::server::{ArchiverStats, Session, connection_settings};
 
 use super::blocking;
+use incremental::DeltaJob;
 
 mod config;
+mod incremental;
 mod inflate;
 mod remote;
 mod wal_receiver;
@@ -52,6 +55,8 @@ pub struct BackupOptions {
     pub jobs: usize,
     pub wal_timeout: Duration,
     pub progress: std::sync::Arc<dyn crate::progress::Progress>,
+    /// Full, or built on a parent (`--type`).
+    pub backup_type: BackupType,
     /// Keep this backup whatever the retention policy says (`--pin`).
     pub pin: bool,
     /// Notes shown by `list` (`--annotate key=value`).
@@ -312,7 +317,14 @@ async fn backup_locked(
             }
             Prepared::Local(prepare_local(session, pgdata, identity, interrupt).await?)
         }
-        Source::Replication { session } => Prepared::Remote(
+        Source::Replication { session } => Prepared::Remote({
+            if !options.backup_type.is_full() {
+                tracing::warn!(
+                    "the backup is taken full: an {} backup reads the data directory on the \
+                     database host (run pitr backup there, or with --pgdata)",
+                    options.backup_type.name()
+                );
+            }
             remote::prepare(
                 catalog,
                 &settings,
@@ -321,8 +333,8 @@ async fn backup_locked(
                 options.wal_method,
                 interrupt,
             )
-            .await?,
-        ),
+            .await?
+        }),
     };
     catalog.remove_staging_leftovers().await;
     interrupt.check().map_err(stopped_before_writing)?;
@@ -560,29 +572,93 @@ async fn backup_claimed(
         if from_standby { " on a standby" } else { "" }
     );
 
+    let facts = incremental::cluster_facts(&session).await?;
+    let incremental = match options.backup_type {
+        BackupType::Full => None,
+        kind => {
+            let chosen =
+                build_on(catalog, &session, kind, &facts, &pgdata, start_lsn, options).await?;
+            chosen
+                .inspect_err(|reason| {
+                    tracing::warn!("backup {id} is taken full: {reason}");
+                })
+                .ok()
+        }
+    };
+    if let Some(incremental) = &incremental {
+        let changes = incremental.changes_from();
+        match &incremental.changes {
+            Ok(_) => tracing::info!(
+                "backup {id} is {} on {} (changes from {changes})",
+                incremental.backup_type.name(),
+                incremental.parent.id
+            ),
+            Err(_) => tracing::warn!(
+                "backup {id} is {} on {}, comparing every page: {changes}",
+                incremental.backup_type.name(),
+                incremental.parent.id
+            ),
+        }
+    }
+
     // Which directory is which database, for restore --db-include.
     let (databases, superuser) = session.databases().await?;
     let walk_root = pgdata.clone();
     let (directories, files, tablespaces) = blocking(move || walk(&walk_root)).await?;
+    // An incremental backup takes of each file nothing, its changed blocks or all of it.
+    let mut reused: Vec<BackupFile> = Vec::new();
+    let mut delta_jobs: Vec<incremental::DeltaJob> = Vec::new();
+    let files = match &incremental {
+        None => files,
+        Some(incremental) => files
+            .into_iter()
+            .filter(|file| match incremental.take(file) {
+                incremental::Take::Parent(entries) => {
+                    reused.extend(entries);
+                    false
+                }
+                incremental::Take::Blocks(entries, jobs) => {
+                    reused.extend(entries);
+                    delta_jobs.extend(jobs);
+                    false
+                }
+                incremental::Take::Whole => true,
+            })
+            .collect(),
+    };
     let (plan, control) = plan_objects(files);
-    let total = total_bytes(plan.iter().flatten().chain(&control).map(|f| f.size));
+    let delta_plan = plan_delta_objects(delta_jobs);
+    let total = total_bytes(
+        plan.iter()
+            .flatten()
+            .chain(&control)
+            .map(|f| f.size)
+            .chain(delta_plan.iter().flatten().map(DeltaJob::estimate)),
+    );
     options.progress.start(&format!("backup {id}"), total);
+    let plan: Vec<ObjectJob> = plan
+        .into_iter()
+        .map(ObjectJob::Files)
+        .chain(delta_plan.into_iter().map(ObjectJob::Deltas))
+        .collect();
     let mut object_count = (plan.len() + usize::from(control.is_some())) as u32;
     // After a failure or a signal no new object starts, and every started one runs to its
     // end (its staged file and put run on blocking threads, which cannot be cancelled):
     // then nothing writes while the failed backup's objects are removed.
     let failed = std::sync::atomic::AtomicBool::new(false);
-    let copy = |index: usize, files: Vec<SourceFile>| {
+    let copy = |index: usize, job: ObjectJob| {
         let (progress, failed) = (options.progress.clone(), &failed);
         async move {
             if failed.load(std::sync::atomic::Ordering::Relaxed) {
                 return Ok(None);
             }
             interrupt.check().map_err(stopped)?;
-            let size = total_bytes(files.iter().map(|f| f.size));
-            let copied = copy_object(catalog, id, index as u32, files)
-                .await
-                .inspect_err(|_| failed.store(true, std::sync::atomic::Ordering::Relaxed))?;
+            let size = job.estimate();
+            let copied = match job {
+                ObjectJob::Files(files) => copy_object(catalog, id, index as u32, files).await,
+                ObjectJob::Deltas(jobs) => copy_delta_object(catalog, id, index as u32, jobs).await,
+            }
+            .inspect_err(|_| failed.store(true, std::sync::atomic::Ordering::Relaxed))?;
             progress.advance(size);
             Ok::<_, Error>(Some(copied))
         }
@@ -601,7 +677,7 @@ async fn backup_claimed(
     // pg_control last, once every other file was read: recovery from a standby's backup
     // ends at the minimum recovery point of this copy, which must cover all the others.
     if let Some(control) = control {
-        copied.extend(copy(copied.len(), vec![control]).await?);
+        copied.extend(copy(copied.len(), ObjectJob::Files(vec![control])).await?);
     }
     // The configuration read from outside the data directory, in an object after the others.
     let configuration = config::record(catalog, &session, &pgdata, id, object_count).await?;
@@ -660,9 +736,13 @@ async fn backup_claimed(
     .await?;
 
     let mut files: Vec<BackupFile> = copied.iter().flat_map(|(f, _)| f.clone()).collect();
-    files.sort_by(|a, b| (&a.path, a.file_offset).cmp(&(&b.path, b.file_offset)));
+    files.extend(reused);
+    sort_entries(&mut files);
     let manifest = BackupManifest {
-        format: MANIFEST_FORMAT,
+        format: match incremental {
+            Some(_) => INCREMENTAL_MANIFEST_FORMAT,
+            None => MANIFEST_FORMAT,
+        },
         id: id.to_owned(),
         label,
         system_identifier: identity.system_identifier.to_string(),
@@ -677,7 +757,7 @@ async fn backup_claimed(
         backup_label,
         tablespace_map,
         tablespaces,
-        size_bytes: total_bytes(files.iter().map(|f| f.size)),
+        size_bytes: logical_size(&files),
         stored_bytes: total_bytes(
             copied
                 .iter()
@@ -702,11 +782,13 @@ async fn backup_claimed(
         configuration: configuration.map(|(configuration, _)| configuration),
         method: BackupMethod::Local,
         server_manifest: None,
-        backup_type: BackupType::Full,
-        parent: None,
-        data_checksums: None,
-        block_size: None,
-        changes_from: None,
+        backup_type: incremental
+            .as_ref()
+            .map_or(BackupType::Full, |i| i.backup_type),
+        parent: incremental.as_ref().map(|i| i.parent.id.clone()),
+        data_checksums: Some(facts.data_checksums),
+        block_size: Some(facts.block_size),
+        changes_from: incremental.as_ref().map(|i| i.changes_from()),
     };
     record_manifest(catalog, options, &manifest).await?;
     Ok(BackupReport {
@@ -714,6 +796,175 @@ async fn backup_claimed(
         objects: object_count,
         elapsed: started.elapsed(),
     })
+}
+
+/// What an incremental backup starting at `start` builds on, or why it is taken full.
+async fn build_on(
+    catalog: &Catalog,
+    session: &Session,
+    kind: BackupType,
+    facts: &incremental::ClusterFacts,
+    pgdata: &Path,
+    start: crate::pg::Lsn,
+    options: &BackupOptions,
+) -> Result<std::result::Result<incremental::Incremental, String>> {
+    // The start checkpoint's timeline: backup_label is known only at the stop.
+    let checkpoint = session
+        .text(
+            "reading the start checkpoint",
+            "SELECT timeline_id::text || '|' || redo_lsn::text FROM pg_control_checkpoint()",
+        )
+        .await?;
+    let (timeline, redo) = checkpoint.split_once('|').unwrap_or_default();
+    let (Ok(timeline), Ok(redo)) = (timeline.parse::<u32>(), redo.parse::<crate::pg::Lsn>()) else {
+        return Err(Error::Server(format!(
+            "pg_control_checkpoint() returned '{checkpoint}'"
+        )));
+    };
+    if redo != start {
+        return Ok(Err(format!(
+            "a checkpoint ({redo}) followed the backup's start ({start}) before its timeline \
+             was read"
+        )));
+    }
+    let Some(history) = incremental::local_history(pgdata, timeline) else {
+        return Ok(Err(format!(
+            "the history of timeline {timeline} is not in {}/pg_wal",
+            pgdata.display()
+        )));
+    };
+    incremental::prepare(
+        catalog,
+        kind,
+        facts,
+        pgdata,
+        start,
+        timeline,
+        &history,
+        options.jobs,
+    )
+    .await
+}
+
+/// What one data object is made of: files (whole, or parts of large ones), or the changed
+/// blocks of files an incremental backup takes in part.
+enum ObjectJob {
+    Files(Vec<SourceFile>),
+    Deltas(Vec<DeltaJob>),
+}
+
+impl ObjectJob {
+    /// The bytes it reads, about.
+    fn estimate(&self) -> u64 {
+        match self {
+            ObjectJob::Files(files) => total_bytes(files.iter().map(|f| f.size)),
+            ObjectJob::Deltas(jobs) => total_bytes(jobs.iter().map(DeltaJob::estimate)),
+        }
+    }
+}
+
+impl DeltaJob {
+    /// The bytes it reads: its blocks, or its whole range for a page scan.
+    fn estimate(&self) -> u64 {
+        match &self.blocks {
+            Some(blocks) => blocks.len() as u64 * u64::from(self.block_size),
+            None => self.source.size,
+        }
+    }
+}
+
+/// Delta jobs bundled into objects of about [`BUNDLE_SIZE`], never two databases' in one.
+fn plan_delta_objects(mut jobs: Vec<DeltaJob>) -> Vec<Vec<DeltaJob>> {
+    jobs.sort_by(|a, b| {
+        (database_of(&a.source.path), &a.source.path, a.source.offset).cmp(&(
+            database_of(&b.source.path),
+            &b.source.path,
+            b.source.offset,
+        ))
+    });
+    let mut plan: Vec<Vec<DeltaJob>> = Vec::new();
+    let mut size = 0;
+    for job in jobs {
+        let starts_new = match plan.last().and_then(|object| object.last()) {
+            None => true,
+            Some(last) => {
+                size >= BUNDLE_SIZE
+                    || database_of(&last.source.path) != database_of(&job.source.path)
+            }
+        };
+        if starts_new {
+            plan.push(Vec::new());
+            size = 0;
+        }
+        size += job.estimate();
+        plan.last_mut().expect("pushed").push(job);
+    }
+    plan
+}
+
+/// Reads the changed blocks of one object's delta jobs, stores them, and returns their
+/// manifest entries.
+async fn copy_delta_object(
+    catalog: &Catalog,
+    id: &str,
+    object: u32,
+    jobs: Vec<DeltaJob>,
+) -> Result<CopiedObject> {
+    let reader = incremental::DeltaReader::new(jobs);
+    let (reader, encoded) = catalog
+        .store_backup_object(id, object, "the data directory", reader)
+        .await?;
+    let mut offset = 0;
+    let mut entries = Vec::new();
+    for (job, (blocks, size, crc32c)) in reader.jobs.iter().zip(&reader.read) {
+        entries.push(BackupFile {
+            path: job.source.path.clone(),
+            size: *size,
+            file_offset: 0,
+            mode: job.source.mode,
+            mtime: job.source.mtime,
+            crc32c: *crc32c,
+            object,
+            offset,
+            backup: None,
+            delta: Some(Delta {
+                runs: ranges_of(blocks),
+                file_size: job.file_size,
+                depth: job.depth,
+            }),
+        });
+        offset += size;
+    }
+    Ok((entries, encoded.stored_len))
+}
+
+/// A manifest's entries by path, a path's whole entries by offset, then its deltas oldest
+/// first.
+fn sort_entries(files: &mut [BackupFile]) {
+    files.sort_by(|a, b| {
+        let key = |f: &BackupFile| {
+            f.delta
+                .as_ref()
+                .map_or((0, 0), |d| (d.depth, d.runs.first().map_or(0, |r| r[0])))
+        };
+        (&a.path, key(a), a.file_offset).cmp(&(&b.path, key(b), b.file_offset))
+    });
+}
+
+/// The sum of the files' sizes once rebuilt: a file with deltas counts its newest size.
+fn logical_size(files: &[BackupFile]) -> u64 {
+    let mut sizes: std::collections::BTreeMap<&str, (u32, u64)> = Default::default();
+    for file in files {
+        let (depth, size) = match &file.delta {
+            Some(delta) => (delta.depth, delta.file_size),
+            None => (0, file.file_offset.saturating_add(file.size)),
+        };
+        let entry = sizes.entry(&file.path).or_insert((depth, size));
+        if depth > entry.0 || (depth == entry.0 && size > entry.1) {
+            *entry = (depth, size);
+        }
+    }
+    total_bytes(sizes.values().map(|(_, size)| *size))
 }
 
 /// Stores the manifest, last: the backup exists from then on, pinned and annotated as asked.

@@ -441,6 +441,7 @@ mod tests {
                 jobs: 1,
                 wal_timeout: std::time::Duration::from_secs(1),
                 progress: std::sync::Arc::new(crate::progress::Silent),
+                backup_type: Default::default(),
                 pin: false,
                 annotations: Default::default(),
                 method: Default::default(),

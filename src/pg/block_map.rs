@@ -177,33 +177,54 @@ pub struct SegmentMapFrom {
     decoder: WalDecoder,
     builder: BlockMapBuilder,
     from: Lsn,
+    until: Lsn,
 }
 
 impl SegmentMapFrom {
     pub fn new(segment_start: Lsn, segment_size: u64, block_size: usize, from: Lsn) -> Self {
+        Self::resuming(
+            WalDecoder::new(segment_start, segment_size, block_size),
+            from,
+        )
+    }
+
+    /// The same from `decoder` (one that goes on with the previous segment's last record).
+    pub fn resuming(decoder: WalDecoder, from: Lsn) -> Self {
         SegmentMapFrom {
-            decoder: WalDecoder::new(segment_start, segment_size, block_size)
-                .checking(RecordCheck::TargetRecords)
-                .with_changes(),
+            decoder: decoder.checking(RecordCheck::TargetRecords).with_changes(),
             builder: BlockMapBuilder::new(false),
             from,
+            until: Lsn(u64::MAX),
         }
+    }
+
+    /// The same, leaving out the records from `until` on: a segment still being written,
+    /// read up to where its bytes are known to be whole.
+    pub fn until(mut self, until: Lsn) -> Self {
+        self.until = until;
+        self
     }
 
     pub fn feed(&mut self, bytes: &[u8]) {
         self.decoder.feed(bytes);
         while let Some(record) = self.decoder.next_record() {
+            if record.lsn < self.from || record.lsn >= self.until {
+                continue;
+            }
             match record.changes {
-                Some(Ok(changes)) if record.lsn >= self.from => {
-                    self.builder.add(record.lsn, changes)
-                }
-                Some(Err(_)) if record.lsn >= self.from => self.builder.add_unreadable(),
-                _ => {}
+                Some(Ok(changes)) => self.builder.add(record.lsn, changes),
+                Some(Err(_)) => self.builder.add_unreadable(),
+                None => {}
             }
         }
     }
 
-    pub fn finish(self) -> BlockMap {
+    /// The map; it starts incomplete where decoding began inside a record it never saw
+    /// begin.
+    pub fn finish(mut self) -> BlockMap {
+        if self.decoder.began_mid_record() {
+            self.builder.mark_incomplete_start();
+        }
         self.builder.finish()
     }
 }
@@ -223,7 +244,7 @@ impl std::io::Write for SegmentMapFrom {
 }
 
 /// Runs of consecutive numbers in sorted, distinct `blocks`.
-fn ranges_of(blocks: &[u32]) -> Vec<[u32; 2]> {
+pub(crate) fn ranges_of(blocks: &[u32]) -> Vec<[u32; 2]> {
     let mut ranges: Vec<[u32; 2]> = Vec::new();
     for &block in blocks {
         match ranges.last_mut() {

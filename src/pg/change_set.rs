@@ -20,13 +20,20 @@ pub struct ChangeSet {
     pub created: BTreeSet<(RelFile, Fork)>,
     /// Relation files a commit or abort removed.
     pub dropped: BTreeSet<RelFile>,
+    /// The smallest size, in blocks, each fork was truncated to: every block from there on
+    /// may have changed without a record naming it (PostgreSQL extends files with zero pages
+    /// before it logs them), so all of them present now are read.
+    pub truncated: BTreeMap<(RelFile, Fork), u32>,
     /// Database directories `(tablespace, database)` copied from a template without WAL for
-    /// their blocks: every file in them is copied whole.
+    /// their blocks, or dropped (and perhaps made again under the same OID): every file in
+    /// them is copied whole.
     pub copied_databases: BTreeSet<(u32, u32)>,
     /// Why the maps do not describe the stretch (a segment without a map, a map that
     /// starts inside a record or could not read one, `wal_level = minimal`, a record that
     /// changes files in a way maps do not tell): then every file must be compared.
     pub incomplete: Vec<String>,
+    /// `wal_level` was set to minimal in the stretch: an incremental backup must be full.
+    pub minimal_wal: bool,
 }
 
 impl ChangeSet {
@@ -41,6 +48,10 @@ impl ChangeSet {
             || self
                 .copied_databases
                 .contains(&(file.tablespace, file.database))
+            || self
+                .truncated
+                .get(&(file, fork))
+                .is_some_and(|&limit| block >= limit)
         {
             return true;
         }
@@ -94,20 +105,45 @@ pub fn merge_maps<'a>(
                 } => {
                     set.copied_databases.insert((*tablespace, *database));
                 }
-                StorageEvent::WalLevel { minimal: true } => set.incomplete.push(format!(
-                    "wal_level was set to minimal at {} (files may change without WAL)",
-                    event.lsn
-                )),
+                StorageEvent::Truncated {
+                    file,
+                    blocks,
+                    main,
+                    fsm,
+                    vm,
+                } => {
+                    let forks = [
+                        (*main, Fork::Main),
+                        (*fsm, Fork::FreeSpaceMap),
+                        (*vm, Fork::VisibilityMap),
+                    ];
+                    for (_, fork) in forks.into_iter().filter(|(truncated, _)| *truncated) {
+                        let limit = set.truncated.entry((*file, fork)).or_insert(*blocks);
+                        *limit = (*limit).min(*blocks);
+                    }
+                }
+                StorageEvent::DatabaseDropped {
+                    database,
+                    tablespaces,
+                } => {
+                    for tablespace in tablespaces {
+                        set.copied_databases.insert((*tablespace, *database));
+                    }
+                }
+                StorageEvent::WalLevel { minimal: true } => {
+                    set.minimal_wal = true;
+                    set.incomplete.push(format!(
+                        "wal_level was set to minimal at {} (files may change without WAL)",
+                        event.lsn
+                    ));
+                }
                 StorageEvent::Unknown { rmid, info } => set.incomplete.push(format!(
                     "a record at {} (resource manager {rmid}, info {info:#04x}) changes \
                      relation files in a way block maps do not describe",
                     event.lsn
                 )),
-                // Truncations and database drops and creations by WAL change no block a
-                // backup reads: the files' sizes and presence at backup time tell.
-                StorageEvent::Truncated { .. }
-                | StorageEvent::DatabaseCreated { .. }
-                | StorageEvent::DatabaseDropped { .. }
+                // A database made by WAL logs every block it writes.
+                StorageEvent::DatabaseCreated { .. }
                 | StorageEvent::WalLevel { minimal: false } => {}
             }
         }

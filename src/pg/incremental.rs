@@ -72,8 +72,15 @@ pub fn plan_file(
     }
     let block_size = u64::from(block_size);
     let blocks_now = size.div_ceil(block_size);
-    let blocks_before = parent_size.div_ceil(block_size);
     let first = u64::from(relation.segment) * u64::from(blocks_per_segment);
+    // Truncated in the stretch: every block from the limit on may be new without a record.
+    let truncated_at = changes
+        .truncated
+        .get(&(file, relation.fork))
+        .map(|&limit| u64::from(limit).saturating_sub(first));
+    let blocks_before = parent_size
+        .div_ceil(block_size)
+        .min(truncated_at.unwrap_or(u64::MAX));
     let mut blocks: Vec<u32> = Vec::new();
     if let Some(ranges) = changes.blocks.get(&(file, relation.fork)) {
         let end = first + blocks_now;
@@ -85,8 +92,8 @@ pub fn plan_file(
             blocks.extend((from..to).map(|b| (b - first) as u32));
         }
     }
-    // Blocks past the parent's end that no record names: PostgreSQL extends files with
-    // zero pages before it logs them; read them as they are.
+    // Blocks past the parent's end (or a truncation) that no record names: PostgreSQL
+    // extends files with zero pages before it logs them; read them as they are.
     let mut past_parent = (blocks_before..blocks_now)
         .map(|b| b as u32)
         .filter(|b| blocks.binary_search(b).is_err())
@@ -96,7 +103,7 @@ pub fn plan_file(
         blocks.extend(extra);
         blocks.sort_unstable();
     }
-    if blocks.is_empty() && size == parent_size {
+    if blocks.is_empty() && size == parent_size && truncated_at.is_none() {
         FilePlan::Unchanged
     } else {
         FilePlan::Blocks(blocks)
@@ -201,6 +208,25 @@ mod tests {
 
     fn plan(path: &str, size: u64, parent: Option<u64>) -> FilePlan {
         plan_file(path, size, parent, &changes(), BLOCK, SEGMENT)
+    }
+
+    #[test]
+    fn every_block_from_a_truncation_on_is_taken() {
+        let mut set = changes();
+        // Truncated to 4 blocks, then extended again to 9 with zero pages no record names.
+        set.truncated.insert((file(100), Fork::Main), 4);
+        let size = 9 * u64::from(BLOCK);
+        assert_eq!(
+            plan_file("base/5/100", size, Some(size), &set, BLOCK, SEGMENT),
+            FilePlan::Blocks(vec![2, 3, 4, 5, 6, 7, 8])
+        );
+        // The same size as the parent, no block named: still read from the limit on.
+        set.truncated.insert((file(101), Fork::Main), 7);
+        assert_eq!(
+            plan_file("base/5/101", size, Some(size), &set, BLOCK, SEGMENT),
+            FilePlan::Blocks(vec![7, 8])
+        );
+        assert!(set.changed(file(101), Fork::Main, 7) && !set.changed(file(101), Fork::Main, 6));
     }
 
     #[test]

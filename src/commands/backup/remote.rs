@@ -19,8 +19,7 @@ use tokio::sync::mpsc;
 
 use crate::catalog::backup::{
     BackupDirectory, BackupFile, BackupManifest, BackupMethod, BackupType, MANIFEST_FORMAT,
-    Tablespace,
-    tablespace_link,
+    Tablespace, tablespace_link,
 };
 use crate::catalog::{Catalog, RepositoryIdentity, total_bytes};
 use crate::error::{Error, Result};

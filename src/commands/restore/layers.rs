@@ -36,7 +36,7 @@ impl Layers {
             layered.deltas.push((delta.depth, delta.runs.clone()));
         }
         for (path, layered) in &mut layers.files {
-            layered.deltas.sort_by(|a, b| b.0.cmp(&a.0));
+            layered.deltas.sort_by_key(|d| std::cmp::Reverse(d.0));
             let newest = layered.deltas[0].0;
             layered.size = files
                 .iter()

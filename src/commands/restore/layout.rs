@@ -379,6 +379,11 @@ mod tests {
             configuration: None,
             method: Default::default(),
             server_manifest: None,
+            backup_type: crate::catalog::backup::BackupType::Full,
+            parent: None,
+            data_checksums: None,
+            block_size: None,
+            changes_from: None,
         }
     }
 

@@ -64,6 +64,11 @@ pub(crate) fn backup(
         configuration: None,
         method: Default::default(),
         server_manifest: None,
+        backup_type: crate::catalog::backup::BackupType::Full,
+        parent: None,
+        data_checksums: None,
+        block_size: None,
+        changes_from: None,
     }
 }
 

@@ -51,6 +51,11 @@ fn backup(timeline: u32, start: u64, stop: u64, started: &str) -> BackupManifest
         configuration: None,
         method: Default::default(),
         server_manifest: None,
+        backup_type: crate::catalog::backup::BackupType::Full,
+        parent: None,
+        data_checksums: None,
+        block_size: None,
+        changes_from: None,
     }
 }
 

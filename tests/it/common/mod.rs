@@ -1279,6 +1279,7 @@ pub fn in_process_backup_options(cluster: &PgCluster) -> pitr::commands::backup:
         jobs: 2,
         wal_timeout: Duration::from_secs(60),
         progress: Arc::new(pitr::progress::Silent),
+        backup_type: Default::default(),
         pin: false,
         annotations: Default::default(),
         method: Default::default(),

@@ -1,0 +1,628 @@
+//! `pitr backup --type incr|diff`: which backup to build on, what changed since its start
+//! (the block maps archive-push stored, and the WAL since the last archived segment read
+//! from `pg_wal`), and what each file of the cluster contributes: nothing (the parent's copy
+//! stands), its changed blocks, or the whole file.
+
+use std::collections::HashMap;
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::catalog::Catalog;
+use crate::catalog::backup::{BackupFile, BackupManifest, BackupType};
+use crate::error::{Error, Result};
+use crate::pg::block_map::{BlockMap, SegmentMapFrom};
+use crate::pg::change_set::{ChangeSet, merge_maps};
+use crate::pg::incremental::{FilePlan, ParentCheck, full_backup_reason, plan_file};
+use crate::pg::relpath::relation_segment_of;
+use crate::pg::timeline::{HistoryEntry, switch_point, timeline_of_segment, timeline_path};
+use crate::pg::wal_blocks::Fork;
+use crate::pg::wal_name::xlog_file_name;
+use crate::pg::{Lsn, WalFileName};
+use crate::server::Session;
+
+use super::{PART_SIZE, SourceFile, blocking};
+
+/// How long a segment of the stretch that is not archived yet is waited for before the
+/// backup compares pages instead.
+const ARCHIVED_WAIT: Duration = Duration::from_secs(30);
+
+/// An incremental (or differential) backup's parent and what changed since its start.
+pub(super) struct Incremental {
+    pub backup_type: BackupType,
+    pub parent: BackupManifest,
+    /// The parent's place in its chain plus one.
+    pub depth: u32,
+    pub block_size: u32,
+    /// What changed, or why pages are compared instead.
+    pub changes: Result<ChangeSet, String>,
+    /// The parent's entries by path, each naming the backup that holds its object.
+    parent_files: HashMap<String, Vec<BackupFile>>,
+}
+
+/// What the cluster says about itself, for the choice of a parent.
+pub(super) struct ClusterFacts {
+    pub data_checksums: bool,
+    pub block_size: u32,
+}
+
+pub(super) async fn cluster_facts(session: &Session) -> Result<ClusterFacts> {
+    let text = session
+        .text(
+            "reading data_checksums and block_size",
+            "SELECT current_setting('data_checksums') || '|' || current_setting('block_size')",
+        )
+        .await?;
+    let (checksums, block_size) = text.split_once('|').unwrap_or((&text, ""));
+    let block_size = block_size
+        .parse()
+        .map_err(|_| Error::Server(format!("block_size '{block_size}' is not a number")))?;
+    Ok(ClusterFacts {
+        data_checksums: checksums == "on",
+        block_size,
+    })
+}
+
+/// The backup an incremental (`Incr`: the newest) or differential (`Diff`: the newest
+/// full) backup builds on.
+pub fn choose_parent(backups: &[BackupManifest], kind: BackupType) -> Option<&BackupManifest> {
+    backups
+        .iter()
+        .filter(|b| kind != BackupType::Diff || b.backup_type.is_full())
+        .max_by(|a, b| (a.start_lsn, a.stop_time, &a.id).cmp(&(b.start_lsn, b.stop_time, &b.id)))
+}
+
+/// How many backups `backup` builds on, through the manifests in `backups`.
+fn depth_of(backup: &BackupManifest, backups: &[BackupManifest]) -> u32 {
+    let mut depth = 0;
+    let mut current = backup;
+    while let Some(parent) = current.parent.as_deref() {
+        depth += 1;
+        match backups.iter().find(|b| b.id == parent) {
+            Some(next) if depth < 10_000 => current = next,
+            _ => break,
+        }
+    }
+    depth
+}
+
+/// What the backup starting at `start` on `timeline` builds on, or why it is taken full
+/// (logged by the caller). `history`: the timeline's history, from `pg_wal`.
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn prepare(
+    catalog: &Catalog,
+    kind: BackupType,
+    facts: &ClusterFacts,
+    pgdata: &Path,
+    start: Lsn,
+    timeline: u32,
+    history: &[HistoryEntry],
+    jobs: usize,
+) -> Result<std::result::Result<Incremental, String>> {
+    let backups = catalog.backups().await?;
+    let Some(parent) = choose_parent(&backups, kind) else {
+        return Ok(Err(match kind {
+            BackupType::Diff => "the repository holds no full backup to build on".into(),
+            _ => "the repository holds no backup to build on".into(),
+        }));
+    };
+    let identity = catalog.identity().await?;
+    let path = timeline_path(timeline, history);
+    let connects = match switch_point(&path, parent.timeline) {
+        Some(None) => parent.start_lsn <= start,
+        Some(Some(end)) => end > parent.start_lsn,
+        None => false,
+    };
+    let Some(parent_checksums) = parent.data_checksums else {
+        return Ok(Err(format!(
+            "the parent {} does not record whether data checksums were on (taken by an \
+             earlier pitr)",
+            parent.id
+        )));
+    };
+    let check = ParentCheck {
+        parent_system_identifier: parent.system_identifier.parse().unwrap_or(0),
+        system_identifier: identity.system_identifier,
+        parent_major: parent.pg_version,
+        major: identity.pg_version,
+        parent_checksums,
+        checksums: facts.data_checksums,
+        timeline_connects: connects,
+    };
+    if let Some(reason) = full_backup_reason(&check) {
+        return Ok(Err(reason));
+    }
+    if parent.block_size.is_some_and(|b| b != facts.block_size) {
+        return Ok(Err("the parent has another block size".into()));
+    }
+    let segment_size = identity.wal_segment_size;
+    let changes = change_set(
+        catalog,
+        pgdata,
+        parent.start_lsn,
+        start,
+        &path,
+        segment_size,
+        facts.block_size as usize,
+        jobs,
+    )
+    .await?;
+    let changes = if changes.minimal_wal {
+        return Ok(Err(format!(
+            "wal_level was minimal since the parent {}: files may have changed without WAL",
+            parent.id
+        )));
+    } else if changes.is_complete() {
+        Ok(changes)
+    } else {
+        Err(changes.incomplete.join("; "))
+    };
+    let mut parent_files: HashMap<String, Vec<BackupFile>> = HashMap::new();
+    for file in &parent.files {
+        let mut entry = file.clone();
+        entry.backup = Some(file.holder(&parent.id).to_owned());
+        parent_files
+            .entry(file.path.clone())
+            .or_default()
+            .push(entry);
+    }
+    Ok(Ok(Incremental {
+        backup_type: kind,
+        depth: depth_of(parent, &backups) + 1,
+        parent: parent.clone(),
+        block_size: facts.block_size,
+        changes,
+        parent_files,
+    }))
+}
+
+/// What changed from `from` (the parent's start) to `until` (this backup's start) along
+/// `path`: the first segment decoded from its archived copy, the block maps of the
+/// segments after it, and the segment holding `until` (not archived yet) decoded from
+/// `pg_wal`, going on with the record the previous segment's summary carried.
+#[allow(clippy::too_many_arguments)]
+async fn change_set(
+    catalog: &Catalog,
+    pgdata: &Path,
+    from: Lsn,
+    until: Lsn,
+    path: &[crate::pg::timeline::TimelineSpan],
+    segment_size: u64,
+    block_size: usize,
+    jobs: usize,
+) -> Result<ChangeSet> {
+    use futures_util::StreamExt;
+    let (first, last) = (
+        from.segment_number(segment_size),
+        until.segment_number(segment_size),
+    );
+    let names: Vec<WalFileName> = (first..=last)
+        .map(|segno| {
+            let timeline = timeline_of_segment(path, segno, segment_size);
+            WalFileName::parse(&xlog_file_name(timeline, segno, segment_size))
+                .expect("a segment name parses")
+        })
+        .collect();
+    let wal_dir = pgdata.join("pg_wal");
+    let segment_start = |segno: u64| Lsn(segno * segment_size);
+    let mut maps: Vec<Option<BlockMap>> = Vec::with_capacity(names.len());
+    // The first segment, from the parent's start; it is the last too when both starts
+    // share a segment.
+    if first == last {
+        let map =
+            SegmentMapFrom::new(segment_start(first), segment_size, block_size, from).until(until);
+        maps.push(decode_local(&wal_dir, &names[0], map, until, segment_size).await?);
+    } else {
+        let map = SegmentMapFrom::new(segment_start(first), segment_size, block_size, from);
+        maps.push(
+            match catalog.fetch_wal(&names[0], "a block map", map).await {
+                Ok((map, _)) => Some(map.finish()),
+                Err(crate::catalog::CatalogError::NotFound { .. }) => {
+                    let map =
+                        SegmentMapFrom::new(segment_start(first), segment_size, block_size, from);
+                    decode_local(&wal_dir, &names[0], map, Lsn(u64::MAX), segment_size).await?
+                }
+                Err(e) => return Err(e.into()),
+            },
+        );
+        let middle = &names[1..names.len() - 1];
+        wait_archived(catalog, middle).await?;
+        let middle_maps: Vec<Option<BlockMap>> = futures_util::stream::iter(middle)
+            .map(|name| catalog.block_map(name))
+            .buffered(jobs.max(1))
+            .collect::<Vec<_>>()
+            .await
+            .into_iter()
+            .collect::<std::result::Result<_, _>>()?;
+        maps.extend(middle_maps);
+        // The record the segment before began and this one ends, from its summary.
+        let previous = &names[names.len() - 2];
+        let carry = catalog
+            .segment_summary(previous)
+            .await?
+            .and_then(|summary| summary.carry);
+        let decoder = crate::pg::wal_summary::segment_decoder(
+            segment_start(last),
+            segment_size,
+            block_size,
+            carry.as_ref(),
+        );
+        let map = SegmentMapFrom::resuming(decoder, segment_start(last)).until(until);
+        maps.push(decode_local(&wal_dir, &names[names.len() - 1], map, until, segment_size).await?);
+    }
+    Ok(merge_maps(
+        names
+            .iter()
+            .map(WalFileName::as_str)
+            .zip(maps.iter().map(Option::as_ref)),
+    ))
+}
+
+/// Waits a while for the complete segments of the stretch to be archived (the archiver
+/// may lag a little); those still missing then have no map, and pages are compared.
+async fn wait_archived(catalog: &Catalog, names: &[WalFileName]) -> Result<()> {
+    let started = Instant::now();
+    for name in names {
+        while !catalog.has_wal(name).await? && started.elapsed() < ARCHIVED_WAIT {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+    Ok(())
+}
+
+/// The map of segment `name` from the server's `pg_wal`, read up to the page holding
+/// `until`; None when the file is not there.
+async fn decode_local(
+    wal_dir: &Path,
+    name: &WalFileName,
+    mut map: SegmentMapFrom,
+    until: Lsn,
+    segment_size: u64,
+) -> Result<Option<BlockMap>> {
+    let file = wal_dir.join(name.as_str());
+    let limit = match until.0 {
+        u64::MAX => segment_size,
+        lsn => (lsn % segment_size).next_multiple_of(8192).max(8192),
+    };
+    blocking(move || {
+        let mut handle = match std::fs::File::open(&file) {
+            Ok(handle) => handle.take(limit),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(Error::local_io(file.display(), e)),
+        };
+        io::copy(&mut handle, &mut map).map_err(|e| Error::local_io(file.display(), e))?;
+        Ok(Some(map.finish()))
+    })
+    .await
+}
+
+/// What a backup takes of one file of the cluster.
+pub(super) enum Take {
+    /// The parent's entries stand for it.
+    Parent(Vec<BackupFile>),
+    /// These ranges of its blocks over the parent's entries.
+    Blocks(Vec<BackupFile>, Vec<DeltaJob>),
+    /// The whole file.
+    Whole,
+}
+
+/// A range of a file whose changed blocks one delta entry holds.
+#[derive(Clone, Debug)]
+pub(super) struct DeltaJob {
+    /// The file, `offset` and `size` being the byte range of this job.
+    pub source: SourceFile,
+    /// The file's size when listed.
+    pub file_size: u64,
+    /// The blocks to read (within the range), or None: compare every page's LSN.
+    pub blocks: Option<Vec<u32>>,
+    /// Pages past this block are taken whatever their LSN (the parent had fewer).
+    pub parent_blocks: u64,
+    /// Pages whose LSN is this or later changed since the parent.
+    pub since: Lsn,
+    pub depth: u32,
+    pub block_size: u32,
+}
+
+impl Incremental {
+    /// How the changes were learned, for the manifest and the report.
+    pub fn changes_from(&self) -> String {
+        match &self.changes {
+            Ok(_) => "block maps".into(),
+            Err(reason) => format!("page LSN scan ({reason})"),
+        }
+    }
+
+    /// The parent's size of the file at `path`: its newest delta's size, else its end.
+    fn parent_size(&self, path: &str) -> Option<u64> {
+        let entries = self.parent_files.get(path)?;
+        match entries
+            .iter()
+            .filter_map(|e| e.delta.as_ref())
+            .max_by_key(|d| d.depth)
+        {
+            Some(delta) => Some(delta.file_size),
+            None => entries.iter().map(|e| e.file_offset + e.size).max(),
+        }
+    }
+
+    /// What to take of `file` (listed whole, offset 0).
+    pub fn take(&self, file: &SourceFile) -> Take {
+        let parent_size = self.parent_size(&file.path);
+        let block_size = self.block_size;
+        let blocks_per_segment = ((1u64 << 30) / u64::from(block_size)) as u32;
+        let parent_entries = || {
+            self.parent_files
+                .get(&file.path)
+                .cloned()
+                .unwrap_or_default()
+        };
+        let job = |offset: u64, size: u64, blocks: Option<Vec<u32>>| DeltaJob {
+            source: SourceFile {
+                offset,
+                size,
+                ..file.clone()
+            },
+            file_size: file.size,
+            blocks,
+            parent_blocks: parent_size.unwrap_or(0).div_ceil(u64::from(block_size)),
+            since: self.parent.start_lsn,
+            depth: self.depth,
+            block_size,
+        };
+        match &self.changes {
+            Ok(changes) => match plan_file(
+                &file.path,
+                file.size,
+                parent_size,
+                changes,
+                block_size,
+                blocks_per_segment,
+            ) {
+                FilePlan::Unchanged => Take::Parent(parent_entries()),
+                FilePlan::Whole(_) => Take::Whole,
+                FilePlan::Blocks(blocks) => {
+                    // Bounded entries, so that a file mostly changed is still read in
+                    // parallel pieces.
+                    let per_job = (PART_SIZE / u64::from(block_size)) as usize;
+                    let jobs = if blocks.is_empty() {
+                        vec![job(0, 0, Some(Vec::new()))]
+                    } else {
+                        blocks
+                            .chunks(per_job)
+                            .map(|chunk| job(0, file.size, Some(chunk.to_vec())))
+                            .collect()
+                    };
+                    Take::Blocks(parent_entries(), jobs)
+                }
+            },
+            Err(_) => {
+                let relation = relation_segment_of(&file.path);
+                if parent_size.is_none() || relation.is_none_or(|r| r.fork != Fork::Main) {
+                    return Take::Whole;
+                }
+                let jobs = if file.size == 0 {
+                    vec![job(0, 0, None)]
+                } else {
+                    (0..file.size)
+                        .step_by(PART_SIZE as usize)
+                        .map(|offset| job(offset, PART_SIZE.min(file.size - offset), None))
+                        .collect()
+                };
+                Take::Blocks(parent_entries(), jobs)
+            }
+        }
+    }
+}
+
+/// Reads the changed blocks of one object's delta jobs in turn, with positioned reads,
+/// recording for each job the blocks it yielded, their length and CRC-32C.
+pub(super) struct DeltaReader {
+    pub jobs: Vec<DeltaJob>,
+    /// Per job read so far: the blocks taken, the bytes and their CRC-32C.
+    pub read: Vec<(Vec<u32>, u64, u32)>,
+    file: Option<std::fs::File>,
+    /// Blocks of the current job still to consider, next first.
+    pending: std::collections::VecDeque<u32>,
+    buffer: Vec<u8>,
+    at: usize,
+}
+
+/// Blocks read at once where they run on.
+const READ_BLOCKS: usize = 128;
+
+impl DeltaReader {
+    pub fn new(jobs: Vec<DeltaJob>) -> Self {
+        DeltaReader {
+            jobs,
+            read: Vec::new(),
+            file: None,
+            pending: Default::default(),
+            buffer: Vec::new(),
+            at: 0,
+        }
+    }
+
+    /// Opens the next job; false when none is left.
+    fn next_job(&mut self) -> io::Result<bool> {
+        let Some(job) = self.jobs.get(self.read.len()) else {
+            return Ok(false);
+        };
+        self.read.push((Vec::new(), 0, 0));
+        let block_size = u64::from(job.block_size);
+        self.pending = match &job.blocks {
+            Some(blocks) => blocks.iter().copied().collect(),
+            None => {
+                let first = job.source.offset / block_size;
+                let end = (job.source.offset + job.source.size).div_ceil(block_size);
+                (first..end).map(|b| b as u32).collect()
+            }
+        };
+        self.file = match std::fs::File::open(&job.source.absolute) {
+            Ok(file) => Some(file),
+            // Gone since the listing: replay removes or remakes it.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                self.pending.clear();
+                None
+            }
+            Err(e) => {
+                return Err(io::Error::new(
+                    e.kind(),
+                    format!("{}: {e}", job.source.path),
+                ));
+            }
+        };
+        Ok(true)
+    }
+
+    /// Fills the buffer with the next blocks the current job takes; false at its end.
+    fn fill(&mut self) -> io::Result<bool> {
+        use std::os::unix::fs::FileExt;
+        let index = self.read.len() - 1;
+        let job = &self.jobs[index];
+        let block_size = job.block_size as usize;
+        let Some(file) = &self.file else {
+            return Ok(false);
+        };
+        while let Some(&first) = self.pending.front() {
+            // A run of consecutive blocks, read at once.
+            let mut count = 1;
+            while count < READ_BLOCKS
+                && self
+                    .pending
+                    .get(count)
+                    .is_some_and(|&b| b == first + count as u32)
+            {
+                count += 1;
+            }
+            self.buffer.resize(count * block_size, 0);
+            let mut got = 0;
+            while got < self.buffer.len() {
+                let offset = u64::from(first) * block_size as u64 + got as u64;
+                match file.read_at(&mut self.buffer[got..], offset) {
+                    Ok(0) => break,
+                    Ok(n) => got += n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        return Err(io::Error::new(
+                            e.kind(),
+                            format!("{}: {e}", job.source.path),
+                        ));
+                    }
+                }
+            }
+            // Whole blocks only: a file cut since the listing ends here (replay cuts it).
+            let whole = got / block_size;
+            self.buffer.truncate(whole * block_size);
+            if whole < count {
+                self.pending.clear();
+            } else {
+                self.pending.drain(..count);
+            }
+            let taken: Vec<u32> = (0..whole as u32)
+                .filter(|&i| {
+                    let page = &self.buffer[i as usize * block_size..][..block_size];
+                    job.blocks.is_some() || page_changed(page, u64::from(first + i), job)
+                })
+                .collect();
+            if taken.len() < whole {
+                // A page scan: keep only the changed pages.
+                let mut kept = Vec::with_capacity(taken.len() * block_size);
+                for &i in &taken {
+                    kept.extend_from_slice(&self.buffer[i as usize * block_size..][..block_size]);
+                }
+                self.buffer = kept;
+            }
+            let record = &mut self.read[index];
+            record.0.extend(taken.iter().map(|i| first + i));
+            record.1 += self.buffer.len() as u64;
+            record.2 = crc32c::crc32c_append(record.2, &self.buffer);
+            self.at = 0;
+            if !self.buffer.is_empty() {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+}
+
+/// Whether a page found by a scan changed since the parent: past the parent's end, all
+/// zeros (a page PostgreSQL extended the file with, or cut and extended again), or stamped
+/// by a record from the parent's start on.
+fn page_changed(page: &[u8], block: u64, job: &DeltaJob) -> bool {
+    block >= job.parent_blocks
+        || page.iter().all(|&b| b == 0)
+        || !crate::pg::incremental::pages_changed_since(page, 0, page.len(), job.since).is_empty()
+}
+
+impl Read for DeltaReader {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        loop {
+            if self.at < self.buffer.len() {
+                let n = (self.buffer.len() - self.at).min(out.len());
+                out[..n].copy_from_slice(&self.buffer[self.at..self.at + n]);
+                self.at += n;
+                return Ok(n);
+            }
+            if !self.read.is_empty() && self.fill()? {
+                continue;
+            }
+            if !self.next_job()? {
+                return Ok(0);
+            }
+        }
+    }
+}
+
+/// The history of `timeline` as the data directory's `pg_wal` holds it (empty for 1).
+pub(super) fn local_history(pgdata: &Path, timeline: u32) -> Option<Vec<HistoryEntry>> {
+    if timeline <= 1 {
+        return Some(Vec::new());
+    }
+    let path: PathBuf = pgdata
+        .join("pg_wal")
+        .join(format!("{timeline:08X}.history"));
+    let text = std::fs::read_to_string(path).ok()?;
+    crate::pg::timeline::parse_history(timeline, &text).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest(id: &str, kind: BackupType, start: u64) -> BackupManifest {
+        let mut manifest: BackupManifest = serde_json::from_value(serde_json::json!({
+            "format": 1, "id": id, "label": id, "system_identifier": "1", "pg_version": 15,
+            "timeline": 1, "start_lsn": format!("0/{start:X}"), "stop_lsn": format!("0/{start:X}"),
+            "start_time": "2026-12-07T00:00:00Z", "stop_time": "2026-12-07T00:00:00Z",
+            "start_wal_segment": "000000010000000000000001",
+            "stop_wal_segment": "000000010000000000000001",
+            "backup_label": "", "tablespace_map": null, "tablespaces": [], "size_bytes": 0,
+            "stored_bytes": 0, "directories": [], "files": []
+        }))
+        .unwrap();
+        manifest.backup_type = kind;
+        if !kind.is_full() {
+            manifest.parent = Some("x".into());
+        }
+        manifest
+    }
+
+    #[test]
+    fn incr_builds_on_the_newest_and_diff_on_the_newest_full() {
+        let backups = [
+            manifest("a", BackupType::Full, 0x100),
+            manifest("b", BackupType::Incr, 0x200),
+            manifest("c", BackupType::Full, 0x300),
+            manifest("d", BackupType::Incr, 0x400),
+        ];
+        assert_eq!(
+            choose_parent(&backups, BackupType::Incr).map(|b| &b.id[..]),
+            Some("d")
+        );
+        assert_eq!(
+            choose_parent(&backups, BackupType::Diff).map(|b| &b.id[..]),
+            Some("c")
+        );
+        assert!(choose_parent(&backups[1..2], BackupType::Diff).is_none());
+    }
+}
