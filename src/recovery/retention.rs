@@ -63,6 +63,8 @@ pub enum Rule {
     KeepWeekly,
     KeepMonthly,
     KeepYearly,
+    /// A kept incremental or differential backup builds on it.
+    Chain,
     /// A restore in flight replays from it (a live replay claim).
     Replay,
 }
@@ -78,6 +80,7 @@ impl fmt::Display for Rule {
             Rule::KeepWeekly => "keep_weekly",
             Rule::KeepMonthly => "keep_monthly",
             Rule::KeepYearly => "keep_yearly",
+            Rule::Chain => "chain",
             Rule::Replay => "replay",
         })
     }
@@ -188,9 +191,18 @@ pub fn plan_retention(
             add(&backup.id, Rule::Pinned, None);
         }
     }
+    // The chains of the last n full backups: each full, and what builds on it.
     if let Some(n) = policy.keep_last {
-        for backup in newest_first.iter().take(n as usize) {
-            add(&backup.id, Rule::KeepLast, None);
+        let fulls: Vec<&str> = newest_first
+            .iter()
+            .filter(|b| b.backup_type.is_full())
+            .take(n as usize)
+            .map(|b| b.id.as_str())
+            .collect();
+        for backup in &newest_first {
+            if ancestors(backups, backup).any(|a| fulls.contains(&a.id.as_str())) {
+                add(&backup.id, Rule::KeepLast, None);
+            }
         }
     }
     // The window: every backup that finished inside it, and the newest that finished before
@@ -239,6 +251,20 @@ pub fn plan_retention(
             // Newest first: the first backup seen in a period is its newest.
             if periods.len() < count as usize && periods.insert(period.clone()) {
                 add(&backup.id, rule, Some(format!("{rule} {period}")));
+            }
+        }
+    }
+
+    // A kept backup keeps every backup it builds on: a restore of it reads their files.
+    let kept_now: Vec<&BackupManifest> = backups
+        .iter()
+        .filter(|b| rules.contains_key(b.id.as_str()))
+        .collect();
+    for backup in kept_now {
+        for ancestor in ancestors(backups, backup).skip(1) {
+            let entry = rules.entry(ancestor.id.as_str()).or_default();
+            if !entry.0.contains(&Rule::Chain) {
+                entry.0.push(Rule::Chain);
             }
         }
     }
@@ -471,6 +497,26 @@ pub fn hold_for_replays(plan: &mut RetentionPlan, holds: &[ReplayHold], segment_
     };
     plan.wal_removed.retain(|file| !held(&file.name));
     plan.orphan_summaries.retain(|name| !held(name));
+}
+
+/// `backup`, then the backup it builds on, and so on to its full backup (as far as
+/// `backups` holds them).
+pub fn ancestors<'a>(
+    backups: &'a [BackupManifest],
+    backup: &'a BackupManifest,
+) -> impl Iterator<Item = &'a BackupManifest> {
+    let mut next = Some(backup);
+    let mut steps = 0;
+    std::iter::from_fn(move || {
+        let current = next?;
+        steps += 1;
+        next = current
+            .parent
+            .as_deref()
+            .and_then(|parent| backups.iter().find(|b| b.id == parent))
+            .filter(|_| steps <= backups.len());
+        Some(current)
+    })
 }
 
 /// The id as `backups` owns it (the rules map borrows from the input, not from the sort).

@@ -679,3 +679,55 @@ fn a_replay_in_flight_keeps_its_backup_and_the_segments_it_reads() {
         && r.first_segno == 2
         && r.last_segno == Some(10)));
 }
+
+/// `backup` made incremental on `parent`.
+fn incremental(mut backup: BackupManifest, parent: &BackupManifest) -> BackupManifest {
+    backup.backup_type = crate::catalog::backup::BackupType::Incr;
+    backup.parent = Some(parent.id.clone());
+    backup
+}
+
+#[test]
+fn chains_are_kept_whole() {
+    let full1 = backup(1, 2, 2, "2026-11-20T10:00:00Z");
+    let incr1 = incremental(backup(1, 4, 4, "2026-11-20T11:00:00Z"), &full1);
+    let incr2 = incremental(backup(1, 6, 6, "2026-11-20T12:00:00Z"), &incr1);
+    let full2 = backup(1, 8, 8, "2026-11-20T13:00:00Z");
+    let incr3 = incremental(backup(1, 10, 10, "2026-11-20T14:00:00Z"), &full2);
+    let backups = [
+        full1.clone(),
+        incr1.clone(),
+        incr2.clone(),
+        full2.clone(),
+        incr3.clone(),
+    ];
+    let view = view(&[(1, 2, 11)], &[], &[]);
+    // keep_last counts full backups: the newest full and what builds on it.
+    let kept = plan(
+        &view,
+        &backups,
+        "2026-11-21T00:00:00Z",
+        &Policy {
+            keep_last: Some(1),
+            ..policy()
+        },
+    );
+    assert_eq!(kept_ids(&kept), [&incr3.id, &full2.id]);
+    assert_eq!(removed_ids(&kept), [&full1.id, &incr1.id, &incr2.id]);
+    assert_eq!(rules_of(&kept, &full2.id), [Rule::KeepLast, Rule::Chain]);
+    // A kept incremental keeps every backup it builds on, whatever keeps it.
+    let pinned: BTreeSet<String> = [incr1.id.clone()].into();
+    let kept = plan_retention(
+        &view,
+        &backups,
+        &pinned,
+        utc("2026-11-21T00:00:00Z"),
+        &Policy {
+            keep_last: Some(1),
+            ..policy()
+        },
+    );
+    assert_eq!(removed_ids(&kept), [&incr2.id]);
+    assert_eq!(rules_of(&kept, &full1.id), [Rule::Chain]);
+    assert_eq!(rules_of(&kept, &incr1.id), [Rule::Pinned]);
+}
