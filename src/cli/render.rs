@@ -466,8 +466,12 @@ pub fn list(report: &ListReport, as_json: bool) {
     }
     for b in &report.backups {
         println!(
-            "backup {}  {} .. {}  LSN {} .. {}  timeline {}  {} bytes ({} stored){}{}{}",
+            "backup {}  {}{}  {} .. {}  LSN {} .. {}  timeline {}  {} bytes ({} stored){}{}{}",
             b.id,
+            b.backup_type,
+            b.parent
+                .as_ref()
+                .map_or(String::new(), |parent| format!(" on {parent}")),
             b.start_time,
             b.stop_time,
             b.start_lsn,

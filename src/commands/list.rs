@@ -46,6 +46,12 @@ pub struct BackupEntry {
     pub annotations: std::collections::BTreeMap<String, String>,
     /// How the files were read: `local` or `replication` (from another host).
     pub method: &'static str,
+    /// `full`, `incr` or `diff`.
+    #[serde(rename = "type")]
+    pub backup_type: &'static str,
+    /// The backup an incremental or differential one builds on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
     /// The configuration recorded from outside the data directory (Debian's /etc), if any.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub configuration: Option<crate::catalog::backup::Configuration>,
@@ -149,6 +155,8 @@ pub async fn list(catalog: &Catalog, options: &ListOptions) -> Result<ListReport
                 size_bytes: m.size_bytes,
                 stored_bytes: m.stored_bytes,
                 method: m.method.name(),
+                backup_type: m.backup_type.name(),
+                parent: m.parent,
                 configuration: m.configuration,
             }
         })

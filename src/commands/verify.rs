@@ -58,6 +58,9 @@ pub enum Problem {
     BackupWalIncomplete { backup: String, missing: String },
     /// An object a backup's manifest names is not in the repository.
     MissingBackupObject { backup: String, key: String },
+    /// An incremental backup whose parent (or an older backup of its chain) has no sound
+    /// manifest.
+    BrokenChain { backup: String, missing: String },
     /// A WAL summary that fails its checksum or does not parse; verify writes it again.
     DamagedSummary { file: String, reason: String },
     /// A backup that finished (its backup history file is archived) but has no manifest.
@@ -104,6 +107,11 @@ impl fmt::Display for Problem {
             Problem::MissingBackupObject { backup, key } => write!(
                 f,
                 "backup {backup} cannot be restored: its object {key} is missing"
+            ),
+            Problem::BrokenChain { backup, missing } => write!(
+                f,
+                "backup {backup} cannot be restored: it builds on backup {missing}, which is \
+                 gone or damaged"
             ),
             Problem::MissingManifest { backup, key } => write!(
                 f,
@@ -247,6 +255,25 @@ pub async fn verify(catalog: &Catalog, options: &VerifyOptions) -> Result<Verify
                 backup: manifest.id.clone(),
                 key: objects.data_key(*n),
             });
+        }
+        // The chain's objects it refers to, and the backups that hold them.
+        for id in manifest.chain_ids() {
+            if !manifests.iter().any(|m| m.id == id) {
+                problems.push(Problem::BrokenChain {
+                    backup: manifest.id.clone(),
+                    missing: id.to_owned(),
+                });
+            }
+        }
+        for (holder, n) in manifest.referenced_objects() {
+            if let Some(held) = backup_dirs.get(holder)
+                && !held.data.contains_key(&n)
+            {
+                problems.push(Problem::MissingBackupObject {
+                    backup: manifest.id.clone(),
+                    key: held.data_key(n),
+                });
+            }
         }
         jobs.extend(objects.data.values().map(|object| Job {
             object: object.clone(),
