@@ -381,7 +381,8 @@ settings! {
         next_help_heading = "Retention (the union of the rules, none by default: all is kept; pinned backups and the newest always stay)"
     )]
     RetentionArgs {
-        /// Keep the N newest backups.
+        /// Keep the N newest full backups, and the incremental and differential backups that
+        /// build on them.
         #[arg(env = "PITR_KEEP_LAST", value_name = "N")]
         keep_last: u32,
         /// Keep every point of this last stretch restorable: 30d, 12h, 2w, 90m.

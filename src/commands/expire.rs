@@ -328,7 +328,7 @@ async fn expire_locked(
             }
         }
     }
-    hold_for_replays(&mut plan, &holds, segment_size);
+    hold_for_replays(&mut plan, &holds, &list.manifests, segment_size);
     if held_back.is_some() {
         plan.removed.clear();
         plan.wal_removed.clear();

@@ -448,6 +448,8 @@ mod tests {
                     pinned: false,
                     annotations: Default::default(),
                     method: "local",
+                    backup_type: "full",
+                    parent: None,
                     configuration: None,
                 }],
                 damaged_backups: Vec::new(),

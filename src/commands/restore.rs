@@ -804,6 +804,7 @@ async fn write_backup(
         .map(|((holder, object), files)| {
             let splitter = FileSplitter {
                 start_writeback: options.sync,
+                partial: holder != backup.id,
                 ..FileSplitter::new(files, file_sizes.clone(), layout.clone(), layers.clone())
             };
             let (progress, failed) = (options.progress.clone(), &failed);
@@ -998,6 +999,10 @@ struct FileSplitter {
     current: Option<(File, u64, u32)>,
     /// The current entry's blocks, when it is a delta.
     delta_blocks: Vec<u32>,
+    /// Some of the object's files are not restored from it (another backup's object).
+    partial: bool,
+    /// Bytes of the object passed so far.
+    position: u64,
     written: u64,
     /// Start writing each finished file to disk at once, so that the final fsync pass finds
     /// little left to wait for.
@@ -1019,6 +1024,8 @@ impl FileSplitter {
             index: 0,
             current: None,
             delta_blocks: Vec::new(),
+            partial: false,
+            position: 0,
             written: 0,
             start_writeback: false,
         }
@@ -1094,6 +1101,15 @@ impl Write for FileSplitter {
         let total = data.len();
         while !data.is_empty() {
             self.advance()?;
+            // Bytes of files this restore does not take from the object (an older backup's
+            // object, of which a chain takes some files): passed over.
+            let next = self.files.get(self.index).map_or(u64::MAX, |f| f.offset);
+            if self.partial && self.position < next {
+                let skip = (next - self.position).min(data.len() as u64) as usize;
+                self.position += skip as u64;
+                data = &data[skip..];
+                continue;
+            }
             let Some((handle, length, crc)) = &mut self.current else {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidData,
@@ -1114,12 +1130,14 @@ impl Write for FileSplitter {
                 )?;
                 *crc = crc32c::crc32c_append(*crc, &data[..n]);
                 *length += n as u64;
+                self.position += n as u64;
                 self.written += written;
                 data = &data[n..];
                 self.close_if_complete()?;
                 continue;
             }
             handle.write_all(&data[..n])?;
+            self.position += n as u64;
             *crc = crc32c::crc32c_append(*crc, &data[..n]);
             // In a large file, write-back starts every WRITEBACK_STEP, not only at its end.
             let before = *length / WRITEBACK_STEP;

@@ -366,6 +366,6 @@ proptest! {
                 runs: vec![(b.timeline, after, after.saturating_add(3)), (1, 0, u64::MAX)],
             })
             .collect();
-        hold_for_replays(&mut retention, &holds, segment_size);
+        hold_for_replays(&mut retention, &holds, &backups, segment_size);
     }
 }

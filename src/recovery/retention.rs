@@ -458,9 +458,26 @@ pub struct ReplayHold {
 }
 
 /// Keeps what live replays need on top of what the policy keeps: their backups (rule
-/// `replay`) and every segment they read, whatever the policy says of them.
-pub fn hold_for_replays(plan: &mut RetentionPlan, holds: &[ReplayHold], segment_size: u64) {
+/// `replay`), the backups those build on (rule `chain`: a chain stays whole), and every
+/// segment they read, whatever the policy says of them.
+pub fn hold_for_replays(
+    plan: &mut RetentionPlan,
+    holds: &[ReplayHold],
+    backups: &[BackupManifest],
+    segment_size: u64,
+) {
     for hold in holds {
+        let held = backups.iter().find(|b| b.id == hold.backup);
+        for ancestor in held.into_iter().flat_map(|b| ancestors(backups, b).skip(1)) {
+            if let Some(position) = plan.removed.iter().position(|r| r.id == ancestor.id) {
+                let removed = plan.removed.remove(position);
+                plan.kept.push(KeptBackup {
+                    id: removed.id,
+                    rules: vec![Rule::Chain],
+                    periods: Vec::new(),
+                });
+            }
+        }
         if let Some(position) = plan.removed.iter().position(|r| r.id == hold.backup) {
             // Its backup history file stays with it.
             let removed = plan.removed.remove(position);

@@ -18,6 +18,7 @@ mod drill;
 mod encryption;
 mod fault_matrix;
 mod in_process;
+mod incremental;
 mod kms;
 mod latency_proxy;
 mod layers;

@@ -213,6 +213,9 @@ async fn change_set(
             SegmentMapFrom::new(segment_start(first), segment_size, block_size, from).until(until);
         maps.push(decode_local(&wal_dir, &names[0], map, until, segment_size).await?);
     } else {
+        // Every segment but the last is complete: its map, and the summary that carries its
+        // last record into the next, come once it is archived.
+        wait_archived(catalog, &names[..names.len() - 1]).await?;
         let map = SegmentMapFrom::new(segment_start(first), segment_size, block_size, from);
         maps.push(
             match catalog.fetch_wal(&names[0], "a block map", map).await {
@@ -226,7 +229,6 @@ async fn change_set(
             },
         );
         let middle = &names[1..names.len() - 1];
-        wait_archived(catalog, middle).await?;
         let middle_maps: Vec<Option<BlockMap>> = futures_util::stream::iter(middle)
             .map(|name| catalog.block_map(name))
             .buffered(jobs.max(1))
@@ -258,12 +260,13 @@ async fn change_set(
     ))
 }
 
-/// Waits a while for the complete segments of the stretch to be archived (the archiver
-/// may lag a little); those still missing then have no map, and pages are compared.
+/// Waits a while for the complete segments of the stretch to be archived whole (the
+/// archiver may lag a little, and archive-push stores a segment's summary last, after its
+/// block map); those still missing then have no map, and pages are compared.
 async fn wait_archived(catalog: &Catalog, names: &[WalFileName]) -> Result<()> {
     let started = Instant::now();
     for name in names {
-        while !catalog.has_wal(name).await? && started.elapsed() < ARCHIVED_WAIT {
+        while catalog.segment_summary(name).await?.is_none() && started.elapsed() < ARCHIVED_WAIT {
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
     }

@@ -31,6 +31,8 @@ fn repository(
             pinned: false,
             annotations: Default::default(),
             method: "local",
+            backup_type: "full",
+            parent: None,
             configuration: None,
         })
         .into_iter()

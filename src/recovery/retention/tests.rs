@@ -666,7 +666,7 @@ fn a_replay_in_flight_keeps_its_backup_and_the_segments_it_reads() {
         backup: backups[0].id.clone(),
         runs: vec![(1, 2, 10)],
     };
-    hold_for_replays(&mut retention, &[hold], SEG);
+    hold_for_replays(&mut retention, &[hold], &backups, SEG);
     assert!(removed_ids(&retention).is_empty());
     assert_eq!(rules_of(&retention, &backups[0].id), &[Rule::Replay]);
     // Before the replay's first segment WAL still goes; none of what it reads does.
