@@ -418,7 +418,11 @@ impl BackupManifest {
     /// many blocks as the entry holds bytes.
     fn check_delta(&self, file: &BackupFile, delta: &Delta) -> Result<(), String> {
         let bad = |why: &str| Err(format!("{}: its delta {why}", file.path));
-        let Some(block_size) = self.block_size.filter(|b| b.is_power_of_two()) else {
+        // PostgreSQL's BLCKSZ is a power of two from 1 kB to 32 kB.
+        let Some(block_size) = self
+            .block_size
+            .filter(|b| b.is_power_of_two() && (1024..=32768).contains(b))
+        else {
             return bad("has no block size to place its blocks by");
         };
         if self.format != INCREMENTAL_MANIFEST_FORMAT || file.file_offset != 0 {
@@ -432,10 +436,10 @@ impl BackupManifest {
             }
             end = first + count;
         }
-        if end * u64::from(block_size) > delta.file_size.next_multiple_of(u64::from(block_size)) {
+        if end > delta.file_size.div_ceil(u64::from(block_size)) {
             return bad("has blocks past the file's end");
         }
-        if delta.block_count() * u64::from(block_size) != file.size {
+        if delta.block_count().checked_mul(u64::from(block_size)) != Some(file.size) {
             return bad("holds a number of blocks its size does not");
         }
         Ok(())

@@ -35,6 +35,26 @@ const MANIFEST: &str = r#"{
              "mtime": 1, "crc32c": 6, "object": 0, "offset": 8192}]
 }"#;
 
+/// An incremental manifest: a file referred to its parent, another with a delta over it.
+const INCREMENTAL: &str = r#"{
+  "format": 2, "id": "20261122T010203Z", "label": "pitr backup 20261122T010203Z",
+  "system_identifier": "7301234567890123457", "pg_version": 15, "timeline": 1,
+  "start_lsn": "0/2000028", "stop_lsn": "0/2000138",
+  "start_time": "2026-11-22T01:02:03.000001Z", "stop_time": "2026-11-22T01:02:04.000002Z",
+  "start_wal_segment": "000000010000000000000002", "stop_wal_segment": "000000010000000000000002",
+  "backup_label": "START WAL LOCATION: 0/2000028 (file 000000010000000000000002)\nCHECKPOINT LOCATION: 0/2000060\nLABEL: pitr backup 20261122T010203Z\nSTART TIMELINE: 1\n",
+  "tablespace_map": null, "tablespaces": [],
+  "size_bytes": 8192, "stored_bytes": 100, "directories": [{"path": "base", "mode": 448}],
+  "backup_type": "incr", "parent": "20261121T010203Z", "block_size": 8192,
+  "files": [{"path": "base/1/1259", "size": 24576, "file_offset": 0, "mode": 384,
+             "mtime": 1, "crc32c": 5, "object": 3, "offset": 0, "backup": "20261121T010203Z"},
+            {"path": "base/1/1259", "size": 16384, "file_offset": 0, "mode": 384,
+             "mtime": 1, "crc32c": 5, "object": 0, "offset": 0,
+             "delta": {"runs": [[0, 1], [3, 1]], "file_size": 32768, "depth": 1}},
+            {"path": "global/pg_control", "size": 8192, "file_offset": 0, "mode": 384,
+             "mtime": 1, "crc32c": 6, "object": 0, "offset": 16384}]
+}"#;
+
 const IDENTITY: &str = r#"{"format": 1, "system_identifier": "7301234567890123457",
   "pg_version": 15, "pg_control_version": 1300, "catalog_version": 202209061,
   "wal_segment_size": 16777216, "wal_block_size": 8192,
@@ -124,6 +144,18 @@ proptest! {
         let _ = BackupManifest::parse(&bytes, "20261122T010203Z");
         let _ = BackupManifest::parse(&sealed::<BackupManifest>(&bytes), "20261122T010203Z");
         let _ = BackupManifest::parse(&junk, "x");
+    }
+
+    #[test]
+    fn incremental_manifests(bytes in mutated(INCREMENTAL)) {
+        if let Ok(manifest) =
+            BackupManifest::parse(&sealed::<BackupManifest>(&bytes), "20261122T010203Z")
+        {
+            // What parses is usable: the restore's arithmetic on it cannot overflow.
+            for delta in manifest.files.iter().filter_map(|f| f.delta.as_ref()) {
+                prop_assert!(delta.blocks().count() as u64 == delta.block_count());
+            }
+        }
     }
 
     #[test]
@@ -263,7 +295,20 @@ fn manifests_that_would_escape_or_overflow_are_refused() {
             "\"start_lsn\": \"0/2000028\"",
             "\"start_lsn\": \"nonsense\"",
         ),
-        MANIFEST.replace("\"format\": 1", "\"format\": 2"),
+        MANIFEST.replace("\"format\": 1", "\"format\": 3"),
+        // A delta in a format-1 manifest (which an older pitr would restore without it),
+        // runs out of order or past the file's end, blocks its size does not hold, a
+        // referred backup that is a path, a parent named by a full backup.
+        INCREMENTAL.replace("\"format\": 2", "\"format\": 1"),
+        INCREMENTAL.replace("[[0, 1], [3, 1]]", "[[3, 1], [0, 1]]"),
+        INCREMENTAL.replace("\"file_size\": 32768", "\"file_size\": 16384"),
+        INCREMENTAL.replace("\"size\": 16384", "\"size\": 8192"),
+        INCREMENTAL.replace("\"backup\": \"20261121T010203Z\"", "\"backup\": \"../x\""),
+        INCREMENTAL.replace("\"backup_type\": \"incr\", ", ""),
+        INCREMENTAL.replace(
+            "\"block_size\": 8192",
+            "\"block_size\": 9223372036854775808",
+        ),
         MANIFEST.replace("global/pg_control", "global/pg_control.old"),
     ];
     for manifest in &bad {
@@ -277,6 +322,9 @@ fn manifests_that_would_escape_or_overflow_are_refused() {
     }
     let sample = sealed::<BackupManifest>(MANIFEST.as_bytes());
     assert!(BackupManifest::parse(&sample, "another-id").is_err());
+    let incremental = sealed::<BackupManifest>(INCREMENTAL.as_bytes());
+    let parsed = BackupManifest::parse(&incremental, "20261122T010203Z").unwrap();
+    assert_eq!(parsed.referenced_objects().len(), 1);
 }
 
 proptest! {
