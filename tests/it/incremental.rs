@@ -5,7 +5,8 @@
 //! an unlogged table and a sequence. Every backup restored to its own end, and the chain to
 //! times between backups, holds exactly the rows of that moment in every database; the
 //! deepest chain passes pg_amcheck; a stretch without block maps is compared page by page;
-//! `list` shows the chain, `verify` passes, and retention keeps chains whole.
+//! `list` shows the chain, `verify` passes, and retention keeps chains whole. A standby takes
+//! incremental backups on its own full one.
 
 use std::path::Path;
 use std::process::Output;
@@ -395,4 +396,63 @@ fn a_chain_restores_every_moment_on_13() {
 #[test]
 fn a_chain_restores_every_moment_on_18() {
     on_version(18, &["--no-data-checksums"]);
+}
+
+/// An incremental backup taken on a standby builds on the standby's full backup: its
+/// change set comes from the WAL the primary archived and the standby's own `pg_wal`.
+#[test]
+fn a_standby_takes_incremental_backups() {
+    let dir = TestDir::new("incremental-standby");
+    let repo = Repo::local(&dir);
+    let (pitr, mut primary) = archiving_cluster(&dir, &repo, "wal_keep_size = '256MB'");
+    primary.sql("create table tick (at timestamptz default now())");
+    primary.sql("create table t (id int primary key, v text)");
+    primary.sql("insert into t select g, md5(g::text) from generate_series(1, 100000) g");
+    primary.sql("vacuum freeze");
+    let mut standby = streaming_standby(&dir, &primary);
+    let backup_of = |kind: &str| {
+        let mut args = backup_args(&standby);
+        args.extend(["--type".to_owned(), kind.to_owned()]);
+        let out = backup_while_the_primary_switches(pitr.command(&args), &primary);
+        assert_eq!(code(&out), 0, "{kind}: {}", stderr(&out));
+        (backup_id(&out), format!("{}{}", stdout(&out), stderr(&out)))
+    };
+    // The rows of t (tick grows while backups wait for their WAL).
+    let rows = |cluster: &PgCluster| {
+        cluster.sql("select count(*) || ':' || md5(string_agg(v, ',' order by id)) from t")
+    };
+    let (full, _) = backup_of("full");
+    primary.sql("update t set v = 'standby' where id between 20001 and 21000");
+    primary.sql("delete from t where id > 99000");
+    let expected = rows(&primary);
+    wait_replayed(&primary, &standby);
+    let (incr, said) = backup_of("incr");
+    assert!(
+        said.contains(&format!("incr backup on {full}: "))
+            && said.contains("(changes from block maps)"),
+        "{said}"
+    );
+    primary.sql("insert into t values (-1, 'after')");
+    primary.archive_current_segment(WAIT);
+    standby.stop();
+    primary.stop();
+
+    let data = dir.path().join("restored");
+    let out = pitr.run([
+        "restore",
+        "--pgdata",
+        data.to_str().unwrap(),
+        "--backup",
+        &incr,
+        "--target",
+        "immediate",
+        "--no-sync",
+    ]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    chown_to_postgres(&data);
+    let mut restored = PgCluster::restored(&dir, "sock-restored", data);
+    restored.start_with_env(&pitr.env);
+    restored.wait_paused(WAIT);
+    assert_eq!(rows(&restored), expected);
+    restored.stop();
 }
