@@ -1167,27 +1167,44 @@ fn write_layered(
     delta_blocks: &[u32],
     layers: &Layers,
     at: u64,
-    mut data: &[u8],
+    data: &[u8],
 ) -> io::Result<u64> {
     use std::os::unix::fs::FileExt;
     let block_size = layers.block_size();
     let depth = entry.delta.as_ref().map_or(0, |d| d.depth);
     let mut position = at;
     let mut written = 0;
-    while !data.is_empty() {
+    // Blocks this entry writes that follow each other in the file go in one write.
+    let mut run: Option<(u64, usize, usize)> = None; // file offset, start in data, length
+    let mut consumed = 0;
+    while consumed < data.len() {
         let (index, within) = (position / block_size, position % block_size);
-        let n = ((block_size - within) as usize).min(data.len());
+        let n = ((block_size - within) as usize).min(data.len() - consumed);
         let block = layers::block_of(entry, delta_blocks, index, block_size);
         if layers.writes(&entry.path, depth, block) {
             let offset = match entry.delta {
                 Some(_) => block * block_size + within,
                 None => entry.file_offset + position,
             };
-            handle.write_all_at(&data[..n], offset)?;
-            written += n as u64;
+            run = match run {
+                Some((start, from, len)) if start + len as u64 == offset => {
+                    Some((start, from, len + n))
+                }
+                other => {
+                    if let Some((start, from, len)) = other {
+                        handle.write_all_at(&data[from..from + len], start)?;
+                        written += len as u64;
+                    }
+                    Some((offset, consumed, n))
+                }
+            };
         }
         position += n as u64;
-        data = &data[n..];
+        consumed += n;
+    }
+    if let Some((start, from, len)) = run {
+        handle.write_all_at(&data[from..from + len], start)?;
+        written += len as u64;
     }
     Ok(written)
 }
