@@ -355,6 +355,54 @@ fn on_version(major: u32, initdb: &[&str]) {
     }
     promoted.stop();
 
+    if major == 15 {
+        // drill restores the newest backup, an incremental one, and checks it.
+        let scratch = dir.subdir("scratch");
+        chown_to_postgres(&scratch);
+        let out = pitr.run([
+            "drill",
+            "--scratch-dir",
+            &scratch.display().to_string(),
+            "--json",
+        ]);
+        assert_eq!(code(&out), 0, "drill: {}{}", stdout(&out), stderr(&out));
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(report["passed"], true, "{report}");
+        // restore-table brings a table back from a chain, as it was between two backups.
+        let (time, at_time) = &between[1];
+        let out = pitr.run([
+            "restore-table",
+            "--into",
+            &cluster.conninfo("postgres"),
+            "--scratch-dir",
+            &scratch.display().to_string(),
+            "--table",
+            "clustered",
+            "--target-time",
+            time,
+        ]);
+        assert_eq!(
+            code(&out),
+            0,
+            "restore-table: {}{}",
+            stdout(&out),
+            stderr(&out)
+        );
+        let copy = cluster.sql(
+            "select relname from pg_class where relname like 'clustered_restored_%' \
+             and relkind = 'r'",
+        );
+        let digest = cluster.sql(&format!(
+            "select count(*) || '/' || coalesce(md5(string_agg(md5(x::text), '' \
+             order by md5(x::text))), '') from {copy} x"
+        ));
+        assert!(
+            at_time.contains(&format!(" clustered={digest} ")),
+            "{digest} not in {at_time}"
+        );
+        cluster.sql(&format!("drop table {copy}"));
+    }
+
     // Retention counts full backups and keeps chains whole: a new full keeps only its own.
     // The restores above are over: their replay claims hold nothing back.
     std::thread::sleep(Duration::from_secs(2));
