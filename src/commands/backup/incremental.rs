@@ -610,6 +610,88 @@ mod tests {
         manifest
     }
 
+    /// A relation file of `pages` pages, page `i` stamped with LSN `lsns[i]` and filled
+    /// with `i`.
+    fn relation(dir: &Path, lsns: &[u64]) -> SourceFile {
+        let mut bytes = Vec::new();
+        for (i, lsn) in lsns.iter().enumerate() {
+            let mut page = vec![i as u8 + 1; 8192];
+            page[0..4].copy_from_slice(&((lsn >> 32) as u32).to_le_bytes());
+            page[4..8].copy_from_slice(&(*lsn as u32).to_le_bytes());
+            if *lsn == 0 {
+                page.fill(0);
+            }
+            bytes.extend(page);
+        }
+        let absolute = dir.join("16384");
+        std::fs::write(&absolute, &bytes).unwrap();
+        SourceFile {
+            path: "base/5/16384".into(),
+            absolute,
+            offset: 0,
+            size: bytes.len() as u64,
+            mode: 0o600,
+            mtime: 0,
+        }
+    }
+
+    fn delta_job(source: &SourceFile, blocks: Option<Vec<u32>>, parent_blocks: u64) -> DeltaJob {
+        DeltaJob {
+            source: source.clone(),
+            file_size: source.size,
+            blocks,
+            parent_blocks,
+            since: Lsn(0x1_0000),
+            depth: 1,
+            block_size: 8192,
+        }
+    }
+
+    fn read_all(jobs: Vec<DeltaJob>) -> (Vec<u8>, Vec<(Vec<u32>, u64, u32)>) {
+        let mut reader = DeltaReader::new(jobs);
+        let mut out = Vec::new();
+        reader.read_to_end(&mut out).unwrap();
+        (out, reader.read)
+    }
+
+    #[test]
+    fn a_delta_reads_the_listed_blocks_or_the_pages_a_scan_finds_changed() {
+        let dir = tempfile::tempdir().unwrap();
+        // Pages 1 and 4 changed since the parent's start, 3 is zeros, 5 is past its end.
+        let file = relation(dir.path(), &[0x100, 0x2_0000, 0x100, 0, 0x1_0000, 0x100]);
+        let (bytes, read) = read_all(vec![delta_job(&file, Some(vec![1, 2, 5]), 5)]);
+        assert_eq!(read[0].0, [1, 2, 5]);
+        assert_eq!(
+            (
+                bytes.len(),
+                bytes[100],
+                bytes[8192 + 100],
+                bytes[2 * 8192 + 100]
+            ),
+            (3 * 8192, 2, 3, 6)
+        );
+        assert_eq!(read[0].2, crc32c::crc32c(&bytes));
+        let (bytes, read) = read_all(vec![delta_job(&file, None, 5)]);
+        assert_eq!(read[0].0, [1, 3, 4, 5]);
+        assert_eq!(bytes.len() as u64, read[0].1);
+        // A file cut since the listing ends at its last whole block; one gone yields none.
+        let listed = delta_job(&file, Some(vec![1, 4, 5]), 6);
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&file.absolute)
+            .unwrap()
+            .set_len(4 * 8192 + 100)
+            .unwrap();
+        let mut gone = delta_job(&file, Some(vec![0]), 6);
+        gone.source.absolute = dir.path().join("gone");
+        let (bytes, read) = read_all(vec![listed, gone]);
+        assert_eq!(
+            (read[0].0.as_slice(), read[1].0.as_slice()),
+            (&[1][..], &[][..])
+        );
+        assert_eq!(bytes.len(), 8192);
+    }
+
     #[test]
     fn incr_builds_on_the_newest_and_diff_on_the_newest_full() {
         let backups = [
