@@ -647,7 +647,10 @@ mod tests {
         }
     }
 
-    fn read_all(jobs: Vec<DeltaJob>) -> (Vec<u8>, Vec<(Vec<u32>, u64, u32)>) {
+    /// Per job: the blocks it yielded, their length and CRC-32C.
+    type JobsRead = Vec<(Vec<u32>, u64, u32)>;
+
+    fn read_all(jobs: Vec<DeltaJob>) -> (Vec<u8>, JobsRead) {
         let mut reader = DeltaReader::new(jobs);
         let mut out = Vec::new();
         reader.read_to_end(&mut out).unwrap();
