@@ -1379,8 +1379,15 @@ async fn wait_for_wal(
             options.progress.note(&state.waiting());
             next_note = now + NOTE_EVERY;
         }
+        // Often at first (an archiver that keeps up stores the stop segment within tens of
+        // milliseconds, and an incremental backup takes little more), then every 250 ms.
+        let pause = if now.duration_since(started) < Duration::from_secs(2) {
+            Duration::from_millis(20)
+        } else {
+            Duration::from_millis(250)
+        };
         interrupt
-            .race(tokio::time::sleep(Duration::from_millis(250)))
+            .race(tokio::time::sleep(pause))
             .await
             .map_err(stopped)?;
     }
