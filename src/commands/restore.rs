@@ -1119,35 +1119,31 @@ impl Write for FileSplitter {
             let entry = &self.files[self.index];
             let want = (entry.size - *length) as usize;
             let n = want.min(data.len());
-            if self.layers.final_size(&entry.path).is_some() {
-                let written = write_layered(
+            let written = if self.layers.final_size(&entry.path).is_some() {
+                write_layered(
                     handle,
                     entry,
                     &self.delta_blocks,
                     &self.layers,
                     *length,
                     &data[..n],
-                )?;
-                *crc = crc32c::crc32c_append(*crc, &data[..n]);
-                *length += n as u64;
-                self.position += n as u64;
-                self.written += written;
-                data = &data[n..];
-                self.close_if_complete()?;
-                continue;
-            }
-            handle.write_all(&data[..n])?;
+                )?
+            } else {
+                handle.write_all(&data[..n])?;
+                n as u64
+            };
             self.position += n as u64;
             *crc = crc32c::crc32c_append(*crc, &data[..n]);
-            // In a large file, write-back starts every WRITEBACK_STEP, not only at its end.
+            // In a large file, write-back starts every WRITEBACK_STEP, not only at its end
+            // (a delta's blocks are few, and written where they go).
             let before = *length / WRITEBACK_STEP;
             *length += n as u64;
-            if self.start_writeback && *length / WRITEBACK_STEP > before {
-                let file_offset = self.files[self.index].file_offset;
+            if self.start_writeback && entry.delta.is_none() && *length / WRITEBACK_STEP > before
+            {
                 let done = before * WRITEBACK_STEP;
-                start_writeback(handle, file_offset + done, *length - done);
+                start_writeback(handle, entry.file_offset + done, *length - done);
             }
-            self.written += n as u64;
+            self.written += written;
             data = &data[n..];
             self.close_if_complete()?;
         }
@@ -1172,6 +1168,10 @@ fn write_layered(
     use std::os::unix::fs::FileExt;
     let block_size = layers.block_size();
     let depth = entry.delta.as_ref().map_or(0, |d| d.depth);
+    let Some(layered) = layers.file(&entry.path) else {
+        handle.write_all_at(data, entry.file_offset + at)?;
+        return Ok(data.len() as u64);
+    };
     let mut position = at;
     let mut written = 0;
     // Blocks this entry writes that follow each other in the file go in one write.
@@ -1181,7 +1181,7 @@ fn write_layered(
         let (index, within) = (position / block_size, position % block_size);
         let n = ((block_size - within) as usize).min(data.len() - consumed);
         let block = layers::block_of(entry, delta_blocks, index, block_size);
-        if layers.writes(&entry.path, depth, block) {
+        if layered.writes(depth, block, block_size) {
             let offset = match entry.delta {
                 Some(_) => block * block_size + within,
                 None => entry.file_offset + position,

@@ -16,7 +16,7 @@ pub struct Layers {
 }
 
 #[derive(Debug, Default)]
-struct Layered {
+pub struct Layered {
     /// The deltas' runs, deepest (newest) first.
     deltas: Vec<(u32, Vec<[u32; 2]>)>,
     /// The newest delta's file size.
@@ -62,21 +62,24 @@ impl Layers {
         self.files.iter().map(|(path, l)| (path.as_str(), l.size))
     }
 
-    /// Whether `block` of `path` is written from an entry of depth `depth` (0: a whole
-    /// entry): it is inside the final size and no deeper delta holds it. Always true for a
-    /// file that is not layered.
-    pub fn writes(&self, path: &str, depth: u32, block: u64) -> bool {
-        let Some(layered) = self.files.get(path) else {
-            return true;
-        };
-        if block >= layered.size.div_ceil(self.block_size) {
+    /// The layers of the file at `path`, if it is rebuilt from a chain.
+    pub fn file(&self, path: &str) -> Option<&Layered> {
+        self.files.get(path)
+    }
+}
+
+impl Layered {
+    /// Whether `block` of the file is written from an entry of depth `depth` (0: a whole
+    /// entry): it is inside the final size and no deeper delta holds it.
+    pub fn writes(&self, depth: u32, block: u64, block_size: u64) -> bool {
+        if block >= self.size.div_ceil(block_size) {
             return false;
         }
         let Ok(block) = u32::try_from(block) else {
             return false;
         };
         // The deepest delta that holds the block wins.
-        match layered
+        match self
             .deltas
             .iter()
             .find(|(_, runs)| runs_contain(runs, block))
@@ -137,7 +140,8 @@ mod tests {
         let layers = Layers::new(&files, Some(8192));
         assert_eq!(layers.final_size("base/5/100"), Some(7 * 8192));
         assert_eq!(layers.final_size("base/5/101"), None);
-        let from = |block| (0..4).find(|&d| layers.writes("base/5/100", d, block));
+        let layered = layers.file("base/5/100").unwrap();
+        let from = |block| (0..4).find(|&d| layered.writes(d, block, 8192));
         assert_eq!(
             (0..8).map(from).collect::<Vec<_>>(),
             [
@@ -152,6 +156,6 @@ mod tests {
                 None
             ]
         );
-        assert!(layers.writes("base/5/101", 0, 1_000_000));
+        assert!(layers.file("base/5/101").is_none());
     }
 }
