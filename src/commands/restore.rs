@@ -1138,8 +1138,7 @@ impl Write for FileSplitter {
             // (a delta's blocks are few, and written where they go).
             let before = *length / WRITEBACK_STEP;
             *length += n as u64;
-            if self.start_writeback && entry.delta.is_none() && *length / WRITEBACK_STEP > before
-            {
+            if self.start_writeback && entry.delta.is_none() && *length / WRITEBACK_STEP > before {
                 let done = before * WRITEBACK_STEP;
                 start_writeback(handle, entry.file_offset + done, *length - done);
             }
