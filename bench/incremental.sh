@@ -141,6 +141,9 @@ for round in $(seq 1 $ROUNDS); do
   worst_own=$(awk -v a="${worst_own:-0}" -v b="$t" -v c="$checkpoint" 'BEGIN { print (b - c > a ? b - c : a) }')
 done
 chain=$(as_pg $PITR list --json | python3 -c 'import json, sys; print(json.load(sys.stdin)["backups"][-1]["id"])')
+# What the chain must hold: pgbench_accounts spans two 1 GiB segment files.
+accounts="select count(*) || ':' || sum(abalance) || ':' || md5(string_agg(abalance::text, ',' order by aid)) from pgbench_accounts"
+expected=$(psql_ "$accounts")
 # A full backup of the same final state, to restore against the chain.
 read -r _ _ < <(cold $PITR backup --pgdata "$WORK/data" --dbname "$CONN")
 single=$(as_pg $PITR list --json | python3 -c 'import json, sys; print(json.load(sys.stdin)["backups"][-1]["id"])')
@@ -153,6 +156,16 @@ restore_time() { # BACKUP
   echo "$t"
 }
 chain_t=$(best "$(restore_time "$chain")" "$(restore_time "$chain")")
+# The last chain restored: started, paused at its end, it holds the rows of the moment.
+as_pg "$PG_BIN/pg_ctl" -D "$WORK/restored" -l "$WORK/restored.log" -w start >/dev/null
+for _ in $(seq 1 600); do
+  [ "$(psql_ "select pg_get_wal_replay_pause_state()" 2>/dev/null)" = paused ] && break
+  sleep 0.1
+done
+got=$(psql_ "$accounts")
+stop_cluster "$WORK/restored"
+[ "$got" = "$expected" ] || { echo "the restored chain holds $got, the cluster held $expected" >&2; exit 1; }
+echo "the chain restored exactly (pgbench_accounts: $(du -b "$WORK/restored/base/5/"* | sort -n | tail -2 | awk '{ printf "%s ", $1 }')bytes in its two largest files)"
 full_t=$(best "$(restore_time "$single")" "$(restore_time "$single")")
 echo
 echo "incremental: worst read $(pct "$worst_read" "$cluster_bytes") of the cluster (target <= 3%), worst time $(awk -v a="$worst_time" -v b="$pitr_full" 'BEGIN { printf "%.1f%%", a * 100 / b }') of the full backup's $pitr_full s (target <= 10%); without the server's checkpoint $(awk -v a="$worst_own" -v b="$pitr_full" 'BEGIN { printf "%.1f%%", a * 100 / b }')"

@@ -66,27 +66,39 @@ pub(super) async fn cluster_facts(session: &Session) -> Result<ClusterFacts> {
     })
 }
 
-/// The backup an incremental (`Incr`: the newest) or differential (`Diff`: the newest
-/// full) backup builds on.
-pub fn choose_parent(backups: &[BackupManifest], kind: BackupType) -> Option<&BackupManifest> {
-    backups
-        .iter()
-        .filter(|b| kind != BackupType::Diff || b.backup_type.is_full())
-        .max_by(|a, b| (a.start_lsn, a.stop_time, &a.id).cmp(&(b.start_lsn, b.stop_time, &b.id)))
+/// Whether `backup` may be the parent of a backup of `kind`: any for an incremental one, a
+/// full one for a differential one.
+pub fn can_build_on(backup: &BackupManifest, kind: BackupType) -> bool {
+    kind != BackupType::Diff || backup.backup_type.is_full()
 }
 
-/// How many backups `backup` builds on, through the manifests in `backups`.
-fn depth_of(backup: &BackupManifest, backups: &[BackupManifest]) -> u32 {
-    let mut depth = 0;
-    let mut current = backup;
-    while let Some(parent) = current.parent.as_deref() {
-        depth += 1;
-        match backups.iter().find(|b| b.id == parent) {
-            Some(next) if depth < 10_000 => current = next,
-            _ => break,
+/// The place in its chain a backup on `parent` takes: past every delta the parent's entries
+/// hold (they hold their whole chain's), so that the deepest delta of a file is its newest.
+fn depth_on(parent: &BackupManifest) -> u32 {
+    let deepest = parent
+        .files
+        .iter()
+        .filter_map(|f| f.delta.as_ref())
+        .map(|d| d.depth);
+    deepest.max().unwrap_or(0) + 1
+}
+
+/// The newest backup a backup of `kind` may build on, reading manifests newest first (ids
+/// are start times) until one serves: a repository of many backups costs one read or a few,
+/// not all of them. A damaged manifest is passed over.
+async fn newest_parent(catalog: &Catalog, kind: BackupType) -> Result<Option<BackupManifest>> {
+    let objects = catalog.backup_objects().await?;
+    for (id, _) in objects.iter().rev().filter(|(_, o)| o.manifest.is_some()) {
+        match catalog.manifest(id).await {
+            Ok(manifest) if can_build_on(&manifest, kind) => return Ok(Some(manifest)),
+            Ok(_) | Err(crate::catalog::CatalogError::NotFound { .. }) => {}
+            Err(crate::catalog::CatalogError::CorruptManifest { id, reason }) => {
+                tracing::warn!("backup {id} cannot be a parent: its manifest is damaged ({reason})")
+            }
+            Err(e) => return Err(e.into()),
         }
     }
-    depth
+    Ok(None)
 }
 
 /// What the backup starting at `start` on `timeline` builds on, or why it is taken full
@@ -102,8 +114,7 @@ pub(super) async fn prepare(
     history: &[HistoryEntry],
     jobs: usize,
 ) -> Result<std::result::Result<Incremental, String>> {
-    let backups = catalog.backups().await?;
-    let Some(parent) = choose_parent(&backups, kind) else {
+    let Some(parent) = newest_parent(catalog, kind).await? else {
         return Ok(Err(match kind {
             BackupType::Diff => "the repository holds no full backup to build on".into(),
             _ => "the repository holds no backup to build on".into(),
@@ -171,8 +182,8 @@ pub(super) async fn prepare(
     }
     Ok(Ok(Incremental {
         backup_type: kind,
-        depth: depth_of(parent, &backups) + 1,
-        parent: parent.clone(),
+        depth: depth_on(&parent),
+        parent,
         block_size: facts.block_size,
         changes,
         parent_files,
@@ -714,21 +725,30 @@ mod tests {
     }
 
     #[test]
-    fn incr_builds_on_the_newest_and_diff_on_the_newest_full() {
-        let backups = [
-            manifest("a", BackupType::Full, 0x100),
-            manifest("b", BackupType::Incr, 0x200),
-            manifest("c", BackupType::Full, 0x300),
-            manifest("d", BackupType::Incr, 0x400),
-        ];
-        assert_eq!(
-            choose_parent(&backups, BackupType::Incr).map(|b| &b.id[..]),
-            Some("d")
-        );
-        assert_eq!(
-            choose_parent(&backups, BackupType::Diff).map(|b| &b.id[..]),
-            Some("c")
-        );
-        assert!(choose_parent(&backups[1..2], BackupType::Diff).is_none());
+    fn diff_builds_on_a_full_backup_and_deltas_go_deeper() {
+        let full = manifest("a", BackupType::Full, 0x100);
+        let mut incr = manifest("b", BackupType::Incr, 0x200);
+        assert!(can_build_on(&full, BackupType::Diff) && can_build_on(&incr, BackupType::Incr));
+        assert!(!can_build_on(&incr, BackupType::Diff));
+        assert_eq!(depth_on(&full), 1);
+        // The parent's entries hold its chain's deltas, the deepest one its own.
+        let delta = |depth| BackupFile {
+            path: "base/5/16384".into(),
+            size: 0,
+            file_offset: 0,
+            mode: 0o600,
+            mtime: 0,
+            crc32c: 0,
+            object: 0,
+            offset: 0,
+            backup: None,
+            delta: Some(crate::catalog::backup::Delta {
+                runs: Vec::new(),
+                file_size: 0,
+                depth,
+            }),
+        };
+        incr.files = vec![delta(1), delta(3), delta(2)];
+        assert_eq!(depth_on(&incr), 4);
     }
 }
