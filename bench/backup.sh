@@ -33,27 +33,8 @@ mkdir -p "$WORK/pgbr-repo" "$WORK/lock" "$WORK/restore-pitr" "$WORK/restore-pgbr
 chmod 755 "$WORK"
 [ "$(id -u)" -eq 0 ] && chown -R postgres: "$WORK"
 
-cat > "$WORK/pgbackrest.conf" <<EOF
-[global]
-repo1-path=$WORK/pgbr-repo
-compress-type=lz4
-process-max=2
-lock-path=$WORK/lock
-log-path=$WORK
-log-level-console=error
-log-level-file=off
-spool-path=$WORK
-start-fast=y
-
-[bench]
-pg1-path=$WORK/data
-pg1-socket-path=$WORK
-pg1-port=5432
-pg1-user=postgres
-EOF
-[ "$(id -u)" -eq 0 ] && chown postgres: "$WORK/pgbackrest.conf"
+pgbr_config </dev/null
 PITR="$WORK/pitr --repo $WORK/pitr-repo"
-PGBR="pgbackrest --config=$WORK/pgbackrest.conf --stanza=bench"
 
 echo "== pgbench scale $SCALE"
 as_pg "$PG_BIN/initdb" -D "$WORK/data" -A trust -U postgres -N >/dev/null

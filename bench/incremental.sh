@@ -38,32 +38,12 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM HUP
 release_pitr "$WORK"
-mkdir -p "$WORK/pgbr-repo" "$WORK/lock"
-cat > "$WORK/pgbackrest.conf" <<EOF
-[global]
-repo1-path=$WORK/pgbr-repo
-compress-type=lz4
-process-max=2
-lock-path=$WORK/lock
-log-path=$WORK
-log-level-console=error
-log-level-file=off
-spool-path=$WORK
-start-fast=y
 # Its backups do not wait for its own WAL archive: archive_command feeds pitr alone, so that
 # neither backup's time includes the other's archive-push of the stop segment (pgBackRest's
 # backups are not restored here).
-archive-check=n
-
-[bench]
-pg1-path=$WORK/data
-pg1-socket-path=$WORK
-pg1-port=5432
-pg1-user=postgres
-EOF
+pgbr_config <<<'archive-check=n'
 give_pg "$WORK"
 PITR="$WORK/pitr --repo $WORK/repo"
-PGBR="pgbackrest --config=$WORK/pgbackrest.conf --stanza=bench"
 CONN="host=$WORK port=5432 user=postgres"
 
 new_cluster "$WORK/data" "$WORK" <<EOF

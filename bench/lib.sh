@@ -120,3 +120,19 @@ pgbr_supports() {
     print (n >= 256 ? 18 : n >= 253 ? 17 : n >= 247 ? 16 : 15) }')
   [ "$PG_MAJOR" -le "$max" ]
 }
+
+# $WORK/pgbackrest.conf for stanza "bench" on the cluster in $WORK/data (socket in $WORK,
+# port 5432): a repository in $WORK/pgbr-repo, lz4, two processes; extra [global] lines
+# from stdin. Sets PGBR to the command that uses it.
+pgbr_config() {
+  mkdir -p "$WORK/pgbr-repo" "$WORK/lock"
+  {
+    printf '[global]\nrepo1-path=%s/pgbr-repo\ncompress-type=lz4\nprocess-max=2\n' "$WORK"
+    printf 'lock-path=%s/lock\nlog-path=%s\nlog-level-console=error\nlog-level-file=off\n' "$WORK" "$WORK"
+    printf 'spool-path=%s\nstart-fast=y\n' "$WORK"
+    cat
+    printf '\n[bench]\npg1-path=%s/data\npg1-socket-path=%s\npg1-port=5432\npg1-user=postgres\n' "$WORK" "$WORK"
+  } > "$WORK/pgbackrest.conf"
+  give_pg "$WORK/pgbackrest.conf" "$WORK/pgbr-repo" "$WORK/lock"
+  PGBR="pgbackrest --config=$WORK/pgbackrest.conf --stanza=bench"
+}
