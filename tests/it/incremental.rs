@@ -504,3 +504,47 @@ fn a_standby_takes_incremental_backups() {
     assert_eq!(rows(&restored), expected);
     restored.stop();
 }
+
+/// A full backup taken over the replication protocol is a parent like any: a local
+/// incremental backup builds on it, and the chain restores exactly.
+#[test]
+fn an_incremental_builds_on_a_backup_over_replication() {
+    let dir = TestDir::new("incremental-remote-parent");
+    let repo = Repo::local(&dir);
+    let (pitr, mut cluster) = archiving_cluster(&dir, &repo, "wal_keep_size = '256MB'");
+    cluster.sql("create table t (id int primary key, v text)");
+    cluster.sql("insert into t select g, md5(g::text) from generate_series(1, 50000) g");
+    cluster.sql("vacuum freeze");
+    let dbname = format!(
+        "host={} port={} user=postgres",
+        cluster.socket_dir.display(),
+        cluster.port
+    );
+    let out = pitr.run(["backup", "--method", "replication", "--dbname", &dbname]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let full = backup_id(&out);
+    cluster.sql("update t set v = 'remote' where id between 101 and 600");
+    let expected = state(&cluster);
+    let (incr, said) = backup(&pitr, &cluster, "incr");
+    assert!(said.contains(&format!("incr backup on {full}: ")), "{said}");
+    cluster.archive_current_segment(WAIT);
+    cluster.stop();
+    let data = dir.path().join("restored");
+    let out = pitr.run([
+        "restore",
+        "--pgdata",
+        data.to_str().unwrap(),
+        "--backup",
+        &incr,
+        "--target",
+        "immediate",
+        "--no-sync",
+    ]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    chown_to_postgres(&data);
+    let mut restored = PgCluster::restored(&dir, "sock-restored", data);
+    restored.start_with_env(&pitr.env);
+    restored.wait_paused(WAIT);
+    assert_eq!(state(&restored), expected);
+    restored.stop();
+}

@@ -376,6 +376,12 @@ pub(super) async fn backup_claimed(
         },
         None => (Vec::new(), None),
     };
+    // What a later incremental backup checks its parent by (none without an SQL session:
+    // this backup cannot then be a parent).
+    let facts = match &session {
+        Some(session) => super::incremental::cluster_facts(session).await.ok(),
+        None => None,
+    };
     let tablespace_map = tablespace_map.or_else(|| {
         (!tablespaces.is_empty()).then(|| {
             tablespaces
@@ -424,8 +430,8 @@ pub(super) async fn backup_claimed(
         server_manifest: Some(manifest_entry.0),
         backup_type: BackupType::Full,
         parent: None,
-        data_checksums: None,
-        block_size: None,
+        data_checksums: facts.as_ref().map(|f| f.data_checksums),
+        block_size: facts.as_ref().map(|f| f.block_size),
         changes_from: None,
     };
     super::record_manifest(catalog, options, &manifest).await?;
