@@ -72,8 +72,8 @@ impl Catalog {
     }
 
     /// What changed in the WAL from `from` to the end of `segments` (the stretch's segments,
-    /// in order, the first holding `from`): the first segment's records from `from` on,
-    /// decoded from its archived copy, then the block maps of the others, read `jobs` at a
+    /// in order, the first holding `from`): the first segment's map from `from` on
+    /// ([`Catalog::block_map_from`]), then the block maps of the others, read `jobs` at a
     /// time.
     pub async fn change_set(
         &self,
@@ -83,30 +83,14 @@ impl Catalog {
         block_size: usize,
         jobs: usize,
     ) -> Result<ChangeSet, CatalogError> {
-        use futures_util::StreamExt;
         let Some((first, rest)) = segments.split_first() else {
             return Ok(ChangeSet::default());
         };
-        let first_map = match first.start_lsn(segment_size) {
-            Some(start) => {
-                let builder = SegmentMapFrom::new(start, segment_size, block_size, from);
-                match self.fetch_wal(first, "a block map", builder).await {
-                    Ok((builder, _)) => Some(builder.finish()),
-                    Err(CatalogError::NotFound { .. }) => None,
-                    Err(e) => return Err(e),
-                }
-            }
-            None => None,
-        };
-        let mut maps: Vec<Option<BlockMap>> = vec![first_map];
-        let others: Vec<Option<BlockMap>> = futures_util::stream::iter(rest)
-            .map(|name| self.block_map(name))
-            .buffered(jobs.max(1))
-            .collect::<Vec<_>>()
-            .await
-            .into_iter()
-            .collect::<Result<_, _>>()?;
-        maps.extend(others);
+        let mut maps = vec![
+            self.block_map_from(first, from, segment_size, block_size)
+                .await?,
+        ];
+        maps.extend(self.block_maps(rest, jobs).await?);
         Ok(merge_maps(
             segments
                 .iter()
@@ -114,7 +98,58 @@ impl Catalog {
                 .zip(maps.iter().map(Option::as_ref)),
         ))
     }
+
+    /// The map of the records of archived segment `name` from `from` on; none when the
+    /// segment is not archived. Its stored map serves when no record starts in it before
+    /// `from` (the record it carries in from the segment before adds blocks, never hides
+    /// one); otherwise the records are decoded from the archived copy.
+    pub async fn block_map_from(
+        &self,
+        name: &WalFileName,
+        from: Lsn,
+        segment_size: u64,
+        block_size: usize,
+    ) -> Result<Option<BlockMap>, CatalogError> {
+        let Some(start) = name.start_lsn(segment_size) else {
+            return Ok(None);
+        };
+        let first_record = self
+            .segment_summary(name)
+            .await?
+            .and_then(|summary| summary.first_record);
+        let nothing_before = from.0 <= start.0 + LONG_PAGE_HEADER
+            || first_record.is_some_and(|r| r >= start && r >= from);
+        if nothing_before && let Some(stored) = self.block_map(name).await? {
+            return Ok(Some(stored));
+        }
+        let builder = SegmentMapFrom::new(start, segment_size, block_size, from);
+        match self.fetch_wal(name, "a block map", builder).await {
+            Ok((builder, _)) => Ok(Some(builder.finish())),
+            Err(CatalogError::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The stored maps of `names`, in order, read `jobs` at a time (none where a segment
+    /// has no map).
+    pub async fn block_maps(
+        &self,
+        names: &[WalFileName],
+        jobs: usize,
+    ) -> Result<Vec<Option<BlockMap>>, CatalogError> {
+        use futures_util::StreamExt;
+        futures_util::stream::iter(names)
+            .map(|name| self.block_map(name))
+            .buffered(jobs.max(1))
+            .collect::<Vec<_>>()
+            .await
+            .into_iter()
+            .collect()
+    }
 }
+
+/// A segment's first page header (`SizeOfXLogLongPHD`): its first record starts after it.
+const LONG_PAGE_HEADER: u64 = 40;
 
 #[cfg(test)]
 mod tests {

@@ -23,9 +23,6 @@ use crate::server::Session;
 
 use super::{PART_SIZE, SourceFile, blocking};
 
-/// A segment's first page header (`SizeOfXLogLongPHD`): the first record starts after it.
-const LONG_PAGE_HEADER: u64 = 40;
-
 /// How long a segment of the stretch that is not archived yet is waited for before the
 /// backup compares pages instead.
 const ARCHIVED_WAIT: Duration = Duration::from_secs(30);
@@ -205,7 +202,6 @@ async fn change_set(
     block_size: usize,
     jobs: usize,
 ) -> Result<ChangeSet> {
-    use futures_util::StreamExt;
     let (first, last) = (
         from.segment_number(segment_size),
         until.segment_number(segment_size),
@@ -230,42 +226,20 @@ async fn change_set(
         // Every segment but the last is complete: its map, and the summary that carries its
         // last record into the next, come once it is archived.
         wait_archived(catalog, &names[..names.len() - 1]).await?;
-        // The first segment's stored map serves when no record starts in it before `from`
-        // (the record it carries in from the segment before adds blocks, never hides one);
-        // otherwise its records from `from` on are decoded from the archived copy.
-        let first_record = catalog
-            .segment_summary(&names[0])
+        // The first segment's records from `from` on; from `pg_wal` where it is not
+        // archived.
+        let first_map = match catalog
+            .block_map_from(&names[0], from, segment_size, block_size)
             .await?
-            .and_then(|summary| summary.first_record);
-        let nothing_before = from.0 <= segment_start(first).0 + LONG_PAGE_HEADER
-            || first_record.is_some_and(|r| r >= segment_start(first) && r >= from);
-        let stored = match nothing_before {
-            true => catalog.block_map(&names[0]).await?,
-            false => None,
-        };
-        let map = SegmentMapFrom::new(segment_start(first), segment_size, block_size, from);
-        let first_map = match stored {
-            Some(stored) => Some(stored),
-            None => match catalog.fetch_wal(&names[0], "a block map", map).await {
-                Ok((map, _)) => Some(map.finish()),
-                Err(crate::catalog::CatalogError::NotFound { .. }) => {
-                    let map =
-                        SegmentMapFrom::new(segment_start(first), segment_size, block_size, from);
-                    decode_local(&wal_dir, &names[0], map, Lsn(u64::MAX), segment_size).await?
-                }
-                Err(e) => return Err(e.into()),
-            },
+        {
+            Some(map) => Some(map),
+            None => {
+                let map = SegmentMapFrom::new(segment_start(first), segment_size, block_size, from);
+                decode_local(&wal_dir, &names[0], map, Lsn(u64::MAX), segment_size).await?
+            }
         };
         maps.push(first_map);
-        let middle = &names[1..names.len() - 1];
-        let middle_maps: Vec<Option<BlockMap>> = futures_util::stream::iter(middle)
-            .map(|name| catalog.block_map(name))
-            .buffered(jobs.max(1))
-            .collect::<Vec<_>>()
-            .await
-            .into_iter()
-            .collect::<std::result::Result<_, _>>()?;
-        maps.extend(middle_maps);
+        maps.extend(catalog.block_maps(&names[1..names.len() - 1], jobs).await?);
         // The record the segment before began and this one ends, from its summary.
         let previous = &names[names.len() - 2];
         let carry = catalog
