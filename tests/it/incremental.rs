@@ -60,7 +60,8 @@ struct Restorer<'a> {
     pitr: &'a Pitr,
     dir: &'a TestDir,
     bin: &'a Path,
-    tablespace: String,
+    /// The OID of the tablespace to map beside the restored directory, if any.
+    tablespace: Option<String>,
 }
 
 impl Restorer<'_> {
@@ -68,20 +69,27 @@ impl Restorer<'_> {
     /// promoted) and returns it.
     fn start(&self, name: &str, args: &[&str], promoted: bool) -> PgCluster {
         let data = self.dir.path().join(name);
-        let mapped = self.dir.subdir(&format!("{name}-ts"));
         let mut all = vec![
             "restore".to_owned(),
             "--pgdata".to_owned(),
             data.display().to_string(),
-            "--tablespace-map".to_owned(),
-            format!("{}={}", self.tablespace, mapped.display()),
             "--no-sync".to_owned(),
         ];
+        let mapped = self.tablespace.as_ref().map(|oid| {
+            let mapped = self.dir.subdir(&format!("{name}-ts"));
+            all.extend([
+                "--tablespace-map".to_owned(),
+                format!("{oid}={}", mapped.display()),
+            ]);
+            mapped
+        });
         all.extend(args.iter().map(|a| a.to_string()));
         let out = self.pitr.run(&all);
         assert_eq!(code(&out), 0, "restore {args:?}: {}", stderr(&out));
         chown_to_postgres(&data);
-        chown_to_postgres(&mapped);
+        if let Some(mapped) = &mapped {
+            chown_to_postgres(mapped);
+        }
         let mut restored =
             PgCluster::restored(self.dir, &format!("sock-{name}"), data).with_bin(self.bin);
         restored.start_with_env(&self.pitr.env);
@@ -297,7 +305,7 @@ fn on_version(major: u32, initdb: &[&str]) {
         pitr: &pitr,
         dir: &dir,
         bin: &bin,
-        tablespace,
+        tablespace: Some(tablespace),
     };
     for (id, state) in &expected {
         assert_eq!(
@@ -485,22 +493,17 @@ fn a_standby_takes_incremental_backups() {
     standby.stop();
     primary.stop();
 
-    let data = dir.path().join("restored");
-    let out = pitr.run([
-        "restore",
-        "--pgdata",
-        data.to_str().unwrap(),
-        "--backup",
-        &incr,
-        "--target",
-        "immediate",
-        "--no-sync",
-    ]);
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
-    chown_to_postgres(&data);
-    let mut restored = PgCluster::restored(&dir, "sock-restored", data);
-    restored.start_with_env(&pitr.env);
-    restored.wait_paused(WAIT);
+    let restorer = Restorer {
+        pitr: &pitr,
+        dir: &dir,
+        bin: Path::new(PG_BIN),
+        tablespace: None,
+    };
+    let mut restored = restorer.start(
+        "restored",
+        &["--backup", &incr, "--target", "immediate"],
+        false,
+    );
     assert_eq!(rows(&restored), expected);
     restored.stop();
 }
@@ -529,22 +532,17 @@ fn an_incremental_builds_on_a_backup_over_replication() {
     assert!(said.contains(&format!("incr backup on {full}: ")), "{said}");
     cluster.archive_current_segment(WAIT);
     cluster.stop();
-    let data = dir.path().join("restored");
-    let out = pitr.run([
-        "restore",
-        "--pgdata",
-        data.to_str().unwrap(),
-        "--backup",
-        &incr,
-        "--target",
-        "immediate",
-        "--no-sync",
-    ]);
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
-    chown_to_postgres(&data);
-    let mut restored = PgCluster::restored(&dir, "sock-restored", data);
-    restored.start_with_env(&pitr.env);
-    restored.wait_paused(WAIT);
+    let restorer = Restorer {
+        pitr: &pitr,
+        dir: &dir,
+        bin: Path::new(PG_BIN),
+        tablespace: None,
+    };
+    let mut restored = restorer.start(
+        "restored",
+        &["--backup", &incr, "--target", "immediate"],
+        false,
+    );
     assert_eq!(state(&restored), expected);
     restored.stop();
 }
