@@ -125,6 +125,23 @@ pub enum WalReason {
     Replay { claim: String, backup: String },
 }
 
+impl RetentionPlan {
+    /// Keeps backup `id` after all, by `rule`, if the plan removed it (its backup history
+    /// file stays with it); false when it did not.
+    fn unremove(&mut self, id: &str, rule: Rule) -> bool {
+        let Some(position) = self.removed.iter().position(|r| r.id == id) else {
+            return false;
+        };
+        let removed = self.removed.remove(position);
+        self.kept.push(KeptBackup {
+            id: removed.id,
+            rules: vec![rule],
+            periods: Vec::new(),
+        });
+        true
+    }
+}
+
 impl KeptWal {
     fn holds(&self, timeline: u32, segno: u64) -> bool {
         self.timeline == timeline
@@ -469,24 +486,10 @@ pub fn hold_for_replays(
     for hold in holds {
         let held = backups.iter().find(|b| b.id == hold.backup);
         for ancestor in held.into_iter().flat_map(|b| ancestors(backups, b).skip(1)) {
-            if let Some(position) = plan.removed.iter().position(|r| r.id == ancestor.id) {
-                let removed = plan.removed.remove(position);
-                plan.kept.push(KeptBackup {
-                    id: removed.id,
-                    rules: vec![Rule::Chain],
-                    periods: Vec::new(),
-                });
-            }
+            plan.unremove(&ancestor.id, Rule::Chain);
         }
-        if let Some(position) = plan.removed.iter().position(|r| r.id == hold.backup) {
-            // Its backup history file stays with it.
-            let removed = plan.removed.remove(position);
-            plan.kept.push(KeptBackup {
-                id: removed.id,
-                rules: vec![Rule::Replay],
-                periods: Vec::new(),
-            });
-        } else if let Some(kept) = plan.kept.iter_mut().find(|k| k.id == hold.backup)
+        if !plan.unremove(&hold.backup, Rule::Replay)
+            && let Some(kept) = plan.kept.iter_mut().find(|k| k.id == hold.backup)
             && !kept.rules.contains(&Rule::Replay)
         {
             kept.rules.push(Rule::Replay);
