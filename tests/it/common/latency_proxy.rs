@@ -217,18 +217,21 @@ async fn delay_line(
             match item {
                 Item::Data(read_at, chunk) => {
                     tokio::time::sleep_until(read_at + delay).await;
-                    let written = to.write_all(&chunk).await;
-                    in_line.fetch_sub(1, Ordering::Relaxed);
-                    if written.is_err() {
-                        // The other side is gone: stop reading too (the line's receiver drops).
-                        return;
-                    }
                     let counter = if to_upstream {
                         &counters.bytes_to_upstream
                     } else {
                         &counters.bytes_to_client
                     };
+                    // Counted before the write: the other side may read the bytes (and a
+                    // test read the counter) before write_all returns here.
                     counter.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                    let written = to.write_all(&chunk).await;
+                    in_line.fetch_sub(1, Ordering::Relaxed);
+                    if written.is_err() {
+                        counter.fetch_sub(chunk.len() as u64, Ordering::Relaxed);
+                        // The other side is gone: stop reading too (the line's receiver drops).
+                        return;
+                    }
                 }
                 Item::End(read_at) => {
                     tokio::time::sleep_until(read_at + delay).await;
