@@ -15,7 +15,7 @@ use chrono::{DateTime, Utc};
 use futures_util::{StreamExt, stream};
 
 use crate::catalog::backup::{
-    BackupDirectory, BackupFile, BackupManifest, BackupMethod, BackupType, Delta,
+    BackupDirectory, BackupFile, BackupManifest, BackupMethod, BackupType,
     INCREMENTAL_MANIFEST_FORMAT, MANIFEST_FORMAT, Tablespace,
 };
 use crate::catalog::{Catalog, RepositoryIdentity, total_bytes};
@@ -25,7 +25,6 @@ use crate::interrupt::{Interrupt, Signal};
 use crate::pg::WalFileName;
 use crate::pg::backup_label::parse_backup_label;
 use crate::pg::basebackup::{Disposition, classify, is_database_directory, unlogged_files};
-use crate::pg::block_map::ranges_of;
 use crate::pg::relpath::database_of;
 use crate::pg::timeline::{HistoryEntry, parse_history, stop_segment_name};
 use crate::pg::wal_name::backup_history_file_name;
@@ -38,6 +37,7 @@ mod config;
 mod incremental;
 mod inflate;
 mod remote;
+mod server_wal;
 mod wal_receiver;
 
 /// Files up to this size are packed together.
@@ -318,13 +318,6 @@ async fn backup_locked(
             Prepared::Local(prepare_local(session, pgdata, identity, interrupt).await?)
         }
         Source::Replication { session } => Prepared::Remote({
-            if !options.backup_type.is_full() {
-                tracing::warn!(
-                    "the backup is taken full: an {} backup reads the data directory on the \
-                     database host (run pitr backup there, or with --pgdata)",
-                    options.backup_type.name()
-                );
-            }
             remote::prepare(
                 catalog,
                 &settings,
@@ -575,31 +568,11 @@ async fn backup_claimed(
     let facts = incremental::cluster_facts(&session).await?;
     let incremental = match options.backup_type {
         BackupType::Full => None,
-        kind => {
-            let chosen =
-                build_on(catalog, &session, kind, &facts, &pgdata, start_lsn, options).await?;
-            chosen
-                .inspect_err(|reason| {
-                    tracing::warn!("backup {id} is taken full: {reason}");
-                })
-                .ok()
-        }
+        kind => announce(
+            id,
+            build_on(catalog, &session, kind, &facts, &pgdata, start_lsn, options).await?,
+        ),
     };
-    if let Some(incremental) = &incremental {
-        let changes = incremental.changes_from();
-        match &incremental.changes {
-            Ok(_) => tracing::info!(
-                "backup {id} is {} on {} (changes from {changes})",
-                incremental.backup_type.name(),
-                incremental.parent.id
-            ),
-            Err(_) => tracing::warn!(
-                "backup {id} is {} on {}, comparing every page: {changes}",
-                incremental.backup_type.name(),
-                incremental.parent.id
-            ),
-        }
-    }
 
     // Which directory is which database, for restore --db-include.
     let (databases, superuser) = session.databases().await?;
@@ -798,6 +771,30 @@ async fn backup_claimed(
     })
 }
 
+/// Says what an incremental backup builds on, or why it is taken full; the parent chosen.
+fn announce(
+    id: &str,
+    chosen: std::result::Result<incremental::Incremental, String>,
+) -> Option<incremental::Incremental> {
+    let incremental = chosen
+        .inspect_err(|reason| tracing::warn!("backup {id} is taken full: {reason}"))
+        .ok()?;
+    let changes = incremental.changes_from();
+    match &incremental.changes {
+        Ok(_) => tracing::info!(
+            "backup {id} is {} on {} (changes from {changes})",
+            incremental.backup_type.name(),
+            incremental.parent.id
+        ),
+        Err(_) => tracing::warn!(
+            "backup {id} is {} on {}, comparing every page: {changes}",
+            incremental.backup_type.name(),
+            incremental.parent.id
+        ),
+    }
+    Some(incremental)
+}
+
 /// What an incremental backup starting at `start` builds on, or why it is taken full.
 async fn build_on(
     catalog: &Catalog,
@@ -827,20 +824,14 @@ async fn build_on(
              was read"
         )));
     }
-    let Some(history) = incremental::local_history(pgdata, timeline) else {
-        return Ok(Err(format!(
-            "the history of timeline {timeline} is not in {}/pg_wal",
-            pgdata.display()
-        )));
-    };
     incremental::prepare(
         catalog,
         kind,
         facts,
-        pgdata,
+        &server_wal::ServerWal::Directory(pgdata.to_owned()),
         start,
         timeline,
-        &history,
+        incremental::ArchivedWal::Awaited,
         options.jobs,
     )
     .await
@@ -917,22 +908,7 @@ async fn copy_delta_object(
     let mut offset = 0;
     let mut entries = Vec::new();
     for (job, (blocks, size, crc32c)) in reader.jobs.iter().zip(&reader.read) {
-        entries.push(BackupFile {
-            path: job.source.path.clone(),
-            size: *size,
-            file_offset: 0,
-            mode: job.source.mode,
-            mtime: job.source.mtime,
-            crc32c: *crc32c,
-            object,
-            offset,
-            backup: None,
-            delta: Some(Delta {
-                runs: ranges_of(blocks),
-                file_size: job.file_size,
-                depth: job.depth,
-            }),
-        });
+        entries.push(job.entry(blocks, *size, *crc32c, object, offset));
         offset += size;
     }
     Ok((entries, encoded.stored_len))

@@ -523,13 +523,51 @@ fn an_incremental_builds_on_a_backup_over_replication() {
         cluster.socket_dir.display(),
         cluster.port
     );
-    let out = pitr.run(["backup", "--method", "replication", "--dbname", &dbname]);
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
-    let full = backup_id(&out);
+    let remote = |extra: &[&str]| {
+        let mut args = vec!["backup", "--method", "replication", "--dbname", &dbname];
+        args.extend(extra);
+        let out = pitr.run(&args);
+        assert_eq!(code(&out), 0, "backup {extra:?}: {}", stderr(&out));
+        (backup_id(&out), format!("{}{}", stdout(&out), stderr(&out)))
+    };
+    let (full, _) = remote(&[]);
     cluster.sql("update t set v = 'remote' where id between 101 and 600");
-    let expected = state(&cluster);
+    let mut expected = vec![state(&cluster)];
     let (incr, said) = backup(&pitr, &cluster, "incr");
     assert!(said.contains(&format!("incr backup on {full}: ")), "{said}");
+    // Incrementals over the replication protocol: the changed pages of the stream, by the
+    // archive's block maps and the WAL streamed from the server (a new table, an update, a
+    // table cut by VACUUM)...
+    cluster.sql("create table u as select g as id, repeat('u', 200) as pad from generate_series(1, 20000) g");
+    cluster.sql("update t set v = 'again' where id % 97 = 0");
+    cluster.sql("delete from t where id > 45000");
+    cluster.sql("vacuum t");
+    expected.push(state(&cluster));
+    let (remote_incr, said) = remote(&["--type", "incr"]);
+    assert!(
+        said.contains(&format!("incr backup on {incr}: "))
+            && said.contains("changes from block maps"),
+        "{said}"
+    );
+    // ... and, with the WAL streamed rather than archived and the archive's maps gone, a
+    // differential one on the full backup that compares the stream's pages.
+    cluster.sql("update u set pad = 'v' where id < 300");
+    cluster.sql("insert into t select g, 'back' from generate_series(45001, 46000) g");
+    expected.push(state(&cluster));
+    let pitr::storage::RepoLocation::Fs(root) = &repo.location else {
+        unreachable!("a local repository")
+    };
+    std::fs::remove_dir_all(root.join("blockmap")).unwrap();
+    let (remote_diff, said) = remote(&["--type", "diff", "--wal-method", "stream"]);
+    assert!(
+        said.contains(&format!("diff backup on {full}: ")) && said.contains("page LSN scan"),
+        "{said}"
+    );
+    let out = pitr.run(["list", "--json"]);
+    let listed = stdout(&out);
+    for id in [&remote_incr, &remote_diff] {
+        assert!(listed.contains(id.as_str()), "{listed}");
+    }
     cluster.archive_current_segment(WAIT);
     cluster.stop();
     let restorer = Restorer {
@@ -538,11 +576,19 @@ fn an_incremental_builds_on_a_backup_over_replication() {
         bin: Path::new(PG_BIN),
         tablespace: None,
     };
-    let mut restored = restorer.start(
-        "restored",
-        &["--backup", &incr, "--target", "immediate"],
-        false,
-    );
-    assert_eq!(state(&restored), expected);
-    restored.stop();
+    for (n, (id, expected)) in [incr, remote_incr, remote_diff]
+        .iter()
+        .zip(&expected)
+        .enumerate()
+    {
+        let mut restored = restorer.start(
+            &format!("restored-{n}"),
+            &["--backup", id, "--target", "immediate"],
+            false,
+        );
+        assert_eq!(&state(&restored), expected, "backup {id}");
+        restored.stop();
+    }
+    let out = pitr.run(["verify"]);
+    assert_eq!(code(&out), 0, "{}{}", stdout(&out), stderr(&out));
 }

@@ -5,7 +5,6 @@
 
 use std::collections::HashMap;
 use std::io::{self, Read};
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::catalog::Catalog;
@@ -15,17 +14,26 @@ use crate::pg::block_map::{BlockMap, SegmentMapFrom};
 use crate::pg::change_set::{ChangeSet, merge_maps};
 use crate::pg::incremental::{FilePlan, ParentCheck, full_backup_reason, plan_file};
 use crate::pg::relpath::relation_segment_of;
-use crate::pg::timeline::{HistoryEntry, switch_point, timeline_of_segment, timeline_path};
+use crate::pg::timeline::{switch_point, timeline_of_segment, timeline_path};
 use crate::pg::wal_blocks::Fork;
 use crate::pg::wal_name::xlog_file_name;
 use crate::pg::{Lsn, WalFileName};
 use crate::server::Session;
 
-use super::{PART_SIZE, SourceFile, blocking};
+use super::server_wal::ServerWal;
+use super::{PART_SIZE, SourceFile};
 
 /// How long a segment of the stretch that is not archived yet is waited for before the
 /// backup compares pages instead.
 const ARCHIVED_WAIT: Duration = Duration::from_secs(30);
+
+/// Whether the server's archiver stores its WAL in the repository: then the segments (and
+/// maps) a backup needs are awaited a while; otherwise only what is there serves.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum ArchivedWal {
+    Awaited,
+    AsFound,
+}
 
 /// An incremental (or differential) backup's parent and what changed since its start.
 pub(super) struct Incremental {
@@ -41,6 +49,7 @@ pub(super) struct Incremental {
 }
 
 /// What the cluster says about itself, for the choice of a parent.
+#[derive(Clone, Copy)]
 pub(super) struct ClusterFacts {
     pub data_checksums: bool,
     pub block_size: u32,
@@ -54,13 +63,37 @@ pub(super) async fn cluster_facts(session: &Session) -> Result<ClusterFacts> {
         )
         .await?;
     let (checksums, block_size) = text.split_once('|').unwrap_or((&text, ""));
-    let block_size = block_size
-        .parse()
-        .map_err(|_| Error::Server(format!("block_size '{block_size}' is not a number")))?;
-    Ok(ClusterFacts {
-        data_checksums: checksums == "on",
-        block_size,
-    })
+    ClusterFacts::parse(checksums, block_size)
+}
+
+/// The same over a replication connection (`SHOW`, which needs no SQL session).
+pub(super) async fn replication_facts(
+    connection: &mut crate::server::replication::ReplicationConnection,
+) -> Result<ClusterFacts> {
+    let mut values = Vec::new();
+    for name in ["data_checksums", "block_size"] {
+        let sql =
+            crate::pg::replication::show_setting(name).map_err(|e| Error::Server(e.to_string()))?;
+        let rows = connection.query_rows(&sql).await?;
+        values.push(
+            rows.first()
+                .and_then(|row| row.first().cloned().flatten())
+                .unwrap_or_default(),
+        );
+    }
+    ClusterFacts::parse(&values[0], &values[1])
+}
+
+impl ClusterFacts {
+    fn parse(checksums: &str, block_size: &str) -> Result<Self> {
+        let block_size = block_size
+            .parse()
+            .map_err(|_| Error::Server(format!("block_size '{block_size}' is not a number")))?;
+        Ok(ClusterFacts {
+            data_checksums: checksums == "on",
+            block_size,
+        })
+    }
 }
 
 /// Whether `backup` may be the parent of a backup of `kind`: any for an incremental one, a
@@ -105,10 +138,10 @@ pub(super) async fn prepare(
     catalog: &Catalog,
     kind: BackupType,
     facts: &ClusterFacts,
-    pgdata: &Path,
+    wal: &ServerWal,
     start: Lsn,
     timeline: u32,
-    history: &[HistoryEntry],
+    archived: ArchivedWal,
     jobs: usize,
 ) -> Result<std::result::Result<Incremental, String>> {
     let Some(parent) = newest_parent(catalog, kind).await? else {
@@ -117,8 +150,13 @@ pub(super) async fn prepare(
             _ => "the repository holds no backup to build on".into(),
         }));
     };
+    let Some(history) = wal.history(timeline).await? else {
+        return Ok(Err(format!(
+            "the history of timeline {timeline} is not on the server"
+        )));
+    };
     let identity = catalog.identity().await?;
-    let path = timeline_path(timeline, history);
+    let path = timeline_path(timeline, &history);
     let connects = match switch_point(&path, parent.timeline) {
         Some(None) => parent.start_lsn <= start,
         Some(Some(end)) => end > parent.start_lsn,
@@ -149,7 +187,8 @@ pub(super) async fn prepare(
     let segment_size = identity.wal_segment_size;
     let changes = change_set(
         catalog,
-        pgdata,
+        wal,
+        archived,
         parent.start_lsn,
         start,
         &path,
@@ -190,11 +229,12 @@ pub(super) async fn prepare(
 /// What changed from `from` (the parent's start) to `until` (this backup's start) along
 /// `path`: the first segment decoded from its archived copy, the block maps of the
 /// segments after it, and the segment holding `until` (not archived yet) decoded from
-/// `pg_wal`, going on with the record the previous segment's summary carried.
+/// the server's WAL, going on with the record the previous segment's summary carried.
 #[allow(clippy::too_many_arguments)]
 async fn change_set(
     catalog: &Catalog,
-    pgdata: &Path,
+    wal: &ServerWal,
+    archived: ArchivedWal,
     from: Lsn,
     until: Lsn,
     path: &[crate::pg::timeline::TimelineSpan],
@@ -213,7 +253,6 @@ async fn change_set(
                 .expect("a segment name parses")
         })
         .collect();
-    let wal_dir = pgdata.join("pg_wal");
     let segment_start = |segno: u64| Lsn(segno * segment_size);
     let mut maps: Vec<Option<BlockMap>> = Vec::with_capacity(names.len());
     // The first segment, from the parent's start; it is the last too when both starts
@@ -221,12 +260,14 @@ async fn change_set(
     if first == last {
         let map =
             SegmentMapFrom::new(segment_start(first), segment_size, block_size, from).until(until);
-        maps.push(decode_local(&wal_dir, &names[0], map, until, segment_size).await?);
+        maps.push(wal.decode(&names[0], map, until, segment_size).await?);
     } else {
         // Every segment but the last is complete: its map, and the summary that carries its
         // last record into the next, come once it is archived.
-        wait_archived(catalog, &names[..names.len() - 1]).await?;
-        // The first segment's records from `from` on; from `pg_wal` where it is not
+        if archived == ArchivedWal::Awaited {
+            wait_archived(catalog, &names[..names.len() - 1]).await?;
+        }
+        // The first segment's records from `from` on; from the server where it is not
         // archived.
         let first_map = match catalog
             .block_map_from(&names[0], from, segment_size, block_size)
@@ -235,7 +276,8 @@ async fn change_set(
             Some(map) => Some(map),
             None => {
                 let map = SegmentMapFrom::new(segment_start(first), segment_size, block_size, from);
-                decode_local(&wal_dir, &names[0], map, Lsn(u64::MAX), segment_size).await?
+                wal.decode(&names[0], map, Lsn(u64::MAX), segment_size)
+                    .await?
             }
         };
         maps.push(first_map);
@@ -253,7 +295,10 @@ async fn change_set(
             carry.as_ref(),
         );
         let map = SegmentMapFrom::resuming(decoder, segment_start(last)).until(until);
-        maps.push(decode_local(&wal_dir, &names[names.len() - 1], map, until, segment_size).await?);
+        maps.push(
+            wal.decode(&names[names.len() - 1], map, until, segment_size)
+                .await?,
+        );
     }
     Ok(merge_maps(
         names
@@ -274,32 +319,6 @@ async fn wait_archived(catalog: &Catalog, names: &[WalFileName]) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// The map of segment `name` from the server's `pg_wal`, read up to the page holding
-/// `until`; None when the file is not there.
-async fn decode_local(
-    wal_dir: &Path,
-    name: &WalFileName,
-    mut map: SegmentMapFrom,
-    until: Lsn,
-    segment_size: u64,
-) -> Result<Option<BlockMap>> {
-    let file = wal_dir.join(name.as_str());
-    let limit = match until.0 {
-        u64::MAX => segment_size,
-        lsn => (lsn % segment_size).next_multiple_of(8192).max(8192),
-    };
-    blocking(move || {
-        let mut handle = match std::fs::File::open(&file) {
-            Ok(handle) => handle.take(limit),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(Error::local_io(file.display(), e)),
-        };
-        io::copy(&mut handle, &mut map).map_err(|e| Error::local_io(file.display(), e))?;
-        Ok(Some(map.finish()))
-    })
-    .await
 }
 
 /// What a backup takes of one file of the cluster.
@@ -551,6 +570,150 @@ impl DeltaReader {
     }
 }
 
+impl DeltaJob {
+    /// The blocks it may take, `[first, end)`.
+    fn covers(&self) -> (u64, u64) {
+        let block_size = u64::from(self.block_size);
+        match &self.blocks {
+            Some(blocks) => match (blocks.first(), blocks.last()) {
+                (Some(&first), Some(&last)) => (u64::from(first), u64::from(last) + 1),
+                _ => (0, 0),
+            },
+            None => (
+                self.source.offset / block_size,
+                (self.source.offset + self.source.size).div_ceil(block_size),
+            ),
+        }
+    }
+
+    /// Its manifest entry: `blocks` taken, `size` bytes of CRC-32C `crc32c` at `offset` in
+    /// data object `object`.
+    pub fn entry(
+        &self,
+        blocks: &[u32],
+        size: u64,
+        crc32c: u32,
+        object: u32,
+        offset: u64,
+    ) -> BackupFile {
+        BackupFile {
+            path: self.source.path.clone(),
+            size,
+            file_offset: 0,
+            mode: self.source.mode,
+            mtime: self.source.mtime,
+            crc32c,
+            object,
+            offset,
+            backup: None,
+            delta: Some(crate::catalog::backup::Delta {
+                runs: crate::pg::block_map::ranges_of(blocks),
+                file_size: self.file_size,
+                depth: self.depth,
+            }),
+        }
+    }
+}
+
+/// Picks the pages a file's delta jobs take as its pages arrive in order (a backup over
+/// the replication protocol receives every file whole), keeping for each job where its
+/// bytes go and what it took.
+pub(super) struct PagePicker {
+    jobs: Vec<DeltaJob>,
+    /// The job covering the pages arriving now.
+    current: usize,
+    /// Where the current job's next listed block is in its list.
+    listed_at: usize,
+    taken: Vec<Picked>,
+}
+
+/// Per job: its object and offset once placed, the blocks taken, their bytes and CRC-32C.
+type Picked = (Option<(u32, u64)>, Vec<u32>, u64, u32);
+
+impl PagePicker {
+    pub fn new(jobs: Vec<DeltaJob>) -> Self {
+        let taken = vec![(None, Vec::new(), 0, 0); jobs.len()];
+        PagePicker {
+            jobs,
+            current: 0,
+            listed_at: 0,
+            taken,
+        }
+    }
+
+    /// Moves to the job covering `block`; true when it must be placed before it takes a
+    /// page.
+    pub fn reach(&mut self, block: u32) -> bool {
+        while self
+            .jobs
+            .get(self.current)
+            .is_some_and(|job| job.covers().1 <= u64::from(block))
+        {
+            self.current += 1;
+            self.listed_at = 0;
+        }
+        self.current < self.jobs.len() && self.taken[self.current].0.is_none()
+    }
+
+    /// The current job's bytes go to `object` from `offset` on.
+    pub fn place(&mut self, object: u32, offset: u64) {
+        if let Some(taken) = self.taken.get_mut(self.current) {
+            taken.0 = Some((object, offset));
+        }
+    }
+
+    /// Whether the current job takes page `block`, recorded if so.
+    pub fn takes(&mut self, block: u32, page: &[u8]) -> bool {
+        let Some(job) = self.jobs.get(self.current) else {
+            return false;
+        };
+        let take = match &job.blocks {
+            Some(blocks) => {
+                while blocks.get(self.listed_at).is_some_and(|&b| b < block) {
+                    self.listed_at += 1;
+                }
+                blocks.get(self.listed_at) == Some(&block)
+            }
+            None => {
+                let (first, end) = job.covers();
+                (first..end).contains(&u64::from(block))
+                    && page_changed(page, u64::from(block), job)
+            }
+        };
+        if take {
+            let taken = &mut self.taken[self.current];
+            taken.1.push(block);
+            taken.2 += page.len() as u64;
+            taken.3 = crc32c::crc32c_append(taken.3, page);
+        }
+        take
+    }
+
+    /// Whether a job has no place: the file ended before it took anything.
+    pub fn unplaced(&self) -> bool {
+        self.taken.iter().any(|t| t.0.is_none())
+    }
+
+    /// Places every job still without a place (they hold no bytes) at `offset` of `object`.
+    pub fn place_rest(&mut self, object: u32, offset: u64) {
+        for taken in &mut self.taken {
+            taken.0.get_or_insert((object, offset));
+        }
+    }
+
+    /// The jobs' manifest entries.
+    pub fn entries(&self) -> Vec<BackupFile> {
+        self.jobs
+            .iter()
+            .zip(&self.taken)
+            .map(|(job, (place, blocks, size, crc))| {
+                let (object, offset) = place.unwrap_or_default();
+                job.entry(blocks, *size, *crc, object, offset)
+            })
+            .collect()
+    }
+}
+
 /// Whether a page found by a scan changed since the parent: past the parent's end, all
 /// zeros (a page PostgreSQL extended the file with, or cut and extended again), or stamped
 /// by a record from the parent's start on.
@@ -579,21 +742,10 @@ impl Read for DeltaReader {
     }
 }
 
-/// The history of `timeline` as the data directory's `pg_wal` holds it (empty for 1).
-pub(super) fn local_history(pgdata: &Path, timeline: u32) -> Option<Vec<HistoryEntry>> {
-    if timeline <= 1 {
-        return Some(Vec::new());
-    }
-    let path: PathBuf = pgdata
-        .join("pg_wal")
-        .join(format!("{timeline:08X}.history"));
-    let text = std::fs::read_to_string(path).ok()?;
-    crate::pg::timeline::parse_history(timeline, &text).ok()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     fn manifest(id: &str, kind: BackupType, start: u64) -> BackupManifest {
         let mut manifest: BackupManifest = serde_json::from_value(serde_json::json!({
@@ -696,6 +848,67 @@ mod tests {
             (&[1][..], &[][..])
         );
         assert_eq!(bytes.len(), 8192);
+    }
+
+    /// What a picker takes of `file`'s pages arriving in order: its entries and the bytes
+    /// it sent, every job placed in object 7.
+    fn pick(file: &SourceFile, jobs: Vec<DeltaJob>) -> (Vec<BackupFile>, Vec<u8>) {
+        let bytes = std::fs::read(&file.absolute).unwrap();
+        let mut picker = PagePicker::new(jobs);
+        let mut sent = Vec::new();
+        for (block, page) in bytes.chunks_exact(8192).enumerate() {
+            let block = block as u32;
+            if picker.reach(block) {
+                picker.place(7, sent.len() as u64);
+            }
+            if picker.takes(block, page) {
+                sent.extend_from_slice(page);
+            }
+        }
+        if picker.unplaced() {
+            picker.place_rest(7, sent.len() as u64);
+        }
+        (picker.entries(), sent)
+    }
+
+    #[test]
+    fn pages_picked_from_a_stream_are_those_read_from_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = relation(
+            dir.path(),
+            &[0x100, 0x2_0000, 0x100, 0, 0x1_0000, 0x100, 0x3_0000],
+        );
+        let ranges = |first: u64, size: u64| {
+            let mut job = delta_job(&file, None, 5);
+            job.source.offset = first * 8192;
+            job.source.size = size * 8192;
+            job
+        };
+        let cases = [
+            // Listed blocks in two jobs, one listing nothing.
+            vec![
+                delta_job(&file, Some(vec![1, 2]), 5),
+                delta_job(&file, Some(vec![]), 5),
+                delta_job(&file, Some(vec![5, 6]), 5),
+            ],
+            // A page scan in two ranges.
+            vec![ranges(0, 4), ranges(4, 3)],
+            // Blocks past the file's end (cut since the listing).
+            vec![delta_job(&file, Some(vec![6, 9]), 5)],
+        ];
+        for jobs in cases {
+            let (read, reads) = read_all(jobs.clone());
+            let (entries, sent) = pick(&file, jobs.clone());
+            assert_eq!(sent, read);
+            let mut offset = 0;
+            for ((job, entry), (blocks, size, crc)) in jobs.iter().zip(&entries).zip(&reads) {
+                // An empty entry's offset is any within the object.
+                let at = if *size == 0 { entry.offset } else { offset };
+                assert!(at <= sent.len() as u64);
+                assert_eq!(*entry, job.entry(blocks, *size, *crc, 7, at));
+                offset += size;
+            }
+        }
     }
 
     #[test]

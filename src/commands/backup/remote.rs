@@ -18,8 +18,8 @@ use futures_util::{FutureExt, StreamExt};
 use tokio::sync::mpsc;
 
 use crate::catalog::backup::{
-    BackupDirectory, BackupFile, BackupManifest, BackupMethod, BackupType, MANIFEST_FORMAT,
-    Tablespace, tablespace_link,
+    BackupDirectory, BackupFile, BackupManifest, BackupMethod, BackupType,
+    INCREMENTAL_MANIFEST_FORMAT, MANIFEST_FORMAT, Tablespace, tablespace_link,
 };
 use crate::catalog::{Catalog, RepositoryIdentity, total_bytes};
 use crate::error::{Error, Result};
@@ -39,12 +39,17 @@ use crate::server::replication::{
 };
 use crate::server::{ArchiverStats, ConnectSettings, Session};
 
+use super::incremental::{
+    ArchivedWal, ClusterFacts, Incremental, PagePicker, Take, prepare as prepare_incremental,
+    replication_facts,
+};
 use super::inflate::Inflater;
+use super::server_wal::ServerWal;
 use super::wal_receiver::{self, StreamedWal, WalConnection};
 use super::{
     BUNDLE_FILE_LIMIT, BUNDLE_SIZE, BackupOptions, BackupReport, CONTROL_FILE, CopiedObject,
-    NetworkCompression, PART_SIZE, WalMethod, WalWait, check_archiving, read_label, stopped,
-    stopped_before_writing, wait_for_backup_wal, wrong_major,
+    NetworkCompression, PART_SIZE, SourceFile, WalMethod, WalWait, check_archiving, read_label,
+    stopped, stopped_before_writing, wait_for_backup_wal, wrong_major,
 };
 
 /// An object's bytes are handed to its encoder in chunks of the codec's frame size, which
@@ -75,6 +80,9 @@ pub(super) struct Prepared {
     /// Where the WAL comes from: streamed over a second connection, or the archive.
     stream_wal: bool,
     settings: ConnectSettings,
+    /// Checksums and block size, for the choice of a parent and for later backups' (none
+    /// where the server would not say).
+    facts: Option<ClusterFacts>,
     pub(super) start_time: DateTime<Utc>,
 }
 
@@ -116,6 +124,13 @@ pub(super) async fn prepare(
         },
         Err(_) => None,
     };
+    let facts = match replication_facts(&mut connection).await {
+        Ok(facts) => Some(facts),
+        Err(e) => {
+            tracing::warn!("data_checksums and block_size are not recorded ({e})");
+            None
+        }
+    };
     let stream_wal = match (wal_method, &session) {
         (WalMethod::Stream, _) => true,
         (WalMethod::Archive, _) => false,
@@ -148,6 +163,7 @@ pub(super) async fn prepare(
         data_directory,
         stream_wal,
         settings: settings.clone(),
+        facts,
         start_time: Utc::now(),
     })
 }
@@ -193,6 +209,7 @@ pub(super) async fn backup_claimed(
         data_directory,
         stream_wal,
         settings,
+        facts,
         start_time,
     } = prepared;
     let label = format!("pitr backup {id}");
@@ -269,6 +286,26 @@ pub(super) async fn backup_claimed(
         tracing::info!("the server compresses the backup with lz4");
     }
     let mut receiver = Receiver::new(catalog, id, options, syntax, request.server_lz4);
+    receiver.incremental = match (options.backup_type, &facts) {
+        (BackupType::Full, _) => Parent::None,
+        (kind, Some(_)) => Parent::Wanted {
+            kind,
+            settings: settings.clone(),
+            archived: match stream_wal {
+                true => ArchivedWal::AsFound,
+                false => ArchivedWal::Awaited,
+            },
+        },
+        (kind, None) => {
+            tracing::warn!(
+                "backup {id} is taken full: the server did not say whether data checksums are \
+                 on, which an {} backup checks against its parent",
+                kind.name()
+            );
+            Parent::None
+        }
+    };
+    receiver.facts = facts;
     receiver.wal = wal.map(|connection| WalStreaming::Reserved {
         connection,
         identity: identity.clone(),
@@ -308,6 +345,7 @@ pub(super) async fn backup_claimed(
         backup_label,
         server_manifest,
         listed,
+        incremental,
     } = received;
     options.progress.finish();
     tracing::info!(
@@ -376,12 +414,6 @@ pub(super) async fn backup_claimed(
         },
         None => (Vec::new(), None),
     };
-    // What a later incremental backup checks its parent by (none without an SQL session:
-    // this backup cannot then be a parent).
-    let facts = match &session {
-        Some(session) => super::incremental::cluster_facts(session).await.ok(),
-        None => None,
-    };
     let tablespace_map = tablespace_map.or_else(|| {
         (!tablespaces.is_empty()).then(|| {
             tablespaces
@@ -391,10 +423,17 @@ pub(super) async fn backup_claimed(
         })
     });
     let mut files: Vec<BackupFile> = copied.iter().flat_map(|(f, _)| f.clone()).collect();
-    files.sort_by(|a, b| (&a.path, a.file_offset).cmp(&(&b.path, b.file_offset)));
+    let incremental = incremental.map(|(incremental, reused)| {
+        files.extend(reused);
+        incremental
+    });
+    super::sort_entries(&mut files);
     let object_count = copied.len() as u32 + 1;
     let manifest = BackupManifest {
-        format: MANIFEST_FORMAT,
+        format: match incremental {
+            Some(_) => INCREMENTAL_MANIFEST_FORMAT,
+            None => MANIFEST_FORMAT,
+        },
         id: id.to_owned(),
         label,
         system_identifier: identity.system_identifier.to_string(),
@@ -409,7 +448,7 @@ pub(super) async fn backup_claimed(
         backup_label,
         tablespace_map,
         tablespaces,
-        size_bytes: total_bytes(files.iter().map(|f| f.size)),
+        size_bytes: super::logical_size(&files),
         stored_bytes: total_bytes(
             copied
                 .iter()
@@ -428,11 +467,13 @@ pub(super) async fn backup_claimed(
         configuration: None,
         method: BackupMethod::Replication,
         server_manifest: Some(manifest_entry.0),
-        backup_type: BackupType::Full,
-        parent: None,
+        backup_type: incremental
+            .as_ref()
+            .map_or(BackupType::Full, |i| i.backup_type),
+        parent: incremental.as_ref().map(|i| i.parent.id.clone()),
         data_checksums: facts.as_ref().map(|f| f.data_checksums),
         block_size: facts.as_ref().map(|f| f.block_size),
-        changes_from: None,
+        changes_from: incremental.as_ref().map(|i| i.changes_from()),
     };
     super::record_manifest(catalog, options, &manifest).await?;
     Ok(BackupReport {
@@ -542,6 +583,8 @@ struct Received {
     backup_label: String,
     server_manifest: Vec<u8>,
     listed: Vec<ReceivedFile>,
+    /// The parent, and the entries of it and its chain this backup takes.
+    incremental: Option<(Incremental, Vec<BackupFile>)>,
 }
 
 /// An object whose bytes are still arriving: they go to its encoding task.
@@ -565,6 +608,33 @@ enum Sink {
     Alone,
     /// Kept in memory: backup_label, tablespace_map.
     Kept(Vec<u8>),
+    /// Nothing: the parent's copy stands (an incremental backup).
+    Parent,
+    /// The changed pages only, into the bundle (an incremental backup).
+    Pages(Box<PageSink>),
+}
+
+/// A file of which an incremental backup takes some pages.
+struct PageSink {
+    picker: PagePicker,
+    /// The page being received, and its number.
+    page: Vec<u8>,
+    block: u32,
+    block_size: usize,
+}
+
+/// What the backup builds on.
+#[allow(clippy::large_enum_variant)] // one per backup
+enum Parent {
+    /// A full backup.
+    None,
+    /// To be chosen once the start is known, over connections made with `settings`.
+    Wanted {
+        kind: BackupType,
+        settings: ConnectSettings,
+        archived: ArchivedWal,
+    },
+    Chosen(Incremental),
 }
 
 /// The tar entry being received.
@@ -620,6 +690,12 @@ struct Receiver<'a> {
     listed: Vec<ReceivedFile>,
     /// The WAL received on a second connection, once the start position is known.
     wal: Option<WalStreaming>,
+    incremental: Parent,
+    facts: Option<ClusterFacts>,
+    /// Entries of the parent's chain that stand for files (or their unchanged pages).
+    reused: Vec<BackupFile>,
+    /// Entries of the changed pages this backup took.
+    page_entries: Vec<BackupFile>,
 }
 
 /// The WAL stream of a backup whose server does not archive into the repository.
@@ -680,6 +756,10 @@ impl<'a> Receiver<'a> {
             manifest: Vec::new(),
             listed: Vec::new(),
             wal: None,
+            incremental: Parent::None,
+            facts: None,
+            reused: Vec::new(),
+            page_entries: Vec::new(),
         }
     }
 
@@ -718,7 +798,12 @@ impl<'a> Receiver<'a> {
             })?;
             let Some(event) = event else { break };
             match event {
-                ReplicationEvent::ResultSet(set) => self.result_set(set.rows)?,
+                ReplicationEvent::ResultSet(set) => {
+                    self.result_set(set.rows)?;
+                    if self.positions.len() == 1 && self.stream.is_none() {
+                        self.choose_parent().await?;
+                    }
+                }
                 ReplicationEvent::CopyStart { .. } => {
                     let began = self.stream()?.copy_out_began().map_err(protocol)?;
                     if let Some(event) = began {
@@ -789,7 +874,49 @@ impl<'a> Receiver<'a> {
             backup_label,
             server_manifest: std::mem::take(&mut self.manifest),
             listed: std::mem::take(&mut self.listed),
+            incremental: match std::mem::replace(&mut self.incremental, Parent::None) {
+                Parent::Chosen(incremental) => {
+                    let mut reused = std::mem::take(&mut self.reused);
+                    reused.append(&mut self.page_entries);
+                    Some((incremental, reused))
+                }
+                _ => None,
+            },
         })
+    }
+
+    /// Once the start is known: the parent of an incremental backup, and what changed since
+    /// its start (the server's stream waits meanwhile).
+    async fn choose_parent(&mut self) -> Result<()> {
+        if !matches!(self.incremental, Parent::Wanted { .. }) {
+            return Ok(());
+        }
+        let Parent::Wanted {
+            kind,
+            settings,
+            archived,
+        } = std::mem::replace(&mut self.incremental, Parent::None)
+        else {
+            return Ok(());
+        };
+        let (Some(facts), Some(&(start, timeline))) = (&self.facts, self.positions.first()) else {
+            return Ok(());
+        };
+        let chosen = prepare_incremental(
+            self.catalog,
+            kind,
+            facts,
+            &ServerWal::Replication(settings),
+            start,
+            timeline,
+            archived,
+            self.options.jobs,
+        )
+        .await?;
+        if let Some(incremental) = super::announce(self.id, chosen) {
+            self.incremental = Parent::Chosen(incremental);
+        }
+        Ok(())
     }
 
     fn stream(&mut self) -> Result<&mut BackupStream> {
@@ -982,6 +1109,26 @@ impl<'a> Receiver<'a> {
     }
 
     async fn file(&mut self, path: String, size: u64, entry: &TarEntry) -> Result<()> {
+        let mtime = i64::try_from(entry.mtime).unwrap_or(i64::MAX);
+        let take = match &self.incremental {
+            Parent::Chosen(incremental)
+                if !matches!(
+                    path.as_str(),
+                    "backup_label" | "tablespace_map" | CONTROL_FILE
+                ) =>
+            {
+                incremental.take(&SourceFile {
+                    path: path.clone(),
+                    // Never opened: the bytes arrive in the stream.
+                    absolute: Default::default(),
+                    offset: 0,
+                    size,
+                    mode: entry.mode,
+                    mtime,
+                })
+            }
+            _ => Take::Whole,
+        };
         let sink = if matches!(path.as_str(), "backup_label" | "tablespace_map") {
             if size > SMALL_FILE_LIMIT {
                 return Err(Error::Server(format!(
@@ -989,23 +1136,23 @@ impl<'a> Receiver<'a> {
                 )));
             }
             Sink::Kept(Vec::with_capacity(size as usize))
+        } else if let Take::Parent(entries) = take {
+            self.reused.extend(entries);
+            Sink::Parent
+        } else if let Take::Blocks(entries, jobs) = take {
+            self.reused.extend(entries);
+            let block_size = jobs.first().map_or(8192, |job| job.block_size) as usize;
+            Sink::Pages(Box::new(PageSink {
+                picker: PagePicker::new(jobs),
+                page: Vec::with_capacity(block_size),
+                block: 0,
+                block_size,
+            }))
         } else if size > BUNDLE_FILE_LIMIT || path == CONTROL_FILE {
             self.open_alone().await?;
             Sink::Alone
         } else {
-            let database = database_of(&path);
-            let full = self
-                .bundle
-                .as_ref()
-                .is_some_and(|bundle| bundle.database != database || bundle.length >= BUNDLE_SIZE);
-            if full {
-                self.close_bundle().await?;
-            }
-            if self.bundle.is_none() {
-                let mut object = self.open_object().await?;
-                object.database = database;
-                self.bundle = Some(object);
-            }
+            self.bundle_for(database_of(&path)).await?;
             Sink::Bundle
         };
         let object_offset = match sink {
@@ -1016,7 +1163,7 @@ impl<'a> Receiver<'a> {
             path,
             size,
             mode: entry.mode,
-            mtime: i64::try_from(entry.mtime).unwrap_or(i64::MAX),
+            mtime,
             sink,
             received: 0,
             whole_crc: 0,
@@ -1028,7 +1175,33 @@ impl<'a> Receiver<'a> {
         Ok(())
     }
 
+    /// The open bundle, a new one once it is full or of another database; its index and
+    /// length.
+    async fn bundle_for(&mut self, database: Option<u32>) -> Result<(u32, u64)> {
+        let full = self
+            .bundle
+            .as_ref()
+            .is_some_and(|bundle| bundle.database != database || bundle.length >= BUNDLE_SIZE);
+        if full {
+            self.close_bundle().await?;
+        }
+        if self.bundle.is_none() {
+            let mut object = self.open_object().await?;
+            object.database = database;
+            self.bundle = Some(object);
+        }
+        let bundle = self.bundle.as_ref().expect("opened above");
+        Ok((bundle.index, bundle.length))
+    }
+
     async fn data(&mut self, mut bytes: &[u8]) -> Result<()> {
+        if self
+            .current
+            .as_ref()
+            .is_some_and(|c| matches!(c.sink, Sink::Parent | Sink::Pages(_)))
+        {
+            return self.changed_pages(bytes).await;
+        }
         while !bytes.is_empty() {
             let current = self
                 .current
@@ -1057,10 +1230,65 @@ impl<'a> Receiver<'a> {
                 }
                 Sink::Bundle => self.bundle.as_mut(),
                 Sink::Alone => self.alone.as_mut(),
+                Sink::Parent | Sink::Pages(_) => unreachable!("taken above"),
             }
             .ok_or_else(|| protocol("file data without an object"))?;
             object.length += piece.len() as u64;
             send(object, piece).await?;
+        }
+        Ok(())
+    }
+
+    /// The bytes of a file an incremental backup takes in part or not at all: every byte
+    /// counts for the check against the server's manifest; the pages the file's jobs take
+    /// go to the bundle.
+    async fn changed_pages(&mut self, mut bytes: &[u8]) -> Result<()> {
+        while !bytes.is_empty() {
+            let current = self
+                .current
+                .as_mut()
+                .ok_or_else(|| protocol("file data outside a file"))?;
+            let take = match &current.sink {
+                Sink::Pages(pages) => (pages.block_size - pages.page.len()).min(bytes.len()),
+                _ => bytes.len(),
+            };
+            let (piece, rest) = bytes.split_at(take);
+            bytes = rest;
+            current.part_crc = crc32c::crc32c_append(current.part_crc, piece);
+            current.received += piece.len() as u64;
+            current.part_length += piece.len() as u64;
+            let Sink::Pages(pages) = &mut current.sink else {
+                continue;
+            };
+            pages.page.extend_from_slice(piece);
+            if pages.page.len() < pages.block_size {
+                continue;
+            }
+            let block = pages.block;
+            pages.block += 1;
+            if pages.picker.reach(block) {
+                let database = database_of(&current.path);
+                let (object, offset) = self.bundle_for(database).await?;
+                if let Some(Sink::Pages(pages)) = self.current.as_mut().map(|c| &mut c.sink) {
+                    pages.picker.place(object, offset);
+                }
+            }
+            let (Some(current), Some(bundle)) = (self.current.as_mut(), self.bundle.as_mut())
+            else {
+                // Not placed: no job covers the page.
+                if let Some(Sink::Pages(pages)) = self.current.as_mut().map(|c| &mut c.sink) {
+                    pages.page.clear();
+                }
+                continue;
+            };
+            let Sink::Pages(pages) = &mut current.sink else {
+                unreachable!("matched above")
+            };
+            if pages.picker.takes(block, &pages.page) {
+                bundle.length += pages.page.len() as u64;
+                send(bundle, &pages.page).await?;
+            }
+            pages.page.clear();
         }
         Ok(())
     }
@@ -1094,7 +1322,7 @@ impl<'a> Receiver<'a> {
         let object = match current.sink {
             Sink::Bundle => self.bundle.as_mut(),
             Sink::Alone => self.alone.as_mut(),
-            Sink::Kept(_) => None,
+            Sink::Kept(_) | Sink::Parent | Sink::Pages(_) => None,
         };
         if let Some(object) = object {
             object.entries.push(BackupFile {
@@ -1120,6 +1348,15 @@ impl<'a> Receiver<'a> {
         if current.received != current.size {
             return Err(protocol("a file ended before its size"));
         }
+        if let Sink::Pages(pages) = &current.sink
+            && pages.picker.unplaced()
+        {
+            // Jobs the file ended before (a file cut since it was listed) hold no bytes.
+            let (object, offset) = self.bundle_for(database_of(&current.path)).await?;
+            if let Some(Sink::Pages(pages)) = self.current.as_mut().map(|c| &mut c.sink) {
+                pages.picker.place_rest(object, offset);
+            }
+        }
         self.finish_part();
         let current = self.current.take().expect("checked above");
         self.listed.push(ReceivedFile {
@@ -1131,7 +1368,8 @@ impl<'a> Receiver<'a> {
             Sink::Alone => self.close_alone().await?,
             Sink::Kept(bytes) if current.path == "backup_label" => self.backup_label = Some(bytes),
             Sink::Kept(bytes) => self.tablespace_map = Some(bytes),
-            Sink::Bundle => {}
+            Sink::Pages(pages) => self.page_entries.extend(pages.picker.entries()),
+            Sink::Bundle | Sink::Parent => {}
         }
         Ok(())
     }
