@@ -124,19 +124,13 @@ fn on_version(major: u32, initdb: &[&str]) {
     };
     let dir = TestDir::new(&format!("incremental-{major}"));
     let repo = Repo::local(&dir);
-    let pitr = Pitr::install(&dir, &repo);
-    let mut cluster = PgCluster::initdb_with(&dir, "pg", &bin, initdb);
-    let out = pitr
-        .command(["init", "--pgdata"])
-        .arg(&cluster.data)
-        .output()
-        .unwrap();
-    assert_eq!(code(&out), 0, "init on {major}: {}", stderr(&out));
-    cluster.configure(&format!(
-        "archive_mode = on\narchive_command = '{}'\nautovacuum = off\nwal_keep_size = '1GB'",
-        pitr.archive_command()
-    ));
-    cluster.start();
+    let (pitr, mut cluster) = archiving_cluster_of(
+        &dir,
+        &repo,
+        &bin,
+        initdb,
+        "autovacuum = off\nwal_keep_size = '1GB'",
+    );
     let ts_dir = dir.subdir("ts");
     chown_to_postgres(&ts_dir);
     cluster.sql(&format!(
@@ -488,6 +482,36 @@ fn a_standby_takes_incremental_backups() {
             && said.contains("(changes from block maps)"),
         "{said}"
     );
+    // The same over the replication protocol: the standby streams the segment holding the
+    // start.
+    primary.sql("update t set v = 'remote' where id between 50001 and 50500");
+    let expected_remote = rows(&primary);
+    wait_replayed(&primary, &standby);
+    let dbname = format!(
+        "host={} port={} user=postgres",
+        standby.socket_dir.display(),
+        standby.port
+    );
+    let out = backup_while_the_primary_switches(
+        pitr.command([
+            "backup",
+            "--method",
+            "replication",
+            "--dbname",
+            &dbname,
+            "--type",
+            "incr",
+        ]),
+        &primary,
+    );
+    assert_eq!(code(&out), 0, "remote incr: {}", stderr(&out));
+    let remote_incr = backup_id(&out);
+    let said = format!("{}{}", stdout(&out), stderr(&out));
+    assert!(
+        said.contains(&format!("incr backup on {incr}: "))
+            && said.contains("(changes from block maps)"),
+        "{said}"
+    );
     primary.sql("insert into t values (-1, 'after')");
     primary.archive_current_segment(WAIT);
     standby.stop();
@@ -499,22 +523,44 @@ fn a_standby_takes_incremental_backups() {
         bin: Path::new(PG_BIN),
         tablespace: None,
     };
-    let mut restored = restorer.start(
-        "restored",
-        &["--backup", &incr, "--target", "immediate"],
-        false,
-    );
-    assert_eq!(rows(&restored), expected);
-    restored.stop();
+    for (id, expected) in [(&incr, &expected), (&remote_incr, &expected_remote)] {
+        let mut restored = restorer.start(
+            &format!("restored-{id}"),
+            &["--backup", id, "--target", "immediate"],
+            false,
+        );
+        assert_eq!(&rows(&restored), expected, "backup {id}");
+        restored.stop();
+    }
 }
 
 /// A full backup taken over the replication protocol is a parent like any: a local
-/// incremental backup builds on it, and the chain restores exactly.
+/// incremental backup builds on it, incremental and differential backups over the
+/// replication protocol build on both, and each restores exactly.
 #[test]
 fn an_incremental_builds_on_a_backup_over_replication() {
-    let dir = TestDir::new("incremental-remote-parent");
+    remote_chain_on(15);
+}
+
+#[test]
+fn incremental_backups_over_replication_on_13() {
+    remote_chain_on(13);
+}
+
+#[test]
+fn incremental_backups_over_replication_on_18() {
+    remote_chain_on(18);
+}
+
+/// Backups over the replication protocol in a chain with local ones on `major`.
+fn remote_chain_on(major: u32) {
+    let Some(bin) = pg_bin_of(major) else {
+        return;
+    };
+    let dir = TestDir::new(&format!("incremental-remote-{major}"));
     let repo = Repo::local(&dir);
-    let (pitr, mut cluster) = archiving_cluster(&dir, &repo, "wal_keep_size = '256MB'");
+    let (pitr, mut cluster) =
+        archiving_cluster_of(&dir, &repo, &bin, &[], "wal_keep_size = '256MB'");
     cluster.sql("create table t (id int primary key, v text)");
     cluster.sql("insert into t select g, md5(g::text) from generate_series(1, 50000) g");
     cluster.sql("vacuum freeze");
@@ -573,7 +619,7 @@ fn an_incremental_builds_on_a_backup_over_replication() {
     let restorer = Restorer {
         pitr: &pitr,
         dir: &dir,
-        bin: Path::new(PG_BIN),
+        bin: &bin,
         tablespace: None,
     };
     for (n, (id, expected)) in [incr, remote_incr, remote_diff]

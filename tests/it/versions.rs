@@ -97,20 +97,8 @@ fn on_version(major: u32) {
     };
     let dir = TestDir::new(&format!("versions-{major}"));
     let repo = Repo::local(&dir);
-    let pitr = Pitr::install(&dir, &repo);
-    let mut cluster = PgCluster::initdb_with(&dir, "pg", &bin, &[]);
-    let out = pitr
-        .command(["init", "--pgdata"])
-        .arg(&cluster.data)
-        .output()
-        .unwrap();
-    assert_eq!(code(&out), 0, "init on {major}: {}", stderr(&out));
     // No autovacuum: its transactions would take xids and commit between ours.
-    cluster.configure(&format!(
-        "archive_mode = on\narchive_command = '{}'\nautovacuum = off",
-        pitr.archive_command()
-    ));
-    cluster.start();
+    let (pitr, mut cluster) = archiving_cluster_of(&dir, &repo, &bin, &[], "autovacuum = off");
     let version = cluster.sql("select current_setting('server_version_num')::int / 10000");
     assert_eq!(version, major.to_string());
 

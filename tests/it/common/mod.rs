@@ -1018,7 +1018,10 @@ impl PgCluster {
     /// Switches to a new WAL segment and waits until the one it closed is archived;
     /// returns that segment's name.
     pub fn archive_current_segment(&self, timeout: Duration) -> String {
-        let segment = self.sql("select pg_walfile_name(pg_current_wal_lsn())");
+        // A record first: right after a switch (a backup's end) the position is already in
+        // the next segment, and a switch with nothing written since does nothing.
+        let segment = self
+            .sql("select pg_walfile_name(pg_logical_emit_message(false, 'pitr-test', 'switch'))");
         self.sql("select pg_switch_wal()");
         self.wait_archived(&segment, timeout);
         segment
@@ -1098,6 +1101,38 @@ pub fn archiving_cluster_with(
     extra_conf: &str,
 ) -> (Pitr, PgCluster) {
     let (pitr, mut cluster) = initialised_cluster_with(dir, repo, initdb_args);
+    cluster.configure(&format!(
+        "archive_mode = on\narchive_command = '{}'\n{extra_conf}",
+        pitr.archive_command()
+    ));
+    cluster.start();
+    (pitr, cluster)
+}
+
+/// A started cluster of the server binaries in `bin` (see [`pg_bin_of`]), initdb given
+/// `initdb_args`, archiving into `repo` (initialised for it); `extra_conf` goes into
+/// postgresql.conf.
+pub fn archiving_cluster_of(
+    dir: &TestDir,
+    repo: &Repo,
+    bin: &Path,
+    initdb_args: &[&str],
+    extra_conf: &str,
+) -> (Pitr, PgCluster) {
+    let pitr = Pitr::install(dir, repo);
+    let mut cluster = PgCluster::initdb_with(dir, "pg", bin, initdb_args);
+    let out = pitr
+        .command(["init", "--pgdata"])
+        .arg(&cluster.data)
+        .output()
+        .unwrap();
+    assert_eq!(
+        code(&out),
+        0,
+        "init with {}: {}",
+        bin.display(),
+        stderr(&out)
+    );
     cluster.configure(&format!(
         "archive_mode = on\narchive_command = '{}'\n{extra_conf}",
         pitr.archive_command()
