@@ -431,6 +431,18 @@ impl Catalog {
             .buffer_unordered(READ_AHEAD)
             .try_collect::<Vec<()>>()
             .await?;
+        // The group's block maps as one, for incremental backups (derived too: without it
+        // they read the group's maps one by one).
+        match self
+            .roll_up_block_maps(timeline, first, span, segment_size)
+            .await
+        {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::debug!("the block maps of {object_key}'s group are not all there")
+            }
+            Err(e) => tracing::warn!("cannot roll up the block maps of {object_key}'s group: {e}"),
+        }
         Ok(Some(key))
     }
 

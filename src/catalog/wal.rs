@@ -365,6 +365,23 @@ impl Catalog {
                     .await?;
             }
         }
+        let map_rollups: BTreeSet<String> = removed
+            .iter()
+            .flat_map(|(&timeline, segnos)| {
+                segnos.iter().flat_map(move |&segno| {
+                    SPANS.iter().map(move |&span| {
+                        super::block_map::block_map_rollup_key(
+                            timeline,
+                            group_start(segno, span),
+                            span,
+                            segment_size,
+                        )
+                    })
+                })
+            })
+            .collect();
+        self.delete_keys(&map_rollups.into_iter().collect::<Vec<_>>())
+            .await?;
         let mut done = Deletion::default();
         for step in files.chunks(DELETE_STEP) {
             let keys: Vec<String> = step.iter().map(|f| f.object.key.clone()).collect();

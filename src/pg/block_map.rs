@@ -243,6 +243,43 @@ impl std::io::Write for SegmentMapFrom {
     }
 }
 
+/// One map of consecutive segments' maps, in order: what [`crate::pg::change_set::merge_maps`]
+/// makes of it is what it makes of them. None when a map after the first starts inside a
+/// record it never saw begin: that gap is the later segment's to report, so such segments
+/// stay apart.
+pub fn roll_up<'a>(maps: impl IntoIterator<Item = &'a BlockMap>) -> Option<BlockMap> {
+    let mut rolled = BlockMap {
+        format: BLOCK_MAP_FORMAT,
+        ..BlockMap::default()
+    };
+    let mut runs: std::collections::BTreeMap<(RelFile, Fork), Vec<[u32; 2]>> = Default::default();
+    for (i, map) in maps.into_iter().enumerate() {
+        if i == 0 {
+            rolled.starts_incomplete = map.starts_incomplete;
+        } else if map.starts_incomplete {
+            return None;
+        }
+        rolled.unreadable_records = rolled
+            .unreadable_records
+            .saturating_add(map.unreadable_records);
+        for fork in &map.forks {
+            runs.entry((fork.file, fork.fork))
+                .or_default()
+                .extend_from_slice(&fork.ranges);
+        }
+        rolled.events.extend(map.events.iter().cloned());
+    }
+    rolled.forks = runs
+        .into_iter()
+        .map(|((file, fork), ranges)| ForkBlocks {
+            file,
+            fork,
+            ranges: super::change_set::merge_runs(ranges),
+        })
+        .collect();
+    Some(rolled)
+}
+
 /// Runs of consecutive numbers in sorted, distinct `blocks`.
 pub(crate) fn ranges_of(blocks: &[u32]) -> Vec<[u32; 2]> {
     let mut ranges: Vec<[u32; 2]> = Vec::new();
@@ -261,6 +298,54 @@ pub(crate) fn ranges_of(blocks: &[u32]) -> Vec<[u32; 2]> {
 mod tests {
     use super::*;
     use crate::pg::wal_blocks::BlockRef;
+
+    #[test]
+    fn a_rolled_up_map_merges_as_its_parts_do() {
+        let map = |starts_incomplete: bool, ranges: Vec<[u32; 2]>, lsn: u64| BlockMap {
+            format: BLOCK_MAP_FORMAT,
+            starts_incomplete,
+            unreadable_records: 1,
+            forks: vec![ForkBlocks {
+                file: file(16384),
+                fork: Fork::Main,
+                ranges,
+            }],
+            events: vec![MapEvent {
+                lsn: Lsn(lsn),
+                event: StorageEvent::Created {
+                    file: file(lsn as u32),
+                    fork: Fork::Main,
+                },
+            }],
+        };
+        let parts = [
+            map(true, vec![[5, 3], [20, 1]], 100),
+            map(false, vec![[0, 6], [21, 4]], 200),
+            map(false, vec![[30, 2]], 300),
+        ];
+        let rolled = roll_up(&parts).unwrap();
+        assert!(rolled.starts_incomplete);
+        assert_eq!(rolled.unreadable_records, 3);
+        assert_eq!(rolled.forks[0].ranges, [[0, 8], [20, 5], [30, 2]]);
+        let lsns: Vec<u64> = rolled.events.iter().map(|e| e.lsn.0).collect();
+        assert_eq!(lsns, [100, 200, 300]);
+        let merged = |maps: &[(&str, Option<&BlockMap>)]| {
+            crate::pg::change_set::merge_maps(maps.iter().copied())
+        };
+        let before = map(false, vec![], 50);
+        let separate = merged(&[
+            ("a", Some(&before)),
+            ("b", Some(&parts[0])),
+            ("c", Some(&parts[1])),
+            ("d", Some(&parts[2])),
+        ]);
+        let together = merged(&[("a", Some(&before)), ("b to d", Some(&rolled))]);
+        assert_eq!(separate.blocks, together.blocks);
+        assert_eq!(separate.created, together.created);
+        // A later part that starts inside a record is left apart.
+        let gap = map(true, vec![], 400);
+        assert!(roll_up([&parts[0], &gap]).is_none());
+    }
 
     fn file(node: u32) -> RelFile {
         RelFile {

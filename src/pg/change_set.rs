@@ -156,7 +156,7 @@ pub fn merge_maps<'a>(
 }
 
 /// Sorted, merged `[first, count]` runs (overlapping and adjacent ones joined).
-fn merge_runs(mut ranges: Vec<[u32; 2]>) -> Vec<[u32; 2]> {
+pub(crate) fn merge_runs(mut ranges: Vec<[u32; 2]>) -> Vec<[u32; 2]> {
     ranges.sort_unstable();
     let mut merged: Vec<[u32; 2]> = Vec::with_capacity(ranges.len());
     for [first, count] in ranges {

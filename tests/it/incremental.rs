@@ -534,6 +534,61 @@ fn a_standby_takes_incremental_backups() {
     }
 }
 
+/// archive-push rolls the block maps of each complete group of 16 segments into one, and an
+/// incremental backup over a long stretch reads a group by its rollup: one whose segment
+/// lost its own map is still read by maps, and the backup restores exactly.
+#[test]
+fn a_long_stretch_is_read_by_rolled_up_maps() {
+    let dir = TestDir::new("incremental-rollup");
+    let repo = Repo::local(&dir);
+    let (pitr, mut cluster) = archiving_cluster(&dir, &repo, "wal_keep_size = '1GB'");
+    cluster.sql("create table t (id int primary key, v text)");
+    cluster.sql("insert into t select g, md5(g::text) from generate_series(1, 20000) g");
+    let (full, _) = backup(&pitr, &cluster, "full");
+    for round in 0..40 {
+        cluster.sql(&format!(
+            "update t set v = 'round {round}' where id % 40 = {round}"
+        ));
+        cluster.sql("select pg_switch_wal()");
+    }
+    cluster.archive_current_segment(WAIT);
+    let pitr::storage::RepoLocation::Fs(root) = &repo.location else {
+        unreachable!("a local repository")
+    };
+    let rollups = root.join("blockmap/rollup/00000001");
+    let group = "000000010000000000000010";
+    let rollup = rollups.join(format!("{group}.16.json"));
+    assert!(
+        rollup.exists(),
+        "{:?}",
+        std::fs::read_dir(&rollups).map(|d| d.count())
+    );
+    let inside = "000000010000000000000015";
+    std::fs::remove_file(root.join(format!("blockmap/{}/{inside}.json", &inside[..16]))).unwrap();
+    let expected = state(&cluster);
+    let (incr, said) = backup(&pitr, &cluster, "incr");
+    assert!(
+        said.contains(&format!("incr backup on {full}: "))
+            && said.contains("(changes from block maps)"),
+        "{said}"
+    );
+    cluster.archive_current_segment(WAIT);
+    cluster.stop();
+    let restorer = Restorer {
+        pitr: &pitr,
+        dir: &dir,
+        bin: Path::new(PG_BIN),
+        tablespace: None,
+    };
+    let mut restored = restorer.start(
+        "restored",
+        &["--backup", &incr, "--target", "immediate"],
+        false,
+    );
+    assert_eq!(state(&restored), expected);
+    restored.stop();
+}
+
 /// A full backup taken over the replication protocol is a parent like any: a local
 /// incremental backup builds on it, incremental and differential backups over the
 /// replication protocol build on both, and each restores exactly.

@@ -254,18 +254,25 @@ async fn change_set(
         })
         .collect();
     let segment_start = |segno: u64| Lsn(segno * segment_size);
-    let mut maps: Vec<Option<BlockMap>> = Vec::with_capacity(names.len());
+    // Each map with what it is of (a segment, or a rolled-up group).
+    let mut maps: Vec<(String, Option<BlockMap>)> = Vec::with_capacity(names.len());
     // The first segment, from the parent's start; it is the last too when both starts
     // share a segment.
     if first == last {
         let map =
             SegmentMapFrom::new(segment_start(first), segment_size, block_size, from).until(until);
-        maps.push(wal.decode(&names[0], map, until, segment_size).await?);
+        maps.push((
+            names[0].to_string(),
+            wal.decode(&names[0], map, until, segment_size).await?,
+        ));
     } else {
         // Every segment but the last is complete: its map, and the summary that carries its
-        // last record into the next, come once it is archived.
+        // last record into the next, come once it is archived. Archiving runs in order, so
+        // the last complete one is awaited; any other found missing is awaited below.
+        let complete = &names[..names.len() - 1];
+        let deadline = Instant::now() + ARCHIVED_WAIT;
         if archived == ArchivedWal::Awaited {
-            wait_archived(catalog, &names[..names.len() - 1]).await?;
+            wait_archived(catalog, &complete[complete.len() - 1..], deadline).await?;
         }
         // The first segment's records from `from` on; from the server where it is not
         // archived.
@@ -280,8 +287,22 @@ async fn change_set(
                     .await?
             }
         };
-        maps.push(first_map);
-        maps.extend(catalog.block_maps(&names[1..names.len() - 1], jobs).await?);
+        maps.push((names[0].to_string(), first_map));
+        maps.extend(
+            catalog
+                .block_maps(&complete[1..], segment_size, jobs)
+                .await?,
+        );
+        if archived == ArchivedWal::Awaited {
+            for (label, map) in maps.iter_mut().skip(1).filter(|(_, m)| m.is_none()) {
+                // Only single segments are missing (a group is read by its segments when
+                // its rollup is).
+                if let Ok(name) = WalFileName::parse(label) {
+                    wait_archived(catalog, std::slice::from_ref(&name), deadline).await?;
+                    *map = catalog.block_map(&name).await?;
+                }
+            }
+        }
         // The record the segment before began and this one ends, from its summary.
         let previous = &names[names.len() - 2];
         let carry = catalog
@@ -295,26 +316,24 @@ async fn change_set(
             carry.as_ref(),
         );
         let map = SegmentMapFrom::resuming(decoder, segment_start(last)).until(until);
-        maps.push(
+        maps.push((
+            names[names.len() - 1].to_string(),
             wal.decode(&names[names.len() - 1], map, until, segment_size)
                 .await?,
-        );
+        ));
     }
     Ok(merge_maps(
-        names
-            .iter()
-            .map(WalFileName::as_str)
-            .zip(maps.iter().map(Option::as_ref)),
+        maps.iter()
+            .map(|(label, map)| (label.as_str(), map.as_ref())),
     ))
 }
 
-/// Waits a while for the complete segments of the stretch to be archived whole (the
+/// Waits until `until` at most for segments of the stretch to be archived whole (the
 /// archiver may lag a little, and archive-push stores a segment's summary last, after its
 /// block map); those still missing then have no map, and pages are compared.
-async fn wait_archived(catalog: &Catalog, names: &[WalFileName]) -> Result<()> {
-    let started = Instant::now();
+async fn wait_archived(catalog: &Catalog, names: &[WalFileName], until: Instant) -> Result<()> {
     for name in names {
-        while catalog.segment_summary(name).await?.is_none() && started.elapsed() < ARCHIVED_WAIT {
+        while catalog.segment_summary(name).await?.is_none() && Instant::now() < until {
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
     }
