@@ -1,7 +1,8 @@
 //! Block references and storage events (issue 27's foundation) on real WAL: every block
 //! reference pitr decodes from PostgreSQL 15's segments is one pg_waldump prints for the
 //! same record, and none is missing; the storage events of a workload that creates,
-//! truncates, drops and copies relations and databases are the ones it did.
+//! truncates, drops and copies relations and databases are the ones it did; and on 17 and
+//! 18 the server's own WAL summaries name nothing pitr's maps miss.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -512,4 +513,154 @@ async fn a_stretch_of_archived_wal_tells_what_changed() {
         .filter(|&b| u64::from(b) * 8192 < pages.len() as u64)
         .collect();
     assert_eq!(by_lsn, by_map);
+}
+
+/// PostgreSQL 17's own WAL summaries (`summarize_wal`) against pitr's block maps of the same
+/// stretch: every block the server's summarizer says changed, and every limit it sets (a
+/// relation created, dropped or truncated), is in pitr's change set. The workload mixes
+/// updates, a VACUUM cutting a table, a created and a dropped table, an index build, a
+/// VACUUM FULL and a database copied from its template.
+async fn the_servers_wal_summaries_agree_with_the_maps(major: u32) {
+    use pitr::catalog::Catalog;
+    use pitr::pg::WalFileName;
+    use pitr::pg::wal_blocks::RelFile;
+    use pitr::pg::wal_name::xlog_file_name;
+
+    let Some(bin) = pg_bin_of(major) else {
+        return;
+    };
+    let dir = TestDir::new(&format!("wal-blocks-summaries-{major}"));
+    let repo = Repo::local(&dir);
+    let (_pitr, mut cluster) = archiving_cluster_of(
+        &dir,
+        &repo,
+        &bin,
+        &[],
+        "summarize_wal = on\nautovacuum = off\nwal_keep_size = '1GB'",
+    );
+    cluster.sql("create table t (id int primary key, v text)");
+    cluster.sql("insert into t select g, md5(g::text) from generate_series(1, 100000) g");
+    cluster.sql("create table gone (id int)");
+    cluster.sql("insert into gone select generate_series(1, 1000)");
+    cluster.sql("checkpoint");
+    let start: Lsn = cluster.sql("select pg_current_wal_lsn()").parse().unwrap();
+
+    cluster.sql("update t set v = 'changed' where id % 50 = 0");
+    cluster.sql("delete from t where id > 90000");
+    cluster.sql("vacuum t");
+    cluster.sql("create table fresh as select generate_series(1, 5000) id");
+    cluster.sql("create index on fresh (id)");
+    cluster.sql("drop table gone");
+    cluster.sql("vacuum full t");
+    cluster.sql("create database copied strategy file_copy");
+    // The summarizer ends its summaries at checkpoints' redo points: the stretch ends at one.
+    cluster.sql("checkpoint");
+    let end: Lsn = cluster
+        .sql("select redo_lsn from pg_control_checkpoint()")
+        .parse()
+        .unwrap();
+    cluster.archive_current_segment(Duration::from_secs(60));
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let summarized: Lsn = cluster
+            .sql("select summarized_lsn from pg_get_wal_summarizer_state()")
+            .parse()
+            .unwrap();
+        if summarized >= end {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "summarized to {summarized}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    if encrypting() {
+        // The maps are read through an unlocked catalog in the plain pass.
+        return;
+    }
+    // The server's summaries overlapping the stretch; pitr's maps from the first one's start.
+    let rows = cluster.sql(&format!(
+        "select s.start_lsn || ' ' || c.relfilenode || ' ' || c.reltablespace || ' ' || \
+         c.reldatabase || ' ' || c.relforknumber || ' ' || c.relblocknumber || ' ' || \
+         c.is_limit_block \
+         from pg_available_wal_summaries() s, \
+         lateral pg_wal_summary_contents(s.tli, s.start_lsn, s.end_lsn) c \
+         where s.end_lsn > '{start}' and s.start_lsn < '{end}'"
+    ));
+    let mut from = start;
+    let mut entries = Vec::new();
+    for line in rows.lines() {
+        let words: Vec<&str> = line.split(' ').collect();
+        let summary_start: Lsn = words[0].parse().unwrap();
+        from = from.min(summary_start);
+        let number = |i: usize| -> u32 { words[i].parse().unwrap() };
+        let fork = match number(4) {
+            0 => Fork::Main,
+            1 => Fork::FreeSpaceMap,
+            2 => Fork::VisibilityMap,
+            3 => Fork::Init,
+            other => panic!("fork {other}"),
+        };
+        let file = RelFile {
+            relfilenode: number(1),
+            tablespace: number(2),
+            database: number(3),
+        };
+        entries.push((file, fork, number(5), words[6] == "true"));
+    }
+    assert!(entries.len() > 100, "{} summary entries", entries.len());
+    let segno = |lsn: Lsn| lsn.segment_number(SEGMENT);
+    let segments: Vec<WalFileName> = (segno(from)..=segno(Lsn(end.0 - 1)))
+        .map(|s| WalFileName::parse(&xlog_file_name(1, s, SEGMENT)).unwrap())
+        .collect();
+    let catalog = Catalog::new(repo.storage().await);
+    let set = catalog
+        .change_set(from, &segments, SEGMENT, 8192, 4)
+        .await
+        .unwrap();
+    assert!(set.is_complete(), "{:?}", set.incomplete);
+
+    let (mut blocks, mut limits) = (0, 0);
+    for (file, fork, block, limit) in entries {
+        let whole = set.created.contains(&(file, fork))
+            || set.dropped.contains(&file)
+            || set
+                .copied_databases
+                .contains(&(file.tablespace, file.database));
+        if limit {
+            // Cut to `block` blocks (0: created or dropped): pitr reads every block from a
+            // cut at or below it, or the whole file.
+            limits += 1;
+            let cut = set
+                .truncated
+                .get(&(file, fork))
+                .is_some_and(|&at| at <= block);
+            assert!(
+                whole || cut,
+                "the server limits {file:?} {fork:?} to {block} blocks; pitr: truncated {:?}",
+                set.truncated.get(&(file, fork))
+            );
+        } else {
+            blocks += 1;
+            assert!(
+                whole || set.changed(file, fork, block),
+                "the server has {file:?} {fork:?} block {block} changed; pitr does not"
+            );
+        }
+    }
+    assert!(
+        blocks > 100 && limits > 5,
+        "{blocks} blocks, {limits} limits"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_servers_wal_summaries_agree_with_the_maps_on_17() {
+    the_servers_wal_summaries_agree_with_the_maps(17).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_servers_wal_summaries_agree_with_the_maps_on_18() {
+    the_servers_wal_summaries_agree_with_the_maps(18).await;
 }
