@@ -531,7 +531,7 @@ async fn the_servers_wal_summaries_agree_with_the_maps(major: u32) {
     };
     let dir = TestDir::new(&format!("wal-blocks-summaries-{major}"));
     let repo = Repo::local(&dir);
-    let (_pitr, mut cluster) = archiving_cluster_of(
+    let (_pitr, cluster) = archiving_cluster_of(
         &dir,
         &repo,
         &bin,
