@@ -534,6 +534,87 @@ fn a_standby_takes_incremental_backups() {
     }
 }
 
+/// After a point-in-time restore the cluster's next incremental backup builds on the newest
+/// backup its timeline history passes through, not on one of the branch it left, and
+/// restores exactly; data checksums turned on since the parent make the next one full.
+#[test]
+fn incrementals_follow_the_timeline_and_the_checksum_state() {
+    let dir = TestDir::new("incremental-branch");
+    let repo = Repo::local(&dir);
+    let (pitr, mut cluster) = archiving_cluster(&dir, &repo, "wal_keep_size = '256MB'");
+    cluster.sql("create table t (id int primary key, v text)");
+    cluster.sql("insert into t select g, md5(g::text) from generate_series(1, 20000) g");
+    let (full, _) = backup(&pitr, &cluster, "full");
+    cluster.sql("update t set v = 'kept' where id <= 300");
+    let at_branch = state(&cluster);
+    cluster.sql("select pg_create_restore_point('branch')");
+    cluster.sql("update t set v = 'lost' where id > 19000");
+    // A backup on the branch the restore leaves.
+    let (_, said) = backup(&pitr, &cluster, "incr");
+    assert!(said.contains(&format!("incr backup on {full}: ")), "{said}");
+    cluster.archive_current_segment(WAIT);
+    cluster.stop();
+
+    let restorer = Restorer {
+        pitr: &pitr,
+        dir: &dir,
+        bin: Path::new(PG_BIN),
+        tablespace: None,
+    };
+    // Archiving into the same repository, as the cluster that now takes over.
+    let data = dir.path().join("branch");
+    let out = pitr.run([
+        "restore",
+        "--pgdata",
+        &data.display().to_string(),
+        "--backup",
+        &full,
+        "--target-name",
+        "branch",
+        "--target-action",
+        "promote",
+        "--archive-mode",
+        "preserve",
+    ]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    chown_to_postgres(&data);
+    let mut branch = PgCluster::restored_archiving(&dir, "sock-branch", data);
+    branch.start_with_env(&pitr.env);
+    branch.wait_promoted(WAIT);
+    assert_eq!(state(&branch), at_branch);
+    branch.sql("update t set v = 'timeline 2' where id % 100 = 0");
+    let expected = state(&branch);
+    let (incr, said) = backup(&pitr, &branch, "incr");
+    assert!(said.contains(&format!("incr backup on {full}: ")), "{said}");
+
+    // Checksums on since the parent: taken full, saying why.
+    branch.stop();
+    run_ok(
+        as_postgres(Path::new(PG_BIN).join("pg_checksums"))
+            .arg("--enable")
+            .arg("-D")
+            .arg(&branch.data),
+    );
+    branch.start_with_env(&pitr.env);
+    let (checked, said) = backup(&pitr, &branch, "incr");
+    assert!(
+        said.contains("is taken full: data checksums were turned on since the parent")
+            && !said.contains("backup on "),
+        "{said}"
+    );
+    branch.archive_current_segment(WAIT);
+    branch.stop();
+    for (id, expected) in [(&incr, &expected), (&checked, &expected)] {
+        let mut restored = restorer.start(
+            &format!("restored-{id}"),
+            &["--backup", id, "--target", "immediate"],
+            false,
+        );
+        assert_eq!(&state(&restored), expected, "backup {id}");
+        restored.stop();
+    }
+}
+
 /// archive-push rolls the block maps of each complete group of 16 segments into one, and an
 /// incremental backup over a long stretch reads a group by its rollup: one whose segment
 /// lost its own map is still read by maps, and the backup restores exactly.

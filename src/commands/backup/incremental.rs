@@ -113,14 +113,30 @@ fn depth_on(parent: &BackupManifest) -> u32 {
     deepest.max().unwrap_or(0) + 1
 }
 
-/// The newest backup a backup of `kind` may build on, reading manifests newest first (ids
-/// are start times) until one serves: a repository of many backups costs one read or a few,
-/// not all of them. A damaged manifest is passed over.
-async fn newest_parent(catalog: &Catalog, kind: BackupType) -> Result<Option<BackupManifest>> {
+/// The newest backup a backup of `kind` may build on whose start is on the cluster's
+/// timeline history (`connects`), reading manifests newest first (ids are start times)
+/// until one serves: a repository of many backups costs one read or a few, not all of them.
+/// A damaged manifest is passed over, and so is a backup on a branch the cluster left (after
+/// a point-in-time restore, the backups taken past the restore point on the old timeline):
+/// the second value names the newest of those.
+async fn newest_parent(
+    catalog: &Catalog,
+    kind: BackupType,
+    connects: impl Fn(&BackupManifest) -> bool,
+) -> Result<(Option<BackupManifest>, Option<String>)> {
     let objects = catalog.backup_objects().await?;
+    let mut other_branch = None;
     for (id, _) in objects.iter().rev().filter(|(_, o)| o.manifest.is_some()) {
         match catalog.manifest(id).await {
-            Ok(manifest) if can_build_on(&manifest, kind) => return Ok(Some(manifest)),
+            Ok(manifest) if can_build_on(&manifest, kind) && connects(&manifest) => {
+                return Ok((Some(manifest), other_branch));
+            }
+            Ok(manifest) if can_build_on(&manifest, kind) => {
+                tracing::info!(
+                    "backup {id} is on a timeline branch this cluster did not follow: passed over"
+                );
+                other_branch.get_or_insert(manifest.id);
+            }
             Ok(_) | Err(crate::catalog::CatalogError::NotFound { .. }) => {}
             Err(crate::catalog::CatalogError::CorruptManifest { id, reason }) => {
                 tracing::warn!("backup {id} cannot be a parent: its manifest is damaged ({reason})")
@@ -128,7 +144,7 @@ async fn newest_parent(catalog: &Catalog, kind: BackupType) -> Result<Option<Bac
             Err(e) => return Err(e.into()),
         }
     }
-    Ok(None)
+    Ok((None, other_branch))
 }
 
 /// What the backup starting at `start` on `timeline` builds on, or why it is taken full
@@ -144,24 +160,32 @@ pub(super) async fn prepare(
     archived: ArchivedWal,
     jobs: usize,
 ) -> Result<std::result::Result<Incremental, String>> {
-    let Some(parent) = newest_parent(catalog, kind).await? else {
-        return Ok(Err(match kind {
-            BackupType::Diff => "the repository holds no full backup to build on".into(),
-            _ => "the repository holds no backup to build on".into(),
-        }));
-    };
     let Some(history) = wal.history(timeline).await? else {
         return Ok(Err(format!(
             "the history of timeline {timeline} is not on the server"
         )));
     };
-    let identity = catalog.identity().await?;
     let path = timeline_path(timeline, &history);
-    let connects = match switch_point(&path, parent.timeline) {
+    let connects = |parent: &BackupManifest| match switch_point(&path, parent.timeline) {
         Some(None) => parent.start_lsn <= start,
         Some(Some(end)) => end > parent.start_lsn,
         None => false,
     };
+    let (parent, other_branch) = newest_parent(catalog, kind, connects).await?;
+    let Some(parent) = parent else {
+        let what = match kind {
+            BackupType::Diff => "full backup",
+            _ => "backup",
+        };
+        return Ok(Err(match other_branch {
+            Some(id) => format!(
+                "no {what} is on this cluster's timeline history (the newest, {id}, is on a \
+                 branch it left)"
+            ),
+            None => format!("the repository holds no {what} to build on"),
+        }));
+    };
+    let identity = catalog.identity().await?;
     let Some(parent_checksums) = parent.data_checksums else {
         return Ok(Err(format!(
             "the parent {} does not record whether data checksums were on (taken by an \
@@ -176,7 +200,7 @@ pub(super) async fn prepare(
         major: identity.pg_version,
         parent_checksums,
         checksums: facts.data_checksums,
-        timeline_connects: connects,
+        timeline_connects: connects(&parent),
     };
     if let Some(reason) = full_backup_reason(&check) {
         return Ok(Err(reason));
