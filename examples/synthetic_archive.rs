@@ -5,7 +5,12 @@
 //! archive-push would write it; only the store skips fsync (a benchmark fixture, not a
 //! repository to trust).
 //!
-//! `cargo run --release --example synthetic_archive -- DIR SEGMENTS [BACKUPS] [--no-rollups]`
+//! With `--block-maps`, each segment also gets a block map (random blocks of a large table
+//! and its index, as a stretch of scattered updates writes), and their rollups
+//! (`bench/block_maps.sh`).
+//!
+//! `cargo run --release --example synthetic_archive -- DIR SEGMENTS [BACKUPS] [--no-rollups]
+//! [--block-maps]`
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -16,6 +21,8 @@ use futures_util::{StreamExt, TryStreamExt, stream};
 
 use pitr::catalog::backup::{BackupFile, BackupManifest};
 use pitr::catalog::{Catalog, RepositoryIdentity};
+use pitr::pg::block_map::{BlockMap, BlockMapBuilder};
+use pitr::pg::wal_blocks::{BlockRef, Fork, RecordChanges, RelFile, StorageEvent};
 use pitr::pg::wal_name::xlog_file_name;
 use pitr::pg::wal_summary::{RestorePoint, SegmentSummary, XidRange};
 use pitr::pg::{ControlFile, Lsn, WalFileName};
@@ -113,6 +120,51 @@ fn summary(segno: u64) -> SegmentSummary {
     }
 }
 
+/// Segment `segno`'s map: 500 blocks of a 300,000-block table and 50 of its index, spread
+/// as random updates spread them (a fixed sequence per segment), and every 100th segment
+/// truncates a small table.
+fn block_map(segno: u64) -> BlockMap {
+    let mut state = segno.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut next = |below: u32| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state % u64::from(below)) as u32
+    };
+    let relation = |relfilenode| RelFile {
+        tablespace: 1663,
+        database: 5,
+        relfilenode,
+    };
+    let mut builder = BlockMapBuilder::new(false);
+    let lsn = Lsn(segno * SEGMENT_SIZE + 64);
+    let mut picked: Vec<(u32, u32)> = (0..500).map(|_| (16384, next(300_000))).collect();
+    picked.extend((0..50).map(|_| (16390, next(30_000))));
+    let blocks = picked
+        .into_iter()
+        .map(|(node, block)| BlockRef {
+            file: relation(node),
+            fork: Fork::Main,
+            block,
+            will_init: false,
+            has_image: false,
+        })
+        .collect();
+    let events = if segno % 100 == 0 {
+        vec![StorageEvent::Truncated {
+            file: relation(16400),
+            blocks: 10,
+            main: true,
+            fsm: true,
+            vm: true,
+        }]
+    } else {
+        Vec::new()
+    };
+    builder.add(lsn, RecordChanges { blocks, events });
+    builder.finish()
+}
+
 fn manifest(number: usize, start: u64) -> BackupManifest {
     let time = commit_time(start);
     let id = time.format("%Y%m%dT%H%M%SZ").to_string();
@@ -180,6 +232,7 @@ async fn main() {
     let segments: u64 = args[1].parse().unwrap();
     let backups: usize = args.get(2).map_or(5, |b| b.parse().unwrap());
     let rollups = !args.iter().any(|a| a == "--no-rollups");
+    let block_maps = args.iter().any(|a| a == "--block-maps");
     let store = Arc::new(UnsyncedFs {
         staging: root.join(".tmp"),
         inner: FsStorage::new(root.clone()),
@@ -227,6 +280,9 @@ async fn main() {
                 let key = root_ref.join(format!("wal/{}/{name}.lz4", &name.as_str()[..16]));
                 std::fs::create_dir_all(key.parent().unwrap()).unwrap();
                 std::fs::write(&key, payload_ref).unwrap();
+                if block_maps {
+                    catalog_ref.put_block_map(&name, &block_map(segno)).await?;
+                }
                 catalog_ref
                     .put_segment_summary(&name, &summary(segno))
                     .await?;
