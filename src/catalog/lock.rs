@@ -196,8 +196,11 @@ impl RepoLock {
     /// Lets the lock go. A failure is only logged: the command's outcome stands, and a lock
     /// left behind goes stale.
     pub async fn release(self) {
-        self.heartbeat.abort();
+        // The lock first, then the task: a heartbeat in flight holds it and completes, and is
+        // never cut off mid-request (a put the store finishes after the unlock would leave
+        // the lock object behind); the task finds nothing held and ends.
         let held = self.held.lock().await.take();
+        self.heartbeat.abort();
         if let Some(held) = held {
             if let Err(e) = self.storage.unlock(held).await {
                 tracing::warn!("could not release the repository lock: {e}");
@@ -415,6 +418,101 @@ mod tests {
         let record = LockHolder::parse(&storage.object(LOCK_KEY).unwrap()).unwrap();
         assert_eq!(&record, second.holder());
         second.release().await;
+    }
+
+    /// A store that applies a conditional put at once but answers it late, as S3 does when
+    /// a request is cut off on the client's side after the server took it.
+    #[derive(Debug)]
+    struct LateAnswers {
+        inner: Arc<MemoryStorage>,
+        answering: std::sync::atomic::AtomicBool,
+    }
+
+    #[async_trait::async_trait]
+    impl Storage for LateAnswers {
+        fn location(&self) -> String {
+            self.inner.location()
+        }
+        async fn put(
+            &self,
+            key: &str,
+            payload: PutPayload,
+            mode: PutMode,
+        ) -> Result<(), crate::storage::StorageError> {
+            self.inner.put(key, payload, mode).await
+        }
+        async fn get(
+            &self,
+            key: &str,
+        ) -> Result<crate::storage::ObjectBody, crate::storage::StorageError> {
+            self.inner.get(key).await
+        }
+        async fn head(
+            &self,
+            key: &str,
+        ) -> Result<crate::storage::ObjectMeta, crate::storage::StorageError> {
+            self.inner.head(key).await
+        }
+        async fn list(
+            &self,
+            prefix: &str,
+        ) -> Result<Vec<crate::storage::ObjectMeta>, crate::storage::StorageError> {
+            self.inner.list(prefix).await
+        }
+        async fn delete(&self, key: &str) -> Result<(), crate::storage::StorageError> {
+            self.inner.delete(key).await
+        }
+        async fn get_versioned(
+            &self,
+            key: &str,
+        ) -> Result<(Bytes, crate::storage::ObjectVersion), crate::storage::StorageError> {
+            self.inner.get_versioned(key).await
+        }
+        async fn put_if(
+            &self,
+            key: &str,
+            payload: PutPayload,
+            condition: crate::storage::PutIf,
+        ) -> Result<crate::storage::ObjectVersion, crate::storage::StorageError> {
+            let version = self.inner.put_if(key, payload, condition).await;
+            if version.is_ok() {
+                self.answering
+                    .store(true, std::sync::atomic::Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+            version
+        }
+        async fn delete_if(
+            &self,
+            key: &str,
+            version: &crate::storage::ObjectVersion,
+        ) -> Result<bool, crate::storage::StorageError> {
+            self.inner.delete_if(key, version).await
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_release_during_a_heartbeat_leaves_no_lock_behind() {
+        let inner = Arc::new(MemoryStorage::new("late"));
+        let storage = Arc::new(LateAnswers {
+            inner: inner.clone(),
+            answering: Default::default(),
+        });
+        let catalog =
+            Catalog::new(storage.clone()).with_lock_stale_after(Duration::from_millis(400));
+        let lock = catalog.lock("backup").await.unwrap();
+        // The acquiring put was answered late too; wait for a heartbeat's.
+        storage
+            .answering
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while !storage.answering.load(std::sync::atomic::Ordering::SeqCst) {
+            assert!(std::time::Instant::now() < deadline, "no heartbeat came");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // The heartbeat's put is stored, its answer still on the way.
+        lock.release().await;
+        assert!(inner.object(LOCK_KEY).is_none(), "the lock object stayed");
     }
 
     #[tokio::test(flavor = "multi_thread")]
