@@ -101,6 +101,18 @@ impl Restorer<'_> {
         restored
     }
 
+    /// What `read` finds in backup `id` restored to its end (then stopped).
+    fn at_end_of(&self, id: &str, read: impl Fn(&PgCluster) -> String) -> String {
+        let mut restored = self.start(
+            &format!("end-{id}"),
+            &["--backup", id, "--target", "immediate"],
+            false,
+        );
+        let found = read(&restored);
+        restored.stop();
+        found
+    }
+
     /// The state a restore with `args` reaches.
     fn state(&self, name: &str, args: &[&str]) -> String {
         let mut restored = self.start(name, args, false);
@@ -524,13 +536,7 @@ fn a_standby_takes_incremental_backups() {
         tablespace: None,
     };
     for (id, expected) in [(&incr, &expected), (&remote_incr, &expected_remote)] {
-        let mut restored = restorer.start(
-            &format!("restored-{id}"),
-            &["--backup", id, "--target", "immediate"],
-            false,
-        );
-        assert_eq!(&rows(&restored), expected, "backup {id}");
-        restored.stop();
+        assert_eq!(&restorer.at_end_of(id, rows), expected, "backup {id}");
     }
 }
 
@@ -604,14 +610,8 @@ fn incrementals_follow_the_timeline_and_the_checksum_state() {
     );
     branch.archive_current_segment(WAIT);
     branch.stop();
-    for (id, expected) in [(&incr, &expected), (&checked, &expected)] {
-        let mut restored = restorer.start(
-            &format!("restored-{id}"),
-            &["--backup", id, "--target", "immediate"],
-            false,
-        );
-        assert_eq!(&state(&restored), expected, "backup {id}");
-        restored.stop();
+    for id in [&incr, &checked] {
+        assert_eq!(restorer.at_end_of(id, state), expected, "backup {id}");
     }
 }
 
@@ -661,13 +661,7 @@ fn a_long_stretch_is_read_by_rolled_up_maps() {
         bin: Path::new(PG_BIN),
         tablespace: None,
     };
-    let mut restored = restorer.start(
-        "restored",
-        &["--backup", &incr, "--target", "immediate"],
-        false,
-    );
-    assert_eq!(state(&restored), expected);
-    restored.stop();
+    assert_eq!(restorer.at_end_of(&incr, state), expected);
 }
 
 /// A full backup taken over the replication protocol is a parent like any: a local
@@ -758,18 +752,8 @@ fn remote_chain_on(major: u32) {
         bin: &bin,
         tablespace: None,
     };
-    for (n, (id, expected)) in [incr, remote_incr, remote_diff]
-        .iter()
-        .zip(&expected)
-        .enumerate()
-    {
-        let mut restored = restorer.start(
-            &format!("restored-{n}"),
-            &["--backup", id, "--target", "immediate"],
-            false,
-        );
-        assert_eq!(&state(&restored), expected, "backup {id}");
-        restored.stop();
+    for (id, expected) in [incr, remote_incr, remote_diff].iter().zip(&expected) {
+        assert_eq!(&restorer.at_end_of(id, state), expected, "backup {id}");
     }
     let out = pitr.run(["verify"]);
     assert_eq!(code(&out), 0, "{}{}", stdout(&out), stderr(&out));

@@ -457,7 +457,14 @@ fn losing_the_primary(mode: Mode) {
     let mut id = 0;
     // A moment in the middle, inside the segment being filled: (time, the last id before).
     let mut middle = None;
-    while started.elapsed() < Duration::from_secs(4) {
+    // Four seconds, and more commits than the check below needs however slowly they come
+    // (a synchronous repository on a loaded machine).
+    let enough = |acked: &[(u32, Instant)]| {
+        let elapsed = started.elapsed();
+        elapsed >= Duration::from_secs(4)
+            && (acked.len() > 40 || elapsed >= Duration::from_secs(30))
+    };
+    while !enough(&acked) {
         id += 1;
         cluster.sql(&format!("insert into acked (id) values ({id})"));
         acked.push((id, Instant::now()));
