@@ -795,6 +795,17 @@ fn announce(
     Some(incremental)
 }
 
+/// How long to wait before looking again for WAL the archiver is to store, `waited` into the
+/// wait: often at first (an archiver that keeps up stores a segment within tens of
+/// milliseconds, and an incremental backup takes little more), then every 250 ms.
+fn archive_poll(waited: Duration) -> Duration {
+    if waited < Duration::from_secs(2) {
+        Duration::from_millis(20)
+    } else {
+        Duration::from_millis(250)
+    }
+}
+
 /// What an incremental backup starting at `start` builds on, or why it is taken full.
 async fn build_on(
     catalog: &Catalog,
@@ -1355,15 +1366,10 @@ async fn wait_for_wal(
             options.progress.note(&state.waiting());
             next_note = now + NOTE_EVERY;
         }
-        // Often at first (an archiver that keeps up stores the stop segment within tens of
-        // milliseconds, and an incremental backup takes little more), then every 250 ms.
-        let pause = if now.duration_since(started) < Duration::from_secs(2) {
-            Duration::from_millis(20)
-        } else {
-            Duration::from_millis(250)
-        };
         interrupt
-            .race(tokio::time::sleep(pause))
+            .race(tokio::time::sleep(archive_poll(
+                now.duration_since(started),
+            )))
             .await
             .map_err(stopped)?;
     }

@@ -356,9 +356,10 @@ async fn change_set(
 /// archiver may lag a little, and archive-push stores a segment's summary last, after its
 /// block map); those still missing then have no map, and pages are compared.
 async fn wait_archived(catalog: &Catalog, names: &[WalFileName], until: Instant) -> Result<()> {
+    let started = Instant::now();
     for name in names {
         while catalog.segment_summary(name).await?.is_none() && Instant::now() < until {
-            tokio::time::sleep(Duration::from_millis(250)).await;
+            tokio::time::sleep(super::archive_poll(started.elapsed())).await;
         }
     }
     Ok(())
