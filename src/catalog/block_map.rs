@@ -233,13 +233,7 @@ impl Catalog {
                     at..end
                 }
             };
-            let maps: Vec<Option<BlockMap>> = stream::iter(&names[range.clone()])
-                .map(|name| self.block_map(name))
-                .buffered(jobs.max(1))
-                .collect::<Vec<_>>()
-                .await
-                .into_iter()
-                .collect::<Result<_, _>>()?;
+            let maps = self.segment_maps(&names[range.clone()], jobs).await?;
             Ok::<_, CatalogError>(
                 names[range]
                     .iter()
@@ -256,6 +250,22 @@ impl Catalog {
             .into_iter()
             .collect::<Result<_, _>>()?;
         Ok(read.into_iter().flatten().collect())
+    }
+
+    /// The stored maps of `names`, in order, read `jobs` at a time (none where a segment
+    /// has no map).
+    async fn segment_maps(
+        &self,
+        names: &[WalFileName],
+        jobs: usize,
+    ) -> Result<Vec<Option<BlockMap>>, CatalogError> {
+        stream::iter(names)
+            .map(|name| self.block_map(name))
+            .buffered(jobs.max(1))
+            .collect::<Vec<_>>()
+            .await
+            .into_iter()
+            .collect()
     }
 
     /// The rollup of a group's block maps; none when absent, damaged or of another group.
@@ -314,13 +324,7 @@ impl Catalog {
                 let Some(names) = names else {
                     return Ok(false);
                 };
-                stream::iter(&names)
-                    .map(|name| self.block_map(name))
-                    .buffered(READ_AHEAD)
-                    .collect::<Vec<_>>()
-                    .await
-                    .into_iter()
-                    .collect::<Result<_, _>>()?
+                self.segment_maps(&names, READ_AHEAD).await?
             }
         };
         let Some(parts) = parts.into_iter().collect::<Option<Vec<BlockMap>>>() else {
