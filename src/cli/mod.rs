@@ -238,9 +238,10 @@ pub enum Command {
         wal_timeout: u64,
         /// What to copy: `full`, every file; `incr`, only what changed since the newest
         /// backup; `diff`, only what changed since the newest full backup. An incremental
-        /// or differential backup reads only the blocks the archived WAL says changed and
-        /// refers to its parent for the rest; it is taken full, saying why, where it cannot
-        /// build on one.
+        /// or differential backup stores only the blocks the archived WAL says changed
+        /// (reading only those, except over the replication protocol, where the server sends
+        /// every file) and refers to its parent for the rest; it is taken full, saying why,
+        /// where it cannot build on one.
         #[arg(long = "type", value_name = "TYPE", default_value = "full", value_parser = parse_backup_type)]
         backup_type: crate::catalog::backup::BackupType,
         /// Pin the backup: retention never removes it (until `pitr unpin`).
