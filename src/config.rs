@@ -41,6 +41,10 @@ macro_rules! settings {
         #[serde(deny_unknown_fields)]
         pub struct Settings {
             $($( $(#[doc = $doc])* pub $name: Option<$ty>, )*)*
+            /// Repositories 2 to 4: their [`REPO_SCOPED`] settings, by number, under the
+            /// unnumbered names (`repo2_s3_endpoint` is `numbered[2].s3_endpoint`).
+            #[serde(skip)]
+            pub numbered: std::collections::BTreeMap<u8, Settings>,
         }
 
         impl Settings {
@@ -49,27 +53,51 @@ macro_rules! settings {
                 name: stringify!($name),
                 kind: stringify!($ty),
                 restore_command: restore_command!($($carried)?),
+                repo: 1,
             },)*)*];
 
-            /// `self` wins where it has a value.
+            /// `self` wins where it has a value, repository by repository.
             pub fn over(self, lower: Settings) -> Settings {
-                Settings { $($( $name: self.$name.or(lower.$name), )*)* }
+                let mut numbered = lower.numbered;
+                for (n, upper) in self.numbered {
+                    let merged = upper.over(numbered.remove(&n).unwrap_or_default());
+                    numbered.insert(n, merged);
+                }
+                Settings { $($( $name: self.$name.or(lower.$name), )*)* numbered }
             }
 
-            /// The settings restore_command and the prefetcher run with, those set.
+            /// The settings restore_command and the prefetcher run with, those set: every
+            /// repository's, since archive-get reads from each in turn.
             pub fn carried(&self) -> Vec<(DeclaredSetting, SettingValue)> {
                 let mut carried = Vec::new();
-                $($(
-                    if let (true, Some(value)) = (restore_command!($($carried)?), &self.$name) {
-                        let declared = DeclaredSetting {
-                            name: stringify!($name),
-                            kind: stringify!($ty),
-                            restore_command: true,
-                        };
-                        carried.push((declared, value.carried()));
-                    }
-                )*)*
+                for (repo, settings) in
+                    std::iter::once((1, self)).chain(self.numbered.iter().map(|(n, s)| (*n, s)))
+                {
+                    $($(
+                        if let (true, Some(value)) =
+                            (restore_command!($($carried)?), &settings.$name)
+                        {
+                            let declared = DeclaredSetting {
+                                name: stringify!($name),
+                                kind: stringify!($ty),
+                                restore_command: true,
+                                repo,
+                            };
+                            carried.push((declared, value.carried()));
+                        }
+                    )*)*
+                }
                 carried
+            }
+
+            /// Sets the setting called `name` to `from`'s value of it; false when no setting
+            /// has that name.
+            fn take_setting(&mut self, from: &Settings, name: &str) -> bool {
+                match name {
+                    $($( stringify!($name) => self.$name = from.$name.clone(), )*)*
+                    _ => return false,
+                }
+                true
             }
         }
 
@@ -109,15 +137,31 @@ pub struct DeclaredSetting {
     pub kind: &'static str,
     /// Whether restore_command and the prefetcher carry it.
     pub restore_command: bool,
+    /// The repository it is given for: 1 unnumbered, 2 to 4 as `repoN_…` ([`REPO_SCOPED`]).
+    pub repo: u8,
 }
 
 impl DeclaredSetting {
+    /// Its name in the configuration file: `repo2_s3_endpoint`, `repo2` for `repo`.
+    pub fn key(&self) -> String {
+        numbered_key(self.repo, self.name)
+    }
+
     pub fn flag(&self) -> String {
-        format!("--{}", self.name.replace('_', "-"))
+        format!("--{}", self.key().replace('_', "-"))
     }
 
     pub fn env(&self) -> String {
-        format!("PITR_{}", self.name.to_ascii_uppercase())
+        format!("PITR_{}", self.key().to_ascii_uppercase())
+    }
+}
+
+/// The key of setting `name` for repository `repo` (1: the unnumbered name).
+fn numbered_key(repo: u8, name: &str) -> String {
+    match (repo, name) {
+        (1, _) => name.to_owned(),
+        (n, "repo") => format!("repo{n}"),
+        (n, _) => format!("repo{n}_{name}"),
     }
 }
 
@@ -172,7 +216,7 @@ macro_rules! carried_as_text {
         }
     )*};
 }
-carried_as_text!(u64, u32, usize, i32);
+carried_as_text!(u64, u32, usize, i32, u8);
 
 settings! {
     /// Settings every command takes (flattened into the CLI's global options).
@@ -181,6 +225,13 @@ settings! {
         #[arg(global = true, env = "PITR_REPO", value_name = "URL")]
         #[restore_command]
         repo: String,
+
+        /// The repository a command works on, by number: 1 is --repo, 2 to 4 are --repo2 …
+        /// --repo4, each with its own repoN_… settings (default: backup and restore use the
+        /// first, archive-push stores in all, archive-get and restore fall back in turn,
+        /// list, verify, expire and check report each).
+        #[arg(global = true, env = "PITR_REPO_INDEX", value_name = "N")]
+        repo_index: u8,
 
         /// S3 endpoint for S3-compatible servers (default: AWS_ENDPOINT_URL, else AWS).
         #[arg(global = true, env = "PITR_S3_ENDPOINT", value_name = "URL")]
@@ -314,6 +365,17 @@ settings! {
         )]
         archive_push_parallel: usize,
 
+        /// archive-push with several repositories: most bytes of WAL kept in a local queue
+        /// for one that cannot be reached, while the others store it (default 1GiB; 0: no
+        /// queue, archive-push fails until every repository stores the file).
+        #[arg(
+            global = true,
+            env = "PITR_ARCHIVE_PUSH_QUEUE_MAX",
+            help_heading = "WAL archiving",
+            value_name = "SIZE"
+        )]
+        archive_push_queue_max: String,
+
         /// archive-get: segments the background prefetcher fetches at once (default 2; 0 turns
         /// prefetching off).
         #[arg(
@@ -406,8 +468,163 @@ settings! {
     }
 }
 
+/// The flags and variables of repositories 2 to 4: each [`REPO_SCOPED`] setting's, renamed
+/// (`--repo2-s3-endpoint`, `PITR_REPO2_S3_ENDPOINT`) and hidden from the help, which names
+/// them once. Read back through the unnumbered settings' own parsers.
+#[derive(Clone, Debug, Default)]
+pub struct NumberedRepoArgs {
+    pub numbered: std::collections::BTreeMap<u8, Settings>,
+}
+
+impl NumberedRepoArgs {
+    /// The unnumbered arguments of the scoped settings, as their groups declare them.
+    fn scoped_args() -> Vec<clap::Arg> {
+        use clap::Args;
+        let groups = RetentionArgs::augment_args(GlobalSettingArgs::augment_args(
+            clap::Command::new("scoped"),
+        ));
+        groups
+            .get_arguments()
+            .filter(|arg| REPO_SCOPED.contains(&arg.get_id().as_str()))
+            .cloned()
+            .collect()
+    }
+
+    fn numbered_id(n: u8, arg: &clap::Arg) -> String {
+        numbered_key(n, arg.get_id().as_str())
+    }
+}
+
+impl clap::Args for NumberedRepoArgs {
+    fn augment_args(mut cmd: clap::Command) -> clap::Command {
+        for n in REPO_NUMBERS.skip(1) {
+            for arg in Self::scoped_args() {
+                let id: &'static str = Box::leak(Self::numbered_id(n, &arg).into_boxed_str());
+                // clap keeps names for the life of the program; these are made once.
+                let long: &'static str = Box::leak(id.replace('_', "-").into_boxed_str());
+                let env: &'static str =
+                    Box::leak(format!("PITR_{}", id.to_ascii_uppercase()).into_boxed_str());
+                cmd = cmd.arg(arg.id(id).long(long).env(env).global(true).hide(true));
+            }
+        }
+        cmd
+    }
+
+    fn augment_args_for_update(cmd: clap::Command) -> clap::Command {
+        Self::augment_args(cmd)
+    }
+}
+
+impl clap::FromArgMatches for NumberedRepoArgs {
+    fn from_arg_matches(matches: &clap::ArgMatches) -> Result<Self, clap::Error> {
+        use clap::Args;
+        let mut numbered = std::collections::BTreeMap::new();
+        for n in REPO_NUMBERS.skip(1) {
+            // The values given, as `--name=value` words for the unnumbered parsers.
+            let mut words = vec![std::ffi::OsString::from("scoped")];
+            for arg in Self::scoped_args() {
+                let id = Self::numbered_id(n, &arg);
+                let given = matches!(
+                    matches.value_source(&id),
+                    Some(
+                        clap::parser::ValueSource::CommandLine
+                            | clap::parser::ValueSource::EnvVariable
+                    )
+                );
+                let Some(values) = matches.get_raw(&id).filter(|_| given) else {
+                    continue;
+                };
+                for value in values {
+                    let mut word = std::ffi::OsString::from(format!(
+                        "--{}=",
+                        arg.get_id().as_str().replace('_', "-")
+                    ));
+                    word.push(value);
+                    words.push(word);
+                }
+            }
+            if words.len() == 1 {
+                continue;
+            }
+            let parser = RetentionArgs::augment_args(GlobalSettingArgs::augment_args(
+                clap::Command::new("scoped").no_binary_name(false),
+            ))
+            .mut_args(|arg| arg.env(None::<&str>).global(false));
+            let parsed = parser.try_get_matches_from(words)?;
+            let settings = RetentionArgs::from_arg_matches(&parsed)?
+                .settings()
+                .over(GlobalSettingArgs::from_arg_matches(&parsed)?.settings());
+            numbered.insert(n, settings);
+        }
+        Ok(NumberedRepoArgs { numbered })
+    }
+
+    fn update_from_arg_matches(&mut self, matches: &clap::ArgMatches) -> Result<(), clap::Error> {
+        *self = Self::from_arg_matches(matches)?;
+        Ok(())
+    }
+}
+
 impl Settings {
     pub fn from_toml(text: &str, origin: &Path) -> Result<Self, Error> {
+        let table: toml::Table = Self::parse_toml(text, origin)?;
+        if !table.keys().any(|key| split_numbered(key).is_some()) {
+            return Self::parse_toml(text, origin);
+        }
+        // Repositories 2 to 4: their keys apart, each group read as settings of its own.
+        let in_file = |e: toml::de::Error, key: &str| {
+            Error::Config(format!(
+                "config file {}, {key}: {}",
+                origin.display(),
+                without_quoted_strings(e.message().trim_end())
+            ))
+        };
+        let (mut base, mut groups) = (toml::Table::new(), std::collections::BTreeMap::new());
+        for (key, value) in table {
+            match split_numbered(&key) {
+                None => {
+                    base.insert(key, value);
+                }
+                Some((n, name)) => {
+                    if !REPO_SCOPED.contains(&name) {
+                        return Err(Error::Config(format!(
+                            "config file {}: {key} is no per-repository setting: give {name}                              once, for all repositories (per repository: {})",
+                            origin.display(),
+                            REPO_SCOPED.join(", ")
+                        )));
+                    }
+                    let group: &mut toml::Table = groups.entry(n).or_default();
+                    group.insert(name.to_owned(), value);
+                }
+            }
+        }
+        let mut settings = Self::from_table(base, &in_file)?;
+        for (n, group) in groups {
+            settings
+                .numbered
+                .insert(n, Self::from_table(group, &in_file)?);
+        }
+        Ok(settings)
+    }
+
+    /// The settings of one table; an error names the key whose value is wrong.
+    fn from_table(
+        table: toml::Table,
+        in_file: &dyn Fn(toml::de::Error, &str) -> Error,
+    ) -> Result<Self, Error> {
+        for (key, value) in &table {
+            let mut alone = toml::Table::new();
+            alone.insert(key.clone(), value.clone());
+            if let Err(e) = toml::Value::Table(alone).try_into::<Settings>() {
+                return Err(in_file(e, key));
+            }
+        }
+        toml::Value::Table(table)
+            .try_into()
+            .map_err(|e| in_file(e, "settings"))
+    }
+
+    fn parse_toml<T: serde::de::DeserializeOwned>(text: &str, origin: &Path) -> Result<T, Error> {
         toml::from_str(text).map_err(|e| {
             let line = e
                 .span()
@@ -504,6 +721,108 @@ impl Settings {
     }
 }
 
+/// The settings each repository has its own of: repository 1's unnumbered, repositories 2
+/// to 4's as `repoN_<name>` (`repoN` for `repo`) in the file, `--repoN-…` flags and
+/// `PITR_REPON_…` variables. A numbered repository inherits none of them from the first.
+pub const REPO_SCOPED: &[&str] = &[
+    "repo",
+    "s3_endpoint",
+    "s3_path_style",
+    "passphrase_file",
+    "key_file",
+    "kms_key_id",
+    "compression",
+    "compression_level",
+    "keep_last",
+    "keep_within",
+    "keep_daily",
+    "keep_weekly",
+    "keep_monthly",
+    "keep_yearly",
+    "retention_timezone",
+];
+
+impl DeclaredSetting {
+    /// The settings of repositories 2 to 4: each [`REPO_SCOPED`] one, numbered.
+    pub fn numbered() -> Vec<DeclaredSetting> {
+        REPO_NUMBERS
+            .skip(1)
+            .flat_map(|repo| {
+                Settings::DECLARED
+                    .iter()
+                    .filter(|s| REPO_SCOPED.contains(&s.name))
+                    .map(move |s| DeclaredSetting { repo, ..*s })
+            })
+            .collect()
+    }
+}
+
+/// The numbers a repository may have.
+pub const REPO_NUMBERS: std::ops::RangeInclusive<u8> = 1..=4;
+
+/// `repo2_s3_endpoint` as (2, "s3_endpoint"), `repo3` as (3, "repo"); None for the
+/// unnumbered names.
+fn split_numbered(key: &str) -> Option<(u8, &str)> {
+    let rest = key.strip_prefix("repo")?;
+    let digit = rest.chars().next()?.to_digit(10)? as u8;
+    if !(2..=*REPO_NUMBERS.end()).contains(&digit) {
+        return None;
+    }
+    match &rest[1..] {
+        "" => Some((digit, "repo")),
+        name => Some((digit, name.strip_prefix('_')?)),
+    }
+}
+
+impl Settings {
+    /// The settings repository `n` runs with: these, with its own [`REPO_SCOPED`] ones in
+    /// place of the first's. None when it has no `repo`.
+    pub fn repository(&self, n: u8) -> Option<Settings> {
+        let mut settings = Settings {
+            numbered: Default::default(),
+            ..self.clone()
+        };
+        if n != 1 {
+            let own = self.numbered.get(&n)?;
+            for name in REPO_SCOPED {
+                settings.take_setting(own, name);
+            }
+        }
+        settings.repo.is_some().then_some(settings)
+    }
+
+    /// Every configured repository, by number, in order. A numbered one with settings but
+    /// no `repoN` is an error (a typo would otherwise drop a repository).
+    pub fn repositories(&self) -> Result<Vec<(u8, Settings)>, Error> {
+        let mut all = Vec::new();
+        for n in REPO_NUMBERS {
+            match self.repository(n) {
+                Some(settings) => all.push((n, settings)),
+                None if n != 1
+                    && self
+                        .numbered
+                        .get(&n)
+                        .is_some_and(|s| *s != Settings::default()) =>
+                {
+                    return Err(Error::Config(format!(
+                        "repository {n} has settings but no location: give repo{n} (--repo{n} \
+                         URL, PITR_REPO{n})"
+                    )));
+                }
+                None => {}
+            }
+        }
+        if all.is_empty() {
+            return Err(Error::Config(
+                "no repository given: pass --repo URL, set PITR_REPO, or put repo = \"…\" in \
+                 the config file"
+                    .into(),
+            ));
+        }
+        Ok(all)
+    }
+}
+
 /// How archive-push and archive-get use the local spool, resolved and checked.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SpoolConfig {
@@ -514,11 +833,31 @@ pub struct SpoolConfig {
     pub get_prefetch: usize,
     /// Most bytes of prefetched segments in the spool.
     pub get_queue_max: u64,
+    /// Most bytes archive-push queues for one repository it cannot reach (0: none).
+    pub push_queue_max: u64,
 }
 
 pub const DEFAULT_ARCHIVE_PUSH_PARALLEL: usize = 4;
 pub const DEFAULT_ARCHIVE_GET_PREFETCH: usize = 2;
 pub const DEFAULT_ARCHIVE_GET_QUEUE_MAX: u64 = 256 << 20;
+pub const DEFAULT_ARCHIVE_PUSH_QUEUE_MAX: u64 = 1 << 30;
+
+/// A size setting: bytes, or a number with a unit.
+fn size_setting(name: &str, value: Option<&str>, default: u64) -> Result<u64, Error> {
+    match value {
+        None => Ok(default),
+        Some(text) => Ok(text
+            .trim()
+            .parse::<bytesize::ByteSize>()
+            .map_err(|_| {
+                Error::Config(format!(
+                    "{name} '{text}' is not a size: give bytes or a number with a unit, such \
+                     as 256MiB or 1GiB"
+                ))
+            })?
+            .as_u64()),
+    }
+}
 
 impl Settings {
     pub fn spool(&self) -> Result<SpoolConfig, Error> {
@@ -531,19 +870,16 @@ impl Settings {
             Some(n) => n,
             None => DEFAULT_ARCHIVE_PUSH_PARALLEL,
         };
-        let get_queue_max = match self.archive_get_queue_max.as_deref() {
-            None => DEFAULT_ARCHIVE_GET_QUEUE_MAX,
-            Some(text) => text
-                .trim()
-                .parse::<bytesize::ByteSize>()
-                .map_err(|_| {
-                    Error::Config(format!(
-                        "archive_get_queue_max '{text}' is not a size: give bytes or a number \
-                         with a unit, such as 256MiB or 1GiB"
-                    ))
-                })?
-                .as_u64(),
-        };
+        let get_queue_max = size_setting(
+            "archive_get_queue_max",
+            self.archive_get_queue_max.as_deref(),
+            DEFAULT_ARCHIVE_GET_QUEUE_MAX,
+        )?;
+        let push_queue_max = size_setting(
+            "archive_push_queue_max",
+            self.archive_push_queue_max.as_deref(),
+            DEFAULT_ARCHIVE_PUSH_QUEUE_MAX,
+        )?;
         Ok(SpoolConfig {
             spool_path: self.spool_path.clone(),
             push_parallel,
@@ -551,6 +887,7 @@ impl Settings {
                 .archive_get_prefetch
                 .unwrap_or(DEFAULT_ARCHIVE_GET_PREFETCH),
             get_queue_max,
+            push_queue_max,
         })
     }
 }
@@ -871,7 +1208,13 @@ mod tests {
             .get_arguments()
             .chain(cli.get_subcommands().flat_map(|sub| sub.get_arguments()))
             .collect();
-        for setting in Settings::DECLARED {
+        let numbered = DeclaredSetting::numbered();
+        assert_eq!(
+            numbered.len(),
+            3 * REPO_SCOPED.len(),
+            "every scoped name is declared"
+        );
+        for setting in Settings::DECLARED.iter().chain(&numbered) {
             let long = &setting.flag()[2..];
             let arg = args
                 .iter()
@@ -891,7 +1234,10 @@ mod tests {
             };
             if env.starts_with("PITR_") && env != "PITR_CONFIG" {
                 assert!(
-                    Settings::DECLARED.iter().any(|s| s.env() == env),
+                    Settings::DECLARED
+                        .iter()
+                        .chain(&numbered)
+                        .any(|s| s.env() == env),
                     "{env} is no declared setting"
                 );
             }
@@ -911,7 +1257,9 @@ mod tests {
                 let value = layer == 1;
                 (value.to_string(), value.to_string())
             }
-            "u64" | "u32" | "usize" | "i32" => ((layer + 1).to_string(), (layer + 1).to_string()),
+            "u64" | "u32" | "usize" | "i32" | "u8" => {
+                ((layer + 1).to_string(), (layer + 1).to_string())
+            }
             other => panic!("no sample of type {other}: add one"),
         }
     }
@@ -975,11 +1323,16 @@ mod tests {
     fn each_setting_reads_alike_from_file_environment_and_flag_in_that_order() {
         // Which layers give setting `i`: the file all, the environment two thirds, flags one.
         let layers = |i: usize| i % 3;
+        // Repositories 2 to 4's settings too, under their numbered names.
+        let all: Vec<DeclaredSetting> = Settings::DECLARED
+            .iter()
+            .copied()
+            .chain(DeclaredSetting::numbered())
+            .collect();
         let toml_of = |pick: &dyn Fn(usize) -> usize| {
-            Settings::DECLARED
-                .iter()
+            all.iter()
                 .enumerate()
-                .map(|(i, s)| format!("{} = {}\n", s.name, sample(s.kind, pick(i)).0))
+                .map(|(i, s)| format!("{} = {}\n", s.key(), sample(s.kind, pick(i)).0))
                 .collect::<String>()
         };
         let expect = |pick: &dyn Fn(usize) -> usize| {
@@ -1003,10 +1356,10 @@ mod tests {
         let all_flags: Vec<String> = expire
             .iter()
             .cloned()
-            .chain(Settings::DECLARED.iter().flat_map(|s| flag(s, 2)))
+            .chain(all.iter().flat_map(|s| flag(s, 2)))
             .collect();
         assert_eq!(resolved_in_child(&all_flags, &[]), expect(&|_| 2));
-        let all_env: Vec<_> = Settings::DECLARED.iter().map(|s| env(s, 1)).collect();
+        let all_env: Vec<_> = all.iter().map(|s| env(s, 1)).collect();
         assert_eq!(resolved_in_child(&expire, &all_env), expect(&|_| 1));
 
         // All three at once.
@@ -1016,7 +1369,7 @@ mod tests {
         let mut args = vec!["--config".to_owned(), file.display().to_string()];
         args.extend(expire);
         let mut some_env = Vec::new();
-        for (i, setting) in Settings::DECLARED.iter().enumerate() {
+        for (i, setting) in all.iter().enumerate() {
             if layers(i) >= 1 {
                 some_env.push(env(setting, 1));
             }
@@ -1077,12 +1430,21 @@ pub struct KeySources {
     pub kms_key_id: Option<String>,
 }
 
+/// The passphrase variable of each repository, by number less one.
+pub const PASSPHRASE_ENVS: [&str; 4] = [
+    PASSPHRASE_ENV,
+    "PITR_REPO2_PASSPHRASE",
+    "PITR_REPO3_PASSPHRASE",
+    "PITR_REPO4_PASSPHRASE",
+];
+
 impl Settings {
-    /// The repository's key settings.
-    pub fn key_sources(&self) -> KeySources {
+    /// The key settings of repository `repo` (these settings being its own, see
+    /// [`Settings::repository`]).
+    pub fn key_sources(&self, repo: u8) -> KeySources {
         KeySources {
             passphrase_file: self.passphrase_file.clone(),
-            passphrase_env: PASSPHRASE_ENV,
+            passphrase_env: PASSPHRASE_ENVS[usize::from(repo.clamp(1, 4)) - 1],
             key_file: self.key_file.clone(),
             kms_key_id: self.kms_key_id.clone(),
         }

@@ -33,6 +33,8 @@ pub enum SpoolKind {
     Get,
     /// receive-wal's segments on their way to the repository.
     Receive,
+    /// archive-push's copies of WAL files for a repository that could not be reached.
+    Queue,
 }
 
 /// The spool directory of `kind` for the repository `repo_url`: under `configured` when the
@@ -53,6 +55,7 @@ pub fn spool_dir(
         SpoolKind::Push => "push",
         SpoolKind::Get => "get",
         SpoolKind::Receive => "receive",
+        SpoolKind::Queue => "queue",
     };
     root.join(format!("{tag}-{}", hex::encode(&digest[..8])))
 }
@@ -538,5 +541,102 @@ mod tests {
         assert!(!spool.fetching_marker("000000010000000000000006").exists());
         spool.remove();
         assert!(!spool.dir.exists());
+    }
+}
+
+/// Temporary queue files; never read, removed once their writer is gone.
+const QUEUE_STAGING_PREFIX: &str = ".queue-";
+
+/// archive-push's queue for one repository it could not reach while others stored the
+/// file: copies named `<WAL file name>.<CRC-32C, 8 hex>`, each written whole and durable
+/// (staged, fsynced, renamed, directory fsynced) before archive-push reports success, and
+/// removed once the repository holds it.
+#[derive(Clone, Debug)]
+pub struct PushQueue {
+    pub dir: PathBuf,
+}
+
+/// One queued copy.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QueuedFile {
+    pub name: WalFileName,
+    pub path: PathBuf,
+    pub crc32: u32,
+    pub len: u64,
+}
+
+impl PushQueue {
+    pub fn new(dir: PathBuf) -> Self {
+        PushQueue { dir }
+    }
+
+    /// The queued copies, in name order (the order archiving produced them).
+    pub fn entries(&self) -> Vec<QueuedFile> {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return Vec::new();
+        };
+        let mut queued: Vec<QueuedFile> = entries
+            .flatten()
+            .filter_map(|entry| {
+                let file = entry.file_name().into_string().ok()?;
+                let (name, crc) = file.rsplit_once('.')?;
+                let crc32 = u32::from_str_radix(crc, 16)
+                    .ok()
+                    .filter(|_| crc.len() == 8)?;
+                Some(QueuedFile {
+                    name: WalFileName::parse(name).ok()?,
+                    path: entry.path(),
+                    crc32,
+                    len: entry.metadata().ok()?.len(),
+                })
+            })
+            .collect();
+        queued.sort_by(|a, b| a.name.as_str().cmp(b.name.as_str()));
+        queued
+    }
+
+    /// Bytes queued.
+    pub fn bytes(&self) -> u64 {
+        self.entries().iter().map(|entry| entry.len).sum()
+    }
+
+    /// Queues a durable copy of `path` as `name` (a copy already queued under that name and
+    /// checksum is kept). Returns its length.
+    pub fn add(&self, name: &WalFileName, path: &Path) -> io::Result<u64> {
+        crate::private_fs::create_dir_all(&self.dir)?;
+        crate::staging::remove_leftovers(&self.dir, QUEUE_STAGING_PREFIX, true);
+        let mut staged = tempfile::Builder::new()
+            .prefix(&crate::staging::prefix_for_this_process(
+                QUEUE_STAGING_PREFIX,
+            ))
+            .tempfile_in(&self.dir)?;
+        let mut source = File::open(path)?;
+        let mut crc = 0u32;
+        let mut buf = vec![0u8; 1 << 20];
+        let mut len = 0u64;
+        loop {
+            let n = source.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            crc = crc32c::crc32c_append(crc, &buf[..n]);
+            staged.write_all(&buf[..n])?;
+            len += n as u64;
+        }
+        staged.as_file().sync_all()?;
+        staged
+            .persist(self.dir.join(format!("{name}.{crc:08x}")))
+            .map_err(|e| e.error)?;
+        File::open(&self.dir)?.sync_all()?;
+        Ok(len)
+    }
+
+    /// Removes a copy once the repository holds its file.
+    pub fn remove(&self, entry: &QueuedFile) {
+        if let Err(e) = std::fs::remove_file(&entry.path)
+            && e.kind() != io::ErrorKind::NotFound
+        {
+            tracing::warn!("cannot remove {} from the queue: {e}", entry.path.display());
+        }
     }
 }

@@ -50,6 +50,10 @@ pub struct GlobalArgs {
     #[command(flatten)]
     pub settings: GlobalSettingArgs,
 
+    /// Repositories 2 to 4 (hidden flags: --repo2, --repo2-s3-endpoint, …).
+    #[command(flatten)]
+    pub numbered: crate::config::NumberedRepoArgs,
+
     /// More output: -v one line per file, -vv debug (default: a summary).
     #[arg(short, long, global = true, action = ArgAction::Count)]
     pub verbose: u8,
@@ -62,7 +66,10 @@ pub struct GlobalArgs {
 impl GlobalArgs {
     /// Flags and environment, as clap merged them.
     pub fn settings(&self) -> Settings {
-        self.settings.settings()
+        Settings {
+            numbered: self.numbered.numbered.clone(),
+            ..self.settings.settings()
+        }
     }
 }
 

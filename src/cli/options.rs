@@ -29,7 +29,10 @@ use crate::spool::GetSpool;
 
 /// What every command's options may draw on beside its own flags.
 pub struct Context<'a> {
+    /// The settings of the repository the command works on.
     pub settings: &'a Settings,
+    /// Every repository's, which restore_command carries on.
+    pub all_settings: &'a Settings,
     pub repo: &'a RepoConfig,
     /// `--config`, which restore_command repeats.
     pub config_file: Option<&'a Path>,
@@ -43,7 +46,7 @@ impl Context<'_> {
         let exe = std::env::current_exe()
             .map(|p| p.display().to_string())
             .unwrap_or_else(|_| "pitr".into());
-        restore_command::restore_command(&exe, self.settings, self.config_file)
+        restore_command::restore_command(&exe, self.all_settings, self.config_file)
     }
 
     /// The restore a drill or restore-table runs in its scratch directory (which decides the

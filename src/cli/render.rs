@@ -126,11 +126,14 @@ pub fn receive_wal(report: &crate::commands::receive_wal::ReceiveWalReport) {
 }
 
 pub fn archive_push(report: &ArchivePushReport) {
-    let ahead = if report.stored_ahead.is_empty() {
+    let mut ahead = if report.stored_ahead.is_empty() {
         String::new()
     } else {
         format!("; stored ahead: {}", report.stored_ahead.join(", "))
     };
+    if !report.queued_for.is_empty() {
+        ahead.push_str(&format!("; queued for {}", report.queued_for.join(", ")));
+    }
     let Some(e) = &report.encoded else {
         tracing::info!(
             "{} was archived ahead by an earlier call (its spool mark matches); nothing to do",

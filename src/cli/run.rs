@@ -7,7 +7,7 @@ use crate::commands::archive_push;
 use crate::commands::demo::{DemoOptions, demo};
 use crate::commands::notify;
 use crate::commands::receive_wal::{ReceiveWalOptions, receive_wal};
-use crate::commands::run::{Access, Outcome};
+use crate::commands::run::{Outcome, Repositories};
 use crate::config::Settings;
 use crate::error::{EXIT_OK, Result};
 
@@ -47,28 +47,30 @@ async fn run_command(cli: Cli, settings: Result<Settings>) -> Result<u8> {
         crate::run_blocking(move || demo(&options)).await?;
         return Ok(EXIT_OK);
     }
-    let access = Access::resolve(settings?)?;
+    let repositories = Repositories::resolve(settings?)?;
+    let access = repositories.primary();
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let json = cli.command.json();
     let context = Context {
         settings: &access.settings,
+        all_settings: &repositories.settings,
         repo: &access.config,
         config_file: cli.global.config.as_deref(),
         threads,
         quiet: cli.global.quiet,
     };
-    let request = match cli.command {
+    match cli.command {
         Command::ArchiveGet { name, dest } => {
             let request = ArchiveGetRequest {
                 name,
                 dest,
-                prefetcher_env: restore_command::settings_env(&access.settings),
+                prefetcher_env: restore_command::settings_env(&repositories.settings),
             };
-            render::archive_get(&archive_get::serve(&access, &request).await?);
+            render::archive_get(&archive_get::serve(&repositories, &request).await?);
             return Ok(EXIT_OK);
         }
         Command::ArchivePush { path } => {
-            render::archive_push(&archive_push::push(&access, path, threads).await?);
+            render::archive_push(&archive_push::push(&repositories, path, threads).await?);
             return Ok(EXIT_OK);
         }
         Command::ReceiveWal {
@@ -119,22 +121,84 @@ async fn run_command(cli: Cli, settings: Result<Settings>) -> Result<u8> {
             render::receive_wal(&report);
             return Ok(EXIT_OK);
         }
-        command => {
-            let name = command.name();
-            match command.request(&context) {
-                Ok(request) => request,
-                Err(error) => {
-                    crate::commands::run::record_refused(&access, name, &error).await;
-                    return Err(error);
-                }
-            }
-        }
-    };
-    let catalog = access.open_for(&request).await?;
-    let finished = crate::commands::run::run(&catalog, request).await?;
-    render::outcome(&finished.outcome, json);
-    if let Outcome::Restore { report, .. } = &finished.outcome {
-        restore_command::print_notes(&access, catalog.is_encrypted(), report);
+        command => run_on_repositories(command, &repositories, &context, json).await,
     }
-    finished.verdict
+}
+
+/// A command that works on an opened repository. A restore (and a drill or restore-table)
+/// tries the repositories in turn: one that cannot be opened, or whose restore failed
+/// before it wrote anything, is passed over (said in the log) for the next.
+async fn run_on_repositories(
+    command: Command,
+    repositories: &Repositories,
+    context: &Context<'_>,
+    json: bool,
+) -> Result<u8> {
+    let restores = matches!(
+        command,
+        Command::Restore { .. } | Command::Drill { .. } | Command::RestoreTable { .. }
+    );
+    let order = if restores {
+        repositories.selected()
+    } else {
+        vec![repositories.primary()]
+    };
+    // A restore falls back only where the directory is as it was: absent or empty.
+    let untouched = |command: &Command| match command {
+        Command::Restore {
+            pgdata: Some(pgdata),
+            ..
+        } => std::fs::read_dir(pgdata).map_or(true, |mut entries| entries.next().is_none()),
+        _ => true,
+    };
+    let fresh = untouched(&command);
+    for (i, access) in order.iter().enumerate() {
+        let next = order.get(i + 1);
+        let context = Context {
+            settings: &access.settings,
+            repo: &access.config,
+            ..*context
+        };
+        let name = command.name();
+        let request = match command.clone().request(&context) {
+            Ok(request) => request,
+            Err(error) => {
+                crate::commands::run::record_refused(access, name, &error).await;
+                return Err(error);
+            }
+        };
+        let catalog = match access.open_for(&request).await {
+            Ok(catalog) => catalog,
+            Err(e) => match next {
+                Some(next) => {
+                    tracing::warn!("{}: {e}; trying {}", access.describe(), next.describe());
+                    continue;
+                }
+                None => return Err(e),
+            },
+        };
+        let finished = match crate::commands::run::run(&catalog, request).await {
+            Ok(finished) => finished,
+            Err(e) => match next {
+                Some(next) if fresh && untouched(&command) => {
+                    tracing::warn!(
+                        "{name} from {} failed before it wrote anything: {e}; trying {}",
+                        access.describe(),
+                        next.describe()
+                    );
+                    continue;
+                }
+                _ => return Err(e),
+            },
+        };
+        if i > 0 {
+            tracing::warn!("{name}: used {}", access.describe());
+        }
+        render::outcome(&finished.outcome, json);
+        if let Outcome::Restore { report, .. } = &finished.outcome {
+            restore_command::print_notes(access, catalog.is_encrypted(), report);
+        }
+        return finished.verdict;
+    }
+    unreachable!("at least one repository")
 }

@@ -433,9 +433,12 @@ pub struct ArchiveGetRequest {
 /// found" may stand, and archive-get keeps the restore's replay claim alive meanwhile. During
 /// recovery, a served segment moves the prefetcher's cursor (and starts one if none runs).
 pub async fn serve(
-    access: &crate::commands::run::Access,
+    repositories: &crate::commands::run::Repositories,
     request: &ArchiveGetRequest,
 ) -> Result<ArchiveGetReport> {
+    let order = repositories.selected();
+    // The spool is the first repository's: one prefetcher per recovery.
+    let access = order[0];
     let options = archive_get_options(access, &request.name, &request.dest)?;
     // restore_command runs in the data directory; the plan is in pg_wal beside DEST.
     let wal_dir = wal_dir_of(&request.dest);
@@ -443,12 +446,7 @@ pub async fn serve(
     let mut catalog = None;
     let outcome = match serve_from_spool(&options)? {
         Some(report) => Ok(report),
-        None => {
-            let opened = archive_get_catalog(access, &options).await?;
-            let outcome = archive_get(&opened, &options).await;
-            catalog = Some(opened);
-            outcome
-        }
+        None => fetch_in_turn(&order, &options, &mut catalog).await,
     };
     let wal_name = WalFileName::parse(&request.name).ok();
     let found = match &outcome {
@@ -483,6 +481,55 @@ pub async fn serve(
     let report = outcome?;
     after_serving(&options, &request.prefetcher_env);
     Ok(report)
+}
+
+/// The file from the first repository of `order` that has a verified copy: one that is
+/// missing, corrupt or cannot be reached is passed over (and logged) for the next. `catalog`
+/// is left holding the repository that served, else the first that could be opened. Not
+/// found only when no repository has it and every one was asked; else the first other error.
+async fn fetch_in_turn(
+    order: &[&crate::commands::run::Access],
+    options: &ArchiveGetOptions,
+    catalog: &mut Option<Catalog>,
+) -> Result<ArchiveGetReport> {
+    let (mut not_found, mut failed) = (None, None);
+    for (i, access) in order.iter().enumerate() {
+        let error = match archive_get_catalog(access, options).await {
+            Ok(opened) => match archive_get(&opened, options).await {
+                Ok(report) => {
+                    if i > 0 {
+                        tracing::warn!("{}: served from {}", options.name, access.describe());
+                    }
+                    *catalog = Some(opened);
+                    return Ok(report);
+                }
+                Err(e) => {
+                    catalog.get_or_insert(opened);
+                    e
+                }
+            },
+            Err(e) => e,
+        };
+        if let Some(next) = order.get(i + 1) {
+            let said = format!(
+                "{}: {}: {error}; trying {}",
+                options.name,
+                access.describe(),
+                next.describe()
+            );
+            match error {
+                Error::NotFound { .. } => tracing::info!("{said}"),
+                _ => tracing::warn!("{said}"),
+            }
+        }
+        match error {
+            Error::NotFound { .. } => not_found.get_or_insert(error),
+            _ => failed.get_or_insert(error),
+        };
+    }
+    // Not found only where every repository could say so: else a repository that could not
+    // be read may hold it, and "not found" would end recovery early.
+    Err(failed.or(not_found).expect("at least one repository"))
 }
 
 /// The repository for archive-get, with the spool's key cache.

@@ -32,7 +32,7 @@ use crate::pg::wal_file_check::{Misnamed, WalFileCheck, check_wal_file};
 use crate::pg::wal_page::SIZE_OF_XLOG_LONG_PHD;
 use crate::pg::wal_summary::{SegmentSummarizer, SegmentSummary};
 use crate::pg::{FEED_BYTES, WalFileKind, WalFileName, WalLongPageHeader};
-use crate::spool::{FileStat, PushSpool, wal_dir_of};
+use crate::spool::{FileStat, PushQueue, PushSpool, wal_dir_of};
 
 use super::blocking;
 
@@ -46,6 +46,8 @@ pub struct ArchivePushOptions {
     pub parallel: usize,
     /// Where the look-ahead marks what it made durable; `None`: no look-ahead.
     pub spool: Option<PushSpool>,
+    /// The file's WAL name, where `path`'s own name is not it (a queued copy).
+    pub name: Option<WalFileName>,
 }
 
 impl ArchivePushOptions {
@@ -56,6 +58,7 @@ impl ArchivePushOptions {
             threads,
             parallel: 1,
             spool: None,
+            name: None,
         }
     }
 }
@@ -81,6 +84,9 @@ pub struct ArchivePushReport {
     pub stored_ahead: Vec<String>,
     /// Files the look-ahead tried and failed (logged; PostgreSQL's own call retries them).
     pub failed_ahead: Vec<String>,
+    /// With several repositories: those that could not be reached, which hold the file in
+    /// their local queue until a later call catches them up.
+    pub queued_for: Vec<String>,
 }
 
 /// PostgreSQL's call for a file an earlier call's look-ahead made durable: the report,
@@ -100,6 +106,7 @@ pub fn archived_ahead(options: &ArchivePushOptions) -> Option<ArchivePushReport>
             elapsed: started.elapsed(),
             stored_ahead: Vec::new(),
             failed_ahead: Vec::new(),
+            queued_for: Vec::new(),
         })
 }
 
@@ -117,7 +124,10 @@ pub async fn archive_push(
 ) -> Result<ArchivePushReport> {
     let started = Instant::now();
     let path = options.path.clone();
-    let name = file_name_of(&path)?;
+    let name = match &options.name {
+        Some(name) => name.clone(),
+        None => file_name_of(&path)?,
+    };
     let identity = catalog.identity().await?;
     let ahead = match &options.spool {
         Some(spool) if options.parallel > 1 && spool.prepare() => {
@@ -192,6 +202,7 @@ pub async fn archive_push(
         elapsed: started.elapsed(),
         stored_ahead,
         failed_ahead,
+        queued_for: Vec::new(),
     })
 }
 
@@ -565,10 +576,23 @@ async fn compare_with_stored(catalog: &Catalog, name: &WalFileName, path: &Path)
     }
 }
 
-/// archive-push as PostgreSQL calls it, with the look-ahead: a file an earlier call's
+/// archive-push as PostgreSQL calls it: into every repository (or the one `repo_index`
+/// picks), each with its look-ahead and its queue (see [`push_to_each`]).
+pub async fn push(
+    repositories: &crate::commands::run::Repositories,
+    path: PathBuf,
+    threads: usize,
+) -> Result<ArchivePushReport> {
+    match repositories.selected().as_slice() {
+        [one] => push_one(one, path, threads).await,
+        several => push_to_each(several, path, threads).await,
+    }
+}
+
+/// archive-push into one repository, with the look-ahead: a file an earlier call's
 /// look-ahead stored returns before the repository (or its S3 client) is opened, so that
 /// PostgreSQL's calls for the files stored ahead cost a few local system calls.
-pub async fn push(
+async fn push_one(
     access: &crate::commands::run::Access,
     path: PathBuf,
     threads: usize,
@@ -587,12 +611,192 @@ pub async fn push(
         threads,
         parallel: spool.push_parallel,
         spool: Some(PushSpool::new(dir, repository)),
+        name: None,
     };
     if let Some(report) = archived_ahead(&options) {
         return Ok(report);
     }
     let catalog = access.open_with_key_cache(key_cache).await?;
     archive_push(&catalog, &options).await
+}
+
+/// The queue archive-push keeps for `access` beside the WAL at `path` (or in spool_path).
+fn queue_of(access: &crate::commands::run::Access, path: &Path) -> Result<PushQueue> {
+    let spool = access.settings.spool()?;
+    Ok(PushQueue::new(crate::spool::spool_dir(
+        spool.spool_path.as_deref(),
+        &wal_dir_of(path),
+        crate::spool::SpoolKind::Queue,
+        &access.config.spool_key(),
+    )))
+}
+
+/// How one repository of several took the file.
+enum Took {
+    Stored(ArchivePushReport),
+    /// Lagging: a queued copy stands for it until the repository is caught up.
+    Queued,
+}
+
+/// The file into each of several repositories at once. Exit 0 means it is durable in each,
+/// or durable in at least one and, for each that could not be reached, in that one's local
+/// queue (at most `archive_push_queue_max` bytes per repository). A repository with a queue
+/// is caught up first, in name order, and is tried once per call (not for the whole retry
+/// time) while it stays unreachable; the files meanwhile join its queue.
+async fn push_to_each(
+    targets: &[&crate::commands::run::Access],
+    path: PathBuf,
+    threads: usize,
+) -> Result<ArchivePushReport> {
+    let started = Instant::now();
+    let name = file_name_of(&path)?;
+    // Each repository compresses (and encrypts) with its own settings: the cores are shared.
+    let threads = (threads / targets.len()).max(1);
+    let pushes = targets.iter().map(|access| {
+        let path = path.clone();
+        async move {
+            let queue = queue_of(access, &path)?;
+            if !queue.entries().is_empty() {
+                match catch_up(access, &queue, threads).await {
+                    Ok(count) => tracing::warn!(
+                        "{}: caught up {count} queued WAL file(s)",
+                        access.describe()
+                    ),
+                    Err(e) if queueable(&e) => {
+                        tracing::warn!("{} is still behind: {e}", access.describe());
+                        return Ok(Took::Queued);
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            push_one(access, path, threads).await.map(Took::Stored)
+        }
+    });
+    let results = join_all(pushes).await;
+    let stored_somewhere = results.iter().any(|r| matches!(r, Ok(Took::Stored(_))));
+    let mut report = None;
+    let mut queued_for = Vec::new();
+    let mut failure = None;
+    for (access, result) in targets.iter().zip(results) {
+        let lagging = match result {
+            Ok(Took::Stored(stored)) => {
+                report.get_or_insert(stored);
+                continue;
+            }
+            Ok(Took::Queued) => None,
+            Err(e) if queueable(&e) => Some(e),
+            Err(e) => {
+                tracing::error!("{}: {e}", access.describe());
+                failure.get_or_insert(e);
+                continue;
+            }
+        };
+        if !stored_somewhere {
+            failure.get_or_insert(lagging.unwrap_or_else(|| {
+                Error::Incomplete(format!(
+                    "{name} is in no repository: every one is unreachable"
+                ))
+            }));
+            continue;
+        }
+        match enqueue(access, &name, &path) {
+            Ok(()) => {
+                if let Some(e) = lagging {
+                    tracing::warn!(
+                        "{name} is queued for {}, which cannot be reached ({e}); the others \
+                         hold it, and a later archive-push catches it up",
+                        access.describe()
+                    );
+                }
+                queued_for.push(access.describe());
+            }
+            Err(e) => {
+                tracing::error!("{e}");
+                failure.get_or_insert(e);
+            }
+        }
+    }
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    let mut report = report.unwrap_or_else(|| ArchivePushReport {
+        name: name.to_string(),
+        outcome: PushOutcome::Stored,
+        encoded: None,
+        elapsed: Duration::ZERO,
+        stored_ahead: Vec::new(),
+        failed_ahead: Vec::new(),
+        queued_for: Vec::new(),
+    });
+    report.elapsed = started.elapsed();
+    report.queued_for = queued_for;
+    Ok(report)
+}
+
+/// Whether `error` says the repository could not be reached (a queue may stand in for it),
+/// rather than that the file or the settings are wrong (which no queue mends).
+fn queueable(error: &Error) -> bool {
+    matches!(error, Error::Storage(e) if !matches!(e, crate::storage::StorageError::Config(_)))
+}
+
+/// Adds the file to `access`'s queue, within `archive_push_queue_max`.
+fn enqueue(access: &crate::commands::run::Access, name: &WalFileName, path: &Path) -> Result<()> {
+    let queue = queue_of(access, path)?;
+    let max = access.settings.spool()?.push_queue_max;
+    let len = std::fs::metadata(path)
+        .map_err(|e| Error::local_io(path.display(), e))?
+        .len();
+    let queued = queue.bytes();
+    if max == 0 || queued + len > max {
+        return Err(Error::Incomplete(format!(
+            "{name} could not be stored in {}, and its queue ({} queued in {}) would pass \
+             archive_push_queue_max ({}): archiving stops until it can be reached (or raise \
+             archive_push_queue_max)",
+            access.describe(),
+            bytesize::ByteSize(queued),
+            queue.dir.display(),
+            bytesize::ByteSize(max)
+        )));
+    }
+    queue
+        .add(name, path)
+        .map_err(|e| Error::local_io(queue.dir.display(), e))?;
+    Ok(())
+}
+
+/// Stores `access`'s queued files into it, in order, removing each once stored; one try per
+/// file, with no retries beyond a few seconds. The number stored.
+async fn catch_up(
+    access: &crate::commands::run::Access,
+    queue: &PushQueue,
+    threads: usize,
+) -> Result<usize> {
+    let probe = access.probing();
+    let catalog = probe.open().await?;
+    let mut count = 0;
+    for entry in queue.entries() {
+        let intact = crate::spool::holds_crc(&entry.path, entry.crc32)
+            .map_err(|e| Error::local_io(entry.path.display(), e))?;
+        if !intact {
+            return Err(Error::Corrupt {
+                what: format!("the queued copy of {}", entry.name),
+                location: queue.dir.display().to_string(),
+                reason: format!(
+                    "it does not match its checksum; another repository holds {}: copy it \
+                     from there (pitr copy), then remove the queued file",
+                    entry.name
+                ),
+            });
+        }
+        let options = ArchivePushOptions {
+            name: Some(entry.name.clone()),
+            ..ArchivePushOptions::single(entry.path.clone(), threads)
+        };
+        archive_push(&catalog, &options).await?;
+        queue.remove(&entry);
+        count += 1;
+    }
+    Ok(count)
 }
 
 #[cfg(test)]

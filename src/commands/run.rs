@@ -173,17 +173,104 @@ pub fn exit_code(command: &str, error: &Error) -> u8 {
     }
 }
 
-/// How to open the repository the settings name.
+/// Every configured repository (1 to 4), and the one `--repo-index` points a command at.
+#[derive(Clone, Debug)]
+pub struct Repositories {
+    /// The settings as given, every repository's: what restore_command carries on.
+    pub settings: Settings,
+    /// In order of their numbers.
+    pub all: Vec<Access>,
+    /// `repo_index`, checked to be one of `all`.
+    pub chosen: Option<u8>,
+}
+
+impl Repositories {
+    pub fn resolve(settings: Settings) -> Result<Self> {
+        let all = settings
+            .repositories()?
+            .into_iter()
+            .map(|(number, own)| Access::of(number, own))
+            .collect::<Result<Vec<_>>>()?;
+        let chosen = settings.repo_index;
+        if let Some(n) = chosen
+            && !all.iter().any(|access| access.number == n)
+        {
+            let numbers: Vec<String> = all.iter().map(|a| a.number.to_string()).collect();
+            return Err(Error::Config(format!(
+                "repo_index {n} names no configured repository: the configured ones are {} \
+                 (repository N is set by repoN, --repoN or PITR_REPON; 1 by repo)",
+                numbers.join(", ")
+            )));
+        }
+        Ok(Repositories {
+            settings,
+            all,
+            chosen,
+        })
+    }
+
+    /// The repository a command that works on one uses: the chosen one, else the first.
+    pub fn primary(&self) -> &Access {
+        self.chosen
+            .and_then(|n| self.all.iter().find(|access| access.number == n))
+            .unwrap_or(&self.all[0])
+    }
+
+    /// The repositories a command that works on each uses: the chosen one, else all.
+    pub fn selected(&self) -> Vec<&Access> {
+        match self.chosen {
+            Some(_) => vec![self.primary()],
+            None => self.all.iter().collect(),
+        }
+    }
+
+    /// Whether more than one repository is configured.
+    pub fn several(&self) -> bool {
+        self.all.len() > 1
+    }
+}
+
+/// How to open one repository.
 #[derive(Clone, Debug)]
 pub struct Access {
+    /// Its number, 1 to 4.
+    pub number: u8,
+    /// Its own settings (see [`Settings::repository`]).
     pub settings: Settings,
     pub config: RepoConfig,
 }
 
 impl Access {
+    /// The first repository the settings name.
     pub fn resolve(settings: Settings) -> Result<Self> {
+        let repositories = Repositories::resolve(settings)?;
+        Ok(repositories.primary().clone())
+    }
+
+    fn of(number: u8, settings: Settings) -> Result<Self> {
         let config = RepoConfig::resolve(&settings)?;
-        Ok(Access { settings, config })
+        Ok(Access {
+            number,
+            settings,
+            config,
+        })
+    }
+
+    /// The same repository, tried once per request and for a few seconds at most: for one
+    /// known to be unreachable, which must not hold each archive-push for the retry time.
+    pub fn probing(&self) -> Access {
+        let mut probing = self.clone();
+        let retry = &mut probing.config.retry;
+        retry.attempt_timeout = retry
+            .attempt_timeout
+            .min(std::time::Duration::from_secs(10));
+        retry.total = retry.total.min(std::time::Duration::from_secs(10));
+        probing
+    }
+
+    /// How the log names it: "repository 2 (s3://bucket/prefix)".
+    pub fn describe(&self) -> String {
+        format!("repository {} ({})", self.number, self.config.spool_key())
     }
 
     /// The repository, opened (see [`Catalog::open`]), for every command that reads or
@@ -204,7 +291,7 @@ impl Access {
     /// (they may be root's files) and before the store is opened.
     async fn connect_as(&self, run_as: Option<&Owner>) -> Result<Catalog> {
         let settings = &self.settings;
-        let key_materials = settings.key_sources().materials(settings)?;
+        let key_materials = settings.key_sources(self.number).materials(settings)?;
         if let Some(owner) = run_as {
             become_owner(owner).map_err(|e| {
                 Error::Config(format!(
