@@ -966,6 +966,16 @@ impl RepoConfig {
         }
     }
 
+    /// The repository as archive-push's queue for it is named: its location alone, so that
+    /// WAL queued while an endpoint was unreachable still reaches the same bucket when the
+    /// endpoint setting changes.
+    pub fn queue_key(&self) -> String {
+        match &self.location {
+            RepoLocation::Fs(path) => format!("file://{}", path.display()),
+            RepoLocation::S3 { bucket, prefix } => format!("s3://{bucket}/{prefix}"),
+        }
+    }
+
     pub fn spool_key(&self) -> String {
         match &self.location {
             RepoLocation::Fs(path) => format!("file://{}", path.display()),

@@ -67,11 +67,11 @@ async fn run_command(cli: Cli, settings: Result<Settings>) -> Result<u8> {
                 prefetcher_env: restore_command::settings_env(&repositories.settings),
             };
             render::archive_get(&archive_get::serve(&repositories, &request).await?);
-            return Ok(EXIT_OK);
+            Ok(EXIT_OK)
         }
         Command::ArchivePush { path } => {
             render::archive_push(&archive_push::push(&repositories, path, threads).await?);
-            return Ok(EXIT_OK);
+            Ok(EXIT_OK)
         }
         Command::ReceiveWal {
             dbname,
@@ -119,29 +119,50 @@ async fn run_command(cli: Cli, settings: Result<Settings>) -> Result<u8> {
             let interrupt = crate::interrupt::Interrupt::listen();
             let report = receive_wal(&catalog, &options, &interrupt).await?;
             render::receive_wal(&report);
-            return Ok(EXIT_OK);
+            Ok(EXIT_OK)
         }
         command => run_on_repositories(command, &repositories, &context, json).await,
     }
 }
 
+/// How a command that works on an opened repository treats several repositories.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Spread {
+    /// The first (or the chosen) one.
+    One,
+    /// The first that succeeds, in turn (restores).
+    InTurn,
+    /// Each selected one, reported one after another (init, list, verify, expire).
+    Each,
+}
+
+fn spread(command: &Command) -> Spread {
+    match command {
+        Command::Restore { .. } | Command::Drill { .. } | Command::RestoreTable { .. } => {
+            Spread::InTurn
+        }
+        Command::Init { .. }
+        | Command::List { .. }
+        | Command::Verify { .. }
+        | Command::Expire { .. } => Spread::Each,
+        _ => Spread::One,
+    }
+}
+
 /// A command that works on an opened repository. A restore (and a drill or restore-table)
 /// tries the repositories in turn: one that cannot be opened, or whose restore failed
-/// before it wrote anything, is passed over (said in the log) for the next.
+/// before it wrote anything, is passed over (said in the log) for the next. Init, list,
+/// verify and expire run on each selected repository; their exit code is the worst.
 async fn run_on_repositories(
     command: Command,
     repositories: &Repositories,
     context: &Context<'_>,
     json: bool,
 ) -> Result<u8> {
-    let restores = matches!(
-        command,
-        Command::Restore { .. } | Command::Drill { .. } | Command::RestoreTable { .. }
-    );
-    let order = if restores {
-        repositories.selected()
-    } else {
-        vec![repositories.primary()]
+    let spread = spread(&command);
+    let order = match spread {
+        Spread::One => vec![repositories.primary()],
+        Spread::InTurn | Spread::Each => repositories.selected(),
     };
     // A restore falls back only where the directory is as it was: absent or empty.
     let untouched = |command: &Command| match command {
@@ -152,6 +173,7 @@ async fn run_on_repositories(
         _ => true,
     };
     let fresh = untouched(&command);
+    let mut worst: Option<Result<u8>> = None;
     for (i, access) in order.iter().enumerate() {
         let next = order.get(i + 1);
         let context = Context {
@@ -159,6 +181,9 @@ async fn run_on_repositories(
             repo: &access.config,
             ..*context
         };
+        if spread == Spread::Each && order.len() > 1 && !json {
+            println!("{}:", access.describe());
+        }
         let name = command.name();
         let request = match command.clone().request(&context) {
             Ok(request) => request,
@@ -167,38 +192,50 @@ async fn run_on_repositories(
                 return Err(error);
             }
         };
-        let catalog = match access.open_for(&request).await {
-            Ok(catalog) => catalog,
-            Err(e) => match next {
-                Some(next) => {
-                    tracing::warn!("{}: {e}; trying {}", access.describe(), next.describe());
-                    continue;
-                }
-                None => return Err(e),
-            },
+        let ran = match access.open_for(&request).await {
+            Ok(catalog) => crate::commands::run::run(&catalog, request)
+                .await
+                .map(|finished| (catalog, finished)),
+            Err(e) => Err(e),
         };
-        let finished = match crate::commands::run::run(&catalog, request).await {
-            Ok(finished) => finished,
-            Err(e) => match next {
-                Some(next) if fresh && untouched(&command) => {
-                    tracing::warn!(
-                        "{name} from {} failed before it wrote anything: {e}; trying {}",
-                        access.describe(),
-                        next.describe()
-                    );
-                    continue;
-                }
-                _ => return Err(e),
-            },
+        let (catalog, finished) = match (ran, spread, next) {
+            (Ok(ran), _, _) => ran,
+            (Err(e), Spread::InTurn, Some(next)) if fresh && untouched(&command) => {
+                tracing::warn!(
+                    "{name} from {} failed before it wrote anything: {e}; trying {}",
+                    access.describe(),
+                    next.describe()
+                );
+                continue;
+            }
+            (Err(e), Spread::Each, _) if order.len() > 1 => {
+                eprintln!("pitr {name}: {}: {e}", access.describe());
+                worst = Some(worse(worst, Err(e)));
+                continue;
+            }
+            (Err(e), _, _) => return Err(e),
         };
-        if i > 0 {
+        if spread == Spread::InTurn && i > 0 {
             tracing::warn!("{name}: used {}", access.describe());
         }
         render::outcome(&finished.outcome, json);
         if let Outcome::Restore { report, .. } = &finished.outcome {
             restore_command::print_notes(access, catalog.is_encrypted(), report);
         }
-        return finished.verdict;
+        if spread != Spread::Each {
+            return finished.verdict;
+        }
+        worst = Some(worse(worst, finished.verdict));
     }
-    unreachable!("at least one repository")
+    worst.expect("at least one repository ran")
+}
+
+/// The worse of two verdicts: an error over an exit code, a higher code over a lower.
+fn worse(a: Option<Result<u8>>, b: Result<u8>) -> Result<u8> {
+    match (a, b) {
+        (None, b) => b,
+        (Some(Err(a)), _) => Err(a),
+        (Some(Ok(_)), Err(b)) => Err(b),
+        (Some(Ok(a)), Ok(b)) => Ok(a.max(b)),
+    }
 }

@@ -446,7 +446,10 @@ pub async fn serve(
     let mut catalog = None;
     let outcome = match serve_from_spool(&options)? {
         Some(report) => Ok(report),
-        None => fetch_in_turn(&order, &options, &mut catalog).await,
+        None => {
+            let planned = matches!(plan, Ok(Some(_)));
+            fetch_in_turn(&order, &options, planned, &mut catalog).await
+        }
     };
     let wal_name = WalFileName::parse(&request.name).ok();
     let found = match &outcome {
@@ -485,11 +488,17 @@ pub async fn serve(
 
 /// The file from the first repository of `order` that has a verified copy: one that is
 /// missing, corrupt or cannot be reached is passed over (and logged) for the next. `catalog`
-/// is left holding the repository that served, else the first that could be opened. Not
-/// found only when no repository has it and every one was asked; else the first other error.
+/// is left holding the repository that served, else the first that could be opened.
+///
+/// When none served: not found where every repository said so, or where some did and a
+/// restore's replay plan is bound (it turns "not found" of a file recovery needs into
+/// missing WAL, so a repository lost for good does not stop a recovery the others complete);
+/// else the first other error, since an unreadable repository may hold the file and "not
+/// found" would end recovery early.
 async fn fetch_in_turn(
     order: &[&crate::commands::run::Access],
     options: &ArchiveGetOptions,
+    planned: bool,
     catalog: &mut Option<Catalog>,
 ) -> Result<ArchiveGetReport> {
     let (mut not_found, mut failed) = (None, None);
@@ -527,9 +536,17 @@ async fn fetch_in_turn(
             _ => failed.get_or_insert(error),
         };
     }
-    // Not found only where every repository could say so: else a repository that could not
-    // be read may hold it, and "not found" would end recovery early.
-    Err(failed.or(not_found).expect("at least one repository"))
+    match (not_found, failed) {
+        (Some(not_found), Some(failed)) if planned => {
+            tracing::warn!(
+                "{}: not found, and one repository could not be read ({failed}); the replay \
+                 plan says whether recovery needs it",
+                options.name
+            );
+            Err(not_found)
+        }
+        (not_found, failed) => Err(failed.or(not_found).expect("at least one repository")),
+    }
 }
 
 /// The repository for archive-get, with the spool's key cache.

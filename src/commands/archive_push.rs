@@ -627,7 +627,7 @@ fn queue_of(access: &crate::commands::run::Access, path: &Path) -> Result<PushQu
         spool.spool_path.as_deref(),
         &wal_dir_of(path),
         crate::spool::SpoolKind::Queue,
-        &access.config.spool_key(),
+        &access.config.queue_key(),
     )))
 }
 

@@ -38,6 +38,7 @@ mod restore_table;
 mod retention;
 mod rollups;
 mod secrets;
+mod several_repos;
 mod storage_conformance;
 mod tar_stream;
 mod target_kinds;

@@ -1,0 +1,259 @@
+//! Several repositories at once (issue 28): a local file repository and an S3 one
+//! (s3s-fs), configured as `repo` and `repo2`. Archiving goes on while S3 is down (the
+//! segments wait in a local queue) and catches up after; archive-get and restore fall back
+//! to S3 where the local copy is damaged or gone.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::common::*;
+
+const WAIT: Duration = Duration::from_secs(90);
+
+/// A cluster archiving into a local repository (1) and an S3 one (2), whose S3 endpoint is
+/// read from a config file at every call, so that a test can take S3 away.
+struct TwoRepos {
+    dir: TestDir,
+    server: Arc<S3Server>,
+    pitr: Pitr,
+    local: Repo,
+    s3: Repo,
+    config: PathBuf,
+}
+
+impl TwoRepos {
+    async fn start(name: &str) -> (Self, PgCluster) {
+        let dir = TestDir::new(name);
+        let server = S3Server::start(name).await;
+        let local = Repo::local(&dir);
+        let s3 = Repo::s3(&server, "off-site");
+        let mut pitr = Pitr::install(&dir, &local);
+        pitr.env.extend(
+            server
+                .env()
+                .into_iter()
+                .filter(|(k, _)| k.starts_with("AWS_")),
+        );
+        let config = dir.path().join("pitr.toml");
+        pitr.env
+            .push(("PITR_CONFIG".into(), config.display().to_string()));
+        let repos = TwoRepos {
+            dir,
+            server,
+            pitr,
+            local,
+            s3,
+            config,
+        };
+        repos.point_s3_at(&repos.server.endpoint.clone());
+        let mut cluster = PgCluster::initdb(&repos.dir, "pg", &[]);
+        let out = repos
+            .pitr
+            .command(["init", "--pgdata"])
+            .arg(&cluster.data)
+            .output()
+            .unwrap();
+        assert_eq!(code(&out), 0, "{}", stderr(&out));
+        let said = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            said.contains("repository 1") && said.contains("repository 2"),
+            "init reports each repository: {said}"
+        );
+        cluster.configure(&format!(
+            "archive_mode = on\narchive_command = '{}'\n",
+            repos.pitr.archive_command()
+        ));
+        cluster.start();
+        (repos, cluster)
+    }
+
+    /// Rewrites the config file: repository 2 at `endpoint`.
+    fn point_s3_at(&self, endpoint: &str) {
+        let passphrase = if encrypting() {
+            format!(
+                "repo2_passphrase_file = \"{}\"\n",
+                self.dir.path().join("passphrase").display()
+            )
+        } else {
+            String::new()
+        };
+        self.dir.write(
+            "pitr.toml",
+            format!(
+                "repo2 = \"{}\"\nrepo2_s3_endpoint = \"{endpoint}\"\nrepo2_s3_path_style = true\n\
+                 storage_retry_time = 3\n{passphrase}",
+                self.s3.url
+            ),
+        );
+    }
+
+    /// Every WAL segment each repository holds, by name, decoded.
+    async fn segments(repo: &Repo) -> Vec<(String, Vec<u8>)> {
+        let storage = repo.storage().await;
+        let mut segments = Vec::new();
+        for meta in storage.list("wal/").await.unwrap() {
+            if let Some(name) = keys::wal_name_of_key(&meta.key) {
+                segments.push((name.to_string(), decoded_object(&*storage, &meta.key).await));
+            }
+        }
+        segments.sort();
+        segments
+    }
+
+    /// The queued files of repository 2 in the cluster's spool.
+    fn queued(cluster: &PgCluster) -> Vec<String> {
+        let spool = cluster.data.join("pg_wal/.pitr-spool");
+        let Ok(dirs) = std::fs::read_dir(&spool) else {
+            return Vec::new();
+        };
+        let mut queued = Vec::new();
+        for dir in dirs.flatten() {
+            if !dir.file_name().to_string_lossy().starts_with("queue-") {
+                continue;
+            }
+            for file in std::fs::read_dir(dir.path()).unwrap().flatten() {
+                queued.push(file.file_name().to_string_lossy().into_owned());
+            }
+        }
+        queued.sort();
+        queued
+    }
+
+    /// Restores into `name` with `args`, starts the copy and waits until it paused at the
+    /// target; the restore's and the server's logs.
+    fn restore(&self, name: &str, args: &[&str]) -> (PgCluster, String) {
+        let data = self.dir.path().join(name);
+        let out = self
+            .pitr
+            .command(["restore", "--no-sync", "--pgdata"])
+            .arg(&data)
+            .args(args)
+            .output()
+            .unwrap();
+        assert_eq!(code(&out), 0, "restore {args:?}: {}", stderr(&out));
+        chown_to_postgres(&data);
+        let mut restored = PgCluster::restored(&self.dir, &format!("sock-{name}"), data);
+        restored.start_with_env(&self.pitr.env);
+        restored.wait_paused(WAIT);
+        (restored, stderr(&out))
+    }
+}
+
+fn state(cluster: &PgCluster) -> String {
+    cluster.sql("select count(*), sum(hashtext(t::text)) from t")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn archiving_survives_an_s3_outage_and_restores_fall_back_to_s3() {
+    let (repos, cluster) = TwoRepos::start("several-repos").await;
+    cluster.sql("create table t (id int, v text); insert into t select g, md5(g::text) from generate_series(1, 2000) g");
+    let first = cluster.archive_current_segment(WAIT);
+    let (local, s3) = (
+        TwoRepos::segments(&repos.local).await,
+        TwoRepos::segments(&repos.s3).await,
+    );
+    assert!(
+        local.iter().any(|(name, _)| *name == first),
+        "{first} local"
+    );
+    assert_eq!(local, s3, "both repositories hold the same segments");
+
+    // S3 goes away: archiving goes on, the segments wait in repository 2's queue.
+    let down = RefusingPort::bind();
+    repos.point_s3_at(&down.url());
+    let mut during = Vec::new();
+    for round in 0..3 {
+        cluster.sql(&format!(
+            "insert into t select g, 'outage {round}' from generate_series(1, 500) g"
+        ));
+        during.push(cluster.archive_current_segment(WAIT));
+    }
+    let queued = TwoRepos::queued(&cluster);
+    for segment in &during {
+        assert!(
+            queued.iter().any(|q| q.starts_with(segment.as_str())),
+            "{segment} queued for S3: {queued:?}"
+        );
+    }
+    let s3_during = TwoRepos::segments(&repos.s3).await;
+    assert!(
+        !s3_during.iter().any(|(name, _)| during.contains(name)),
+        "S3 was down"
+    );
+
+    // S3 is back: the next call catches it up, in order, byte for byte.
+    repos.point_s3_at(&repos.server.endpoint);
+    cluster.sql("insert into t select g, 'after' from generate_series(1, 500) g");
+    cluster.archive_current_segment(WAIT);
+    assert_eq!(
+        TwoRepos::queued(&cluster),
+        Vec::<String>::new(),
+        "queue drained; server log:\n{}",
+        cluster.server_log()
+    );
+    let (local, s3) = (
+        TwoRepos::segments(&repos.local).await,
+        TwoRepos::segments(&repos.s3).await,
+    );
+    assert_eq!(local, s3, "S3 caught up with every segment, identical");
+
+    // A backup in each repository, then more work, a restore point and its segment.
+    let id = repos.pitr.backup(&cluster);
+    let out = repos
+        .pitr
+        .command(backup_args(&cluster))
+        .args(["--repo-index", "2"])
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 0, "backup into S3: {}", stderr(&out));
+    cluster.sql("insert into t select g, 'replayed' from generate_series(1, 3000) g");
+    let replayed = cluster.sql("select pg_walfile_name(pg_current_wal_lsn())");
+    cluster.sql("update t set v = 'late' where id < 100");
+    let expected = state(&cluster);
+    cluster.sql("select pg_create_restore_point('several')");
+    cluster.archive_current_segment(WAIT);
+
+    // A segment replay needs is damaged in the local repository: served from S3.
+    let storage = repos.local.storage().await;
+    let key = storage
+        .list("wal/")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.key)
+        .find(|k| keys::wal_name_of_key(k).is_some_and(|n| n.to_string() == replayed))
+        .unwrap_or_else(|| panic!("{replayed} in the local repository"));
+    let path = repos.dir.path().join("repo").join(&key);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x5a;
+    std::fs::write(&path, bytes).unwrap();
+    let (mut restored, _) =
+        repos.restore("damaged", &["--backup", &id, "--target-name", "several"]);
+    assert_eq!(
+        state(&restored),
+        expected,
+        "exact restore past the damaged copy"
+    );
+    let log = restored.server_log();
+    assert!(
+        log.contains("served from repository 2"),
+        "archive-get said where the segment came from: {log}"
+    );
+    restored.stop();
+
+    // The local repository is gone: the restore uses S3 alone.
+    std::fs::rename(
+        repos.dir.path().join("repo"),
+        repos.dir.path().join("repo-gone"),
+    )
+    .unwrap();
+    let (mut restored, said) = repos.restore("from-s3", &["--target-name", "several"]);
+    assert!(
+        said.contains("repository 2"),
+        "the restore says it used S3: {said}"
+    );
+    assert_eq!(state(&restored), expected, "exact restore from S3 alone");
+    restored.stop();
+}
