@@ -3,7 +3,6 @@
 //! segments wait in a local queue) and catches up after; archive-get and restore fall back
 //! to S3 where the local copy is damaged or gone.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,7 +18,6 @@ struct TwoRepos {
     pitr: Pitr,
     local: Repo,
     s3: Repo,
-    config: PathBuf,
 }
 
 impl TwoRepos {
@@ -44,7 +42,6 @@ impl TwoRepos {
             pitr,
             local,
             s3,
-            config,
         };
         repos.point_s3_at(&repos.server.endpoint.clone());
         let mut cluster = PgCluster::initdb(&repos.dir, "pg", &[]);
