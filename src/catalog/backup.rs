@@ -734,6 +734,46 @@ impl Catalog {
         self.decode_key(&key, key.clone(), local, out).await
     }
 
+    /// Decodes data object `object` of backup `id`, verifying it; its decoded length.
+    pub async fn check_backup_object(&self, id: &str, object: u32) -> Result<u64, CatalogError> {
+        let (_, decoded) = self
+            .fetch_backup_object(id, object, "(verify)", std::io::sink())
+            .await?;
+        Ok(decoded.original_len)
+    }
+
+    /// Removes data object `object` of backup `id`: for a copy that found its own earlier,
+    /// interrupted attempt at an object damaged, before it writes the object again.
+    pub async fn remove_backup_object(&self, id: &str, object: u32) -> Result<(), CatalogError> {
+        let key = backup_object_key(id, object, self.object_kind().await?);
+        self.storage.delete(&key).await?;
+        Ok(())
+    }
+
+    /// Takes backup id `id` for a copy of another repository's backup of that id: its claim,
+    /// unless an earlier copy (being resumed) took it. The manifest comes last, as for a
+    /// backup.
+    pub async fn claim_copied_backup(&self, id: &str) -> Result<(), CatalogError> {
+        let claim = serde_json::json!({
+            "pid": std::process::id(),
+            "claimed_at": crate::pg::timestamp::rfc3339_micros(Utc::now()),
+            "host": crate::host_name().unwrap_or_default(),
+        });
+        let key = format!("{}{CLAIM_LEAF}", backup_prefix(id));
+        match self
+            .storage
+            .put(
+                &key,
+                PutPayload::from_bytes(claim.to_string()),
+                PutMode::Create,
+            )
+            .await
+        {
+            Ok(()) | Err(StorageError::AlreadyExists { .. }) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Proves, before a restore writes anything, that this user can read every object it
     /// needs: `backup`'s data objects and the WAL files `wal` (a HEAD each, `jobs` at once;
     /// a local repository opens each file). The first object that cannot be read is the

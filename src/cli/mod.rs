@@ -427,6 +427,29 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Copy backups and WAL that one repository holds and another lacks (several
+    /// repositories: repo, repo2 … repo4), each verified on both sides; run again, it
+    /// resumes.
+    Copy {
+        /// The repository to copy from, by number (default: 1, or --repo-index).
+        #[arg(long, value_name = "N")]
+        from: Option<u8>,
+        /// The repository to copy into (default: every other one).
+        #[arg(long, value_name = "N")]
+        to: Option<u8>,
+        /// Only this backup and the backups it builds on (default: every backup).
+        #[arg(long, value_name = "ID")]
+        backup: Option<String>,
+        /// Backups only, no WAL.
+        #[arg(long)]
+        no_wal: bool,
+        /// Objects copied at once (default 4).
+        #[arg(long, value_name = "N")]
+        jobs: Option<usize>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Read every object and check checksums, WAL continuity and timeline histories.
     Verify {
         /// Verify only this backup and the WAL from its start on (default: everything).
@@ -607,6 +630,7 @@ impl Command {
             Command::ArchiveGet { .. } => "archive-get",
             Command::ArchiveGetPrefetch { .. } => "archive-get-prefetch",
             Command::Verify { .. } => "verify",
+            Command::Copy { .. } => "copy",
             Command::Backup { .. } => "backup",
             Command::List { .. } => "list",
             Command::Restore { .. } => "restore",

@@ -350,6 +350,7 @@ impl Command {
             }),
             Command::Demo { .. }
             | Command::ArchivePush { .. }
+            | Command::Copy { .. }
             | Command::ReceiveWal { .. }
             | Command::ArchiveGet { .. } => {
                 return Err(Error::Config(format!(

@@ -155,6 +155,28 @@ pub fn archive_push(report: &ArchivePushReport) {
     );
 }
 
+pub fn copy(report: &crate::commands::copy::CopyReport, as_json: bool) {
+    if as_json {
+        return json(report);
+    }
+    println!(
+        "copied {} backup(s) ({} already there) and {} WAL file(s) ({} already there) from {} \
+         into {}: {} read, {} stored, in {:.1} s",
+        report.backups_copied.len(),
+        report.backups_present,
+        report.wal_copied,
+        report.wal_present,
+        report.source,
+        report.target,
+        bytesize::ByteSize(report.bytes_copied),
+        bytesize::ByteSize(report.bytes_stored),
+        report.elapsed.as_secs_f64()
+    );
+    for id in &report.backups_copied {
+        println!("  backup {id}");
+    }
+}
+
 pub fn archive_get(report: &ArchiveGetReport) {
     let from = match report.source {
         GetSource::Repository { stored_len } => format!("{stored_len} stored"),

@@ -4,10 +4,11 @@ use super::options::Context;
 use super::{Cli, Command, render, restore_command};
 use crate::commands::archive_get::{self, ArchiveGetRequest};
 use crate::commands::archive_push;
+use crate::commands::copy::{CopyOptions, copy};
 use crate::commands::demo::{DemoOptions, demo};
 use crate::commands::notify;
 use crate::commands::receive_wal::{ReceiveWalOptions, receive_wal};
-use crate::commands::run::{Outcome, Repositories};
+use crate::commands::run::{Access, Outcome, Repositories};
 use crate::config::Settings;
 use crate::error::{EXIT_OK, Result};
 
@@ -119,6 +120,42 @@ async fn run_command(cli: Cli, settings: Result<Settings>) -> Result<u8> {
             let interrupt = crate::interrupt::Interrupt::listen();
             let report = receive_wal(&catalog, &options, &interrupt).await?;
             render::receive_wal(&report);
+            Ok(EXIT_OK)
+        }
+        Command::Copy {
+            from,
+            to,
+            backup,
+            no_wal,
+            jobs,
+            json,
+        } => {
+            let source = repositories.numbered(from.unwrap_or(access.number))?;
+            let targets: Vec<&Access> = match to {
+                Some(n) => vec![repositories.numbered(n)?],
+                None => repositories
+                    .all
+                    .iter()
+                    .filter(|a| a.number != source.number)
+                    .collect(),
+            };
+            if targets.is_empty() || targets.iter().any(|t| t.number == source.number) {
+                return Err(crate::error::Error::Config(
+                    "copy needs two repositories: configure repo2 (--repo2, PITR_REPO2) beside \
+                     repo, and give --from and --to different numbers"
+                        .into(),
+                ));
+            }
+            let options = CopyOptions {
+                backup,
+                wal: !no_wal,
+                jobs: jobs.unwrap_or(4),
+            };
+            let from = source.open().await?;
+            for target in targets {
+                let into = target.open().await?;
+                render::copy(&copy(&from, &into, &options).await?, json);
+            }
             Ok(EXIT_OK)
         }
         command => run_on_repositories(command, &repositories, &context, json).await,

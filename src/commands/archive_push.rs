@@ -550,7 +550,11 @@ fn refused(path: &Path, misnamed: Misnamed) -> Error {
 }
 
 /// Succeeds only if the stored object decodes to exactly the bytes at `path`.
-async fn compare_with_stored(catalog: &Catalog, name: &WalFileName, path: &Path) -> Result<()> {
+pub(crate) async fn compare_with_stored(
+    catalog: &Catalog,
+    name: &WalFileName,
+    path: &Path,
+) -> Result<()> {
     let local = File::open(path).map_err(|e| Error::local_io(path.display(), e))?;
     let compare = CompareWriter::new(BufReader::with_capacity(1 << 20, local));
     let (compare, _) = catalog

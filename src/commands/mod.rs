@@ -6,6 +6,7 @@ pub mod archive_get;
 pub mod archive_push;
 pub mod backup;
 pub mod check;
+pub mod copy;
 pub mod demo;
 pub mod drill;
 pub mod expire;

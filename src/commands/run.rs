@@ -224,6 +224,21 @@ impl Repositories {
         }
     }
 
+    /// Repository `n`, which must be configured.
+    pub fn numbered(&self, n: u8) -> Result<&Access> {
+        self.all
+            .iter()
+            .find(|access| access.number == n)
+            .ok_or_else(|| {
+                let numbers: Vec<String> = self.all.iter().map(|a| a.number.to_string()).collect();
+                Error::Config(format!(
+                    "repository {n} is not configured (configured: {}); repository N is set by \
+                 repoN, --repoN or PITR_REPON",
+                    numbers.join(", ")
+                ))
+            })
+    }
+
     /// Whether more than one repository is configured.
     pub fn several(&self) -> bool {
         self.all.len() > 1

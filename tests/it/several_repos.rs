@@ -21,7 +21,14 @@ struct TwoRepos {
 }
 
 impl TwoRepos {
+    /// Both repositories configured and initialised from the start.
     async fn start(name: &str) -> (Self, PgCluster) {
+        Self::start_with(name, true).await
+    }
+
+    /// With `s3` false, only the local repository is configured (see
+    /// [`TwoRepos::add_s3`]).
+    async fn start_with(name: &str, with_s3: bool) -> (Self, PgCluster) {
         let dir = TestDir::new(name);
         let server = S3Server::start(name).await;
         let local = Repo::local(&dir);
@@ -43,7 +50,11 @@ impl TwoRepos {
             local,
             s3,
         };
-        repos.point_s3_at(&repos.server.endpoint.clone());
+        if with_s3 {
+            repos.point_s3_at(&repos.server.endpoint.clone());
+        } else {
+            repos.dir.write("pitr.toml", "storage_retry_time = 3\n");
+        }
         let mut cluster = PgCluster::initdb(&repos.dir, "pg", &[]);
         let out = repos
             .pitr
@@ -53,8 +64,9 @@ impl TwoRepos {
             .unwrap();
         assert_eq!(code(&out), 0, "{}", stderr(&out));
         let said = String::from_utf8_lossy(&out.stdout).into_owned();
-        assert!(
-            said.contains("repository 1") && said.contains("repository 2"),
+        assert_eq!(
+            said.contains("repository 2"),
+            with_s3,
             "init reports each repository: {said}"
         );
         cluster.configure(&format!(
@@ -63,6 +75,26 @@ impl TwoRepos {
         ));
         cluster.start();
         (repos, cluster)
+    }
+
+    /// Configures repository 2 (S3) and initialises it, as a user adding an off-site copy
+    /// to a running setup does.
+    fn add_s3(&self, cluster: &PgCluster) {
+        self.point_s3_at(&self.server.endpoint);
+        let out = self
+            .pitr
+            .command(["init", "--repo-index", "2", "--pgdata"])
+            .arg(&cluster.data)
+            .output()
+            .unwrap();
+        assert_eq!(code(&out), 0, "{}", stderr(&out));
+    }
+
+    /// `pitr ARGS…`, which must succeed; its standard output.
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.pitr.run(args);
+        assert_eq!(code(&out), 0, "pitr {args:?}: {}", stderr(&out));
+        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     /// Rewrites the config file: repository 2 at `endpoint`.
@@ -252,5 +284,93 @@ async fn archiving_survives_an_s3_outage_and_restores_fall_back_to_s3() {
         "the restore says it used S3: {said}"
     );
     assert_eq!(state(&restored), expected, "exact restore from S3 alone");
+    restored.stop();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn copy_makes_the_second_repository_restorable_on_its_own() {
+    let (repos, cluster) = TwoRepos::start_with("copy-repos", false).await;
+    cluster.sql("create table t (id int, v text); insert into t select g, md5(g::text) from generate_series(1, 5000) g");
+    let full = repos.pitr.backup(&cluster);
+    cluster.sql("update t set v = 'changed' where id % 7 = 0");
+    cluster.archive_current_segment(WAIT);
+    let out = repos
+        .pitr
+        .command(backup_args(&cluster))
+        .args(["--type", "incr"])
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 0, "incremental: {}", stderr(&out));
+    let incr = backup_id(&out);
+    cluster.sql("insert into t select g, 'after' from generate_series(1, 1000) g");
+    let expected = state(&cluster);
+    cluster.sql("select pg_create_restore_point('copied')");
+    cluster.archive_current_segment(WAIT);
+
+    // An off-site repository added later holds nothing until the copy.
+    repos.add_s3(&cluster);
+    let said = repos.ok(&["copy", "--json"]);
+    let report: serde_json::Value = serde_json::from_str(&said).unwrap();
+    assert_eq!(
+        report["backups_copied"],
+        serde_json::json!([full, incr]),
+        "{said}"
+    );
+    assert!(report["wal_copied"].as_u64().unwrap() >= 4, "{said}");
+    assert_eq!(
+        TwoRepos::segments(&repos.local).await,
+        TwoRepos::segments(&repos.s3).await,
+        "every segment copied, identical"
+    );
+    repos.ok(&["verify", "--repo-index", "2"]);
+
+    // Again: nothing is missing, nothing is copied.
+    let again: serde_json::Value = serde_json::from_str(&repos.ok(&["copy", "--json"])).unwrap();
+    assert_eq!(again["backups_copied"], serde_json::json!([]));
+    assert_eq!(again["wal_copied"], 0);
+    assert_eq!(again["backups_present"], 2);
+
+    // A copy cut short (the incremental's manifest and one object never arrived, another
+    // object damaged) is resumed.
+    let storage = repos.s3.storage().await;
+    let objects: Vec<String> = storage
+        .list(&format!("backup/{incr}/data/"))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.key)
+        .collect();
+    assert!(objects.len() >= 2, "{objects:?}");
+    storage.delete(&keys::manifest_key(&incr)).await.unwrap();
+    storage.delete(&objects[0]).await.unwrap();
+    let damaged = pitr::storage::read_all(&*storage, &objects[1])
+        .await
+        .unwrap();
+    let mut flipped = damaged.clone();
+    let middle = flipped.len() / 2;
+    flipped[middle] ^= 0x77;
+    storage.delete(&objects[1]).await.unwrap();
+    storage
+        .put(
+            &objects[1],
+            pitr::storage::PutPayload::from_bytes(flipped),
+            pitr::storage::PutMode::Create,
+        )
+        .await
+        .unwrap();
+    let resumed: serde_json::Value = serde_json::from_str(&repos.ok(&["copy", "--json"])).unwrap();
+    assert_eq!(resumed["backups_copied"], serde_json::json!([incr]));
+    repos.ok(&["verify", "--repo-index", "2"]);
+
+    // The local repository is gone: S3 restores the chain on its own.
+    std::fs::rename(
+        repos.dir.path().join("repo"),
+        repos.dir.path().join("repo-gone"),
+    )
+    .unwrap();
+    let (mut restored, said) =
+        repos.restore("from-copy", &["--backup", &incr, "--target-name", "copied"]);
+    assert!(said.contains("repository 2"), "{said}");
+    assert_eq!(state(&restored), expected, "exact restore from the copy");
     restored.stop();
 }
