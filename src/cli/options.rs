@@ -319,6 +319,8 @@ impl Command {
                 dbname,
                 switch_wal,
                 jobs: 2 * threads,
+                repository: 1,
+                peers: Vec::new(),
             }),
             Command::Metrics { listen, dbname } => Request::Metrics {
                 options: MetricsOptions {

@@ -197,6 +197,9 @@ async fn run_on_repositories(
     json: bool,
 ) -> Result<u8> {
     let spread = spread(&command);
+    if let (Command::Check { .. }, true) = (&command, repositories.selected().len() > 1) {
+        return check_each(command, repositories, context, json).await;
+    }
     let order = match spread {
         Spread::One => vec![repositories.primary()],
         Spread::InTurn | Spread::Each => repositories.selected(),
@@ -275,4 +278,41 @@ fn worse(a: Option<Result<u8>>, b: Result<u8>) -> Result<u8> {
         (Some(Ok(_)), Err(b)) => Err(b),
         (Some(Ok(a)), Ok(b)) => Ok(a.max(b)),
     }
+}
+
+/// `pitr check` with several repositories: one report, each repository's checks and how far
+/// each is behind the others (`repo_lag`); recorded in the first one's history.
+async fn check_each(
+    command: Command,
+    repositories: &Repositories,
+    context: &Context<'_>,
+    json: bool,
+) -> Result<u8> {
+    let order = repositories.selected();
+    let (first, peers) = order.split_first().expect("several repositories");
+    let context = Context {
+        settings: &first.settings,
+        repo: &first.config,
+        ..*context
+    };
+    let mut request = match command.request(&context) {
+        Ok(request) => request,
+        Err(error) => {
+            crate::commands::run::record_refused(first, "check", &error).await;
+            return Err(error);
+        }
+    };
+    let mut opened = Vec::new();
+    for peer in peers {
+        // Check reads an unopened repository's state itself (UNKNOWN when unreadable).
+        opened.push((peer.number, peer.open_for(&request).await?));
+    }
+    if let crate::commands::run::Request::Check(options) = &mut request {
+        options.repository = first.number;
+        options.peers = opened;
+    }
+    let catalog = first.open_for(&request).await?;
+    let finished = crate::commands::run::run(&catalog, request).await?;
+    render::outcome(&finished.outcome, json);
+    finished.verdict
 }

@@ -227,6 +227,10 @@ pub struct CheckOptions {
     pub dbname: Option<String>,
     pub switch_wal: bool,
     pub jobs: usize,
+    /// With several repositories: this one's number, and the others to check beside it
+    /// (each line then names its repository, and `repo_lag` compares them).
+    pub repository: u8,
+    pub peers: Vec<(u8, Catalog)>,
 }
 
 /// One line of the output.
@@ -237,6 +241,9 @@ pub struct CheckResult {
     pub detail: String,
     /// The measured value: seconds for ages and lags, a count for backups.
     pub value: Option<f64>,
+    /// With several repositories: the one this line is about.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub repository: Option<u8>,
 }
 
 /// The JSON shape monitoring reads: keep it stable.
@@ -363,6 +370,7 @@ pub fn evaluate(facts: &CheckFacts, thresholds: &CheckThresholds) -> CheckReport
                     limits_text(&thresholds.backup_age)
                 ),
                 value: Some(age.as_secs_f64()),
+                repository: None,
             }
         }
         None => CheckResult {
@@ -374,6 +382,7 @@ pub fn evaluate(facts: &CheckFacts, thresholds: &CheckThresholds) -> CheckReport
             },
             detail: "no complete backup in the repository".into(),
             value: None,
+            repository: None,
         },
     });
 
@@ -394,6 +403,7 @@ pub fn evaluate(facts: &CheckFacts, thresholds: &CheckThresholds) -> CheckReport
             state: CheckState::Critical,
             detail: "no WAL archived in the repository".into(),
             value: None,
+            repository: None,
         },
         (Some(server), _) if server.last_complete_archived => CheckResult {
             name: "archive_lag",
@@ -403,6 +413,7 @@ pub fn evaluate(facts: &CheckFacts, thresholds: &CheckThresholds) -> CheckReport
                 server.last_complete_segment.as_deref().unwrap_or("?")
             ),
             value: Some(0.0),
+            repository: None,
         },
         (Some(server), lag) => {
             let behind = match (&server.last_complete_segment, server.segments_behind) {
@@ -417,12 +428,14 @@ pub fn evaluate(facts: &CheckFacts, thresholds: &CheckThresholds) -> CheckReport
                     state: thresholds.archive_lag.age_state(lag),
                     detail: format!("{behind}; {}", lag_detail(lag)),
                     value: Some(lag.as_secs_f64()),
+                    repository: None,
                 },
                 None => CheckResult {
                     name: "archive_lag",
                     state: CheckState::Warning,
                     detail: format!("{behind}; no archived commit to date it"),
                     value: None,
+                    repository: None,
                 },
             }
         }
@@ -431,6 +444,7 @@ pub fn evaluate(facts: &CheckFacts, thresholds: &CheckThresholds) -> CheckReport
             state: thresholds.archive_lag.age_state(lag),
             detail: lag_detail(lag),
             value: Some(lag.as_secs_f64()),
+            repository: None,
         },
         (None, None) => CheckResult {
             name: "archive_lag",
@@ -439,6 +453,7 @@ pub fn evaluate(facts: &CheckFacts, thresholds: &CheckThresholds) -> CheckReport
                      the server)"
                 .into(),
             value: None,
+            repository: None,
         },
     });
 
@@ -449,6 +464,7 @@ pub fn evaluate(facts: &CheckFacts, thresholds: &CheckThresholds) -> CheckReport
             state: CheckState::Unknown,
             detail: reason.clone(),
             value: None,
+            repository: None,
         }),
         Some(Ok(ServerFacts {
             archiver: Some(stats),
@@ -472,6 +488,7 @@ pub fn evaluate(facts: &CheckFacts, thresholds: &CheckThresholds) -> CheckReport
                         stats.failed_count
                     ),
                     value: Some(stats.failed_count as f64),
+                    repository: None,
                 }
             } else {
                 CheckResult {
@@ -488,6 +505,7 @@ pub fn evaluate(facts: &CheckFacts, thresholds: &CheckThresholds) -> CheckReport
                         stats.failed_count
                     ),
                     value: Some(stats.failed_count as f64),
+                    repository: None,
                 }
             });
         }
@@ -539,6 +557,7 @@ pub fn evaluate(facts: &CheckFacts, thresholds: &CheckThresholds) -> CheckReport
             }
         ),
         value: Some(count as f64),
+        repository: None,
     });
 
     // The last successful verify.
@@ -566,6 +585,7 @@ pub fn evaluate(facts: &CheckFacts, thresholds: &CheckThresholds) -> CheckReport
                     state: thresholds.verify_age.age_state(age),
                     detail,
                     value: Some(age.as_secs_f64()),
+                    repository: None,
                 }
             }
             None => CheckResult {
@@ -582,6 +602,7 @@ pub fn evaluate(facts: &CheckFacts, thresholds: &CheckThresholds) -> CheckReport
                         .into(),
                 },
                 value: None,
+                repository: None,
             },
         });
     }
@@ -596,6 +617,7 @@ pub fn evaluate(facts: &CheckFacts, thresholds: &CheckThresholds) -> CheckReport
                     human(*after)
                 ),
                 value: Some(after.as_secs_f64()),
+                repository: None,
             },
             SwitchOutcome::Missing { segment, waited } => CheckResult {
                 name: "switch_wal",
@@ -606,12 +628,14 @@ pub fn evaluate(facts: &CheckFacts, thresholds: &CheckThresholds) -> CheckReport
                     human(*waited)
                 ),
                 value: Some(waited.as_secs_f64()),
+                repository: None,
             },
             SwitchOutcome::Failed(reason) => CheckResult {
                 name: "switch_wal",
                 state: CheckState::Unknown,
                 detail: reason.clone(),
                 value: None,
+                repository: None,
             },
         });
     }
@@ -639,24 +663,58 @@ pub async fn check(catalog: &Catalog, options: &CheckOptions) -> Result<CheckRep
         ))),
         _ => None,
     };
+    let (mut report, overview) = check_one(catalog, &session, switch, options).await;
+    if options.peers.is_empty() {
+        return Ok(report);
+    }
+    // Several repositories: each one's checks, then how far each is behind the others.
+    let mut checks = Vec::new();
+    let mut overviews = vec![(options.repository, overview)];
+    tag(&mut report, options.repository);
+    checks.append(&mut report.checks);
+    for (number, peer) in &options.peers {
+        let (mut peer_report, overview) = check_one(peer, &session, None, options).await;
+        tag(&mut peer_report, *number);
+        checks.append(&mut peer_report.checks);
+        overviews.push((*number, overview));
+    }
+    checks.extend(repository_lag(&overviews, &options.thresholds));
+    Ok(CheckReport::new(checks))
+}
+
+fn tag(report: &mut CheckReport, repository: u8) {
+    for check in &mut report.checks {
+        check.repository = Some(repository);
+    }
+}
+
+/// One repository's checks, and its overview when it could be read.
+async fn check_one(
+    catalog: &Catalog,
+    session: &Option<std::result::Result<Session, String>>,
+    switch: Option<SwitchOutcome>,
+    options: &CheckOptions,
+) -> (CheckReport, Option<RepositoryOverview>) {
     let repository = match overview(catalog, options.jobs).await {
         Ok(repository) => repository,
         Err(e) => {
-            return Ok(CheckReport::new(vec![CheckResult {
+            let report = CheckReport::new(vec![CheckResult {
                 name: "repository",
                 state: CheckState::Unknown,
                 detail: format!("cannot read the repository: {e}"),
                 value: None,
-            }]));
+                repository: None,
+            }]);
+            return (report, None);
         }
     };
     let server = match session {
         Some(Ok(session)) => Some(
-            server_facts(catalog, &session, &repository)
+            server_facts(catalog, session, &repository)
                 .await
                 .map_err(|e| e.to_string()),
         ),
-        Some(Err(reason)) => Some(Err(reason)),
+        Some(Err(reason)) => Some(Err(reason.clone())),
         None => None,
     };
     let facts = CheckFacts {
@@ -665,7 +723,92 @@ pub async fn check(catalog: &Catalog, options: &CheckOptions) -> Result<CheckRep
         server,
         switch,
     };
-    Ok(evaluate(&facts, &options.thresholds))
+    (evaluate(&facts, &options.thresholds), Some(repository))
+}
+
+/// `repo_lag`, one line per repository: how far its newest archived segment is behind the
+/// newest any repository holds (segments, and the time between their last commits). One
+/// segment behind is the moment archive-push stores in each; more is a repository that
+/// misses WAL the others hold (WARNING at least; the time by `check_archive_lag`). Pure.
+/// A repository's newest archived segment: timeline, segment number, its last commit.
+type Head = (u32, u64, Option<DateTime<Utc>>);
+
+pub fn repository_lag(
+    overviews: &[(u8, Option<RepositoryOverview>)],
+    thresholds: &CheckThresholds,
+) -> Vec<CheckResult> {
+    let newest = |o: &RepositoryOverview| {
+        o.newest_wal
+            .iter()
+            .map(|(tli, w)| (*tli, w.segment_number, w.last_commit))
+            .max_by_key(|&(tli, segno, _)| (tli, segno))
+    };
+    let heads: Vec<(u8, Option<Head>)> = overviews
+        .iter()
+        .filter_map(|(n, o)| Some((*n, o.as_ref().map(newest)?)))
+        .collect();
+    let Some(lead) = heads
+        .iter()
+        .filter_map(|(n, head)| Some((*n, (*head)?)))
+        .max_by_key(|&(_, (tli, segno, _))| (tli, segno))
+    else {
+        return Vec::new();
+    };
+    let (lead_number, (lead_tli, lead_segno, lead_commit)) = lead;
+    heads
+        .iter()
+        .map(|&(number, head)| {
+            let (state, detail, value) = match head {
+                None => (
+                    CheckState::Critical,
+                    format!("holds no WAL; repository {lead_number} does"),
+                    None,
+                ),
+                Some((tli, segno, commit)) => {
+                    let behind = if tli == lead_tli {
+                        lead_segno - segno
+                    } else {
+                        u64::MAX
+                    };
+                    let lag = match (lead_commit, commit) {
+                        (Some(lead), Some(own)) => age(lead, own),
+                        (Some(_), None) => Duration::MAX,
+                        _ => Duration::ZERO,
+                    };
+                    let by_time = thresholds.archive_lag.age_state(lag);
+                    let state = match behind {
+                        0 | 1 => by_time,
+                        _ => by_time.max_severity(CheckState::Warning),
+                    };
+                    let detail = match behind {
+                        0 => "holds the newest archived segment".to_owned(),
+                        u64::MAX => {
+                            format!("is on timeline {tli}, repository {lead_number} on {lead_tli}")
+                        }
+                        n => format!(
+                            "{n} segment(s) behind repository {lead_number}, its last commit {} \
+                             older ({})",
+                            if lag == Duration::MAX {
+                                "unknown".into()
+                            } else {
+                                human(lag)
+                            },
+                            limits_text(&thresholds.archive_lag)
+                        ),
+                    };
+                    let value = (lag != Duration::MAX).then_some(lag.as_secs_f64());
+                    (state, detail, value)
+                }
+            };
+            CheckResult {
+                name: "repo_lag",
+                state,
+                detail,
+                value,
+                repository: Some(number),
+            }
+        })
+        .collect()
 }
 
 async fn server_facts(
@@ -806,6 +949,7 @@ fn receiver_result(slot: &ReceiverSlot, archive_lag: &Limits<Duration>) -> Check
         state,
         detail,
         value: slot.behind_bytes.map(|b| b as f64),
+        repository: None,
     }
 }
 

@@ -211,8 +211,44 @@ async fn archiving_survives_an_s3_outage_and_restores_fall_back_to_s3() {
         "S3 was down"
     );
 
-    // S3 is back: the next call catches it up, in order, byte for byte.
+    // check sees repository 2 behind (the check reads both; S3 answers it again, but its
+    // queue has not been pushed yet): WARNING by segments, CRITICAL by the time between
+    // the repositories' last commits past check_archive_lag.
     repos.point_s3_at(&repos.server.endpoint);
+    let lag = |thresholds: &[&str]| {
+        let out = repos
+            .pitr
+            .command(["check", "--json"])
+            .args(thresholds)
+            .output()
+            .unwrap();
+        let report: serde_json::Value =
+            serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", stderr(&out)));
+        let of = |n: u64| {
+            report["checks"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|c| c["name"] == "repo_lag" && c["repository"] == n)
+                .unwrap_or_else(|| panic!("repo_lag of repository {n}: {report}"))
+                .clone()
+        };
+        (of(1), of(2))
+    };
+    let (first, second) = lag(&[]);
+    assert_eq!(first["state"], "OK", "{first}");
+    assert_eq!(second["state"], "WARNING", "{second}");
+    assert!(
+        second["detail"]
+            .as_str()
+            .unwrap()
+            .contains("3 segment(s) behind repository 1"),
+        "{second}"
+    );
+    let (_, second) = lag(&["--check-archive-lag", "1s,3s"]);
+    assert_eq!(second["state"], "CRITICAL", "{second}");
+
+    // S3 is back: the next call catches it up, in order, byte for byte.
     cluster.sql("insert into t select g, 'after' from generate_series(1, 500) g");
     cluster.archive_current_segment(WAIT);
     assert_eq!(
@@ -226,6 +262,12 @@ async fn archiving_survives_an_s3_outage_and_restores_fall_back_to_s3() {
         TwoRepos::segments(&repos.s3).await,
     );
     assert_eq!(local, s3, "S3 caught up with every segment, identical");
+    let (first, second) = lag(&["--check-archive-lag", "1s,3s"]);
+    assert_eq!(
+        (&first["state"], &second["state"]),
+        (&"OK".into(), &"OK".into()),
+        "{second}"
+    );
 
     // A backup in each repository, then more work, a restore point and its segment.
     let id = repos.pitr.backup(&cluster);
