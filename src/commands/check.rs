@@ -726,13 +726,13 @@ async fn check_one(
     (evaluate(&facts, &options.thresholds), Some(repository))
 }
 
+/// A repository's newest archived segment: timeline, segment number, its last commit.
+type Head = (u32, u64, Option<DateTime<Utc>>);
+
 /// `repo_lag`, one line per repository: how far its newest archived segment is behind the
 /// newest any repository holds (segments, and the time between their last commits). One
 /// segment behind is the moment archive-push stores in each; more is a repository that
 /// misses WAL the others hold (WARNING at least; the time by `check_archive_lag`). Pure.
-/// A repository's newest archived segment: timeline, segment number, its last commit.
-type Head = (u32, u64, Option<DateTime<Utc>>);
-
 pub fn repository_lag(
     overviews: &[(u8, Option<RepositoryOverview>)],
     thresholds: &CheckThresholds,

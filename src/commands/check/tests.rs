@@ -313,3 +313,66 @@ fn a_receivers_slot_is_ok_streaming_warning_idle_critical_lost() {
     assert_eq!(receiver_result(&slow, &limits).state, CheckState::Critical);
     assert!(parse_receiver_slot("pitr").is_none());
 }
+
+/// `repo_lag`: the repository with the newest segment is OK; one a segment behind is the
+/// moment archive-push stores in each; more is WARNING, and CRITICAL past the lag limit by
+/// the time between the last commits; one that holds no WAL is CRITICAL.
+#[test]
+fn repository_lag_compares_the_newest_segments() {
+    let at_segment = |segno: u64, commit: &str| {
+        let mut overview = repository(None, Some(commit), None);
+        let wal = overview.newest_wal.get_mut(&1).unwrap();
+        wal.segment_number = segno;
+        overview
+    };
+    let mut empty = repository(None, None, None);
+    empty.newest_wal.clear();
+    let overviews = vec![
+        (1, Some(at_segment(9, "2026-11-22T11:59:00Z"))),
+        (2, Some(at_segment(8, "2026-11-22T11:58:50Z"))),
+        (3, Some(at_segment(6, "2026-11-22T11:58:00Z"))),
+        (4, Some(empty)),
+    ];
+    let lines = repository_lag(&overviews, &thresholds());
+    let states: Vec<(Option<u8>, CheckState)> =
+        lines.iter().map(|c| (c.repository, c.state)).collect();
+    assert_eq!(
+        states,
+        [
+            (Some(1), CheckState::Ok),
+            (Some(2), CheckState::Ok),
+            (Some(3), CheckState::Warning),
+            (Some(4), CheckState::Critical),
+        ]
+    );
+    assert!(
+        lines[2]
+            .detail
+            .contains("3 segment(s) behind repository 1, its last commit 1m 0s older"),
+        "{}",
+        lines[2].detail
+    );
+    assert_eq!(lines[2].value, Some(60.0));
+    let tight = CheckThresholds {
+        archive_lag: Limits::parse("10s,30s", parse_duration).unwrap(),
+        ..thresholds()
+    };
+    let states: Vec<CheckState> = repository_lag(&overviews, &tight)
+        .iter()
+        .map(|c| c.state)
+        .collect();
+    assert_eq!(
+        states,
+        [
+            CheckState::Ok,
+            CheckState::Ok,
+            CheckState::Critical,
+            CheckState::Critical
+        ]
+    );
+    // An unreadable repository has no line; the others are still compared.
+    assert_eq!(
+        repository_lag(&[(1, None), (2, Some(at_segment(3, NOW)))], &thresholds()).len(),
+        1
+    );
+}
