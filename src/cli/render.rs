@@ -52,6 +52,23 @@ pub fn outcome(outcome: &Outcome, as_json: bool) {
     }
 }
 
+/// The JSON document of an outcome that has one (list, verify, expire), for the report of
+/// a command run on several repositories.
+pub fn outcome_json(outcome: &Outcome) -> Option<serde_json::Value> {
+    let value = match outcome {
+        Outcome::List(report) => serde_json::to_value(report),
+        Outcome::Verify { report, .. } => serde_json::to_value(report),
+        Outcome::Expire(report) => serde_json::to_value(report),
+        _ => return None,
+    };
+    Some(value.expect("reports serialise"))
+}
+
+/// Prints `value` as the JSON documents are printed.
+pub fn json_value(value: &serde_json::Value) {
+    json(value)
+}
+
 fn json(report: &impl serde::Serialize) {
     println!(
         "{}",

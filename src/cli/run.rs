@@ -214,6 +214,10 @@ async fn run_on_repositories(
     };
     let fresh = untouched(&command);
     let mut worst: Option<Result<u8>> = None;
+    // Several repositories' JSON reports make one document: {"repositories": [{"repository":
+    // N, "location": …, "report": … or "error": …}, …]}.
+    let several_json = spread == Spread::Each && order.len() > 1 && json;
+    let mut documents = Vec::new();
     for (i, access) in order.iter().enumerate() {
         let next = order.get(i + 1);
         let context = Context {
@@ -250,6 +254,11 @@ async fn run_on_repositories(
             }
             (Err(e), Spread::Each, _) if order.len() > 1 => {
                 eprintln!("pitr {name}: {}: {e}", access.describe());
+                documents.push(serde_json::json!({
+                    "repository": access.number,
+                    "location": access.config.spool_key(),
+                    "error": e.to_string(),
+                }));
                 worst = Some(worse(worst, Err(e)));
                 continue;
             }
@@ -258,7 +267,14 @@ async fn run_on_repositories(
         if spread == Spread::InTurn && i > 0 {
             tracing::warn!("{name}: used {}", access.describe());
         }
-        render::outcome(&finished.outcome, json);
+        match render::outcome_json(&finished.outcome).filter(|_| several_json) {
+            Some(report) => documents.push(serde_json::json!({
+                "repository": access.number,
+                "location": access.config.spool_key(),
+                "report": report,
+            })),
+            None => render::outcome(&finished.outcome, json),
+        }
         if let Outcome::Restore { report, .. } = &finished.outcome {
             restore_command::print_notes(access, catalog.is_encrypted(), report);
         }
@@ -266,6 +282,9 @@ async fn run_on_repositories(
             return finished.verdict;
         }
         worst = Some(worse(worst, finished.verdict));
+    }
+    if several_json {
+        render::json_value(&serde_json::json!({ "repositories": documents }));
     }
     worst.expect("at least one repository ran")
 }

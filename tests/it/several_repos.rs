@@ -365,6 +365,25 @@ async fn copy_makes_the_second_repository_restorable_on_its_own() {
         "every segment copied, identical"
     );
     repos.ok(&["verify", "--repo-index", "2"]);
+    // list and verify report each repository: one JSON document naming them.
+    let listed: serde_json::Value = serde_json::from_str(&repos.ok(&["list", "--json"])).unwrap();
+    let each = listed["repositories"].as_array().unwrap();
+    assert_eq!(each.len(), 2, "{listed}");
+    for (n, repository) in each.iter().enumerate() {
+        assert_eq!(repository["repository"], n + 1);
+        let ids: Vec<&str> = repository["report"]["backups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b["id"].as_str().unwrap())
+            .collect();
+        assert_eq!(ids, [full.as_str(), incr.as_str()], "{repository}");
+    }
+    let text = repos.ok(&["verify"]);
+    assert!(
+        text.contains("repository 1 (") && text.contains("repository 2 ("),
+        "{text}"
+    );
 
     // Again: nothing is missing, nothing is copied.
     let again: serde_json::Value = serde_json::from_str(&repos.ok(&["copy", "--json"])).unwrap();

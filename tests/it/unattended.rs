@@ -397,18 +397,24 @@ fn systemd_units_pass_systemd_analyze_verify() {
         "Environment=PITR_CONFIG=/etc/pitr/pitr.toml",
         "ExecStart=/usr/bin/pitr copy",
     ] {
-        assert!(copy.lines().any(|l| l == line), "pitr-copy.service lacks {line}");
+        assert!(
+            copy.lines().any(|l| l == line),
+            "pitr-copy.service lacks {line}"
+        );
     }
     units.push(dir.write(
         "pitr-copy.service",
         copy.replace("ExecStart=/usr/bin/pitr", &format!("ExecStart={exe}")),
     ));
-    let drop_in =
-        std::fs::read_to_string(source.join("pitr-backup.service.d/copy.conf")).unwrap();
+    let drop_in = std::fs::read_to_string(source.join("pitr-backup.service.d/copy.conf")).unwrap();
     assert!(drop_in.lines().any(|l| l == "OnSuccess=pitr-copy.service"));
     let backup = std::fs::read_to_string(dir.path().join("pitr-backup.service")).unwrap();
     // The unit as systemd merges it: the drop-in's [Unit] lines after the unit's own.
-    let merged = backup.replacen("[Service]", &format!("{}\n[Service]", drop_in.replace("[Unit]\n", "")), 1);
+    let merged = backup.replacen(
+        "[Service]",
+        &format!("{}\n[Service]", drop_in.replace("[Unit]\n", "")),
+        1,
+    );
     units.push(dir.write("pitr-backup-with-copy.service", merged));
     let verify = |units: &[std::path::PathBuf]| {
         Command::new("/usr/bin/systemd-analyze")
