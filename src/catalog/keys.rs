@@ -299,6 +299,15 @@ const KEY_CACHE_FORMAT: u32 = 1;
 /// The cache's file name in a spool directory.
 pub const KEY_CACHE_FILE: &str = "data-key.json";
 
+/// The cache's file name for repository `number` (1 to 4) in a spool directory that serves
+/// several (archive-get's): each keeps its own.
+pub fn key_cache_file(number: u8) -> String {
+    match number {
+        1 => KEY_CACHE_FILE.to_owned(),
+        n => format!("data-key-repo{n}.json"),
+    }
+}
+
 fn cache_verifier(salt: &[u8], passphrase: &[u8]) -> String {
     use sha2::Digest;
     let digest = sha2::Sha256::new()

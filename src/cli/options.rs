@@ -165,6 +165,7 @@ impl Command {
                     queue_max: spool_config.get_queue_max,
                     pgdata: std::env::current_dir()
                         .map_err(|e| Error::local_io("the working directory", e))?,
+                    fallbacks: Vec::new(),
                 })
             }
             Command::Backup {

@@ -175,9 +175,10 @@ enum Spread {
 
 fn spread(command: &Command) -> Spread {
     match command {
-        Command::Restore { .. } | Command::Drill { .. } | Command::RestoreTable { .. } => {
-            Spread::InTurn
-        }
+        Command::Restore { .. }
+        | Command::Drill { .. }
+        | Command::RestoreTable { .. }
+        | Command::ArchiveGetPrefetch { .. } => Spread::InTurn,
         Command::Init { .. }
         | Command::List { .. }
         | Command::Verify { .. }
@@ -229,13 +230,26 @@ async fn run_on_repositories(
             println!("{}:", access.describe());
         }
         let name = command.name();
-        let request = match command.clone().request(&context) {
+        let mut request = match command.clone().request(&context) {
             Ok(request) => request,
             Err(error) => {
                 crate::commands::run::record_refused(access, name, &error).await;
                 return Err(error);
             }
         };
+        if let crate::commands::run::Request::Prefetch(options) = &mut request {
+            // The prefetcher falls back to the repositories after this one.
+            for other in &order[i + 1..] {
+                let key_cache = options
+                    .spool
+                    .dir
+                    .join(crate::catalog::keys::key_cache_file(other.number));
+                match other.open_with_key_cache(key_cache).await {
+                    Ok(catalog) => options.fallbacks.push(catalog),
+                    Err(e) => tracing::warn!("prefetch: {}: {e}", other.describe()),
+                }
+            }
+        }
         let ran = match access.open_for(&request).await {
             Ok(catalog) => crate::commands::run::run(&catalog, request)
                 .await

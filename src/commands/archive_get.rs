@@ -556,7 +556,9 @@ async fn archive_get_catalog(
 ) -> Result<Catalog> {
     match &options.spool {
         Some(spool) => {
-            let key_cache = spool.dir.join(crate::catalog::keys::KEY_CACHE_FILE);
+            let key_cache = spool
+                .dir
+                .join(crate::catalog::keys::key_cache_file(access.number));
             access.open_with_key_cache(key_cache).await
         }
         None => access.open().await,

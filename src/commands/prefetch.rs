@@ -55,6 +55,9 @@ pub struct PrefetchOptions {
     pub queue_max: u64,
     /// The data directory in recovery (restore_command's working directory).
     pub pgdata: PathBuf,
+    /// With several repositories: the others, in order, to fetch a segment from when this
+    /// one's copy is missing, damaged or cannot be read.
+    pub fallbacks: Vec<Catalog>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -178,8 +181,18 @@ pub async fn prefetch(catalog: &Catalog, options: &PrefetchOptions) -> Result<Pr
             };
             fetching.insert(name.clone());
             let (catalog, spool, name) = (catalog.clone(), spool.clone(), name.clone());
+            let fallbacks = options.fallbacks.clone();
             in_flight.spawn(async move {
-                let result = fetch_one(&catalog, &spool, &wal_name, segment_size).await;
+                let mut result = fetch_one(&catalog, &spool, &wal_name, segment_size).await;
+                for fallback in &fallbacks {
+                    let Err(e) = &result else { break };
+                    tracing::warn!(
+                        "prefetch of {name} from {}: {e}; trying {}",
+                        catalog.location(),
+                        fallback.location()
+                    );
+                    result = fetch_one(fallback, &spool, &wal_name, segment_size).await;
+                }
                 (name, result)
             });
         }

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use crate::catalog::Catalog;
-use crate::catalog::keys::{KEY_CACHE_FILE, KeyMaterial};
+use crate::catalog::keys::KeyMaterial;
 use crate::commands::backup::{BackupOptions, BackupReport, backup};
 use crate::commands::check::{CheckOptions, CheckReport, check};
 use crate::commands::drill::{DrillOptions, DrillReport, drill};
@@ -339,7 +339,12 @@ impl Access {
             Request::Init(_) | Request::Check(_) | Request::Metrics { .. } => catalog,
             Request::Prefetch(options) => {
                 catalog
-                    .with_key_cache(options.spool.dir.join(KEY_CACHE_FILE))
+                    .with_key_cache(
+                        options
+                            .spool
+                            .dir
+                            .join(crate::catalog::keys::key_cache_file(self.number)),
+                    )
                     .open()
                     .await?
             }
