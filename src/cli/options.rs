@@ -327,6 +327,8 @@ impl Command {
                 options: MetricsOptions {
                     jobs: 2 * threads,
                     dbname,
+                    repository: 1,
+                    peers: Vec::new(),
                 },
                 listen,
             },

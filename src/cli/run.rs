@@ -198,7 +198,9 @@ async fn run_on_repositories(
     json: bool,
 ) -> Result<u8> {
     let spread = spread(&command);
-    if let (Command::Check { .. }, true) = (&command, repositories.selected().len() > 1) {
+    if let (Command::Check { .. } | Command::Metrics { .. }, true) =
+        (&command, repositories.selected().len() > 1)
+    {
         return check_each(command, repositories, context, json).await;
     }
     let order = match spread {
@@ -313,8 +315,9 @@ fn worse(a: Option<Result<u8>>, b: Result<u8>) -> Result<u8> {
     }
 }
 
-/// `pitr check` with several repositories: one report, each repository's checks and how far
-/// each is behind the others (`repo_lag`); recorded in the first one's history.
+/// `pitr check` (and `pitr metrics`) with several repositories: one report, each
+/// repository's checks and how far each is behind the others (`repo_lag`); recorded in the
+/// first one's history. Metrics report the first repository and every one's lag.
 async fn check_each(
     command: Command,
     repositories: &Repositories,
@@ -323,6 +326,7 @@ async fn check_each(
 ) -> Result<u8> {
     let order = repositories.selected();
     let (first, peers) = order.split_first().expect("several repositories");
+    let command_name = command.name();
     let context = Context {
         settings: &first.settings,
         repo: &first.config,
@@ -331,7 +335,7 @@ async fn check_each(
     let mut request = match command.request(&context) {
         Ok(request) => request,
         Err(error) => {
-            crate::commands::run::record_refused(first, "check", &error).await;
+            crate::commands::run::record_refused(first, command_name, &error).await;
             return Err(error);
         }
     };
@@ -340,9 +344,16 @@ async fn check_each(
         // Check reads an unopened repository's state itself (UNKNOWN when unreadable).
         opened.push((peer.number, peer.open_for(&request).await?));
     }
-    if let crate::commands::run::Request::Check(options) = &mut request {
-        options.repository = first.number;
-        options.peers = opened;
+    match &mut request {
+        crate::commands::run::Request::Check(options) => {
+            options.repository = first.number;
+            options.peers = opened;
+        }
+        crate::commands::run::Request::Metrics { options, .. } => {
+            options.repository = first.number;
+            options.peers = opened;
+        }
+        _ => {}
     }
     let catalog = first.open_for(&request).await?;
     let finished = crate::commands::run::run(&catalog, request).await?;

@@ -274,7 +274,15 @@ impl CheckReport {
             .checks
             .iter()
             .filter(|c| c.state != CheckState::Ok)
-            .map(|c| format!("{} {}: {}", c.state.as_str(), c.name, c.detail))
+            .map(|c| match c.repository {
+                Some(n) => format!(
+                    "{} {} (repository {n}): {}",
+                    c.state.as_str(),
+                    c.name,
+                    c.detail
+                ),
+                None => format!("{} {}: {}", c.state.as_str(), c.name, c.detail),
+            })
             .collect();
         (!lines.is_empty()).then(|| lines.join("; "))
     }
@@ -726,8 +734,62 @@ async fn check_one(
     (evaluate(&facts, &options.thresholds), Some(repository))
 }
 
-/// A repository's newest archived segment: timeline, segment number, its last commit.
-type Head = (u32, u64, Option<DateTime<Utc>>);
+/// How far one repository's WAL is behind the newest any repository holds.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RepositoryLag {
+    pub repository: u8,
+    /// The repository that holds the newest segment.
+    pub lead: u8,
+    /// Its newest segment's timeline, and the lead's.
+    pub timeline: Option<u32>,
+    pub lead_timeline: u32,
+    /// Segments behind on the lead's timeline; None when it holds no WAL or is on another
+    /// timeline.
+    pub segments_behind: Option<u64>,
+    /// The time between the lead's last archived commit and its own; None when it has none
+    /// the lead has.
+    pub commit_lag: Option<Duration>,
+}
+
+/// Each readable repository's lag behind the one with the newest segment (pure). Empty when
+/// none holds WAL.
+pub fn repository_lags(overviews: &[(u8, Option<RepositoryOverview>)]) -> Vec<RepositoryLag> {
+    // A repository's newest segment: timeline, segment number, its last commit.
+    let newest = |o: &RepositoryOverview| {
+        o.newest_wal
+            .iter()
+            .map(|(tli, w)| (*tli, w.segment_number, w.last_commit))
+            .max_by_key(|&(tli, segno, _)| (tli, segno))
+    };
+    let heads: Vec<_> = overviews
+        .iter()
+        .filter_map(|(n, o)| Some((*n, o.as_ref().map(newest)?)))
+        .collect();
+    let Some((lead, (lead_timeline, lead_segno, lead_commit))) = heads
+        .iter()
+        .filter_map(|(n, head)| Some((*n, (*head)?)))
+        .max_by_key(|&(_, (tli, segno, _))| (tli, segno))
+    else {
+        return Vec::new();
+    };
+    heads
+        .into_iter()
+        .map(|(repository, head)| RepositoryLag {
+            repository,
+            lead,
+            timeline: head.map(|(tli, _, _)| tli),
+            lead_timeline,
+            segments_behind: head
+                .filter(|&(tli, _, _)| tli == lead_timeline)
+                .map(|(_, segno, _)| lead_segno - segno),
+            commit_lag: match (lead_commit, head.and_then(|(_, _, commit)| commit)) {
+                (Some(lead), Some(own)) => Some(age(lead, own)),
+                (Some(_), None) => None,
+                (None, _) => Some(Duration::ZERO),
+            },
+        })
+        .collect()
+}
 
 /// `repo_lag`, one line per repository: how far its newest archived segment is behind the
 /// newest any repository holds (segments, and the time between their last commits). One
@@ -737,75 +799,48 @@ pub fn repository_lag(
     overviews: &[(u8, Option<RepositoryOverview>)],
     thresholds: &CheckThresholds,
 ) -> Vec<CheckResult> {
-    let newest = |o: &RepositoryOverview| {
-        o.newest_wal
-            .iter()
-            .map(|(tli, w)| (*tli, w.segment_number, w.last_commit))
-            .max_by_key(|&(tli, segno, _)| (tli, segno))
-    };
-    let heads: Vec<(u8, Option<Head>)> = overviews
-        .iter()
-        .filter_map(|(n, o)| Some((*n, o.as_ref().map(newest)?)))
-        .collect();
-    let Some(lead) = heads
-        .iter()
-        .filter_map(|(n, head)| Some((*n, (*head)?)))
-        .max_by_key(|&(_, (tli, segno, _))| (tli, segno))
-    else {
-        return Vec::new();
-    };
-    let (lead_number, (lead_tli, lead_segno, lead_commit)) = lead;
-    heads
-        .iter()
-        .map(|&(number, head)| {
-            let (state, detail, value) = match head {
-                None => (
+    repository_lags(overviews)
+        .into_iter()
+        .map(|lag| {
+            let lead = lag.lead;
+            let (state, detail) = match (lag.timeline, lag.segments_behind) {
+                (None, _) => (
                     CheckState::Critical,
-                    format!("holds no WAL; repository {lead_number} does"),
-                    None,
+                    format!("holds no WAL; repository {lead} does"),
                 ),
-                Some((tli, segno, commit)) => {
-                    let behind = if tli == lead_tli {
-                        lead_segno - segno
-                    } else {
-                        u64::MAX
+                (Some(tli), None) => (
+                    CheckState::Critical,
+                    format!(
+                        "is on timeline {tli}, repository {lead} on {}",
+                        lag.lead_timeline
+                    ),
+                ),
+                (Some(_), Some(behind)) => {
+                    let by_time = match lag.commit_lag {
+                        Some(time) => thresholds.archive_lag.age_state(time),
+                        None => CheckState::Critical,
                     };
-                    let lag = match (lead_commit, commit) {
-                        (Some(lead), Some(own)) => age(lead, own),
-                        (Some(_), None) => Duration::MAX,
-                        _ => Duration::ZERO,
-                    };
-                    let by_time = thresholds.archive_lag.age_state(lag);
-                    let state = match behind {
-                        0 | 1 => by_time,
-                        _ => by_time.max_severity(CheckState::Warning),
-                    };
-                    let detail = match behind {
-                        0 => "holds the newest archived segment".to_owned(),
-                        u64::MAX => {
-                            format!("is on timeline {tli}, repository {lead_number} on {lead_tli}")
-                        }
-                        n => format!(
-                            "{n} segment(s) behind repository {lead_number}, its last commit {} \
-                             older ({})",
-                            if lag == Duration::MAX {
-                                "unknown".into()
-                            } else {
-                                human(lag)
-                            },
-                            limits_text(&thresholds.archive_lag)
+                    match behind {
+                        0 => (by_time, "holds the newest archived segment".to_owned()),
+                        1 => (by_time, format!("1 segment behind repository {lead}")),
+                        n => (
+                            by_time.max_severity(CheckState::Warning),
+                            format!(
+                                "{n} segment(s) behind repository {lead}, its last commit {} \
+                                 older ({})",
+                                lag.commit_lag.map_or("unknown".into(), human),
+                                limits_text(&thresholds.archive_lag)
+                            ),
                         ),
-                    };
-                    let value = (lag != Duration::MAX).then_some(lag.as_secs_f64());
-                    (state, detail, value)
+                    }
                 }
             };
             CheckResult {
                 name: "repo_lag",
                 state,
                 detail,
-                value,
-                repository: Some(number),
+                value: lag.commit_lag.map(|time| time.as_secs_f64()),
+                repository: Some(lag.repository),
             }
         })
         .collect()

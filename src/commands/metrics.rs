@@ -19,7 +19,7 @@ use prometheus_client::registry::Registry;
 use super::overview::{RepositoryOverview, overview};
 use crate::catalog::history::RunStatus;
 use crate::catalog::{Catalog, total_bytes};
-use crate::commands::check::{ReceiverSlot, receiver_slots};
+use crate::commands::check::{ReceiverSlot, RepositoryLag, receiver_slots, repository_lags};
 use crate::error::Result;
 use crate::pg::Lsn;
 use crate::pg::timestamp::parse_rfc3339;
@@ -66,7 +66,11 @@ impl Metrics {
 }
 
 /// The exposition text of `repo` and what the server said: pure.
-pub fn encode_metrics(repo: &RepositoryOverview, server: Option<&ServerMetrics>) -> String {
+pub fn encode_metrics(
+    repo: &RepositoryOverview,
+    server: Option<&ServerMetrics>,
+    lags: &[RepositoryLag],
+) -> String {
     let mut m = Metrics {
         registry: Registry::with_prefix("pitr"),
     };
@@ -237,6 +241,31 @@ pub fn encode_metrics(repo: &RepositoryOverview, server: Option<&ServerMetrics>)
         }
     }
 
+    // Several repositories: how far each is behind the one with the newest WAL.
+    if !lags.is_empty() {
+        let segments = m.family(
+            "repository_lag_segments",
+            "With several repositories: WAL segments this one is behind the newest (absent on \
+             another timeline or without WAL)",
+        );
+        let commits = m.family(
+            "repository_lag_seconds",
+            "With several repositories: time between the newest repository's last archived \
+             commit and this one's",
+        );
+        for lag in lags {
+            let by_repository = labels(&[("repository", lag.repository.to_string())]);
+            if let Some(behind) = lag.segments_behind {
+                segments.get_or_create(&by_repository).set(behind as f64);
+            }
+            if let Some(time) = lag.commit_lag {
+                commits
+                    .get_or_create(&by_repository)
+                    .set(time.as_secs_f64());
+            }
+        }
+    }
+
     let mut text = String::new();
     encode(&mut text, &m.registry).expect("writing to a String cannot fail");
     text
@@ -292,6 +321,9 @@ pub struct MetricsOptions {
     pub jobs: usize,
     /// Also ask the server at this conninfo (receive-wal's slots).
     pub dbname: Option<String>,
+    /// With several repositories: this one's number and the others, whose lag is reported.
+    pub repository: u8,
+    pub peers: Vec<(u8, Catalog)>,
 }
 
 /// What the server said, when metrics asked it.
@@ -310,7 +342,21 @@ pub async fn metrics(catalog: &Catalog, options: &MetricsOptions) -> Result<Stri
         Some(dbname) => Some(server_metrics(dbname).await),
         None => None,
     };
-    Ok(encode_metrics(&repository, server.as_ref()))
+    let mut overviews = vec![(options.repository, Some(repository))];
+    for (number, peer) in &options.peers {
+        let read = overview(peer, options.jobs).await;
+        if let Err(e) = &read {
+            tracing::warn!("metrics: repository {number}: {e}");
+        }
+        overviews.push((*number, read.ok()));
+    }
+    let lags = if options.peers.is_empty() {
+        Vec::new()
+    } else {
+        repository_lags(&overviews)
+    };
+    let repository = overviews.swap_remove(0).1.expect("read above");
+    Ok(encode_metrics(&repository, server.as_ref(), &lags))
 }
 
 async fn server_metrics(dbname: &str) -> ServerMetrics {
@@ -497,7 +543,7 @@ mod tests {
                 flush_lag: Some(std::time::Duration::from_millis(1500)),
             }],
         };
-        let text = encode_metrics(&repo, Some(&server));
+        let text = encode_metrics(&repo, Some(&server), &[]);
         for line in [
             "pitr_wal_tail_end_lsn_bytes{timeline=\"1\"} 100667392.0",
             "pitr_wal_tail_upload_time_seconds{timeline=\"1\"} 1795133461.0",
@@ -517,7 +563,7 @@ mod tests {
         // No run recorded: no run metrics.
         assert!(!text.contains("pitr_last_run_success{"), "{text}");
         // Not asked: nothing of the server.
-        let text = encode_metrics(&repo, None);
+        let text = encode_metrics(&repo, None, &[]);
         assert!(!text.contains("pitr_server_up"), "{text}");
     }
 }

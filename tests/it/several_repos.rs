@@ -247,6 +247,13 @@ async fn archiving_survives_an_s3_outage_and_restores_fall_back_to_s3() {
     );
     let (_, second) = lag(&["--check-archive-lag", "1s,3s"]);
     assert_eq!(second["state"], "CRITICAL", "{second}");
+    let metrics = repos.ok(&["metrics"]);
+    for series in [
+        "pitr_repository_lag_segments{repository=\"1\"} 0",
+        "pitr_repository_lag_segments{repository=\"2\"} 3",
+    ] {
+        assert!(metrics.contains(series), "{series} in {metrics}");
+    }
 
     // S3 is back: the next call catches it up, in order, byte for byte.
     cluster.sql("insert into t select g, 'after' from generate_series(1, 500) g");
