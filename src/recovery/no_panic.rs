@@ -71,6 +71,8 @@ async fn crafted_rollup_sizes_past_u64_max_are_listed_planned_and_measured_witho
         &MetricsOptions {
             jobs: 4,
             dbname: None,
+            repository: 1,
+            peers: Vec::new(),
         },
     )
     .await
