@@ -136,3 +136,24 @@ pgbr_config() {
   give_pg "$WORK/pgbackrest.conf" "$WORK/pgbr-repo" "$WORK/lock"
   PGBR="pgbackrest --config=$WORK/pgbackrest.conf --stanza=bench"
 }
+
+# s3s-fs serving DIR behind bench/s3_proxy.py (LATENCY_MS each way, default 20), credentials
+# bench/benchsecret, bucket "bench"; stopped at exit. Sets S3_ENDPOINT (the proxy) and
+# exports the AWS variables pitr reads. Needs s3s-fs and python3.
+start_s3_behind_proxy() { # DIR
+  command -v s3s-fs >/dev/null || {
+    echo "s3s-fs is not installed: cargo install s3s-fs --version 0.14.1 --features binary" >&2; exit 1; }
+  local free='import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+  local s3_port proxy_port
+  s3_port=$(python3 -c "$free")
+  proxy_port=$(python3 -c "$free")
+  mkdir -p "$1/bench"
+  s3s-fs --host 127.0.0.1 --port "$s3_port" --access-key bench --secret-key benchsecret "$1" >/dev/null 2>&1 &
+  S3_PIDS="$!"
+  python3 bench/s3_proxy.py "$proxy_port" "$s3_port" "${LATENCY_MS:-20}" &
+  S3_PIDS="$S3_PIDS $!"
+  for _ in $(seq 50); do curl -s "http://127.0.0.1:$proxy_port/__count" >/dev/null && break; sleep 0.2; done
+  S3_ENDPOINT="http://127.0.0.1:$proxy_port"
+  export AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=benchsecret AWS_REGION=us-east-1 \
+    AWS_EC2_METADATA_DISABLED=true
+}
