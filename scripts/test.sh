@@ -74,7 +74,7 @@ cargo test --locked --tests --no-fail-fast "$@" 2>&1 | tee "$log" || status=$?
 # file). Skipped when arguments pick tests.
 if [ $# -eq 0 ]; then
   PITR_TEST_ENCRYPT=1 cargo test --locked --no-fail-fast \
-    --test it -- archive:: backup:: restore:: verify:: receive_wal::losing \
+    --test it -- archive:: backup:: restore:: verify:: receive_wal::losing several_repos:: \
     incremental::a_chain_restores_every_moment_on_15 2>&1 | tee -a "$log" || status=$?
 fi
 awk '/^test result:/ { p += $4; f += $6 } END { printf "tests: %d passed, %d failed\n", p, f }' "$log"

@@ -598,11 +598,10 @@ impl Settings {
                 }
             }
         }
-        let mut settings = Self::from_table(base, &in_file)?;
+        let mut settings = Self::from_table(base, &|e, key| in_file(e, key))?;
         for (n, group) in groups {
-            settings
-                .numbered
-                .insert(n, Self::from_table(group, &in_file)?);
+            let group = Self::from_table(group, &|e, key| in_file(e, &numbered_key(n, key)))?;
+            settings.numbered.insert(n, group);
         }
         Ok(settings)
     }
@@ -1388,6 +1387,71 @@ mod tests {
             }
         }
         assert_eq!(resolved_in_child(&args, &some_env), expect(&layers));
+    }
+
+    /// Each repository has its own location, keys, compression and retention, inheriting
+    /// none of them from the first; the other settings are shared.
+    #[test]
+    fn numbered_repositories_have_their_own_settings() {
+        let settings = Settings::from_toml(
+            "repo = \"/var/lib/pitr\"\nkeep_last = 5\nstorage_timeout = 7\n\
+             passphrase_file = \"/etc/pitr/local\"\n\
+             repo2 = \"s3://b/p\"\nrepo2_s3_endpoint = \"http://s3\"\nrepo2_keep_last = 1\n\
+             repo2_compression = \"zstd\"\n",
+            Path::new("pitr.toml"),
+        )
+        .unwrap();
+        let all = settings.repositories().unwrap();
+        let numbers: Vec<u8> = all.iter().map(|(n, _)| *n).collect();
+        assert_eq!(numbers, [1, 2]);
+        let (first, second) = (&all[0].1, &all[1].1);
+        assert_eq!(first.repo.as_deref(), Some("/var/lib/pitr"));
+        assert_eq!(first.s3_endpoint, None);
+        assert_eq!(first.retention_policy().unwrap().keep_last, Some(5));
+        assert_eq!(second.repo.as_deref(), Some("s3://b/p"));
+        assert_eq!(second.s3_endpoint.as_deref(), Some("http://s3"));
+        assert_eq!(second.retention_policy().unwrap().keep_last, Some(1));
+        assert_eq!(
+            second.compression().unwrap().kind,
+            Some(CompressionType::Zstd)
+        );
+        assert_eq!(second.passphrase_file, None, "keys are never inherited");
+        assert_eq!(second.storage_timeout, Some(7), "shared settings are");
+        assert_eq!(
+            second.key_sources(2).passphrase_env,
+            "PITR_REPO2_PASSPHRASE"
+        );
+        // restore_command carries both.
+        let carried: Vec<String> = settings.carried().iter().map(|(s, _)| s.flag()).collect();
+        for flag in [
+            "--repo",
+            "--repo2",
+            "--repo2-s3-endpoint",
+            "--passphrase-file",
+        ] {
+            assert!(carried.iter().any(|c| c == flag), "{flag} in {carried:?}");
+        }
+
+        for (bad, says) in [
+            (
+                "repo = \"/a\"\nrepo3_keep_last = 2\n",
+                "repository 3 has settings but no location",
+            ),
+            (
+                "repo = \"/a\"\nrepo2_storage_timeout = 2\n",
+                "repo2_storage_timeout is no per-repository setting",
+            ),
+            (
+                "repo = \"/a\"\nrepo2 = \"/b\"\nrepo2_keep_last = \"x\"\n",
+                "repo2_keep_last",
+            ),
+        ] {
+            let err = Settings::from_toml(bad, Path::new("pitr.toml"))
+                .and_then(|s| s.repositories().map(|_| ()))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(says) && !err.contains('\n'), "{bad}: {err}");
+        }
     }
 
     #[test]
