@@ -49,11 +49,9 @@ echo "== ${#names[@]} segments, $(( $(du -sb "$WORK/segments" | cut -f1) / 10485
 
 S3="--s3-endpoint $S3_ENDPOINT --s3-path-style"
 S3_2="--repo2-s3-endpoint $S3_ENDPOINT --repo2-s3-path-style"
-round=0
-# ms per segment for a configuration: REPOS (the repository flags), into fresh repositories.
-push_ms() { # REPO_FLAGS_TEMPLATE ({} = this round's tag)
-  round=$((round + 1))
-  local flags=${1//\{\}/$round}
+# ms per segment for a configuration: the repository flags, into fresh repositories.
+push_ms() { # REPO_FLAGS_TEMPLATE ({} = a tag of this run) TAG
+  local flags=${1//\{\}/$2}
   # shellcheck disable=SC2086
   as_pg env AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=benchsecret AWS_REGION=us-east-1 \
     AWS_EC2_METADATA_DISABLED=true "$WORK/pitr" $flags init --pgdata "$WORK/data" >/dev/null
@@ -63,18 +61,17 @@ push_ms() { # REPO_FLAGS_TEMPLATE ({} = this round's tag)
     "${names[@]}" | cut -d' ' -f1)
   awk -v ns="$ns" 'BEGIN { printf "%.1f", ns / 1e6 }'
 }
-best_of() { # FLAGS
-  local best_ms=""
-  for _ in $(seq "$ROUNDS"); do
-    local ms
-    ms=$(push_ms "$1")
-    best_ms=$( [ -z "$best_ms" ] && echo "$ms" || best "$best_ms" "$ms")
-  done
-  echo "$best_ms"
-}
-file_ms=$(best_of "--repo $WORK/file-{}")
-s3_ms=$(best_of "--repo s3://bench/s3-{} $S3")
-two_ms=$(best_of "--repo $WORK/two-file-{} --repo2 s3://bench/two-s3-{} $S3_2")
+# Rounds interleave the three configurations, so that the machine's noise falls on each.
+file_ms="" s3_ms="" two_ms=""
+for round in $(seq "$ROUNDS"); do
+  ms=$(push_ms "--repo $WORK/file-{}" "$round")
+  file_ms=$( [ -z "$file_ms" ] && echo "$ms" || best "$file_ms" "$ms")
+  ms=$(push_ms "--repo s3://bench/s3-{} $S3" "$round")
+  s3_ms=$( [ -z "$s3_ms" ] && echo "$ms" || best "$s3_ms" "$ms")
+  ms=$(push_ms "--repo $WORK/two-file-{} --repo2 s3://bench/two-s3-{} $S3_2" "$round")
+  two_ms=$( [ -z "$two_ms" ] && echo "$ms" || best "$two_ms" "$ms")
+  echo "round $round: file $file_ms, S3 $s3_ms, both $two_ms ms/segment (best so far)"
+done
 printf '%-28s %10s\n' "archive-push into" "ms/segment"
 printf '%-28s %10s\n' "file repository alone" "$file_ms" "S3 repository alone" "$s3_ms" "both (file + S3)" "$two_ms"
 awk -v f="$file_ms" -v s="$s3_ms" -v t="$two_ms" 'BEGIN {

@@ -33,6 +33,9 @@ pub struct Context<'a> {
     pub settings: &'a Settings,
     /// Every repository's, which restore_command carries on.
     pub all_settings: &'a Settings,
+    /// The repository's number: the unnumbered retention flags (--keep-last …) are
+    /// repository 1's, as the unnumbered settings are.
+    pub number: u8,
     pub repo: &'a RepoConfig,
     /// `--config`, which restore_command repeats.
     pub config_file: Option<&'a Path>,
@@ -42,6 +45,16 @@ pub struct Context<'a> {
 }
 
 impl Context<'_> {
+    /// The retention flags that apply to this repository: the unnumbered ones to the first
+    /// (repository N has `--repoN-keep-last` …, global flags).
+    fn retention_flags(&self, flags: &crate::config::RetentionArgs) -> Settings {
+        if self.number == 1 {
+            flags.settings()
+        } else {
+            Settings::default()
+        }
+    }
+
     fn restore_command(&self) -> String {
         let exe = std::env::current_exe()
             .map(|p| p.display().to_string())
@@ -185,8 +198,8 @@ impl Command {
                 retention,
             } => Request::Backup {
                 // Checked before the backup, applied after it.
-                policy: retention
-                    .settings()
+                policy: context
+                    .retention_flags(&retention)
                     .over(settings.clone())
                     .retention_policy()?,
                 options: BackupOptions {
@@ -336,8 +349,8 @@ impl Command {
             Command::Expire {
                 retention, dry_run, ..
             } => Request::Expire(ExpireOptions {
-                policy: retention
-                    .settings()
+                policy: context
+                    .retention_flags(&retention)
                     .over(settings.clone())
                     .retention_policy()?,
                 dry_run,

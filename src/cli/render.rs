@@ -625,15 +625,7 @@ pub fn check(report: &crate::commands::check::CheckReport, as_json: bool) {
         return json(report);
     }
     for c in &report.checks {
-        match c.repository {
-            Some(n) => println!(
-                "{} {} (repository {n}): {}",
-                c.state.as_str(),
-                c.name,
-                c.detail
-            ),
-            None => println!("{} {}: {}", c.state.as_str(), c.name, c.detail),
-        }
+        println!("{}", c.line());
     }
 }
 

@@ -55,6 +55,7 @@ async fn run_command(cli: Cli, settings: Result<Settings>) -> Result<u8> {
     let context = Context {
         settings: &access.settings,
         all_settings: &repositories.settings,
+        number: access.number,
         repo: &access.config,
         config_file: cli.global.config.as_deref(),
         threads,
@@ -226,6 +227,7 @@ async fn run_on_repositories(
         let context = Context {
             settings: &access.settings,
             repo: &access.config,
+            number: access.number,
             ..*context
         };
         if spread == Spread::Each && order.len() > 1 && !json {
@@ -330,6 +332,7 @@ async fn check_each(
     let context = Context {
         settings: &first.settings,
         repo: &first.config,
+        number: first.number,
         ..*context
     };
     let mut request = match command.request(&context) {

@@ -603,12 +603,7 @@ async fn push_one(
 ) -> Result<ArchivePushReport> {
     let spool = access.settings.spool()?;
     let repository = access.config.spool_key();
-    let dir = crate::spool::spool_dir(
-        spool.spool_path.as_deref(),
-        &wal_dir_of(&path),
-        crate::spool::SpoolKind::Push,
-        &repository,
-    );
+    let dir = push_spool_dir(access, &path)?;
     let key_cache = dir.join(crate::catalog::keys::KEY_CACHE_FILE);
     let options = ArchivePushOptions {
         path,
@@ -622,6 +617,17 @@ async fn push_one(
     }
     let catalog = access.open_with_key_cache(key_cache).await?;
     archive_push(&catalog, &options).await
+}
+
+/// The directory of archive-push's marks (and key cache) for `access`, beside the WAL at
+/// `path` (or in spool_path).
+fn push_spool_dir(access: &crate::commands::run::Access, path: &Path) -> Result<PathBuf> {
+    Ok(crate::spool::spool_dir(
+        access.settings.spool()?.spool_path.as_deref(),
+        &wal_dir_of(path),
+        crate::spool::SpoolKind::Push,
+        &access.config.spool_key(),
+    ))
 }
 
 /// The queue archive-push keeps for `access` beside the WAL at `path` (or in spool_path).
@@ -661,7 +667,7 @@ async fn push_to_each(
         async move {
             let queue = queue_of(access, &path)?;
             if !queue.entries().is_empty() {
-                match catch_up(access, &queue, threads).await {
+                match catch_up(access, &queue, &path, threads).await {
                     Ok(count) => tracing::warn!(
                         "{}: caught up {count} queued WAL file(s)",
                         access.describe()
@@ -773,10 +779,13 @@ fn enqueue(access: &crate::commands::run::Access, name: &WalFileName, path: &Pat
 async fn catch_up(
     access: &crate::commands::run::Access,
     queue: &PushQueue,
+    wal_path: &Path,
     threads: usize,
 ) -> Result<usize> {
     let probe = access.probing();
-    let catalog = probe.open().await?;
+    // The key cache of its pushes: a passphrase costs no key derivation per call.
+    let key_cache = push_spool_dir(access, wal_path)?.join(crate::catalog::keys::KEY_CACHE_FILE);
+    let catalog = probe.open_with_key_cache(key_cache).await?;
     let mut count = 0;
     for entry in queue.entries() {
         let intact = crate::spool::holds_crc(&entry.path, entry.crc32)

@@ -246,6 +246,17 @@ pub struct CheckResult {
     pub repository: Option<u8>,
 }
 
+impl CheckResult {
+    /// As the text output prints it: `WARNING repo_lag (repository 2): …`.
+    pub fn line(&self) -> String {
+        let (state, name, detail) = (self.state.as_str(), self.name, &self.detail);
+        match self.repository {
+            Some(n) => format!("{state} {name} (repository {n}): {detail}"),
+            None => format!("{state} {name}: {detail}"),
+        }
+    }
+}
+
 /// The JSON shape monitoring reads: keep it stable.
 #[derive(Debug, Serialize)]
 pub struct CheckReport {
@@ -274,15 +285,7 @@ impl CheckReport {
             .checks
             .iter()
             .filter(|c| c.state != CheckState::Ok)
-            .map(|c| match c.repository {
-                Some(n) => format!(
-                    "{} {} (repository {n}): {}",
-                    c.state.as_str(),
-                    c.name,
-                    c.detail
-                ),
-                None => format!("{} {}: {}", c.state.as_str(), c.name, c.detail),
-            })
+            .map(CheckResult::line)
             .collect();
         (!lines.is_empty()).then(|| lines.join("; "))
     }

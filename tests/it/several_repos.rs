@@ -90,6 +90,33 @@ impl TwoRepos {
         assert_eq!(code(&out), 0, "{}", stderr(&out));
     }
 
+    /// A backup of `cluster` into the repository `--repo-index` names, with `args`; its id.
+    fn backup_into(&self, cluster: &PgCluster, index: &str, args: &[&str]) -> String {
+        let out = self
+            .pitr
+            .command(backup_args(cluster))
+            .args(["--repo-index", index])
+            .args(args)
+            .output()
+            .unwrap();
+        assert_eq!(
+            code(&out),
+            0,
+            "backup into {index} {args:?}: {}",
+            stderr(&out)
+        );
+        backup_id(&out)
+    }
+
+    /// The local repository is lost.
+    fn lose_local(&self) {
+        std::fs::rename(
+            self.dir.path().join("repo"),
+            self.dir.path().join("repo-gone"),
+        )
+        .unwrap();
+    }
+
     /// `pitr ARGS…`, which must succeed; its standard output.
     fn ok(&self, args: &[&str]) -> String {
         let out = self.pitr.run(args);
@@ -278,13 +305,7 @@ async fn archiving_survives_an_s3_outage_and_restores_fall_back_to_s3() {
 
     // A backup in each repository, then more work, a restore point and its segment.
     let id = repos.pitr.backup(&cluster);
-    let out = repos
-        .pitr
-        .command(backup_args(&cluster))
-        .args(["--repo-index", "2"])
-        .output()
-        .unwrap();
-    assert_eq!(code(&out), 0, "backup into S3: {}", stderr(&out));
+    repos.backup_into(&cluster, "2", &[]);
     cluster.sql("insert into t select g, 'replayed' from generate_series(1, 3000) g");
     let replayed = cluster.sql("select pg_walfile_name(pg_current_wal_lsn())");
     cluster.sql("update t set v = 'late' where id < 100");
@@ -324,11 +345,7 @@ async fn archiving_survives_an_s3_outage_and_restores_fall_back_to_s3() {
     restored.stop();
 
     // The local repository is gone: the restore uses S3 alone.
-    std::fs::rename(
-        repos.dir.path().join("repo"),
-        repos.dir.path().join("repo-gone"),
-    )
-    .unwrap();
+    repos.lose_local();
     let (mut restored, said) = repos.restore("from-s3", &["--target-name", "several"]);
     assert!(
         said.contains("repository 2"),
@@ -345,14 +362,7 @@ async fn copy_makes_the_second_repository_restorable_on_its_own() {
     let full = repos.pitr.backup(&cluster);
     cluster.sql("update t set v = 'changed' where id % 7 = 0");
     cluster.archive_current_segment(WAIT);
-    let out = repos
-        .pitr
-        .command(backup_args(&cluster))
-        .args(["--type", "incr"])
-        .output()
-        .unwrap();
-    assert_eq!(code(&out), 0, "incremental: {}", stderr(&out));
-    let incr = backup_id(&out);
+    let incr = repos.backup_into(&cluster, "1", &["--type", "incr"]);
     cluster.sql("insert into t select g, 'after' from generate_series(1, 1000) g");
     let expected = state(&cluster);
     cluster.sql("select pg_create_restore_point('copied')");
@@ -433,11 +443,7 @@ async fn copy_makes_the_second_repository_restorable_on_its_own() {
     repos.ok(&["verify", "--repo-index", "2"]);
 
     // The local repository is gone: S3 restores the chain on its own.
-    std::fs::rename(
-        repos.dir.path().join("repo"),
-        repos.dir.path().join("repo-gone"),
-    )
-    .unwrap();
+    repos.lose_local();
     let (mut restored, said) =
         repos.restore("from-copy", &["--backup", &incr, "--target-name", "copied"]);
     assert!(said.contains("repository 2"), "{said}");
