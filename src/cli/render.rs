@@ -52,13 +52,14 @@ pub fn outcome(outcome: &Outcome, as_json: bool) {
     }
 }
 
-/// The JSON document of an outcome that has one (list, verify, expire), for the report of
+/// The JSON document of an outcome that has one (list, verify, expire, drill), for the report of
 /// a command run on several repositories.
 pub fn outcome_json(outcome: &Outcome) -> Option<serde_json::Value> {
     let value = match outcome {
         Outcome::List(report) => serde_json::to_value(report),
         Outcome::Verify { report, .. } => serde_json::to_value(report),
         Outcome::Expire(report) => serde_json::to_value(report),
+        Outcome::Drill(report) => serde_json::to_value(report),
         _ => return None,
     };
     Some(value.expect("reports serialise"))

@@ -168,30 +168,31 @@ async fn run_command(cli: Cli, settings: Result<Settings>) -> Result<u8> {
 enum Spread {
     /// The first (or the chosen) one.
     One,
-    /// The first that succeeds, in turn (restores).
+    /// The first that succeeds, in turn (restore, restore-table, the prefetcher).
     InTurn,
-    /// Each selected one, reported one after another (init, list, verify, expire).
+    /// Each selected one, reported one after another (init, list, verify, expire, drill).
     Each,
 }
 
 fn spread(command: &Command) -> Spread {
     match command {
         Command::Restore { .. }
-        | Command::Drill { .. }
         | Command::RestoreTable { .. }
         | Command::ArchiveGetPrefetch { .. } => Spread::InTurn,
+        // A drill proves each repository restores on its own.
         Command::Init { .. }
         | Command::List { .. }
         | Command::Verify { .. }
-        | Command::Expire { .. } => Spread::Each,
+        | Command::Expire { .. }
+        | Command::Drill { .. } => Spread::Each,
         _ => Spread::One,
     }
 }
 
-/// A command that works on an opened repository. A restore (and a drill or restore-table)
-/// tries the repositories in turn: one that cannot be opened, or whose restore failed
-/// before it wrote anything, is passed over (said in the log) for the next. Init, list,
-/// verify and expire run on each selected repository; their exit code is the worst.
+/// A command that works on an opened repository. A restore (and a restore-table) tries the
+/// repositories in turn: one that cannot be opened, or whose restore failed before it wrote
+/// anything, is passed over (said in the log) for the next. Init, list, verify, expire and
+/// drill run on each selected repository; their exit code is the worst.
 async fn run_on_repositories(
     command: Command,
     repositories: &Repositories,
@@ -284,6 +285,16 @@ async fn run_on_repositories(
         };
         if spread == Spread::InTurn && i > 0 {
             tracing::warn!("{name}: used {}", access.describe());
+        }
+        if let (Outcome::Restore { .. }, true) = (&finished.outcome, repositories.several()) {
+            let turn: Vec<String> = order.iter().map(|a| a.number.to_string()).collect();
+            println!(
+                "the backup and the WAL the pre-flight found are in {}; during replay \
+                 archive-get takes each WAL file from the first repository with a verified copy \
+                 (repositories {} in turn)",
+                access.describe(),
+                turn.join(", ")
+            );
         }
         match render::outcome_json(&finished.outcome).filter(|_| several_json) {
             Some(report) => documents.push(serde_json::json!({

@@ -442,6 +442,22 @@ async fn copy_makes_the_second_repository_restorable_on_its_own() {
     assert_eq!(resumed["backups_copied"], serde_json::json!([incr]));
     repos.ok(&["verify", "--repo-index", "2"]);
 
+    // A drill proves each repository restores on its own: one report per repository.
+    let scratch = repos.dir.subdir("scratch");
+    chown_to_postgres(&scratch);
+    let drilled: serde_json::Value = serde_json::from_str(&repos.ok(&[
+        "drill",
+        "--scratch-dir",
+        &scratch.display().to_string(),
+        "--json",
+    ]))
+    .unwrap();
+    let each = drilled["repositories"].as_array().unwrap();
+    assert_eq!(each.len(), 2, "{drilled}");
+    for repository in each {
+        assert_eq!(repository["report"]["passed"], true, "{repository}");
+    }
+
     // The local repository is gone: S3 restores the chain on its own.
     repos.lose_local();
     let (mut restored, said) =
