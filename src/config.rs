@@ -221,15 +221,16 @@ carried_as_text!(u64, u32, usize, i32, u8);
 settings! {
     /// Settings every command takes (flattened into the CLI's global options).
     GlobalSettingArgs {
-        /// Repository: /abs/path, file:///abs/path, or s3://bucket/prefix.
+        /// Repository: /abs/path, file:///abs/path, or s3://bucket/prefix (more: --repo2 …
+        /// --repo4, each with its own --repoN-s3-endpoint, keys, compression and retention).
         #[arg(global = true, env = "PITR_REPO", value_name = "URL")]
         #[restore_command]
         repo: String,
 
         /// The repository a command works on, by number: 1 is --repo, 2 to 4 are --repo2 …
-        /// --repo4, each with its own repoN_… settings (default: backup and restore use the
-        /// first, archive-push stores in all, archive-get and restore fall back in turn,
-        /// list, verify, expire and check report each).
+        /// --repo4, each with its own repoN_… settings (default: backup uses the first,
+        /// archive-push stores in all, archive-get and restore take the first that serves,
+        /// list, verify, expire, drill and check report each).
         #[arg(global = true, env = "PITR_REPO_INDEX", value_name = "N")]
         repo_index: u8,
 
