@@ -242,13 +242,48 @@ pub struct SpoolEntry {
     pub path: PathBuf,
 }
 
-/// `<name>.<crc>` split, if `file_name` is an entry's name.
-fn parse_entry(file_name: &str) -> Option<(&str, u32)> {
+/// `<name>.<CRC-32C, 8 hex>` split, the names of the get spool's and the push queue's
+/// copies; None for other files (staging files start with a dot).
+fn split_crc_suffix(file_name: &str) -> Option<(&str, u32)> {
     let (name, crc) = file_name.rsplit_once('.')?;
-    if crc.len() != 8 || name.starts_with('.') || name.contains('.') {
+    if crc.len() != 8 || name.starts_with('.') {
         return None;
     }
     Some((name, u32::from_str_radix(crc, 16).ok()?))
+}
+
+/// The path of `name`'s copy whose bytes have CRC-32C `crc32` in `dir`.
+fn crc_named(dir: &Path, name: &str, crc32: u32) -> PathBuf {
+    dir.join(format!("{name}.{crc32:08x}"))
+}
+
+/// `<name>.<crc>` split, if `file_name` is a get spool entry's name (a segment's).
+fn parse_entry(file_name: &str) -> Option<(&str, u32)> {
+    split_crc_suffix(file_name).filter(|(name, _)| !name.contains('.'))
+}
+
+/// Checksums (CRC-32C) what passes through: for copies whose name carries their checksum.
+pub struct CrcWriter<W> {
+    pub inner: W,
+    pub crc32c: u32,
+}
+
+impl<W> CrcWriter<W> {
+    pub fn new(inner: W) -> Self {
+        CrcWriter { inner, crc32c: 0 }
+    }
+}
+
+impl<W: Write> Write for CrcWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.crc32c = crc32c::crc32c_append(self.crc32c, &buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
 }
 
 impl GetSpool {
@@ -257,7 +292,7 @@ impl GetSpool {
     }
 
     pub fn entry_path(&self, name: &str, crc32: u32) -> PathBuf {
-        self.dir.join(format!("{name}.{crc32:08x}"))
+        crc_named(&self.dir, name, crc32)
     }
 
     /// The verified segments the spool holds (a missing spool holds none).
@@ -393,6 +428,90 @@ pub fn holds_crc(path: &Path, crc32: u32) -> io::Result<bool> {
             Ok(n) => crc = crc32c::crc32c_append(crc, &buffer[..n]),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Temporary queue files; never read, removed once their writer is gone.
+const QUEUE_STAGING_PREFIX: &str = ".queue-";
+
+/// archive-push's queue for one repository it could not reach while others stored the
+/// file: copies named `<WAL file name>.<CRC-32C, 8 hex>`, each written whole and durable
+/// (staged, fsynced, renamed, directory fsynced) before archive-push reports success, and
+/// removed once the repository holds it.
+#[derive(Clone, Debug)]
+pub struct PushQueue {
+    pub dir: PathBuf,
+}
+
+/// One queued copy.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QueuedFile {
+    pub name: WalFileName,
+    pub path: PathBuf,
+    pub crc32: u32,
+    pub len: u64,
+}
+
+impl PushQueue {
+    pub fn new(dir: PathBuf) -> Self {
+        PushQueue { dir }
+    }
+
+    /// The queued copies, in name order (the order archiving produced them).
+    pub fn entries(&self) -> Vec<QueuedFile> {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return Vec::new();
+        };
+        let mut queued: Vec<QueuedFile> = entries
+            .flatten()
+            .filter_map(|entry| {
+                let file = entry.file_name();
+                let (name, crc32) = split_crc_suffix(file.to_str()?)?;
+                Some(QueuedFile {
+                    name: WalFileName::parse(name).ok()?,
+                    path: entry.path(),
+                    crc32,
+                    len: entry.metadata().ok()?.len(),
+                })
+            })
+            .collect();
+        queued.sort_by(|a, b| a.name.as_str().cmp(b.name.as_str()));
+        queued
+    }
+
+    /// Bytes queued.
+    pub fn bytes(&self) -> u64 {
+        self.entries().iter().map(|entry| entry.len).sum()
+    }
+
+    /// Queues a durable copy of `path` as `name` (a copy already queued under that name and
+    /// checksum is kept). Returns its length.
+    pub fn add(&self, name: &WalFileName, path: &Path) -> io::Result<u64> {
+        crate::private_fs::create_dir_all(&self.dir)?;
+        crate::staging::remove_leftovers(&self.dir, QUEUE_STAGING_PREFIX, true);
+        let staged = tempfile::Builder::new()
+            .prefix(&crate::staging::prefix_for_this_process(
+                QUEUE_STAGING_PREFIX,
+            ))
+            .tempfile_in(&self.dir)?;
+        let mut writer = CrcWriter::new(staged);
+        let len = io::copy(&mut File::open(path)?, &mut writer)?;
+        let (staged, crc) = (writer.inner, writer.crc32c);
+        staged.as_file().sync_all()?;
+        staged
+            .persist(crc_named(&self.dir, name.as_str(), crc))
+            .map_err(|e| e.error)?;
+        File::open(&self.dir)?.sync_all()?;
+        Ok(len)
+    }
+
+    /// Removes a copy once the repository holds its file.
+    pub fn remove(&self, entry: &QueuedFile) {
+        if let Err(e) = std::fs::remove_file(&entry.path)
+            && e.kind() != io::ErrorKind::NotFound
+        {
+            tracing::warn!("cannot remove {} from the queue: {e}", entry.path.display());
         }
     }
 }
@@ -542,101 +661,46 @@ mod tests {
         spool.remove();
         assert!(!spool.dir.exists());
     }
-}
 
-/// Temporary queue files; never read, removed once their writer is gone.
-const QUEUE_STAGING_PREFIX: &str = ".queue-";
-
-/// archive-push's queue for one repository it could not reach while others stored the
-/// file: copies named `<WAL file name>.<CRC-32C, 8 hex>`, each written whole and durable
-/// (staged, fsynced, renamed, directory fsynced) before archive-push reports success, and
-/// removed once the repository holds it.
-#[derive(Clone, Debug)]
-pub struct PushQueue {
-    pub dir: PathBuf,
-}
-
-/// One queued copy.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct QueuedFile {
-    pub name: WalFileName,
-    pub path: PathBuf,
-    pub crc32: u32,
-    pub len: u64,
-}
-
-impl PushQueue {
-    pub fn new(dir: PathBuf) -> Self {
-        PushQueue { dir }
-    }
-
-    /// The queued copies, in name order (the order archiving produced them).
-    pub fn entries(&self) -> Vec<QueuedFile> {
-        let Ok(entries) = std::fs::read_dir(&self.dir) else {
-            return Vec::new();
-        };
-        let mut queued: Vec<QueuedFile> = entries
-            .flatten()
-            .filter_map(|entry| {
-                let file = entry.file_name().into_string().ok()?;
-                let (name, crc) = file.rsplit_once('.')?;
-                let crc32 = u32::from_str_radix(crc, 16)
-                    .ok()
-                    .filter(|_| crc.len() == 8)?;
-                Some(QueuedFile {
-                    name: WalFileName::parse(name).ok()?,
-                    path: entry.path(),
-                    crc32,
-                    len: entry.metadata().ok()?.len(),
-                })
-            })
-            .collect();
-        queued.sort_by(|a, b| a.name.as_str().cmp(b.name.as_str()));
-        queued
-    }
-
-    /// Bytes queued.
-    pub fn bytes(&self) -> u64 {
-        self.entries().iter().map(|entry| entry.len).sum()
-    }
-
-    /// Queues a durable copy of `path` as `name` (a copy already queued under that name and
-    /// checksum is kept). Returns its length.
-    pub fn add(&self, name: &WalFileName, path: &Path) -> io::Result<u64> {
-        crate::private_fs::create_dir_all(&self.dir)?;
-        crate::staging::remove_leftovers(&self.dir, QUEUE_STAGING_PREFIX, true);
-        let mut staged = tempfile::Builder::new()
-            .prefix(&crate::staging::prefix_for_this_process(
-                QUEUE_STAGING_PREFIX,
-            ))
-            .tempfile_in(&self.dir)?;
-        let mut source = File::open(path)?;
-        let mut crc = 0u32;
-        let mut buf = vec![0u8; 1 << 20];
-        let mut len = 0u64;
-        loop {
-            let n = source.read(&mut buf)?;
-            if n == 0 {
-                break;
-            }
-            crc = crc32c::crc32c_append(crc, &buf[..n]);
-            staged.write_all(&buf[..n])?;
-            len += n as u64;
+    /// Queued copies come back in name order (a history file between its timelines'
+    /// segments), each named by its CRC-32C; staging files and strangers are not copies.
+    #[test]
+    fn the_push_queue_keeps_durable_copies_in_name_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let queue = PushQueue::new(dir.path().join("queue"));
+        assert!(queue.entries().is_empty());
+        let source = dir.path().join("source");
+        for (name, content) in [
+            ("000000020000000000000001", &b"timeline two"[..]),
+            (
+                "00000002.history",
+                b"1\t0/1000000\tno recovery target specified\n",
+            ),
+            ("000000010000000000000009", b"timeline one"),
+        ] {
+            std::fs::write(&source, content).unwrap();
+            let len = queue
+                .add(&WalFileName::parse(name).unwrap(), &source)
+                .unwrap();
+            assert_eq!(len, content.len() as u64);
         }
-        staged.as_file().sync_all()?;
-        staged
-            .persist(self.dir.join(format!("{name}.{crc:08x}")))
-            .map_err(|e| e.error)?;
-        File::open(&self.dir)?.sync_all()?;
-        Ok(len)
-    }
-
-    /// Removes a copy once the repository holds its file.
-    pub fn remove(&self, entry: &QueuedFile) {
-        if let Err(e) = std::fs::remove_file(&entry.path)
-            && e.kind() != io::ErrorKind::NotFound
-        {
-            tracing::warn!("cannot remove {} from the queue: {e}", entry.path.display());
+        std::fs::write(queue.dir.join(".queue-1-x"), b"staging").unwrap();
+        std::fs::write(queue.dir.join("notes.txt"), b"stranger").unwrap();
+        let entries = queue.entries();
+        let names: Vec<&str> = entries.iter().map(|e| e.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "000000010000000000000009",
+                "00000002.history",
+                "000000020000000000000001"
+            ]
+        );
+        for entry in &entries {
+            assert!(holds_crc(&entry.path, entry.crc32).unwrap(), "{entry:?}");
         }
+        assert_eq!(queue.bytes(), entries.iter().map(|e| e.len).sum::<u64>());
+        queue.remove(&entries[0]);
+        assert_eq!(queue.entries().len(), 2);
     }
 }

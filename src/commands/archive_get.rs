@@ -16,7 +16,7 @@
 //! and lets it go when recovery is over.
 
 use std::fs::File;
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -26,7 +26,7 @@ use crate::catalog::{Catalog, CatalogError};
 use crate::error::{Error, Result};
 use crate::pg::WalFileName;
 use crate::replay_plan::{Need, ReplayPlan};
-use crate::spool::{GetSpool, holds_crc, wal_dir_of};
+use crate::spool::{CrcWriter, GetSpool, holds_crc, wal_dir_of};
 
 #[derive(Clone, Debug)]
 pub struct ArchiveGetOptions {
@@ -311,10 +311,7 @@ pub async fn fetch_verified(
     if let Some(len) = expected_len {
         preallocate(staged.as_file(), len);
     }
-    let writer = CrcWriter {
-        inner: staged,
-        crc32c: 0,
-    };
+    let writer = CrcWriter::new(staged);
     let (writer, decoded) = catalog
         .fetch_wal(name, local, writer)
         .await
@@ -391,24 +388,6 @@ fn staging_file(dir: &Path, prefix: &str) -> Result<NamedTempFile> {
         .prefix(&crate::staging::prefix_for_this_process(prefix))
         .tempfile_in(dir)
         .map_err(|e| Error::local_io(dir.display(), e))
-}
-
-/// Checksums what passes through, so a spooled copy can be checked again when it is served.
-struct CrcWriter<W> {
-    inner: W,
-    crc32c: u32,
-}
-
-impl<W: Write> Write for CrcWriter<W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.crc32c = crc32c::crc32c_append(self.crc32c, &buf[..n]);
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
-    }
 }
 
 /// Reserves a segment's blocks up front: one extent allocation instead of one per page as
