@@ -172,6 +172,8 @@ enum Spread {
     InTurn,
     /// Each selected one, reported one after another (init, list, verify, expire, drill).
     Each,
+    /// Each selected one, in one report (check, metrics).
+    Combined,
 }
 
 fn spread(command: &Command) -> Spread {
@@ -185,6 +187,7 @@ fn spread(command: &Command) -> Spread {
         | Command::Verify { .. }
         | Command::Expire { .. }
         | Command::Drill { .. } => Spread::Each,
+        Command::Check { .. } | Command::Metrics { .. } => Spread::Combined,
         _ => Spread::One,
     }
 }
@@ -200,15 +203,13 @@ async fn run_on_repositories(
     json: bool,
 ) -> Result<u8> {
     let spread = spread(&command);
-    if let (Command::Check { .. } | Command::Metrics { .. }, true) =
-        (&command, repositories.selected().len() > 1)
-    {
-        return check_each(command, repositories, context, json).await;
-    }
     let order = match spread {
         Spread::One => vec![repositories.primary()],
-        Spread::InTurn | Spread::Each => repositories.selected(),
+        Spread::InTurn | Spread::Each | Spread::Combined => repositories.selected(),
     };
+    if spread == Spread::Combined && order.len() > 1 {
+        return check_each(command, &order, context, json).await;
+    }
     // A restore falls back only where the directory is as it was: absent or empty.
     let untouched = |command: &Command| match command {
         Command::Restore {
@@ -223,25 +224,13 @@ async fn run_on_repositories(
     // N, "location": …, "report": … or "error": …}, …]}.
     let several_json = spread == Spread::Each && order.len() > 1 && json;
     let mut documents = Vec::new();
+    let name = command.name();
     for (i, access) in order.iter().enumerate() {
         let next = order.get(i + 1);
-        let context = Context {
-            settings: &access.settings,
-            repo: &access.config,
-            number: access.number,
-            ..*context
-        };
         if spread == Spread::Each && order.len() > 1 && !json {
             println!("{}:", access.describe());
         }
-        let name = command.name();
-        let mut request = match command.clone().request(&context) {
-            Ok(request) => request,
-            Err(error) => {
-                crate::commands::run::record_refused(access, name, &error).await;
-                return Err(error);
-            }
-        };
+        let mut request = request_on(command.clone(), access, context).await?;
         if let crate::commands::run::Request::Prefetch(options) = &mut request {
             // The prefetcher falls back to the repositories after this one.
             for other in &order[i + 1..] {
@@ -328,31 +317,40 @@ fn worse(a: Option<Result<u8>>, b: Result<u8>) -> Result<u8> {
     }
 }
 
-/// `pitr check` (and `pitr metrics`) with several repositories: one report, each
+/// `command`'s options for repository `access`: its own settings in `context`. A refused
+/// run is recorded in its history.
+async fn request_on(
+    command: Command,
+    access: &Access,
+    context: &Context<'_>,
+) -> Result<crate::commands::run::Request> {
+    let name = command.name();
+    let context = Context {
+        settings: &access.settings,
+        repo: &access.config,
+        number: access.number,
+        ..*context
+    };
+    match command.request(&context) {
+        Ok(request) => Ok(request),
+        Err(error) => {
+            crate::commands::run::record_refused(access, name, &error).await;
+            Err(error)
+        }
+    }
+}
+
+/// `pitr check` (and `pitr metrics`) on the repositories of `order`: one report, each
 /// repository's checks and how far each is behind the others (`repo_lag`); recorded in the
 /// first one's history. Metrics report the first repository and every one's lag.
 async fn check_each(
     command: Command,
-    repositories: &Repositories,
+    order: &[&Access],
     context: &Context<'_>,
     json: bool,
 ) -> Result<u8> {
-    let order = repositories.selected();
     let (first, peers) = order.split_first().expect("several repositories");
-    let command_name = command.name();
-    let context = Context {
-        settings: &first.settings,
-        repo: &first.config,
-        number: first.number,
-        ..*context
-    };
-    let mut request = match command.request(&context) {
-        Ok(request) => request,
-        Err(error) => {
-            crate::commands::run::record_refused(first, command_name, &error).await;
-            return Err(error);
-        }
-    };
+    let mut request = request_on(command, first, context).await?;
     let mut opened = Vec::new();
     for peer in peers {
         // Check reads an unopened repository's state itself (UNKNOWN when unreadable).

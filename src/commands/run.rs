@@ -191,22 +191,17 @@ impl Repositories {
             .into_iter()
             .map(|(number, own)| Access::of(number, own))
             .collect::<Result<Vec<_>>>()?;
-        let chosen = settings.repo_index;
-        if let Some(n) = chosen
-            && !all.iter().any(|access| access.number == n)
-        {
-            let numbers: Vec<String> = all.iter().map(|a| a.number.to_string()).collect();
-            return Err(Error::Config(format!(
-                "repo_index {n} names no configured repository: the configured ones are {} \
-                 (repository N is set by repoN, --repoN or PITR_REPON; 1 by repo)",
-                numbers.join(", ")
-            )));
-        }
-        Ok(Repositories {
+        let repositories = Repositories {
+            chosen: settings.repo_index,
             settings,
             all,
-            chosen,
-        })
+        };
+        if let Some(n) = repositories.chosen {
+            repositories
+                .numbered(n)
+                .map_err(|e| Error::Config(format!("repo_index {n}: {e}")))?;
+        }
+        Ok(repositories)
     }
 
     /// The repository a command that works on one uses: the chosen one, else the first.

@@ -466,3 +466,44 @@ async fn copy_makes_the_second_repository_restorable_on_its_own() {
     assert_eq!(state(&restored), expected, "exact restore from the copy");
     restored.stop();
 }
+
+/// Several repositories configured wrong are refused before anything is read, each with a
+/// one-line reason and the usage exit code.
+#[test]
+fn misconfigured_repositories_are_refused() {
+    let dir = TestDir::new("several-repos-refused");
+    let (one, two) = (dir.subdir("one"), dir.subdir("two"));
+    let (one, two) = (one.display().to_string(), two.display().to_string());
+    for (args, says) in [
+        (
+            vec!["--repo", &one, "--repo2", &two, "--repo-index", "3", "list"],
+            "repo_index 3: repository 3 is not configured (configured: 1, 2)",
+        ),
+        (
+            vec!["--repo", &one, "--repo3-keep-last", "2", "list"],
+            "repository 3 has settings but no location",
+        ),
+        (vec!["--repo", &one, "copy"], "copy needs two repositories"),
+        (
+            vec!["--repo", &one, "--repo2", &two, "copy", "--to", "4"],
+            "repository 4 is not configured",
+        ),
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_pitr"))
+            .args(&args)
+            .env_remove("PITR_CONFIG")
+            .output()
+            .unwrap();
+        assert_eq!(
+            code(&out),
+            i32::from(pitr::error::EXIT_USAGE),
+            "{args:?}: {}",
+            stderr(&out)
+        );
+        let said = stderr(&out);
+        assert!(
+            said.contains(says) && said.trim().lines().count() == 1,
+            "{args:?}: {said}"
+        );
+    }
+}
