@@ -126,6 +126,11 @@ impl TwoRepos {
 
     /// Rewrites the config file: repository 2 at `endpoint`.
     fn point_s3_at(&self, endpoint: &str) {
+        self.point_s3_at_with(endpoint, "");
+    }
+
+    /// The same, with `extra` lines in the config file.
+    fn point_s3_at_with(&self, endpoint: &str, extra: &str) {
         let passphrase = if encrypting() {
             format!(
                 "repo2_passphrase_file = \"{}\"\n",
@@ -138,7 +143,7 @@ impl TwoRepos {
             "pitr.toml",
             format!(
                 "repo2 = \"{}\"\nrepo2_s3_endpoint = \"{endpoint}\"\nrepo2_s3_path_style = true\n\
-                 storage_retry_time = 3\n{passphrase}",
+                 storage_retry_time = 3\n{passphrase}{extra}",
                 self.s3.url
             ),
         );
@@ -301,6 +306,45 @@ async fn archiving_survives_an_s3_outage_and_restores_fall_back_to_s3() {
         (&first["state"], &second["state"]),
         (&"OK".into(), &"OK".into()),
         "{second}"
+    );
+
+    // Past archive_push_queue_max archiving stops: the segment stays ready in pg_wal, is
+    // queued nowhere, and is archived into both once S3 is back.
+    repos.point_s3_at_with(&down.url(), "archive_push_queue_max = \"1MiB\"\n");
+    let held =
+        cluster.sql("select pg_walfile_name(pg_logical_emit_message(false, 'pitr-test', 'bound'))");
+    cluster.sql("select pg_switch_wal()");
+    let deadline = std::time::Instant::now() + WAIT;
+    while cluster.sql("select coalesce(last_failed_wal, '') from pg_stat_archiver") != held {
+        assert!(std::time::Instant::now() < deadline, "{held} never failed");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        cluster
+            .wal_path(&format!("archive_status/{held}.ready"))
+            .exists()
+    );
+    assert!(
+        !TwoRepos::queued(&cluster)
+            .iter()
+            .any(|q| q.starts_with(held.as_str()))
+    );
+    repos.point_s3_at(&repos.server.endpoint);
+    let next =
+        cluster.sql("select pg_walfile_name(pg_logical_emit_message(false, 'pitr-test', 'next'))");
+    cluster.sql("select pg_switch_wal()");
+    while cluster.sql("select coalesce(last_archived_wal, '') from pg_stat_archiver") < next {
+        assert!(
+            std::time::Instant::now() < deadline + WAIT,
+            "{next} not archived"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    cluster.sql("select pg_stat_reset_shared('archiver')");
+    assert_eq!(
+        TwoRepos::segments(&repos.local).await,
+        TwoRepos::segments(&repos.s3).await,
+        "{held} in both once S3 is back"
     );
 
     // A backup in each repository, then more work, a restore point and its segment.
