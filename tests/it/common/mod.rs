@@ -149,7 +149,14 @@ pub const TEST_PASSPHRASE: &str = "pitr-test-passphrase-7Yq2";
 impl Pitr {
     pub fn install(dir: &TestDir, repo: &Repo) -> Self {
         let bin = dir.path().join("pitr");
-        std::fs::copy(env!("CARGO_BIN_EXE_pitr"), &bin).unwrap();
+        // A link, not a copy, where the filesystem allows: a copy holds the file open for
+        // writing, and a child another test thread forks meanwhile inherits that descriptor
+        // until it execs, so running the copy can fail with ETXTBSY ("Text file busy"). A
+        // second install in the same directory keeps the first (never a write through the
+        // link into the built binary).
+        if !bin.exists() && std::fs::hard_link(env!("CARGO_BIN_EXE_pitr"), &bin).is_err() {
+            std::fs::copy(env!("CARGO_BIN_EXE_pitr"), &bin).unwrap();
+        }
         std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
         let mut env = repo.env.clone();
         if encrypting() {
